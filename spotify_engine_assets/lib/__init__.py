@@ -1,0 +1,1 @@
+"""Dagster-free library code shared by the spotify-engine assets."""

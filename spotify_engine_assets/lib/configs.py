@@ -1,0 +1,116 @@
+"""The registry of named model configurations (the partitions of the trained-model asset).
+
+``spotify_engine_assets/configs/models.yaml`` maps a config name to its settings; every field
+is validated (unknown fields, wrong types and out-of-range values fail with the config and
+field named). Metric thresholds for the gates live in ``configs/thresholds.yaml``.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .paths import configs_dir
+
+ModelKind = Literal["most_popular", "lightgcn", "gat_basic", "gat_enhanced"]
+
+
+class ConfigError(ValueError):
+    """A configuration file or entry is invalid, or a name is unknown."""
+
+
+class ModelConfig(BaseModel):
+    """One named, trainable configuration."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    model: ModelKind = Field(description="Model family.")
+    description: str = ""
+    split: Literal["random", "temporal"] = Field("random", description="Which split asset to train and evaluate on.")
+    embedding_dim: int = Field(64, gt=0, description="Embedding / hidden size.")
+    num_layers: int = Field(2, ge=1, le=8, description="Message-passing layers.")
+    heads: int = Field(1, ge=1, le=16, description="Attention heads (GAT models).")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout probability.")
+    residual: bool = Field(True, description="Residual connections (enhanced GAT).")
+    use_edge_attr: bool = Field(True, description="Listens edge attributes in attention (enhanced GAT).")
+    lr: float = Field(0.005, gt=0.0, description="Adam learning rate.")
+    l2: float = Field(1e-4, ge=0.0, description="L2 penalty on the batch's id embeddings.")
+    batch_size: int = Field(4096, gt=0, description="Positive pairs per optimizer step.")
+    max_epochs: int = Field(60, ge=1, description="Upper bound on epochs.")
+    patience: int = Field(8, ge=1, description="Epochs without validation Recall@10 gain before stopping.")
+    lr_factor: float = Field(0.5, gt=0.0, lt=1.0, description="ReduceLROnPlateau factor.")
+    lr_patience: int = Field(3, ge=0, description="ReduceLROnPlateau patience (epochs).")
+    seed: int = Field(0, description="Seed for initialisation, shuffling and negatives.")
+
+    @model_validator(mode="after")
+    def _heads_divide_hidden(self) -> ModelConfig:
+        if self.model.startswith("gat") and self.embedding_dim % self.heads:
+            raise ValueError(f"embedding_dim {self.embedding_dim} must be divisible by heads {self.heads}")
+        return self
+
+    @property
+    def trainable(self) -> bool:
+        return self.model != "most_popular"
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        loaded = yaml.safe_load(path.read_text())
+    except FileNotFoundError as error:
+        raise ConfigError(f"{path}: file not found") from error
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML ({error})") from error
+    if not isinstance(loaded, dict) or not loaded:
+        raise ConfigError(f"{path}: expected a non-empty mapping of names to settings")
+    return loaded
+
+
+def load_registry(path: Path | None = None) -> dict[str, ModelConfig]:
+    """All named configs from ``models.yaml`` (or ``path``), validated."""
+    path = path or configs_dir() / "models.yaml"
+    registry = {}
+    for name, settings in _read_yaml(path).items():
+        if not isinstance(settings, dict):
+            raise ConfigError(f"{path}: config {name!r} must be a mapping")
+        try:
+            registry[str(name)] = ModelConfig(name=str(name), **settings)
+        except ValidationError as error:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
+            raise ConfigError(f"{path}: config {name!r}: {problems}") from None
+    return registry
+
+
+@functools.cache
+def default_registry() -> dict[str, ModelConfig]:
+    return load_registry()
+
+
+def get_config(name: str, registry: dict[str, ModelConfig] | None = None) -> ModelConfig:
+    """The config named ``name``; an unknown name lists the known ones."""
+    registry = registry if registry is not None else default_registry()
+    if name not in registry:
+        raise ConfigError(f"unknown model config {name!r}; known configs: {', '.join(sorted(registry))}")
+    return registry[name]
+
+
+class Thresholds(BaseModel):
+    """Metric gates, all ratios (never percentages)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    ndcg10_min_ratio_vs_most_popular: float = Field(gt=0.0)
+    ndcg10_min_ratio_vs_random: float = Field(gt=0.0)
+
+
+def load_thresholds(path: Path | None = None) -> Thresholds:
+    path = path or configs_dir() / "thresholds.yaml"
+    try:
+        return Thresholds(**_read_yaml(path))
+    except ValidationError as error:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
+        raise ConfigError(f"{path}: {problems}") from None

@@ -1,0 +1,176 @@
+"""Build the PyTorch Geometric ``HeteroData`` listening graph and its training view.
+
+Node types: ``user``, ``song``, ``artist``, ``genre``. Each node store keeps ``node_id``, the
+original warehouse id of every index (the id map). Edge types::
+
+    (user, listens, song)   edge_attr = [log1p(play_count), mean_completion, last_play (days)]
+    (song, by, artist)
+    (song, has, genre)
+
+plus the reverse of each (``rev_listens``, ``rev_by``, ``rev_has``). The listens edges also keep
+``play_count``, ``mean_completion``, ``first_played`` and ``last_played`` (seconds since the
+epoch) as separate tensors, so splits can be made by time.
+
+Leakage: :func:`message_passing_graph` keeps only training listens edges; models see nothing
+else of the interaction data during training and evaluation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+import torch
+from torch import Tensor
+from torch_geometric.data import HeteroData
+
+LISTENS = ("user", "listens", "song")
+REV_LISTENS = ("song", "rev_listens", "user")
+BY = ("song", "by", "artist")
+REV_BY = ("artist", "rev_by", "song")
+HAS = ("song", "has", "genre")
+REV_HAS = ("genre", "rev_has", "song")
+NODE_TYPES = ("user", "song", "artist", "genre")
+
+
+class GraphBuildError(ValueError):
+    """The warehouse tables do not form a consistent graph."""
+
+
+@dataclass(frozen=True)
+class GraphTables:
+    """The warehouse tables a graph is built from (marts schema)."""
+
+    users: pl.DataFrame          # user_id
+    songs: pl.DataFrame          # song_id, artist_id
+    artists: pl.DataFrame        # artist_id
+    genres: pl.DataFrame         # genre_id
+    song_genres: pl.DataFrame    # song_id, genre_id
+    interactions: pl.DataFrame   # user_id, song_id, play_count, mean_completion, first_played_at, last_played_at
+
+
+def _index(ids: pl.Series, mapping_ids: np.ndarray, what: str) -> np.ndarray:
+    """Map original ids to node indices; unknown ids are an error naming the table."""
+    values = ids.to_numpy()
+    position = np.searchsorted(mapping_ids, values)
+    position = np.clip(position, 0, len(mapping_ids) - 1)
+    unknown = mapping_ids[position] != values
+    if unknown.any():
+        examples = np.unique(values[unknown])[:5].tolist()
+        raise GraphBuildError(f"{what}: {int(unknown.sum())} rows reference unknown ids, e.g. {examples}")
+    return position
+
+
+def _sorted_ids(frame: pl.DataFrame, column: str, table: str) -> np.ndarray:
+    ids = frame[column].to_numpy()
+    if len(ids) == 0:
+        raise GraphBuildError(f"{table}: table is empty")
+    unique = np.unique(ids)
+    if len(unique) != len(ids):
+        raise GraphBuildError(f"{table}: column {column} has duplicate ids")
+    return unique
+
+
+def _epoch_seconds(column: pl.Series) -> np.ndarray:
+    return column.dt.epoch("s").to_numpy().astype(np.float64)
+
+
+def build_listening_graph(tables: GraphTables) -> HeteroData:
+    """Assemble the heterogeneous graph from warehouse tables (ids mapped to dense indices)."""
+    ids = {
+        "user": _sorted_ids(tables.users, "user_id", "marts.users"),
+        "song": _sorted_ids(tables.songs, "song_id", "marts.songs"),
+        "artist": _sorted_ids(tables.artists, "artist_id", "marts.artists"),
+        "genre": _sorted_ids(tables.genres, "genre_id", "marts.genres"),
+    }
+    data = HeteroData()
+    for node_type, node_ids in ids.items():
+        data[node_type].num_nodes = len(node_ids)
+        data[node_type].node_id = torch.from_numpy(node_ids.astype(np.int64))
+
+    inter = tables.interactions.sort(["user_id", "song_id"])
+    users = _index(inter["user_id"], ids["user"], "marts.user_song_interactions.user_id")
+    songs = _index(inter["song_id"], ids["song"], "marts.user_song_interactions.song_id")
+    play_count = inter["play_count"].to_numpy().astype(np.float32)
+    completion = inter["mean_completion"].to_numpy().astype(np.float32)
+    first = _epoch_seconds(inter["first_played_at"])
+    last = _epoch_seconds(inter["last_played_at"])
+    last_days = ((last - last.min()) / 86400.0).astype(np.float32) if len(last) else last.astype(np.float32)
+
+    listens = data[LISTENS]
+    listens.edge_index = torch.from_numpy(np.stack([users, songs]).astype(np.int64))
+    listens.edge_attr = torch.from_numpy(np.stack([np.log1p(play_count), completion, last_days], axis=1))
+    listens.play_count = torch.from_numpy(play_count)
+    listens.mean_completion = torch.from_numpy(completion)
+    listens.first_played = torch.from_numpy(first)
+    listens.last_played = torch.from_numpy(last)
+
+    song_artist = _index(tables.songs["artist_id"], ids["artist"], "marts.songs.artist_id")
+    song_index = _index(tables.songs["song_id"], ids["song"], "marts.songs.song_id")
+    data[BY].edge_index = torch.from_numpy(np.stack([song_index, song_artist]).astype(np.int64))
+    sg_song = _index(tables.song_genres["song_id"], ids["song"], "marts.song_genres.song_id")
+    sg_genre = _index(tables.song_genres["genre_id"], ids["genre"], "marts.song_genres.genre_id")
+    data[HAS].edge_index = torch.from_numpy(np.stack([sg_song, sg_genre]).astype(np.int64))
+    add_reverse_edges(data)
+    return data
+
+
+def add_reverse_edges(data: HeteroData) -> HeteroData:
+    """Add ``rev_*`` edges (listens keeps its edge attributes on the reverse too)."""
+    data[REV_LISTENS].edge_index = data[LISTENS].edge_index.flip(0)
+    if "edge_attr" in data[LISTENS]:
+        data[REV_LISTENS].edge_attr = data[LISTENS].edge_attr
+    data[REV_BY].edge_index = data[BY].edge_index.flip(0)
+    data[REV_HAS].edge_index = data[HAS].edge_index.flip(0)
+    return data
+
+
+def message_passing_graph(data: HeteroData, train_index: Tensor) -> HeteroData:
+    """The graph models see: every catalogue edge, but only the *training* listens edges.
+
+    Validation and test interactions never reach message passing, so neither training nor
+    evaluation can read a held-out edge.
+    """
+    view = HeteroData()
+    for node_type in data.node_types:
+        view[node_type].num_nodes = data[node_type].num_nodes
+        view[node_type].node_id = data[node_type].node_id
+    listens = data[LISTENS]
+    view[LISTENS].edge_index = listens.edge_index[:, train_index]
+    view[LISTENS].edge_attr = listens.edge_attr[train_index]
+    view[BY].edge_index = data[BY].edge_index
+    view[HAS].edge_index = data[HAS].edge_index
+    return add_reverse_edges(view)
+
+
+def pair_keys(users: Tensor, songs: Tensor, num_songs: int) -> Tensor:
+    """One int64 key per (user, song) pair."""
+    return users.long() * num_songs + songs.long()
+
+
+def heldout_edges_in_graph(view: HeteroData, data: HeteroData, heldout_index: Tensor) -> int:
+    """How many held-out (user, song) pairs appear in either listens direction of ``view``."""
+    num_songs = data["song"].num_nodes
+    held = data[LISTENS].edge_index[:, heldout_index]
+    held_keys = pair_keys(held[0], held[1], num_songs)
+    forward = view[LISTENS].edge_index
+    backward = view[REV_LISTENS].edge_index
+    seen = torch.cat([pair_keys(forward[0], forward[1], num_songs), pair_keys(backward[1], backward[0], num_songs)])
+    return int(torch.isin(held_keys, seen).sum())
+
+
+def graph_summary(data: HeteroData) -> dict[str, int]:
+    """Node and edge counts per type, keyed for Dagster metadata."""
+    summary = {f"nodes/{t}": int(data[t].num_nodes) for t in data.node_types}
+    summary.update({f"edges/{'__'.join(t)}": int(data[t].edge_index.size(1)) for t in data.edge_types})
+    return summary
+
+
+def to_payload(data: HeteroData) -> dict:
+    """A ``weights_only``-loadable representation (plain dicts of tensors)."""
+    return data.to_dict()
+
+
+def from_payload(payload: dict) -> HeteroData:
+    return HeteroData.from_dict(payload)

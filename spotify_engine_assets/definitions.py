@@ -1,0 +1,23 @@
+"""Composition root: gathers the definitions of every domain and binds the resources."""
+
+import dagster as dg
+
+from .defs import graph, ingestion, sql_models, training
+from .defs.resources import DataLake, LakeIOManager, TorchRuntime, Warehouse
+
+lake = DataLake()
+
+defs = dg.Definitions.merge(
+    ingestion.defs,
+    sql_models.build_sql_definitions(sql_models.load_project()),
+    graph.defs,
+    training.defs,
+    dg.Definitions(
+        resources={
+            "lake": lake,
+            "warehouse": Warehouse(lake=lake),
+            "torch_runtime": TorchRuntime(),
+            "io_manager": LakeIOManager(lake=lake),
+        }
+    ),
+)

@@ -1,0 +1,1 @@
+"""Dagster definitions by domain; the composition root (``definitions.py``) gathers them."""

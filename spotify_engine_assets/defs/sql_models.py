@@ -1,0 +1,109 @@
+"""The dbt-like SQL project as assets: one asset per ``dbt_like_sql/<schema>/<name>.sql``.
+
+Dependencies come from parsing the SQL (see :mod:`spotify_engine_assets.lib.sqlmodels`); raw
+tables map to the ingestion assets that produce them. Data tests declared in each folder's
+``schema.yml`` become asset checks. They run inside the transaction that rebuilds the table: a
+failing ``error`` test rolls the transaction back, so the previous table stays intact and the
+run fails naming the test; ``warn`` tests are reported as non-blocking check results.
+"""
+
+
+import dagster as dg
+
+from ..lib.paths import sql_models_dir
+from ..lib.plots import frame_markdown
+from ..lib.sqlmodels import DataTest, SqlModel, SqlModelError, SqlProject, load_sql_project, materialize_model, run_data_test
+from .ingestion import RAW_SOURCES
+from .resources import DUCKDB_POOL, Warehouse
+
+
+class DataTestFailed(Exception):
+    """A blocking data test found failing rows."""
+
+
+def table_key(table: str) -> dg.AssetKey:
+    """``schema.table`` -> the asset key ``[schema, table]``."""
+    return dg.AssetKey(table.split("."))
+
+
+def _check_spec(model: SqlModel, test: DataTest) -> dg.AssetCheckSpec:
+    return dg.AssetCheckSpec(
+        test.name,
+        asset=table_key(model.table),
+        description=f"{test.description} (severity {test.severity})",
+        blocking=test.severity == "error",
+        additional_deps=[table_key(t) for t in test.referenced_tables() if t != model.table],
+    )
+
+
+def _description(model: SqlModel) -> str:
+    return f"DuckDB table `{model.table}` built from `{model.schema}/{model.path.name}`:\n\n```sql\n{model.sql.strip()}\n```"
+
+
+def build_sql_asset(model: SqlModel) -> dg.AssetsDefinition:
+    """One asset (plus its checks) for one SQL model."""
+    extra_deps = {t for test in model.tests for t in test.referenced_tables() if t != model.table}
+
+    @dg.asset(
+        key=table_key(model.table),
+        deps=[table_key(t) for t in sorted(set(model.depends_on) | extra_deps)],
+        code_version=model.code_version,
+        description=_description(model),
+        group_name="sql",
+        kinds={"duckdb", "sql"},
+        check_specs=[_check_spec(model, test) for test in model.tests],
+        pool=DUCKDB_POOL,
+        metadata={"sql_file": dg.MetadataValue.path(str(model.path))},
+    )
+    def _sql_model(context: dg.AssetExecutionContext, warehouse: Warehouse) -> dg.MaterializeResult:
+        outcomes: dict[str, tuple[DataTest, int, object]] = {}
+
+        def run_tests(con) -> None:
+            for test in model.tests:
+                try:
+                    failing, sample = run_data_test(con, test)
+                except Exception as error:  # noqa: BLE001 - reported with the test and file named
+                    raise dg.Failure(f"{model.schema}/{model.path.name}: data test {test.name} could not run: {error}") from error
+                outcomes[test.name] = (test, failing, sample)
+            blocking = [name for name, (test, failing, _) in outcomes.items() if failing and test.severity == "error"]
+            if blocking:
+                details = "; ".join(f"{name}: {outcomes[name][1]} failing rows" for name in blocking)
+                raise DataTestFailed(f"{model.schema}/{model.path.name}: blocking data tests failed ({details})")
+
+        with warehouse.connect() as con:
+            try:
+                info = materialize_model(con, model, before_commit=run_tests)
+            except DataTestFailed as error:
+                samples = {name: frame_markdown(sample) for name, (_, failing, sample) in outcomes.items() if failing}
+                raise dg.Failure(
+                    description=f"{error}; the previous {model.table} is kept",
+                    metadata={name: dg.MetadataValue.md(md) for name, md in samples.items()},
+                ) from error
+            except SqlModelError as error:
+                raise dg.Failure(description=str(error)) from error
+
+        check_results = [
+            dg.AssetCheckResult(
+                check_name=name,
+                passed=failing == 0,
+                severity=dg.AssetCheckSeverity.ERROR if test.severity == "error" else dg.AssetCheckSeverity.WARN,
+                metadata={"failing_rows": failing, "sample": dg.MetadataValue.md(frame_markdown(sample))},
+            )
+            for name, (test, failing, sample) in outcomes.items()
+        ]
+        schema = dg.TableSchema(columns=[dg.TableColumn(name, str(dtype)) for name, dtype in info["columns"]])
+        return dg.MaterializeResult(
+            metadata={"dagster/row_count": info["row_count"], "dagster/column_schema": schema, "table": model.table},
+            check_results=check_results,
+        )
+
+    return _sql_model
+
+
+def build_sql_definitions(project: SqlProject) -> dg.Definitions:
+    return dg.Definitions(assets=[build_sql_asset(model) for model in project.models.values()])
+
+
+def load_project() -> SqlProject:
+    """Parse the SQL project; any problem fails definition loading with the file named."""
+    return load_sql_project(sql_models_dir(), RAW_SOURCES)

@@ -1,0 +1,110 @@
+"""Materialize the whole chain in stages against the project's Dagster instance.
+
+Stages: data (ingestion, SQL models, graph, splits) -> one run per model config (trained
+model + metric report; a partition key per run) -> the comparison. Each stage is a normal
+Dagster run recorded in ``$DAGSTER_HOME``, so the UI shows the history, lineage and metadata.
+Run configuration comes from the YAML files in ``configs/run/`` that ``make test`` also passes
+to ``dagster asset materialize``.
+"""
+
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import dagster as dg
+import yaml
+
+from .lib.paths import configs_dir, data_lake_root
+
+DATA_STAGE = dg.AssetSelection.groups("ingestion", "sql", "graph")
+MODEL_STAGE = dg.AssetSelection.assets("trained_model", "metric_report")
+COMPARISON_STAGE = dg.AssetSelection.assets("model_comparison")
+PROFILES = {"default": ([], []), "tiny": (["tiny_data.yaml"], ["tiny_train.yaml"])}
+
+
+def dagster_home() -> Path:
+    """``$DAGSTER_HOME`` or ``<data lake>/dagster_home``, created with the project's dagster.yaml."""
+    home = Path(os.environ.get("DAGSTER_HOME") or data_lake_root() / "dagster_home").resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    if not (home / "dagster.yaml").exists():
+        shutil.copyfile(configs_dir() / "dagster.yaml", home / "dagster.yaml")
+    os.environ["DAGSTER_HOME"] = str(home)
+    return home
+
+
+def run_config(*files: str) -> dict:
+    """Merge run-config YAML files from ``configs/run/`` (in-process execution always)."""
+    merged: dict = {}
+    for name in ("in_process.yaml", *files):
+        loaded = yaml.safe_load((configs_dir() / "run" / name).read_text()) or {}
+        for key, value in loaded.items():
+            merged.setdefault(key, {}).update(value)
+    return merged
+
+
+@dataclass
+class StageResult:
+    name: str
+    success: bool
+    seconds: float
+    step_seconds: dict[str, float] = field(default_factory=dict)
+    error: str = ""
+
+
+def _step_seconds(instance: dg.DagsterInstance, run_id: str) -> dict[str, float]:
+    return {
+        stat.step_key: round(stat.end_time - stat.start_time, 2)
+        for stat in instance.get_run_step_stats(run_id)
+        if stat.end_time and stat.start_time
+    }
+
+
+def _run(name: str, defs: dg.Definitions, instance: dg.DagsterInstance, selection, config: dict, partition=None) -> StageResult:
+    started = time.perf_counter()
+    result = dg.materialize(
+        [*defs.assets, *defs.asset_checks],
+        selection=selection,
+        run_config=config,
+        instance=instance,
+        resources=defs.resources,
+        partition_key=partition,
+        raise_on_error=False,
+    )
+    failure = ""
+    if not result.success:
+        failures = [e for e in result.all_events if e.is_failure]
+        failure = failures[0].message if failures else "run failed"
+    return StageResult(name, result.success, time.perf_counter() - started, _step_seconds(instance, result.run_id), failure)
+
+
+def materialize_chain(profile: str = "default", configs: list[str] | None = None, log=print) -> list[StageResult]:
+    """Run every stage; model configs keep going when one fails. Returns one result per run."""
+    from .definitions import defs
+    from .lib.configs import default_registry
+
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; known: {', '.join(PROFILES)}")
+    data_files, train_files = PROFILES[profile]
+    names = configs or sorted(default_registry())
+    unknown = sorted(set(names) - set(default_registry()))
+    if unknown:
+        raise ValueError(f"unknown model configs {unknown}; known: {', '.join(sorted(default_registry()))}")
+    dagster_home()
+    instance = dg.DagsterInstance.get()
+    results = [_run("data", defs, instance, DATA_STAGE, run_config(*data_files))]
+    log(_line(results[-1]))
+    if not results[-1].success:
+        return results
+    for name in names:
+        results.append(_run(f"model {name}", defs, instance, MODEL_STAGE, run_config(*train_files), partition=name))
+        log(_line(results[-1]))
+    results.append(_run("comparison", defs, instance, COMPARISON_STAGE, run_config()))
+    log(_line(results[-1]))
+    return results
+
+
+def _line(result: StageResult) -> str:
+    status = "ok" if result.success else f"FAILED: {result.error}"
+    return f"[{result.seconds:7.1f} s] {result.name}: {status}"

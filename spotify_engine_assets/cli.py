@@ -18,7 +18,7 @@ def _print_summary(results) -> None:
     if report.exists():
         frame = pl.read_csv(report)
         columns = ["config", "split", "recall@10", "recall@20", "ndcg@10", "ndcg@20", "precision@10",
-                   "hit_rate@10", "coverage@10", "ndcg@10 / most_popular", "train_seconds", "epochs"]
+                   "hit_rate@10", "coverage@10", "ndcg@10 / most_popular", "gate", "train_seconds", "epochs"]
         with pl.Config(tbl_rows=50, tbl_cols=20, float_precision=4, tbl_width_chars=200, tbl_hide_dataframe_shape=True):
             print("\nMetric reports (test split):")
             print(frame.select([c for c in columns if c in frame.columns]))

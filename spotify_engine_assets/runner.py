@@ -79,8 +79,16 @@ def _run(name: str, defs: dg.Definitions, instance: dg.DagsterInstance, selectio
     return StageResult(name, result.success, time.perf_counter() - started, _step_seconds(instance, result.run_id), failure)
 
 
-def materialize_chain(profile: str = "default", configs: list[str] | None = None, log=print) -> list[StageResult]:
-    """Run every stage; model configs keep going when one fails. Returns one result per run."""
+def materialize_chain(
+    profile: str = "default",
+    configs: list[str] | None = None,
+    instance: dg.DagsterInstance | None = None,
+    log=print,
+) -> list[StageResult]:
+    """Run every stage; model configs keep going when one fails. Returns one result per run.
+
+    Without an ``instance`` the project's home (``dagster_home()``) records the runs.
+    """
     from .definitions import defs
     from .lib.configs import default_registry
 
@@ -91,8 +99,9 @@ def materialize_chain(profile: str = "default", configs: list[str] | None = None
     unknown = sorted(set(names) - set(default_registry()))
     if unknown:
         raise ValueError(f"unknown model configs {unknown}; known: {', '.join(sorted(default_registry()))}")
-    dagster_home()
-    instance = dg.DagsterInstance.get()
+    if instance is None:
+        dagster_home()
+        instance = dg.DagsterInstance.get()
     results = [_run("data", defs, instance, DATA_STAGE, run_config(*data_files))]
     log(_line(results[-1]))
     if not results[-1].success:

@@ -171,6 +171,7 @@ def metric_report(
         "num_parameters": trained_model["num_parameters"],
         "train_seconds": trained_model["train_seconds"],
         "epochs_run": trained_model["epochs_run"],
+        "gate": {"passed": metrics["ndcg@10"] >= threshold, "threshold": threshold, "baseline": baseline_name},
     }
     table = pl.DataFrame(
         {
@@ -208,7 +209,9 @@ def comparison_frame(reports: dict[str, dict]) -> pl.DataFrame:
         report = reports[name]
         row = {"config": name, "model": report["model"], "split": report["split"]}
         row.update({m: report["metrics"][m] for m in REPORT_METRICS})
+        row["most_popular ndcg@10"] = report["most_popular"]["ndcg@10"]
         row["ndcg@10 / most_popular"] = report["metrics"]["ndcg@10"] / max(report["most_popular"]["ndcg@10"], 1e-12)
+        row["gate"] = "pass" if report["gate"]["passed"] else "FAIL"
         row.update(train_seconds=float(report["train_seconds"]), epochs=int(report["epochs_run"]), parameters=int(report["num_parameters"]))
         rows.append(row)
     return pl.DataFrame(rows)

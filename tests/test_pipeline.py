@@ -1,0 +1,109 @@
+"""Layer 3: the whole chain materialized in-process on tiny data, and failures that keep
+earlier materializations intact."""
+
+import os
+
+import dagster as dg
+import duckdb
+import polars as pl
+import pytest
+
+from spotify_engine_assets.lib.artifacts import ArtifactStore, load_torch
+from spotify_engine_assets.lib.configs import default_registry
+from spotify_engine_assets.lib.paths import DATA_LAKE_ENV
+from spotify_engine_assets.runner import MODEL_STAGE, materialize_chain, run_config
+
+
+@pytest.fixture(scope="module")
+def tiny_chain(tmp_path_factory):
+    """Materialize every stage once into a temporary data lake and ephemeral instance."""
+    lake = tmp_path_factory.mktemp("lake")
+    previous = os.environ.get(DATA_LAKE_ENV)
+    os.environ[DATA_LAKE_ENV] = str(lake)
+    instance = dg.DagsterInstance.ephemeral()
+    results = materialize_chain("tiny", instance=instance, log=lambda message: None)
+    yield lake, instance, results
+    if previous is None:
+        os.environ.pop(DATA_LAKE_ENV, None)
+    else:
+        os.environ[DATA_LAKE_ENV] = previous
+
+
+def test_every_stage_succeeds(tiny_chain):
+    _, _, results = tiny_chain
+    assert [r.name for r in results] == ["data"] + [f"model {n}" for n in sorted(default_registry())] + ["comparison"]
+    failed = {r.name: r.error for r in results if not r.success}
+    assert not failed
+
+
+def test_warehouse_holds_every_schema(tiny_chain):
+    lake, _, _ = tiny_chain
+    con = duckdb.connect(str(lake / "warehouse.duckdb"), read_only=True)
+    try:
+        tables = set(con.sql("SELECT table_schema || '.' || table_name FROM information_schema.tables").fetchall())
+        tables = {t[0] for t in tables}
+        for table in ("raw.plays", "staging.stg_plays", "marts.user_song_interactions", "marts.songs"):
+            assert table in tables
+        ((plays,),) = con.sql('SELECT count(*) FROM "raw"."plays"').fetchall()
+        ((interactions,),) = con.sql('SELECT count(*) FROM "marts"."user_song_interactions"').fetchall()
+        assert plays > interactions > 0
+    finally:
+        con.close()
+
+
+def test_reports_and_comparison(tiny_chain):
+    lake, _, _ = tiny_chain
+    store = ArtifactStore(lake / "artifacts")
+    for name in default_registry():
+        report = load_torch(store.current(["metric_report"], name) / "data.pt")
+        assert report["config"] == name
+        assert 0 <= report["metrics"]["ndcg@10"] <= 1
+        assert report["most_popular"]["users_evaluated"] == report["metrics"]["users_evaluated"]
+    comparison = pl.read_csv(lake / "reports" / "model_comparison.csv")
+    assert sorted(comparison["config"]) == sorted(default_registry())
+
+
+def test_trained_artifact_records_config_and_history(tiny_chain):
+    lake, _, _ = tiny_chain
+    artifact = load_torch(ArtifactStore(lake / "artifacts").current(["trained_model"], "gat_enhanced") / "data.pt")
+    assert artifact["config"]["name"] == "gat_enhanced"
+    assert 1 <= artifact["epochs_run"] == len(artifact["history"]) <= 5  # tiny profile caps epochs at 5
+    assert artifact["best_state"].keys() == artifact["final_state"].keys()
+
+
+def test_failed_training_keeps_previous_model(tiny_chain):
+    lake, instance, _ = tiny_chain
+    store = ArtifactStore(lake / "artifacts")
+    before = store.current(["trained_model"], "lightgcn")
+    from spotify_engine_assets.definitions import defs
+
+    config = run_config("tiny_train.yaml")
+    config["ops"]["trained_model"]["config"]["max_epochs"] = 0  # rejected by the asset
+    result = dg.materialize(
+        [*defs.assets, *defs.asset_checks], selection=MODEL_STAGE, run_config=config, instance=instance,
+        resources=defs.resources, partition_key="lightgcn", raise_on_error=False,
+    )
+    assert not result.success
+    assert store.current(["trained_model"], "lightgcn") == before
+    assert load_torch(before / "data.pt")["config"]["name"] == "lightgcn"
+
+
+def test_invalid_world_config_fails_before_touching_warehouse(tiny_chain):
+    lake, instance, _ = tiny_chain
+    from spotify_engine_assets.definitions import defs
+    from spotify_engine_assets.runner import DATA_STAGE
+
+    with duckdb.connect(str(lake / "warehouse.duckdb"), read_only=True) as con:
+        ((plays_before,),) = con.sql('SELECT count(*) FROM "raw"."plays"').fetchall()
+    config = run_config("tiny_data.yaml")
+    config["ops"]["synthetic_world"]["config"]["users"] = 0
+    result = dg.materialize(
+        [*defs.assets, *defs.asset_checks], selection=DATA_STAGE, run_config=config, instance=instance,
+        resources=defs.resources, raise_on_error=False,
+    )
+    assert not result.success
+    failure = next(e for e in result.all_events if e.is_step_failure)
+    assert "users" in str(failure.step_failure_data.error.message)
+    with duckdb.connect(str(lake / "warehouse.duckdb"), read_only=True) as con:
+        ((plays_after,),) = con.sql('SELECT count(*) FROM "raw"."plays"').fetchall()
+    assert plays_after == plays_before

@@ -80,7 +80,8 @@ class ArtifactStore:
         """
         slot = self.slot(key, partition)
         slot.mkdir(parents=True, exist_ok=True)
-        version = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + f"-{time.time_ns() % 10**9:09d}"
+        now_ns = time.time_ns()  # one clock read, so names sort in creation order
+        version = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now_ns // 10**9)) + f"-{now_ns % 10**9:09d}"
         if tag:
             version += f"-{tag[:8]}"
         staging = Path(tempfile.mkdtemp(dir=slot, prefix=f".{version}.", suffix=".tmp"))

@@ -77,6 +77,8 @@ def load_registry(path: Path | None = None) -> dict[str, ModelConfig]:
     for name, settings in _read_yaml(path).items():
         if not isinstance(settings, dict):
             raise ConfigError(f"{path}: config {name!r} must be a mapping")
+        if "name" in settings:
+            raise ConfigError(f"{path}: config {name!r}: remove the 'name' field, the key is the name")
         try:
             registry[str(name)] = ModelConfig(name=str(name), **settings)
         except ValidationError as error:

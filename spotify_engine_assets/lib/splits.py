@@ -51,8 +51,9 @@ def _assign_by_rank(users: np.ndarray, order: np.ndarray, settings: SplitSetting
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
     rank = np.arange(len(order)) - starts[sorted_users]
     n = counts[sorted_users]
-    n_test = np.maximum(1, np.rint(settings.test_fraction * n)).astype(np.int64)
-    n_valid = np.maximum(1, np.rint(settings.valid_fraction * n)).astype(np.int64)
+    # at least one of each part, and never so many held out that training is left empty
+    n_test = np.clip(np.rint(settings.test_fraction * n), 1, np.maximum(n - 2, 1)).astype(np.int64)
+    n_valid = np.clip(np.rint(settings.valid_fraction * n), 1, np.maximum(n - 1 - n_test, 1)).astype(np.int64)
     eligible = n >= settings.min_interactions
     label_sorted = np.full(len(order), TRAIN, dtype=np.int8)
     label_sorted[eligible & (rank >= n - n_test)] = TEST

@@ -63,19 +63,34 @@ def build_model(config: ModelConfig, num_nodes: dict[str, int]) -> nn.Module:
     raise ValueError(f"config {config.name!r}: model {config.model!r} is not trainable")
 
 
+def _is_known(users: Tensor, songs: Tensor, known_keys: Tensor, num_songs: int) -> Tensor:
+    keys = users * num_songs + songs
+    position = torch.searchsorted(known_keys, keys).clamp(max=known_keys.numel() - 1)
+    return known_keys[position] == keys
+
+
 def sample_negatives(users: Tensor, known_keys: Tensor, num_songs: int, generator: torch.Generator, rounds: int = 20) -> Tensor:
     """One song per user that the user has not played in training.
 
-    ``known_keys`` are the sorted ``user * num_songs + song`` keys of training pairs.
+    ``known_keys`` are the sorted ``user * num_songs + song`` keys of training pairs. Uniform
+    rejection sampling, vectorized; the rare draws still clashing after ``rounds`` (users who
+    played most of the catalogue) are drawn exactly from the songs that user has not played.
     """
     negatives = torch.randint(num_songs, users.shape, generator=generator)
     for _ in range(rounds):
-        keys = users * num_songs + negatives
-        position = torch.searchsorted(known_keys, keys).clamp(max=known_keys.numel() - 1)
-        clash = known_keys[position] == keys
+        clash = _is_known(users, negatives, known_keys, num_songs)
         if not clash.any():
-            break
+            return negatives
         negatives[clash] = torch.randint(num_songs, (int(clash.sum()),), generator=generator)
+    for position in torch.nonzero(_is_known(users, negatives, known_keys, num_songs)).flatten().tolist():
+        user = int(users[position])
+        played = known_keys[(known_keys >= user * num_songs) & (known_keys < (user + 1) * num_songs)] - user * num_songs
+        unplayed = torch.ones(num_songs, dtype=torch.bool)
+        unplayed[played] = False
+        candidates = torch.nonzero(unplayed).flatten()
+        if candidates.numel() == 0:
+            raise ValueError(f"user index {user} has played every song in training: no negative exists")
+        negatives[position] = candidates[torch.randint(candidates.numel(), (1,), generator=generator)]
     return negatives
 
 

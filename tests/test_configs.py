@@ -1,0 +1,196 @@
+"""Tests of the model-config registry and the metric thresholds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pydantic
+import pytest
+
+from spotify_engine_assets.lib.configs import (
+    ConfigError,
+    ModelConfig,
+    Thresholds,
+    default_registry,
+    get_config,
+    load_registry,
+    load_thresholds,
+)
+
+
+def _yaml(tmp_path: Path, text: str, name: str = "models.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+# ---------------------------------------------------------------------------------- shipped files
+
+
+def test_shipped_registry_has_the_four_configs():
+    registry = load_registry()
+    assert {"gat_basic", "gat_enhanced", "lightgcn", "most_popular"} <= set(registry)
+    for name, config in registry.items():
+        assert isinstance(config, ModelConfig)
+        assert config.name == name
+    assert registry["gat_basic"].model == "gat_basic"
+    assert registry["gat_enhanced"].model == "gat_enhanced"
+    assert registry["lightgcn"].model == "lightgcn"
+    assert registry["most_popular"].model == "most_popular"
+    assert not registry["most_popular"].trainable
+    assert registry["gat_enhanced"].trainable
+    # every GAT config keeps the hidden size divisible by the heads
+    for config in registry.values():
+        if config.model.startswith("gat"):
+            assert config.embedding_dim % config.heads == 0
+
+
+def test_default_registry_and_get_config():
+    assert default_registry() is default_registry()  # cached
+    assert get_config("gat_enhanced") is default_registry()["gat_enhanced"]
+    assert get_config("lightgcn").num_layers == load_registry()["lightgcn"].num_layers
+
+
+def test_get_config_unknown_name_lists_known_names():
+    with pytest.raises(ConfigError) as info:
+        get_config("gat_huge")
+    message = str(info.value)
+    assert "gat_huge" in message
+    for known in ("gat_basic", "gat_enhanced", "lightgcn", "most_popular"):
+        assert known in message
+
+
+def test_get_config_with_explicit_registry(tmp_path):
+    registry = load_registry(_yaml(tmp_path, "only:\n  model: lightgcn\n"))
+    assert get_config("only", registry).model == "lightgcn"
+    with pytest.raises(ConfigError, match="known configs: only"):
+        get_config("gat_basic", registry)
+    with pytest.raises(ConfigError, match="unknown model config 'x'"):
+        get_config("x", {})
+
+
+def test_shipped_thresholds():
+    thresholds = load_thresholds()
+    assert isinstance(thresholds, Thresholds)
+    assert thresholds.ndcg10_min_ratio_vs_most_popular == pytest.approx(1.05)
+    assert thresholds.ndcg10_min_ratio_vs_random == pytest.approx(1.5)
+
+
+# ---------------------------------------------------------------------------------- load_registry
+
+
+def test_load_registry_valid_file_with_defaults(tmp_path):
+    path = _yaml(
+        tmp_path,
+        "small_gat:\n  model: gat_enhanced\n  embedding_dim: 32\n  heads: 4\n  lr: 0.01\n"
+        "pop:\n  model: most_popular\n",
+    )
+    registry = load_registry(path)
+    assert list(registry) == ["small_gat", "pop"]
+    config = registry["small_gat"]
+    assert (config.embedding_dim, config.heads, config.lr) == (32, 4, 0.01)
+    assert config.split == "random" and config.max_epochs == 60 and config.patience == 8
+    with pytest.raises(pydantic.ValidationError):
+        config.lr = 1.0  # frozen
+
+
+@pytest.mark.parametrize(
+    "settings, field",
+    [
+        ("model: gat_basic\n  hidden: 12", "hidden"),  # unknown field
+        ("model: gat_basic\n  lr: -0.01", "lr"),
+        ("model: gat_basic\n  lr: 0", "lr"),
+        ("model: gat_enhanced\n  embedding_dim: 30\n  heads: 4", "divisible"),
+        ("model: gat_basic\n  embedding_dim: 10\n  heads: 3", "divisible"),
+        ("model: transformer", "model"),
+        ("description: no model given", "model"),
+        ("model: lightgcn\n  split: by_genre", "split"),
+        ("model: lightgcn\n  embedding_dim: lots", "embedding_dim"),
+        ("model: lightgcn\n  dropout: 1.0", "dropout"),
+        ("model: lightgcn\n  num_layers: 0", "num_layers"),
+        ("model: lightgcn\n  patience: 0", "patience"),
+        ("model: lightgcn\n  lr_factor: 1.5", "lr_factor"),
+    ],
+)
+def test_load_registry_invalid_entry_names_file_config_and_field(tmp_path, settings, field):
+    path = _yaml(tmp_path, f"fine:\n  model: lightgcn\nbroken_cfg:\n  {settings}\n", name="bad_models.yaml")
+    with pytest.raises(ConfigError) as info:
+        load_registry(path)
+    message = str(info.value)
+    assert str(path) in message
+    assert "'broken_cfg'" in message
+    assert field in message
+
+
+def test_heads_need_not_divide_for_non_gat_models(tmp_path):
+    registry = load_registry(_yaml(tmp_path, "l:\n  model: lightgcn\n  embedding_dim: 10\n  heads: 3\n"))
+    assert registry["l"].embedding_dim == 10
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "gat: [unclosed\n",          # invalid YAML
+        "a:\n  b: 1\n c: 2\n",       # bad indentation
+        "",                          # empty file
+        "# only a comment\n",        # empty document
+        "- model: gat_basic\n",      # a list, not a mapping
+        "just a string\n",
+    ],
+)
+def test_load_registry_bad_file_names_the_file(tmp_path, text):
+    path = _yaml(tmp_path, text, name="weird.yaml")
+    with pytest.raises(ConfigError, match="weird.yaml"):
+        load_registry(path)
+
+
+def test_load_registry_entry_that_is_not_a_mapping(tmp_path):
+    path = _yaml(tmp_path, "fine:\n  model: lightgcn\nnothing:\n")
+    with pytest.raises(ConfigError, match=r"models\.yaml: config 'nothing' must be a mapping"):
+        load_registry(path)
+
+
+def test_load_registry_entry_repeating_its_name(tmp_path):
+    """``name`` is a ModelConfig field: setting it in the YAML must fail as a ConfigError too."""
+    path = _yaml(tmp_path, "cfg_a:\n  model: lightgcn\n  name: other\n", name="named.yaml")
+    with pytest.raises(ConfigError, match=r"named\.yaml.*'cfg_a'"):
+        load_registry(path)
+
+
+def test_load_registry_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_registry(tmp_path / "absent.yaml")
+
+
+def test_config_error_is_value_error():
+    assert issubclass(ConfigError, ValueError)
+
+
+# ---------------------------------------------------------------------------------- thresholds
+
+
+def test_load_thresholds_from_file(tmp_path):
+    path = _yaml(tmp_path, "ndcg10_min_ratio_vs_most_popular: 1.2\nndcg10_min_ratio_vs_random: 2\n", "t.yaml")
+    thresholds = load_thresholds(path)
+    assert thresholds.ndcg10_min_ratio_vs_most_popular == 1.2
+    assert thresholds.ndcg10_min_ratio_vs_random == 2.0
+
+
+@pytest.mark.parametrize(
+    "text, field",
+    [
+        ("ndcg10_min_ratio_vs_most_popular: 1.2\n", "ndcg10_min_ratio_vs_random"),  # missing
+        ("ndcg10_min_ratio_vs_most_popular: -1\nndcg10_min_ratio_vs_random: 2\n", "ndcg10_min_ratio_vs_most_popular"),
+        ("ndcg10_min_ratio_vs_most_popular: 1\nndcg10_min_ratio_vs_random: 2\nextra: 3\n", "extra"),
+    ],
+)
+def test_load_thresholds_invalid(tmp_path, text, field):
+    path = _yaml(tmp_path, text, "thr.yaml")
+    with pytest.raises(ConfigError) as info:
+        load_thresholds(path)
+    assert "thr.yaml" in str(info.value) and field in str(info.value)
+
+
+def test_load_thresholds_empty_file(tmp_path):
+    with pytest.raises(ConfigError, match="thr.yaml"):
+        load_thresholds(_yaml(tmp_path, "", "thr.yaml"))

@@ -107,3 +107,28 @@ def test_invalid_world_config_fails_before_touching_warehouse(tiny_chain):
     with duckdb.connect(str(lake / "warehouse.duckdb"), read_only=True) as con:
         ((plays_after,),) = con.sql('SELECT count(*) FROM "raw"."plays"').fetchall()
     assert plays_after == plays_before
+
+
+def test_failing_blocking_data_test_rolls_back_the_table(tiny_chain):
+    """A duplicate play_id planted in raw.plays fails stg_plays' unique test; the old table stays."""
+    lake, instance, _ = tiny_chain
+    from spotify_engine_assets.definitions import defs
+
+    warehouse = str(lake / "warehouse.duckdb")
+    with duckdb.connect(warehouse) as con:
+        ((staged_before,),) = con.sql('SELECT count(*) FROM "staging"."stg_plays"').fetchall()
+        con.execute('INSERT INTO "raw"."plays" SELECT * FROM "raw"."plays" LIMIT 1')
+    try:
+        result = dg.materialize(
+            [*defs.assets, *defs.asset_checks], selection=dg.AssetSelection.assets(["staging", "stg_plays"]),
+            run_config=run_config(), instance=instance, resources=defs.resources, raise_on_error=False,
+        )
+        assert not result.success
+        failure = next(e for e in result.all_events if e.is_step_failure)
+        assert "unique__play_id" in failure.step_failure_data.error.message
+        with duckdb.connect(warehouse, read_only=True) as con:
+            ((staged_after,),) = con.sql('SELECT count(*) FROM "staging"."stg_plays"').fetchall()
+        assert staged_after == staged_before
+    finally:
+        with duckdb.connect(warehouse) as con:  # undo the planted duplicate for other tests
+            con.execute('CREATE OR REPLACE TABLE "raw"."plays" AS SELECT DISTINCT * FROM "raw"."plays"')

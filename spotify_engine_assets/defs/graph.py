@@ -5,6 +5,9 @@ import dagster as dg
 import torch
 from pydantic import Field
 
+from ..lib import graph as graph_lib
+from ..lib import splits as splits_lib
+from ..lib.paths import source_version
 from ..lib.graph import (
     LISTENS,
     GraphBuildError,
@@ -36,7 +39,7 @@ SPLIT_STRATEGIES = ("random", "temporal")
     group_name="graph",
     kinds={"pytorch", "pyg"},
     pool=DUCKDB_POOL,
-    code_version="1",
+    code_version=source_version(graph_lib),
 )
 def listening_graph(context: dg.AssetExecutionContext, warehouse: Warehouse) -> dg.Output[dict]:
     """PyG ``HeteroData`` with user, song, artist and genre nodes; listens edges carry play count,
@@ -57,7 +60,7 @@ class SplitConfig(dg.Config):
     seed: int = Field(default=0, description="Seed of the random split.")
 
 
-@dg.asset(key="interaction_splits", group_name="graph", kinds={"pytorch"}, code_version="1")
+@dg.asset(key="interaction_splits", group_name="graph", kinds={"pytorch"}, code_version=source_version(splits_lib))
 def interaction_splits(context: dg.AssetExecutionContext, config: SplitConfig, listening_graph: dict) -> dg.Output[dict]:
     """Train / validation / test indices into the listens edges, two strategies:
     ``random`` (per user, seeded 70/15/15) and ``temporal`` (each user's latest-discovered

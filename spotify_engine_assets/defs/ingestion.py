@@ -8,8 +8,6 @@ separate asset that stays out of the warehouse: it is for diagnostics, never a m
 
 
 import dataclasses
-import hashlib
-import inspect
 
 import dagster as dg
 import polars as pl
@@ -17,13 +15,14 @@ from pydantic import Field
 
 from ..lib import generator as generator_lib
 from ..lib.generator import GeneratorConfigError, GeneratorSettings, generate_world, write_world
+from ..lib.paths import source_version
 from ..lib.plots import frame_markdown, hour_profile
 from .resources import DUCKDB_POOL, DataLake, Warehouse
 
 RAW_TABLES = ("genres", "artists", "artist_genres", "songs", "song_genres", "users", "plays")
 RAW_SOURCES = tuple(f"raw.{table}" for table in RAW_TABLES)
 GROUND_TRUTH_KEY = dg.AssetKey(["ground_truth", "user_genre_affinity"])
-GENERATOR_VERSION = hashlib.sha256(inspect.getsource(generator_lib).encode()).hexdigest()[:16]
+GENERATOR_VERSION = source_version(generator_lib)
 
 _DESCRIPTIONS = {
     "genres": "Genres with Zipf popularity (popularity is the generator's hidden truth).",

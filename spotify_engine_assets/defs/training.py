@@ -8,6 +8,9 @@ import torch
 from torch import nn
 from pydantic import Field
 
+from ..lib import metrics as metrics_lib
+from ..lib import models as models_lib
+from ..lib import training as training_lib
 from ..lib.artifacts import atomic_write_bytes
 from ..lib.configs import ConfigError, ModelConfig, default_registry, get_config, load_thresholds
 from ..lib.graph import LISTENS, from_payload, message_passing_graph
@@ -15,9 +18,12 @@ from ..lib.metrics import ranking_metrics
 from ..lib.models import MostPopular, parameter_count
 from ..lib.plots import frame_markdown, metric_bars, training_curve
 from ..lib.training import build_model, embed, fit_most_popular, num_nodes_of, train
+from ..lib.paths import source_version
 from .resources import DataLake, TorchRuntime
 
 model_configs = dg.StaticPartitionsDefinition(sorted(default_registry()))
+TRAINING_VERSION = source_version(models_lib, training_lib)
+EVALUATION_VERSION = source_version(models_lib, metrics_lib)
 REPORT_METRICS = ("recall@10", "recall@20", "ndcg@10", "ndcg@20", "precision@10", "hit_rate@10", "coverage@10")
 
 
@@ -42,7 +48,7 @@ def _held_out(data, split: dict) -> dict[str, torch.Tensor]:
     partitions_def=model_configs,
     group_name="training",
     kinds={"pytorch", "pyg"},
-    code_version="1",
+    code_version=TRAINING_VERSION,
 )
 def trained_model(
     context: dg.AssetExecutionContext,
@@ -127,7 +133,7 @@ def _random_reference(data, split: dict, seed: int = 0) -> dict[str, float]:
     partitions_def=model_configs,
     group_name="evaluation",
     kinds={"pytorch"},
-    code_version="1",
+    code_version=EVALUATION_VERSION,
     check_specs=[
         dg.AssetCheckSpec(
             "ndcg_gate",

@@ -31,3 +31,14 @@ def sql_models_dir() -> Path:
 def configs_dir() -> Path:
     """Packaged configuration: model registry, metric thresholds, run profiles."""
     return PACKAGE_DIR / "configs"
+
+
+def source_version(*modules) -> str:
+    """A code version for Dagster: hash of the source of the modules an asset's logic lives in."""
+    import hashlib
+    import inspect
+
+    digest = hashlib.sha256()
+    for module in modules:
+        digest.update(inspect.getsource(module).encode())
+    return digest.hexdigest()[:16]

@@ -16,12 +16,13 @@ def _print_summary(results) -> None:
             print(f"      {step:<40} {seconds:7.2f}")
     report = data_lake_root() / "reports" / "model_comparison.csv"
     if report.exists():
+        from .lib.plots import frame_markdown
+
         frame = pl.read_csv(report)
         columns = ["config", "split", "recall@10", "recall@20", "ndcg@10", "ndcg@20", "precision@10",
                    "hit_rate@10", "coverage@10", "ndcg@10 / most_popular", "gate", "train_seconds", "epochs"]
-        with pl.Config(tbl_rows=50, tbl_cols=20, float_precision=4, tbl_width_chars=200, tbl_hide_dataframe_shape=True):
-            print("\nMetric reports (test split):")
-            print(frame.select([c for c in columns if c in frame.columns]))
+        print("\nMetric reports (test split):")
+        print(frame_markdown(frame.select([c for c in columns if c in frame.columns])))
         print(f"(also in {report})")
 
 

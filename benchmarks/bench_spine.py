@@ -19,6 +19,7 @@ import dagster as dg
 import polars as pl
 
 from spotify_engine_assets.lib.paths import DATA_LAKE_ENV
+from spotify_engine_assets.lib.plots import frame_markdown
 
 
 def main() -> int:
@@ -44,9 +45,8 @@ def main() -> int:
             if not r.success:
                 print(f"FAILED {r.name}: {r.error}")
     table = pl.read_csv(lake / "reports" / "model_comparison.csv")
-    with pl.Config(tbl_rows=50, tbl_cols=20, float_precision=4, tbl_width_chars=220, tbl_hide_dataframe_shape=True):
-        print("\ntest metrics, default synthetic data:")
-        print(table)
+    print("\ntest metrics, default synthetic data:")
+    print(frame_markdown(table))
     ndcg = dict(zip(table["config"], table["ndcg@10"]))
     popular = float(table.filter(pl.col("config") == "gat_enhanced")["most_popular ndcg@10"][0])
     ratio = ndcg["gat_enhanced"] / popular

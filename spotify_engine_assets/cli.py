@@ -50,6 +50,135 @@ def _home(args: argparse.Namespace) -> int:
     return 0
 
 
+def _store():
+    from .lib.artifacts import ArtifactStore
+    from .lib.paths import data_lake_root
+
+    return ArtifactStore(data_lake_root() / "artifacts")
+
+
+LIST_COLUMNS = ["experiment", "current", "split", "seed", "recorded_at", "data", "git_commit",
+                "recall@10", "ndcg@10", "mrr@10", "coverage@10", "gini@10", "gate", "train_seconds"]
+
+
+def _experiments_list(args: argparse.Namespace) -> int:
+    from .lib.experiments import experiments_frame
+    from .lib.plots import frame_markdown
+
+    frame = experiments_frame(_store(), include_history=args.all)
+    if frame.is_empty():
+        print("no experiments recorded yet: materialize some model configs first (spotify-engine materialize)")
+        return 0
+    print(frame_markdown(frame.select([c for c in LIST_COLUMNS if c in frame.columns]), max_rows=10_000))
+    return 0
+
+
+def _experiments_compare(args: argparse.Namespace) -> int:
+    from .lib.configs import ConfigError, load_thresholds
+    from .lib.experiments import compare_experiments, load_ab_plan, resolve_experiment
+    from .lib.plots import frame_markdown
+
+    store = _store()
+    try:
+        id_a, report_a = resolve_experiment(store, args.a)
+        id_b, report_b = resolve_experiment(store, args.b)
+        metrics = args.metrics.split(",") if args.metrics else load_ab_plan().metrics
+        result = compare_experiments(report_a, report_b, metrics, load_thresholds())
+    except (KeyError, ValueError, ConfigError) as error:
+        print(f"error: {error.args[0] if isinstance(error, KeyError) else error}", file=sys.stderr)
+        return 2
+    print(f"A = {id_a}\nB = {id_b}\n")
+    print(frame_markdown(result["metrics"], max_rows=1000))
+    differences = result["differences"]
+    print("\nRecorded differences (config, data, code, environment):")
+    print(frame_markdown(differences, max_rows=1000) if not differences.is_empty() else "none")
+    if result["stats"] is None:
+        print(f"\nNo per-user statistics: {result['reason']}")
+    else:
+        print("\nB vs A per user (paired t, Wilcoxon, bootstrap 95% CI, Cohen's d, Holm; split-users Welch):")
+        columns = ["metric", "n", "mean_diff", "ci_low", "ci_high", "cohens_d", "t_p_holm", "wilcoxon_p_holm", "verdict",
+                   "welch_p_holm", "welch_verdict"]
+        print(frame_markdown(result["stats"].select(columns), max_rows=100))
+    return 0
+
+
+def reproduce_experiment(ident: str, instance=None) -> dict:
+    """Rollback check: re-materialize the recorded experiment's config (trained_model and
+    metric_report of its partition, with the recorded epoch cap) on the data now in the lake, and
+    compare the new metrics with the recorded ones.
+
+    The registry's config must still equal the recorded one (else the differing fields are
+    named, to restore in ``models.yaml``). Returns ids, whether data and experiment key match,
+    the largest absolute metric difference and ``reproduced``.
+    """
+    import dagster as dg
+
+    from .definitions import defs
+    from .lib.configs import ModelConfig, get_config
+    from .lib.experiments import resolve_experiment
+    from .runner import MODEL_STAGE, dagster_home, run_config
+
+    store = _store()
+    experiment_id, recorded = resolve_experiment(store, ident)
+    provenance = recorded.get("provenance") or {}
+    if not provenance.get("config"):
+        raise ValueError(f"experiment {experiment_id} has no recorded provenance: it cannot be reproduced")
+    name = recorded["config"]
+    recorded_config, current_config = ModelConfig(**provenance["config"]), get_config(name)
+    if recorded_config != current_config:
+        changed = [
+            f"{field}: {getattr(recorded_config, field)!r} (now {getattr(current_config, field)!r})"
+            for field in type(recorded_config).model_fields
+            if getattr(recorded_config, field) != getattr(current_config, field)
+        ]
+        raise ValueError(f"config {name!r} changed since {experiment_id}; restore in models.yaml: " + "; ".join(changed))
+    config = run_config()
+    if provenance.get("max_epochs_override") is not None:
+        config.setdefault("ops", {})["trained_model"] = {"config": {"max_epochs": provenance["max_epochs_override"]}}
+    if instance is None:
+        dagster_home()
+        instance = dg.DagsterInstance.get()
+    result = dg.materialize(
+        [*defs.assets, *defs.asset_checks], selection=MODEL_STAGE, run_config=config, instance=instance,
+        resources=defs.resources, partition_key=name, raise_on_error=False,
+    )
+    new_id, new = resolve_experiment(store, name)
+    if new_id == experiment_id or new.get("provenance", {}).get("evaluated_in_run") != result.run_id:
+        raise RuntimeError(f"re-materializing {name} wrote no new metric report (run {result.run_id} failed)")
+    differences = {
+        metric: abs(float(new["metrics"][metric]) - float(value))
+        for metric, value in recorded["metrics"].items()
+        if metric in new["metrics"]
+    }
+    same_data = (new["provenance"].get("data") or {}).get("combined") == (provenance.get("data") or {}).get("combined")
+    largest = max(differences.values()) if differences else float("inf")
+    return {
+        "recorded": experiment_id,
+        "new": new_id,
+        "run_success": result.success,
+        "same_data": same_data,
+        "same_experiment_key": new.get("experiment_key") == recorded.get("experiment_key"),
+        "max_abs_metric_diff": largest,
+        "reproduced": same_data and largest <= 1e-9,
+    }
+
+
+def _experiments_reproduce(args: argparse.Namespace) -> int:
+    from .lib.configs import ConfigError
+
+    try:
+        outcome = reproduce_experiment(args.experiment)
+    except (KeyError, ValueError, ConfigError, RuntimeError) as error:
+        print(f"error: {error.args[0] if isinstance(error, KeyError) else error}", file=sys.stderr)
+        return 2
+    for key, value in outcome.items():
+        print(f"{key:<22} {value}")
+    if not outcome["same_data"]:
+        print("the data in the lake differs from the recorded data fingerprint: re-materialize the data stage "
+              "with the recorded world config first", file=sys.stderr)
+    return 0 if outcome["reproduced"] else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="spotify-engine", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -61,6 +190,21 @@ def main(argv: list[str] | None = None) -> int:
     demo.set_defaults(handler=_materialize, profile="default", configs=None)
     home = commands.add_parser("home", help="create the Dagster home under the data lake and print its path")
     home.set_defaults(handler=_home)
+    experiments = commands.add_parser("experiments", help="recorded experiments (every metric report) in the data lake")
+    experiment_commands = experiments.add_subparsers(dest="experiments_command", required=True)
+    listing = experiment_commands.add_parser("list", help="one row per config's current report (--all: every recorded one)")
+    listing.add_argument("--all", action="store_true", help="include every recorded version, not only the current ones")
+    listing.set_defaults(handler=_experiments_list)
+    compare = experiment_commands.add_parser("compare", help="compare two experiments: metrics, recorded differences, statistics")
+    compare.add_argument("a", help="control: a config name (its current report) or an experiment id config@version")
+    compare.add_argument("b", help="treatment: a config name or an experiment id")
+    compare.add_argument("--metrics", help="comma-separated per-user metrics (default: configs/ab_tests.yaml)")
+    compare.set_defaults(handler=_experiments_compare)
+    reproduce = experiment_commands.add_parser(
+        "reproduce", help="rollback check: re-materialize a recorded experiment's config and compare its metrics"
+    )
+    reproduce.add_argument("experiment", help="a config name (its current report) or an experiment id config@version")
+    reproduce.set_defaults(handler=_experiments_reproduce)
     args = parser.parse_args(argv)
     return args.handler(args)
 

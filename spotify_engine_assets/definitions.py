@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from .defs import graph, ingestion, sql_models, training
+from .defs import experiments, graph, ingestion, sql_models, training
 from .defs.resources import DataLake, LakeIOManager, TorchRuntime, Warehouse
 
 lake = DataLake()
@@ -12,6 +12,7 @@ defs = dg.Definitions.merge(
     sql_models.build_sql_definitions(sql_models.load_project()),
     graph.defs,
     training.defs,
+    experiments.defs,
     dg.Definitions(
         resources={
             "lake": lake,

@@ -1,7 +1,8 @@
 """Materialize the whole chain in stages against the project's Dagster instance.
 
 Stages: data (ingestion, SQL models, graph, splits) -> one run per model config (trained
-model + metric report; a partition key per run) -> the comparison. Each stage is a normal
+model + metric report; a partition key per run) -> the comparison (model_comparison, and the
+experiments table, A/B tests and champion). Each stage is a normal
 Dagster run recorded in ``$DAGSTER_HOME``, so the UI shows the history, lineage and metadata.
 Run configuration comes from the YAML files in ``configs/run/`` that ``make test`` also passes
 to ``dagster asset materialize``.
@@ -20,7 +21,7 @@ from .lib.paths import configs_dir, data_lake_root
 
 DATA_STAGE = dg.AssetSelection.groups("ingestion", "sql", "graph")
 MODEL_STAGE = dg.AssetSelection.assets("trained_model", "metric_report")
-COMPARISON_STAGE = dg.AssetSelection.assets("model_comparison")
+COMPARISON_STAGE = dg.AssetSelection.assets("model_comparison", "experiments", "ab_tests", "champion")
 PROFILES = {"default": ([], []), "tiny": (["tiny_data.yaml"], ["tiny_train.yaml"])}
 
 

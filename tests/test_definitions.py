@@ -5,6 +5,9 @@ import dagster as dg
 from spotify_engine_assets.definitions import defs
 
 EXPECTED_ASSET_KEYS = [
+    "ab_tests",
+    "champion",
+    "experiments",
     "ground_truth/user_genre_affinity",
     "interaction_splits",
     "listening_graph",
@@ -30,6 +33,7 @@ EXPECTED_ASSET_KEYS = [
     "staging/stg_songs",
     "staging/stg_users",
     "trained_model",
+    "user_segments",
 ]
 
 
@@ -71,7 +75,7 @@ def test_training_assets_are_partitioned_by_config_registry():
 def test_gates_are_blocking_checks():
     graph = _graph()
     checks = {key.name: graph.get_check_spec(key) for key in graph.asset_check_keys}
-    for name in ("ndcg_gate", "splits_partition_interactions", "no_heldout_edges_in_message_passing"):
+    for name in ("ndcg_gate", "champion_gate", "splits_partition_interactions", "no_heldout_edges_in_message_passing"):
         assert name in checks, name
         assert checks[name].blocking, name
     # SQL data tests become checks too, error severity blocking and warn not

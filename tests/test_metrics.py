@@ -197,3 +197,139 @@ def test_perfect_and_worst_rankings():
     # the relevant song scored last -> outside the top 10 -> zeros
     worst = ranking_metrics(-user_emb, song_emb, relevant, none, ks=(10,))
     assert worst["recall@10"] == 0.0 and worst["ndcg@10"] == 0.0 and worst["hit_rate@10"] == 0.0
+
+
+# ---------------------------------------------------------------------------------- per-user accuracy
+
+from spotify_engine_assets.lib.metrics import (  # noqa: E402
+    accuracy_per_user,
+    gini,
+    group_of_rank,
+    intra_list_distance,
+    novelty_per_user,
+    personalization,
+    popularity_probability,
+    recommendation_counts,
+)
+from torch_geometric.metrics import LinkPredMRR, LinkPredPersonalization  # noqa: E402
+
+
+def _hand_topk():
+    users = torch.tensor([0, 1, 3])
+    top = topk_excluding(USER_EMB, SONG_EMB, users, EXCLUDE, k=10)
+    row_of_user = torch.full((4,), -1, dtype=torch.long)
+    row_of_user[users] = torch.arange(3)
+    return top, row_of_user[RELEVANT[0]], RELEVANT[1]
+
+
+def test_accuracy_per_user_hand_computed():
+    top, rows, songs = _hand_topk()
+    values = accuracy_per_user(top, rows, songs, ks=(2, 5, 10))
+    # user 0: relevant at ranks 2, 5, 9 of 3 relevant; user 1: rank 1 of 1; user 3: none retrieved
+    assert values["recall@5"].tolist() == pytest.approx([2 / 3, 1.0, 0.0])
+    assert values["precision@10"].tolist() == pytest.approx([0.3, 0.1, 0.0])
+    assert values["mrr@10"].tolist() == pytest.approx([0.5, 1.0, 0.0])
+    assert values["mrr@2"].tolist() == pytest.approx([0.5, 1.0, 0.0])
+    assert values["hit_rate@2"].tolist() == pytest.approx([1.0, 1.0, 0.0])
+    l3, l6 = math.log2(3), math.log2(6)
+    assert values["ndcg@5"].tolist() == pytest.approx([(1 / l3 + 1 / l6) / (1 + 1 / l3 + 1 / 2), 1.0, 0.0])
+    expected = expected_values()
+    for name in ("recall@2", "recall@5", "ndcg@2", "ndcg@5"):
+        assert float(values[name].mean()) == pytest.approx(expected[name], abs=1e-6)
+
+
+def test_accuracy_per_user_means_equal_pyg_metrics():
+    g = torch.Generator().manual_seed(3)
+    user_emb, song_emb = torch.randn(30, 4, generator=g), torch.randn(50, 4, generator=g)
+    relevant = torch.stack([torch.randint(30, (200,), generator=g), torch.randint(50, (200,), generator=g)])
+    relevant = torch.unique(relevant, dim=1)
+    users = torch.unique(relevant[0])
+    top = topk_excluding(user_emb, song_emb, users, torch.empty(2, 0, dtype=torch.long), k=20)
+    row_of_user = torch.full((30,), -1, dtype=torch.long)
+    row_of_user[users] = torch.arange(users.numel())
+    rows = row_of_user[relevant[0]]
+    per_user = accuracy_per_user(top, rows, relevant[1], ks=(5, 10, 20))
+    assert len(per_user) == 15
+    collection = metric_collection(50, ks=(5, 10, 20))
+    collection.update(top, (rows, relevant[1]))
+    for name, value in collection.compute().items():
+        assert float(per_user[name].mean()) == pytest.approx(float(value), abs=1e-6), name
+    mrr = LinkPredMRR(10)
+    mrr.update(top, (rows, relevant[1]))
+    assert float(per_user["mrr@10"].mean()) == pytest.approx(float(mrr.compute()), abs=1e-6)
+
+
+def test_accuracy_per_user_rejects_short_lists():
+    with pytest.raises(ValueError, match="columns"):
+        accuracy_per_user(torch.zeros(2, 5, dtype=torch.long), torch.tensor([0]), torch.tensor([1]), ks=(10,))
+
+
+# ---------------------------------------------------------------------------------- beyond accuracy
+
+
+def test_gini_hand_values():
+    assert gini(torch.tensor([0, 0, 1, 3])) == pytest.approx(0.625)  # mean |xi - xj| / (2 mean)
+    assert gini(torch.tensor([2, 2, 2])) == pytest.approx(0.0)
+    assert gini(torch.tensor([0, 0, 0, 5])) == pytest.approx(0.75)  # 1 - 1/n: one item has everything
+    assert gini(torch.zeros(4)) == 0.0
+
+
+def test_gini_counts_never_recommended_songs():
+    top = torch.tensor([[0, 1], [0, 2]])
+    counts = recommendation_counts(top, num_songs=4, k=2)
+    assert counts.tolist() == [2, 1, 1, 0]
+    assert gini(counts) == pytest.approx(0.375)  # with song 3's zero
+    assert gini(counts[:3]) == pytest.approx(1 / 6)  # what ignoring it would give
+
+
+def test_recommendation_counts_skip_sentinel():
+    top = torch.tensor([[0, 3], [1, 3]])  # 3 = sentinel for 3 songs
+    assert recommendation_counts(top, num_songs=3, k=2).tolist() == [1, 1, 0]
+
+
+def test_novelty_hand_values():
+    train = torch.tensor([[0, 1, 0, 1, 2], [0, 0, 2, 2, 2]])  # song 0: 2 listeners, song 1: 0, song 2: 3
+    probability = popularity_probability(train, num_users=3, num_songs=3)
+    assert probability.tolist() == pytest.approx([3 / 4, 1 / 4, 1.0])
+    top = torch.tensor([[0, 1], [2, 3]])  # user 1's second slot is the sentinel
+    novelty = novelty_per_user(top, probability, k=2)
+    assert novelty.tolist() == pytest.approx([(-math.log2(3 / 4) + 2.0) / 2, 0.0])
+
+
+def test_intra_list_distance_hand_values():
+    features = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    top = torch.tensor([[0, 1, 2], [0, 1, 3], [2, 3, 3], [0, 0, 0]])
+    ild = intra_list_distance(top, features, k=3)
+    half_sqrt2 = math.sqrt(0.5)
+    assert ild[0] == pytest.approx(1 - (0 + half_sqrt2 + half_sqrt2) / 3)
+    assert ild[1] == pytest.approx(1.0)  # one valid pair, orthogonal
+    assert ild[2] == pytest.approx(0.0)  # one song only
+    assert ild[3] == pytest.approx(0.0)  # identical songs
+
+
+def test_intra_list_distance_matches_pairwise_loop():
+    g = torch.Generator().manual_seed(5)
+    features = torch.randn(20, 6, generator=g)
+    top = torch.stack([torch.randperm(20, generator=g)[:5] for _ in range(7)])
+    ild = intra_list_distance(top, features, k=5)
+    unit = torch.nn.functional.normalize(features.double(), dim=1)
+    for row in range(7):
+        sims = [float(unit[a] @ unit[b]) for i, a in enumerate(top[row]) for j, b in enumerate(top[row]) if i != j]
+        assert ild[row] == pytest.approx(1 - sum(sims) / len(sims))
+
+
+def test_personalization_hand_and_pyg():
+    top = torch.tensor([[0, 1], [0, 2], [3, 4]])
+    assert personalization(top, num_songs=5, k=2) == pytest.approx(1 - (1 / 3) / 2)
+    g = torch.Generator().manual_seed(1)
+    top = torch.stack([torch.randperm(30, generator=g)[:6] for _ in range(25)])
+    reference = LinkPredPersonalization(k=6, max_src_nodes=None)
+    reference.update(top, torch.empty(2, 0, dtype=torch.long))
+    assert personalization(top, num_songs=30, k=6) == pytest.approx(float(reference.compute()), abs=1e-6)
+    assert personalization(torch.tensor([[0, 1]] * 4), num_songs=3, k=2) == pytest.approx(0.0)
+
+
+def test_group_of_rank_equal_thirds_with_ties():
+    groups = group_of_rank(torch.tensor([5, 1, 1, 1, 9, 3]))
+    assert groups.tolist() == [2, 0, 0, 1, 2, 1]
+    assert torch.bincount(groups).tolist() == [2, 2, 2]

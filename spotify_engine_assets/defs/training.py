@@ -1,6 +1,9 @@
 """Training and evaluation: trained models partitioned by named config, their metric reports
-(gated against most-popular), and a comparison of every config."""
+(gated against most-popular and the current champion), and a comparison of every config."""
 
+
+import io
+import time
 
 import dagster as dg
 import polars as pl
@@ -8,10 +11,15 @@ import torch
 from torch import nn
 from pydantic import Field
 
+from ..lib import evaluation as evaluation_lib
+from ..lib import experiments as experiments_lib
+from ..lib import graph as graph_lib
 from ..lib import metrics as metrics_lib
 from ..lib import models as models_lib
+from ..lib import splits as splits_lib
 from ..lib import training as training_lib
-from ..lib.artifacts import atomic_write_bytes
+from ..lib.artifacts import ArtifactNotFoundError, atomic_write_bytes, load_torch
+from ..lib.evaluation import EvaluationData, PeakMemory, evaluate, fairness_tables, latency_per_user, memory_estimate_bytes
 from ..lib.configs import ConfigError, ModelConfig, default_registry, get_config, load_thresholds
 from ..lib.graph import LISTENS, from_payload, message_passing_graph
 from ..lib.metrics import ranking_metrics
@@ -23,8 +31,13 @@ from .resources import DataLake, TorchRuntime
 
 model_configs = dg.StaticPartitionsDefinition(sorted(default_registry()))
 TRAINING_VERSION = source_version(models_lib, training_lib)
-EVALUATION_VERSION = source_version(models_lib, metrics_lib)
+EVALUATION_VERSION = source_version(models_lib, metrics_lib, evaluation_lib, experiments_lib)
+UPSTREAM_CODE_VERSIONS = {"listening_graph": source_version(graph_lib), "interaction_splits": source_version(splits_lib)}
 REPORT_METRICS = ("recall@10", "recall@20", "ndcg@10", "ndcg@20", "precision@10", "hit_rate@10", "coverage@10")
+# beyond the spine's columns: shown in the comparison when a report has them
+EXTRA_METRICS = ("mrr@10", "gini@10", "novelty@10", "ild_genre@10", "personalization@10")
+ACCURACY_FAMILIES = ("recall", "precision", "ndcg", "mrr", "hit_rate")
+BEYOND_ACCURACY = ("coverage@10", "gini@10", "novelty@10", "ild_embedding@10", "ild_genre@10", "personalization@10")
 
 
 class TrainRunConfig(dg.Config):
@@ -68,7 +81,16 @@ def trained_model(
     view = message_passing_graph(data, split["train"])
     pairs = _held_out(data, split)
     artifact = {"config": model_config.model_dump(), "split_settings": interaction_splits["settings"]}
-    metadata: dict = {"config": dg.MetadataValue.json(model_config.model_dump()), "split": model_config.split}
+    provenance = _provenance(context, model_config, data, split, config.max_epochs)
+    artifact["provenance"] = provenance
+    metadata: dict = {
+        "config": dg.MetadataValue.json(model_config.model_dump()),
+        "split": model_config.split,
+        "seed": model_config.seed,
+        "data_fingerprint": provenance["data"]["combined"],
+        "git_commit": str(provenance["git"]["commit"])[:12],
+        "provenance": dg.MetadataValue.json(provenance),
+    }
     if not model_config.trainable:
         model = fit_most_popular(view)
         artifact.update(best_state={"popularity": model.popularity}, final_state={"popularity": model.popularity})
@@ -97,6 +119,41 @@ def trained_model(
         training_curve=dg.MetadataValue.md(training_curve(result.history, model_config.name)),
     )
     return dg.Output(artifact, metadata=metadata)
+
+
+def _upstream_versions(context: dg.AssetExecutionContext, keys: tuple[str, ...]) -> dict[str, dict]:
+    """Dagster's recorded data and code version of each upstream asset's latest materialization."""
+    versions = {}
+    for key in keys:
+        entry = None
+        try:
+            entry = context.instance.get_latest_materialization_event(dg.AssetKey(key))
+        except Exception as error:  # noqa: BLE001 - provenance is best effort, never fails a run
+            context.log.warning(f"cannot read the latest materialization of {key}: {error}")
+        tags = (entry.asset_materialization.tags or {}) if entry and entry.asset_materialization else {}
+        versions[key] = {
+            "data_version": tags.get("dagster/data_version", "unknown"),
+            "code_version": tags.get("dagster/code_version", "unknown"),
+            "run_id": entry.run_id if entry else "unknown",
+        }
+    return versions
+
+
+def _provenance(context: dg.AssetExecutionContext, model_config: ModelConfig, data, split: dict, max_epochs: int | None) -> dict:
+    """What an experiment was made of: config and seed, data hashes, code, git, dependencies."""
+    return {
+        "config": model_config.model_dump(),
+        "seed": model_config.seed,
+        "max_epochs_override": max_epochs,
+        "data": experiments_lib.data_fingerprint(data, split),
+        "upstream": _upstream_versions(context, ("listening_graph", "interaction_splits")),
+        "code_versions": {"trained_model": TRAINING_VERSION, **UPSTREAM_CODE_VERSIONS},
+        "git": experiments_lib.git_state(),
+        "dependencies": experiments_lib.dependency_versions(),
+        "torch_threads": torch.get_num_threads(),
+        "run_id": context.run_id,
+        "recorded_at": experiments_lib.now_iso(),
+    }
 
 
 def load_trained(artifact: dict, data) -> nn.Module | MostPopular:
@@ -128,12 +185,45 @@ def _random_reference(data, split: dict, seed: int = 0) -> dict[str, float]:
     return ranking_metrics(users, songs, pairs["test"], torch.cat([pairs["train"], pairs["valid"]], dim=1))
 
 
+def _markdown_table(rows: dict[str, dict[str, float]], first: str) -> str:
+    names = list(rows)
+    columns = list(next(iter(rows.values())))
+    frame = pl.DataFrame({first: columns, **{name: [rows[name][c] for c in columns] for name in names}})
+    return frame_markdown(frame, max_rows=50)
+
+
+def _accuracy_grid(metrics: dict[str, float]) -> str:
+    """Accuracy metrics as a family x K markdown grid."""
+    ks = sorted({int(name.split("@")[1]) for name in metrics if name.split("@")[0] in ACCURACY_FAMILIES})
+    rows = {f"@{k}": {family: metrics.get(f"{family}@{k}", float("nan")) for family in ACCURACY_FAMILIES} for k in ks}
+    return _markdown_table(rows, "metric")
+
+
+def _load_champion_report(lake: DataLake, champion: dict, split: str, candidate: str) -> dict | None:
+    current = champion.get("splits", {}).get(split)
+    if not current or current["config"] == candidate:
+        return None
+    try:
+        return load_torch(lake.artifacts.current(["metric_report"], current["config"]) / "data.pt")
+    except ArtifactNotFoundError:
+        return None
+
+
+def _fairness_observed(gaps: pl.DataFrame, metric: str) -> dict:
+    rows = gaps.filter(pl.col("metric") == metric)
+    if rows.is_empty():
+        return {"relative_gap": 0.0, "dimension": "-", "best_group": "-", "worst_group": "-"}
+    worst = rows.sort("relative_gap").row(-1, named=True)
+    return worst
+
+
 @dg.asset(
     key="metric_report",
     partitions_def=model_configs,
     group_name="evaluation",
     kinds={"pytorch"},
     code_version=EVALUATION_VERSION,
+    ins={"user_segments": dg.AssetIn("user_segments")},
     check_specs=[
         dg.AssetCheckSpec(
             "ndcg_gate",
@@ -141,25 +231,78 @@ def _random_reference(data, split: dict, seed: int = 0) -> dict[str, float]:
             blocking=True,
             description="Test NDCG@10 beats most-popular on the same split by the configured ratio "
             "(most-popular itself must beat a random ranking).",
-        )
+        ),
+        dg.AssetCheckSpec(
+            "champion_gate",
+            asset="metric_report",
+            blocking=True,
+            description="The candidate is not significantly worse than the current champion of its split on the "
+            "champion metric (paired test on per-user values, same split and data; thresholds.yaml).",
+        ),
+        dg.AssetCheckSpec(
+            "fairness_gap",
+            asset="metric_report",
+            blocking=False,
+            description="Largest relative gap of the fairness metric between user types or activity terciles "
+            "stays within the threshold (warning).",
+        ),
     ],
 )
 def metric_report(
     context: dg.AssetExecutionContext,
     torch_runtime: TorchRuntime,
+    lake: DataLake,
     trained_model: dict,
     listening_graph: dict,
     interaction_splits: dict,
+    user_segments: pl.DataFrame,
 ):
-    """Test Recall@10/20, NDCG@10/20, Precision@10, HitRate@10 and coverage@10 of one config,
-    ranking all songs with the user's training (and validation) songs masked, beside the
-    most-popular figures on the same split."""
+    """Comprehensive test evaluation of one config, ranking all songs with the user's training and
+    validation songs masked: Recall/Precision/NDCG/MRR/HitRate at 5, 10, 20; coverage, Gini of
+    recommendation counts, novelty, intra-list diversity (embeddings and genres),
+    personalization; every metric per user type and activity tercile with the largest gap;
+    parameters, training time, per-user latency p50/p95, throughput, memory estimate vs measured
+    peak. Per-user metric vectors are kept (and written as Parquet); most-popular on the same
+    split is scored alongside; the provenance of the experiment is recorded."""
     torch_runtime.apply()
     data = from_payload(listening_graph)
     model_config = ModelConfig(**trained_model["config"])
     split = interaction_splits[model_config.split]
-    metrics = evaluate_split(load_trained(trained_model, data), data, split)
-    reference = evaluate_split(fit_most_popular(message_passing_graph(data, split["train"])), data, split)
+    try:
+        eval_data = EvaluationData.from_graph(data, split, user_segments)
+    except ValueError as error:
+        raise dg.Failure(f"metric_report[{model_config.name}]: {error}") from error
+    view = message_passing_graph(data, split["train"])
+    model = load_trained(trained_model, data)
+
+    with PeakMemory() as memory:
+        started = time.perf_counter()
+        user_emb, song_emb = embed(model, view)
+        forward_seconds = time.perf_counter() - started
+        evaluation = evaluate(user_emb, song_emb, eval_data)
+    latency = latency_per_user(user_emb, song_emb, evaluation.users, eval_data.test_exclude)
+    num_edges = sum(int(view[t].edge_index.size(1)) for t in view.edge_types)
+    layers = 0 if not model_config.trainable else (1 if model_config.model == "gat_basic" else model_config.num_layers)
+    estimate = memory_estimate_bytes(
+        trained_model["num_parameters"], sum(int(view[t].num_nodes) for t in view.node_types), int(user_emb.size(1)),
+        num_edges, layers, evaluation.users.numel(), eval_data.num_songs, evaluation.topk.size(1),
+    )
+    efficiency = {
+        "num_parameters": int(trained_model["num_parameters"]),
+        "train_seconds": float(trained_model["train_seconds"]),
+        "forward_seconds": forward_seconds,
+        "latency_p50_ms": latency["p50_ms"],
+        "latency_p95_ms": latency["p95_ms"],
+        "latency_sampled_users": latency["sampled_users"],
+        "throughput_users_per_s": evaluation.users.numel() / max(evaluation.topk_seconds, 1e-9),
+        "memory_estimate_bytes": estimate["total"],
+        "memory_estimate_parts": estimate,
+        "memory_peak_bytes": memory.peak_bytes,
+        "memory_estimate_to_peak": (estimate["total"] / memory.peak_bytes) if memory.peak_bytes else None,
+    }
+
+    metrics = evaluation.summary
+    reference = evaluate(*embed(fit_most_popular(view), view), eval_data).summary
     random_reference = _random_reference(data, split)
     thresholds = load_thresholds()
     if model_config.trainable:
@@ -167,6 +310,20 @@ def metric_report(
     else:
         baseline_name, baseline, ratio = "random", random_reference["ndcg@10"], thresholds.ndcg10_min_ratio_vs_random
     threshold = baseline * ratio
+
+    provenance = dict(trained_model.get("provenance") or {"config": model_config.model_dump(), "seed": model_config.seed})
+    provenance["training_data"] = provenance.get("data")
+    provenance["data"] = experiments_lib.data_fingerprint(data, split)
+    provenance["code_versions"] = {**provenance.get("code_versions", {}), "metric_report": EVALUATION_VERSION}
+    provenance["evaluated_in_run"] = context.run_id
+    if provenance["training_data"] and provenance["training_data"] != provenance["data"]:
+        context.log.warning(f"{model_config.name}: the model was trained on other data than it is evaluated on; re-materialize trained_model")
+
+    parquet = lake.reports_dir / "per_user" / model_config.name / f"{context.run_id}.parquet"
+    buffer = io.BytesIO()
+    evaluation.per_user.write_parquet(buffer)
+    atomic_write_bytes(parquet, buffer.getvalue())
+
     report = {
         "config": model_config.name,
         "model": model_config.model,
@@ -178,7 +335,14 @@ def metric_report(
         "train_seconds": trained_model["train_seconds"],
         "epochs_run": trained_model["epochs_run"],
         "gate": {"passed": metrics["ndcg@10"] >= threshold, "threshold": threshold, "baseline": baseline_name},
+        "efficiency": efficiency,
+        "fairness": {"groups": evaluation.fairness.to_dicts(), "gaps": evaluation.gaps.to_dicts()},
+        "per_user": experiments_lib.per_user_payload(evaluation.per_user),
+        "per_user_parquet": str(parquet),
+        "provenance": provenance,
     }
+    report["experiment_key"] = experiments_lib.experiment_key(provenance)
+
     table = pl.DataFrame(
         {
             "metric": list(REPORT_METRICS),
@@ -186,13 +350,27 @@ def metric_report(
             "most_popular": [reference[m] for m in REPORT_METRICS],
         }
     )
+    beyond = _markdown_table({model_config.name: {m: metrics[m] for m in BEYOND_ACCURACY},
+                              "most_popular": {m: reference[m] for m in BEYOND_ACCURACY}}, "metric")
+    shown_efficiency = {k: v for k, v in efficiency.items() if k != "memory_estimate_parts"}
     yield dg.Output(
         report,
         metadata={
             **{m: metrics[m] for m in REPORT_METRICS},
+            **{m: metrics[m] for m in EXTRA_METRICS},
             "most_popular/ndcg@10": reference["ndcg@10"],
             "users_evaluated": metrics["users_evaluated"],
             "report": dg.MetadataValue.md(frame_markdown(table)),
+            "accuracy": dg.MetadataValue.md(_accuracy_grid(metrics)),
+            "beyond_accuracy": dg.MetadataValue.md(beyond),
+            "fairness": dg.MetadataValue.md(frame_markdown(evaluation.fairness, max_rows=50)),
+            "fairness_gaps": dg.MetadataValue.md(frame_markdown(evaluation.gaps, max_rows=50)),
+            "efficiency": dg.MetadataValue.json(shown_efficiency),
+            "latency_p50_ms": latency["p50_ms"],
+            "latency_p95_ms": latency["p95_ms"],
+            "per_user_metrics": dg.MetadataValue.path(str(parquet)),
+            "experiment_key": report["experiment_key"],
+            "data_fingerprint": provenance["data"]["combined"],
         },
     )
     yield dg.AssetCheckResult(
@@ -204,6 +382,50 @@ def metric_report(
             "baseline": baseline_name,
             "baseline_ndcg@10": baseline,
             "required_ratio": ratio,
+        },
+    )
+
+    champion = experiments_lib.load_champion(lake.artifacts)
+    champion_report = _load_champion_report(lake, champion, model_config.split, model_config.name)
+    try:
+        decision = experiments_lib.gate_decision(report, champion, champion_report, thresholds)
+    except ValueError as error:
+        raise dg.Failure(f"champion_gate of {model_config.name}: {error}") from error
+    yield dg.AssetCheckResult(
+        check_name="champion_gate",
+        passed=decision["passed"],
+        metadata={
+            "status": decision["status"],
+            "champion": str(decision["champion"]),
+            "metric": decision["metric"],
+            "observed_p_value": decision.get("p_value", 1.0),
+            "threshold_alpha": decision["alpha"],
+            "observed_mean_diff": decision.get("mean_diff", 0.0),
+            "ci_low": decision.get("ci_low", 0.0),
+            "ci_high": decision.get("ci_high", 0.0),
+        },
+    )
+
+    gaps = evaluation.gaps
+    if thresholds.fairness_metric not in set(gaps["metric"]):
+        if thresholds.fairness_metric not in evaluation.per_user.columns:
+            raise dg.Failure(
+                f"thresholds.yaml fairness_metric {thresholds.fairness_metric!r} is not a per-user metric; "
+                f"choose one of {', '.join(c for c in evaluation.per_user.columns if '@' in c)}"
+            )
+        gaps = fairness_tables(evaluation.per_user, [thresholds.fairness_metric])[1]
+    observed = _fairness_observed(gaps, thresholds.fairness_metric)
+    yield dg.AssetCheckResult(
+        check_name="fairness_gap",
+        passed=observed["relative_gap"] <= thresholds.fairness_max_relative_gap,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={
+            "metric": thresholds.fairness_metric,
+            "observed_relative_gap": float(observed["relative_gap"]),
+            "threshold": thresholds.fairness_max_relative_gap,
+            "dimension": str(observed["dimension"]),
+            "best_group": str(observed["best_group"]),
+            "worst_group": str(observed["worst_group"]),
         },
     )
 
@@ -219,11 +441,15 @@ def comparison_frame(reports: dict[str, dict]) -> pl.DataFrame:
         row["ndcg@10 / most_popular"] = report["metrics"]["ndcg@10"] / max(report["most_popular"]["ndcg@10"], 1e-12)
         row["gate"] = "pass" if report["gate"]["passed"] else "FAIL"
         row.update(train_seconds=float(report["train_seconds"]), epochs=int(report["epochs_run"]), parameters=int(report["num_parameters"]))
+        row.update({m: (float(report["metrics"][m]) if m in report["metrics"] else None) for m in EXTRA_METRICS})
+        efficiency = report.get("efficiency") or {}
+        row["latency_p50_ms"] = efficiency.get("latency_p50_ms")
+        row["latency_p95_ms"] = efficiency.get("latency_p95_ms")
         rows.append(row)
     return pl.DataFrame(rows)
 
 
-@dg.asset(key="model_comparison", group_name="evaluation", kinds={"polars"}, code_version="1")
+@dg.asset(key="model_comparison", group_name="evaluation", kinds={"polars"}, code_version="2")
 def model_comparison(context: dg.AssetExecutionContext, lake: DataLake, metric_report: dict[str, dict]) -> dg.Output[pl.DataFrame]:
     """All metric reports in one table (also written to ``data_lake/reports/``)."""
     if not metric_report:

@@ -107,6 +107,15 @@ class Thresholds(BaseModel):
 
     ndcg10_min_ratio_vs_most_popular: float = Field(gt=0.0)
     ndcg10_min_ratio_vs_random: float = Field(gt=0.0)
+    # A/B comparisons and the champion gate (see lib/stats.py)
+    ab_alpha: float = Field(0.05, gt=0.0, lt=1.0, description="Family-wise significance level (Holm).")
+    ab_primary_test: Literal["ttest", "wilcoxon"] = Field("ttest", description="Paired test behind verdicts.")
+    ab_bootstrap_resamples: int = Field(2000, ge=100, description="Bootstrap resamples for confidence intervals.")
+    champion_metric: str = Field("ndcg@10", description="Per-user metric the champion gate and promotion test.")
+    champion_min_improvement: float = Field(0.0, ge=0.0, description="Mean gain a challenger needs to be promoted.")
+    # Fairness (warning check): largest gap between groups, relative to the best group
+    fairness_metric: str = Field("ndcg@10", description="Per-user metric compared across user groups.")
+    fairness_max_relative_gap: float = Field(0.75, gt=0.0, le=1.0, description="Warn above this relative gap.")
 
 
 def load_thresholds(path: Path | None = None) -> Thresholds:

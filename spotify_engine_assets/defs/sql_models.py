@@ -40,6 +40,17 @@ def _description(model: SqlModel) -> str:
     return f"DuckDB table `{model.table}` built from `{model.schema}/{model.path.name}`:\n\n```sql\n{model.sql.strip()}\n```"
 
 
+def column_schema(columns: list[tuple[str, str]]) -> dg.TableSchema:
+    """A Dagster table schema from (name, type) pairs.
+
+    Built in its own frame on purpose: Dagster's record classes resolve annotations against the
+    *calling* frame and keep that namespace alive, so constructing the schema where a DuckDB
+    connection is a local would keep the connection alive until interpreter exit (nanobind then
+    prints a page of "leaked instance" warnings).
+    """
+    return dg.TableSchema(columns=[dg.TableColumn(name, str(dtype)) for name, dtype in columns])
+
+
 def build_sql_asset(model: SqlModel) -> dg.AssetsDefinition:
     """One asset (plus its checks) for one SQL model."""
     extra_deps = {t for test in model.tests for t in test.referenced_tables() if t != model.table}
@@ -91,9 +102,8 @@ def build_sql_asset(model: SqlModel) -> dg.AssetsDefinition:
             )
             for name, (test, failing, sample) in outcomes.items()
         ]
-        schema = dg.TableSchema(columns=[dg.TableColumn(name, str(dtype)) for name, dtype in info["columns"]])
         return dg.MaterializeResult(
-            metadata={"dagster/row_count": info["row_count"], "dagster/column_schema": schema, "table": model.table},
+            metadata={"dagster/row_count": info["row_count"], "dagster/column_schema": column_schema(info["columns"]), "table": model.table},
             check_results=check_results,
         )
 

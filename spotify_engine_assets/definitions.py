@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from .defs import experiments, graph, ingestion, sql_models, training
+from .defs import experiments, graph, ingestion, playlists, sensors, sql_models, training
 from .defs.resources import DataLake, LakeIOManager, TorchRuntime, Warehouse
 
 lake = DataLake()
@@ -12,6 +12,8 @@ defs = dg.Definitions.merge(
     sql_models.build_sql_definitions(sql_models.load_project()),
     graph.defs,
     training.defs,
+    playlists.defs,
+    sensors.defs,
     experiments.defs,
     dg.Definitions(
         resources={

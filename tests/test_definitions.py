@@ -10,6 +10,13 @@ EXPECTED_ASSET_KEYS = [
     "experiments",
     "ground_truth/user_genre_affinity",
     "interaction_splits",
+    "kaggle/source_files",
+    "kaggle_raw/artist_genres",
+    "kaggle_raw/entries",
+    "kaggle_raw/landed_entries",
+    "kaggle_raw/landed_rejects",
+    "kaggle_raw/rejects",
+    "kaggle_raw/track_features",
     "listening_graph",
     "marts/artists",
     "marts/genres",
@@ -19,6 +26,19 @@ EXPECTED_ASSET_KEYS = [
     "marts/users",
     "metric_report",
     "model_comparison",
+    "playlist_comparison",
+    "playlist_graph",
+    "playlist_model",
+    "playlist_report",
+    "playlist_splits",
+    "playlists/artist_genres",
+    "playlists/artists",
+    "playlists/genres",
+    "playlists/playlist_entries",
+    "playlists/playlist_tracks",
+    "playlists/playlists",
+    "playlists/track_features",
+    "playlists/tracks",
     "raw/artist_genres",
     "raw/artists",
     "raw/genres",
@@ -86,3 +106,20 @@ def test_duckdb_writers_share_one_pool():
     graph = _graph()
     for key in (dg.AssetKey(["raw", "plays"]), dg.AssetKey(["staging", "stg_plays"]), dg.AssetKey(["marts", "songs"])):
         assert graph.get(key).pools == {"duckdb_warehouse"}, key
+
+
+def test_playlist_chain_gates_and_sensor():
+    """Playlist gates are blocking checks; the landing sensor exists; the playlist chain stays out
+    of the spine's data stage groups (ingestion / sql / graph)."""
+    graph = _graph()
+    checks = {(key.asset_key.to_user_string(), key.name): graph.get_check_spec(key) for key in graph.asset_check_keys}
+    for asset, name in (
+        ("kaggle_raw/entries", "reject_rate_within_threshold"),
+        ("kaggle_raw/landed_entries", "every_line_accounted"),
+        ("playlist_splits", "no_heldout_tracks_visible"),
+        ("playlist_splits", "playlist_splits_partition_edges"),
+    ):
+        assert checks[(asset, name)].blocking, (asset, name)
+    assert "landing_sensor" in {sensor.name for sensor in defs.sensors}
+    for key in ("playlists/playlist_tracks", "kaggle_raw/entries", "playlist_graph"):
+        assert graph.get(dg.AssetKey.from_user_string(key)).group_name.startswith("playlist_"), key

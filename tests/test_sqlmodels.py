@@ -7,6 +7,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
+from spotify_engine_assets.lib.kaggle import KAGGLE_SOURCES
 from spotify_engine_assets.lib.sqlmodels import (
     DataTest,
     SqlModel,
@@ -21,6 +22,16 @@ RAW_SOURCES = [
     f"raw.{name}"
     for name in ("genres", "artists", "artist_genres", "songs", "song_genres", "users", "plays")
 ]
+
+# The real project also holds the playlist chain's folder, which reads the Kaggle ingestion's tables.
+PROJECT_SOURCES = [*RAW_SOURCES, *KAGGLE_SOURCES]
+LISTENING_SCHEMAS = ("staging", "marts")
+
+
+def listening_models(project):
+    """The listening chain's models (staging and marts), in the project's order."""
+    return {table: model for table, model in project.models.items() if model.schema in LISTENING_SCHEMAS}
+
 
 RAW_TABLES = """
 CREATE SCHEMA raw;
@@ -99,8 +110,8 @@ def model_at(root: Path, relative: str, sql: str) -> SqlModel:
 
 
 def test_real_project_dependency_graph() -> None:
-    project = load_sql_project(REAL_PROJECT, RAW_SOURCES)
-    models = project.models
+    project = load_sql_project(REAL_PROJECT, PROJECT_SOURCES)
+    models = listening_models(project)
     assert models["marts.user_song_interactions"].depends_on == ("staging.stg_plays",)
     assert models["marts.songs"].depends_on == ("staging.stg_song_genres", "staging.stg_songs")
     assert models["staging.stg_plays"].depends_on == ("raw.plays",)
@@ -112,19 +123,25 @@ def test_real_project_dependency_graph() -> None:
     for model in models.values():
         assert {dep.partition(".")[0] for dep in model.depends_on} == upstream[model.schema]
         assert model.path.is_file() and model.table == f"{model.schema}.{model.name}"
-    assert project.sources == frozenset(RAW_SOURCES)
+    assert project.sources == frozenset(PROJECT_SOURCES)
+    playlists = {table for table, model in project.models.items() if model.schema == "playlists"}
+    assert playlists == {
+        f"playlists.{name}"
+        for name in ("playlist_entries", "playlist_tracks", "playlists", "tracks", "artists", "artist_genres", "genres", "track_features")
+    }
+    assert all(dep.partition(".")[0] in {"kaggle_raw", "playlists"} for t in playlists for dep in project.models[t].depends_on)
 
 
 def test_real_project_is_in_topological_order() -> None:
-    models = load_sql_project(REAL_PROJECT, RAW_SOURCES).models
+    models = load_sql_project(REAL_PROJECT, PROJECT_SOURCES).models
     position = {table: index for index, table in enumerate(models)}
     for table, model in models.items():
         for dep in model.depends_on:
-            assert dep.startswith("raw.") or position[dep] < position[table], (table, dep)
+            assert dep in PROJECT_SOURCES or position[dep] < position[table], (table, dep)
 
 
 def test_real_project_tests_are_declared() -> None:
-    models = load_sql_project(REAL_PROJECT, RAW_SOURCES).models
+    models = load_sql_project(REAL_PROJECT, PROJECT_SOURCES).models
     plays = {test.name: test for test in models["staging.stg_plays"].tests}
     assert {"not_null__play_id", "unique__play_id", "accepted_range__completion_ratio"} <= set(plays)
     assert plays["accepted_range__completion_ratio"].params == {"min": 0, "max": 1}
@@ -134,8 +151,8 @@ def test_real_project_tests_are_declared() -> None:
 
 
 def test_real_project_end_to_end(raw_con: duckdb.DuckDBPyConnection) -> None:
-    project = load_sql_project(REAL_PROJECT, RAW_SOURCES)
-    summaries = {table: materialize_model(raw_con, model) for table, model in project.models.items()}
+    models = listening_models(load_sql_project(REAL_PROJECT, PROJECT_SOURCES))
+    summaries = {table: materialize_model(raw_con, model) for table, model in models.items()}
 
     assert summaries["staging.stg_plays"]["row_count"] == 5  # null user and negative ms dropped
     assert summaries["marts.user_song_interactions"]["row_count"] == 4
@@ -149,7 +166,7 @@ def test_real_project_end_to_end(raw_con: duckdb.DuckDBPyConnection) -> None:
         " WHERE user_id = 2 AND song_id = 100"
     ).fetchall() == [(2, 0)]
 
-    for model in project.models.values():
+    for model in models.values():
         for test in model.tests:
             count, sample = run_data_test(raw_con, test)
             assert count == 0 and sample.height == 0, (test.model, test.name, sample)
@@ -158,7 +175,7 @@ def test_real_project_end_to_end(raw_con: duckdb.DuckDBPyConnection) -> None:
         "INSERT INTO raw.plays VALUES"
         " (1, 9, 1, 102, 0, TIMESTAMP '2024-03-06 12:00:00', 1, 240000, 0.0, true)"
     )
-    stg_plays = project.models["staging.stg_plays"]
+    stg_plays = models["staging.stg_plays"]
     materialize_model(raw_con, stg_plays)
     unique = next(test for test in stg_plays.tests if test.name == "unique__play_id")
     count, sample = run_data_test(raw_con, unique)

@@ -111,7 +111,9 @@ class LakeIOManager(dg.ConfigurableIOManager):
     lake: DataLake
 
     def _partition(self, context: dg.OutputContext | dg.InputContext) -> str | None:
-        return context.partition_key if context.has_partition_key else None
+        # the *asset's* partition: an unpartitioned asset materialized in a partitioned run
+        # (e.g. a landing batch) stays in its unpartitioned slot
+        return context.asset_partition_key if context.has_asset_partitions else None
 
     def handle_output(self, context: dg.OutputContext, obj: Any) -> None:
         if obj is None:

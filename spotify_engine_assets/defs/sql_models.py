@@ -11,10 +11,17 @@ run fails naming the test; ``warn`` tests are reported as non-blocking check res
 import dagster as dg
 
 from ..lib.paths import sql_models_dir
-from ..lib.plots import frame_markdown
+from ..lib.plots import data_quality, frame_markdown
 from ..lib.sqlmodels import DataTest, SqlModel, SqlModelError, SqlProject, load_sql_project, materialize_model, run_data_test
+from ..lib.kaggle import KAGGLE_SOURCES
 from .ingestion import RAW_SOURCES
 from .resources import DUCKDB_POOL, Warehouse
+
+
+# Raw tables the SQL models may read, by the ingestion assets that write them.
+SQL_SOURCES = (*RAW_SOURCES, *KAGGLE_SOURCES)
+# Asset group of each folder of dbt_like_sql/ that is not part of the listening chain's "sql" group.
+SCHEMA_GROUPS = {"playlists": "playlist_sql"}
 
 
 class DataTestFailed(Exception):
@@ -51,7 +58,34 @@ def column_schema(columns: list[tuple[str, str]]) -> dg.TableSchema:
     return dg.TableSchema(columns=[dg.TableColumn(name, str(dtype)) for name, dtype in columns])
 
 
-def build_sql_asset(model: SqlModel) -> dg.AssetsDefinition:
+def column_profile(con, table: str, columns: list[tuple[str, str]]) -> tuple[dict[str, int], dict[str, int]] | None:
+    """NULL and (approximate) distinct counts per column of a built table, in one scan; ``None``
+    when DuckDB cannot profile a column type (the plot is then left out, the asset still succeeds)."""
+    if not columns:
+        return None
+    quoted = ['"' + name.replace('"', '""') + '"' for name, _ in columns]
+    selects = [f"count(*) - count({q}), approx_count_distinct({q})" for q in quoted]
+    target = ".".join('"' + part + '"' for part in table.split("."))
+    try:
+        (values,) = con.sql(f"SELECT {', '.join(selects)} FROM {target}").fetchall()
+    except Exception:  # noqa: BLE001 - an exotic column type: no profile, not a failed model
+        return None
+    names = [name for name, _ in columns]
+    return {n: int(values[2 * i]) for i, n in enumerate(names)}, {n: int(values[2 * i + 1]) for i, n in enumerate(names)}
+
+
+def quality_metadata(table: str, row_count: int, profile: tuple[dict[str, int], dict[str, int]] | None) -> dict:
+    """Data-quality metadata of a SQL model: NULLs per column and the summary plot."""
+    if profile is None:
+        return {}
+    nulls, distinct = profile
+    return {
+        "null_cells": sum(nulls.values()),
+        "data_quality": dg.MetadataValue.md(data_quality(row_count, nulls, distinct, f"{table}: NULL and distinct share per column")),
+    }
+
+
+def build_sql_asset(model: SqlModel, group_name: str = "sql") -> dg.AssetsDefinition:
     """One asset (plus its checks) for one SQL model."""
     extra_deps = {t for test in model.tests for t in test.referenced_tables() if t != model.table}
 
@@ -60,7 +94,7 @@ def build_sql_asset(model: SqlModel) -> dg.AssetsDefinition:
         deps=[table_key(t) for t in sorted(set(model.depends_on) | extra_deps)],
         code_version=model.code_version,
         description=_description(model),
-        group_name="sql",
+        group_name=group_name,
         kinds={"duckdb", "sql"},
         check_specs=[_check_spec(model, test) for test in model.tests],
         pool=DUCKDB_POOL,
@@ -92,6 +126,7 @@ def build_sql_asset(model: SqlModel) -> dg.AssetsDefinition:
                 ) from error
             except SqlModelError as error:
                 raise dg.Failure(description=str(error)) from error
+            profile = column_profile(con, model.table, info["columns"])
 
         check_results = [
             dg.AssetCheckResult(
@@ -103,7 +138,12 @@ def build_sql_asset(model: SqlModel) -> dg.AssetsDefinition:
             for name, (test, failing, sample) in outcomes.items()
         ]
         return dg.MaterializeResult(
-            metadata={"dagster/row_count": info["row_count"], "dagster/column_schema": column_schema(info["columns"]), "table": model.table},
+            metadata={
+                "dagster/row_count": info["row_count"],
+                "dagster/column_schema": column_schema(info["columns"]),
+                "table": model.table,
+                **quality_metadata(model.table, info["row_count"], profile),
+            },
             check_results=check_results,
         )
 
@@ -111,9 +151,12 @@ def build_sql_asset(model: SqlModel) -> dg.AssetsDefinition:
 
 
 def build_sql_definitions(project: SqlProject) -> dg.Definitions:
-    return dg.Definitions(assets=[build_sql_asset(model) for model in project.models.values()])
+    """One asset per model, grouped by its folder (``SCHEMA_GROUPS``, default ``sql``)."""
+    return dg.Definitions(
+        assets=[build_sql_asset(model, SCHEMA_GROUPS.get(model.schema, "sql")) for model in project.models.values()]
+    )
 
 
 def load_project() -> SqlProject:
     """Parse the SQL project; any problem fails definition loading with the file named."""
-    return load_sql_project(sql_models_dir(), RAW_SOURCES)
+    return load_sql_project(sql_models_dir(), SQL_SOURCES)

@@ -1,0 +1,215 @@
+"""Retraining when new data lands: a sensor on ``<data lake>/landing/``.
+
+Each tick the sensor lists the landing folder (``archive/`` and hidden files excluded) and takes
+a file only once it is complete: a ``<name>.done`` marker beside it, or the same size and
+modification time as on the previous tick (kept in the cursor). A complete file is hashed
+(SHA-256, streamed); the hash is the run key, so the same content never trains twice, and the
+batch id (``<stem>-<hash[:12]>``) becomes a dynamic partition of ``landing_batches``. The first
+run re-materializes the landed batch and the whole downstream data chain (SQL models, graph,
+split and their checks); ``landed_batch`` archives the file to ``landing/archive/<batch>/``.
+Kaggle-format CSVs and listening-session files (the synthetic ``plays`` schema: ``user_id``,
+``song_id``, ``played_at``; Parquet or CSV) are both taken; sessions become playlist entries
+the way the synthetic default builds playlists (one per user and genre, in order of first play).
+When that run has succeeded, a later tick requests one run per playlist model config (model,
+report, comparison). Files that cannot be taken - empty, unknown format, duplicate content -
+are recorded skips: logged, kept in the cursor, and (duplicates) moved to
+``landing/archive/duplicates/``; nothing is deleted.
+"""
+
+
+import json
+import os
+import re
+from pathlib import Path
+
+import dagster as dg
+
+from ..lib.kaggle import KaggleFormatError, check_header, check_sessions
+from ..lib.playlist_models import default_playlist_registry
+from .playlists import (
+    LANDED_KEYS,
+    file_sha256,
+    landing_batches,
+    playlist_configs,
+)
+from .resources import DataLake
+
+LANDING_TAG = "spotify_engine/landing_batch"
+DONE_SUFFIX = ".done"
+ACCEPTED_SUFFIXES = (".csv", ".parquet")
+DATA_SELECTION = dg.AssetSelection.assets(
+    *LANDED_KEYS.values(), "playlist_graph", "playlist_splits"
+) | dg.AssetSelection.groups("playlist_sql")
+MODEL_KEYS = [dg.AssetKey("playlist_model"), dg.AssetKey("playlist_report"), dg.AssetKey("playlist_comparison")]
+# Two jobs: one run per landed batch (dynamic partition) for the data chain, then one run per
+# model config (static partition) - a job's assets must share one partitioning.
+landing_job = dg.define_asset_job(
+    "playlist_landing_job", selection=DATA_SELECTION, partitions_def=landing_batches,
+    description="Ingest one landed batch and rebuild the playlist SQL models, graph and split.",
+)
+retrain_job = dg.define_asset_job(
+    "playlist_retrain_job", selection=dg.AssetSelection.assets(*MODEL_KEYS), partitions_def=playlist_configs,
+    description="Retrain and report one playlist model config; refresh the comparison.",
+)
+
+
+def batch_id(path: Path, sha256: str) -> str:
+    stem = re.sub(r"[^A-Za-z0-9_]+", "_", path.stem).strip("_")[:40] or "file"
+    return f"{stem}-{sha256[:12]}"
+
+
+def _candidates(landing: Path) -> list[Path]:
+    if not landing.is_dir():
+        return []
+    return sorted(
+        p for p in landing.iterdir()
+        if p.is_file() and not p.name.startswith(".") and not p.name.endswith(DONE_SUFFIX)
+    )
+
+
+def _signature(path: Path) -> list[int]:
+    stat = path.stat()
+    return [stat.st_size, stat.st_mtime_ns]
+
+
+def data_run_config(path: Path, sha256: str, kind: str = "kaggle") -> dict:
+    return {"ops": {"landed_batch": {"config": {"path": str(path), "sha256": sha256, "kind": kind}}}}
+
+
+def _completed_runs(instance: dg.DagsterInstance, batch: str) -> tuple[bool, bool]:
+    """(succeeded, failed) for the data run of ``batch``."""
+    runs = instance.get_runs(filters=dg.RunsFilter(tags={LANDING_TAG: batch, "spotify_engine/stage": "data"}))
+    succeeded = any(run.status == dg.DagsterRunStatus.SUCCESS for run in runs)
+    failed = bool(runs) and all(run.status in (dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED) for run in runs)
+    return succeeded, failed
+
+
+@dg.sensor(
+    name="landing_sensor",
+    jobs=[landing_job, retrain_job],
+    minimum_interval_seconds=30,
+    default_status=dg.DefaultSensorStatus.STOPPED,
+    description="New Kaggle-format files in <data lake>/landing/ -> ingest, rebuild the playlist chain, retrain the playlist models.",
+)
+def landing_sensor(context: dg.SensorEvaluationContext, lake: DataLake):
+    cursor = json.loads(context.cursor) if context.cursor else {}
+    seen: dict[str, list[int]] = cursor.get("seen", {})
+    done: dict[str, str] = cursor.get("done", {})          # sha256 -> batch
+    pending: dict[str, str] = cursor.get("pending", {})    # batch -> sha256, waiting for the data run
+    skipped: dict[str, list] = cursor.get("skipped", {})   # path -> [size, mtime, reason]
+    landing = lake.landing_dir
+    run_requests: list[dg.RunRequest] = []
+    new_partitions: list[str] = []
+    waiting: list[str] = []
+    notes: list[str] = []
+
+    # phase 2: batches whose data run succeeded get their model runs
+    for batch, sha in list(pending.items()):
+        succeeded, failed = _completed_runs(context.instance, batch)
+        if succeeded:
+            for name in sorted(default_playlist_registry().configs):
+                run_requests.append(
+                    dg.RunRequest(
+                        run_key=f"landing-{sha}-model-{name}",
+                        job_name=retrain_job.name,
+                        partition_key=name,
+                        asset_selection=MODEL_KEYS,
+                        tags={LANDING_TAG: batch, "spotify_engine/stage": "model"},
+                    )
+                )
+            del pending[batch]
+        elif failed:
+            notes.append(f"data run of batch {batch} failed; its models are not retrained")
+            context.log.warning(notes[-1])
+            del pending[batch]
+
+    # phase 1: complete new files
+    current: dict[str, list[int]] = {}
+    for path in _candidates(landing):
+        key = str(path)
+        try:
+            signature = _signature(path)
+        except FileNotFoundError:
+            continue
+        current[key] = signature
+        if skipped.get(key, [None, None])[:2] == signature:
+            continue
+        marker = path.with_name(path.name + DONE_SUFFIX)
+        complete = marker.exists() or seen.get(key) == signature
+        if not complete:
+            waiting.append(f"{path.name} (size {signature[0]}, waiting for it to stop changing or for {marker.name})")
+            continue
+        kind, reason = classify(path)
+        if reason:
+            skipped[key] = [*signature, reason]
+            notes.append(f"skipped {path.name}: {reason}")
+            context.log.warning(notes[-1])
+            continue
+        sha = file_sha256(path)
+        if sha in done:
+            target = landing / "archive" / "duplicates" / f"{sha[:12]}-{path.name}"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(path, target)
+            if marker.exists():
+                os.replace(marker, target.with_name(target.name + DONE_SUFFIX))
+            notes.append(f"skipped {path.name}: same content as batch {done[sha]} (moved to {target})")
+            context.log.info(notes[-1])
+            current.pop(key, None)
+            continue
+        batch = batch_id(path, sha)
+        done[sha] = batch
+        pending[batch] = sha
+        new_partitions.append(batch)
+        run_requests.append(
+            dg.RunRequest(
+                run_key=f"landing-{sha}",
+                job_name=landing_job.name,
+                partition_key=batch,
+                run_config=data_run_config(path, sha, kind),
+                tags={LANDING_TAG: batch, "spotify_engine/stage": "data", "spotify_engine/file": path.name, "spotify_engine/kind": kind},
+            )
+        )
+        current.pop(key, None)
+
+    new_cursor = json.dumps(
+        {"seen": current, "done": done, "pending": pending, "skipped": {k: v for k, v in skipped.items() if k in current}},
+        sort_keys=True,
+    )
+    if not run_requests:
+        why = waiting + notes or [f"no new complete file in {landing}"]
+        return dg.SensorResult(skip_reason="; ".join(why), cursor=new_cursor)
+    return dg.SensorResult(
+        run_requests=run_requests,
+        dynamic_partitions_requests=[landing_batches.build_add_request(new_partitions)] if new_partitions else [],
+        cursor=new_cursor,
+    )
+
+
+def classify(path: Path) -> tuple[str, str]:
+    """(kind, reason): ``kaggle`` or ``sessions`` with an empty reason, or why the file cannot
+    be ingested."""
+    import duckdb
+
+    if path.suffix.lower() not in ACCEPTED_SUFFIXES:
+        return "", f"unsupported file type {path.suffix or '(none)'}: expected .csv (Kaggle format or sessions) or .parquet (sessions)"
+    problems = []
+    if path.suffix.lower() == ".csv":
+        try:
+            check_header(path)
+            return "kaggle", ""
+        except KaggleFormatError as error:
+            problems.append(str(error))
+            if "empty file" in str(error) or "NUL bytes" in str(error) or "not UTF-8" in str(error):
+                return "", problems[0]
+    con = duckdb.connect()
+    try:
+        check_sessions(con, path)
+        return "sessions", ""
+    except KaggleFormatError as error:
+        problems.append(str(error))
+    finally:
+        con.close()
+    return "", " / ".join(problems)
+
+
+defs = dg.Definitions(sensors=[landing_sensor])

@@ -1,0 +1,206 @@
+"""Playlist library: RecSys 2018 metrics (hand-computed), k-core, the position split, the
+leakage guard, ItemKNN, masking in evaluation, PlaylistGAT message flow, the config registry."""
+
+import math
+
+import polars as pl
+import pytest
+import torch
+
+from spotify_engine_assets.lib import playlist_models as M
+from spotify_engine_assets.lib import playlists as P
+from spotify_engine_assets.lib.recsys_metrics import hit_matrix, recsys_metrics
+
+
+# --- metrics ----------------------------------------------------------------------------------
+
+
+def test_recsys_metrics_by_hand():
+    topk = torch.tensor([[1, 3, 5, 7, 9], [2, 4, 6, 8, 10]])  # 10 = padding (num_items)
+    rows, items = torch.tensor([0, 0, 1]), torch.tensor([3, 7, 0])
+    hits = hit_matrix(topk, rows, items, num_items=10)
+    assert hits.tolist() == [[False, True, False, True, False], [False] * 5]
+    values = recsys_metrics(hits, torch.tensor([2, 1]), ks=(2, 5))
+    assert values["recall@2"] == pytest.approx((0.5 + 0) / 2)
+    assert values["recall@5"] == pytest.approx((1.0 + 0) / 2)
+    ndcg2_row0 = (1 / math.log2(3)) / (1 + 1 / math.log2(3))
+    assert values["ndcg@2"] == pytest.approx(ndcg2_row0 / 2)
+    ndcg5_row0 = (1 / math.log2(3) + 1 / math.log2(5)) / (1 + 1 / math.log2(3))
+    assert values["ndcg@5"] == pytest.approx(ndcg5_row0 / 2)
+    assert values["r_precision"] == pytest.approx((0.5 + 0) / 2)  # |G|=2: one hit in the top 2
+    assert values["clicks"] == pytest.approx((0 + 51) / 2)  # first hit at rank 2 -> 0; none -> 51
+    assert values["playlists_evaluated"] == 2
+
+
+@pytest.mark.parametrize("rank, clicks", [(1, 0), (10, 0), (11, 1), (25, 2), (500, 49)])
+def test_clicks_pages_of_ten(rank, clicks):
+    hits = torch.zeros((1, 500), dtype=torch.bool)
+    hits[0, rank - 1] = True
+    assert recsys_metrics(hits, torch.tensor([1]), ks=(10,))["clicks"] == clicks
+
+
+def test_padding_is_never_a_hit_and_rows_without_truth_are_skipped():
+    topk = torch.tensor([[4, 4], [0, 1]])
+    hits = hit_matrix(topk, torch.tensor([1]), torch.tensor([1]), num_items=4)
+    assert hits.tolist() == [[False, False], [False, True]]
+    values = recsys_metrics(hits, torch.tensor([0, 1]), ks=(2,))
+    assert values["playlists_evaluated"] == 1 and values["recall@2"] == 1.0
+    with pytest.raises(ValueError, match="no playlist"):
+        recsys_metrics(hits, torch.tensor([0, 0]), ks=(2,))
+
+
+# --- graph and split --------------------------------------------------------------------------
+
+
+def _edges(pairs):
+    return pl.DataFrame(
+        {"playlist_key": [p for p, _ in pairs], "track_key": [t for _, t in pairs], "position": list(range(len(pairs)))}
+    )
+
+
+def test_kcore_iterates_until_stable():
+    edges = _edges([("p1", "t1"), ("p1", "t2"), ("p1", "t3"), ("p2", "t1"), ("p2", "t2"), ("p3", "t3"), ("p3", "t4")])
+    kept, rounds = P.kcore_filter(edges, P.GraphSettings(min_playlist_size=2, min_track_playlists=2))
+    assert sorted(kept.select("playlist_key", "track_key").rows()) == [("p1", "t1"), ("p1", "t2"), ("p2", "t1"), ("p2", "t2")]
+    assert len(rounds) >= 3 and rounds[-1]["edges"] == 4
+
+
+def _toy_graph(genres=True):
+    pairs = [("p0", f"t{i}") for i in range(7)] + [("p1", f"t{i}") for i in (6, 5, 0, 1, 2, 3)] + [("p2", "t0")]
+    tracks = pl.DataFrame({"track_key": [f"t{i}" for i in range(8)], "artist_key": ["a0", "a0", "a1", "a1", "a2", "a2", "a3", "a3"]})
+    artist_genres = pl.DataFrame({"artist_key": ["a0", "a1", "a3"], "genre": ["rock", "rock", "jazz"]})
+    if not genres:
+        artist_genres = artist_genres.clear()
+    data, _ = P.build_playlist_graph(_edges(pairs), tracks, artist_genres, P.GraphSettings(min_playlist_size=1, min_track_playlists=1))
+    return data
+
+
+def test_graph_has_every_node_type_and_reverse_edges():
+    data = _toy_graph()
+    assert {t: data[t].num_nodes for t in P.NODE_TYPES} == {"playlist": 3, "track": 7, "artist": 4, "genre": 2}
+    assert data[P.CONTAINS].edge_index.size(1) == 14
+    assert torch.equal(data[P.REV_CONTAINS].edge_index, data[P.CONTAINS].edge_index.flip(0))
+    assert data[P.ARTIST_HAS].edge_index.size(1) == 3
+    # positions renumbered 0..n-1 per playlist, keeping order
+    p1 = data[P.CONTAINS].edge_index[0] == data["playlist"].node_id.index("p1")
+    assert sorted(data[P.CONTAINS].position[p1].tolist()) == list(range(6))
+    restored = P.from_payload(P.to_payload(data))
+    assert torch.equal(restored[P.CONTAINS].edge_index, data[P.CONTAINS].edge_index)
+    assert _toy_graph(genres=False)["genre"].num_nodes == 0
+
+
+def test_graph_fails_clearly_when_filters_remove_everything():
+    tracks = pl.DataFrame({"track_key": ["t"], "artist_key": ["a"]})
+    with pytest.raises(P.PlaylistGraphError, match="no playlist-track edge survives"):
+        P.build_playlist_graph(_edges([("p", "t")]), tracks, pl.DataFrame({"artist_key": [], "genre": []}, schema={"artist_key": pl.Utf8, "genre": pl.Utf8}), P.GraphSettings(min_playlist_size=2))
+
+
+def test_split_holds_out_last_tracks_by_position():
+    edge_index = torch.tensor([[0] * 7 + [1] * 6, [3, 0, 6, 1, 5, 2, 4, 0, 1, 2, 3, 4, 5]])
+    position = torch.tensor([3, 0, 6, 1, 5, 2, 4, 0, 1, 2, 3, 4, 5])
+    labels = P.split_labels(edge_index, position, 2, P.SplitSettings(holdout=2, min_train_tracks=3))
+    by_position = {int(pos): int(label) for pos, label in zip(position[:7], labels[:7])}
+    assert by_position == {0: 0, 1: 0, 2: 0, 3: 1, 4: 1, 5: 2, 6: 2}
+    assert labels[7:].tolist() == [0] * 6  # 6 < 2*2+3: train-only
+
+
+def test_leakage_guard_passes_clean_split_and_catches_a_leak():
+    data = _toy_graph()
+    settings = P.SplitSettings(holdout=1, min_train_tracks=2)
+    split = P.labels_to_indices(P.split_labels(data[P.CONTAINS].edge_index, data[P.CONTAINS].position, 3, settings))
+    assert split["test"].numel() == 2 and split["valid"].numel() == 2
+    assert sum(P.leakage_report(data, split).values()) == 0
+    assert sum(P.partition_violations(split, 14).values()) == 0
+    assert P.heldout_position_violations(data, split) == 0
+    view = P.message_passing_view(data, split["train"])
+    assert view["playlist"].num_train_tracks.tolist() == [5, 4, 1]
+    leaky = {**split, "train": torch.cat([split["train"], split["test"][:1]])}
+    assert P.leakage_report(data, leaky)["heldout_edges_in_view"] == 1
+    assert P.partition_violations(leaky, 14)["in_several_parts"] == 1
+    swapped = {**split, "train": torch.cat([split["train"][1:], split["test"][:1]]), "test": torch.cat([split["test"][1:], split["train"][:1]])}
+    assert P.heldout_position_violations(data, swapped) >= 1
+
+
+# --- models -----------------------------------------------------------------------------------
+
+
+def _matrix_view(pairs, num_playlists, num_tracks):
+    view = P.message_passing_view(_empty_graph(num_playlists, num_tracks, pairs), torch.arange(len(pairs)))
+    return view
+
+
+def _empty_graph(num_playlists, num_tracks, pairs):
+    from torch_geometric.data import HeteroData
+
+    data = HeteroData()
+    for t, n in zip(P.NODE_TYPES, (num_playlists, num_tracks, 1, 0)):
+        data[t].num_nodes = n
+    data[P.CONTAINS].edge_index = torch.tensor(pairs).T
+    data[P.CONTAINS].position = torch.zeros(len(pairs), dtype=torch.long)
+    data[P.TRACK_BY].edge_index = torch.stack([torch.arange(num_tracks), torch.zeros(num_tracks, dtype=torch.long)])
+    data[P.ARTIST_HAS].edge_index = torch.empty((2, 0), dtype=torch.long)
+    return data
+
+
+def test_itemknn_cosine_by_hand():
+    view = _matrix_view([(0, 0), (0, 1), (1, 0), (1, 1), (2, 0), (2, 2)], 3, 3)
+    similarity = M.itemknn_similarity(view, shrink=0.0).toarray()
+    assert similarity[0, 1] == pytest.approx(2 / math.sqrt(3 * 2), rel=1e-5)
+    assert similarity[0, 2] == pytest.approx(1 / math.sqrt(3), rel=1e-5)
+    assert similarity[1, 2] == 0 and similarity[0, 0] == 0
+    scores = M.itemknn_scorer(view, M.itemknn_similarity(view, 0.0))(torch.tensor([2]))
+    assert scores[0, 1].item() == pytest.approx(2 / math.sqrt(6), rel=1e-5)
+
+
+def test_evaluate_masks_known_tracks():
+    scores = torch.tensor([[9.0, 1.0, 5.0, 0.0]])
+    known = torch.tensor([[0], [0]])  # playlist 0 knows track 0 (the top score)
+    relevant = torch.tensor([[0], [2]])
+    values = M.evaluate(lambda rows: scores.expand(rows.numel(), -1), relevant, known, 4, ks=(1,))
+    assert values["recall@1"] == 1.0 and values["clicks"] == 0
+    unmasked = M.evaluate(lambda rows: scores.expand(rows.numel(), -1), relevant, torch.empty((2, 0), dtype=torch.long), 4, ks=(1,))
+    assert unmasked["recall@1"] == 0.0
+
+
+def test_playlist_gat_messages_reach_playlists_through_artists():
+    data = _toy_graph()
+    num_nodes = {t: data[t].num_nodes for t in P.NODE_TYPES}
+    model = M.PlaylistGAT(num_nodes, dim=8, num_layers=2, heads=2, dropout=0.0).eval()
+    view = P.message_passing_view(data, torch.arange(data[P.CONTAINS].edge_index.size(1)))
+    before, _ = model(view)
+    artist = data["artist"].node_id.index("a2")  # tracks t4, t5: only in p0 and p1
+    with torch.no_grad():
+        model.embeddings["artist"].weight[artist] += 5.0
+    after, _ = model(view)
+    changed = (after - before).abs().sum(1) > 1e-6
+    p = {name: data["playlist"].node_id.index(name) for name in ("p0", "p1", "p2")}
+    assert changed[p["p0"]] and changed[p["p1"]] and not changed[p["p2"]]
+
+
+def test_training_restores_best_weights(tmp_path):
+    data = _toy_graph()
+    split = P.labels_to_indices(P.split_labels(data[P.CONTAINS].edge_index, data[P.CONTAINS].position, 3, P.SplitSettings(1, 2)))
+    view = P.message_passing_view(data, split["train"])
+    config = M.PlaylistModelConfig(name="t", model="playlist_gat", embedding_dim=8, heads=2, batch_size=4)
+    model = M.build_trainable(config, {t: data[t].num_nodes for t in P.NODE_TYPES})
+    valid = data[P.CONTAINS].edge_index[:, split["valid"]]
+    result = M.train_bpr(model, view, valid, config, epochs=4, playlists=torch.arange(3))
+    assert 1 <= result["epochs_run"] == len(result["history"]) <= 4
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, result["best_state"][name]), name
+
+
+def test_registry_modes_and_validation(tmp_path):
+    registry = M.default_playlist_registry()
+    assert {name: (m.playlists, m.epochs) for name, m in registry.modes.items()} == {
+        "mini": (500, 3), "quick": (1000, 5), "balanced": (5000, 8), "full": (50000, 20)
+    }
+    assert {"most_popular", "itemknn", "lightgcn", "playlist_gat"} <= set(registry.configs)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("modes: {mini: {playlists: 5, epochs: 1}}\nconfigs:\n  x: {model: itemknn, shrinkage: 3}\n")
+    with pytest.raises(M.PlaylistConfigError, match="config 'x': shrinkage"):
+        M.load_playlist_registry(bad)
+    bad.write_text("modes: {mini: {playlists: 5, epochs: 1}}\nconfigs:\n  x: {model: itemknn, mode: huge}\n")
+    with pytest.raises(M.PlaylistConfigError, match="unknown mode 'huge'"):
+        M.load_playlist_registry(bad)
+    assert M.sample_playlists(10, 4, seed=0).numel() == 4 and M.sample_playlists(3, 4, seed=0).tolist() == [0, 1, 2]

@@ -1,0 +1,209 @@
+"""The landing sensor: unit ticks with build_sensor_context (new file, half-written file,
+duplicate, nothing new, unusable files), then end to end: drop a file, tick, execute what the
+sensor requested in-process, tick again, and see a new model version and report."""
+
+import json
+import os
+import random
+
+import dagster as dg
+import pytest
+
+from spotify_engine_assets.defs.resources import DataLake
+from spotify_engine_assets.defs.sensors import LANDING_TAG, landing_sensor
+from spotify_engine_assets.lib.kaggle import KAGGLE_HEADER
+
+
+def kaggle_csv(rows: list[tuple[str, str, str, str]]) -> str:
+    return KAGGLE_HEADER + "\n" + "".join(",".join(row) + "\n" for row in rows)
+
+
+def playlists_rows(seed: int, users: int = 12, per_user: int = 3, length: int = 8) -> list[tuple[str, str, str, str]]:
+    """Playlists drawn from 4 artist clusters of 10 tracks: enough structure to learn from."""
+    rng = random.Random(seed)
+    rows = []
+    for user in range(users):
+        for number in range(per_user):
+            cluster = rng.randrange(4)
+            tracks = rng.sample(range(10), length)
+            rows += [(f"user{user}", f"Artist {cluster}", f"Song {cluster}-{t}", f"mix {seed}-{number}") for t in tracks]
+    return rows
+
+
+def tick(lake_root, instance, cursor=None):
+    context = dg.build_sensor_context(instance=instance, cursor=cursor, resources={"lake": DataLake(root=str(lake_root))})
+    return landing_sensor(context)
+
+
+@pytest.fixture()
+def landing(tmp_path):
+    (tmp_path / "landing").mkdir()
+    return tmp_path, tmp_path / "landing", dg.DagsterInstance.ephemeral()
+
+
+def test_nothing_new_is_a_skip_with_reason(landing):
+    root, _, instance = landing
+    result = tick(root, instance)
+    assert not result.run_requests and "no new complete file" in result.skip_reason.skip_message
+
+
+def test_half_written_file_waits_until_its_size_is_stable(landing):
+    root, folder, instance = landing
+    path = folder / "batch.csv"
+    path.write_text(kaggle_csv(playlists_rows(1)[:5]))
+    first = tick(root, instance)
+    assert not first.run_requests and "batch.csv" in first.skip_reason.skip_message and "waiting" in first.skip_reason.skip_message
+    with open(path, "a") as handle:  # still being written
+        handle.write("user9,Artist 1,Song 1-1,mix\n")
+    second = tick(root, instance, first.cursor)
+    assert not second.run_requests and "waiting" in second.skip_reason.skip_message
+    third = tick(root, instance, second.cursor)  # unchanged since the last tick: complete
+    assert len(third.run_requests) == 1
+
+
+def test_done_marker_takes_a_file_at_once_and_the_run_key_is_the_content_hash(landing):
+    root, folder, instance = landing
+    (folder / "new.csv").write_text(kaggle_csv(playlists_rows(2)))
+    (folder / "new.csv.done").write_text("")
+    result = tick(root, instance)
+    (request,) = result.run_requests
+    batch = request.partition_key
+    assert batch.startswith("new-") and request.tags[LANDING_TAG] == batch
+    assert request.run_key.startswith("landing-") and batch[-12:] in request.run_key
+    assert request.run_config["ops"]["landed_batch"]["config"]["path"].endswith("new.csv")
+    assert [r.partition_keys for r in result.dynamic_partitions_requests] == [[batch]]
+    assert batch in json.loads(result.cursor)["pending"]
+
+
+def test_duplicate_content_is_skipped_and_archived_not_deleted(landing):
+    root, folder, instance = landing
+    content = kaggle_csv(playlists_rows(3))
+    (folder / "a.csv").write_text(content)
+    (folder / "a.csv.done").write_text("")
+    first = tick(root, instance)
+    assert len(first.run_requests) == 1
+    os.replace(folder / "a.csv", root / "a_ingested.csv")  # what landed_batch's archiving does
+    (folder / "a.csv.done").unlink()
+    (folder / "b.csv").write_text(content)  # same bytes, another name
+    (folder / "b.csv.done").write_text("")
+    second = tick(root, instance, first.cursor)
+    assert not second.run_requests and "same content" in second.skip_reason.skip_message
+    archived = list((folder / "archive" / "duplicates").glob("*-b.csv"))
+    assert len(archived) == 1 and archived[0].read_text() == content
+
+
+def test_unusable_files_are_recorded_skips(landing):
+    root, folder, instance = landing
+    (folder / "empty.csv").write_bytes(b"")
+    (folder / "garbage.csv").write_bytes(bytes(range(256)) * 4)
+    (folder / "notes.txt").write_text("hello")
+    for name in ("empty.csv", "garbage.csv", "notes.txt"):
+        (folder / f"{name}.done").write_text("")
+    result = tick(root, instance)
+    message = result.skip_reason.skip_message
+    assert "empty.csv" in message and "empty file" in message
+    assert "garbage.csv" in message and "NUL bytes" in message
+    assert "notes.txt" in message and "unsupported file type" in message
+    again = tick(root, instance, result.cursor)  # recorded: not reported again, still there
+    assert "empty.csv" not in again.skip_reason.skip_message
+    assert (folder / "empty.csv").exists() and (folder / "garbage.csv").exists()
+
+
+# --- end to end -------------------------------------------------------------------------------
+
+
+def test_landed_file_retrains_models_end_to_end(tmp_path, monkeypatch):
+    from spotify_engine_assets.definitions import defs
+    from spotify_engine_assets.lib.artifacts import ArtifactStore, load_torch
+    from spotify_engine_assets.lib.paths import DATA_LAKE_ENV
+    from spotify_engine_assets.runner import run_config
+
+    monkeypatch.setenv(DATA_LAKE_ENV, str(tmp_path))
+    (tmp_path / "kaggle").mkdir()
+    (tmp_path / "kaggle" / "spotify_dataset.csv").write_text(kaggle_csv(playlists_rows(10)))
+    instance = dg.DagsterInstance.ephemeral()
+    assets = [*defs.assets, *defs.asset_checks]
+    small = {"ops": {"playlist_graph": {"config": {"min_playlist_size": 5, "min_track_playlists": 1}}}, **run_config()}
+    base = (
+        dg.AssetSelection.groups("playlist_ingestion", "playlist_sql", "playlist_graph")
+        - dg.AssetSelection.assets(["kaggle_raw", "landed_entries"], ["kaggle_raw", "landed_rejects"])
+    )
+    assert dg.materialize(assets, selection=base, run_config=small, instance=instance, resources=defs.resources).success
+    store = ArtifactStore(tmp_path / "artifacts")
+    for name in ("most_popular", "itemknn"):
+        assert dg.materialize(
+            assets, selection=dg.AssetSelection.assets("playlist_model", "playlist_report"), partition_key=name,
+            run_config=run_config(), instance=instance, resources=defs.resources,
+        ).success
+    before = {name: store.versions(["playlist_model"], name) for name in ("most_popular", "itemknn")}
+    playlists_before = load_torch(store.current(["playlist_graph"]) / "data.pt")["num_nodes"]["playlist"]
+
+    landing = tmp_path / "landing"
+    landing.mkdir()
+    (landing / "drop.csv").write_text(kaggle_csv(playlists_rows(11, users=6)))
+    (landing / "drop.csv.done").write_text("")
+    first = tick(tmp_path, instance)
+    (request,) = first.run_requests
+    instance.add_dynamic_partitions("landing_batches", first.dynamic_partitions_requests[0].partition_keys)
+    config = {**small, "ops": {**small["ops"], **request.run_config["ops"]}}
+    data_run = defs.resolve_job_def(request.job_name).execute_in_process(
+        run_config=config, instance=instance, partition_key=request.partition_key, tags=request.tags,
+    )
+    assert data_run.success and request.job_name == "playlist_landing_job"
+    assert not (landing / "drop.csv").exists()
+    assert (landing / "archive" / request.partition_key / "drop.csv").exists()
+    assert load_torch(store.current(["playlist_graph"]) / "data.pt")["num_nodes"]["playlist"] > playlists_before
+
+    second = tick(tmp_path, instance, first.cursor)
+    model_requests = {r.partition_key: r for r in second.run_requests}
+    assert {"most_popular", "itemknn", "lightgcn", "playlist_gat"} <= set(model_requests)
+    for name in ("most_popular", "itemknn"):
+        r = model_requests[name]
+        assert r.run_key.endswith(f"model-{name}") and r.tags[LANDING_TAG] == request.partition_key
+        assert defs.resolve_job_def(r.job_name).execute_in_process(
+            run_config=run_config(), instance=instance, partition_key=name, tags=r.tags,
+        ).success
+        assert len(store.versions(["playlist_model"], name)) == len(before[name]) + 1
+        report = load_torch(store.current(["playlist_report"], name) / "data.pt")
+        assert report["config"] == name and 0 <= report["metrics"]["r_precision"] <= 1
+    assert (tmp_path / "reports" / "playlist_comparison.md").exists()
+    third = tick(tmp_path, instance, second.cursor)
+    assert not third.run_requests  # the same file never retrains twice
+
+
+def test_session_files_are_taken_as_sessions(landing):
+    import polars as pl
+
+    root, folder, instance = landing
+    plays = pl.DataFrame({"user_id": [1, 2], "song_id": [3, 4], "played_at": ["2024-01-01 10:00:00", "2024-01-02 10:00:00"]})
+    plays.write_parquet(folder / "plays.parquet")
+    plays.write_csv(folder / "plays.csv")
+    (folder / "broken.parquet").write_bytes(b"PAR1 not really")
+    for name in ("plays.parquet", "plays.csv", "broken.parquet"):
+        (folder / f"{name}.done").write_text("")
+    result = tick(root, instance)
+    kinds = {r.tags["spotify_engine/file"]: r.run_config["ops"]["landed_batch"]["config"]["kind"] for r in result.run_requests}
+    assert kinds == {"plays.parquet": "sessions", "plays.csv": "sessions"}
+    assert "broken.parquet" in json.loads(result.cursor)["skipped"].__str__()
+
+
+def test_two_files_with_the_same_name_in_turn(landing):
+    root, folder, instance = landing
+    path, marker = folder / "daily.csv", folder / "daily.csv.done"
+    first_content = kaggle_csv(playlists_rows(4))
+    path.write_text(first_content)
+    marker.write_text("")
+    first = tick(root, instance)
+    os.replace(path, root / "archived-1.csv")  # landed_batch archives it
+    marker.unlink()
+    path.write_text(kaggle_csv(playlists_rows(5)))  # same name, new content
+    marker.write_text("")
+    second = tick(root, instance, first.cursor)
+    assert len(second.run_requests) == 1
+    assert second.run_requests[0].partition_key != first.run_requests[0].partition_key
+    os.replace(path, root / "archived-2.csv")
+    marker.unlink()
+    path.write_text(first_content)  # same name, first content again
+    marker.write_text("")
+    third = tick(root, instance, second.cursor)
+    assert not third.run_requests and "same content" in third.skip_reason.skip_message

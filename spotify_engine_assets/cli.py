@@ -179,6 +179,106 @@ def _experiments_reproduce(args: argparse.Namespace) -> int:
     return 0 if outcome["reproduced"] else 1
 
 
+def _serving_bundle(config: str):
+    from .lib.paths import data_lake_root
+    from .lib.recommend import load_bundle
+
+    return load_bundle(data_lake_root(), config)
+
+
+def _split_list(text: str | None) -> list[str]:
+    return [part.strip() for part in (text or "").split(",") if part.strip()]
+
+
+def _recommend(args: argparse.Namespace) -> int:
+    import json
+
+    from .lib.artifacts import ArtifactNotFoundError
+    from .lib.configs import ConfigError
+    from .lib.explain import explain, render_explanation
+    from .lib.recommend import UnknownIdError, rank_songs, ranking_rows, render_ranking
+
+    if args.user is None and not args.songs and not args.genres:
+        print("error: give --user ID, or a new user's --songs ID,ID and/or --genres NAME,NAME", file=sys.stderr)
+        return 2
+    if args.user is not None and (args.songs or args.genres):
+        print("error: --user cannot be combined with --songs/--genres (those describe a new user)", file=sys.stderr)
+        return 2
+    try:
+        bundle = _serving_bundle(args.model)
+        if args.user is not None:
+            user = bundle.user_index(args.user)
+            ranking = rank_songs(bundle, args.k, user=user, genre_prior=args.genre_prior)
+            who = f"user {args.user}"
+        else:
+            songs = [bundle.song_index(s) for s in _split_list(args.songs)]
+            genres = [bundle.genre_index(g) for g in _split_list(args.genres)]
+            ranking = rank_songs(bundle, args.k, songs=songs, genres=genres, genre_prior=args.genre_prior)
+            who = "a new user" + (f" with songs {args.songs}" if args.songs else "") + (f" and genres {args.genres}" if args.genres else "")
+            user = None
+        explanations = []
+        if args.explain:
+            if user is None:
+                print("note: --explain needs a known --user (a new user has no node in the model's graph)", file=sys.stderr)
+            else:
+                explanations = [explain(bundle, user, int(song)) for song in ranking.songs]
+    except (UnknownIdError, ConfigError, ArtifactNotFoundError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if args.json:
+        payload = {"config": args.model, "user_id": args.user, "songs": _split_list(args.songs), "genres": _split_list(args.genres),
+                   "genre_weight": ranking.genre_weight, "genre_prior": ranking.genre_prior, "interactions": ranking.interactions,
+                   "recommendations": ranking_rows(bundle, ranking)}
+        if explanations:
+            payload["explanations"] = explanations
+        print(json.dumps(payload, indent=2))
+        return 0
+    print(render_ranking(bundle, ranking, who))
+    for explanation in explanations:
+        print("\n" + render_explanation(explanation))
+    return 0
+
+
+def _explain(args: argparse.Namespace) -> int:
+    import json
+
+    from .lib.artifacts import ArtifactNotFoundError
+    from .lib.configs import ConfigError
+    from .lib.explain import explain, render_explanation
+    from .lib.recommend import UnknownIdError
+
+    try:
+        bundle = _serving_bundle(args.model)
+        explanation = explain(bundle, bundle.user_index(args.user), bundle.song_index(args.song), top=args.top)
+    except (UnknownIdError, ConfigError, ArtifactNotFoundError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(json.dumps(explanation, indent=2) if args.json else render_explanation(explanation))
+    return 0
+
+
+def _add_serving_commands(commands) -> None:
+    recommend = commands.add_parser("recommend", help="top-k songs for a user (or a new user's songs/genres) from a materialized model")
+    recommend.add_argument("--model", required=True, help="model config (a materialized trained_model partition)")
+    recommend.add_argument("--user", help="warehouse user id")
+    recommend.add_argument("--songs", help="new user: comma-separated warehouse song ids they like")
+    recommend.add_argument("--genres", help="new user: comma-separated genre names or ids they like")
+    recommend.add_argument("--k", type=int, default=10, help="list length (default 10)")
+    recommend.add_argument("--genre-prior", type=float, default=None,
+                           help="n0 of the adaptive genre weight w = n0/(n0+n), n = the user's training interactions "
+                           "(0: model only; default: chosen on the validation split)")
+    recommend.add_argument("--explain", action="store_true", help="explain every recommended song")
+    recommend.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    recommend.set_defaults(handler=_recommend)
+    explain = commands.add_parser("explain", help="why a model scores a song for a user: attention paths, attributions, influences")
+    explain.add_argument("--model", required=True, help="model config (a materialized trained_model partition)")
+    explain.add_argument("--user", required=True, help="warehouse user id")
+    explain.add_argument("--song", required=True, help="warehouse song id")
+    explain.add_argument("--top", type=int, default=8, help="evidence links and paths to show (default 8)")
+    explain.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    explain.set_defaults(handler=_explain)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="spotify-engine", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -205,6 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     reproduce.add_argument("experiment", help="a config name (its current report) or an experiment id config@version")
     reproduce.set_defaults(handler=_experiments_reproduce)
+    _add_serving_commands(commands)
     args = parser.parse_args(argv)
     return args.handler(args)
 

@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from .defs import experiments, graph, ingestion, playlists, sensors, sql_models, training
+from .defs import experiments, explanations, graph, ingestion, playlists, sensors, sql_models, training
 from .defs.resources import DataLake, LakeIOManager, TorchRuntime, Warehouse
 
 lake = DataLake()
@@ -15,6 +15,7 @@ defs = dg.Definitions.merge(
     playlists.defs,
     sensors.defs,
     experiments.defs,
+    explanations.defs,
     dg.Definitions(
         resources={
             "lake": lake,

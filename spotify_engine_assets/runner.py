@@ -21,7 +21,7 @@ from .lib.paths import configs_dir, data_lake_root
 
 DATA_STAGE = dg.AssetSelection.groups("ingestion", "sql", "graph")
 MODEL_STAGE = dg.AssetSelection.assets("trained_model", "metric_report")
-COMPARISON_STAGE = dg.AssetSelection.assets("model_comparison", "experiments", "ab_tests", "champion")
+COMPARISON_STAGE = dg.AssetSelection.assets("model_comparison", "experiments", "ab_tests", "champion", "explanations")
 PROFILES = {"default": ([], []), "tiny": (["tiny_data.yaml"], ["tiny_train.yaml"])}
 
 

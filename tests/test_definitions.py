@@ -7,7 +7,9 @@ from spotify_engine_assets.definitions import defs
 EXPECTED_ASSET_KEYS = [
     "ab_tests",
     "champion",
+    "cold_start_report",
     "experiments",
+    "explanations",
     "ground_truth/user_genre_affinity",
     "interaction_splits",
     "kaggle/source_files",

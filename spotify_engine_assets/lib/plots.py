@@ -66,3 +66,96 @@ def frame_markdown(frame, max_rows: int = 10, float_digits: int = 4) -> str:
     lines = ["| " + " | ".join(head.columns) + " |", "|" + "---|" * len(head.columns)]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in head.iter_rows()]
     return "\n".join(lines)
+
+
+def count_bars(counts: dict[str, float], title: str, xlabel: str = "count", log: bool = False) -> str:
+    """Horizontal bars, one per label (row counts per table, node and edge counts per type)."""
+    labels = list(counts)
+    fig, axis = plt.subplots(figsize=(6, 0.3 * len(labels) + 1.2))
+    axis.barh(labels, [counts[label] for label in labels], color="tab:blue", log=log)
+    for row, label in enumerate(labels):
+        axis.annotate(f"{counts[label]:,}", (counts[label], row), xytext=(3, 0), textcoords="offset points", va="center", fontsize=7)
+    axis.invert_yaxis()
+    axis.set_xlabel(xlabel)
+    axis.set_title(title)
+    axis.margins(x=0.15)
+    return figure_markdown(fig, title)
+
+
+def data_quality(row_count: int, null_counts: dict[str, int], distinct_counts: dict[str, int], title: str) -> str:
+    """Data-quality summary of one table: per column, the share of NULLs and of distinct values."""
+    columns = list(null_counts)
+    rows = max(row_count, 1)
+    fig, axis = plt.subplots(figsize=(6, 0.3 * len(columns) + 1.4))
+    positions = range(len(columns))
+    # approximate distinct counts (HyperLogLog) may overshoot the row count slightly: capped at 1
+    axis.barh([p - 0.2 for p in positions], [min(distinct_counts.get(c, 0) / rows, 1.0) for c in columns], height=0.4,
+              color="tab:green", label="distinct / rows")
+    axis.barh([p + 0.2 for p in positions], [null_counts[c] / rows for c in columns], height=0.4,
+              color="tab:red", label="NULL / rows")
+    axis.set_yticks(list(positions), columns, fontsize=8)
+    axis.invert_yaxis()
+    axis.set_xlim(0, 1.05)
+    axis.set_xlabel(f"share of {row_count:,} rows")
+    axis.set_title(title)
+    axis.legend(fontsize=7, loc="lower right")
+    return figure_markdown(fig, title)
+
+
+def histogram(values, title: str, xlabel: str, bins: int = 30, log: bool = False) -> str:
+    """Distribution of one quantity (e.g. listens per user or per song)."""
+    fig, axis = plt.subplots(figsize=(6, 2.8))
+    axis.hist(values, bins=bins, color="tab:cyan", edgecolor="white", log=log)
+    axis.set_xlabel(xlabel)
+    axis.set_ylabel("count")
+    axis.set_title(title)
+    return figure_markdown(fig, title)
+
+
+def split_sizes(parts: dict[str, dict[str, int]], title: str) -> str:
+    """Stacked train / valid / test sizes, one bar per split strategy."""
+    strategies = list(parts)
+    fig, axis = plt.subplots(figsize=(6, 0.5 * len(strategies) + 1.2))
+    left = [0] * len(strategies)
+    colors = {"train": "tab:blue", "valid": "tab:orange", "test": "tab:green"}
+    for part in ("train", "valid", "test"):
+        sizes = [parts[s].get(part, 0) for s in strategies]
+        axis.barh(strategies, sizes, left=left, color=colors[part], label=part)
+        left = [a + b for a, b in zip(left, sizes)]
+    axis.invert_yaxis()
+    axis.set_xlabel("interactions")
+    axis.set_title(title)
+    axis.legend(fontsize=7, ncol=3, loc="lower right")
+    return figure_markdown(fig, title)
+
+
+def grouped_bars(values: dict[str, dict[str, float]], metrics: list[str], title: str) -> str:
+    """Metrics side by side for a few series (e.g. a config against most-popular and random)."""
+    series = list(values)
+    width = 0.8 / max(len(series), 1)
+    fig, axis = plt.subplots(figsize=(7, 3))
+    for index, name in enumerate(series):
+        axis.bar([m + (index - (len(series) - 1) / 2) * width for m in range(len(metrics))],
+                 [values[name].get(metric, 0.0) for metric in metrics], width=width, label=name)
+    axis.set_xticks(range(len(metrics)), metrics, rotation=20, fontsize=8)
+    axis.set_title(title)
+    axis.legend(fontsize=7)
+    return figure_markdown(fig, title)
+
+
+def difference_distributions(differences: dict[str, "list[float]"], title: str, bins: int = 30) -> str:
+    """A/B: per-user treatment - control differences, one histogram per pair or metric, with the mean."""
+    names = list(differences)
+    fig, axes = plt.subplots(len(names), 1, figsize=(6, 1.8 * len(names) + 0.6), squeeze=False)
+    for axis, name in zip(axes[:, 0], names):
+        values = list(differences[name])
+        axis.hist(values, bins=bins, color="tab:gray", edgecolor="white")
+        axis.axvline(0.0, color="black", linewidth=0.8)
+        if values:
+            axis.axvline(sum(values) / len(values), color="tab:red", linewidth=1.2, label="mean")
+            axis.legend(fontsize=7)
+        axis.set_title(name, fontsize=8)
+    axes[-1, 0].set_xlabel("treatment - control per user")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return figure_markdown(fig, title)

@@ -1,0 +1,192 @@
+"""Explanations, cold start and the recommend/explain command line on a materialized tiny chain:
+the data stage and two model configs are materialized once into a temporary data lake, then
+the `explanations` and `cold_start_report` assets and the `spotify-engine` commands run on it."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import dagster as dg
+import duckdb
+import pytest
+
+from spotify_engine_assets import cli
+from spotify_engine_assets.lib.artifacts import ArtifactStore, load_torch
+from spotify_engine_assets.lib.paths import DATA_LAKE_ENV
+from spotify_engine_assets.runner import DATA_STAGE, run_config
+
+MODELS = ("gat_enhanced", "most_popular")
+SPINE_GROUPS = {"ingestion", "sql", "graph", "training", "evaluation", "explainability"}
+
+
+def spine_definitions() -> dg.Definitions:
+    """The spine's domains plus explainability (independent of the other data sources' definitions)."""
+    from spotify_engine_assets.defs import experiments, explanations, graph, ingestion, sql_models, training
+    from spotify_engine_assets.defs.resources import DataLake, LakeIOManager, TorchRuntime, Warehouse
+
+    lake = DataLake()
+    return dg.Definitions.merge(
+        ingestion.defs, sql_models.build_sql_definitions(sql_models.load_project()), graph.defs, training.defs,
+        experiments.defs, explanations.defs,
+        dg.Definitions(resources={"lake": lake, "warehouse": Warehouse(lake=lake), "torch_runtime": TorchRuntime(),
+                                  "io_manager": LakeIOManager(lake=lake)}),
+    )
+
+
+@pytest.fixture(scope="module")
+def lake(tmp_path_factory):
+    defs = spine_definitions()
+    root = tmp_path_factory.mktemp("explain_lake")
+    previous = os.environ.get(DATA_LAKE_ENV)
+    os.environ[DATA_LAKE_ENV] = str(root)
+    instance = dg.DagsterInstance.ephemeral()
+
+    # the spine's groups only: the other data sources' SQL models are not needed here
+    spine = [a for a in defs.assets if set(a.group_names_by_key.values()) <= SPINE_GROUPS]
+
+    def materialize(selection, config, partition=None):
+        return dg.materialize(
+            spine, selection=selection, run_config=config, instance=instance,
+            resources=defs.resources, partition_key=partition, raise_on_error=False,
+        )
+
+    assert materialize(DATA_STAGE, run_config("tiny_data.yaml")).success
+    for name in MODELS:
+        assert materialize(dg.AssetSelection.assets("trained_model"), run_config("tiny_train.yaml"), name).success
+    yield root, materialize
+    if previous is None:
+        os.environ.pop(DATA_LAKE_ENV, None)
+    else:
+        os.environ[DATA_LAKE_ENV] = previous
+
+
+def _warehouse_ids(root, sql):
+    with duckdb.connect(str(root / "warehouse.duckdb"), read_only=True) as con:
+        return con.sql(sql).fetchall()
+
+
+def _user_and_unplayed_song(root):
+    ((user, song, title),) = _warehouse_ids(root, """
+        SELECT u.user_id, s.song_id, s.title FROM marts.users u, marts.songs s
+        WHERE NOT EXISTS (SELECT 1 FROM marts.user_song_interactions i WHERE i.user_id = u.user_id AND i.song_id = s.song_id)
+          AND EXISTS (SELECT 1 FROM marts.user_song_interactions i WHERE i.user_id = u.user_id)
+        ORDER BY u.user_id, s.song_id LIMIT 1""")
+    return user, song, title
+
+
+def test_explanations_asset_is_faithful_and_rendered(lake):
+    root, materialize = lake
+    config = run_config()
+    config.setdefault("ops", {})["explanations"] = {"config": {"users": 2, "k": 3, "faithfulness_users": 6}}
+    result = materialize(dg.AssetSelection.assets("explanations"), config)
+    assert result.success
+    output = load_torch(ArtifactStore(root / "artifacts").current(["explanations"]) / "data.pt")
+    assert set(output) == {"gat_enhanced"}  # only the requested configs, not most_popular
+    explained = output["gat_enhanced"]["explained"]
+    assert len(explained) == 2 and all(len(entry["explanations"]) == 3 for entry in explained)
+    for entry in explained:
+        assert [e["song_id"] for e in entry["explanations"]] == [r["song_id"] for r in entry["recommendations"]]
+        assert not any(e["already_played"] for e in entry["explanations"])
+    # the faithfulness test on the trained model: top-attributed removal hurts more than random
+    faith = output["gat_enhanced"]["faithfulness"]
+    assert faith["pairs"] >= 15
+    assert faith["mean_drop_top"] > faith["mean_drop_random"]
+    assert faith["top_beats_random_share"] > 0.5
+    checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
+    assert checks["explanations_faithful"].passed
+    materialization = result.asset_materializations_for_node("explanations")[0]
+    markdown = materialization.metadata["explanations"].value
+    assert "## gat_enhanced" in markdown and "Top contributing evidence" in markdown and "Faithfulness over" in markdown
+    assert (root / "reports" / "explanations.md").read_text().strip() == markdown.strip()
+
+
+def test_explanations_name_unmaterialized_configs(lake):
+    _, materialize = lake
+    config = run_config()
+    config.setdefault("ops", {})["explanations"] = {"config": {"configs": ["lightgcn"]}}
+    result = materialize(dg.AssetSelection.assets("explanations"), config)
+    assert not result.success
+    failure = next(e for e in result.all_events if e.is_step_failure)
+    message = failure.step_failure_data.error.message
+    assert "lightgcn" in message and "materialized: gat_enhanced, most_popular" in message
+
+
+def test_cold_start_report_on_heldout_users(lake):
+    root, materialize = lake
+    config = run_config()
+    config.setdefault("ops", {})["cold_start_report"] = {"config": {"max_epochs": 10, "fraction": 0.3}}
+    result = materialize(dg.AssetSelection.assets("cold_start_report"), config)
+    assert result.success
+    import polars as pl
+
+    frame = pl.read_parquet(ArtifactStore(root / "artifacts").current(["cold_start_report"]) / "data.parquet")
+    rows = {(r["method"], r["revealed"]): r for r in frame.iter_rows(named=True)}
+    popular, genres = rows[("most_popular", 0)], rows[("genres_only (top 3)", 0)]
+    assert genres["ndcg@10"] > popular["ndcg@10"]  # a few stated genres beat most-popular for new users
+    metadata = result.asset_materializations_for_node("cold_start_report")[0].metadata
+    tuned = metadata["n0_validation_ndcg@10"].value
+    n0 = max(tuned, key=lambda key: (tuned[key], -float(key)))  # chosen on validation: the best, smallest on ties
+    assert f"n0 = {float(n0):g} (chosen on validation)" in metadata["adaptive_weight"].value
+    for n in (1, 3, 5, 10):
+        assert rows[("songs_adaptive_foldin", n)]["genre_weight"] == pytest.approx(float(n0) / (float(n0) + n) if float(n0) else 0.0)
+        assert ("songs_model_inductive", n) in rows
+    assert {"active_genre", "active_model"} <= {method for method, _ in rows}
+    assert metadata["heldout_users"].value > 10
+
+
+def test_cli_recommend_table_json_and_explain(lake, capsys):
+    root, _ = lake
+    user, _, _ = _user_and_unplayed_song(root)
+    played = {song for (song,) in _warehouse_ids(root, f"SELECT song_id FROM marts.user_song_interactions WHERE user_id = {user}")}
+    assert cli.main(["recommend", "--model", "gat_enhanced", "--user", str(user), "--k", "5"]) == 0
+    out = capsys.readouterr().out
+    assert f"gat_enhanced: top 5 for user {user}" in out and "title" in out and "artist" in out
+    assert cli.main(["recommend", "--model", "gat_enhanced", "--user", str(user), "--k", "5", "--json"]) == 0
+    payload = json.loads(capsys.readouterr().out)
+    songs = [row["song_id"] for row in payload["recommendations"]]
+    assert len(songs) == 5 and not set(songs) & played
+    titles = dict(_warehouse_ids(root, f"SELECT song_id, title FROM marts.songs WHERE song_id IN ({', '.join(map(str, songs))})"))
+    assert [row["title"] for row in payload["recommendations"]] == [titles[s] for s in songs]
+    assert cli.main(["recommend", "--model", "gat_enhanced", "--user", str(user), "--k", "2", "--explain"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("Why user") == 2 and out.count("Top contributing evidence") == 2
+
+
+def test_cli_explain_and_new_users(lake, capsys):
+    root, _ = lake
+    user, song, title = _user_and_unplayed_song(root)
+    assert cli.main(["explain", "--model", "gat_enhanced", "--user", str(user), "--song", str(song)]) == 0
+    out = capsys.readouterr().out
+    assert f"Why user {user} may like \"{title}\" (song {song})" in out and "model score" in out
+    assert cli.main(["explain", "--model", "gat_enhanced", "--user", str(user), "--song", str(song), "--json"]) == 0
+    explanation = json.loads(capsys.readouterr().out)
+    assert explanation["song_id"] == song and explanation["evidence"]
+    ((genre,),) = _warehouse_ids(root, "SELECT name FROM marts.genres ORDER BY genre_id LIMIT 1")
+    assert cli.main(["recommend", "--model", "gat_enhanced", "--genres", genre, "--k", "3", "--json"]) == 0
+    payload = json.loads(capsys.readouterr().out)
+    assert payload["genre_weight"] == 1.0 and all(genre in row["genres"] for row in payload["recommendations"])
+    assert cli.main(["recommend", "--model", "gat_enhanced", "--songs", str(song), "--k", "3", "--json"]) == 0
+    payload = json.loads(capsys.readouterr().out)
+    assert song not in [row["song_id"] for row in payload["recommendations"]] and payload["interactions"] == 1
+
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["recommend", "--model", "gat_enhanced", "--user", "987654"], r"unknown user '987654'; 150 users exist"),
+        (["explain", "--model", "gat_enhanced", "--user", "USER", "--song", "987654"], r"unknown song '987654'; 600 songs exist"),
+        (["recommend", "--model", "nope", "--user", "USER"], r"unknown model config 'nope'; configs in the registry: gat_basic"),
+        (["recommend", "--model", "lightgcn", "--user", "USER"], r"'lightgcn' has no materialized trained_model.*materialized: gat_enhanced, most_popular"),
+        (["recommend", "--model", "gat_enhanced", "--genres", "polka"], r"unknown genre 'polka'; 10 genres exist"),
+        (["recommend", "--model", "gat_enhanced"], r"give --user ID"),
+    ],
+)
+def test_cli_unknown_ids_are_clear_errors(lake, capsys, argv, expected):
+    import re
+
+    root, _ = lake
+    user, _, _ = _user_and_unplayed_song(root)
+    assert cli.main([str(user) if a == "USER" else a for a in argv]) == 2
+    err = capsys.readouterr().err
+    assert re.search(expected, err), err

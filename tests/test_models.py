@@ -16,12 +16,14 @@ from __future__ import annotations
 import pytest
 import torch
 from torch_geometric.data import HeteroData
+from torch_geometric.nn import GATConv
 from torch_geometric.nn.models import LightGCN
 
 from spotify_engine_assets.lib.graph import BY, HAS, LISTENS, REV_BY, REV_HAS, REV_LISTENS, add_reverse_edges
 from spotify_engine_assets.lib.models import (
     MODEL_CLASSES,
     BasicGATRecommender,
+    EdgeAttrGATConv,
     GenreAwareGAT,
     HeteroGATLayer,
     LightGCNRecommender,
@@ -159,7 +161,9 @@ def test_enhanced_uses_listens_edge_attributes(data):
     user0, song0 = with_attr(data)
     changed = data.clone()
     changed[LISTENS].edge_attr = data[LISTENS].edge_attr.clone()
-    changed[LISTENS].edge_attr[2] += 1.0  # edge u1 -> s1
+    # swap the attributes of u1's two edges (u1 -> s1, u1 -> s2): the columns' mean and standard
+    # deviation (the model standardizes attributes) stay the same, so every other edge keeps its own
+    changed[LISTENS].edge_attr[[2, 3]] = data[LISTENS].edge_attr[[3, 2]]
     changed[REV_LISTENS].edge_attr = changed[LISTENS].edge_attr
     user1, song1 = with_attr(changed)
     # attributes enter the attention: u1 attends over s1 and s2, s1 over u0 and u1
@@ -187,7 +191,11 @@ def test_enhanced_attention_per_relation(data):
         seen[relation] += 1
         edge_type = by_relation[relation]
         _check_attention(index, alpha, data[edge_type].edge_index, data[edge_type[2]].num_nodes, heads)
-    assert seen == {key: num_layers for key in by_relation}
+    # the last layer only passes messages into users and songs (its artist and genre outputs
+    # would be unused); earlier layers pass along every relation
+    into_user_or_song = {key for key, r in by_relation.items() if r[2] in ("user", "song")}
+    assert seen == {key: num_layers if key in into_user_or_song else num_layers - 1 for key in by_relation}
+    assert {name.split("/")[0] for name in attention} == {f"layer{d}" for d in range(num_layers)}
 
 
 def _check_attention(index, alpha, edge_index, num_dst, heads):
@@ -221,10 +229,103 @@ def test_enhanced_is_deterministic_in_eval_mode(data):
 def test_enhanced_rejects_bad_shapes():
     with pytest.raises(ValueError):
         GenreAwareGAT(NUM_NODES, hidden_dim=8, num_layers=0)
-    with pytest.raises(ValueError, match="divisible"):
-        GenreAwareGAT(NUM_NODES, hidden_dim=10, heads=3)
+    # the enhanced model averages its heads: any head count fits any hidden size
+    assert GenreAwareGAT(NUM_NODES, hidden_dim=10, heads=3)(toy_graph())[0].shape == (3, 10)
     with pytest.raises(ValueError, match="divisible"):
         HeteroGATLayer([LISTENS], dim=9, heads=2)
+
+
+def _uniform_attention(model: GenreAwareGAT) -> GenreAwareGAT:
+    """Zero every attention vector: all logits 0, so each node weighs its neighbours equally."""
+    with torch.no_grad():
+        for layer in model.layers:
+            for conv in layer.convs.values():
+                conv.att_src.zero_()
+                conv.att_dst.zero_()
+                if conv.att_edge is not None:
+                    conv.att_edge.zero_()
+    return model
+
+
+def _dense_relation(edge_index: torch.Tensor, num_src: int, num_dst: int) -> torch.Tensor:
+    """[num_dst, num_src] matrix D_dst^-1/2 A D_src^-1/2 of one relation."""
+    adjacency = torch.zeros(num_dst, num_src, dtype=torch.float64)
+    adjacency[edge_index[1], edge_index[0]] = 1.0
+    dst = adjacency.sum(1).clamp(min=1).pow(-0.5)
+    src = adjacency.sum(0).clamp(min=1).pow(-0.5)
+    return dst[:, None] * adjacency * src[None, :]
+
+
+def test_enhanced_uniform_attention_one_layer_is_lightgcn(data):
+    """With uniform attention, no artist/genre signal (zero embeddings) and one layer, the
+    enhanced model is exactly one LightGCN layer on the listens graph: the attention only
+    reweights LightGCN's symmetric normalisation."""
+    model = _uniform_attention(gat_enhanced(num_layers=1, residual=False))
+    with torch.no_grad():
+        model.embeddings["artist"].weight.zero_()
+        model.embeddings["genre"].weight.zero_()
+    user, song = model(data)
+    x = torch.cat([model.embeddings["user"].weight, model.embeddings["song"].weight]).detach()
+    dense = _dense_lightgcn(x, LISTEN_PAIRS, 3, num_layers=1)
+    assert torch.allclose(torch.cat([user, song]), dense, atol=1e-6)
+
+
+@pytest.mark.parametrize("residual", [False, True])
+def test_enhanced_uniform_attention_two_layers_matches_dense_propagation(data, residual):
+    """Two layers over all six relations against a dense computation: each relation contributes
+    D_dst^-1/2 A D_src^-1/2 h_src, a node sums its relations, and the output is the layer mean."""
+    model = _uniform_attention(gat_enhanced(num_layers=2, residual=residual))
+    user, song = model(data)
+    h = {t: model.embeddings[t].weight.detach().double() for t in NUM_NODES}
+    layers = [(h["user"], h["song"])]
+    for _ in range(2):
+        messages = {t: torch.zeros(n, 8, dtype=torch.float64) for t, n in NUM_NODES.items()}
+        for src, rel, dst in GenreAwareGAT.relations:
+            matrix = _dense_relation(data[src, rel, dst].edge_index, NUM_NODES[src], NUM_NODES[dst])
+            messages[dst] += matrix @ h[src]
+        h = {t: h[t] + messages[t] if residual else messages[t] for t in NUM_NODES}
+        layers.append((h["user"], h["song"]))
+    expected_user = torch.stack([u for u, _ in layers]).mean(0).float()
+    expected_song = torch.stack([s for _, s in layers]).mean(0).float()
+    assert torch.allclose(user, expected_user, atol=1e-6)
+    assert torch.allclose(song, expected_song, atol=1e-6)
+    other = _uniform_attention(gat_enhanced(num_layers=2, residual=not residual))
+    assert not torch.allclose(other(data)[0], user, atol=1e-4)
+
+
+def test_enhanced_messages_are_embeddings_unless_transform(data):
+    """transform=False: each relation's message map is a frozen identity (only attention is
+    learned); transform=True learns it."""
+    fixed = gat_enhanced(num_layers=2)
+    for layer in fixed.layers:
+        for conv in layer.convs.values():
+            assert torch.equal(conv.lin.weight, torch.eye(8).repeat(2, 1))
+            assert not conv.lin.weight.requires_grad
+    learned = gat_enhanced(num_layers=2, transform=True)
+    conv = learned.layers[0].convs["user__listens__song"]
+    assert conv.lin.weight.requires_grad
+    assert not torch.equal(conv.lin.weight, torch.eye(8).repeat(2, 1))
+    user, song = learned(data)
+    (user.sum() + song.sum()).backward()
+    assert conv.lin.weight.grad is not None and conv.lin.weight.grad.abs().sum() > 0
+
+
+def test_edge_attr_gat_conv_equals_gat_conv():
+    """The cheaper edge-attribute term gives GATConv's own outputs, attention and gradients."""
+    torch.manual_seed(0)
+    reference = GATConv(8, 8, heads=3, concat=False, add_self_loops=False, edge_dim=3, bias=False)
+    fast = EdgeAttrGATConv(8, 8, heads=3, concat=False, add_self_loops=False, edge_dim=3, bias=False)
+    fast.load_state_dict(reference.state_dict())
+    x_src, x_dst = torch.randn(5, 8), torch.randn(4, 8)
+    edge_index = torch.tensor([[0, 1, 2, 3, 4, 0], [0, 0, 1, 2, 3, 3]])
+    edge_attr = torch.randn(6, 3)
+    out_a, (_, alpha_a) = reference((x_src, x_dst), edge_index, edge_attr=edge_attr, return_attention_weights=True)
+    out_b, (_, alpha_b) = fast((x_src, x_dst), edge_index, edge_attr=edge_attr, return_attention_weights=True)
+    assert torch.allclose(out_a, out_b, atol=1e-6) and torch.allclose(alpha_a, alpha_b, atol=1e-6)
+    out_a.square().sum().backward()
+    out_b.square().sum().backward()
+    for name, parameter in reference.named_parameters():
+        assert torch.allclose(parameter.grad, dict(fast.named_parameters())[name].grad, atol=1e-5), name
 
 
 # ---------------------------------------------------------------------------------- BasicGAT

@@ -287,3 +287,31 @@ def test_fit_most_popular_and_embed():
     user, song = embed(model, view)
     assert user.shape == (8, 1)
     assert torch.equal(song.flatten(), counts)
+
+
+def test_build_model_passes_enhanced_settings():
+    view, _ = toy_problem()
+    cfg = config("gat_enhanced", num_layers=3, heads=1, dropout=0.2, residual=False, use_edge_attr=False)
+    model = build_model(cfg, num_nodes_of(view))
+    assert len(model.layers) == 3 and model.residual is False and model.edge_dim == 0
+    assert model.dropout.p == 0.2
+    conv = model.layers[0].convs["user__listens__song"]
+    assert conv.heads == 1 and conv.edge_dim is None and conv.dropout == 0.2
+
+
+def test_enhanced_training_learns_attention_not_message_maps():
+    """The enhanced model's message maps are frozen identities: training moves the embeddings
+    and the attention vectors, never the maps."""
+    view, valid = toy_problem()
+    cfg = config("gat_enhanced", max_epochs=3, patience=100, residual=False)
+    model = build_model(cfg, num_nodes_of(view))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    train(model, view, valid, cfg)
+    after = model.state_dict()
+    identity = torch.eye(cfg.embedding_dim).repeat(cfg.heads, 1)
+    for key, value in after.items():
+        if key.endswith("lin.weight"):
+            assert torch.equal(value, identity), key
+        elif key.startswith("embeddings.") or ("listens" in key and key.endswith(("att_src", "att_dst"))):
+            # (song -> artist and genre -> song attention over a single neighbour gets no gradient)
+            assert not torch.equal(value, before[key]), key

@@ -8,9 +8,10 @@ one training and evaluation harness serve them all:
 * :class:`BasicGATRecommender` - user, song and artist id embeddings and one attention layer
   (GATv2) over listens and song-artist edges.
 * :class:`GenreAwareGAT` - the enhanced heterogeneous GAT: user, song, artist and genre
-  embeddings, ``num_layers`` attention layers over every relation (listens edges attend with
-  their play-count / completion / recency attributes), residual connections, dropout, and a
-  LightGCN-style mean over layer outputs. Returns its attention weights on request.
+  embeddings, ``num_layers`` attention layers (PyG ``GATConv``) over every relation (listens
+  edges attend with their play-count / completion / recency attributes) whose attention
+  reweights LightGCN's symmetric degree normalisation, optional residual connections, dropout,
+  and a LightGCN-style mean over layer outputs. Returns its attention weights on request.
 * :class:`LightGCNRecommender` - :class:`torch_geometric.nn.models.LightGCN` over the
   user-song bipartite graph.
 * :class:`MostPopular` - the non-parametric reference: songs ranked by training play count.
@@ -21,10 +22,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch_geometric.data import HeteroData
-from torch_geometric.nn import GATv2Conv
+from torch_geometric.nn import GATConv, GATv2Conv
 from torch_geometric.nn.models import LightGCN
+from torch_geometric.utils import softmax
 
 from .graph import BY, HAS, LISTENS, REV_BY, REV_HAS, REV_LISTENS
 
@@ -162,29 +165,189 @@ class BasicGATRecommender(_EmbeddingRecommender):
         return (user, song, attention) if return_attention else (user, song)
 
 
+class EdgeAttrGATConv(GATConv):
+    r""":class:`~torch_geometric.nn.GATConv` with a cheaper edge-attribute attention term.
+
+    GATConv adds :math:`\mathbf{a}_e^\top \mathbf{W}_e \mathbf{e}_{ij}` to each edge's attention
+    logit by projecting every edge's attributes to ``heads * out_channels`` values first; this
+    computes the same term as :math:`(\mathbf{W}_e^\top \mathbf{a}_e)^\top \mathbf{e}_{ij}`, one
+    ``[E, edge_dim] x [edge_dim, heads]`` product (the attention is otherwise GATConv's own).
+    """
+
+    def edge_update(
+        self,
+        alpha_j: Tensor,
+        alpha_i: Tensor | None,
+        edge_attr: Tensor | None,
+        index: Tensor,
+        ptr: Tensor | None,
+        dim_size: int | None,
+    ) -> Tensor:
+        alpha = alpha_j if alpha_i is None else alpha_j + alpha_i
+        if index.numel() == 0:
+            return alpha
+        if edge_attr is not None and self.lin_edge is not None:
+            if edge_attr.dim() == 1:
+                edge_attr = edge_attr.view(-1, 1)
+            weight = self.lin_edge.weight.view(self.heads, self.out_channels, -1)
+            projection = (weight * self.att_edge.view(self.heads, self.out_channels, 1)).sum(1)
+            alpha = alpha + edge_attr @ projection.t()
+        alpha = F.leaky_relu(alpha, self.negative_slope)
+        alpha = softmax(alpha, index, ptr, dim_size)
+        return F.dropout(alpha, p=self.dropout, training=self.training)
+
+
+class NormalizedHeteroGATLayer(nn.Module):
+    r"""One attention layer over several relations with LightGCN's symmetric normalisation.
+
+    For every relation :math:`r = (s, \cdot, t)` a :class:`~torch_geometric.nn.GATConv`
+    (``heads`` heads averaged, listens edges attending with their attributes) gives attention
+    coefficients :math:`\alpha^{r}_{ij}` (softmax over the :math:`d^r_i` neighbours of
+    :math:`i`), and the message to :math:`i` is
+
+    .. math::
+        \mathbf{m}^{r}_i = \sqrt{d^r_i} \sum_{j \in \mathcal{N}_r(i)}
+            \alpha^{r}_{ij} \frac{\mathbf{W}^{r} \mathbf{x}_j}{\sqrt{d^r_j}}
+
+    With uniform attention (:math:`\alpha^r_{ij} = 1 / d^r_i`) and :math:`\mathbf{W}^r = I` this
+    is exactly LightGCN's :math:`\sum_j \mathbf{x}_j / \sqrt{d^r_i d^r_j}`; the attention
+    reweights a node's neighbours without changing that scale. ``transform=False`` fixes
+    :math:`\mathbf{W}^r` to the identity (the attention vectors are still learned), so messages
+    are the neighbours' embeddings as in LightGCN. A node sums the messages of all relations
+    that reach it.
+
+    Args:
+        edge_types: The relations this layer passes messages along.
+        dim: Input and output size of every node type.
+        heads: Attention heads per relation (averaged).
+        dropout: Dropout on the attention coefficients.
+        edge_dims: Size of the edge attributes of a relation, if it has any.
+        transform: Learn a linear map :math:`\mathbf{W}^r` per relation (default ``False``).
+    """
+
+    def __init__(
+        self,
+        edge_types: Sequence[EdgeType],
+        dim: int,
+        heads: int = 1,
+        dropout: float = 0.0,
+        edge_dims: dict[EdgeType, int] | None = None,
+        transform: bool = False,
+    ) -> None:
+        super().__init__()
+        edge_dims = edge_dims or {}
+        self.edge_types = list(edge_types)
+        self.transform = transform
+        self.convs = nn.ModuleDict(
+            {
+                _relation_key(edge_type): EdgeAttrGATConv(
+                    dim,
+                    dim,
+                    heads=heads,
+                    concat=False,
+                    dropout=dropout,
+                    add_self_loops=False,
+                    edge_dim=edge_dims.get(edge_type),
+                    bias=False,
+                )
+                for edge_type in self.edge_types
+            }
+        )
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        for conv in self.convs.values():
+            conv.reset_parameters()
+            if not self.transform:
+                identity = torch.eye(conv.out_channels).repeat(conv.heads, 1)
+                with torch.no_grad():
+                    conv.lin.weight.copy_(identity)
+                conv.lin.weight.requires_grad_(False)
+
+    def forward(
+        self,
+        x_dict: dict[str, Tensor],
+        data: HeteroData,
+        degrees: dict[EdgeType, tuple[Tensor, Tensor]],
+        edge_attrs: dict[EdgeType, Tensor] | None = None,
+        attention: Attention | None = None,
+        prefix: str = "",
+    ) -> dict[str, Tensor]:
+        """Messages per destination node type; fills ``attention`` when given.
+
+        ``degrees[r]`` holds the (source, destination) degrees of relation ``r``, clamped to 1.
+        """
+        edge_attrs = edge_attrs or {}
+        out: dict[str, Tensor] = {}
+        for edge_type in self.edge_types:
+            src, _, dst = edge_type
+            conv = self.convs[_relation_key(edge_type)]
+            src_degree, dst_degree = degrees[edge_type]
+            x_src = x_dict[src] * src_degree.rsqrt().unsqueeze(-1)
+            edge_attr = edge_attrs.get(edge_type) if conv.edge_dim else None
+            edge_index = data[edge_type].edge_index
+            if attention is None:
+                message = conv((x_src, x_dict[dst]), edge_index, edge_attr=edge_attr)
+            else:
+                message, (index, alpha) = conv(
+                    (x_src, x_dict[dst]), edge_index, edge_attr=edge_attr, return_attention_weights=True
+                )
+                attention[prefix + _relation_key(edge_type)] = (index, alpha)
+            message = message * dst_degree.sqrt().unsqueeze(-1)
+            out[dst] = out[dst] + message if dst in out else message
+        return out
+
+
+def relation_degrees(data: HeteroData, edge_types: Sequence[EdgeType]) -> dict[EdgeType, tuple[Tensor, Tensor]]:
+    """(source out-degree, destination in-degree) per relation, as floats clamped to at least 1."""
+    degrees = {}
+    for edge_type in edge_types:
+        src, _, dst = edge_type
+        edge_index = data[edge_type].edge_index
+        src_degree = torch.bincount(edge_index[0], minlength=data[src].num_nodes).clamp(min=1).float()
+        dst_degree = torch.bincount(edge_index[1], minlength=data[dst].num_nodes).clamp(min=1).float()
+        degrees[edge_type] = (src_degree, dst_degree)
+    return degrees
+
+
+def standardized(edge_attr: Tensor) -> Tensor:
+    """Each attribute column shifted to mean 0 and scaled to standard deviation 1."""
+    if edge_attr.size(0) < 2:
+        return edge_attr - edge_attr.mean(0, keepdim=True)
+    return (edge_attr - edge_attr.mean(0, keepdim=True)) / edge_attr.std(0, keepdim=True).clamp(min=1e-6)
+
+
 class GenreAwareGAT(_EmbeddingRecommender):
     r"""Enhanced genre-aware heterogeneous graph attention recommender.
 
     Node types user, song, artist and genre each get an id embedding. ``num_layers`` layers of
-    :class:`HeteroGATLayer` pass messages along all six relations (listens both ways, song-artist
-    both ways, song-genre both ways); listens edges enter the attention with their attributes
-    (log play count, mean completion, recency). Each layer is residual with dropout:
+    :class:`NormalizedHeteroGATLayer` pass messages along all six relations (listens both ways,
+    song-artist both ways, song-genre both ways): graph attention (PyG ``GATConv``) over each
+    relation, listens edges attending with their standardized attributes (log play count, mean
+    completion, recency), scaled by LightGCN's symmetric degree normalisation. Each layer is
+    residual (optional) with dropout:
 
     .. math::
-        \mathbf{h}^{(l+1)} = \mathbf{h}^{(l)} + \mathrm{dropout}\big(\mathrm{LN}(\mathbf{m}^{(l)})\big)
+        \mathbf{h}^{(l+1)} = \mathbf{h}^{(l)} + \mathrm{dropout}\big(\mathbf{m}^{(l)}\big)
+        \quad\text{or, without residual,}\quad
+        \mathbf{h}^{(l+1)} = \mathrm{dropout}\big(\mathbf{m}^{(l)}\big)
 
-    and the final embedding is the mean of :math:`\mathbf{h}^{(0)}, \dots, \mathbf{h}^{(L)}` as in
-    LightGCN. Genre and artist nodes give songs that share them nearby embeddings, which lets
-    the model rank songs a user has not heard by the genres and artists they play.
+    and the final user and song embeddings are the mean of
+    :math:`\mathbf{h}^{(0)}, \dots, \mathbf{h}^{(L)}` as in LightGCN. Artist and genre nodes
+    carry songs' context: after one layer a song holds its artist's and genres' embeddings
+    (attention-pooled), after two a user holds the artists and genres of the songs they play,
+    so songs with few listeners still rank by the genres and artists a user plays.
 
     Args:
         num_nodes: Node count per type.
-        hidden_dim: Embedding and hidden size (default 64, divisible by ``heads``).
+        hidden_dim: Embedding and hidden size (default 64).
         num_layers: Attention layers (default 2).
-        heads: Attention heads per relation (default 2).
+        heads: Attention heads per relation, averaged (default 2).
         dropout: Dropout on attention coefficients and layer outputs (default 0.1).
         residual: Add each layer's output to its input (default ``True``).
         edge_dim: Size of listens edge attributes; ``0`` ignores them (default 3).
+        transform: Learn a linear message map per relation and layer (default ``False``:
+            messages are the neighbours' embeddings, only the attention is learned).
     """
 
     relations = (REV_LISTENS, LISTENS, BY, REV_BY, HAS, REV_HAS)
@@ -198,31 +361,53 @@ class GenreAwareGAT(_EmbeddingRecommender):
         dropout: float = 0.1,
         residual: bool = True,
         edge_dim: int = 3,
+        transform: bool = False,
     ) -> None:
         super().__init__(num_nodes, ("user", "song", "artist", "genre"), hidden_dim)
         if num_layers < 1:
             raise ValueError(f"num_layers must be >= 1, got {num_layers}")
+        self.edge_dim = edge_dim
         edge_dims = {LISTENS: edge_dim, REV_LISTENS: edge_dim} if edge_dim else {}
+        # the last layer's artist and genre outputs would be unused: it only passes messages
+        # into users and songs
+        last = tuple(r for r in self.relations if r[2] in ("user", "song"))
         self.layers = nn.ModuleList(
-            HeteroGATLayer(self.relations, hidden_dim, heads=heads, dropout=dropout, edge_dims=edge_dims)
-            for _ in range(num_layers)
-        )
-        self.norms = nn.ModuleList(
-            nn.ModuleDict({t: nn.LayerNorm(hidden_dim) for t in self.node_types}) for _ in range(num_layers)
+            NormalizedHeteroGATLayer(
+                self.relations if depth < num_layers - 1 else last,
+                hidden_dim,
+                heads=heads,
+                dropout=dropout,
+                edge_dims=edge_dims,
+                transform=transform,
+            )
+            for depth in range(num_layers)
         )
         self.dropout = nn.Dropout(dropout)
         self.residual = residual
 
+    def _edge_attrs(self, data: HeteroData) -> dict[EdgeType, Tensor]:
+        if not self.edge_dim:
+            return {}
+        attrs = {}
+        for edge_type in (LISTENS, REV_LISTENS):
+            edge_attr = data[edge_type].get("edge_attr")
+            if edge_attr is None:
+                raise ValueError(f"edge type {edge_type} has no edge_attr; build the model with edge_dim=0")
+            attrs[edge_type] = standardized(edge_attr.float())
+        return attrs
+
     def forward(self, data: HeteroData, return_attention: bool = False):
         x = {t: self.embeddings[t].weight for t in self.node_types}
         attention: Attention | None = {} if return_attention else None
+        degrees = relation_degrees(data, self.relations)
+        edge_attrs = self._edge_attrs(data)
         user_layers, song_layers = [x["user"]], [x["song"]]
-        for depth, (layer, norms) in enumerate(zip(self.layers, self.norms)):
-            messages = layer(x, data, attention, prefix=f"layer{depth}/")
+        for depth, layer in enumerate(self.layers):
+            messages = layer(x, data, degrees, edge_attrs, attention, prefix=f"layer{depth}/")
             updated = {}
-            for node_type, h in x.items():
-                update = self.dropout(norms[node_type](messages[node_type])) if node_type in messages else 0
-                updated[node_type] = h + update if self.residual else (update if node_type in messages else h)
+            for node_type, message in messages.items():
+                update = self.dropout(message)
+                updated[node_type] = x[node_type] + update if self.residual else update
             x = updated
             user_layers.append(x["user"])
             song_layers.append(x["song"])

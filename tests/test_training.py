@@ -315,3 +315,24 @@ def test_enhanced_training_learns_attention_not_message_maps():
         elif key.startswith("embeddings.") or ("listens" in key and key.endswith(("att_src", "att_dst"))):
             # (song -> artist and genre -> song attention over a single neighbour gets no gradient)
             assert not torch.equal(value, before[key]), key
+
+
+
+def test_on_epoch_sees_every_epoch_and_can_stop_training():
+    """The per-epoch hook (used to prune hyperparameter trials) gets each history row, and an
+    exception it raises stops training and propagates."""
+    view, valid = toy_problem()
+    cfg = config(max_epochs=6, patience=100)
+    seen = []
+    result = train(build_model(cfg, num_nodes_of(view)), view, valid, cfg, on_epoch=seen.append)
+    assert seen == result.history and len(seen) == 6
+
+    class Pruned(Exception):
+        pass
+
+    def stop_at_two(row: dict) -> None:
+        if row["epoch"] == 2:
+            raise Pruned(row["valid_recall@10"])
+
+    with pytest.raises(Pruned):
+        train(build_model(cfg, num_nodes_of(view)), view, valid, cfg, on_epoch=stop_at_two)

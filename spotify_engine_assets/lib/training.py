@@ -117,6 +117,7 @@ def train(
     config: ModelConfig,
     max_epochs: int | None = None,
     log: Logger | None = None,
+    on_epoch: Callable[[dict], None] | None = None,
 ) -> TrainResult:
     """Train ``model`` with BPR on the training listens edges of ``view``.
 
@@ -124,6 +125,9 @@ def train(
         view: The message-passing graph (training listens edges only).
         valid_pairs: ``[2, E]`` validation (user, song) pairs for early stopping.
         max_epochs: Overrides ``config.max_epochs`` (e.g. a tiny CI run).
+        on_epoch: Called with each epoch's history row (epoch, loss, valid_recall@10, lr,
+            seconds) after validation; an exception it raises (e.g. a pruned hyperparameter
+            trial) stops training and propagates.
     """
     log = log or (lambda message: None)
     epochs = max_epochs or config.max_epochs
@@ -170,6 +174,8 @@ def train(
             }
         )
         log(f"epoch {epoch}: loss {total_loss / max(batches, 1):.4f} valid recall@10 {valid_recall:.4f}")
+        if on_epoch is not None:
+            on_epoch(result.history[-1])
         if valid_recall > result.best_valid_recall:
             result.best_valid_recall = valid_recall
             result.best_epoch = epoch

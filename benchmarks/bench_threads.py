@@ -8,27 +8,17 @@ Backs the default of the ``torch_runtime`` resource (1 thread). Prints seconds p
 import argparse
 import time
 
-import polars as pl
 import torch
 
 from spotify_engine_assets.lib.configs import get_config
 from spotify_engine_assets.lib.generator import GeneratorSettings, generate_world
-from spotify_engine_assets.lib.graph import LISTENS, GraphTables, build_listening_graph, message_passing_graph
+from spotify_engine_assets.lib.graph import LISTENS, graph_from_world, message_passing_graph
 from spotify_engine_assets.lib.splits import SplitSettings, labels_to_indices, random_split
 from spotify_engine_assets.lib.training import build_model, num_nodes_of, train
 
 
 def default_graph():
-    world = generate_world(GeneratorSettings())
-    interactions = world.plays.group_by("user_id", "song_id").agg(
-        pl.len().alias("play_count"),
-        pl.col("completion_ratio").mean().alias("mean_completion"),
-        pl.col("played_at").min().alias("first_played_at"),
-        pl.col("played_at").max().alias("last_played_at"),
-    )
-    return build_listening_graph(
-        GraphTables(world.users, world.songs, world.artists, world.genres, world.song_genres, interactions)
-    )
+    return graph_from_world(generate_world(GeneratorSettings()))
 
 
 def main() -> None:

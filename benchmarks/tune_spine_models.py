@@ -22,19 +22,13 @@ import sys
 import time
 from pathlib import Path
 
-import polars as pl
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from spotify_engine_assets.lib.configs import default_registry, load_registry  # noqa: E402
 from spotify_engine_assets.lib.generator import GeneratorSettings, generate_world  # noqa: E402
-from spotify_engine_assets.lib.graph import (  # noqa: E402
-    LISTENS,
-    GraphTables,
-    build_listening_graph,
-    message_passing_graph,
-)
+from spotify_engine_assets.lib.graph import LISTENS, graph_from_world, message_passing_graph  # noqa: E402
 from spotify_engine_assets.lib.metrics import ranking_metrics  # noqa: E402
 from spotify_engine_assets.lib.splits import SplitSettings, labels_to_indices, random_split  # noqa: E402
 from spotify_engine_assets.lib.training import (  # noqa: E402
@@ -54,16 +48,7 @@ TINY_MAX_EPOCHS = 30  # configs/run/tiny_train.yaml
 
 
 def build_graph(settings: GeneratorSettings):
-    world = generate_world(settings)
-    interactions = world.plays.group_by("user_id", "song_id").agg(
-        pl.len().alias("play_count"),
-        pl.col("completion_ratio").mean().alias("mean_completion"),
-        pl.col("played_at").min().alias("first_played_at"),
-        pl.col("played_at").max().alias("last_played_at"),
-    )
-    return build_listening_graph(
-        GraphTables(world.users, world.songs, world.artists, world.genres, world.song_genres, interactions)
-    )
+    return graph_from_world(generate_world(settings))
 
 
 def evaluate(model, view, pairs) -> dict[str, dict[str, float]]:

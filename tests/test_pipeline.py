@@ -133,3 +133,26 @@ def test_failing_blocking_data_test_rolls_back_the_table(tiny_chain):
     finally:
         with duckdb.connect(warehouse) as con:  # undo the planted duplicate for other tests
             con.execute('CREATE OR REPLACE TABLE "raw"."plays" AS SELECT DISTINCT * FROM "raw"."plays"')
+
+
+def test_graph_from_world_matches_the_materialized_graph(tiny_chain):
+    """The Dagster-free shortcut the benchmarks use builds the same graph as the SQL chain."""
+    import torch
+
+    from spotify_engine_assets.lib.generator import GeneratorSettings, generate_world
+    from spotify_engine_assets.lib.graph import LISTENS, from_payload, graph_from_world
+
+    lake, _, _ = tiny_chain
+    materialized = from_payload(load_torch(ArtifactStore(lake / "artifacts").current(["listening_graph"], None) / "data.pt"))
+    settings = run_config("tiny_data.yaml")["ops"]["synthetic_world"]["config"]
+    shortcut = graph_from_world(generate_world(GeneratorSettings(**settings)))
+    assert shortcut.node_types == materialized.node_types and shortcut.edge_types == materialized.edge_types
+    def edge_set(edge_index):  # catalogue edges may come in another row order from SQL
+        keys = edge_index[0] * (int(edge_index[1].max()) + 1) + edge_index[1]
+        return torch.sort(keys).values
+
+    for edge_type in materialized.edge_types:
+        assert torch.equal(edge_set(shortcut[edge_type].edge_index), edge_set(materialized[edge_type].edge_index)), edge_type
+    # listens edges are sorted by (user, song) in both, so their attributes line up row by row
+    assert torch.equal(shortcut[LISTENS].edge_index, materialized[LISTENS].edge_index)
+    assert torch.allclose(shortcut[LISTENS].edge_attr, materialized[LISTENS].edge_attr, atol=1e-5)

@@ -116,6 +116,22 @@ def build_listening_graph(tables: GraphTables) -> HeteroData:
     return data
 
 
+def graph_from_world(world) -> HeteroData:
+    """The listening graph straight from a generated world (a
+    :class:`~spotify_engine_assets.lib.generator.World`), without the warehouse: for benchmarks
+    and experiments. Plays are aggregated per (user, song) as ``marts.user_song_interactions``
+    does, so the graph equals the one the asset chain builds from the same world."""
+    interactions = world.plays.group_by("user_id", "song_id").agg(
+        pl.len().alias("play_count"),
+        pl.col("completion_ratio").mean().alias("mean_completion"),
+        pl.col("played_at").min().alias("first_played_at"),
+        pl.col("played_at").max().alias("last_played_at"),
+    )
+    return build_listening_graph(
+        GraphTables(world.users, world.songs, world.artists, world.genres, world.song_genres, interactions)
+    )
+
+
 def add_reverse_edges(data: HeteroData) -> HeteroData:
     """Add ``rev_*`` edges (listens keeps its edge attributes on the reverse too)."""
     data[REV_LISTENS].edge_index = data[LISTENS].edge_index.flip(0)

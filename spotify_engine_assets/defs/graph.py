@@ -19,6 +19,7 @@ from ..lib.graph import (
     message_passing_graph,
     to_payload,
 )
+from ..lib.plots import count_bars, histogram, split_sizes
 from ..lib.splits import SplitError, SplitSettings, check_partition, labels_to_indices, random_split, temporal_split
 from .resources import DUCKDB_POOL, Warehouse
 
@@ -50,7 +51,20 @@ def listening_graph(context: dg.AssetExecutionContext, warehouse: Warehouse) -> 
         data = build_listening_graph(tables)
     except GraphBuildError as error:
         raise dg.Failure(f"cannot build the listening graph: {error}") from error
-    return dg.Output(to_payload(data), metadata={k: v for k, v in graph_summary(data).items()})
+    summary = graph_summary(data)
+    return dg.Output(to_payload(data), metadata={**summary, **_graph_plots(data, summary)})
+
+
+def _graph_plots(data, summary: dict[str, int]) -> dict[str, dg.MetadataValue]:
+    """Node and edge counts per type, and the listens-per-user and listens-per-song distributions."""
+    users, songs = data[LISTENS].edge_index
+    per_user = torch.bincount(users, minlength=data["user"].num_nodes).numpy()
+    per_song = torch.bincount(songs, minlength=data["song"].num_nodes).numpy()
+    return {
+        "graph_sizes": dg.MetadataValue.md(count_bars(summary, "nodes and edges per type", log=True)),
+        "listens_per_user": dg.MetadataValue.md(histogram(per_user, "distinct songs per user", "songs listened to")),
+        "listens_per_song": dg.MetadataValue.md(histogram(per_song, "listeners per song", "distinct listeners", log=True)),
+    }
 
 
 class SplitConfig(dg.Config):
@@ -77,6 +91,8 @@ def interaction_splits(context: dg.AssetExecutionContext, config: SplitConfig, l
         "temporal": labels_to_indices(temporal_split(users, data[LISTENS].first_played.numpy(), settings)),
     }
     metadata = {f"{strategy}/{part}": int(index.numel()) for strategy, parts in splits.items() for part, index in parts.items()}
+    sizes = {strategy: {part: int(index.numel()) for part, index in parts.items()} for strategy, parts in splits.items()}
+    metadata["split_sizes"] = dg.MetadataValue.md(split_sizes(sizes, "interactions per part and strategy"))
     return dg.Output({"settings": settings.__dict__, **splits}, metadata=metadata)
 
 

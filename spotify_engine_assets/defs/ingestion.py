@@ -16,7 +16,7 @@ from pydantic import Field
 from ..lib import generator as generator_lib
 from ..lib.generator import GeneratorConfigError, GeneratorSettings, generate_world, write_world
 from ..lib.paths import source_version
-from ..lib.plots import frame_markdown, hour_profile
+from ..lib.plots import count_bars, frame_markdown, hour_profile
 from .resources import DUCKDB_POOL, DataLake, Warehouse
 
 RAW_TABLES = ("genres", "artists", "artist_genres", "songs", "song_genres", "users", "plays")
@@ -104,6 +104,7 @@ def synthetic_world(context: dg.AssetExecutionContext, config: SyntheticWorldCon
             "dagster/row_count": frame.height,
             "parquet": dg.MetadataValue.path(str(version / f"{table}.parquet")),
             "preview": dg.MetadataValue.md(frame_markdown(frame, max_rows=5)),
+            "null_cells": int(frame.null_count().sum_horizontal().item()),
         }
         if table == "plays":
             hours = frame["played_at"].dt.hour().value_counts().sort("played_at")
@@ -113,6 +114,9 @@ def synthetic_world(context: dg.AssetExecutionContext, config: SyntheticWorldCon
             metadata["plays per hour"] = dg.MetadataValue.md(hour_profile(counts, "plays per hour of day"))
             metadata["skip rate"] = float(frame["skipped"].mean())
             metadata["generator settings"] = dg.MetadataValue.json(settings_meta)
+            metadata["raw row counts"] = dg.MetadataValue.md(
+                count_bars({f"raw.{t}": getattr(world, t).height for t in RAW_TABLES}, "rows per raw table", "rows", log=True)
+            )
         yield dg.MaterializeResult(asset_key=["raw", table], metadata=metadata)
     yield dg.MaterializeResult(
         asset_key=GROUND_TRUTH_KEY,

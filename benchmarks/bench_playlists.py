@@ -3,14 +3,22 @@
 Two datasets, each through the same library code the assets run (loader -> playlist SQL models
 -> graph with filters -> position split -> models in their registry modes -> RecSys 2018 test
 metrics): the default data (Kaggle-format files derived from the default synthetic world) and
-the real 500-row Kaggle sample from ``../shared`` (when present).
+the real 500-row Kaggle sample from ``../shared`` (when present). For the sample the loader and
+filter counts are always printed; metrics only when at least ``--min-evaluable`` playlists have
+held-out tracks (a table over a handful of playlists means nothing).
 
-    .venv/bin/python benchmarks/bench_playlists.py [--skip-sample]
+``--tune`` searches LightGCN and PlaylistGAT settings on the VALIDATION split only (each
+candidate trains with early stopping on validation R-precision; no test metric is computed)
+and prints the ranking; the chosen settings go into ``configs/playlist_models.yaml`` by hand,
+and the plain run then reports test once.
+
+    .venv/bin/python benchmarks/bench_playlists.py [--skip-sample] [--tune [--only NAME ...]]
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -22,88 +30,214 @@ from spotify_engine_assets.lib import kaggle
 from spotify_engine_assets.lib import playlist_models as M
 from spotify_engine_assets.lib import playlists as P
 from spotify_engine_assets.lib.generator import GeneratorSettings, generate_world
-from spotify_engine_assets.lib.paths import REPO_ROOT, playlist_sql_dir
+from spotify_engine_assets.lib.paths import REPO_ROOT, sql_models_dir
 from spotify_engine_assets.lib.sqlmodels import load_sql_project, materialize_model
 
 SAMPLE = REPO_ROOT.parent / "shared" / "data" / "kaggle_spotify_playlists_sample" / "spotify_dataset_sample.csv"
-COLUMNS = ("r_precision", "ndcg@10", "ndcg@500", "recall@10", "recall@50", "recall@500", "clicks")
+COLUMNS = ("r_precision", "r_precision_track", "ndcg@10", "ndcg@500", "recall@10", "recall@50", "recall@500", "clicks")
+MIN_EVALUABLE = 30
+
+# Validation-only search space (lr, size, depth, L2, epochs/patience, co-occurrence relation,
+# playlist ids); every candidate is a registry config with these fields replaced.
+TUNE_MODE = "tuned"
+TUNE_GRID = {  # the candidates tried (epochs: the "tuned" mode, early stopping on validation)
+    "lightgcn": [
+        {"lr": 0.01, "num_layers": 2, "l2": 1e-4, "patience": 5},
+        {"lr": 0.01, "num_layers": 2, "l2": 1e-2, "patience": 5},
+        {"lr": 0.01, "num_layers": 3, "l2": 1e-4, "patience": 5},
+        {"lr": 0.02, "num_layers": 2, "l2": 1e-4, "patience": 5},
+    ],
+    "playlist_gat": [
+        {"lr": 0.003, "cooccurrence_k": 0, "playlist_ids": True, "patience": 4},
+        {"lr": 0.003, "cooccurrence_k": 20, "playlist_ids": False, "patience": 4},
+        {"lr": 0.01, "cooccurrence_k": 20, "playlist_ids": True, "patience": 4},
+        {"lr": 0.01, "cooccurrence_k": 20, "playlist_ids": False, "patience": 4},
+    ],
+}
 
 
-def warehouse_from(csv: Path, genres: Path | None) -> duckdb.DuckDBPyConnection:
+def playlist_sql_project():
+    """Only the ``playlists`` folder of the SQL project (other folders read other sources)."""
+    folder = Path(tempfile.mkdtemp(prefix="playlist-sql-"))
+    shutil.copytree(sql_models_dir() / "playlists", folder / "playlists")
+    try:
+        return load_sql_project(folder, kaggle.KAGGLE_SOURCES)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def warehouse_from(csv: Path, genres: Path | None) -> tuple[duckdb.DuckDBPyConnection, kaggle.IngestStats]:
     con = duckdb.connect()
     stats = kaggle.ingest_playlist_csv(con, csv, "base")
     kaggle.create_tables(con, "kaggle_raw.landed_entries", "kaggle_raw.landed_rejects")
     kaggle.create_empty_enrichments(con, "kaggle_raw.artist_genres", "kaggle_raw.track_features")
     if genres:
         kaggle.load_artist_genres(con, genres)
-    for model in load_sql_project(playlist_sql_dir(), kaggle.KAGGLE_SOURCES).models.values():
+    for model in playlist_sql_project().models.values():
         materialize_model(con, model)
-    print(f"  ingested {stats.accepted:,} rows, rejected {stats.rejected} {stats.reasons}")
-    return con
+    print(
+        f"  loader: {stats.data_lines:,} data lines -> {stats.accepted:,} accepted, {stats.rejected} rejected "
+        f"{stats.reasons or ''} (unaccounted {stats.unaccounted})"
+    )
+    return con, stats
 
 
-def table(con, graph_settings: P.GraphSettings, split_settings: P.SplitSettings) -> None:
+def prepare(con, graph_settings: P.GraphSettings, split_settings: P.SplitSettings) -> dict | str:
+    """The graph, split and view, or the reason why nothing is evaluable."""
     frames = [con.sql(f"SELECT * FROM playlists.{t}").pl() for t in ("playlist_tracks", "tracks", "artist_genres")]
+    sizes = frames[0].group_by("playlist_key").len()["len"]
+    print(
+        f"  warehouse: {sizes.len():,} playlists, {frames[1].height:,} tracks, {frames[0].height:,} playlist-track pairs; "
+        f"playlist sizes: median {sizes.median():.0f}, max {sizes.max()}, "
+        f"{int((sizes >= 2 * split_settings.holdout + split_settings.min_train_tracks).sum())} with >= "
+        f"{2 * split_settings.holdout + split_settings.min_train_tracks} tracks"
+    )
     try:
-        data, _ = P.build_playlist_graph(*frames, graph_settings)
+        data, rounds = P.build_playlist_graph(*frames, graph_settings)
     except P.PlaylistGraphError as error:
-        print(f"  not evaluable: {error}")
-        return
-    print(f"  graph: {P.graph_summary(data)}")
+        return str(error)
+    print(f"  after filters ({graph_settings}): {P.graph_summary(data)} in {len(rounds)} k-core rounds")
     labels = P.split_labels(data[P.CONTAINS].edge_index, data[P.CONTAINS].position, data["playlist"].num_nodes, split_settings)
     split = P.labels_to_indices(labels)
-    if split["test"].numel() == 0:
-        lengths = torch.bincount(data[P.CONTAINS].edge_index[0])
-        print(
-            f"  not evaluable: no playlist has {2 * split_settings.holdout + split_settings.min_train_tracks} tracks "
-            f"(longest: {int(lengths.max())}; playlists: {data['playlist'].num_nodes})"
-        )
-        return
-    assert sum(P.leakage_report(data, split).values()) == 0
-    view = P.message_passing_view(data, split["train"])
     edges = data[P.CONTAINS].edge_index
-    valid, test = edges[:, split["valid"]], edges[:, split["test"]]
-    known = torch.cat([edges[:, split["train"]], valid], 1)
+    evaluable = int(torch.unique(edges[0, split["test"]]).numel())
+    print(f"  split ({split_settings}): {evaluable} evaluable playlists (with held-out tracks) of {data['playlist'].num_nodes}")
+    leaks = P.leakage_report(data, split)
+    if sum(leaks.values()):
+        raise SystemExit(f"leakage check failed: {leaks}")
+    return {"data": data, "split": split, "evaluable": evaluable, "view": P.message_passing_view(data, split["train"])}
+
+
+def _parts(prepared: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    edges, split = prepared["data"][P.CONTAINS].edge_index, prepared["split"]
+    return edges[:, split["train"]], edges[:, split["valid"]], edges[:, split["test"]]
+
+
+def table(prepared: dict, configs: dict[str, M.PlaylistModelConfig] | None = None) -> None:
+    """Test metrics of every registry config (trainable ones early-stopped on validation)."""
+    data, view = prepared["data"], prepared["view"]
+    train, valid, test = _parts(prepared)
+    known = torch.cat([train, valid], 1)
+    artists = M.track_artists(data)
     registry = M.default_playlist_registry()
-    print(f"  | config | mode | {' | '.join(COLUMNS)} | playlists | seconds |")
-    print(f"  |---|---|{'---|' * len(COLUMNS)}---|---|")
-    for name, config in registry.configs.items():
+    configs = configs or registry.configs
+    print(f"  | config | mode | {' | '.join(COLUMNS)} | playlists | epochs | seconds |")
+    print(f"  |---|---|{'---|' * len(COLUMNS)}---|---|---|")
+    trained: dict[str, tuple] = {}  # configs differing only by itemknn_fusion train once (same seed)
+    for name, config in configs.items():
         mode = registry.modes[config.mode]
         sample = M.sample_playlists(data["playlist"].num_nodes, mode.playlists, config.seed)
         started = time.perf_counter()
-        state = None
+        state, epochs = None, "-"
         if config.trainable:
+            key = repr(config.model_dump(exclude={"name", "description", "itemknn_fusion"}))
             model = M.build_trainable(config, {t: data[t].num_nodes for t in data.node_types})
-            state = M.train_bpr(model, view, valid, config, mode.epochs, sample)["best_state"]
-        metrics = M.evaluate(M.scorer_for(config, view, state), test, known, data["track"].num_nodes, sample)
+            if key in trained:
+                weights, epochs, seconds_before = trained[key]
+                model.load_state_dict({**model.state_dict(), **weights})
+                started -= seconds_before
+            else:
+                result = M.train_bpr(model, view, valid, config.model_copy(update={"itemknn_fusion": False}), mode.epochs, sample)
+                epochs = f"{result['best_epoch']}/{result['epochs_run']}"
+                trained[key] = ({k: v for k, v in result["best_state"].items() if k != "fusion_weight"}, epochs, time.perf_counter() - started)
+            if config.itemknn_fusion:
+                fusion = M.choose_fusion_weight(model, view, valid, config, sample)
+                epochs += f", w={float(model.fusion_weight):.1f} (valid {max(fusion.values()):.4f} vs {fusion[0.0]:.4f} unfused)"
+            state = model.state_dict()
+        metrics = M.evaluate(M.scorer_for(config, view, state), test, known, data["track"].num_nodes, sample, track_artist=artists)
         seconds = time.perf_counter() - started
         cells = " | ".join(f"{metrics[c]:.4f}" if c != "clicks" else f"{metrics[c]:.2f}" for c in COLUMNS)
-        print(f"  | {name} | {config.mode} | {cells} | {metrics['playlists_evaluated']} | {seconds:.1f} |")
+        print(f"  | {name} | {config.mode} | {cells} | {metrics['playlists_evaluated']} | {epochs} | {seconds:.1f} |", flush=True)
+
+
+def tune(prepared: dict, only: list[str]) -> None:
+    """Validation-only search; prints validation metrics (never test) per candidate."""
+    data, view = prepared["data"], prepared["view"]
+    train, valid, _ = _parts(prepared)
+    artists = M.track_artists(data)
+    registry = M.default_playlist_registry()
+    for name in only:
+        base = registry.configs[name]
+        mode = registry.modes[TUNE_MODE]
+        sample = M.sample_playlists(data["playlist"].num_nodes, mode.playlists, base.seed)
+        # the non-trainable references on the same validation split
+        for reference in ("most_popular", "itemknn"):
+            ref = registry.configs[reference]
+            metrics = M.evaluate(M.scorer_for(ref, view, None), valid, train, data["track"].num_nodes, sample, ks=(10,), track_artist=artists)
+            print(f"  valid {reference}: R-prec {metrics['r_precision']:.4f} NDCG@10 {metrics['ndcg@10']:.4f}")
+        rows = []
+        for changes in TUNE_GRID[base.model]:
+            config = base.model_copy(update={**changes, "itemknn_fusion": False})
+            M.PlaylistModelConfig(**config.model_dump())  # validate the combination
+            started = time.perf_counter()
+            model = M.build_trainable(config, {t: data[t].num_nodes for t in data.node_types})
+            result = M.train_bpr(model, view, valid, config, mode.epochs, sample)
+            best = result["history"][result["best_epoch"] - 1]
+            rows.append((result["best_valid_r_precision"], changes, result["best_epoch"], result["epochs_run"], time.perf_counter() - started))
+            print(
+                f"  {name} {changes}: valid R-prec {result['best_valid_r_precision']:.4f} (recall@10 {best['valid_recall@10']:.4f}) "
+                f"best epoch {result['best_epoch']}/{result['epochs_run']} {rows[-1][-1]:.0f}s",
+                flush=True,
+            )
+        best = max(rows, key=lambda row: row[0])
+        print(f"  best {name} on validation: {best[1]} R-prec {best[0]:.4f} (epoch {best[2]})")
+
+
+def default_data(folder: Path) -> tuple[Path, Path]:
+    world = generate_world(GeneratorSettings())
+    con = duckdb.connect()
+    con.execute("CREATE SCHEMA raw")
+    for name, frame in world.tables().items():
+        con.register("frame", frame)
+        con.execute(f"CREATE TABLE raw.{name} AS SELECT * FROM frame")
+        con.unregister("frame")
+    kaggle.write_synthetic_kaggle_files(con, folder)
+    return folder / "spotify_dataset.csv", folder / "data_w_genres.csv"
+
+
+def real_sample(min_evaluable: int) -> None:
+    if not SAMPLE.exists():
+        print(f"real sample: skipped ({SAMPLE} is absent)")
+        return
+    graph_settings, split_settings = P.GraphSettings(1, 1), P.SplitSettings(1, 1)
+    print(f"real 500-row Kaggle sample ({SAMPLE.name}; loosest settings: no size/k-core filter, holdout 1, min 1 training track):")
+    con, _ = warehouse_from(SAMPLE, None)
+    prepared = prepare(con, graph_settings, split_settings)
+    if isinstance(prepared, str):
+        print(f"  metrics: not reported - {prepared}")
+    elif prepared["evaluable"] < min_evaluable:
+        print(
+            f"  metrics: not reported - only {prepared['evaluable']} playlist(s) have held-out tracks "
+            f"(minimum {min_evaluable}): the sample's rows are spread over almost as many playlists as rows, "
+            f"so a metric table would describe {prepared['evaluable']} playlist(s), not the models"
+        )
+    else:
+        table(prepared)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--skip-sample", action="store_true")
+    parser.add_argument("--skip-default", action="store_true")
+    parser.add_argument("--tune", action="store_true", help="validation-only search of LightGCN and PlaylistGAT settings")
+    parser.add_argument("--only", nargs="*", default=["lightgcn", "playlist_gat"])
+    parser.add_argument("--min-evaluable", type=int, default=MIN_EVALUABLE)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    with tempfile.TemporaryDirectory() as folder:
-        world = generate_world(GeneratorSettings())
-        con = duckdb.connect()
-        con.execute("CREATE SCHEMA raw")
-        for name, frame in world.tables().items():
-            con.register("frame", frame)
-            con.execute(f"CREATE TABLE raw.{name} AS SELECT * FROM frame")
-            con.unregister("frame")
-        kaggle.write_synthetic_kaggle_files(con, Path(folder))
-        print("default data (Kaggle-format files from the default synthetic world; min playlist size 5, k-core 2, holdout 2):")
-        table(warehouse_from(Path(folder) / "spotify_dataset.csv", Path(folder) / "data_w_genres.csv"),
-              P.GraphSettings(5, 2), P.SplitSettings(2, 3))
-    if not args.skip_sample:
-        if not SAMPLE.exists():
-            print(f"real sample: skipped ({SAMPLE} is absent)")
-            return
-        print("real 500-row Kaggle sample (no filters, holdout 1, min 1 training track):")
-        table(warehouse_from(SAMPLE, None), P.GraphSettings(1, 1), P.SplitSettings(1, 1))
+    if not args.skip_default:
+        with tempfile.TemporaryDirectory() as folder:
+            playlists_csv, genres_csv = default_data(Path(folder))
+            print("default data (Kaggle-format files from the default synthetic world; min playlist size 5, k-core 2, holdout 2):")
+            con, _ = warehouse_from(playlists_csv, genres_csv)
+            prepared = prepare(con, P.GraphSettings(5, 2), P.SplitSettings(2, 3))
+            if isinstance(prepared, str):
+                print(f"  metrics: not reported - {prepared}")
+            elif args.tune:
+                tune(prepared, args.only)
+            else:
+                table(prepared)
+    if not args.skip_sample and not args.tune:
+        real_sample(args.min_evaluable)
 
 
 if __name__ == "__main__":

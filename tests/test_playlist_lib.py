@@ -9,7 +9,7 @@ import torch
 
 from spotify_engine_assets.lib import playlist_models as M
 from spotify_engine_assets.lib import playlists as P
-from spotify_engine_assets.lib.recsys_metrics import hit_matrix, recsys_metrics
+from spotify_engine_assets.lib.recsys_metrics import artist_matches, hit_matrix, recsys_metrics
 
 
 # --- metrics ----------------------------------------------------------------------------------
@@ -27,9 +27,72 @@ def test_recsys_metrics_by_hand():
     assert values["ndcg@2"] == pytest.approx(ndcg2_row0 / 2)
     ndcg5_row0 = (1 / math.log2(3) + 1 / math.log2(5)) / (1 + 1 / math.log2(3))
     assert values["ndcg@5"] == pytest.approx(ndcg5_row0 / 2)
-    assert values["r_precision"] == pytest.approx((0.5 + 0) / 2)  # |G|=2: one hit in the top 2
+    assert values["r_precision_track"] == pytest.approx((0.5 + 0) / 2)  # |G|=2: one hit in the top 2
+    assert "r_precision" not in values  # the challenge's R-precision needs the artists
     assert values["clicks"] == pytest.approx((0 + 51) / 2)  # first hit at rank 2 -> 0; none -> 51
     assert values["playlists_evaluated"] == 2
+
+
+# tracks 0-2 by artist 0, 3-4 by artist 1, 5-6 by artist 2, 7 by artist 3, 8 unknown artist; 9 = padding
+TRACK_ARTIST = torch.tensor([0, 0, 0, 1, 1, 2, 2, 3, -1])
+
+
+def test_r_precision_with_artist_credit_by_hand():
+    topk = torch.tensor(
+        [
+            [1, 3, 2, 4, 9],  # G={0,3}: 1 is artist 0 (partial), 3 exact -> (1 + .25) / 2
+            [1, 2, 4, 0, 5],  # G={0,5,7}: 1 and 2 both artist 0 (credited once), 4 artist 1 not in G; 0 is past |G|
+            [0, 1, 3, 4, 5],  # G={0,3}: 0 exact (artist 0 credited), 1 by artist 0 earns nothing more
+            [9, 9, 9, 9, 9],  # G={3,4,5}: an empty list
+            [8, 6, 7, 0, 1],  # G={5,8}: 8 exact (unknown artist), 6 is artist 2 (partial) -> (1 + .25) / 2
+        ]
+    )
+    rows = torch.tensor([0, 0, 1, 1, 1, 2, 2, 3, 3, 3, 4, 4])
+    items = torch.tensor([0, 3, 0, 5, 7, 0, 3, 3, 4, 5, 5, 8])
+    counts = torch.bincount(rows, minlength=5)
+    hits = hit_matrix(topk, rows, items, num_items=9)
+    credits = artist_matches(topk, hits, counts, rows, items, TRACK_ARTIST)
+    assert credits.tolist() == [1, 1, 0, 0, 1]
+    values = recsys_metrics(hits, counts, ks=(5,), artist_credits=credits)
+    per_playlist = [(1 + 0.25) / 2, 0.25 / 3, 1 / 2, 0.0, (1 + 0.25) / 2]
+    assert values["r_precision"] == pytest.approx(sum(per_playlist) / 5)
+    assert values["r_precision_track"] == pytest.approx((0.5 + 0 + 0.5 + 0 + 0.5) / 5)
+
+
+def _r_precision_reference(ranked: list[int], truth: set[int], track_artist: list[int]) -> float:
+    """The definition read literally, one playlist at a time."""
+    top = ranked[: len(truth)]
+    exact = [t for t in top if t in truth]
+    truth_artists = {track_artist[t] for t in truth if track_artist[t] >= 0}
+    credited = {track_artist[t] for t in exact}
+    partial = {track_artist[t] for t in top if t not in truth and track_artist[t] in truth_artists - credited}
+    return (len(exact) + 0.25 * len(partial)) / len(truth)
+
+
+def test_r_precision_matches_a_literal_reference_on_random_lists():
+    generator = torch.Generator().manual_seed(3)
+    num_tracks, n, length = 40, 60, 12
+    track_artist = torch.randint(-1, 6, (num_tracks,), generator=generator)
+    topk = torch.stack([torch.randperm(num_tracks, generator=generator)[:length] for _ in range(n)])
+    topk[torch.rand(n, length, generator=generator) < 0.1] = num_tracks  # some padding
+    truth = [set(torch.randperm(num_tracks, generator=generator)[: int(torch.randint(1, 15, (1,), generator=generator))].tolist()) for _ in range(n)]
+    rows = torch.tensor([r for r, items in enumerate(truth) for _ in items])
+    items = torch.tensor([i for items in truth for i in sorted(items)])
+    counts = torch.bincount(rows, minlength=n)
+    hits = hit_matrix(topk, rows, items, num_tracks)
+    values = recsys_metrics(hits, counts, ks=(10,), artist_credits=artist_matches(topk, hits, counts, rows, items, track_artist))
+    artists = track_artist.tolist()
+    expected = [_r_precision_reference([t for t in topk[r].tolist()], truth[r], artists + [-1]) for r in range(n)]
+    assert values["r_precision"] == pytest.approx(sum(expected) / n)
+    assert values["r_precision"] > values["r_precision_track"]  # the random lists do earn artist credit
+
+
+def test_evaluate_reports_both_r_precisions_with_artists():
+    scores = torch.tensor([[0.0, 9.0, 1.0, 8.0, 0.5, 0.0, 0.0, 0.0, 0.0]])
+    relevant = torch.tensor([[0, 0], [0, 3]])  # G={0,3}; ranking 1 (artist 0), 3, 2, ...
+    values = M.evaluate(lambda rows: scores.expand(rows.numel(), -1), relevant, torch.empty((2, 0), dtype=torch.long), 9, ks=(2,), track_artist=TRACK_ARTIST)
+    assert values["r_precision"] == pytest.approx(0.625) and values["r_precision_track"] == pytest.approx(0.5)
+    assert "r_precision" not in M.evaluate(lambda rows: scores.expand(rows.numel(), -1), relevant, torch.empty((2, 0), dtype=torch.long), 9, ks=(2,))
 
 
 @pytest.mark.parametrize("rank, clicks", [(1, 0), (10, 0), (11, 1), (25, 2), (500, 49)])
@@ -177,6 +240,36 @@ def test_playlist_gat_messages_reach_playlists_through_artists():
     assert changed[p["p0"]] and changed[p["p1"]] and not changed[p["p2"]]
 
 
+def test_cooccurrence_edges_keep_each_tracks_top_k_by_cosine():
+    # tracks 0,1 co-occur twice; 0,2 once; 1,2 never; 3 alone
+    view = _matrix_view([(0, 0), (0, 1), (1, 0), (1, 1), (2, 0), (2, 2), (3, 3)], 4, 4)
+    edges = M.cooccurrence_edges(view, k=1, shrink=0.0)
+    received = {int(t): int(s) for s, t in edges.T}
+    assert received == {0: 1, 1: 0, 2: 0}  # 3 co-occurs with nothing: no edge
+    both = M.cooccurrence_edges(view, k=5, shrink=0.0)
+    assert sorted(map(tuple, both.T.tolist())) == [(0, 1), (0, 2), (1, 0), (2, 0)]
+
+
+def test_playlist_gat_without_playlist_ids_is_built_from_tracks():
+    data = _toy_graph()
+    # p0 and p1 share tracks; give p2 the same single track as a copy of itself
+    num_nodes = {t: data[t].num_nodes for t in P.NODE_TYPES}
+    model = M.PlaylistGAT(num_nodes, dim=8, num_layers=2, heads=2, dropout=0.0, cooccurrence_k=2, shrink=0.0, playlist_ids=False).eval()
+    assert "playlist" not in model.embeddings
+    view = P.message_passing_view(data, torch.arange(data[P.CONTAINS].edge_index.size(1)))
+    playlists, _ = model(view)
+    p2 = data["playlist"].node_id.index("p2")  # holds only t0
+    t0 = data["track"].node_id.index("t0")
+    with torch.no_grad():
+        model.embeddings["track"].weight[t0] += 3.0
+    changed, _ = model(view)
+    assert not torch.allclose(changed[p2], playlists[p2])  # p2 is what its track says
+    config = M.PlaylistModelConfig(name="g", model="playlist_gat", embedding_dim=8, heads=2, cooccurrence_k=2, shrink=0.0, playlist_ids=False)
+    rebuilt = M.build_trainable(config, num_nodes)
+    rebuilt.load_state_dict(model.state_dict())  # the co-occurrence edges are rebuilt, not stored
+    assert torch.allclose(rebuilt.eval()(view)[0], changed, atol=1e-6)
+
+
 def test_training_restores_best_weights(tmp_path):
     data = _toy_graph()
     split = P.labels_to_indices(P.split_labels(data[P.CONTAINS].edge_index, data[P.CONTAINS].position, 3, P.SplitSettings(1, 2)))
@@ -190,10 +283,29 @@ def test_training_restores_best_weights(tmp_path):
         assert torch.equal(tensor, result["best_state"][name]), name
 
 
+def test_itemknn_fusion_weight_is_chosen_on_validation_and_stored():
+    first = lambda rows: torch.tensor([[1.0, 2.0, 3.0]]).expand(rows.numel(), -1)
+    second = lambda rows: torch.tensor([[3.0, 2.0, 1.0]]).expand(rows.numel(), -1)
+    assert M.fused_scorer(first, second, 0.0) is first and M.fused_scorer(first, second, 1.0) is second
+    half = M.fused_scorer(first, second, 0.5)(torch.tensor([0]))
+    assert torch.allclose(half, torch.zeros(1, 3), atol=1e-6)  # opposite standardized rows cancel
+    data = _toy_graph()
+    split = P.labels_to_indices(P.split_labels(data[P.CONTAINS].edge_index, data[P.CONTAINS].position, 3, P.SplitSettings(1, 2)))
+    view = P.message_passing_view(data, split["train"])
+    config = M.PlaylistModelConfig(name="f", model="lightgcn", embedding_dim=8, num_layers=1, batch_size=4, itemknn_fusion=True)
+    model = M.build_trainable(config, {t: data[t].num_nodes for t in P.NODE_TYPES})
+    result = M.train_bpr(model, view, data[P.CONTAINS].edge_index[:, split["valid"]], config, epochs=2, playlists=torch.arange(3))
+    weights = result["fusion_valid_r_precision"]
+    assert set(weights) == set(M.FUSION_WEIGHTS)
+    chosen = float(result["best_state"]["fusion_weight"])
+    assert weights[chosen] == max(weights.values())
+    M.scorer_for(config, view, result["best_state"])(torch.arange(3))  # rebuilds with the stored weight
+
+
 def test_registry_modes_and_validation(tmp_path):
     registry = M.default_playlist_registry()
     assert {name: (m.playlists, m.epochs) for name, m in registry.modes.items()} == {
-        "mini": (500, 3), "quick": (1000, 5), "balanced": (5000, 8), "full": (50000, 20)
+        "mini": (500, 3), "quick": (1000, 5), "balanced": (5000, 8), "full": (50000, 20), "tuned": (5000, 25)
     }
     assert {"most_popular", "itemknn", "lightgcn", "playlist_gat"} <= set(registry.configs)
     bad = tmp_path / "bad.yaml"

@@ -83,6 +83,8 @@ def test_reports_compare_models_with_baselines(chain):
     for report in reports.values():
         metrics = report["metrics"]
         assert 0 <= metrics["r_precision"] <= 1 and 0 <= metrics["clicks"] <= 51
+        # the challenge's R-precision adds artist credit to the exact-track part, never less
+        assert metrics["r_precision_track"] <= metrics["r_precision"] <= metrics["r_precision_track"] + 0.25
         assert metrics["playlists_evaluated"] == report["most_popular"]["playlists_evaluated"] > 0
     assert reports["most_popular"]["metrics"] == pytest.approx(reports["most_popular"]["most_popular"])
     assert reports["itemknn"]["metrics"]["r_precision"] > reports["most_popular"]["metrics"]["r_precision"]

@@ -12,6 +12,7 @@ import pytest
 from spotify_engine_assets.defs.resources import DataLake
 from spotify_engine_assets.defs.sensors import LANDING_TAG, landing_sensor
 from spotify_engine_assets.lib.kaggle import KAGGLE_HEADER
+from spotify_engine_assets.lib.playlist_models import default_playlist_registry
 
 
 def kaggle_csv(rows: list[tuple[str, str, str, str]]) -> str:
@@ -73,6 +74,58 @@ def test_done_marker_takes_a_file_at_once_and_the_run_key_is_the_content_hash(la
     assert request.run_config["ops"]["landed_batch"]["config"]["path"].endswith("new.csv")
     assert [r.partition_keys for r in result.dynamic_partitions_requests] == [[batch]]
     assert batch in json.loads(result.cursor)["pending"]
+
+
+def _finished_data_run(instance, batch: str, succeed: bool) -> None:
+    """A run with the data-stage tags of ``batch`` that ends in SUCCESS or FAILURE."""
+
+    @dg.op
+    def step():
+        if not succeed:
+            raise RuntimeError("ingestion failed")
+
+    @dg.job
+    def fake_landing_job():
+        step()
+
+    fake_landing_job.execute_in_process(
+        instance=instance, tags={LANDING_TAG: batch, "spotify_engine/stage": "data"}, raise_on_error=False
+    )
+
+
+def test_taken_file_is_left_alone_until_its_data_run_ends(landing):
+    """Seen live: the daemon ticks again before the queued data run archives the file; that
+    tick must not take the file for a duplicate of itself (it did: archive/duplicates)."""
+    root, folder, instance = landing
+    path = folder / "slow.csv"
+    path.write_text(kaggle_csv(playlists_rows(6)))
+    (folder / "slow.csv.done").write_text("")
+    first = tick(root, instance)
+    (request,) = first.run_requests
+    second = tick(root, instance, first.cursor)  # the run has not even started
+    assert not second.run_requests and "waiting for its data run" in second.skip_reason.skip_message
+    assert path.exists() and not (folder / "archive").exists()
+    _finished_data_run(instance, request.partition_key, succeed=False)
+    third = tick(root, instance, second.cursor)
+    assert not third.run_requests and "failed" in third.skip_reason.skip_message
+    assert path.exists() and not (folder / "archive").exists()  # kept for a re-execution
+    assert "file kept for a re-execution" in json.loads(third.cursor)["skipped"][str(path)][2]
+    fourth = tick(root, instance, third.cursor)
+    assert not fourth.run_requests and path.exists() and "slow.csv" not in fourth.skip_reason.skip_message
+
+
+def test_models_are_requested_once_the_data_run_succeeded(landing):
+    root, folder, instance = landing
+    (folder / "ok.csv").write_text(kaggle_csv(playlists_rows(7)))
+    (folder / "ok.csv.done").write_text("")
+    first = tick(root, instance)
+    (request,) = first.run_requests
+    os.replace(folder / "ok.csv", root / "ok-archived.csv")  # what landed_batch's archiving does
+    _finished_data_run(instance, request.partition_key, succeed=True)
+    second = tick(root, instance, first.cursor)
+    assert {r.job_name for r in second.run_requests} == {"playlist_retrain_job"}
+    assert {r.partition_key for r in second.run_requests} == set(default_playlist_registry().configs)
+    assert json.loads(second.cursor)["taken"] == {} and json.loads(second.cursor)["pending"] == {}
 
 
 def test_duplicate_content_is_skipped_and_archived_not_deleted(landing):
@@ -207,3 +260,15 @@ def test_two_files_with_the_same_name_in_turn(landing):
     marker.write_text("")
     third = tick(root, instance, second.cursor)
     assert not third.run_requests and "same content" in third.skip_reason.skip_message
+
+
+def test_sensor_interval_is_30s_unless_overridden(monkeypatch):
+    from spotify_engine_assets.defs.sensors import INTERVAL_ENV, sensor_interval
+
+    monkeypatch.delenv(INTERVAL_ENV, raising=False)
+    assert sensor_interval() == 30
+    monkeypatch.setenv(INTERVAL_ENV, "2")
+    assert sensor_interval() == 2
+    monkeypatch.setenv(INTERVAL_ENV, "soon")
+    with pytest.raises(ValueError, match=INTERVAL_ENV):
+        sensor_interval()

@@ -38,7 +38,7 @@ LANDED_KEYS = {name: dg.AssetKey(["kaggle_raw", name]) for name in ("landed_entr
 SYNTHETIC_RAW_DEPS = [dg.AssetKey(["raw", t]) for t in ("plays", "songs", "artists", "genres", "song_genres", "artist_genres")]
 landing_batches = dg.DynamicPartitionsDefinition(name="landing_batches")
 playlist_configs = dg.StaticPartitionsDefinition(sorted(default_playlist_registry().configs))
-REPORT_METRICS = ("r_precision", "ndcg@10", "ndcg@500", "recall@10", "recall@50", "recall@500", "clicks")
+REPORT_METRICS = ("r_precision", "r_precision_track", "ndcg@10", "ndcg@500", "recall@10", "recall@50", "recall@500", "clicks")
 
 
 def kaggle_dir(lake: DataLake) -> Path:
@@ -482,6 +482,13 @@ def playlist_model(
             epochs_run=result["epochs_run"], best_epoch=result["best_epoch"], num_parameters=artifact["num_parameters"],
             best_valid_r_precision=result["best_valid_r_precision"], train_seconds=round(result["train_seconds"], 2),
         )
+        if model_config.itemknn_fusion:
+            fusion = result["fusion_valid_r_precision"]
+            artifact["fusion_valid_r_precision"] = fusion
+            metadata.update(
+                itemknn_fusion_weight=float(result["best_state"]["fusion_weight"]),
+                fusion_valid_r_precision=dg.MetadataValue.json({str(k): v for k, v in fusion.items()}),
+            )
     return dg.Output(artifact, metadata=metadata)
 
 
@@ -495,7 +502,9 @@ def evaluate_config(artifact: dict, data, split: dict, playlists: torch.Tensor |
     except (PlaylistConfigError, RuntimeError) as error:
         raise dg.Failure(f"cannot rebuild playlist model {model_config.name}: {error}") from error
     known = torch.cat([parts["train"], parts["valid"]], dim=1)
-    return models_lib.evaluate(scorer, parts["test"], known, data["track"].num_nodes, playlists)
+    return models_lib.evaluate(
+        scorer, parts["test"], known, data["track"].num_nodes, playlists, track_artist=models_lib.track_artists(data)
+    )
 
 
 @dg.asset(
@@ -508,8 +517,10 @@ def evaluate_config(artifact: dict, data, split: dict, playlists: torch.Tensor |
 def playlist_report(
     context: dg.AssetExecutionContext, torch_runtime: TorchRuntime, playlist_model: dict, playlist_graph: dict, playlist_splits: dict
 ) -> dg.Output[dict]:
-    """Test R-precision, NDCG@10/500, Recall@10/50/500 and clicks (RecSys Challenge 2018, track
-    level) over the mode's sampled playlists with held-out tracks, beside most-popular."""
+    """Test metrics of the RecSys Challenge 2018 over the mode's sampled playlists with held-out
+    tracks, beside most-popular: ``r_precision`` (the challenge's, with 0.25 credit per distinct
+    held-out artist matched only through another track of that artist), ``r_precision_track``
+    (exact track matches only), NDCG@10/500, Recall@10/50/500 and clicks."""
     torch_runtime.apply()
     data = playlists_lib.from_payload(playlist_graph)
     if playlist_model["num_nodes"] != {t: int(data[t].num_nodes) for t in data.node_types}:

@@ -10,10 +10,15 @@ split and their checks); ``landed_batch`` archives the file to ``landing/archive
 Kaggle-format CSVs and listening-session files (the synthetic ``plays`` schema: ``user_id``,
 ``song_id``, ``played_at``; Parquet or CSV) are both taken; sessions become playlist entries
 the way the synthetic default builds playlists (one per user and genre, in order of first play).
-When that run has succeeded, a later tick requests one run per playlist model config (model,
-report, comparison). Files that cannot be taken - empty, unknown format, duplicate content -
-are recorded skips: logged, kept in the cursor, and (duplicates) moved to
-``landing/archive/duplicates/``; nothing is deleted.
+Until that run ends, the file stays "taken" (in the cursor): later ticks leave it alone even
+though it is still in ``landing/`` (the run may be queued); if the run fails the file is kept
+there as a recorded skip, for a re-execution of the run. When that run has succeeded, a later
+tick requests one run per playlist model config (model, report, comparison). Files that cannot
+be taken - empty, unknown format, duplicate content - are recorded skips: logged, kept in the
+cursor, and (duplicates) moved to ``landing/archive/duplicates/``; nothing is deleted.
+
+The daemon evaluates the sensor every 30 s (``SPOTIFY_ENGINE_LANDING_INTERVAL_S`` overrides it
+when the definitions load). Both jobs execute in one process per run.
 """
 
 
@@ -35,6 +40,20 @@ from .playlists import (
 from .resources import DataLake
 
 LANDING_TAG = "spotify_engine/landing_batch"
+# Seconds between two evaluations of the landing sensor by the daemon (30 unless overridden:
+# tests and demos shorten it).
+INTERVAL_ENV = "SPOTIFY_ENGINE_LANDING_INTERVAL_S"
+DEFAULT_INTERVAL_S = 30
+
+
+def sensor_interval() -> int:
+    value = os.environ.get(INTERVAL_ENV, "")
+    try:
+        return max(1, int(value)) if value else DEFAULT_INTERVAL_S
+    except ValueError:
+        raise ValueError(f"{INTERVAL_ENV}={value!r}: expected a whole number of seconds") from None
+
+
 DONE_SUFFIX = ".done"
 ACCEPTED_SUFFIXES = (".csv", ".parquet")
 DATA_SELECTION = dg.AssetSelection.assets(
@@ -43,12 +62,14 @@ DATA_SELECTION = dg.AssetSelection.assets(
 MODEL_KEYS = [dg.AssetKey("playlist_model"), dg.AssetKey("playlist_report"), dg.AssetKey("playlist_comparison")]
 # Two jobs: one run per landed batch (dynamic partition) for the data chain, then one run per
 # model config (static partition) - a job's assets must share one partitioning.
+# Both run in one process (no process per step): short sequential chains, and DuckDB has a
+# single writer anyway.
 landing_job = dg.define_asset_job(
-    "playlist_landing_job", selection=DATA_SELECTION, partitions_def=landing_batches,
+    "playlist_landing_job", selection=DATA_SELECTION, partitions_def=landing_batches, executor_def=dg.in_process_executor,
     description="Ingest one landed batch and rebuild the playlist SQL models, graph and split.",
 )
 retrain_job = dg.define_asset_job(
-    "playlist_retrain_job", selection=dg.AssetSelection.assets(*MODEL_KEYS), partitions_def=playlist_configs,
+    "playlist_retrain_job", selection=dg.AssetSelection.assets(*MODEL_KEYS), partitions_def=playlist_configs, executor_def=dg.in_process_executor,
     description="Retrain and report one playlist model config; refresh the comparison.",
 )
 
@@ -87,7 +108,7 @@ def _completed_runs(instance: dg.DagsterInstance, batch: str) -> tuple[bool, boo
 @dg.sensor(
     name="landing_sensor",
     jobs=[landing_job, retrain_job],
-    minimum_interval_seconds=30,
+    minimum_interval_seconds=sensor_interval(),
     default_status=dg.DefaultSensorStatus.STOPPED,
     description="New Kaggle-format files in <data lake>/landing/ -> ingest, rebuild the playlist chain, retrain the playlist models.",
 )
@@ -97,6 +118,7 @@ def landing_sensor(context: dg.SensorEvaluationContext, lake: DataLake):
     done: dict[str, str] = cursor.get("done", {})          # sha256 -> batch
     pending: dict[str, str] = cursor.get("pending", {})    # batch -> sha256, waiting for the data run
     skipped: dict[str, list] = cursor.get("skipped", {})   # path -> [size, mtime, reason]
+    taken: dict[str, list] = cursor.get("taken", {})       # path -> [size, mtime, batch] until its data run ends
     landing = lake.landing_dir
     run_requests: list[dg.RunRequest] = []
     new_partitions: list[str] = []
@@ -118,10 +140,15 @@ def landing_sensor(context: dg.SensorEvaluationContext, lake: DataLake):
                     )
                 )
             del pending[batch]
+            taken = {path: entry for path, entry in taken.items() if entry[2] != batch}
         elif failed:
             notes.append(f"data run of batch {batch} failed; its models are not retrained")
             context.log.warning(notes[-1])
             del pending[batch]
+            for path, entry in list(taken.items()):
+                if entry[2] == batch:  # the file stays where it is, for a re-execution of the run
+                    skipped[path] = [entry[0], entry[1], f"data run of batch {batch} failed; file kept for a re-execution"]
+                    del taken[path]
 
     # phase 1: complete new files
     current: dict[str, list[int]] = {}
@@ -133,6 +160,10 @@ def landing_sensor(context: dg.SensorEvaluationContext, lake: DataLake):
             continue
         current[key] = signature
         if skipped.get(key, [None, None])[:2] == signature:
+            continue
+        if taken.get(key, [None, None])[:2] == signature:
+            # requested already: its data run archives it (it may still be queued or running)
+            waiting.append(f"{path.name} (taken as batch {taken[key][2]}; waiting for its data run)")
             continue
         marker = path.with_name(path.name + DONE_SUFFIX)
         complete = marker.exists() or seen.get(key) == signature
@@ -159,6 +190,7 @@ def landing_sensor(context: dg.SensorEvaluationContext, lake: DataLake):
         batch = batch_id(path, sha)
         done[sha] = batch
         pending[batch] = sha
+        taken[key] = [*signature, batch]
         new_partitions.append(batch)
         run_requests.append(
             dg.RunRequest(
@@ -172,7 +204,11 @@ def landing_sensor(context: dg.SensorEvaluationContext, lake: DataLake):
         current.pop(key, None)
 
     new_cursor = json.dumps(
-        {"seen": current, "done": done, "pending": pending, "skipped": {k: v for k, v in skipped.items() if k in current}},
+        {
+            "seen": current, "done": done, "pending": pending,
+            "skipped": {k: v for k, v in skipped.items() if k in current},
+            "taken": {k: v for k, v in taken.items() if v[2] in pending},
+        },
         sort_keys=True,
     )
     if not run_requests:

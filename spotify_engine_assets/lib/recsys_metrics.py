@@ -1,15 +1,24 @@
-"""Playlist-completion metrics as defined for the RecSys Challenge 2018 (track level).
+"""Playlist-completion metrics as defined for the RecSys Challenge 2018.
 
-For a playlist with held-out tracks G and a ranked list R (best first, at most 500 long,
-never containing a track already known in the playlist):
+For a playlist with held-out tracks ``G_T`` (their artists ``G_A``) and a ranked list ``R`` (best
+first, at most 500 long, never containing a track already known in the playlist):
 
-* ``R-precision`` = |G ∩ R[:|G|]| / |G|  (the challenge also gives 0.25 artist-level partial
-  credit; this implementation is the track-level part only),
-* ``Recall@K`` = |G ∩ R[:K]| / |G|,
-* ``NDCG@K`` = DCG@K / IDCG@K with binary gains, DCG = sum over hits at rank i (1-based) of
-  1 / log2(i + 1), IDCG over min(K, |G|) hits,
-* ``clicks`` = floor((rank of the first hit - 1) / 10): how many pages of 10 a user must
-  refresh before a relevant track shows; 51 when no hit appears in the first 500.
+* ``r_precision`` (the challenge's R-precision, with artist-level partial credit)::
+
+      R-precision = (|G_T ∩ R_{1:|G_T|}| + 0.25 · |A_partial|) / |G_T|
+
+  where ``A_partial`` is the set of *distinct* ground-truth artists ``a ∈ G_A`` such that some
+  track among the first ``|G_T|`` recommendations is by ``a`` but is not itself in ``G_T``, and no
+  track of ``a`` among those first ``|G_T|`` recommendations matched exactly (an artist already
+  credited at track level earns no further artist credit; each artist earns 0.25 at most once).
+  A recommended track contributes either full track credit or, through its artist, at most the
+  0.25 partial credit, so the value stays within [0, 1].
+* ``r_precision_track`` = ``|G_T ∩ R_{1:|G_T|}| / |G_T|``: the track-level part alone.
+* ``recall@K`` = ``|G_T ∩ R_{1:K}| / |G_T|``.
+* ``ndcg@K`` = DCG@K / IDCG@K with binary gains (track matches), DCG = sum over hits at rank i
+  (1-based) of 1 / log2(i + 1), IDCG over min(K, |G_T|) hits.
+* ``clicks`` = floor((rank of the first hit - 1) / 10): how many pages of 10 a user must refresh
+  before a relevant track shows; 51 when no hit appears in the first 500.
 
 Every metric is averaged over playlists with at least one held-out track.
 """
@@ -23,6 +32,7 @@ from torch import Tensor
 
 LIST_LENGTH = 500
 NO_HIT_CLICKS = 51
+ARTIST_CREDIT = 0.25
 
 
 def hit_matrix(topk: Tensor, rows: Tensor, relevant: Tensor, num_items: int) -> Tensor:
@@ -39,8 +49,44 @@ def hit_matrix(topk: Tensor, rows: Tensor, relevant: Tensor, num_items: int) -> 
     return found & (topk < num_items)
 
 
-def recsys_metrics(hits: Tensor, num_relevant: Tensor, ks: tuple[int, ...] = (10, 50, 500)) -> dict[str, float]:
-    """Mean metrics over rows with ``num_relevant > 0`` from a ``[n, L]`` hit matrix."""
+def artist_matches(
+    topk: Tensor, hits: Tensor, num_relevant: Tensor, rows: Tensor, relevant: Tensor, track_artist: Tensor
+) -> Tensor:
+    """``[n]`` counts ``|A_partial|`` of the challenge's R-precision (see the module docstring).
+
+    Args:
+        topk: ``[n, L]`` ranked track indices (values ``>= len(track_artist)`` are padding).
+        hits: ``[n, L]`` exact track matches (:func:`hit_matrix`).
+        num_relevant: ``[n]`` held-out tracks per row (``|G_T|``).
+        rows, relevant: ``[E]`` the held-out (row, track) pairs.
+        track_artist: ``[num_tracks]`` artist index of each track (``-1``: unknown, never credited).
+    """
+    n, length = topk.shape
+    num_tracks = track_artist.numel()
+    if n == 0 or num_tracks == 0:
+        return torch.zeros(n, dtype=torch.long)
+    width = int(track_artist.max()) + 2  # key = row * width + artist, artists in 0..width-2
+    artist_of = torch.cat([track_artist, torch.tensor([-1], dtype=track_artist.dtype)])
+    ranked_artist = artist_of[topk.clamp(max=num_tracks)]
+    row_index = torch.arange(n).view(-1, 1).expand(n, length)
+    within = torch.arange(length).view(1, -1) < num_relevant.view(-1, 1)
+    keys = row_index * width + ranked_artist
+    truth_artist = track_artist[relevant]
+    truth_keys = torch.unique(rows[truth_artist >= 0] * width + truth_artist[truth_artist >= 0])
+    credited = torch.unique(keys[within & hits])  # artists already matched at track level
+    candidates = torch.unique(keys[within & ~hits & (ranked_artist >= 0)])
+    partial = candidates[torch.isin(candidates, truth_keys) & ~torch.isin(candidates, credited)]
+    return torch.bincount(torch.div(partial, width, rounding_mode="floor"), minlength=n)
+
+
+def recsys_metrics(
+    hits: Tensor, num_relevant: Tensor, ks: tuple[int, ...] = (10, 50, 500), artist_credits: Tensor | None = None
+) -> dict[str, float]:
+    """Mean metrics over rows with ``num_relevant > 0`` from a ``[n, L]`` hit matrix.
+
+    ``r_precision`` (the challenge's, with artist partial credit) needs ``artist_credits``
+    (:func:`artist_matches`); without them only ``r_precision_track`` is reported.
+    """
     keep = num_relevant > 0
     hits, g = hits[keep].float(), num_relevant[keep].float()
     if g.numel() == 0:
@@ -58,7 +104,11 @@ def recsys_metrics(hits: Tensor, num_relevant: Tensor, ks: tuple[int, ...] = (10
         idcg = cumulative[ideal_counts]
         values[f"ndcg@{k}"] = float((dcg / idcg).mean())
     within_g = ranks.view(1, -1) <= g.view(-1, 1)
-    values["r_precision"] = float(((hits * within_g).sum(1) / g).mean())
+    track_hits = (hits * within_g).sum(1)
+    values["r_precision_track"] = float((track_hits / g).mean())
+    if artist_credits is not None:
+        partial = artist_credits[keep].float()
+        values["r_precision"] = float(((track_hits + ARTIST_CREDIT * partial) / g).mean())
     first_hit = torch.where(hits.bool(), ranks.view(1, -1), torch.full_like(hits, math.inf)).min(1).values
     clicks = torch.where(
         torch.isfinite(first_hit) & (first_hit <= LIST_LENGTH),

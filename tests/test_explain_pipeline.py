@@ -17,11 +17,11 @@ from spotify_engine_assets.lib.paths import DATA_LAKE_ENV
 from spotify_engine_assets.runner import DATA_STAGE, run_config
 
 MODELS = ("gat_enhanced", "most_popular")
-SPINE_GROUPS = {"ingestion", "sql", "graph", "training", "evaluation", "explainability"}
+SPINE_GROUPS = {"ingestion", "sql", "graph", "training", "evaluation", "experiments", "explanations"}
 
 
 def spine_definitions() -> dg.Definitions:
-    """The spine's domains plus explainability (independent of the other data sources' definitions)."""
+    """The spine's domains plus experiments and explanations (independent of the other data sources' definitions)."""
     from spotify_engine_assets.defs import experiments, explanations, graph, ingestion, sql_models, training
     from spotify_engine_assets.defs.resources import DataLake, LakeIOManager, TorchRuntime, Warehouse
 

@@ -52,7 +52,7 @@ def _publish(lake: DataLake, name: str, frame: pl.DataFrame) -> str:
     return markdown
 
 
-@dg.asset(key="experiments", group_name="evaluation", kinds={"polars"}, code_version=source_version(experiments_lib))
+@dg.asset(key="experiments", group_name="experiments", kinds={"polars"}, code_version=source_version(experiments_lib))
 def experiments(context: dg.AssetExecutionContext, lake: DataLake, metric_report: dict[str, dict]) -> dg.Output[pl.DataFrame]:
     """Every recorded metric report (each materialization of each config) as one table: config,
     seed, data fingerprint, git commit, key metrics, gate. ``current`` marks the live version.
@@ -94,7 +94,7 @@ def difference_plot(table: pl.DataFrame, title: str) -> str:
     return figure_markdown(fig, title)
 
 
-@dg.asset(key="ab_tests", group_name="evaluation", kinds={"scipy", "polars"}, code_version=source_version(stats_lib, experiments_lib))
+@dg.asset(key="ab_tests", group_name="experiments", kinds={"scipy", "polars"}, code_version=source_version(stats_lib, experiments_lib))
 def ab_tests(context: dg.AssetExecutionContext, config: ABTestConfig, lake: DataLake, metric_report: dict[str, dict]) -> dg.Output[pl.DataFrame]:
     """A/B comparisons of the configured (control, treatment) config pairs on the same split:
     paired t-test, Wilcoxon signed-rank, bootstrap 95% CI of the mean difference, paired Cohen's d,
@@ -165,7 +165,7 @@ def ab_tests(context: dg.AssetExecutionContext, config: ABTestConfig, lake: Data
     )
 
 
-@dg.asset(key="champion", group_name="evaluation", kinds={"scipy"}, code_version=source_version(experiments_lib))
+@dg.asset(key="champion", group_name="experiments", kinds={"scipy"}, code_version=source_version(experiments_lib))
 def champion(context: dg.AssetExecutionContext, lake: DataLake, metric_report: dict[str, dict]) -> dg.Output[dict]:
     """The serving model per split. Seeded with the best gate-passing report; afterwards a
     challenger replaces it only when significantly better on the champion metric (paired test,

@@ -37,7 +37,7 @@ class ExplanationsConfig(dg.Config):
 
 @dg.asset(
     key="explanations",
-    group_name="explainability",
+    group_name="explanations",
     kinds={"pytorch", "markdown"},
     code_version=EXPLAIN_VERSION,
     check_specs=[
@@ -147,7 +147,7 @@ class ColdStartConfig(dg.Config):
     seed: int = Field(default=0, description="Seed of the held-out user sample.")
 
 
-@dg.asset(key="cold_start_report", group_name="explainability", kinds={"pytorch", "polars"}, code_version=EXPLAIN_VERSION)
+@dg.asset(key="cold_start_report", group_name="explanations", kinds={"pytorch", "polars"}, code_version=EXPLAIN_VERSION)
 def cold_start_report(
     context: dg.AssetExecutionContext,
     config: ColdStartConfig,

@@ -22,8 +22,6 @@ defs = dg.Definitions.merge(
             "warehouse": Warehouse(lake=lake),
             "torch_runtime": TorchRuntime(),
             "io_manager": LakeIOManager(lake=lake),
-        },
-        # steps of a run share one process: a process per step re-imports torch (~10 s each here)
-        executor=dg.in_process_executor,
+        }
     ),
 )

@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from .defs import experiments, explanations, graph, ingestion, playlists, sensors, sql_models, training
+from .defs import experiments, explanations, graph, ingestion, lastfm, playlists, sensors, sql_models, training
 from .defs.resources import DataLake, LakeIOManager, TorchRuntime, Warehouse
 
 lake = DataLake()
@@ -16,6 +16,7 @@ defs = dg.Definitions.merge(
     sensors.defs,
     experiments.defs,
     explanations.defs,
+    lastfm.defs,
     dg.Definitions(
         resources={
             "lake": lake,

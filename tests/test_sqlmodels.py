@@ -8,6 +8,7 @@ import duckdb
 import pytest
 
 from spotify_engine_assets.lib.kaggle import KAGGLE_SOURCES
+from spotify_engine_assets.lib.lastfm import LASTFM_SOURCES
 from spotify_engine_assets.lib.sqlmodels import (
     DataTest,
     SqlModel,
@@ -24,7 +25,7 @@ RAW_SOURCES = [
 ]
 
 # The real project also holds the playlist chain's folder, which reads the Kaggle ingestion's tables.
-PROJECT_SOURCES = [*RAW_SOURCES, *KAGGLE_SOURCES]
+PROJECT_SOURCES = [*RAW_SOURCES, *KAGGLE_SOURCES, *LASTFM_SOURCES]
 LISTENING_SCHEMAS = ("staging", "marts")
 
 

@@ -14,14 +14,15 @@ from ..lib.paths import sql_models_dir
 from ..lib.plots import data_quality, frame_markdown
 from ..lib.sqlmodels import DataTest, SqlModel, SqlModelError, SqlProject, load_sql_project, materialize_model, run_data_test
 from ..lib.kaggle import KAGGLE_SOURCES
+from ..lib.lastfm import LASTFM_SOURCES
 from .ingestion import RAW_SOURCES
 from .resources import DUCKDB_POOL, Warehouse
 
 
 # Raw tables the SQL models may read, by the ingestion assets that write them.
-SQL_SOURCES = (*RAW_SOURCES, *KAGGLE_SOURCES)
+SQL_SOURCES = (*RAW_SOURCES, *KAGGLE_SOURCES, *LASTFM_SOURCES)
 # Asset group of each folder of dbt_like_sql/ that is not part of the listening chain's "sql" group.
-SCHEMA_GROUPS = {"playlists": "playlist_sql"}
+SCHEMA_GROUPS = {"playlists": "playlist_sql", "lastfm": "lastfm_sql"}
 
 
 class DataTestFailed(Exception):

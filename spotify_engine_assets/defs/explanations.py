@@ -25,8 +25,15 @@ from .resources import DataLake, TorchRuntime
 EXPLAIN_VERSION = source_version(explain_lib, recommend_lib, cold_start_lib)
 
 
+DEFAULT_EXPLAINED = "gat_enhanced"
+
+
 class ExplanationsConfig(dg.Config):
-    configs: list[str] = Field(default=["gat_enhanced"], description="Model configs to explain (materialized ones).")
+    configs: list[str] | None = Field(
+        default=None,
+        description=f"Model configs to explain (each must be materialized). Default: {DEFAULT_EXPLAINED} when it is "
+        "materialized, else every materialized trainable config.",
+    )
     users: int = Field(default=4, ge=1, description="Users sampled (seeded) among users with training interactions.")
     k: int = Field(default=3, ge=1, description="Recommendations explained per user.")
     seed: int = Field(default=0, description="Seed of the user sample and of the random removals.")
@@ -66,15 +73,19 @@ def explanations(
     plus the faithfulness test (top-attributed vs random evidence removal). Rendered as markdown
     (also ``reports/explanations.md``)."""
     torch_runtime.apply()
-    unknown = sorted(set(config.configs) - set(default_registry()))
+    requested = config.configs
+    if requested is None:  # the default follows what the run trained (e.g. `materialize --configs lightgcn`)
+        trainable = sorted(name for name, artifact in trained_model.items() if artifact["config"]["model"] != "most_popular")
+        requested = [DEFAULT_EXPLAINED] if DEFAULT_EXPLAINED in trained_model else trainable
+    unknown = sorted(set(requested) - set(default_registry()))
     if unknown:
         raise dg.Failure(f"unknown model configs {unknown}; known: {', '.join(sorted(default_registry()))}")
-    chosen = [name for name in config.configs if name in trained_model]
-    for name in sorted(set(config.configs) - set(chosen)):
+    chosen = [name for name in requested if name in trained_model]
+    for name in sorted(set(requested) - set(chosen)):
         context.log.warning(f"trained_model[{name}] is not materialized; not explained")
     if not chosen:
         raise dg.Failure(
-            f"none of the configs {config.configs} has a materialized trained_model; materialized: "
+            f"none of the configs {requested} has a materialized trained_model; materialized: "
             f"{', '.join(sorted(trained_model)) or 'none'}"
         )
     output: dict = {}

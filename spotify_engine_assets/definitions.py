@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from .defs import experiments, explanations, graph, ingestion, lastfm, playlists, sensors, sql_models, training
+from .defs import experiments, explanations, graph, ingestion, lastfm, optimization, playlists, sensors, sql_models, training
 from .defs.resources import DataLake, LakeIOManager, TorchRuntime, Warehouse
 
 lake = DataLake()
@@ -17,6 +17,7 @@ defs = dg.Definitions.merge(
     experiments.defs,
     explanations.defs,
     lastfm.defs,
+    optimization.defs,
     dg.Definitions(
         resources={
             "lake": lake,

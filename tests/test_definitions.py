@@ -11,6 +11,7 @@ EXPECTED_ASSET_KEYS = [
     "experiments",
     "explanations",
     "ground_truth/user_genre_affinity",
+    "hpo_study",
     "interaction_splits",
     "kaggle/source_files",
     "kaggle_raw/artist_genres",

@@ -1,0 +1,219 @@
+"""Hyperparameter optimization (lib/hpo.py): search-space validation, storage errors, a study that
+resumes, two workers sharing one storage, and pruning."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+from torch_geometric.data import HeteroData
+
+from spotify_engine_assets.lib import hpo
+from spotify_engine_assets.lib.configs import ConfigError, ModelConfig, load_registry
+from spotify_engine_assets.lib.graph import BY, HAS, LISTENS, add_reverse_edges
+
+torch.set_num_threads(1)
+REPO = Path(__file__).resolve().parents[1]
+
+
+def toy_data(num_users: int = 40, num_songs: int = 200, clusters: int = 4, per_user: int = 10, seed: int = 0) -> hpo.StudyData:
+    """Users of cluster c play songs of cluster c; two held-out validation songs per user."""
+    g = torch.Generator().manual_seed(seed)
+    size = num_songs // clusters
+    train_pairs, valid_pairs = [], []
+    for u in range(num_users):
+        base = (u % clusters) * size
+        songs = (torch.randperm(size, generator=g)[: per_user + 2] + base).tolist()
+        train_pairs += [(u, s) for s in songs[:-2]]
+        valid_pairs += [(u, s) for s in songs[-2:]]
+    data = HeteroData()
+    for t, n in {"user": num_users, "song": num_songs, "artist": 8, "genre": clusters}.items():
+        data[t].num_nodes = n
+        data[t].node_id = torch.arange(n)
+    data[LISTENS].edge_index = torch.tensor(train_pairs).t().contiguous()
+    data[LISTENS].edge_attr = torch.rand(len(train_pairs), 3, generator=g)
+    songs = torch.arange(num_songs)
+    data[BY].edge_index = torch.stack([songs, songs % 8])
+    data[HAS].edge_index = torch.stack([songs, songs // size])
+    return hpo.StudyData(view=add_reverse_edges(data), valid_pairs=torch.tensor(valid_pairs).t().contiguous())
+
+
+TOY_REGISTRY = """
+toy_lightgcn:
+  model: lightgcn
+  embedding_dim: 16
+  num_layers: 1
+  batch_size: 64
+  max_epochs: 6
+  patience: 20
+toy_gat:
+  model: gat_basic
+  embedding_dim: 16
+  batch_size: 64
+  max_epochs: 4
+"""
+
+TOY_SPACES = """
+lightgcn:
+  base: toy_lightgcn
+  params:
+    lr: {type: float, low: 1.0e-3, high: 1.0e-1, log: true}
+    embedding_dim: {type: categorical, choices: [8, 16]}
+    l2: {type: float, low: 0.0, high: 1.0e-3}
+"""
+
+
+def toy_spaces(tmp: Path, spaces: str = TOY_SPACES) -> dict[str, hpo.SearchSpace]:
+    (tmp / "models.yaml").write_text(TOY_REGISTRY)
+    (tmp / "spaces.yaml").write_text(spaces)
+    return hpo.load_search_spaces(tmp / "spaces.yaml", load_registry(tmp / "models.yaml"))
+
+
+# --- search-space validation -----------------------------------------------------------------
+
+
+def test_packaged_search_spaces_cover_the_trainable_families():
+    spaces = hpo.load_search_spaces()
+    assert set(spaces) == {"gat_enhanced", "gat_basic", "lightgcn"}
+    enhanced = spaces["gat_enhanced"].params
+    assert enhanced["lr"].log and (enhanced["lr"].low, enhanced["lr"].high) == (1e-4, 1e-1)
+    assert (enhanced["num_layers"].low, enhanced["num_layers"].high) == (1, 4)
+    assert (enhanced["dropout"].low, enhanced["dropout"].high) == (0.0, 0.5)
+    # every (embedding_dim, heads) pair the space can draw is a valid GAT config
+    for dim in enhanced["embedding_dim"].choices:
+        for heads in enhanced["heads"].choices:
+            spaces["gat_enhanced"].config_for({"embedding_dim": dim, "heads": heads}, "x")
+
+
+@pytest.mark.parametrize(
+    ("param", "message"),
+    [
+        ("lr: {type: float, low: 0.1, high: 0.001}", "inverted range"),
+        ("lr: {type: float, low: 0.01, high: 0.01}", "empty range"),
+        ("lr: {type: float, low: 0.0, high: 0.1, log: true}", "log range needs low > 0"),
+        ("embedding_dim: {type: categorical, choices: []}", "non-empty 'choices'"),
+        ("embedding_dim: {type: float, low: 8, high: 64}", "type float does not fit a int field"),
+        ("dropout: {type: float, low: 0.0, high: 1.5}", "value 1.5 is not allowed"),
+        ("num_layers: {type: int, low: 1, high: 9}", "value 9 is not allowed"),
+        ("negatives: {type: int, low: 1, high: 10}", "unknown parameter"),
+        ("seed: {type: int, low: 0, high: 10}", "cannot be searched"),
+    ],
+)
+def test_bad_search_space_names_family_and_field(tmp_path, param, message):
+    field = param.split(":")[0]
+    with pytest.raises(ConfigError) as error:
+        toy_spaces(tmp_path, f"lightgcn:\n  base: toy_lightgcn\n  params:\n    {param}\n")
+    assert "family 'lightgcn'" in str(error.value) and f"parameter {field!r}" in str(error.value)
+    assert message in str(error.value)
+
+
+def test_unknown_base_config_is_named(tmp_path):
+    with pytest.raises(ConfigError, match="unknown base config 'nope'"):
+        toy_spaces(tmp_path, "lightgcn:\n  base: nope\n  params:\n    lr: {type: float, low: 0.001, high: 0.1}\n")
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["no-scheme", "postgresql://user:secret@127.0.0.1:1/optuna", "sqlite:///{file}/inside-a-file/studies.db"],
+)
+def test_unusable_storage_fails_clearly_and_hides_passwords(tmp_path, url):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    url = url.format(file=blocker)
+    with pytest.raises(hpo.HpoError) as error:
+        hpo.open_study("lightgcn", url)
+    assert "secret" not in str(error.value)
+    assert "storage" in str(error.value)
+
+
+# --- studies -----------------------------------------------------------------------------------
+
+
+def test_study_resumes_with_its_finished_trials(tmp_path):
+    spaces = toy_spaces(tmp_path)
+    data = toy_data()
+    url = f"sqlite:///{tmp_path / 'optuna' / 'studies.db'}"
+    lines: list[str] = []
+    first = hpo.run_study(hpo.open_study("lightgcn", url, seed=3), spaces["lightgcn"], data, n_trials=2, log=lines.append)
+    assert len(first.trials) == 2
+    # a new process / session: same storage, same study name, two more trials
+    second = hpo.run_study(hpo.open_study("lightgcn", url, seed=3), spaces["lightgcn"], data, n_trials=2, log=lines.append)
+    assert second._study_id == first._study_id
+    assert len(optuna.get_all_study_names(hpo.open_storage(url))) == 1
+    finished = [t for t in second.trials if t.state.is_finished()]
+    assert [t.number for t in finished] == [0, 1, 2, 3]
+    # the resumed session did not redraw the first session's points
+    assert len({tuple(sorted(t.params.items())) for t in finished}) == 4
+    assert sum(line.startswith("trial ") for line in lines) == 4
+    best = hpo.best_config(second, spaces["lightgcn"])
+    assert best.name == "lightgcn_tuned" and best.lr == second.best_params["lr"] and best.num_layers == 1
+    assert 0.0 <= second.best_value <= 1.0
+
+
+def test_best_config_yaml_is_a_loadable_registry_entry(tmp_path):
+    spaces = toy_spaces(tmp_path)
+    study = hpo.run_study(hpo.open_study("lightgcn", f"journal:///{tmp_path / 'j.log'}"), spaces["lightgcn"], toy_data(), n_trials=2)
+    path = hpo.write_best_yaml(tmp_path / "best.yaml", hpo.best_config(study, spaces["lightgcn"]), study)
+    loaded = load_registry(path)["lightgcn_tuned"]
+    assert loaded.embedding_dim == study.best_params["embedding_dim"]
+    assert loaded.max_epochs == 6 and "trial" in loaded.description
+    table = hpo.trials_table(study)
+    assert [row["number"] for row in table] == [0, 1] and "param_lr" in table[0]
+
+
+def test_pruner_stops_a_hopeless_trial(tmp_path):
+    spaces = toy_spaces(tmp_path)
+    study = hpo.open_study("lightgcn", f"sqlite:///{tmp_path / 's.db'}", pruner_startup_trials=3, pruner_warmup_epochs=1)
+    for _ in range(3):
+        study.enqueue_trial({"lr": 0.05, "embedding_dim": 16, "l2": 0.0})
+    study.enqueue_trial({"lr": 0.001, "embedding_dim": 8, "l2": 0.0})  # barely moves in 6 epochs
+    hpo.run_study(study, spaces["lightgcn"], toy_data(), n_trials=4)
+    states = [t.state for t in study.trials]
+    assert states[:3] == [optuna.trial.TrialState.COMPLETE] * 3
+    assert states[3] == optuna.trial.TrialState.PRUNED
+    assert study.trials[3].user_attrs["epochs_run"] < 6
+
+
+WORKER = textwrap.dedent(
+    """
+    import sys
+    import time
+    from pathlib import Path
+    import torch
+    torch.set_num_threads(1)
+    sys.path.insert(0, {tests!r})
+    from test_hpo import toy_data, toy_spaces
+    from spotify_engine_assets.lib import hpo
+    spaces = toy_spaces(Path({tmp!r}))
+    study = hpo.open_study("lightgcn", {url!r}, seed=0, worker=int(sys.argv[1]))
+    # barrier: both workers open the study (seeing 0 trials) before either runs a trial
+    (Path({tmp!r}) / ("ready" + sys.argv[1])).touch()
+    while not all((Path({tmp!r}) / f"ready{{i}}").exists() for i in (0, 1)):
+        time.sleep(0.05)
+    hpo.run_study(study, spaces["lightgcn"], toy_data(), n_trials=2)
+    """
+)
+
+
+def test_two_workers_share_one_study_without_duplicates(tmp_path):
+    """Two processes on one SQLite file (the default storage kind): every trial is recorded once,
+    numbers are unique, and the workers draw different points (their samplers are seeded apart)."""
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    (tmp_path / "w").mkdir()
+    script = WORKER.format(tests=str(REPO / "tests"), tmp=str(tmp_path / "w"), url=url)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    workers = [subprocess.Popen([sys.executable, "-c", script, str(i)], env=env, stderr=subprocess.PIPE, text=True) for i in (0, 1)]
+    for worker in workers:
+        _, err = worker.communicate(timeout=120)
+        assert worker.returncode == 0, err[-2000:]
+    study = optuna.load_study(study_name="spotify-engine/lightgcn", storage=hpo.open_storage(url))
+    trials = study.get_trials()
+    assert len(trials) == 4 and all(t.state.is_finished() for t in trials)
+    assert sorted(t.number for t in trials) == list(range(4))
+    assert len({tuple(sorted(t.params.items())) for t in trials}) == 4

@@ -75,6 +75,10 @@ def test_experiments_ab_tests_and_champion(chain):
     ab = pl.read_csv(lake / "reports" / "ab_tests.csv")
     assert set(ab["pair"]) == {"lightgcn vs most_popular"}  # pairs with unmaterialized configs are skipped
     assert set(ab["verdict"]) <= {"better", "worse", "no detectable difference"}
+    _, instance, _ = chain
+    metadata = instance.get_latest_materialization_event(dg.AssetKey("ab_tests")).asset_materialization.metadata
+    plot = metadata["per_user_differences"].value  # histogram of per-user treatment - control
+    assert plot.startswith("![A/B: per-user treatment - control](data:image/png;base64,")
     champion = load_torch(ArtifactStore(lake / "artifacts").current(["champion"]) / "data.pt")
     assert champion["splits"]["random"]["config"] in CONFIGS
     assert champion["history"][0]["event"] == "seeded"

@@ -15,7 +15,7 @@ from ..lib.artifacts import atomic_write_bytes
 from ..lib.configs import ConfigError, load_thresholds
 from ..lib.experiments import experiments_frame, load_ab_plan, load_champion, not_comparable, per_user_frame, update_champion
 from ..lib.paths import source_version
-from ..lib.plots import figure_markdown, frame_markdown
+from ..lib.plots import difference_distributions, figure_markdown, frame_markdown
 from ..lib.stats import compare_models
 from .resources import DUCKDB_POOL, DataLake, Warehouse
 
@@ -106,6 +106,7 @@ def ab_tests(context: dg.AssetExecutionContext, config: ABTestConfig, lake: Data
     except ConfigError as error:
         raise dg.Failure(f"invalid A/B plan: {error}") from error
     tables, skipped = [], []
+    distributions: dict[str, list[float]] = {}  # per-user treatment - control of the first metric
     for pair in plan.pairs:
         missing = [name for name in (pair.control, pair.treatment) if name not in metric_report]
         if missing:
@@ -123,6 +124,9 @@ def ab_tests(context: dg.AssetExecutionContext, config: ABTestConfig, lake: Data
             )
         except ValueError as error:
             raise dg.Failure(f"A/B pair {pair.name}: {error}") from error
+        joined = per_user_frame(control).join(per_user_frame(treatment), on="user_index", suffix="__t")
+        metric = plan.metrics[0]
+        distributions[f"{pair.name}: {metric}"] = (joined[f"{metric}__t"] - joined[metric]).to_list()
         tables.append(table.with_columns(
             pl.lit(pair.name).alias("pair"), pl.lit(pair.control).alias("control"),
             pl.lit(pair.treatment).alias("treatment"), pl.lit(control["split"]).alias("split"),
@@ -160,6 +164,9 @@ def ab_tests(context: dg.AssetExecutionContext, config: ABTestConfig, lake: Data
             "verdicts": dg.MetadataValue.md(frame_markdown(summary, max_rows=100)),
             "table": dg.MetadataValue.md(markdown),
             "plot": dg.MetadataValue.md(difference_plot(table, "A/B: treatment - control")),
+            "per_user_differences": dg.MetadataValue.md(
+                difference_distributions(distributions, "A/B: per-user treatment - control")
+            ),
             "skipped": dg.MetadataValue.json(skipped),
         },
     )

@@ -110,6 +110,21 @@ def test_load_registry_valid_file_with_defaults(tmp_path):
         ("model: lightgcn\n  num_layers: 0", "num_layers"),
         ("model: lightgcn\n  patience: 0", "patience"),
         ("model: lightgcn\n  lr_factor: 1.5", "lr_factor"),
+        # advanced training options
+        ("model: lightgcn\n  weight_completion: -0.5", "weight_completion"),
+        ("model: lightgcn\n  weight_play_count: -1", "weight_play_count"),
+        ("model: lightgcn\n  weight_recency: -2", "weight_recency"),
+        ("model: lightgcn\n  weight_recency: 1\n  half_life_days: 0", "half_life_days"),
+        ("model: lightgcn\n  half_life_days: -7", "half_life_days"),
+        ("model: lightgcn\n  negatives_per_positive: 0", "negatives_per_positive"),
+        ("model: lightgcn\n  negatives_per_positive: 11", "negatives_per_positive"),
+        ("model: lightgcn\n  grad_accumulation: 0", "grad_accumulation"),
+        ("model: lightgcn\n  grad_accumulation: 1.5", "grad_accumulation"),
+        ("model: most_popular\n  weight_recency: 1", "weight_recency"),
+        ("model: most_popular\n  negatives_per_positive: 4", "negatives_per_positive"),
+        ("model: lightgcn\n  attention_entropy_weight: 0.1", "attention_entropy_weight"),
+        ("model: gat_basic\n  attention_entropy_weight: -0.1", "attention_entropy_weight"),
+        ("model: gat_basic\n  orthogonality_weight: -1", "orthogonality_weight"),
     ],
 )
 def test_load_registry_invalid_entry_names_file_config_and_field(tmp_path, settings, field):
@@ -120,6 +135,34 @@ def test_load_registry_invalid_entry_names_file_config_and_field(tmp_path, setti
     assert str(path) in message
     assert "'broken_cfg'" in message
     assert field in message
+
+
+def test_advanced_training_fields_defaults_and_values(tmp_path):
+    registry = load_registry(
+        _yaml(
+            tmp_path,
+            "plain:\n  model: lightgcn\n"
+            "weighted:\n  model: gat_enhanced\n  weight_completion: 1\n  weight_play_count: 0.5\n"
+            "  weight_recency: 2\n  half_life_days: 7\n  negatives_per_positive: 10\n  grad_accumulation: 3\n",
+        )
+    )
+    plain, weighted = registry["plain"], registry["weighted"]
+    assert (plain.weight_completion, plain.weight_play_count, plain.weight_recency) == (0.0, 0.0, 0.0)
+    assert (plain.negatives_per_positive, plain.grad_accumulation, plain.half_life_days) == (1, 1, 30.0)
+    assert not plain.weighted and weighted.weighted
+    assert (weighted.half_life_days, weighted.negatives_per_positive, weighted.grad_accumulation) == (7.0, 10, 3)
+
+
+def test_shipped_variant_registry_is_valid():
+    """configs/variants.yaml (benchmarks/bench_objectives.py) loads and only holds trainable variants."""
+    from spotify_engine_assets.lib.paths import configs_dir
+
+    variants = load_registry(configs_dir() / "variants.yaml")
+    assert len(variants) >= 4
+    assert all(config.trainable for config in variants.values())
+    assert any(config.weighted for config in variants.values())
+    assert any(config.negatives_per_positive > 1 for config in variants.values())
+    assert not set(variants) & set(default_registry())  # never shadows a partition
 
 
 def test_heads_need_not_divide_for_non_gat_models(tmp_path):

@@ -2,7 +2,10 @@
 (gated against most-popular and the current champion), and a comparison of every config."""
 
 
+import hashlib
 import io
+import json
+import shutil
 import time
 
 import dagster as dg
@@ -25,7 +28,7 @@ from ..lib.graph import LISTENS, from_payload, message_passing_graph
 from ..lib.metrics import ranking_metrics
 from ..lib.models import MostPopular, parameter_count
 from ..lib.plots import frame_markdown, metric_bars, training_curve
-from ..lib.training import build_model, embed, fit_most_popular, num_nodes_of, train
+from ..lib.training import build_model, embed, fit_most_popular, interaction_weights, num_nodes_of, train
 from ..lib.paths import source_version
 from .resources import DataLake, TorchRuntime
 
@@ -42,6 +45,17 @@ BEYOND_ACCURACY = ("coverage@10", "gini@10", "novelty@10", "ild_embedding@10", "
 
 class TrainRunConfig(dg.Config):
     max_epochs: int | None = Field(default=None, description="Cap on epochs for this run (None: the config's max_epochs).")
+    checkpoint_every: int = Field(default=1, description="Write a resumable checkpoint every this many epochs.")
+
+
+def checkpoint_dir_for(lake: DataLake, model_config: ModelConfig, data_fingerprint: str, max_epochs: int | None):
+    """The checkpoint folder of one training run: data lake, partition, and a hash of config, data,
+    epoch cap and training code, so a checkpoint of another config or data is never resumed."""
+    key = json.dumps(
+        {"config": model_config.model_dump(), "data": data_fingerprint, "max_epochs": max_epochs, "code": TRAINING_VERSION},
+        sort_keys=True,
+    )
+    return lake.path / "checkpoints" / "trained_model" / model_config.name / hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
 def _config_for(context: dg.AssetExecutionContext) -> ModelConfig:
@@ -67,14 +81,18 @@ def trained_model(
     context: dg.AssetExecutionContext,
     config: TrainRunConfig,
     torch_runtime: TorchRuntime,
+    lake: DataLake,
     listening_graph: dict,
     interaction_splits: dict,
 ) -> dg.Output[dict]:
     """A model trained with BPR on the training interactions of its config's split, early-stopped
-    on validation Recall@10 with ReduceLROnPlateau; best and final weights, config and history."""
+    on validation Recall@10 with ReduceLROnPlateau; best and final weights, config and history.
+    A run killed mid-way resumes from its last checkpoint when re-materialized."""
     model_config = _config_for(context)
     if config.max_epochs is not None and config.max_epochs < 1:
         raise dg.Failure(f"max_epochs must be >= 1, got {config.max_epochs}")
+    if config.checkpoint_every < 1:
+        raise dg.Failure(f"checkpoint_every must be >= 1, got {config.checkpoint_every}")
     torch_runtime.apply()
     data = from_payload(listening_graph)
     split = interaction_splits[model_config.split]
@@ -98,8 +116,26 @@ def trained_model(
         metadata.update(num_parameters=0, epochs_run=0)
         return dg.Output(artifact, metadata=metadata)
 
+    try:
+        weights = interaction_weights(model_config, data, split["train"])
+    except ValueError as error:
+        raise dg.Failure(str(error)) from error
+    checkpoints = checkpoint_dir_for(lake, model_config, provenance["data"]["combined"], config.max_epochs)
+    for stale in checkpoints.parent.glob("*") if checkpoints.parent.exists() else ():
+        if stale != checkpoints:
+            shutil.rmtree(stale, ignore_errors=True)  # another config/data: never resumable
     model = build_model(model_config, num_nodes_of(data))
-    result = train(model, view, pairs["valid"], model_config, max_epochs=config.max_epochs, log=context.log.info)
+    result = train(
+        model,
+        view,
+        pairs["valid"],
+        model_config,
+        max_epochs=config.max_epochs,
+        log=context.log.info,
+        weights=weights,
+        checkpoint_dir=checkpoints,
+        checkpoint_every=config.checkpoint_every,
+    )
     artifact.update(
         best_state=result.best_state,
         final_state=result.final_state,
@@ -115,9 +151,11 @@ def trained_model(
         best_epoch=result.best_epoch,
         best_valid_recall_at_10=result.best_valid_recall,
         train_seconds=round(result.seconds, 2),
+        resumed_from_epoch=result.resumed_from_epoch,
         torch_threads=torch.get_num_threads(),
         training_curve=dg.MetadataValue.md(training_curve(result.history, model_config.name)),
     )
+    shutil.rmtree(checkpoints, ignore_errors=True)  # finished: the next materialization trains afresh
     return dg.Output(artifact, metadata=metadata)
 
 

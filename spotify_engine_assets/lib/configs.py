@@ -46,6 +46,27 @@ class ModelConfig(BaseModel):
     lr_factor: float = Field(0.5, gt=0.0, lt=1.0, description="ReduceLROnPlateau factor.")
     lr_patience: int = Field(3, ge=0, description="ReduceLROnPlateau patience (epochs).")
     seed: int = Field(0, description="Seed for initialisation, shuffling and negatives.")
+    # advanced training (lib/training.py): weighted BPR, several negatives, gradient accumulation
+    weight_completion: float = Field(
+        0.0, ge=0.0, description="Weighted BPR: strength of the mean-completion term of each training interaction."
+    )
+    weight_play_count: float = Field(
+        0.0, ge=0.0, description="Weighted BPR: strength of the log-scaled play-count term (log1p / max log1p)."
+    )
+    weight_recency: float = Field(
+        0.0, ge=0.0, description="Weighted BPR: strength of the recency term 0.5 ** (age_days / half_life_days)."
+    )
+    half_life_days: float = Field(30.0, gt=0.0, description="Half-life of the recency weight, in days.")
+    negatives_per_positive: int = Field(1, ge=1, le=10, description="Negatives sampled per positive pair.")
+    grad_accumulation: int = Field(
+        1, ge=1, description="Micro-batches of batch_size positives per optimizer step (one forward pass per step)."
+    )
+    orthogonality_weight: float = Field(
+        0.0, ge=0.0, description="Regularizer: mean squared cosine between the batch's distinct user and song embeddings."
+    )
+    attention_entropy_weight: float = Field(
+        0.0, ge=0.0, description="Regularizer (GAT models): mean attention entropy at the batch's users and songs."
+    )
 
     @model_validator(mode="after")
     def _heads_divide_hidden(self) -> ModelConfig:
@@ -53,9 +74,39 @@ class ModelConfig(BaseModel):
             raise ValueError(f"embedding_dim {self.embedding_dim} must be divisible by heads {self.heads}")
         return self
 
+    @model_validator(mode="after")
+    def _training_options_need_a_trainable_model(self) -> ModelConfig:
+        if self.model == "most_popular":
+            changed = [
+                name
+                for name in (
+                    "weight_completion",
+                    "weight_play_count",
+                    "weight_recency",
+                    "negatives_per_positive",
+                    "grad_accumulation",
+                    "orthogonality_weight",
+                )
+                if getattr(self, name) != type(self).model_fields[name].default
+            ]
+            if changed:
+                raise ValueError(f"{', '.join(changed)} only apply to trainable models, not most_popular")
+        return self
+
+    @model_validator(mode="after")
+    def _attention_entropy_needs_attention(self) -> ModelConfig:
+        if self.attention_entropy_weight and not self.model.startswith("gat"):
+            raise ValueError(f"attention_entropy_weight needs an attention model (gat_basic, gat_enhanced), not {self.model}")
+        return self
+
     @property
     def trainable(self) -> bool:
         return self.model != "most_popular"
+
+    @property
+    def weighted(self) -> bool:
+        """Whether the BPR loss is weighted per interaction."""
+        return bool(self.weight_completion or self.weight_play_count or self.weight_recency)
 
 
 def _read_yaml(path: Path) -> dict:

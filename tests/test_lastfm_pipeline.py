@@ -2,13 +2,11 @@
 fixed split (blocking leakage check) -> most-popular and a 1-epoch LightGCN -> reports ->
 comparison. The most-popular report must reproduce the data README's reference figures."""
 
-import os
 
 import dagster as dg
 import pytest
 
 from spotify_engine_assets.lib import lastfm
-from spotify_engine_assets.lib.paths import DATA_LAKE_ENV
 from spotify_engine_assets.runner import run_config
 
 pytestmark = pytest.mark.skipif(
@@ -21,31 +19,14 @@ MODELS = dg.AssetSelection.assets("lastfm_trained_model", "lastfm_metric_report"
 
 
 @pytest.fixture(scope="module")
-def chain(tmp_path_factory):
-    from spotify_engine_assets.definitions import defs
-
-    lake = tmp_path_factory.mktemp("lake")
-    previous = os.environ.get(DATA_LAKE_ENV)
-    os.environ[DATA_LAKE_ENV] = str(lake)
-    instance = dg.DagsterInstance.ephemeral()
-    assets = [*defs.assets, *defs.asset_checks]
-
-    def run(selection, config=None, partition=None):
-        return dg.materialize(
-            assets, selection=selection, run_config=config or run_config(), instance=instance,
-            resources=defs.resources, partition_key=partition, raise_on_error=False,
-        )
-
+def chain(lake_runner):
+    lake, run = lake_runner
     results = {"data": run(DATA)}
     results["most_popular"] = run(MODELS, partition="most_popular")
     capped = {**run_config(), "ops": {"lastfm_trained_model": {"config": {"max_epochs": 1}}}}
     results["lightgcn"] = run(MODELS, capped, partition="lightgcn")
     results["comparison"] = run(dg.AssetSelection.assets("lastfm_model_comparison"))
     yield lake, results
-    if previous is None:
-        os.environ.pop(DATA_LAKE_ENV, None)
-    else:
-        os.environ[DATA_LAKE_ENV] = previous
 
 
 def _metadata(result, key):

@@ -2,7 +2,6 @@
 synthetic world) through every model config, then bad input that must fail clearly or be a
 recorded skip while earlier materializations stay intact."""
 
-import os
 from pathlib import Path
 
 import dagster as dg
@@ -11,7 +10,6 @@ import polars as pl
 import pytest
 
 from spotify_engine_assets.lib.artifacts import ArtifactStore, load_torch
-from spotify_engine_assets.lib.paths import DATA_LAKE_ENV
 from spotify_engine_assets.lib.playlist_models import default_playlist_registry
 from spotify_engine_assets.runner import run_config
 
@@ -22,21 +20,8 @@ MODELS = dg.AssetSelection.assets("playlist_model", "playlist_report")
 
 
 @pytest.fixture(scope="module")
-def chain(tmp_path_factory):
-    from spotify_engine_assets.definitions import defs
-
-    lake = tmp_path_factory.mktemp("lake")
-    previous = os.environ.get(DATA_LAKE_ENV)
-    os.environ[DATA_LAKE_ENV] = str(lake)
-    instance = dg.DagsterInstance.ephemeral()
-    assets = [*defs.assets, *defs.asset_checks]
-
-    def run(selection, config=None, partition=None):
-        return dg.materialize(
-            assets, selection=selection, run_config=config or run_config(), instance=instance,
-            resources=defs.resources, partition_key=partition, raise_on_error=False,
-        )
-
+def chain(lake_runner):
+    lake, run = lake_runner
     data = run(dg.AssetSelection.groups("ingestion") | BASE, run_config("tiny_data.yaml"))
     models = {}
     for name in sorted(default_playlist_registry().configs):
@@ -44,10 +29,6 @@ def chain(tmp_path_factory):
         models[name] = run(MODELS, config, partition=name)
     comparison = run(dg.AssetSelection.assets("playlist_comparison"))
     yield lake, run, {"data": data, **models, "comparison": comparison}
-    if previous is None:
-        os.environ.pop(DATA_LAKE_ENV, None)
-    else:
-        os.environ[DATA_LAKE_ENV] = previous
 
 
 def _failure(result) -> str:

@@ -217,3 +217,104 @@ def test_two_workers_share_one_study_without_duplicates(tmp_path):
     assert len(trials) == 4 and all(t.state.is_finished() for t in trials)
     assert sorted(t.number for t in trials) == list(range(4))
     assert len({tuple(sorted(t.params.items())) for t in trials}) == 4
+
+
+# --- multi-objective (NSGA-II) ---------------------------------------------------------------
+
+
+def _dominates(a: tuple[float, ...], b: tuple[float, ...], directions: tuple[str, ...]) -> bool:
+    """``a`` is at least as good as ``b`` in every objective and better in one."""
+    signed = [(x, y) if d == "maximize" else (-x, -y) for x, y, d in zip(a, b, directions)]
+    return all(x >= y for x, y in signed) and any(x > y for x, y in signed)
+
+
+def test_dominates_helper():
+    directions = hpo.MULTI_DIRECTIONS  # max, min, max
+    assert _dominates((0.5, 1.0, 0.2), (0.4, 2.0, 0.2), directions)
+    assert not _dominates((0.5, 1.0, 0.2), (0.5, 1.0, 0.2), directions)
+    assert not _dominates((0.5, 3.0, 0.2), (0.4, 2.0, 0.2), directions)
+
+
+def test_multi_objective_study_yields_a_pareto_front(tmp_path):
+    spaces = toy_spaces(tmp_path)
+    data = toy_data()
+    url = f"sqlite:///{tmp_path / 'mo.db'}"
+    lines: list[str] = []
+    study = hpo.open_study("lightgcn", url, seed=1, multi_objective=True)
+    assert study.study_name == "spotify-engine/lightgcn/pareto"
+    assert [d.name.lower() for d in study.directions] == list(hpo.MULTI_DIRECTIONS)
+    assert isinstance(study.sampler, optuna.samplers.NSGAIISampler)
+    hpo.run_study(study, spaces["lightgcn"], data, n_trials=4, max_epochs=2, log=lines.append)
+
+    finished = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    assert len(finished) == 4
+    for trial in finished:
+        ndcg, seconds, coverage = trial.values
+        assert 0.0 < ndcg <= 1.0 and 0.0 < coverage <= 1.0 and seconds > 0.0
+        assert seconds == trial.user_attrs["train_seconds"]
+        assert trial.intermediate_values == {}  # nothing reported: no pruning in this mode
+    front = study.best_trials
+    assert front
+    front_numbers = {t.number for t in front}
+    for a in front:
+        for b in front:
+            assert not _dominates(tuple(a.values), tuple(b.values), hpo.MULTI_DIRECTIONS), (a.number, b.number)
+    for trial in finished:
+        if trial.number not in front_numbers:
+            assert any(_dominates(tuple(f.values), tuple(trial.values), hpo.MULTI_DIRECTIONS) for f in front), trial.number
+
+    table = hpo.pareto_table(study)
+    assert sorted(row["number"] for row in table) == sorted(front_numbers)
+    assert set(table[0]) == {"number", *hpo.MULTI_OBJECTIVES, "param_lr", "param_embedding_dim", "param_l2"}
+    by_number = {t.number: t for t in front}
+    for row in table:
+        assert [row[name] for name in hpo.MULTI_OBJECTIVES] == by_number[row["number"]].values
+        assert row["param_lr"] == by_number[row["number"]].params["lr"]
+    assert sum(line.startswith("trial ") and "valid_ndcg@10" in line for line in lines) == 4
+    rows = hpo.trials_table(study)
+    assert len(rows) == 4 and all(row["valid_ndcg@10"] is not None for row in rows)
+
+    # a single-objective study in the same storage is a separate entry
+    single = hpo.open_study("lightgcn", url)
+    assert single.study_name != study.study_name and len(single.trials) == 0
+    assert len(optuna.get_all_study_names(hpo.open_storage(url))) == 2
+    with pytest.raises(hpo.HpoError, match="single-objective"):
+        hpo.pareto_table(single)
+
+
+def test_validation_scores_match_ranking_metrics_on_the_validation_split(tmp_path):
+    """The multi-objective values are computed on validation pairs with training pairs masked."""
+    from spotify_engine_assets.lib.metrics import ranking_metrics
+    from spotify_engine_assets.lib.training import build_model, embed
+
+    spaces = toy_spaces(tmp_path)
+    data = toy_data()
+    model = build_model(spaces["lightgcn"].base, data.num_nodes)
+    scores = hpo.validation_scores(model, data)
+    user, song = embed(model, data.view)
+    expected = ranking_metrics(user, song, data.valid_pairs, data.view[LISTENS].edge_index, ks=(10,))
+    assert scores == {"valid_ndcg@10": expected["ndcg@10"], "valid_coverage@10": expected["coverage@10"]}
+    unmasked = ranking_metrics(user, song, data.valid_pairs, torch.empty((2, 0), dtype=torch.long), ks=(10,))
+    assert unmasked["ndcg@10"] != scores["valid_ndcg@10"]  # masking the training pairs matters
+
+
+def test_study_name_with_other_directions_is_refused(tmp_path):
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    hpo.open_study("lightgcn", url, study_name="shared")
+    with pytest.raises(hpo.HpoError, match="directions"):
+        hpo.open_study("lightgcn", url, study_name="shared", multi_objective=True)
+    hpo.open_study("lightgcn", url, study_name="other", multi_objective=True)
+    with pytest.raises(hpo.HpoError, match="multi-objective"):
+        hpo.open_study("lightgcn", url, study_name="other")
+
+
+def test_pareto_front_plot_is_a_png_and_checks_lengths():
+    import base64
+
+    from spotify_engine_assets.lib.plots import pareto_front
+
+    markdown = pareto_front([1.0, 2.0, 3.0], [0.1, 0.3, 0.2], [0.5, 0.6, 0.7], [True, True, False], "t", "s", "ndcg", "cov")
+    assert markdown.startswith("![t](data:image/png;base64,")
+    assert base64.b64decode(markdown.split(",", 1)[1].rstrip(")")).startswith(b"\x89PNG")
+    with pytest.raises(ValueError, match="lengths differ"):
+        pareto_front([1.0], [0.1, 0.2], [0.5], [True], "t", "s", "ndcg", "cov")

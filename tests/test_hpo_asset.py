@@ -97,3 +97,32 @@ def test_hpo_study_bad_run_config_fails_before_any_trial(tmp_path, run_config, m
     assert message in str(failure.event_specific_data.error)
     assert ":pw@" not in str(failure.event_specific_data.error)
     assert not any(m.user_message.startswith("trial ") for m in instance.all_logs(result.run_id))
+
+
+def test_hpo_study_asset_multi_objective_records_the_pareto_front(tmp_path):
+    instance = dg.DagsterInstance.ephemeral()
+    result = _materialize(tmp_path, instance, n_trials=3, multi_objective=True)
+    assert result.success
+    output = result.output_for_node("hpo_study")
+    assert output["study_name"] == "spotify-engine/lightgcn/pareto" and output["multi_objective"]
+    assert output["objectives"] == {"valid_ndcg@10": "maximize", "train_seconds": "minimize", "valid_coverage@10": "maximize"}
+    front = output["pareto_front"]
+    assert front and len(output["trials"]) == 3
+    completed = [t for t in output["trials"] if t["state"] == "COMPLETE"]
+    assert {row["number"] for row in front} <= {t["number"] for t in completed}
+    metadata = result.asset_materializations_for_node("hpo_study")[0].metadata
+    assert metadata["pareto_size"].value == len(front)
+    table = metadata["pareto_front"].value
+    assert table.splitlines()[0].startswith("| number | valid_ndcg@10 | train_seconds | valid_coverage@10 | param_")
+    assert len(table.splitlines()) == 2 + len(front)
+    assert "data:image/png;base64" in metadata["pareto_plot"].value
+    assert "best_value" not in metadata and "optimization_history" not in metadata
+    assert not (tmp_path / "lake" / "optuna" / "lightgcn_tuned.yaml").exists()
+    logs = [entry.user_message for entry in instance.all_logs(result.run_id)]
+    assert sum(message.startswith("trial ") and "Pareto front" in message for message in logs) == 3
+
+    # the single-objective study in the same storage is untouched by the multi-objective run
+    single = _materialize(tmp_path, instance, n_trials=1)
+    assert single.success
+    assert single.output_for_node("hpo_study")["study_name"] == "spotify-engine/lightgcn"
+    assert len(single.output_for_node("hpo_study")["trials"]) == 1

@@ -6,6 +6,10 @@ an Optuna storage (default ``sqlite:///<data lake>/optuna/studies.db``; any data
 ``journal:///file``), so a killed run resumes with its finished trials and several workers can
 share one study. The best parameters are written as a one-entry registry file
 ``<data lake>/optuna/<family>_tuned.yaml`` (the ``models.yaml`` schema) to promote by hand.
+
+With ``multi_objective: true`` the run is an NSGA-II study (study ``spotify-engine/<family>/pareto``)
+of validation NDCG@10 (max), training seconds (min) and validation coverage@10 (max), without
+pruning; the output is the Pareto front (table and plot), and no tuned registry file is written.
 """
 
 import dagster as dg
@@ -20,7 +24,7 @@ from ..lib import training as training_lib
 from ..lib.configs import ConfigError
 from ..lib.graph import LISTENS, from_payload, message_passing_graph
 from ..lib.paths import configs_dir, source_version
-from ..lib.plots import count_bars, figure_markdown, frame_markdown
+from ..lib.plots import count_bars, figure_markdown, frame_markdown, pareto_front
 from .resources import DataLake, TorchRuntime
 
 
@@ -52,6 +56,11 @@ class HpoRunConfig(dg.Config):
     study_name: str | None = Field(default=None, description="Default spotify-engine/<family>.")
     pruner_startup_trials: int = Field(default=3, ge=0, description="MedianPruner: completed trials before pruning.")
     pruner_warmup_epochs: int = Field(default=2, ge=0, description="MedianPruner: epochs before a trial can be pruned.")
+    multi_objective: bool = Field(
+        default=False,
+        description="NSGA-II over validation NDCG@10 (max), training seconds (min) and validation coverage@10 (max), "
+        "no pruning; outputs the Pareto front. Default study name spotify-engine/<family>/pareto.",
+    )
 
 
 def history_plot(study: optuna.Study, title: str) -> str:
@@ -68,6 +77,60 @@ def history_plot(study: optuna.Study, title: str) -> str:
     axis.set_title(title)
     axis.legend(fontsize=7)
     return figure_markdown(fig, title)
+
+
+def pareto_plot(study: optuna.Study, title: str) -> str:
+    """NDCG@10 against training seconds of every completed trial, colored by coverage@10, the
+    Pareto front highlighted."""
+    completed = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    front = {trial.number for trial in study.best_trials}
+    ndcg, seconds, coverage = hpo_lib.MULTI_OBJECTIVES
+    return pareto_front(
+        x=[t.values[1] for t in completed],
+        y=[t.values[0] for t in completed],
+        color=[t.values[2] for t in completed],
+        on_front=[t.number in front for t in completed],
+        title=title,
+        xlabel=f"{seconds} (minimize)",
+        ylabel=f"{ndcg} (maximize)",
+        color_label=f"{coverage} (maximize)",
+    )
+
+
+def _pareto_output(context, family: str, study: optuna.Study, space, url: str, before: int) -> dg.Output[dict]:
+    trials = hpo_lib.trials_table(study)
+    states = pl.DataFrame(trials)["state"].value_counts().to_dicts() if trials else []
+    counts = {row["state"]: int(row["count"]) for row in states}
+    front = hpo_lib.pareto_table(study)
+    if not front:
+        raise dg.Failure(f"hpo_study[{family}]: no trial completed yet ({counts}); run more trials")
+    context.log.info(f"Pareto front: {len(front)} trial(s) {[row['number'] for row in front]} of {len(trials)}")
+    output = {
+        "family": family,
+        "study_name": study.study_name,
+        "storage": hpo_lib.redact(url),
+        "multi_objective": True,
+        "objectives": dict(zip(hpo_lib.MULTI_OBJECTIVES, hpo_lib.MULTI_DIRECTIONS)),
+        "pareto_front": front,
+        "base_config": space.base.model_dump(),
+        "trials": trials,
+        "trial_counts": counts,
+        "trials_this_run": len(trials) - before,
+    }
+    metadata = {
+        "storage": hpo_lib.redact(url),
+        "study_name": study.study_name,
+        "objectives": dg.MetadataValue.json(output["objectives"]),
+        "pareto_size": len(front),
+        "pareto_trials": dg.MetadataValue.json([row["number"] for row in front]),
+        "trials_total": len(trials),
+        "trials_this_run": len(trials) - before,
+        "trial_counts": dg.MetadataValue.json(counts),
+        "pareto_front": dg.MetadataValue.md(frame_markdown(pl.DataFrame(front), max_rows=50)),
+        "pareto_plot": dg.MetadataValue.md(pareto_plot(study, f"{family}: Pareto front (validation)")),
+        "trials": dg.MetadataValue.md(frame_markdown(pl.DataFrame(trials), max_rows=50)),
+    }
+    return dg.Output(output, metadata=metadata)
 
 
 @dg.asset(
@@ -87,7 +150,9 @@ def hpo_study(
 ) -> dg.Output[dict]:
     """An Optuna study of one model family (seeded TPE, median pruning on per-epoch validation
     Recall@10), run or resumed in a shared storage; best parameters and config, every trial,
-    optimization history and parameter importances. Tuned on validation only."""
+    optimization history and parameter importances. Tuned on validation only. With
+    ``multi_objective``: NSGA-II over validation NDCG@10, training seconds and validation
+    coverage@10 (no pruning); the Pareto front as a table and a plot."""
     family = context.partition_key
     try:
         space = hpo_lib.get_space(family)
@@ -103,6 +168,7 @@ def hpo_study(
         study = hpo_lib.open_study(
             family, url, seed=config.seed, worker=config.worker, study_name=config.study_name,
             pruner_startup_trials=config.pruner_startup_trials, pruner_warmup_epochs=config.pruner_warmup_epochs,
+            multi_objective=config.multi_objective,
         )
     except (ConfigError, hpo_lib.HpoError) as error:
         raise dg.Failure(f"hpo_study[{family}]: {error}") from error
@@ -119,6 +185,8 @@ def hpo_study(
         f"<= {config.max_epochs or 'config'} epochs each; search space {sorted(space.params)} on base config {space.base.name!r}"
     )
     hpo_lib.run_study(study, space, study_data, config.n_trials, config.timeout_s, config.max_epochs, log=context.log.info)
+    if config.multi_objective:
+        return _pareto_output(context, family, study, space, url, before)
 
     trials = hpo_lib.trials_table(study)
     states = pl.DataFrame(trials)["state"].value_counts().to_dicts() if trials else []

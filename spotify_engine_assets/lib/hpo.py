@@ -15,6 +15,12 @@ study resume: a killed study keeps its finished trials, and the next run adds to
 Each trial trains the base config updated with the sampled values through the library harness,
 reports validation Recall@10 after every epoch (the pruner may stop it) and returns the best
 validation Recall@10. Test data never enters a study.
+
+Multi-objective mode (``multi_objective=True``): a seeded NSGA-II sampler over three objectives,
+all on the validation split: NDCG@10 (maximize), training seconds (minimize) and catalog
+coverage@10 (maximize). Optuna does not prune multi-objective studies, so no intermediate values
+are reported; the outcome is the Pareto front (``study.best_trials``, see ``pareto_table``). Its
+default study name (``spotify-engine/<family>/pareto``) differs from the single-objective one.
 """
 
 from __future__ import annotations
@@ -36,11 +42,16 @@ from torch import Tensor
 from torch_geometric.data import HeteroData
 
 from .configs import ConfigError, ModelConfig, default_registry
+from .graph import LISTENS
+from .metrics import ranking_metrics
 from .paths import configs_dir, data_lake_root
-from .training import build_model, train
+from .training import build_model, embed, train
 
 Logger = Callable[[str], None]
 OBJECTIVE = "valid_recall@10"
+# multi-objective mode: names and directions of the three objectives (all on validation)
+MULTI_OBJECTIVES = ("valid_ndcg@10", "train_seconds", "valid_coverage@10")
+MULTI_DIRECTIONS = ("maximize", "minimize", "maximize")
 # fields a study may sample; identity fields and the seed are never tuned
 NOT_SEARCHABLE = frozenset({"name", "model", "description", "split", "seed"})
 
@@ -280,11 +291,38 @@ class StudyData:
         return {t: int(self.view[t].num_nodes) for t in self.view.node_types}
 
 
-def make_objective(space: SearchSpace, data: StudyData, max_epochs: int | None = None, log: Logger | None = None):
-    """The objective: train the sampled config, report validation Recall@10 per epoch, prune."""
+def is_multi_objective(study: optuna.Study) -> bool:
+    return len(study.directions) > 1
+
+
+def validation_scores(model, data: StudyData) -> dict[str, float]:
+    """NDCG@10 and coverage@10 of ``model`` on the validation pairs (training pairs masked)."""
+    user_emb, song_emb = embed(model, data.view)
+    values = ranking_metrics(user_emb, song_emb, data.valid_pairs, data.view[LISTENS].edge_index, ks=(10,))
+    return {"valid_ndcg@10": float(values["ndcg@10"]), "valid_coverage@10": float(values["coverage@10"])}
+
+
+def make_objective(
+    space: SearchSpace,
+    data: StudyData,
+    max_epochs: int | None = None,
+    log: Logger | None = None,
+    multi_objective: bool = False,
+):
+    """The objective: train the sampled config, report validation Recall@10 per epoch, prune.
+    With ``multi_objective``: no reports (no pruning); returns the ``MULTI_OBJECTIVES`` values."""
     log = log or (lambda message: None)
 
-    def objective(trial: optuna.Trial) -> float:
+    def multi(trial: optuna.Trial, model, config: ModelConfig, epochs: int | None) -> tuple[float, float, float]:
+        result = train(model, data.view, data.valid_pairs, config, max_epochs=epochs)
+        scores = validation_scores(model, data)  # train() leaves the best epoch's weights loaded
+        trial.set_user_attr("train_seconds", result.seconds)
+        trial.set_user_attr("epochs_run", result.epochs_run)
+        trial.set_user_attr("best_epoch", result.best_epoch)
+        trial.set_user_attr("valid_recall@10", float(result.best_valid_recall))
+        return scores["valid_ndcg@10"], float(result.seconds), scores["valid_coverage@10"]
+
+    def objective(trial: optuna.Trial) -> float | tuple[float, float, float]:
         params = space.suggest(trial)
         try:
             config = space.config_for(params, f"{space.family}_trial{trial.number}")
@@ -294,6 +332,8 @@ def make_objective(space: SearchSpace, data: StudyData, max_epochs: int | None =
             raise optuna.TrialPruned(f"invalid combination {params}: {message}") from None
         epochs = min(max_epochs, config.max_epochs) if max_epochs else None
         model = build_model(config, data.num_nodes)
+        if multi_objective:
+            return multi(trial, model, config, epochs)
         started = time.perf_counter()
 
         def on_epoch(row: dict) -> None:
@@ -327,15 +367,38 @@ def open_study(
     study_name: str | None = None,
     pruner_startup_trials: int = 3,
     pruner_warmup_epochs: int = 2,
+    multi_objective: bool = False,
 ) -> optuna.Study:
-    """Create or resume the study of ``family`` (maximizing validation Recall@10)."""
+    """Create or resume the study of ``family`` (maximizing validation Recall@10), or with
+    ``multi_objective`` an NSGA-II study of ``MULTI_OBJECTIVES`` (default name
+    ``spotify-engine/<family>/pareto``, never shared with the single-objective study)."""
     storage = open_storage(storage) if storage is None or isinstance(storage, str) else storage
-    name = study_name or f"spotify-engine/{family}"
+    name = study_name or (f"spotify-engine/{family}/pareto" if multi_objective else f"spotify-engine/{family}")
+    wanted = list(MULTI_DIRECTIONS) if multi_objective else ["maximize"]
     existing = 0
     try:
-        existing = len(optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False))
+        found = optuna.load_study(study_name=name, storage=storage)
+        existing = len(found.get_trials(deepcopy=False))
+        have = [d.name.lower() for d in found.directions]
+        if have != wanted:
+            raise HpoError(
+                f"study {name!r} exists with directions {have}, not {wanted}: "
+                f"{'a single' if len(have) == 1 else 'a multi'}-objective study; use another study name"
+            )
     except KeyError:
         pass
+    if multi_objective:
+        study = optuna.create_study(
+            storage=storage,
+            sampler=optuna.samplers.NSGAIISampler(seed=sampler_seed(seed, worker, existing)),
+            pruner=optuna.pruners.NopPruner(),
+            study_name=name,
+            directions=wanted,
+            load_if_exists=True,
+        )
+        study.set_user_attr("family", family)
+        study.set_user_attr("objective", list(MULTI_OBJECTIVES))
+        return study
     sampler = optuna.samplers.TPESampler(seed=sampler_seed(seed, worker, existing), n_startup_trials=5)
     pruner = optuna.pruners.MedianPruner(n_startup_trials=pruner_startup_trials, n_warmup_steps=pruner_warmup_epochs)
     study = optuna.create_study(
@@ -364,6 +427,20 @@ def run_study(
     if n_trials is None and timeout_s is None:
         raise HpoError("give n_trials or timeout_s (or both): a study needs a stopping rule")
 
+    multi_objective = is_multi_objective(study)
+
+    def report_multi(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        values = (
+            ", ".join(f"{name} {value:.4f}" for name, value in zip(MULTI_OBJECTIVES, trial.values))
+            if trial.values is not None
+            else "-"
+        )
+        front = len(study.best_trials)
+        log(
+            f"trial {trial.number} {trial.state.name.lower()}: {values} after {trial.user_attrs.get('epochs_run', '-')} "
+            f"epochs; params {trial.params}; Pareto front {front} trial{'s' if front != 1 else ''}"
+        )
+
     def report(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         value = "-" if trial.value is None else f"{trial.value:.4f}"
         try:
@@ -381,10 +458,10 @@ def run_study(
     optuna.logging.set_verbosity(logging.WARNING)
     try:
         study.optimize(
-            make_objective(space, data, max_epochs, log),
+            make_objective(space, data, max_epochs, log, multi_objective=multi_objective),
             n_trials=n_trials,
             timeout=timeout_s,
-            callbacks=[report],
+            callbacks=[report_multi if multi_objective else report],
             catch=(),
         )
     finally:
@@ -397,8 +474,22 @@ def run_study(
 
 def trials_table(study: optuna.Study) -> list[dict]:
     rows = []
+    multi_objective = is_multi_objective(study)
     for trial in study.get_trials(deepcopy=False):
         duration = (trial.datetime_complete - trial.datetime_start).total_seconds() if trial.datetime_complete and trial.datetime_start else None
+        if multi_objective:
+            values = trial.values or [None] * len(MULTI_OBJECTIVES)
+            rows.append(
+                {
+                    "number": trial.number,
+                    "state": trial.state.name,
+                    **dict(zip(MULTI_OBJECTIVES, values)),
+                    "epochs_run": trial.user_attrs.get("epochs_run"),
+                    "seconds": duration,
+                    **{f"param_{k}": v for k, v in trial.params.items()},
+                }
+            )
+            continue
         rows.append(
             {
                 "number": trial.number,
@@ -457,3 +548,19 @@ def history_points(study: optuna.Study) -> tuple[list[int], list[float], list[fl
         values.append(float(trial.value))
         best.append(max(values))
     return numbers, values, best
+
+
+def pareto_table(study: optuna.Study) -> list[dict]:
+    """The Pareto front of a multi-objective study (``study.best_trials``): one row per trial with
+    its parameters and the three objective values, by descending validation NDCG@10."""
+    if not is_multi_objective(study):
+        raise HpoError(f"study {study.study_name!r} is single-objective: it has no Pareto front")
+    rows = [
+        {
+            "number": trial.number,
+            **{name: float(value) for name, value in zip(MULTI_OBJECTIVES, trial.values)},
+            **{f"param_{k}": v for k, v in trial.params.items()},
+        }
+        for trial in study.best_trials
+    ]
+    return sorted(rows, key=lambda row: (-row[MULTI_OBJECTIVES[0]], row["number"]))

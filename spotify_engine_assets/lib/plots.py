@@ -159,3 +159,32 @@ def difference_distributions(differences: dict[str, "list[float]"], title: str, 
     fig.suptitle(title)
     fig.tight_layout()
     return figure_markdown(fig, title)
+
+
+def pareto_front(
+    x: "list[float]",
+    y: "list[float]",
+    color: "list[float]",
+    on_front: "list[bool]",
+    title: str,
+    xlabel: str,
+    ylabel: str,
+    color_label: str,
+) -> str:
+    """Trade-off of a multi-objective study: one point per trial (``x`` against ``y``, colored by
+    ``color``), the Pareto-front points ringed in red and joined in ``x`` order."""
+    if not (len(x) == len(y) == len(color) == len(on_front)):
+        raise ValueError(f"pareto_front: lengths differ: x {len(x)}, y {len(y)}, color {len(color)}, on_front {len(on_front)}")
+    fig, axis = plt.subplots(figsize=(6, 3.6))
+    points = axis.scatter(x, y, c=color, cmap="viridis", s=28, zorder=2)
+    fig.colorbar(points, ax=axis, label=color_label)
+    front = sorted((xi, yi) for xi, yi, keep in zip(x, y, on_front) if keep)
+    if front:
+        axis.scatter([p[0] for p in front], [p[1] for p in front], s=90, facecolors="none", edgecolors="tab:red",
+                     linewidths=1.4, label="Pareto front", zorder=3)
+        axis.plot([p[0] for p in front], [p[1] for p in front], color="tab:red", lw=0.8, ls="--", zorder=1)
+        axis.legend(fontsize=7)
+    axis.set_xlabel(xlabel)
+    axis.set_ylabel(ylabel)
+    axis.set_title(title)
+    return figure_markdown(fig, title)

@@ -272,3 +272,16 @@ def test_sensor_interval_is_30s_unless_overridden(monkeypatch):
     monkeypatch.setenv(INTERVAL_ENV, "soon")
     with pytest.raises(ValueError, match=INTERVAL_ENV):
         sensor_interval()
+
+
+def test_symbolic_links_are_refused_and_named(landing):
+    """A link in landing/ could point anywhere on the machine: never taken, named in the skip."""
+    root, folder, instance = landing
+    outside = root / "outside.csv"
+    outside.write_text(kaggle_csv(playlists_rows(seed=3)))
+    (folder / "linked.csv").symlink_to(outside)
+    (folder / "linked.csv.done").touch()
+    result = tick(root, instance)
+    assert not result.run_requests
+    assert "refused linked.csv: a symbolic link" in result.skip_reason.skip_message
+    assert outside.exists() and (folder / "linked.csv").is_symlink()  # nothing moved or deleted

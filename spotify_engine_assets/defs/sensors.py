@@ -80,12 +80,24 @@ def batch_id(path: Path, sha256: str) -> str:
 
 
 def _candidates(landing: Path) -> list[Path]:
+    """Regular files directly inside ``landing`` (no hidden files, no ``.done`` markers).
+
+    Symbolic links are never candidates, even to a file: a link could point anywhere on the
+    machine, and landing files must be confined to the landing folder (see :func:`_symlinks`).
+    """
     if not landing.is_dir():
         return []
     return sorted(
         p for p in landing.iterdir()
-        if p.is_file() and not p.name.startswith(".") and not p.name.endswith(DONE_SUFFIX)
+        if not p.is_symlink() and p.is_file() and not p.name.startswith(".") and not p.name.endswith(DONE_SUFFIX)
     )
+
+
+def _symlinks(landing: Path) -> list[Path]:
+    """Symbolic links in ``landing``: refused, and named in the skip reason."""
+    if not landing.is_dir():
+        return []
+    return sorted(p for p in landing.iterdir() if p.is_symlink() and not p.name.startswith("."))
 
 
 def _signature(path: Path) -> list[int]:
@@ -149,6 +161,9 @@ def landing_sensor(context: dg.SensorEvaluationContext, lake: DataLake):
                 if entry[2] == batch:  # the file stays where it is, for a re-execution of the run
                     skipped[path] = [entry[0], entry[1], f"data run of batch {batch} failed; file kept for a re-execution"]
                     del taken[path]
+
+    for link in _symlinks(landing):
+        notes.append(f"refused {link.name}: a symbolic link (landing files must be regular files inside {landing})")
 
     # phase 1: complete new files
     current: dict[str, list[int]] = {}

@@ -9,6 +9,7 @@ from the synthetic world. Landed batches (see :mod:`.sensors`) are a dynamic par
 """
 
 
+import contextlib
 import hashlib
 import os
 from pathlib import Path
@@ -55,6 +56,22 @@ def resolve_sources(lake: DataLake) -> dict[str, Path | None]:
         "playlists": folder / "spotify_dataset.csv",
         **{name: (path if path.exists() else None) for name, path in optional.items()},
     }
+
+
+@contextlib.contextmanager
+def _ingest_transaction(con):
+    """One warehouse transaction for an ingestion: committed when the block ends, rolled back on
+    any error (nothing half-loaded), a malformed file reported as a Failure naming it."""
+    con.execute("BEGIN TRANSACTION")
+    try:
+        yield
+    except KaggleFormatError as error:
+        con.execute("ROLLBACK")
+        raise _ingest_failure(error) from error
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    con.execute("COMMIT")
 
 
 def _ingest_failure(error: Exception) -> dg.Failure:
@@ -173,21 +190,13 @@ def kaggle_ingest(context: dg.AssetExecutionContext, config: KaggleIngestConfig,
     with warehouse.connect() as con:
         con.execute("SET preserve_insertion_order = true")
         kaggle_lib.limit_memory(con, config.memory_limit, lake.path / "duckdb_tmp")
-        con.execute("BEGIN TRANSACTION")
-        try:
+        with _ingest_transaction(con):
             stats = kaggle_lib.ingest_playlist_csv(con, sources["playlists"], "base", "kaggle_raw.entries", "kaggle_raw.rejects")
             kaggle_lib.create_tables(con, "kaggle_raw.landed_entries", "kaggle_raw.landed_rejects")
             kaggle_lib.create_empty_enrichments(con, "kaggle_raw.artist_genres", "kaggle_raw.track_features")
             genre_rows = kaggle_lib.load_artist_genres(con, sources["data_w_genres"]) if sources["data_w_genres"] else 0
             feature_rows = kaggle_lib.load_track_features(con, sources["tracks_features"]) if sources["tracks_features"] else 0
             sample = _sample_rejects(con, '"kaggle_raw"."rejects"', "base")
-            con.execute("COMMIT")
-        except KaggleFormatError as error:
-            con.execute("ROLLBACK")
-            raise _ingest_failure(error) from error
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
     if stats.data_lines == 0:
         raise dg.Failure(f"{stats.source_file}: header only, no data rows")
     context.log.info(f"ingested {stats.accepted} rows, rejected {stats.rejected} ({stats.reasons})")
@@ -255,20 +264,12 @@ def landed_batch(context: dg.AssetExecutionContext, config: LandedBatchConfig, l
         raise dg.Failure(f"landed_batch: unknown kind {config.kind!r} (expected 'kaggle' or 'sessions')")
     with warehouse.connect() as con:
         kaggle_lib.limit_memory(con, config.memory_limit, lake.path / "duckdb_tmp")
-        con.execute("BEGIN TRANSACTION")
-        try:
+        with _ingest_transaction(con):
             if config.kind == "kaggle":
                 stats = kaggle_lib.ingest_playlist_csv(con, source, batch, "kaggle_raw.landed_entries", "kaggle_raw.landed_rejects")
             else:
                 stats = _ingest_sessions(con, source, batch, lake)
             sample = _sample_rejects(con, '"kaggle_raw"."landed_rejects"', batch)
-            con.execute("COMMIT")
-        except KaggleFormatError as error:
-            con.execute("ROLLBACK")
-            raise _ingest_failure(error) from error
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
     if source != archived:
         archived.parent.mkdir(parents=True, exist_ok=True)
         os.replace(source, archived)

@@ -35,7 +35,7 @@ import torch
 from torch import Tensor
 from torch_geometric.data import HeteroData
 
-from .metrics import catalog_coverage, metric_collection
+from .metrics import catalog_coverage, metric_collection, topk_scored
 from .paths import REPO_ROOT
 
 DATA_DIR_ENV = "SPOTIFY_ENGINE_LASTFM_DIR"
@@ -306,28 +306,9 @@ ScoreFn = Callable[[Tensor], Tensor]
 def topk_from_scores(
     score_fn: ScoreFn, users: Tensor, known: Tensor, num_items: int, k: int, chunk_size: int = 512
 ) -> Tensor:
-    """Top-``k`` items per user from a dense score function, never a ``known`` (user, item) pair.
-
-    ``score_fn(users)`` returns ``[len(users), num_items]`` scores. Ties are broken toward the
-    lower item index (scores are ranked by a stable descending sort).
-    """
-    row_of_user = torch.full((int(max(users.max(), known[0].max())) + 1,), -1, dtype=torch.long)
-    row_of_user[users] = torch.arange(users.numel())
-    rows = row_of_user[known[0]]
-    keep = rows >= 0
-    rows, items = rows[keep], known[1][keep]
-    out = []
-    for start in range(0, users.numel(), chunk_size):
-        stop = min(start + chunk_size, users.numel())
-        scores = score_fn(users[start:stop]).float().clone()
-        if scores.shape != (stop - start, num_items):
-            raise ValueError(f"score_fn returned {tuple(scores.shape)}, expected {(stop - start, num_items)}")
-        in_chunk = (rows >= start) & (rows < stop)
-        scores[rows[in_chunk] - start, items[in_chunk]] = float("-inf")
-        order = torch.sort(scores, dim=1, descending=True, stable=True)
-        top = order.indices[:, :k]
-        out.append(top.masked_fill(order.values[:, :k] == float("-inf"), num_items))
-    return torch.cat(out)
+    """Top-``k`` items per user from a dense score function, never a ``known`` (user, item) pair;
+    ties are broken toward the lower item index, as the reference protocol does."""
+    return topk_scored(score_fn, users, known, num_items, k, chunk_size, stable=True)
 
 
 def evaluate_topk(topk: Tensor, users: Tensor, heldout: Tensor, num_items: int, ks=(10, 20)) -> dict[str, float]:
@@ -345,7 +326,8 @@ def evaluate_topk(topk: Tensor, users: Tensor, heldout: Tensor, num_items: int, 
 def evaluate_scores(score_fn: ScoreFn, known: Tensor, heldout: Tensor, num_items: int, ks=(10, 20)) -> dict[str, float]:
     """The protocol: rank every item for every user with a held-out pair, masking ``known`` pairs."""
     users = torch.unique(heldout[0])
-    topk = topk_from_scores(score_fn, users, known, num_items, max(max(ks), 20))
+    # a catalogue smaller than the longest list gives every user the whole (masked) catalogue
+    topk = topk_from_scores(score_fn, users, known, num_items, min(max(max(ks), 20), num_items))
     return evaluate_topk(topk, users, heldout, num_items, ks)
 
 

@@ -23,6 +23,8 @@ Beyond-accuracy metrics, all vectorized over the ``[users, K]`` top-K matrix (th
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 from torch_geometric.metrics import (
@@ -45,6 +47,57 @@ ACCURACY_FAMILIES = {
 }
 
 
+def topk_scored(
+    score_fn: Callable[[Tensor], Tensor],
+    users: Tensor,
+    exclude: Tensor,
+    num_items: int,
+    k: int,
+    chunk_size: int = 2048,
+    stable: bool = False,
+) -> Tensor:
+    """Indices of the ``k`` best items for each of ``users``, never one of the ``exclude`` pairs.
+
+    ``score_fn(chunk_of_users)`` returns ``[len(chunk), num_items]`` scores; users are scored a
+    chunk at a time, so the full user x item matrix never exists. A user with fewer than ``k``
+    items left after masking gets the sentinel ``num_items`` in the remaining slots: it never
+    matches a relevant item and is not counted as covered.
+
+    Args:
+        users: The users to rank for (rows of the result, in this order).
+        exclude: ``[2, E]`` (user, item) pairs to mask.
+        k: List length; must not exceed the number of items.
+        stable: Break ties toward the lower item index (a stable descending sort) instead of
+            :func:`torch.topk`'s unspecified order; needed to reproduce published protocols.
+    """
+    if not 0 < k <= num_items:
+        raise ValueError(f"k must be in [1, {num_items}], got {k}")
+    if users.numel() == 0:
+        return torch.empty((0, k), dtype=torch.long)
+    size = int(users.max()) + 1 if exclude.numel() == 0 else int(max(users.max(), exclude[0].max())) + 1
+    row_of_user = torch.full((size,), -1, dtype=torch.long)
+    row_of_user[users] = torch.arange(users.numel())
+    exclude_rows = row_of_user[exclude[0]]
+    keep = exclude_rows >= 0
+    exclude_rows, exclude_items = exclude_rows[keep], exclude[1][keep]
+    results = []
+    for start in range(0, users.numel(), chunk_size):
+        stop = min(start + chunk_size, users.numel())
+        scores = score_fn(users[start:stop]).float()
+        if scores.shape != (stop - start, num_items):
+            raise ValueError(f"score_fn returned {tuple(scores.shape)}, expected {(stop - start, num_items)}")
+        scores = scores.clone()  # never mask the caller's tensor in place
+        in_chunk = (exclude_rows >= start) & (exclude_rows < stop)
+        scores[exclude_rows[in_chunk] - start, exclude_items[in_chunk]] = float("-inf")
+        if stable:
+            order = torch.sort(scores, dim=1, descending=True, stable=True)
+            values, indices = order.values[:, :k], order.indices[:, :k]
+        else:
+            values, indices = scores.topk(k, dim=1)
+        results.append(indices.masked_fill(values == float("-inf"), num_items))
+    return torch.cat(results)
+
+
 def topk_excluding(
     user_emb: Tensor,
     song_emb: Tensor,
@@ -53,35 +106,9 @@ def topk_excluding(
     k: int,
     chunk_size: int = 2048,
 ) -> Tensor:
-    """Indices of the ``k`` best songs for each of ``users``, never one of the ``exclude`` pairs.
-
-    A user with fewer than ``k`` songs left after masking gets the sentinel ``num_songs`` in the
-    remaining slots: it never matches a relevant song and is not counted as covered.
-
-    Args:
-        user_emb: ``[num_users, d]`` user embeddings.
-        song_emb: ``[num_songs, d]`` song embeddings.
-        users: The users to rank for (rows of the result, in this order).
-        exclude: ``[2, E]`` (user, song) pairs to mask.
-        k: List length; must not exceed the number of songs.
-    """
-    num_songs = song_emb.size(0)
-    if not 0 < k <= num_songs:
-        raise ValueError(f"k must be in [1, {num_songs}], got {k}")
-    row_of_user = torch.full((user_emb.size(0),), -1, dtype=torch.long)
-    row_of_user[users] = torch.arange(users.numel())
-    exclude_rows = row_of_user[exclude[0]]
-    keep = exclude_rows >= 0
-    exclude_rows, exclude_songs = exclude_rows[keep], exclude[1][keep]
-    results = []
-    for start in range(0, users.numel(), chunk_size):
-        stop = min(start + chunk_size, users.numel())
-        scores = user_emb[users[start:stop]] @ song_emb.T
-        in_chunk = (exclude_rows >= start) & (exclude_rows < stop)
-        scores[exclude_rows[in_chunk] - start, exclude_songs[in_chunk]] = float("-inf")
-        top = scores.topk(k, dim=1)
-        results.append(top.indices.masked_fill(top.values == float("-inf"), num_songs))
-    return torch.cat(results) if results else torch.empty((0, k), dtype=torch.long)
+    """:func:`topk_scored` with dot-product scores of ``[num_users, d]`` user and ``[num_songs, d]``
+    song embeddings."""
+    return topk_scored(lambda chunk: user_emb[chunk] @ song_emb.T, users, exclude, song_emb.size(0), k, chunk_size)
 
 
 def metric_collection(num_songs: int, ks: tuple[int, ...] = (10, 20)) -> LinkPredMetricCollection:

@@ -39,7 +39,8 @@ smoke: $(STAMP)
 	export SPOTIFY_ENGINE_DATA_LAKE=$(SMOKE_LAKE) DAGSTER_HOME=$(SMOKE_LAKE)/dagster_home && \
 	$(DAGSTER) --select 'group:ingestion or group:sql or group:graph' \
 		-c $(RUN_CONFIGS)/in_process.yaml -c $(RUN_CONFIGS)/tiny_data.yaml && \
-	for config in $$($(BIN)/python -c "from spotify_engine_assets.lib.configs import default_registry; print(*sorted(default_registry()))"); do \
+	$(DAGSTER) --select model_registry -c $(RUN_CONFIGS)/in_process.yaml && \
+	for config in $$($(BIN)/python -c "from spotify_engine_assets.lib.registry import full_registry; print(*sorted(full_registry()))"); do \
 		$(DAGSTER) --select 'trained_model,metric_report' --partition $$config \
 			-c $(RUN_CONFIGS)/in_process.yaml -c $(RUN_CONFIGS)/tiny_train.yaml || exit 1; \
 	done && \

@@ -1,15 +1,18 @@
 """Optuna study throughput and outcome on the default synthetic data (Dagster-free).
 
     .venv/bin/python benchmarks/bench_hpo.py [--family lightgcn] [--trials 6] [--max-epochs 10]
-        [--world default|tiny] [--storage URL] [--test]
+        [--world default|tiny] [--storage URL] [--max-trial-memory-mb MB] [--max-trial-seconds S]
 
 Builds the same world, graph and random split as the asset chain (``tune_spine_models.py``), runs
 a fresh study of ``--trials`` trials of one family with the epoch cap (seeded TPE, median pruning
-on validation Recall@10), and prints trials per hour. Then the registry's default config of the
-family and the study's best config are retrained with the same epoch cap and compared on
-validation; ``--test`` adds the test columns, for the final comparison only (the choice is made
-on validation). The study goes to a fresh SQLite file in a temporary folder unless ``--storage``
-names one. torch runs on 1 thread.
+on validation Recall@10), and prints trials per hour and each trial's resource estimates
+(``lib/trial_budget.py``; the seconds estimate is calibrated by a one-epoch probe of the base
+config, timed apart from the study) against its measured seconds; trials over a limit are pruned
+before they train. Then the registry's default config of the family and the study's best config
+are retrained with the same epoch cap and compared on validation and test: the test split is
+scored once, after the study, for these two configs only (the study chose on validation). The
+study goes to a fresh SQLite file in a temporary folder unless ``--storage`` names one. torch
+runs on 1 thread.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from tune_spine_models import WORLDS, build_graph, evaluate  # noqa: E402
 
-from spotify_engine_assets.lib import hpo  # noqa: E402
+from spotify_engine_assets.lib import hpo, trial_budget  # noqa: E402
 from spotify_engine_assets.lib.graph import LISTENS, message_passing_graph  # noqa: E402
 from spotify_engine_assets.lib.splits import SplitSettings, labels_to_indices, random_split  # noqa: E402
 from spotify_engine_assets.lib.training import build_model, num_nodes_of, train  # noqa: E402
@@ -42,7 +45,8 @@ def main() -> None:
     parser.add_argument("--world", choices=sorted(WORLDS), default="default")
     parser.add_argument("--storage", help="Optuna storage URL (default: a fresh temporary SQLite file)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--test", action="store_true", help="also print test metrics of default and best")
+    parser.add_argument("--max-trial-memory-mb", type=float, help="prune trials whose memory estimate exceeds this")
+    parser.add_argument("--max-trial-seconds", type=float, help="prune trials whose time estimate exceeds this")
     args = parser.parse_args()
     torch.set_num_threads(1)
 
@@ -61,10 +65,16 @@ def main() -> None:
     print(f"study {study.study_name!r} in {hpo.redact(storage)}; space {sorted(space.params)}; "
           f"{args.trials} trials, <= {args.max_epochs} epochs each", flush=True)
 
+    probe_started = time.perf_counter()
+    per_unit = trial_budget.calibrate_seconds(space.base, view, pairs["valid"])
+    print(f"time probe: one epoch of {space.base.name} in {time.perf_counter() - probe_started:.1f} s "
+          f"= {per_unit:.3g} s per work unit", flush=True)
+    limits = hpo.TrialLimits(args.max_trial_memory_mb, args.max_trial_seconds, per_unit)
+
     before = len(study.trials)
     study_started = time.perf_counter()
     hpo.run_study(study, space, hpo.StudyData(view=view, valid_pairs=pairs["valid"]), args.trials, args.timeout,
-                  args.max_epochs, log=lambda message: print("  " + message, flush=True))
+                  args.max_epochs, log=lambda message: print("  " + message, flush=True), limits=limits)
     elapsed = time.perf_counter() - study_started
     trials = study.trials[before:]
     states = {s: sum(t.state.name == s for t in trials) for s in ("COMPLETE", "PRUNED", "FAIL")}
@@ -76,16 +86,30 @@ def main() -> None:
     if importances:
         print("importances: " + ", ".join(f"{k} {v:.2f}" for k, v in importances.items()))
 
-    columns = ["valid ndcg@10", "valid recall@10"] + (["test ndcg@10", "test recall@10"] if args.test else []) + ["epochs", "train s"]
+    print("\n| trial | state | epochs | est. memory MB | est. s | measured s | measured / est. s | pruned by |")
+    print("|---|---|---|---|---|---|---|---|")
+    ratios = []
+    for row in hpo.trials_table(study)[before:]:
+        measured, estimated, epochs = row["seconds"], row["est_seconds"], row["epochs_run"]
+        # the estimate is for the epoch cap: scale it to the epochs the trial ran before comparing
+        scaled = estimated * epochs / min(args.max_epochs, space.base.max_epochs) if estimated and epochs else None
+        if scaled and measured:
+            ratios.append(measured / scaled)
+        print(f"| {row['number']} | {row['state']} | {epochs} | {row['est_memory_mb']} | {estimated} | "
+              f"{measured:.1f} | {f'{measured / scaled:.2f}' if scaled else '-'} | {row['pruned_by'] or '-'} |")
+    if ratios:
+        ratios.sort()
+        print(f"measured / estimated seconds (per epoch run): median {ratios[len(ratios) // 2]:.2f}, "
+              f"range {ratios[0]:.2f}..{ratios[-1]:.2f} over {len(ratios)} trials")
+
+    columns = ["valid ndcg@10", "valid recall@10", "test ndcg@10", "test recall@10", "epochs", "train s"]
     print(f"\n| config (<= {args.max_epochs} epochs) | " + " | ".join(columns) + " |")
     print("|---|" + "---|" * len(columns))
     for label, config in (("default " + space.base.name, space.base), ("best " + args.family + "_tuned", hpo.best_config(study, space))):
         model = build_model(config, num_nodes_of(data))
         result = train(model, view, pairs["valid"], config, max_epochs=min(args.max_epochs, config.max_epochs))
         metrics = evaluate(model, view, pairs)
-        values = [metrics["valid"]["ndcg@10"], metrics["valid"]["recall@10"]]
-        if args.test:
-            values += [metrics["test"]["ndcg@10"], metrics["test"]["recall@10"]]
+        values = [metrics["valid"]["ndcg@10"], metrics["valid"]["recall@10"], metrics["test"]["ndcg@10"], metrics["test"]["recall@10"]]
         cells = [f"{v:.4f}" for v in values] + [str(result.epochs_run), f"{result.seconds:.0f}"]
         print(f"| {label} | " + " | ".join(cells) + " |", flush=True)
     print(f"\ntotal {time.perf_counter() - started:.0f} s")

@@ -5,10 +5,13 @@
 
 Dagster-free, the same world, graph and random 70/15/15 split as the asset chain. The configs are
 the base models of ``configs/models.yaml`` and the objective variants of ``configs/variants.yaml``
-(weighted BPR, several negatives per positive, gradient accumulation). Weighted variants get their
-per-interaction weights from the training listens edges only (``interaction_weights``). Each model
-is early-stopped on validation Recall@10; test metrics rank all songs with the user's training and
-validation songs masked, as the ``metric_report`` asset does. torch runs on 1 thread.
+(weighted BPR, several negatives per positive, gradient accumulation, regularizers, multi-task
+heads, diversity / coverage surrogates, the simple trainer). Weighted variants get their
+per-interaction weights, and multi-task variants their head labels, from the training listens edges
+only (``interaction_weights``, ``task_labels``). Each model is trained by its config's trainer
+(advanced: early-stopped on validation Recall@10); test metrics rank all songs with the user's
+training and validation songs masked, as the ``metric_report`` asset does, and the task heads'
+ROC AUC is measured on the test edges (``task_metrics``). torch runs on 1 thread.
 """
 
 from __future__ import annotations
@@ -34,6 +37,9 @@ from spotify_engine_assets.lib.training import (  # noqa: E402
     fit_most_popular,
     interaction_weights,
     num_nodes_of,
+    roc_auc,
+    task_labels,
+    task_metrics,
     train,
 )
 
@@ -75,11 +81,18 @@ def main() -> None:
           f"({time.perf_counter() - started:.1f} s); max_epochs {args.max_epochs or 'per config'}", flush=True)
 
     reference = test_metrics(fit_most_popular(view), view, pairs)
-    header = "| config | test ndcg@10 | test recall@10 | test coverage@10 | vs base ndcg | epochs | best | train s |"
-    rows = [header, "|---|---|---|---|---|---|---|---|",
-            f"| most_popular | {reference['ndcg@10']:.4f} | {reference['recall@10']:.4f} | {reference['coverage@10']:.4f} | | | | |"]
+    header = ("| config | test ndcg@10 | test recall@10 | test coverage@10 | vs base ndcg | vs base coverage | "
+              "test auc complete | test auc repeat | epochs | best | s/epoch | train s |")
+    # reference AUCs for the task heads: the song's training popularity as the score
+    popularity = torch.bincount(pairs["train"][1], minlength=data["song"].num_nodes).float()[pairs["test"][1]]
+    listens = data[LISTENS]
+    popular_auc = [roc_auc(popularity, listens.mean_completion[parts["test"]] >= 0.8),
+                   roc_auc(popularity, listens.play_count[parts["test"]] >= 2)]
+    rows = [header, "|---|---|---|---|---|---|---|---|---|---|---|---|",
+            f"| most_popular | {reference['ndcg@10']:.4f} | {reference['recall@10']:.4f} | {reference['coverage@10']:.4f} "
+            f"| | | {popular_auc[0]:.4f} | {popular_auc[1]:.4f} | | | | |"]
     print(rows[-1], flush=True)
-    base_ndcg: dict[str, float] = {}
+    base: dict[str, dict[str, float]] = {}
     for name in names:
         config = registry[name]
         if args.seed is not None:
@@ -87,15 +100,23 @@ def main() -> None:
         weights = interaction_weights(config, data, parts["train"])
         model = build_model(config, num_nodes_of(data))
         log = (lambda message, n=name: print(f"  {n}: {message}", flush=True)) if args.verbose else None
-        result = train(model, view, pairs["valid"], config, max_epochs=args.max_epochs, log=log, weights=weights)
+        labels = task_labels(config, data, parts["train"])
+        result = train(model, view, pairs["valid"], config, max_epochs=args.max_epochs, log=log, weights=weights,
+                       task_labels=labels)
         metrics = test_metrics(model, view, pairs)
+        aucs = {task: values["auc"] for task, values in task_metrics(model, config, data, view, parts["test"]).items()}
         if name == config.model:  # the base model of a family (configs/models.yaml)
-            base_ndcg[config.model] = metrics["ndcg@10"]
-        ratio = f"{metrics['ndcg@10'] / base_ndcg[config.model]:.3f}x" if config.model in base_ndcg else "-"
+            base[config.model] = metrics
+        ratios = [f"{metrics[m] / base[config.model][m]:.3f}x" if config.model in base else "-"
+                  for m in ("ndcg@10", "coverage@10")]
+        shown = [f"{aucs[task]:.4f}" if aucs.get(task) is not None else "-" for task in ("complete", "repeat")]
         rows.append(f"| {name} | {metrics['ndcg@10']:.4f} | {metrics['recall@10']:.4f} | {metrics['coverage@10']:.4f} | "
-                    f"{ratio} | {result.epochs_run} | {result.best_epoch} | {result.seconds:.0f} |")
+                    f"{ratios[0]} | {ratios[1]} | {shown[0]} | {shown[1]} | {result.epochs_run} | {result.best_epoch} | "
+                    f"{result.seconds / max(result.epochs_run, 1):.1f} | {result.seconds:.0f} |")
         print(rows[-1], flush=True)
     print("\n" + "\n".join(rows))
+    print("(most_popular's AUCs score each test edge by its song's training popularity: the reference for the task "
+          "heads, with the default thresholds completion >= 0.8 and plays >= 2)")
 
 
 if __name__ == "__main__":

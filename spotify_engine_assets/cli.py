@@ -257,6 +257,97 @@ def _explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train(args: argparse.Namespace) -> int:
+    """Train one config on the materialized graph and splits; print progress and metrics; write nothing."""
+    import torch
+    from pydantic import ValidationError
+
+    from .lib.artifacts import ArtifactNotFoundError, load_torch
+    from .lib.configs import ConfigError, ModelConfig, get_config, load_registry
+    from .lib.graph import LISTENS, from_payload, message_passing_graph
+    from .lib.metrics import ranking_metrics
+    from .lib.paths import configs_dir, data_lake_root
+    from .lib.training import build_model, embed, interaction_weights, num_nodes_of, task_labels, task_metrics, train
+
+    try:
+        registry = load_registry(configs_dir() / "variants.yaml") if args.variants else None
+        config = get_config(args.config, registry)
+        if args.trainer and args.trainer != config.trainer:
+            config = ModelConfig(**{**config.model_dump(), "trainer": args.trainer})
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except ValidationError as error:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
+        print(f"error: config {args.config!r} with --trainer {args.trainer}: {problems}", file=sys.stderr)
+        return 2
+    if not config.trainable:
+        print(f"error: config {config.name!r} ({config.model}) has nothing to train", file=sys.stderr)
+        return 2
+    store, lake = _store(), data_lake_root()
+    try:
+        graph = load_torch(store.current(["listening_graph"]) / "data.pt")
+        splits = load_torch(store.current(["interaction_splits"]) / "data.pt")
+    except ArtifactNotFoundError as error:
+        print(f"error: {error}; materialize the data stage in {lake} first (spotify-engine materialize)", file=sys.stderr)
+        return 2
+    data = from_payload(graph)
+    split = splits[config.split]
+    view = message_passing_graph(data, split["train"])
+    pairs = {part: data[LISTENS].edge_index[:, split[part]] for part in ("train", "valid", "test")}
+    try:
+        weights = interaction_weights(config, data, split["train"])
+        labels = task_labels(config, data, split["train"])
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"training {config.name} ({config.model}, {config.trainer} trainer) on the {config.split} split of {lake}: "
+          f"{pairs['train'].size(1)}/{pairs['valid'].size(1)}/{pairs['test'].size(1)} train/valid/test pairs; "
+          "nothing is written to the asset store", flush=True)
+    model = build_model(config, num_nodes_of(data))
+    result = train(model, view, pairs["valid"], config, max_epochs=args.max_epochs,
+                   log=lambda message: print(message, flush=True), weights=weights, task_labels=labels)
+    user_emb, song_emb = embed(model, view)
+    scores = {
+        "valid": ranking_metrics(user_emb, song_emb, pairs["valid"], pairs["train"], ks=(10,)),
+        "test": ranking_metrics(user_emb, song_emb, pairs["test"], torch.cat([pairs["train"], pairs["valid"]], 1), ks=(10,)),
+    }
+    tasks = {part: task_metrics(model, config, data, view, split[part]) for part in ("valid", "test")}
+    chosen = "final" if result.best_valid_recall is None else f"best (epoch {result.best_epoch})"
+    print(f"\n{result.epochs_run} epochs in {result.seconds:.1f} s; {chosen} weights")
+    print("| part | ndcg@10 | coverage@10 | recall@10 |" + "".join(f" auc {task} |" for task in config.tasks))
+    print("|---|---|---|---|" + "---|" * len(config.tasks))
+    for part, metrics in scores.items():
+        aucs = "".join(
+            " - |" if tasks[part][task]["auc"] is None else f" {tasks[part][task]['auc']:.4f} |" for task in config.tasks
+        )
+        print(f"| {part} | {metrics['ndcg@10']:.4f} | {metrics['coverage@10']:.4f} | {metrics['recall@10']:.4f} |{aucs}")
+    return 0
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _add_train_command(commands) -> None:
+    training = commands.add_parser(
+        "train",
+        help="train one config on the materialized graph and splits and print its metrics (writes nothing)",
+        description="Train CONFIG on the listening_graph and interaction_splits materialized in the data lake, "
+        "printing per-epoch progress, then validation and test NDCG@10 / coverage@10 (and task-head AUCs). "
+        "A dry run for fast feedback: nothing is written to the asset store (no trained_model, no checkpoint); "
+        "materialize the trained_model partition to keep a model.",
+    )
+    training.add_argument("config", help="config name in configs/models.yaml (or configs/variants.yaml with --variants)")
+    training.add_argument("--trainer", choices=("simple", "advanced"), help="override the config's trainer")
+    training.add_argument("--max-epochs", type=_positive_int, help="cap on epochs (default: the config's max_epochs)")
+    training.add_argument("--variants", action="store_true", help="look CONFIG up in configs/variants.yaml")
+    training.set_defaults(handler=_train)
+
+
 def _add_serving_commands(commands) -> None:
     recommend = commands.add_parser("recommend", help="top-k songs for a user (or a new user's songs/genres) from a materialized model")
     recommend.add_argument("--model", required=True, help="model config (a materialized trained_model partition)")
@@ -306,6 +397,7 @@ def main(argv: list[str] | None = None) -> int:
     reproduce.add_argument("experiment", help="a config name (its current report) or an experiment id config@version")
     reproduce.set_defaults(handler=_experiments_reproduce)
     _add_serving_commands(commands)
+    _add_train_command(commands)
     args = parser.parse_args(argv)
     return args.handler(args)
 

@@ -1,7 +1,8 @@
 """Materialize the whole chain in stages against the project's Dagster instance.
 
-Stages: data (ingestion, SQL models, graph, splits) -> one run per model config (trained
-model + metric report; a partition key per run) -> the comparison (model_comparison, and the
+Stages: data (ingestion, SQL models, graph, splits, and ``model_registry``, which registers every
+config of ``models.yaml`` and of ``<data lake>/configs/promoted/`` as a ``model_configs`` dynamic
+partition) -> one run per model config (trained model + metric report; a partition key per run) -> the comparison (model_comparison, and the
 experiments table, A/B tests and champion). Each stage is a normal
 Dagster run recorded in ``$DAGSTER_HOME``, so the UI shows the history, lineage and metadata.
 Run configuration comes from the YAML files in ``configs/run/`` that ``make test`` also passes
@@ -19,7 +20,7 @@ import yaml
 
 from .lib.paths import configs_dir, data_lake_root
 
-DATA_STAGE = dg.AssetSelection.groups("ingestion", "sql", "graph")
+DATA_STAGE = dg.AssetSelection.groups("ingestion", "sql", "graph") | dg.AssetSelection.assets("model_registry")
 MODEL_STAGE = dg.AssetSelection.assets("trained_model", "metric_report")
 COMPARISON_STAGE = dg.AssetSelection.assets("model_comparison", "experiments", "ab_tests", "champion", "explanations")
 PROFILES = {"default": ([], []), "tiny": (["tiny_data.yaml"], ["tiny_train.yaml"])}
@@ -91,18 +92,24 @@ def materialize_chain(
     Without an ``instance`` the project's home (``dagster_home()``) records the runs.
     """
     from .definitions import defs
-    from .lib.configs import default_registry
+    from .lib.registry import full_registry
 
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; known: {', '.join(PROFILES)}")
     data_files, train_files = PROFILES[profile]
-    names = configs or sorted(default_registry())
-    unknown = sorted(set(names) - set(default_registry()))
+    registry = full_registry()  # models.yaml + promoted configs, validated
+    names = configs or sorted(registry)
+    unknown = sorted(set(names) - set(registry))
     if unknown:
-        raise ValueError(f"unknown model configs {unknown}; known: {', '.join(sorted(default_registry()))}")
+        raise ValueError(f"unknown model configs {unknown}; known: {', '.join(sorted(registry))}")
     if instance is None:
         dagster_home()
         instance = dg.DagsterInstance.get()
+    from .defs.resources import init_warehouse_pool, release_killed_runs
+
+    init_warehouse_pool(instance)
+    for run_id in release_killed_runs(instance):  # a killed run would hold the warehouse pool slot
+        log(f"run {run_id}: its process is gone (killed); marked failed and its pool slots freed")
     results = [_run("data", defs, instance, DATA_STAGE, run_config(*data_files))]
     log(_line(results[-1]))
     if not results[-1].success:

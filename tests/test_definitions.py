@@ -47,6 +47,7 @@ EXPECTED_ASSET_KEYS = [
     "marts/users",
     "metric_report",
     "model_comparison",
+    "model_registry",
     "playlist_comparison",
     "playlist_graph",
     "playlist_model",
@@ -114,10 +115,19 @@ def test_sql_dependencies_come_from_parsed_sql():
 
 
 def test_training_assets_are_partitioned_by_config_registry():
+    """Dynamic partitions ``model_configs``: model_registry adds every registry config to them."""
+    from spotify_engine_assets.defs.registry import register_model_configs
+
     graph = _graph()
+    instance = dg.DagsterInstance.ephemeral()
+    names, added = register_model_configs(instance)
+    assert set(names) >= {"gat_basic", "gat_enhanced", "lightgcn", "most_popular"} and added == names
+    assert register_model_configs(instance) == (names, [])  # idempotent
     for name in ("trained_model", "metric_report"):
         partitions = graph.get(dg.AssetKey(name)).partitions_def
-        assert set(partitions.get_partition_keys()) >= {"gat_basic", "gat_enhanced", "lightgcn", "most_popular"}
+        assert isinstance(partitions, dg.DynamicPartitionsDefinition) and partitions.name == "model_configs"
+        assert partitions.get_partition_keys(dynamic_partitions_store=instance) == names
+    assert graph.get(dg.AssetKey("model_registry")).group_name == "training"
 
 
 def test_gates_are_blocking_checks():

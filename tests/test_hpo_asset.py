@@ -39,7 +39,8 @@ def toy_graph(num_users: int = 40, num_songs: int = 200, clusters: int = 4, per_
     return to_payload(data), {"random": split, "temporal": split, "settings": {}}
 
 
-def _materialize(tmp_path, instance, **run_config):
+def _toy_assets() -> list:
+    """``listening_graph`` and ``interaction_splits`` assets holding the toy graph."""
     payload, splits = toy_graph()
 
     @dg.asset(key="listening_graph", group_name="graph")
@@ -50,8 +51,12 @@ def _materialize(tmp_path, instance, **run_config):
     def interaction_splits() -> dict:
         return splits
 
+    return [listening_graph, interaction_splits]
+
+
+def _materialize(tmp_path, instance, **run_config):
     return dg.materialize(
-        [listening_graph, interaction_splits, hpo_study],
+        [*_toy_assets(), hpo_study],
         partition_key="lightgcn",
         instance=instance,
         resources={"lake": DataLake(root=str(tmp_path / "lake")), "torch_runtime": TorchRuntime()},
@@ -126,3 +131,76 @@ def test_hpo_study_asset_multi_objective_records_the_pareto_front(tmp_path):
     assert single.success
     assert single.output_for_node("hpo_study")["study_name"] == "spotify-engine/lightgcn"
     assert len(single.output_for_node("hpo_study")["trials"]) == 1
+
+
+def test_promoted_best_trial_becomes_a_partition_with_lineage(tmp_path):
+    """promote: the best config is written to the lake, registered as a model_configs partition,
+    and trained_model of that partition trains it and links back to the study."""
+    from spotify_engine_assets.defs.registry import MODEL_CONFIGS
+    from spotify_engine_assets.defs.training import trained_model
+    from spotify_engine_assets.lib.registry import full_registry, promoted_dir
+
+    instance = dg.DagsterInstance.ephemeral()
+    result = _materialize(tmp_path, instance, n_trials=2, promote=True, max_trial_seconds=600.0, max_trial_memory_mb=10_000.0)
+    assert result.success
+    output = result.output_for_node("hpo_study")
+    assert output["promoted_config"] == "hpo_lightgcn"
+    assert all(t["est_seconds"] > 0 and t["est_memory_mb"] > 0 and not t["pruned_by"] for t in output["trials"])
+    assert "hpo_lightgcn" in instance.get_dynamic_partitions(MODEL_CONFIGS)
+    metadata = result.asset_materializations_for_node("hpo_study")[0].metadata
+    assert metadata["promoted_config"].value == "hpo_lightgcn"
+    assert metadata["promoted_asset"].value == dg.AssetKey("trained_model")
+    assert metadata["trial_limits"].value["pruned_before_training"] == 0
+    promoted = full_registry(tmp_path / "lake")["hpo_lightgcn"]
+    assert promoted.lr == output["best_params"]["lr"] and (promoted_dir(tmp_path / "lake") / "hpo_lightgcn.yaml").exists()
+
+    resources = {"lake": DataLake(root=str(tmp_path / "lake")), "torch_runtime": TorchRuntime()}
+    trained = dg.materialize(
+        [*_toy_assets(), trained_model], partition_key="hpo_lightgcn", instance=instance,
+        resources=resources, run_config={"ops": {"trained_model": {"config": {"max_epochs": 1}}}}, raise_on_error=False,
+    )
+    assert trained.success
+    assert trained.output_for_node("trained_model")["config"] == promoted.model_dump()
+    lineage = trained.asset_materializations_for_node("trained_model")[0].metadata
+    assert lineage["config_origin"].value == "study"
+    assert lineage["source_study"].value == "spotify-engine/lightgcn"
+    assert lineage["source_trial"].value == output["best_trial"]
+    assert lineage["source_asset"].value == dg.AssetKey("hpo_study") and lineage["source_partition"].value == "lightgcn"
+
+    # a registered partition whose config is gone fails with the known configs listed
+    instance.add_dynamic_partitions(MODEL_CONFIGS, ["ghost"])
+    ghost = dg.materialize(
+        [*_toy_assets(), trained_model], partition_key="ghost", instance=instance,
+        resources=resources, raise_on_error=False,
+    )
+    assert not ghost.success
+    failure = [e for e in ghost.all_events if e.event_type_value == "STEP_FAILURE"][0]
+    assert "unknown model config 'ghost'; known configs: " in str(failure.event_specific_data.error)
+    assert "hpo_lightgcn" in str(failure.event_specific_data.error)
+
+
+@pytest.mark.parametrize(
+    ("run_config", "message"),
+    [
+        ({"promote": True, "promote_name": "lightgcn"}, "'lightgcn' collides with a models.yaml config"),
+        ({"promote": True, "multi_objective": True}, "promote needs a single-objective study"),
+        ({"max_trial_memory_mb": -1.0}, "max_trial_memory_mb must be > 0"),
+    ],
+)
+def test_hpo_study_bad_promotion_or_limit_fails_before_any_trial(tmp_path, run_config, message):
+    instance = dg.DagsterInstance.ephemeral()
+    result = _materialize(tmp_path, instance, n_trials=1, **run_config)
+    assert not result.success
+    failure = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"][0]
+    assert message in str(failure.event_specific_data.error)
+    assert not any(m.user_message.startswith("trial ") for m in instance.all_logs(result.run_id))
+
+
+def test_hpo_study_prunes_trials_over_the_memory_limit_before_training(tmp_path):
+    instance = dg.DagsterInstance.ephemeral()
+    result = _materialize(tmp_path, instance, n_trials=2, max_trial_memory_mb=0.5)
+    assert not result.success  # nothing completed: no best trial
+    logs = [entry.user_message for entry in instance.all_logs(result.run_id)]
+    pruned = [m for m in logs if "pruned before training: memory estimate" in m]
+    assert len(pruned) == 2 and all("> limit max_trial_memory_mb 0.5 MB" in m for m in pruned)
+    assert not any(m.startswith("epoch ") for m in logs)

@@ -154,3 +154,17 @@ def test_genre_prior_is_chosen_on_validation(bundle):
     assert scores[n0] == max(scores.values()) and all(scores[g] < scores[n0] for g in scores if g < n0)
     assert rank_songs(bundle, 3, user=1).genre_prior == n0
     assert rank_songs(bundle, 3, user=1, genre_prior=2.0).genre_prior == 2.0
+
+
+def test_load_bundle_knows_configs_promoted_into_the_lake(tmp_path):
+    from spotify_engine_assets.lib.recommend import load_bundle
+    from spotify_engine_assets.lib.registry import PromotionSource, write_promoted
+
+    source = PromotionSource(family="lightgcn", study_name="s", trial=3, objective="valid_recall@10", value=0.1,
+                             storage="sqlite:///x.db", promoted_at="2026-11-22T00:00:00+00:00")
+    write_promoted(ModelConfig(name="hpo_lightgcn", model="lightgcn"), source, tmp_path)
+    # a promoted config is a known config: the error is that it is not trained yet, not that it is unknown
+    with pytest.raises(UnknownIdError, match="'hpo_lightgcn' has no materialized trained_model"):
+        load_bundle(tmp_path, "hpo_lightgcn")
+    with pytest.raises(UnknownIdError, match="unknown model config 'hpo_nothing'.*hpo_lightgcn"):
+        load_bundle(tmp_path, "hpo_nothing")

@@ -12,7 +12,8 @@ from ..lib import explain as explain_lib
 from ..lib import recommend as recommend_lib
 from ..lib.artifacts import atomic_write_bytes
 from ..lib.cold_start import describe_weight, evaluate_cold_start
-from ..lib.configs import ConfigError, default_registry, get_config
+from ..lib.configs import ConfigError, get_config
+from ..lib.registry import full_registry
 from ..lib.explain import explain, faithfulness, render_explanation
 from ..lib.graph import LISTENS, from_payload
 from ..lib.models import MostPopular
@@ -77,9 +78,10 @@ def explanations(
     if requested is None:  # the default follows what the run trained (e.g. `materialize --configs lightgcn`)
         trainable = sorted(name for name, artifact in trained_model.items() if artifact["config"]["model"] != "most_popular")
         requested = [DEFAULT_EXPLAINED] if DEFAULT_EXPLAINED in trained_model else trainable
-    unknown = sorted(set(requested) - set(default_registry()))
+    known = full_registry(lake.path)  # models.yaml and configs promoted from studies
+    unknown = sorted(set(requested) - set(known))
     if unknown:
-        raise dg.Failure(f"unknown model configs {unknown}; known: {', '.join(sorted(default_registry()))}")
+        raise dg.Failure(f"unknown model configs {unknown}; known: {', '.join(sorted(known))}")
     chosen = [name for name in requested if name in trained_model]
     for name in sorted(set(requested) - set(chosen)):
         context.log.warning(f"trained_model[{name}] is not materialized; not explained")

@@ -7,6 +7,13 @@ an Optuna storage (default ``sqlite:///<data lake>/optuna/studies.db``; any data
 share one study. The best parameters are written as a one-entry registry file
 ``<data lake>/optuna/<family>_tuned.yaml`` (the ``models.yaml`` schema) to promote by hand.
 
+With ``promote: true`` the best trial's config also becomes a promoted config
+``<data lake>/configs/promoted/hpo_<family>[_<study>].yaml`` and a new ``model_configs`` partition,
+so ``trained_model``/``metric_report`` train, evaluate, gate and compare it like any config (its
+``trained_model`` metadata links back to this study). ``max_trial_memory_mb`` and
+``max_trial_seconds`` prune a trial whose estimate (``lib/trial_budget.py``) exceeds them before it
+trains; the seconds estimate is calibrated by a one-epoch probe of the base config.
+
 With ``multi_objective: true`` the run is an NSGA-II study (study ``spotify-engine/<family>/pareto``)
 of validation NDCG@10 (max), training seconds (min) and validation coverage@10 (max), without
 pruning; the output is the Pareto front (table and plot), and no tuned registry file is written.
@@ -20,11 +27,14 @@ import yaml
 from pydantic import Field
 
 from ..lib import hpo as hpo_lib
+from ..lib import registry as registry_lib
+from ..lib import trial_budget
 from ..lib import training as training_lib
 from ..lib.configs import ConfigError
 from ..lib.graph import LISTENS, from_payload, message_passing_graph
 from ..lib.paths import configs_dir, source_version
 from ..lib.plots import count_bars, figure_markdown, frame_markdown, pareto_front
+from .registry import MODEL_CONFIGS, register_model_configs
 from .resources import DataLake, TorchRuntime
 
 
@@ -39,7 +49,7 @@ def _families() -> list[str]:
 
 
 model_families = dg.StaticPartitionsDefinition(_families())
-HPO_VERSION = source_version(hpo_lib, training_lib)
+HPO_VERSION = source_version(hpo_lib, training_lib, trial_budget)
 
 
 class HpoRunConfig(dg.Config):
@@ -60,6 +70,22 @@ class HpoRunConfig(dg.Config):
         default=False,
         description="NSGA-II over validation NDCG@10 (max), training seconds (min) and validation coverage@10 (max), "
         "no pruning; outputs the Pareto front. Default study name spotify-engine/<family>/pareto.",
+    )
+    promote: bool = Field(
+        default=False,
+        description="Write the best trial's config as a promoted config (data_lake/configs/promoted/) and register "
+        "it as a new model_configs partition of trained_model and metric_report.",
+    )
+    promote_name: str | None = Field(
+        default=None, description="Name of the promoted config (default hpo_<family>, or hpo_<family>_<study>)."
+    )
+    max_trial_memory_mb: float | None = Field(
+        default=None, description="Prune, before it trains, a trial whose peak-memory estimate exceeds this (MiB)."
+    )
+    max_trial_seconds: float | None = Field(
+        default=None,
+        description="Prune, before it trains, a trial whose time estimate exceeds this; calibrated by a one-epoch "
+        "probe of the base config at the start of the run.",
     )
 
 
@@ -164,12 +190,20 @@ def hpo_study(
             raise hpo_lib.HpoError(f"n_trials must be >= 1, got {config.n_trials}")
         if config.timeout_s is not None and config.timeout_s <= 0:
             raise hpo_lib.HpoError(f"timeout_s must be > 0, got {config.timeout_s}")
+        for name in ("max_trial_memory_mb", "max_trial_seconds"):
+            if getattr(config, name) is not None and getattr(config, name) <= 0:
+                raise hpo_lib.HpoError(f"{name} must be > 0, got {getattr(config, name)}")
+        if config.promote and config.multi_objective:
+            raise hpo_lib.HpoError("promote needs a single-objective study (a Pareto front has no single best trial)")
         url = config.storage_url or f"sqlite:///{lake.path / 'optuna' / 'studies.db'}"
         study = hpo_lib.open_study(
             family, url, seed=config.seed, worker=config.worker, study_name=config.study_name,
             pruner_startup_trials=config.pruner_startup_trials, pruner_warmup_epochs=config.pruner_warmup_epochs,
             multi_objective=config.multi_objective,
         )
+        if config.promote:  # a bad or taken name fails before any trial
+            promote_name = config.promote_name or hpo_lib.promoted_name(family, study.study_name)
+            registry_lib.check_promotable(promote_name, study.study_name, family, lake.path)
     except (ConfigError, hpo_lib.HpoError) as error:
         raise dg.Failure(f"hpo_study[{family}]: {error}") from error
 
@@ -184,7 +218,14 @@ def hpo_study(
         f"{config.n_trials or 'as many as fit'} trials{f' within {config.timeout_s:.0f} s' if config.timeout_s else ''}, "
         f"<= {config.max_epochs or 'config'} epochs each; search space {sorted(space.params)} on base config {space.base.name!r}"
     )
-    hpo_lib.run_study(study, space, study_data, config.n_trials, config.timeout_s, config.max_epochs, log=context.log.info)
+    seconds_per_unit = None
+    if config.max_trial_seconds is not None:
+        seconds_per_unit = trial_budget.calibrate_seconds(space.base, view, study_data.valid_pairs)
+        context.log.info(f"time probe: one epoch of {space.base.name!r}: {seconds_per_unit:.3g} s per work unit")
+    limits = hpo_lib.TrialLimits(config.max_trial_memory_mb, config.max_trial_seconds, seconds_per_unit)
+    hpo_lib.run_study(
+        study, space, study_data, config.n_trials, config.timeout_s, config.max_epochs, log=context.log.info, limits=limits
+    )
     if config.multi_objective:
         return _pareto_output(context, family, study, space, url, before)
 
@@ -199,6 +240,18 @@ def hpo_study(
     best_yaml = hpo_lib.write_best_yaml(lake.path / "optuna" / f"{tuned.name}.yaml", tuned, study)
     importances = hpo_lib.param_importances(study)
     context.log.info(f"best trial {best.number}: {hpo_lib.OBJECTIVE} {best.value:.4f} with {best.params}; written to {best_yaml}")
+    promoted = None
+    if config.promote:
+        try:
+            promoted, promoted_path = hpo_lib.promote_best(study, space, url, lake.path, promote_name)
+            _, added = register_model_configs(context.instance, lake.path)
+        except ConfigError as error:
+            raise dg.Failure(f"hpo_study[{family}]: {error}") from error
+        context.log.info(
+            f"promoted trial {best.number} as config {promoted.name!r} ({promoted_path}); "
+            f"{'new' if promoted.name in added else 'existing'} {MODEL_CONFIGS} partition: materialize "
+            f"trained_model and metric_report with --partition {promoted.name}"
+        )
 
     output = {
         "family": family,
@@ -215,6 +268,7 @@ def hpo_study(
         "trial_counts": counts,
         "trials_this_run": len(trials) - before,
         "importances": importances,
+        "promoted_config": promoted.name if promoted else None,
     }
     table = pl.DataFrame(trials).sort("value", descending=True, nulls_last=True)
     metadata = {
@@ -230,6 +284,18 @@ def hpo_study(
         "trials": dg.MetadataValue.md(frame_markdown(table, max_rows=50)),
         "optimization_history": dg.MetadataValue.md(history_plot(study, f"{family}: optimization history")),
     }
+    if promoted is not None:
+        metadata.update(
+            promoted_config=promoted.name,
+            promoted_partition=f"trained_model[{promoted.name}] and metric_report[{promoted.name}]",
+            promoted_asset=dg.MetadataValue.asset(dg.AssetKey("trained_model")),
+            promoted_config_yaml=dg.MetadataValue.path(str(promoted_path)),
+        )
+    if config.max_trial_memory_mb is not None or config.max_trial_seconds is not None:
+        metadata["trial_limits"] = dg.MetadataValue.json(
+            {"max_trial_memory_mb": config.max_trial_memory_mb, "max_trial_seconds": config.max_trial_seconds,
+             "pruned_before_training": sum(bool(t["pruned_by"]) for t in trials)}
+        )
     if importances:
         metadata["param_importances"] = dg.MetadataValue.md(
             count_bars({k: round(v, 3) for k, v in importances.items()}, f"{family}: parameter importances (fANOVA)", "importance")

@@ -23,16 +23,17 @@ from ..lib import splits as splits_lib
 from ..lib import training as training_lib
 from ..lib.artifacts import ArtifactNotFoundError, atomic_write_bytes, load_torch
 from ..lib.evaluation import EvaluationData, PeakMemory, evaluate, fairness_tables, latency_per_user, memory_estimate_bytes
-from ..lib.configs import ConfigError, ModelConfig, default_registry, get_config, load_thresholds
+from ..lib.configs import ConfigError, ModelConfig, get_config, load_thresholds
+from ..lib.registry import full_registry
 from ..lib.graph import LISTENS, from_payload, message_passing_graph
 from ..lib.metrics import ranking_metrics
 from ..lib.models import MostPopular, parameter_count
 from ..lib.plots import frame_markdown, metric_bars, training_curve
-from ..lib.training import build_model, embed, fit_most_popular, interaction_weights, num_nodes_of, train
+from ..lib.training import build_model, embed, fit_most_popular, interaction_weights, num_nodes_of, task_labels, task_metrics, train
 from ..lib.paths import source_version
+from .registry import model_configs, model_registry, promotion_metadata
 from .resources import DataLake, TorchRuntime
 
-model_configs = dg.StaticPartitionsDefinition(sorted(default_registry()))
 TRAINING_VERSION = source_version(models_lib, training_lib)
 EVALUATION_VERSION = source_version(models_lib, metrics_lib, evaluation_lib, experiments_lib)
 UPSTREAM_CODE_VERSIONS = {"listening_graph": source_version(graph_lib), "interaction_splits": source_version(splits_lib)}
@@ -58,9 +59,10 @@ def checkpoint_dir_for(lake: DataLake, model_config: ModelConfig, data_fingerpri
     return lake.path / "checkpoints" / "trained_model" / model_config.name / hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
-def _config_for(context: dg.AssetExecutionContext) -> ModelConfig:
+def _config_for(context: dg.AssetExecutionContext, lake: DataLake) -> ModelConfig:
+    """The partition's config: models.yaml or a config promoted into ``lake`` (model_registry)."""
     try:
-        return get_config(context.partition_key)
+        return get_config(context.partition_key, full_registry(lake.path))
     except ConfigError as error:
         raise dg.Failure(str(error)) from error
 
@@ -85,10 +87,12 @@ def trained_model(
     listening_graph: dict,
     interaction_splits: dict,
 ) -> dg.Output[dict]:
-    """A model trained with BPR on the training interactions of its config's split, early-stopped
-    on validation Recall@10 with ReduceLROnPlateau; best and final weights, config and history.
-    A run killed mid-way resumes from its last checkpoint when re-materialized."""
-    model_config = _config_for(context)
+    """A model trained with BPR (plus the config's task heads and surrogates) on the training
+    interactions of its config's split by the config's trainer: advanced (default) early-stops on
+    validation Recall@10 with ReduceLROnPlateau, and a run killed mid-way resumes from its last
+    checkpoint when re-materialized; simple runs fixed epochs without validation. Best and final
+    weights, config and history."""
+    model_config = _config_for(context, lake)
     if config.max_epochs is not None and config.max_epochs < 1:
         raise dg.Failure(f"max_epochs must be >= 1, got {config.max_epochs}")
     if config.checkpoint_every < 1:
@@ -108,6 +112,7 @@ def trained_model(
         "data_fingerprint": provenance["data"]["combined"],
         "git_commit": str(provenance["git"]["commit"])[:12],
         "provenance": dg.MetadataValue.json(provenance),
+        **promotion_metadata(lake.path, model_config.name),
     }
     if not model_config.trainable:
         model = fit_most_popular(view)
@@ -118,6 +123,7 @@ def trained_model(
 
     try:
         weights = interaction_weights(model_config, data, split["train"])
+        labels = task_labels(model_config, data, split["train"])
     except ValueError as error:
         raise dg.Failure(str(error)) from error
     checkpoints = checkpoint_dir_for(lake, model_config, provenance["data"]["combined"], config.max_epochs)
@@ -133,7 +139,8 @@ def trained_model(
         max_epochs=config.max_epochs,
         log=context.log.info,
         weights=weights,
-        checkpoint_dir=checkpoints,
+        task_labels=labels,
+        checkpoint_dir=checkpoints if model_config.trainer == "advanced" else None,  # the simple trainer writes none
         checkpoint_every=config.checkpoint_every,
     )
     artifact.update(
@@ -149,7 +156,8 @@ def trained_model(
         num_parameters=parameter_count(model),
         epochs_run=result.epochs_run,
         best_epoch=result.best_epoch,
-        best_valid_recall_at_10=result.best_valid_recall,
+        trainer=model_config.trainer,
+        **({} if result.best_valid_recall is None else {"best_valid_recall_at_10": result.best_valid_recall}),
         train_seconds=round(result.seconds, 2),
         resumed_from_epoch=result.resumed_from_epoch,
         torch_threads=torch.get_num_threads(),
@@ -340,6 +348,10 @@ def metric_report(
     }
 
     metrics = evaluation.summary
+    try:  # the task heads' ROC AUC on the held-out test edges, labels from their own attributes
+        tasks = task_metrics(model, model_config, data, view, split["test"]) if model_config.trainable else {}
+    except ValueError as error:
+        raise dg.Failure(f"metric_report[{model_config.name}]: {error}") from error
     reference = evaluate(*embed(fit_most_popular(view), view), eval_data).summary
     random_reference = _random_reference(data, split)
     thresholds = load_thresholds()
@@ -372,6 +384,7 @@ def metric_report(
         "num_parameters": trained_model["num_parameters"],
         "train_seconds": trained_model["train_seconds"],
         "epochs_run": trained_model["epochs_run"],
+        "tasks": tasks,
         "gate": {"passed": metrics["ndcg@10"] >= threshold, "threshold": threshold, "baseline": baseline_name},
         "efficiency": efficiency,
         "fairness": {"groups": evaluation.fairness.to_dicts(), "gaps": evaluation.gaps.to_dicts()},
@@ -397,6 +410,7 @@ def metric_report(
             **{m: metrics[m] for m in REPORT_METRICS},
             **{m: metrics[m] for m in EXTRA_METRICS},
             "most_popular/ndcg@10": reference["ndcg@10"],
+            **{f"test_auc/{task}": values["auc"] for task, values in tasks.items() if values["auc"] is not None},
             "users_evaluated": metrics["users_evaluated"],
             "report": dg.MetadataValue.md(frame_markdown(table)),
             "accuracy": dg.MetadataValue.md(_accuracy_grid(metrics)),
@@ -480,6 +494,7 @@ def comparison_frame(reports: dict[str, dict]) -> pl.DataFrame:
         row["gate"] = "pass" if report["gate"]["passed"] else "FAIL"
         row.update(train_seconds=float(report["train_seconds"]), epochs=int(report["epochs_run"]), parameters=int(report["num_parameters"]))
         row.update({m: (float(report["metrics"][m]) if m in report["metrics"] else None) for m in EXTRA_METRICS})
+        row.update({f"auc_{task}": (report.get("tasks") or {}).get(task, {}).get("auc") for task in training_lib.TASK_COLUMNS})
         efficiency = report.get("efficiency") or {}
         row["latency_p50_ms"] = efficiency.get("latency_p50_ms")
         row["latency_p95_ms"] = efficiency.get("latency_p95_ms")
@@ -505,4 +520,4 @@ def model_comparison(context: dg.AssetExecutionContext, lake: DataLake, metric_r
     )
 
 
-defs = dg.Definitions(assets=[trained_model, metric_report, model_comparison])
+defs = dg.Definitions(assets=[model_registry, trained_model, metric_report, model_comparison])

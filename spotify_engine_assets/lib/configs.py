@@ -67,6 +67,39 @@ class ModelConfig(BaseModel):
     attention_entropy_weight: float = Field(
         0.0, ge=0.0, description="Regularizer (GAT models): mean attention entropy at the batch's users and songs."
     )
+    # trainer, multi-task heads and multi-objective surrogates (lib/training.py)
+    trainer: Literal["simple", "advanced"] = Field(
+        "advanced",
+        description="simple: every epoch on all training data at a fixed learning rate, no validation, early stopping "
+        "or checkpoints (fastest feedback); advanced: validation Recall@10, early stopping, ReduceLROnPlateau, "
+        "periodic resumable checkpoints.",
+    )
+    task_complete_weight: float = Field(
+        0.0, ge=0.0, description="Multi-task: weight of the BCE of a 'will complete' head (mean_completion >= "
+        "complete_threshold) on the step's training edges, added to the BPR loss; 0: no head."
+    )
+    task_repeat_weight: float = Field(
+        0.0, ge=0.0, description="Multi-task: weight of the BCE of a 'will repeat' head (play_count >= repeat_min_plays) "
+        "on the step's training edges, added to the BPR loss; 0: no head."
+    )
+    complete_threshold: float = Field(
+        0.8, gt=0.0, le=1.0, description="Multi-task: an interaction counts as completed at this mean completion."
+    )
+    repeat_min_plays: int = Field(2, ge=2, description="Multi-task: an interaction counts as repeated at this play count.")
+    diversity_weight: float = Field(
+        0.0, ge=0.0, description="Multi-objective: weight of the expected pairwise cosine similarity of two songs drawn "
+        "from each batch user's softmax over sampled candidate songs (minimized: more diverse lists)."
+    )
+    coverage_weight: float = Field(
+        0.0, ge=0.0, description="Multi-objective: weight of 1 - the normalised entropy of the batch users' mean "
+        "softmax exposure over sampled candidate songs (minimized: exposure spread over more songs)."
+    )
+    surrogate_temperature: float = Field(
+        0.5, gt=0.0, description="Multi-objective: softmax temperature of the surrogates (lower: closer to a top-k list)."
+    )
+    surrogate_candidates: int = Field(
+        256, ge=2, description="Multi-objective: songs sampled uniformly per optimizer step as the surrogates' candidates."
+    )
 
     @model_validator(mode="after")
     def _heads_divide_hidden(self) -> ModelConfig:
@@ -86,6 +119,11 @@ class ModelConfig(BaseModel):
                     "negatives_per_positive",
                     "grad_accumulation",
                     "orthogonality_weight",
+                    "trainer",
+                    "task_complete_weight",
+                    "task_repeat_weight",
+                    "diversity_weight",
+                    "coverage_weight",
                 )
                 if getattr(self, name) != type(self).model_fields[name].default
             ]
@@ -98,6 +136,28 @@ class ModelConfig(BaseModel):
         if self.attention_entropy_weight and not self.model.startswith("gat"):
             raise ValueError(f"attention_entropy_weight needs an attention model (gat_basic, gat_enhanced), not {self.model}")
         return self
+
+    @model_validator(mode="after")
+    def _settings_need_their_objective(self) -> ModelConfig:
+        idle = [
+            f"{setting} needs {switch} > 0"
+            for setting, switch, active in (
+                ("complete_threshold", "task_complete_weight", self.task_complete_weight),
+                ("repeat_min_plays", "task_repeat_weight", self.task_repeat_weight),
+                ("surrogate_temperature", "diversity_weight or coverage_weight", self.diversity_weight or self.coverage_weight),
+                ("surrogate_candidates", "diversity_weight or coverage_weight", self.diversity_weight or self.coverage_weight),
+            )
+            if not active and getattr(self, setting) != type(self).model_fields[setting].default
+        ]
+        if idle:
+            raise ValueError(f"settings without effect: {'; '.join(idle)}")
+        return self
+
+    @property
+    def tasks(self) -> dict[str, float]:
+        """The multi-task heads this config trains, by name, with their loss weights."""
+        weights = {"complete": self.task_complete_weight, "repeat": self.task_repeat_weight}
+        return {task: weight for task, weight in weights.items() if weight > 0}
 
     @property
     def trainable(self) -> bool:
@@ -124,8 +184,13 @@ def _read_yaml(path: Path) -> dict:
 def load_registry(path: Path | None = None) -> dict[str, ModelConfig]:
     """All named configs from ``models.yaml`` (or ``path``), validated."""
     path = path or configs_dir() / "models.yaml"
+    return registry_from_mapping(_read_yaml(path), path)
+
+
+def registry_from_mapping(entries: dict, path: Path | str) -> dict[str, ModelConfig]:
+    """Validate a ``models.yaml``-schema mapping (name -> settings); errors name ``path``."""
     registry = {}
-    for name, settings in _read_yaml(path).items():
+    for name, settings in entries.items():
         if not isinstance(settings, dict):
             raise ConfigError(f"{path}: config {name!r} must be a mapping")
         if "name" in settings:
@@ -144,8 +209,14 @@ def default_registry() -> dict[str, ModelConfig]:
 
 
 def get_config(name: str, registry: dict[str, ModelConfig] | None = None) -> ModelConfig:
-    """The config named ``name``; an unknown name lists the known ones."""
-    registry = registry if registry is not None else default_registry()
+    """The config named ``name``; an unknown name lists the known ones. Without ``registry``:
+    ``models.yaml``, then the configs promoted into the data lake (``lib/registry.py``)."""
+    if registry is None:
+        registry = default_registry()
+        if name not in registry:
+            from .registry import full_registry  # promoted configs (imports this module)
+
+            registry = full_registry()
     if name not in registry:
         raise ConfigError(f"unknown model config {name!r}; known configs: {', '.join(sorted(registry))}")
     return registry[name]

@@ -29,9 +29,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import Tensor
 
 from .artifacts import POINTER, ArtifactNotFoundError, ArtifactStore, load_torch
-from .configs import ConfigError, ModelConfig, Thresholds, _read_yaml, default_registry, get_config
+from .configs import ConfigError, ModelConfig, Thresholds, _read_yaml, get_config
 from .graph import BY, HAS, LISTENS
 from .paths import REPO_ROOT, configs_dir
+from .registry import full_registry
 from .stats import holm, paired_test
 
 REPORT_KEY = ("metric_report",)
@@ -130,7 +131,7 @@ class ABPlan(BaseModel):
 def load_ab_plan(path: Path | None = None, registry: dict[str, ModelConfig] | None = None) -> ABPlan:
     """The configured A/B pairs, validated: known configs, distinct, on the same split."""
     path = path or configs_dir() / "ab_tests.yaml"
-    registry = registry if registry is not None else default_registry()
+    registry = registry if registry is not None else full_registry()  # models.yaml + promoted configs
     try:
         plan = ABPlan(**_read_yaml(path))
     except ValidationError as error:

@@ -21,12 +21,22 @@ all on the validation split: NDCG@10 (maximize), training seconds (minimize) and
 coverage@10 (maximize). Optuna does not prune multi-objective studies, so no intermediate values
 are reported; the outcome is the Pareto front (``study.best_trials``, see ``pareto_table``). Its
 default study name (``spotify-engine/<family>/pareto``) differs from the single-objective one.
+
+Resource limits (``TrialLimits``): before a trial trains, its peak memory and seconds are
+estimated from its config and the study's graph (``lib/trial_budget.py``; seconds need a one-epoch
+probe of the base config at the start of the run). A trial over a limit is pruned without
+training, its user attribute ``pruned_by`` naming the estimate and the limit.
+
+Promotion (``promote_best``): the best trial's config becomes a promoted config in the data lake
+(``lib/registry.py``), named ``hpo_<family>`` for the default study name, else
+``hpo_<family>_<study>``: a partition of ``trained_model`` like any ``models.yaml`` config.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import time
 import typing
 import warnings
@@ -41,10 +51,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from torch import Tensor
 from torch_geometric.data import HeteroData
 
+from . import registry as registry_lib
+from . import trial_budget
 from .configs import ConfigError, ModelConfig, default_registry
 from .graph import LISTENS
 from .metrics import ranking_metrics
 from .paths import configs_dir, data_lake_root
+from .models import parameter_count
 from .training import build_model, embed, train
 
 Logger = Callable[[str], None]
@@ -302,16 +315,47 @@ def validation_scores(model, data: StudyData) -> dict[str, float]:
     return {"valid_ndcg@10": float(values["ndcg@10"]), "valid_coverage@10": float(values["coverage@10"])}
 
 
+@dataclass(frozen=True)
+class TrialLimits:
+    """Per-trial resource limits, checked on estimates before a trial trains (None: no limit)."""
+
+    max_memory_mb: float | None = None
+    max_seconds: float | None = None
+    seconds_per_unit: float | None = None  # the probe's calibration (needed for max_seconds)
+
+    def __post_init__(self) -> None:
+        for name in ("max_memory_mb", "max_seconds"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise HpoError(f"{name} must be > 0, got {value}")
+        if self.max_seconds is not None and self.seconds_per_unit is None:
+            raise HpoError("max_seconds needs seconds_per_unit (run the probe: trial_budget.calibrate_seconds)")
+
+    def violation(self, estimate: trial_budget.Estimate) -> str | None:
+        """Why a trial with ``estimate`` must not run, or None when it fits."""
+        if self.max_memory_mb is not None and estimate.memory_mb > self.max_memory_mb:
+            return f"memory estimate {estimate.memory_mb:.0f} MB > limit max_trial_memory_mb {self.max_memory_mb:g} MB"
+        if self.max_seconds is not None and estimate.seconds is not None and estimate.seconds > self.max_seconds:
+            return (f"time estimate {estimate.seconds:.0f} s ({estimate.epochs} epochs) > limit "
+                    f"max_trial_seconds {self.max_seconds:g} s")
+        return None
+
+
 def make_objective(
     space: SearchSpace,
     data: StudyData,
     max_epochs: int | None = None,
     log: Logger | None = None,
     multi_objective: bool = False,
+    limits: TrialLimits | None = None,
 ):
     """The objective: train the sampled config, report validation Recall@10 per epoch, prune.
-    With ``multi_objective``: no reports (no pruning); returns the ``MULTI_OBJECTIVES`` values."""
+    With ``multi_objective``: no reports (no pruning); returns the ``MULTI_OBJECTIVES`` values.
+    Every trial's memory (and, with a probe, time) estimate is recorded; with ``limits``, a trial
+    over one is pruned before it trains."""
     log = log or (lambda message: None)
+    limits = limits or TrialLimits()
+    size = trial_budget.GraphSize.of(data.view)
 
     def multi(trial: optuna.Trial, model, config: ModelConfig, epochs: int | None) -> tuple[float, float, float]:
         result = train(model, data.view, data.valid_pairs, config, max_epochs=epochs)
@@ -332,6 +376,17 @@ def make_objective(
             raise optuna.TrialPruned(f"invalid combination {params}: {message}") from None
         epochs = min(max_epochs, config.max_epochs) if max_epochs else None
         model = build_model(config, data.num_nodes)
+        estimate = trial_budget.estimate(
+            config, size, parameter_count(model), epochs or config.max_epochs, limits.seconds_per_unit
+        )
+        trial.set_user_attr("estimate_memory_mb", round(estimate.memory_mb, 1))
+        if estimate.seconds is not None:
+            trial.set_user_attr("estimate_seconds", round(estimate.seconds, 1))
+        reason = limits.violation(estimate)
+        if reason is not None:
+            trial.set_user_attr("pruned_by", reason)
+            trial.set_user_attr("epochs_run", 0)
+            raise optuna.TrialPruned(f"not trained: {reason}")
         if multi_objective:
             return multi(trial, model, config, epochs)
         started = time.perf_counter()
@@ -417,8 +472,10 @@ def run_study(
     timeout_s: float | None = None,
     max_epochs: int | None = None,
     log: Logger | None = None,
+    limits: TrialLimits | None = None,
 ) -> optuna.Study:
-    """Run ``n_trials`` more trials (or until ``timeout_s``), logging each finished trial."""
+    """Run ``n_trials`` more trials (or until ``timeout_s``), logging each finished trial; a
+    trial whose estimate exceeds ``limits`` is pruned before it trains."""
     log = log or (lambda message: None)
     if n_trials is not None and n_trials < 1:
         raise HpoError(f"n_trials must be >= 1, got {n_trials}")
@@ -442,6 +499,9 @@ def run_study(
         )
 
     def report(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if "pruned_by" in trial.user_attrs:
+            log(f"trial {trial.number} pruned before training: {trial.user_attrs['pruned_by']}; params {trial.params}")
+            return
         value = "-" if trial.value is None else f"{trial.value:.4f}"
         try:
             best = f"{study.best_value:.4f} (trial {study.best_trial.number})"
@@ -458,7 +518,7 @@ def run_study(
     optuna.logging.set_verbosity(logging.WARNING)
     try:
         study.optimize(
-            make_objective(space, data, max_epochs, log, multi_objective=multi_objective),
+            make_objective(space, data, max_epochs, log, multi_objective=multi_objective, limits=limits),
             n_trials=n_trials,
             timeout=timeout_s,
             callbacks=[report_multi if multi_objective else report],
@@ -486,6 +546,7 @@ def trials_table(study: optuna.Study) -> list[dict]:
                     **dict(zip(MULTI_OBJECTIVES, values)),
                     "epochs_run": trial.user_attrs.get("epochs_run"),
                     "seconds": duration,
+                    **_estimate_columns(trial),
                     **{f"param_{k}": v for k, v in trial.params.items()},
                 }
             )
@@ -497,10 +558,20 @@ def trials_table(study: optuna.Study) -> list[dict]:
                 "value": trial.value,
                 "epochs_run": trial.user_attrs.get("epochs_run"),
                 "seconds": duration,
+                **_estimate_columns(trial),
                 **{f"param_{k}": v for k, v in trial.params.items()},
             }
         )
     return rows
+
+
+def _estimate_columns(trial: optuna.trial.FrozenTrial) -> dict:
+    """A trial's resource estimates and, when pruned on one, the reason (estimate and limit)."""
+    return {
+        "est_memory_mb": trial.user_attrs.get("estimate_memory_mb"),
+        "est_seconds": trial.user_attrs.get("estimate_seconds"),
+        "pruned_by": trial.user_attrs.get("pruned_by", ""),
+    }
 
 
 def param_importances(study: optuna.Study) -> dict[str, float]:
@@ -538,6 +609,36 @@ def write_best_yaml(path: Path, config: ModelConfig, study: optuna.Study) -> Pat
     tmp.write_text(text)
     tmp.replace(path)
     return path
+
+
+def promoted_name(family: str, study_name: str) -> str:
+    """``hpo_<family>`` for the default study name, else ``hpo_<family>_<study>`` (the study name
+    reduced to lowercase letters, digits and '_')."""
+    slug = re.sub(r"[^a-z0-9]+", "_", study_name.lower().removeprefix("spotify-engine/")).strip("_")
+    return (f"hpo_{family}" if slug == family else f"hpo_{family}_{slug}")[:100].rstrip("_")
+
+
+def promote_best(
+    study: optuna.Study, space: SearchSpace, storage_url: str, lake_root: Path | None = None, name: str | None = None
+) -> tuple[ModelConfig, Path]:
+    """Write the best trial's config as a promoted config of the data lake (``lib/registry.py``),
+    with its source (study, trial, objective value, redacted storage). Returns it and its file."""
+    if is_multi_objective(study):
+        raise HpoError(f"study {study.study_name!r} is multi-objective: it has no single best trial to promote")
+    name = name or promoted_name(space.family, study.study_name)
+    registry_lib.check_promotable(name, study.study_name, space.family, lake_root)
+    config = best_config(study, space, name)
+    config = config.model_copy(update={"description": registry_entry(config, study)["description"]})
+    source = registry_lib.PromotionSource(
+        family=space.family,
+        study_name=study.study_name,
+        trial=study.best_trial.number,
+        objective=OBJECTIVE,
+        value=float(study.best_value),
+        storage=redact(storage_url),
+        promoted_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    )
+    return config, registry_lib.write_promoted(config, source, lake_root)
 
 
 def history_points(study: optuna.Study) -> tuple[list[int], list[float], list[float]]:

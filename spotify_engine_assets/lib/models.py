@@ -15,6 +15,10 @@ one training and evaluation harness serve them all:
 * :class:`LightGCNRecommender` - :class:`torch_geometric.nn.models.LightGCN` over the
   user-song bipartite graph.
 * :class:`MostPopular` - the non-parametric reference: songs ranked by training play count.
+
+Multi-task: :class:`TaskHeads` (built by ``lib.training.build_model`` when a config weights a
+task) adds binary heads ("will complete", "will repeat") that score a (user, song) pair from the
+model's final embeddings; ranking stays the dot product.
 """
 
 from __future__ import annotations
@@ -455,6 +459,41 @@ class LightGCNRecommender(nn.Module):
         return (weight[users].pow(2).sum() + weight[songs + self.num_users].pow(2).sum()) / users.numel()
 
     score = staticmethod(_EmbeddingRecommender.score)
+
+
+class TaskHeads(nn.Module):
+    r"""Binary auxiliary heads on a (user, song) pair's final embeddings, one per task.
+
+    Each head is a two-layer MLP on the layer-normalised features
+    :math:`[\mathbf{u} \odot \mathbf{s}, \mathbf{u}, \mathbf{s}]` returning one logit (the
+    normalisation keeps the heads' inputs on one scale while the ranking loss moves the
+    embeddings); trained with binary cross-entropy next to the ranking loss, its gradient flows into
+    the shared embeddings.
+
+    Args:
+        dim: Size of the user and song embeddings.
+        tasks: Task names, in the column order of :meth:`forward`'s output.
+        hidden: Hidden size of every head (default ``dim``).
+    """
+
+    def __init__(self, dim: int, tasks: Sequence[str], hidden: int | None = None) -> None:
+        super().__init__()
+        if not tasks:
+            raise ValueError("TaskHeads needs at least one task")
+        self.tasks = tuple(tasks)
+        hidden = hidden or dim
+        self.heads = nn.ModuleDict(
+            {
+                task: nn.Sequential(nn.LayerNorm(3 * dim), nn.Linear(3 * dim, hidden), nn.ReLU(), nn.Linear(hidden, 1))
+                for task in self.tasks
+            }
+        )
+
+    def forward(self, user_emb: Tensor, song_emb: Tensor, users: Tensor, songs: Tensor) -> Tensor:
+        """``[B, len(tasks)]`` logits of the pairs ``(users[i], songs[i])``."""
+        u, s = user_emb[users], song_emb[songs]
+        features = torch.cat([u * s, u, s], dim=-1)
+        return torch.cat([self.heads[task](features) for task in self.tasks], dim=-1)
 
 
 class MostPopular:

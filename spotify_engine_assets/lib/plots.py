@@ -26,9 +26,10 @@ def training_curve(history: list[dict], title: str) -> str:
     loss_axis.plot(epochs, [row["loss"] for row in history], color="tab:blue", label="BPR loss")
     loss_axis.set_xlabel("epoch")
     loss_axis.set_ylabel("train loss", color="tab:blue")
-    recall_axis = loss_axis.twinx()
-    recall_axis.plot(epochs, [row["valid_recall@10"] for row in history], color="tab:orange", label="valid Recall@10")
-    recall_axis.set_ylabel("valid Recall@10", color="tab:orange")
+    if all("valid_recall@10" in row for row in history):  # the simple trainer validates nothing
+        recall_axis = loss_axis.twinx()
+        recall_axis.plot(epochs, [row["valid_recall@10"] for row in history], color="tab:orange", label="valid Recall@10")
+        recall_axis.set_ylabel("valid Recall@10", color="tab:orange")
     loss_axis.set_title(title)
     return figure_markdown(fig, f"training curve {title}")
 

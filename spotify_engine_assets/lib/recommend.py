@@ -24,9 +24,10 @@ from torch_geometric.data import HeteroData
 
 from .artifacts import ArtifactNotFoundError, ArtifactStore, load_torch
 from .cold_start import adaptive_weight, blend, genre_profile_of_songs, genre_scores, song_genre_matrix, tune_genre_prior
-from .configs import ConfigError, ModelConfig, default_registry
+from .configs import ConfigError, ModelConfig
 from .graph import LISTENS, from_payload, message_passing_graph
 from .models import MostPopular
+from .registry import full_registry
 from .training import build_model, embed, num_nodes_of
 
 DEFAULT_GENRE_PRIOR = 5.0
@@ -195,9 +196,9 @@ class ModelBundle:
         return self._genre_prior
 
 
-def available_configs(store: ArtifactStore) -> list[str]:
-    """Registry configs with a materialized trained_model partition."""
-    return [name for name in sorted(default_registry()) if (store.slot(["trained_model"], name) / "CURRENT").exists()]
+def available_configs(store: ArtifactStore, registry: list[str]) -> list[str]:
+    """Configs of ``registry`` with a materialized trained_model partition."""
+    return [name for name in registry if (store.slot(["trained_model"], name) / "CURRENT").exists()]
 
 
 def load_model(artifact: dict, data: HeteroData) -> nn.Module | MostPopular:
@@ -220,18 +221,18 @@ def load_bundle(lake: Path, config_name: str) -> ModelBundle:
     (listing both), :class:`ArtifactNotFoundError` when the graph is missing.
     """
     store = ArtifactStore(Path(lake) / "artifacts")
-    registry = sorted(default_registry())
+    registry = sorted(full_registry(Path(lake)))  # models.yaml and the lake's promoted configs
     if config_name not in registry:
         raise UnknownIdError(
             f"unknown model config {config_name!r}; configs in the registry: {', '.join(registry)} "
-            f"(materialized: {', '.join(available_configs(store)) or 'none'})"
+            f"(materialized: {', '.join(available_configs(store, registry)) or 'none'})"
         )
     try:
         artifact = load_torch(store.current(["trained_model"], config_name) / "data.pt")
     except ArtifactNotFoundError:
         raise UnknownIdError(
             f"model config {config_name!r} has no materialized trained_model in {lake}; materialized: "
-            f"{', '.join(available_configs(store)) or 'none'} (run: spotify-engine materialize --configs {config_name})"
+            f"{', '.join(available_configs(store, registry)) or 'none'} (run: spotify-engine materialize --configs {config_name})"
         ) from None
     graph = load_torch(store.current(["listening_graph"]) / "data.pt")
     splits = load_torch(store.current(["interaction_splits"]) / "data.pt")

@@ -1,0 +1,334 @@
+"""Simple vs advanced trainer (one shared loop), multi-task heads (labels, loss, AUC), the
+multi-objective surrogates (diversity, coverage) and their config validation."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from pydantic import ValidationError
+from scipy.stats import mannwhitneyu
+
+import spotify_engine_assets.lib.training as training_module
+from spotify_engine_assets.lib.configs import ConfigError, ModelConfig, load_registry
+from spotify_engine_assets.lib.graph import LISTENS
+from spotify_engine_assets.lib.models import TaskHeads
+from spotify_engine_assets.lib.training import (
+    AdvancedTrainer,
+    SimpleTrainer,
+    bpr_step_loss,
+    build_model,
+    candidate_softmax,
+    embed,
+    expected_similarity,
+    exposure_entropy,
+    num_nodes_of,
+    objective_penalty,
+    roc_auc,
+    task_labels,
+    task_metrics,
+    train,
+)
+from test_training import _states_equal, config, toy_problem
+
+torch.set_num_threads(1)
+
+
+def labelled_graph(seed: int = 3):
+    """The toy view as a full graph with listens columns, and every other edge as training."""
+    view, valid = toy_problem()
+    data = view.clone()
+    g = torch.Generator().manual_seed(seed)
+    edges = data[LISTENS].edge_index.size(1)
+    data[LISTENS].play_count = torch.randint(1, 4, (edges,), generator=g).float()
+    data[LISTENS].mean_completion = torch.rand(edges, generator=g)
+    return data, valid
+
+
+# ---------------------------------------------------------------------------------- config validation
+
+
+@pytest.mark.parametrize(
+    "field", ["task_complete_weight", "task_repeat_weight", "diversity_weight", "coverage_weight"]
+)
+def test_negative_objective_weights_fail_naming_the_field(field):
+    with pytest.raises(ValidationError, match=field):
+        config(**{field: -0.1})
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"complete_threshold": 0.5}, "complete_threshold needs task_complete_weight > 0"),
+        ({"repeat_min_plays": 3}, "repeat_min_plays needs task_repeat_weight > 0"),
+        ({"surrogate_temperature": 0.1}, "surrogate_temperature needs diversity_weight or coverage_weight > 0"),
+        ({"surrogate_candidates": 16}, "surrogate_candidates needs diversity_weight or coverage_weight > 0"),
+        ({"complete_threshold": 0.0, "task_complete_weight": 1.0}, "complete_threshold"),
+        ({"surrogate_temperature": 0.0, "coverage_weight": 1.0}, "surrogate_temperature"),
+        ({"trainer": "fancy"}, "trainer"),
+    ],
+)
+def test_invalid_combinations_fail_at_config_validation(overrides, message):
+    with pytest.raises(ValidationError, match=message):
+        config(**overrides)
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [("task_complete_weight", 1.0), ("task_repeat_weight", 1.0), ("diversity_weight", 0.1), ("coverage_weight", 0.1),
+     ("trainer", "simple")],
+)
+def test_most_popular_refuses_training_objectives(field, value):
+    with pytest.raises(ValidationError, match=f"{field} only apply to trainable models"):
+        ModelConfig(name="mp", model="most_popular", **{field: value})
+
+
+def test_registry_file_error_names_file_config_and_field(tmp_path):
+    path = tmp_path / "models.yaml"
+    path.write_text("bad:\n  model: lightgcn\n  coverage_weight: -1\n")
+    with pytest.raises(ConfigError, match=r"models\.yaml: config 'bad': coverage_weight"):
+        load_registry(path)
+
+
+def test_config_tasks_keep_the_weighted_heads_in_order():
+    assert config().tasks == {}
+    assert config(task_repeat_weight=0.3).tasks == {"repeat": 0.3}
+    assert config(task_repeat_weight=0.3, task_complete_weight=2.0).tasks == {"complete": 2.0, "repeat": 0.3}
+
+
+# ---------------------------------------------------------------------------------- task labels and heads
+
+
+def test_task_labels_follow_thresholds_and_read_only_the_given_edges():
+    data, _ = labelled_graph()
+    listens = data[LISTENS]
+    index = torch.arange(0, listens.edge_index.size(1), 2)
+    cfg = config(task_complete_weight=1.0, task_repeat_weight=1.0, complete_threshold=0.6, repeat_min_plays=3)
+    labels = task_labels(cfg, data, index)
+    assert labels.shape == (index.numel(), 2)
+    assert torch.equal(labels[:, 0], (listens.mean_completion[index] >= 0.6).float())
+    assert torch.equal(labels[:, 1], (listens.play_count[index] >= 3).float())
+    held_out = torch.arange(1, listens.edge_index.size(1), 2)
+    listens.mean_completion[held_out] = 1.0 - listens.mean_completion[held_out]
+    listens.play_count[held_out] = 99.0
+    assert torch.equal(task_labels(cfg, data, index), labels)
+    assert task_labels(config(), data, index) is None
+
+
+def test_task_head_on_a_graph_without_the_column_fails_naming_config_and_field():
+    data, _ = labelled_graph()
+    del data[LISTENS].play_count
+    index = torch.arange(10)
+    with pytest.raises(ValueError, match=r"'toy_gat_basic'.*task_repeat_weight needs listens\.play_count"):
+        task_labels(config(task_repeat_weight=1.0), data, index)
+    assert task_labels(config(task_complete_weight=1.0), data, index).shape == (10, 1)
+
+
+@pytest.mark.parametrize("kind", ["gat_enhanced", "lightgcn"])
+def test_heads_are_built_only_when_weighted_and_leave_the_model_unchanged(kind):
+    view, _ = toy_problem()
+    plain = build_model(config(kind), num_nodes_of(view))
+    headed = build_model(config(kind, task_repeat_weight=1.0), num_nodes_of(view))
+    assert not hasattr(plain, "task_heads")
+    assert isinstance(headed.task_heads, TaskHeads) and headed.task_heads.tasks == ("repeat",)
+    heads = {k: v for k, v in headed.state_dict().items() if k.startswith("task_heads.")}
+    rest = {k: v for k, v in headed.state_dict().items() if not k.startswith("task_heads.")}
+    assert heads and _states_equal(rest, plain.state_dict())
+    # a rebuilt model restores the heads from the state dict (what load_trained does)
+    rebuilt = build_model(config(kind, task_repeat_weight=1.0, seed=5), num_nodes_of(view))
+    rebuilt.load_state_dict(headed.state_dict())
+    user, song = embed(headed, view)
+    pairs = view[LISTENS].edge_index
+    with torch.no_grad():
+        assert torch.equal(headed.task_heads(user, song, pairs[0], pairs[1]), rebuilt.task_heads(user, song, pairs[0], pairs[1]))
+
+
+def test_step_loss_adds_the_weighted_bce_of_the_step_pairs():
+    view, _ = toy_problem()
+    cfg = config("gat_enhanced", task_complete_weight=0.7, task_repeat_weight=0.2)
+    model = build_model(cfg, num_nodes_of(view)).eval()
+    users, positives = torch.tensor([0, 1, 5, 7]), torch.tensor([1, 2, 30, 31])
+    negatives = torch.tensor([[25], [26], [3], [4]])
+    labels = torch.tensor([[1.0, 0.0], [0.0, 0.0], [1.0, 1.0], [0.0, 1.0]])
+    plain = bpr_step_loss(model, view, users, positives, negatives, None, 4, config("gat_enhanced"))
+    user, song = embed(model, view)
+    with torch.no_grad():
+        bce = F.binary_cross_entropy_with_logits(model.task_heads(user, song, users, positives), labels, reduction="none").mean(0)
+    expected = plain + 0.7 * bce[0] + 0.2 * bce[1]
+    got = bpr_step_loss(model, view, users, positives, negatives, None, 4, cfg, labels=labels)
+    assert got.item() == pytest.approx(expected.item(), rel=1e-5)
+    with pytest.raises(ValueError, match="task heads need labels"):
+        bpr_step_loss(model, view, users, positives, negatives, None, 4, cfg)
+
+
+def test_trainer_needs_labels_exactly_when_the_config_has_heads():
+    view, valid = toy_problem()
+    cfg = config(task_complete_weight=1.0, max_epochs=1)
+    edges = view[LISTENS].edge_index.size(1)
+    with pytest.raises(ValueError, match=r"trains task heads \['complete'\]: pass task_labels of shape \(48, 1\)"):
+        train(build_model(cfg, num_nodes_of(view)), view, valid, cfg)
+    with pytest.raises(ValueError, match="has no task head"):
+        train(build_model(config(), num_nodes_of(view)), view, valid, config(), task_labels=torch.ones(edges, 1))
+    with pytest.raises(ValueError, match="the model has no task heads"):
+        train(build_model(config(), num_nodes_of(view)), view, valid, cfg, task_labels=torch.ones(edges, 1))
+
+
+def test_heads_learn_their_labels_jointly_with_ranking():
+    """Labels that depend on the song's taste cluster: after joint training the head ranks the
+    training pairs by label far better than chance, and ranking is still learned."""
+    view, valid = toy_problem(num_users=16, num_songs=60, per_user=8)
+    data = view.clone()
+    pairs = data[LISTENS].edge_index
+    data[LISTENS].play_count = torch.where(pairs[1] % 2 == 0, 3.0, 1.0)  # even songs get repeated
+    data[LISTENS].mean_completion = torch.full((pairs.size(1),), 0.5)
+    data[LISTENS].mean_completion[:2] = 0.9
+    cfg = config("lightgcn", task_repeat_weight=1.0, max_epochs=15, patience=100, batch_size=16)
+    every = torch.arange(pairs.size(1))
+    model = build_model(cfg, num_nodes_of(view))
+    assert task_metrics(model, cfg, data, view, every)["repeat"]["auc"] < 0.8  # untrained
+    result = train(model, view, valid, cfg, task_labels=task_labels(cfg, data, every))
+    metrics = task_metrics(model, cfg, data, view, every)
+    assert metrics["repeat"]["auc"] > 0.8, metrics
+    assert metrics["repeat"]["positive_rate"] == pytest.approx(float((pairs[1] % 2 == 0).float().mean()))
+    assert result.best_valid_recall > 0
+
+
+def test_roc_auc_matches_scipy_mann_whitney_with_ties():
+    g = torch.Generator().manual_seed(0)
+    scores = torch.randint(0, 7, (300,), generator=g).float()  # many ties
+    labels = (torch.rand(300, generator=g) < 0.3 + 0.08 * scores).float()
+    expected = mannwhitneyu(scores[labels == 1].numpy(), scores[labels == 0].numpy()).statistic / (
+        int(labels.sum()) * int((1 - labels).sum())
+    )
+    assert roc_auc(scores, labels) == pytest.approx(expected, rel=1e-12)
+    assert roc_auc(torch.tensor([0.1, 0.9, 0.5]), torch.tensor([0, 1, 1])) == 1.0
+    assert roc_auc(torch.tensor([0.9, 0.1]), torch.tensor([0, 1])) == 0.0
+    assert roc_auc(torch.tensor([0.3, 0.4]), torch.tensor([1, 1])) is None
+    with pytest.raises(ValueError, match="3 scores for 2 labels"):
+        roc_auc(torch.rand(3), torch.tensor([0, 1]))
+
+
+# ---------------------------------------------------------------------------------- multi-objective surrogates
+
+
+def test_surrogates_equal_their_brute_force_definitions():
+    g = torch.Generator().manual_seed(1)
+    user_emb, song_emb = torch.randn(6, 5, generator=g), torch.randn(30, 5, generator=g)
+    users, candidates = torch.tensor([0, 2, 5]), torch.tensor([3, 7, 11, 12, 20, 29])
+    probs = candidate_softmax(user_emb, song_emb, users, candidates, 0.7)
+    assert torch.allclose(probs.sum(1), torch.ones(3))
+    exposure = probs.mean(0)
+    assert exposure_entropy(probs).item() == pytest.approx((-(exposure * exposure.log()).sum() / math.log(6)).item(), rel=1e-5)
+    unit = F.normalize(song_emb[candidates], dim=1)
+    cosine = unit @ unit.t()
+    brute = torch.stack([p @ cosine @ p for p in probs]).mean()
+    assert expected_similarity(probs, song_emb[candidates]).item() == pytest.approx(brute.item(), rel=1e-5)
+    uniform = torch.full((2, 6), 1 / 6)
+    assert exposure_entropy(uniform).item() == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("objective", ["coverage", "diversity"])
+def test_a_gradient_step_on_a_surrogate_moves_it_in_the_intended_direction(objective):
+    view, _ = toy_problem(num_users=12, num_songs=60, per_user=8)
+    cfg = config("lightgcn", coverage_weight=1.0 if objective == "coverage" else 0.0,
+                 diversity_weight=1.0 if objective == "diversity" else 0.0, surrogate_candidates=32, surrogate_temperature=0.2)
+    model = build_model(cfg, num_nodes_of(view))
+    users, candidates = torch.arange(12), torch.randperm(60, generator=torch.Generator().manual_seed(2))[:32]
+
+    def measured():
+        user, song = embed(model, view)
+        probs = candidate_softmax(user, song, users, candidates, cfg.surrogate_temperature)
+        return exposure_entropy(probs).item() if objective == "coverage" else expected_similarity(probs, song[candidates]).item()
+
+    before = measured()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    for _ in range(5):
+        user, song = model(view)
+        penalty = objective_penalty(user, song, users, candidates, cfg)
+        assert torch.isfinite(penalty)
+        optimizer.zero_grad()
+        penalty.backward()
+        optimizer.step()
+    after = measured()
+    assert (after > before) if objective == "coverage" else (after < before), (before, after)
+
+
+def test_zero_weight_surrogates_are_a_no_op_and_weighted_ones_change_training():
+    view, valid = toy_problem()
+    base = dict(max_epochs=3, patience=100, batch_size=16)
+    plain = train(build_model(config(**base), num_nodes_of(view)), view, valid, config(**base))
+    explicit = config(diversity_weight=0.0, coverage_weight=0.0, **base)
+    zero = train(build_model(explicit, num_nodes_of(view)), view, valid, explicit)
+    assert _states_equal(plain.final_state, zero.final_state)
+    covered = config(coverage_weight=1.0, surrogate_candidates=16, **base)
+    result = train(build_model(covered, num_nodes_of(view)), view, valid, covered)
+    assert all(math.isfinite(row["loss"]) for row in result.history)
+    assert not _states_equal(plain.final_state, result.final_state)
+
+
+def test_more_candidates_than_songs_fail_before_training():
+    view, valid = toy_problem()  # 40 songs
+    cfg = config(diversity_weight=0.1, surrogate_candidates=41)
+    with pytest.raises(ValueError, match="surrogate_candidates 41 exceeds the catalogue's 40 songs"):
+        train(build_model(cfg, num_nodes_of(view)), view, valid, cfg)
+
+
+# ---------------------------------------------------------------------------------- trainers
+
+
+def test_simple_trainer_runs_every_epoch_without_validation(monkeypatch):
+    view, valid = toy_problem()
+    cfg = config(trainer="simple", max_epochs=6, patience=1)  # patience is an advanced-trainer setting
+    model = build_model(cfg, num_nodes_of(view))
+    eval_forwards = []
+    original = model.forward
+    monkeypatch.setattr(model, "forward", lambda *a, **k: eval_forwards.append(not model.training) or original(*a, **k))
+    monkeypatch.setattr(training_module, "recall_at_k", lambda *a, **k: pytest.fail("the simple trainer validated"))
+    result = train(model, view, valid, cfg)
+    assert result.epochs_run == 6 and sum(eval_forwards) == 0
+    assert all(set(row) == {"epoch", "loss", "lr", "seconds"} for row in result.history)
+    assert {row["lr"] for row in result.history} == {cfg.lr}
+    assert result.best_valid_recall is None and result.best_epoch == 6
+    assert _states_equal(result.best_state, result.final_state) and _states_equal(model.state_dict(), result.final_state)
+    from spotify_engine_assets.lib.plots import training_curve
+
+    assert "training curve" in training_curve(result.history, cfg.name)  # trained_model's plot: loss only
+
+
+def test_both_trainers_share_one_loop():
+    """Same config and seed, no LR change and no early stop: the advanced trainer's final weights
+    equal the simple trainer's (validation only reads the model)."""
+    view, valid = toy_problem()
+    settings = dict(max_epochs=4, patience=100, lr_patience=100, negatives_per_positive=2, task_complete_weight=0.5,
+                    coverage_weight=0.2, surrogate_candidates=16)
+    data, _ = labelled_graph()
+    labels = task_labels(config(**settings), data, torch.arange(view[LISTENS].edge_index.size(1)))
+    runs = {}
+    for trainer in ("simple", "advanced"):
+        cfg = config(trainer=trainer, **settings)
+        runs[trainer] = train(build_model(cfg, num_nodes_of(view)), view, valid, cfg, task_labels=labels)
+    assert _states_equal(runs["simple"].final_state, runs["advanced"].final_state)
+    assert [r["loss"] for r in runs["simple"].history] == [r["loss"] for r in runs["advanced"].history]
+    assert all("valid_recall@10" in row for row in runs["advanced"].history)
+
+
+def test_advanced_trainer_early_stops_and_restores_the_best_weights():
+    view, valid = toy_problem(num_users=4, num_songs=10, per_user=3)  # recall@10 is 1.0 from epoch 1
+    cfg = config(max_epochs=20, patience=3)
+    model = build_model(cfg, num_nodes_of(view))
+    result = AdvancedTrainer(model, view, cfg, valid).fit()
+    assert result.best_epoch == 1 and result.epochs_run == 4
+    assert _states_equal(model.state_dict(), result.best_state)
+    simple = SimpleTrainer(build_model(cfg, num_nodes_of(view)), view, cfg).fit()
+    assert simple.epochs_run == 20
+
+
+def test_simple_trainer_refuses_checkpoints(tmp_path):
+    view, valid = toy_problem()
+    cfg = config(trainer="simple", max_epochs=1)
+    with pytest.raises(ValueError, match="the simple trainer writes no checkpoints"):
+        train(build_model(cfg, num_nodes_of(view)), view, valid, cfg, checkpoint_dir=tmp_path)
+    with pytest.raises(ValueError, match="checkpoint_every must be >= 1"):
+        AdvancedTrainer(build_model(config(), num_nodes_of(view)), view, config(), valid, checkpoint_every=0)

@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from .defs import experiments, explanations, graph, ingestion, lastfm, optimization, playlists, sensors, sql_models, training
+from .defs import cross_validation, experiments, explanations, graph, ingestion, lastfm, optimization, playlists, sensors, sql_models, training
 from .defs.resources import DataLake, LakeIOManager, TorchRuntime, Warehouse
 
 lake = DataLake()
@@ -18,6 +18,7 @@ defs = dg.Definitions.merge(
     explanations.defs,
     lastfm.defs,
     optimization.defs,
+    cross_validation.defs,
     dg.Definitions(
         resources={
             "lake": lake,

@@ -81,6 +81,7 @@ EXPECTED_ASSET_KEYS = [
     "staging/stg_song_genres",
     "staging/stg_songs",
     "staging/stg_users",
+    "time_series_cv",
     "trained_model",
     "user_segments",
 ]

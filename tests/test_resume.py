@@ -1,7 +1,11 @@
 """Resumable training: a real training process killed with SIGKILL after its first checkpoint
-resumes from that checkpoint and ends exactly like a run that was never interrupted.
+resumes from that checkpoint and ends exactly like a run that was never interrupted; and the same
+through Dagster: a ``trained_model`` materialization in a subprocess (the project's definitions,
+a ``$DAGSTER_HOME`` and data lake in a temporary folder) is SIGKILLed mid-way, the previously
+materialized version stays current and loadable, and re-materializing resumes from the killed
+run's checkpoint.
 
-(The resumed run happens in the test process: a second child would double the interpreter and
+(The resumed runs happen in the test process: a second child would double the interpreter and
 torch-geometric start-up, the slowest part of the test on a busy machine.)"""
 
 from __future__ import annotations
@@ -50,7 +54,26 @@ torch.save({{
 def _child(checkpoint_dir: Path, out: Path, pause: float) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.Popen([sys.executable, "-c", CHILD, str(checkpoint_dir), str(out), str(pause)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def _kill_at_checkpoint(process: subprocess.Popen, folder: Path, pattern: str, timeout: float) -> Path:
+    """Wait until ``process`` has written a checkpoint ``folder.glob(pattern)``, SIGKILL it and
+    return the checkpoint (the process must still be running when it is found)."""
+    deadline = time.monotonic() + timeout
+    try:
+        while not (found := sorted(folder.glob(pattern))):
+            assert process.poll() is None, process.communicate()[0].decode()[-3000:]
+            assert time.monotonic() < deadline, f"no checkpoint {folder / pattern} within {timeout} s"
+            time.sleep(0.02)
+        process.send_signal(signal.SIGKILL)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.communicate()
+    assert process.returncode == -signal.SIGKILL
+    (checkpoint,) = found
+    return checkpoint
 
 
 def _run(checkpoint_dir=None):
@@ -70,20 +93,8 @@ def _reference():
 
 def test_sigkilled_training_resumes_from_its_checkpoint_and_matches_an_uninterrupted_run(tmp_path):
     checkpoints = tmp_path / "checkpoints"
-    checkpoint = checkpoints / CHECKPOINT_FILE
     first = _child(checkpoints, tmp_path / "never.pt", pause=0.3)
-    deadline = time.monotonic() + 25
-    try:
-        while not checkpoint.exists():
-            assert first.poll() is None, first.communicate()[1].decode()[-2000:]
-            assert time.monotonic() < deadline, "no checkpoint within 25 s"
-            time.sleep(0.05)
-        first.send_signal(signal.SIGKILL)
-    finally:
-        if first.poll() is None:
-            first.kill()
-        first.communicate()
-    assert first.returncode == -signal.SIGKILL
+    checkpoint = _kill_at_checkpoint(first, checkpoints, CHECKPOINT_FILE, timeout=25)
     assert not (tmp_path / "never.pt").exists()  # killed mid-way, never finished
     killed_at = torch.load(checkpoint, weights_only=True)
     assert 1 <= killed_at["epoch"] < EPOCHS and not killed_at["finished"]
@@ -124,3 +135,98 @@ def test_checkpoint_folder_is_keyed_by_partition_config_and_data(tmp_path):
         checkpoint_dir_for(lake, cfg, "data-a", 5),
     }
     assert folder not in others and len(others) == 3
+
+
+# ------------------------------------------------- a killed materialization of trained_model
+
+DAGSTER_CONFIG = "gat_enhanced"
+DAGSTER_EPOCHS = 40  # the killed run's cap; early stopping may end the resumed run sooner
+
+MATERIALIZE_CHILD = """
+import sys
+sys.path.insert(0, {tests!r})
+from test_resume import materialize_trained_model
+result = materialize_trained_model(sys.argv[1], int(sys.argv[2]))
+sys.exit(0 if result.success else 1)
+""".format(tests=str(TESTS))
+
+
+def materialize_trained_model(name: str, max_epochs: int, data_stage: bool = False):
+    """Materialize ``trained_model`` for partition ``name``, capped at ``max_epochs`` (or, with
+    ``data_stage``, the runner's data stage on the tiny world) with the project's definitions
+    against the instance of ``$DAGSTER_HOME`` and the data lake of ``$SPOTIFY_ENGINE_DATA_LAKE``."""
+    import dagster as dg
+
+    from spotify_engine_assets.definitions import defs
+    from spotify_engine_assets.runner import DATA_STAGE, dagster_home, run_config
+
+    dagster_home()
+    instance = dg.DagsterInstance.get()
+    partitions = defs.resolve_asset_graph().get(dg.AssetKey("trained_model")).partitions_def
+    if isinstance(partitions, dg.DynamicPartitionsDefinition) and not instance.has_dynamic_partition(partitions.name, name):
+        instance.add_dynamic_partitions(partitions.name, [name])
+    if data_stage:
+        selection, config, partition = DATA_STAGE, run_config("tiny_data.yaml"), None
+    else:
+        selection, config, partition = ["trained_model"], run_config(), name
+        config.setdefault("ops", {})["trained_model"] = {"config": {"max_epochs": max_epochs}}
+    return dg.materialize(
+        [*defs.assets, *defs.asset_checks], selection=selection, run_config=config, instance=instance,
+        resources=defs.resources, partition_key=partition, raise_on_error=False,
+    )
+
+
+def _failure(result) -> str:
+    return " | ".join(f"{e.message} {e.step_failure_data.error.message}" for e in result.all_events if e.is_step_failure)
+
+
+def test_killed_trained_model_materialization_resumes_and_keeps_the_previous_version(tmp_path, monkeypatch):
+    from spotify_engine_assets.defs.training import load_trained
+    from spotify_engine_assets.lib.artifacts import ArtifactStore, load_torch
+    from spotify_engine_assets.lib.graph import from_payload
+    from spotify_engine_assets.lib.paths import DATA_LAKE_ENV
+
+    lake = tmp_path / "lake"
+    monkeypatch.setenv(DATA_LAKE_ENV, str(lake))
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
+    data_run = materialize_trained_model(DAGSTER_CONFIG, 1, data_stage=True)
+    assert data_run.success, _failure(data_run)
+    store = ArtifactStore(lake / "artifacts")
+    data = from_payload(load_torch(store.current(["listening_graph"]) / "data.pt"))
+
+    # 1. a complete, short materialization: the version that must survive the killed run
+    first = materialize_trained_model(DAGSTER_CONFIG, 2)
+    assert first.success, _failure(first)
+    previous = store.current(["trained_model"], DAGSTER_CONFIG)
+    assert load_torch(previous / "data.pt")["epochs_run"] == 2
+
+    # 2. a longer run in a real subprocess, SIGKILLed once it has written a checkpoint
+    child = subprocess.Popen([sys.executable, "-c", MATERIALIZE_CHILD, DAGSTER_CONFIG, str(DAGSTER_EPOCHS)],
+                             env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    checkpoints = lake / "checkpoints" / "trained_model" / DAGSTER_CONFIG  # <config>/<run hash>/checkpoint.pt
+    checkpoint = _kill_at_checkpoint(child, checkpoints, f"*/{CHECKPOINT_FILE}", timeout=180)
+    killed_at = torch.load(checkpoint, weights_only=True)
+    assert 1 <= killed_at["epoch"] < DAGSTER_EPOCHS and not killed_at["finished"], "the run was not killed mid-way"
+
+    # 3. while the killed run is dead, the previous version is still current and loadable
+    assert store.current(["trained_model"], DAGSTER_CONFIG) == previous
+    survivor = load_torch(previous / "data.pt")
+    assert survivor["epochs_run"] == 2
+    load_trained(survivor, data)
+
+    # 4. re-materialized: resumes from the killed run's checkpoint and publishes a new version
+    resumed = materialize_trained_model(DAGSTER_CONFIG, DAGSTER_EPOCHS)
+    assert resumed.success, _failure(resumed)
+    (event,) = resumed.asset_materializations_for_node("trained_model")
+    assert event.metadata["resumed_from_epoch"].value == killed_at["epoch"] > 0
+    current = store.current(["trained_model"], DAGSTER_CONFIG)
+    assert current != previous
+    artifact = load_torch(current / "data.pt")
+    assert artifact["epochs_run"] > killed_at["epoch"]
+    strip = lambda rows: [{k: v for k, v in row.items() if k != "seconds"} for row in rows]  # noqa: E731
+    assert strip(artifact["history"][: killed_at["epoch"]]) == strip(killed_at["history"])
+    model = load_trained(artifact, data)
+    for key, value in artifact["best_state"].items():
+        assert torch.equal(model.state_dict()[key], value), key
+    assert not checkpoint.exists()  # finished: the checkpoint is cleared
+    load_trained(load_torch(previous / "data.pt"), data)  # the old version stays loadable

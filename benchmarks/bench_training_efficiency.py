@@ -1,0 +1,267 @@
+"""Training efficiency: epoch time and peak memory of the enhanced GAT and LightGCN inside the
+``trained_model`` asset versus a bare PyG script of the same model, at the default world size
+and at 10x (about 1M listens).
+
+    .venv/bin/python benchmarks/bench_training_efficiency.py [--epochs 3] [--scales 1,10]
+        [--configs gat_enhanced,lightgcn] [--keep DIR]
+
+For each scale the data stage (generator, SQL models, graph, splits) is materialized once through
+Dagster into a temporary data lake (not measured). Then every measurement runs in a *fresh
+subprocess*, so one run's memory never pollutes another's:
+
+* **asset**: ``dg.materialize`` of ``trained_model`` (the project's definitions, resources and IO
+  manager, checkpoints every epoch, metadata, provenance) for the config's partition with run
+  config ``max_epochs = --epochs``; epoch seconds come from the artifact's recorded history.
+* **bare**: the same model class built from the same config, trained by a plain BPR loop (Adam,
+  uniform negatives, ReduceLROnPlateau, validation Recall@10 per epoch, as the harness's epoch
+  does) on the same training graph loaded from the lake's files: no Dagster, no checkpoints, no
+  metadata.
+
+Cost: an epoch is one full-graph forward and backward per optimizer step of ``batch_size`` edges,
+so steps grow with the edges and so does each step: epoch time grows about quadratically in the
+edges (the table prints steps and seconds per step). ``--scales 1,2`` takes about 10 minutes on a
+2-core machine; ``--scales 1,10`` (949,261 listens edges at 10x) about 4 hours (an enhanced-GAT
+epoch at 10x is roughly 15 minutes there).
+
+Epoch seconds = mean over the epochs after the first (the first is the warm-up). Peak memory =
+the subprocess's RSS high-water mark (``resource.getrusage(...).ru_maxrss``), which includes the
+interpreter and imports (Dagster's among them for the asset). torch runs with 1 intra-op thread
+in both (the ``torch_runtime`` resource's default; set explicitly in the bare script).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+SCALE_KEYS = ("users", "songs", "artists")  # scaled together, as bench_generator's 10x world
+
+
+def _peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: kilobytes
+
+
+def _environment(lake: Path) -> None:
+    from spotify_engine_assets.lib.paths import DATA_LAKE_ENV
+
+    os.environ[DATA_LAKE_ENV] = str(lake)
+    os.environ["DAGSTER_HOME"] = str(lake / "dagster_home")
+
+
+def _materialize(selection, run_config: dict, partition: str | None = None):
+    import dagster as dg
+
+    from spotify_engine_assets.definitions import defs
+    from spotify_engine_assets.runner import dagster_home
+
+    dagster_home()
+    instance = dg.DagsterInstance.get()
+    if partition is not None:
+        partitions = defs.resolve_asset_graph().get(dg.AssetKey("trained_model")).partitions_def
+        if isinstance(partitions, dg.DynamicPartitionsDefinition) and not instance.has_dynamic_partition(partitions.name, partition):
+            instance.add_dynamic_partitions(partitions.name, [partition])
+    result = dg.materialize(
+        [*defs.assets, *defs.asset_checks], selection=selection, run_config=run_config, instance=instance,
+        resources=defs.resources, partition_key=partition, raise_on_error=False,
+    )
+    if not result.success:
+        failures = [event.message for event in result.all_events if event.is_failure]
+        raise SystemExit(f"materialization of {selection} failed: {failures[:1]}")
+    return result
+
+
+def prepare(lake: Path, scale: int) -> None:
+    """Materialize the data stage of a ``scale``x world into ``lake`` (not measured)."""
+    from spotify_engine_assets.defs.ingestion import SyntheticWorldConfig
+    from spotify_engine_assets.runner import DATA_STAGE, run_config
+
+    _environment(lake)
+    defaults = SyntheticWorldConfig()
+    world = {key: getattr(defaults, key) * scale for key in SCALE_KEYS}
+    config = run_config()
+    config.setdefault("ops", {})["synthetic_world"] = {"config": world}
+    _materialize(DATA_STAGE, config)
+
+
+def measure_asset(lake: Path, name: str, epochs: int) -> dict:
+    from spotify_engine_assets.lib.artifacts import ArtifactStore, load_torch
+    from spotify_engine_assets.runner import run_config
+
+    _environment(lake)
+    config = run_config()
+    config.setdefault("ops", {})["trained_model"] = {"config": {"max_epochs": epochs}}
+    _materialize(["trained_model"], config, partition=name)
+    artifact = load_torch(ArtifactStore(lake / "artifacts").current(["trained_model"], name) / "data.pt")
+    return {"epoch_seconds": [row["seconds"] for row in artifact["history"]], "peak_mb": _peak_mb()}
+
+
+def measure_bare(lake: Path, name: str, epochs: int) -> dict:
+    """A plain PyG training script of the config's model: no Dagster, checkpoints or metadata."""
+    import torch
+    import torch.nn.functional as F
+
+    from spotify_engine_assets.lib.artifacts import ArtifactStore, load_torch
+    from spotify_engine_assets.lib.configs import get_config
+    from spotify_engine_assets.lib.graph import LISTENS, from_payload, message_passing_graph
+    from spotify_engine_assets.lib.models import GenreAwareGAT, LightGCNRecommender
+
+    torch.set_num_threads(1)
+    store = ArtifactStore(lake / "artifacts")
+    config = get_config(name)
+    data = from_payload(load_torch(store.current(["listening_graph"]) / "data.pt"))
+    split = load_torch(store.current(["interaction_splits"]) / "data.pt")[config.split]
+    view = message_passing_graph(data, split["train"])
+    train_pairs = view[LISTENS].edge_index
+    valid_pairs = data[LISTENS].edge_index[:, split["valid"]]
+    num_nodes = {t: int(data[t].num_nodes) for t in data.node_types}
+    num_users, num_songs = num_nodes["user"], num_nodes["song"]
+
+    torch.manual_seed(config.seed)
+    if config.model == "lightgcn":
+        model = LightGCNRecommender(num_nodes, config.embedding_dim, config.num_layers)
+    elif config.model == "gat_enhanced":
+        model = GenreAwareGAT(num_nodes, hidden_dim=config.embedding_dim, num_layers=config.num_layers, heads=config.heads,
+                              dropout=config.dropout, residual=config.residual, edge_dim=3 if config.use_edge_attr else 0)
+    else:
+        raise SystemExit(f"bare script: config {name!r} has model {config.model!r}; only lightgcn and gat_enhanced")
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=config.lr_factor,
+                                                           patience=config.lr_patience)
+    # validation Recall@10 with each user's training songs masked, as every harness epoch does
+    valid_users, relevant_count = torch.unique(valid_pairs[0], return_counts=True)
+    valid_keys = valid_pairs[0] * num_songs + valid_pairs[1]
+    row = torch.full((num_users,), -1, dtype=torch.long)
+    row[valid_users] = torch.arange(valid_users.numel())
+    seconds = []
+    for _ in range(epochs):
+        started = time.perf_counter()
+        model.train()
+        for batch in torch.randperm(train_pairs.size(1)).split(config.batch_size):
+            users, positives = train_pairs[0, batch], train_pairs[1, batch]
+            negatives = torch.randint(num_songs, users.shape)
+            user_emb, song_emb = model(view)[:2]
+            difference = (user_emb[users] * (song_emb[negatives] - song_emb[positives])).sum(-1)
+            loss = F.softplus(difference).mean() + config.l2 * model.ego_l2(users, torch.cat([positives, negatives]))
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        model.eval()
+        with torch.no_grad():
+            user_emb, song_emb = model(view)[:2]
+            hits = torch.zeros(valid_users.numel())
+            for start in range(0, valid_users.numel(), 2048):
+                chunk = valid_users[start : start + 2048]
+                scores = user_emb[chunk] @ song_emb.T
+                known = (row[train_pairs[0]] >= start) & (row[train_pairs[0]] < start + chunk.numel())
+                scores[row[train_pairs[0][known]] - start, train_pairs[1][known]] = float("-inf")
+                top = scores.topk(10, dim=1).indices
+                hits[start : start + chunk.numel()] = torch.isin(chunk[:, None] * num_songs + top, valid_keys).sum(1).float()
+            recall = float((hits / relevant_count).mean())
+        scheduler.step(recall)
+        seconds.append(time.perf_counter() - started)
+    return {"epoch_seconds": seconds, "peak_mb": _peak_mb()}
+
+
+def _child(*args: str) -> dict:
+    command = [sys.executable, __file__, "--child", *args]
+    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(args)} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _edges(lake: Path) -> int:
+    from spotify_engine_assets.lib.artifacts import ArtifactStore, load_torch
+    from spotify_engine_assets.lib.graph import LISTENS
+
+    payload = load_torch(ArtifactStore(lake / "artifacts").current(["listening_graph"]) / "data.pt")
+    return int(payload[LISTENS]["edge_index"].size(1))
+
+
+def _steps_per_epoch(lake: Path, name: str) -> int:
+    """Optimizer steps of one epoch: training edges / (batch_size x grad_accumulation), rounded up."""
+    from spotify_engine_assets.lib.artifacts import ArtifactStore, load_torch
+    from spotify_engine_assets.lib.configs import get_config
+
+    config = get_config(name)
+    split = load_torch(ArtifactStore(lake / "artifacts").current(["interaction_splits"]) / "data.pt")[config.split]
+    return math.ceil(split["train"].numel() / (config.batch_size * config.grad_accumulation))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--epochs", type=int, default=3, help="epochs per measurement; the first is a warm-up (>= 2)")
+    parser.add_argument("--scales", default="1,10", help="world sizes as multiples of the default (users, songs, artists)")
+    parser.add_argument("--configs", default="gat_enhanced,lightgcn")
+    parser.add_argument("--keep", type=Path, default=None, help="reuse/keep the data lakes in this folder")
+    parser.add_argument("--child", nargs=4, metavar=("MODE", "LAKE", "ARG", "EPOCHS"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        mode, lake, arg, epochs = args.child
+        if mode == "prepare":
+            prepare(Path(lake), int(arg))
+            print(json.dumps({"edges": _edges(Path(lake))}))
+        else:
+            measure = {"asset": measure_asset, "bare": measure_bare}[mode]
+            print(json.dumps(measure(Path(lake), arg, int(epochs))))
+        return
+    if args.epochs < 2:
+        parser.error(f"--epochs must be >= 2 (the first epoch is a warm-up), got {args.epochs}")
+    scales = [int(s) for s in args.scales.split(",")]
+    configs = args.configs.split(",")
+    root = args.keep or Path(tempfile.mkdtemp(prefix="bench_training_efficiency_"))
+    print(f"torch threads: 1 (asset: torch_runtime default; bare: set explicitly); epochs {args.epochs}, first dropped")
+    print(f"load average at start: {os.getloadavg()}", flush=True)
+    rows = []
+    edges = {}
+    for scale in scales:
+        lake = root / f"scale_{scale}"
+        if not (lake / "artifacts" / "interaction_splits").exists():
+            started = time.perf_counter()
+            edges[scale] = _child("prepare", str(lake), str(scale), "0")["edges"]
+            print(f"scale {scale}x: data stage {time.perf_counter() - started:.0f} s", flush=True)
+        else:
+            edges[scale] = _edges(lake)
+        print(f"scale {scale}x: {edges[scale]:,} listens edges", flush=True)
+        for name in configs:
+            measured = {}
+            for mode in ("asset", "bare"):
+                result = _child(mode, str(lake), name, str(args.epochs))
+                steady = result["epoch_seconds"][1:]
+                measured[mode] = (sum(steady) / len(steady), result["peak_mb"])
+                print(f"  {name} {mode}: epochs {[round(s, 2) for s in result['epoch_seconds']]} s, "
+                      f"peak {result['peak_mb']:.0f} MB", flush=True)
+            rows.append((name, scale, edges[scale], *measured["asset"], *measured["bare"], _steps_per_epoch(lake, name)))
+    print()
+    print(f"{'model':<13} {'size':>5} {'edges':>9} {'epoch s asset':>13} {'epoch s bare':>12} {'ratio':>6} "
+          f"{'peak MB asset':>13} {'peak MB bare':>12} {'steps':>6} {'s/step asset':>12}")
+    for name, scale, n_edges, asset_s, asset_mb, bare_s, bare_mb, steps in rows:
+        print(f"{name:<13} {f'{scale}x':>5} {n_edges:>9,} {asset_s:>13.2f} {bare_s:>12.2f} {asset_s / bare_s:>6.2f} "
+              f"{asset_mb:>13.0f} {bare_mb:>12.0f} {steps:>6} {asset_s / steps:>12.3f}")
+    if len(scales) >= 2:
+        low, high = min(scales), max(scales)
+        print(f"\ngrowth {high}x / {low}x (edge ratio {edges[high] / edges[low]:.2f}); an epoch is one full-graph "
+              "forward and backward per step of batch_size edges, so epoch time grows with steps x edges:")
+        by = {(r[0], r[1]): r for r in rows}
+        for name in configs:
+            a, b = by[(name, low)], by[(name, high)]
+            print(f"  {name:<13} epoch s asset {b[3] / a[3]:.2f}x, bare {b[5] / a[5]:.2f}x; "
+                  f"s/step asset {(b[3] / b[7]) / (a[3] / a[7]):.2f}x; "
+                  f"peak MB asset {b[4] / a[4]:.2f}x, bare {b[6] / a[6]:.2f}x")
+    print(f"load average at end: {os.getloadavg()}")
+    if args.keep is None:
+        import shutil
+
+        shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

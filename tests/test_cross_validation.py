@@ -190,6 +190,15 @@ def test_cross_validate_trains_each_config_on_each_fold():
     assert all(math.isfinite(v) for v in result.summary["std"])
 
 
+def test_cross_validate_trains_task_heads_and_weighted_configs():
+    """Task heads and weighted BPR get their labels and weights from the fold's training edges."""
+    data = timed_graph()
+    config = tiny_config("lightgcn", task_complete_weight=0.5, task_repeat_weight=0.5, weight_play_count=1.0)
+    result = cross_validate(data, [config], FoldSettings(n_folds=2, min_pairs=5), max_epochs=2)
+    assert result.per_fold["epochs_run"].to_list() == [2, 2]
+    assert all(math.isfinite(row["ndcg@10"]) for row in result.per_fold.iter_rows(named=True))
+
+
 def test_cross_validate_rejects_a_graph_without_first_play_and_bad_epochs():
     data = timed_graph()
     with pytest.raises(CrossValidationError, match="max_epochs must be >= 1"):

@@ -73,7 +73,8 @@ def main() -> None:
 
     before = len(study.trials)
     study_started = time.perf_counter()
-    hpo.run_study(study, space, hpo.StudyData(view=view, valid_pairs=pairs["valid"]), args.trials, args.timeout,
+    study_data = hpo.StudyData(view=view, valid_pairs=pairs["valid"], graph=data, train_index=parts["train"])
+    hpo.run_study(study, space, study_data, args.trials, args.timeout,
                   args.max_epochs, log=lambda message: print("  " + message, flush=True), limits=limits)
     elapsed = time.perf_counter() - study_started
     trials = study.trials[before:]
@@ -107,7 +108,8 @@ def main() -> None:
     print("|---|" + "---|" * len(columns))
     for label, config in (("default " + space.base.name, space.base), ("best " + args.family + "_tuned", hpo.best_config(study, space))):
         model = build_model(config, num_nodes_of(data))
-        result = train(model, view, pairs["valid"], config, max_epochs=min(args.max_epochs, config.max_epochs))
+        result = train(model, view, pairs["valid"], config, max_epochs=min(args.max_epochs, config.max_epochs),
+                       **study_data.training_inputs(config))
         metrics = evaluate(model, view, pairs)
         values = [metrics["valid"]["ndcg@10"], metrics["valid"]["recall@10"], metrics["test"]["ndcg@10"], metrics["test"]["recall@10"]]
         cells = [f"{v:.4f}" for v in values] + [str(result.epochs_run), f"{result.seconds:.0f}"]

@@ -85,6 +85,9 @@ def test_packaged_search_spaces_cover_the_trainable_families():
     assert enhanced["lr"].log and (enhanced["lr"].low, enhanced["lr"].high) == (1e-4, 1e-1)
     assert (enhanced["num_layers"].low, enhanced["num_layers"].high) == (1, 4)
     assert (enhanced["dropout"].low, enhanced["dropout"].high) == (0.0, 0.5)
+    for family in ("gat_enhanced", "lightgcn"):  # training objectives are searched too
+        negatives = spaces[family].params["negatives_per_positive"]
+        assert (negatives.low, negatives.high) == (1, 10) and "weight_play_count" in spaces[family].params
     # every (embedding_dim, heads) pair the space can draw is a valid GAT config
     for dim in enhanced["embedding_dim"].choices:
         for heads in enhanced["heads"].choices:
@@ -318,3 +321,14 @@ def test_pareto_front_plot_is_a_png_and_checks_lengths():
     assert base64.b64decode(markdown.split(",", 1)[1].rstrip(")")).startswith(b"\x89PNG")
     with pytest.raises(ValueError, match="lengths differ"):
         pareto_front([1.0], [0.1, 0.2], [0.5], [True], "t", "s", "ndcg", "cov")
+
+
+def test_weighted_or_multi_task_trials_need_the_full_graph():
+    """A sampled config that weights BPR or trains a task head reads the training edges' attributes:
+    the study data must carry the graph, or the trial fails naming the fields."""
+    data = toy_data()
+    base = hpo.get_space("lightgcn").base
+    weighted = base.model_copy(update={"weight_play_count": 1.0, "task_repeat_weight": 0.5})
+    with pytest.raises(hpo.HpoError, match="weight_play_count, task_repeat_weight need the study's full graph"):
+        data.training_inputs(weighted)
+    assert data.training_inputs(base) == {"weights": None, "task_labels": None}

@@ -29,7 +29,7 @@ def graph():
     data = from_payload(payload)
     split = splits["random"]
     view = message_passing_graph(data, split["train"])
-    return view, data[LISTENS].edge_index[:, split["valid"]]
+    return view, data[LISTENS].edge_index[:, split["valid"]], data, split["train"]
 
 
 def _config(name: str, **changes):
@@ -46,7 +46,7 @@ def _config(name: str, **changes):
     ],
 )
 def test_memory_estimate_bounds_the_measured_peak(graph, name, changes):
-    view, valid = graph
+    view, valid = graph[:2]
     config = _config(name, **changes)
     gc.collect()
     with PeakMemory() as memory:
@@ -76,7 +76,7 @@ def test_estimates_grow_with_the_config(graph):
 
 def test_time_estimate_from_a_probe_is_the_right_order(graph):
     """Calibrated on the base config, the estimate of another config is within 4x of its run."""
-    view, valid = graph
+    view, valid = graph[:2]
     per_unit = trial_budget.calibrate_seconds(_config("lightgcn", embedding_dim=32), view, valid)
     config = _config("lightgcn", embedding_dim=64, num_layers=2)
     started = time.perf_counter()
@@ -87,7 +87,7 @@ def test_time_estimate_from_a_probe_is_the_right_order(graph):
 
 
 def _run(graph, limits, monkeypatch, n_trials=3):
-    view, valid = graph
+    view, valid = graph[:2]
 
     def never(*args, **kwargs):
         raise AssertionError("a trial over the limit must not train")
@@ -120,10 +120,11 @@ def test_trial_over_the_time_limit_is_pruned_before_training(graph, monkeypatch)
 
 
 def test_trials_within_the_limits_train(graph):
-    view, valid = graph
+    view, valid = graph[:2]
     study = hpo.open_study("lightgcn", optuna.storages.InMemoryStorage(), study_name="fits")
-    hpo.run_study(study, hpo.get_space("lightgcn"), hpo.StudyData(view=view, valid_pairs=valid), 1, max_epochs=1,
-                  limits=hpo.TrialLimits(max_memory_mb=100_000))
+    data, train_index = graph[2:]
+    study_data = hpo.StudyData(view=view, valid_pairs=valid, graph=data, train_index=train_index)
+    hpo.run_study(study, hpo.get_space("lightgcn"), study_data, 1, max_epochs=1, limits=hpo.TrialLimits(max_memory_mb=100_000))
     (trial,) = study.get_trials(deepcopy=False)
     assert trial.state == optuna.trial.TrialState.COMPLETE and "pruned_by" not in trial.user_attrs
     assert trial.user_attrs["estimate_memory_mb"] > 0

@@ -211,7 +211,9 @@ def hpo_study(
     data = from_payload(listening_graph)
     split = interaction_splits[space.base.split]
     view = message_passing_graph(data, split["train"])
-    study_data = hpo_lib.StudyData(view=view, valid_pairs=data[LISTENS].edge_index[:, split["valid"]])
+    study_data = hpo_lib.StudyData(
+        view=view, valid_pairs=data[LISTENS].edge_index[:, split["valid"]], graph=data, train_index=split["train"]
+    )
     before = len(study.get_trials(deepcopy=False))
     context.log.info(
         f"study {study.study_name!r} in {hpo_lib.redact(url)}: {before} trials so far; adding "

@@ -58,7 +58,7 @@ from .graph import LISTENS
 from .metrics import ranking_metrics
 from .paths import configs_dir, data_lake_root
 from .models import parameter_count
-from .training import build_model, embed, train
+from .training import build_model, embed, interaction_weights, task_labels, train
 
 Logger = Callable[[str], None]
 OBJECTIVE = "valid_recall@10"
@@ -294,10 +294,30 @@ def open_storage(url: str | None = None) -> optuna.storages.BaseStorage:
 
 @dataclass(frozen=True)
 class StudyData:
-    """What a study trains on: the message-passing view and validation pairs (never test)."""
+    """What a study trains on: the message-passing view and validation pairs (never test).
+
+    ``graph`` and ``train_index`` (the full listening graph and the split's training edges) let a
+    trial weight BPR or train task heads from the training edges' attributes; without them a
+    sampled config that needs either fails naming the field.
+    """
 
     view: HeteroData
     valid_pairs: Tensor
+    graph: HeteroData | None = None
+    train_index: Tensor | None = None
+
+    def training_inputs(self, config: ModelConfig) -> dict[str, Tensor | None]:
+        """``weights`` and ``task_labels`` of ``config`` for :func:`train` (None: not used)."""
+        if not (config.weighted or config.tasks):
+            return {"weights": None, "task_labels": None}
+        if self.graph is None or self.train_index is None:
+            fields = [f for f in ("weight_completion", "weight_play_count", "weight_recency", "task_complete_weight",
+                                  "task_repeat_weight") if getattr(config, f)]
+            raise HpoError(f"{', '.join(fields)} need the study's full graph and training edges (StudyData.graph, train_index)")
+        return {
+            "weights": interaction_weights(config, self.graph, self.train_index),
+            "task_labels": task_labels(config, self.graph, self.train_index),
+        }
 
     @property
     def num_nodes(self) -> dict[str, int]:
@@ -358,7 +378,7 @@ def make_objective(
     size = trial_budget.GraphSize.of(data.view)
 
     def multi(trial: optuna.Trial, model, config: ModelConfig, epochs: int | None) -> tuple[float, float, float]:
-        result = train(model, data.view, data.valid_pairs, config, max_epochs=epochs)
+        result = train(model, data.view, data.valid_pairs, config, max_epochs=epochs, **data.training_inputs(config))
         scores = validation_scores(model, data)  # train() leaves the best epoch's weights loaded
         trial.set_user_attr("train_seconds", result.seconds)
         trial.set_user_attr("epochs_run", result.epochs_run)
@@ -398,7 +418,9 @@ def make_objective(
                 trial.set_user_attr("epochs_run", row["epoch"])
                 raise optuna.TrialPruned(f"pruned at epoch {row['epoch']} (valid recall@10 {row['valid_recall@10']:.4f})")
 
-        result = train(model, data.view, data.valid_pairs, config, max_epochs=epochs, on_epoch=on_epoch)
+        result = train(
+            model, data.view, data.valid_pairs, config, max_epochs=epochs, on_epoch=on_epoch, **data.training_inputs(config)
+        )
         trial.set_user_attr("train_seconds", result.seconds)
         trial.set_user_attr("epochs_run", result.epochs_run)
         trial.set_user_attr("best_epoch", result.best_epoch)

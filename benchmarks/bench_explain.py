@@ -103,15 +103,18 @@ def main() -> int:
 
         from spotify_engine_assets.lib.artifacts import ArtifactStore, load_torch
         from spotify_engine_assets.lib.cold_start import evaluate_cold_start
-        from spotify_engine_assets.lib.training import build_model, num_nodes_of, train
+        from spotify_engine_assets.lib.training import build_model, interaction_weights, num_nodes_of, task_labels, train
 
         store = ArtifactStore(Path(args.lake) / "artifacts")
         split = load_torch(store.current(["interaction_splits"]) / "data.pt")[bundle.config.split]
         config = bundle.config
 
-        def fit(graph, valid):
+        def fit(graph, valid, train_index):
             model = build_model(config, num_nodes_of(bundle.data))
-            model.load_state_dict(train(model, graph, valid, config, max_epochs=args.cold_start_epochs).best_state)
+            weights = interaction_weights(config, bundle.data, train_index)
+            labels = task_labels(config, bundle.data, train_index)
+            result = train(model, graph, valid, config, max_epochs=args.cold_start_epochs, weights=weights, task_labels=labels)
+            model.load_state_dict(result.best_state)
             return model
 
         t0 = time.perf_counter()

@@ -91,7 +91,8 @@ def test_evaluate_cold_start_never_trains_on_heldout_users():
     seen = {}
     config = ModelConfig(name="toy", model="gat_enhanced", embedding_dim=8, heads=2)
 
-    def fit(view, valid_pairs):
+    def fit(view, valid_pairs, train_index):
+        assert torch.equal(view[LISTENS].edge_index, data[LISTENS].edge_index[:, train_index])
         seen["users"] = set(view[LISTENS].edge_index[0].tolist())
         seen["valid_users"] = set(valid_pairs[0].tolist())
         return build_model(config, num_nodes_of(data))
@@ -107,7 +108,7 @@ def test_evaluate_cold_start_never_trains_on_heldout_users():
         if row["method"] == "songs_adaptive_foldin":
             assert row["genre_weight"] == pytest.approx(4.0 / (4.0 + row["revealed"]))
     # no collaborative model: genre and popularity rows only
-    only = evaluate_cold_start(data, train, valid, valid, lambda view, pairs: None, reveal=(1,), fraction=0.4)
+    only = evaluate_cold_start(data, train, valid, valid, lambda view, pairs, index: None, reveal=(1,), fraction=0.4)
     assert {row["method"] for row in only["rows"]} == {"most_popular", "genres_only (top 3)", "songs_genre"}
 
 

@@ -188,7 +188,7 @@ def evaluate_cold_start(
     train_index: Tensor,
     valid_index: Tensor,
     test_index: Tensor,
-    fit: Callable[[HeteroData, Tensor], nn.Module | None],
+    fit: Callable[[HeteroData, Tensor, Tensor], nn.Module | None],
     *,
     reveal: Sequence[int] = (1, 3, 5, 10),
     genre_top: int = 3,
@@ -201,8 +201,9 @@ def evaluate_cold_start(
     Args:
         data: The full listening graph.
         train_index, valid_index, test_index: The split's listens edges.
-        fit: Trains a model on a message-passing graph (and validation pairs) and returns it,
-            or ``None`` for no collaborative model.
+        fit: ``fit(view, valid_pairs, train_index)`` trains a model on a message-passing graph
+            (``train_index``: its listens edges in ``data``, for weights and task labels) and returns
+            it, or ``None`` for no collaborative model.
         reveal: Numbers of a held-out user's first songs (by first play) to reveal.
         genre_top: Genres a genre-only user states (the top genres of their first
             ``max(reveal)`` songs).
@@ -236,7 +237,7 @@ def evaluate_cold_start(
     num_songs = int(data["song"].num_nodes)
     popularity = torch.bincount(view[LISTENS].edge_index[1], minlength=num_songs).float()
     genre_matrix = song_genre_matrix(view)
-    model = fit(view, listens.edge_index[:, keep_valid])
+    model = fit(view, listens.edge_index[:, keep_valid], keep_train)
 
     # each held-out user's interactions (edge ids) in order of first play
     order = torch.from_numpy(np.lexsort((listens.first_played.numpy(), edge_users.numpy())))

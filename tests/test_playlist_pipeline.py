@@ -156,9 +156,9 @@ def test_landed_sessions_extend_playlists_and_reject_unknown_songs(chain):
     path = landing / "sessions.csv"
     path.write_text(
         "user_id,song_id,played_at,session_id\n"
-        f"{user},{unplayed},2030-01-01 10:00:00,1\n"
-        f"{user},999999,2030-01-01 10:05:00,1\n"
-        f",{song},2030-01-01 10:06:00,1\n"
+        f"{user},{unplayed},2026-01-01 10:00:00,1\n"
+        f"{user},999999,2026-01-01 10:05:00,1\n"
+        f",{song},2026-01-01 10:06:00,1\n"
         f"{user},{song},not a time,1\n"
     )
     instance = dg.DagsterInstance.ephemeral()

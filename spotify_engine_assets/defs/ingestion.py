@@ -17,6 +17,7 @@ from ..lib import generator as generator_lib
 from ..lib.generator import GeneratorConfigError, GeneratorSettings, generate_world, write_world
 from ..lib.paths import source_version
 from ..lib.plots import count_bars, frame_markdown, hour_profile
+from ..lib.sqlmodels import quote_table
 from .resources import DUCKDB_POOL, DataLake, Warehouse
 
 RAW_TABLES = ("genres", "artists", "artist_genres", "songs", "song_genres", "users", "plays")
@@ -89,7 +90,7 @@ def synthetic_world(context: dg.AssetExecutionContext, config: SyntheticWorldCon
             con.execute('CREATE SCHEMA IF NOT EXISTS "raw"')
             for table in RAW_TABLES:
                 con.execute(
-                    f'CREATE OR REPLACE TABLE "raw"."{table}" AS SELECT * FROM read_parquet(?)',
+                    f"CREATE OR REPLACE TABLE {quote_table(f'raw.{table}')} AS SELECT * FROM read_parquet(?)",
                     [str(version / f"{table}.parquet")],
                 )
             con.execute("COMMIT")

@@ -192,13 +192,13 @@ def kaggle_ingest(context: dg.AssetExecutionContext, config: KaggleIngestConfig,
         kaggle_lib.limit_memory(con, config.memory_limit, lake.path / "duckdb_tmp")
         with _ingest_transaction(con):
             stats = kaggle_lib.ingest_playlist_csv(con, sources["playlists"], "base", "kaggle_raw.entries", "kaggle_raw.rejects")
+            if stats.data_lines == 0:  # inside the transaction: the previous tables stay
+                raise KaggleFormatError(f"{stats.source_file}: header only, no data rows; the previous kaggle_raw tables are kept")
             kaggle_lib.create_tables(con, "kaggle_raw.landed_entries", "kaggle_raw.landed_rejects")
             kaggle_lib.create_empty_enrichments(con, "kaggle_raw.artist_genres", "kaggle_raw.track_features")
             genre_rows = kaggle_lib.load_artist_genres(con, sources["data_w_genres"]) if sources["data_w_genres"] else 0
             feature_rows = kaggle_lib.load_track_features(con, sources["tracks_features"]) if sources["tracks_features"] else 0
             sample = _sample_rejects(con, '"kaggle_raw"."rejects"', "base")
-    if stats.data_lines == 0:
-        raise dg.Failure(f"{stats.source_file}: header only, no data rows")
     context.log.info(f"ingested {stats.accepted} rows, rejected {stats.rejected} ({stats.reasons})")
     yield dg.MaterializeResult(asset_key=BASE_KEYS["entries"], metadata={"dagster/row_count": stats.accepted, **_stats_metadata(stats)})
     yield dg.MaterializeResult(
@@ -251,7 +251,10 @@ def landed_batch(context: dg.AssetExecutionContext, config: LandedBatchConfig, l
     batch), then archive it to ``landing/archive/<batch>/``. A header-only file is a recorded
     skip (no rows)."""
     batch = context.partition_key
-    source = Path(config.path)
+    try:  # never a file outside landing/: no '..', no symbolic link
+        source = kaggle_lib.confined_landing_file(lake.landing_dir, config.path)
+    except kaggle_lib.LandingPathError as error:
+        raise dg.Failure(f"landed_batch [{batch}]: {error}") from error
     archived = archive_path(lake, batch, source.name)
     if not source.exists() and archived.exists():
         source = archived  # a re-execution after the file was archived

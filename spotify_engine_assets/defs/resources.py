@@ -4,6 +4,8 @@ torch runtime settings, and the IO manager that versions artifacts per asset and
 
 import contextlib
 import json
+import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -15,6 +17,7 @@ from pydantic import Field
 
 from ..lib.artifacts import ArtifactStore, load_torch, save_torch
 from ..lib.paths import DATA_LAKE_ENV, data_lake_root
+from ..lib.sqlmodels import quote_table
 
 if TYPE_CHECKING:
     import duckdb
@@ -51,10 +54,23 @@ class DataLake(dg.ConfigurableResource):
         return self.path / "landing"
 
 
+class WarehouseBusyError(dg.Failure):
+    """The warehouse file is locked by another process that is writing it."""
+
+
 class Warehouse(dg.ConfigurableResource):
-    """The DuckDB warehouse file inside the data lake (one writer at a time: see the pool)."""
+    """The DuckDB warehouse file inside the data lake (one writer at a time: see the pool).
+
+    DuckDB lets one process hold a file for writing, and no other process may open it then,
+    even read-only. Writers normally queue in the ``duckdb_warehouse`` pool; a connection that
+    still finds the file locked (a run outside the pool, a reader during a write) retries for
+    ``lock_timeout_s`` and then fails with :class:`WarehouseBusyError` naming the file.
+    """
 
     lake: DataLake
+    lock_timeout_s: float = Field(
+        default=60.0, ge=0, description="Seconds to wait for another process's lock on the warehouse file before failing."
+    )
 
     @contextlib.contextmanager
     def connect(self, read_only: bool = False) -> Iterator["duckdb.DuckDBPyConnection"]:
@@ -65,13 +81,23 @@ class Warehouse(dg.ConfigurableResource):
         if read_only and not path.exists():
             raise dg.Failure(f"warehouse {path} does not exist yet: materialize the ingestion assets first")
         path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            con = duckdb.connect(str(path), read_only=read_only)
-        except duckdb.IOException as error:
-            raise dg.Failure(
-                f"cannot open warehouse {path} ({error}); another process holds its write lock - "
-                f"writers share the '{DUCKDB_POOL}' concurrency pool, retry when it is free"
-            ) from error
+        deadline = time.monotonic() + self.lock_timeout_s
+        delay = 0.05
+        while True:
+            try:
+                con = duckdb.connect(str(path), read_only=read_only)
+                break
+            except duckdb.IOException as error:
+                if "lock" not in str(error).lower():
+                    raise dg.Failure(f"cannot open warehouse {path}: {error}") from error
+                if time.monotonic() >= deadline:
+                    raise WarehouseBusyError(
+                        f"warehouse {path} is being written by another process (DuckDB allows one writer per "
+                        f"file and no reader during a write); waited {self.lock_timeout_s:g} s. Writers share the "
+                        f"'{DUCKDB_POOL}' concurrency pool; retry when the run writing it ends."
+                    ) from None
+                time.sleep(min(delay, max(deadline - time.monotonic(), 0.0)))
+                delay = min(delay * 2, 0.25)
         try:
             yield con
         finally:
@@ -81,12 +107,53 @@ class Warehouse(dg.ConfigurableResource):
         """A whole table as polars, by schema-qualified name (identifiers quoted)."""
         import duckdb
 
-        schema, name = table.split(".")
         with self.connect(read_only=True) as con:
             try:
-                return con.sql(f'SELECT * FROM "{schema}"."{name}"').pl()
+                return con.sql(f"SELECT * FROM {quote_table(table)}").pl()
             except duckdb.CatalogException as error:
                 raise dg.Failure(f"warehouse table {table} is missing: materialize it first ({error})") from error
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def init_warehouse_pool(instance: dg.DagsterInstance) -> int:
+    """Create the ``duckdb_warehouse`` pool's slots (dagster.yaml's default limit) once, before
+    runs start; returns the slot count.
+
+    Dagster otherwise creates them lazily when a step first claims one, and on SQLite two runs
+    claiming at the same instant can both count zero slots and both add one (seen in
+    ``tests/test_reliability.py``): the pool then admits two writers.
+    """
+    storage = instance.event_log_storage
+    if storage.get_concurrency_info(DUCKDB_POOL).slot_count == 0:
+        storage.initialize_concurrency_limit_to_default(DUCKDB_POOL)
+    return storage.get_concurrency_info(DUCKDB_POOL).slot_count
+
+
+def release_killed_runs(instance: dg.DagsterInstance) -> list[str]:
+    """Mark runs whose process died without ending them (SIGKILL, power loss) as failed and free
+    their concurrency slots; returns their run ids.
+
+    A run killed while it held the ``duckdb_warehouse`` pool slot would otherwise keep it, and
+    every later warehouse writer would wait for it for ever. Only runs started on this host are
+    judged: a run counts as killed when every process id its events recorded is gone.
+    """
+    released = []
+    for run in instance.get_runs(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED])):
+        pids = {entry.dagster_event.pid for entry in instance.all_logs(run.run_id) if entry.dagster_event and entry.dagster_event.pid}
+        if pids and not any(_process_alive(pid) for pid in pids):
+            instance.report_run_failed(run, f"run process {sorted(pids)} is gone (killed); marked failed, pool slots freed")
+            instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
+            released.append(run.run_id)
+    return released
 
 
 class TorchRuntime(dg.ConfigurableResource):

@@ -109,12 +109,21 @@ def data_run_config(path: Path, sha256: str, kind: str = "kaggle") -> dict:
     return {"ops": {"landed_batch": {"config": {"path": str(path), "sha256": sha256, "kind": kind}}}}
 
 
-def _completed_runs(instance: dg.DagsterInstance, batch: str) -> tuple[bool, bool]:
-    """(succeeded, failed) for the data run of ``batch``."""
-    runs = instance.get_runs(filters=dg.RunsFilter(tags={LANDING_TAG: batch, "spotify_engine/stage": "data"}))
-    succeeded = any(run.status == dg.DagsterRunStatus.SUCCESS for run in runs)
-    failed = bool(runs) and all(run.status in (dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED) for run in runs)
-    return succeeded, failed
+def _completed_runs(instance: dg.DagsterInstance, batches: list[str], chunk: int = 500) -> dict[str, tuple[bool, bool]]:
+    """(succeeded, failed) for the data run of each batch, in one run-storage query per
+    ``chunk`` batches (not one per batch: a flood of landed files stays cheap per tick)."""
+    runs_by_batch: dict[str, list] = {batch: [] for batch in batches}
+    for start in range(0, len(batches), chunk):
+        part = batches[start:start + chunk]
+        for run in instance.get_runs(filters=dg.RunsFilter(tags={LANDING_TAG: part, "spotify_engine/stage": "data"})):
+            runs_by_batch.setdefault(run.tags[LANDING_TAG], []).append(run)
+    outcome = {}
+    for batch in batches:
+        runs = runs_by_batch[batch]
+        succeeded = any(run.status == dg.DagsterRunStatus.SUCCESS for run in runs)
+        failed = bool(runs) and all(run.status in (dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED) for run in runs)
+        outcome[batch] = (succeeded, failed)
+    return outcome
 
 
 @dg.sensor(
@@ -138,8 +147,9 @@ def landing_sensor(context: dg.SensorEvaluationContext, lake: DataLake):
     notes: list[str] = []
 
     # phase 2: batches whose data run succeeded get their model runs
+    outcomes = _completed_runs(context.instance, sorted(pending))
     for batch, sha in list(pending.items()):
-        succeeded, failed = _completed_runs(context.instance, batch)
+        succeeded, failed = outcomes[batch]
         if succeeded:
             for name in sorted(default_playlist_registry().configs):
                 run_requests.append(

@@ -27,10 +27,24 @@ import torch
 
 UNPARTITIONED = "_"
 POINTER = "CURRENT"
+# Tests only (never set in production): "<point>=<marker file>" makes :func:`pause_point` of that
+# point create the marker and sleep, so a test can SIGKILL the process exactly there (see
+# tests/test_reliability_kill.py). Points: "publish:<asset key path>" (a finished artifact not yet
+# renamed into place) and "commit:<schema.table>" (a SQL model built, its transaction not committed).
+PAUSE_ENV = "SPOTIFY_ENGINE_TEST_PAUSE"
+PAUSE_SECONDS = 120
 
 
 class ArtifactNotFoundError(FileNotFoundError):
     """No materialized version exists for an asset (partition)."""
+
+
+def pause_point(point: str) -> None:
+    """A no-op unless ``$SPOTIFY_ENGINE_TEST_PAUSE`` names ``point`` (tests only, see ``PAUSE_ENV``)."""
+    wanted, _, marker = os.environ.get(PAUSE_ENV, "").partition("=")
+    if wanted and wanted == point and marker:
+        Path(marker).write_text(str(os.getpid()))
+        time.sleep(PAUSE_SECONDS)
 
 
 def atomic_write_bytes(path: Path, payload: bytes) -> None:
@@ -87,6 +101,7 @@ class ArtifactStore:
         staging = Path(tempfile.mkdtemp(dir=slot, prefix=f".{version}.", suffix=".tmp"))
         try:
             fill(staging)
+            pause_point("publish:" + "/".join(key))
             final = slot / version
             os.replace(staging, final)
         except BaseException:

@@ -33,8 +33,11 @@ import os
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from .sqlmodels import quote_identifier, quote_table
 
 if TYPE_CHECKING:
     import duckdb
@@ -157,26 +160,21 @@ def check_header(path: Path, expected: tuple[str, ...] = KAGGLE_COLUMNS) -> str:
 def create_tables(con: duckdb.DuckDBPyConnection, entries: str, rejects: str) -> None:
     """Create the entries and rejects tables (schema-qualified names) when they do not exist."""
     for table, columns in ((entries, ENTRY_COLUMNS), (rejects, REJECT_COLUMNS)):
-        schema = table.split(".")[0]
-        con.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
-        con.execute(f"CREATE TABLE IF NOT EXISTS {_quoted(table)} ({columns})")
+        con.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_identifier(table.split('.')[0])}")
+        con.execute(f"CREATE TABLE IF NOT EXISTS {quote_table(table)} ({columns})")
 
 
-def _quoted(table: str) -> str:
-    return ".".join(f'"{part}"' for part in table.split("."))
-
-
-def _sql_str(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
+# File names, batch ids and settings never become SQL text: they are bound as parameters (``?``)
+# and table names are quoted identifiers (``quote_table``).
 
 
 def limit_memory(con: duckdb.DuckDBPyConnection, memory_limit: str | None, temp_directory: Path | None = None) -> None:
     """Cap DuckDB's memory (e.g. ``"1GB"``); beyond it, intermediate tables spill to disk."""
     if memory_limit:
-        con.execute(f"SET memory_limit = {_sql_str(memory_limit)}")
+        con.execute("SET memory_limit = ?", [memory_limit])
     if temp_directory:
         Path(temp_directory).mkdir(parents=True, exist_ok=True)
-        con.execute(f"SET temp_directory = {_sql_str(str(temp_directory))}")
+        con.execute("SET temp_directory = ?", [str(temp_directory)])
 
 
 def ingest_playlist_csv(
@@ -202,7 +200,7 @@ def ingest_playlist_csv(
     # One physical line per row: a delimiter that never occurs, no quoting. Lines DuckDB itself
     # rejects (invalid UTF-8, a stray \x1f) land in its rejects tables with their line number.
     reader = (
-        f"read_csv({_sql_str(source)}, columns={{'text': 'VARCHAR'}}, header=false, skip=1, delim='\\x1f', "
+        f"read_csv(?, columns={{'text': 'VARCHAR'}}, header=false, skip=1, delim='\\x1f', "
         f"quote='', escape='', new_line='{newline}', auto_detect=false, strict_mode=false, "
         f"store_rejects=true, rejects_table='{scan_table}', rejects_scan='{scan_name}', max_line_size=10000000)"
     )
@@ -210,7 +208,8 @@ def ingest_playlist_csv(
         f"""
         CREATE OR REPLACE TEMP TABLE kaggle_lines AS
         SELECT row_number() OVER () AS seq, rtrim(text, chr(13)) AS text FROM {reader}
-        """
+        """,
+        [source],
     )
     # Physical line numbers: the header is line 1; each line DuckDB rejected is missing from
     # kaggle_lines, so a kept row's line = seq + 1 + (rejected lines before it).
@@ -231,8 +230,8 @@ def ingest_playlist_csv(
             FROM kaggle_lines AS l ASOF LEFT JOIN kaggle_engine_rejects AS r ON l.seq >= r.offset_seq
         ),
         split AS (
-            SELECT line, text, regexp_full_match(coalesce(text, ''), {_sql_str(_LINE_PATTERN)}) AS ok,
-                   regexp_extract(coalesce(text, ''), {_sql_str(_LINE_PATTERN)}, ['f0', 'f1', 'f2', 'f3']) AS f
+            SELECT line, text, regexp_full_match(coalesce(text, ''), $pattern) AS ok,
+                   regexp_extract(coalesce(text, ''), $pattern, ['f0', 'f1', 'f2', 'f3']) AS f
             FROM numbered
         ),
         unquoted AS (
@@ -255,30 +254,33 @@ def ingest_playlist_csv(
                 ELSE NULL
             END AS reason
         FROM unquoted
-        """
+        """,
+        {"pattern": _LINE_PATTERN},
     )
-    batch_sql, source_sql = _sql_str(batch), _sql_str(source)
-    con.execute(f"DELETE FROM {_quoted(entries)} WHERE batch = {batch_sql}")
-    con.execute(f"DELETE FROM {_quoted(rejects)} WHERE batch = {batch_sql}")
+    con.execute(f"DELETE FROM {quote_table(entries)} WHERE batch = ?", [batch])
+    con.execute(f"DELETE FROM {quote_table(rejects)} WHERE batch = ?", [batch])
     con.execute(
-        f"INSERT INTO {_quoted(entries)} SELECT {batch_sql}, {source_sql}, line, {', '.join(KAGGLE_COLUMNS)} "
-        "FROM kaggle_parsed WHERE reason IS NULL ORDER BY line"
+        f"INSERT INTO {quote_table(entries)} SELECT $batch, $source, line, {', '.join(KAGGLE_COLUMNS)} "
+        "FROM kaggle_parsed WHERE reason IS NULL ORDER BY line",
+        {"batch": batch, "source": source},
     )
     con.execute(
         f"""
-        INSERT INTO {_quoted(rejects)}
-        SELECT {batch_sql}, {source_sql}, line, reason, raw_line FROM (
+        INSERT INTO {quote_table(rejects)}
+        SELECT $batch, $source, line, reason, raw_line FROM (
             SELECT line, reason, left(text, 1000) AS raw_line FROM kaggle_parsed WHERE reason IS NOT NULL
             UNION ALL
             SELECT line, reason, left(raw_line, 1000) FROM kaggle_engine_rejects
         ) ORDER BY line
-        """
+        """,
+        {"batch": batch, "source": source},
     )
     ((accepted,),) = con.sql("SELECT count(*) FROM kaggle_parsed WHERE reason IS NULL").fetchall()
     reasons = dict(
-        con.sql(
-            f"SELECT regexp_replace(reason, ': .*', '') AS kind, count(*) FROM {_quoted(rejects)} "
-            f"WHERE batch = {batch_sql} GROUP BY kind ORDER BY kind"
+        con.execute(
+            f"SELECT regexp_replace(reason, ': .*', '') AS kind, count(*) FROM {quote_table(rejects)} "
+            "WHERE batch = ? GROUP BY kind ORDER BY kind",
+            [batch],
         ).fetchall()
     )
     for table in ("kaggle_lines", "kaggle_engine_rejects", "kaggle_parsed"):
@@ -297,12 +299,16 @@ def ingest_playlist_csv(
 # --- enrichments -------------------------------------------------------------------------------
 
 
-def _read_csv_auto(path: Path) -> str:
-    return f"read_csv({_sql_str(str(Path(path).resolve()))}, header=true, all_varchar=true, quote='\"', escape='\"', strict_mode=false)"
+# A headed CSV read as text; the file name is the statement's parameter ``$path``.
+_READ_CSV_AUTO = "read_csv($path, header=true, all_varchar=true, quote='\"', escape='\"', strict_mode=false)"
+
+
+def _path_param(path: Path) -> dict[str, str]:
+    return {"path": str(Path(path).resolve())}
 
 
 def _require_columns(con: duckdb.DuckDBPyConnection, path: Path, required: tuple[str, ...]) -> None:
-    columns = [row[0] for row in con.sql(f"DESCRIBE SELECT * FROM {_read_csv_auto(path)}").fetchall()]
+    columns = [row[0] for row in con.execute(f"DESCRIBE SELECT * FROM {_READ_CSV_AUTO}", _path_param(path)).fetchall()]
     missing = [c for c in required if c not in columns]
     if missing:
         raise KaggleFormatError(f"{path}: missing columns {missing} (found {columns[:20]})")
@@ -318,11 +324,11 @@ def load_artist_genres(con: duckdb.DuckDBPyConnection, path: Path, table: str = 
     if path.stat().st_size == 0:
         raise KaggleFormatError(f"{path}: empty file (0 bytes)")
     _require_columns(con, path, ("artists", "genres"))
-    con.execute(f'CREATE SCHEMA IF NOT EXISTS "{table.split(".")[0]}"')
+    con.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_identifier(table.split('.')[0])}")
     con.execute(
         f"""
-        CREATE OR REPLACE TABLE {_quoted(table)} AS
-        WITH raw AS (SELECT trim(artists) AS artist_name, trim(coalesce(genres, '')) AS genres FROM {_read_csv_auto(path)}),
+        CREATE OR REPLACE TABLE {quote_table(table)} AS
+        WITH raw AS (SELECT trim(artists) AS artist_name, trim(coalesce(genres, '')) AS genres FROM {_READ_CSV_AUTO}),
         items AS (
             SELECT artist_name, unnest(
                 CASE WHEN genres LIKE '[%' THEN
@@ -332,9 +338,10 @@ def load_artist_genres(con: duckdb.DuckDBPyConnection, path: Path, table: str = 
         )
         SELECT DISTINCT artist_name, trim(genre) AS genre FROM items
         WHERE artist_name IS NOT NULL AND artist_name <> '' AND trim(genre) <> ''
-        """
+        """,
+        _path_param(path),
     )
-    ((rows,),) = con.sql(f"SELECT count(*) FROM {_quoted(table)}").fetchall()
+    ((rows,),) = con.sql(f"SELECT count(*) FROM {quote_table(table)}").fetchall()
     return int(rows)
 
 
@@ -345,30 +352,31 @@ def load_track_features(con: duckdb.DuckDBPyConnection, path: Path, table: str =
     if path.stat().st_size == 0:
         raise KaggleFormatError(f"{path}: empty file (0 bytes)")
     _require_columns(con, path, ("name", "artists", *FEATURE_NAMES))
-    con.execute(f'CREATE SCHEMA IF NOT EXISTS "{table.split(".")[0]}"')
+    con.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_identifier(table.split('.')[0])}")
     features = ", ".join(f"avg(TRY_CAST({name} AS DOUBLE)) AS {name}" for name in FEATURE_NAMES)
     con.execute(
         f"""
-        CREATE OR REPLACE TABLE {_quoted(table)} AS
+        CREATE OR REPLACE TABLE {quote_table(table)} AS
         WITH raw AS (
             SELECT coalesce(regexp_extract(artists, '^\\[[''"](.*?)[''"][,\\]]', 1), artists) AS artist_name,
                    trim(name) AS track_name, *
-            FROM {_read_csv_auto(path)}
+            FROM {_READ_CSV_AUTO}
         )
         SELECT trim(artist_name) AS artist_name, track_name, {features}
         FROM raw WHERE artist_name IS NOT NULL AND artist_name <> '' AND track_name IS NOT NULL AND track_name <> ''
         GROUP BY ALL
-        """
+        """,
+        _path_param(path),
     )
-    ((rows,),) = con.sql(f"SELECT count(*) FROM {_quoted(table)}").fetchall()
+    ((rows,),) = con.sql(f"SELECT count(*) FROM {quote_table(table)}").fetchall()
     return int(rows)
 
 
 def create_empty_enrichments(con: duckdb.DuckDBPyConnection, genres: str, features: str) -> None:
     """Empty enrichment tables (same columns) for when the optional files are absent."""
     for table, columns in ((genres, GENRE_COLUMNS), (features, FEATURE_COLUMNS)):
-        con.execute(f'CREATE SCHEMA IF NOT EXISTS "{table.split(".")[0]}"')
-        con.execute(f"CREATE OR REPLACE TABLE {_quoted(table)} ({columns})")
+        con.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_identifier(table.split('.')[0])}")
+        con.execute(f"CREATE OR REPLACE TABLE {quote_table(table)} ({columns})")
 
 
 # --- the offline default: Kaggle-format files from the synthetic world -------------------------
@@ -384,7 +392,7 @@ def write_kaggle_csv_from_query(con: duckdb.DuckDBPyConnection, query: str, path
     fd, final_tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        con.execute(f"COPY ({query}) TO {_sql_str(body)} (FORMAT csv, HEADER false, QUOTE '\"')")
+        con.execute(f"COPY ({query}) TO ? (FORMAT csv, HEADER false, QUOTE '\"')", [body])
         ((rows,),) = con.sql(f"SELECT count(*) FROM ({query})").fetchall()
         with open(final_tmp, "wb") as out, open(body, "rb") as src:
             out.write((KAGGLE_HEADER + "\n").encode())
@@ -430,7 +438,7 @@ def write_synthetic_kaggle_files(con: duckdb.DuckDBPyConnection, folder: Path) -
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".data_w_genres.", suffix=".tmp")
     os.close(fd)
     try:
-        con.execute(f"COPY ({SYNTHETIC_GENRES_SQL}) TO {_sql_str(tmp)} (FORMAT csv, HEADER true)")
+        con.execute(f"COPY ({SYNTHETIC_GENRES_SQL}) TO ? (FORMAT csv, HEADER true)", [tmp])
         os.replace(tmp, genres_path)
     finally:
         Path(tmp).unlink(missing_ok=True)
@@ -438,68 +446,155 @@ def write_synthetic_kaggle_files(con: duckdb.DuckDBPyConnection, folder: Path) -
     return rows
 
 
+# --- landed files ------------------------------------------------------------------------------
+
+
+class LandingPathError(ValueError):
+    """A landed file's path escapes the landing folder (``..``, a symbolic link, elsewhere)."""
+
+
+def confined_landing_file(landing: Path, path: Path | str) -> Path:
+    """``path`` resolved, if it names a file inside ``landing`` (a sub-folder such as
+    ``archive/<batch>/`` included); raises :class:`LandingPathError` naming it otherwise.
+
+    Refused: a ``..`` component, a symbolic link (the file or any folder between ``landing`` and
+    it) and anything that resolves outside ``landing``, so a run config or a crafted name can
+    never make the platform read a file elsewhere on the machine.
+    """
+    raw, landing = Path(path), Path(landing)
+    if ".." in raw.parts:
+        raise LandingPathError(f"landed file {str(path)!r}: '..' is not allowed in a landing path (must stay inside {landing})")
+    absolute = raw if raw.is_absolute() else landing / raw
+    for root in (landing, landing.resolve()):
+        try:
+            relative = absolute.relative_to(root)
+            break
+        except ValueError:
+            continue
+    else:
+        raise LandingPathError(f"landed file {str(path)!r} is outside the landing folder {landing}")
+    current = root
+    for part in relative.parts:
+        current = current / part
+        if current.is_symlink():
+            raise LandingPathError(f"landed file {str(path)!r}: {current} is a symbolic link (landing files must be regular files inside {landing})")
+    if not str(absolute.resolve()).startswith(str(landing.resolve()) + os.sep):
+        raise LandingPathError(f"landed file {str(path)!r} resolves outside the landing folder {landing}")
+    return absolute
+
+
 # --- landed listening sessions (the synthetic schema) -------------------------------------------
 
 SESSION_COLUMNS = ("user_id", "song_id", "played_at")
+# Optional columns of the synthetic plays schema that are checked when a file has them.
+SESSION_DURATIONS = ("ms_played", "track_duration_ms")
+SESSION_ID_COLUMN = "play_id"
 
 
 def session_reader(path: Path) -> str:
-    """DuckDB table function reading a sessions file (Parquet, or CSV with a header)."""
-    path = Path(path).resolve()
-    if path.suffix.lower() == ".parquet":
-        return f"read_parquet({_sql_str(str(path))})"
-    return f"read_csv({_sql_str(str(path))}, header=true, all_varchar=true, quote='\"', escape='\"', strict_mode=false)"
+    """DuckDB table function reading a sessions file (Parquet, or CSV with a header); the file
+    name is the statement's parameter ``$path`` (see :func:`_path_param`)."""
+    if Path(path).suffix.lower() == ".parquet":
+        return "read_parquet($path)"
+    return _READ_CSV_AUTO
 
 
-def check_sessions(con: duckdb.DuckDBPyConnection, path: Path) -> None:
-    """Fail naming the file unless it is a readable sessions file with the required columns."""
+def session_columns(con: duckdb.DuckDBPyConnection, path: Path) -> list[str]:
+    """Column names of a sessions file; fails naming the file unless it is a readable sessions
+    file with the required columns."""
     path = Path(path)
     if not path.exists() or path.stat().st_size == 0:
         raise KaggleFormatError(f"{path}: empty or missing file")
     try:
-        columns = [row[0] for row in con.sql(f"DESCRIBE SELECT * FROM {session_reader(path)}").fetchall()]
+        columns = [row[0] for row in con.execute(f"DESCRIBE SELECT * FROM {session_reader(path)}", _path_param(path)).fetchall()]
     except Exception as error:  # noqa: BLE001 - any reader error names the file
         raise KaggleFormatError(f"{path}: not a readable sessions file ({str(error).splitlines()[0]})") from None
     missing = [c for c in SESSION_COLUMNS if c not in columns]
     if missing:
         raise KaggleFormatError(f"{path}: missing columns {missing} for a listening-sessions file (found {columns[:12]})")
+    return columns
 
 
-def sessions_to_kaggle(con: duckdb.DuckDBPyConnection, path: Path, out_csv: Path) -> dict:
+def check_sessions(con: duckdb.DuckDBPyConnection, path: Path) -> None:
+    """Fail naming the file unless it is a readable sessions file with the required columns."""
+    session_columns(con, path)
+
+
+def _optional_session_checks(columns: list[str]) -> tuple[str, str]:
+    """(select list, CASE branches) for the optional columns present in a sessions file.
+
+    Durations: empty -> ``missing <column>``, not a number -> ``invalid <column>``, below 0 ->
+    ``negative <column>``. ``play_id``: empty or invalid is rejected, and every repeat of an id
+    after its first line is rejected as ``duplicate play_id (first on line N)``.
+    """
+    selects, cases = [], []
+    for column in SESSION_DURATIONS:
+        if column in columns:
+            raw, value = quote_identifier(column), quote_identifier(f"{column}_value")
+            selects.append(f"{raw}::VARCHAR AS {quote_identifier(column + '_raw')}, TRY_CAST({raw}::VARCHAR AS DOUBLE) AS {value}")
+            cases += [
+                f"WHEN p.{quote_identifier(column + '_raw')} IS NULL OR trim(p.{quote_identifier(column + '_raw')}) = '' THEN 'missing {column}'",
+                f"WHEN p.{value} IS NULL THEN 'invalid {column}'",
+                f"WHEN p.{value} < 0 THEN 'negative {column}'",
+            ]
+    if SESSION_ID_COLUMN in columns:
+        selects.append("play_id::VARCHAR AS play_raw, TRY_CAST(play_id::VARCHAR AS BIGINT) AS play_value")
+        cases += [
+            "WHEN p.play_raw IS NULL OR trim(p.play_raw) = '' THEN 'empty play_id'",
+            "WHEN p.play_value IS NULL THEN 'invalid play_id'",
+            "WHEN p.line > min(p.line) OVER (PARTITION BY p.play_value) "
+            "THEN 'duplicate play_id (first on line ' || (min(p.line) OVER (PARTITION BY p.play_value))::VARCHAR || ')'",
+        ]
+    return "".join(", " + s for s in selects), " ".join(cases)
+
+
+def sessions_to_kaggle(
+    con: duckdb.DuckDBPyConnection, path: Path, out_csv: Path, not_after: datetime | None = None
+) -> dict:
     """Landed plays (synthetic schema) -> Kaggle-format playlist entries, the way the synthetic
     default builds playlists: one per (user, genre of the song), songs in order of first play.
 
-    Plays that cannot be used (empty or invalid user_id / song_id / played_at, a song_id the
-    warehouse's ``raw.songs`` does not know) go to the temporary table ``session_rejects``
-    (line: the CSV line, header = 1, or the Parquet row number; reason; raw values).
-    Returns counts: plays, used, rejected, entries.
+    Plays that cannot be used are *quarantined*, not loaded: they go to the temporary table
+    ``session_rejects`` (line: the CSV line, header = 1, or the Parquet row number; reason; raw
+    values) and the rest of the file is used. Reasons: empty or invalid ``user_id`` /
+    ``song_id`` / ``played_at``; ``played_at`` in the future (after ``not_after``, default: now,
+    UTC); with the optional columns, a missing, invalid or negative ``ms_played`` /
+    ``track_duration_ms`` and an empty, invalid or repeated ``play_id``; a ``song_id`` the
+    warehouse's ``raw.songs`` does not know. Returns counts: plays, used, rejected, entries.
     """
     path = Path(path)
-    check_sessions(con, path)
+    columns = session_columns(con, path)
     first_line = 2 if path.suffix.lower() != ".parquet" else 1
+    not_after = not_after or datetime.now(timezone.utc).replace(tzinfo=None)
+    optional_selects, optional_cases = _optional_session_checks(columns)
     con.execute(
         f"""
         CREATE OR REPLACE TEMP TABLE session_plays AS
         SELECT row_number() OVER () - 1 + {first_line} AS line,
                user_id::VARCHAR AS user_raw, song_id::VARCHAR AS song_raw, played_at::VARCHAR AS played_raw,
                TRY_CAST(user_id::VARCHAR AS INTEGER) AS user_id, TRY_CAST(song_id::VARCHAR AS INTEGER) AS song_id,
-               TRY_CAST(played_at::VARCHAR AS TIMESTAMP) AS played_at
+               TRY_CAST(played_at::VARCHAR AS TIMESTAMP) AS played_at{optional_selects}
         FROM {session_reader(path)}
-        """
+        """,
+        _path_param(path),
     )
     con.execute(
-        """
+        f"""
         CREATE OR REPLACE TEMP TABLE session_checked AS
-        SELECT p.*, CASE
+        SELECT p.line, p.user_raw, p.song_raw, p.played_raw, p.user_id, p.song_id, p.played_at, CASE
             WHEN p.user_raw IS NULL OR trim(p.user_raw) = '' THEN 'empty user_id'
             WHEN p.user_id IS NULL THEN 'invalid user_id'
             WHEN p.song_raw IS NULL OR trim(p.song_raw) = '' THEN 'empty song_id'
             WHEN p.song_id IS NULL THEN 'invalid song_id'
             WHEN p.played_at IS NULL THEN 'invalid played_at'
+            WHEN p.played_at > $not_after THEN 'played_at in the future (after ' || strftime($not_after, '%Y-%m-%d %H:%M:%S') || ' UTC)'
+            {optional_cases}
             WHEN s.song_id IS NULL THEN 'unknown song_id (not in raw.songs)'
             ELSE NULL END AS reason
         FROM session_plays AS p LEFT JOIN raw.songs AS s ON s.song_id = p.song_id
-        """
+        ORDER BY p.line
+        """,
+        {"not_after": not_after},
     )
     con.execute(
         """

@@ -60,6 +60,8 @@ import sqlglot
 import yaml
 from sqlglot import exp
 
+from .artifacts import pause_point
+
 DIALECT = "duckdb"
 SCHEMA_FILE = "schema.yml"
 SEVERITIES = ("error", "warn")
@@ -201,6 +203,17 @@ _FAILURE_CONDITIONS: dict[str, Callable[[DataTest, exp.Column], exp.Expression]]
     "accepted_values": _is_not_accepted,
     "relationship": _is_orphan,
 }
+
+
+def quote_identifier(name: str) -> str:
+    """A DuckDB identifier as a quoted SQL name (embedded double quotes doubled): safe for any
+    text, including user-supplied table or column names."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def quote_table(table: str) -> str:
+    """``schema.name`` (or a bare ``name``) as quoted SQL: ``"schema"."name"``."""
+    return ".".join(quote_identifier(part) for part in table.split(".", 1))
 
 
 def _table_expression(table: str, alias: str | None = None) -> exp.Table:
@@ -623,12 +636,17 @@ def materialize_model(
     """
     table = _table_expression(model.table).sql(dialect=DIALECT)
     schema = exp.to_identifier(model.schema, quoted=True).sql(dialect=DIALECT)
+    def checks_then_pause(connection: duckdb.DuckDBPyConnection) -> None:
+        if before_commit is not None:
+            before_commit(connection)
+        pause_point(f"commit:{model.table}")  # tests only: a kill between build and commit
+
     try:
         _in_transaction(
             con,
             f"CREATE SCHEMA IF NOT EXISTS {schema}",
             f"CREATE OR REPLACE TABLE {table} AS\n{model.sql}",
-            before_commit=before_commit,
+            before_commit=checks_then_pause,
         )
     except duckdb.Error as err:
         problem = f"materializing {model.table} failed: {err}"

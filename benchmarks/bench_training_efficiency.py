@@ -3,7 +3,7 @@
 and at 10x (about 1M listens).
 
     .venv/bin/python benchmarks/bench_training_efficiency.py [--epochs 3] [--scales 1,10]
-        [--configs gat_enhanced,lightgcn] [--keep DIR]
+        [--configs gat_enhanced,lightgcn] [--keep DIR] [--steps-per-epoch N]
 
 For each scale the data stage (generator, SQL models, graph, splits) is materialized once through
 Dagster into a temporary data lake (not measured). Then every measurement runs in a *fresh
@@ -19,7 +19,18 @@ subprocess*, so one run's memory never pollutes another's:
 
 Cost: an epoch is one full-graph forward and backward per optimizer step of ``batch_size`` edges,
 so steps grow with the edges and so does each step: epoch time grows about quadratically in the
-edges (the table prints steps and seconds per step). ``--scales 1,2`` takes about 10 minutes on a
+edges (the table prints steps and seconds per step). ``--steps-per-epoch N`` trains, in both the
+asset and the bare script, a variant ``<config>_spe<N>`` of each config (``steps_per_epoch: N``,
+promoted into the lake as a ``trained_model`` partition): an epoch is then N optimizer steps over
+all training edges, and its time grows about linearly in the edges (N = 13 is the default-size
+world's step count: 52,842 training edges / 4096); ``--steps-per-epoch 13 --scales 1,2,10`` took
+25 minutes on 2 cores. ``--library`` adds a third subprocess per row, the library's ``train()``
+outside Dagster. ``--pin-malloc`` gives every child the same glibc mmap/trim thresholds
+(``PINNED_MALLOC``): without it, whether a process re-faults its 10-30 MB ``[E, d]`` tensors on
+every step depends on its allocation history, which made the asset look 1.1-1.3x slower than the
+bare script at 2x (1.3-1.9 M minor page faults per library epoch against about 0.5 M per bare
+one); pinned, asset / bare was 0.98 there. Tensors above 32 MiB (10x) are mmapped and faulted in
+every step either way. ``--scales 1,2`` takes about 10 minutes on a
 2-core machine; ``--scales 1,10`` (949,261 listens edges at 10x) about 4 hours (an enhanced-GAT
 epoch at 10x is roughly 15 minutes there).
 
@@ -33,7 +44,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import resource
 import subprocess
@@ -103,19 +113,38 @@ def measure_asset(lake: Path, name: str, epochs: int) -> dict:
     return {"epoch_seconds": [row["seconds"] for row in artifact["history"]], "peak_mb": _peak_mb()}
 
 
+def measure_library(lake: Path, name: str, epochs: int) -> dict:
+    """The project's ``train()`` (lib/training.py, advanced trainer) on the same files as the bare
+    script, outside Dagster and without checkpoints: separates the library's cost from the asset's."""
+    import torch
+
+    from spotify_engine_assets.lib.artifacts import ArtifactStore, load_torch
+    from spotify_engine_assets.lib.graph import LISTENS, from_payload, message_passing_graph
+    from spotify_engine_assets.lib.training import build_model, num_nodes_of, train
+
+    torch.set_num_threads(1)
+    store = ArtifactStore(lake / "artifacts")
+    config = _config(lake, name)
+    data = from_payload(load_torch(store.current(["listening_graph"]) / "data.pt"))
+    split = load_torch(store.current(["interaction_splits"]) / "data.pt")[config.split]
+    view = message_passing_graph(data, split["train"])
+    result = train(build_model(config, num_nodes_of(data)), view, data[LISTENS].edge_index[:, split["valid"]], config,
+                   max_epochs=epochs)
+    return {"epoch_seconds": [row["seconds"] for row in result.history], "peak_mb": _peak_mb()}
+
+
 def measure_bare(lake: Path, name: str, epochs: int) -> dict:
     """A plain PyG training script of the config's model: no Dagster, checkpoints or metadata."""
     import torch
     import torch.nn.functional as F
 
     from spotify_engine_assets.lib.artifacts import ArtifactStore, load_torch
-    from spotify_engine_assets.lib.configs import get_config
     from spotify_engine_assets.lib.graph import LISTENS, from_payload, message_passing_graph
     from spotify_engine_assets.lib.models import GenreAwareGAT, LightGCNRecommender
 
     torch.set_num_threads(1)
     store = ArtifactStore(lake / "artifacts")
-    config = get_config(name)
+    config = _config(lake, name)
     data = from_payload(load_torch(store.current(["listening_graph"]) / "data.pt"))
     split = load_torch(store.current(["interaction_splits"]) / "data.pt")[config.split]
     view = message_passing_graph(data, split["train"])
@@ -144,7 +173,7 @@ def measure_bare(lake: Path, name: str, epochs: int) -> dict:
     for _ in range(epochs):
         started = time.perf_counter()
         model.train()
-        for batch in torch.randperm(train_pairs.size(1)).split(config.batch_size):
+        for batch in _bare_batches(torch.randperm(train_pairs.size(1)), config):
             users, positives = train_pairs[0, batch], train_pairs[1, batch]
             negatives = torch.randint(num_songs, users.shape)
             user_emb, song_emb = model(view)[:2]
@@ -170,9 +199,56 @@ def measure_bare(lake: Path, name: str, epochs: int) -> dict:
     return {"epoch_seconds": seconds, "peak_mb": _peak_mb()}
 
 
-def _child(*args: str) -> dict:
+def _bare_batches(order, config) -> tuple:
+    """The bare loop's optimizer steps: chunks of batch_size, or ``steps_per_epoch`` near-equal chunks."""
+    if config.steps_per_epoch is None:
+        return order.split(config.batch_size)
+    steps = config.steps_in_epoch(order.numel())
+    return order.tensor_split(steps) if steps else ()
+
+
+def _config(lake: Path, name: str):
+    """``name`` from models.yaml or the lake's promoted configs (where :func:`variant` writes)."""
+    from spotify_engine_assets.lib.configs import get_config
+    from spotify_engine_assets.lib.registry import full_registry
+
+    return get_config(name, full_registry(lake))
+
+
+def variant(lake: Path, name: str, steps_per_epoch: int | None) -> str:
+    """``name`` itself, or with ``steps_per_epoch`` a copy ``<name>_spe<N>`` (batch_size and
+    grad_accumulation back at their defaults, which steps_per_epoch excludes) promoted into the
+    lake as a partition of ``trained_model``, so the asset and the bare script train the same config."""
+    if steps_per_epoch is None:
+        return name
+    from datetime import datetime, timezone
+
+    from spotify_engine_assets.lib.configs import ModelConfig
+    from spotify_engine_assets.lib.registry import PromotionSource, write_promoted
+
+    base = _config(lake, name)
+    settings = {**base.model_dump(), "name": f"{name}_spe{steps_per_epoch}", "steps_per_epoch": steps_per_epoch}
+    for field in ("batch_size", "grad_accumulation"):
+        settings[field] = ModelConfig.model_fields[field].default
+    settings["description"] = f"{name} with steps_per_epoch {steps_per_epoch} (bench_training_efficiency.py)"
+    config = ModelConfig(**settings)
+    source = PromotionSource(family=base.model, study_name="bench_training_efficiency", trial=0, objective="none",
+                             value=0.0, storage="none", promoted_at=datetime.now(timezone.utc).isoformat())
+    write_promoted(config, source, lake)
+    return config.name
+
+
+# glibc malloc serves a block above its mmap threshold with a fresh mmap (zeroed pages, one page
+# fault per 4 KiB on first touch) and raises that threshold (up to 32 MiB) only after freeing such a
+# block, trimming the heap top above twice the threshold: whether a process's [E, d] tensors are
+# re-faulted every step depends on its allocation history. --pin-malloc fixes both for every child.
+PINNED_MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(32 * 2**20), "MALLOC_TRIM_THRESHOLD_": str(4 * 2**30)}
+
+
+def _child(*args: str, pin_malloc: bool = False) -> dict:
     command = [sys.executable, __file__, "--child", *args]
-    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(PINNED_MALLOC if pin_malloc else {})}
+    done = subprocess.run(command, capture_output=True, text=True, env=env)
     if done.returncode != 0:
         raise SystemExit(f"{' '.join(args)} failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -187,13 +263,12 @@ def _edges(lake: Path) -> int:
 
 
 def _steps_per_epoch(lake: Path, name: str) -> int:
-    """Optimizer steps of one epoch: training edges / (batch_size x grad_accumulation), rounded up."""
+    """Optimizer steps of one epoch (``ModelConfig.steps_in_epoch`` of the training edges)."""
     from spotify_engine_assets.lib.artifacts import ArtifactStore, load_torch
-    from spotify_engine_assets.lib.configs import get_config
 
-    config = get_config(name)
+    config = _config(lake, name)
     split = load_torch(ArtifactStore(lake / "artifacts").current(["interaction_splits"]) / "data.pt")[config.split]
-    return math.ceil(split["train"].numel() / (config.batch_size * config.grad_accumulation))
+    return config.steps_in_epoch(split["train"].numel())
 
 
 def main() -> None:
@@ -201,7 +276,15 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3, help="epochs per measurement; the first is a warm-up (>= 2)")
     parser.add_argument("--scales", default="1,10", help="world sizes as multiples of the default (users, songs, artists)")
     parser.add_argument("--configs", default="gat_enhanced,lightgcn")
+    parser.add_argument("--pin-malloc", action="store_true",
+                        help=f"run the measured children with {' '.join(f'{k}={v}' for k, v in PINNED_MALLOC.items())}: "
+                        "the same glibc mmap/trim thresholds in every process (see PINNED_MALLOC)")
+    parser.add_argument("--library", action="store_true",
+                        help="also time the library's train() outside Dagster (a third subprocess per row)")
     parser.add_argument("--keep", type=Path, default=None, help="reuse/keep the data lakes in this folder")
+    parser.add_argument("--steps-per-epoch", type=int, default=None, metavar="N",
+                        help="train variants of the configs with steps_per_epoch N (asset and bare alike): an epoch "
+                        "is N optimizer steps over all training edges, so its cost grows linearly in the edges")
     parser.add_argument("--child", nargs=4, metavar=("MODE", "LAKE", "ARG", "EPOCHS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -210,16 +293,18 @@ def main() -> None:
             prepare(Path(lake), int(arg))
             print(json.dumps({"edges": _edges(Path(lake))}))
         else:
-            measure = {"asset": measure_asset, "bare": measure_bare}[mode]
+            measure = {"asset": measure_asset, "bare": measure_bare, "library": measure_library}[mode]
             print(json.dumps(measure(Path(lake), arg, int(epochs))))
         return
     if args.epochs < 2:
         parser.error(f"--epochs must be >= 2 (the first epoch is a warm-up), got {args.epochs}")
+    if args.steps_per_epoch is not None and args.steps_per_epoch < 1:
+        parser.error(f"--steps-per-epoch must be >= 1, got {args.steps_per_epoch}")
     scales = [int(s) for s in args.scales.split(",")]
     configs = args.configs.split(",")
     root = args.keep or Path(tempfile.mkdtemp(prefix="bench_training_efficiency_"))
     print(f"torch threads: 1 (asset: torch_runtime default; bare: set explicitly); epochs {args.epochs}, first dropped")
-    print(f"load average at start: {os.getloadavg()}", flush=True)
+    print(f"load average at start: {os.getloadavg()}; malloc pinned: {args.pin_malloc}", flush=True)
     rows = []
     edges = {}
     for scale in scales:
@@ -231,29 +316,35 @@ def main() -> None:
         else:
             edges[scale] = _edges(lake)
         print(f"scale {scale}x: {edges[scale]:,} listens edges", flush=True)
-        for name in configs:
+        for base_name in configs:
+            name = variant(lake, base_name, args.steps_per_epoch)
             measured = {}
-            for mode in ("asset", "bare"):
-                result = _child(mode, str(lake), name, str(args.epochs))
+            for mode in ("asset", "bare", "library") if args.library else ("asset", "bare"):
+                result = _child(mode, str(lake), name, str(args.epochs), pin_malloc=args.pin_malloc)
                 steady = result["epoch_seconds"][1:]
                 measured[mode] = (sum(steady) / len(steady), result["peak_mb"])
                 print(f"  {name} {mode}: epochs {[round(s, 2) for s in result['epoch_seconds']]} s, "
-                      f"peak {result['peak_mb']:.0f} MB", flush=True)
-            rows.append((name, scale, edges[scale], *measured["asset"], *measured["bare"], _steps_per_epoch(lake, name)))
+                      f"peak {result['peak_mb']:.0f} MB, load average {os.getloadavg()[0]:.2f}", flush=True)
+            rows.append((name, scale, edges[scale], *measured["asset"], *measured["bare"], _steps_per_epoch(lake, name),
+                         measured.get("library", (float("nan"),))[0]))
     print()
-    print(f"{'model':<13} {'size':>5} {'edges':>9} {'epoch s asset':>13} {'epoch s bare':>12} {'ratio':>6} "
-          f"{'peak MB asset':>13} {'peak MB bare':>12} {'steps':>6} {'s/step asset':>12}")
-    for name, scale, n_edges, asset_s, asset_mb, bare_s, bare_mb, steps in rows:
-        print(f"{name:<13} {f'{scale}x':>5} {n_edges:>9,} {asset_s:>13.2f} {bare_s:>12.2f} {asset_s / bare_s:>6.2f} "
-              f"{asset_mb:>13.0f} {bare_mb:>12.0f} {steps:>6} {asset_s / steps:>12.3f}")
+    width = max(13, *(len(r[0]) for r in rows))
+    print(f"{'model':<{width}} {'size':>5} {'edges':>9} {'epoch s asset':>13} {'epoch s bare':>12} {'ratio':>6} "
+          f"{'peak MB asset':>13} {'peak MB bare':>12} {'steps':>6} {'s/step asset':>12}"
+          + (f" {'epoch s library':>15} {'lib/bare':>8}" if args.library else ""))
+    for name, scale, n_edges, asset_s, asset_mb, bare_s, bare_mb, steps, library_s in rows:
+        print(f"{name:<{width}} {f'{scale}x':>5} {n_edges:>9,} {asset_s:>13.2f} {bare_s:>12.2f} {asset_s / bare_s:>6.2f} "
+              f"{asset_mb:>13.0f} {bare_mb:>12.0f} {steps:>6} {asset_s / steps:>12.3f}"
+              + (f" {library_s:>15.2f} {library_s / bare_s:>8.2f}" if args.library else ""))
     if len(scales) >= 2:
         low, high = min(scales), max(scales)
-        print(f"\ngrowth {high}x / {low}x (edge ratio {edges[high] / edges[low]:.2f}); an epoch is one full-graph "
-              "forward and backward per step of batch_size edges, so epoch time grows with steps x edges:")
+        how = ("a fixed number of steps, so epoch time grows with the edges" if args.steps_per_epoch else
+               "one full-graph forward and backward per step of batch_size edges, so epoch time grows with steps x edges")
+        print(f"\ngrowth {high}x / {low}x (edge ratio {edges[high] / edges[low]:.2f}); an epoch is {how}:")
         by = {(r[0], r[1]): r for r in rows}
-        for name in configs:
+        for name in dict.fromkeys(r[0] for r in rows):
             a, b = by[(name, low)], by[(name, high)]
-            print(f"  {name:<13} epoch s asset {b[3] / a[3]:.2f}x, bare {b[5] / a[5]:.2f}x; "
+            print(f"  {name:<{width}} epoch s asset {b[3] / a[3]:.2f}x, bare {b[5] / a[5]:.2f}x; "
                   f"s/step asset {(b[3] / b[7]) / (a[3] / a[7]):.2f}x; "
                   f"peak MB asset {b[4] / a[4]:.2f}x, bare {b[6] / a[6]:.2f}x")
     print(f"load average at end: {os.getloadavg()}")

@@ -332,3 +332,89 @@ def test_simple_trainer_refuses_checkpoints(tmp_path):
         train(build_model(cfg, num_nodes_of(view)), view, valid, cfg, checkpoint_dir=tmp_path)
     with pytest.raises(ValueError, match="checkpoint_every must be >= 1"):
         AdvancedTrainer(build_model(config(), num_nodes_of(view)), view, config(), valid, checkpoint_every=0)
+
+
+# ---------------------------------------------------------------------------------- steps per epoch
+
+
+def test_steps_per_epoch_validation():
+    assert config().steps_per_epoch is None
+    with pytest.raises(ValidationError, match="steps_per_epoch"):
+        config(batch_size=4096, steps_per_epoch=0)
+    with pytest.raises(ValidationError, match="steps_per_epoch 4 sizes each optimizer step itself; remove batch_size 16"):
+        config(steps_per_epoch=4)  # the toy config's batch_size is 16, not the default
+    with pytest.raises(ValidationError, match="remove grad_accumulation 2"):
+        config(batch_size=4096, grad_accumulation=2, steps_per_epoch=4)
+    with pytest.raises(ValidationError, match="steps_per_epoch only apply to trainable models"):
+        ModelConfig(name="pop", model="most_popular", steps_per_epoch=4)
+    cfg = config(batch_size=4096, steps_per_epoch=5)
+    assert (cfg.positives_per_step(48), cfg.steps_in_epoch(48)) == (10, 5)
+    assert (cfg.positives_per_step(3), cfg.steps_in_epoch(3)) == (1, 3)  # never an empty step
+    assert (config().positives_per_step(48), config().steps_in_epoch(48)) == (16, 3)
+
+
+@pytest.mark.parametrize("steps, sizes", [(5, [10, 10, 10, 9, 9]), (1, [48]), (100, [1] * 48)])
+def test_an_epoch_of_k_steps_takes_k_optimizer_steps_over_every_training_edge_once(monkeypatch, steps, sizes):
+    view, valid = toy_problem()  # 48 training edges
+    assert view[LISTENS].edge_index.size(1) == 48
+    cfg = config(batch_size=4096, steps_per_epoch=steps, max_epochs=1)
+    trainer = AdvancedTrainer(build_model(cfg, num_nodes_of(view)), view, cfg, valid)
+    batches, optimizer_steps = [], []
+    original_step, original_optimizer_step = trainer._step, trainer.optimizer.step
+    monkeypatch.setattr(trainer, "_step", lambda batch: batches.append(batch.clone()) or original_step(batch))
+    monkeypatch.setattr(trainer.optimizer, "step", lambda *a, **k: optimizer_steps.append(1) or original_optimizer_step(*a, **k))
+    trainer.fit()
+    assert len(optimizer_steps) == min(steps, 48)
+    assert [b.numel() for b in batches] == sizes
+    assert torch.equal(torch.cat(batches).sort().values, torch.arange(48))  # every edge once
+
+
+def test_steps_per_epoch_with_whole_batches_reproduces_the_batch_size_run():
+    """48 edges: 3 steps of 16 are exactly batch_size 16 (same shuffles, negatives, losses)."""
+    view, valid = toy_problem()
+    runs = [
+        train(build_model(cfg, num_nodes_of(view)), view, valid, cfg)
+        for cfg in (config(max_epochs=3), config(max_epochs=3, batch_size=4096, steps_per_epoch=3))
+    ]
+    assert _states_equal(runs[0].final_state, runs[1].final_state)
+    assert [r["loss"] for r in runs[0].history] == [r["loss"] for r in runs[1].history]
+    # 2 steps of 24 positives is another (valid) run
+    other = config(max_epochs=3, batch_size=4096, steps_per_epoch=2)
+    assert not _states_equal(runs[0].final_state, train(build_model(other, num_nodes_of(view)), view, valid, other).final_state)
+
+
+def test_steps_per_epoch_run_resumes_from_its_checkpoint(tmp_path):
+    view, valid = toy_problem()
+    cfg = config("lightgcn", batch_size=4096, steps_per_epoch=4, max_epochs=5, patience=100)
+    uninterrupted = train(build_model(cfg, num_nodes_of(view)), view, valid, cfg, checkpoint_dir=tmp_path / "a")
+
+    def stop_at_3(row):
+        if row["epoch"] == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(build_model(cfg, num_nodes_of(view)), view, valid, cfg, checkpoint_dir=tmp_path / "b", on_epoch=stop_at_3)
+    resumed = train(build_model(cfg, num_nodes_of(view)), view, valid, cfg, checkpoint_dir=tmp_path / "b")
+    assert resumed.resumed_from_epoch == 2
+    assert _states_equal(resumed.final_state, uninterrupted.final_state)
+    strip = lambda history: [{k: v for k, v in row.items() if k != "seconds"} for row in history]  # noqa: E731
+    assert strip(resumed.history) == strip(uninterrupted.history)
+
+
+def test_trial_budget_counts_steps_per_epoch():
+    from spotify_engine_assets.lib.trial_budget import GraphSize, estimate, work_units
+
+    view, _ = toy_problem()
+    small = GraphSize.of(view)
+    big = GraphSize(num_nodes=small.num_nodes, num_edges={e: 1000 * n for e, n in small.num_edges.items()})
+    fixed = config(batch_size=4096, steps_per_epoch=4)
+    per_step = config(batch_size=4096)
+    # 4 steps whatever the edges: the work of a step (one full-graph pass) grows with the edges,
+    # so an epoch's work grows about linearly; with fixed 4096-positive steps the step count grows too
+    linear = work_units(fixed, big, 1) / work_units(fixed, small, 1)
+    quadratic = work_units(per_step, big, 1) / work_units(per_step, small, 1)
+    assert quadratic > 5 * linear
+    batch_bytes = [estimate(c, big, num_parameters=10).memory_parts["batch"] for c in (fixed, per_step)]
+    assert batch_bytes[0] / batch_bytes[1] == pytest.approx(12_000 / 4096, rel=1e-6)  # the step's gathered embeddings
+    # the estimate's step count is the trainer's
+    assert fixed.steps_in_epoch(big.train_pairs) == 4 and fixed.positives_per_step(big.train_pairs) == 12_000

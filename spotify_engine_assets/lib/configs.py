@@ -8,6 +8,7 @@ field named). Metric thresholds for the gates live in ``configs/thresholds.yaml`
 from __future__ import annotations
 
 import functools
+import math
 from pathlib import Path
 from typing import Literal
 
@@ -60,6 +61,14 @@ class ModelConfig(BaseModel):
     negatives_per_positive: int = Field(1, ge=1, le=10, description="Negatives sampled per positive pair.")
     grad_accumulation: int = Field(
         1, ge=1, description="Micro-batches of batch_size positives per optimizer step (one forward pass per step)."
+    )
+    steps_per_epoch: int | None = Field(
+        None,
+        ge=1,
+        description="Opt-in: an epoch is this many optimizer steps over all training edges (each step's batch is "
+        "ceil(E_train / steps) or one fewer positives; at most E_train steps), so epoch cost grows linearly in the "
+        "edges instead of with (E_train / batch_size) full-graph passes. None (default): steps of batch_size x "
+        "grad_accumulation positives. Excludes a non-default batch_size or grad_accumulation.",
     )
     orthogonality_weight: float = Field(
         0.0, ge=0.0, description="Regularizer: mean squared cosine between the batch's distinct user and song embeddings."
@@ -118,6 +127,7 @@ class ModelConfig(BaseModel):
                     "weight_recency",
                     "negatives_per_positive",
                     "grad_accumulation",
+                    "steps_per_epoch",
                     "orthogonality_weight",
                     "trainer",
                     "task_complete_weight",
@@ -152,6 +162,34 @@ class ModelConfig(BaseModel):
         if idle:
             raise ValueError(f"settings without effect: {'; '.join(idle)}")
         return self
+
+    @model_validator(mode="after")
+    def _one_way_to_size_a_step(self) -> ModelConfig:
+        if self.steps_per_epoch is not None:
+            clash = [
+                f"{name} {getattr(self, name)}"
+                for name in ("batch_size", "grad_accumulation")
+                if getattr(self, name) != type(self).model_fields[name].default
+            ]
+            if clash:
+                raise ValueError(
+                    f"steps_per_epoch {self.steps_per_epoch} sizes each optimizer step itself; remove {' and '.join(clash)}"
+                )
+        return self
+
+    def positives_per_step(self, train_pairs: int) -> int:
+        """The most positives one optimizer step takes on ``train_pairs`` training edges:
+        ``batch_size * grad_accumulation``, or with ``steps_per_epoch`` ``ceil(train_pairs / steps)``
+        (at least 1)."""
+        if self.steps_per_epoch is None:
+            return self.batch_size * self.grad_accumulation
+        return max(1, math.ceil(train_pairs / self.steps_per_epoch))
+
+    def steps_in_epoch(self, train_pairs: int) -> int:
+        """Optimizer steps of one epoch over ``train_pairs`` training edges (0 for no edges)."""
+        if self.steps_per_epoch is None:
+            return math.ceil(train_pairs / (self.batch_size * self.grad_accumulation))
+        return min(self.steps_per_epoch, train_pairs)
 
     @property
     def tasks(self) -> dict[str, float]:

@@ -22,6 +22,12 @@ loss is the mean over the step's positives), then one backward. A step with accu
 exactly a step of batch size ``k * batch_size`` (a test checks it); memory grows only with the
 scoring of the larger step, not with extra forward passes.
 
+Steps per epoch: by default an epoch is ``ceil(E / (batch_size * grad_accumulation))`` optimizer
+steps, each a full-graph forward and backward, so epoch cost grows with ``E^2 / batch_size``.
+``ModelConfig.steps_per_epoch = k`` (opt-in) makes an epoch exactly ``k`` steps (``min(k, E)``)
+over all ``E`` shuffled training edges, each step ``ceil(E / k)`` or one fewer positives scored in
+micro-batches of ``batch_size`` as above: epoch cost then grows linearly in the edges.
+
 Regularizers, on the step's sampled users and songs only: ``orthogonality_weight`` times the mean
 squared cosine between distinct sampled embeddings (computed through the d x d Gram, never an
 N x N one); ``attention_entropy_weight`` times the mean entropy of the attention arriving at the
@@ -452,7 +458,8 @@ class BaseTrainer:
 
     Each epoch shuffles the training listens edges (``view[LISTENS].edge_index``) with the
     config-seeded generator and takes one optimizer step per ``batch_size * grad_accumulation``
-    positives: vectorized negatives, candidate songs for the surrogates, one forward pass and
+    positives (with ``steps_per_epoch``: that many steps of ``ceil(E / steps)`` or one fewer
+    positives, scored in micro-batches of ``batch_size``): vectorized negatives, candidate songs for the surrogates, one forward pass and
     :func:`bpr_step_loss` (plus the L2 penalty on the step's id embeddings). Subclasses decide
     what happens around the loop (:meth:`_begin`, :meth:`_epoch_metrics`, :meth:`_after_epoch`,
     :meth:`_end`).
@@ -564,8 +571,17 @@ class BaseTrainer:
         """One pass over the shuffled training edges; the mean step loss."""
         self.model.train()
         order = torch.randperm(self.train_pairs.size(1), generator=self.generator)
-        losses = [self._step(batch) for batch in order.split(self.config.batch_size * self.config.grad_accumulation)]
+        losses = [self._step(batch) for batch in self._batches(order)]
         return sum(losses) / max(len(losses), 1)
+
+    def _batches(self, order: Tensor) -> tuple[Tensor, ...]:
+        """The epoch's optimizer steps: chunks of ``batch_size * grad_accumulation`` positives, or
+        with ``steps_per_epoch`` exactly that many near-equal chunks (at most one per edge)."""
+        config = self.config
+        if config.steps_per_epoch is None:
+            return order.split(config.batch_size * config.grad_accumulation)
+        steps = config.steps_in_epoch(order.numel())
+        return order.tensor_split(steps) if steps else ()
 
     def fit(self) -> TrainResult:
         result = self.result

@@ -8,7 +8,8 @@ of the built model (weights and any task heads); ``d`` embedding_dim; ``h`` head
 LightGCN); ``L`` message-passing layers (``num_layers``; 1 for gat_basic); ``E`` edges the model
 propagates over (LightGCN: listens both ways; gat_basic: listens and song-artist, both ways;
 gat_enhanced: every relation); ``N`` nodes of the types it embeds; ``U``, ``S`` users and songs;
-``B`` batch_size x grad_accumulation positives per optimizer step; ``n`` negatives per positive.
+``B`` positives per optimizer step (batch_size x grad_accumulation, or ``ceil(E_train / k)`` with
+``steps_per_epoch = k``: ``ModelConfig.positives_per_step``); ``n`` negatives per positive.
 
 Memory in bytes, the peak of building the model and training it (float32 elements, 4 bytes)::
 
@@ -26,7 +27,8 @@ build + train, then checked on 16 configs of the three families (d 16..128, h 1.
 measured peak.
 ``tests/test_trial_budget.py`` checks measured <= estimate <= 3 x measured on tiny data.
 
-Seconds: an epoch is ``ceil(E_train / B)`` optimizer steps, each one forward and backward pass of
+Seconds: an epoch is ``ceil(E_train / B)`` optimizer steps (``min(k, E_train)`` with
+``steps_per_epoch = k``: ``ModelConfig.steps_in_epoch``), each one forward and backward pass of
 the whole graph plus the step's BPR terms, then one forward pass and the validation ranking::
 
     seconds = epochs * K * ( steps * (L E (d g + h) + N d + B (2 + n) d + STEP_UNITS) + L E d g + U S d )
@@ -40,7 +42,6 @@ enough to keep a study off configs that are an order of magnitude too slow.
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 
@@ -118,7 +119,7 @@ def _shape(config: ModelConfig, size: GraphSize) -> dict[str, int]:
         "h": 1 if config.model == "lightgcn" else config.heads,
         "g": config.heads if config.model == "gat_enhanced" else 1,
         "d": config.embedding_dim,
-        "B": config.batch_size * config.grad_accumulation,
+        "B": config.positives_per_step(size.train_pairs),
         "n": config.negatives_per_positive,
         "U": size.num_nodes.get("user", 0),
         "S": size.num_nodes.get("song", 0),
@@ -147,7 +148,7 @@ def work_units(config: ModelConfig, size: GraphSize, epochs: int) -> float:
     """The time formula's units for ``epochs`` epochs (see the module docstring)."""
     s = _shape(config, size)
     batch = min(s["B"], max(size.train_pairs, 1))
-    steps = math.ceil(size.train_pairs / batch)
+    steps = config.steps_in_epoch(size.train_pairs)
     step = s["L"] * s["E"] * (s["d"] * s["g"] + s["h"]) + s["N"] * s["d"] + batch * (2 + s["n"]) * s["d"] + STEP_UNITS
     validation = s["L"] * s["E"] * s["d"] * s["g"] + s["U"] * s["S"] * s["d"]
     return float(epochs * (steps * step + validation))

@@ -22,11 +22,9 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -34,6 +32,7 @@ import dagster as dg
 import duckdb
 import polars as pl
 import pytest
+from killing import sigkill_when
 
 from spotify_engine_assets.defs.resources import init_warehouse_pool, release_killed_runs
 from spotify_engine_assets.lib.artifacts import PAUSE_ENV, ArtifactStore, load_torch
@@ -196,18 +195,7 @@ def test_killed_stage_keeps_previous_materialization_and_reruns(home, stage, tmp
     inside = _sign(stage, lake, marker, _trial_count(lake))
     child = subprocess.Popen([sys.executable, "-c", CHILD, stage], env=env, cwd=REPO_ROOT,
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 240
-    try:
-        while not inside():
-            assert child.poll() is None, f"{stage} child ended before the kill:\n{child.communicate()[1].decode()[-3000:]}"
-            assert time.monotonic() < deadline, f"{stage}: no sign of the step within 240 s"
-            time.sleep(0.02)
-        child.send_signal(signal.SIGKILL)
-    finally:
-        if child.poll() is None:
-            child.kill()
-        child.communicate()
-    assert child.returncode == -signal.SIGKILL
+    sigkill_when(child, inside, 240, f"{stage} step")
 
     # the previous materialization is intact, current and loadable; nothing half-written shows
     if key:

@@ -11,13 +11,12 @@ torch-geometric start-up, the slowest part of the test on a busy machine.)"""
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
+from killing import sigkill_when
 
 from spotify_engine_assets.lib.training import CHECKPOINT_FILE, build_model, num_nodes_of, train
 
@@ -60,19 +59,7 @@ def _child(checkpoint_dir: Path, out: Path, pause: float) -> subprocess.Popen:
 def _kill_at_checkpoint(process: subprocess.Popen, folder: Path, pattern: str, timeout: float) -> Path:
     """Wait until ``process`` has written a checkpoint ``folder.glob(pattern)``, SIGKILL it and
     return the checkpoint (the process must still be running when it is found)."""
-    deadline = time.monotonic() + timeout
-    try:
-        while not (found := sorted(folder.glob(pattern))):
-            assert process.poll() is None, process.communicate()[0].decode()[-3000:]
-            assert time.monotonic() < deadline, f"no checkpoint {folder / pattern} within {timeout} s"
-            time.sleep(0.02)
-        process.send_signal(signal.SIGKILL)
-    finally:
-        if process.poll() is None:
-            process.kill()
-        process.communicate()
-    assert process.returncode == -signal.SIGKILL
-    (checkpoint,) = found
+    (checkpoint,) = sigkill_when(process, lambda: sorted(folder.glob(pattern)), timeout, f"checkpoint {folder / pattern}")
     return checkpoint
 
 

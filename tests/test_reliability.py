@@ -487,3 +487,18 @@ def test_reliability_catalogue_names_existing_tests():
     named = [ref for refs in per_row for ref in refs]
     missing = [f"{file}::{name}" for file, name in named if name not in _test_names(REPO_ROOT / file)]
     assert missing == []
+
+
+def test_torch_runtime_pins_glibc_malloc_thresholds():
+    """The training resource fixes glibc's mmap/trim thresholds (no per-step page faults of the
+    message tensors); where libc is glibc, mallopt accepts both."""
+    import ctypes.util
+    import platform
+
+    from spotify_engine_assets.defs.resources import TorchRuntime, pin_glibc_malloc
+
+    if platform.libc_ver()[0] != "glibc" or not ctypes.util.find_library("c"):
+        pytest.skip("libc is not glibc")
+    assert pin_glibc_malloc(32, 1024) is True
+    TorchRuntime(threads=1).apply()  # the default pins too, and must not fail
+    TorchRuntime(threads=1, malloc_mmap_threshold_mb=None).apply()

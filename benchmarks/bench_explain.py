@@ -103,7 +103,7 @@ def main() -> int:
 
         from spotify_engine_assets.lib.artifacts import ArtifactStore, load_torch
         from spotify_engine_assets.lib.cold_start import evaluate_cold_start
-        from spotify_engine_assets.lib.training import build_model, interaction_weights, num_nodes_of, task_labels, train
+        from spotify_engine_assets.lib.training import build_model, num_nodes_of, train, training_inputs
 
         store = ArtifactStore(Path(args.lake) / "artifacts")
         split = load_torch(store.current(["interaction_splits"]) / "data.pt")[bundle.config.split]
@@ -111,9 +111,8 @@ def main() -> int:
 
         def fit(graph, valid, train_index):
             model = build_model(config, num_nodes_of(bundle.data))
-            weights = interaction_weights(config, bundle.data, train_index)
-            labels = task_labels(config, bundle.data, train_index)
-            result = train(model, graph, valid, config, max_epochs=args.cold_start_epochs, weights=weights, task_labels=labels)
+            inputs = training_inputs(config, bundle.data, train_index)
+            result = train(model, graph, valid, config, max_epochs=args.cold_start_epochs, **inputs)
             model.load_state_dict(result.best_state)
             return model
 

@@ -8,7 +8,7 @@ the base models of ``configs/models.yaml`` and the objective variants of ``confi
 (weighted BPR, several negatives per positive, gradient accumulation, regularizers, multi-task
 heads, diversity / coverage surrogates, the simple trainer). Weighted variants get their
 per-interaction weights, and multi-task variants their head labels, from the training listens edges
-only (``interaction_weights``, ``task_labels``). Each model is trained by its config's trainer
+only (``training_inputs``). Each model is trained by its config's trainer
 (advanced: early-stopped on validation Recall@10); test metrics rank all songs with the user's
 training and validation songs masked, as the ``metric_report`` asset does, and the task heads'
 ROC AUC is measured on the test edges (``task_metrics``). torch runs on 1 thread.
@@ -35,12 +35,11 @@ from spotify_engine_assets.lib.training import (  # noqa: E402
     build_model,
     embed,
     fit_most_popular,
-    interaction_weights,
     num_nodes_of,
     roc_auc,
-    task_labels,
     task_metrics,
     train,
+    training_inputs,
 )
 
 WORLDS = {
@@ -97,12 +96,10 @@ def main() -> None:
         config = registry[name]
         if args.seed is not None:
             config = config.model_copy(update={"seed": args.seed})
-        weights = interaction_weights(config, data, parts["train"])
+        inputs = training_inputs(config, data, parts["train"])
         model = build_model(config, num_nodes_of(data))
         log = (lambda message, n=name: print(f"  {n}: {message}", flush=True)) if args.verbose else None
-        labels = task_labels(config, data, parts["train"])
-        result = train(model, view, pairs["valid"], config, max_epochs=args.max_epochs, log=log, weights=weights,
-                       task_labels=labels)
+        result = train(model, view, pairs["valid"], config, max_epochs=args.max_epochs, log=log, **inputs)
         metrics = test_metrics(model, view, pairs)
         aucs = {task: values["auc"] for task, values in task_metrics(model, config, data, view, parts["test"]).items()}
         if name == config.model:  # the base model of a family (configs/models.yaml)

@@ -267,7 +267,7 @@ def _train(args: argparse.Namespace) -> int:
     from .lib.graph import LISTENS, from_payload, message_passing_graph
     from .lib.metrics import ranking_metrics
     from .lib.paths import configs_dir, data_lake_root
-    from .lib.training import build_model, embed, interaction_weights, num_nodes_of, task_labels, task_metrics, train
+    from .lib.training import build_model, embed, num_nodes_of, task_metrics, train, training_inputs
 
     try:
         registry = load_registry(configs_dir() / "variants.yaml") if args.variants else None
@@ -296,8 +296,7 @@ def _train(args: argparse.Namespace) -> int:
     view = message_passing_graph(data, split["train"])
     pairs = {part: data[LISTENS].edge_index[:, split[part]] for part in ("train", "valid", "test")}
     try:
-        weights = interaction_weights(config, data, split["train"])
-        labels = task_labels(config, data, split["train"])
+        inputs = training_inputs(config, data, split["train"])
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -306,7 +305,7 @@ def _train(args: argparse.Namespace) -> int:
           "nothing is written to the asset store", flush=True)
     model = build_model(config, num_nodes_of(data))
     result = train(model, view, pairs["valid"], config, max_epochs=args.max_epochs,
-                   log=lambda message: print(message, flush=True), weights=weights, task_labels=labels)
+                   log=lambda message: print(message, flush=True), **inputs)
     user_emb, song_emb = embed(model, view)
     scores = {
         "valid": ranking_metrics(user_emb, song_emb, pairs["valid"], pairs["train"], ks=(10,)),

@@ -168,7 +168,7 @@ def _failure(result) -> str:
 
 
 def test_killed_trained_model_materialization_resumes_and_keeps_the_previous_version(tmp_path, monkeypatch):
-    from spotify_engine_assets.defs.training import load_trained
+    from spotify_engine_assets.lib.recommend import load_model
     from spotify_engine_assets.lib.artifacts import ArtifactStore, load_torch
     from spotify_engine_assets.lib.graph import from_payload
     from spotify_engine_assets.lib.paths import DATA_LAKE_ENV
@@ -199,7 +199,7 @@ def test_killed_trained_model_materialization_resumes_and_keeps_the_previous_ver
     assert store.current(["trained_model"], DAGSTER_CONFIG) == previous
     survivor = load_torch(previous / "data.pt")
     assert survivor["epochs_run"] == 2
-    load_trained(survivor, data)
+    load_model(survivor, data)
 
     # 4. re-materialized: resumes from the killed run's checkpoint and publishes a new version
     resumed = materialize_trained_model(DAGSTER_CONFIG, DAGSTER_EPOCHS)
@@ -212,8 +212,8 @@ def test_killed_trained_model_materialization_resumes_and_keeps_the_previous_ver
     assert artifact["epochs_run"] > killed_at["epoch"]
     strip = lambda rows: [{k: v for k, v in row.items() if k != "seconds"} for row in rows]  # noqa: E731
     assert strip(artifact["history"][: killed_at["epoch"]]) == strip(killed_at["history"])
-    model = load_trained(artifact, data)
+    model = load_model(artifact, data)
     for key, value in artifact["best_state"].items():
         assert torch.equal(model.state_dict()[key], value), key
     assert not checkpoint.exists()  # finished: the checkpoint is cleared
-    load_trained(load_torch(previous / "data.pt"), data)  # the old version stays loadable
+    load_model(load_torch(previous / "data.pt"), data)  # the old version stays loadable

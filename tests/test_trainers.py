@@ -136,7 +136,7 @@ def test_heads_are_built_only_when_weighted_and_leave_the_model_unchanged(kind):
     heads = {k: v for k, v in headed.state_dict().items() if k.startswith("task_heads.")}
     rest = {k: v for k, v in headed.state_dict().items() if not k.startswith("task_heads.")}
     assert heads and _states_equal(rest, plain.state_dict())
-    # a rebuilt model restores the heads from the state dict (what load_trained does)
+    # a rebuilt model restores the heads from the state dict (what recommend.load_model does)
     rebuilt = build_model(config(kind, task_repeat_weight=1.0, seed=5), num_nodes_of(view))
     rebuilt.load_state_dict(headed.state_dict())
     user, song = embed(headed, view)

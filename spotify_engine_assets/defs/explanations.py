@@ -20,7 +20,7 @@ from ..lib.models import MostPopular
 from ..lib.paths import source_version
 from ..lib.plots import frame_markdown
 from ..lib.recommend import bundle_from, rank_songs, render_ranking
-from ..lib.training import build_model, interaction_weights, num_nodes_of, task_labels, train
+from ..lib.training import build_model, num_nodes_of, train, training_inputs
 from .resources import DataLake, TorchRuntime
 
 EXPLAIN_VERSION = source_version(explain_lib, recommend_lib, cold_start_lib)
@@ -188,10 +188,8 @@ def cold_start_report(
         if not model_config.trainable:
             return None
         model = build_model(model_config, num_nodes_of(data))
-        weights = interaction_weights(model_config, data, train_index)  # the kept training edges only
-        labels = task_labels(model_config, data, train_index)
-        result = train(model, view, valid_pairs, model_config, max_epochs=config.max_epochs, log=context.log.debug,
-                       weights=weights, task_labels=labels)
+        inputs = training_inputs(model_config, data, train_index)  # the kept training edges only
+        result = train(model, view, valid_pairs, model_config, max_epochs=config.max_epochs, log=context.log.debug, **inputs)
         model.load_state_dict(result.best_state)
         return model
 

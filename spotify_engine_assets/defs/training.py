@@ -11,7 +11,6 @@ import time
 import dagster as dg
 import polars as pl
 import torch
-from torch import nn
 from pydantic import Field
 
 from ..lib import evaluation as evaluation_lib
@@ -24,12 +23,13 @@ from ..lib import training as training_lib
 from ..lib.artifacts import ArtifactNotFoundError, atomic_write_bytes, load_torch
 from ..lib.evaluation import EvaluationData, PeakMemory, evaluate, fairness_tables, latency_per_user, memory_estimate_bytes
 from ..lib.configs import ConfigError, ModelConfig, get_config, load_thresholds
+from ..lib.recommend import load_model
 from ..lib.registry import full_registry
 from ..lib.graph import LISTENS, from_payload, message_passing_graph
 from ..lib.metrics import ranking_metrics
-from ..lib.models import MostPopular, parameter_count
+from ..lib.models import parameter_count
 from ..lib.plots import frame_markdown, metric_bars, training_curve
-from ..lib.training import build_model, embed, fit_most_popular, interaction_weights, num_nodes_of, task_labels, task_metrics, train
+from ..lib.training import build_model, embed, fit_most_popular, num_nodes_of, task_metrics, train, training_inputs
 from ..lib.paths import source_version
 from .registry import model_configs, model_registry, promotion_metadata
 from .resources import DataLake, TorchRuntime
@@ -122,8 +122,7 @@ def trained_model(
         return dg.Output(artifact, metadata=metadata)
 
     try:
-        weights = interaction_weights(model_config, data, split["train"])
-        labels = task_labels(model_config, data, split["train"])
+        inputs = training_inputs(model_config, data, split["train"])
     except ValueError as error:
         raise dg.Failure(str(error)) from error
     checkpoints = checkpoint_dir_for(lake, model_config, provenance["data"]["combined"], config.max_epochs)
@@ -138,8 +137,7 @@ def trained_model(
         model_config,
         max_epochs=config.max_epochs,
         log=context.log.info,
-        weights=weights,
-        task_labels=labels,
+        **inputs,
         checkpoint_dir=checkpoints if model_config.trainer == "advanced" else None,  # the simple trainer writes none
         checkpoint_every=config.checkpoint_every,
     )
@@ -200,18 +198,6 @@ def _provenance(context: dg.AssetExecutionContext, model_config: ModelConfig, da
         "run_id": context.run_id,
         "recorded_at": experiments_lib.now_iso(),
     }
-
-
-def load_trained(artifact: dict, data) -> nn.Module | MostPopular:
-    """Rebuild a trained model from its artifact (the config recorded with it, best weights)."""
-    model_config = ModelConfig(**artifact["config"])
-    if not model_config.trainable:
-        model = MostPopular(data["user"].num_nodes, data["song"].num_nodes)
-        model.popularity = artifact["best_state"]["popularity"]
-        return model
-    model = build_model(model_config, num_nodes_of(data))
-    model.load_state_dict(artifact["best_state"])
-    return model
 
 
 def evaluate_split(model, data, split: dict) -> dict[str, float]:
@@ -319,7 +305,7 @@ def metric_report(
     except ValueError as error:
         raise dg.Failure(f"metric_report[{model_config.name}]: {error}") from error
     view = message_passing_graph(data, split["train"])
-    model = load_trained(trained_model, data)
+    model = load_model(trained_model, data)
 
     with PeakMemory() as memory:
         started = time.perf_counter()

@@ -50,7 +50,7 @@ from .configs import ModelConfig
 from .graph import LISTENS, heldout_edges_in_graph, message_passing_graph
 from .metrics import ranking_metrics
 from .plots import figure_markdown
-from .training import build_model, embed, fit_most_popular, interaction_weights, num_nodes_of, task_labels, train
+from .training import build_model, embed, fit_most_popular, num_nodes_of, train, training_inputs
 
 TIME_FIELD = "first_played"
 DAY = 86400.0
@@ -212,12 +212,9 @@ def evaluate_fold(
     view = message_passing_graph(data, fold.train)
     epochs_run, seconds = 0, 0.0
     if config.trainable:
-        weights = interaction_weights(config, data, fold.train)
-        labels = task_labels(config, data, fold.train)
+        inputs = training_inputs(config, data, fold.train)
         model = build_model(config, num_nodes_of(data))
-        result = train(
-            model, view, pairs[:, fold.valid], config, max_epochs=max_epochs, log=log, weights=weights, task_labels=labels
-        )
+        result = train(model, view, pairs[:, fold.valid], config, max_epochs=max_epochs, log=log, **inputs)
         epochs_run, seconds = result.epochs_run, result.seconds
     else:
         model = fit_most_popular(view)

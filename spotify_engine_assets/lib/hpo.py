@@ -58,7 +58,7 @@ from .graph import LISTENS
 from .metrics import ranking_metrics
 from .paths import configs_dir, data_lake_root
 from .models import parameter_count
-from .training import build_model, embed, interaction_weights, task_labels, train
+from .training import build_model, embed, train, training_inputs
 
 Logger = Callable[[str], None]
 OBJECTIVE = "valid_recall@10"
@@ -314,10 +314,7 @@ class StudyData:
             fields = [f for f in ("weight_completion", "weight_play_count", "weight_recency", "task_complete_weight",
                                   "task_repeat_weight") if getattr(config, f)]
             raise HpoError(f"{', '.join(fields)} need the study's full graph and training edges (StudyData.graph, train_index)")
-        return {
-            "weights": interaction_weights(config, self.graph, self.train_index),
-            "task_labels": task_labels(config, self.graph, self.train_index),
-        }
+        return training_inputs(config, self.graph, self.train_index)
 
     @property
     def num_nodes(self) -> dict[str, int]:

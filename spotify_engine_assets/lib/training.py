@@ -262,6 +262,16 @@ def task_labels(config: ModelConfig, data: HeteroData, index: Tensor) -> Tensor 
     return torch.stack(columns, dim=1).float()
 
 
+def training_inputs(config: ModelConfig, data: HeteroData, train_index: Tensor) -> dict[str, Tensor | None]:
+    """:func:`train`'s ``weights`` and ``task_labels`` of ``config`` for the training listens edges
+    ``train_index`` of ``data`` (None where the config does not use them).
+
+    Raises:
+        ValueError: the config needs a listens column the graph does not have (before any training).
+    """
+    return {"weights": interaction_weights(config, data, train_index), "task_labels": task_labels(config, data, train_index)}
+
+
 def roc_auc(scores: Tensor, labels: Tensor) -> float | None:
     """Area under the ROC curve by the rank (Mann-Whitney) formula, ties at their mean rank.
 

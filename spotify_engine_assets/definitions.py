@@ -1,24 +1,17 @@
-"""Composition root: gathers the definitions of every domain and binds the resources."""
+"""Composition root: one line per chain, the SQL project, and the shared resources."""
 
 import dagster as dg
 
-from .defs import cross_validation, experiments, explanations, graph, ingestion, lastfm, optimization, playlists, sensors, sql_models, training
+from .defs import lastfm, listening, playlists, sql
 from .defs.resources import DataLake, LakeIOManager, TorchRuntime, Warehouse
 
 lake = DataLake()
 
 defs = dg.Definitions.merge(
-    ingestion.defs,
-    sql_models.build_sql_definitions(sql_models.load_project()),
-    graph.defs,
-    training.defs,
+    listening.defs,
     playlists.defs,
-    sensors.defs,
-    experiments.defs,
-    explanations.defs,
     lastfm.defs,
-    optimization.defs,
-    cross_validation.defs,
+    sql.build_sql_definitions(sql.load_project()),
     dg.Definitions(
         resources={
             "lake": lake,

@@ -15,9 +15,9 @@ import polars as pl
 import torch
 from pydantic import Field
 
-from ..lib.artifacts import ArtifactStore, load_torch, save_torch
-from ..lib.paths import DATA_LAKE_ENV, data_lake_root
-from ..lib.sqlmodels import quote_table
+from ..core.storage.artifacts import ArtifactStore, load_torch, save_torch
+from ..core.storage.paths import DATA_LAKE_ENV, data_lake_root
+from ..core.data.sqlmodels import quote_table
 
 if TYPE_CHECKING:
     import duckdb

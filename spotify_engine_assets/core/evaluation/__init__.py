@@ -1,0 +1,1 @@
+"""Ranking metrics, evaluation protocols, the comprehensive report, statistics."""

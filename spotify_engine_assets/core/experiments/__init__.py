@@ -1,0 +1,1 @@
+"""Experiment records, A/B plans and the champion; hyperparameter studies and their budget."""

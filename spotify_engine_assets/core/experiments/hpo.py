@@ -1,0 +1,736 @@
+"""Hyperparameter optimization with Optuna for every chain, Dagster-free.
+
+A *search space* per model family (``configs/<chain>/search_spaces.yaml``) names a base config of
+the chain's registry and the fields of its config class to sample; any model kind can be tuned,
+closed-form baselines as well as graph models, with the same trial budget. Spaces are validated
+before any trial runs: unknown fields, empty or inverted ranges, log ranges that reach 0, and
+values the config class rejects fail with a ``ConfigError`` naming the family and the field.
+
+A study is an Optuna study (seeded TPE sampler, median pruner) in a storage given by URL:
+``sqlite:///path.db`` or any SQLAlchemy database URL (PostgreSQL, MySQL: one study shared by
+workers on several machines), or ``journal:///path.log`` (Optuna's journal file, safe for several
+processes on one file system). The default is ``sqlite:///<data lake>/optuna/studies.db``. The
+storage is opened (and the connection tested) before any trial runs. ``load_if_exists`` makes a
+study resume: a killed study keeps its finished trials, and the next run adds to them.
+
+Each trial fits the base config updated with the sampled values on the chain's training part
+(``Dataset.fit``: the one trainer for graph models, which reports the chain's validation metric
+after every validation epoch so the pruner may stop it) and returns its best validation value
+(the protocol's ``monitor``: Recall@10 listening, R-precision playlists, NDCG@20 Last.fm). A trial
+never trains on validation data (``train_on_validation`` off, the advanced trainer); promoting a
+study whose base config makes a final fit (the simple trainer) sets its ``max_epochs`` to the best
+trial's best epoch. Test data never enters a study.
+
+Multi-objective mode (``multi_objective=True``): a seeded NSGA-II sampler over three objectives,
+all on the validation split: the chain's primary metric (maximize), training seconds (minimize)
+and catalog coverage@10 (maximize). Optuna does not prune multi-objective studies, so no intermediate values
+are reported; the outcome is the Pareto front (``study.best_trials``, see ``pareto_table``). Its
+default study name (``spotify-engine/<chain>/<family>/pareto``) differs from the single-objective one.
+
+Resource limits (``TrialLimits``): before a trial trains, its peak memory and seconds are
+estimated from its config and the study's graph (``lib/trial_budget.py``; seconds need a one-epoch
+probe of the base config at the start of the run). A trial over a limit is pruned without
+training, its user attribute ``pruned_by`` naming the estimate and the limit.
+
+Promotion (``promote_best``): the best trial's config becomes a promoted config in the data lake
+(``lib/registry.py``), named ``hpo_<family>`` for the default study name, else
+``hpo_<family>_<study>``: a partition of the chain's ``trained_model`` like any registry config.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import time
+import types
+import typing
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import optuna
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+import torch
+from torch import Tensor
+from torch_geometric.data import HeteroData
+
+from ..config import ConfigError, ModelConfig, config_class, update_config
+from ..dataset import Dataset
+from ..evaluation.metrics import catalog_coverage
+from ..registry import PromotionSource
+from ..storage.paths import data_lake_root
+from . import trial_budget
+
+Logger = Callable[[str], None]
+# multi-objective mode: directions of the three objectives (all on validation; see multi_objectives)
+MULTI_DIRECTIONS = ("maximize", "minimize", "maximize")
+# fields a study may sample; identity fields, the seed and the final-fit switches are never tuned
+NOT_SEARCHABLE = frozenset({"name", "model", "description", "split", "seed", "user_sample", "train_on_validation", "trainer"})
+
+
+def objective_name(dataset: Dataset) -> str:
+    """The single objective of a chain's studies: its validation metric."""
+    return f"valid_{dataset.protocol.monitor}"
+
+
+def multi_objectives(dataset: Dataset) -> tuple[str, str, str]:
+    """Names of the three multi-objective values: primary metric, seconds, coverage (validation)."""
+    return (f"valid_{dataset.protocol.primary}", "train_seconds", "valid_coverage@10")
+
+
+class HpoError(ValueError):
+    """A study cannot start: bad storage URL, unreachable database, missing family."""
+
+
+class ParamSpec(BaseModel):
+    """How one config field is sampled."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: Literal["int", "float", "categorical"]
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: int | None = Field(None, ge=1, description="Integer step (int only, not with log).")
+    choices: list[Any] | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> ParamSpec:
+        if self.type == "categorical":
+            if not self.choices:
+                raise ValueError("categorical needs a non-empty 'choices' list")
+            if self.low is not None or self.high is not None or self.log or self.step is not None:
+                raise ValueError("categorical takes only 'choices'")
+            if len({repr(c) for c in self.choices}) != len(self.choices):
+                raise ValueError(f"duplicate choices {self.choices}")
+            return self
+        if self.choices is not None:
+            raise ValueError(f"{self.type} takes low/high, not 'choices'")
+        if self.low is None or self.high is None:
+            raise ValueError(f"{self.type} needs both 'low' and 'high'")
+        if self.low > self.high:
+            raise ValueError(f"inverted range: low {self.low} > high {self.high}")
+        if self.low == self.high:
+            raise ValueError(f"empty range: low == high == {self.low}")
+        if self.type == "int" and (self.low != int(self.low) or self.high != int(self.high)):
+            raise ValueError(f"int range needs integer bounds, got {self.low}..{self.high}")
+        if self.type == "float" and self.step is not None:
+            raise ValueError("'step' is for int parameters")
+        if self.log and self.low <= 0:
+            raise ValueError(f"log range needs low > 0, got {self.low}")
+        if self.log and self.step not in (None, 1):
+            raise ValueError("'step' cannot be combined with log")
+        return self
+
+    def values_to_check(self) -> list[Any]:
+        if self.type == "categorical":
+            return list(self.choices or [])
+        cast = int if self.type == "int" else float
+        return [cast(self.low), cast(self.high)]
+
+    def suggest(self, trial: optuna.Trial, name: str) -> Any:
+        if self.type == "categorical":
+            return trial.suggest_categorical(name, self.choices)
+        if self.type == "int":
+            return trial.suggest_int(name, int(self.low), int(self.high), step=self.step or 1, log=self.log)
+        return trial.suggest_float(name, float(self.low), float(self.high), log=self.log)
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """A validated search space: the family, its base config and the sampled fields."""
+
+    family: str
+    base: ModelConfig
+    params: dict[str, ParamSpec]
+
+    def suggest(self, trial: optuna.Trial) -> dict[str, Any]:
+        return {name: spec.suggest(trial, name) for name, spec in self.params.items()}
+
+    def config_for(self, params: dict[str, Any], name: str) -> ModelConfig:
+        """The base config with ``params`` applied (validated by its config class)."""
+        return update_config(self.base, **params, name=name)
+
+    def trial_config(self, params: dict[str, Any], name: str) -> ModelConfig:
+        """What a trial fits: :meth:`config_for`, never training on validation (a trainable config
+        early-stops on it with the advanced trainer)."""
+        config = self.config_for(params, name)
+        changes = {"train_on_validation": False, **({"trainer": "advanced"} if config.trainable else {})}
+        return update_config(config, **changes)
+
+
+def _field_kind(cls: type[ModelConfig], field: str) -> type:
+    annotation = cls.model_fields[field].annotation
+    if typing.get_origin(annotation) is Literal:
+        return str
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):  # int | None
+        return next(arg for arg in typing.get_args(annotation) if arg is not type(None))
+    return annotation  # int, float, bool, str
+
+
+def _validate_param(family: str, field: str, spec: ParamSpec, base: ModelConfig, where: str) -> None:
+    def fail(message: str) -> typing.NoReturn:
+        raise ConfigError(f"{where}: family {family!r}: parameter {field!r}: {message}")
+
+    cls = config_class(base.model)
+    if field not in cls.model_fields:
+        searchable = sorted(set(cls.model_fields) - NOT_SEARCHABLE)
+        fail(f"unknown parameter (not a field of {base.model} configs); searchable fields: {', '.join(searchable)}")
+    if field in NOT_SEARCHABLE:
+        fail("this field cannot be searched")
+    kind = _field_kind(cls, field)
+    if spec.type == "int" and kind is not int:
+        fail(f"type int does not fit a {kind.__name__} field")
+    if spec.type == "float" and kind is not float:
+        fail(f"type float does not fit a {kind.__name__} field (use int or categorical)")
+    for value in spec.values_to_check():
+        try:
+            update_config(base, **{field: value})
+        except ValidationError as error:
+            own = [e["msg"] for e in error.errors() if field in map(str, e["loc"])]
+            if own:
+                fail(f"value {value!r} is not allowed: {'; '.join(own)}")
+
+
+def spaces_path(dataset: Dataset) -> Path:
+    """A chain's search spaces: ``search_spaces.yaml`` beside its registry file."""
+    return dataset.registry.path.with_name("search_spaces.yaml")
+
+
+def load_search_spaces(dataset: Dataset, path: Path | None = None, registry: dict[str, ModelConfig] | None = None) -> dict[str, SearchSpace]:
+    """Every family's search space of a chain (``path`` default ``configs/<chain>/search_spaces.yaml``),
+    validated against its registry (``registry`` default the chain's registry file)."""
+    path = path or spaces_path(dataset)
+    registry = registry if registry is not None else dataset.registry.base
+    try:
+        loaded = yaml.safe_load(Path(path).read_text())
+    except FileNotFoundError as error:
+        raise ConfigError(f"{path}: file not found") from error
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML ({error})") from error
+    if not isinstance(loaded, dict) or not loaded:
+        raise ConfigError(f"{path}: expected a non-empty mapping of model families to search spaces")
+    spaces = {}
+    for family, entry in loaded.items():
+        family = str(family)
+        if not isinstance(entry, dict) or set(entry) - {"base", "params"} or "params" not in entry:
+            raise ConfigError(f"{path}: family {family!r}: expected a mapping with 'params' and optional 'base'")
+        base_name = str(entry.get("base", family))
+        if base_name not in registry:
+            raise ConfigError(f"{path}: family {family!r}: unknown base config {base_name!r}; known: {', '.join(sorted(registry))}")
+        base = registry[base_name]
+        if base.model == "most_popular":
+            raise ConfigError(f"{path}: family {family!r}: base config {base_name!r} has nothing to tune")
+        raw_params = entry["params"]
+        if not isinstance(raw_params, dict) or not raw_params:
+            raise ConfigError(f"{path}: family {family!r}: 'params' must be a non-empty mapping")
+        params = {}
+        for field, raw in raw_params.items():
+            field = str(field)
+            if not isinstance(raw, dict):
+                raise ConfigError(f"{path}: family {family!r}: parameter {field!r}: expected a mapping")
+            try:
+                spec = ParamSpec(**raw)
+            except ValidationError as error:
+                problems = "; ".join(
+                    (f"{'.'.join(map(str, e['loc']))}: " if e["loc"] else "") + e["msg"].removeprefix("Value error, ")
+                    for e in error.errors()
+                )
+                raise ConfigError(f"{path}: family {family!r}: parameter {field!r}: {problems}") from None
+            _validate_param(family, field, spec, base, str(path))
+            params[field] = spec
+        spaces[family] = SearchSpace(family=family, base=base, params=params)
+    return spaces
+
+
+def get_space(dataset: Dataset, family: str, spaces: dict[str, SearchSpace] | None = None) -> SearchSpace:
+    spaces = spaces if spaces is not None else load_search_spaces(dataset)
+    if family not in spaces:
+        raise HpoError(f"no search space for family {family!r}; known: {', '.join(sorted(spaces))}")
+    return spaces[family]
+
+
+# --- storage -----------------------------------------------------------------------------------
+
+
+def default_storage_url() -> str:
+    return f"sqlite:///{data_lake_root() / 'optuna' / 'studies.db'}"
+
+
+def redact(url: str) -> str:
+    """The URL with any password hidden (for logs and metadata)."""
+    scheme, sep, rest = url.partition("://")
+    if sep and "@" in rest.split("/", 1)[0]:
+        credentials, host = rest.split("@", 1)
+        if ":" in credentials:
+            return f"{scheme}://{credentials.split(':', 1)[0]}:***@{host}"
+    return url
+
+
+def _open_rdb(url: str, engine_kwargs: dict, attempts: int = 5) -> optuna.storages.RDBStorage:
+    """An RDB storage, tested with a round trip. Workers that open a *new* database at the same
+    moment race to create its schema (one gets an IntegrityError on ``alembic_version``); the
+    loser retries and finds the schema there."""
+    import sqlalchemy.exc
+
+    for attempt in range(attempts):
+        try:
+            with warnings.catch_warnings():  # heartbeats are "experimental"; they fail trials of killed workers
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                storage = optuna.storages.RDBStorage(
+                    url, engine_kwargs=engine_kwargs, heartbeat_interval=60, grace_period=180
+                )
+            storage.get_all_studies()  # a round trip: the database answers
+            return storage
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.OperationalError):
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.2 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
+def open_storage(url: str | None = None) -> optuna.storages.BaseStorage:
+    """Open (and test) the storage at ``url``; a clear ``HpoError`` when it cannot be used."""
+    url = url or default_storage_url()
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        raise HpoError(f"storage URL {url!r} has no scheme; use sqlite:///path.db, journal:///path.log or a database URL")
+    try:
+        if scheme == "journal":
+            path = Path(rest)  # journal:///abs/file.log or journal://relative/file.log
+            path.parent.mkdir(parents=True, exist_ok=True)
+            from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+            return JournalStorage(JournalFileBackend(str(path)))
+        if scheme == "sqlite":
+            database = rest[1:] if rest.startswith("/") else rest
+            if database and database != ":memory:":
+                Path(database).parent.mkdir(parents=True, exist_ok=True)
+            engine_kwargs = {"connect_args": {"timeout": 60}}
+        else:
+            engine_kwargs = {"pool_pre_ping": True}
+        return _open_rdb(url, engine_kwargs)
+    except Exception as error:  # noqa: BLE001 - any failure to open is reported the same way
+        raise HpoError(f"cannot open Optuna storage {redact(url)!r}: {type(error).__name__}: {error}") from error
+
+
+# --- running a study ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StudyData:
+    """What a study trains on: a chain, its graph and one split strategy's parts. Trials fit on the
+    training part and are scored on the validation part (never test: the test part is only held
+    out of the view)."""
+
+    dataset: Dataset
+    graph: HeteroData
+    split: dict[str, Tensor]
+
+    @property
+    def valid_pairs(self) -> Tensor:
+        return self.dataset.pairs(self.graph, self.split["valid"])
+
+    def view(self, config: ModelConfig) -> HeteroData:
+        return self.dataset.view_for(self.graph, self.split, config)
+
+
+def is_multi_objective(study: optuna.Study) -> bool:
+    return len(study.directions) > 1
+
+
+def objective_names(study: optuna.Study) -> list[str]:
+    """The objective name(s) a study was opened with (:func:`open_study` records them)."""
+    names = study.user_attrs.get("objective", "objective")
+    return list(names) if isinstance(names, (list, tuple)) else [names]
+
+
+def validation_metrics(model, data: StudyData, config: ModelConfig) -> dict[str, float]:
+    """The protocol's validation metrics of a fitted model (training pairs masked), coverage@10 among them."""
+    dataset, view = data.dataset, data.view(config)
+    known = view[dataset.schema.interaction].edge_index
+    protocol = dataset.protocol.for_graph(data.graph)
+    users = dataset.sample(data.graph, config)
+    metrics = protocol.validate(model.score, known, data.valid_pairs, model.num_items, users)
+    if "coverage@10" not in metrics:
+        evaluated = torch.unique(data.valid_pairs[0])
+        evaluated = evaluated if users is None else evaluated[torch.isin(evaluated, users)]
+        top = protocol.topk(model.score, evaluated, known, model.num_items, min(10, model.num_items))
+        metrics["coverage@10"] = catalog_coverage(top, model.num_items, 10)
+    return metrics
+
+
+def validation_scores(model, data: StudyData, config: ModelConfig) -> dict[str, float]:
+    """The chain's primary metric and coverage@10 of a fitted model on the validation pairs."""
+    metrics = validation_metrics(model, data, config)
+    primary, _, coverage = multi_objectives(data.dataset)
+    return {primary: float(metrics[data.dataset.protocol.primary]), coverage: float(metrics["coverage@10"])}
+
+
+@dataclass(frozen=True)
+class TrialLimits:
+    """Per-trial resource limits, checked on estimates before a trial trains (None: no limit)."""
+
+    max_memory_mb: float | None = None
+    max_seconds: float | None = None
+    seconds_per_unit: float | None = None  # the probe's calibration (needed for max_seconds)
+
+    def __post_init__(self) -> None:
+        for name in ("max_memory_mb", "max_seconds"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise HpoError(f"{name} must be > 0, got {value}")
+        if self.max_seconds is not None and self.seconds_per_unit is None:
+            raise HpoError("max_seconds needs seconds_per_unit (run the probe: trial_budget.calibrate_seconds)")
+
+    def violation(self, estimate: trial_budget.Estimate) -> str | None:
+        """Why a trial with ``estimate`` must not run, or None when it fits."""
+        if self.max_memory_mb is not None and estimate.memory_mb > self.max_memory_mb:
+            return f"memory estimate {estimate.memory_mb:.0f} MB > limit max_trial_memory_mb {self.max_memory_mb:g} MB"
+        if self.max_seconds is not None and estimate.seconds is not None and estimate.seconds > self.max_seconds:
+            return (f"time estimate {estimate.seconds:.0f} s ({estimate.epochs} epochs) > limit "
+                    f"max_trial_seconds {self.max_seconds:g} s")
+        return None
+
+
+def make_objective(
+    space: SearchSpace,
+    data: StudyData,
+    max_epochs: int | None = None,
+    log: Logger | None = None,
+    multi_objective: bool = False,
+    limits: TrialLimits | None = None,
+):
+    """The objective: fit the sampled config, report the chain's validation metric per validation
+    epoch, prune. With ``multi_objective``: no reports (no pruning); returns the
+    :func:`multi_objectives` values. Every trainable trial's memory (and, with a probe, time)
+    estimate is recorded; with ``limits``, a trial over one is pruned before it trains."""
+    log = log or (lambda message: None)
+    limits = limits or TrialLimits()
+    dataset = data.dataset
+    objective_key = objective_name(dataset)
+
+    def record(trial: optuna.Trial, result) -> None:
+        trial.set_user_attr("train_seconds", result.seconds)
+        trial.set_user_attr("epochs_run", result.epochs_run)
+        trial.set_user_attr("best_epoch", result.best_epoch)
+
+    def objective(trial: optuna.Trial) -> float | tuple[float, float, float]:
+        params = space.suggest(trial)
+        try:
+            config = space.trial_config(params, f"{space.family}_trial{trial.number}")
+        except ValidationError as error:
+            message = "; ".join(e["msg"] for e in error.errors())
+            trial.set_user_attr("invalid", message)
+            raise optuna.TrialPruned(f"invalid combination {params}: {message}") from None
+        model = dataset.build(config, data.graph)
+        epochs = None
+        if config.trainable:
+            epochs = min(max_epochs, config.max_epochs) if max_epochs else None
+            size = trial_budget.GraphSize.of(data.view(config), dataset.schema)
+            estimate = trial_budget.estimate(config, size, model, epochs or config.max_epochs, limits.seconds_per_unit)
+            trial.set_user_attr("estimate_memory_mb", round(estimate.memory_mb, 1))
+            if estimate.seconds is not None:
+                trial.set_user_attr("estimate_seconds", round(estimate.seconds, 1))
+            reason = limits.violation(estimate)
+            if reason is not None:
+                trial.set_user_attr("pruned_by", reason)
+                trial.set_user_attr("epochs_run", 0)
+                raise optuna.TrialPruned(f"not trained: {reason}")
+        started = time.perf_counter()
+
+        def on_epoch(row: dict) -> None:
+            if multi_objective or objective_key not in row:
+                return
+            trial.report(row[objective_key], row["epoch"])
+            if trial.should_prune():
+                trial.set_user_attr("train_seconds", time.perf_counter() - started)
+                trial.set_user_attr("epochs_run", row["epoch"])
+                raise optuna.TrialPruned(f"pruned at epoch {row['epoch']} ({objective_key} {row[objective_key]:.4f})")
+
+        training = {"max_epochs": epochs, "on_epoch": on_epoch} if config.trainable else {}
+        model, result, _ = dataset.fit(config, data.graph, data.split, model=model, **training)
+        record(trial, result)
+        if multi_objective:
+            scores = validation_scores(model, data, config)  # graph models hold their best epoch's weights
+            primary, _, coverage = multi_objectives(dataset)
+            return scores[primary], float(result.seconds), scores[coverage]
+        if config.trainable:
+            return float(result.best_valid)
+        return float(validation_metrics(model, data, config)[dataset.protocol.monitor])
+
+    return objective
+
+
+def sampler_seed(seed: int, worker: int, existing_trials: int) -> int:
+    """The TPE seed of one worker session: deterministic, but distinct per worker and per resume
+    (a resumed or parallel session with the seed of the first would re-draw its startup points)."""
+    digest = hashlib.sha256(f"{seed}:{worker}:{existing_trials}".encode()).hexdigest()
+    return int(digest[:8], 16)
+
+
+def open_study(
+    dataset: Dataset,
+    family: str,
+    storage: str | optuna.storages.BaseStorage | None = None,
+    seed: int = 0,
+    worker: int = 0,
+    study_name: str | None = None,
+    pruner_startup_trials: int = 3,
+    pruner_warmup_epochs: int = 2,
+    multi_objective: bool = False,
+) -> optuna.Study:
+    """Create or resume the study of a chain's ``family`` (maximizing its validation metric), or
+    with ``multi_objective`` an NSGA-II study of :func:`multi_objectives` (default name
+    ``spotify-engine/<chain>/<family>/pareto``, never shared with the single-objective study)."""
+    storage = open_storage(storage) if storage is None or isinstance(storage, str) else storage
+    default = f"spotify-engine/{dataset.name}/{family}"
+    name = study_name or (f"{default}/pareto" if multi_objective else default)
+    wanted = list(MULTI_DIRECTIONS) if multi_objective else ["maximize"]
+    existing = 0
+    try:
+        found = optuna.load_study(study_name=name, storage=storage)
+        existing = len(found.get_trials(deepcopy=False))
+        have = [d.name.lower() for d in found.directions]
+        if have != wanted:
+            raise HpoError(
+                f"study {name!r} exists with directions {have}, not {wanted}: "
+                f"{'a single' if len(have) == 1 else 'a multi'}-objective study; use another study name"
+            )
+    except KeyError:
+        pass
+    if multi_objective:
+        study = optuna.create_study(
+            storage=storage,
+            sampler=optuna.samplers.NSGAIISampler(seed=sampler_seed(seed, worker, existing)),
+            pruner=optuna.pruners.NopPruner(),
+            study_name=name,
+            directions=wanted,
+            load_if_exists=True,
+        )
+        study.set_user_attr("family", family)
+        study.set_user_attr("objective", list(multi_objectives(dataset)))
+        return study
+    sampler = optuna.samplers.TPESampler(seed=sampler_seed(seed, worker, existing), n_startup_trials=5)
+    pruner = optuna.pruners.MedianPruner(n_startup_trials=pruner_startup_trials, n_warmup_steps=pruner_warmup_epochs)
+    study = optuna.create_study(
+        storage=storage, sampler=sampler, pruner=pruner, study_name=name, direction="maximize", load_if_exists=True
+    )
+    study.set_user_attr("family", family)
+    study.set_user_attr("objective", objective_name(dataset))
+    return study
+
+
+def run_study(
+    study: optuna.Study,
+    space: SearchSpace,
+    data: StudyData,
+    n_trials: int | None = None,
+    timeout_s: float | None = None,
+    max_epochs: int | None = None,
+    log: Logger | None = None,
+    limits: TrialLimits | None = None,
+) -> optuna.Study:
+    """Run ``n_trials`` more trials (or until ``timeout_s``), logging each finished trial; a
+    trial whose estimate exceeds ``limits`` is pruned before it trains."""
+    log = log or (lambda message: None)
+    if n_trials is not None and n_trials < 1:
+        raise HpoError(f"n_trials must be >= 1, got {n_trials}")
+    if timeout_s is not None and timeout_s <= 0:
+        raise HpoError(f"timeout_s must be > 0, got {timeout_s}")
+    if n_trials is None and timeout_s is None:
+        raise HpoError("give n_trials or timeout_s (or both): a study needs a stopping rule")
+
+    multi_objective = is_multi_objective(study)
+
+    def report_multi(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        values = (
+            ", ".join(f"{name} {value:.4f}" for name, value in zip(objective_names(study), trial.values))
+            if trial.values is not None
+            else "-"
+        )
+        front = len(study.best_trials)
+        log(
+            f"trial {trial.number} {trial.state.name.lower()}: {values} after {trial.user_attrs.get('epochs_run', '-')} "
+            f"epochs; params {trial.params}; Pareto front {front} trial{'s' if front != 1 else ''}"
+        )
+
+    def report(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if "pruned_by" in trial.user_attrs:
+            log(f"trial {trial.number} pruned before training: {trial.user_attrs['pruned_by']}; params {trial.params}")
+            return
+        value = "-" if trial.value is None else f"{trial.value:.4f}"
+        try:
+            best = f"{study.best_value:.4f} (trial {study.best_trial.number})"
+        except ValueError:
+            best = "-"
+        epochs = trial.user_attrs.get("epochs_run", "-")
+        seconds = trial.user_attrs.get("train_seconds")
+        log(
+            f"trial {trial.number} {trial.state.name.lower()}: {objective_names(study)[0]} {value} after {epochs} epochs"
+            f"{f' in {seconds:.1f} s' if seconds is not None else ''}; params {trial.params}; best so far {best}"
+        )
+
+    previous = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(logging.WARNING)
+    try:
+        study.optimize(
+            make_objective(space, data, max_epochs, log, multi_objective=multi_objective, limits=limits),
+            n_trials=n_trials,
+            timeout=timeout_s,
+            callbacks=[report_multi if multi_objective else report],
+            catch=(),
+        )
+    finally:
+        optuna.logging.set_verbosity(previous)
+    return study
+
+
+# --- outcome -----------------------------------------------------------------------------------
+
+
+def trials_table(study: optuna.Study) -> list[dict]:
+    rows = []
+    multi_objective = is_multi_objective(study)
+    names = objective_names(study)
+    for trial in study.get_trials(deepcopy=False):
+        duration = (trial.datetime_complete - trial.datetime_start).total_seconds() if trial.datetime_complete and trial.datetime_start else None
+        if multi_objective:
+            values = trial.values or [None] * len(names)
+            rows.append(
+                {
+                    "number": trial.number,
+                    "state": trial.state.name,
+                    **dict(zip(names, values)),
+                    "epochs_run": trial.user_attrs.get("epochs_run"),
+                    "seconds": duration,
+                    **_estimate_columns(trial),
+                    **{f"param_{k}": v for k, v in trial.params.items()},
+                }
+            )
+            continue
+        rows.append(
+            {
+                "number": trial.number,
+                "state": trial.state.name,
+                "value": trial.value,
+                "epochs_run": trial.user_attrs.get("epochs_run"),
+                "seconds": duration,
+                **_estimate_columns(trial),
+                **{f"param_{k}": v for k, v in trial.params.items()},
+            }
+        )
+    return rows
+
+
+def _estimate_columns(trial: optuna.trial.FrozenTrial) -> dict:
+    """A trial's resource estimates and, when pruned on one, the reason (estimate and limit)."""
+    return {
+        "est_memory_mb": trial.user_attrs.get("estimate_memory_mb"),
+        "est_seconds": trial.user_attrs.get("estimate_seconds"),
+        "pruned_by": trial.user_attrs.get("pruned_by", ""),
+    }
+
+
+def param_importances(study: optuna.Study) -> dict[str, float]:
+    """fANOVA importances over the completed trials ({} while fewer than two completed)."""
+    completed = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    if len(completed) < 2:
+        return {}
+    try:
+        return {k: float(v) for k, v in optuna.importance.get_param_importances(study).items()}
+    except (RuntimeError, ValueError):
+        return {}
+
+
+def best_config(study: optuna.Study, space: SearchSpace, name: str | None = None) -> ModelConfig:
+    """The base config with the best trial's parameters, named ``<family>_tuned``; a base config
+    that makes a final fit (the simple trainer) trains for the best trial's best epoch count."""
+    config = space.config_for(study.best_trial.params, name or f"{space.family}_tuned")
+    best_epoch = study.best_trial.user_attrs.get("best_epoch")
+    if config.trainable and config.trainer == "simple" and best_epoch:
+        config = update_config(config, max_epochs=int(best_epoch))
+    return config
+
+
+def registry_entry(config: ModelConfig, study: optuna.Study) -> dict:
+    """A registry entry for ``config`` (the key is the name), describing its origin."""
+    entry = config.model_dump(exclude={"name"})
+    entry["description"] = (
+        f"{config.model} tuned by Optuna study {study.study_name!r}: trial {study.best_trial.number}, "
+        f"{objective_names(study)[0]} {study.best_value:.4f} (validation)"
+    )
+    return entry
+
+
+def write_best_yaml(path: Path, config: ModelConfig, study: optuna.Study) -> Path:
+    """Write the best config as a one-entry registry file (the schema of ``configs/<chain>/models.yaml``)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = "# Written by an hpo_study asset; promote with promote: true, or copy the entry into the chain's models.yaml.\n"
+    text += yaml.safe_dump({config.name: registry_entry(config, study)}, sort_keys=False)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+    return path
+
+
+def promoted_name(dataset: Dataset, family: str, study_name: str) -> str:
+    """``hpo_<family>`` for the default study name, else ``hpo_<family>_<study>`` (the study name
+    reduced to lowercase letters, digits and '_')."""
+    slug = re.sub(r"[^a-z0-9]+", "_", study_name.lower().removeprefix(f"spotify-engine/{dataset.name}/")).strip("_")
+    return (f"hpo_{family}" if slug == family else f"hpo_{family}_{slug}")[:100].rstrip("_")
+
+
+def promote_best(
+    dataset: Dataset, study: optuna.Study, space: SearchSpace, storage_url: str, lake_root: Path | None = None,
+    name: str | None = None,
+) -> tuple[ModelConfig, Path]:
+    """Write the best trial's config as a promoted config of the chain in the data lake
+    (``core/registry.py``), with its source (study, trial, objective value, redacted storage).
+    Returns it and its file."""
+    if is_multi_objective(study):
+        raise HpoError(f"study {study.study_name!r} is multi-objective: it has no single best trial to promote")
+    name = name or promoted_name(dataset, space.family, study.study_name)
+    dataset.registry.check_promotable(name, study.study_name, space.family, lake_root)
+    config = best_config(study, space, name)
+    config = config.model_copy(update={"description": registry_entry(config, study)["description"]})
+    source = PromotionSource(
+        family=space.family,
+        study_name=study.study_name,
+        trial=study.best_trial.number,
+        objective=objective_names(study)[0],
+        value=float(study.best_value),
+        storage=redact(storage_url),
+        promoted_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    )
+    return config, dataset.registry.write_promoted(config, source, lake_root)
+
+
+def history_points(study: optuna.Study) -> tuple[list[int], list[float], list[float]]:
+    """Completed trial numbers, their values and the best value so far."""
+    numbers, values, best = [], [], []
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        numbers.append(trial.number)
+        values.append(float(trial.value))
+        best.append(max(values))
+    return numbers, values, best
+
+
+def pareto_table(study: optuna.Study) -> list[dict]:
+    """The Pareto front of a multi-objective study (``study.best_trials``): one row per trial with
+    its parameters and the three objective values, by descending validation NDCG@10."""
+    if not is_multi_objective(study):
+        raise HpoError(f"study {study.study_name!r} is single-objective: it has no Pareto front")
+    rows = [
+        {
+            "number": trial.number,
+            **{name: float(value) for name, value in zip(objective_names(study), trial.values)},
+            **{f"param_{k}": v for k, v in trial.params.items()},
+        }
+        for trial in study.best_trials
+    ]
+    return sorted(rows, key=lambda row: (-row[objective_names(study)[0]], row["number"]))

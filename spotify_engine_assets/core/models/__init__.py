@@ -1,0 +1,57 @@
+"""Every recommender of every chain behind one protocol (:mod:`.base`): build one from its config."""
+
+from __future__ import annotations
+
+import torch
+
+from ..config import ModelConfig
+from ..data.graph import Schema
+from .base import FitResult, GraphModel, Recommender, ScoreFn, sample_users
+from .baselines import CLOSED_FORM
+from .gat import BasicGAT, GenreAwareGAT, PlaylistGAT, TagFriendGAT
+from .heads import TaskHeads
+from .lightgcn import LightGCN
+
+GRAPH_MODELS: dict[str, type[GraphModel]] = {
+    "lightgcn": LightGCN, "gat_basic": BasicGAT, "gat_enhanced": GenreAwareGAT,
+    "playlist_gat": PlaylistGAT, "tag_friend_gat": TagFriendGAT,
+}
+MODEL_CLASSES: dict[str, type[Recommender]] = {**CLOSED_FORM, **GRAPH_MODELS}
+
+
+def build_model(config: ModelConfig, schema: Schema, num_nodes: dict[str, int]) -> Recommender:
+    """The model a config names, seeded by the config.
+
+    A config that weights a task gets a ``task_heads`` submodule (:class:`TaskHeads`, part of the
+    state dict), built after the model so the model's own initialisation does not change; one with
+    ``itemknn_fusion`` gets the ``fusion_weight`` buffer its training sets.
+    """
+    torch.manual_seed(config.seed)
+    model = MODEL_CLASSES[config.model](config, schema, num_nodes)
+    if config.trainable and config.tasks:
+        model.task_heads = TaskHeads(config.embedding_dim, tuple(config.tasks))
+    if config.trainable and config.itemknn_fusion:
+        model.enable_fusion()
+    return model
+
+
+def load_model(config: ModelConfig, schema: Schema, view, state: dict) -> Recommender:
+    """A trained model from its config and stored state, ready to score on ``view`` (closed-form
+    models refit on it: their fit is deterministic)."""
+    num_nodes = {t: int(view[t].num_nodes) for t in view.node_types}
+    model = build_model(config, schema, num_nodes)
+    model.load_state_dict(state)
+    if isinstance(model, GraphModel):
+        model.eval()
+    return model.prepare(view)
+
+
+def embed(model: Recommender, view) -> tuple:
+    """``(user, item)`` embeddings of a model prepared on ``view`` (None for models without them)."""
+    return model.prepare(view).factors()
+
+
+__all__ = [
+    "FitResult", "GraphModel", "MODEL_CLASSES", "Recommender", "ScoreFn", "TaskHeads",
+    "build_model", "embed", "load_model", "sample_users",
+]

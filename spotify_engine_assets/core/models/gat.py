@@ -1,0 +1,578 @@
+"""The graph-attention recommenders, every relation name taken from the chain's schema.
+
+* :class:`BasicGAT` (``gat_basic``) - user, item and main-category id embeddings refined by one
+  GATv2 layer over the interaction and the item's main category (song-artist), residual.
+* :class:`GenreAwareGAT` (``gat_enhanced``) - the enhanced heterogeneous GAT: id embeddings for
+  users, items and every side type, ``num_layers`` attention layers (PyG ``GATConv``) over every
+  relation (interaction edges attend with their attributes) whose attention reweights LightGCN's
+  symmetric degree normalisation, optional residual connections, dropout, and a LightGCN-style
+  mean over layer outputs.
+* :class:`PlaylistGAT` (``playlist_gat``) - GATv2 layers over the interaction, categories and
+  context relations (playlist-track, track-artist, artist-genre), residual with LayerNorm, mean of
+  layer outputs; optionally an item->item co-occurrence relation (the ItemKNN signal) and users
+  built from their items only (no free user embedding).
+* :class:`TagFriendGAT` (``tag_friend_gat``) - attention without feature transforms
+  (:class:`LightAttentionConv`, LightGCN-like at initialisation) or GATv2 over the interaction,
+  the item categories (tags) and the social relation (friends), with a learned weight per relation
+  and layer, and a LightGCN-style layer mean.
+
+Every model returns ``(user, item)`` embeddings, and with ``return_attention=True`` also a dict
+``"<layer>/<src>__<rel>__<dst>" -> (edge_index, alpha [E, heads])``.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch_geometric.data import HeteroData
+from torch_geometric.nn import GATConv, GATv2Conv
+from torch_geometric.utils import scatter, softmax
+
+from ..config import BasicGATConfig, GenreAwareGATConfig, PlaylistGATConfig, TagFriendGATConfig
+from ..data.graph import EdgeType, Schema, relation_key, reverse
+from .base import IdEmbeddings
+
+Attention = dict[str, tuple[Tensor, Tensor]]
+
+
+def both_ways(edge_types: Sequence[EdgeType]) -> list[EdgeType]:
+    """Each relation followed by its reverse."""
+    return [r for edge_type in edge_types for r in (edge_type, reverse(edge_type))]
+
+
+class HeteroGATLayer(nn.Module):
+    r"""One attention layer over several relations.
+
+    For every relation :math:`r = (s, \cdot, t)` a :class:`~torch_geometric.nn.GATv2Conv`
+    computes messages from nodes of type :math:`s` to nodes of type :math:`t`; a node sums the
+    messages of all relations that reach it:
+
+    .. math::
+        \mathbf{m}_i = \sum_{r \ni i} \sum_{j \in \mathcal{N}_r(i)} \alpha^{r}_{ij} \mathbf{W}^{r} \mathbf{x}_j
+
+    Args:
+        edge_types: The relations this layer passes messages along.
+        dim: Input and output size of every node type (divisible by ``heads``).
+        heads: Attention heads per relation (concatenated).
+        dropout: Dropout on the attention coefficients.
+        edge_dims: Size of the edge attributes of a relation, if it has any.
+    """
+
+    def __init__(
+        self,
+        edge_types: Sequence[EdgeType],
+        dim: int,
+        heads: int = 1,
+        dropout: float = 0.0,
+        edge_dims: dict[EdgeType, int] | None = None,
+    ) -> None:
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"hidden size {dim} must be divisible by heads {heads}")
+        edge_dims = edge_dims or {}
+        self.edge_types = list(edge_types)
+        self.convs = nn.ModuleDict(
+            {
+                relation_key(edge_type): GATv2Conv(
+                    (dim, dim),
+                    dim // heads,
+                    heads=heads,
+                    concat=True,
+                    dropout=dropout,
+                    add_self_loops=False,
+                    edge_dim=edge_dims.get(edge_type),
+                )
+                for edge_type in self.edge_types
+            }
+        )
+
+    def reset_parameters(self) -> None:
+        for conv in self.convs.values():
+            conv.reset_parameters()
+
+    def forward(
+        self,
+        x_dict: dict[str, Tensor],
+        data: HeteroData,
+        attention: Attention | None = None,
+        prefix: str = "",
+    ) -> dict[str, Tensor]:
+        """Messages per destination node type; fills ``attention`` when given."""
+        out: dict[str, Tensor] = {}
+        for edge_type in self.edge_types:
+            src, _, dst = edge_type
+            store = data[edge_type]
+            conv = self.convs[relation_key(edge_type)]
+            edge_attr = store.get("edge_attr") if conv.edge_dim else None
+            if attention is None:
+                message = conv((x_dict[src], x_dict[dst]), store.edge_index, edge_attr=edge_attr)
+            else:
+                message, (index, alpha) = conv(
+                    (x_dict[src], x_dict[dst]), store.edge_index, edge_attr=edge_attr, return_attention_weights=True
+                )
+                attention[prefix + relation_key(edge_type)] = (index, alpha)
+            out[dst] = out[dst] + message if dst in out else message
+        return out
+
+
+class EdgeAttrGATConv(GATConv):
+    r""":class:`~torch_geometric.nn.GATConv` with a cheaper edge-attribute attention term.
+
+    GATConv adds :math:`\mathbf{a}_e^\top \mathbf{W}_e \mathbf{e}_{ij}` to each edge's attention
+    logit by projecting every edge's attributes to ``heads * out_channels`` values first; this
+    computes the same term as :math:`(\mathbf{W}_e^\top \mathbf{a}_e)^\top \mathbf{e}_{ij}`, one
+    ``[E, edge_dim] x [edge_dim, heads]`` product (the attention is otherwise GATConv's own).
+    """
+
+    def edge_update(
+        self,
+        alpha_j: Tensor,
+        alpha_i: Tensor | None,
+        edge_attr: Tensor | None,
+        index: Tensor,
+        ptr: Tensor | None,
+        dim_size: int | None,
+    ) -> Tensor:
+        alpha = alpha_j if alpha_i is None else alpha_j + alpha_i
+        if index.numel() == 0:
+            return alpha
+        if edge_attr is not None and self.lin_edge is not None:
+            if edge_attr.dim() == 1:
+                edge_attr = edge_attr.view(-1, 1)
+            weight = self.lin_edge.weight.view(self.heads, self.out_channels, -1)
+            projection = (weight * self.att_edge.view(self.heads, self.out_channels, 1)).sum(1)
+            alpha = alpha + edge_attr @ projection.t()
+        alpha = F.leaky_relu(alpha, self.negative_slope)
+        alpha = softmax(alpha, index, ptr, dim_size)
+        return F.dropout(alpha, p=self.dropout, training=self.training)
+
+
+class NormalizedHeteroGATLayer(nn.Module):
+    r"""One attention layer over several relations with LightGCN's symmetric normalisation.
+
+    For every relation :math:`r = (s, \cdot, t)` a :class:`~torch_geometric.nn.GATConv`
+    (``heads`` heads averaged, listens edges attending with their attributes) gives attention
+    coefficients :math:`\alpha^{r}_{ij}` (softmax over the :math:`d^r_i` neighbours of
+    :math:`i`), and the message to :math:`i` is
+
+    .. math::
+        \mathbf{m}^{r}_i = \sqrt{d^r_i} \sum_{j \in \mathcal{N}_r(i)}
+            \alpha^{r}_{ij} \frac{\mathbf{W}^{r} \mathbf{x}_j}{\sqrt{d^r_j}}
+
+    With uniform attention (:math:`\alpha^r_{ij} = 1 / d^r_i`) and :math:`\mathbf{W}^r = I` this
+    is exactly LightGCN's :math:`\sum_j \mathbf{x}_j / \sqrt{d^r_i d^r_j}`; the attention
+    reweights a node's neighbours without changing that scale. ``transform=False`` fixes
+    :math:`\mathbf{W}^r` to the identity (the attention vectors are still learned), so messages
+    are the neighbours' embeddings as in LightGCN. A node sums the messages of all relations
+    that reach it.
+
+    Args:
+        edge_types: The relations this layer passes messages along.
+        dim: Input and output size of every node type.
+        heads: Attention heads per relation (averaged).
+        dropout: Dropout on the attention coefficients.
+        edge_dims: Size of the edge attributes of a relation, if it has any.
+        transform: Learn a linear map :math:`\mathbf{W}^r` per relation (default ``False``).
+    """
+
+    def __init__(
+        self,
+        edge_types: Sequence[EdgeType],
+        dim: int,
+        heads: int = 1,
+        dropout: float = 0.0,
+        edge_dims: dict[EdgeType, int] | None = None,
+        transform: bool = False,
+    ) -> None:
+        super().__init__()
+        edge_dims = edge_dims or {}
+        self.edge_types = list(edge_types)
+        self.transform = transform
+        self.convs = nn.ModuleDict(
+            {
+                relation_key(edge_type): EdgeAttrGATConv(
+                    dim,
+                    dim,
+                    heads=heads,
+                    concat=False,
+                    dropout=dropout,
+                    add_self_loops=False,
+                    edge_dim=edge_dims.get(edge_type),
+                    bias=False,
+                )
+                for edge_type in self.edge_types
+            }
+        )
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        for conv in self.convs.values():
+            conv.reset_parameters()
+            if not self.transform:
+                identity = torch.eye(conv.out_channels).repeat(conv.heads, 1)
+                with torch.no_grad():
+                    conv.lin.weight.copy_(identity)
+                conv.lin.weight.requires_grad_(False)
+
+    def forward(
+        self,
+        x_dict: dict[str, Tensor],
+        data: HeteroData,
+        degrees: dict[EdgeType, tuple[Tensor, Tensor]],
+        edge_attrs: dict[EdgeType, Tensor] | None = None,
+        attention: Attention | None = None,
+        prefix: str = "",
+    ) -> dict[str, Tensor]:
+        """Messages per destination node type; fills ``attention`` when given.
+
+        ``degrees[r]`` holds the (source, destination) degrees of relation ``r``, clamped to 1.
+        """
+        edge_attrs = edge_attrs or {}
+        out: dict[str, Tensor] = {}
+        for edge_type in self.edge_types:
+            src, _, dst = edge_type
+            conv = self.convs[relation_key(edge_type)]
+            src_degree, dst_degree = degrees[edge_type]
+            x_src = x_dict[src] * src_degree.rsqrt().unsqueeze(-1)
+            edge_attr = edge_attrs.get(edge_type) if conv.edge_dim else None
+            edge_index = data[edge_type].edge_index
+            if attention is None:
+                message = conv((x_src, x_dict[dst]), edge_index, edge_attr=edge_attr)
+            else:
+                message, (index, alpha) = conv(
+                    (x_src, x_dict[dst]), edge_index, edge_attr=edge_attr, return_attention_weights=True
+                )
+                attention[prefix + relation_key(edge_type)] = (index, alpha)
+            message = message * dst_degree.sqrt().unsqueeze(-1)
+            out[dst] = out[dst] + message if dst in out else message
+        return out
+
+
+def relation_degrees(data: HeteroData, edge_types: Sequence[EdgeType]) -> dict[EdgeType, tuple[Tensor, Tensor]]:
+    """(source out-degree, destination in-degree) per relation, as floats clamped to at least 1."""
+    degrees = {}
+    for edge_type in edge_types:
+        src, _, dst = edge_type
+        edge_index = data[edge_type].edge_index
+        src_degree = torch.bincount(edge_index[0], minlength=data[src].num_nodes).clamp(min=1).float()
+        dst_degree = torch.bincount(edge_index[1], minlength=data[dst].num_nodes).clamp(min=1).float()
+        degrees[edge_type] = (src_degree, dst_degree)
+    return degrees
+
+
+def standardized(edge_attr: Tensor) -> Tensor:
+    """Each attribute column shifted to mean 0 and scaled to standard deviation 1."""
+    if edge_attr.size(0) < 2:
+        return edge_attr - edge_attr.mean(0, keepdim=True)
+    return (edge_attr - edge_attr.mean(0, keepdim=True)) / edge_attr.std(0, keepdim=True).clamp(min=1e-6)
+
+
+class LightAttentionConv(nn.Module):
+    r"""Graph attention without feature transforms, LightGCN-style: node :math:`i` receives
+
+    .. math::
+        \mathbf{h}_i = \big\Vert_{k=1}^{H} \sum_{j \in \mathcal{N}(i)} \alpha^k_{ij} \mathbf{x}^k_j,\qquad
+        \alpha^k_{ij} = \operatorname{softmax}_j\, \mathrm{LeakyReLU}\big(\mathbf{a}^{k\top}_s \mathbf{x}^k_j
+        + \mathbf{a}^{k\top}_t \mathbf{x}^k_i + b^k w_{ij} + c^k \log d_j\big)
+
+    over ``heads`` slices :math:`\mathbf{x}^k` of the embeddings; :math:`w_{ij}` is the edge weight
+    (log play count or log tag count) and :math:`d_j` the source's degree in the relation. With
+    ``a = b = 0`` and ``c = -1/2`` (the initial values) the weights are :math:`\propto d_j^{-1/2}`,
+    normalised per target - close to LightGCN's symmetric normalisation; training learns where to
+    deviate from it.
+    """
+
+    def __init__(self, dim: int, heads: int = 1, weighted: bool = False, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.heads, self.head_dim, self.dropout = heads, dim // heads, dropout
+        self.att_src = nn.Parameter(torch.zeros(heads, self.head_dim))
+        self.att_dst = nn.Parameter(torch.zeros(heads, self.head_dim))
+        self.att_weight = nn.Parameter(torch.zeros(heads)) if weighted else None
+        self.att_degree = nn.Parameter(torch.full((heads,), -0.5))
+
+    def forward(self, x_src: Tensor, x_dst: Tensor, edge_index: Tensor, edge_weight: Tensor | None = None):
+        src, dst = edge_index
+        hs = x_src.view(-1, self.heads, self.head_dim)
+        hd = x_dst.view(-1, self.heads, self.head_dim)
+        degree = torch.bincount(src, minlength=x_src.size(0)).clamp(min=1).float().log()
+        logits = (hs * self.att_src).sum(-1)[src] + (hd * self.att_dst).sum(-1)[dst] + degree[src, None] * self.att_degree
+        if self.att_weight is not None and edge_weight is not None:
+            logits = logits + edge_weight[:, None] * self.att_weight
+        alpha = softmax(nn.functional.leaky_relu(logits, 0.2), dst, num_nodes=x_dst.size(0))
+        alpha = nn.functional.dropout(alpha, p=self.dropout, training=self.training)
+        out = scatter(hs[src] * alpha[..., None], dst, dim=0, dim_size=x_dst.size(0), reduce="sum")
+        return out.reshape(x_dst.size(0), -1), alpha
+
+
+
+
+class BasicGAT(IdEmbeddings):
+    """User, item and main-category embeddings refined by one GATv2 attention layer.
+
+    The layer passes messages item -> user, user -> item, category -> item and item -> category;
+    the output adds the layer's messages to the id embedding (residual), so a node with no
+    training edge still has an embedding.
+
+    Args:
+        config: ``embedding_dim``, ``heads`` (default 1) and ``dropout`` (attention) are used.
+        schema: The interaction and the item's main (first) category, e.g. song -by-> artist.
+        num_nodes: Node count per type.
+    """
+
+    def __init__(self, config: BasicGATConfig, schema: Schema, num_nodes: dict[str, int]) -> None:
+        super().__init__(config, schema, num_nodes)
+        main = list(schema.categories.values())[:1]
+        self.relations = (schema.reverse_interaction, schema.interaction, *both_ways(main))
+        self.init_embeddings((schema.user, schema.item, *(r[2] for r in main)), num_nodes, config.embedding_dim)
+        self.layer = HeteroGATLayer(self.relations, config.embedding_dim, heads=config.heads, dropout=config.dropout)
+
+    def forward(self, data: HeteroData, return_attention: bool = False):
+        x = {t: self.embeddings[t].weight for t in self.node_types}
+        attention: Attention | None = {} if return_attention else None
+        messages = self.layer(x, data, attention, prefix="layer0/")
+        user = x[self.schema.user] + messages[self.schema.user]
+        item = x[self.schema.item] + messages[self.schema.item]
+        return (user, item, attention) if return_attention else (user, item)
+
+
+class GenreAwareGAT(IdEmbeddings):
+    r"""Enhanced heterogeneous graph attention recommender.
+
+    Users, items and every side type (artist, genre, ...) each get an id embedding.
+    ``num_layers`` layers of :class:`NormalizedHeteroGATLayer` pass messages along every relation
+    both ways (interaction, item categories, usable context): graph attention (PyG ``GATConv``)
+    over each relation, interaction edges attending with their standardized attributes (listening:
+    log play count, mean completion, recency), scaled by LightGCN's symmetric degree
+    normalisation. Each layer is residual (optional) with dropout:
+
+    .. math::
+        \mathbf{h}^{(l+1)} = \mathbf{h}^{(l)} + \mathrm{dropout}\big(\mathbf{m}^{(l)}\big)
+        \quad\text{or, without residual,}\quad
+        \mathbf{h}^{(l+1)} = \mathrm{dropout}\big(\mathbf{m}^{(l)}\big)
+
+    and the final user and item embeddings are the mean of
+    :math:`\mathbf{h}^{(0)}, \dots, \mathbf{h}^{(L)}` as in LightGCN. Side nodes carry items'
+    context: after one layer a song holds its artist's and genres' embeddings (attention-pooled),
+    after two a user holds the artists and genres of the songs they play, so items with few
+    users still rank by the categories a user plays.
+
+    Args:
+        config: ``embedding_dim`` (hidden size), ``num_layers``, ``heads`` (averaged), ``dropout``
+            (attention coefficients and layer outputs), ``residual``, ``use_edge_attr`` (the
+            interaction's ``edge_attr``, ``schema.interaction_attr_dim`` columns) and
+            ``transform`` (learn a linear message map per relation and layer; default: messages
+            are the neighbours' embeddings, only the attention is learned).
+        schema: The chain's relations.
+        num_nodes: Node count per type.
+    """
+
+    def __init__(self, config: GenreAwareGATConfig, schema: Schema, num_nodes: dict[str, int]) -> None:
+        super().__init__(config, schema, num_nodes)
+        self.relations = (
+            schema.reverse_interaction, schema.interaction,
+            *both_ways([*schema.categories.values(), *schema.usable_context(num_nodes)]),
+        )
+        self.init_embeddings(schema.node_types(num_nodes), num_nodes, config.embedding_dim)
+        self.edge_dim = schema.interaction_attr_dim if config.use_edge_attr else 0
+        edge_dims = {schema.interaction: self.edge_dim, schema.reverse_interaction: self.edge_dim} if self.edge_dim else {}
+        # the last layer's side outputs would be unused: it only passes messages into users and items
+        last = tuple(r for r in self.relations if r[2] in (schema.user, schema.item))
+        self.layers = nn.ModuleList(
+            NormalizedHeteroGATLayer(
+                self.relations if depth < config.num_layers - 1 else last,
+                config.embedding_dim,
+                heads=config.heads,
+                dropout=config.dropout,
+                edge_dims=edge_dims,
+                transform=config.transform,
+            )
+            for depth in range(config.num_layers)
+        )
+        self.dropout = nn.Dropout(config.dropout)
+        self.residual = config.residual
+
+    def _edge_attrs(self, data: HeteroData) -> dict[EdgeType, Tensor]:
+        if not self.edge_dim:
+            return {}
+        attrs = {}
+        for edge_type in (self.schema.interaction, self.schema.reverse_interaction):
+            edge_attr = data[edge_type].get("edge_attr")
+            if edge_attr is None:
+                raise ValueError(f"edge type {edge_type} has no edge_attr; set use_edge_attr: false")
+            attrs[edge_type] = standardized(edge_attr.float())
+        return attrs
+
+    def forward(self, data: HeteroData, return_attention: bool = False):
+        x = {t: self.embeddings[t].weight for t in self.node_types}
+        attention: Attention | None = {} if return_attention else None
+        degrees = relation_degrees(data, self.relations)
+        edge_attrs = self._edge_attrs(data)
+        user_type, item_type = self.schema.user, self.schema.item
+        user_layers, item_layers = [x[user_type]], [x[item_type]]
+        for depth, layer in enumerate(self.layers):
+            messages = layer(x, data, degrees, edge_attrs, attention, prefix=f"layer{depth}/")
+            updated = {}
+            for node_type, message in messages.items():
+                update = self.dropout(message)
+                updated[node_type] = x[node_type] + update if self.residual else update
+            x = updated
+            user_layers.append(x[user_type])
+            item_layers.append(x[item_type])
+        user = torch.stack(user_layers).mean(0)
+        item = torch.stack(item_layers).mean(0)
+        return (user, item, attention) if return_attention else (user, item)
+
+
+def cooccurrence_edges(view: HeteroData, schema: Schema, k: int, shrink: float) -> Tensor:
+    """``[2, E]`` item->item edges: for each item, its ``k`` most similar items by the shrunk
+    cosine of :meth:`~.baselines.ItemKNN.similarity` on the view's (training) interactions; ties
+    and zero similarities dropped. Source row 0 is the neighbour, row 1 the receiving item."""
+    from .baselines import item_similarity
+
+    similarity = item_similarity(view, schema, shrink).tocsr()
+    similarity.eliminate_zeros()
+    sources, targets = [], []
+    indptr, indices, values = similarity.indptr, similarity.indices, similarity.data
+    for item in np.nonzero(np.diff(indptr))[0]:
+        start, stop = indptr[item], indptr[item + 1]
+        keep = np.argsort(-values[start:stop], kind="stable")[:k]
+        sources.append(indices[start:stop][keep])
+        targets.append(np.full(keep.size, item))
+    if not sources:
+        return torch.empty((2, 0), dtype=torch.long)
+    return torch.from_numpy(np.stack([np.concatenate(sources), np.concatenate(targets)])).long()
+
+
+class PlaylistGAT(IdEmbeddings):
+    """Id embeddings for users, items and side nodes refined by GATv2 layers over every relation
+    of the view (interaction, categories and usable context, both ways), each layer residual with
+    a LayerNorm per node type; returns the mean of the layer outputs.
+
+    Options: ``cooccurrence_k`` adds an item->item relation along each item's ``k`` most
+    co-occurring items in the training interactions - the signal ItemKNN scores with (computed
+    once per view); ``user_ids=False`` drops the free user embedding, so a user (playlist) is
+    represented only by what its training items send it (inductive).
+    """
+
+    def __init__(self, config: PlaylistGATConfig, schema: Schema, num_nodes: dict[str, int]) -> None:
+        super().__init__(config, schema, num_nodes)
+        node_types = schema.node_types(num_nodes)
+        relations = [schema.reverse_interaction, schema.interaction]
+        relations += both_ways([*schema.categories.values(), *schema.usable_context(num_nodes)])
+        self.cooccurs = (schema.item, "co_occurs", schema.item)
+        if config.cooccurrence_k:
+            relations.append(self.cooccurs)
+        self.relations = tuple(relations)
+        self.init_embeddings(tuple(t for t in node_types if t != schema.user or config.user_ids), num_nodes, config.embedding_dim)
+        self.node_types = node_types
+        dim = config.embedding_dim
+        self.layers = nn.ModuleList(
+            HeteroGATLayer(relations, dim, heads=config.heads, dropout=config.dropout) for _ in range(config.num_layers)
+        )
+        self.norms = nn.ModuleList(nn.ModuleDict({t: nn.LayerNorm(dim) for t in node_types}) for _ in range(config.num_layers))
+        self.dropout = nn.Dropout(config.dropout)
+        self._cooccurrence: tuple[Tensor, Tensor] | None = None  # (the view's interaction edges, co-occurrence edges)
+
+    def _with_cooccurrence(self, view: HeteroData) -> HeteroData:
+        if not self.config.cooccurrence_k:
+            return view
+        interactions = view[self.schema.interaction].edge_index
+        if self._cooccurrence is None or self._cooccurrence[0] is not interactions:  # the reference keeps the id unique
+            edges = cooccurrence_edges(view, self.schema, self.config.cooccurrence_k, self.config.cooccurrence_shrink)
+            self._cooccurrence = (interactions, edges)
+        extended = copy.copy(view)
+        extended[self.cooccurs].edge_index = self._cooccurrence[1]
+        return extended
+
+    def forward(self, view: HeteroData, return_attention: bool = False):
+        view = self._with_cooccurrence(view)
+        user_type, item_type = self.schema.user, self.schema.item
+        x = {t: self.embeddings[t].weight for t in self.node_types if t in self.embeddings}
+        if not self.config.user_ids:
+            x[user_type] = self.embeddings[item_type].weight.new_zeros(self.num_users, self.embedding_dim)
+        attention: Attention | None = {} if return_attention else None
+        users, items = [x[user_type]], [x[item_type]]
+        for depth, (layer, norms) in enumerate(zip(self.layers, self.norms)):
+            messages = layer(x, view, attention, prefix=f"layer{depth}/")
+            x = {t: h + self.dropout(norms[t](messages[t])) if t in messages else h for t, h in x.items()}
+            users.append(x[user_type])
+            items.append(x[item_type])
+        if not self.config.user_ids:
+            users = users[1:]  # the all-zero start carries nothing
+        user, item = torch.stack(users).mean(0), torch.stack(items).mean(0)
+        return (user, item, attention) if return_attention else (user, item)
+
+
+class TagFriendGAT(IdEmbeddings):
+    """Heterogeneous GAT over the interaction, the item categories (Last.fm: tags) and the social
+    relation (friends): a node sums the messages of all its relations with a learned weight per
+    relation and layer (side relations start at ``side_weight``), and the output is a
+    LightGCN-style mean over the layer outputs. ``conv: light`` (default) is
+    :class:`LightAttentionConv` (relations with an ``edge_weight`` attend with its log);
+    ``conv: gatv2`` uses PyG's ``GATv2Conv`` with a residual."""
+
+    def __init__(self, config: TagFriendGATConfig, schema: Schema, num_nodes: dict[str, int]) -> None:
+        super().__init__(config, schema, num_nodes)
+        relations = [schema.interaction, schema.reverse_interaction]
+        if config.use_categories:
+            relations += both_ways(list(schema.categories.values()))
+        if config.use_social and schema.social is not None:
+            relations.append(schema.social)
+        self.relations = tuple(relations)
+        self.weighted = {r for r in relations if r != schema.social}
+        dim, heads = config.embedding_dim, config.heads
+        self.init_embeddings(tuple(sorted({t for r in relations for t in (r[0], r[2])})), num_nodes, dim)
+        # a learned weight per relation and layer; the side relations start at side_weight
+        main = (schema.interaction, schema.reverse_interaction)
+        self.relation_weights = nn.Parameter(
+            torch.tensor([[1.0 if r in main else config.side_weight for r in relations]] * config.num_layers)
+        )
+        self.layers = nn.ModuleList(
+            nn.ModuleDict(
+                {
+                    relation_key(r): LightAttentionConv(dim, heads, r in self.weighted, config.dropout)
+                    if config.conv == "light"
+                    else GATv2Conv(
+                        dim, dim // heads, heads=heads, dropout=config.dropout, add_self_loops=False,
+                        edge_dim=1 if r in self.weighted else None, bias=False,
+                    )
+                    for r in relations
+                }
+            )
+            for _ in range(config.num_layers)
+        )
+
+    def forward(self, graph: HeteroData, return_attention: bool = False):
+        x = {t: e.weight for t, e in self.embeddings.items()}
+        outputs = {t: [v] for t, v in x.items()}
+        attention = {}
+        for depth, layer in enumerate(self.layers):
+            new = {t: torch.zeros_like(v) for t, v in x.items()}
+            for r, relation in enumerate(self.relations):
+                store = graph[relation]
+                weight = torch.log1p(store.edge_weight) if relation in self.weighted and "edge_weight" in store else None
+                conv = layer[relation_key(relation)]
+                src, dst = relation[0], relation[2]
+                if self.config.conv == "light":
+                    result, alpha = conv(x[src], x[dst], store.edge_index, weight)
+                    index = store.edge_index
+                else:
+                    result, (index, alpha) = conv(
+                        (x[src], x[dst]), store.edge_index,
+                        edge_attr=None if weight is None else weight[:, None], return_attention_weights=True,
+                    )
+                if return_attention:
+                    attention[f"layer{depth}/{relation_key(relation)}"] = (index, alpha)
+                new[dst] = new[dst] + self.relation_weights[depth, r] * result
+            # light: LightGCN-style propagation (the layer mean below combines depths); gatv2: residual
+            x = new if self.config.conv == "light" else {t: new[t] + x[t] for t in x}
+            for t, v in x.items():
+                outputs[t].append(v)
+        user = torch.stack(outputs[self.schema.user]).mean(0)
+        item = torch.stack(outputs[self.schema.item]).mean(0)
+        return (user, item, attention) if return_attention else (user, item)

@@ -1,0 +1,1 @@
+"""Recommendations, explanations and cold start from a trained model."""

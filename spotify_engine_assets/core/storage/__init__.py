@@ -1,0 +1,1 @@
+"""Artifacts written atomically and versioned, and where the project's files live."""

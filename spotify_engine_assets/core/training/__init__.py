@@ -1,0 +1,1 @@
+"""The one trainer: losses, negative sampling, per-interaction inputs."""

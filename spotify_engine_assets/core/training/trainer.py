@@ -1,0 +1,469 @@
+"""The one trainer of every trainable model of every chain.
+
+Losses (``TrainableConfig.loss``):
+
+* ``bpr`` - BPR on (user, positive, negative) triples; negatives are drawn uniformly from items
+  the user has not interacted with in training (vectorized rejection sampling),
+  ``negatives_per_positive`` of them per positive (a positive's loss is the mean over its
+  negatives). An epoch shuffles the training edges and takes one optimizer step per
+  ``batch_size * grad_accumulation`` positives, each one forward pass over the message-passing
+  view (the models are full-graph GNNs); ``grad_accumulation`` scores micro-batches from that one
+  pass, so a step with accumulation ``k`` is exactly a step of batch size ``k * batch_size``.
+  ``steps_per_epoch = k`` (opt-in) makes an epoch exactly ``k`` steps over all ``E`` shuffled
+  edges (``ceil(E / k)`` positives each): epoch cost then grows linearly in the edges instead of
+  with ``E^2 / batch_size``.
+* ``softmax`` - a multinomial likelihood over the whole catalogue: an epoch shuffles the users
+  with training items and takes one step per ``batch_size`` users,
+  ``-sum_{i in train(u)} log softmax(e_u . E / temperature)_i`` over the batch's pairs divided by
+  their number (embeddings L2-normalised first when ``normalize``).
+
+Both add ``l2`` times the squared norm of the step's id embeddings, weight each interaction
+(``weight_*``: ``core/training/inputs.py``), and add the config's regularizers, task heads and
+multi-objective surrogates (``core/training/losses.py``):
+
+* ``orthogonality_weight``: mean squared cosine between distinct sampled embeddings (through the
+  d x d Gram, never an N x N one); ``attention_entropy_weight``: mean entropy of the attention
+  arriving at the sampled nodes (attention models; lower = sharper).
+* task heads (``task_complete_weight``, ``task_repeat_weight``): :class:`~..models.heads.TaskHeads`
+  score each of the step's training (user, positive) pairs from the final embeddings; the loss
+  adds ``sum_t w_t * BCE_t``. Labels come from the training edges' own attributes only.
+* surrogates (``diversity_weight``, ``coverage_weight``): top-k lists are not differentiable, so
+  each step draws ``surrogate_candidates`` items uniformly and takes each distinct user's softmax
+  over them as a soft top-k list; coverage adds ``coverage_weight * (1 - H(q) / log |C|)`` of the
+  users' mean exposure ``q``, diversity ``diversity_weight`` times the expected cosine similarity
+  of two items drawn from a user's soft list (``|| p_u @ normalize(E_C) ||^2``).
+
+Trainers: :class:`BaseTrainer` owns the epoch/step loop. :class:`SimpleTrainer` runs
+``max_epochs`` epochs at the fixed learning rate with no validation, early stopping or checkpoints
+(its final weights are its result). :class:`AdvancedTrainer` scores the chain's validation metric
+(the protocol's ``monitor``: Recall@10 listening, R-precision playlists, NDCG@20 Last.fm) every
+``eval_every`` epochs on the validation pairs (training items masked), steps ReduceLROnPlateau on
+it (unless ``lr_patience`` is None), stops after ``patience`` validations without gain, restores
+the best weights and writes resumable checkpoints: with ``checkpoint_dir`` it saves
+``checkpoint.pt`` atomically every ``checkpoint_every`` epochs (and at the end) - weights,
+optimizer, scheduler, the torch and sampling RNG states, history, best state and epoch, and a
+fingerprint of the config, epoch cap and training data - and a later call with the same folder
+and fingerprint continues from it (loaded with ``weights_only=True``), ending exactly as an
+uninterrupted run. ``config.trainer`` picks one; :func:`train` is the entry point.
+
+With ``itemknn_fusion`` the trained model's scores are then mixed with ItemKNN's at the weight of
+:data:`FUSION_WEIGHTS` that maximizes the validation metric (ties: the smaller ItemKNN share).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from torch_geometric.data import HeteroData
+
+from ..config import TrainableConfig
+from ..evaluation.protocol import LinkPrediction, Protocol
+from ..models.base import FitResult, GraphModel
+from ..storage.artifacts import load_torch, save_torch
+from .losses import bpr_step_loss, softmax_step_loss
+from .sampling import known_keys, sample_negatives
+
+Logger = Callable[[str], None]
+CHECKPOINT_FILE = "checkpoint.pt"
+FUSION_WEIGHTS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+DEFAULT_PROTOCOL = LinkPrediction()
+
+
+class BaseTrainer:
+    """The epoch/step loop every trainer shares. Subclasses decide what happens around the loop
+    (:meth:`_begin`, :meth:`_epoch_metrics`, :meth:`_after_epoch`, :meth:`_end`).
+
+    Args:
+        model: A graph model (its schema names the interaction relation).
+        view: The message-passing graph (training interactions only).
+        config: The model's config.
+        max_epochs: Overrides ``config.max_epochs`` (e.g. a tiny CI run).
+        log: Receives one progress line per epoch.
+        on_epoch: Called with each epoch's history row; an exception it raises (e.g. a pruned
+            hyperparameter trial) stops training and propagates.
+        users: Train only on these users' interactions (a config's ``user_sample``; None: all).
+        weights: Per-interaction loss weights aligned with the view's interaction edges.
+        task_labels: ``[E_train, T]`` labels of the config's task heads; required exactly when the
+            config has task heads.
+    """
+
+    def __init__(
+        self,
+        model: GraphModel,
+        view: HeteroData,
+        config: TrainableConfig,
+        *,
+        max_epochs: int | None = None,
+        log: Logger | None = None,
+        on_epoch: Callable[[dict], None] | None = None,
+        users: Tensor | None = None,
+        weights: Tensor | None = None,
+        task_labels: Tensor | None = None,
+    ) -> None:
+        if not config.trainable:
+            raise ValueError(f"config {config.name!r}: model {config.model!r} is not trainable")
+        self.model, self.view, self.config = model, view, config
+        self.log = log or (lambda message: None)
+        self.on_epoch = on_epoch
+        self.epochs = max_epochs or config.max_epochs
+        self.train_pairs = view[model.schema.interaction].edge_index
+        edges = self.train_pairs.size(1)
+        if weights is not None:
+            if weights.shape != (edges,):
+                raise ValueError(f"weights must have one value per training edge ({edges}), got {tuple(weights.shape)}")
+            if not torch.isfinite(weights).all() or (weights < 0).any():
+                raise ValueError("weights must be finite and non-negative")
+        if config.tasks:
+            if task_labels is None or task_labels.shape != (edges, len(config.tasks)):
+                got = None if task_labels is None else tuple(task_labels.shape)
+                raise ValueError(
+                    f"config {config.name!r} trains task heads {list(config.tasks)}: pass task_labels of shape "
+                    f"({edges}, {len(config.tasks)}) from task_labels(config, data, schema, train_index), got {got}"
+                )
+            if not hasattr(model, "task_heads"):
+                raise ValueError(f"config {config.name!r}: the model has no task heads; build it with build_model(config, ...)")
+        elif task_labels is not None:
+            raise ValueError(f"config {config.name!r} has no task head (task_*_weight are 0) but task_labels were given")
+        self.num_items = int(view[model.schema.item].num_nodes)
+        if config.surrogates and config.surrogate_candidates > self.num_items:
+            raise ValueError(
+                f"config {config.name!r}: surrogate_candidates {config.surrogate_candidates} exceeds the catalogue's "
+                f"{self.num_items} items"
+            )
+        self.users = users
+        self.edges = None if users is None else torch.nonzero(torch.isin(self.train_pairs[0], users)).flatten()
+        if self.edges is not None and self.edges.numel() == 0:
+            raise ValueError(f"config {config.name!r}: no training edge among the sampled users")
+        if config.loss == "softmax":
+            order = torch.argsort(self.train_pairs[0] if self.edges is None else self.train_pairs[0, self.edges])
+            self.pair_edges = order if self.edges is None else self.edges[order]
+            self.pair_users, self.pair_items = self.train_pairs[0, self.pair_edges], self.train_pairs[1, self.pair_edges]
+            self.units = torch.unique(self.pair_users)
+        self.weights, self.task_labels = weights, task_labels
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.known_keys = known_keys(self.train_pairs, self.num_items)
+        self.optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+        self.result = FitResult()
+
+    # ---------------------------------------------------------------- hooks
+    def _begin(self) -> tuple[int, bool]:
+        """Prepare; return the first epoch to run and whether training is already finished."""
+        return 1, False
+
+    def _epoch_metrics(self, epoch: int) -> dict:
+        """Extra history columns after an epoch's training steps (e.g. validation)."""
+        return {}
+
+    def _after_epoch(self, epoch: int, row: dict, finished: bool) -> bool:
+        """Book-keeping after an epoch; returns whether training stops."""
+        return finished
+
+    def _end(self) -> None:
+        """Settle the result after the last epoch (the model's weights are the final ones)."""
+
+    # ---------------------------------------------------------------- steps
+    def _candidates(self) -> Tensor | None:
+        if not self.config.surrogates:
+            return None
+        return torch.randperm(self.num_items, generator=self.generator)[: self.config.surrogate_candidates]
+
+    def _optimize(self, loss: Tensor) -> float:
+        self.optimizer.zero_grad()
+        loss.backward()
+        self.optimizer.step()
+        return loss.item()
+
+    def _bpr_step(self, batch: Tensor) -> float:
+        config, model = self.config, self.model
+        users, positives = self.train_pairs[0, batch], self.train_pairs[1, batch]
+        draws = users.repeat_interleave(config.negatives_per_positive) if config.negatives_per_positive > 1 else users
+        negatives = sample_negatives(draws, self.known_keys, self.num_items, self.generator).view(users.numel(), -1)
+        loss = bpr_step_loss(
+            model, self.view, users, positives, negatives,
+            None if self.weights is None else self.weights[batch], config.batch_size, config,
+            labels=None if self.task_labels is None else self.task_labels[batch], candidates=self._candidates(),
+        )
+        if config.l2:
+            loss = loss + config.l2 * model.ego_l2(users, torch.cat([positives, negatives.flatten()]))
+        return self._optimize(loss)
+
+    def _softmax_step(self, batch_users: Tensor) -> float:
+        config, model = self.config, self.model
+        row_of = torch.full((int(self.units.max()) + 1,), -1, dtype=torch.long)
+        row_of[batch_users] = torch.arange(batch_users.numel())
+        mask = row_of[self.pair_users] >= 0
+        rows, items, edges = row_of[self.pair_users[mask]], self.pair_items[mask], self.pair_edges[mask]
+        loss = softmax_step_loss(
+            model, self.view, batch_users, rows, items, None if self.weights is None else self.weights[edges], config,
+            labels=None if self.task_labels is None else self.task_labels[edges], candidates=self._candidates(),
+        )
+        if config.l2:
+            loss = loss + config.l2 * model.ego_l2(batch_users[rows], items)
+        return self._optimize(loss)
+
+    def _batches(self) -> tuple[Tensor, ...]:
+        """The epoch's optimizer steps: shuffled units (edges for BPR, users for softmax) in chunks
+        of ``batch_size * grad_accumulation``, or with ``steps_per_epoch`` exactly that many
+        near-equal chunks (at most one per edge)."""
+        config = self.config
+        if config.loss == "softmax":
+            return self.units[torch.randperm(self.units.numel(), generator=self.generator)].split(config.batch_size)
+        count = self.train_pairs.size(1) if self.edges is None else self.edges.numel()
+        order = torch.randperm(count, generator=self.generator)
+        if self.edges is not None:
+            order = self.edges[order]
+        if config.steps_per_epoch is None:
+            return order.split(config.batch_size * config.grad_accumulation)
+        steps = config.steps_in_epoch(order.numel())
+        return order.tensor_split(steps) if steps else ()
+
+    def _train_epoch(self) -> float:
+        """One pass over the shuffled training units; the mean step loss."""
+        self.model.train()
+        step = self._softmax_step if self.config.loss == "softmax" else self._bpr_step
+        losses = [step(batch) for batch in self._batches()]
+        return sum(losses) / max(len(losses), 1)
+
+    def fit(self) -> FitResult:
+        result = self.result
+        started = time.perf_counter()
+        first_epoch, finished = self._begin()
+        for epoch in range(first_epoch, self.epochs + 1):
+            if finished:
+                break
+            epoch_start = time.perf_counter()
+            loss = self._train_epoch()
+            row = {"epoch": epoch, "loss": loss, **self._epoch_metrics(epoch)}
+            row["lr"] = self.optimizer.param_groups[0]["lr"]
+            row["seconds"] = time.perf_counter() - epoch_start
+            result.history.append(row)
+            shown = "".join(f" {key.replace('_', ' ')} {value:.4f}" for key, value in row.items() if key.startswith("valid_"))
+            self.log(f"epoch {epoch}: loss {loss:.4f}{shown}")
+            if self.on_epoch is not None:
+                self.on_epoch(row)
+            finished = self._after_epoch(epoch, row, epoch == self.epochs)
+        result.epochs_run = len(result.history)
+        result.seconds = time.perf_counter() - started
+        result.final_state = copy.deepcopy(self.model.state_dict())
+        self._end()
+        return result
+
+
+class SimpleTrainer(BaseTrainer):
+    """Fixed epochs at the config's fixed learning rate: no validation, no early stopping, no
+    checkpoints. The result's best state is the final state (``best_epoch`` = the last epoch,
+    ``best_valid`` None)."""
+
+    def _end(self) -> None:
+        self.result.best_state = copy.deepcopy(self.result.final_state)
+        self.result.best_epoch = self.result.epochs_run
+        self.result.best_valid = None
+
+
+class AdvancedTrainer(BaseTrainer):
+    """The protocol's validation metric every ``eval_every`` epochs (and after the last),
+    ReduceLROnPlateau on it, early stopping after ``patience`` validations without gain, the best
+    weights restored at the end, and resumable checkpoints every ``checkpoint_every`` epochs in
+    ``checkpoint_dir`` (module docstring).
+
+    Args:
+        valid_pairs: ``[2, E]`` validation (user, item) pairs (training items masked when ranking).
+        protocol: The chain's evaluation protocol (its ``monitor`` is the validation metric).
+        checkpoint_dir: Folder for ``checkpoint.pt``; a matching checkpoint there is resumed.
+        checkpoint_every: Write a checkpoint every this many epochs (and after the last one).
+    """
+
+    def __init__(
+        self,
+        model: GraphModel,
+        view: HeteroData,
+        config: TrainableConfig,
+        valid_pairs: Tensor,
+        *,
+        protocol: Protocol = DEFAULT_PROTOCOL,
+        checkpoint_dir: Path | str | None = None,
+        checkpoint_every: int = 1,
+        **options,
+    ) -> None:
+        if checkpoint_every < 1:
+            raise ValueError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
+        if valid_pairs is None or valid_pairs.numel() == 0:
+            raise ValueError(f"config {config.name!r}: the advanced trainer needs validation pairs")
+        super().__init__(model, view, config, **options)
+        self.valid_pairs, self.protocol = valid_pairs, protocol
+        self.monitor = f"valid_{protocol.monitor}"
+        self.result.monitor = protocol.monitor
+        self.checkpoint_every = checkpoint_every
+        self.scheduler = (
+            torch.optim.lr_scheduler.ReduceLROnPlateau(self.optimizer, mode="max", factor=config.lr_factor, patience=config.lr_patience)
+            if config.lr_patience is not None
+            else None
+        )
+        self.checkpoint_path = Path(checkpoint_dir) / CHECKPOINT_FILE if checkpoint_dir is not None else None
+        self.fingerprint = _fingerprint(config, self.epochs, model, view, self.users, self.weights, self.task_labels) if self.checkpoint_path else ""
+
+    def _begin(self) -> tuple[int, bool]:
+        result = self.result
+        result.best_state = copy.deepcopy(self.model.state_dict())
+        result.best_valid = -1.0
+        if self.checkpoint_path is None:
+            return 1, False
+        state = _load_checkpoint(self.checkpoint_path, self.fingerprint, self.log)
+        if state is None:
+            return 1, False
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        self.generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        result.history = list(state["history"])
+        result.best_state = state["best_state"]
+        result.best_epoch = int(state["best_epoch"])
+        result.best_valid = float(state["best_valid"])
+        result.resumed_from_epoch = int(state["epoch"])
+        self.log(f"resumed from checkpoint at epoch {state['epoch']}")
+        return int(state["epoch"]) + 1, bool(state["finished"])
+
+    def _epoch_metrics(self, epoch: int) -> dict:
+        if epoch % self.config.eval_every and epoch != self.epochs:
+            return {}
+        metrics = validate(self.model, self.view, self.valid_pairs, self.protocol, self.users)
+        if self.scheduler is not None:
+            self.scheduler.step(metrics[self.protocol.monitor])
+        return {f"valid_{name}": value for name, value in metrics.items() if name != "users_evaluated"}
+
+    def _after_epoch(self, epoch: int, row: dict, finished: bool) -> bool:
+        result = self.result
+        if self.monitor in row:
+            if row[self.monitor] > result.best_valid:
+                result.best_valid = row[self.monitor]
+                result.best_epoch = epoch
+                result.best_state = copy.deepcopy(self.model.state_dict())
+            elif epoch - result.best_epoch >= self.config.patience * self.config.eval_every:
+                self.log(f"early stop at epoch {epoch}; best epoch {result.best_epoch}")
+                finished = True
+        if self.checkpoint_path is not None and (finished or epoch % self.checkpoint_every == 0):
+            save_torch(
+                {
+                    "fingerprint": self.fingerprint,
+                    "epoch": epoch,
+                    "finished": finished,
+                    "model": self.model.state_dict(),
+                    "optimizer": self.optimizer.state_dict(),
+                    "scheduler": self.scheduler.state_dict() if self.scheduler is not None else {},
+                    "generator": self.generator.get_state(),
+                    "torch_rng": torch.get_rng_state(),
+                    "history": result.history,
+                    "best_state": result.best_state,
+                    "best_epoch": result.best_epoch,
+                    "best_valid": result.best_valid,
+                },
+                self.checkpoint_path,
+            )
+        return finished
+
+    def _end(self) -> None:
+        self.model.load_state_dict(self.result.best_state)
+
+
+@torch.no_grad()
+def validate(model: GraphModel, view: HeteroData, valid_pairs: Tensor, protocol: Protocol, users: Tensor | None = None,
+             fusion_weight: float | None = None) -> dict[str, float]:
+    """The protocol's validation metrics of the model's current weights on ``view`` (evaluation
+    mode; training interactions masked); with ``fusion_weight``, of its ItemKNN-fused scores."""
+    model.prepare(view)
+    score = model.embedding_scores if fusion_weight is None else (lambda users_: model.score(users_, fusion_weight))
+    return protocol.validate(score, view[model.schema.interaction].edge_index, valid_pairs, model.num_items, users)
+
+
+def choose_fusion_weight(
+    model: GraphModel, view: HeteroData, valid_pairs: Tensor, protocol: Protocol, users: Tensor | None = None, log: Logger | None = None
+) -> dict[float, float]:
+    """Set ``model.fusion_weight`` to the weight of :data:`FUSION_WEIGHTS` with the best validation
+    metric of the fused scores (ties: the smaller ItemKNN share); returns each weight's value."""
+    fusion = {
+        weight: validate(model, view, valid_pairs, protocol, users, fusion_weight=weight)[protocol.monitor]
+        for weight in FUSION_WEIGHTS
+    }
+    chosen = max(fusion, key=lambda weight: (fusion[weight], -weight))
+    model.fusion_weight.fill_(chosen)
+    (log or (lambda message: None))(
+        f"ItemKNN fusion weight {chosen} (validation {protocol.monitor} {fusion[chosen]:.4f}; {fusion[0.0]:.4f} without)"
+    )
+    return fusion
+
+
+def train(
+    model: GraphModel,
+    view: HeteroData,
+    valid_pairs: Tensor | None,
+    config: TrainableConfig,
+    max_epochs: int | None = None,
+    log: Logger | None = None,
+    on_epoch: Callable[[dict], None] | None = None,
+    *,
+    protocol: Protocol = DEFAULT_PROTOCOL,
+    users: Tensor | None = None,
+    weights: Tensor | None = None,
+    task_labels: Tensor | None = None,
+    checkpoint_dir: Path | str | None = None,
+    checkpoint_every: int = 1,
+) -> FitResult:
+    """Train ``model`` on the interactions of ``view`` with the config's trainer (module docstring).
+
+    ``config.trainer == "advanced"`` (default): :class:`AdvancedTrainer` (validation on
+    ``valid_pairs`` with ``protocol``, early stopping, ReduceLROnPlateau, checkpoints in
+    ``checkpoint_dir``); ``"simple"``: :class:`SimpleTrainer` (``valid_pairs`` unused; a
+    ``checkpoint_dir`` is an error, it writes none). On return the model holds the result's best
+    state (and its fusion weight) and is prepared to score on ``view``. Arguments: see
+    :class:`BaseTrainer` and :class:`AdvancedTrainer`.
+    """
+    options = dict(max_epochs=max_epochs, log=log, on_epoch=on_epoch, users=users, weights=weights, task_labels=task_labels)
+    if config.trainer == "simple":
+        if checkpoint_dir is not None:
+            raise ValueError(f"config {config.name!r}: the simple trainer writes no checkpoints; use trainer: advanced")
+        result = SimpleTrainer(model, view, config, **options).fit()
+    else:
+        result = AdvancedTrainer(
+            model, view, config, valid_pairs, protocol=protocol, checkpoint_dir=checkpoint_dir,
+            checkpoint_every=checkpoint_every, **options,
+        ).fit()
+    model.prepare(view)
+    if config.itemknn_fusion:
+        result.fusion = choose_fusion_weight(model, view, valid_pairs, protocol, users, log)
+        result.best_state = copy.deepcopy(model.state_dict())
+    return result
+
+
+def _fingerprint(config: TrainableConfig, epochs: int, model: GraphModel, view: HeteroData, users: Tensor | None,
+                 weights: Tensor | None, labels: Tensor | None = None) -> str:
+    """What a checkpoint belongs to: the config, the epoch cap and the training data."""
+    digest = hashlib.sha256(json.dumps({"config": config.model_dump(), "epochs": epochs}, sort_keys=True).encode())
+    digest.update(view[model.schema.interaction].edge_index.numpy().tobytes())
+    digest.update(str({t: int(view[t].num_nodes) for t in view.node_types}).encode())
+    for tensor in (users, weights, labels):
+        if tensor is not None:
+            digest.update(tensor.numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _load_checkpoint(path: Path, fingerprint: str, log: Logger) -> dict | None:
+    if not path.exists():
+        return None
+    try:
+        state = load_torch(path)
+    except ValueError as error:
+        log(f"ignoring unreadable checkpoint: {error}")
+        return None
+    if state.get("fingerprint") != fingerprint:
+        log(f"ignoring checkpoint {path}: it belongs to another config or data")
+        return None
+    return state

@@ -1,0 +1,870 @@
+"""The chain factory: one set of assets for every chain, built from its :class:`Dataset`.
+
+Given a dataset (its schema, protocol, registry and view builder) and the keys of its graph and
+split assets (``<chain>/graph``, ``<chain>/split``, defined with the chain's loader), the factory
+emits, with one naming scheme, the same metadata, provenance, plots, atomic report writing and
+checks for every chain:
+
+* ``<chain>/model_registry`` - every config of ``configs/<chain>/models.yaml`` and of the configs
+  promoted from studies, validated, each a partition of the dynamic partitions ``<chain>_configs``;
+* ``<chain>/trained_model`` (partition = config) - the config's model fitted on the training part
+  (graph models: the one trainer, resumable checkpoints), its weights, history and provenance;
+* ``<chain>/metric_report`` (partition = config) - the chain's test metrics per user and overall,
+  beyond-accuracy, fairness, efficiency, most-popular and a random ranking on the same split;
+  checks ``quality_gate`` (blocking) and ``fairness_gap`` (warning);
+* ``<chain>/model_comparison`` - every report in one table (``reports/<chain>/model_comparison``);
+* ``<chain>/experiments``, ``<chain>/ab_tests``, ``<chain>/champion`` (check ``champion_gate``);
+* ``<chain>/hpo_study`` (partition = family of ``configs/<chain>/search_spaces.yaml``);
+* the blocking check ``leakage_free`` on ``<chain>/split`` (the dataset's split violations).
+
+Every input is a Dagster dependency: no asset reads another asset's file behind Dagster's back.
+"""
+
+
+import hashlib
+import io
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import dagster as dg
+import optuna
+import polars as pl
+import torch
+from pydantic import Field
+
+from .. import core
+from ..core.config import ConfigError, ModelConfig, Thresholds, load_thresholds, parse_config, update_config
+from ..core.data.graph import from_payload
+from ..core.dataset import Dataset
+from ..core.evaluation.report import PeakMemory, evaluate, fairness_tables, latency_per_user, memory_estimate_bytes
+from ..core.evaluation.stats import BETTER, NO_DIFFERENCE, WORSE, compare_models
+from ..core.experiments import hpo as hpo_lib
+from ..core.experiments import records
+from ..core.experiments import trial_budget
+from ..core.models.baselines import MostPopular
+from ..core.plots import (
+    count_bars, difference_distributions, difference_plot, frame_markdown, metric_bars, pareto_front, training_curve,
+    history_plot,
+)
+from ..core.registry import ORIGIN_REGISTRY, ORIGIN_STUDY
+from ..core.storage.artifacts import atomic_write_bytes
+from ..core.storage.paths import source_version
+from ..core.training.inputs import task_labels
+from ..core.training.losses import task_metrics
+from .resources import DataLake, TorchRuntime
+
+CODE_VERSION = source_version(core)  # every module of the core: models, training, evaluation, experiments
+# (the dataset's own code is in each chain's graph and split code versions, recorded in the provenance)
+BEYOND_ACCURACY = ("coverage@10", "gini@10", "novelty@10", "ild_embedding@10", "personalization@10")
+EXTRA_METRICS = ("mrr@10", "gini@10", "novelty@10", "personalization@10")
+
+
+class TrainRunConfig(dg.Config):
+    max_epochs: int | None = Field(default=None, ge=1, description="Cap on epochs for this run (None: the config's max_epochs).")
+    user_sample: int | None = Field(
+        default=None, ge=1, description="Train and evaluate on a seeded sample of this many users (None: the config's)."
+    )
+    checkpoint_every: int = Field(default=1, ge=1, description="Write a resumable checkpoint every this many epochs.")
+
+
+class ABTestConfig(dg.Config):
+    plan: str | None = Field(default=None, description="Path of an A/B plan YAML (default configs/<chain>/ab_tests.yaml).")
+
+
+@dataclass(frozen=True)
+class Chain:
+    """A dataset and where its Dagster assets live."""
+
+    dataset: Dataset
+    segments: str | None = None  # asset key path of a (user_id, user_type) frame for fairness by type
+
+    @property
+    def name(self) -> str:
+        return self.dataset.name
+
+    def key(self, asset: str) -> dg.AssetKey:
+        return dg.AssetKey([self.name, asset])
+
+    def group(self, domain: str) -> str:
+        return f"{self.name}_{domain}"
+
+    @property
+    def partitions(self) -> str:
+        return f"{self.name}_configs"
+
+
+def publish(lake: DataLake, chain: str, name: str, frame: pl.DataFrame, max_rows: int = 200) -> str:
+    """``reports/<chain>/<name>.{md,csv}`` written atomically; returns the markdown."""
+    markdown = frame_markdown(frame, max_rows=max_rows)
+    folder = lake.reports_dir / chain
+    atomic_write_bytes(folder / f"{name}.md", (markdown + "\n").encode())
+    atomic_write_bytes(folder / f"{name}.csv", frame.write_csv().encode())
+    return markdown
+
+
+def register_configs(chain: Chain, instance: dg.DagsterInstance, lake_root: Path | None = None) -> tuple[list[str], list[str]]:
+    """Validate the chain's full registry and add its missing names as partitions. Returns (every
+    config name, the names added now)."""
+    names = sorted(chain.dataset.registry.full(lake_root))
+    known = set(instance.get_dynamic_partitions(chain.partitions))
+    added = [name for name in names if name not in known]
+    if added:
+        instance.add_dynamic_partitions(chain.partitions, added)
+    return names, added
+
+
+def promotion_metadata(chain: Chain, lake_root: Path, name: str) -> dict:
+    """For a promoted config: its source study (name, trial, objective, redacted storage) and a
+    link to the ``hpo_study`` partition that produced it; the origin otherwise."""
+    entry = chain.dataset.registry.promoted(lake_root).get(name)
+    if entry is None:
+        return {"config_origin": ORIGIN_REGISTRY}
+    source = entry.source
+    return {
+        "config_origin": ORIGIN_STUDY,
+        "source_study": source.study_name,
+        "source_trial": source.trial,
+        "source_objective": f"{source.objective} {source.value:.4f} (validation)",
+        "source_storage": source.storage,
+        "source_asset": dg.MetadataValue.asset(chain.key("hpo_study")),
+        "source_partition": source.family,
+        "promoted_config": dg.MetadataValue.path(str(entry.path)),
+    }
+
+
+def upstream_versions(context: dg.AssetExecutionContext, keys: list[dg.AssetKey]) -> dict[str, dict]:
+    """Dagster's recorded data and code version of each upstream asset's latest materialization."""
+    versions = {}
+    for key in keys:
+        entry = None
+        try:
+            entry = context.instance.get_latest_materialization_event(key)
+        except Exception as error:  # noqa: BLE001 - provenance is best effort, never fails a run
+            context.log.warning(f"cannot read the latest materialization of {key.to_user_string()}: {error}")
+        tags = (entry.asset_materialization.tags or {}) if entry and entry.asset_materialization else {}
+        versions[key.to_user_string()] = {
+            "data_version": tags.get("dagster/data_version", "unknown"),
+            "code_version": tags.get("dagster/code_version", "unknown"),
+            "run_id": entry.run_id if entry else "unknown",
+        }
+    return versions
+
+
+def chain_definitions(chain: Chain) -> dg.Definitions:
+    """Every asset and check of one chain after its graph and split (module docstring)."""
+    dataset, name = chain.dataset, chain.name
+    graph_key, split_key = chain.key("graph"), chain.key("split")
+    configs = dg.DynamicPartitionsDefinition(name=chain.partitions)
+
+    def config_for(context: dg.AssetExecutionContext, lake: DataLake) -> ModelConfig:
+        try:
+            return dataset.registry.get(context.partition_key, dataset.registry.full(lake.path))
+        except ConfigError as error:
+            raise dg.Failure(str(error)) from error
+
+    # ------------------------------------------------------------------------- registry
+    @dg.asset(key=chain.key("model_registry"), group_name=chain.group("training"), kinds={"yaml"}, code_version=CODE_VERSION)
+    def model_registry(context: dg.AssetExecutionContext, lake: DataLake) -> dg.Output[dict]:
+        """Every model config of the chain (its registry file and the configs promoted from studies),
+        validated, each a partition of its trained model and metric report; adds missing partitions,
+        never deletes."""
+        try:
+            rows = dataset.registry.rows(lake.path)
+            names, added = register_configs(chain, context.instance, lake.path)
+        except ConfigError as error:
+            raise dg.Failure(f"{name}/model_registry: {error}") from error
+        stale = sorted(set(context.instance.get_dynamic_partitions(chain.partitions)) - set(names))
+        if stale:
+            context.log.warning(f"partitions without a config (kept; their runs fail): {', '.join(stale)}")
+        context.log.info(f"{len(names)} {name} model configs; added as partitions: {', '.join(added) or 'none'}")
+        origins = pl.DataFrame(rows)["origin"].value_counts().sort("origin").to_dicts()
+        return dg.Output(
+            {"configs": rows, "added": added, "stale": stale},
+            metadata={
+                "configs": len(names),
+                "added_partitions": dg.MetadataValue.json(added),
+                "partitions_without_config": dg.MetadataValue.json(stale),
+                "origins": dg.MetadataValue.json({row["origin"]: int(row["count"]) for row in origins}),
+                "registry": dg.MetadataValue.md(frame_markdown(pl.DataFrame(rows), max_rows=200)),
+            },
+        )
+
+    # ------------------------------------------------------------------------- training
+    @dg.asset(
+        key=chain.key("trained_model"),
+        partitions_def=configs,
+        ins={"graph": dg.AssetIn(graph_key), "split": dg.AssetIn(split_key)},
+        group_name=chain.group("training"),
+        kinds={"pytorch", "pyg"},
+        code_version=CODE_VERSION,
+    )
+    def trained_model(
+        context: dg.AssetExecutionContext, config: TrainRunConfig, torch_runtime: TorchRuntime, lake: DataLake,
+        graph: dict, split: dict,
+    ) -> dg.Output[dict]:
+        """The partition's config fitted on its split's training part: closed-form models solve,
+        graph models train with the one trainer (advanced: early stopping on the chain's validation
+        metric with ReduceLROnPlateau, resumable checkpoints when a killed run is re-materialized;
+        simple: fixed epochs). Best and final weights, config, history and provenance."""
+        model_config = config_for(context, lake)
+        if config.user_sample is not None:
+            model_config = update_config(model_config, user_sample=config.user_sample)
+        torch_runtime.apply()
+        data, parts = from_payload(graph), split[model_config.split]
+        fingerprint = records.data_fingerprint(data, parts)
+        provenance = {
+            "config": model_config.model_dump(),
+            "seed": model_config.seed,
+            "max_epochs_override": config.max_epochs,
+            "data": fingerprint,
+            "upstream": upstream_versions(context, [graph_key, split_key]),
+            "code_versions": {"trained_model": CODE_VERSION},
+            "git": records.git_state(),
+            "dependencies": records.dependency_versions(),
+            "torch_threads": torch.get_num_threads(),
+            "run_id": context.run_id,
+            "recorded_at": records.now_iso(),
+        }
+        training: dict = {}
+        checkpoints = None
+        if model_config.trainable:
+            training = {"max_epochs": config.max_epochs, "log": context.log.info}
+            if model_config.trainer == "advanced":
+                key = json.dumps({"config": model_config.model_dump(), "data": fingerprint["combined"],
+                                  "max_epochs": config.max_epochs, "code": CODE_VERSION}, sort_keys=True)
+                checkpoints = lake.path / "checkpoints" / name / model_config.name / hashlib.sha256(key.encode()).hexdigest()[:16]
+                for stale in checkpoints.parent.glob("*") if checkpoints.parent.exists() else ():
+                    if stale != checkpoints:
+                        shutil.rmtree(stale, ignore_errors=True)  # another config/data: never resumable
+                training.update(checkpoint_dir=checkpoints, checkpoint_every=config.checkpoint_every)
+        try:
+            model, result, _ = dataset.fit(model_config, data, parts, **training)
+        except ValueError as error:
+            raise dg.Failure(f"{name}/trained_model[{model_config.name}]: {error}") from error
+        artifact = {
+            "config": model_config.model_dump(),
+            "split_settings": split.get("settings", {}),
+            "provenance": provenance,
+            "state": model.state_dict(),
+            "final_state": result.final_state,
+            "history": result.history,
+            "monitor": result.monitor,
+            "best_epoch": result.best_epoch,
+            "best_valid": result.best_valid,
+            "epochs_run": result.epochs_run,
+            "train_seconds": result.seconds,
+            "num_parameters": model.parameter_count(),
+            "fusion": {str(weight): value for weight, value in result.fusion.items()},
+        }
+        metadata: dict = {
+            "model": model_config.model,
+            "split": model_config.split,
+            "train_seconds": round(result.seconds, 2),
+            "num_parameters": model.parameter_count(),
+            "data_fingerprint": fingerprint["combined"],
+            "git_commit": str(provenance["git"]["commit"])[:12],
+            "config": dg.MetadataValue.json(model_config.model_dump()),
+            "provenance": dg.MetadataValue.json(provenance),
+            **promotion_metadata(chain, lake.path, model_config.name),
+        }
+        if model_config.trainable:
+            metadata.update(
+                epochs_run=result.epochs_run, best_epoch=result.best_epoch, trainer=model_config.trainer,
+                resumed_from_epoch=result.resumed_from_epoch, torch_threads=torch.get_num_threads(),
+                training_curve=dg.MetadataValue.md(training_curve(result.history, model_config.name, result.monitor)),
+            )
+            if result.best_valid is not None:
+                metadata[f"best_valid_{result.monitor}"] = round(result.best_valid, 4)
+            if result.fusion:
+                metadata["itemknn_fusion_weight"] = float(model.fusion_weight)
+                metadata["fusion_valid"] = dg.MetadataValue.json(artifact["fusion"])
+        if checkpoints is not None:
+            shutil.rmtree(checkpoints, ignore_errors=True)  # finished: the next materialization trains afresh
+        return dg.Output(artifact, metadata=metadata)
+
+    # ------------------------------------------------------------------------- evaluation
+    report_ins = {"trained_model": dg.AssetIn(chain.key("trained_model")), "graph": dg.AssetIn(graph_key), "split": dg.AssetIn(split_key)}
+    if chain.segments:
+        report_ins["segments"] = dg.AssetIn(dg.AssetKey(chain.segments.split("/")))
+
+    def report_body(context: dg.AssetExecutionContext, torch_runtime: TorchRuntime, lake: DataLake, trained_model: dict,
+                    graph: dict, split: dict, segments: pl.DataFrame | None = None):
+        """Test evaluation of one config, ranking the whole catalogue with each user's training and
+        validation items masked: the chain protocol's per-user accuracy metrics, coverage, Gini of
+        recommendation counts, novelty, intra-list diversity (embeddings and item categories),
+        personalization; every metric per user group with the largest gap; parameters, training
+        time, per-user latency, throughput, memory estimate vs measured peak. Per-user metric
+        vectors are kept (and written as Parquet); most-popular and a random ranking on the same
+        split are scored alongside; the provenance of the experiment is recorded."""
+        torch_runtime.apply()
+        data = from_payload(graph)
+        model_config = parse_config(trained_model["config"])
+        parts = split[model_config.split]
+        protocol = dataset.protocol.for_graph(data)
+        primary = protocol.primary
+        try:
+            eval_data = dataset.evaluation_data(data, parts, model_config, segments)
+            model, view = dataset.load(model_config, data, parts, trained_model["state"])
+        except (ValueError, RuntimeError, KeyError) as error:
+            raise dg.Failure(f"{name}/metric_report[{model_config.name}]: {error}; re-materialize trained_model") from error
+        with PeakMemory() as memory:
+            started = time.perf_counter()
+            factors = model.factors()
+            forward_seconds = time.perf_counter() - started
+            evaluation = evaluate(model.score, factors, eval_data, protocol)
+        latency = latency_per_user(model.score, evaluation.users, eval_data.test_exclude)
+        dim = int(factors[1].size(1)) if factors is not None else 0
+        layers = (1 if model_config.model == "gat_basic" else model_config.num_layers) if model_config.trainable else 0
+        estimate = memory_estimate_bytes(
+            trained_model["num_parameters"], sum(int(view[t].num_nodes) for t in view.node_types), dim,
+            sum(int(view[t].edge_index.size(1)) for t in view.edge_types), layers, evaluation.users.numel(),
+            eval_data.num_items, evaluation.topk.size(1),
+        )
+        efficiency = {
+            "num_parameters": int(trained_model["num_parameters"]),
+            "train_seconds": float(trained_model["train_seconds"]),
+            "forward_seconds": forward_seconds,
+            "latency_p50_ms": latency["p50_ms"],
+            "latency_p95_ms": latency["p95_ms"],
+            "throughput_users_per_s": evaluation.users.numel() / max(evaluation.topk_seconds, 1e-9),
+            "memory_estimate_mb": estimate["total"] / 2**20,
+            "memory_peak_mb": memory.peak_bytes / 2**20 if memory.peak_bytes else None,
+        }
+        metrics = evaluation.summary
+        tasks = {}
+        if model_config.trainable and model_config.tasks:
+            try:  # the task heads' ROC AUC on the held-out test edges, labels from their own attributes
+                labels = task_labels(model_config, data, dataset.schema, parts["test"])
+                tasks = task_metrics(model, model_config, labels, dataset.pairs(data, parts["test"]))
+            except ValueError as error:
+                raise dg.Failure(f"{name}/metric_report[{model_config.name}]: {error}") from error
+        popular = MostPopular(model_config, dataset.schema, {t: int(data[t].num_nodes) for t in data.node_types}).prepare(view)
+        reference = evaluate(popular.score, popular.factors(), eval_data, protocol).summary
+        generator = torch.Generator().manual_seed(0)
+        random_users = torch.randn(eval_data.num_users, 16, generator=generator)
+        random_items = torch.randn(eval_data.num_items, 16, generator=generator)
+        random_reference = protocol.validate(
+            lambda users: random_users[users] @ random_items.T, eval_data.test_exclude, eval_data.test, eval_data.num_items,
+            eval_data.users,
+        )
+        thresholds = load_thresholds()
+        if model_config.model == "most_popular":
+            baseline_name, baseline, ratio = "random", random_reference[primary], thresholds.min_ratio_vs_random
+        else:
+            baseline_name, baseline, ratio = "most_popular", reference[primary], thresholds.min_ratio_vs_most_popular
+        threshold = baseline * ratio
+
+        provenance = dict(trained_model.get("provenance") or {"config": model_config.model_dump()})
+        provenance["training_data"] = provenance.get("data")
+        provenance["data"] = records.data_fingerprint(data, parts)
+        provenance["code_versions"] = {**provenance.get("code_versions", {}), "metric_report": CODE_VERSION}
+        provenance["evaluated_in_run"] = context.run_id
+        if provenance["training_data"] and provenance["training_data"] != provenance["data"]:
+            context.log.warning(f"{model_config.name}: trained on other data than it is evaluated on; re-materialize trained_model")
+
+        parquet = lake.reports_dir / name / "per_user" / model_config.name / f"{context.run_id}.parquet"
+        buffer = io.BytesIO()
+        evaluation.per_user.write_parquet(buffer)
+        atomic_write_bytes(parquet, buffer.getvalue())
+        report = {
+            "chain": name,
+            "config": model_config.name,
+            "model": model_config.model,
+            "split": model_config.split,
+            "primary": primary,
+            "metrics": metrics,
+            "most_popular": reference,
+            "random": random_reference,
+            "num_parameters": trained_model["num_parameters"],
+            "train_seconds": trained_model["train_seconds"],
+            "epochs_run": trained_model["epochs_run"],
+            "tasks": tasks,
+            "gate": {"passed": metrics[primary] >= threshold, "threshold": threshold, "baseline": baseline_name, "metric": primary},
+            "efficiency": efficiency,
+            "fairness": {"groups": evaluation.fairness.to_dicts(), "gaps": evaluation.gaps.to_dicts()},
+            "per_user": records.per_user_payload(evaluation.per_user),
+            "per_user_parquet": str(parquet),
+            "provenance": provenance,
+        }
+        report["experiment_key"] = records.experiment_key(provenance)
+        shown = [m for m in (*protocol.table, *BEYOND_ACCURACY) if m in metrics]
+        table = pl.DataFrame({"metric": shown, model_config.name: [metrics[m] for m in shown],
+                              "most_popular": [reference.get(m) for m in shown]})
+        yield dg.Output(
+            report,
+            metadata={
+                **{m: round(float(metrics[m]), 4) for m in protocol.table if m in metrics},
+                f"most_popular/{primary}": round(float(reference[primary]), 4),
+                **{f"test_auc/{task}": values["auc"] for task, values in tasks.items() if values["auc"] is not None},
+                "users_evaluated": metrics["users_evaluated"],
+                "report": dg.MetadataValue.md(frame_markdown(table, max_rows=50)),
+                "fairness": dg.MetadataValue.md(frame_markdown(evaluation.fairness, max_rows=50)),
+                "fairness_gaps": dg.MetadataValue.md(frame_markdown(evaluation.gaps, max_rows=50)),
+                "efficiency": dg.MetadataValue.md(frame_markdown(pl.DataFrame([efficiency]))),
+                "latency_p50_ms": round(latency["p50_ms"], 3),
+                "per_user_metrics": dg.MetadataValue.path(str(parquet)),
+                "experiment_key": report["experiment_key"],
+                "data_fingerprint": provenance["data"]["combined"],
+            },
+        )
+        yield dg.AssetCheckResult(
+            check_name="quality_gate",
+            passed=bool(report["gate"]["passed"]),
+            description=f"{model_config.name}: {primary} {metrics[primary]:.4f} vs threshold {threshold:.4f} ({ratio} x {baseline_name})",
+            metadata={"config": model_config.name, f"observed_{primary}": float(metrics[primary]), "threshold": threshold,
+                      "baseline": baseline_name, f"baseline_{primary}": float(baseline), "required_ratio": ratio},
+        )
+        metric = thresholds.metric(thresholds.fairness_metric, primary)
+        if metric not in evaluation.per_user.columns:
+            raise dg.Failure(
+                f"thresholds.yaml fairness_metric {metric!r} is not a per-user metric of the {name} chain; choose one of "
+                f"{', '.join(c for c in evaluation.per_user.columns if '@' in c or c.startswith('r_'))}"
+            )
+        gaps = fairness_tables(evaluation.per_user, [metric])[1]
+        worst = gaps.sort("relative_gap").row(-1, named=True)
+        yield dg.AssetCheckResult(
+            check_name="fairness_gap",
+            passed=worst["relative_gap"] <= thresholds.fairness_max_relative_gap,
+            severity=dg.AssetCheckSeverity.WARN,
+            description=f"{model_config.name}: largest relative {metric} gap {worst['relative_gap']:.3f} ({worst['dimension']})",
+            metadata={"config": model_config.name, "metric": metric, "observed_relative_gap": float(worst["relative_gap"]),
+                      "threshold": thresholds.fairness_max_relative_gap, "dimension": str(worst["dimension"]),
+                      "best_group": str(worst["best_group"]), "worst_group": str(worst["worst_group"])},
+        )
+
+    metric_report_asset = dg.asset(
+        key=chain.key("metric_report"),
+        partitions_def=configs,
+        ins=report_ins,
+        group_name=chain.group("evaluation"),
+        kinds={"pytorch"},
+        code_version=CODE_VERSION,
+        check_specs=[
+            dg.AssetCheckSpec(
+                "quality_gate", asset=chain.key("metric_report"), blocking=True,
+                description=f"The test {dataset.protocol.primary} beats most-popular on the same split by the configured "
+                "ratio (most-popular itself must beat a random ranking).",
+            ),
+            dg.AssetCheckSpec(
+                "fairness_gap", asset=chain.key("metric_report"), blocking=False,
+                description="Largest relative gap of the fairness metric between user groups (types, activity terciles) "
+                "stays within the threshold (warning).",
+            ),
+        ],
+    )
+    if chain.segments:
+        def metric_report(context: dg.AssetExecutionContext, torch_runtime: TorchRuntime, lake: DataLake,
+                          trained_model: dict, graph: dict, split: dict, segments: pl.DataFrame):
+            yield from report_body(context, torch_runtime, lake, trained_model, graph, split, segments)
+    else:
+        def metric_report(context: dg.AssetExecutionContext, torch_runtime: TorchRuntime, lake: DataLake,
+                          trained_model: dict, graph: dict, split: dict):
+            yield from report_body(context, torch_runtime, lake, trained_model, graph, split)
+    metric_report.__doc__ = report_body.__doc__
+    metric_report = metric_report_asset(metric_report)
+
+    @dg.asset(
+        key=chain.key("model_comparison"),
+        ins={"metric_report": dg.AssetIn(chain.key("metric_report"))},
+        group_name=chain.group("evaluation"),
+        kinds={"polars"},
+        code_version=CODE_VERSION,
+    )
+    def model_comparison(context: dg.AssetExecutionContext, lake: DataLake, metric_report: dict[str, dict]) -> dg.Output[pl.DataFrame]:
+        """Every materialized metric report of the chain in one table (also ``reports/<chain>/model_comparison``)."""
+        if not metric_report:
+            raise dg.Failure(f"no {name}/metric_report partition is materialized yet: materialize some model configs first")
+        frame = comparison_frame(dataset, metric_report)
+        markdown = publish(lake, name, "model_comparison", frame)
+        plot = metric_bars({row["config"]: row for row in frame.iter_rows(named=True)}, dataset.protocol.primary,
+                           f"{name}: test {dataset.protocol.primary} per config")
+        return dg.Output(frame, metadata={"configs": frame.height, "comparison": dg.MetadataValue.md(markdown),
+                                          dataset.protocol.primary: dg.MetadataValue.md(plot)})
+
+    # ------------------------------------------------------------------------- experiments
+    reports_in = {"metric_report": dg.AssetIn(chain.key("metric_report"))}
+
+    @dg.asset(key=chain.key("experiments"), ins=reports_in, group_name=chain.group("experiments"), kinds={"polars"},
+              code_version=CODE_VERSION)
+    def experiments(context: dg.AssetExecutionContext, lake: DataLake, metric_report: dict[str, dict]) -> dg.Output[pl.DataFrame]:
+        """Every recorded metric report of the chain (each materialization of each config) as one table:
+        config, seed, data fingerprint, git commit, key metrics, gate; ``current`` marks the live
+        version (``spotify-engine experiments list``)."""
+        if not metric_report:
+            raise dg.Failure(f"no {name}/metric_report partition is materialized yet: materialize some model configs first")
+        frame = records.experiments_frame(lake.artifacts, name, include_history=True)
+        publish(lake, name, "experiments", frame)
+        current = frame.filter(pl.col("current"))
+        shown = current.select([c for c in EXPERIMENT_COLUMNS if c in current.columns])
+        return dg.Output(frame, metadata={"experiments": frame.height, "configs": current.height,
+                                          "current": dg.MetadataValue.md(frame_markdown(shown, max_rows=100))})
+
+    @dg.asset(key=chain.key("ab_tests"), ins=reports_in, group_name=chain.group("experiments"), kinds={"scipy", "polars"},
+              code_version=CODE_VERSION)
+    def ab_tests(context: dg.AssetExecutionContext, config: ABTestConfig, lake: DataLake, metric_report: dict[str, dict]) -> dg.Output[pl.DataFrame]:
+        """A/B comparisons of the configured (control, treatment) pairs of ``configs/<chain>/ab_tests.yaml``
+        on the same split: paired t-test, Wilcoxon signed-rank, bootstrap 95% CI of the mean
+        difference, paired Cohen's d, Holm across the metrics, and the random-halves variant (Welch);
+        a verdict per pair and metric: better / worse / no detectable difference."""
+        return ab_output(context, chain, config, lake, metric_report)
+
+    @dg.asset(
+        key=chain.key("champion"), ins=reports_in, group_name=chain.group("experiments"), kinds={"scipy"},
+        code_version=CODE_VERSION,
+        check_specs=[dg.AssetCheckSpec(
+            "champion_gate", asset=chain.key("champion"), blocking=True,
+            description="No current report is significantly worse than its split's champion on the champion metric "
+            "(paired test on per-user values, same split and data; thresholds.yaml); one row per config in the metadata.",
+        )],
+    )
+    def champion(context: dg.AssetExecutionContext, lake: DataLake, metric_report: dict[str, dict]):
+        """The serving model per split. Seeded with the best gate-passing report; afterwards a
+        challenger replaces it only when significantly better on the champion metric (paired test,
+        Holm across challengers). Keeps the promotion history and the experiment keys already judged."""
+        yield from champion_outputs(context, chain, lake, metric_report)
+
+    # ------------------------------------------------------------------------- studies
+    families = hpo_families(dataset)
+    assets = [model_registry, trained_model, metric_report, model_comparison, experiments, ab_tests, champion]
+    if families:
+        assets.append(hpo_asset(chain, families))
+    return dg.Definitions(assets=assets, asset_checks=[split_check(chain)])
+
+
+EXPERIMENT_COLUMNS = ("experiment", "config", "split", "seed", "recorded_at", "data", "git_commit", "recall@10", "ndcg@10",
+                      "mrr@10", "coverage@10", "gini@10", "personalization@10", "gate", "train_seconds")
+AB_COLUMNS = ("pair", "metric", "n", "mean_control", "mean_treatment", "mean_diff", "ci_low", "ci_high", "cohens_d",
+              "t_p_holm", "wilcoxon_p_holm", "verdict", "welch_p_holm", "welch_verdict")
+
+
+def comparison_frame(dataset: Dataset, reports: dict[str, dict]) -> pl.DataFrame:
+    """One row per config: the chain's table metrics, most-popular's primary metric, the gate and cost."""
+    primary = dataset.protocol.primary
+    rows = []
+    for config in sorted(reports):
+        report = reports[config]
+        row = {"config": config, "model": report["model"], "split": report["split"]}
+        row.update({m: report["metrics"].get(m) for m in dataset.protocol.table})
+        row[f"most_popular {primary}"] = report["most_popular"][primary]
+        row[f"{primary} / most_popular"] = report["metrics"][primary] / max(report["most_popular"][primary], 1e-12)
+        row["gate"] = "pass" if report["gate"]["passed"] else "FAIL"
+        row.update(train_seconds=float(report["train_seconds"]), epochs=int(report["epochs_run"]), parameters=int(report["num_parameters"]))
+        row.update({m: report["metrics"].get(m) for m in EXTRA_METRICS})
+        row.update({f"auc_{task}": values.get("auc") for task, values in (report.get("tasks") or {}).items()})
+        row["latency_p50_ms"] = (report.get("efficiency") or {}).get("latency_p50_ms")
+        rows.append(row)
+    return pl.DataFrame(rows)
+
+
+def ab_output(context, chain: Chain, config: ABTestConfig, lake: DataLake, metric_report: dict[str, dict]) -> dg.Output:
+    thresholds = load_thresholds()
+    try:
+        plan = records.load_ab_plan(chain.dataset.registry, Path(config.plan) if config.plan else None, lake.path)
+    except ConfigError as error:
+        raise dg.Failure(f"invalid A/B plan: {error}") from error
+    empty = pl.DataFrame(schema={"pair": pl.String, "metric": pl.String, "verdict": pl.String})
+    if plan is None:
+        return dg.Output(empty, metadata={"pairs": 0, "skipped": f"the {chain.name} chain has no ab_tests.yaml"})
+    tables, skipped = [], []
+    distributions: dict[str, list[float]] = {}  # per-user treatment - control of the first metric
+    for pair in plan.pairs:
+        missing = [n for n in (pair.control, pair.treatment) if n not in metric_report]
+        if missing:
+            skipped.append(f"{pair.name}: metric_report {', '.join(missing)} not materialized")
+            continue
+        control, treatment = metric_report[pair.control], metric_report[pair.treatment]
+        reason = records.not_comparable(control, treatment)
+        if reason:
+            skipped.append(f"{pair.name}: {reason}")
+            continue
+        try:
+            table = compare_models(
+                records.per_user_frame(control), records.per_user_frame(treatment), plan.metrics, alpha=thresholds.ab_alpha,
+                n_resamples=thresholds.ab_bootstrap_resamples, primary=thresholds.ab_primary_test,
+            )
+        except ValueError as error:
+            raise dg.Failure(f"A/B pair {pair.name}: {error}") from error
+        joined = records.per_user_frame(control).join(records.per_user_frame(treatment), on="user_index", suffix="__t")
+        metric = plan.metrics[0]
+        distributions[f"{pair.name}: {metric}"] = (joined[f"{metric}__t"] - joined[metric]).to_list()
+        tables.append(table.with_columns(
+            pl.lit(pair.name).alias("pair"), pl.lit(pair.control).alias("control"),
+            pl.lit(pair.treatment).alias("treatment"), pl.lit(control["split"]).alias("split"),
+        ))
+    for message in skipped:
+        context.log.warning(f"A/B pair skipped: {message}")
+    if not tables:  # nothing comparable materialized yet (e.g. one config run alone): not an error
+        return dg.Output(empty, metadata={"pairs": 0, "skipped": dg.MetadataValue.json(skipped)})
+    table = pl.concat(tables)
+    markdown = publish(lake, chain.name, "ab_tests", table.select(AB_COLUMNS))
+    summary = (
+        table.group_by("pair", maintain_order=True)
+        .agg(pl.col("metric").filter(pl.col("verdict") == BETTER).alias("better"),
+             pl.col("metric").filter(pl.col("verdict") == WORSE).alias("worse"))
+        .with_columns(
+            pl.when(pl.col("worse").list.len() > 0).then(pl.lit(WORSE))
+            .when(pl.col("better").list.len() > 0).then(pl.lit(BETTER))
+            .otherwise(pl.lit(NO_DIFFERENCE)).alias("verdict"),
+            pl.col("better").list.join(", "),
+            pl.col("worse").list.join(", "),
+        )
+    )
+    return dg.Output(table, metadata={
+        "pairs": summary.height, "alpha": thresholds.ab_alpha, "primary_test": thresholds.ab_primary_test,
+        "verdicts": dg.MetadataValue.md(frame_markdown(summary, max_rows=100)),
+        "table": dg.MetadataValue.md(markdown),
+        "plot": dg.MetadataValue.md(difference_plot(table, f"{chain.name} A/B: treatment - control")),
+        "per_user_differences": dg.MetadataValue.md(difference_distributions(distributions, "A/B: per-user treatment - control")),
+        "skipped": dg.MetadataValue.json(skipped),
+    })
+
+
+def champion_outputs(context, chain: Chain, lake: DataLake, metric_report: dict[str, dict]):
+    if not metric_report:
+        raise dg.Failure(f"no {chain.name}/metric_report partition is materialized yet: materialize some model configs first")
+    thresholds: Thresholds = load_thresholds()
+    metric = thresholds.metric(thresholds.champion_metric, chain.dataset.protocol.primary)
+    previous = records.load_champion(lake.artifacts, chain.name)
+    decisions = []
+    for config, report in sorted(metric_report.items()):
+        current = previous.get("splits", {}).get(report.get("split"))
+        champion_report = metric_report.get(current["config"]) if current else None
+        try:
+            decision = records.gate_decision(report, previous, champion_report, thresholds, metric)
+        except ValueError as error:
+            raise dg.Failure(f"champion_gate of {config}: {error}") from error
+        decisions.append({"config": config, **{k: v for k, v in decision.items() if not isinstance(v, dict)}})
+    try:
+        state, events = records.update_champion(previous, metric_report, thresholds, metric)
+    except ValueError as error:
+        raise dg.Failure(f"cannot update the {chain.name} champion: {error}") from error
+    for event in events:
+        context.log.info(f"champion [{event['split']}]: {event['event']} {event['config']} ({event['reason']})")
+    current = pl.DataFrame([{"split": split, **{k: v for k, v in entry.items() if k != "experiment_key"}}
+                            for split, entry in sorted(state["splits"].items())])
+    history = pl.DataFrame(state["history"]) if state["history"] else pl.DataFrame()
+    yield dg.Output(state, metadata={
+        **{f"champion/{split}": entry["config"] for split, entry in state["splits"].items()},
+        "champions": dg.MetadataValue.md(frame_markdown(current) if current.height else "no champion"),
+        "this_update": dg.MetadataValue.md(frame_markdown(pl.DataFrame(events)) if events else "no reports"),
+        "history": dg.MetadataValue.md(frame_markdown(history, max_rows=50) if history.height else "none"),
+        "promotions": sum(1 for e in events if e["event"] == "promoted"),
+    })
+    failed = [d["config"] for d in decisions if not d["passed"]]
+    yield dg.AssetCheckResult(
+        check_name="champion_gate",
+        passed=not failed,
+        description=f"significantly worse than the champion: {', '.join(failed)}" if failed else "no config is significantly worse",
+        metadata={"metric": metric, "threshold_alpha": thresholds.ab_alpha, "failed_configs": ", ".join(failed) or "none",
+                  "decisions": dg.MetadataValue.md(frame_markdown(pl.DataFrame(decisions), max_rows=100))},
+    )
+
+
+def split_check(chain: Chain) -> dg.AssetChecksDefinition:
+    @dg.asset_check(
+        asset=chain.key("split"),
+        name="leakage_free",
+        additional_ins={"graph": dg.AssetIn(chain.key("graph"))},
+        blocking=True,
+        description="Every split strategy's parts are disjoint (and cover the interactions where the chain requires it), "
+        "and the message-passing view of the training part holds no held-out interaction.",
+    )
+    def leakage_free(split: dict, graph: dict) -> dg.AssetCheckResult:
+        counts = chain.dataset.split_violations(from_payload(graph), split)
+        return dg.AssetCheckResult(passed=sum(counts.values()) == 0, metadata={"violations": dg.MetadataValue.json(counts)})
+
+    return leakage_free
+
+
+# ----------------------------------------------------------------------------- studies
+
+
+class HpoRunConfig(dg.Config):
+    n_trials: int | None = Field(default=10, ge=1, description="Trials to add in this run (None: until timeout_s).")
+    timeout_s: float | None = Field(default=None, gt=0, description="Stop starting trials after this many seconds.")
+    storage_url: str | None = Field(
+        default=None,
+        description="Optuna storage: sqlite:///path.db, journal:///path.log or a database URL (e.g. "
+        "postgresql://user:password@host/db) shared by workers; default sqlite under <data lake>/optuna/.",
+    )
+    max_epochs: int | None = Field(default=20, ge=1, description="Epoch cap per trial (None: the config's max_epochs).")
+    seed: int = Field(default=0, description="Sampler seed.")
+    worker: int = Field(default=0, description="Worker id: give each parallel worker of one study its own.")
+    study_name: str | None = Field(default=None, description="Default spotify-engine/<chain>/<family>.")
+    pruner_startup_trials: int = Field(default=3, ge=0, description="MedianPruner: completed trials before pruning.")
+    pruner_warmup_epochs: int = Field(default=2, ge=0, description="MedianPruner: epochs before a trial can be pruned.")
+    multi_objective: bool = Field(
+        default=False,
+        description="NSGA-II over the validation primary metric (max), training seconds (min) and validation coverage@10 "
+        "(max), no pruning; outputs the Pareto front. Default study name spotify-engine/<chain>/<family>/pareto.",
+    )
+    promote: bool = Field(
+        default=False,
+        description="Write the best trial's config as a promoted config (data_lake/configs/promoted/<chain>/) and register "
+        "it as a new partition of the chain's trained_model and metric_report.",
+    )
+    promote_name: str | None = Field(default=None, description="Name of the promoted config (default hpo_<family>[_<study>]).")
+    max_trial_memory_mb: float | None = Field(
+        default=None, gt=0, description="Prune, before it trains, a trial whose peak-memory estimate exceeds this (MiB)."
+    )
+    max_trial_seconds: float | None = Field(
+        default=None, gt=0,
+        description="Prune, before it trains, a trial whose time estimate exceeds this; calibrated by a one-epoch probe "
+        "of the base config at the start of the run.",
+    )
+
+
+def hpo_families(dataset: Dataset) -> list[str]:
+    """Partition keys: the families of the chain's search spaces (validated when a run starts, so a
+    broken file fails that run with a clear message instead of the whole code location)."""
+    import yaml
+
+    path = hpo_lib.spaces_path(dataset)
+    try:
+        loaded = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return []
+    return sorted(str(key) for key in loaded) if isinstance(loaded, dict) else []
+
+
+def pareto_plot(study: optuna.Study, title: str) -> str:
+    """The primary metric against training seconds of every completed trial, colored by coverage."""
+    completed = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    front = {trial.number for trial in study.best_trials}
+    primary, seconds, coverage = hpo_lib.objective_names(study)
+    return pareto_front(
+        x=[t.values[1] for t in completed], y=[t.values[0] for t in completed], color=[t.values[2] for t in completed],
+        on_front=[t.number in front for t in completed], title=title, xlabel=f"{seconds} (minimize)",
+        ylabel=f"{primary} (maximize)", color_label=f"{coverage} (maximize)",
+    )
+
+
+def hpo_asset(chain: Chain, families: list[str]) -> dg.AssetsDefinition:
+    dataset, name = chain.dataset, chain.name
+
+    @dg.asset(
+        key=chain.key("hpo_study"),
+        partitions_def=dg.StaticPartitionsDefinition(families),
+        ins={"graph": dg.AssetIn(chain.key("graph")), "split": dg.AssetIn(chain.key("split"))},
+        group_name=chain.group("optimization"),
+        kinds={"optuna", "pytorch"},
+        code_version=CODE_VERSION,
+    )
+    def hpo_study(context: dg.AssetExecutionContext, config: HpoRunConfig, torch_runtime: TorchRuntime, lake: DataLake,
+                  graph: dict, split: dict) -> dg.Output[dict]:
+        """An Optuna study of one model family of the chain (seeded TPE, median pruning on the chain's
+        per-epoch validation metric), run or resumed in a shared storage: best parameters and config,
+        every trial, optimization history and parameter importances; tuned on validation only. With
+        ``multi_objective``: NSGA-II over the validation primary metric, training seconds and
+        coverage@10 (no pruning), the Pareto front as a table and a plot. With ``promote``: the best
+        trial becomes a config and partition of the chain."""
+        family = context.partition_key
+        try:
+            space = hpo_lib.get_space(dataset, family)
+            if config.n_trials is None and config.timeout_s is None:
+                raise hpo_lib.HpoError("give n_trials or timeout_s (or both)")
+            if config.promote and config.multi_objective:
+                raise hpo_lib.HpoError("promote needs a single-objective study (a Pareto front has no single best trial)")
+            url = config.storage_url or f"sqlite:///{lake.path / 'optuna' / 'studies.db'}"
+            study = hpo_lib.open_study(
+                dataset, family, url, seed=config.seed, worker=config.worker, study_name=config.study_name,
+                pruner_startup_trials=config.pruner_startup_trials, pruner_warmup_epochs=config.pruner_warmup_epochs,
+                multi_objective=config.multi_objective,
+            )
+            promote_name = config.promote_name or hpo_lib.promoted_name(dataset, family, study.study_name)
+            if config.promote:  # a bad or taken name fails before any trial
+                dataset.registry.check_promotable(promote_name, study.study_name, family, lake.path)
+        except (ConfigError, hpo_lib.HpoError) as error:
+            raise dg.Failure(f"{name}/hpo_study[{family}]: {error}") from error
+        torch_runtime.apply()
+        data = hpo_lib.StudyData(dataset=dataset, graph=from_payload(graph), split=split[space.base.split])
+        before = len(study.get_trials(deepcopy=False))
+        context.log.info(
+            f"study {study.study_name!r} in {hpo_lib.redact(url)}: {before} trials so far; adding "
+            f"{config.n_trials or 'as many as fit'} trials, <= {config.max_epochs or 'config'} epochs each; search space "
+            f"{sorted(space.params)} on base config {space.base.name!r}"
+        )
+        seconds_per_unit = None
+        if config.max_trial_seconds is not None and space.base.trainable:
+            probe = space.trial_config({}, f"{family}_probe")
+            seconds_per_unit = trial_budget.calibrate_seconds(dataset, probe, data.graph, data.split)
+            context.log.info(f"time probe: one epoch of {space.base.name!r}: {seconds_per_unit:.3g} s per work unit")
+        limits = hpo_lib.TrialLimits(config.max_trial_memory_mb, config.max_trial_seconds if seconds_per_unit else None,
+                                     seconds_per_unit)
+        hpo_lib.run_study(study, space, data, config.n_trials, config.timeout_s, config.max_epochs, log=context.log.info,
+                          limits=limits)
+        trials = hpo_lib.trials_table(study)
+        counts = dict(pl.DataFrame(trials)["state"].value_counts().iter_rows()) if trials else {}
+        metadata = {
+            "storage": hpo_lib.redact(url), "study_name": study.study_name, "trials_total": len(trials),
+            "trials_this_run": len(trials) - before, "trial_counts": dg.MetadataValue.json(counts),
+        }
+        output = {"chain": name, "family": family, "study_name": study.study_name, "storage": hpo_lib.redact(url),
+                  "base_config": space.base.model_dump(), "trials": trials, "trial_counts": counts,
+                  "trials_this_run": len(trials) - before}
+        if config.multi_objective:
+            front = hpo_lib.pareto_table(study)
+            if not front:
+                raise dg.Failure(f"{name}/hpo_study[{family}]: no trial completed yet ({counts}); run more trials")
+            output.update(multi_objective=True, pareto_front=front,
+                          objectives=dict(zip(hpo_lib.objective_names(study), hpo_lib.MULTI_DIRECTIONS)))
+            metadata.update(
+                objectives=dg.MetadataValue.json(output["objectives"]), pareto_size=len(front),
+                pareto_trials=dg.MetadataValue.json([row["number"] for row in front]),
+                pareto_front=dg.MetadataValue.md(frame_markdown(pl.DataFrame(front), max_rows=50)),
+                pareto_plot=dg.MetadataValue.md(pareto_plot(study, f"{name} {family}: Pareto front (validation)")),
+                trials=dg.MetadataValue.md(frame_markdown(pl.DataFrame(trials), max_rows=50)),
+            )
+            return dg.Output(output, metadata=metadata)
+        try:
+            best = study.best_trial
+        except ValueError as error:
+            raise dg.Failure(f"{name}/hpo_study[{family}]: no trial completed yet ({counts}); run more trials") from error
+        tuned = hpo_lib.best_config(study, space)
+        best_yaml = hpo_lib.write_best_yaml(lake.path / "optuna" / name / f"{tuned.name}.yaml", tuned, study)
+        importances = hpo_lib.param_importances(study)
+        objective = hpo_lib.objective_names(study)[0]
+        context.log.info(f"best trial {best.number}: {objective} {best.value:.4f} with {best.params}; written to {best_yaml}")
+        promoted = None
+        if config.promote:
+            try:
+                promoted, promoted_path = hpo_lib.promote_best(dataset, study, space, url, lake.path, promote_name)
+                _, added = register_configs(chain, context.instance, lake.path)
+            except ConfigError as error:
+                raise dg.Failure(f"{name}/hpo_study[{family}]: {error}") from error
+            context.log.info(
+                f"promoted trial {best.number} as config {promoted.name!r} ({promoted_path}); "
+                f"{'new' if promoted.name in added else 'existing'} {chain.partitions} partition: materialize "
+                f"{name}/trained_model and {name}/metric_report with --partition {promoted.name}"
+            )
+            metadata.update(promoted_config=promoted.name, promoted_asset=dg.MetadataValue.asset(chain.key("trained_model")),
+                            promoted_config_yaml=dg.MetadataValue.path(str(promoted_path)))
+        output.update(objective=objective, best_trial=best.number, best_value=float(best.value), best_params=dict(best.params),
+                      best_config=tuned.model_dump(), best_config_yaml=str(best_yaml), importances=importances,
+                      promoted_config=promoted.name if promoted else None)
+        table = pl.DataFrame(trials).sort("value", descending=True, nulls_last=True)
+        metadata.update(
+            best_value=round(float(best.value), 4), best_trial=best.number, best_params=dg.MetadataValue.json(dict(best.params)),
+            best_config_yaml=dg.MetadataValue.path(str(best_yaml)),
+            trials=dg.MetadataValue.md(frame_markdown(table, max_rows=50)),
+            optimization_history=dg.MetadataValue.md(history_plot(
+                *hpo_lib.history_points(study),
+                [t.number for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.PRUNED,))],
+                f"{name} {family}: optimization history", objective,
+            )),
+        )
+        if config.max_trial_memory_mb is not None or config.max_trial_seconds is not None:
+            metadata["trial_limits"] = dg.MetadataValue.json(
+                {"max_trial_memory_mb": config.max_trial_memory_mb, "max_trial_seconds": config.max_trial_seconds,
+                 "pruned_before_training": sum(bool(t["pruned_by"]) for t in trials)}
+            )
+        if importances:
+            metadata["param_importances"] = dg.MetadataValue.md(
+                count_bars({k: round(v, 3) for k, v in importances.items()}, f"{family}: parameter importances (fANOVA)", "importance")
+            )
+        return dg.Output(output, metadata=metadata)
+
+    return hpo_study

@@ -1,0 +1,276 @@
+"""Retraining when new data lands: a sensor on ``<data lake>/landing/``.
+
+Each tick the sensor lists the landing folder (``archive/`` and hidden files excluded) and takes
+a file only once it is complete: a ``<name>.done`` marker beside it, or the same size and
+modification time as on the previous tick (kept in the cursor). A complete file is hashed
+(SHA-256, streamed); the hash is the run key, so the same content never trains twice, and the
+batch id (``<stem>-<hash[:12]>``) becomes a dynamic partition of ``landing_batches``. The first
+run re-materializes the landed batch and the whole downstream data chain (SQL models, graph,
+split and their checks); ``landed_batch`` archives the file to ``landing/archive/<batch>/``.
+Kaggle-format CSVs and listening-session files (the synthetic ``plays`` schema: ``user_id``,
+``song_id``, ``played_at``; Parquet or CSV) are both taken; sessions become playlist entries
+the way the synthetic default builds playlists (one per user and genre, in order of first play).
+Until that run ends, the file stays "taken" (in the cursor): later ticks leave it alone even
+though it is still in ``landing/`` (the run may be queued); if the run fails the file is kept
+there as a recorded skip, for a re-execution of the run. When that run has succeeded, a later
+tick requests one run per playlist model config (model, report, comparison). Files that cannot
+be taken - empty, unknown format, duplicate content - are recorded skips: logged, kept in the
+cursor, and (duplicates) moved to ``landing/archive/duplicates/``; nothing is deleted.
+
+The daemon evaluates the sensor every 30 s (``SPOTIFY_ENGINE_LANDING_INTERVAL_S`` overrides it
+when the definitions load). Both jobs execute in one process per run.
+"""
+
+
+import json
+import os
+import re
+from pathlib import Path
+
+import dagster as dg
+
+from ...datasets.playlists import DATASET
+from ...datasets.playlists.kaggle import KaggleFormatError, check_header, check_sessions
+from ..resources import DataLake
+from .ingestion import LANDED_KEYS, file_sha256, landing_batches
+
+LANDING_TAG = "spotify_engine/landing_batch"
+# Seconds between two evaluations of the landing sensor by the daemon (30 unless overridden:
+# tests and demos shorten it).
+INTERVAL_ENV = "SPOTIFY_ENGINE_LANDING_INTERVAL_S"
+DEFAULT_INTERVAL_S = 30
+
+
+def sensor_interval() -> int:
+    value = os.environ.get(INTERVAL_ENV, "")
+    try:
+        return max(1, int(value)) if value else DEFAULT_INTERVAL_S
+    except ValueError:
+        raise ValueError(f"{INTERVAL_ENV}={value!r}: expected a whole number of seconds") from None
+
+
+DONE_SUFFIX = ".done"
+ACCEPTED_SUFFIXES = (".csv", ".parquet")
+DATA_SELECTION = dg.AssetSelection.assets(
+    *LANDED_KEYS.values(), ["playlists", "graph"], ["playlists", "split"]
+) | dg.AssetSelection.groups("playlists_sql")
+MODEL_KEYS = [dg.AssetKey(["playlists", name]) for name in ("trained_model", "metric_report", "model_comparison")]
+playlist_configs = dg.DynamicPartitionsDefinition(name="playlists_configs")  # the chain factory's partitions
+# Two jobs: one run per landed batch (dynamic partition) for the data chain, then one run per
+# model config (static partition) - a job's assets must share one partitioning.
+# Both run in one process (no process per step): short sequential chains, and DuckDB has a
+# single writer anyway.
+landing_job = dg.define_asset_job(
+    "playlist_landing_job", selection=DATA_SELECTION, partitions_def=landing_batches, executor_def=dg.in_process_executor,
+    description="Ingest one landed batch and rebuild the playlist SQL models, graph and split.",
+)
+retrain_job = dg.define_asset_job(
+    "playlist_retrain_job", selection=dg.AssetSelection.assets(*MODEL_KEYS), partitions_def=playlist_configs, executor_def=dg.in_process_executor,
+    description="Retrain and report one playlist model config; refresh the comparison.",
+)
+
+
+def batch_id(path: Path, sha256: str) -> str:
+    stem = re.sub(r"[^A-Za-z0-9_]+", "_", path.stem).strip("_")[:40] or "file"
+    return f"{stem}-{sha256[:12]}"
+
+
+def _candidates(landing: Path) -> list[Path]:
+    """Regular files directly inside ``landing`` (no hidden files, no ``.done`` markers).
+
+    Symbolic links are never candidates, even to a file: a link could point anywhere on the
+    machine, and landing files must be confined to the landing folder (see :func:`_symlinks`).
+    """
+    if not landing.is_dir():
+        return []
+    return sorted(
+        p for p in landing.iterdir()
+        if not p.is_symlink() and p.is_file() and not p.name.startswith(".") and not p.name.endswith(DONE_SUFFIX)
+    )
+
+
+def _symlinks(landing: Path) -> list[Path]:
+    """Symbolic links in ``landing``: refused, and named in the skip reason."""
+    if not landing.is_dir():
+        return []
+    return sorted(p for p in landing.iterdir() if p.is_symlink() and not p.name.startswith("."))
+
+
+def _signature(path: Path) -> list[int]:
+    stat = path.stat()
+    return [stat.st_size, stat.st_mtime_ns]
+
+
+def data_run_config(path: Path, sha256: str, kind: str = "kaggle") -> dict:
+    return {"ops": {"landed_batch": {"config": {"path": str(path), "sha256": sha256, "kind": kind}}}}
+
+
+def _completed_runs(instance: dg.DagsterInstance, batches: list[str], chunk: int = 500) -> dict[str, tuple[bool, bool]]:
+    """(succeeded, failed) for the data run of each batch, in one run-storage query per
+    ``chunk`` batches (not one per batch: a flood of landed files stays cheap per tick)."""
+    runs_by_batch: dict[str, list] = {batch: [] for batch in batches}
+    for start in range(0, len(batches), chunk):
+        part = batches[start:start + chunk]
+        for run in instance.get_runs(filters=dg.RunsFilter(tags={LANDING_TAG: part, "spotify_engine/stage": "data"})):
+            runs_by_batch.setdefault(run.tags[LANDING_TAG], []).append(run)
+    outcome = {}
+    for batch in batches:
+        runs = runs_by_batch[batch]
+        succeeded = any(run.status == dg.DagsterRunStatus.SUCCESS for run in runs)
+        failed = bool(runs) and all(run.status in (dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED) for run in runs)
+        outcome[batch] = (succeeded, failed)
+    return outcome
+
+
+@dg.sensor(
+    name="landing_sensor",
+    jobs=[landing_job, retrain_job],
+    minimum_interval_seconds=sensor_interval(),
+    default_status=dg.DefaultSensorStatus.STOPPED,
+    description="New Kaggle-format files in <data lake>/landing/ -> ingest, rebuild the playlist chain, retrain every "
+    "playlists model config (trained model, metric report, comparison).",
+)
+def landing_sensor(context: dg.SensorEvaluationContext, lake: DataLake):
+    cursor = json.loads(context.cursor) if context.cursor else {}
+    seen: dict[str, list[int]] = cursor.get("seen", {})
+    done: dict[str, str] = cursor.get("done", {})          # sha256 -> batch
+    pending: dict[str, str] = cursor.get("pending", {})    # batch -> sha256, waiting for the data run
+    skipped: dict[str, list] = cursor.get("skipped", {})   # path -> [size, mtime, reason]
+    taken: dict[str, list] = cursor.get("taken", {})       # path -> [size, mtime, batch] until its data run ends
+    landing = lake.landing_dir
+    run_requests: list[dg.RunRequest] = []
+    new_partitions: list[str] = []
+    new_configs: list[str] = []
+    waiting: list[str] = []
+    notes: list[str] = []
+
+    # phase 2: batches whose data run succeeded get their model runs
+    outcomes = _completed_runs(context.instance, sorted(pending))
+    for batch, sha in list(pending.items()):
+        succeeded, failed = outcomes[batch]
+        if succeeded:
+            configs = sorted(DATASET.registry.full(lake.path))
+            known = set(context.instance.get_dynamic_partitions(playlist_configs.name))
+            new_configs += [name for name in configs if name not in known and name not in new_configs]
+            for name in configs:
+                run_requests.append(
+                    dg.RunRequest(
+                        run_key=f"landing-{sha}-model-{name}",
+                        job_name=retrain_job.name,
+                        partition_key=name,
+                        asset_selection=MODEL_KEYS,
+                        tags={LANDING_TAG: batch, "spotify_engine/stage": "model"},
+                    )
+                )
+            del pending[batch]
+            taken = {path: entry for path, entry in taken.items() if entry[2] != batch}
+        elif failed:
+            notes.append(f"data run of batch {batch} failed; its models are not retrained")
+            context.log.warning(notes[-1])
+            del pending[batch]
+            for path, entry in list(taken.items()):
+                if entry[2] == batch:  # the file stays where it is, for a re-execution of the run
+                    skipped[path] = [entry[0], entry[1], f"data run of batch {batch} failed; file kept for a re-execution"]
+                    del taken[path]
+
+    for link in _symlinks(landing):
+        notes.append(f"refused {link.name}: a symbolic link (landing files must be regular files inside {landing})")
+
+    # phase 1: complete new files
+    current: dict[str, list[int]] = {}
+    for path in _candidates(landing):
+        key = str(path)
+        try:
+            signature = _signature(path)
+        except FileNotFoundError:
+            continue
+        current[key] = signature
+        if skipped.get(key, [None, None])[:2] == signature:
+            continue
+        if taken.get(key, [None, None])[:2] == signature:
+            # requested already: its data run archives it (it may still be queued or running)
+            waiting.append(f"{path.name} (taken as batch {taken[key][2]}; waiting for its data run)")
+            continue
+        marker = path.with_name(path.name + DONE_SUFFIX)
+        complete = marker.exists() or seen.get(key) == signature
+        if not complete:
+            waiting.append(f"{path.name} (size {signature[0]}, waiting for it to stop changing or for {marker.name})")
+            continue
+        kind, reason = classify(path)
+        if reason:
+            skipped[key] = [*signature, reason]
+            notes.append(f"skipped {path.name}: {reason}")
+            context.log.warning(notes[-1])
+            continue
+        sha = file_sha256(path)
+        if sha in done:
+            target = landing / "archive" / "duplicates" / f"{sha[:12]}-{path.name}"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(path, target)
+            if marker.exists():
+                os.replace(marker, target.with_name(target.name + DONE_SUFFIX))
+            notes.append(f"skipped {path.name}: same content as batch {done[sha]} (moved to {target})")
+            context.log.info(notes[-1])
+            current.pop(key, None)
+            continue
+        batch = batch_id(path, sha)
+        done[sha] = batch
+        pending[batch] = sha
+        taken[key] = [*signature, batch]
+        new_partitions.append(batch)
+        run_requests.append(
+            dg.RunRequest(
+                run_key=f"landing-{sha}",
+                job_name=landing_job.name,
+                partition_key=batch,
+                run_config=data_run_config(path, sha, kind),
+                tags={LANDING_TAG: batch, "spotify_engine/stage": "data", "spotify_engine/file": path.name, "spotify_engine/kind": kind},
+            )
+        )
+        current.pop(key, None)
+
+    new_cursor = json.dumps(
+        {
+            "seen": current, "done": done, "pending": pending,
+            "skipped": {k: v for k, v in skipped.items() if k in current},
+            "taken": {k: v for k, v in taken.items() if v[2] in pending},
+        },
+        sort_keys=True,
+    )
+    if not run_requests:
+        why = waiting + notes or [f"no new complete file in {landing}"]
+        return dg.SensorResult(skip_reason="; ".join(why), cursor=new_cursor)
+    requests = [landing_batches.build_add_request(new_partitions)] if new_partitions else []
+    if new_configs:  # a config not registered yet (no model_registry run): its retrain partition is added here
+        requests.append(playlist_configs.build_add_request(new_configs))
+    return dg.SensorResult(run_requests=run_requests, dynamic_partitions_requests=requests, cursor=new_cursor)
+
+
+def classify(path: Path) -> tuple[str, str]:
+    """(kind, reason): ``kaggle`` or ``sessions`` with an empty reason, or why the file cannot
+    be ingested."""
+    import duckdb
+
+    if path.suffix.lower() not in ACCEPTED_SUFFIXES:
+        return "", f"unsupported file type {path.suffix or '(none)'}: expected .csv (Kaggle format or sessions) or .parquet (sessions)"
+    problems = []
+    if path.suffix.lower() == ".csv":
+        try:
+            check_header(path)
+            return "kaggle", ""
+        except KaggleFormatError as error:
+            problems.append(str(error))
+            if "empty file" in str(error) or "NUL bytes" in str(error) or "not UTF-8" in str(error):
+                return "", problems[0]
+    con = duckdb.connect()
+    try:
+        check_sessions(con, path)
+        return "sessions", ""
+    except KaggleFormatError as error:
+        problems.append(str(error))
+    finally:
+        con.close()
+    return "", " / ".join(problems)
+
+
+defs = dg.Definitions(sensors=[landing_sensor])

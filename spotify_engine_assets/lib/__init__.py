@@ -1,1 +1,0 @@
-"""Dagster-free library code shared by the spotify-engine assets."""

@@ -37,15 +37,15 @@ smoke: $(STAMP)
 	rm -rf $(SMOKE_LAKE) && mkdir -p $(SMOKE_LAKE)/dagster_home
 	cp spotify_engine_assets/configs/dagster.yaml $(SMOKE_LAKE)/dagster_home/
 	export SPOTIFY_ENGINE_DATA_LAKE=$(SMOKE_LAKE) DAGSTER_HOME=$(SMOKE_LAKE)/dagster_home && \
-	$(DAGSTER) --select 'group:ingestion or group:sql or group:graph' \
+	$(DAGSTER) --select 'group:listening_ingestion or group:listening_sql or group:listening_graph' \
 		-c $(RUN_CONFIGS)/in_process.yaml -c $(RUN_CONFIGS)/tiny_data.yaml && \
-	$(DAGSTER) --select model_registry -c $(RUN_CONFIGS)/in_process.yaml && \
-	for config in $$($(BIN)/python -c "from spotify_engine_assets.lib.registry import full_registry; print(*sorted(full_registry()))"); do \
-		$(DAGSTER) --select 'trained_model,metric_report' --partition $$config \
+	$(DAGSTER) --select listening/model_registry -c $(RUN_CONFIGS)/in_process.yaml && \
+	for config in $$($(BIN)/python -c "from spotify_engine_assets.datasets.listening import DATASET; print(*sorted(DATASET.registry.full()))"); do \
+		$(DAGSTER) --select 'listening/trained_model,listening/metric_report' --partition $$config \
 			-c $(RUN_CONFIGS)/in_process.yaml -c $(RUN_CONFIGS)/tiny_train.yaml || exit 1; \
 	done && \
-	$(DAGSTER) --select model_comparison -c $(RUN_CONFIGS)/in_process.yaml
-	@echo "smoke: whole chain materialized; comparison:" && cat $(SMOKE_LAKE)/reports/model_comparison.md
+	$(DAGSTER) --select listening/model_comparison -c $(RUN_CONFIGS)/in_process.yaml
+	@echo "smoke: whole chain materialized; comparison:" && cat $(SMOKE_LAKE)/reports/listening/model_comparison.md
 
 ## make ui: the Dagster UI on http://127.0.0.1:3000 with the project's home
 ui: $(STAMP)

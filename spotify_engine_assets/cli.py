@@ -5,22 +5,25 @@ import sys
 
 import polars as pl
 
+CHAINS = ("listening", "playlists", "lastfm")
 
-def _print_summary(results) -> None:
-    from .lib.paths import data_lake_root
+
+def _print_summary(results, chain: str) -> None:
+    from .core.storage.paths import data_lake_root
+    from .runner import dataset_of
 
     print("\nPer-run and per-asset times (seconds):")
     for result in results:
         print(f"  {result.name:<22} {result.seconds:7.1f}  {'ok' if result.success else 'FAILED'}")
         for step, seconds in sorted(result.step_seconds.items(), key=lambda kv: -kv[1]):
             print(f"      {step:<40} {seconds:7.2f}")
-    report = data_lake_root() / "reports" / "model_comparison.csv"
+    report = data_lake_root() / "reports" / chain / "model_comparison.csv"
     if report.exists():
-        from .lib.plots import frame_markdown
+        from .core.plots import frame_markdown
 
+        protocol = dataset_of(chain).protocol
         frame = pl.read_csv(report)
-        columns = ["config", "split", "recall@10", "recall@20", "ndcg@10", "ndcg@20", "precision@10",
-                   "hit_rate@10", "coverage@10", "ndcg@10 / most_popular", "gate", "train_seconds", "epochs"]
+        columns = ["config", "split", *protocol.table, f"{protocol.primary} / most_popular", "gate", "train_seconds", "epochs"]
         print("\nMetric reports (test split):")
         print(frame_markdown(frame.select([c for c in columns if c in frame.columns])))
         print(f"(also in {report})")
@@ -31,11 +34,11 @@ def _materialize(args: argparse.Namespace) -> int:
 
     configs = args.configs.split(",") if args.configs else None
     try:
-        results = materialize_chain(args.profile, configs)
+        results = materialize_chain(args.profile, configs, chain=args.chain)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    _print_summary(results)
+    _print_summary(results, args.chain)
     failed = [r.name for r in results if not r.success]
     if failed:
         print(f"\nfailed runs: {', '.join(failed)}", file=sys.stderr)
@@ -51,8 +54,8 @@ def _home(args: argparse.Namespace) -> int:
 
 
 def _store():
-    from .lib.artifacts import ArtifactStore
-    from .lib.paths import data_lake_root
+    from .core.storage.artifacts import ArtifactStore
+    from .core.storage.paths import data_lake_root
 
     return ArtifactStore(data_lake_root() / "artifacts")
 
@@ -62,10 +65,10 @@ LIST_COLUMNS = ["experiment", "current", "split", "seed", "recorded_at", "data",
 
 
 def _experiments_list(args: argparse.Namespace) -> int:
-    from .lib.experiments import experiments_frame
-    from .lib.plots import frame_markdown
+    from .core.experiments.records import experiments_frame
+    from .core.plots import frame_markdown
 
-    frame = experiments_frame(_store(), include_history=args.all)
+    frame = experiments_frame(_store(), args.chain, include_history=args.all)
     if frame.is_empty():
         print("no experiments recorded yet: materialize some model configs first (spotify-engine materialize)")
         return 0
@@ -74,15 +77,17 @@ def _experiments_list(args: argparse.Namespace) -> int:
 
 
 def _experiments_compare(args: argparse.Namespace) -> int:
-    from .lib.configs import ConfigError, load_thresholds
-    from .lib.experiments import compare_experiments, load_ab_plan, resolve_experiment
-    from .lib.plots import frame_markdown
+    from .core.config import ConfigError, load_thresholds
+    from .core.experiments.records import compare_experiments, load_ab_plan, resolve_experiment
+    from .core.plots import frame_markdown
+    from .runner import dataset_of
 
-    store = _store()
+    store, dataset = _store(), dataset_of(args.chain)
     try:
-        id_a, report_a = resolve_experiment(store, args.a)
-        id_b, report_b = resolve_experiment(store, args.b)
-        metrics = args.metrics.split(",") if args.metrics else load_ab_plan().metrics
+        id_a, report_a = resolve_experiment(store, args.chain, args.a)
+        id_b, report_b = resolve_experiment(store, args.chain, args.b)
+        plan = load_ab_plan(dataset.registry)
+        metrics = args.metrics.split(",") if args.metrics else (plan.metrics if plan else [dataset.protocol.primary])
         result = compare_experiments(report_a, report_b, metrics, load_thresholds())
     except (KeyError, ValueError, ConfigError) as error:
         print(f"error: {error.args[0] if isinstance(error, KeyError) else error}", file=sys.stderr)
@@ -102,7 +107,7 @@ def _experiments_compare(args: argparse.Namespace) -> int:
     return 0
 
 
-def reproduce_experiment(ident: str, instance=None) -> dict:
+def reproduce_experiment(ident: str, instance=None, chain: str = "listening") -> dict:
     """Rollback check: re-materialize the recorded experiment's config (trained_model and
     metric_report of its partition, with the recorded epoch cap) on the data now in the lake, and
     compare the new metrics with the recorded ones.
@@ -113,36 +118,36 @@ def reproduce_experiment(ident: str, instance=None) -> dict:
     """
     import dagster as dg
 
+    from .core.config import parse_config
+    from .core.experiments.records import resolve_experiment
     from .definitions import defs
-    from .lib.configs import ModelConfig, get_config
-    from .lib.experiments import resolve_experiment
-    from .runner import MODEL_STAGE, dagster_home, run_config
+    from .runner import dagster_home, dataset_of, model_stage, run_config
 
     store = _store()
-    experiment_id, recorded = resolve_experiment(store, ident)
+    experiment_id, recorded = resolve_experiment(store, chain, ident)
     provenance = recorded.get("provenance") or {}
     if not provenance.get("config"):
         raise ValueError(f"experiment {experiment_id} has no recorded provenance: it cannot be reproduced")
     name = recorded["config"]
-    recorded_config, current_config = ModelConfig(**provenance["config"]), get_config(name)
+    recorded_config, current_config = parse_config(provenance["config"]), dataset_of(chain).registry.get(name)
     if recorded_config != current_config:
         changed = [
             f"{field}: {getattr(recorded_config, field)!r} (now {getattr(current_config, field)!r})"
             for field in type(recorded_config).model_fields
             if getattr(recorded_config, field) != getattr(current_config, field)
         ]
-        raise ValueError(f"config {name!r} changed since {experiment_id}; restore in models.yaml: " + "; ".join(changed))
+        raise ValueError(f"config {name!r} changed since {experiment_id}; restore in configs/{chain}/models.yaml: " + "; ".join(changed))
     config = run_config()
     if provenance.get("max_epochs_override") is not None:
-        config.setdefault("ops", {})["trained_model"] = {"config": {"max_epochs": provenance["max_epochs_override"]}}
+        config.setdefault("ops", {})[f"{chain}__trained_model"] = {"config": {"max_epochs": provenance["max_epochs_override"]}}
     if instance is None:
         dagster_home()
         instance = dg.DagsterInstance.get()
     result = dg.materialize(
-        [*defs.assets, *defs.asset_checks], selection=MODEL_STAGE, run_config=config, instance=instance,
+        [*defs.assets, *defs.asset_checks], selection=model_stage(chain), run_config=config, instance=instance,
         resources=defs.resources, partition_key=name, raise_on_error=False,
     )
-    new_id, new = resolve_experiment(store, name)
+    new_id, new = resolve_experiment(store, chain, name)
     if new_id == experiment_id or new.get("provenance", {}).get("evaluated_in_run") != result.run_id:
         raise RuntimeError(f"re-materializing {name} wrote no new metric report (run {result.run_id} failed)")
     differences = {
@@ -164,10 +169,10 @@ def reproduce_experiment(ident: str, instance=None) -> dict:
 
 
 def _experiments_reproduce(args: argparse.Namespace) -> int:
-    from .lib.configs import ConfigError
+    from .core.config import ConfigError
 
     try:
-        outcome = reproduce_experiment(args.experiment)
+        outcome = reproduce_experiment(args.experiment, chain=args.chain)
     except (KeyError, ValueError, ConfigError, RuntimeError) as error:
         print(f"error: {error.args[0] if isinstance(error, KeyError) else error}", file=sys.stderr)
         return 2
@@ -179,11 +184,12 @@ def _experiments_reproduce(args: argparse.Namespace) -> int:
     return 0 if outcome["reproduced"] else 1
 
 
-def _serving_bundle(config: str):
-    from .lib.paths import data_lake_root
-    from .lib.recommend import load_bundle
+def _serving_bundle(config: str, chain: str = "listening"):
+    from .core.serving.recommend import load_bundle
+    from .core.storage.paths import data_lake_root
+    from .runner import dataset_of
 
-    return load_bundle(data_lake_root(), config)
+    return load_bundle(data_lake_root(), dataset_of(chain), config)
 
 
 def _split_list(text: str | None) -> list[str]:
@@ -193,10 +199,10 @@ def _split_list(text: str | None) -> list[str]:
 def _recommend(args: argparse.Namespace) -> int:
     import json
 
-    from .lib.artifacts import ArtifactNotFoundError
-    from .lib.configs import ConfigError
-    from .lib.explain import explain, render_explanation
-    from .lib.recommend import UnknownIdError, rank_songs, ranking_rows, render_ranking
+    from .core.config import ConfigError
+    from .core.serving.explain import explain, render_explanation
+    from .core.serving.recommend import UnknownIdError, rank_songs, ranking_rows, render_ranking
+    from .core.storage.artifacts import ArtifactNotFoundError
 
     if args.user is None and not args.songs and not args.genres:
         print("error: give --user ID, or a new user's --songs ID,ID and/or --genres NAME,NAME", file=sys.stderr)
@@ -242,10 +248,10 @@ def _recommend(args: argparse.Namespace) -> int:
 def _explain(args: argparse.Namespace) -> int:
     import json
 
-    from .lib.artifacts import ArtifactNotFoundError
-    from .lib.configs import ConfigError
-    from .lib.explain import explain, render_explanation
-    from .lib.recommend import UnknownIdError
+    from .core.config import ConfigError
+    from .core.serving.explain import explain, render_explanation
+    from .core.serving.recommend import UnknownIdError
+    from .core.storage.artifacts import ArtifactNotFoundError
 
     try:
         bundle = _serving_bundle(args.model)
@@ -258,69 +264,67 @@ def _explain(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    """Train one config on the materialized graph and splits; print progress and metrics; write nothing."""
+    """Train one config on the materialized graph and split; print progress and metrics; write nothing."""
     import torch
     from pydantic import ValidationError
 
-    from .lib.artifacts import ArtifactNotFoundError, load_torch
-    from .lib.configs import ConfigError, ModelConfig, get_config, load_registry
-    from .lib.graph import LISTENS, from_payload, message_passing_graph
-    from .lib.metrics import ranking_metrics
-    from .lib.paths import configs_dir, data_lake_root
-    from .lib.training import build_model, embed, num_nodes_of, task_metrics, train, training_inputs
+    from .core.config import ConfigError, update_config, validation_problems
+    from .core.data.graph import from_payload
+    from .core.storage.artifacts import ArtifactNotFoundError, load_torch
+    from .core.storage.paths import configs_dir, data_lake_root
+    from .core.training.inputs import task_labels
+    from .core.training.losses import task_metrics
+    from .runner import dataset_of
 
+    dataset = dataset_of(args.chain)
     try:
-        registry = load_registry(configs_dir() / "variants.yaml") if args.variants else None
-        config = get_config(args.config, registry)
-        if args.trainer and args.trainer != config.trainer:
-            config = ModelConfig(**{**config.model_dump(), "trainer": args.trainer})
+        registry = dataset.registry.load(configs_dir() / args.chain / "variants.yaml") if args.variants else None
+        config = dataset.registry.get(args.config, registry)
+        if args.trainer and args.trainer != getattr(config, "trainer", None):
+            config = update_config(config, trainer=args.trainer)
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except ValidationError as error:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
-        print(f"error: config {args.config!r} with --trainer {args.trainer}: {problems}", file=sys.stderr)
+        print(f"error: config {args.config!r} with --trainer {args.trainer}: {validation_problems(error)}", file=sys.stderr)
         return 2
     if not config.trainable:
         print(f"error: config {config.name!r} ({config.model}) has nothing to train", file=sys.stderr)
         return 2
     store, lake = _store(), data_lake_root()
     try:
-        graph = load_torch(store.current(["listening_graph"]) / "data.pt")
-        splits = load_torch(store.current(["interaction_splits"]) / "data.pt")
+        graph = load_torch(store.current([args.chain, "graph"]) / "data.pt")
+        splits = load_torch(store.current([args.chain, "split"]) / "data.pt")
     except ArtifactNotFoundError as error:
-        print(f"error: {error}; materialize the data stage in {lake} first (spotify-engine materialize)", file=sys.stderr)
+        print(f"error: {error}; materialize the data stage in {lake} first (spotify-engine materialize --chain {args.chain})",
+              file=sys.stderr)
         return 2
-    data = from_payload(graph)
-    split = splits[config.split]
-    view = message_passing_graph(data, split["train"])
-    pairs = {part: data[LISTENS].edge_index[:, split[part]] for part in ("train", "valid", "test")}
+    data, split = from_payload(graph), splits[config.split]
+    pairs = {part: dataset.pairs(data, split[part]) for part in ("train", "valid", "test")}
+    print(f"training {config.name} ({config.model}, {config.trainer} trainer) on the {config.split} split of the "
+          f"{args.chain} chain in {lake}: {pairs['train'].size(1)}/{pairs['valid'].size(1)}/{pairs['test'].size(1)} "
+          "train/valid/test pairs; nothing is written to the asset store", flush=True)
     try:
-        inputs = training_inputs(config, data, split["train"])
+        model, result, _ = dataset.fit(config, data, split, max_epochs=args.max_epochs, log=lambda message: print(message, flush=True))
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(f"training {config.name} ({config.model}, {config.trainer} trainer) on the {config.split} split of {lake}: "
-          f"{pairs['train'].size(1)}/{pairs['valid'].size(1)}/{pairs['test'].size(1)} train/valid/test pairs; "
-          "nothing is written to the asset store", flush=True)
-    model = build_model(config, num_nodes_of(data))
-    result = train(model, view, pairs["valid"], config, max_epochs=args.max_epochs,
-                   log=lambda message: print(message, flush=True), **inputs)
-    user_emb, song_emb = embed(model, view)
+    protocol, users = dataset.protocol.for_graph(data), dataset.sample(data, config)
+    known = dataset.pairs(data, dataset.training_index(split, config))
     scores = {
-        "valid": ranking_metrics(user_emb, song_emb, pairs["valid"], pairs["train"], ks=(10,)),
-        "test": ranking_metrics(user_emb, song_emb, pairs["test"], torch.cat([pairs["train"], pairs["valid"]], 1), ks=(10,)),
+        "valid": protocol.validate(model.score, known, pairs["valid"], model.num_items, users),
+        "test": protocol.validate(model.score, torch.cat([known, pairs["valid"]], 1), pairs["test"], model.num_items, users),
     }
-    tasks = {part: task_metrics(model, config, data, view, split[part]) for part in ("valid", "test")}
-    chosen = "final" if result.best_valid_recall is None else f"best (epoch {result.best_epoch})"
+    tasks = {part: task_metrics(model, config, task_labels(config, data, dataset.schema, split[part]), pairs[part])
+             for part in ("valid", "test")}
+    chosen = "final" if result.best_valid is None else f"best (epoch {result.best_epoch})"
+    columns = list(dict.fromkeys([protocol.primary, protocol.monitor, *(c for c in ("coverage@10", "coverage@20") if c in scores["test"])]))
     print(f"\n{result.epochs_run} epochs in {result.seconds:.1f} s; {chosen} weights")
-    print("| part | ndcg@10 | coverage@10 | recall@10 |" + "".join(f" auc {task} |" for task in config.tasks))
-    print("|---|---|---|---|" + "---|" * len(config.tasks))
+    print("| part | " + " | ".join(columns) + " |" + "".join(f" auc {task} |" for task in config.tasks))
+    print("|---|" + "---|" * len(columns) + "---|" * len(config.tasks))
     for part, metrics in scores.items():
-        aucs = "".join(
-            " - |" if tasks[part][task]["auc"] is None else f" {tasks[part][task]['auc']:.4f} |" for task in config.tasks
-        )
-        print(f"| {part} | {metrics['ndcg@10']:.4f} | {metrics['coverage@10']:.4f} | {metrics['recall@10']:.4f} |{aucs}")
+        aucs = "".join(" - |" if tasks[part][task]["auc"] is None else f" {tasks[part][task]['auc']:.4f} |" for task in config.tasks)
+        print(f"| {part} | " + " | ".join(f"{metrics[c]:.4f}" for c in columns) + f" |{aucs}")
     return 0
 
 
@@ -335,15 +339,16 @@ def _add_train_command(commands) -> None:
     training = commands.add_parser(
         "train",
         help="train one config on the materialized graph and splits and print its metrics (writes nothing)",
-        description="Train CONFIG on the listening_graph and interaction_splits materialized in the data lake, "
-        "printing per-epoch progress, then validation and test NDCG@10 / coverage@10 (and task-head AUCs). "
-        "A dry run for fast feedback: nothing is written to the asset store (no trained_model, no checkpoint); "
-        "materialize the trained_model partition to keep a model.",
+        description="Train CONFIG on the chain's graph and split materialized in the data lake, printing per-epoch "
+        "progress, then the chain's validation and test metrics (and task-head AUCs). A dry run for fast feedback: "
+        "nothing is written to the asset store (no trained_model, no checkpoint); materialize the <chain>/trained_model "
+        "partition to keep a model.",
     )
-    training.add_argument("config", help="config name in configs/models.yaml (or configs/variants.yaml with --variants)")
+    training.add_argument("config", help="config name in configs/<chain>/models.yaml (or variants.yaml with --variants)")
+    training.add_argument("--chain", choices=CHAINS, default="listening", help="the chain (default listening)")
     training.add_argument("--trainer", choices=("simple", "advanced"), help="override the config's trainer")
     training.add_argument("--max-epochs", type=_positive_int, help="cap on epochs (default: the config's max_epochs)")
-    training.add_argument("--variants", action="store_true", help="look CONFIG up in configs/variants.yaml")
+    training.add_argument("--variants", action="store_true", help="look CONFIG up in configs/<chain>/variants.yaml")
     training.set_defaults(handler=_train)
 
 
@@ -375,12 +380,14 @@ def main(argv: list[str] | None = None) -> int:
     materialize = commands.add_parser("materialize", help="materialize the whole chain (data, every model config, comparison)")
     materialize.add_argument("--profile", default="default", help="run-config profile: default or tiny")
     materialize.add_argument("--configs", help="comma-separated model configs (default: all in the registry)")
+    materialize.add_argument("--chain", choices=CHAINS, default="listening", help="the chain (default listening)")
     materialize.set_defaults(handler=_materialize)
     demo = commands.add_parser("demo", help="materialize the default chain on generated data and print the summary")
-    demo.set_defaults(handler=_materialize, profile="default", configs=None)
+    demo.set_defaults(handler=_materialize, profile="default", configs=None, chain="listening")
     home = commands.add_parser("home", help="create the Dagster home under the data lake and print its path")
     home.set_defaults(handler=_home)
     experiments = commands.add_parser("experiments", help="recorded experiments (every metric report) in the data lake")
+    experiments.add_argument("--chain", choices=CHAINS, default="listening", help="the chain (default listening)")
     experiment_commands = experiments.add_subparsers(dest="experiments_command", required=True)
     listing = experiment_commands.add_parser("list", help="one row per config's current report (--all: every recorded one)")
     listing.add_argument("--all", action="store_true", help="include every recorded version, not only the current ones")
@@ -388,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
     compare = experiment_commands.add_parser("compare", help="compare two experiments: metrics, recorded differences, statistics")
     compare.add_argument("a", help="control: a config name (its current report) or an experiment id config@version")
     compare.add_argument("b", help="treatment: a config name or an experiment id")
-    compare.add_argument("--metrics", help="comma-separated per-user metrics (default: configs/ab_tests.yaml)")
+    compare.add_argument("--metrics", help="comma-separated per-user metrics (default: configs/<chain>/ab_tests.yaml)")
     compare.set_defaults(handler=_experiments_compare)
     reproduce = experiment_commands.add_parser(
         "reproduce", help="rollback check: re-materialize a recorded experiment's config and compare its metrics"

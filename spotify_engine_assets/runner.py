@@ -1,9 +1,10 @@
-"""Materialize the whole chain in stages against the project's Dagster instance.
+"""Materialize a whole chain in stages against the project's Dagster instance.
 
-Stages: data (ingestion, SQL models, graph, splits, and ``model_registry``, which registers every
-config of ``models.yaml`` and of ``<data lake>/configs/promoted/`` as a ``model_configs`` dynamic
-partition) -> one run per model config (trained model + metric report; a partition key per run) -> the comparison (model_comparison, and the
-experiments table, A/B tests and champion). Each stage is a normal
+Stages: data (the chain's ingestion, SQL models, graph, split, and ``<chain>/model_registry``, which
+registers every config of ``configs/<chain>/models.yaml`` and of the configs promoted into the data
+lake as a ``<chain>_configs`` dynamic partition) -> one run per model config (trained model +
+metric report; a partition key per run) -> the comparison (model comparison, experiments table,
+A/B tests, champion, and for the listening chain its explanations). Each stage is a normal
 Dagster run recorded in ``$DAGSTER_HOME``, so the UI shows the history, lineage and metadata.
 Run configuration comes from the YAML files in ``configs/run/`` that ``make test`` also passes
 to ``dagster asset materialize``.
@@ -18,12 +19,39 @@ from pathlib import Path
 import dagster as dg
 import yaml
 
-from .lib.paths import configs_dir, data_lake_root
+from .core.storage.paths import configs_dir, data_lake_root
 
-DATA_STAGE = dg.AssetSelection.groups("ingestion", "sql", "graph") | dg.AssetSelection.assets("model_registry")
-MODEL_STAGE = dg.AssetSelection.assets("trained_model", "metric_report")
-COMPARISON_STAGE = dg.AssetSelection.assets("model_comparison", "experiments", "ab_tests", "champion", "explanations")
-PROFILES = {"default": ([], []), "tiny": (["tiny_data.yaml"], ["tiny_train.yaml"])}
+CHAINS = ("listening", "playlists", "lastfm")
+PROFILES = ("default", "tiny")
+TINY_TRAINING = {"max_epochs": 3, "user_sample": 500}  # the tiny profile of the playlist and Last.fm chains
+
+
+def data_stage(chain: str) -> dg.AssetSelection:
+    """A chain's ingestion, SQL models, graph and split, and its model registry."""
+    return dg.AssetSelection.groups(f"{chain}_ingestion", f"{chain}_sql", f"{chain}_graph") | dg.AssetSelection.assets(
+        [chain, "model_registry"]
+    )
+
+
+def model_stage(chain: str) -> dg.AssetSelection:
+    """One config's trained model and metric report (a partition key per run)."""
+    return dg.AssetSelection.assets([chain, "trained_model"], [chain, "metric_report"])
+
+
+def comparison_stage(chain: str) -> dg.AssetSelection:
+    names = ["model_comparison", "experiments", "ab_tests", "champion"] + (["explanations"] if chain == "listening" else [])
+    return dg.AssetSelection.assets(*([chain, name] for name in names))
+
+
+DATA_STAGE, MODEL_STAGE, COMPARISON_STAGE = data_stage("listening"), model_stage("listening"), comparison_stage("listening")
+
+
+def dataset_of(chain: str):
+    if chain not in CHAINS:
+        raise ValueError(f"unknown chain {chain!r}; known: {', '.join(CHAINS)}")
+    from importlib import import_module
+
+    return import_module(f"spotify_engine_assets.datasets.{chain}").DATASET
 
 
 def dagster_home() -> Path:
@@ -44,6 +72,17 @@ def run_config(*files: str) -> dict:
         for key, value in loaded.items():
             merged.setdefault(key, {}).update(value)
     return merged
+
+
+def profile_configs(chain: str, profile: str) -> tuple[dict, dict]:
+    """The data stage's and the model runs' run config of a profile: ``tiny`` is the CI-sized world
+    (``configs/run/tiny_*.yaml``) for the listening chain, a 500-user sample and 3 epochs for the
+    others (whose data is not generated)."""
+    if profile == "default":
+        return run_config(), run_config()
+    if chain == "listening":
+        return run_config("tiny_data.yaml"), run_config("tiny_train.yaml")
+    return run_config(), {**run_config(), "ops": {f"{chain}__trained_model": {"config": TINY_TRAINING}}}
 
 
 @dataclass
@@ -86,18 +125,18 @@ def materialize_chain(
     configs: list[str] | None = None,
     instance: dg.DagsterInstance | None = None,
     log=print,
+    chain: str = "listening",
 ) -> list[StageResult]:
-    """Run every stage; model configs keep going when one fails. Returns one result per run.
+    """Run every stage of ``chain``; model configs keep going when one fails. Returns one result per run.
 
     Without an ``instance`` the project's home (``dagster_home()``) records the runs.
     """
     from .definitions import defs
-    from .lib.registry import full_registry
 
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; known: {', '.join(PROFILES)}")
-    data_files, train_files = PROFILES[profile]
-    registry = full_registry()  # models.yaml + promoted configs, validated
+    data_config, train_config = profile_configs(chain, profile)
+    registry = dataset_of(chain).registry.full()  # the registry file + promoted configs, validated
     names = configs or sorted(registry)
     unknown = sorted(set(names) - set(registry))
     if unknown:
@@ -110,14 +149,14 @@ def materialize_chain(
     init_warehouse_pool(instance)
     for run_id in release_killed_runs(instance):  # a killed run would hold the warehouse pool slot
         log(f"run {run_id}: its process is gone (killed); marked failed and its pool slots freed")
-    results = [_run("data", defs, instance, DATA_STAGE, run_config(*data_files))]
+    results = [_run("data", defs, instance, data_stage(chain), data_config)]
     log(_line(results[-1]))
     if not results[-1].success:
         return results
     for name in names:
-        results.append(_run(f"model {name}", defs, instance, MODEL_STAGE, run_config(*train_files), partition=name))
+        results.append(_run(f"model {name}", defs, instance, model_stage(chain), train_config, partition=name))
         log(_line(results[-1]))
-    results.append(_run("comparison", defs, instance, COMPARISON_STAGE, run_config()))
+    results.append(_run("comparison", defs, instance, comparison_stage(chain), run_config()))
     log(_line(results[-1]))
     return results
 

@@ -5,7 +5,7 @@ import os
 import dagster as dg
 import pytest
 
-from spotify_engine_assets.lib.paths import DATA_LAKE_ENV
+from spotify_engine_assets.core.storage.paths import DATA_LAKE_ENV
 from spotify_engine_assets.runner import run_config
 
 
@@ -13,10 +13,12 @@ from spotify_engine_assets.runner import run_config
 def lake_runner(tmp_path_factory):
     """``(lake, run)``: ``$SPOTIFY_ENGINE_DATA_LAKE`` points at a new folder for the module, and
     ``run(selection, config=None, partition=None)`` materializes the project's assets in-process
-    against one ephemeral instance (failures are returned, not raised). Every config of the
-    registry (models.yaml and the lake's promoted configs) is a ``model_configs`` partition."""
+    against one ephemeral instance (failures are returned, not raised). Every config of every
+    chain's registry (its models.yaml and the lake's promoted configs) is a ``<chain>_configs``
+    partition."""
+    from spotify_engine_assets.defs import lastfm, listening, playlists
+    from spotify_engine_assets.defs.chain import register_configs
     from spotify_engine_assets.definitions import defs
-    from spotify_engine_assets.defs.registry import register_model_configs
 
     lake = tmp_path_factory.mktemp("lake")
     previous = os.environ.get(DATA_LAKE_ENV)
@@ -25,7 +27,8 @@ def lake_runner(tmp_path_factory):
     assets = [*defs.assets, *defs.asset_checks]
 
     def run(selection, config: dict | None = None, partition: str | None = None) -> dg.ExecuteInProcessResult:
-        register_model_configs(instance, lake)
+        for chain in (listening.CHAIN, playlists.CHAIN, lastfm.CHAIN):
+            register_configs(chain, instance, lake)
         return dg.materialize(
             assets, selection=selection, run_config=config or run_config(), instance=instance,
             resources=defs.resources, partition_key=partition, raise_on_error=False,

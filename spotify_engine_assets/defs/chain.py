@@ -413,6 +413,8 @@ def chain_definitions(chain: Chain) -> dg.Definitions:
         yield dg.AssetCheckResult(
             check_name="quality_gate",
             passed=bool(report["gate"]["passed"]),
+            # most-popular against a random ranking checks the data, not a model: it warns, never blocks
+            severity=dg.AssetCheckSeverity.WARN if baseline_name == "random" else dg.AssetCheckSeverity.ERROR,
             description=f"{model_config.name}: {primary} {metrics[primary]:.4f} vs threshold {threshold:.4f} ({ratio} x {baseline_name})",
             metadata={"config": model_config.name, f"observed_{primary}": float(metrics[primary]), "threshold": threshold,
                       "baseline": baseline_name, f"baseline_{primary}": float(baseline), "required_ratio": ratio},

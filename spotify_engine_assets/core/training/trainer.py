@@ -338,7 +338,7 @@ class AdvancedTrainer(BaseTrainer):
         metrics = validate(self.model, self.view, self.valid_pairs, self.protocol, self.users)
         if self.scheduler is not None:
             self.scheduler.step(metrics[self.protocol.monitor])
-        return {f"valid_{name}": value for name, value in metrics.items() if name != "users_evaluated"}
+        return {f"valid_{name}": value for name, value in metrics.items() if not name.endswith("_evaluated")}
 
     def _after_epoch(self, epoch: int, row: dict, finished: bool) -> bool:
         result = self.result

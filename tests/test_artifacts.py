@@ -11,8 +11,8 @@ import polars as pl
 import pytest
 import torch
 
-from spotify_engine_assets.lib import artifacts
-from spotify_engine_assets.lib.artifacts import (
+from spotify_engine_assets.core.storage import artifacts
+from spotify_engine_assets.core.storage.artifacts import (
     POINTER,
     ArtifactNotFoundError,
     ArtifactStore,

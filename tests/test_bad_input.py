@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from spotify_engine_assets.lib.paths import REPO_ROOT, SQL_DIR_ENV
+from spotify_engine_assets.core.storage.paths import REPO_ROOT, SQL_DIR_ENV
 from spotify_engine_assets.runner import materialize_chain
 
 
@@ -58,7 +58,7 @@ def test_unknown_partition_on_the_dagster_cli(tmp_path):
     env = {**os.environ, "DAGSTER_HOME": str(tmp_path), "SPOTIFY_ENGINE_DATA_LAKE": str(tmp_path / "lake")}
     result = subprocess.run(
         [sys.executable, "-m", "dagster", "asset", "materialize", "-m", "spotify_engine_assets.definitions",
-         "--select", "trained_model", "--partition", "gat_huge"],
+         "--select", "listening/trained_model", "--partition", "gat_huge"],
         env=env, capture_output=True, text=True, cwd=REPO_ROOT, timeout=120,
     )
     assert result.returncode != 0

@@ -7,15 +7,15 @@ from pathlib import Path
 import pydantic
 import pytest
 
-from spotify_engine_assets.lib.configs import (
+from spotify_engine_assets.core.config import (
     ConfigError,
     ModelConfig,
     Thresholds,
-    default_registry,
-    get_config,
-    load_registry,
     load_thresholds,
 )
+from spotify_engine_assets.datasets.listening import DATASET
+
+REGISTRY = DATASET.registry
 
 
 def _yaml(tmp_path: Path, text: str, name: str = "models.yaml") -> Path:
@@ -28,7 +28,7 @@ def _yaml(tmp_path: Path, text: str, name: str = "models.yaml") -> Path:
 
 
 def test_shipped_registry_has_the_four_configs():
-    registry = load_registry()
+    registry = REGISTRY.load()
     assert {"gat_basic", "gat_enhanced", "lightgcn", "most_popular"} <= set(registry)
     for name, config in registry.items():
         assert isinstance(config, ModelConfig)
@@ -46,14 +46,14 @@ def test_shipped_registry_has_the_four_configs():
 
 
 def test_default_registry_and_get_config():
-    assert default_registry() is default_registry()  # cached
-    assert get_config("gat_enhanced") is default_registry()["gat_enhanced"]
-    assert get_config("lightgcn").num_layers == load_registry()["lightgcn"].num_layers
+    assert REGISTRY.base is REGISTRY.base  # cached
+    assert REGISTRY.get("gat_enhanced") is REGISTRY.base["gat_enhanced"]
+    assert REGISTRY.get("lightgcn").num_layers == REGISTRY.load()["lightgcn"].num_layers
 
 
 def test_get_config_unknown_name_lists_known_names():
     with pytest.raises(ConfigError) as info:
-        get_config("gat_huge")
+        REGISTRY.get("gat_huge")
     message = str(info.value)
     assert "gat_huge" in message
     for known in ("gat_basic", "gat_enhanced", "lightgcn", "most_popular"):
@@ -61,19 +61,19 @@ def test_get_config_unknown_name_lists_known_names():
 
 
 def test_get_config_with_explicit_registry(tmp_path):
-    registry = load_registry(_yaml(tmp_path, "only:\n  model: lightgcn\n"))
-    assert get_config("only", registry).model == "lightgcn"
+    registry = REGISTRY.load(_yaml(tmp_path, "only:\n  model: lightgcn\n"))
+    assert REGISTRY.get("only", registry).model == "lightgcn"
     with pytest.raises(ConfigError, match="known configs: only"):
-        get_config("gat_basic", registry)
-    with pytest.raises(ConfigError, match="unknown model config 'x'"):
-        get_config("x", {})
+        REGISTRY.get("gat_basic", registry)
+    with pytest.raises(ConfigError, match="unknown listening model config 'x'"):
+        REGISTRY.get("x", {})
 
 
 def test_shipped_thresholds():
     thresholds = load_thresholds()
     assert isinstance(thresholds, Thresholds)
-    assert thresholds.ndcg10_min_ratio_vs_most_popular == pytest.approx(1.05)
-    assert thresholds.ndcg10_min_ratio_vs_random == pytest.approx(1.5)
+    assert thresholds.min_ratio_vs_most_popular == pytest.approx(1.05)
+    assert thresholds.min_ratio_vs_random == pytest.approx(1.5)
 
 
 # ---------------------------------------------------------------------------------- load_registry
@@ -85,7 +85,7 @@ def test_load_registry_valid_file_with_defaults(tmp_path):
         "small_gat:\n  model: gat_enhanced\n  embedding_dim: 32\n  heads: 4\n  lr: 0.01\n"
         "pop:\n  model: most_popular\n",
     )
-    registry = load_registry(path)
+    registry = REGISTRY.load(path)
     assert list(registry) == ["small_gat", "pop"]
     config = registry["small_gat"]
     assert (config.embedding_dim, config.heads, config.lr) == (32, 4, 0.01)
@@ -130,7 +130,7 @@ def test_load_registry_valid_file_with_defaults(tmp_path):
 def test_load_registry_invalid_entry_names_file_config_and_field(tmp_path, settings, field):
     path = _yaml(tmp_path, f"fine:\n  model: lightgcn\nbroken_cfg:\n  {settings}\n", name="bad_models.yaml")
     with pytest.raises(ConfigError) as info:
-        load_registry(path)
+        REGISTRY.load(path)
     message = str(info.value)
     assert str(path) in message
     assert "'broken_cfg'" in message
@@ -138,7 +138,7 @@ def test_load_registry_invalid_entry_names_file_config_and_field(tmp_path, setti
 
 
 def test_advanced_training_fields_defaults_and_values(tmp_path):
-    registry = load_registry(
+    registry = REGISTRY.load(
         _yaml(
             tmp_path,
             "plain:\n  model: lightgcn\n"
@@ -154,20 +154,27 @@ def test_advanced_training_fields_defaults_and_values(tmp_path):
 
 
 def test_shipped_variant_registry_is_valid():
-    """configs/variants.yaml (benchmarks/bench_objectives.py) loads and only holds trainable variants."""
-    from spotify_engine_assets.lib.paths import configs_dir
+    """configs/listening/variants.yaml (benchmarks/bench_objectives.py) loads and only holds trainable variants."""
+    from spotify_engine_assets.core.storage.paths import configs_dir
 
-    variants = load_registry(configs_dir() / "variants.yaml")
+    variants = REGISTRY.load(configs_dir() / "listening" / "variants.yaml")
     assert len(variants) >= 4
     assert all(config.trainable for config in variants.values())
     assert any(config.weighted for config in variants.values())
     assert any(config.negatives_per_positive > 1 for config in variants.values())
-    assert not set(variants) & set(default_registry())  # never shadows a partition
+    assert not set(variants) & set(REGISTRY.base)  # never shadows a partition
 
 
 def test_heads_need_not_divide_for_non_gat_models(tmp_path):
-    registry = load_registry(_yaml(tmp_path, "l:\n  model: lightgcn\n  embedding_dim: 10\n  heads: 3\n"))
+    # Behaviour change (migration guide): a field a kind does not have is refused, so lightgcn
+    # takes no ``heads`` at all; an embedding_dim that 3 heads would not divide is still fine.
+    registry = REGISTRY.load(_yaml(tmp_path, "l:\n  model: lightgcn\n  embedding_dim: 10\n"))
     assert registry["l"].embedding_dim == 10
+    with pytest.raises(ConfigError) as info:
+        REGISTRY.load(_yaml(tmp_path, "l:\n  model: lightgcn\n  embedding_dim: 10\n  heads: 3\n"))
+    message = str(info.value)
+    assert "heads" in message and "Extra inputs are not permitted" in message
+    assert "divisible" not in message
 
 
 @pytest.mark.parametrize(
@@ -184,25 +191,25 @@ def test_heads_need_not_divide_for_non_gat_models(tmp_path):
 def test_load_registry_bad_file_names_the_file(tmp_path, text):
     path = _yaml(tmp_path, text, name="weird.yaml")
     with pytest.raises(ConfigError, match="weird.yaml"):
-        load_registry(path)
+        REGISTRY.load(path)
 
 
 def test_load_registry_entry_that_is_not_a_mapping(tmp_path):
     path = _yaml(tmp_path, "fine:\n  model: lightgcn\nnothing:\n")
     with pytest.raises(ConfigError, match=r"models\.yaml: config 'nothing' must be a mapping"):
-        load_registry(path)
+        REGISTRY.load(path)
 
 
 def test_load_registry_entry_repeating_its_name(tmp_path):
     """``name`` is a ModelConfig field: setting it in the YAML must fail as a ConfigError too."""
     path = _yaml(tmp_path, "cfg_a:\n  model: lightgcn\n  name: other\n", name="named.yaml")
     with pytest.raises(ConfigError, match=r"named\.yaml.*'cfg_a'"):
-        load_registry(path)
+        REGISTRY.load(path)
 
 
 def test_load_registry_missing_file(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
-        load_registry(tmp_path / "absent.yaml")
+        REGISTRY.load(tmp_path / "absent.yaml")
 
 
 def test_config_error_is_value_error():
@@ -213,18 +220,18 @@ def test_config_error_is_value_error():
 
 
 def test_load_thresholds_from_file(tmp_path):
-    path = _yaml(tmp_path, "ndcg10_min_ratio_vs_most_popular: 1.2\nndcg10_min_ratio_vs_random: 2\n", "t.yaml")
+    path = _yaml(tmp_path, "min_ratio_vs_most_popular: 1.2\nmin_ratio_vs_random: 2\n", "t.yaml")
     thresholds = load_thresholds(path)
-    assert thresholds.ndcg10_min_ratio_vs_most_popular == 1.2
-    assert thresholds.ndcg10_min_ratio_vs_random == 2.0
+    assert thresholds.min_ratio_vs_most_popular == 1.2
+    assert thresholds.min_ratio_vs_random == 2.0
 
 
 @pytest.mark.parametrize(
     "text, field",
     [
-        ("ndcg10_min_ratio_vs_most_popular: 1.2\n", "ndcg10_min_ratio_vs_random"),  # missing
-        ("ndcg10_min_ratio_vs_most_popular: -1\nndcg10_min_ratio_vs_random: 2\n", "ndcg10_min_ratio_vs_most_popular"),
-        ("ndcg10_min_ratio_vs_most_popular: 1\nndcg10_min_ratio_vs_random: 2\nextra: 3\n", "extra"),
+        ("min_ratio_vs_most_popular: 1.2\n", "min_ratio_vs_random"),  # missing
+        ("min_ratio_vs_most_popular: -1\nmin_ratio_vs_random: 2\n", "min_ratio_vs_most_popular"),
+        ("min_ratio_vs_most_popular: 1\nmin_ratio_vs_random: 2\nextra: 3\n", "extra"),
     ],
 )
 def test_load_thresholds_invalid(tmp_path, text, field):

@@ -8,14 +8,16 @@ import dataclasses
 import math
 import re
 
+import dagster as dg
 import numpy as np
 import polars as pl
 import pytest
 import torch
 from torch_geometric.data import HeteroData
 
-from spotify_engine_assets.lib.configs import ConfigError, ModelConfig
-from spotify_engine_assets.lib.cross_validation import (
+from spotify_engine_assets.core.config import ConfigError, ModelConfig, parse_config
+from spotify_engine_assets.core.data.graph import heldout_in_view
+from spotify_engine_assets.datasets.listening.cross_validation import (
     CV_METRICS,
     DAY,
     CrossValidationError,
@@ -26,7 +28,7 @@ from spotify_engine_assets.lib.cross_validation import (
     summarize,
     time_folds,
 )
-from spotify_engine_assets.lib.graph import BY, HAS, LISTENS, add_reverse_edges, heldout_edges_in_graph, message_passing_graph
+from spotify_engine_assets.datasets.listening.graph import BY, HAS, LISTENS, SCHEMA, add_reverse_edges, message_passing_graph
 from spotify_engine_assets.runner import DATA_STAGE, run_config
 
 torch.set_num_threads(1)
@@ -70,7 +72,7 @@ def tiny_config(kind: str, **overrides) -> ModelConfig:
     settings = dict(name=f"cv_{kind}", model=kind)
     if kind != "most_popular":
         settings.update(embedding_dim=8, num_layers=1, batch_size=64, max_epochs=3, patience=5)
-    return ModelConfig(**{**settings, **overrides})
+    return parse_config({**settings, **overrides})
 
 
 def test_folds_expand_and_never_let_an_evaluation_edge_into_training():
@@ -89,7 +91,7 @@ def test_folds_expand_and_never_let_an_evaluation_edge_into_training():
         # message passing over the fold's training graph holds no validation or evaluation edge
         view = message_passing_graph(data, fold.train)
         assert view[LISTENS].edge_index.size(1) == fold.train.numel()
-        assert heldout_edges_in_graph(view, data, torch.cat([fold.valid, fold.test])) == 0
+        assert heldout_in_view(view, data, SCHEMA, torch.cat([fold.valid, fold.test])) == 0
         assert not set(fold.train.tolist()) & set(fold.test.tolist())
         if previous is not None:  # expanding window: the past fold's training edges stay
             assert set(previous.train.tolist()) < set(fold.train.tolist())
@@ -211,9 +213,12 @@ def test_cross_validate_rejects_a_graph_without_first_play_and_bad_epochs():
 # ------------------------------------------------------------------------------ the asset
 
 
+TIME_SERIES_CV = dg.AssetKey(["listening", "time_series_cv"])
+
+
 def _cv_config(**settings) -> dict:
     config = run_config()
-    config.setdefault("ops", {})["time_series_cv"] = {"config": settings}
+    config.setdefault("ops", {})["listening__time_series_cv"] = {"config": settings}
     return config
 
 
@@ -223,7 +228,7 @@ def _failure(result) -> str:
 
 @pytest.fixture(scope="module")
 def tiny_lake(lake_runner):
-    """The data stage (through ``listening_graph``) of the tiny world, materialized once."""
+    """The data stage (through ``listening/graph``) of the tiny world, materialized once."""
     data_run = lake_runner[1](DATA_STAGE, config=run_config("tiny_data.yaml"))
     assert data_run.success, _failure(data_run)
     return lake_runner
@@ -231,12 +236,12 @@ def tiny_lake(lake_runner):
 
 def test_time_series_cv_asset_on_tiny_data(tiny_lake):
     lake, run = tiny_lake
-    result = run(["time_series_cv"], config=_cv_config(configs=["most_popular", "lightgcn"], n_folds=2, max_epochs=2))
+    result = run([TIME_SERIES_CV], config=_cv_config(configs=["most_popular", "lightgcn"], n_folds=2, max_epochs=2))
     assert result.success, _failure(result)
-    summary = result.output_for_node("time_series_cv")
+    summary = result.output_for_node("listening__time_series_cv")
     assert set(summary["config"]) == {"most_popular", "lightgcn"}
     assert {"fold_1", "fold_2", "mean", "std"} <= set(summary.columns)
-    (materialization,) = result.asset_materializations_for_node("time_series_cv")
+    (materialization,) = result.asset_materializations_for_node("listening__time_series_cv")
     metadata = materialization.metadata
     for key in ("summary", "folds", "per_fold", "plot"):
         assert key in metadata, key
@@ -244,29 +249,29 @@ def test_time_series_cv_asset_on_tiny_data(tiny_lake):
     assert "±" in metadata["summary"].value
     (check,) = result.get_asset_check_evaluations()
     assert check.check_name == "folds_leak_free" and check.passed
-    written = pl.read_csv(lake / "reports" / "time_series_cv.csv")
+    written = pl.read_csv(lake / "reports" / "listening" / "time_series_cv.csv")
     assert written.height == summary.height
-    assert "± " in (lake / "reports" / "time_series_cv.md").read_text()
+    assert "± " in (lake / "reports" / "listening" / "time_series_cv.md").read_text()
 
 
 @pytest.mark.parametrize(
     ("settings", "message"),
     [
         ({"n_folds": 1}, "n_folds must be an integer >= 2, got 1"),
-        ({"configs": ["most_popular", "no_such_config"]}, "unknown model config 'no_such_config'"),
+        ({"configs": ["most_popular", "no_such_config"]}, "unknown listening model config 'no_such_config'"),
         ({"configs": []}, "no configs to evaluate"),
         ({"n_folds": 6, "min_pairs": 100000}, "too few interactions for fold 1"),
     ],
 )
 def test_time_series_cv_asset_errors(tiny_lake, settings, message):
     _, run = tiny_lake
-    result = run(["time_series_cv"], config=_cv_config(**settings))
+    result = run([TIME_SERIES_CV], config=_cv_config(**settings))
     assert not result.success
     assert message in _failure(result)
 
 
 def test_unknown_config_name_is_a_config_error():
-    from spotify_engine_assets.lib.configs import get_config
+    from spotify_engine_assets.datasets.listening import DATASET
 
-    with pytest.raises(ConfigError, match="unknown model config"):
-        get_config("no_such_config")
+    with pytest.raises(ConfigError, match="unknown listening model config"):
+        DATASET.registry.get("no_such_config")

@@ -10,7 +10,7 @@ import hashlib
 import polars as pl
 import pytest
 
-from spotify_engine_assets.lib.generator import (
+from spotify_engine_assets.datasets.listening.generator import (
     TABLE_NAMES,
     GeneratorConfigError,
     GeneratorSettings,

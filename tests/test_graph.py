@@ -13,21 +13,19 @@ import polars as pl
 import pytest
 import torch
 
-from spotify_engine_assets.lib.graph import (
+from spotify_engine_assets.core.data.graph import from_payload, graph_summary, heldout_in_view, to_payload
+from spotify_engine_assets.datasets.listening.graph import (
     BY,
     HAS,
     LISTENS,
     REV_BY,
     REV_HAS,
     REV_LISTENS,
+    SCHEMA,
     GraphBuildError,
     GraphTables,
     build_listening_graph,
-    from_payload,
-    graph_summary,
-    heldout_edges_in_graph,
     message_passing_graph,
-    to_payload,
 )
 
 torch.set_num_threads(1)
@@ -292,26 +290,26 @@ def test_message_passing_graph_keeps_only_train_listens(graph):
 
 def test_heldout_edges_in_clean_view_is_zero(graph):
     view = message_passing_graph(graph, torch.tensor([0, 2]))
-    assert heldout_edges_in_graph(view, graph, torch.tensor([1, 3])) == 0
+    assert heldout_in_view(view, graph, SCHEMA, torch.tensor([1, 3])) == 0
 
 
 def test_heldout_edge_planted_in_forward_listens_is_counted(graph):
     view = message_passing_graph(graph, torch.tensor([0, 2]))
     leaked = graph[LISTENS].edge_index[:, [3]]
     view[LISTENS].edge_index = torch.cat([view[LISTENS].edge_index, leaked], dim=1)
-    assert heldout_edges_in_graph(view, graph, torch.tensor([1, 3])) == 1
+    assert heldout_in_view(view, graph, SCHEMA, torch.tensor([1, 3])) == 1
 
 
 def test_heldout_edge_planted_in_reverse_listens_is_counted(graph):
     view = message_passing_graph(graph, torch.tensor([0, 2]))
     leaked = graph[LISTENS].edge_index[:, [1]].flip(0)
     view[REV_LISTENS].edge_index = torch.cat([view[REV_LISTENS].edge_index, leaked], dim=1)
-    assert heldout_edges_in_graph(view, graph, torch.tensor([1, 3])) == 1
+    assert heldout_in_view(view, graph, SCHEMA, torch.tensor([1, 3])) == 1
 
 
 def test_full_view_leaks_every_heldout_edge(graph):
     view = message_passing_graph(graph, torch.arange(4))
-    assert heldout_edges_in_graph(view, graph, torch.tensor([1, 3])) == 2
+    assert heldout_in_view(view, graph, SCHEMA, torch.tensor([1, 3])) == 2
 
 
 # ---------------------------------------------------------------------------------- payload

@@ -1,4 +1,4 @@
-"""The Kaggle playlists loader (spotify_engine_assets.lib.kaggle): the real sample, crafted bad
+"""The Kaggle playlists loader (spotify_engine_assets.datasets.playlists.kaggle): the real sample, crafted bad
 rows with exact line numbers and reasons, bad files, enrichments and the synthetic default."""
 
 import re
@@ -7,8 +7,8 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from spotify_engine_assets.lib import kaggle
-from spotify_engine_assets.lib.kaggle import KAGGLE_HEADER, KaggleFormatError, ingest_playlist_csv
+from spotify_engine_assets.datasets.playlists import kaggle
+from spotify_engine_assets.datasets.playlists.kaggle import KAGGLE_HEADER, KaggleFormatError, ingest_playlist_csv
 
 SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "kaggle_spotify_playlists_sample" / "spotify_dataset_sample.csv"
 GENRES = Path(__file__).resolve().parents[2] / "shared" / "data" / "spotify_genres" / "data_w_genres.csv"
@@ -141,7 +141,7 @@ def test_track_features_first_artist_and_mean(con, tmp_path):
 
 
 def test_synthetic_world_round_trips_through_the_loader(con, tmp_path):
-    from spotify_engine_assets.lib.generator import GeneratorSettings, generate_world
+    from spotify_engine_assets.datasets.listening.generator import GeneratorSettings, generate_world
 
     world = generate_world(GeneratorSettings(users=20, songs=80, artists=10, genres=4, days=3, seed=1))
     con.execute("CREATE SCHEMA raw")

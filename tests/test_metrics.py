@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from spotify_engine_assets.lib.metrics import catalog_coverage, metric_collection, ranking_metrics, recall_at_k, topk_excluding
+from spotify_engine_assets.core.evaluation.metrics import catalog_coverage, metric_collection, ranking_metrics, topk_scored
 
 torch.set_num_threads(1)
 
@@ -23,7 +23,7 @@ def brute_force_topk(user_emb, song_emb, users, exclude, k):
     return rows
 
 
-# ---------------------------------------------------------------------------------- topk_excluding
+# ---------------------------------------------------------------------------------- topk_scored
 
 
 @pytest.mark.parametrize("chunk_size", [1, 3, 2048])
@@ -34,7 +34,7 @@ def test_topk_excluding_matches_brute_force(chunk_size):
     song_emb = torch.randn(num_songs, 4, generator=g, dtype=torch.float64)
     exclude = torch.stack([torch.randint(num_users, (120,), generator=g), torch.randint(num_songs, (120,), generator=g)])
     users = torch.tensor([7, 0, 3, 11, 5, 2, 9])  # a subset, not sorted
-    top = topk_excluding(user_emb, song_emb, users, exclude, k, chunk_size=chunk_size)
+    top = topk_scored(lambda u: user_emb[u] @ song_emb.T, users, exclude, num_songs, k, chunk_size=chunk_size)
     assert top.shape == (len(users), k)
     assert top.tolist() == brute_force_topk(user_emb, song_emb, users, exclude, k)
     excluded = {(int(u), int(s)) for u, s in exclude.t().tolist()}
@@ -46,7 +46,7 @@ def test_topk_excluding_masks_the_best_song():
     user_emb = torch.tensor([[1.0], [1.0]])
     song_emb = torch.tensor([[5.0], [4.0], [3.0], [2.0], [1.0]])
     exclude = torch.tensor([[0, 0, 1], [0, 2, 4]])
-    top = topk_excluding(user_emb, song_emb, torch.tensor([0, 1]), exclude, k=3)
+    top = topk_scored(lambda u: user_emb[u] @ song_emb.T, torch.tensor([0, 1]), exclude, 5, k=3)
     assert top.tolist() == [[1, 3, 4], [0, 1, 2]]
 
 
@@ -57,26 +57,27 @@ def test_topk_excluding_never_returns_excluded_pairs_even_for_heavy_users():
     user_emb = torch.tensor([[1.0], [1.0]])
     song_emb = torch.arange(10, 0, -1, dtype=torch.float32).view(-1, 1)
     exclude = torch.stack([torch.zeros(8, dtype=torch.long), torch.arange(8)])
-    top = topk_excluding(user_emb, song_emb, torch.tensor([0, 1]), exclude, k=5)
+    top = topk_scored(lambda u: user_emb[u] @ song_emb.T, torch.tensor([0, 1]), exclude, 10, k=5)
     returned_excluded = set(top[0].tolist()) & set(range(8))
     assert not returned_excluded, f"excluded songs {sorted(returned_excluded)} recommended to user 0"
     assert top[0].tolist() == [8, 9, 10, 10, 10]  # empty slots hold the sentinel num_songs
     assert top[1].tolist() == [0, 1, 2, 3, 4]
-    assert catalog_coverage(top, num_songs=10, k=5) == 7 / 10  # the sentinel is not a covered song
+    assert catalog_coverage(top, num_items=10, k=5) == 7 / 10  # the sentinel is not a covered song
 
 
 def test_topk_excluding_k_bounds():
     user_emb, song_emb = torch.randn(2, 3), torch.randn(4, 3)
     none = torch.empty(2, 0, dtype=torch.long)
-    assert topk_excluding(user_emb, song_emb, torch.tensor([0, 1]), none, k=4).shape == (2, 4)
+    assert topk_scored(lambda u: user_emb[u] @ song_emb.T, torch.tensor([0, 1]), none, 4, k=4).shape == (2, 4)
     with pytest.raises(ValueError, match="k must be"):
-        topk_excluding(user_emb, song_emb, torch.tensor([0, 1]), none, k=5)
+        topk_scored(lambda u: user_emb[u] @ song_emb.T, torch.tensor([0, 1]), none, 4, k=5)
     with pytest.raises(ValueError, match="k must be"):
-        topk_excluding(user_emb, song_emb, torch.tensor([0, 1]), none, k=0)
+        topk_scored(lambda u: user_emb[u] @ song_emb.T, torch.tensor([0, 1]), none, 4, k=0)
 
 
 def test_topk_excluding_no_users():
-    top = topk_excluding(torch.randn(2, 3), torch.randn(4, 3), torch.empty(0, dtype=torch.long), torch.empty(2, 0, dtype=torch.long), k=2)
+    user_emb, song_emb = torch.randn(2, 3), torch.randn(4, 3)
+    top = topk_scored(lambda u: user_emb[u] @ song_emb.T, torch.empty(0, dtype=torch.long), torch.empty(2, 0, dtype=torch.long), 4, k=2)
     assert top.shape == (0, 2)
 
 
@@ -124,7 +125,7 @@ def expected_values() -> dict[str, float]:
 
 
 def test_hand_example_top_lists():
-    top = topk_excluding(USER_EMB, SONG_EMB, torch.tensor([0, 1, 3]), EXCLUDE, k=10)
+    top = topk_scored(lambda u: USER_EMB[u] @ SONG_EMB.T, torch.tensor([0, 1, 3]), EXCLUDE, 15, k=10)
     assert top.tolist() == [
         [1, 3, 4, 5, 6, 7, 8, 9, 10, 11],
         [13, 12, 11, 10, 9, 8, 7, 6, 5, 4],
@@ -170,10 +171,10 @@ def test_ranking_metrics_without_heldout_pairs_raises():
 
 
 def test_recall_at_k_matches_hand_example():
-    assert recall_at_k(USER_EMB, SONG_EMB, RELEVANT, EXCLUDE, k=2) == pytest.approx(4 / 9)
-    assert recall_at_k(USER_EMB, SONG_EMB, RELEVANT, EXCLUDE, k=5) == pytest.approx(5 / 9)
+    assert ranking_metrics(USER_EMB, SONG_EMB, RELEVANT, EXCLUDE, ks=(2,))["recall@2"] == pytest.approx(4 / 9)
+    assert ranking_metrics(USER_EMB, SONG_EMB, RELEVANT, EXCLUDE, ks=(5,))["recall@5"] == pytest.approx(5 / 9)
     # recall@10: user 0 3/3, user 1 1/1, user 3 0/1
-    assert recall_at_k(USER_EMB, SONG_EMB, RELEVANT, EXCLUDE, k=10) == pytest.approx(2 / 3)
+    assert ranking_metrics(USER_EMB, SONG_EMB, RELEVANT, EXCLUDE, ks=(10,))["recall@10"] == pytest.approx(2 / 3)
 
 
 def test_metric_collection_names():
@@ -201,7 +202,7 @@ def test_perfect_and_worst_rankings():
 
 # ---------------------------------------------------------------------------------- per-user accuracy
 
-from spotify_engine_assets.lib.metrics import (  # noqa: E402
+from spotify_engine_assets.core.evaluation.metrics import (  # noqa: E402
     accuracy_per_user,
     gini,
     group_of_rank,
@@ -216,7 +217,7 @@ from torch_geometric.metrics import LinkPredMRR, LinkPredPersonalization  # noqa
 
 def _hand_topk():
     users = torch.tensor([0, 1, 3])
-    top = topk_excluding(USER_EMB, SONG_EMB, users, EXCLUDE, k=10)
+    top = topk_scored(lambda u: USER_EMB[u] @ SONG_EMB.T, users, EXCLUDE, 15, k=10)
     row_of_user = torch.full((4,), -1, dtype=torch.long)
     row_of_user[users] = torch.arange(3)
     return top, row_of_user[RELEVANT[0]], RELEVANT[1]
@@ -244,7 +245,7 @@ def test_accuracy_per_user_means_equal_pyg_metrics():
     relevant = torch.stack([torch.randint(30, (200,), generator=g), torch.randint(50, (200,), generator=g)])
     relevant = torch.unique(relevant, dim=1)
     users = torch.unique(relevant[0])
-    top = topk_excluding(user_emb, song_emb, users, torch.empty(2, 0, dtype=torch.long), k=20)
+    top = topk_scored(lambda u: user_emb[u] @ song_emb.T, users, torch.empty(2, 0, dtype=torch.long), 50, k=20)
     row_of_user = torch.full((30,), -1, dtype=torch.long)
     row_of_user[users] = torch.arange(users.numel())
     rows = row_of_user[relevant[0]]
@@ -276,7 +277,7 @@ def test_gini_hand_values():
 
 def test_gini_counts_never_recommended_songs():
     top = torch.tensor([[0, 1], [0, 2]])
-    counts = recommendation_counts(top, num_songs=4, k=2)
+    counts = recommendation_counts(top, num_items=4, k=2)
     assert counts.tolist() == [2, 1, 1, 0]
     assert gini(counts) == pytest.approx(0.375)  # with song 3's zero
     assert gini(counts[:3]) == pytest.approx(1 / 6)  # what ignoring it would give
@@ -284,12 +285,12 @@ def test_gini_counts_never_recommended_songs():
 
 def test_recommendation_counts_skip_sentinel():
     top = torch.tensor([[0, 3], [1, 3]])  # 3 = sentinel for 3 songs
-    assert recommendation_counts(top, num_songs=3, k=2).tolist() == [1, 1, 0]
+    assert recommendation_counts(top, num_items=3, k=2).tolist() == [1, 1, 0]
 
 
 def test_novelty_hand_values():
     train = torch.tensor([[0, 1, 0, 1, 2], [0, 0, 2, 2, 2]])  # song 0: 2 listeners, song 1: 0, song 2: 3
-    probability = popularity_probability(train, num_users=3, num_songs=3)
+    probability = popularity_probability(train, num_users=3, num_items=3)
     assert probability.tolist() == pytest.approx([3 / 4, 1 / 4, 1.0])
     top = torch.tensor([[0, 1], [2, 3]])  # user 1's second slot is the sentinel
     novelty = novelty_per_user(top, probability, k=2)
@@ -320,13 +321,13 @@ def test_intra_list_distance_matches_pairwise_loop():
 
 def test_personalization_hand_and_pyg():
     top = torch.tensor([[0, 1], [0, 2], [3, 4]])
-    assert personalization(top, num_songs=5, k=2) == pytest.approx(1 - (1 / 3) / 2)
+    assert personalization(top, num_items=5, k=2) == pytest.approx(1 - (1 / 3) / 2)
     g = torch.Generator().manual_seed(1)
     top = torch.stack([torch.randperm(30, generator=g)[:6] for _ in range(25)])
     reference = LinkPredPersonalization(k=6, max_src_nodes=None)
     reference.update(top, torch.empty(2, 0, dtype=torch.long))
-    assert personalization(top, num_songs=30, k=6) == pytest.approx(float(reference.compute()), abs=1e-6)
-    assert personalization(torch.tensor([[0, 1]] * 4), num_songs=3, k=2) == pytest.approx(0.0)
+    assert personalization(top, num_items=30, k=6) == pytest.approx(float(reference.compute()), abs=1e-6)
+    assert personalization(torch.tensor([[0, 1]] * 4), num_items=3, k=2) == pytest.approx(0.0)
 
 
 def test_group_of_rank_equal_thirds_with_ties():

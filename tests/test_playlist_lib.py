@@ -7,9 +7,18 @@ import polars as pl
 import pytest
 import torch
 
-from spotify_engine_assets.lib import playlist_models as M
-from spotify_engine_assets.lib import playlists as P
-from spotify_engine_assets.lib.recsys_metrics import artist_matches, hit_matrix, recsys_metrics
+from spotify_engine_assets.core.config import ConfigError, parse_config
+from spotify_engine_assets.core.data.graph import from_payload, num_nodes_of, to_payload
+from spotify_engine_assets.core.data.splits import check_partition, labels_to_indices
+from spotify_engine_assets.core.models import build_model, sample_users
+from spotify_engine_assets.core.models.base import fused
+from spotify_engine_assets.core.models.baselines import item_similarity
+from spotify_engine_assets.core.models.gat import PlaylistGAT, cooccurrence_edges
+from spotify_engine_assets.core.training.trainer import FUSION_WEIGHTS
+from spotify_engine_assets.datasets.playlists import DATASET
+from spotify_engine_assets.datasets.playlists import graph as P
+from spotify_engine_assets.datasets.playlists.graph import SCHEMA
+from spotify_engine_assets.datasets.playlists.metrics import artist_matches, evaluate, hit_matrix, recsys_metrics
 
 
 # --- metrics ----------------------------------------------------------------------------------
@@ -90,9 +99,9 @@ def test_r_precision_matches_a_literal_reference_on_random_lists():
 def test_evaluate_reports_both_r_precisions_with_artists():
     scores = torch.tensor([[0.0, 9.0, 1.0, 8.0, 0.5, 0.0, 0.0, 0.0, 0.0]])
     relevant = torch.tensor([[0, 0], [0, 3]])  # G={0,3}; ranking 1 (artist 0), 3, 2, ...
-    values = M.evaluate(lambda rows: scores.expand(rows.numel(), -1), relevant, torch.empty((2, 0), dtype=torch.long), 9, ks=(2,), track_artist=TRACK_ARTIST)
+    values = evaluate(lambda rows: scores.expand(rows.numel(), -1), relevant, torch.empty((2, 0), dtype=torch.long), 9, ks=(2,), track_artist=TRACK_ARTIST)
     assert values["r_precision"] == pytest.approx(0.625) and values["r_precision_track"] == pytest.approx(0.5)
-    assert "r_precision" not in M.evaluate(lambda rows: scores.expand(rows.numel(), -1), relevant, torch.empty((2, 0), dtype=torch.long), 9, ks=(2,))
+    assert "r_precision" not in evaluate(lambda rows: scores.expand(rows.numel(), -1), relevant, torch.empty((2, 0), dtype=torch.long), 9, ks=(2,))
 
 
 @pytest.mark.parametrize("rank, clicks", [(1, 0), (10, 0), (11, 1), (25, 2), (500, 49)])
@@ -147,7 +156,7 @@ def test_graph_has_every_node_type_and_reverse_edges():
     # positions renumbered 0..n-1 per playlist, keeping order
     p1 = data[P.CONTAINS].edge_index[0] == data["playlist"].node_id.index("p1")
     assert sorted(data[P.CONTAINS].position[p1].tolist()) == list(range(6))
-    restored = P.from_payload(P.to_payload(data))
+    restored = from_payload(to_payload(data))
     assert torch.equal(restored[P.CONTAINS].edge_index, data[P.CONTAINS].edge_index)
     assert _toy_graph(genres=False)["genre"].num_nodes == 0
 
@@ -170,16 +179,16 @@ def test_split_holds_out_last_tracks_by_position():
 def test_leakage_guard_passes_clean_split_and_catches_a_leak():
     data = _toy_graph()
     settings = P.SplitSettings(holdout=1, min_train_tracks=2)
-    split = P.labels_to_indices(P.split_labels(data[P.CONTAINS].edge_index, data[P.CONTAINS].position, 3, settings))
+    split = labels_to_indices(P.split_labels(data[P.CONTAINS].edge_index, data[P.CONTAINS].position, 3, settings))
     assert split["test"].numel() == 2 and split["valid"].numel() == 2
-    assert sum(P.leakage_report(data, split).values()) == 0
-    assert sum(P.partition_violations(split, 14).values()) == 0
+    assert sum(P.split_violations(data, {"position": split}).values()) == 0
+    assert sum(check_partition(split, 14).values()) == 0
     assert P.heldout_position_violations(data, split) == 0
     view = P.message_passing_view(data, split["train"])
     assert view["playlist"].num_train_tracks.tolist() == [5, 4, 1]
     leaky = {**split, "train": torch.cat([split["train"], split["test"][:1]])}
-    assert P.leakage_report(data, leaky)["heldout_edges_in_view"] == 1
-    assert P.partition_violations(leaky, 14)["in_several_parts"] == 1
+    assert P.split_violations(data, {"position": leaky})["position/heldout_in_view"] == 1
+    assert check_partition(leaky, 14)["duplicated"] == 1
     swapped = {**split, "train": torch.cat([split["train"][1:], split["test"][:1]]), "test": torch.cat([split["test"][1:], split["train"][:1]])}
     assert P.heldout_position_violations(data, swapped) >= 1
 
@@ -207,11 +216,13 @@ def _empty_graph(num_playlists, num_tracks, pairs):
 
 def test_itemknn_cosine_by_hand():
     view = _matrix_view([(0, 0), (0, 1), (1, 0), (1, 1), (2, 0), (2, 2)], 3, 3)
-    similarity = M.itemknn_similarity(view, shrink=0.0).toarray()
+    similarity = item_similarity(view, SCHEMA, shrink=0.0).toarray()
     assert similarity[0, 1] == pytest.approx(2 / math.sqrt(3 * 2), rel=1e-5)
     assert similarity[0, 2] == pytest.approx(1 / math.sqrt(3), rel=1e-5)
     assert similarity[1, 2] == 0 and similarity[0, 0] == 0
-    scores = M.itemknn_scorer(view, M.itemknn_similarity(view, 0.0))(torch.tensor([2]))
+    itemknn = build_model(parse_config({"name": "knn", "model": "itemknn", "shrink": 0.0}), SCHEMA, num_nodes_of(view))
+    itemknn.fit(view)
+    scores = itemknn.score(torch.tensor([2]))
     assert scores[0, 1].item() == pytest.approx(2 / math.sqrt(6), rel=1e-5)
 
 
@@ -219,16 +230,17 @@ def test_evaluate_masks_known_tracks():
     scores = torch.tensor([[9.0, 1.0, 5.0, 0.0]])
     known = torch.tensor([[0], [0]])  # playlist 0 knows track 0 (the top score)
     relevant = torch.tensor([[0], [2]])
-    values = M.evaluate(lambda rows: scores.expand(rows.numel(), -1), relevant, known, 4, ks=(1,))
+    values = evaluate(lambda rows: scores.expand(rows.numel(), -1), relevant, known, 4, ks=(1,))
     assert values["recall@1"] == 1.0 and values["clicks"] == 0
-    unmasked = M.evaluate(lambda rows: scores.expand(rows.numel(), -1), relevant, torch.empty((2, 0), dtype=torch.long), 4, ks=(1,))
+    unmasked = evaluate(lambda rows: scores.expand(rows.numel(), -1), relevant, torch.empty((2, 0), dtype=torch.long), 4, ks=(1,))
     assert unmasked["recall@1"] == 0.0
 
 
 def test_playlist_gat_messages_reach_playlists_through_artists():
     data = _toy_graph()
     num_nodes = {t: data[t].num_nodes for t in P.NODE_TYPES}
-    model = M.PlaylistGAT(num_nodes, dim=8, num_layers=2, heads=2, dropout=0.0).eval()
+    config = parse_config({"name": "g", "model": "playlist_gat", "embedding_dim": 8, "num_layers": 2, "heads": 2, "dropout": 0.0})
+    model = PlaylistGAT(config, SCHEMA, num_nodes).eval()
     view = P.message_passing_view(data, torch.arange(data[P.CONTAINS].edge_index.size(1)))
     before, _ = model(view)
     artist = data["artist"].node_id.index("a2")  # tracks t4, t5: only in p0 and p1
@@ -243,10 +255,10 @@ def test_playlist_gat_messages_reach_playlists_through_artists():
 def test_cooccurrence_edges_keep_each_tracks_top_k_by_cosine():
     # tracks 0,1 co-occur twice; 0,2 once; 1,2 never; 3 alone
     view = _matrix_view([(0, 0), (0, 1), (1, 0), (1, 1), (2, 0), (2, 2), (3, 3)], 4, 4)
-    edges = M.cooccurrence_edges(view, k=1, shrink=0.0)
+    edges = cooccurrence_edges(view, SCHEMA, k=1, shrink=0.0)
     received = {int(t): int(s) for s, t in edges.T}
     assert received == {0: 1, 1: 0, 2: 0}  # 3 co-occurs with nothing: no edge
-    both = M.cooccurrence_edges(view, k=5, shrink=0.0)
+    both = cooccurrence_edges(view, SCHEMA, k=5, shrink=0.0)
     assert sorted(map(tuple, both.T.tolist())) == [(0, 1), (0, 2), (1, 0), (2, 0)]
 
 
@@ -254,7 +266,8 @@ def test_playlist_gat_without_playlist_ids_is_built_from_tracks():
     data = _toy_graph()
     # p0 and p1 share tracks; give p2 the same single track as a copy of itself
     num_nodes = {t: data[t].num_nodes for t in P.NODE_TYPES}
-    model = M.PlaylistGAT(num_nodes, dim=8, num_layers=2, heads=2, dropout=0.0, cooccurrence_k=2, shrink=0.0, playlist_ids=False).eval()
+    settings = {"model": "playlist_gat", "embedding_dim": 8, "num_layers": 2, "heads": 2, "cooccurrence_k": 2, "cooccurrence_shrink": 0.0, "user_ids": False}
+    model = PlaylistGAT(parse_config({"name": "g0", **settings, "dropout": 0.0}), SCHEMA, num_nodes).eval()
     assert "playlist" not in model.embeddings
     view = P.message_passing_view(data, torch.arange(data[P.CONTAINS].edge_index.size(1)))
     playlists, _ = model(view)
@@ -264,55 +277,54 @@ def test_playlist_gat_without_playlist_ids_is_built_from_tracks():
         model.embeddings["track"].weight[t0] += 3.0
     changed, _ = model(view)
     assert not torch.allclose(changed[p2], playlists[p2])  # p2 is what its track says
-    config = M.PlaylistModelConfig(name="g", model="playlist_gat", embedding_dim=8, heads=2, cooccurrence_k=2, shrink=0.0, playlist_ids=False)
-    rebuilt = M.build_trainable(config, num_nodes)
+    config = parse_config({"name": "g", "model": "playlist_gat", "embedding_dim": 8, "heads": 2, "cooccurrence_k": 2, "cooccurrence_shrink": 0.0, "user_ids": False})
+    rebuilt = build_model(config, SCHEMA, num_nodes)
     rebuilt.load_state_dict(model.state_dict())  # the co-occurrence edges are rebuilt, not stored
     assert torch.allclose(rebuilt.eval()(view)[0], changed, atol=1e-6)
 
 
 def test_training_restores_best_weights(tmp_path):
     data = _toy_graph()
-    split = P.labels_to_indices(P.split_labels(data[P.CONTAINS].edge_index, data[P.CONTAINS].position, 3, P.SplitSettings(1, 2)))
-    view = P.message_passing_view(data, split["train"])
-    config = M.PlaylistModelConfig(name="t", model="playlist_gat", embedding_dim=8, heads=2, batch_size=4)
-    model = M.build_trainable(config, {t: data[t].num_nodes for t in P.NODE_TYPES})
-    valid = data[P.CONTAINS].edge_index[:, split["valid"]]
-    result = M.train_bpr(model, view, valid, config, epochs=4, playlists=torch.arange(3))
-    assert 1 <= result["epochs_run"] == len(result["history"]) <= 4
+    split = labels_to_indices(P.split_labels(data[P.CONTAINS].edge_index, data[P.CONTAINS].position, 3, P.SplitSettings(1, 2)))
+    config = parse_config({"name": "t", "model": "playlist_gat", "embedding_dim": 8, "heads": 2, "batch_size": 4, "user_sample": 3})
+    model, result, view = DATASET.fit(config, data, split, max_epochs=4)  # the sample of 3 = every playlist
+    assert 1 <= result.epochs_run == len(result.history) <= 4
     for name, tensor in model.state_dict().items():
-        assert torch.equal(tensor, result["best_state"][name]), name
+        assert torch.equal(tensor, result.best_state[name]), name
 
 
 def test_itemknn_fusion_weight_is_chosen_on_validation_and_stored():
-    first = lambda rows: torch.tensor([[1.0, 2.0, 3.0]]).expand(rows.numel(), -1)
-    second = lambda rows: torch.tensor([[3.0, 2.0, 1.0]]).expand(rows.numel(), -1)
-    assert M.fused_scorer(first, second, 0.0) is first and M.fused_scorer(first, second, 1.0) is second
-    half = M.fused_scorer(first, second, 0.5)(torch.tensor([0]))
+    first = torch.tensor([[1.0, 2.0, 3.0]])
+    second = torch.tensor([[3.0, 2.0, 1.0]])
+    assert fused(first, second, 0.0) is first and fused(first, second, 1.0) is second
+    half = fused(first, second, 0.5)
     assert torch.allclose(half, torch.zeros(1, 3), atol=1e-6)  # opposite standardized rows cancel
     data = _toy_graph()
-    split = P.labels_to_indices(P.split_labels(data[P.CONTAINS].edge_index, data[P.CONTAINS].position, 3, P.SplitSettings(1, 2)))
-    view = P.message_passing_view(data, split["train"])
-    config = M.PlaylistModelConfig(name="f", model="lightgcn", embedding_dim=8, num_layers=1, batch_size=4, itemknn_fusion=True)
-    model = M.build_trainable(config, {t: data[t].num_nodes for t in P.NODE_TYPES})
-    result = M.train_bpr(model, view, data[P.CONTAINS].edge_index[:, split["valid"]], config, epochs=2, playlists=torch.arange(3))
-    weights = result["fusion_valid_r_precision"]
-    assert set(weights) == set(M.FUSION_WEIGHTS)
-    chosen = float(result["best_state"]["fusion_weight"])
+    split = labels_to_indices(P.split_labels(data[P.CONTAINS].edge_index, data[P.CONTAINS].position, 3, P.SplitSettings(1, 2)))
+    config = parse_config({"name": "f", "model": "lightgcn", "embedding_dim": 8, "num_layers": 1, "batch_size": 4, "itemknn_fusion": True, "user_sample": 3})
+    model, result, view = DATASET.fit(config, data, split, max_epochs=2)  # the sample of 3 = every playlist
+    weights = result.fusion
+    assert set(weights) == set(FUSION_WEIGHTS)
+    chosen = float(result.best_state["fusion_weight"])
     assert weights[chosen] == max(weights.values())
-    M.scorer_for(config, view, result["best_state"])(torch.arange(3))  # rebuilds with the stored weight
+    DATASET.load(config, data, split, result.best_state)[0].score(torch.arange(3))  # rebuilds with the stored weight
 
 
 def test_registry_modes_and_validation(tmp_path):
-    registry = M.default_playlist_registry()
-    assert {name: (m.playlists, m.epochs) for name, m in registry.modes.items()} == {
-        "mini": (500, 3), "quick": (1000, 5), "balanced": (5000, 8), "full": (50000, 20), "tuned": (5000, 25)
+    registry = DATASET.registry.base
+    # user_sample and max_epochs replace the modes: baselines on 50,000 playlists (was mode "full"),
+    # the tuned GNNs on 5,000 playlists for at most 25 epochs (was mode "tuned")
+    sizes = {name: (c.user_sample, c.max_epochs if c.trainable else None) for name, c in registry.items()}
+    assert sizes == {
+        "most_popular": (50000, None), "itemknn": (50000, None), "lightgcn": (5000, 25), "lightgcn_itemknn": (5000, 25),
+        "playlist_gat": (5000, 25), "playlist_gat_itemknn": (5000, 25),
     }
-    assert {"most_popular", "itemknn", "lightgcn", "playlist_gat"} <= set(registry.configs)
+    assert {"most_popular", "itemknn", "lightgcn", "playlist_gat"} <= set(registry)
     bad = tmp_path / "bad.yaml"
-    bad.write_text("modes: {mini: {playlists: 5, epochs: 1}}\nconfigs:\n  x: {model: itemknn, shrinkage: 3}\n")
-    with pytest.raises(M.PlaylistConfigError, match="config 'x': shrinkage"):
-        M.load_playlist_registry(bad)
-    bad.write_text("modes: {mini: {playlists: 5, epochs: 1}}\nconfigs:\n  x: {model: itemknn, mode: huge}\n")
-    with pytest.raises(M.PlaylistConfigError, match="unknown mode 'huge'"):
-        M.load_playlist_registry(bad)
-    assert M.sample_playlists(10, 4, seed=0).numel() == 4 and M.sample_playlists(3, 4, seed=0).tolist() == [0, 1, 2]
+    bad.write_text("x: {model: itemknn, shrinkage: 3}\n")
+    with pytest.raises(ConfigError, match="config 'x': shrinkage"):
+        DATASET.registry.load(bad)
+    bad.write_text("x: {model: itemknn, split: huge}\n")  # a config names something the chain does not have
+    with pytest.raises(ConfigError, match="config 'x': split: 'huge' is not a split strategy of the playlists chain"):
+        DATASET.registry.load(bad)
+    assert sample_users(10, 4, seed=0).numel() == 4 and sample_users(3, 4, seed=0) is None  # None: every playlist

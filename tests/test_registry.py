@@ -1,23 +1,23 @@
 """The full config registry (models.yaml + configs promoted into the data lake): validation,
-name collisions, the model_configs dynamic partitions and the model_registry asset."""
+name collisions, the listening_configs dynamic partitions and the listening/model_registry asset."""
 
 from __future__ import annotations
 
 import dagster as dg
 import pytest
 
-from spotify_engine_assets.defs.registry import MODEL_CONFIGS, model_registry, register_model_configs
+from spotify_engine_assets.core.config import ConfigError, update_config
+from spotify_engine_assets.core.registry import PromotionSource
+from spotify_engine_assets.core.storage.paths import DATA_LAKE_ENV
+from spotify_engine_assets.datasets.listening import DATASET
+from spotify_engine_assets.defs.chain import register_configs
+from spotify_engine_assets.defs.listening import CHAIN
+from spotify_engine_assets.defs.listening import defs as listening_defs
 from spotify_engine_assets.defs.resources import DataLake
-from spotify_engine_assets.lib.configs import ConfigError, default_registry, get_config
-from spotify_engine_assets.lib.paths import DATA_LAKE_ENV
-from spotify_engine_assets.lib.registry import (
-    PromotionSource,
-    full_registry,
-    load_promoted,
-    promoted_dir,
-    registry_rows,
-    write_promoted,
-)
+
+REGISTRY = DATASET.registry
+MODEL_CONFIGS = CHAIN.partitions  # "listening_configs"
+model_registry = listening_defs.get_assets_def(dg.AssetKey(["listening", "model_registry"]))
 
 
 def _source(study: str = "spotify-engine/lightgcn", trial: int = 3) -> PromotionSource:
@@ -26,37 +26,37 @@ def _source(study: str = "spotify-engine/lightgcn", trial: int = 3) -> Promotion
 
 
 def _tuned(name: str = "hpo_lightgcn", **changes):
-    base = default_registry()["lightgcn"]
-    return type(base)(**{**base.model_dump(), "name": name, **changes})
+    base = REGISTRY.base["lightgcn"]
+    return update_config(base, name=name, **changes)
 
 
 def test_promoted_config_joins_the_registry(tmp_path, monkeypatch):
-    path = write_promoted(_tuned(lr=0.02), _source(), tmp_path)
-    assert path == promoted_dir(tmp_path) / "hpo_lightgcn.yaml"
+    path = REGISTRY.write_promoted(_tuned(lr=0.02), _source(), tmp_path)
+    assert path == REGISTRY.promoted_dir(tmp_path) / "hpo_lightgcn.yaml"
     assert not list(path.parent.glob(".*"))  # the atomic write left no temporary file
-    registry = full_registry(tmp_path)
-    assert set(registry) == set(default_registry()) | {"hpo_lightgcn"}
-    assert registry["hpo_lightgcn"].lr == 0.02 and load_promoted(tmp_path)["hpo_lightgcn"].source.trial == 3
-    rows = {row["config"]: row for row in registry_rows(tmp_path)}
+    registry = REGISTRY.full(tmp_path)
+    assert set(registry) == set(REGISTRY.base) | {"hpo_lightgcn"}
+    assert registry["hpo_lightgcn"].lr == 0.02 and REGISTRY.promoted(tmp_path)["hpo_lightgcn"].source.trial == 3
+    rows = {row["config"]: row for row in REGISTRY.rows(tmp_path)}
     assert rows["hpo_lightgcn"]["origin"] == "study" and rows["hpo_lightgcn"]["study"] == "spotify-engine/lightgcn"
     assert rows["lightgcn"]["origin"] == "models.yaml"
-    # the same study promoting again replaces its config; get_config finds it in the lake
-    write_promoted(_tuned(lr=0.03), _source(trial=5), tmp_path)
+    # the same study promoting again replaces its config; REGISTRY.get finds it in the lake
+    REGISTRY.write_promoted(_tuned(lr=0.03), _source(trial=5), tmp_path)
     monkeypatch.setenv(DATA_LAKE_ENV, str(tmp_path))
-    assert get_config("hpo_lightgcn").lr == 0.03
-    with pytest.raises(ConfigError, match="unknown model config 'nope'; known configs: .*hpo_lightgcn"):
-        get_config("nope")
+    assert REGISTRY.get("hpo_lightgcn").lr == 0.03
+    with pytest.raises(ConfigError, match="unknown listening model config 'nope'; known configs: .*hpo_lightgcn"):
+        REGISTRY.get("nope")
 
 
 def test_promotion_name_collisions(tmp_path):
     with pytest.raises(ConfigError, match="'lightgcn' collides with a models.yaml config"):
-        write_promoted(_tuned("lightgcn"), _source(), tmp_path)
-    write_promoted(_tuned(), _source(), tmp_path)
+        REGISTRY.write_promoted(_tuned("lightgcn"), _source(), tmp_path)
+    REGISTRY.write_promoted(_tuned(), _source(), tmp_path)
     with pytest.raises(ConfigError, match=r"hpo_lightgcn.yaml: .*already promoted from study 'spotify-engine/lightgcn'"):
-        write_promoted(_tuned(), _source(study="other"), tmp_path)
+        REGISTRY.write_promoted(_tuned(), _source(study="other"), tmp_path)
     with pytest.raises(ConfigError, match="not a valid partition key"):
-        write_promoted(_tuned("bad name/x"), _source(), tmp_path)
-    assert sorted(p.name for p in promoted_dir(tmp_path).iterdir()) == ["hpo_lightgcn.yaml"]
+        REGISTRY.write_promoted(_tuned("bad name/x"), _source(), tmp_path)
+    assert sorted(p.name for p in REGISTRY.promoted_dir(tmp_path).iterdir()) == ["hpo_lightgcn.yaml"]
 
 
 @pytest.mark.parametrize(
@@ -71,46 +71,46 @@ def test_promotion_name_collisions(tmp_path):
     ],
 )
 def test_invalid_promoted_file_names_the_file(tmp_path, text, message):
-    folder = promoted_dir(tmp_path)
+    folder = REGISTRY.promoted_dir(tmp_path)
     folder.mkdir(parents=True)
     (folder / "hpo_x.yaml").write_text(text)
     with pytest.raises(ConfigError, match=message) as error:
-        full_registry(tmp_path)
+        REGISTRY.full(tmp_path)
     assert str(folder / "hpo_x.yaml") in str(error.value)
 
 
 def test_promoted_file_may_not_shadow_models_yaml(tmp_path):
-    folder = promoted_dir(tmp_path)
+    folder = REGISTRY.promoted_dir(tmp_path)
     folder.mkdir(parents=True)
     (folder / "lightgcn.yaml").write_text(
         "source: {}\nconfig: {lightgcn: {model: lightgcn}}\n"
     )
     with pytest.raises(ConfigError, match=r"lightgcn.yaml: config name 'lightgcn' collides with a models.yaml config"):
-        full_registry(tmp_path)
+        REGISTRY.full(tmp_path)
     (folder / "lightgcn.yaml").unlink()
     (folder / "notes.txt").write_text("x")
     with pytest.raises(ConfigError, match=r"notes.txt: unexpected file"):
-        full_registry(tmp_path)
+        REGISTRY.full(tmp_path)
 
 
 def test_model_registry_asset_adds_partitions_and_never_deletes(tmp_path):
     instance = dg.DagsterInstance.ephemeral()
     instance.add_dynamic_partitions(MODEL_CONFIGS, ["retired"])
-    write_promoted(_tuned(), _source(), tmp_path)
+    REGISTRY.write_promoted(_tuned(), _source(), tmp_path)
     result = dg.materialize([model_registry], instance=instance, resources={"lake": DataLake(root=str(tmp_path))})
     assert result.success
-    expected = sorted(default_registry()) + ["hpo_lightgcn"]
+    expected = sorted(REGISTRY.base) + ["hpo_lightgcn"]
     assert sorted(instance.get_dynamic_partitions(MODEL_CONFIGS)) == sorted(expected + ["retired"])
-    metadata = result.asset_materializations_for_node("model_registry")[0].metadata
+    metadata = result.asset_materializations_for_node("listening__model_registry")[0].metadata
     assert sorted(metadata["added_partitions"].value) == sorted(expected)
     assert metadata["partitions_without_config"].value == ["retired"]
-    assert metadata["origins"].value == {"models.yaml": len(default_registry()), "study": 1}
+    assert metadata["origins"].value == {"models.yaml": len(REGISTRY.base), "study": 1}
     assert "| hpo_lightgcn | lightgcn | random | study | spotify-engine/lightgcn | 3 |" in metadata["registry"].value
-    assert register_model_configs(instance, tmp_path)[1] == []  # idempotent
+    assert register_configs(CHAIN, instance, tmp_path)[1] == []  # idempotent
 
 
 def test_model_registry_asset_fails_on_a_broken_promoted_file(tmp_path):
-    folder = promoted_dir(tmp_path)
+    folder = REGISTRY.promoted_dir(tmp_path)
     folder.mkdir(parents=True)
     (folder / "hpo_x.yaml").write_text("source: {}\nconfig: {hpo_x: {model: gat_huge}}\n")
     instance = dg.DagsterInstance.ephemeral()

@@ -6,14 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from spotify_engine_assets.lib.splits import (
-    TEST,
-    TRAIN,
-    VALID,
+from spotify_engine_assets.core.data.splits import TEST, TRAIN, VALID, check_partition, labels_to_indices
+from spotify_engine_assets.datasets.listening.splits import (
     SplitError,
     SplitSettings,
-    check_partition,
-    labels_to_indices,
     random_split,
     temporal_split,
 )

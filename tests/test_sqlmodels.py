@@ -1,4 +1,4 @@
-"""Tests of the dbt-like SQL model loader (spotify_engine_assets.lib.sqlmodels)."""
+"""Tests of the dbt-like SQL model loader (spotify_engine_assets.core.data.sqlmodels)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from spotify_engine_assets.lib.kaggle import KAGGLE_SOURCES
-from spotify_engine_assets.lib.lastfm import LASTFM_SOURCES
-from spotify_engine_assets.lib.sqlmodels import (
+from spotify_engine_assets.core.data.sqlmodels import (
     DataTest,
     SqlModel,
     SqlModelError,
@@ -17,6 +15,8 @@ from spotify_engine_assets.lib.sqlmodels import (
     materialize_model,
     run_data_test,
 )
+from spotify_engine_assets.datasets.lastfm.data import LASTFM_SOURCES
+from spotify_engine_assets.datasets.playlists.kaggle import KAGGLE_SOURCES
 
 REAL_PROJECT = Path(__file__).resolve().parents[1] / "dbt_like_sql"
 RAW_SOURCES = [

@@ -8,7 +8,7 @@ import polars as pl
 import pytest
 from scipy import stats
 
-from spotify_engine_assets.lib.stats import (
+from spotify_engine_assets.core.evaluation.stats import (
     BETTER,
     NO_DIFFERENCE,
     WORSE,

@@ -21,14 +21,26 @@ from torch import Tensor
 from torch_geometric.data import HeteroData
 
 from .config import ModelConfig
-from .data.graph import Schema, category_features, num_nodes_of
+from .data.graph import Schema, category_features, heldout_in_view, num_nodes_of, training_view
+from .data.splits import check_partition
 from .evaluation.protocol import Protocol
 from .evaluation.report import EvaluationData, user_types_of
 from .models import FitResult, Recommender, build_model, load_model, sample_users
 from .registry import Registry
 from .training.inputs import training_inputs
 
-PARTS = ("train", "valid", "test")
+def split_violations(data: HeteroData, splits: dict, schema: Schema, view=None, cover: bool = True) -> dict[str, int]:
+    """Per strategy of ``splits``: indices in several parts (or, with ``cover``, in none) or out of
+    range, and held-out interactions visible in the view of the training part. All must be 0."""
+    view = view or (lambda graph, train, heldout: training_view(graph, schema, train))
+    counts = {}
+    for strategy in (s for s in splits if s != "settings"):
+        parts = splits[strategy]
+        for name, value in check_partition(parts, int(data[schema.interaction].edge_index.size(1)), cover).items():
+            counts[f"{strategy}/{name}"] = value
+        heldout = torch.cat([parts["valid"], parts["test"]])
+        counts[f"{strategy}/heldout_in_view"] = heldout_in_view(view(data, parts["train"], heldout), data, schema, heldout)
+    return counts
 
 
 @dataclass(frozen=True)

@@ -21,11 +21,14 @@ Every input is a Dagster dependency: no asset reads another asset's file behind 
 """
 
 
+import functools
 import hashlib
 import io
+import importlib
 import json
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,10 +37,11 @@ import optuna
 import polars as pl
 import torch
 from pydantic import Field
+from torch_geometric.data import HeteroData
 
 from .. import core
 from ..core.config import ConfigError, ModelConfig, Thresholds, load_thresholds, parse_config, update_config
-from ..core.data.graph import from_payload
+from ..core.data.graph import from_payload, graph_summary, to_payload
 from ..core.dataset import Dataset
 from ..core.evaluation.report import PeakMemory, evaluate, fairness_tables, latency_per_user, memory_estimate_bytes
 from ..core.evaluation.stats import BETTER, NO_DIFFERENCE, WORSE, compare_models
@@ -54,10 +58,8 @@ from ..core.storage.artifacts import atomic_write_bytes
 from ..core.storage.paths import source_version
 from ..core.training.inputs import task_labels
 from ..core.training.losses import task_metrics
-from .resources import DataLake, TorchRuntime
+from .resources import DUCKDB_POOL, DataLake, TorchRuntime, Warehouse
 
-CODE_VERSION = source_version(core)  # every module of the core: models, training, evaluation, experiments
-# (the dataset's own code is in each chain's graph and split code versions, recorded in the provenance)
 BEYOND_ACCURACY = ("coverage@10", "gini@10", "novelty@10", "ild_embedding@10", "personalization@10")
 EXTRA_METRICS = ("mrr@10", "gini@10", "novelty@10", "personalization@10")
 
@@ -94,6 +96,16 @@ class Chain:
     @property
     def partitions(self) -> str:
         return f"{self.name}_configs"
+
+    @property
+    def code_version(self) -> str:
+        """Hash of the core and of the dataset's package (its view builder, protocol, graph code)."""
+        return _code_version(self.dataset.view.__module__.rsplit(".", 1)[0])
+
+
+@functools.cache
+def _code_version(package: str) -> str:
+    return source_version(core, importlib.import_module(package))
 
 
 def publish(lake: DataLake, chain: str, name: str, frame: pl.DataFrame, max_rows: int = 200) -> str:
@@ -153,6 +165,38 @@ def upstream_versions(context: dg.AssetExecutionContext, keys: list[dg.AssetKey]
     return versions
 
 
+def data_assets(
+    chain: Chain,
+    tables: tuple[str, ...],
+    build_graph: Callable[[dict[str, pl.DataFrame]], HeteroData],
+    build_split: Callable[[HeteroData], dict],
+) -> list[dg.AssetsDefinition]:
+    """``<chain>/graph`` and ``<chain>/split`` of a chain whose graph needs no run config: the graph
+    from the warehouse ``tables`` (``schema.table``, each a dependency), the split from the graph."""
+
+    @dg.asset(
+        key=chain.key("graph"), deps=[dg.AssetKey(t.split(".")) for t in tables], group_name=chain.group("graph"),
+        kinds={"pytorch", "pyg"}, pool=DUCKDB_POOL, code_version=chain.code_version, description=build_graph.__doc__,
+    )
+    def graph(context: dg.AssetExecutionContext, warehouse: Warehouse) -> dg.Output[dict]:
+        try:
+            data = build_graph({table: warehouse.read_table(table) for table in tables})
+        except ValueError as error:
+            raise dg.Failure(f"cannot build the {chain.name} graph: {error}") from error
+        return dg.Output(to_payload(data), metadata=graph_summary(data))
+
+    @dg.asset(
+        key=chain.key("split"), ins={"graph": dg.AssetIn(chain.key("graph"))}, group_name=chain.group("graph"),
+        kinds={"pytorch"}, code_version=chain.code_version, description=build_split.__doc__,
+    )
+    def split(context: dg.AssetExecutionContext, graph: dict) -> dg.Output[dict]:
+        splits = build_split(from_payload(graph))
+        return dg.Output(splits, metadata={f"{strategy}/{part}": int(index.numel()) for strategy, parts in splits.items()
+                                           if strategy != "settings" for part, index in parts.items()})
+
+    return [graph, split]
+
+
 def chain_definitions(chain: Chain) -> dg.Definitions:
     """Every asset and check of one chain after its graph and split (module docstring)."""
     dataset, name = chain.dataset, chain.name
@@ -166,7 +210,7 @@ def chain_definitions(chain: Chain) -> dg.Definitions:
             raise dg.Failure(str(error)) from error
 
     # ------------------------------------------------------------------------- registry
-    @dg.asset(key=chain.key("model_registry"), group_name=chain.group("training"), kinds={"yaml"}, code_version=CODE_VERSION)
+    @dg.asset(key=chain.key("model_registry"), group_name=chain.group("training"), kinds={"yaml"}, code_version=chain.code_version)
     def model_registry(context: dg.AssetExecutionContext, lake: DataLake) -> dg.Output[dict]:
         """Every model config of the chain (its registry file and the configs promoted from studies),
         validated, each a partition of its trained model and metric report; adds missing partitions,
@@ -199,7 +243,7 @@ def chain_definitions(chain: Chain) -> dg.Definitions:
         ins={"graph": dg.AssetIn(graph_key), "split": dg.AssetIn(split_key)},
         group_name=chain.group("training"),
         kinds={"pytorch", "pyg"},
-        code_version=CODE_VERSION,
+        code_version=chain.code_version,
     )
     def trained_model(
         context: dg.AssetExecutionContext, config: TrainRunConfig, torch_runtime: TorchRuntime, lake: DataLake,
@@ -221,7 +265,7 @@ def chain_definitions(chain: Chain) -> dg.Definitions:
             "max_epochs_override": config.max_epochs,
             "data": fingerprint,
             "upstream": upstream_versions(context, [graph_key, split_key]),
-            "code_versions": {"trained_model": CODE_VERSION},
+            "code_versions": {"trained_model": chain.code_version},
             "git": records.git_state(),
             "dependencies": records.dependency_versions(),
             "torch_threads": torch.get_num_threads(),
@@ -234,7 +278,7 @@ def chain_definitions(chain: Chain) -> dg.Definitions:
             training = {"max_epochs": config.max_epochs, "log": context.log.info}
             if model_config.trainer == "advanced":
                 key = json.dumps({"config": model_config.model_dump(), "data": fingerprint["combined"],
-                                  "max_epochs": config.max_epochs, "code": CODE_VERSION}, sort_keys=True)
+                                  "max_epochs": config.max_epochs, "code": chain.code_version}, sort_keys=True)
                 checkpoints = lake.path / "checkpoints" / name / model_config.name / hashlib.sha256(key.encode()).hexdigest()[:16]
                 for stale in checkpoints.parent.glob("*") if checkpoints.parent.exists() else ():
                     if stale != checkpoints:
@@ -360,7 +404,7 @@ def chain_definitions(chain: Chain) -> dg.Definitions:
         provenance = dict(trained_model.get("provenance") or {"config": model_config.model_dump()})
         provenance["training_data"] = provenance.get("data")
         provenance["data"] = records.data_fingerprint(data, parts)
-        provenance["code_versions"] = {**provenance.get("code_versions", {}), "metric_report": CODE_VERSION}
+        provenance["code_versions"] = {**provenance.get("code_versions", {}), "metric_report": chain.code_version}
         provenance["evaluated_in_run"] = context.run_id
         if provenance["training_data"] and provenance["training_data"] != provenance["data"]:
             context.log.warning(f"{model_config.name}: trained on other data than it is evaluated on; re-materialize trained_model")
@@ -443,7 +487,7 @@ def chain_definitions(chain: Chain) -> dg.Definitions:
         ins=report_ins,
         group_name=chain.group("evaluation"),
         kinds={"pytorch"},
-        code_version=CODE_VERSION,
+        code_version=chain.code_version,
         check_specs=[
             dg.AssetCheckSpec(
                 "quality_gate", asset=chain.key("metric_report"), blocking=True,
@@ -473,7 +517,7 @@ def chain_definitions(chain: Chain) -> dg.Definitions:
         ins={"metric_report": dg.AssetIn(chain.key("metric_report"))},
         group_name=chain.group("evaluation"),
         kinds={"polars"},
-        code_version=CODE_VERSION,
+        code_version=chain.code_version,
     )
     def model_comparison(context: dg.AssetExecutionContext, lake: DataLake, metric_report: dict[str, dict]) -> dg.Output[pl.DataFrame]:
         """Every materialized metric report of the chain in one table (also ``reports/<chain>/model_comparison``)."""
@@ -490,7 +534,7 @@ def chain_definitions(chain: Chain) -> dg.Definitions:
     reports_in = {"metric_report": dg.AssetIn(chain.key("metric_report"))}
 
     @dg.asset(key=chain.key("experiments"), ins=reports_in, group_name=chain.group("experiments"), kinds={"polars"},
-              code_version=CODE_VERSION)
+              code_version=chain.code_version)
     def experiments(context: dg.AssetExecutionContext, lake: DataLake, metric_report: dict[str, dict]) -> dg.Output[pl.DataFrame]:
         """Every recorded metric report of the chain (each materialization of each config) as one table:
         config, seed, data fingerprint, git commit, key metrics, gate; ``current`` marks the live
@@ -505,7 +549,7 @@ def chain_definitions(chain: Chain) -> dg.Definitions:
                                           "current": dg.MetadataValue.md(frame_markdown(shown, max_rows=100))})
 
     @dg.asset(key=chain.key("ab_tests"), ins=reports_in, group_name=chain.group("experiments"), kinds={"scipy", "polars"},
-              code_version=CODE_VERSION)
+              code_version=chain.code_version)
     def ab_tests(context: dg.AssetExecutionContext, config: ABTestConfig, lake: DataLake, metric_report: dict[str, dict]) -> dg.Output[pl.DataFrame]:
         """A/B comparisons of the configured (control, treatment) pairs of ``configs/<chain>/ab_tests.yaml``
         on the same split: paired t-test, Wilcoxon signed-rank, bootstrap 95% CI of the mean
@@ -515,7 +559,7 @@ def chain_definitions(chain: Chain) -> dg.Definitions:
 
     @dg.asset(
         key=chain.key("champion"), ins=reports_in, group_name=chain.group("experiments"), kinds={"scipy"},
-        code_version=CODE_VERSION,
+        code_version=chain.code_version,
         check_specs=[dg.AssetCheckSpec(
             "champion_gate", asset=chain.key("champion"), blocking=True,
             description="No current report is significantly worse than its split's champion on the champion metric "
@@ -753,7 +797,7 @@ def hpo_asset(chain: Chain, families: list[str]) -> dg.AssetsDefinition:
         ins={"graph": dg.AssetIn(chain.key("graph")), "split": dg.AssetIn(chain.key("split"))},
         group_name=chain.group("optimization"),
         kinds={"optuna", "pytorch"},
-        code_version=CODE_VERSION,
+        code_version=chain.code_version,
     )
     def hpo_study(context: dg.AssetExecutionContext, config: HpoRunConfig, torch_runtime: TorchRuntime, lake: DataLake,
                   graph: dict, split: dict) -> dg.Output[dict]:

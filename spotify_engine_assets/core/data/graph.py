@@ -146,3 +146,26 @@ def category_features(data: HeteroData, schema: Schema, role: str) -> Tensor | N
     features = torch.zeros(int(data[schema.item].num_nodes), max(int(data[edge_type[2]].num_nodes), 1))
     features[edges[0], edges[1]] = 1.0
     return features
+
+
+def training_view(data: HeteroData, schema: Schema, train_index: Tensor, heldout_index: Tensor | None = None) -> HeteroData:
+    """The default message-passing view: every node, the *training* interactions (with their
+    ``edge_attr`` / ``edge_weight``), every category, context and social relation whole, and the
+    reverse of the interaction, category and context relations. Nothing of a held-out interaction
+    is visible; nothing else depends on ``heldout_index``."""
+    view = HeteroData()
+    for node_type in data.node_types:
+        view[node_type].num_nodes = data[node_type].num_nodes
+        if "node_id" in data[node_type]:
+            view[node_type].node_id = data[node_type].node_id
+    kept = {schema.interaction: train_index}
+    for edge_type in (schema.interaction, *schema.categories.values(), *schema.context, *([schema.social] if schema.social else [])):
+        if edge_type not in data.edge_types:
+            continue
+        store, index = data[edge_type], kept.get(edge_type)
+        view[edge_type].edge_index = store.edge_index if index is None else store.edge_index[:, index]
+        for name in ("edge_attr", "edge_weight"):
+            if name in store:
+                view[edge_type][name] = store[name] if index is None else store[name][index]
+    forward = [r for r in (schema.interaction, *schema.categories.values(), *schema.context) if r in view.edge_types]
+    return add_reverse(view, forward)

@@ -26,8 +26,8 @@ import torch
 from torch import Tensor
 from torch_geometric.data import HeteroData
 
-from ...core.data.graph import Schema, add_reverse, heldout_in_view
-from ...core.data.splits import check_partition
+from ...core.data.graph import Schema, add_reverse
+from ...core.dataset import split_violations as core_split_violations
 from .data import LastfmData
 
 USER, ARTIST, TAG = "user", "artist", "tag"
@@ -126,9 +126,4 @@ def message_passing_view(graph: HeteroData, train_index: Tensor, heldout_index: 
 def split_violations(graph: HeteroData, splits: dict) -> dict[str, int]:
     """Counts that must be zero: a pair in two parts, an index out of range, and a held-out pair in
     the view of the training part (the left-out users' pairs are in no part: not a violation)."""
-    split = splits["fixed"]
-    counts = {f"fixed/{name}": value for name, value in check_partition(split, int(graph[LISTENS].edge_index.size(1)), cover=False).items()}
-    heldout = torch.cat([split["valid"], split["test"]])
-    view = message_passing_view(graph, split["train"], heldout)
-    counts["fixed/heldout_in_view"] = heldout_in_view(view, graph, SCHEMA, heldout)
-    return counts
+    return core_split_violations(graph, splits, SCHEMA, message_passing_view, cover=False)

@@ -27,8 +27,8 @@ import torch
 from torch import Tensor
 from torch_geometric.data import HeteroData
 
-from ...core.data.graph import Schema, add_reverse, heldout_in_view
-from ...core.data.splits import check_partition
+from ...core.data.graph import Schema, add_reverse, training_view
+from ...core.dataset import split_violations as core_split_violations
 
 LISTENS = ("user", "listens", "song")
 REV_LISTENS = ("song", "rev_listens", "user")
@@ -145,32 +145,13 @@ def add_reverse_edges(data: HeteroData) -> HeteroData:
 
 
 def message_passing_graph(data: HeteroData, train_index: Tensor, heldout_index: Tensor | None = None) -> HeteroData:
-    """The graph models see: every catalogue edge, but only the *training* listens edges.
-
-    Validation and test interactions never reach message passing, so neither training nor
-    evaluation can read a held-out edge (nothing else depends on ``heldout_index``).
-    """
-    view = HeteroData()
-    for node_type in data.node_types:
-        view[node_type].num_nodes = data[node_type].num_nodes
-        view[node_type].node_id = data[node_type].node_id
-    listens = data[LISTENS]
-    view[LISTENS].edge_index = listens.edge_index[:, train_index]
-    view[LISTENS].edge_attr = listens.edge_attr[train_index]
-    view[BY].edge_index = data[BY].edge_index
-    view[HAS].edge_index = data[HAS].edge_index
-    return add_reverse_edges(view)
+    """The graph models see: every catalogue edge, but only the *training* listens edges (core's
+    default view). Validation and test interactions never reach message passing, so neither
+    training nor evaluation can read a held-out edge."""
+    return training_view(data, SCHEMA, train_index)
 
 
 def split_violations(data: HeteroData, splits: dict) -> dict[str, int]:
     """Per strategy: edges in no part or several, indices out of range, and held-out edges in the
     message-passing graph. All must be 0."""
-    num_edges = int(data[LISTENS].edge_index.size(1))
-    counts = {}
-    for strategy in (s for s in splits if s != "settings"):
-        parts = splits[strategy]
-        for name, value in check_partition(parts, num_edges).items():
-            counts[f"{strategy}/{name}"] = value
-        view = message_passing_graph(data, parts["train"])
-        counts[f"{strategy}/heldout_in_view"] = heldout_in_view(view, data, SCHEMA, torch.cat([parts["valid"], parts["test"]]))
-    return counts
+    return core_split_violations(data, splits, SCHEMA)

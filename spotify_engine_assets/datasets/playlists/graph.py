@@ -32,8 +32,9 @@ import torch
 from torch import Tensor
 from torch_geometric.data import HeteroData
 
-from ...core.data.graph import Schema, add_reverse, heldout_in_view
-from ...core.data.splits import TEST, TRAIN, VALID, check_partition
+from ...core.data.graph import Schema, add_reverse
+from ...core.data.splits import TEST, TRAIN, VALID
+from ...core.dataset import split_violations as core_split_violations
 
 CONTAINS = ("playlist", "contains", "track")
 REV_CONTAINS = ("track", "rev_contains", "playlist")
@@ -211,14 +212,10 @@ def split_violations(data: HeteroData, splits: dict) -> dict[str, int]:
     """Counts that must all be zero, per strategy: an edge in two parts or in none, held-out pairs
     in the view (either direction), playlists whose per-playlist aggregate differs from one computed
     from training edges, and playlists where a held-out track comes before a training track."""
-    counts = {}
+    counts = core_split_violations(data, splits, SCHEMA, message_passing_view)
     for strategy in (s for s in splits if s != "settings"):
         split = splits[strategy]
-        for name, value in check_partition(split, int(data[CONTAINS].edge_index.size(1))).items():
-            counts[f"{strategy}/{name}"] = value
         view = message_passing_view(data, split["train"])
-        heldout = torch.cat([split["valid"], split["test"]])
-        counts[f"{strategy}/heldout_in_view"] = heldout_in_view(view, data, SCHEMA, heldout)
         train_only = torch.bincount(data[CONTAINS].edge_index[0, split["train"]], minlength=data["playlist"].num_nodes)
         counts[f"{strategy}/aggregate_from_heldout"] = int((view["playlist"].num_train_tracks != train_only).sum())
         counts[f"{strategy}/heldout_before_train"] = heldout_position_violations(data, split)

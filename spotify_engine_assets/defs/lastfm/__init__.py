@@ -5,9 +5,13 @@ studies."""
 import dagster as dg
 
 from ...datasets.lastfm import DATASET
-from ..chain import Chain, chain_definitions
+from ..chain import Chain, chain_definitions, data_assets
 from . import graph, ingestion
 
 CHAIN = Chain(DATASET)
 
-defs = dg.Definitions.merge(ingestion.defs, graph.defs, chain_definitions(CHAIN))
+defs = dg.Definitions.merge(
+    ingestion.defs,
+    dg.Definitions(assets=data_assets(CHAIN, graph.MARTS, graph.graph_from_marts, graph.split_of)),
+    chain_definitions(CHAIN),
+)

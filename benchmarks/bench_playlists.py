@@ -26,21 +26,24 @@ from pathlib import Path
 import duckdb
 import torch
 
-from spotify_engine_assets.lib import kaggle
-from spotify_engine_assets.lib import playlist_models as M
-from spotify_engine_assets.lib import playlists as P
-from spotify_engine_assets.lib.generator import GeneratorSettings, generate_world
-from spotify_engine_assets.lib.paths import REPO_ROOT, sql_models_dir
-from spotify_engine_assets.lib.sqlmodels import load_sql_project, materialize_model
+from spotify_engine_assets.core.config import update_config
+from spotify_engine_assets.core.data.splits import labels_to_indices
+from spotify_engine_assets.core.data.sqlmodels import load_sql_project, materialize_model
+from spotify_engine_assets.core.storage.paths import REPO_ROOT, sql_models_dir
+from spotify_engine_assets.core.training.trainer import choose_fusion_weight
+from spotify_engine_assets.datasets.listening.generator import GeneratorSettings, generate_world
+from spotify_engine_assets.datasets.playlists import DATASET, kaggle
+from spotify_engine_assets.datasets.playlists import graph as P
+from spotify_engine_assets.datasets.playlists.metrics import evaluate, track_artists
 
 SAMPLE = REPO_ROOT.parent / "shared" / "data" / "kaggle_spotify_playlists_sample" / "spotify_dataset_sample.csv"
 COLUMNS = ("r_precision", "r_precision_track", "ndcg@10", "ndcg@500", "recall@10", "recall@50", "recall@500", "clicks")
 MIN_EVALUABLE = 30
 
 # Validation-only search space (lr, size, depth, L2, epochs/patience, co-occurrence relation,
-# playlist ids); every candidate is a registry config with these fields replaced.
-TUNE_MODE = "tuned"
-TUNE_GRID = {  # the candidates tried (epochs: the "tuned" mode, early stopping on validation)
+# playlist ids); every candidate is a registry config with these fields replaced (sample and
+# epochs: the registry's, 5,000 playlists and 25 epochs, early stopping on validation).
+TUNE_GRID = {
     "lightgcn": [
         {"lr": 0.01, "num_layers": 2, "l2": 1e-4, "patience": 5},
         {"lr": 0.01, "num_layers": 2, "l2": 1e-2, "patience": 5},
@@ -48,10 +51,10 @@ TUNE_GRID = {  # the candidates tried (epochs: the "tuned" mode, early stopping 
         {"lr": 0.02, "num_layers": 2, "l2": 1e-4, "patience": 5},
     ],
     "playlist_gat": [
-        {"lr": 0.003, "cooccurrence_k": 0, "playlist_ids": True, "patience": 4},
-        {"lr": 0.003, "cooccurrence_k": 20, "playlist_ids": False, "patience": 4},
-        {"lr": 0.01, "cooccurrence_k": 20, "playlist_ids": True, "patience": 4},
-        {"lr": 0.01, "cooccurrence_k": 20, "playlist_ids": False, "patience": 4},
+        {"lr": 0.003, "cooccurrence_k": 0, "user_ids": True, "patience": 4},
+        {"lr": 0.003, "cooccurrence_k": 20, "user_ids": False, "patience": 4},
+        {"lr": 0.01, "cooccurrence_k": 20, "user_ids": True, "patience": 4},
+        {"lr": 0.01, "cooccurrence_k": 20, "user_ids": False, "patience": 4},
     ],
 }
 
@@ -96,16 +99,16 @@ def prepare(con, graph_settings: P.GraphSettings, split_settings: P.SplitSetting
         data, rounds = P.build_playlist_graph(*frames, graph_settings)
     except P.PlaylistGraphError as error:
         return str(error)
-    print(f"  after filters ({graph_settings}): {P.graph_summary(data)} in {len(rounds)} k-core rounds")
+    print(f"  after filters ({graph_settings}): {data[P.CONTAINS].edge_index.size(1)} playlist-track edges in {len(rounds)} k-core rounds")
     labels = P.split_labels(data[P.CONTAINS].edge_index, data[P.CONTAINS].position, data["playlist"].num_nodes, split_settings)
-    split = P.labels_to_indices(labels)
+    split = labels_to_indices(labels)
     edges = data[P.CONTAINS].edge_index
     evaluable = int(torch.unique(edges[0, split["test"]]).numel())
     print(f"  split ({split_settings}): {evaluable} evaluable playlists (with held-out tracks) of {data['playlist'].num_nodes}")
-    leaks = P.leakage_report(data, split)
+    leaks = P.split_violations(data, {"position": split})
     if sum(leaks.values()):
         raise SystemExit(f"leakage check failed: {leaks}")
-    return {"data": data, "split": split, "evaluable": evaluable, "view": P.message_passing_view(data, split["train"])}
+    return {"data": data, "split": split, "evaluable": evaluable}
 
 
 def _parts(prepared: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -113,70 +116,67 @@ def _parts(prepared: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return edges[:, split["train"]], edges[:, split["valid"]], edges[:, split["test"]]
 
 
-def table(prepared: dict, configs: dict[str, M.PlaylistModelConfig] | None = None) -> None:
+def table(prepared: dict, configs: dict | None = None) -> None:
     """Test metrics of every registry config (trainable ones early-stopped on validation)."""
-    data, view = prepared["data"], prepared["view"]
+    data, split = prepared["data"], prepared["split"]
     train, valid, test = _parts(prepared)
     known = torch.cat([train, valid], 1)
-    artists = M.track_artists(data)
-    registry = M.default_playlist_registry()
-    configs = configs or registry.configs
-    print(f"  | config | mode | {' | '.join(COLUMNS)} | playlists | epochs | seconds |")
+    artists = track_artists(data)
+    protocol = DATASET.protocol.for_graph(data)
+    configs = configs or DATASET.registry.base
+    print(f"  | config | sample | {' | '.join(COLUMNS)} | playlists | epochs | seconds |")
     print(f"  |---|---|{'---|' * len(COLUMNS)}---|---|---|")
     trained: dict[str, tuple] = {}  # configs differing only by itemknn_fusion train once (same seed)
     for name, config in configs.items():
-        mode = registry.modes[config.mode]
-        sample = M.sample_playlists(data["playlist"].num_nodes, mode.playlists, config.seed)
         started = time.perf_counter()
-        state, epochs = None, "-"
+        sample = DATASET.sample(data, config)
+        epochs = "-"
         if config.trainable:
             key = repr(config.model_dump(exclude={"name", "description", "itemknn_fusion"}))
-            model = M.build_trainable(config, {t: data[t].num_nodes for t in data.node_types})
-            if key in trained:
-                weights, epochs, seconds_before = trained[key]
-                model.load_state_dict({**model.state_dict(), **weights})
-                started -= seconds_before
-            else:
-                result = M.train_bpr(model, view, valid, config.model_copy(update={"itemknn_fusion": False}), mode.epochs, sample)
-                epochs = f"{result['best_epoch']}/{result['epochs_run']}"
-                trained[key] = ({k: v for k, v in result["best_state"].items() if k != "fusion_weight"}, epochs, time.perf_counter() - started)
+            if key not in trained:
+                model, result, view = DATASET.fit(update_config(config, itemknn_fusion=False), data, split)
+                trained[key] = (model.state_dict(), f"{result.best_epoch}/{result.epochs_run}", time.perf_counter() - started)
+            weights, epochs, seconds_before = trained[key]
+            started -= seconds_before
+            model = DATASET.build(config, data)
+            model.load_state_dict({**model.state_dict(), **weights})  # a fusion config keeps its fusion_weight buffer
+            view = DATASET.view_for(data, split, config)
+            model.prepare(view)
             if config.itemknn_fusion:
-                fusion = M.choose_fusion_weight(model, view, valid, config, sample)
+                fusion = choose_fusion_weight(model, view, valid, protocol, sample)
                 epochs += f", w={float(model.fusion_weight):.1f} (valid {max(fusion.values()):.4f} vs {fusion[0.0]:.4f} unfused)"
-            state = model.state_dict()
-        metrics = M.evaluate(M.scorer_for(config, view, state), test, known, data["track"].num_nodes, sample, track_artist=artists)
+        else:
+            model, _, _ = DATASET.fit(config, data, split)
+        metrics = evaluate(model.score, test, known, data["track"].num_nodes, sample, track_artist=artists)
         seconds = time.perf_counter() - started
         cells = " | ".join(f"{metrics[c]:.4f}" if c != "clicks" else f"{metrics[c]:.2f}" for c in COLUMNS)
-        print(f"  | {name} | {config.mode} | {cells} | {metrics['playlists_evaluated']} | {epochs} | {seconds:.1f} |", flush=True)
+        print(f"  | {name} | {config.user_sample} | {cells} | {metrics['playlists_evaluated']} | {epochs} | {seconds:.1f} |", flush=True)
 
 
 def tune(prepared: dict, only: list[str]) -> None:
     """Validation-only search; prints validation metrics (never test) per candidate."""
-    data, view = prepared["data"], prepared["view"]
+    data, split = prepared["data"], prepared["split"]
     train, valid, _ = _parts(prepared)
-    artists = M.track_artists(data)
-    registry = M.default_playlist_registry()
+    artists = track_artists(data)
+    registry = DATASET.registry.base
     for name in only:
-        base = registry.configs[name]
-        mode = registry.modes[TUNE_MODE]
-        sample = M.sample_playlists(data["playlist"].num_nodes, mode.playlists, base.seed)
+        base = registry[name]
+        sample = DATASET.sample(data, base)
         # the non-trainable references on the same validation split
         for reference in ("most_popular", "itemknn"):
-            ref = registry.configs[reference]
-            metrics = M.evaluate(M.scorer_for(ref, view, None), valid, train, data["track"].num_nodes, sample, ks=(10,), track_artist=artists)
+            model, _, _ = DATASET.fit(registry[reference], data, split)
+            metrics = evaluate(model.score, valid, train, data["track"].num_nodes, sample, ks=(10,), track_artist=artists)
             print(f"  valid {reference}: R-prec {metrics['r_precision']:.4f} NDCG@10 {metrics['ndcg@10']:.4f}")
         rows = []
         for changes in TUNE_GRID[base.model]:
-            config = base.model_copy(update={**changes, "itemknn_fusion": False})
-            M.PlaylistModelConfig(**config.model_dump())  # validate the combination
+            config = update_config(base, **changes, itemknn_fusion=False)
             started = time.perf_counter()
-            model = M.build_trainable(config, {t: data[t].num_nodes for t in data.node_types})
-            result = M.train_bpr(model, view, valid, config, mode.epochs, sample)
-            best = result["history"][result["best_epoch"] - 1]
-            rows.append((result["best_valid_r_precision"], changes, result["best_epoch"], result["epochs_run"], time.perf_counter() - started))
+            _, result, _ = DATASET.fit(config, data, split)
+            best = result.history[result.best_epoch - 1]
+            rows.append((result.best_valid, changes, result.best_epoch, result.epochs_run, time.perf_counter() - started))
             print(
-                f"  {name} {changes}: valid R-prec {result['best_valid_r_precision']:.4f} (recall@10 {best['valid_recall@10']:.4f}) "
-                f"best epoch {result['best_epoch']}/{result['epochs_run']} {rows[-1][-1]:.0f}s",
+                f"  {name} {changes}: valid R-prec {result.best_valid:.4f} (recall@10 {best['valid_recall@10']:.4f}) "
+                f"best epoch {result.best_epoch}/{result.epochs_run} {rows[-1][-1]:.0f}s",
                 flush=True,
             )
         best = max(rows, key=lambda row: row[0])

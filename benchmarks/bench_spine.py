@@ -18,8 +18,8 @@ from pathlib import Path
 import dagster as dg
 import polars as pl
 
-from spotify_engine_assets.lib.paths import DATA_LAKE_ENV
-from spotify_engine_assets.lib.plots import frame_markdown
+from spotify_engine_assets.core.storage.paths import DATA_LAKE_ENV
+from spotify_engine_assets.core.plots import frame_markdown
 
 
 def main() -> int:
@@ -44,7 +44,7 @@ def main() -> int:
         for r in results:
             if not r.success:
                 print(f"FAILED {r.name}: {r.error}")
-    table = pl.read_csv(lake / "reports" / "model_comparison.csv")
+    table = pl.read_csv(lake / "reports" / "listening" / "model_comparison.csv")
     print("\ntest metrics, default synthetic data:")
     print(frame_markdown(table))
     ndcg = dict(zip(table["config"], table["ndcg@10"]))

@@ -18,7 +18,10 @@ from pathlib import Path
 import torch
 from killing import sigkill_when
 
-from spotify_engine_assets.lib.training import CHECKPOINT_FILE, build_model, num_nodes_of, train
+from spotify_engine_assets.core.data.graph import num_nodes_of
+from spotify_engine_assets.core.models import build_model
+from spotify_engine_assets.core.training.trainer import CHECKPOINT_FILE, train
+from spotify_engine_assets.datasets.listening.graph import SCHEMA
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_training import config, toy_problem  # noqa: E402
@@ -32,14 +35,17 @@ import torch
 torch.set_num_threads(1)
 sys.path.insert(0, {tests!r})
 from test_training import config, toy_problem
-from spotify_engine_assets.lib.training import build_model, num_nodes_of, train
+from spotify_engine_assets.core.data.graph import num_nodes_of
+from spotify_engine_assets.core.models import build_model
+from spotify_engine_assets.core.training.trainer import train
+from spotify_engine_assets.datasets.listening.graph import SCHEMA
 
 checkpoint_dir, out, pause = sys.argv[1], sys.argv[2], float(sys.argv[3])
 view, valid = toy_problem()
 cfg = config("gat_enhanced", dropout=0.3, max_epochs={epochs}, patience=100, lr_patience=1,
              negatives_per_positive=3, grad_accumulation=2, batch_size=8)
 weights = torch.linspace(0.5, 1.5, view[("user", "listens", "song")].edge_index.size(1))
-model = build_model(cfg, num_nodes_of(view))
+model = build_model(cfg, SCHEMA, num_nodes_of(view))
 result = train(model, view, valid, cfg, weights=weights, checkpoint_dir=checkpoint_dir,
                on_epoch=lambda row: time.sleep(pause))
 torch.save({{
@@ -69,7 +75,7 @@ def _run(checkpoint_dir=None):
     cfg = config("gat_enhanced", dropout=0.3, max_epochs=EPOCHS, patience=100, lr_patience=1,
                  negatives_per_positive=3, grad_accumulation=2, batch_size=8)
     weights = torch.linspace(0.5, 1.5, view[("user", "listens", "song")].edge_index.size(1))
-    return train(build_model(cfg, num_nodes_of(view)), view, valid, cfg, weights=weights, checkpoint_dir=checkpoint_dir)
+    return train(build_model(cfg, SCHEMA, num_nodes_of(view)), view, valid, cfg, weights=weights, checkpoint_dir=checkpoint_dir)
 
 
 def _reference():
@@ -108,18 +114,22 @@ def test_sigkilled_training_resumes_from_its_checkpoint_and_matches_an_uninterru
 
 
 def test_checkpoint_folder_is_keyed_by_partition_config_and_data(tmp_path):
+    # the folder is <lake>/checkpoints/<chain>/<config>/<hash of config, data, epoch cap, code>
+    # (defs/chain.py's trained_model); checkpoint_dir_for(lake, chain, config, data, max_epochs)
+    # is the helper that computes it
+    from spotify_engine_assets.defs.chain import checkpoint_dir_for
+    from spotify_engine_assets.defs.listening import CHAIN
     from spotify_engine_assets.defs.resources import DataLake
-    from spotify_engine_assets.defs.training import checkpoint_dir_for
 
     lake = DataLake(root=str(tmp_path))
     cfg = config("lightgcn")
-    folder = checkpoint_dir_for(lake, cfg, "data-a", None)
-    assert folder.parent == tmp_path.resolve() / "checkpoints" / "trained_model" / cfg.name
-    assert checkpoint_dir_for(lake, cfg, "data-a", None) == folder
+    folder = checkpoint_dir_for(lake, CHAIN, cfg, "data-a", None)
+    assert folder.parent == tmp_path.resolve() / "checkpoints" / "listening" / cfg.name
+    assert checkpoint_dir_for(lake, CHAIN, cfg, "data-a", None) == folder
     others = {
-        checkpoint_dir_for(lake, cfg, "data-b", None),
-        checkpoint_dir_for(lake, config("lightgcn", lr=0.01), "data-a", None),
-        checkpoint_dir_for(lake, cfg, "data-a", 5),
+        checkpoint_dir_for(lake, CHAIN, cfg, "data-b", None),
+        checkpoint_dir_for(lake, CHAIN, config("lightgcn", lr=0.01), "data-a", None),
+        checkpoint_dir_for(lake, CHAIN, cfg, "data-a", 5),
     }
     assert folder not in others and len(others) == 3
 
@@ -149,14 +159,14 @@ def materialize_trained_model(name: str, max_epochs: int, data_stage: bool = Fal
 
     dagster_home()
     instance = dg.DagsterInstance.get()
-    partitions = defs.resolve_asset_graph().get(dg.AssetKey("trained_model")).partitions_def
+    partitions = defs.resolve_asset_graph().get(dg.AssetKey(["listening", "trained_model"])).partitions_def
     if isinstance(partitions, dg.DynamicPartitionsDefinition) and not instance.has_dynamic_partition(partitions.name, name):
         instance.add_dynamic_partitions(partitions.name, [name])
     if data_stage:
         selection, config, partition = DATA_STAGE, run_config("tiny_data.yaml"), None
     else:
-        selection, config, partition = ["trained_model"], run_config(), name
-        config.setdefault("ops", {})["trained_model"] = {"config": {"max_epochs": max_epochs}}
+        selection, config, partition = [dg.AssetKey(["listening", "trained_model"])], run_config(), name
+        config.setdefault("ops", {})["listening__trained_model"] = {"config": {"max_epochs": max_epochs}}
     return dg.materialize(
         [*defs.assets, *defs.asset_checks], selection=selection, run_config=config, instance=instance,
         resources=defs.resources, partition_key=partition, raise_on_error=False,
@@ -168,10 +178,11 @@ def _failure(result) -> str:
 
 
 def test_killed_trained_model_materialization_resumes_and_keeps_the_previous_version(tmp_path, monkeypatch):
-    from spotify_engine_assets.lib.recommend import load_model
-    from spotify_engine_assets.lib.artifacts import ArtifactStore, load_torch
-    from spotify_engine_assets.lib.graph import from_payload
-    from spotify_engine_assets.lib.paths import DATA_LAKE_ENV
+    from spotify_engine_assets.core.config import parse_config
+    from spotify_engine_assets.core.data.graph import from_payload
+    from spotify_engine_assets.core.storage.artifacts import ArtifactStore, load_torch
+    from spotify_engine_assets.core.storage.paths import DATA_LAKE_ENV
+    from spotify_engine_assets.datasets.listening import DATASET
 
     lake = tmp_path / "lake"
     monkeypatch.setenv(DATA_LAKE_ENV, str(lake))
@@ -179,24 +190,30 @@ def test_killed_trained_model_materialization_resumes_and_keeps_the_previous_ver
     data_run = materialize_trained_model(DAGSTER_CONFIG, 1, data_stage=True)
     assert data_run.success, _failure(data_run)
     store = ArtifactStore(lake / "artifacts")
-    data = from_payload(load_torch(store.current(["listening_graph"]) / "data.pt"))
+    data = from_payload(load_torch(store.current(["listening", "graph"]) / "data.pt"))
+    splits = load_torch(store.current(["listening", "split"]) / "data.pt")
+
+    def load_model(artifact: dict, data):
+        """The weights of a ``trained_model`` artifact in its config's model, ready to score."""
+        config = parse_config(artifact["config"])
+        return DATASET.load(config, data, splits[config.split], artifact["state"])[0]
 
     # 1. a complete, short materialization: the version that must survive the killed run
     first = materialize_trained_model(DAGSTER_CONFIG, 2)
     assert first.success, _failure(first)
-    previous = store.current(["trained_model"], DAGSTER_CONFIG)
+    previous = store.current(["listening", "trained_model"], DAGSTER_CONFIG)
     assert load_torch(previous / "data.pt")["epochs_run"] == 2
 
     # 2. a longer run in a real subprocess, SIGKILLed once it has written a checkpoint
     child = subprocess.Popen([sys.executable, "-c", MATERIALIZE_CHILD, DAGSTER_CONFIG, str(DAGSTER_EPOCHS)],
                              env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    checkpoints = lake / "checkpoints" / "trained_model" / DAGSTER_CONFIG  # <config>/<run hash>/checkpoint.pt
+    checkpoints = lake / "checkpoints" / "listening" / DAGSTER_CONFIG  # <config>/<run hash>/checkpoint.pt
     checkpoint = _kill_at_checkpoint(child, checkpoints, f"*/{CHECKPOINT_FILE}", timeout=180)
     killed_at = torch.load(checkpoint, weights_only=True)
     assert 1 <= killed_at["epoch"] < DAGSTER_EPOCHS and not killed_at["finished"], "the run was not killed mid-way"
 
     # 3. while the killed run is dead, the previous version is still current and loadable
-    assert store.current(["trained_model"], DAGSTER_CONFIG) == previous
+    assert store.current(["listening", "trained_model"], DAGSTER_CONFIG) == previous
     survivor = load_torch(previous / "data.pt")
     assert survivor["epochs_run"] == 2
     load_model(survivor, data)
@@ -204,16 +221,16 @@ def test_killed_trained_model_materialization_resumes_and_keeps_the_previous_ver
     # 4. re-materialized: resumes from the killed run's checkpoint and publishes a new version
     resumed = materialize_trained_model(DAGSTER_CONFIG, DAGSTER_EPOCHS)
     assert resumed.success, _failure(resumed)
-    (event,) = resumed.asset_materializations_for_node("trained_model")
+    (event,) = resumed.asset_materializations_for_node("listening__trained_model")
     assert event.metadata["resumed_from_epoch"].value == killed_at["epoch"] > 0
-    current = store.current(["trained_model"], DAGSTER_CONFIG)
+    current = store.current(["listening", "trained_model"], DAGSTER_CONFIG)
     assert current != previous
     artifact = load_torch(current / "data.pt")
     assert artifact["epochs_run"] > killed_at["epoch"]
     strip = lambda rows: [{k: v for k, v in row.items() if k != "seconds"} for row in rows]  # noqa: E731
     assert strip(artifact["history"][: killed_at["epoch"]]) == strip(killed_at["history"])
     model = load_model(artifact, data)
-    for key, value in artifact["best_state"].items():
+    for key, value in artifact["state"].items():
         assert torch.equal(model.state_dict()[key], value), key
     assert not checkpoint.exists()  # finished: the checkpoint is cleared
     load_model(load_torch(previous / "data.pt"), data)  # the old version stays loadable

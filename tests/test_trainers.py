@@ -11,26 +11,23 @@ import torch.nn.functional as F
 from pydantic import ValidationError
 from scipy.stats import mannwhitneyu
 
-import spotify_engine_assets.lib.training as training_module
-from spotify_engine_assets.lib.configs import ConfigError, ModelConfig, load_registry
-from spotify_engine_assets.lib.graph import LISTENS
-from spotify_engine_assets.lib.models import TaskHeads
-from spotify_engine_assets.lib.training import (
-    AdvancedTrainer,
-    SimpleTrainer,
+import spotify_engine_assets.core.training.trainer as training_module
+from spotify_engine_assets.core.config import ConfigError, parse_config
+from spotify_engine_assets.core.data.graph import num_nodes_of
+from spotify_engine_assets.core.models import TaskHeads, build_model, embed
+from spotify_engine_assets.core.training.inputs import task_labels
+from spotify_engine_assets.core.training.losses import (
     bpr_step_loss,
-    build_model,
     candidate_softmax,
-    embed,
     expected_similarity,
     exposure_entropy,
-    num_nodes_of,
     objective_penalty,
     roc_auc,
-    task_labels,
     task_metrics,
-    train,
 )
+from spotify_engine_assets.core.training.trainer import AdvancedTrainer, SimpleTrainer, train
+from spotify_engine_assets.datasets.listening import DATASET
+from spotify_engine_assets.datasets.listening.graph import LISTENS, SCHEMA
 from test_training import _states_equal, config, toy_problem
 
 torch.set_num_threads(1)
@@ -81,15 +78,16 @@ def test_invalid_combinations_fail_at_config_validation(overrides, message):
      ("trainer", "simple")],
 )
 def test_most_popular_refuses_training_objectives(field, value):
-    with pytest.raises(ValidationError, match=f"{field} only apply to trainable models"):
-        ModelConfig(name="mp", model="most_popular", **{field: value})
+    # a field a kind does not have is refused (pydantic names the field: "Extra inputs are not permitted")
+    with pytest.raises(ValidationError, match=rf"{field}\n\s+Extra inputs are not permitted"):
+        parse_config(dict(name="mp", model="most_popular", **{field: value}))
 
 
 def test_registry_file_error_names_file_config_and_field(tmp_path):
     path = tmp_path / "models.yaml"
     path.write_text("bad:\n  model: lightgcn\n  coverage_weight: -1\n")
     with pytest.raises(ConfigError, match=r"models\.yaml: config 'bad': coverage_weight"):
-        load_registry(path)
+        DATASET.registry.load(path)
 
 
 def test_config_tasks_keep_the_weighted_heads_in_order():
@@ -106,15 +104,15 @@ def test_task_labels_follow_thresholds_and_read_only_the_given_edges():
     listens = data[LISTENS]
     index = torch.arange(0, listens.edge_index.size(1), 2)
     cfg = config(task_complete_weight=1.0, task_repeat_weight=1.0, complete_threshold=0.6, repeat_min_plays=3)
-    labels = task_labels(cfg, data, index)
+    labels = task_labels(cfg, data, SCHEMA, index)
     assert labels.shape == (index.numel(), 2)
     assert torch.equal(labels[:, 0], (listens.mean_completion[index] >= 0.6).float())
     assert torch.equal(labels[:, 1], (listens.play_count[index] >= 3).float())
     held_out = torch.arange(1, listens.edge_index.size(1), 2)
     listens.mean_completion[held_out] = 1.0 - listens.mean_completion[held_out]
     listens.play_count[held_out] = 99.0
-    assert torch.equal(task_labels(cfg, data, index), labels)
-    assert task_labels(config(), data, index) is None
+    assert torch.equal(task_labels(cfg, data, SCHEMA, index), labels)
+    assert task_labels(config(), data, SCHEMA, index) is None
 
 
 def test_task_head_on_a_graph_without_the_column_fails_naming_config_and_field():
@@ -122,22 +120,22 @@ def test_task_head_on_a_graph_without_the_column_fails_naming_config_and_field()
     del data[LISTENS].play_count
     index = torch.arange(10)
     with pytest.raises(ValueError, match=r"'toy_gat_basic'.*task_repeat_weight needs listens\.play_count"):
-        task_labels(config(task_repeat_weight=1.0), data, index)
-    assert task_labels(config(task_complete_weight=1.0), data, index).shape == (10, 1)
+        task_labels(config(task_repeat_weight=1.0), data, SCHEMA, index)
+    assert task_labels(config(task_complete_weight=1.0), data, SCHEMA, index).shape == (10, 1)
 
 
 @pytest.mark.parametrize("kind", ["gat_enhanced", "lightgcn"])
 def test_heads_are_built_only_when_weighted_and_leave_the_model_unchanged(kind):
     view, _ = toy_problem()
-    plain = build_model(config(kind), num_nodes_of(view))
-    headed = build_model(config(kind, task_repeat_weight=1.0), num_nodes_of(view))
+    plain = build_model(config(kind), SCHEMA, num_nodes_of(view))
+    headed = build_model(config(kind, task_repeat_weight=1.0), SCHEMA, num_nodes_of(view))
     assert not hasattr(plain, "task_heads")
     assert isinstance(headed.task_heads, TaskHeads) and headed.task_heads.tasks == ("repeat",)
     heads = {k: v for k, v in headed.state_dict().items() if k.startswith("task_heads.")}
     rest = {k: v for k, v in headed.state_dict().items() if not k.startswith("task_heads.")}
     assert heads and _states_equal(rest, plain.state_dict())
-    # a rebuilt model restores the heads from the state dict (what recommend.load_model does)
-    rebuilt = build_model(config(kind, task_repeat_weight=1.0, seed=5), num_nodes_of(view))
+    # a rebuilt model restores the heads from the state dict (what core.models.load_model does)
+    rebuilt = build_model(config(kind, task_repeat_weight=1.0, seed=5), SCHEMA, num_nodes_of(view))
     rebuilt.load_state_dict(headed.state_dict())
     user, song = embed(headed, view)
     pairs = view[LISTENS].edge_index
@@ -148,7 +146,7 @@ def test_heads_are_built_only_when_weighted_and_leave_the_model_unchanged(kind):
 def test_step_loss_adds_the_weighted_bce_of_the_step_pairs():
     view, _ = toy_problem()
     cfg = config("gat_enhanced", task_complete_weight=0.7, task_repeat_weight=0.2)
-    model = build_model(cfg, num_nodes_of(view)).eval()
+    model = build_model(cfg, SCHEMA, num_nodes_of(view)).eval()
     users, positives = torch.tensor([0, 1, 5, 7]), torch.tensor([1, 2, 30, 31])
     negatives = torch.tensor([[25], [26], [3], [4]])
     labels = torch.tensor([[1.0, 0.0], [0.0, 0.0], [1.0, 1.0], [0.0, 1.0]])
@@ -168,11 +166,11 @@ def test_trainer_needs_labels_exactly_when_the_config_has_heads():
     cfg = config(task_complete_weight=1.0, max_epochs=1)
     edges = view[LISTENS].edge_index.size(1)
     with pytest.raises(ValueError, match=r"trains task heads \['complete'\]: pass task_labels of shape \(48, 1\)"):
-        train(build_model(cfg, num_nodes_of(view)), view, valid, cfg)
+        train(build_model(cfg, SCHEMA, num_nodes_of(view)), view, valid, cfg)
     with pytest.raises(ValueError, match="has no task head"):
-        train(build_model(config(), num_nodes_of(view)), view, valid, config(), task_labels=torch.ones(edges, 1))
+        train(build_model(config(), SCHEMA, num_nodes_of(view)), view, valid, config(), task_labels=torch.ones(edges, 1))
     with pytest.raises(ValueError, match="the model has no task heads"):
-        train(build_model(config(), num_nodes_of(view)), view, valid, cfg, task_labels=torch.ones(edges, 1))
+        train(build_model(config(), SCHEMA, num_nodes_of(view)), view, valid, cfg, task_labels=torch.ones(edges, 1))
 
 
 def test_heads_learn_their_labels_jointly_with_ranking():
@@ -186,13 +184,14 @@ def test_heads_learn_their_labels_jointly_with_ranking():
     data[LISTENS].mean_completion[:2] = 0.9
     cfg = config("lightgcn", task_repeat_weight=1.0, max_epochs=15, patience=100, batch_size=16)
     every = torch.arange(pairs.size(1))
-    model = build_model(cfg, num_nodes_of(view))
-    assert task_metrics(model, cfg, data, view, every)["repeat"]["auc"] < 0.8  # untrained
-    result = train(model, view, valid, cfg, task_labels=task_labels(cfg, data, every))
-    metrics = task_metrics(model, cfg, data, view, every)
+    model = build_model(cfg, SCHEMA, num_nodes_of(view))
+    labels = task_labels(cfg, data, SCHEMA, every)
+    assert task_metrics(model.prepare(view), cfg, labels, pairs[:, every])["repeat"]["auc"] < 0.8  # untrained
+    result = train(model, view, valid, cfg, task_labels=labels)
+    metrics = task_metrics(model, cfg, labels, pairs[:, every])  # train() leaves the model prepared
     assert metrics["repeat"]["auc"] > 0.8, metrics
     assert metrics["repeat"]["positive_rate"] == pytest.approx(float((pairs[1] % 2 == 0).float().mean()))
-    assert result.best_valid_recall > 0
+    assert result.best_valid > 0
 
 
 def test_roc_auc_matches_scipy_mann_whitney_with_ties():
@@ -234,7 +233,7 @@ def test_a_gradient_step_on_a_surrogate_moves_it_in_the_intended_direction(objec
     view, _ = toy_problem(num_users=12, num_songs=60, per_user=8)
     cfg = config("lightgcn", coverage_weight=1.0 if objective == "coverage" else 0.0,
                  diversity_weight=1.0 if objective == "diversity" else 0.0, surrogate_candidates=32, surrogate_temperature=0.2)
-    model = build_model(cfg, num_nodes_of(view))
+    model = build_model(cfg, SCHEMA, num_nodes_of(view))
     users, candidates = torch.arange(12), torch.randperm(60, generator=torch.Generator().manual_seed(2))[:32]
 
     def measured():
@@ -258,12 +257,12 @@ def test_a_gradient_step_on_a_surrogate_moves_it_in_the_intended_direction(objec
 def test_zero_weight_surrogates_are_a_no_op_and_weighted_ones_change_training():
     view, valid = toy_problem()
     base = dict(max_epochs=3, patience=100, batch_size=16)
-    plain = train(build_model(config(**base), num_nodes_of(view)), view, valid, config(**base))
+    plain = train(build_model(config(**base), SCHEMA, num_nodes_of(view)), view, valid, config(**base))
     explicit = config(diversity_weight=0.0, coverage_weight=0.0, **base)
-    zero = train(build_model(explicit, num_nodes_of(view)), view, valid, explicit)
+    zero = train(build_model(explicit, SCHEMA, num_nodes_of(view)), view, valid, explicit)
     assert _states_equal(plain.final_state, zero.final_state)
     covered = config(coverage_weight=1.0, surrogate_candidates=16, **base)
-    result = train(build_model(covered, num_nodes_of(view)), view, valid, covered)
+    result = train(build_model(covered, SCHEMA, num_nodes_of(view)), view, valid, covered)
     assert all(math.isfinite(row["loss"]) for row in result.history)
     assert not _states_equal(plain.final_state, result.final_state)
 
@@ -272,7 +271,7 @@ def test_more_candidates_than_songs_fail_before_training():
     view, valid = toy_problem()  # 40 songs
     cfg = config(diversity_weight=0.1, surrogate_candidates=41)
     with pytest.raises(ValueError, match="surrogate_candidates 41 exceeds the catalogue's 40 songs"):
-        train(build_model(cfg, num_nodes_of(view)), view, valid, cfg)
+        train(build_model(cfg, SCHEMA, num_nodes_of(view)), view, valid, cfg)
 
 
 # ---------------------------------------------------------------------------------- trainers
@@ -281,18 +280,19 @@ def test_more_candidates_than_songs_fail_before_training():
 def test_simple_trainer_runs_every_epoch_without_validation(monkeypatch):
     view, valid = toy_problem()
     cfg = config(trainer="simple", max_epochs=6, patience=1)  # patience is an advanced-trainer setting
-    model = build_model(cfg, num_nodes_of(view))
+    model = build_model(cfg, SCHEMA, num_nodes_of(view))
     eval_forwards = []
     original = model.forward
     monkeypatch.setattr(model, "forward", lambda *a, **k: eval_forwards.append(not model.training) or original(*a, **k))
-    monkeypatch.setattr(training_module, "recall_at_k", lambda *a, **k: pytest.fail("the simple trainer validated"))
+    monkeypatch.setattr(training_module, "validate", lambda *a, **k: pytest.fail("the simple trainer validated"))
     result = train(model, view, valid, cfg)
-    assert result.epochs_run == 6 and sum(eval_forwards) == 0
+    # no validation forward: the one evaluation-mode pass is train() preparing the model to score
+    assert result.epochs_run == 6 and sum(eval_forwards) == 1
     assert all(set(row) == {"epoch", "loss", "lr", "seconds"} for row in result.history)
     assert {row["lr"] for row in result.history} == {cfg.lr}
-    assert result.best_valid_recall is None and result.best_epoch == 6
+    assert result.best_valid is None and result.best_epoch == 6
     assert _states_equal(result.best_state, result.final_state) and _states_equal(model.state_dict(), result.final_state)
-    from spotify_engine_assets.lib.plots import training_curve
+    from spotify_engine_assets.core.plots import training_curve
 
     assert "training curve" in training_curve(result.history, cfg.name)  # trained_model's plot: loss only
 
@@ -304,11 +304,11 @@ def test_both_trainers_share_one_loop():
     settings = dict(max_epochs=4, patience=100, lr_patience=100, negatives_per_positive=2, task_complete_weight=0.5,
                     coverage_weight=0.2, surrogate_candidates=16)
     data, _ = labelled_graph()
-    labels = task_labels(config(**settings), data, torch.arange(view[LISTENS].edge_index.size(1)))
+    labels = task_labels(config(**settings), data, SCHEMA, torch.arange(view[LISTENS].edge_index.size(1)))
     runs = {}
     for trainer in ("simple", "advanced"):
         cfg = config(trainer=trainer, **settings)
-        runs[trainer] = train(build_model(cfg, num_nodes_of(view)), view, valid, cfg, task_labels=labels)
+        runs[trainer] = train(build_model(cfg, SCHEMA, num_nodes_of(view)), view, valid, cfg, task_labels=labels)
     assert _states_equal(runs["simple"].final_state, runs["advanced"].final_state)
     assert [r["loss"] for r in runs["simple"].history] == [r["loss"] for r in runs["advanced"].history]
     assert all("valid_recall@10" in row for row in runs["advanced"].history)
@@ -317,11 +317,11 @@ def test_both_trainers_share_one_loop():
 def test_advanced_trainer_early_stops_and_restores_the_best_weights():
     view, valid = toy_problem(num_users=4, num_songs=10, per_user=3)  # recall@10 is 1.0 from epoch 1
     cfg = config(max_epochs=20, patience=3)
-    model = build_model(cfg, num_nodes_of(view))
+    model = build_model(cfg, SCHEMA, num_nodes_of(view))
     result = AdvancedTrainer(model, view, cfg, valid).fit()
     assert result.best_epoch == 1 and result.epochs_run == 4
     assert _states_equal(model.state_dict(), result.best_state)
-    simple = SimpleTrainer(build_model(cfg, num_nodes_of(view)), view, cfg).fit()
+    simple = SimpleTrainer(build_model(cfg, SCHEMA, num_nodes_of(view)), view, cfg).fit()
     assert simple.epochs_run == 20
 
 
@@ -329,9 +329,9 @@ def test_simple_trainer_refuses_checkpoints(tmp_path):
     view, valid = toy_problem()
     cfg = config(trainer="simple", max_epochs=1)
     with pytest.raises(ValueError, match="the simple trainer writes no checkpoints"):
-        train(build_model(cfg, num_nodes_of(view)), view, valid, cfg, checkpoint_dir=tmp_path)
+        train(build_model(cfg, SCHEMA, num_nodes_of(view)), view, valid, cfg, checkpoint_dir=tmp_path)
     with pytest.raises(ValueError, match="checkpoint_every must be >= 1"):
-        AdvancedTrainer(build_model(config(), num_nodes_of(view)), view, config(), valid, checkpoint_every=0)
+        AdvancedTrainer(build_model(config(), SCHEMA, num_nodes_of(view)), view, config(), valid, checkpoint_every=0)
 
 
 # ---------------------------------------------------------------------------------- steps per epoch
@@ -345,8 +345,8 @@ def test_steps_per_epoch_validation():
         config(steps_per_epoch=4)  # the toy config's batch_size is 16, not the default
     with pytest.raises(ValidationError, match="remove grad_accumulation 2"):
         config(batch_size=4096, grad_accumulation=2, steps_per_epoch=4)
-    with pytest.raises(ValidationError, match="steps_per_epoch only apply to trainable models"):
-        ModelConfig(name="pop", model="most_popular", steps_per_epoch=4)
+    with pytest.raises(ValidationError, match=r"steps_per_epoch\n\s+Extra inputs are not permitted"):
+        parse_config(dict(name="pop", model="most_popular", steps_per_epoch=4))
     cfg = config(batch_size=4096, steps_per_epoch=5)
     assert (cfg.positives_per_step(48), cfg.steps_in_epoch(48)) == (10, 5)
     assert (cfg.positives_per_step(3), cfg.steps_in_epoch(3)) == (1, 3)  # never an empty step
@@ -358,10 +358,10 @@ def test_an_epoch_of_k_steps_takes_k_optimizer_steps_over_every_training_edge_on
     view, valid = toy_problem()  # 48 training edges
     assert view[LISTENS].edge_index.size(1) == 48
     cfg = config(batch_size=4096, steps_per_epoch=steps, max_epochs=1)
-    trainer = AdvancedTrainer(build_model(cfg, num_nodes_of(view)), view, cfg, valid)
+    trainer = AdvancedTrainer(build_model(cfg, SCHEMA, num_nodes_of(view)), view, cfg, valid)
     batches, optimizer_steps = [], []
-    original_step, original_optimizer_step = trainer._step, trainer.optimizer.step
-    monkeypatch.setattr(trainer, "_step", lambda batch: batches.append(batch.clone()) or original_step(batch))
+    original_step, original_optimizer_step = trainer._bpr_step, trainer.optimizer.step
+    monkeypatch.setattr(trainer, "_bpr_step", lambda batch: batches.append(batch.clone()) or original_step(batch))
     monkeypatch.setattr(trainer.optimizer, "step", lambda *a, **k: optimizer_steps.append(1) or original_optimizer_step(*a, **k))
     trainer.fit()
     assert len(optimizer_steps) == min(steps, 48)
@@ -373,28 +373,28 @@ def test_steps_per_epoch_with_whole_batches_reproduces_the_batch_size_run():
     """48 edges: 3 steps of 16 are exactly batch_size 16 (same shuffles, negatives, losses)."""
     view, valid = toy_problem()
     runs = [
-        train(build_model(cfg, num_nodes_of(view)), view, valid, cfg)
+        train(build_model(cfg, SCHEMA, num_nodes_of(view)), view, valid, cfg)
         for cfg in (config(max_epochs=3), config(max_epochs=3, batch_size=4096, steps_per_epoch=3))
     ]
     assert _states_equal(runs[0].final_state, runs[1].final_state)
     assert [r["loss"] for r in runs[0].history] == [r["loss"] for r in runs[1].history]
     # 2 steps of 24 positives is another (valid) run
     other = config(max_epochs=3, batch_size=4096, steps_per_epoch=2)
-    assert not _states_equal(runs[0].final_state, train(build_model(other, num_nodes_of(view)), view, valid, other).final_state)
+    assert not _states_equal(runs[0].final_state, train(build_model(other, SCHEMA, num_nodes_of(view)), view, valid, other).final_state)
 
 
 def test_steps_per_epoch_run_resumes_from_its_checkpoint(tmp_path):
     view, valid = toy_problem()
     cfg = config("lightgcn", batch_size=4096, steps_per_epoch=4, max_epochs=5, patience=100)
-    uninterrupted = train(build_model(cfg, num_nodes_of(view)), view, valid, cfg, checkpoint_dir=tmp_path / "a")
+    uninterrupted = train(build_model(cfg, SCHEMA, num_nodes_of(view)), view, valid, cfg, checkpoint_dir=tmp_path / "a")
 
     def stop_at_3(row):
         if row["epoch"] == 3:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        train(build_model(cfg, num_nodes_of(view)), view, valid, cfg, checkpoint_dir=tmp_path / "b", on_epoch=stop_at_3)
-    resumed = train(build_model(cfg, num_nodes_of(view)), view, valid, cfg, checkpoint_dir=tmp_path / "b")
+        train(build_model(cfg, SCHEMA, num_nodes_of(view)), view, valid, cfg, checkpoint_dir=tmp_path / "b", on_epoch=stop_at_3)
+    resumed = train(build_model(cfg, SCHEMA, num_nodes_of(view)), view, valid, cfg, checkpoint_dir=tmp_path / "b")
     assert resumed.resumed_from_epoch == 2
     assert _states_equal(resumed.final_state, uninterrupted.final_state)
     strip = lambda history: [{k: v for k, v in row.items() if k != "seconds"} for row in history]  # noqa: E731
@@ -402,19 +402,20 @@ def test_steps_per_epoch_run_resumes_from_its_checkpoint(tmp_path):
 
 
 def test_trial_budget_counts_steps_per_epoch():
-    from spotify_engine_assets.lib.trial_budget import GraphSize, estimate, work_units
+    from spotify_engine_assets.core.experiments.trial_budget import GraphSize, estimate, work_units
 
     view, _ = toy_problem()
-    small = GraphSize.of(view)
-    big = GraphSize(num_nodes=small.num_nodes, num_edges={e: 1000 * n for e, n in small.num_edges.items()})
+    small = GraphSize.of(view, SCHEMA)
+    big = GraphSize(num_nodes=small.num_nodes, num_edges={e: 1000 * n for e, n in small.num_edges.items()}, schema=SCHEMA)
     fixed = config(batch_size=4096, steps_per_epoch=4)
     per_step = config(batch_size=4096)
+    model = build_model(fixed, SCHEMA, small.num_nodes)  # the same model (relations, node types) for both configs
     # 4 steps whatever the edges: the work of a step (one full-graph pass) grows with the edges,
     # so an epoch's work grows about linearly; with fixed 4096-positive steps the step count grows too
-    linear = work_units(fixed, big, 1) / work_units(fixed, small, 1)
-    quadratic = work_units(per_step, big, 1) / work_units(per_step, small, 1)
+    linear = work_units(fixed, big, model, 1) / work_units(fixed, small, model, 1)
+    quadratic = work_units(per_step, big, model, 1) / work_units(per_step, small, model, 1)
     assert quadratic > 5 * linear
-    batch_bytes = [estimate(c, big, num_parameters=10).memory_parts["batch"] for c in (fixed, per_step)]
+    batch_bytes = [estimate(c, big, model=model).memory_parts["batch"] for c in (fixed, per_step)]
     assert batch_bytes[0] / batch_bytes[1] == pytest.approx(12_000 / 4096, rel=1e-6)  # the step's gathered embeddings
     # the estimate's step count is the trainer's
     assert fixed.steps_in_epoch(big.train_pairs) == 4 and fixed.positives_per_step(big.train_pairs) == 12_000

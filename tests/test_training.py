@@ -7,23 +7,18 @@ import pytest
 import torch
 from torch_geometric.data import HeteroData
 
-from spotify_engine_assets.lib.configs import ModelConfig
-from spotify_engine_assets.lib.graph import BY, HAS, LISTENS, add_reverse_edges
-from spotify_engine_assets.lib.metrics import ranking_metrics, recall_at_k
-from spotify_engine_assets.lib.models import BasicGATRecommender, GenreAwareGAT, LightGCNRecommender, MostPopular
-from spotify_engine_assets.lib.training import (
-    CHECKPOINT_FILE,
-    attention_entropy,
-    bpr_step_loss,
-    build_model,
-    embed,
-    fit_most_popular,
-    interaction_weights,
-    num_nodes_of,
-    orthogonality_penalty,
-    sample_negatives,
-    train,
-)
+from spotify_engine_assets.core.config import ModelConfig, parse_config
+from spotify_engine_assets.core.data.graph import num_nodes_of
+from spotify_engine_assets.core.evaluation.metrics import ranking_metrics
+from spotify_engine_assets.core.models import build_model, embed
+from spotify_engine_assets.core.models.baselines import MostPopular
+from spotify_engine_assets.core.models.gat import BasicGAT, GenreAwareGAT
+from spotify_engine_assets.core.models.lightgcn import LightGCN
+from spotify_engine_assets.core.training.inputs import interaction_weights
+from spotify_engine_assets.core.training.losses import attention_entropy, bpr_step_loss, orthogonality_penalty
+from spotify_engine_assets.core.training.sampling import sample_negatives
+from spotify_engine_assets.core.training.trainer import CHECKPOINT_FILE, train
+from spotify_engine_assets.datasets.listening.graph import BY, HAS, LISTENS, SCHEMA, add_reverse_edges
 
 torch.set_num_threads(1)
 
@@ -56,6 +51,8 @@ def toy_problem(num_users: int = 8, num_songs: int = 40, per_user: int = 6, seed
 
 
 def config(kind: str = "gat_basic", **overrides) -> ModelConfig:
+    """The toy config of ``kind`` (a kind's config refuses fields it does not have: heads only for
+    the attention models, no training field for most_popular)."""
     settings = dict(
         name=f"toy_{kind}",
         model=kind,
@@ -68,8 +65,13 @@ def config(kind: str = "gat_basic", **overrides) -> ModelConfig:
         patience=3,
         seed=0,
     )
+    if kind == "lightgcn":
+        del settings["heads"]
+    elif kind == "most_popular":
+        settings = dict(name=settings["name"], model=kind, seed=0)
     settings.update(overrides)
-    return ModelConfig(**settings)
+    return parse_config(settings)
+
 
 
 def _states_equal(a: dict, b: dict) -> bool:
@@ -126,22 +128,27 @@ def test_sample_negatives_for_a_heavy_listener():
 
 
 @pytest.mark.parametrize(
-    "kind, cls", [("gat_basic", BasicGATRecommender), ("gat_enhanced", GenreAwareGAT), ("lightgcn", LightGCNRecommender)]
+    "kind, cls", [("gat_basic", BasicGAT), ("gat_enhanced", GenreAwareGAT), ("lightgcn", LightGCN)]
 )
 def test_build_model_kind_and_seeding(kind, cls):
     view, _ = toy_problem()
-    a = build_model(config(kind), num_nodes_of(view))
-    b = build_model(config(kind), num_nodes_of(view))
-    c = build_model(config(kind, seed=1), num_nodes_of(view))
+    a = build_model(config(kind), SCHEMA, num_nodes_of(view))
+    b = build_model(config(kind), SCHEMA, num_nodes_of(view))
+    c = build_model(config(kind, seed=1), SCHEMA, num_nodes_of(view))
     assert isinstance(a, cls)
     assert _states_equal(a.state_dict(), b.state_dict())
     assert not _states_equal(a.state_dict(), c.state_dict())
 
 
 def test_build_model_rejects_most_popular():
-    view, _ = toy_problem()
+    # one model protocol: build_model builds every kind (most_popular too); it is training a
+    # most_popular model that is refused
+    view, valid = toy_problem()
+    cfg = config("most_popular")
+    model = build_model(cfg, SCHEMA, num_nodes_of(view))
+    assert isinstance(model, MostPopular) and not model.trainable
     with pytest.raises(ValueError, match="not trainable"):
-        build_model(config("most_popular"), num_nodes_of(view))
+        train(model, view, valid, cfg)
 
 
 def test_num_nodes_of():
@@ -156,7 +163,7 @@ def test_history_has_one_entry_per_epoch_without_early_stop():
     view, valid = toy_problem()
     cfg = config(max_epochs=5, patience=100)
     messages = []
-    result = train(build_model(cfg, num_nodes_of(view)), view, valid, cfg, log=messages.append)
+    result = train(build_model(cfg, SCHEMA, num_nodes_of(view)), view, valid, cfg, log=messages.append)
     assert result.epochs_run == 5
     assert [h["epoch"] for h in result.history] == [1, 2, 3, 4, 5]
     for entry in result.history:
@@ -171,14 +178,14 @@ def test_history_has_one_entry_per_epoch_without_early_stop():
 def test_max_epochs_argument_overrides_config():
     view, valid = toy_problem()
     cfg = config(max_epochs=50, patience=100)
-    result = train(build_model(cfg, num_nodes_of(view)), view, valid, cfg, max_epochs=2)
+    result = train(build_model(cfg, SCHEMA, num_nodes_of(view)), view, valid, cfg, max_epochs=2)
     assert result.epochs_run == 2 and len(result.history) == 2
 
 
 def test_loss_decreases_on_toy_problem():
     view, valid = toy_problem()
     cfg = config(max_epochs=15, patience=100)
-    result = train(build_model(cfg, num_nodes_of(view)), view, valid, cfg)
+    result = train(build_model(cfg, SCHEMA, num_nodes_of(view)), view, valid, cfg)
     assert result.history[-1]["loss"] < result.history[0]["loss"]
 
 
@@ -186,11 +193,11 @@ def test_loss_decreases_on_toy_problem():
 def test_train_restores_best_state_not_final(kind):
     view, valid = toy_problem()
     cfg = config(kind)
-    model = build_model(cfg, num_nodes_of(view))
+    model = build_model(cfg, SCHEMA, num_nodes_of(view))
     result = train(model, view, valid, cfg)
     recalls = [h["valid_recall@10"] for h in result.history]
     # bookkeeping: best epoch is the first epoch with the highest validation recall
-    assert result.best_valid_recall == max(recalls)
+    assert result.best_valid == max(recalls)
     assert result.best_epoch == recalls.index(max(recalls)) + 1
     # early stopping ran (the precondition of the next checks)
     assert result.best_epoch < result.epochs_run <= cfg.max_epochs
@@ -200,7 +207,8 @@ def test_train_restores_best_state_not_final(kind):
     assert not _states_equal(result.best_state, result.final_state)
     # and re-scoring it reproduces the best validation recall
     user, song = embed(model, view)
-    assert recall_at_k(user, song, valid, view[LISTENS].edge_index, k=10) == pytest.approx(result.best_valid_recall)
+    recall = ranking_metrics(user, song, valid, view[LISTENS].edge_index, ks=(10,))["recall@10"]
+    assert recall == pytest.approx(result.best_valid)
 
 
 def test_early_stop_when_validation_recall_never_improves():
@@ -208,7 +216,7 @@ def test_early_stop_when_validation_recall_never_improves():
     best epoch is 1 and training stops exactly ``patience`` epochs later."""
     view, valid = toy_problem(num_users=4, num_songs=10, per_user=3)
     cfg = config(max_epochs=20, patience=4)
-    model = build_model(cfg, num_nodes_of(view))
+    model = build_model(cfg, SCHEMA, num_nodes_of(view))
     result = train(model, view, valid, cfg)
     assert [h["valid_recall@10"] for h in result.history] == [1.0] * 5
     assert result.best_epoch == 1 and result.epochs_run == 5
@@ -219,7 +227,7 @@ def test_early_stop_when_validation_recall_never_improves():
 def test_best_state_is_a_deep_copy():
     view, valid = toy_problem()
     cfg = config(max_epochs=4, patience=100)
-    model = build_model(cfg, num_nodes_of(view))
+    model = build_model(cfg, SCHEMA, num_nodes_of(view))
     result = train(model, view, valid, cfg)
     best = {k: v.clone() for k, v in result.best_state.items()}
     final = {k: v.clone() for k, v in result.final_state.items()}
@@ -240,7 +248,7 @@ def test_training_is_deterministic(kind):
     cfg = config(kind, max_epochs=4, patience=100)
     runs = []
     for _ in range(2):
-        model = build_model(cfg, num_nodes_of(view))
+        model = build_model(cfg, SCHEMA, num_nodes_of(view))
         result = train(model, view, valid, cfg)
         history = [{k: v for k, v in h.items() if k != "seconds"} for h in result.history]
         runs.append((history, model.state_dict(), result.final_state))
@@ -248,7 +256,7 @@ def test_training_is_deterministic(kind):
     assert _states_equal(runs[0][1], runs[1][1])
     assert _states_equal(runs[0][2], runs[1][2])
 
-    other = build_model(config(kind, max_epochs=4, patience=100, seed=1), num_nodes_of(view))
+    other = build_model(config(kind, max_epochs=4, patience=100, seed=1), SCHEMA, num_nodes_of(view))
     result = train(other, view, valid, config(kind, max_epochs=4, patience=100, seed=1))
     assert not _states_equal(result.final_state, runs[0][2])
 
@@ -258,10 +266,10 @@ def test_validation_pairs_only_steer_selection():
     the LR scheduler to react) the weights after a fixed number of epochs are identical."""
     view, valid = toy_problem()
     cfg = config(max_epochs=3, patience=100, lr_patience=3)
-    a = build_model(cfg, num_nodes_of(view))
+    a = build_model(cfg, SCHEMA, num_nodes_of(view))
     ra = train(a, view, valid, cfg)
     other_valid = torch.stack([valid[0], (valid[1] + 7) % 40])
-    b = build_model(cfg, num_nodes_of(view))
+    b = build_model(cfg, SCHEMA, num_nodes_of(view))
     rb = train(b, view, other_valid, cfg)
     assert [h["lr"] for h in ra.history] == [h["lr"] for h in rb.history] == [cfg.lr] * 3
     assert _states_equal(ra.final_state, rb.final_state)
@@ -272,7 +280,7 @@ def test_validation_pairs_only_steer_selection():
 
 def test_embed_uses_eval_mode_and_restores_training_flag():
     view, _ = toy_problem()
-    model = build_model(config("gat_enhanced", dropout=0.5), num_nodes_of(view))
+    model = build_model(config("gat_enhanced", dropout=0.5), SCHEMA, num_nodes_of(view))
     model.train()
     a = embed(model, view)
     b = embed(model, view)
@@ -286,7 +294,7 @@ def test_embed_uses_eval_mode_and_restores_training_flag():
 
 def test_fit_most_popular_and_embed():
     view, _ = toy_problem()
-    model = fit_most_popular(view)
+    model = build_model(config("most_popular"), SCHEMA, num_nodes_of(view)).prepare(view)
     assert isinstance(model, MostPopular)
     counts = torch.bincount(view[LISTENS].edge_index[1], minlength=40).float()
     user, song = embed(model, view)
@@ -297,7 +305,7 @@ def test_fit_most_popular_and_embed():
 def test_build_model_passes_enhanced_settings():
     view, _ = toy_problem()
     cfg = config("gat_enhanced", num_layers=3, heads=1, dropout=0.2, residual=False, use_edge_attr=False)
-    model = build_model(cfg, num_nodes_of(view))
+    model = build_model(cfg, SCHEMA, num_nodes_of(view))
     assert len(model.layers) == 3 and model.residual is False and model.edge_dim == 0
     assert model.dropout.p == 0.2
     conv = model.layers[0].convs["user__listens__song"]
@@ -309,7 +317,7 @@ def test_enhanced_training_learns_attention_not_message_maps():
     and the attention vectors, never the maps."""
     view, valid = toy_problem()
     cfg = config("gat_enhanced", max_epochs=3, patience=100, residual=False)
-    model = build_model(cfg, num_nodes_of(view))
+    model = build_model(cfg, SCHEMA, num_nodes_of(view))
     before = {k: v.clone() for k, v in model.state_dict().items()}
     train(model, view, valid, cfg)
     after = model.state_dict()
@@ -329,7 +337,7 @@ def test_on_epoch_sees_every_epoch_and_can_stop_training():
     view, valid = toy_problem()
     cfg = config(max_epochs=6, patience=100)
     seen = []
-    result = train(build_model(cfg, num_nodes_of(view)), view, valid, cfg, on_epoch=seen.append)
+    result = train(build_model(cfg, SCHEMA, num_nodes_of(view)), view, valid, cfg, on_epoch=seen.append)
     assert seen == result.history and len(seen) == 6
 
     class Pruned(Exception):
@@ -340,7 +348,7 @@ def test_on_epoch_sees_every_epoch_and_can_stop_training():
             raise Pruned(row["valid_recall@10"])
 
     with pytest.raises(Pruned):
-        train(build_model(cfg, num_nodes_of(view)), view, valid, cfg, on_epoch=stop_at_two)
+        train(build_model(cfg, SCHEMA, num_nodes_of(view)), view, valid, cfg, on_epoch=stop_at_two)
 
 
 # ---------------------------------------------------------------------------------- weighted BPR, negatives, accumulation
@@ -361,18 +369,18 @@ def _weighted_graph(num_edges: int = 12):
 
 def test_interaction_weights_unweighted_config_is_none():
     data, train_index = _weighted_graph()
-    assert interaction_weights(config(), data, train_index) is None
+    assert interaction_weights(config(), data, SCHEMA, train_index) is None
 
 
 def test_interaction_weights_formula_and_normalisation():
     data, train_index = _weighted_graph()
     listens = data[LISTENS]
-    completion = interaction_weights(config(weight_completion=2.0), data, train_index)
+    completion = interaction_weights(config(weight_completion=2.0), data, SCHEMA, train_index)
     expected = 1 + 2.0 * listens.mean_completion[train_index].double()
     assert torch.allclose(completion.double(), expected / expected.mean(), atol=1e-6)
     assert completion.mean().item() == pytest.approx(1.0, abs=1e-6)
 
-    plays = interaction_weights(config(weight_play_count=1.0), data, train_index)
+    plays = interaction_weights(config(weight_play_count=1.0), data, SCHEMA, train_index)
     log_plays = torch.log1p(listens.play_count[train_index].double())
     expected = 1 + log_plays / log_plays.max()
     assert torch.allclose(plays.double(), expected / expected.mean(), atol=1e-6)
@@ -388,7 +396,7 @@ def test_interaction_weights_recency_half_life():
     last[train_index[0]] = newest - 10 * 86400  # exactly one half-life old
     last[train_index[1]] = newest - 20 * 86400  # two half-lives
     last[train_index[2]] = newest
-    weights = interaction_weights(config(weight_recency=1.0, half_life_days=10.0), data, train_index)
+    weights = interaction_weights(config(weight_recency=1.0, half_life_days=10.0), data, SCHEMA, train_index)
     raw = weights / weights[2] * 2.0  # the newest edge has raw weight 1 + 1
     assert raw[0].item() == pytest.approx(1.5, rel=1e-5)
     assert raw[1].item() == pytest.approx(1.25, rel=1e-5)
@@ -398,25 +406,25 @@ def test_interaction_weights_read_only_training_edges():
     """Held-out edges' columns (and their times) never change a training weight."""
     data, train_index = _weighted_graph()
     cfg = config(weight_completion=1.0, weight_play_count=1.0, weight_recency=1.0, half_life_days=5.0)
-    before = interaction_weights(cfg, data, train_index)
+    before = interaction_weights(cfg, data, SCHEMA, train_index)
     heldout = torch.arange(1, data[LISTENS].edge_index.size(1), 2)
     data[LISTENS].play_count[heldout] = 10_000.0
     data[LISTENS].mean_completion[heldout] = 0.0
     data[LISTENS].last_played[heldout] = 2.5e9  # far in the future
-    assert torch.equal(interaction_weights(cfg, data, train_index), before)
+    assert torch.equal(interaction_weights(cfg, data, SCHEMA, train_index), before)
 
 
 def test_interaction_weights_missing_column_fails_before_training():
     data, train_index = _weighted_graph()
     del data[LISTENS].last_played
     with pytest.raises(ValueError, match=r"'toy_gat_basic'.*weight_recency needs listens\.last_played"):
-        interaction_weights(config(weight_recency=1.0), data, train_index)
-    assert interaction_weights(config(weight_completion=1.0), data, train_index) is not None
+        interaction_weights(config(weight_recency=1.0), data, SCHEMA, train_index)
+    assert interaction_weights(config(weight_completion=1.0), data, SCHEMA, train_index) is not None
 
 
 def test_bpr_step_loss_weights_and_several_negatives():
     view, _ = toy_problem()
-    model = build_model(config(), num_nodes_of(view))
+    model = build_model(config(), SCHEMA, num_nodes_of(view))
     users = torch.tensor([0, 1, 5, 7])
     positives = torch.tensor([1, 2, 30, 31])
     negatives = torch.tensor([[25, 26, 27], [28, 29, 30], [3, 4, 5], [6, 7, 8]])
@@ -437,20 +445,20 @@ def test_unit_weights_train_exactly_like_unweighted_and_skewed_weights_differ():
     view, valid = toy_problem()
     cfg = config(max_epochs=3, patience=100)
     edges = view[LISTENS].edge_index.size(1)
-    plain = train(build_model(cfg, num_nodes_of(view)), view, valid, cfg)
-    ones = train(build_model(cfg, num_nodes_of(view)), view, valid, cfg, weights=torch.ones(edges))
+    plain = train(build_model(cfg, SCHEMA, num_nodes_of(view)), view, valid, cfg)
+    ones = train(build_model(cfg, SCHEMA, num_nodes_of(view)), view, valid, cfg, weights=torch.ones(edges))
     assert _states_equal(plain.final_state, ones.final_state)
     skew = torch.linspace(0.0, 2.0, edges)
-    skewed = train(build_model(cfg, num_nodes_of(view)), view, valid, cfg, weights=skew)
+    skewed = train(build_model(cfg, SCHEMA, num_nodes_of(view)), view, valid, cfg, weights=skew)
     assert not _states_equal(plain.final_state, skewed.final_state)
     with pytest.raises(ValueError, match="one value per training edge"):
-        train(build_model(cfg, num_nodes_of(view)), view, valid, cfg, weights=torch.ones(edges - 1))
+        train(build_model(cfg, SCHEMA, num_nodes_of(view)), view, valid, cfg, weights=torch.ones(edges - 1))
     with pytest.raises(ValueError, match="non-negative"):
-        train(build_model(cfg, num_nodes_of(view)), view, valid, cfg, weights=-torch.ones(edges))
+        train(build_model(cfg, SCHEMA, num_nodes_of(view)), view, valid, cfg, weights=-torch.ones(edges))
 
 
 def test_several_negatives_per_positive_are_sampled_in_one_vectorized_call(monkeypatch):
-    import spotify_engine_assets.lib.training as training_module
+    import spotify_engine_assets.core.training.trainer as training_module
 
     view, valid = toy_problem()
     cfg = config(max_epochs=2, patience=100, negatives_per_positive=4)
@@ -463,7 +471,7 @@ def test_several_negatives_per_positive_are_sampled_in_one_vectorized_call(monke
         return negatives
 
     monkeypatch.setattr(training_module, "sample_negatives", recording)
-    result = train(build_model(cfg, num_nodes_of(view)), view, valid, cfg)
+    result = train(build_model(cfg, SCHEMA, num_nodes_of(view)), view, valid, cfg)
     edges = view[LISTENS].edge_index.size(1)
     steps = -(-edges // cfg.batch_size)
     assert len(calls) == steps * 2  # one call per optimizer step
@@ -473,7 +481,7 @@ def test_several_negatives_per_positive_are_sampled_in_one_vectorized_call(monke
     for users, negatives in calls:
         assert not played[users, negatives].any()
     assert result.history[-1]["loss"] > 0
-    other = train(build_model(config(max_epochs=2, patience=100), num_nodes_of(view)), view, valid, config(max_epochs=2, patience=100))
+    other = train(build_model(config(max_epochs=2, patience=100), SCHEMA, num_nodes_of(view)), view, valid, config(max_epochs=2, patience=100))
     assert not _states_equal(result.final_state, other.final_state)
 
 
@@ -481,7 +489,7 @@ def test_gradient_accumulation_is_one_forward_per_step(monkeypatch):
     view, valid = toy_problem()
     edges = view[LISTENS].edge_index.size(1)  # 48
     accumulated = config(batch_size=8, grad_accumulation=3, max_epochs=3, patience=100)
-    model = build_model(accumulated, num_nodes_of(view))
+    model = build_model(accumulated, SCHEMA, num_nodes_of(view))
     forwards = []
     original_forward = model.forward
     monkeypatch.setattr(model, "forward", lambda *a, **k: forwards.append(model.training) or original_forward(*a, **k))
@@ -492,7 +500,8 @@ def test_gradient_accumulation_is_one_forward_per_step(monkeypatch):
     training_forwards = sum(forwards)  # forward calls in training mode (validation runs in eval mode)
     assert len(optimizer_steps) == -(-edges // 24) * 3  # a step covers 3 micro-batches of 8
     assert training_forwards == len(optimizer_steps)  # one forward pass per optimizer step
-    assert len(forwards) - training_forwards == 3  # one validation embedding per epoch
+    # one validation embedding per epoch, and train() leaves the model prepared (one more)
+    assert len(forwards) - training_forwards == 3 + 1
 
 
 def test_accumulated_micro_batches_give_the_gradient_of_the_whole_step():
@@ -507,7 +516,7 @@ def test_accumulated_micro_batches_give_the_gradient_of_the_whole_step():
     weights = torch.rand(24, generator=g)
     gradients = []
     for micro_batch in (24, 8, 5):
-        model = build_model(cfg, num_nodes_of(view))
+        model = build_model(cfg, SCHEMA, num_nodes_of(view))
         bpr_step_loss(model, view, users, positives, negatives, weights, micro_batch).backward()
         gradients.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
     assert gradients[0]
@@ -533,10 +542,11 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(tmp_path, kind):
     """A run stopped after epoch 3 (its checkpoint written at epoch 2, every 2 epochs) resumes and
     ends exactly like a run never interrupted: weights, history, LR schedule, dropout RNG."""
     view, valid = toy_problem()
-    cfg = config(kind, dropout=0.3 if kind == "gat_enhanced" else 0.0, max_epochs=7, patience=100, lr_patience=0,
+    dropout = {"dropout": 0.3} if kind == "gat_enhanced" else {}  # lightgcn has no dropout field
+    cfg = config(kind, **dropout, max_epochs=7, patience=100, lr_patience=0,
                  negatives_per_positive=2, grad_accumulation=2, batch_size=8)
     weights = torch.linspace(0.5, 1.5, view[LISTENS].edge_index.size(1))
-    reference = train(build_model(cfg, num_nodes_of(view)), view, valid, cfg, weights=weights)
+    reference = train(build_model(cfg, SCHEMA, num_nodes_of(view)), view, valid, cfg, weights=weights)
     assert len({h["lr"] for h in reference.history}) > 1  # the scheduler acted: its state matters
 
     def crash_at_three(row):
@@ -544,10 +554,10 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(tmp_path, kind):
             raise _Crash
 
     with pytest.raises(_Crash):
-        train(build_model(cfg, num_nodes_of(view)), view, valid, cfg, weights=weights,
+        train(build_model(cfg, SCHEMA, num_nodes_of(view)), view, valid, cfg, weights=weights,
               checkpoint_dir=tmp_path, checkpoint_every=2, on_epoch=crash_at_three)
     torch.manual_seed(12345)  # the resumed process's global RNG is whatever: the checkpoint restores it
-    model = build_model(cfg, num_nodes_of(view))
+    model = build_model(cfg, SCHEMA, num_nodes_of(view))
     resumed = train(model, view, valid, cfg, weights=weights, checkpoint_dir=tmp_path, checkpoint_every=2)
     assert resumed.resumed_from_epoch == 2
     assert _comparable(resumed) == _comparable(reference)
@@ -555,7 +565,7 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(tmp_path, kind):
     assert _states_equal(resumed.best_state, reference.best_state)
     assert _states_equal(model.state_dict(), reference.best_state)
     # the finished checkpoint is reused as is: nothing retrains
-    again = train(build_model(cfg, num_nodes_of(view)), view, valid, cfg, weights=weights, checkpoint_dir=tmp_path)
+    again = train(build_model(cfg, SCHEMA, num_nodes_of(view)), view, valid, cfg, weights=weights, checkpoint_dir=tmp_path)
     assert again.resumed_from_epoch == cfg.max_epochs
     assert _comparable(again) == _comparable(reference)
     assert _states_equal(again.final_state, reference.final_state)
@@ -564,28 +574,28 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(tmp_path, kind):
 def test_checkpoint_of_another_config_or_data_is_never_resumed(tmp_path):
     view, valid = toy_problem()
     cfg = config(max_epochs=3, patience=100)
-    train(build_model(cfg, num_nodes_of(view)), view, valid, cfg, checkpoint_dir=tmp_path)
+    train(build_model(cfg, SCHEMA, num_nodes_of(view)), view, valid, cfg, checkpoint_dir=tmp_path)
     messages = []
     other = config(max_epochs=3, patience=100, lr=0.01)
-    result = train(build_model(other, num_nodes_of(view)), view, valid, other, checkpoint_dir=tmp_path, log=messages.append)
+    result = train(build_model(other, SCHEMA, num_nodes_of(view)), view, valid, other, checkpoint_dir=tmp_path, log=messages.append)
     assert result.resumed_from_epoch == 0 and result.epochs_run == 3
     assert any("another config or data" in m for m in messages)
     other_view, _ = toy_problem(seed=1)
-    result = train(build_model(cfg, num_nodes_of(other_view)), other_view, valid, cfg, checkpoint_dir=tmp_path)
+    result = train(build_model(cfg, SCHEMA, num_nodes_of(other_view)), other_view, valid, cfg, checkpoint_dir=tmp_path)
     assert result.resumed_from_epoch == 0
-    capped = train(build_model(cfg, num_nodes_of(view)), view, valid, cfg, max_epochs=2, checkpoint_dir=tmp_path)
+    capped = train(build_model(cfg, SCHEMA, num_nodes_of(view)), view, valid, cfg, max_epochs=2, checkpoint_dir=tmp_path)
     assert capped.resumed_from_epoch == 0 and capped.epochs_run == 2
 
 
 def test_checkpoint_is_weights_only_loadable_and_complete(tmp_path):
     view, valid = toy_problem()
     cfg = config(max_epochs=2, patience=100)
-    train(build_model(cfg, num_nodes_of(view)), view, valid, cfg, checkpoint_dir=tmp_path)
+    train(build_model(cfg, SCHEMA, num_nodes_of(view)), view, valid, cfg, checkpoint_dir=tmp_path)
     files = sorted(p.name for p in tmp_path.iterdir())
     assert files == [CHECKPOINT_FILE]  # written atomically: no temporary file left behind
     state = torch.load(tmp_path / CHECKPOINT_FILE, weights_only=True)
     assert {"model", "optimizer", "scheduler", "generator", "torch_rng", "history", "best_state", "best_epoch",
-            "best_valid_recall", "epoch", "finished", "fingerprint"} <= set(state)
+            "best_valid", "epoch", "finished", "fingerprint"} <= set(state)
     assert state["epoch"] == 2 and state["finished"] is True and len(state["history"]) == 2
 
 
@@ -605,7 +615,7 @@ def test_same_config_data_and_seed_give_identical_test_metrics():
     def run(seed: int) -> dict:
         cfg = config("gat_enhanced", dropout=0.2, max_epochs=4, patience=100, negatives_per_positive=3,
                      grad_accumulation=2, batch_size=16, seed=seed)
-        model = build_model(cfg, num_nodes_of(view))
+        model = build_model(cfg, SCHEMA, num_nodes_of(view))
         train(model, view, valid, cfg, weights=weights)
         user, song = embed(model, view)
         return ranking_metrics(user, song, test_pairs, known, ks=(5, 10))
@@ -650,15 +660,15 @@ def test_regularizers_move_training_in_their_direction():
     penalty makes the user attention sharper (lower entropy) than plain BPR does."""
     view, valid = toy_problem(num_users=12, num_songs=60, per_user=10)
     base = dict(max_epochs=5, patience=100)
-    plain = build_model(config("gat_enhanced", **base), num_nodes_of(view))
+    plain = build_model(config("gat_enhanced", **base), SCHEMA, num_nodes_of(view))
     train(plain, view, valid, config("gat_enhanced", **base))
     ortho_cfg = config("gat_enhanced", orthogonality_weight=5.0, **base)
-    ortho = build_model(ortho_cfg, num_nodes_of(view))
+    ortho = build_model(ortho_cfg, SCHEMA, num_nodes_of(view))
     train(ortho, view, valid, ortho_cfg)
     assert orthogonality_penalty(embed(ortho, view)[1]) < orthogonality_penalty(embed(plain, view)[1])
 
     entropy_cfg = config("gat_enhanced", attention_entropy_weight=5.0, **base)
-    sharp = build_model(entropy_cfg, num_nodes_of(view))
+    sharp = build_model(entropy_cfg, SCHEMA, num_nodes_of(view))
     train(sharp, view, valid, entropy_cfg)
     everyone = {"user": torch.arange(12), "song": torch.arange(60)}
     sizes = {"user": 12, "song": 60}

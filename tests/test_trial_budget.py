@@ -1,4 +1,4 @@
-"""Resource estimates of a training run (lib/trial_budget.py) against measured peaks, and the
+"""Resource estimates of a training run (core/experiments/trial_budget.py) against measured peaks, and the
 study's limits: a trial whose estimate is over a limit is pruned before it trains."""
 
 from __future__ import annotations
@@ -10,15 +10,47 @@ import optuna
 import pytest
 import torch
 
-from spotify_engine_assets.lib import hpo, trial_budget
-from spotify_engine_assets.lib.configs import default_registry
-from spotify_engine_assets.lib.evaluation import PeakMemory
-from spotify_engine_assets.lib.graph import LISTENS, from_payload, message_passing_graph
-from spotify_engine_assets.lib.training import build_model, num_nodes_of, train
+from torch_geometric.data import HeteroData
 
-from test_hpo_asset import toy_graph
+import spotify_engine_assets.core.training.trainer as trainer_module
+from spotify_engine_assets.core.config import update_config
+from spotify_engine_assets.core.data.graph import from_payload, num_nodes_of, to_payload
+from spotify_engine_assets.core.data.splits import labels_to_indices
+from spotify_engine_assets.core.evaluation.report import PeakMemory
+from spotify_engine_assets.core.experiments import hpo, trial_budget
+from spotify_engine_assets.core.models import build_model
+from spotify_engine_assets.core.training.trainer import train
+from spotify_engine_assets.datasets.listening import DATASET
+from spotify_engine_assets.datasets.listening.graph import BY, HAS, LISTENS, SCHEMA, add_reverse_edges, message_passing_graph
+from spotify_engine_assets.datasets.listening.splits import SplitSettings, random_split
 
 torch.set_num_threads(1)
+
+
+def toy_graph(num_users: int = 40, num_songs: int = 200, clusters: int = 4, per_user: int = 14):
+    """test_hpo_asset.py's toy graph (copied while that module is not ported to the new package)."""
+    g = torch.Generator().manual_seed(1)
+    size = num_songs // clusters
+    pairs = []
+    for u in range(num_users):
+        base = (u % clusters) * size
+        pairs += [(u, int(s) + base) for s in torch.randperm(size, generator=g)[:per_user]]
+    data = HeteroData()
+    for t, n in {"user": num_users, "song": num_songs, "artist": 8, "genre": clusters}.items():
+        data[t].num_nodes = n
+        data[t].node_id = torch.arange(n)
+    data[LISTENS].edge_index = torch.tensor(pairs).t().contiguous()
+    data[LISTENS].edge_attr = torch.rand(len(pairs), 3, generator=g)
+    # the raw columns weighted BPR and task heads read (a study may sample their strengths)
+    data[LISTENS].play_count = torch.randint(1, 6, (len(pairs),), generator=g).float()
+    data[LISTENS].mean_completion = torch.rand(len(pairs), generator=g)
+    data[LISTENS].last_played = 1.7e9 + 86400.0 * torch.rand(len(pairs), generator=g).double() * 30
+    songs = torch.arange(num_songs)
+    data[BY].edge_index = torch.stack([songs, songs % 8])
+    data[HAS].edge_index = torch.stack([songs, songs // size])
+    data = add_reverse_edges(data)
+    split = labels_to_indices(random_split(data[LISTENS].edge_index[0].numpy(), SplitSettings()))
+    return to_payload(data), {"random": split, "temporal": split, "settings": {}}
 FACTOR = 3.0  # the estimate must bound the measured peak: measured <= estimate <= FACTOR x measured
 
 
@@ -29,12 +61,11 @@ def graph():
     data = from_payload(payload)
     split = splits["random"]
     view = message_passing_graph(data, split["train"])
-    return view, data[LISTENS].edge_index[:, split["valid"]], data, split["train"]
+    return view, data[LISTENS].edge_index[:, split["valid"]], data, split
 
 
 def _config(name: str, **changes):
-    base = default_registry()[name]
-    return type(base)(**{**base.model_dump(), **changes})
+    return update_config(DATASET.registry.base[name], **changes)
 
 
 @pytest.mark.parametrize(
@@ -50,11 +81,11 @@ def test_memory_estimate_bounds_the_measured_peak(graph, name, changes):
     config = _config(name, **changes)
     gc.collect()
     with PeakMemory() as memory:
-        model = build_model(config, num_nodes_of(view))
+        model = build_model(config, SCHEMA, num_nodes_of(view))
         train(model, view, valid, config, max_epochs=1)
     if memory.peak_bytes is None:
         pytest.skip("peak resident memory is measured on Linux only")
-    estimate = trial_budget.estimate(config, trial_budget.GraphSize.of(view), epochs=1)
+    estimate = trial_budget.estimate(config, trial_budget.GraphSize.of(view, SCHEMA), epochs=1)
     ratio = estimate.memory_bytes / memory.peak_bytes
     assert 1.0 <= ratio <= FACTOR, (
         f"{name} {changes}: estimate {estimate.memory_mb:.1f} MiB vs measured {memory.peak_bytes / 2**20:.1f} MiB "
@@ -63,7 +94,7 @@ def test_memory_estimate_bounds_the_measured_peak(graph, name, changes):
 
 
 def test_estimates_grow_with_the_config(graph):
-    size = trial_budget.GraphSize.of(graph[0])
+    size = trial_budget.GraphSize.of(graph[0], SCHEMA)
     small = trial_budget.estimate(_config("gat_enhanced", embedding_dim=32, heads=1), size, epochs=2)
     wide = trial_budget.estimate(_config("gat_enhanced", embedding_dim=32, heads=4), size, epochs=2)
     deep = trial_budget.estimate(_config("gat_enhanced", embedding_dim=32, heads=1, num_layers=4), size, epochs=2)
@@ -71,30 +102,31 @@ def test_estimates_grow_with_the_config(graph):
     assert small.memory_bytes < wide.memory_bytes and small.memory_bytes < deep.memory_bytes
     assert longer.memory_bytes == small.memory_bytes and longer.work_units == pytest.approx(2 * small.work_units)
     with pytest.raises(ValueError, match="most_popular does not train"):
-        trial_budget.estimate(default_registry()["most_popular"], size)
+        trial_budget.estimate(DATASET.registry.base["most_popular"], size)
 
 
 def test_time_estimate_from_a_probe_is_the_right_order(graph):
     """Calibrated on the base config, the estimate of another config is within 4x of its run."""
-    view, valid = graph[:2]
-    per_unit = trial_budget.calibrate_seconds(_config("lightgcn", embedding_dim=32), view, valid)
+    view, valid, data, split = graph
+    per_unit = trial_budget.calibrate_seconds(DATASET, _config("lightgcn", embedding_dim=32), data, split)
     config = _config("lightgcn", embedding_dim=64, num_layers=2)
     started = time.perf_counter()
-    train(build_model(config, num_nodes_of(view)), view, valid, config, max_epochs=2)
+    train(build_model(config, SCHEMA, num_nodes_of(view)), view, valid, config, max_epochs=2)
     measured = time.perf_counter() - started
-    estimated = trial_budget.estimate(config, trial_budget.GraphSize.of(view), epochs=2, seconds_per_unit=per_unit).seconds
+    size = trial_budget.GraphSize.of(view, SCHEMA)
+    estimated = trial_budget.estimate(config, size, epochs=2, seconds_per_unit=per_unit).seconds
     assert measured / 4 <= estimated <= 4 * measured, (estimated, measured)
 
 
 def _run(graph, limits, monkeypatch, n_trials=3):
-    view, valid = graph[:2]
+    data, split = graph[2:]
 
     def never(*args, **kwargs):
         raise AssertionError("a trial over the limit must not train")
 
-    monkeypatch.setattr(hpo, "train", never)
-    study = hpo.open_study("lightgcn", optuna.storages.InMemoryStorage(), study_name="limits")
-    hpo.run_study(study, hpo.get_space("lightgcn"), hpo.StudyData(view=view, valid_pairs=valid), n_trials, max_epochs=2,
+    monkeypatch.setattr(trainer_module, "train", never)  # what a graph model's fit trains with
+    study = hpo.open_study(DATASET, "lightgcn", optuna.storages.InMemoryStorage(), study_name="limits")
+    hpo.run_study(study, hpo.get_space(DATASET, "lightgcn"), hpo.StudyData(DATASET, data, split), n_trials, max_epochs=2,
                   limits=limits)
     return study
 
@@ -120,11 +152,10 @@ def test_trial_over_the_time_limit_is_pruned_before_training(graph, monkeypatch)
 
 
 def test_trials_within_the_limits_train(graph):
-    view, valid = graph[:2]
-    study = hpo.open_study("lightgcn", optuna.storages.InMemoryStorage(), study_name="fits")
-    data, train_index = graph[2:]
-    study_data = hpo.StudyData(view=view, valid_pairs=valid, graph=data, train_index=train_index)
-    hpo.run_study(study, hpo.get_space("lightgcn"), study_data, 1, max_epochs=1, limits=hpo.TrialLimits(max_memory_mb=100_000))
+    study = hpo.open_study(DATASET, "lightgcn", optuna.storages.InMemoryStorage(), study_name="fits")
+    data, split = graph[2:]
+    study_data = hpo.StudyData(DATASET, data, split)
+    hpo.run_study(study, hpo.get_space(DATASET, "lightgcn"), study_data, 1, max_epochs=1, limits=hpo.TrialLimits(max_memory_mb=100_000))
     (trial,) = study.get_trials(deepcopy=False)
     assert trial.state == optuna.trial.TrialState.COMPLETE and "pruned_by" not in trial.user_attrs
     assert trial.user_attrs["estimate_memory_mb"] > 0

@@ -147,6 +147,14 @@ def promotion_metadata(chain: Chain, lake_root: Path, name: str) -> dict:
     }
 
 
+def checkpoint_dir_for(lake: DataLake, chain: Chain, config: ModelConfig, data_fingerprint: str, max_epochs: int | None) -> Path:
+    """The checkpoint folder of one training run: data lake, chain, partition, and a hash of config,
+    data, epoch cap and code, so a checkpoint of another config or data is never resumed."""
+    key = json.dumps({"config": config.model_dump(), "data": data_fingerprint, "max_epochs": max_epochs,
+                      "code": chain.code_version}, sort_keys=True)
+    return lake.path / "checkpoints" / chain.name / config.name / hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
 def upstream_versions(context: dg.AssetExecutionContext, keys: list[dg.AssetKey]) -> dict[str, dict]:
     """Dagster's recorded data and code version of each upstream asset's latest materialization."""
     versions = {}
@@ -277,9 +285,7 @@ def chain_definitions(chain: Chain) -> dg.Definitions:
         if model_config.trainable:
             training = {"max_epochs": config.max_epochs, "log": context.log.info}
             if model_config.trainer == "advanced":
-                key = json.dumps({"config": model_config.model_dump(), "data": fingerprint["combined"],
-                                  "max_epochs": config.max_epochs, "code": chain.code_version}, sort_keys=True)
-                checkpoints = lake.path / "checkpoints" / name / model_config.name / hashlib.sha256(key.encode()).hexdigest()[:16]
+                checkpoints = checkpoint_dir_for(lake, chain, model_config, fingerprint["combined"], config.max_epochs)
                 for stale in checkpoints.parent.glob("*") if checkpoints.parent.exists() else ():
                     if stale != checkpoints:
                         shutil.rmtree(stale, ignore_errors=True)  # another config/data: never resumable

@@ -35,6 +35,10 @@ from .base import UNSEEN_SCORE, Recommender
 class MostPopular(Recommender):
     """Every user gets the items with the most training users."""
 
+    def __init__(self, config, schema: Schema, num_nodes: dict[str, int]) -> None:
+        super().__init__(config, schema, num_nodes)
+        self.popularity = torch.zeros(self.num_items)
+
     def _fit(self, view: HeteroData) -> None:
         items = view[self.schema.interaction].edge_index[1]
         self.popularity = torch.bincount(items, minlength=self.num_items).float()

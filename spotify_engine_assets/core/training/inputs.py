@@ -36,7 +36,8 @@ def interaction_weights(config: ModelConfig, data: HeteroData, schema: Schema, t
     if not (config.trainable and config.weighted):
         return None
     store = data[schema.interaction]
-    missing = [f"{field} needs {column}" for field, column in WEIGHT_COLUMNS.items() if getattr(config, field) and column not in store]
+    relation = schema.interaction[1]
+    missing = [f"{field} needs {relation}.{column}" for field, column in WEIGHT_COLUMNS.items() if getattr(config, field) and column not in store]
     if missing:
         raise ValueError(f"config {config.name!r}: the graph lacks a column for the weighted loss: {'; '.join(missing)}")
     weight = torch.ones(train_index.numel(), dtype=torch.float64)
@@ -62,7 +63,8 @@ def task_labels(config: ModelConfig, data: HeteroData, schema: Schema, index: Te
     if not (config.trainable and config.tasks):
         return None
     store = data[schema.interaction]
-    missing = [f"{TASK_COLUMNS[t][0]} needs {TASK_COLUMNS[t][1]}" for t in config.tasks if TASK_COLUMNS[t][1] not in store]
+    relation = schema.interaction[1]
+    missing = [f"{TASK_COLUMNS[t][0]} needs {relation}.{TASK_COLUMNS[t][1]}" for t in config.tasks if TASK_COLUMNS[t][1] not in store]
     if missing:
         raise ValueError(f"config {config.name!r}: the graph lacks a column for a task head: {'; '.join(missing)}")
     columns = [

@@ -135,7 +135,7 @@ class BaseTrainer:
         if config.surrogates and config.surrogate_candidates > self.num_items:
             raise ValueError(
                 f"config {config.name!r}: surrogate_candidates {config.surrogate_candidates} exceeds the catalogue's "
-                f"{self.num_items} items"
+                f"{self.num_items} {model.schema.item}s"
             )
         self.users = users
         self.edges = None if users is None else torch.nonzero(torch.isin(self.train_pairs[0], users)).flatten()
@@ -426,6 +426,8 @@ def train(
     state (and its fusion weight) and is prepared to score on ``view``. Arguments: see
     :class:`BaseTrainer` and :class:`AdvancedTrainer`.
     """
+    if not config.trainable:
+        raise ValueError(f"config {config.name!r}: model {config.model!r} is not trainable")
     options = dict(max_epochs=max_epochs, log=log, on_epoch=on_epoch, users=users, weights=weights, task_labels=task_labels)
     if config.trainer == "simple":
         if checkpoint_dir is not None:

@@ -3,20 +3,37 @@ leakage guard, and every model on a toy dataset (small-epoch smoke runs only).""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import polars as pl
 import pytest
 import torch
+from torch_geometric.data import HeteroData
 
-from spotify_engine_assets.lib import lastfm
-from spotify_engine_assets.lib import lastfm_baselines as baselines
-from spotify_engine_assets.lib.lastfm_pipeline import KINDS, fit_config, load_registry, validate
-from spotify_engine_assets.lib.metrics import ranking_metrics
+from spotify_engine_assets.core.config import MODEL_KINDS, ConfigError, parse_config
+from spotify_engine_assets.core.evaluation.metrics import ranking_metrics, topk_scored
+from spotify_engine_assets.core.models.baselines import EASE
+from spotify_engine_assets.datasets.lastfm import DATASET
+from spotify_engine_assets.datasets.lastfm import data as lastfm
+from spotify_engine_assets.datasets.lastfm import graph as lastfm_graph
+
+# The old Last.fm trainer's defaults (full-catalogue softmax of each user's artists over
+# L2-normalised embeddings, 256 users a step, lr 0.01, no L2, no learning-rate schedule), now fields.
+SOFTMAX = {"loss": "softmax", "temperature": 0.1, "normalize": True, "batch_size": 256, "lr": 0.01, "l2": 0.0, "lr_patience": None}
+# A fit on all of train.tsv without validation (the old fit_config without `valid`): fixed epochs.
+FINAL_FIT = {"trainer": "simple", "train_on_validation": True}
 
 needs_data = pytest.mark.skipif(
     not lastfm.available(),
     reason=f"Last.fm 2K data absent ({lastfm.data_dir()}, {lastfm.split_dir()}): ../shared/data is not on this machine",
 )
+
+
+def fit_parts(data):
+    """The whole graph of an indexed dataset and its fixed split's parts."""
+    graph, split = lastfm_graph.graph_and_split(data)
+    return graph, split["fixed"]
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +59,10 @@ def test_real_dataset_counts(real):
 @needs_data
 def test_most_popular_reproduces_reference_figures(real):
     """The data README's most-popular figures, to 4 decimals, with the project's metric code."""
-    model = baselines.MostPopular(real.num_users, real.num_artists).fit(real.train)
-    metrics = lastfm.evaluate_scores(model.scores, real.train, real.test, real.num_artists)
+    graph, parts = fit_parts(real)
+    config = parse_config({"name": "most_popular", "model": "most_popular", "train_on_validation": True})  # all of train.tsv
+    model, _, _ = DATASET.fit(config, graph, parts)
+    metrics = DATASET.protocol.validate(model.score, real.train, real.test, real.num_artists)
     assert metrics["users_evaluated"] == 1877
     assert round(metrics["recall@20"], 4) == 0.1067
     assert round(metrics["ndcg@20"], 4) == 0.0992
@@ -57,7 +76,7 @@ def test_most_popular_reproduces_reference_figures(real):
 
 @needs_data
 def test_spine_ranking_metrics_agree_at_20(real):
-    """lib.metrics.ranking_metrics (popularity as a 1-d embedding) gives the same @20 figures;
+    """core.evaluation.metrics.ranking_metrics (popularity as a 1-d embedding) gives the same @20 figures;
     at 10 its torch.topk tie order among equally popular artists may differ in the 4th decimal."""
     popularity = torch.bincount(real.train[1], minlength=real.num_artists).float()
     metrics = ranking_metrics(torch.ones(real.num_users, 1), popularity[:, None], real.test, real.train)
@@ -67,29 +86,32 @@ def test_spine_ranking_metrics_agree_at_20(real):
 
 @needs_data
 def test_validation_cut_uses_training_pairs_only(real):
-    fit, valid = lastfm.validation_split(real.train)
+    fit_positions, valid_positions = lastfm_graph.validation_cut(real.train)
+    fit, valid = real.train[:, fit_positions], real.train[:, valid_positions]
     keys = lambda p: set((p[0] * real.num_artists + p[1]).tolist())  # noqa: E731
     assert keys(fit).isdisjoint(keys(valid))
     assert keys(fit) | keys(valid) == keys(real.train)
     assert keys(valid).isdisjoint(keys(real.test))
     assert torch.unique(fit[0]).numel() == torch.unique(real.train[0]).numel()  # nobody loses all artists
-    again_fit, again_valid = lastfm.validation_split(real.train)
+    again_fit, again_valid = (real.train[:, positions] for positions in lastfm_graph.validation_cut(real.train))
     assert torch.equal(valid, again_valid) and torch.equal(fit, again_fit)
 
 
 @needs_data
 def test_graph_drops_tag_assignments_on_heldout_pairs(real):
-    graph = lastfm.build_graph(real, real.train, real.test)
-    assert torch.equal(graph[lastfm.LISTENS].edge_index, real.train)
+    whole, parts = fit_parts(real)
+    train_index = torch.sort(torch.cat([parts["train"], parts["valid"]])).values  # all of train.tsv
+    graph = lastfm_graph.message_passing_view(whole, train_index, parts["test"])
+    assert torch.equal(graph[lastfm_graph.LISTENS].edge_index, real.train)
     a = real.tag_assignments
     on_test = torch.isin(a[0] * real.num_artists + a[1], real.test[0] * real.num_artists + real.test[1])
     assert int(on_test.sum()) > 0
-    assert int(graph[lastfm.TAGGED].edge_weight.sum()) == int((~on_test).sum())
+    assert int(graph[lastfm_graph.TAGGED].edge_weight.sum()) == int((~on_test).sum())
 
 
 @needs_data
 def test_registry_loads():
-    registry = load_registry()
+    registry = DATASET.registry.base
     assert {"most_popular", "itemknn", "ease", "als", "lightgcn", "tag_friend_gat"} <= set(registry)
 
 
@@ -147,7 +169,8 @@ def test_protocol_on_hand_computed_example():
     scores = torch.tensor([5.0, 4.0, 3.0, 2.0, 1.0])
     known = torch.tensor([[0, 1], [0, 0]])  # user 0 knows item 0, user 1 knows item 0
     heldout = torch.tensor([[0, 0, 1], [2, 4, 1]])
-    metrics = lastfm.evaluate_scores(lambda u: scores.expand(len(u), -1), known, heldout, 5, ks=(1, 2))
+    protocol = dataclasses.replace(DATASET.protocol, valid_ks=(1, 2))
+    metrics = protocol.validate(lambda u: scores.expand(len(u), -1), known, heldout, 5)
     # user 0 list: 1, 2, 3, 4 -> hits at rank 2 (item 2); user 1 list: 1, 2 -> hit at rank 1
     assert metrics["recall@2"] == pytest.approx((1 / 2 + 1) / 2)
     idcg0 = 1 + 1 / np.log2(3)
@@ -155,7 +178,7 @@ def test_protocol_on_hand_computed_example():
 
 
 def test_ties_break_toward_lower_index():
-    top = lastfm.topk_from_scores(lambda u: torch.zeros(len(u), 6), torch.tensor([0]), torch.tensor([[0], [1]]), 6, 3)
+    top = topk_scored(lambda u: torch.zeros(len(u), 6), torch.tensor([0]), torch.tensor([[0], [1]]), 6, 3, stable=True)
     assert top.tolist() == [[0, 2, 3]]
 
 
@@ -163,59 +186,67 @@ def test_ease_dual_matches_primal():
     torch.manual_seed(0)
     x = (torch.rand(12, 20) < 0.3).float()
     users, items = torch.nonzero(x, as_tuple=True)
-    model = baselines.EASE(12, 20, lam=5.0).fit(torch.stack([users, items]))
+    view = HeteroData()
+    view["user"].num_nodes, view["artist"].num_nodes = 12, 20
+    view[lastfm_graph.LISTENS].edge_index = torch.stack([users, items])
+    model = EASE(parse_config({"name": "ease", "model": "ease", "lam": 5.0}), lastfm_graph.SCHEMA, {"user": 12, "artist": 20})
+    model.fit(view)
     seen = model.items
     xs = x[:, seen].double()
     p = torch.linalg.inv(xs.T @ xs + 5.0 * torch.eye(seen.numel(), dtype=torch.float64))
     b = p / (-p.diagonal())[None, :]
     b.fill_diagonal_(0.0)
     expected = (xs @ b).float()
-    assert torch.allclose(model.scores(torch.arange(12))[:, seen], expected, atol=1e-5)
+    assert torch.allclose(model.score(torch.arange(12))[:, seen], expected, atol=1e-5)
 
 
 @pytest.mark.parametrize(
     "config",
     [
-        {"kind": "most_popular"},
-        {"kind": "itemknn", "shrink": 10},
-        {"kind": "ease", "lam": 10},
-        {"kind": "als", "factors": 4, "iterations": 2},
-        {"kind": "graph_ease", "lam": 10, "tag_weight": 3, "friend_weight": 0.2},
-        {"kind": "lightgcn", "embedding_dim": 8, "num_layers": 2, "epochs": 2, "batch_users": 8},
-        {"kind": "tag_friend_gat", "embedding_dim": 8, "num_layers": 2, "heads": 2, "epochs": 2, "batch_users": 8},
-        {"kind": "tag_friend_gat", "embedding_dim": 8, "num_layers": 1, "heads": 2, "epochs": 2, "conv": "gatv2"},
-        {"kind": "lightgcn", "embedding_dim": 8, "num_layers": 1, "epochs": 2, "loss": "bpr", "normalize": False},
+        {"model": "most_popular"},
+        {"model": "itemknn", "shrink": 10},
+        {"model": "ease", "lam": 10},
+        {"model": "als", "factors": 4, "iterations": 2},
+        {"model": "graph_ease", "lam": 10, "side_weight": 3, "friend_weight": 0.2},
+        {"model": "lightgcn", **SOFTMAX, "embedding_dim": 8, "num_layers": 2, "max_epochs": 2, "batch_size": 8},
+        {"model": "tag_friend_gat", **SOFTMAX, "embedding_dim": 8, "num_layers": 2, "heads": 2, "max_epochs": 2, "batch_size": 8},
+        {"model": "tag_friend_gat", **SOFTMAX, "embedding_dim": 8, "num_layers": 1, "heads": 2, "max_epochs": 2, "conv": "gatv2"},
+        {"model": "lightgcn", **SOFTMAX, "embedding_dim": 8, "num_layers": 1, "max_epochs": 2, "loss": "bpr", "normalize": False},
     ],
-    ids=lambda c: c["kind"] + ("_bpr" if c.get("loss") == "bpr" else "") + ("_gatv2" if c.get("conv") == "gatv2" else ""),
+    ids=lambda c: c["model"] + ("_bpr" if c.get("loss") == "bpr" else "") + ("_gatv2" if c.get("conv") == "gatv2" else ""),
 )
 def test_every_kind_fits_and_scores_toy_data(config):
     raw, split = toy_frames()
     data = lastfm.build_dataset(raw, split)
-    validate("toy", config)
-    fitted = fit_config(config, data, data.train, data.test)
-    metrics = lastfm.evaluate_scores(fitted.score_fn, data.train, data.test, data.num_artists)
+    final_fit = FINAL_FIT if config["model"] in ("lightgcn", "tag_friend_gat") else {"train_on_validation": True}
+    model_config = parse_config({"name": "toy", **config, **final_fit})  # validates the config
+    graph, parts = fit_parts(data)
+    model, _, _ = DATASET.fit(model_config, graph, parts)  # all of train.tsv, test held out
+    metrics = DATASET.protocol.validate(model.score, data.train, data.test, data.num_artists)
     assert 0.0 <= metrics["ndcg@20"] <= 1.0 and metrics["users_evaluated"] > 0
 
 
 def test_gat_returns_attention_and_early_stops():
-    from spotify_engine_assets.lib.lastfm_models import TagFriendGAT
-    from spotify_engine_assets.lib.lastfm_training import TrainSettings, train
-
     raw, split = toy_frames()
     data = lastfm.build_dataset(raw, split)
-    fit, valid = lastfm.validation_split(data.train)
-    graph = lastfm.build_graph(data, fit, torch.cat([valid, data.test], 1))
-    model = TagFriendGAT({"user": data.num_users, "artist": data.num_artists, "tag": data.num_tags}, 8, 1, 2)
-    outcome = train(model, graph, data.num_artists, TrainSettings(epochs=4, eval_every=1, patience=1, batch_users=8), valid=valid)
+    whole, parts = fit_parts(data)  # train = the fit part of the validation cut, valid = the cut
+    config = parse_config({
+        "name": "gat", "model": "tag_friend_gat", **SOFTMAX, "embedding_dim": 8, "num_layers": 1, "heads": 2,
+        "max_epochs": 4, "eval_every": 1, "patience": 1, "batch_size": 8,
+    })
+    model, outcome, graph = DATASET.fit(config, whole, parts)
     assert 1 <= outcome.best_epoch <= 4
     users, artists, attention = model(graph, return_attention=True)
     assert users.shape == (data.num_users, 8) and artists.shape == (data.num_artists, 8)
     assert any("friend" in key for key in attention)
 
 
-def test_registry_rejects_unknown_fields():
-    with pytest.raises(ValueError, match="unknown field"):
-        validate("bad", {"kind": "ease", "lambda": 3})
-    with pytest.raises(ValueError, match="unknown kind"):
-        validate("bad", {"kind": "svd"})
-    assert "graph_ease" in KINDS
+def test_registry_rejects_unknown_fields(tmp_path):
+    path = tmp_path / "models.yaml"
+    path.write_text("bad: {model: ease, lambda: 3}\n")
+    with pytest.raises(ConfigError, match="config 'bad': lambda: Extra inputs are not permitted"):
+        DATASET.registry.load(path)
+    path.write_text("bad: {model: svd}\n")
+    with pytest.raises(ConfigError, match="tag 'svd' found using 'model' does not match any of the expected tags"):
+        DATASET.registry.load(path)
+    assert "graph_ease" in MODEL_KINDS

@@ -6,7 +6,7 @@ comparison. The most-popular report must reproduce the data README's reference f
 import dagster as dg
 import pytest
 
-from spotify_engine_assets.lib import lastfm
+from spotify_engine_assets.datasets.lastfm import data as lastfm
 from spotify_engine_assets.runner import run_config
 
 pytestmark = pytest.mark.skipif(
@@ -14,8 +14,8 @@ pytestmark = pytest.mark.skipif(
     reason=f"Last.fm 2K data absent ({lastfm.data_dir()}, {lastfm.split_dir()}): ../shared/data is not on this machine",
 )
 
-DATA = dg.AssetSelection.groups("lastfm_ingestion", "lastfm_sql") | dg.AssetSelection.assets("lastfm_graph", "lastfm_split")
-MODELS = dg.AssetSelection.assets("lastfm_trained_model", "lastfm_metric_report")
+DATA = dg.AssetSelection.groups("lastfm_ingestion", "lastfm_sql") | dg.AssetSelection.assets(["lastfm", "graph"], ["lastfm", "split"])
+MODELS = dg.AssetSelection.assets(["lastfm", "trained_model"], ["lastfm", "metric_report"])
 
 
 @pytest.fixture(scope="module")
@@ -23,9 +23,9 @@ def chain(lake_runner):
     lake, run = lake_runner
     results = {"data": run(DATA)}
     results["most_popular"] = run(MODELS, partition="most_popular")
-    capped = {**run_config(), "ops": {"lastfm_trained_model": {"config": {"max_epochs": 1}}}}
+    capped = {**run_config(), "ops": {"lastfm__trained_model": {"config": {"max_epochs": 1}}}}
     results["lightgcn"] = run(MODELS, capped, partition="lightgcn")
-    results["comparison"] = run(dg.AssetSelection.assets("lastfm_model_comparison"))
+    results["comparison"] = run(dg.AssetSelection.assets(["lastfm", "model_comparison"]))
     yield lake, results
 
 
@@ -38,18 +38,20 @@ def test_data_chain_materializes_with_passing_checks(chain):
     _, results = chain
     result = results["data"]
     assert result.success
-    assert all(e.passed for e in result.get_asset_check_evaluations() if e.check_name == "lastfm_split_is_leakage_free")
-    split = _metadata(result, "lastfm_split")
-    assert (split["train"], split["test"]) == (74239, 18562)
-    assert split["fit"] + split["valid"] == 74239
-    graph = _metadata(result, "lastfm_graph")
-    assert graph["nodes/artist"] == 17632 and graph["edges/user__listens__artist"] == 74239
+    assert all(e.passed for e in result.get_asset_check_evaluations() if e.check_name == "leakage_free")
+    split = _metadata(result, "lastfm/split")
+    # train.tsv is the fit part ("fixed/train") plus the validation cut ("fixed/valid"); test.tsv is "fixed/test"
+    assert (split["fixed/train"] + split["fixed/valid"], split["fixed/test"]) == (74239, 18562)
+    assert split["fixed/train"] + split["fixed/valid"] == 74239
+    graph = _metadata(result, "lastfm/graph")
+    # the graph is the whole graph now (every user_artists.dat pair); views hold the training part only
+    assert graph["nodes/artist"] == 17632 and graph["edges/user__listens__artist"] == 92834
 
 
 def test_most_popular_report_reproduces_reference(chain):
     _, results = chain
     assert results["most_popular"].success
-    report = _metadata(results["most_popular"], "lastfm_metric_report")
+    report = _metadata(results["most_popular"], "lastfm/metric_report")
     assert (report["recall@20"], report["ndcg@20"]) == (0.1067, 0.0992)
     assert report["ndcg@10"] == 0.0798 and abs(report["recall@10"] - 0.0712) < 1.5e-4  # rounded to 4 decimals; see test_lastfm.py
 
@@ -58,5 +60,5 @@ def test_trainable_partition_and_comparison(chain):
     lake, results = chain
     assert results["lightgcn"].success
     assert results["comparison"].success
-    table = (lake / "reports" / "lastfm_model_comparison.md").read_text()
+    table = (lake / "reports" / "lastfm" / "model_comparison.md").read_text()
     assert "most_popular" in table and "lightgcn" in table

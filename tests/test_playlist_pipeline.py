@@ -9,25 +9,26 @@ import duckdb
 import polars as pl
 import pytest
 
-from spotify_engine_assets.lib.artifacts import ArtifactStore, load_torch
-from spotify_engine_assets.lib.playlist_models import default_playlist_registry
+from spotify_engine_assets.core.storage.artifacts import ArtifactStore, load_torch
+from spotify_engine_assets.datasets.playlists import DATASET
 from spotify_engine_assets.runner import run_config
 
-BASE = dg.AssetSelection.groups("playlist_ingestion", "playlist_sql", "playlist_graph") - dg.AssetSelection.assets(
+BASE = dg.AssetSelection.groups("playlists_ingestion", "playlists_sql", "playlists_graph") - dg.AssetSelection.assets(
     ["kaggle_raw", "landed_entries"], ["kaggle_raw", "landed_rejects"]
 )
-MODELS = dg.AssetSelection.assets("playlist_model", "playlist_report")
+MODELS = dg.AssetSelection.assets(["playlists", "trained_model"], ["playlists", "metric_report"])
 
 
 @pytest.fixture(scope="module")
 def chain(lake_runner):
     lake, run = lake_runner
-    data = run(dg.AssetSelection.groups("ingestion") | BASE, run_config("tiny_data.yaml"))
+    data = run(dg.AssetSelection.groups("listening_ingestion") | BASE, run_config("tiny_data.yaml"))
     models = {}
-    for name in sorted(default_playlist_registry().configs):
-        config = {**run_config(), "ops": {"playlist_model": {"config": {"mode": "mini", "max_epochs": 2}}}}
+    for name in sorted(DATASET.registry.base):
+        # user_sample 500 and max_epochs 2: the old "mini" mode (500 playlists) capped at 2 epochs
+        config = {**run_config(), "ops": {"playlists__trained_model": {"config": {"user_sample": 500, "max_epochs": 2}}}}
         models[name] = run(MODELS, config, partition=name)
-    comparison = run(dg.AssetSelection.assets("playlist_comparison"))
+    comparison = run(dg.AssetSelection.assets(["playlists", "model_comparison"]))
     yield lake, run, {"data": data, **models, "comparison": comparison}
 
 
@@ -53,26 +54,26 @@ def test_default_chain_runs_offline_on_synthetic_kaggle_files(chain):
         for e in results["data"].all_events
         if e.event_type_value == "ASSET_CHECK_EVALUATION"
     }
-    for name in ("reject_rate_within_threshold", "every_line_accounted", "no_heldout_tracks_visible", "playlist_splits_partition_edges"):
+    for name in ("reject_rate_within_threshold", "every_line_accounted", "leakage_free"):
         assert checks[name], name
 
 
 def test_reports_compare_models_with_baselines(chain):
     lake, _, _ = chain
     store = ArtifactStore(lake / "artifacts")
-    reports = {name: load_torch(store.current(["playlist_report"], name) / "data.pt") for name in default_playlist_registry().configs}
+    reports = {name: load_torch(store.current(["playlists", "metric_report"], name) / "data.pt") for name in DATASET.registry.base}
     for report in reports.values():
         metrics = report["metrics"]
         assert 0 <= metrics["r_precision"] <= 1 and 0 <= metrics["clicks"] <= 51
         # the challenge's R-precision adds artist credit to the exact-track part, never less
         assert metrics["r_precision_track"] <= metrics["r_precision"] <= metrics["r_precision_track"] + 0.25
-        assert metrics["playlists_evaluated"] == report["most_popular"]["playlists_evaluated"] > 0
+        assert metrics["users_evaluated"] == report["most_popular"]["users_evaluated"] > 0
     assert reports["most_popular"]["metrics"] == pytest.approx(reports["most_popular"]["most_popular"])
     assert reports["itemknn"]["metrics"]["r_precision"] > reports["most_popular"]["metrics"]["r_precision"]
-    comparison = pl.read_csv(lake / "reports" / "playlist_comparison.csv")
-    assert sorted(comparison["config"]) == sorted(default_playlist_registry().configs)
-    artifact = load_torch(store.current(["playlist_model"], "playlist_gat") / "data.pt")
-    assert artifact["mode"]["name"] == "mini" and 1 <= artifact["epochs_run"] <= 2
+    comparison = pl.read_csv(lake / "reports" / "playlists" / "model_comparison.csv")
+    assert sorted(comparison["config"]) == sorted(DATASET.registry.base)
+    artifact = load_torch(store.current(["playlists", "trained_model"], "playlist_gat") / "data.pt")
+    assert artifact["config"]["user_sample"] == 500 and 1 <= artifact["epochs_run"] <= 2
 
 
 def test_reject_rate_gate_blocks_downstream_and_keeps_sql_tables(chain, tmp_path):
@@ -109,7 +110,7 @@ def test_unreadable_kaggle_file_fails_naming_it_and_keeps_tables(chain):
 
 
 def test_landed_batch_header_only_is_a_recorded_skip_and_changed_file_fails(chain, tmp_path):
-    from spotify_engine_assets.defs.playlists import file_sha256
+    from spotify_engine_assets.defs.playlists.ingestion import file_sha256
 
     lake, run, _ = chain
     landing = lake / "landing"
@@ -141,7 +142,7 @@ def test_landed_batch_header_only_is_a_recorded_skip_and_changed_file_fails(chai
 
 
 def test_landed_sessions_extend_playlists_and_reject_unknown_songs(chain):
-    from spotify_engine_assets.defs.playlists import file_sha256
+    from spotify_engine_assets.defs.playlists.ingestion import file_sha256
     from spotify_engine_assets.definitions import defs
 
     lake, _, _ = chain
@@ -195,13 +196,13 @@ def test_real_sample_runs_through_the_chain(chain):
         config = {
             **run_config(),
             "ops": {
-                "playlist_graph": {"config": {"min_playlist_size": 1, "min_track_playlists": 1}},
-                "playlist_splits": {"config": {"holdout": 1, "min_train_tracks": 1}},
+                "playlists__graph": {"config": {"min_playlist_size": 1, "min_track_playlists": 1}},
+                "playlists__split": {"config": {"holdout": 1, "min_train_tracks": 1}},
             },
         }
         assert run(BASE, config).success
         assert run(MODELS, partition="itemknn").success
-        report = load_torch(ArtifactStore(lake / "artifacts").current(["playlist_report"], "itemknn") / "data.pt")
-        assert report["metrics"]["playlists_evaluated"] >= 1
+        report = load_torch(ArtifactStore(lake / "artifacts").current(["playlists", "metric_report"], "itemknn") / "data.pt")
+        assert report["metrics"]["users_evaluated"] >= 1
     finally:
         real.unlink()

@@ -318,7 +318,7 @@ def _train(args: argparse.Namespace) -> int:
     tasks = {part: task_metrics(model, config, task_labels(config, data, dataset.schema, split[part]), pairs[part])
              for part in ("valid", "test")}
     chosen = "final" if result.best_valid is None else f"best (epoch {result.best_epoch})"
-    columns = list(dict.fromkeys([protocol.primary, protocol.monitor, *(c for c in ("coverage@10", "coverage@20") if c in scores["test"])]))
+    columns = list(dict.fromkeys([protocol.primary, *(c for c in ("coverage@10", "coverage@20") if c in scores["test"]), protocol.monitor]))
     print(f"\n{result.epochs_run} epochs in {result.seconds:.1f} s; {chosen} weights")
     print("| part | " + " | ".join(columns) + " |" + "".join(f" auc {task} |" for task in config.tasks))
     print("|---|" + "---|" * len(columns) + "---|" * len(config.tasks))

@@ -7,7 +7,7 @@ import pytest
 import torch
 from test_recommend import random_graph
 
-from spotify_engine_assets.lib.cold_start import (
+from spotify_engine_assets.core.serving.cold_start import (
     adaptive_weight,
     blend,
     evaluate_cold_start,
@@ -18,9 +18,11 @@ from spotify_engine_assets.lib.cold_start import (
     stated_genres,
     tune_genre_prior,
 )
-from spotify_engine_assets.lib.configs import ModelConfig
-from spotify_engine_assets.lib.graph import LISTENS
-from spotify_engine_assets.lib.training import build_model, embed, num_nodes_of
+from spotify_engine_assets.core.config import parse_config
+from spotify_engine_assets.core.data.graph import num_nodes_of
+from spotify_engine_assets.core.models import build_model, embed
+from spotify_engine_assets.datasets.listening import DATASET
+from spotify_engine_assets.datasets.listening.graph import LISTENS, SCHEMA
 
 torch.set_num_threads(1)
 
@@ -38,7 +40,7 @@ def test_adaptive_weight():
 
 def test_genre_scores_rank_popular_songs_of_the_profile_genres_first():
     data, _ = random_graph()
-    matrix = song_genre_matrix(data)
+    matrix = song_genre_matrix(data, SCHEMA)
     assert torch.allclose(matrix.sum(1), torch.ones(matrix.size(0)))  # every toy song has a genre
     popularity = torch.arange(matrix.size(0)).float()  # later songs more popular
     profile = torch.tensor([0.0, 0.0, 1.0, 0.0])
@@ -57,7 +59,7 @@ def test_genre_scores_rank_popular_songs_of_the_profile_genres_first():
 
 def test_profiles_and_stated_genres():
     data, _ = random_graph()
-    matrix = song_genre_matrix(data)
+    matrix = song_genre_matrix(data, SCHEMA)
     songs = torch.tensor([0, 3])  # song 0: genres 0 and 1; song 3: genres 3 and 0
     profile = genre_profile_of_songs(matrix, songs)
     assert torch.allclose(profile, torch.tensor([0.5, 0.25, 0.0, 0.25]))
@@ -77,11 +79,11 @@ def test_blend_ends_and_per_user_weights():
 
 def test_holdout_users_are_seeded_and_eligible():
     data, _ = random_graph()
-    users = holdout_users(data, 0.5, 8, seed=1)
+    users = holdout_users(data, SCHEMA, 0.5, 8, seed=1)
     counts = torch.bincount(data[LISTENS].edge_index[0])
-    assert (counts[users] >= 8).all() and torch.equal(users, holdout_users(data, 0.5, 8, seed=1))
+    assert (counts[users] >= 8).all() and torch.equal(users, holdout_users(data, SCHEMA, 0.5, 8, seed=1))
     with pytest.raises(ValueError, match="fraction"):
-        holdout_users(data, 1.5, 8, seed=1)
+        holdout_users(data, SCHEMA, 1.5, 8, seed=1)
 
 
 def test_evaluate_cold_start_never_trains_on_heldout_users():
@@ -89,16 +91,18 @@ def test_evaluate_cold_start_never_trains_on_heldout_users():
     listens = data[LISTENS].edge_index
     valid = torch.tensor([i for i in range(listens.size(1)) if i % 4 == 0])
     seen = {}
-    config = ModelConfig(name="toy", model="gat_enhanced", embedding_dim=8, heads=2)
+    config = parse_config({"name": "toy", "model": "gat_enhanced", "embedding_dim": 8, "heads": 2})
 
-    def fit(view, valid_pairs, train_index):
-        assert torch.equal(view[LISTENS].edge_index, data[LISTENS].edge_index[:, train_index])
+    def fit(split):
+        view = DATASET.view_for(data, split, config)  # what DATASET.fit trains on
+        valid_pairs = DATASET.pairs(data, split["valid"])
+        assert torch.equal(view[LISTENS].edge_index, data[LISTENS].edge_index[:, split["train"]])
         seen["users"] = set(view[LISTENS].edge_index[0].tolist())
         seen["valid_users"] = set(valid_pairs[0].tolist())
-        return build_model(config, num_nodes_of(data))
+        return build_model(config, SCHEMA, num_nodes_of(data))
 
-    result = evaluate_cold_start(data, train, valid, valid, fit, reveal=(1, 3), fraction=0.4, seed=0, n0=4.0)
-    heldout = set(holdout_users(data, 0.4, 6, seed=0).tolist())
+    result = evaluate_cold_start(DATASET, data, train, valid, valid, fit, reveal=(1, 3), fraction=0.4, seed=0, n0=4.0)
+    heldout = set(holdout_users(data, SCHEMA, 0.4, 6, seed=0).tolist())
     assert result["heldout_users"] == len(heldout) > 0
     assert not heldout & seen["users"] and not heldout & seen["valid_users"]
     methods = {(row["method"], row["revealed"]) for row in result["rows"]}
@@ -108,17 +112,17 @@ def test_evaluate_cold_start_never_trains_on_heldout_users():
         if row["method"] == "songs_adaptive_foldin":
             assert row["genre_weight"] == pytest.approx(4.0 / (4.0 + row["revealed"]))
     # no collaborative model: genre and popularity rows only
-    only = evaluate_cold_start(data, train, valid, valid, lambda view, pairs, index: None, reveal=(1,), fraction=0.4)
+    only = evaluate_cold_start(DATASET, data, train, valid, valid, lambda split: None, reveal=(1,), fraction=0.4)
     assert {row["method"] for row in only["rows"]} == {"most_popular", "genres_only (top 3)", "songs_genre"}
 
 
 def test_tune_genre_prior_picks_the_best_grid_value():
     data, train = random_graph()
-    from spotify_engine_assets.lib.graph import message_passing_graph
+    from spotify_engine_assets.datasets.listening.graph import message_passing_graph
 
     view = message_passing_graph(data, train)
-    config = ModelConfig(name="toy", model="lightgcn", embedding_dim=8)
-    user_emb, song_emb = embed(build_model(config, num_nodes_of(data)), view)
+    config = parse_config({"name": "toy", "model": "lightgcn", "embedding_dim": 8})
+    user_emb, song_emb = embed(build_model(config, SCHEMA, num_nodes_of(data)), view)
     valid = data[LISTENS].edge_index[:, torch.tensor([i for i in range(data[LISTENS].edge_index.size(1)) if i % 4 == 0])]
-    best, scores = tune_genre_prior(user_emb, song_emb, view, valid, grid=(0.0, 3.0, 1e6))
+    best, scores = tune_genre_prior(user_emb, song_emb, view, valid, SCHEMA, grid=(0.0, 3.0, 1e6))
     assert set(scores) == {0.0, 3.0, 1e6} and scores[best] == max(scores.values())

@@ -257,7 +257,7 @@ def test_time_series_cv_asset_on_tiny_data(tiny_lake):
 @pytest.mark.parametrize(
     ("settings", "message"),
     [
-        ({"n_folds": 1}, "n_folds must be an integer >= 2, got 1"),
+        ({"n_folds": 1}, "n_folds\n  Input should be greater than or equal to 2"),  # the config Field refuses it
         ({"configs": ["most_popular", "no_such_config"]}, "unknown listening model config 'no_such_config'"),
         ({"configs": []}, "no configs to evaluate"),
         ({"n_folds": 6, "min_pairs": 100000}, "too few interactions for fold 1"),

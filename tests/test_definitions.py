@@ -5,14 +5,7 @@ import dagster as dg
 from spotify_engine_assets.definitions import defs
 
 EXPECTED_ASSET_KEYS = [
-    "ab_tests",
-    "champion",
-    "cold_start_report",
-    "experiments",
-    "explanations",
     "ground_truth/user_genre_affinity",
-    "hpo_study",
-    "interaction_splits",
     "kaggle/source_files",
     "kaggle_raw/artist_genres",
     "kaggle_raw/entries",
@@ -20,9 +13,18 @@ EXPECTED_ASSET_KEYS = [
     "kaggle_raw/landed_rejects",
     "kaggle_raw/rejects",
     "kaggle_raw/track_features",
+    "lastfm/ab_tests",
     "lastfm/artists",
+    "lastfm/champion",
+    "lastfm/experiments",
     "lastfm/friendships",
+    "lastfm/graph",
+    "lastfm/hpo_study",
     "lastfm/listens",
+    "lastfm/metric_report",
+    "lastfm/model_comparison",
+    "lastfm/model_registry",
+    "lastfm/split",
     "lastfm/split_pairs",
     "lastfm/stg_artists",
     "lastfm/stg_friends",
@@ -32,35 +34,46 @@ EXPECTED_ASSET_KEYS = [
     "lastfm/stg_tags",
     "lastfm/tag_assignments",
     "lastfm/tags",
+    "lastfm/trained_model",
     "lastfm/users",
-    "lastfm_graph",
-    "lastfm_metric_report",
-    "lastfm_model_comparison",
-    "lastfm_split",
-    "lastfm_trained_model",
-    "listening_graph",
+    "listening/ab_tests",
+    "listening/champion",
+    "listening/cold_start_report",
+    "listening/experiments",
+    "listening/explanations",
+    "listening/graph",
+    "listening/hpo_study",
+    "listening/metric_report",
+    "listening/model_comparison",
+    "listening/model_registry",
+    "listening/split",
+    "listening/time_series_cv",
+    "listening/trained_model",
+    "listening/user_segments",
     "marts/artists",
     "marts/genres",
     "marts/song_genres",
     "marts/songs",
     "marts/user_song_interactions",
     "marts/users",
-    "metric_report",
-    "model_comparison",
-    "model_registry",
-    "playlist_comparison",
-    "playlist_graph",
-    "playlist_model",
-    "playlist_report",
-    "playlist_splits",
+    "playlists/ab_tests",
     "playlists/artist_genres",
     "playlists/artists",
+    "playlists/champion",
+    "playlists/experiments",
     "playlists/genres",
+    "playlists/graph",
+    "playlists/hpo_study",
+    "playlists/metric_report",
+    "playlists/model_comparison",
+    "playlists/model_registry",
     "playlists/playlist_entries",
     "playlists/playlist_tracks",
     "playlists/playlists",
+    "playlists/split",
     "playlists/track_features",
     "playlists/tracks",
+    "playlists/trained_model",
     "raw/artist_genres",
     "raw/artists",
     "raw/genres",
@@ -81,9 +94,6 @@ EXPECTED_ASSET_KEYS = [
     "staging/stg_song_genres",
     "staging/stg_songs",
     "staging/stg_users",
-    "time_series_cv",
-    "trained_model",
-    "user_segments",
 ]
 
 
@@ -116,29 +126,36 @@ def test_sql_dependencies_come_from_parsed_sql():
 
 
 def test_training_assets_are_partitioned_by_config_registry():
-    """Dynamic partitions ``model_configs``: model_registry adds every registry config to them."""
-    from spotify_engine_assets.defs.registry import register_model_configs
+    """Dynamic partitions ``listening_configs``: listening/model_registry adds every registry config to them."""
+    from spotify_engine_assets.defs.chain import register_configs
+    from spotify_engine_assets.defs.listening import CHAIN
 
     graph = _graph()
     instance = dg.DagsterInstance.ephemeral()
-    names, added = register_model_configs(instance)
+    names, added = register_configs(CHAIN, instance)
     assert set(names) >= {"gat_basic", "gat_enhanced", "lightgcn", "most_popular"} and added == names
-    assert register_model_configs(instance) == (names, [])  # idempotent
+    assert register_configs(CHAIN, instance) == (names, [])  # idempotent
     for name in ("trained_model", "metric_report"):
-        partitions = graph.get(dg.AssetKey(name)).partitions_def
-        assert isinstance(partitions, dg.DynamicPartitionsDefinition) and partitions.name == "model_configs"
+        partitions = graph.get(dg.AssetKey(["listening", name])).partitions_def
+        assert isinstance(partitions, dg.DynamicPartitionsDefinition) and partitions.name == "listening_configs"
         assert partitions.get_partition_keys(dynamic_partitions_store=instance) == names
-    assert graph.get(dg.AssetKey("model_registry")).group_name == "training"
+    assert graph.get(dg.AssetKey(["listening", "model_registry"])).group_name == "listening_training"
 
 
 def test_gates_are_blocking_checks():
     graph = _graph()
-    checks = {key.name: graph.get_check_spec(key) for key in graph.asset_check_keys}
-    for name in ("ndcg_gate", "champion_gate", "splits_partition_interactions", "no_heldout_edges_in_message_passing"):
+    checks = {(key.asset_key.to_user_string(), key.name): graph.get_check_spec(key) for key in graph.asset_check_keys}
+    # ndcg_gate -> quality_gate; champion_gate on listening/champion; splits_partition_interactions and
+    # no_heldout_edges_in_message_passing -> leakage_free on listening/split
+    for name in (
+        ("listening/metric_report", "quality_gate"),
+        ("listening/champion", "champion_gate"),
+        ("listening/split", "leakage_free"),
+    ):
         assert name in checks, name
         assert checks[name].blocking, name
     # SQL data tests become checks too, error severity blocking and warn not
-    assert checks["unique__play_id"].blocking
+    assert checks[("staging/stg_plays", "unique__play_id")].blocking
 
 
 def test_duckdb_writers_share_one_pool():
@@ -155,10 +172,27 @@ def test_playlist_chain_gates_and_sensor():
     for asset, name in (
         ("kaggle_raw/entries", "reject_rate_within_threshold"),
         ("kaggle_raw/landed_entries", "every_line_accounted"),
-        ("playlist_splits", "no_heldout_tracks_visible"),
-        ("playlist_splits", "playlist_splits_partition_edges"),
+        ("playlists/split", "leakage_free"),  # was no_heldout_tracks_visible and playlist_splits_partition_edges
     ):
         assert checks[(asset, name)].blocking, (asset, name)
     assert "landing_sensor" in {sensor.name for sensor in defs.sensors}
-    for key in ("playlists/playlist_tracks", "kaggle_raw/entries", "playlist_graph"):
-        assert graph.get(dg.AssetKey.from_user_string(key)).group_name.startswith("playlist_"), key
+    for key in ("playlists/playlist_tracks", "kaggle_raw/entries", "playlists/graph"):
+        assert graph.get(dg.AssetKey.from_user_string(key)).group_name.startswith("playlists_"), key
+
+
+FACTORY_ASSETS = (
+    "graph", "split", "model_registry", "trained_model", "metric_report", "model_comparison",
+    "experiments", "ab_tests", "champion", "hpo_study",
+)
+
+
+def test_chain_assets_follow_one_naming_scheme():
+    """Every chain's graph, split and chain-factory assets are ``<chain>/<asset>`` in ``<chain>_*`` groups."""
+    graph = _graph()
+    keys = set(EXPECTED_ASSET_KEYS)
+    for chain in ("listening", "playlists", "lastfm"):
+        for asset in FACTORY_ASSETS:
+            key = f"{chain}/{asset}"
+            assert key in keys, key
+            assert graph.get(dg.AssetKey([chain, asset])).group_name.startswith(f"{chain}_"), key
+    assert all("/" in key for key in keys)  # no top-level key of the old naming (trained_model, lastfm_split, ...)

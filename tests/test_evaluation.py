@@ -10,7 +10,9 @@ import pytest
 import torch
 from torch_geometric.data import HeteroData
 
-from spotify_engine_assets.lib.evaluation import (
+from spotify_engine_assets.core.evaluation.metrics import ranking_metrics
+from spotify_engine_assets.core.evaluation.protocol import LinkPrediction
+from spotify_engine_assets.core.evaluation.report import (
     EvaluationData,
     PeakMemory,
     evaluate,
@@ -18,8 +20,8 @@ from spotify_engine_assets.lib.evaluation import (
     latency_per_user,
     memory_estimate_bytes,
 )
-from spotify_engine_assets.lib.graph import HAS, LISTENS
-from spotify_engine_assets.lib.metrics import ranking_metrics
+from spotify_engine_assets.datasets.listening import DATASET
+from spotify_engine_assets.datasets.listening.graph import BY, HAS, LISTENS
 
 from test_metrics import EXCLUDE, RELEVANT, SONG_EMB, USER_EMB, expected_values
 
@@ -28,22 +30,33 @@ torch.set_num_threads(1)
 TYPES = ("casual", "power", "regular", "power")
 
 
+def dot_scores(user_emb, song_emb):
+    """The score function of dot-product embeddings (what the old evaluate took as embeddings)."""
+    return lambda users: user_emb[users] @ song_emb.T
+
+
+def genre_features(num_songs: int, song_genres: torch.Tensor, num_genres: int) -> torch.Tensor:
+    """Multi-hot genre vector of every song (was EvaluationData.genre_features)."""
+    features = torch.zeros(num_songs, max(num_genres, 1))
+    features[song_genres[0], song_genres[1]] = 1.0
+    return features
+
+
 def hand_data() -> EvaluationData:
     return EvaluationData(
         num_users=4,
-        num_songs=15,
+        num_items=15,
         train=EXCLUDE[:, :2],  # user 0: songs 0, 2
         valid=EXCLUDE[:, 2:],  # user 1: song 14
         test=RELEVANT,
-        song_genres=torch.stack([torch.arange(15), torch.arange(15) % 3]),
-        num_genres=3,
         user_ids=torch.tensor([100, 101, 102, 103]),
+        categories={"genre": genre_features(15, torch.stack([torch.arange(15), torch.arange(15) % 3]), 3)},
         user_types=TYPES,
     )
 
 
 def test_summary_matches_hand_computed_metrics():
-    evaluation = evaluate(USER_EMB, SONG_EMB, hand_data(), ks=(2, 5, 10), beyond_k=10)
+    evaluation = evaluate(dot_scores(USER_EMB, SONG_EMB), (USER_EMB, SONG_EMB), hand_data(), LinkPrediction(ks=(2, 5, 10)))
     for name, value in expected_values().items():
         assert evaluation.summary[name] == pytest.approx(value, abs=1e-6), name
     assert evaluation.summary["mrr@5"] == pytest.approx((0.5 + 1.0 + 0.0) / 3)
@@ -61,9 +74,9 @@ def test_summary_equals_spine_ranking_metrics_on_random_data():
     keys = torch.unique(torch.randint(users * songs, (700,), generator=g))
     pairs = torch.stack([keys // songs, keys % songs])[:, torch.randperm(keys.numel(), generator=g)]
     train, valid, test = pairs[:, :350], pairs[:, 350:420], pairs[:, 420:]
-    data = EvaluationData(users, songs, train, valid, test, torch.stack([torch.arange(songs), torch.arange(songs) % 4]), 4,
-                          torch.arange(users), None)
-    evaluation = evaluate(user_emb, song_emb, data)
+    data = EvaluationData(users, songs, train, valid, test, torch.arange(users),
+                          {"genre": genre_features(songs, torch.stack([torch.arange(songs), torch.arange(songs) % 4]), 4)}, None)
+    evaluation = evaluate(dot_scores(user_emb, song_emb), (user_emb, song_emb), data, DATASET.protocol)
     spine = ranking_metrics(user_emb, song_emb, test, torch.cat([train, valid], dim=1))
     for name, value in spine.items():
         assert evaluation.summary[name] == pytest.approx(value, abs=1e-6), name
@@ -72,7 +85,7 @@ def test_summary_equals_spine_ranking_metrics_on_random_data():
 
 
 def test_per_user_frame_and_fairness_slices():
-    evaluation = evaluate(USER_EMB, SONG_EMB, hand_data(), ks=(2, 5, 10), beyond_k=10)
+    evaluation = evaluate(dot_scores(USER_EMB, SONG_EMB), (USER_EMB, SONG_EMB), hand_data(), LinkPrediction(ks=(2, 5, 10)))
     frame = evaluation.per_user
     assert frame["user_id"].to_list() == [100, 101, 103]
     assert frame["user_type"].to_list() == ["casual", "power", "power"]
@@ -104,36 +117,40 @@ def test_from_graph_joins_user_types_and_names_missing_users():
     data["genre"].num_nodes, data["genre"].node_id = 1, torch.tensor([0])
     data[LISTENS].edge_index = torch.tensor([[0, 0, 1, 1], [0, 1, 1, 2]])
     data[HAS].edge_index = torch.tensor([[0, 1, 2], [0, 0, 0]])
+    # the listening schema's evaluation data also holds each song's artist features
+    data["artist"].num_nodes, data["artist"].node_id = 1, torch.tensor([0])
+    data[BY].edge_index = torch.tensor([[0, 1, 2], [0, 0, 0]])
     split = {"train": torch.tensor([0, 2]), "valid": torch.tensor([1]), "test": torch.tensor([3])}
     segments = pl.DataFrame({"user_id": [9, 7], "user_type": ["power", "casual"]})
-    built = EvaluationData.from_graph(data, split, segments)
+    config = DATASET.registry.base["most_popular"]  # no user sample, no training on validation
+    built = DATASET.evaluation_data(data, split, config, segments)
     assert built.user_types == ("casual", "power")
     assert built.test.tolist() == [[1], [2]]
-    assert built.genre_features().tolist() == [[1.0], [1.0], [1.0]]
+    assert built.categories["genre"].tolist() == [[1.0], [1.0], [1.0]]
     with pytest.raises(ValueError, match=r"user_id \[9\]"):
-        EvaluationData.from_graph(data, split, segments.head(1).with_columns(pl.lit(7).alias("user_id")))
+        DATASET.evaluation_data(data, split, config, segments.head(1).with_columns(pl.lit(7).alias("user_id")))
     with pytest.raises(ValueError, match="user_type"):
-        EvaluationData.from_graph(data, split, segments.select("user_id"))
+        DATASET.evaluation_data(data, split, config, segments.select("user_id"))
 
 
 def test_evaluate_without_test_pairs_raises():
     data = hand_data()
     empty = EvaluationData(**{**data.__dict__, "test": torch.empty(2, 0, dtype=torch.long)})
     with pytest.raises(ValueError, match="no held-out"):
-        evaluate(USER_EMB, SONG_EMB, empty, ks=(2,))
+        evaluate(dot_scores(USER_EMB, SONG_EMB), (USER_EMB, SONG_EMB), empty, LinkPrediction(ks=(2,)))
 
 
 def test_latency_profile_and_masking():
     g = torch.Generator().manual_seed(0)
     user_emb, song_emb = torch.randn(50, 8, generator=g), torch.randn(100, 8, generator=g)
-    latency = latency_per_user(user_emb, song_emb, torch.arange(50), torch.empty(2, 0, dtype=torch.long), k=10, sample=20)
+    latency = latency_per_user(dot_scores(user_emb, song_emb), torch.arange(50), torch.empty(2, 0, dtype=torch.long), k=10, sample=20)
     assert latency["sampled_users"] == 20
     assert 0 < latency["p50_ms"] <= latency["p95_ms"]
 
 
 def test_memory_estimate_parts():
     parts = memory_estimate_bytes(num_parameters=10, num_nodes=5, dim=2, num_edges=3, layers=2, num_users_scored=4,
-                                  num_songs=6, k=2, chunk_size=3)
+                                  num_items=6, k=2, chunk_size=3)
     assert parts == {"parameters": 40, "embeddings": 40, "messages": 48, "score_chunk": 72, "topk": 64, "total": 264}
 
 

@@ -10,9 +10,8 @@ import torch
 from torch_geometric.data import HeteroData
 
 from spotify_engine_assets import cli
-from spotify_engine_assets.lib.artifacts import ArtifactStore, save_torch
-from spotify_engine_assets.lib.configs import ConfigError, ModelConfig, Thresholds, load_thresholds
-from spotify_engine_assets.lib.experiments import (
+from spotify_engine_assets.core.config import ConfigError, Thresholds, load_thresholds
+from spotify_engine_assets.core.experiments.records import (
     data_fingerprint,
     empty_champion,
     experiment_key,
@@ -22,13 +21,26 @@ from spotify_engine_assets.lib.experiments import (
     not_comparable,
     per_user_frame,
     per_user_payload,
+    report_key,
     resolve_experiment,
     update_champion,
 )
-from spotify_engine_assets.lib.graph import BY, HAS, LISTENS
-from spotify_engine_assets.lib.paths import DATA_LAKE_ENV
+from spotify_engine_assets.core.registry import Registry
+from spotify_engine_assets.core.storage.artifacts import ArtifactStore, save_torch
+from spotify_engine_assets.core.storage.paths import DATA_LAKE_ENV
+from spotify_engine_assets.datasets.listening import DATASET, STRATEGIES
+from spotify_engine_assets.datasets.listening.graph import BY, HAS, LISTENS
 
-THRESHOLDS = Thresholds(ndcg10_min_ratio_vs_most_popular=1.05, ndcg10_min_ratio_vs_random=1.5, ab_bootstrap_resamples=200)
+CHAIN = DATASET.name  # "listening"
+THRESHOLDS = Thresholds(min_ratio_vs_most_popular=1.05, min_ratio_vs_random=1.5, ab_bootstrap_resamples=200)
+
+
+def champion_metric(thresholds: Thresholds) -> str:
+    """The per-user metric the champion gate tests on (``primary``: the chain's, ndcg@10)."""
+    return thresholds.metric(thresholds.champion_metric, DATASET.protocol.primary)
+
+
+METRIC = champion_metric(THRESHOLDS)
 
 
 def fake_report(config: str, values: np.ndarray, split: str = "random", data: str = "data-1", gate: bool = True, seed: int = 0) -> dict:
@@ -70,12 +82,11 @@ SIMILAR = np.clip(BASE + np.random.default_rng(2).normal(0, 0.03, BASE.size), 0,
 # ---------------------------------------------------------------------------------- A/B plan
 
 
-def registry() -> dict[str, ModelConfig]:
-    return {
-        "a": ModelConfig(name="a", model="lightgcn"),
-        "b": ModelConfig(name="b", model="gat_basic"),
-        "t": ModelConfig(name="t", model="lightgcn", split="temporal"),
-    }
+def registry(tmp_path) -> Registry:
+    """A listening registry of three configs: a (lightgcn), b (gat_basic), t (lightgcn, temporal split)."""
+    path = tmp_path / "models.yaml"
+    path.write_text("a:\n  model: lightgcn\nb:\n  model: gat_basic\nt:\n  model: lightgcn\n  split: temporal\n")
+    return Registry(CHAIN, path, STRATEGIES)
 
 
 def write_plan(tmp_path, text: str):
@@ -85,7 +96,7 @@ def write_plan(tmp_path, text: str):
 
 
 def test_default_ab_plan_loads():
-    plan = load_ab_plan()
+    plan = load_ab_plan(DATASET.registry)
     assert plan.metrics and plan.pairs
     assert all(pair.control != pair.treatment for pair in plan.pairs)
 
@@ -93,7 +104,7 @@ def test_default_ab_plan_loads():
 @pytest.mark.parametrize(
     ("pairs", "message"),
     [
-        ("[{control: a, treatment: nope}]", r"pair 0 \(nope vs a\): treatment: unknown model config 'nope'"),
+        ("[{control: a, treatment: nope}]", r"pair 0 \(nope vs a\): treatment: unknown listening model config 'nope'"),
         ("[{control: a, treatment: a}]", "same config"),
         ("[{control: a, treatment: t}]", "split 'random', treatment on 'temporal'"),
         ("[{control: a, treatment: b}, {control: a, treatment: b}]", "pair 1 .*duplicate"),
@@ -103,12 +114,12 @@ def test_default_ab_plan_loads():
 def test_ab_plan_errors_name_the_pair(tmp_path, pairs, message):
     path = write_plan(tmp_path, f"metrics: [ndcg@10]\npairs: {pairs}\n")
     with pytest.raises(ConfigError, match=message):
-        load_ab_plan(path, registry())
+        load_ab_plan(registry(tmp_path), path, lake_root=tmp_path)
 
 
 def test_ab_plan_needs_metrics(tmp_path):
     with pytest.raises(ConfigError, match="metrics"):
-        load_ab_plan(write_plan(tmp_path, "pairs: [{control: a, treatment: b}]\n"), registry())
+        load_ab_plan(registry(tmp_path), write_plan(tmp_path, "pairs: [{control: a, treatment: b}]\n"), lake_root=tmp_path)
 
 
 # ---------------------------------------------------------------------------------- provenance
@@ -131,10 +142,10 @@ def test_data_fingerprint_tracks_graph_and_split():
     first = data_fingerprint(tiny_graph(), split)
     assert first == data_fingerprint(tiny_graph(), split)
     other_split = data_fingerprint(tiny_graph(), {**split, "train": torch.tensor([1, 0])})
-    assert other_split["listening_graph"] == first["listening_graph"] and other_split["split"] != first["split"]
+    assert other_split["graph"] == first["graph"] and other_split["split"] != first["split"]
     changed = tiny_graph()
     changed[LISTENS].edge_attr[0, 0] = 2.0
-    assert data_fingerprint(changed, split)["listening_graph"] != first["listening_graph"]
+    assert data_fingerprint(changed, split)["graph"] != first["graph"]
 
 
 def test_experiment_key_ignores_run_but_not_config_or_data():
@@ -176,7 +187,7 @@ def champion_of(report: dict, evaluated=()) -> dict:
 
 def test_gate_fails_a_significantly_worse_candidate():
     champion_report = fake_report("champ", BETTER)
-    decision = gate_decision(fake_report("cand", BASE), champion_of(champion_report), champion_report, THRESHOLDS)
+    decision = gate_decision(fake_report("cand", BASE), champion_of(champion_report), champion_report, THRESHOLDS, METRIC)
     assert not decision["passed"]
     assert decision["p_value"] < THRESHOLDS.ab_alpha and decision["mean_diff"] < 0
     assert decision["champion"] == "champ"
@@ -185,30 +196,30 @@ def test_gate_fails_a_significantly_worse_candidate():
 def test_gate_passes_similar_better_and_skipped_candidates():
     champion_report = fake_report("champ", BASE)
     state = champion_of(champion_report)
-    assert gate_decision(fake_report("cand", SIMILAR), state, champion_report, THRESHOLDS)["passed"]
-    assert gate_decision(fake_report("cand", BETTER), state, champion_report, THRESHOLDS)["passed"]
-    assert gate_decision(fake_report("cand", BASE), empty_champion(), None, THRESHOLDS)["status"] == "no champion yet on this split"
-    assert gate_decision(champion_report, state, None, THRESHOLDS)["status"] == "candidate is the champion"
+    assert gate_decision(fake_report("cand", SIMILAR), state, champion_report, THRESHOLDS, METRIC)["passed"]
+    assert gate_decision(fake_report("cand", BETTER), state, champion_report, THRESHOLDS, METRIC)["passed"]
+    assert gate_decision(fake_report("cand", BASE), empty_champion(), None, THRESHOLDS, METRIC)["status"] == "no champion yet on this split"
+    assert gate_decision(champion_report, state, None, THRESHOLDS, METRIC)["status"] == "candidate is the champion"
     worse = fake_report("cand", BASE - 0.2)
-    assert "already evaluated" in gate_decision(worse, champion_of(champion_report, [worse["experiment_key"]]), champion_report, THRESHOLDS)["status"]
+    assert "already evaluated" in gate_decision(worse, champion_of(champion_report, [worse["experiment_key"]]), champion_report, THRESHOLDS, METRIC)["status"]
     other_data = fake_report("cand", BASE - 0.2, data="data-2")
-    decision = gate_decision(other_data, state, champion_report, THRESHOLDS)
+    decision = gate_decision(other_data, state, champion_report, THRESHOLDS, METRIC)
     assert decision["passed"] and "different data" in decision["status"]
 
 
 def test_champion_seeded_then_promoted_or_retained():
     reports = {"a": fake_report("a", BASE), "b": fake_report("b", SIMILAR), "weak": fake_report("weak", BASE * 0.5, gate=False)}
-    state, events = update_champion(empty_champion(), reports, THRESHOLDS, when="t1")
+    state, events = update_champion(empty_champion(), reports, THRESHOLDS, METRIC, when="t1")
     best = max(("a", "b"), key=lambda n: reports[n]["metrics"]["ndcg@10"])
     assert [e["event"] for e in events] == ["seeded"] and state["splits"]["random"]["config"] == best
     assert set(state["evaluated"]) == {r["experiment_key"] for r in reports.values()}
 
-    state2, events2 = update_champion(state, reports, THRESHOLDS, when="t2")  # nothing new, nothing better
+    state2, events2 = update_champion(state, reports, THRESHOLDS, METRIC, when="t2")  # nothing new, nothing better
     assert events2[0]["event"] == "retained" and state2["splits"]["random"]["since"] == "t1"
     assert len(state2["history"]) == 1
 
     reports["new"] = fake_report("new", BETTER)
-    state3, events3 = update_champion(state2, reports, THRESHOLDS, when="t3")
+    state3, events3 = update_champion(state2, reports, THRESHOLDS, METRIC, when="t3")
     assert events3[0]["event"] == "promoted" and events3[0]["config"] == "new" and events3[0]["previous"] == best
     assert events3[0]["p_holm"] < THRESHOLDS.ab_alpha
     assert state3["splits"]["random"] == {**state3["splits"]["random"], "config": "new", "since": "t3"}
@@ -217,10 +228,10 @@ def test_champion_seeded_then_promoted_or_retained():
 
 def test_champion_needs_minimum_improvement():
     reports = {"a": fake_report("a", BASE)}
-    state, _ = update_champion(empty_champion(), reports, THRESHOLDS)
+    state, _ = update_champion(empty_champion(), reports, THRESHOLDS, METRIC)
     reports["new"] = fake_report("new", BETTER)
     strict = THRESHOLDS.model_copy(update={"champion_min_improvement": 0.5})
-    _, events = update_champion(state, reports, strict)
+    _, events = update_champion(state, reports, strict, champion_metric(strict))
     assert events[0]["event"] == "retained"
 
 
@@ -233,14 +244,14 @@ def lake(tmp_path, monkeypatch):
     store = ArtifactStore(tmp_path / "artifacts")
     for name, values in (("a", BASE), ("b", BETTER), ("a", SIMILAR)):
         report = fake_report(name, values)
-        store.write(["metric_report"], name, lambda folder, r=report: save_torch(r, folder / "data.pt"))
+        store.write(report_key(CHAIN), name, lambda folder, r=report: save_torch(r, folder / "data.pt"))
     return store
 
 
 def test_experiments_frame_current_and_history(lake):
-    current = experiments_frame(lake)
+    current = experiments_frame(lake, CHAIN)
     assert sorted(current["config"]) == ["a", "b"] and current["current"].all()
-    history = experiments_frame(lake, include_history=True)
+    history = experiments_frame(lake, CHAIN, include_history=True)
     assert history.height == 3 and history.filter(pl.col("config") == "a")["current"].sum() == 1
     row = current.filter(pl.col("config") == "a").row(0, named=True)
     assert row["ndcg@10"] == pytest.approx(SIMILAR.mean())  # the later version is current
@@ -248,14 +259,14 @@ def test_experiments_frame_current_and_history(lake):
 
 
 def test_resolve_experiment_by_config_and_id(lake):
-    ident, report = resolve_experiment(lake, "a")
+    ident, report = resolve_experiment(lake, CHAIN, "a")
     assert report["metrics"]["ndcg@10"] == pytest.approx(SIMILAR.mean())
-    older = [i for i in experiments_frame(lake, include_history=True)["experiment"] if i.startswith("a@") and i != ident][0]
-    assert resolve_experiment(lake, older)[1]["metrics"]["ndcg@10"] == pytest.approx(BASE.mean())
+    older = [i for i in experiments_frame(lake, CHAIN, include_history=True)["experiment"] if i.startswith("a@") and i != ident][0]
+    assert resolve_experiment(lake, CHAIN, older)[1]["metrics"]["ndcg@10"] == pytest.approx(BASE.mean())
     with pytest.raises(KeyError, match="no recorded experiment 'zzz'; known: a@"):
-        resolve_experiment(lake, "zzz")
+        resolve_experiment(lake, CHAIN, "zzz")
     with pytest.raises(KeyError, match="a@nope"):
-        resolve_experiment(lake, "a@nope")
+        resolve_experiment(lake, CHAIN, "a@nope")
 
 
 def test_cli_experiments_list(lake, capsys):
@@ -291,7 +302,7 @@ def test_thresholds_file_has_every_field():
 def test_unknown_champion_metric_is_named():
     bad = THRESHOLDS.model_copy(update={"champion_metric": "ndcg@11"})
     with pytest.raises(ValueError, match=r"champion metric 'ndcg@11' .* missing from the reports of a"):
-        update_champion(empty_champion(), {"a": fake_report("a", BASE)}, bad)
+        update_champion(empty_champion(), {"a": fake_report("a", BASE)}, bad, champion_metric(bad))
     champion_report = fake_report("champ", BETTER)
     with pytest.raises(ValueError, match="no per-user 'ndcg@11'"):
-        gate_decision(fake_report("cand", BASE), champion_of(champion_report), champion_report, bad)
+        gate_decision(fake_report("cand", BASE), champion_of(champion_report), champion_report, bad, champion_metric(bad))

@@ -10,11 +10,19 @@ import pytest
 import torch
 
 from spotify_engine_assets.cli import reproduce_experiment
-from spotify_engine_assets.lib.artifacts import ArtifactStore, load_torch, save_torch
-from spotify_engine_assets.lib.paths import DATA_LAKE_ENV
+from spotify_engine_assets.core.storage.artifacts import ArtifactStore, load_torch, save_torch
+from spotify_engine_assets.core.storage.paths import DATA_LAKE_ENV
+from spotify_engine_assets.defs.listening import CHAIN as LISTENING
 from spotify_engine_assets.runner import MODEL_STAGE, materialize_chain, run_config
 
 CONFIGS = ["lightgcn", "most_popular"]
+
+
+def markdown_rows(markdown: str) -> list[dict[str, str]]:
+    """The rows of a metadata markdown table (``frame_markdown``) as column -> cell text."""
+    lines = markdown.strip().splitlines()
+    header = [cell.strip() for cell in lines[0].strip().strip("|").split("|")]
+    return [dict(zip(header, (cell.strip() for cell in line.strip().strip("|").split("|")))) for line in lines[2:]]
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +40,7 @@ def chain(tmp_path_factory):
 
 
 def report_of(lake, name: str) -> dict:
-    return load_torch(ArtifactStore(lake / "artifacts").current(["metric_report"], name) / "data.pt")
+    return load_torch(ArtifactStore(lake / "artifacts").current(["listening", "metric_report"], name) / "data.pt")
 
 
 def test_chain_succeeds(chain):
@@ -56,30 +64,30 @@ def test_report_is_comprehensive(chain):
     efficiency = report["efficiency"]
     assert efficiency["num_parameters"] > 0 and efficiency["train_seconds"] > 0
     assert 0 < efficiency["latency_p50_ms"] <= efficiency["latency_p95_ms"]
-    assert efficiency["throughput_users_per_s"] > 0 and efficiency["memory_estimate_bytes"] > 0
+    assert efficiency["throughput_users_per_s"] > 0 and efficiency["memory_estimate_mb"] > 0
     per_user = pl.read_parquet(report["per_user_parquet"])
     assert per_user.height == metrics["users_evaluated"]
     assert per_user["ndcg@10"].mean() == pytest.approx(metrics["ndcg@10"])
     provenance = report["provenance"]
     assert provenance["config"]["name"] == "lightgcn" and provenance["seed"] == 0
     assert provenance["data"] == provenance["training_data"]
-    assert provenance["upstream"]["listening_graph"]["data_version"] != "unknown"
+    assert provenance["upstream"]["listening/graph"]["data_version"] != "unknown"
     assert {"torch", "torch_geometric", "dagster", "scipy"} <= set(provenance["dependencies"])
     assert "commit" in provenance["git"] and provenance["max_epochs_override"] == 30
 
 
 def test_experiments_ab_tests_and_champion(chain):
     lake, _, _ = chain
-    experiments = pl.read_csv(lake / "reports" / "experiments.csv")
+    experiments = pl.read_csv(lake / "reports" / "listening" / "experiments.csv")
     assert sorted(experiments["config"]) == CONFIGS
-    ab = pl.read_csv(lake / "reports" / "ab_tests.csv")
+    ab = pl.read_csv(lake / "reports" / "listening" / "ab_tests.csv")
     assert set(ab["pair"]) == {"lightgcn vs most_popular"}  # pairs with unmaterialized configs are skipped
     assert set(ab["verdict"]) <= {"better", "worse", "no detectable difference"}
     _, instance, _ = chain
-    metadata = instance.get_latest_materialization_event(dg.AssetKey("ab_tests")).asset_materialization.metadata
+    metadata = instance.get_latest_materialization_event(dg.AssetKey(["listening", "ab_tests"])).asset_materialization.metadata
     plot = metadata["per_user_differences"].value  # histogram of per-user treatment - control
     assert plot.startswith("![A/B: per-user treatment - control](data:image/png;base64,")
-    champion = load_torch(ArtifactStore(lake / "artifacts").current(["champion"]) / "data.pt")
+    champion = load_torch(ArtifactStore(lake / "artifacts").current(["listening", "champion"]) / "data.pt")
     assert champion["splits"]["random"]["config"] in CONFIGS
     assert champion["history"][0]["event"] == "seeded"
 
@@ -102,25 +110,34 @@ def test_champion_gate_blocks_a_significantly_worse_candidate(chain):
     planted = report_of(lake, "lightgcn")
     planted.update(config="planted", experiment_key="planted")
     planted["per_user"]["ndcg@10"] = torch.ones_like(planted["per_user"]["ndcg@10"])
-    store.write(["metric_report"], "planted", lambda folder: save_torch(planted, folder / "data.pt"))
+    store.write(["listening", "metric_report"], "planted", lambda folder: save_torch(planted, folder / "data.pt"))
+    # listening/champion reads the current report of every listening_configs partition
+    instance.add_dynamic_partitions(LISTENING.partitions, ["planted"])
     state = {"splits": {"random": {"config": "planted", "metric": "ndcg@10", "mean": 1.0, "experiment_key": "planted", "since": "t"}},
              "history": [], "evaluated": []}
-    store.write(["champion"], None, lambda folder: save_torch(state, folder / "data.pt"))
+    store.write(["listening", "champion"], None, lambda folder: save_torch(state, folder / "data.pt"))
     from spotify_engine_assets.definitions import defs
 
-    result = dg.materialize(
+    # the candidate's report (quality_gate, fairness_gap), then the champion (champion_gate over every current report)
+    model_run = dg.materialize(
         [*defs.assets, *defs.asset_checks], selection=MODEL_STAGE, run_config=run_config("tiny_train.yaml"), instance=instance,
         resources=defs.resources, partition_key="most_popular", raise_on_error=False,
+    )
+    result = dg.materialize(
+        [*defs.assets, *defs.asset_checks], selection=dg.AssetSelection.assets(["listening", "champion"]),
+        run_config=run_config(), instance=instance, resources=defs.resources, raise_on_error=False,
     )
     assert not result.success
     gate = next(e for e in result.get_asset_check_evaluations() if e.check_name == "champion_gate")
     assert not gate.passed
-    assert gate.metadata["observed_p_value"].value < gate.metadata["threshold_alpha"].value
-    assert gate.metadata["observed_mean_diff"].value < 0
-    assert gate.metadata["champion"].value == "planted"
-    evaluations = {e.check_name: e for e in result.get_asset_check_evaluations()}
-    assert {"ndcg_gate", "champion_gate", "fairness_gap"} <= set(evaluations)
+    assert "most_popular" in gate.metadata["failed_configs"].value.split(", ")
+    decision = next(row for row in markdown_rows(gate.metadata["decisions"].value) if row["config"] == "most_popular")
+    assert float(decision["p_value"]) < gate.metadata["threshold_alpha"].value
+    assert float(decision["mean_diff"]) < 0
+    assert decision["champion"] == "planted"
+    evaluations = {e.check_name: e for run in (model_run, result) for e in run.get_asset_check_evaluations()}
+    assert {"quality_gate", "champion_gate", "fairness_gap"} <= set(evaluations)
     fairness = evaluations["fairness_gap"].metadata
     assert 0.0 <= fairness["observed_relative_gap"].value and fairness["threshold"].value > 0
-    ndcg = evaluations["ndcg_gate"].metadata
+    ndcg = evaluations["quality_gate"].metadata
     assert ndcg["observed_ndcg@10"].value >= 0 and ndcg["threshold"].value > 0

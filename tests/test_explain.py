@@ -9,7 +9,7 @@ import pytest
 import torch
 from test_recommend import NUM, make_bundle
 
-from spotify_engine_assets.lib.explain import (
+from spotify_engine_assets.core.serving.explain import (
     edge_attributions,
     evidence_links,
     explain,
@@ -23,7 +23,7 @@ from spotify_engine_assets.lib.explain import (
 )
 from torch_geometric.explain.algorithm.utils import clear_masks, set_hetero_masks
 
-from spotify_engine_assets.lib.graph import BY, HAS, LISTENS, REV_BY, REV_LISTENS
+from spotify_engine_assets.datasets.listening.graph import BY, HAS, LISTENS, REV_BY, REV_LISTENS, SCHEMA
 
 torch.set_num_threads(1)
 
@@ -55,7 +55,7 @@ def _masked_score(model, view, user, song, relation, edge, value):
 def test_evidence_links_use_training_edges_only(bundle):
     user = 0
     song = _candidate(bundle, user)
-    links = evidence_links(bundle.view, user, song)
+    links = evidence_links(bundle.view, user, song, SCHEMA)
     played = links.target[[i for i, k in enumerate(links.kind) if k == "played"]]
     assert sorted(played.tolist()) == sorted(bundle.training_songs(user).tolist())
     heldout = set(bundle.known_songs(user).tolist()) - set(bundle.training_songs(user).tolist())
@@ -75,7 +75,7 @@ def test_attributions_are_the_models_gradients_on_edge_masks(bundle):
     user, song = 1, _candidate(bundle, 1)
     attribution = edge_attributions(bundle.model, bundle.view, user, song)
     assert attribution.score == pytest.approx(float(bundle.user_emb[user] @ bundle.song_emb[song]), rel=1e-5)
-    links = evidence_links(bundle.view, user, song, model_relations(bundle.model))
+    links = evidence_links(bundle.view, user, song, SCHEMA, model_relations(bundle.model))
     values = link_attributions(attribution, links)
     played = next(i for i, k in enumerate(links.kind) if k == "played")
     edge = int(links.edge[played])
@@ -90,9 +90,9 @@ def test_attributions_are_the_models_gradients_on_edge_masks(bundle):
 
 def test_attention_is_what_the_model_used(bundle):
     user, song = 2, _candidate(bundle, 2)
-    links = evidence_links(bundle.view, user, song, model_relations(bundle.model))
+    links = evidence_links(bundle.view, user, song, SCHEMA, model_relations(bundle.model))
     attribution = edge_attributions(bundle.model, bundle.view, user, song)
-    attention = link_attention(attribution.attention, links)
+    attention = link_attention(attribution.attention, links, SCHEMA)
     bundle.model.eval()
     with torch.no_grad():
         _, _, reference = bundle.model(bundle.view, return_attention=True)
@@ -109,7 +109,7 @@ def test_attention_is_what_the_model_used(bundle):
 
 def test_without_links_removes_both_directions(bundle):
     view = bundle.view
-    removed = without_links(view, {LISTENS: torch.tensor([0, 3]), BY: torch.tensor([1])})
+    removed = without_links(view, {LISTENS: torch.tensor([0, 3]), BY: torch.tensor([1])}, SCHEMA)
     assert removed[LISTENS].edge_index.size(1) == view[LISTENS].edge_index.size(1) - 2
     assert torch.equal(removed[REV_LISTENS].edge_index, removed[LISTENS].edge_index.flip(0))
     assert removed[LISTENS].edge_attr.size(0) == removed[LISTENS].edge_index.size(1)
@@ -167,13 +167,13 @@ def test_faithfulness_reports_both_arms_with_a_fixed_seed(bundle):
     assert first["pairs"] == 4 and first["mean_drop_random"] == second["mean_drop_random"]
     for row in first["rows"]:
         user, song = row["user"], row["song"]
-        links = evidence_links(bundle.view, user, song, model_relations(bundle.model))
+        links = evidence_links(bundle.view, user, song, SCHEMA, model_relations(bundle.model))
         values = link_attributions(edge_attributions(bundle.model, bundle.view, user, song), links)
         top = torch.argsort(values, descending=True)[:2].tolist()
         removed = {}
         for i in top:
             removed.setdefault(links.relation[i], []).append(int(links.edge[i]))
-        view = without_links(bundle.view, {r: torch.tensor(e) for r, e in removed.items()})
+        view = without_links(bundle.view, {r: torch.tensor(e) for r, e in removed.items()}, SCHEMA)
         assert row["drop_top"] == pytest.approx(row["score"] - pair_score(bundle.model, view, user, song), abs=1e-5)
     with pytest.raises(ValueError, match="evidence links"):
         faithfulness(bundle.model, bundle.view, pairs, remove=10_000)

@@ -1,6 +1,6 @@
 """Explanations, cold start and the recommend/explain command line on a materialized tiny chain:
 the data stage and two model configs are materialized once into a temporary data lake, then
-the `explanations` and `cold_start_report` assets and the `spotify-engine` commands run on it."""
+the `listening/explanations` and `listening/cold_start_report` assets and the `spotify-engine` commands run on it."""
 
 from __future__ import annotations
 
@@ -12,23 +12,22 @@ import duckdb
 import pytest
 
 from spotify_engine_assets import cli
-from spotify_engine_assets.lib.artifacts import ArtifactStore, load_torch
-from spotify_engine_assets.lib.paths import DATA_LAKE_ENV
+from spotify_engine_assets.core.storage.artifacts import ArtifactStore, load_torch
+from spotify_engine_assets.core.storage.paths import DATA_LAKE_ENV
 from spotify_engine_assets.runner import DATA_STAGE, run_config
 
 MODELS = ("gat_enhanced", "most_popular")
-SPINE_GROUPS = {"ingestion", "sql", "graph", "training", "evaluation", "experiments", "explanations"}
+SPINE_GROUPS = {f"listening_{domain}" for domain in ("ingestion", "sql", "graph", "training", "evaluation", "experiments", "explanations")}
 
 
 def spine_definitions() -> dg.Definitions:
     """The spine's domains plus experiments and explanations (independent of the other data sources' definitions)."""
-    from spotify_engine_assets.defs import experiments, explanations, graph, ingestion, sql_models, training
+    from spotify_engine_assets.defs import listening, sql
     from spotify_engine_assets.defs.resources import DataLake, LakeIOManager, TorchRuntime, Warehouse
 
     lake = DataLake()
     return dg.Definitions.merge(
-        ingestion.defs, sql_models.build_sql_definitions(sql_models.load_project()), graph.defs, training.defs,
-        experiments.defs, explanations.defs,
+        listening.defs, sql.build_sql_definitions(sql.load_project()),
         dg.Definitions(resources={"lake": lake, "warehouse": Warehouse(lake=lake), "torch_runtime": TorchRuntime(),
                                   "io_manager": LakeIOManager(lake=lake)}),
     )
@@ -53,7 +52,7 @@ def lake(tmp_path_factory):
 
     assert materialize(DATA_STAGE, run_config("tiny_data.yaml")).success
     for name in MODELS:
-        assert materialize(dg.AssetSelection.assets("trained_model"), run_config("tiny_train.yaml"), name).success
+        assert materialize(dg.AssetSelection.assets(["listening", "trained_model"]), run_config("tiny_train.yaml"), name).success
     yield root, materialize
     if previous is None:
         os.environ.pop(DATA_LAKE_ENV, None)
@@ -78,10 +77,10 @@ def _user_and_unplayed_song(root):
 def test_explanations_asset_is_faithful_and_rendered(lake):
     root, materialize = lake
     config = run_config()
-    config.setdefault("ops", {})["explanations"] = {"config": {"users": 2, "k": 3, "faithfulness_users": 6}}
-    result = materialize(dg.AssetSelection.assets("explanations"), config)
+    config.setdefault("ops", {})["listening__explanations"] = {"config": {"users": 2, "k": 3, "faithfulness_users": 6}}
+    result = materialize(dg.AssetSelection.assets(["listening", "explanations"]), config)
     assert result.success
-    output = load_torch(ArtifactStore(root / "artifacts").current(["explanations"]) / "data.pt")
+    output = load_torch(ArtifactStore(root / "artifacts").current(["listening", "explanations"]) / "data.pt")
     assert set(output) == {"gat_enhanced"}  # only the requested configs, not most_popular
     explained = output["gat_enhanced"]["explained"]
     assert len(explained) == 2 and all(len(entry["explanations"]) == 3 for entry in explained)
@@ -95,17 +94,17 @@ def test_explanations_asset_is_faithful_and_rendered(lake):
     assert faith["top_beats_random_share"] > 0.5
     checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
     assert checks["explanations_faithful"].passed
-    materialization = result.asset_materializations_for_node("explanations")[0]
+    materialization = result.asset_materializations_for_node("listening__explanations")[0]
     markdown = materialization.metadata["explanations"].value
     assert "## gat_enhanced" in markdown and "Top contributing evidence" in markdown and "Faithfulness over" in markdown
-    assert (root / "reports" / "explanations.md").read_text().strip() == markdown.strip()
+    assert (root / "reports" / "listening" / "explanations.md").read_text().strip() == markdown.strip()
 
 
 def test_explanations_name_unmaterialized_configs(lake):
     _, materialize = lake
     config = run_config()
-    config.setdefault("ops", {})["explanations"] = {"config": {"configs": ["lightgcn"]}}
-    result = materialize(dg.AssetSelection.assets("explanations"), config)
+    config.setdefault("ops", {})["listening__explanations"] = {"config": {"configs": ["lightgcn"]}}
+    result = materialize(dg.AssetSelection.assets(["listening", "explanations"]), config)
     assert not result.success
     failure = next(e for e in result.all_events if e.is_step_failure)
     message = failure.step_failure_data.error.message
@@ -115,16 +114,16 @@ def test_explanations_name_unmaterialized_configs(lake):
 def test_cold_start_report_on_heldout_users(lake):
     root, materialize = lake
     config = run_config()
-    config.setdefault("ops", {})["cold_start_report"] = {"config": {"max_epochs": 10, "fraction": 0.3}}
-    result = materialize(dg.AssetSelection.assets("cold_start_report"), config)
+    config.setdefault("ops", {})["listening__cold_start_report"] = {"config": {"max_epochs": 10, "fraction": 0.3}}
+    result = materialize(dg.AssetSelection.assets(["listening", "cold_start_report"]), config)
     assert result.success
     import polars as pl
 
-    frame = pl.read_parquet(ArtifactStore(root / "artifacts").current(["cold_start_report"]) / "data.parquet")
+    frame = pl.read_parquet(ArtifactStore(root / "artifacts").current(["listening", "cold_start_report"]) / "data.parquet")
     rows = {(r["method"], r["revealed"]): r for r in frame.iter_rows(named=True)}
     popular, genres = rows[("most_popular", 0)], rows[("genres_only (top 3)", 0)]
     assert genres["ndcg@10"] > popular["ndcg@10"]  # a few stated genres beat most-popular for new users
-    metadata = result.asset_materializations_for_node("cold_start_report")[0].metadata
+    metadata = result.asset_materializations_for_node("listening__cold_start_report")[0].metadata
     tuned = metadata["n0_validation_ndcg@10"].value
     n0 = max(tuned, key=lambda key: (tuned[key], -float(key)))  # chosen on validation: the best, smallest on ties
     assert f"n0 = {float(n0):g} (chosen on validation)" in metadata["adaptive_weight"].value
@@ -176,8 +175,8 @@ def test_cli_explain_and_new_users(lake, capsys):
     [
         (["recommend", "--model", "gat_enhanced", "--user", "987654"], r"unknown user '987654'; 150 users exist"),
         (["explain", "--model", "gat_enhanced", "--user", "USER", "--song", "987654"], r"unknown song '987654'; 600 songs exist"),
-        (["recommend", "--model", "nope", "--user", "USER"], r"unknown model config 'nope'; configs in the registry: gat_basic"),
-        (["recommend", "--model", "lightgcn", "--user", "USER"], r"'lightgcn' has no materialized trained_model.*materialized: gat_enhanced, most_popular"),
+        (["recommend", "--model", "nope", "--user", "USER"], r"unknown listening model config 'nope'; configs in the registry: gat_basic"),
+        (["recommend", "--model", "lightgcn", "--user", "USER"], r"'lightgcn' has no materialized listening/trained_model.*materialized: gat_enhanced, most_popular"),
         (["recommend", "--model", "gat_enhanced", "--genres", "polka"], r"unknown genre 'polka'; 10 genres exist"),
         (["recommend", "--model", "gat_enhanced"], r"give --user ID"),
     ],

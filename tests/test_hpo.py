@@ -1,4 +1,4 @@
-"""Hyperparameter optimization (lib/hpo.py): search-space validation, storage errors, a study that
+"""Hyperparameter optimization (core/experiments/hpo.py): search-space validation, storage errors, a study that
 resumes, two workers sharing one storage, and pruning."""
 
 from __future__ import annotations
@@ -14,16 +14,18 @@ import pytest
 import torch
 from torch_geometric.data import HeteroData
 
-from spotify_engine_assets.lib import hpo
-from spotify_engine_assets.lib.configs import ConfigError, ModelConfig, load_registry
-from spotify_engine_assets.lib.graph import BY, HAS, LISTENS, add_reverse_edges
+from spotify_engine_assets.core.config import ConfigError, update_config
+from spotify_engine_assets.core.experiments import hpo
+from spotify_engine_assets.datasets.listening import DATASET
+from spotify_engine_assets.datasets.listening.graph import BY, HAS, LISTENS, SCHEMA
 
 torch.set_num_threads(1)
 REPO = Path(__file__).resolve().parents[1]
 
 
 def toy_data(num_users: int = 40, num_songs: int = 200, clusters: int = 4, per_user: int = 10, seed: int = 0) -> hpo.StudyData:
-    """Users of cluster c play songs of cluster c; two held-out validation songs per user."""
+    """Users of cluster c play songs of cluster c; two held-out validation songs per user (the
+    graph holds every listen: the training ones first, then the validation ones; no test part)."""
     g = torch.Generator().manual_seed(seed)
     size = num_songs // clusters
     train_pairs, valid_pairs = [], []
@@ -36,12 +38,17 @@ def toy_data(num_users: int = 40, num_songs: int = 200, clusters: int = 4, per_u
     for t, n in {"user": num_users, "song": num_songs, "artist": 8, "genre": clusters}.items():
         data[t].num_nodes = n
         data[t].node_id = torch.arange(n)
-    data[LISTENS].edge_index = torch.tensor(train_pairs).t().contiguous()
-    data[LISTENS].edge_attr = torch.rand(len(train_pairs), 3, generator=g)
+    data[LISTENS].edge_index = torch.tensor(train_pairs + valid_pairs).t().contiguous()
+    data[LISTENS].edge_attr = torch.rand(len(train_pairs) + len(valid_pairs), 3, generator=g)
     songs = torch.arange(num_songs)
     data[BY].edge_index = torch.stack([songs, songs % 8])
     data[HAS].edge_index = torch.stack([songs, songs // size])
-    return hpo.StudyData(view=add_reverse_edges(data), valid_pairs=torch.tensor(valid_pairs).t().contiguous())
+    split = {
+        "train": torch.arange(len(train_pairs)),
+        "valid": torch.arange(len(train_pairs), len(train_pairs) + len(valid_pairs)),
+        "test": torch.empty(0, dtype=torch.long),
+    }
+    return hpo.StudyData(DATASET, data, split)
 
 
 TOY_REGISTRY = """
@@ -72,14 +79,14 @@ lightgcn:
 def toy_spaces(tmp: Path, spaces: str = TOY_SPACES) -> dict[str, hpo.SearchSpace]:
     (tmp / "models.yaml").write_text(TOY_REGISTRY)
     (tmp / "spaces.yaml").write_text(spaces)
-    return hpo.load_search_spaces(tmp / "spaces.yaml", load_registry(tmp / "models.yaml"))
+    return hpo.load_search_spaces(DATASET, tmp / "spaces.yaml", DATASET.registry.load(tmp / "models.yaml"))
 
 
 # --- search-space validation -----------------------------------------------------------------
 
 
 def test_packaged_search_spaces_cover_the_trainable_families():
-    spaces = hpo.load_search_spaces()
+    spaces = hpo.load_search_spaces(DATASET)
     assert set(spaces) == {"gat_enhanced", "gat_basic", "lightgcn"}
     enhanced = spaces["gat_enhanced"].params
     assert enhanced["lr"].log and (enhanced["lr"].low, enhanced["lr"].high) == (1e-4, 1e-1)
@@ -102,7 +109,10 @@ def test_packaged_search_spaces_cover_the_trainable_families():
         ("lr: {type: float, low: 0.0, high: 0.1, log: true}", "log range needs low > 0"),
         ("embedding_dim: {type: categorical, choices: []}", "non-empty 'choices'"),
         ("embedding_dim: {type: float, low: 8, high: 64}", "type float does not fit a int field"),
-        ("dropout: {type: float, low: 0.0, high: 1.5}", "value 1.5 is not allowed"),
+        # lightgcn has no dropout now (a field a kind does not have is refused): the float range is
+        # checked on lr_factor instead
+        ("dropout: {type: float, low: 0.0, high: 1.5}", "unknown parameter (not a field of lightgcn configs)"),
+        ("lr_factor: {type: float, low: 0.1, high: 1.5}", "value 1.5 is not allowed"),
         ("num_layers: {type: int, low: 1, high: 9}", "value 9 is not allowed"),
         ("negatives: {type: int, low: 1, high: 10}", "unknown parameter"),
         ("seed: {type: int, low: 0, high: 10}", "cannot be searched"),
@@ -130,7 +140,7 @@ def test_unusable_storage_fails_clearly_and_hides_passwords(tmp_path, url):
     blocker.write_text("")
     url = url.format(file=blocker)
     with pytest.raises(hpo.HpoError) as error:
-        hpo.open_study("lightgcn", url)
+        hpo.open_study(DATASET, "lightgcn", url)
     assert "secret" not in str(error.value)
     assert "storage" in str(error.value)
 
@@ -143,10 +153,10 @@ def test_study_resumes_with_its_finished_trials(tmp_path):
     data = toy_data()
     url = f"sqlite:///{tmp_path / 'optuna' / 'studies.db'}"
     lines: list[str] = []
-    first = hpo.run_study(hpo.open_study("lightgcn", url, seed=3), spaces["lightgcn"], data, n_trials=2, log=lines.append)
+    first = hpo.run_study(hpo.open_study(DATASET, "lightgcn", url, seed=3), spaces["lightgcn"], data, n_trials=2, log=lines.append)
     assert len(first.trials) == 2
     # a new process / session: same storage, same study name, two more trials
-    second = hpo.run_study(hpo.open_study("lightgcn", url, seed=3), spaces["lightgcn"], data, n_trials=2, log=lines.append)
+    second = hpo.run_study(hpo.open_study(DATASET, "lightgcn", url, seed=3), spaces["lightgcn"], data, n_trials=2, log=lines.append)
     assert second._study_id == first._study_id
     assert len(optuna.get_all_study_names(hpo.open_storage(url))) == 1
     finished = [t for t in second.trials if t.state.is_finished()]
@@ -161,9 +171,9 @@ def test_study_resumes_with_its_finished_trials(tmp_path):
 
 def test_best_config_yaml_is_a_loadable_registry_entry(tmp_path):
     spaces = toy_spaces(tmp_path)
-    study = hpo.run_study(hpo.open_study("lightgcn", f"journal:///{tmp_path / 'j.log'}"), spaces["lightgcn"], toy_data(), n_trials=2)
+    study = hpo.run_study(hpo.open_study(DATASET, "lightgcn", f"journal:///{tmp_path / 'j.log'}"), spaces["lightgcn"], toy_data(), n_trials=2)
     path = hpo.write_best_yaml(tmp_path / "best.yaml", hpo.best_config(study, spaces["lightgcn"]), study)
-    loaded = load_registry(path)["lightgcn_tuned"]
+    loaded = DATASET.registry.load(path)["lightgcn_tuned"]
     assert loaded.embedding_dim == study.best_params["embedding_dim"]
     assert loaded.max_epochs == 6 and "trial" in loaded.description
     table = hpo.trials_table(study)
@@ -172,7 +182,7 @@ def test_best_config_yaml_is_a_loadable_registry_entry(tmp_path):
 
 def test_pruner_stops_a_hopeless_trial(tmp_path):
     spaces = toy_spaces(tmp_path)
-    study = hpo.open_study("lightgcn", f"sqlite:///{tmp_path / 's.db'}", pruner_startup_trials=3, pruner_warmup_epochs=1)
+    study = hpo.open_study(DATASET, "lightgcn", f"sqlite:///{tmp_path / 's.db'}", pruner_startup_trials=3, pruner_warmup_epochs=1)
     for _ in range(3):
         study.enqueue_trial({"lr": 0.05, "embedding_dim": 16, "l2": 0.0})
     study.enqueue_trial({"lr": 0.001, "embedding_dim": 8, "l2": 0.0})  # barely moves in 6 epochs
@@ -192,9 +202,10 @@ WORKER = textwrap.dedent(
     torch.set_num_threads(1)
     sys.path.insert(0, {tests!r})
     from test_hpo import toy_data, toy_spaces
-    from spotify_engine_assets.lib import hpo
+    from spotify_engine_assets.core.experiments import hpo
+    from spotify_engine_assets.datasets.listening import DATASET
     spaces = toy_spaces(Path({tmp!r}))
-    study = hpo.open_study("lightgcn", {url!r}, seed=0, worker=int(sys.argv[1]))
+    study = hpo.open_study(DATASET, "lightgcn", {url!r}, seed=0, worker=int(sys.argv[1]))
     # barrier: both workers open the study (seeing 0 trials) before either runs a trial
     (Path({tmp!r}) / ("ready" + sys.argv[1])).touch()
     while not all((Path({tmp!r}) / f"ready{{i}}").exists() for i in (0, 1)):
@@ -215,7 +226,7 @@ def test_two_workers_share_one_study_without_duplicates(tmp_path):
     for worker in workers:
         _, err = worker.communicate(timeout=120)
         assert worker.returncode == 0, err[-2000:]
-    study = optuna.load_study(study_name="spotify-engine/lightgcn", storage=hpo.open_storage(url))
+    study = optuna.load_study(study_name="spotify-engine/listening/lightgcn", storage=hpo.open_storage(url))
     trials = study.get_trials()
     assert len(trials) == 4 and all(t.state.is_finished() for t in trials)
     assert sorted(t.number for t in trials) == list(range(4))
@@ -243,8 +254,8 @@ def test_multi_objective_study_yields_a_pareto_front(tmp_path):
     data = toy_data()
     url = f"sqlite:///{tmp_path / 'mo.db'}"
     lines: list[str] = []
-    study = hpo.open_study("lightgcn", url, seed=1, multi_objective=True)
-    assert study.study_name == "spotify-engine/lightgcn/pareto"
+    study = hpo.open_study(DATASET, "lightgcn", url, seed=1, multi_objective=True)
+    assert study.study_name == "spotify-engine/listening/lightgcn/pareto"
     assert [d.name.lower() for d in study.directions] == list(hpo.MULTI_DIRECTIONS)
     assert isinstance(study.sampler, optuna.samplers.NSGAIISampler)
     hpo.run_study(study, spaces["lightgcn"], data, n_trials=4, max_epochs=2, log=lines.append)
@@ -268,17 +279,17 @@ def test_multi_objective_study_yields_a_pareto_front(tmp_path):
 
     table = hpo.pareto_table(study)
     assert sorted(row["number"] for row in table) == sorted(front_numbers)
-    assert set(table[0]) == {"number", *hpo.MULTI_OBJECTIVES, "param_lr", "param_embedding_dim", "param_l2"}
+    assert set(table[0]) == {"number", *hpo.multi_objectives(DATASET), "param_lr", "param_embedding_dim", "param_l2"}
     by_number = {t.number: t for t in front}
     for row in table:
-        assert [row[name] for name in hpo.MULTI_OBJECTIVES] == by_number[row["number"]].values
+        assert [row[name] for name in hpo.multi_objectives(DATASET)] == by_number[row["number"]].values
         assert row["param_lr"] == by_number[row["number"]].params["lr"]
     assert sum(line.startswith("trial ") and "valid_ndcg@10" in line for line in lines) == 4
     rows = hpo.trials_table(study)
     assert len(rows) == 4 and all(row["valid_ndcg@10"] is not None for row in rows)
 
     # a single-objective study in the same storage is a separate entry
-    single = hpo.open_study("lightgcn", url)
+    single = hpo.open_study(DATASET, "lightgcn", url)
     assert single.study_name != study.study_name and len(single.trials) == 0
     assert len(optuna.get_all_study_names(hpo.open_storage(url))) == 2
     with pytest.raises(hpo.HpoError, match="single-objective"):
@@ -287,15 +298,18 @@ def test_multi_objective_study_yields_a_pareto_front(tmp_path):
 
 def test_validation_scores_match_ranking_metrics_on_the_validation_split(tmp_path):
     """The multi-objective values are computed on validation pairs with training pairs masked."""
-    from spotify_engine_assets.lib.metrics import ranking_metrics
-    from spotify_engine_assets.lib.training import build_model, embed
+    from spotify_engine_assets.core.data.graph import num_nodes_of
+    from spotify_engine_assets.core.evaluation.metrics import ranking_metrics
+    from spotify_engine_assets.core.models import build_model, embed
 
     spaces = toy_spaces(tmp_path)
     data = toy_data()
-    model = build_model(spaces["lightgcn"].base, data.num_nodes)
-    scores = hpo.validation_scores(model, data)
-    user, song = embed(model, data.view)
-    expected = ranking_metrics(user, song, data.valid_pairs, data.view[LISTENS].edge_index, ks=(10,))
+    config = spaces["lightgcn"].base
+    view = data.view(config)
+    model = build_model(config, SCHEMA, num_nodes_of(data.graph)).prepare(view)
+    scores = hpo.validation_scores(model, data, config)
+    user, song = embed(model, view)
+    expected = ranking_metrics(user, song, data.valid_pairs, view[LISTENS].edge_index, ks=(10,))
     assert scores == {"valid_ndcg@10": expected["ndcg@10"], "valid_coverage@10": expected["coverage@10"]}
     unmasked = ranking_metrics(user, song, data.valid_pairs, torch.empty((2, 0), dtype=torch.long), ks=(10,))
     assert unmasked["ndcg@10"] != scores["valid_ndcg@10"]  # masking the training pairs matters
@@ -303,18 +317,18 @@ def test_validation_scores_match_ranking_metrics_on_the_validation_split(tmp_pat
 
 def test_study_name_with_other_directions_is_refused(tmp_path):
     url = f"sqlite:///{tmp_path / 's.db'}"
-    hpo.open_study("lightgcn", url, study_name="shared")
+    hpo.open_study(DATASET, "lightgcn", url, study_name="shared")
     with pytest.raises(hpo.HpoError, match="directions"):
-        hpo.open_study("lightgcn", url, study_name="shared", multi_objective=True)
-    hpo.open_study("lightgcn", url, study_name="other", multi_objective=True)
+        hpo.open_study(DATASET, "lightgcn", url, study_name="shared", multi_objective=True)
+    hpo.open_study(DATASET, "lightgcn", url, study_name="other", multi_objective=True)
     with pytest.raises(hpo.HpoError, match="multi-objective"):
-        hpo.open_study("lightgcn", url, study_name="other")
+        hpo.open_study(DATASET, "lightgcn", url, study_name="other")
 
 
 def test_pareto_front_plot_is_a_png_and_checks_lengths():
     import base64
 
-    from spotify_engine_assets.lib.plots import pareto_front
+    from spotify_engine_assets.core.plots import pareto_front
 
     markdown = pareto_front([1.0, 2.0, 3.0], [0.1, 0.3, 0.2], [0.5, 0.6, 0.7], [True, True, False], "t", "s", "ndcg", "cov")
     assert markdown.startswith("![t](data:image/png;base64,")
@@ -325,10 +339,17 @@ def test_pareto_front_plot_is_a_png_and_checks_lengths():
 
 def test_weighted_or_multi_task_trials_need_the_full_graph():
     """A sampled config that weights BPR or trains a task head reads the training edges' attributes:
-    the study data must carry the graph, or the trial fails naming the fields."""
+    the study data always carries the full graph now (StudyData(dataset, graph, split)), so a trial
+    reads them from it, and fails naming the fields when the graph lacks the columns (the toy graph
+    has no play_count)."""
+    from spotify_engine_assets.core.training.inputs import task_labels, training_inputs
+
     data = toy_data()
-    base = hpo.get_space("lightgcn").base
-    weighted = base.model_copy(update={"weight_play_count": 1.0, "task_repeat_weight": 0.5})
-    with pytest.raises(hpo.HpoError, match="weight_play_count, task_repeat_weight need the study's full graph"):
-        data.training_inputs(weighted)
-    assert data.training_inputs(base) == {"weights": None, "task_labels": None}
+    base = hpo.get_space(DATASET, "lightgcn").base
+    weighted = update_config(base, weight_play_count=1.0, task_repeat_weight=0.5)
+    train = DATASET.training_index(data.split, weighted)
+    with pytest.raises(ValueError, match=r"weight_play_count needs \S*play_count"):
+        training_inputs(weighted, data.graph, SCHEMA, train)
+    with pytest.raises(ValueError, match=r"task_repeat_weight needs \S*play_count"):
+        task_labels(weighted, data.graph, SCHEMA, train)
+    assert training_inputs(base, data.graph, SCHEMA, DATASET.training_index(data.split, base)) == {"weights": None, "task_labels": None}

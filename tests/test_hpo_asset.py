@@ -1,4 +1,4 @@
-"""The hpo_study asset: run and resume a study through Dagster on a toy graph, progress in the run
+"""The listening/hpo_study asset: run and resume a study through Dagster on a toy graph, progress in the run
 log, best parameters, history plot and importances in metadata, a promotable registry file; a
 bad storage URL fails the run before any trial."""
 
@@ -9,14 +9,18 @@ import pytest
 import torch
 from torch_geometric.data import HeteroData
 
-from spotify_engine_assets.defs.optimization import hpo_study
+from spotify_engine_assets.core.data.graph import to_payload
+from spotify_engine_assets.core.data.splits import labels_to_indices
+from spotify_engine_assets.core.experiments.hpo import get_space
+from spotify_engine_assets.datasets.listening import DATASET
+from spotify_engine_assets.datasets.listening.graph import BY, HAS, LISTENS, add_reverse_edges
+from spotify_engine_assets.datasets.listening.splits import SplitSettings, random_split
+from spotify_engine_assets.defs.listening import defs as listening_defs
 from spotify_engine_assets.defs.resources import DataLake, TorchRuntime
-from spotify_engine_assets.lib.configs import load_registry
-from spotify_engine_assets.lib.hpo import get_space
-from spotify_engine_assets.lib.graph import BY, HAS, LISTENS, add_reverse_edges, to_payload
-from spotify_engine_assets.lib.splits import SplitSettings, labels_to_indices, random_split
 
 torch.set_num_threads(1)
+hpo_study = listening_defs.get_assets_def(dg.AssetKey(["listening", "hpo_study"]))
+HPO_NODE = "listening__hpo_study"
 
 
 def toy_graph(num_users: int = 40, num_songs: int = 200, clusters: int = 4, per_user: int = 14):
@@ -45,14 +49,14 @@ def toy_graph(num_users: int = 40, num_songs: int = 200, clusters: int = 4, per_
 
 
 def _toy_assets() -> list:
-    """``listening_graph`` and ``interaction_splits`` assets holding the toy graph."""
+    """``listening/graph`` and ``listening/split`` assets holding the toy graph."""
     payload, splits = toy_graph()
 
-    @dg.asset(key="listening_graph", group_name="graph")
+    @dg.asset(key=["listening", "graph"], group_name="graph")
     def listening_graph() -> dict:
         return payload
 
-    @dg.asset(key="interaction_splits", group_name="graph")
+    @dg.asset(key=["listening", "split"], group_name="graph")
     def interaction_splits() -> dict:
         return splits
 
@@ -65,7 +69,7 @@ def _materialize(tmp_path, instance, **run_config):
         partition_key="lightgcn",
         instance=instance,
         resources={"lake": DataLake(root=str(tmp_path / "lake")), "torch_runtime": TorchRuntime()},
-        run_config={"ops": {"hpo_study": {"config": {"max_epochs": 2, **run_config}}}},
+        run_config={"ops": {HPO_NODE: {"config": {"max_epochs": 2, **run_config}}}},
         raise_on_error=False,
     )
 
@@ -76,19 +80,19 @@ def test_hpo_study_asset_runs_resumes_and_records_the_outcome(tmp_path):
     assert first.success
     second = _materialize(tmp_path, instance, n_trials=2)
     assert second.success
-    output = second.output_for_node("hpo_study")
+    output = second.output_for_node(HPO_NODE)
     assert output["trials_this_run"] == 2 and len(output["trials"]) == 4  # resumed: 2 + 2 in one study
     assert (tmp_path / "lake" / "optuna" / "studies.db").exists()
     logs = [entry.user_message for entry in instance.all_logs(second.run_id)]
     assert sum(message.startswith("trial ") for message in logs) == 2
-    metadata = second.asset_materializations_for_node("hpo_study")[0].metadata
+    metadata = second.asset_materializations_for_node(HPO_NODE)[0].metadata
     assert "data:image/png;base64" in metadata["optimization_history"].value
     assert metadata["best_value"].value == output["best_value"] == max(t["value"] or 0 for t in output["trials"])
     assert metadata["trials_total"].value == 4
-    assert set(output["importances"]) == set(get_space("lightgcn").params)  # every searched field
+    assert set(output["importances"]) == set(get_space(DATASET, "lightgcn").params)  # every searched field
     assert abs(sum(output["importances"].values()) - 1.0) < 1e-6
     assert "data:image/png;base64" in metadata["param_importances"].value
-    tuned = load_registry(tmp_path / "lake" / "optuna" / "lightgcn_tuned.yaml")["lightgcn_tuned"]
+    tuned = DATASET.registry.load(tmp_path / "lake" / "optuna" / "listening" / "lightgcn_tuned.yaml")["lightgcn_tuned"]
     assert tuned.model == "lightgcn" and tuned.lr == output["best_params"]["lr"]
 
 
@@ -96,7 +100,7 @@ def test_hpo_study_asset_runs_resumes_and_records_the_outcome(tmp_path):
     ("run_config", "message"),
     [
         ({"n_trials": 1, "storage_url": "postgresql://u:pw@127.0.0.1:1/optuna"}, "cannot open Optuna storage"),
-        ({"n_trials": 0}, "n_trials must be >= 1"),
+        ({"n_trials": 0}, "n_trials\n  Input should be greater than or equal to 1"),  # the config Field refuses it
     ],
 )
 def test_hpo_study_bad_run_config_fails_before_any_trial(tmp_path, run_config, message):
@@ -113,65 +117,66 @@ def test_hpo_study_asset_multi_objective_records_the_pareto_front(tmp_path):
     instance = dg.DagsterInstance.ephemeral()
     result = _materialize(tmp_path, instance, n_trials=3, multi_objective=True)
     assert result.success
-    output = result.output_for_node("hpo_study")
-    assert output["study_name"] == "spotify-engine/lightgcn/pareto" and output["multi_objective"]
+    output = result.output_for_node(HPO_NODE)
+    assert output["study_name"] == "spotify-engine/listening/lightgcn/pareto" and output["multi_objective"]
     assert output["objectives"] == {"valid_ndcg@10": "maximize", "train_seconds": "minimize", "valid_coverage@10": "maximize"}
     front = output["pareto_front"]
     assert front and len(output["trials"]) == 3
     completed = [t for t in output["trials"] if t["state"] == "COMPLETE"]
     assert {row["number"] for row in front} <= {t["number"] for t in completed}
-    metadata = result.asset_materializations_for_node("hpo_study")[0].metadata
+    metadata = result.asset_materializations_for_node(HPO_NODE)[0].metadata
     assert metadata["pareto_size"].value == len(front)
     table = metadata["pareto_front"].value
     assert table.splitlines()[0].startswith("| number | valid_ndcg@10 | train_seconds | valid_coverage@10 | param_")
     assert len(table.splitlines()) == 2 + len(front)
     assert "data:image/png;base64" in metadata["pareto_plot"].value
     assert "best_value" not in metadata and "optimization_history" not in metadata
-    assert not (tmp_path / "lake" / "optuna" / "lightgcn_tuned.yaml").exists()
+    assert not (tmp_path / "lake" / "optuna" / "listening" / "lightgcn_tuned.yaml").exists()
     logs = [entry.user_message for entry in instance.all_logs(result.run_id)]
     assert sum(message.startswith("trial ") and "Pareto front" in message for message in logs) == 3
 
     # the single-objective study in the same storage is untouched by the multi-objective run
     single = _materialize(tmp_path, instance, n_trials=1)
     assert single.success
-    assert single.output_for_node("hpo_study")["study_name"] == "spotify-engine/lightgcn"
-    assert len(single.output_for_node("hpo_study")["trials"]) == 1
+    assert single.output_for_node(HPO_NODE)["study_name"] == "spotify-engine/listening/lightgcn"
+    assert len(single.output_for_node(HPO_NODE)["trials"]) == 1
 
 
 def test_promoted_best_trial_becomes_a_partition_with_lineage(tmp_path):
-    """promote: the best config is written to the lake, registered as a model_configs partition,
-    and trained_model of that partition trains it and links back to the study."""
-    from spotify_engine_assets.defs.registry import MODEL_CONFIGS
-    from spotify_engine_assets.defs.training import trained_model
-    from spotify_engine_assets.lib.registry import full_registry, promoted_dir
+    """promote: the best config is written to the lake, registered as a listening_configs partition,
+    and listening/trained_model of that partition trains it and links back to the study."""
+    from spotify_engine_assets.defs.listening import CHAIN
+
+    MODEL_CONFIGS = CHAIN.partitions
+    trained_model = listening_defs.get_assets_def(dg.AssetKey(["listening", "trained_model"]))
 
     instance = dg.DagsterInstance.ephemeral()
     result = _materialize(tmp_path, instance, n_trials=2, promote=True, max_trial_seconds=600.0, max_trial_memory_mb=10_000.0)
     assert result.success
-    output = result.output_for_node("hpo_study")
+    output = result.output_for_node(HPO_NODE)
     assert output["promoted_config"] == "hpo_lightgcn"
     # every trial was estimated (seconds are rounded to 0.1 s: the toy graph trains in well under a second)
     assert all(t["est_seconds"] is not None and t["est_memory_mb"] > 0 and not t["pruned_by"] for t in output["trials"])
     assert "hpo_lightgcn" in instance.get_dynamic_partitions(MODEL_CONFIGS)
-    metadata = result.asset_materializations_for_node("hpo_study")[0].metadata
+    metadata = result.asset_materializations_for_node(HPO_NODE)[0].metadata
     assert metadata["promoted_config"].value == "hpo_lightgcn"
-    assert metadata["promoted_asset"].value == dg.AssetKey("trained_model")
+    assert metadata["promoted_asset"].value == dg.AssetKey(["listening", "trained_model"])
     assert metadata["trial_limits"].value["pruned_before_training"] == 0
-    promoted = full_registry(tmp_path / "lake")["hpo_lightgcn"]
-    assert promoted.lr == output["best_params"]["lr"] and (promoted_dir(tmp_path / "lake") / "hpo_lightgcn.yaml").exists()
+    promoted = DATASET.registry.full(tmp_path / "lake")["hpo_lightgcn"]
+    assert promoted.lr == output["best_params"]["lr"] and (DATASET.registry.promoted_dir(tmp_path / "lake") / "hpo_lightgcn.yaml").exists()
 
     resources = {"lake": DataLake(root=str(tmp_path / "lake")), "torch_runtime": TorchRuntime()}
     trained = dg.materialize(
         [*_toy_assets(), trained_model], partition_key="hpo_lightgcn", instance=instance,
-        resources=resources, run_config={"ops": {"trained_model": {"config": {"max_epochs": 1}}}}, raise_on_error=False,
+        resources=resources, run_config={"ops": {"listening__trained_model": {"config": {"max_epochs": 1}}}}, raise_on_error=False,
     )
     assert trained.success
-    assert trained.output_for_node("trained_model")["config"] == promoted.model_dump()
-    lineage = trained.asset_materializations_for_node("trained_model")[0].metadata
+    assert trained.output_for_node("listening__trained_model")["config"] == promoted.model_dump()
+    lineage = trained.asset_materializations_for_node("listening__trained_model")[0].metadata
     assert lineage["config_origin"].value == "study"
-    assert lineage["source_study"].value == "spotify-engine/lightgcn"
+    assert lineage["source_study"].value == "spotify-engine/listening/lightgcn"
     assert lineage["source_trial"].value == output["best_trial"]
-    assert lineage["source_asset"].value == dg.AssetKey("hpo_study") and lineage["source_partition"].value == "lightgcn"
+    assert lineage["source_asset"].value == dg.AssetKey(["listening", "hpo_study"]) and lineage["source_partition"].value == "lightgcn"
 
     # a registered partition whose config is gone fails with the known configs listed
     instance.add_dynamic_partitions(MODEL_CONFIGS, ["ghost"])
@@ -181,7 +186,7 @@ def test_promoted_best_trial_becomes_a_partition_with_lineage(tmp_path):
     )
     assert not ghost.success
     failure = [e for e in ghost.all_events if e.event_type_value == "STEP_FAILURE"][0]
-    assert "unknown model config 'ghost'; known configs: " in str(failure.event_specific_data.error)
+    assert "unknown listening model config 'ghost'; known configs: " in str(failure.event_specific_data.error)
     assert "hpo_lightgcn" in str(failure.event_specific_data.error)
 
 
@@ -190,7 +195,7 @@ def test_promoted_best_trial_becomes_a_partition_with_lineage(tmp_path):
     [
         ({"promote": True, "promote_name": "lightgcn"}, "'lightgcn' collides with a models.yaml config"),
         ({"promote": True, "multi_objective": True}, "promote needs a single-objective study"),
-        ({"max_trial_memory_mb": -1.0}, "max_trial_memory_mb must be > 0"),
+        ({"max_trial_memory_mb": -1.0}, "max_trial_memory_mb\n  Input should be greater than 0"),  # the config Field
     ],
 )
 def test_hpo_study_bad_promotion_or_limit_fails_before_any_trial(tmp_path, run_config, message):

@@ -8,9 +8,9 @@ import duckdb
 import polars as pl
 import pytest
 
-from spotify_engine_assets.lib.artifacts import ArtifactStore, load_torch
-from spotify_engine_assets.lib.configs import default_registry
-from spotify_engine_assets.lib.paths import DATA_LAKE_ENV
+from spotify_engine_assets.core.storage.artifacts import ArtifactStore, load_torch
+from spotify_engine_assets.core.storage.paths import DATA_LAKE_ENV
+from spotify_engine_assets.datasets.listening import DATASET
 from spotify_engine_assets.runner import MODEL_STAGE, materialize_chain, run_config
 
 
@@ -31,7 +31,7 @@ def tiny_chain(tmp_path_factory):
 
 def test_every_stage_succeeds(tiny_chain):
     _, _, results = tiny_chain
-    assert [r.name for r in results] == ["data"] + [f"model {n}" for n in sorted(default_registry())] + ["comparison"]
+    assert [r.name for r in results] == ["data"] + [f"model {n}" for n in sorted(DATASET.registry.base)] + ["comparison"]
     failed = {r.name: r.error for r in results if not r.success}
     assert not failed
 
@@ -54,38 +54,38 @@ def test_warehouse_holds_every_schema(tiny_chain):
 def test_reports_and_comparison(tiny_chain):
     lake, _, _ = tiny_chain
     store = ArtifactStore(lake / "artifacts")
-    for name in default_registry():
-        report = load_torch(store.current(["metric_report"], name) / "data.pt")
+    for name in DATASET.registry.base:
+        report = load_torch(store.current(["listening", "metric_report"], name) / "data.pt")
         assert report["config"] == name
         assert 0 <= report["metrics"]["ndcg@10"] <= 1
         assert report["most_popular"]["users_evaluated"] == report["metrics"]["users_evaluated"]
-    comparison = pl.read_csv(lake / "reports" / "model_comparison.csv")
-    assert sorted(comparison["config"]) == sorted(default_registry())
+    comparison = pl.read_csv(lake / "reports" / "listening" / "model_comparison.csv")
+    assert sorted(comparison["config"]) == sorted(DATASET.registry.base)
 
 
 def test_trained_artifact_records_config_and_history(tiny_chain):
     lake, _, _ = tiny_chain
-    artifact = load_torch(ArtifactStore(lake / "artifacts").current(["trained_model"], "gat_enhanced") / "data.pt")
+    artifact = load_torch(ArtifactStore(lake / "artifacts").current(["listening", "trained_model"], "gat_enhanced") / "data.pt")
     assert artifact["config"]["name"] == "gat_enhanced"
-    cap = run_config("tiny_train.yaml")["ops"]["trained_model"]["config"]["max_epochs"]
+    cap = run_config("tiny_train.yaml")["ops"]["listening__trained_model"]["config"]["max_epochs"]
     assert 1 <= artifact["epochs_run"] == len(artifact["history"]) <= cap
-    assert artifact["best_state"].keys() == artifact["final_state"].keys()
+    assert artifact["state"].keys() == artifact["final_state"].keys()
 
 
 def test_failed_training_keeps_previous_model(tiny_chain):
     lake, instance, _ = tiny_chain
     store = ArtifactStore(lake / "artifacts")
-    before = store.current(["trained_model"], "lightgcn")
+    before = store.current(["listening", "trained_model"], "lightgcn")
     from spotify_engine_assets.definitions import defs
 
     config = run_config("tiny_train.yaml")
-    config["ops"]["trained_model"]["config"]["max_epochs"] = 0  # rejected by the asset
+    config["ops"]["listening__trained_model"]["config"]["max_epochs"] = 0  # rejected by the asset
     result = dg.materialize(
         [*defs.assets, *defs.asset_checks], selection=MODEL_STAGE, run_config=config, instance=instance,
         resources=defs.resources, partition_key="lightgcn", raise_on_error=False,
     )
     assert not result.success
-    assert store.current(["trained_model"], "lightgcn") == before
+    assert store.current(["listening", "trained_model"], "lightgcn") == before
     assert load_torch(before / "data.pt")["config"]["name"] == "lightgcn"
 
 
@@ -139,11 +139,12 @@ def test_graph_from_world_matches_the_materialized_graph(tiny_chain):
     """The Dagster-free shortcut the benchmarks use builds the same graph as the SQL chain."""
     import torch
 
-    from spotify_engine_assets.lib.generator import GeneratorSettings, generate_world
-    from spotify_engine_assets.lib.graph import LISTENS, from_payload, graph_from_world
+    from spotify_engine_assets.core.data.graph import from_payload
+    from spotify_engine_assets.datasets.listening.generator import GeneratorSettings, generate_world
+    from spotify_engine_assets.datasets.listening.graph import LISTENS, graph_from_world
 
     lake, _, _ = tiny_chain
-    materialized = from_payload(load_torch(ArtifactStore(lake / "artifacts").current(["listening_graph"], None) / "data.pt"))
+    materialized = from_payload(load_torch(ArtifactStore(lake / "artifacts").current(["listening", "graph"], None) / "data.pt"))
     settings = run_config("tiny_data.yaml")["ops"]["synthetic_world"]["config"]
     shortcut = graph_from_world(generate_world(GeneratorSettings(**settings)))
     assert shortcut.node_types == materialized.node_types and shortcut.edge_types == materialized.edge_types

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from spotify_engine_assets.defs.sql_models import column_profile, quality_metadata
-from spotify_engine_assets.lib import plots
+from spotify_engine_assets.core import plots
+from spotify_engine_assets.defs.sql import column_profile, quality_metadata
 
 MARKDOWN_IMAGE = re.compile(r"^!\[(?P<alt>[^\]]*)\]\(data:image/png;base64,(?P<data>[A-Za-z0-9+/=]+)\)$")
 

@@ -7,9 +7,11 @@ import pytest
 import torch
 from torch_geometric.data import HeteroData
 
-from spotify_engine_assets.lib.configs import ModelConfig
-from spotify_engine_assets.lib.graph import BY, HAS, LISTENS, add_reverse_edges, message_passing_graph
-from spotify_engine_assets.lib.recommend import (
+from spotify_engine_assets.core.config import parse_config
+from spotify_engine_assets.core.data.graph import num_nodes_of
+from spotify_engine_assets.core.models import build_model, embed
+from spotify_engine_assets.core.models.baselines import MostPopular
+from spotify_engine_assets.core.serving.recommend import (
     Catalog,
     ModelBundle,
     UnknownIdError,
@@ -18,7 +20,7 @@ from spotify_engine_assets.lib.recommend import (
     render_ranking,
     text_table,
 )
-from spotify_engine_assets.lib.training import build_model, embed, num_nodes_of
+from spotify_engine_assets.datasets.listening.graph import BY, HAS, LISTENS, SCHEMA, add_reverse_edges, message_passing_graph
 
 torch.set_num_threads(1)
 
@@ -53,18 +55,23 @@ def random_graph(seed: int = 0) -> tuple[HeteroData, torch.Tensor]:
 
 def make_bundle(model: str = "gat_enhanced", seed: int = 0) -> ModelBundle:
     data, train = random_graph(seed)
-    config = ModelConfig(name=f"toy_{model}", model=model, embedding_dim=8, heads=2 if model == "gat_enhanced" else 1, num_layers=2)
+    settings = {"name": f"toy_{model}", "model": model}
+    if model != "most_popular":  # a field a kind does not use is refused (most_popular: no layers, lightgcn: no heads)
+        settings.update(embedding_dim=8, num_layers=2)
+    if model.startswith("gat_"):
+        settings.update(heads=2 if model == "gat_enhanced" else 1)
+    config = parse_config(settings)
     view = message_passing_graph(data, train)
     if config.trainable:
-        net = build_model(config, num_nodes_of(data))
+        net = build_model(config, SCHEMA, num_nodes_of(data))
         net.eval()
     else:
-        from spotify_engine_assets.lib.training import fit_most_popular
-
-        net = fit_most_popular(view)
+        net = MostPopular(config, SCHEMA, num_nodes_of(data))
+        net.fit(view)
     user_emb, song_emb = embed(net, view)
     held = torch.tensor([i for i in range(data[LISTENS].edge_index.size(1)) if i % 4 == 0])
-    return ModelBundle(config, net, data, view, user_emb, song_emb, Catalog.from_graph(data), data[LISTENS].edge_index[:, held])
+    return ModelBundle(config, net, SCHEMA, data, view, user_emb, song_emb, Catalog.from_graph(data, SCHEMA),
+                       data[LISTENS].edge_index[:, held])
 
 
 @pytest.fixture(scope="module")
@@ -146,7 +153,7 @@ def test_most_popular_bundle_ranks_by_popularity():
 
 
 def test_genre_prior_is_chosen_on_validation(bundle):
-    from spotify_engine_assets.lib.cold_start import GENRE_PRIOR_GRID
+    from spotify_engine_assets.core.serving.cold_start import GENRE_PRIOR_GRID
 
     n0 = bundle.genre_prior()
     scores = bundle.genre_prior_scores
@@ -157,14 +164,15 @@ def test_genre_prior_is_chosen_on_validation(bundle):
 
 
 def test_load_bundle_knows_configs_promoted_into_the_lake(tmp_path):
-    from spotify_engine_assets.lib.recommend import load_bundle
-    from spotify_engine_assets.lib.registry import PromotionSource, write_promoted
+    from spotify_engine_assets.core.registry import PromotionSource
+    from spotify_engine_assets.core.serving.recommend import load_bundle
+    from spotify_engine_assets.datasets.listening import DATASET
 
     source = PromotionSource(family="lightgcn", study_name="s", trial=3, objective="valid_recall@10", value=0.1,
                              storage="sqlite:///x.db", promoted_at="2026-11-22T00:00:00+00:00")
-    write_promoted(ModelConfig(name="hpo_lightgcn", model="lightgcn"), source, tmp_path)
+    DATASET.registry.write_promoted(parse_config({"name": "hpo_lightgcn", "model": "lightgcn"}), source, tmp_path)
     # a promoted config is a known config: the error is that it is not trained yet, not that it is unknown
-    with pytest.raises(UnknownIdError, match="'hpo_lightgcn' has no materialized trained_model"):
-        load_bundle(tmp_path, "hpo_lightgcn")
-    with pytest.raises(UnknownIdError, match="unknown model config 'hpo_nothing'.*hpo_lightgcn"):
-        load_bundle(tmp_path, "hpo_nothing")
+    with pytest.raises(UnknownIdError, match="'hpo_lightgcn' has no materialized listening/trained_model"):
+        load_bundle(tmp_path, DATASET, "hpo_lightgcn")
+    with pytest.raises(UnknownIdError, match="unknown listening model config 'hpo_nothing'.*hpo_lightgcn"):
+        load_bundle(tmp_path, DATASET, "hpo_nothing")

@@ -20,18 +20,18 @@ import duckdb
 import polars as pl
 import pytest
 
-from spotify_engine_assets.defs.resources import DataLake, LakeIOManager, Warehouse, WarehouseBusyError
-from spotify_engine_assets.defs.sensors import LANDING_TAG, landing_sensor
-from spotify_engine_assets.lib.artifacts import ArtifactStore
-from spotify_engine_assets.lib.kaggle import (
+from spotify_engine_assets.core.storage.artifacts import ArtifactStore
+from spotify_engine_assets.core.storage.paths import DATA_LAKE_ENV, REPO_ROOT
+from spotify_engine_assets.datasets.playlists import DATASET
+from spotify_engine_assets.datasets.playlists.kaggle import (
     KAGGLE_HEADER,
     LandingPathError,
     confined_landing_file,
     ingest_playlist_csv,
     sessions_to_kaggle,
 )
-from spotify_engine_assets.lib.paths import DATA_LAKE_ENV, REPO_ROOT
-from spotify_engine_assets.lib.playlist_models import default_playlist_registry
+from spotify_engine_assets.defs.playlists.sensors import LANDING_TAG, landing_sensor
+from spotify_engine_assets.defs.resources import DataLake, LakeIOManager, Warehouse, WarehouseBusyError
 
 PACKAGE = REPO_ROOT / "spotify_engine_assets"
 TESTS = Path(__file__).parent
@@ -131,7 +131,7 @@ def test_header_only_kaggle_file_fails_naming_it_and_keeps_the_previous_tables(t
 
 
 def test_corrupted_checkpoint_is_ignored_naming_the_file(tmp_path):
-    from spotify_engine_assets.lib.training import CHECKPOINT_FILE, _load_checkpoint
+    from spotify_engine_assets.core.training.trainer import CHECKPOINT_FILE, _load_checkpoint
 
     path = tmp_path / CHECKPOINT_FILE
     path.write_bytes(b"\x80\x04 not a checkpoint")
@@ -142,9 +142,9 @@ def test_corrupted_checkpoint_is_ignored_naming_the_file(tmp_path):
 
 def test_corrupted_model_artifact_fails_naming_the_file(tmp_path):
     lake = DataLake(root=str(tmp_path))
-    version = lake.artifacts.write(["trained_model"], "lightgcn", lambda folder: (folder / "data.pt").write_bytes(b"garbage"))
+    version = lake.artifacts.write(["listening", "trained_model"], "lightgcn", lambda folder: (folder / "data.pt").write_bytes(b"garbage"))
     with pytest.raises(ValueError, match=re.escape(str(version / "data.pt")) + ".*cannot load torch artifact"):
-        LakeIOManager(lake=lake)._load(["trained_model"], "lightgcn")
+        LakeIOManager(lake=lake)._load(["listening", "trained_model"], "lightgcn")
 
 
 # --- the warehouse: a reader during a write, writers waiting for the lock ----------------------
@@ -208,7 +208,7 @@ from spotify_engine_assets.definitions import defs
 from spotify_engine_assets.runner import run_config
 config = run_config("tiny_data.yaml")
 config["ops"]["synthetic_world"]["config"]["seed"] = int(sys.argv[1])
-result = dg.materialize([*defs.assets, *defs.asset_checks], selection=dg.AssetSelection.groups("ingestion"),
+result = dg.materialize([*defs.assets, *defs.asset_checks], selection=dg.AssetSelection.groups("listening_ingestion"),
                         run_config=config, instance=dg.DagsterInstance.get(), resources=defs.resources,
                         raise_on_error=False)
 sys.exit(0 if result.success else 1)
@@ -311,7 +311,7 @@ def test_thousand_files_landing_at_once_are_each_requested_exactly_once(tmp_path
     assert len({r.run_key for r in requests}) == 1003
     assert sorted(partitions) == sorted(r.partition_key for r in requests) and len(set(partitions)) == 1003
     # a growing file is taken with its final content's hash
-    from spotify_engine_assets.defs.playlists import file_sha256
+    from spotify_engine_assets.defs.playlists.ingestion import file_sha256
 
     by_file = {r.tags["spotify_engine/file"]: r for r in requests}
     for path in growing:
@@ -329,7 +329,7 @@ def test_thousand_files_landing_at_once_are_each_requested_exactly_once(tmp_path
     models = result.run_requests
     assert {r.job_name for r in models} == {"playlist_retrain_job"}
     assert {r.tags[LANDING_TAG] for r in models} == {r.partition_key for r in ok}
-    assert len(models) == len({r.run_key for r in models}) == 2 * len(default_playlist_registry().configs)
+    assert len(models) == len({r.run_key for r in models}) == 2 * len(DATASET.registry.base)
     state = json.loads(result.cursor)
     assert len(state["pending"]) == 1000 and failed.partition_key not in state["pending"]
 
@@ -438,7 +438,7 @@ def test_hostile_sessions_file_name_is_bound_as_a_parameter(songs_con, tmp_path)
 
 
 def test_sensor_batch_id_of_a_hostile_file_name_is_plain():
-    from spotify_engine_assets.defs.sensors import batch_id
+    from spotify_engine_assets.defs.playlists.sensors import batch_id
 
     batch = batch_id(Path("a'; DROP TABLE x; --.csv"), "ab" * 32)
     assert re.fullmatch(r"[A-Za-z0-9_]+-[0-9a-f]{12}", batch), batch

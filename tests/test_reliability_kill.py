@@ -5,8 +5,8 @@ process against a real ``$DAGSTER_HOME`` (SQLite run storage and the ``duckdb_wa
 then started again in a child process on the same data lake and home, and killed with SIGKILL
 once it is provably inside the step:
 
-* generation and graph: ``SPOTIFY_ENGINE_TEST_PAUSE=publish:<asset key>=<marker>`` (read only by
-  :func:`spotify_engine_assets.lib.artifacts.pause_point`, never set outside tests) holds the
+* generation and graph: ``SPOTIFY_ENGINE_TEST_PAUSE=publish:<asset key path>=<marker>`` (read only by
+  :func:`spotify_engine_assets.core.storage.artifacts.pause_point`, never set outside tests) holds the
   child after the new artifact is fully written to its temporary folder, before the rename;
 * SQL: the same hook holds the child inside the transaction rebuilding ``marts.users``, before
   its COMMIT;
@@ -34,33 +34,33 @@ import polars as pl
 import pytest
 from killing import sigkill_when
 
+from spotify_engine_assets.core.storage.artifacts import PAUSE_ENV, ArtifactStore, load_torch
+from spotify_engine_assets.core.storage.paths import DATA_LAKE_ENV, REPO_ROOT
+from spotify_engine_assets.core.training.trainer import CHECKPOINT_FILE
 from spotify_engine_assets.defs.resources import init_warehouse_pool, release_killed_runs
-from spotify_engine_assets.lib.artifacts import PAUSE_ENV, ArtifactStore, load_torch
-from spotify_engine_assets.lib.paths import DATA_LAKE_ENV, REPO_ROOT
-from spotify_engine_assets.lib.training import CHECKPOINT_FILE
 from spotify_engine_assets.runner import dagster_home, run_config
 
 TESTS = Path(__file__).parent
 PARTITION = "lightgcn"
-TRAIN_CONFIG = {"ops": {"trained_model": {"config": {"max_epochs": 2}}}}
-STUDY_CONFIG = {"ops": {"hpo_study": {"config": {"n_trials": 1, "max_epochs": 2}}}}
+TRAIN_CONFIG = {"ops": {"listening__trained_model": {"config": {"max_epochs": 2}}}}
+STUDY_CONFIG = {"ops": {"listening__hpo_study": {"config": {"n_trials": 1, "max_epochs": 2}}}}
 
 # stage -> (selection, base run-config files, partition, artifact key or None)
 STAGES = {
-    "generation": (dg.AssetSelection.groups("ingestion"), ("tiny_data.yaml",), None, ("raw", "synthetic")),
-    "sql": (dg.AssetSelection.groups("sql"), (), None, None),
-    "graph": (dg.AssetSelection.groups("graph"), (), None, ("listening_graph",)),
-    "training": (dg.AssetSelection.assets("trained_model"), (), PARTITION, ("trained_model",)),
-    "study": (dg.AssetSelection.assets("hpo_study"), (), PARTITION, ("hpo_study",)),
+    "generation": (dg.AssetSelection.groups("listening_ingestion"), ("tiny_data.yaml",), None, ("raw", "synthetic")),
+    "sql": (dg.AssetSelection.groups("listening_sql"), (), None, None),
+    "graph": (dg.AssetSelection.groups("listening_graph"), (), None, ("listening", "graph")),
+    "training": (dg.AssetSelection.assets(["listening", "trained_model"]), (), PARTITION, ("listening", "trained_model")),
+    "study": (dg.AssetSelection.assets(["listening", "hpo_study"]), (), PARTITION, ("listening", "hpo_study")),
 }
 # what the killed child runs (longer than the first materialization, so the kill lands mid-way)
 KILLED_CONFIG = {
-    "training": {"ops": {"trained_model": {"config": {"max_epochs": 40, "checkpoint_every": 1}}}},
-    "study": {"ops": {"hpo_study": {"config": {"n_trials": 4, "max_epochs": 2}}}},
+    "training": {"ops": {"listening__trained_model": {"config": {"max_epochs": 40, "checkpoint_every": 1}}}},
+    "study": {"ops": {"listening__hpo_study": {"config": {"n_trials": 4, "max_epochs": 2}}}},
 }
 # the killed SQL run (and its re-run) rebuilds one model: the kill lands inside its transaction
 KILLED_SELECTION = {"sql": dg.AssetSelection.assets(["marts", "users"])}
-PAUSE_POINTS = {"generation": "publish:raw/synthetic", "sql": "commit:marts.users", "graph": "publish:listening_graph"}
+PAUSE_POINTS = {"generation": "publish:raw/synthetic", "sql": "commit:marts.users", "graph": "publish:listening/graph"}
 
 
 def _merge(base: dict, extra: dict) -> dict:
@@ -85,9 +85,10 @@ def run_stage(instance: dg.DagsterInstance, stage: str, killed: bool = False) ->
     if killed:
         selection = KILLED_SELECTION.get(stage, selection)
     if stage == "training":
-        from spotify_engine_assets.defs.registry import register_model_configs
+        from spotify_engine_assets.defs import listening
+        from spotify_engine_assets.defs.chain import register_configs
 
-        register_model_configs(instance, Path(os.environ[DATA_LAKE_ENV]))
+        register_configs(listening.CHAIN, instance, Path(os.environ[DATA_LAKE_ENV]))
     return dg.materialize(
         [*defs.assets, *defs.asset_checks], selection=selection, run_config=stage_config(stage, killed),
         instance=instance, resources=defs.resources, partition_key=partition, raise_on_error=False,
@@ -161,7 +162,7 @@ def _sign(stage: str, lake: Path, marker: Path, study_trials: int):
         return marker.exists
     if stage == "training":
         # the published checkpoint file (not its temporary file): the killed run got that far
-        return lambda: any((lake / "checkpoints" / "trained_model" / PARTITION).glob(f"*/{CHECKPOINT_FILE}"))
+        return lambda: any((lake / "checkpoints" / "listening" / PARTITION).glob(f"*/{CHECKPOINT_FILE}"))
 
     def new_trial() -> bool:
         return _trial_count(lake) > study_trials
@@ -214,6 +215,6 @@ def test_killed_stage_keeps_previous_materialization_and_reruns(home, stage, tmp
         assert store.current(key, partition) != before_current
         _load_current(store, key, partition)
     if stage == "training":
-        materialization = again.asset_materializations_for_node("trained_model")[0]
+        materialization = again.asset_materializations_for_node("listening__trained_model")[0]
         assert materialization.metadata["resumed_from_epoch"].value >= 1  # resumed the killed run's checkpoint
     assert set(_warehouse_counts(lake)) == set(before_tables)

@@ -9,10 +9,10 @@ import random
 import dagster as dg
 import pytest
 
+from spotify_engine_assets.datasets.playlists import DATASET
+from spotify_engine_assets.datasets.playlists.kaggle import KAGGLE_HEADER
+from spotify_engine_assets.defs.playlists.sensors import LANDING_TAG, landing_sensor
 from spotify_engine_assets.defs.resources import DataLake
-from spotify_engine_assets.defs.sensors import LANDING_TAG, landing_sensor
-from spotify_engine_assets.lib.kaggle import KAGGLE_HEADER
-from spotify_engine_assets.lib.playlist_models import default_playlist_registry
 
 
 def kaggle_csv(rows: list[tuple[str, str, str, str]]) -> str:
@@ -124,7 +124,7 @@ def test_models_are_requested_once_the_data_run_succeeded(landing):
     _finished_data_run(instance, request.partition_key, succeed=True)
     second = tick(root, instance, first.cursor)
     assert {r.job_name for r in second.run_requests} == {"playlist_retrain_job"}
-    assert {r.partition_key for r in second.run_requests} == set(default_playlist_registry().configs)
+    assert {r.partition_key for r in second.run_requests} == set(DATASET.registry.base)
     assert json.loads(second.cursor)["taken"] == {} and json.loads(second.cursor)["pending"] == {}
 
 
@@ -166,9 +166,12 @@ def test_unusable_files_are_recorded_skips(landing):
 
 
 def test_landed_file_retrains_models_end_to_end(tmp_path, monkeypatch):
+    from spotify_engine_assets.core.data.graph import from_payload
+    from spotify_engine_assets.core.storage.artifacts import ArtifactStore, load_torch
+    from spotify_engine_assets.core.storage.paths import DATA_LAKE_ENV
     from spotify_engine_assets.definitions import defs
-    from spotify_engine_assets.lib.artifacts import ArtifactStore, load_torch
-    from spotify_engine_assets.lib.paths import DATA_LAKE_ENV
+    from spotify_engine_assets.defs import playlists
+    from spotify_engine_assets.defs.chain import register_configs
     from spotify_engine_assets.runner import run_config
 
     monkeypatch.setenv(DATA_LAKE_ENV, str(tmp_path))
@@ -176,20 +179,21 @@ def test_landed_file_retrains_models_end_to_end(tmp_path, monkeypatch):
     (tmp_path / "kaggle" / "spotify_dataset.csv").write_text(kaggle_csv(playlists_rows(10)))
     instance = dg.DagsterInstance.ephemeral()
     assets = [*defs.assets, *defs.asset_checks]
-    small = {"ops": {"playlist_graph": {"config": {"min_playlist_size": 5, "min_track_playlists": 1}}}, **run_config()}
+    small = {"ops": {"playlists__graph": {"config": {"min_playlist_size": 5, "min_track_playlists": 1}}}, **run_config()}
     base = (
-        dg.AssetSelection.groups("playlist_ingestion", "playlist_sql", "playlist_graph")
+        dg.AssetSelection.groups("playlists_ingestion", "playlists_sql", "playlists_graph")
         - dg.AssetSelection.assets(["kaggle_raw", "landed_entries"], ["kaggle_raw", "landed_rejects"])
     )
     assert dg.materialize(assets, selection=base, run_config=small, instance=instance, resources=defs.resources).success
     store = ArtifactStore(tmp_path / "artifacts")
+    register_configs(playlists.CHAIN, instance, tmp_path)  # the playlists_configs partitions (dynamic)
     for name in ("most_popular", "itemknn"):
         assert dg.materialize(
-            assets, selection=dg.AssetSelection.assets("playlist_model", "playlist_report"), partition_key=name,
+            assets, selection=dg.AssetSelection.assets(["playlists", "trained_model"], ["playlists", "metric_report"]), partition_key=name,
             run_config=run_config(), instance=instance, resources=defs.resources,
         ).success
-    before = {name: store.versions(["playlist_model"], name) for name in ("most_popular", "itemknn")}
-    playlists_before = load_torch(store.current(["playlist_graph"]) / "data.pt")["num_nodes"]["playlist"]
+    before = {name: store.versions(["playlists", "trained_model"], name) for name in ("most_popular", "itemknn")}
+    playlists_before = from_payload(load_torch(store.current(["playlists", "graph"]) / "data.pt"))["playlist"].num_nodes
 
     landing = tmp_path / "landing"
     landing.mkdir()
@@ -205,7 +209,7 @@ def test_landed_file_retrains_models_end_to_end(tmp_path, monkeypatch):
     assert data_run.success and request.job_name == "playlist_landing_job"
     assert not (landing / "drop.csv").exists()
     assert (landing / "archive" / request.partition_key / "drop.csv").exists()
-    assert load_torch(store.current(["playlist_graph"]) / "data.pt")["num_nodes"]["playlist"] > playlists_before
+    assert from_payload(load_torch(store.current(["playlists", "graph"]) / "data.pt"))["playlist"].num_nodes > playlists_before
 
     second = tick(tmp_path, instance, first.cursor)
     model_requests = {r.partition_key: r for r in second.run_requests}
@@ -216,10 +220,10 @@ def test_landed_file_retrains_models_end_to_end(tmp_path, monkeypatch):
         assert defs.resolve_job_def(r.job_name).execute_in_process(
             run_config=run_config(), instance=instance, partition_key=name, tags=r.tags,
         ).success
-        assert len(store.versions(["playlist_model"], name)) == len(before[name]) + 1
-        report = load_torch(store.current(["playlist_report"], name) / "data.pt")
+        assert len(store.versions(["playlists", "trained_model"], name)) == len(before[name]) + 1
+        report = load_torch(store.current(["playlists", "metric_report"], name) / "data.pt")
         assert report["config"] == name and 0 <= report["metrics"]["r_precision"] <= 1
-    assert (tmp_path / "reports" / "playlist_comparison.md").exists()
+    assert (tmp_path / "reports" / "playlists" / "model_comparison.md").exists()
     third = tick(tmp_path, instance, second.cursor)
     assert not third.run_requests  # the same file never retrains twice
 
@@ -263,7 +267,7 @@ def test_two_files_with_the_same_name_in_turn(landing):
 
 
 def test_sensor_interval_is_30s_unless_overridden(monkeypatch):
-    from spotify_engine_assets.defs.sensors import INTERVAL_ENV, sensor_interval
+    from spotify_engine_assets.defs.playlists.sensors import INTERVAL_ENV, sensor_interval
 
     monkeypatch.delenv(INTERVAL_ENV, raising=False)
     assert sensor_interval() == 30

@@ -29,9 +29,9 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from spotify_engine_assets.defs.sensors import INTERVAL_ENV, LANDING_TAG
-from spotify_engine_assets.lib.paths import DATA_LAKE_ENV, REPO_ROOT, SQL_DIR_ENV, configs_dir
-from spotify_engine_assets.lib.playlist_models import default_playlist_registry
+from spotify_engine_assets.core.storage.paths import DATA_LAKE_ENV, REPO_ROOT, SQL_DIR_ENV, configs_dir
+from spotify_engine_assets.datasets.playlists import DATASET
+from spotify_engine_assets.defs.playlists.sensors import INTERVAL_ENV, LANDING_TAG
 
 from test_sensor import kaggle_csv, playlists_rows
 
@@ -44,14 +44,13 @@ BIN = Path(sys.executable).parent
 DEADLINE_S = 150
 CODE_LOCATION = '''
 import dagster as dg
-from spotify_engine_assets.defs import playlists, sensors, sql_models
+from spotify_engine_assets.defs import playlists, sql
 from spotify_engine_assets.defs.resources import DataLake, LakeIOManager, TorchRuntime, Warehouse
 
 lake = DataLake()
 defs = dg.Definitions.merge(
-    sql_models.build_sql_definitions(sql_models.load_project()),
-    playlists.defs,
-    sensors.defs,
+    sql.build_sql_definitions(sql.load_project()),
+    playlists.defs,  # with its landing sensor (defs.playlists.sensors)
     dg.Definitions(resources={
         "lake": lake, "warehouse": Warehouse(lake=lake), "torch_runtime": TorchRuntime(), "io_manager": LakeIOManager(lake=lake),
     }),
@@ -87,7 +86,7 @@ def _materialize_chain(tmp_path: Path, lake: Path) -> None:
     from spotify_engine_assets.runner import run_config
 
     defs = playlist_location.defs
-    base = dg.AssetSelection.groups("playlist_ingestion", "playlist_sql", "playlist_graph") - dg.AssetSelection.assets(
+    base = dg.AssetSelection.groups("playlists_ingestion", "playlists_sql", "playlists_graph") - dg.AssetSelection.assets(
         ["kaggle_raw", "landed_entries"], ["kaggle_raw", "landed_rejects"]
     )
     with dg.DagsterInstance.get() as instance:
@@ -147,7 +146,7 @@ def test_daemon_launches_landing_then_retrain_runs(live):
         (landing / "drop.csv").write_text(kaggle_csv(playlists_rows(11, users=6)))
         (landing / "drop.csv.done").write_text("")
 
-        configs = set(default_playlist_registry().configs)
+        configs = set(DATASET.registry.base)
         while True:
             runs = _runs(home)
             data = [r for r in runs if r.tags.get("spotify_engine/stage") == "data"]
@@ -174,10 +173,10 @@ def test_daemon_launches_landing_then_retrain_runs(live):
     assert not (lake / "landing" / "archive" / "duplicates").exists()
     assert {r.job_name for r in models} == {"playlist_retrain_job"} and len(models) == len(configs)
     assert all(r.tags[LANDING_TAG] == batch for r in models)
-    assert (lake / "reports" / "playlist_comparison.md").exists()
+    assert (lake / "reports" / "playlists" / "model_comparison.md").exists()
     with dg.DagsterInstance.get() as instance:
         assert batch in instance.get_dynamic_partitions("landing_batches")
-        graph = instance.get_latest_materialization_event(dg.AssetKey("playlist_graph"))
+        graph = instance.get_latest_materialization_event(dg.AssetKey(["playlists", "graph"]))
         assert graph.run_id == data_run.run_id  # the landing run rebuilt the graph
     print(f"\nlive: landing + {len(models)} retrain runs succeeded {time.monotonic() - started:.0f}s after the daemon started")
     print(_timeline(runs, origin))

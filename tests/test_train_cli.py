@@ -18,7 +18,7 @@ def test_train_command(lake_runner, capsys):
     lake, run = lake_runner
     assert cli.main(["train", "gat_enhanced", "--max-epochs", "1"]) == 2
     error = capsys.readouterr().err
-    assert "listening_graph has not been materialized yet" in error and "materialize the data stage" in error
+    assert "listening/graph has not been materialized yet" in error and "materialize the data stage" in error
 
     assert run(DATA_STAGE, run_config("tiny_data.yaml")).success
     artifacts = lake / "artifacts"
@@ -45,8 +45,8 @@ def test_train_command(lake_runner, capsys):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["train", "no_such_config"], "unknown model config 'no_such_config'"),
-        (["train", "gat_enhanced_multitask"], "unknown model config 'gat_enhanced_multitask'"),  # needs --variants
+        (["train", "no_such_config"], "unknown listening model config 'no_such_config'"),
+        (["train", "gat_enhanced_multitask"], "unknown listening model config 'gat_enhanced_multitask'"),  # needs --variants
         (["train", "most_popular"], "has nothing to train"),
     ],
 )
@@ -69,29 +69,30 @@ def test_metric_report_scores_task_heads_on_test_edges(lake_runner):
     metric_report restores them and reports each head's test AUC (report, metadata, comparison)."""
     import dagster as dg
 
-    from spotify_engine_assets.defs.training import comparison_frame
-    from spotify_engine_assets.lib.artifacts import ArtifactStore, load_torch
-    from spotify_engine_assets.lib.configs import load_registry
-    from spotify_engine_assets.lib.paths import configs_dir
-    from spotify_engine_assets.lib.registry import PromotionSource, write_promoted
+    from spotify_engine_assets.core.registry import PromotionSource
+    from spotify_engine_assets.core.storage.artifacts import ArtifactStore, load_torch
+    from spotify_engine_assets.core.storage.paths import configs_dir
+    from spotify_engine_assets.datasets.listening import DATASET
+    from spotify_engine_assets.defs.chain import comparison_frame
 
     lake, run = lake_runner
-    if not (lake / "artifacts" / "listening_graph").exists():
+    if not (lake / "artifacts" / "listening" / "graph").exists():
         assert run(DATA_STAGE, run_config("tiny_data.yaml")).success
-    variant = load_registry(configs_dir() / "variants.yaml")["gat_enhanced_multitask"]
+    variant = DATASET.registry.load(configs_dir() / "listening" / "variants.yaml")["gat_enhanced_multitask"]
     source = PromotionSource(family="gat_enhanced", study_name="test", trial=0, objective="valid_recall@10", value=0.0,
                              storage="none", promoted_at="2026-01-01T00:00:00+00:00")
-    write_promoted(variant, source, lake)
-    result = run(dg.AssetSelection.assets("trained_model", "metric_report"), run_config("tiny_train.yaml"), variant.name)
+    DATASET.registry.write_promoted(variant, source, lake)
+    result = run(dg.AssetSelection.assets(["listening", "trained_model"], ["listening", "metric_report"]),
+                 run_config("tiny_train.yaml"), variant.name)
     assert result.success
     store = ArtifactStore(lake / "artifacts")
-    artifact = load_torch(store.current(["trained_model"], variant.name) / "data.pt")
-    assert any(key.startswith("task_heads.") for key in artifact["best_state"])
-    report = load_torch(store.current(["metric_report"], variant.name) / "data.pt")
+    artifact = load_torch(store.current(["listening", "trained_model"], variant.name) / "data.pt")
+    assert any(key.startswith("task_heads.") for key in artifact["state"])
+    report = load_torch(store.current(["listening", "metric_report"], variant.name) / "data.pt")
     assert set(report["tasks"]) == {"complete", "repeat"}
     for values in report["tasks"].values():
         assert values["edges"] > 0 and 0.0 <= values["auc"] <= 1.0
-    metadata = result.asset_materializations_for_node("metric_report")[0].metadata
+    metadata = result.asset_materializations_for_node("listening__metric_report")[0].metadata
     assert metadata["test_auc/repeat"].value == pytest.approx(report["tasks"]["repeat"]["auc"])
-    row = comparison_frame({variant.name: report}).row(0, named=True)
+    row = comparison_frame(DATASET, {variant.name: report}).row(0, named=True)
     assert row["auc_complete"] == pytest.approx(report["tasks"]["complete"]["auc"])

@@ -4,7 +4,7 @@
 home and data lake; headless Debian Chromium, driven by Playwright, then
 
 * opens the global asset lineage and finds every asset group of the definitions,
-* materializes ``model_comparison`` from its page (launchpad, in-process executor typed into the
+* materializes ``listening/model_comparison`` from its page (launchpad, in-process executor typed into the
   config editor) and follows the run to success,
 * opens the metadata of the metric comparison, a trained model and a SQL model and finds their
   plots (PNG images embedded in markdown metadata).
@@ -44,7 +44,9 @@ CHROMIUM_ARGS = [
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
 ]
 MODEL_CONFIGS = ("most_popular", "lightgcn")
-LAUNCHED_ASSET = "model_comparison"
+LAUNCHED_KEY = ["listening", "model_comparison"]
+LAUNCHED_ASSET = "/".join(LAUNCHED_KEY)  # the asset's path in the UI's URLs
+CORE_GROUPS = ("listening_ingestion", "listening_sql", "listening_graph", "listening_training", "listening_evaluation")
 STARTUP_TIMEOUT_S = 90
 RUN_TIMEOUT_S = 120
 TERMINAL = {"SUCCESS", "FAILURE", "CANCELED"}
@@ -116,7 +118,7 @@ def _materialize_tiny_chain(home: Path) -> None:
     try:
         stages = [(DATA_STAGE, run_config("tiny_data.yaml"), None)]
         stages += [(MODEL_STAGE, run_config("tiny_train.yaml"), name) for name in MODEL_CONFIGS]
-        stages += [(dg.AssetSelection.assets(LAUNCHED_ASSET), run_config(), None)]
+        stages += [(dg.AssetSelection.assets(LAUNCHED_KEY), run_config(), None)]
         for selection, config, partition in stages:
             result = dg.materialize(
                 [*defs.assets, *defs.asset_checks], selection=selection, run_config=config, instance=instance,
@@ -261,7 +263,7 @@ def test_materialize_from_the_launchpad_launches_a_run(ui):
     run_id = _launch(ui)
     run = ui.graphql('query($id: ID!) { runOrError(runId: $id) { ... on Run { assetSelection { path } runConfigYaml } } }',
                      {"id": run_id})["runOrError"]
-    assert run["assetSelection"] == [{"path": [LAUNCHED_ASSET]}]
+    assert run["assetSelection"] == [{"path": LAUNCHED_KEY}]
     assert "in_process" in run["runConfigYaml"]
 
 
@@ -270,11 +272,11 @@ def test_asset_graph_shows_every_group(ui):
     page.goto(f"{ui.url}/asset-groups")
     group_boxes = page.locator('[class*="collapsedGroupNodeBox"]')
     expect(group_boxes).to_have_count(len(ui.groups))
-    assert {"ingestion", "sql", "graph", "training", "evaluation"} <= set(ui.groups)
+    assert set(CORE_GROUPS) <= set(ui.groups)
     for group in ui.groups:
         # the sidebar lists each group by its full name; the graph draws one box per group
         expect(page.get_by_role("button", name=f"asset_group {group} {group}", exact=True)).to_be_visible()
-    for group in ("ingestion", "sql", "graph", "training", "evaluation"):
+    for group in CORE_GROUPS:
         expect(group_boxes.filter(has=page.get_by_text(group, exact=True))).to_have_count(1)
     ui.shot("asset_graph")
 
@@ -297,7 +299,7 @@ def _open_plot(ui: UI, asset_path: str, key: str, partition: str | None = None):
 
 def test_metric_comparison_metadata_shows_its_plot(ui):
     dialog, image = _open_plot(ui, LAUNCHED_ASSET, "ndcg@10")
-    assert image.get_attribute("alt") == "test NDCG@10 per config"
+    assert image.get_attribute("alt") == "listening: test ndcg@10 per config"
     ui.shot("metric_plot")
     dialog.get_by_role("button", name="Close").click()
     # the comparison table lists both configs the chain materialized
@@ -312,7 +314,7 @@ def test_metric_comparison_metadata_shows_its_plot(ui):
 
 
 def test_trained_model_metadata_shows_its_training_curve(ui):
-    _, image = _open_plot(ui, "trained_model", "training_curve", partition="lightgcn")
+    _, image = _open_plot(ui, "listening/trained_model", "training_curve", partition="lightgcn")
     assert image.get_attribute("alt") == "training curve lightgcn"
     ui.shot("training_curve")
 
@@ -336,10 +338,10 @@ def test_launched_run_succeeds(ui):
     page = ui.page
     page.goto(f"{ui.url}/runs/{run_id}")
     expect(page.get_by_text("Success", exact=True).first).to_be_visible()
-    expect(page.get_by_text("Succeeded (1)")).to_be_visible()  # the one step, model_comparison
+    expect(page.get_by_text("Succeeded (1)")).to_be_visible()  # the one step, listening__model_comparison
     expect(page.get_by_text(re.compile(r"Finished execution of run")).first).to_be_visible()
     ui.shot("run_success")
     latest = ui.graphql(
-        '{ assetOrError(assetKey: {path: ["%s"]}) { ... on Asset { assetMaterializations(limit: 1) { runId } } } }' % LAUNCHED_ASSET
+        '{ assetOrError(assetKey: {path: %s}) { ... on Asset { assetMaterializations(limit: 1) { runId } } } }' % json.dumps(LAUNCHED_KEY)
     )
     assert latest["assetOrError"]["assetMaterializations"] == [{"runId": run_id}]

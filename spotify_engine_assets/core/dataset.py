@@ -127,7 +127,8 @@ class Dataset:
             valid=self.pairs(data, split["valid"]) if not config.train_on_validation else self.pairs(data, split["valid"][:0]),
             test=self.pairs(data, split["test"]),
             user_ids=user_ids,
-            categories={role: category_features(data, self.schema, role) for role in self.schema.categories},
+            categories={role: features for role in self.schema.categories
+                        if (features := category_features(data, self.schema, role)) is not None},
             user_types=user_types_of(user_ids, segments) if segments is not None else None,
             users=self.sample(data, config),
         )

@@ -899,7 +899,7 @@ def hpo_asset(chain: Chain, families: list[str]) -> dg.AssetsDefinition:
                       promoted_config=promoted.name if promoted else None)
         table = pl.DataFrame(trials).sort("value", descending=True, nulls_last=True)
         metadata.update(
-            best_value=round(float(best.value), 4), best_trial=best.number, best_params=dg.MetadataValue.json(dict(best.params)),
+            best_value=float(best.value), best_trial=best.number, best_params=dg.MetadataValue.json(dict(best.params)),
             best_config_yaml=dg.MetadataValue.path(str(best_yaml)),
             trials=dg.MetadataValue.md(frame_markdown(table, max_rows=50)),
             optimization_history=dg.MetadataValue.md(history_plot(

@@ -240,8 +240,10 @@ class LakeIOManager(dg.ConfigurableIOManager):
 
     def load_input(self, context: dg.InputContext) -> Any:
         key = context.asset_key.path
-        if context.has_asset_partitions and context.upstream_output is not None and not context.has_partition_key:
-            # an unpartitioned asset reading every partition of a partitioned one
+        reader_partitioned = context.step_context.entity_partitions_def is not None
+        if context.has_asset_partitions and context.upstream_output is not None and not reader_partitioned:
+            # an unpartitioned asset reading every partition of a partitioned one (also inside a
+            # partitioned run: a config's retrain run refreshes the chain's comparison)
             loaded = {}
             for partition in context.asset_partition_keys:
                 try:

@@ -138,9 +138,10 @@ def from_payload(payload: dict) -> HeteroData:
 
 
 def category_features(data: HeteroData, schema: Schema, role: str) -> Tensor | None:
-    """Multi-hot ``[num_items, num_categories]`` vectors of one category role (None: no such role)."""
+    """Multi-hot ``[num_items, num_categories]`` vectors of one category role (None: the schema or
+    the graph has no such relation)."""
     edge_type = schema.category(role)
-    if edge_type is None:
+    if edge_type is None or edge_type not in data.edge_types:
         return None
     edges = data[edge_type].edge_index
     features = torch.zeros(int(data[schema.item].num_nodes), max(int(data[edge_type[2]].num_nodes), 1))

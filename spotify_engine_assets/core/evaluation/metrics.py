@@ -126,10 +126,12 @@ def link_prediction_metrics(
     stable: bool = False,
     chunk_size: int = 2048,
     coverage_k: int = 10,
+    clip: bool = False,
 ) -> dict[str, float]:
     """Rank every item for each user with a relevant pair (restricted to ``users`` when given),
     masking ``exclude``, and score the lists: Recall and NDCG at each K, Precision and HitRate at
-    10 (PyG's metrics), coverage at ``coverage_k`` and ``users_evaluated``.
+    10 (PyG's metrics), coverage at ``coverage_k`` and ``users_evaluated``. A K above the catalogue
+    size is an error unless ``clip`` (lists of the whole masked catalogue).
 
     Args:
         relevant: ``[2, E]`` held-out (user, item) pairs.
@@ -141,7 +143,8 @@ def link_prediction_metrics(
         relevant = relevant[:, torch.isin(relevant[0], evaluated)]
     if evaluated.numel() == 0:
         raise ValueError("no held-out interactions to evaluate")
-    topk = topk_scored(score_fn, evaluated, exclude, num_items, min(max(*ks, coverage_k), num_items), chunk_size, stable)
+    k = max(*ks, coverage_k)
+    topk = topk_scored(score_fn, evaluated, exclude, num_items, min(k, num_items) if clip else k, chunk_size, stable)
     row_of_user = torch.full((int(max(evaluated.max(), relevant[0].max())) + 1,), -1, dtype=torch.long)
     row_of_user[evaluated] = torch.arange(evaluated.numel())
     collection = metric_collection(num_items, tuple(ks))

@@ -61,6 +61,7 @@ class LinkPrediction(Protocol):
         coverage_k: Validation coverage cut-off.
         stable: Break ties toward the lower item index (published protocols need it).
         chunk_size: Users scored per chunk.
+        clip: Lists of the whole masked catalogue when a validation K exceeds it (else an error).
     """
 
     primary: str = "ndcg@10"
@@ -70,6 +71,7 @@ class LinkPrediction(Protocol):
     coverage_k: int = 10
     stable: bool = False
     chunk_size: int = 2048
+    clip: bool = False
     table: tuple[str, ...] = ("recall@10", "recall@20", "ndcg@10", "ndcg@20", "precision@10", "hit_rate@10", "coverage@10")
 
     @property
@@ -87,5 +89,5 @@ class LinkPrediction(Protocol):
     ) -> dict[str, float]:
         return link_prediction_metrics(
             score_fn, heldout, known, num_items, self.valid_ks, users=users, stable=self.stable,
-            chunk_size=self.chunk_size, coverage_k=self.coverage_k,
+            chunk_size=self.chunk_size, coverage_k=self.coverage_k, clip=self.clip,
         )

@@ -287,7 +287,7 @@ def _flatten(prefix: str, value, out: dict) -> dict:
 def compare_experiments(a: dict, b: dict, metrics: list[str], thresholds: Thresholds) -> dict:
     """Side-by-side metrics, differing config/provenance fields, and (when the two reports share
     split and data) the paired statistics of ``b`` (treatment) against ``a`` (control)."""
-    from .stats import compare_models
+    from ..evaluation.stats import compare_models
 
     names = [m for m in a.get("metrics", {}) if m in b.get("metrics", {}) and m != "users_evaluated"]
     side = pl.DataFrame(

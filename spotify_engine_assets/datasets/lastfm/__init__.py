@@ -15,7 +15,7 @@ DATASET = Dataset(
     name="lastfm",
     schema=SCHEMA,
     protocol=LinkPrediction(
-        primary="ndcg@20", monitor="ndcg@20", ks=(10, 20), valid_ks=(10, 20), coverage_k=20, stable=True, chunk_size=512,
+        primary="ndcg@20", monitor="ndcg@20", ks=(10, 20), valid_ks=(10, 20), coverage_k=20, stable=True, chunk_size=512, clip=True,
         table=("recall@10", "recall@20", "ndcg@10", "ndcg@20", "coverage@20"),
     ),
     registry=Registry("lastfm", configs_dir() / "lastfm" / "models.yaml", STRATEGIES),

@@ -24,10 +24,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from spotify_engine_assets.lib.explain import explain, faithfulness  # noqa: E402
-from spotify_engine_assets.lib.graph import LISTENS  # noqa: E402
-from spotify_engine_assets.lib.paths import data_lake_root  # noqa: E402
-from spotify_engine_assets.lib.recommend import load_bundle, rank_songs  # noqa: E402
+from spotify_engine_assets.core.serving.explain import explain, faithfulness  # noqa: E402
+from spotify_engine_assets.core.serving.recommend import load_bundle, rank_songs  # noqa: E402
+from spotify_engine_assets.core.storage.paths import data_lake_root  # noqa: E402
+from spotify_engine_assets.datasets.listening import DATASET  # noqa: E402
+from spotify_engine_assets.datasets.listening.graph import LISTENS  # noqa: E402
 
 
 def percentiles(values: list[float]) -> str:
@@ -51,7 +52,7 @@ def main() -> int:
     torch.set_num_threads(1)
 
     started = time.perf_counter()
-    bundle = load_bundle(Path(args.lake), args.model)
+    bundle = load_bundle(Path(args.lake), DATASET, args.model)
     load_seconds = time.perf_counter() - started
     view = bundle.view
     print(f"lake {args.lake}; model {args.model}; users {bundle.data['user'].num_nodes}, songs {bundle.num_songs}, "
@@ -101,23 +102,21 @@ def main() -> int:
     if args.cold_start:
         import polars as pl
 
-        from spotify_engine_assets.lib.artifacts import ArtifactStore, load_torch
-        from spotify_engine_assets.lib.cold_start import evaluate_cold_start
-        from spotify_engine_assets.lib.training import build_model, num_nodes_of, train, training_inputs
+        from spotify_engine_assets.core.serving.cold_start import evaluate_cold_start
+        from spotify_engine_assets.core.storage.artifacts import ArtifactStore, load_torch
 
         store = ArtifactStore(Path(args.lake) / "artifacts")
-        split = load_torch(store.current(["interaction_splits"]) / "data.pt")[bundle.config.split]
+        split = load_torch(store.current(["listening", "split"]) / "data.pt")[bundle.config.split]
         config = bundle.config
 
-        def fit(graph, valid, train_index):
-            model = build_model(config, num_nodes_of(bundle.data))
-            inputs = training_inputs(config, bundle.data, train_index)
-            result = train(model, graph, valid, config, max_epochs=args.cold_start_epochs, **inputs)
-            model.load_state_dict(result.best_state)
-            return model
+        def fit(kept):
+            # as the listening/cold_start_report asset: the one trainer on the kept split (best weights, prepared)
+            if not config.trainable:
+                return None
+            return DATASET.fit(config, bundle.data, kept, max_epochs=args.cold_start_epochs)[0]
 
         t0 = time.perf_counter()
-        cold = evaluate_cold_start(bundle.data, split["train"], split["valid"], split["test"], fit, seed=args.seed)
+        cold = evaluate_cold_start(DATASET, bundle.data, split["train"], split["valid"], split["test"], fit, seed=args.seed)
         print(f"\ncold start ({cold['heldout_users']} users held out of training, {config.name} retrained "
               f"<= {args.cold_start_epochs} epochs without them; {cold['targets']} target interactions; "
               f"{time.perf_counter() - t0:.0f} s); revealed = -1: the other users' test songs")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 
-from spotify_engine_assets.lib.generator import GeneratorSettings, generate_world
+from spotify_engine_assets.datasets.listening.generator import GeneratorSettings, generate_world
 
 SIZES = {
     "default": GeneratorSettings(),

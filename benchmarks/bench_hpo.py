@@ -6,7 +6,7 @@
 Builds the same world, graph and random split as the asset chain (``tune_spine_models.py``), runs
 a fresh study of ``--trials`` trials of one family with the epoch cap (seeded TPE, median pruning
 on validation Recall@10), and prints trials per hour and each trial's resource estimates
-(``lib/trial_budget.py``; the seconds estimate is calibrated by a one-epoch probe of the base
+(``core/experiments/trial_budget.py``; the seconds estimate is calibrated by a one-epoch probe of the base
 config, timed apart from the study) against its measured seconds; trials over a limit are pruned
 before they train. Then the registry's default config of the family and the study's best config
 are retrained with the same epoch cap and compared on validation and test: the test split is
@@ -30,10 +30,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from tune_spine_models import WORLDS, build_graph, evaluate  # noqa: E402
 
-from spotify_engine_assets.lib import hpo, trial_budget  # noqa: E402
-from spotify_engine_assets.lib.graph import LISTENS, message_passing_graph  # noqa: E402
-from spotify_engine_assets.lib.splits import SplitSettings, labels_to_indices, random_split  # noqa: E402
-from spotify_engine_assets.lib.training import build_model, num_nodes_of, train  # noqa: E402
+from spotify_engine_assets.core.data.splits import labels_to_indices  # noqa: E402
+from spotify_engine_assets.core.experiments import hpo, trial_budget  # noqa: E402
+from spotify_engine_assets.datasets.listening import DATASET  # noqa: E402
+from spotify_engine_assets.datasets.listening.graph import LISTENS  # noqa: E402
+from spotify_engine_assets.datasets.listening.splits import SplitSettings, random_split  # noqa: E402
 
 
 def main() -> None:
@@ -50,14 +51,13 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
 
-    space = hpo.get_space(args.family)  # validates the search spaces before anything else
+    space = hpo.get_space(DATASET, args.family)  # validates the search spaces before anything else
     storage = args.storage or f"sqlite:///{Path(tempfile.mkdtemp(prefix='bench_hpo_')) / 'studies.db'}"
-    study = hpo.open_study(args.family, storage, seed=args.seed, study_name=f"bench/{args.family}")
+    study = hpo.open_study(DATASET, args.family, storage, seed=args.seed, study_name=f"bench/{args.family}")
 
     started = time.perf_counter()
     data = build_graph(WORLDS[args.world])
     parts = labels_to_indices(random_split(data[LISTENS].edge_index[0].numpy(), SplitSettings()))
-    view = message_passing_graph(data, parts["train"])
     edge_index = data[LISTENS].edge_index
     pairs = {part: edge_index[:, parts[part]] for part in ("train", "valid", "test")}
     print(f"world {args.world}: {data['user'].num_nodes} users, {data['song'].num_nodes} songs, "
@@ -66,14 +66,14 @@ def main() -> None:
           f"{args.trials} trials, <= {args.max_epochs} epochs each", flush=True)
 
     probe_started = time.perf_counter()
-    per_unit = trial_budget.calibrate_seconds(space.base, view, pairs["valid"])
+    per_unit = trial_budget.calibrate_seconds(DATASET, space.base, data, parts)
     print(f"time probe: one epoch of {space.base.name} in {time.perf_counter() - probe_started:.1f} s "
           f"= {per_unit:.3g} s per work unit", flush=True)
     limits = hpo.TrialLimits(args.max_trial_memory_mb, args.max_trial_seconds, per_unit)
 
     before = len(study.trials)
     study_started = time.perf_counter()
-    study_data = hpo.StudyData(view=view, valid_pairs=pairs["valid"], graph=data, train_index=parts["train"])
+    study_data = hpo.StudyData(DATASET, data, parts)
     hpo.run_study(study, space, study_data, args.trials, args.timeout,
                   args.max_epochs, log=lambda message: print("  " + message, flush=True), limits=limits)
     elapsed = time.perf_counter() - study_started
@@ -107,9 +107,8 @@ def main() -> None:
     print(f"\n| config (<= {args.max_epochs} epochs) | " + " | ".join(columns) + " |")
     print("|---|" + "---|" * len(columns))
     for label, config in (("default " + space.base.name, space.base), ("best " + args.family + "_tuned", hpo.best_config(study, space))):
-        model = build_model(config, num_nodes_of(data))
-        result = train(model, view, pairs["valid"], config, max_epochs=min(args.max_epochs, config.max_epochs),
-                       **study_data.training_inputs(config))
+        # as a trial: the chain's fit (training inputs from the training edges), early-stopped on validation
+        model, result, view = DATASET.fit(config, data, parts, max_epochs=min(args.max_epochs, config.max_epochs))
         metrics = evaluate(model, view, pairs)
         values = [metrics["valid"]["ndcg@10"], metrics["valid"]["recall@10"], metrics["test"]["ndcg@10"], metrics["test"]["recall@10"]]
         cells = [f"{v:.4f}" for v in values] + [str(result.epochs_run), f"{result.seconds:.0f}"]

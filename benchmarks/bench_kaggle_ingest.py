@@ -54,7 +54,7 @@ def write_file(path: Path, rows: int, seed: int = 0) -> int:
 def child(csv: str, database: str, memory_limit: str) -> None:
     import duckdb
 
-    from spotify_engine_assets.lib.kaggle import ingest_playlist_csv, limit_memory
+    from spotify_engine_assets.datasets.playlists.kaggle import ingest_playlist_csv, limit_memory
 
     con = duckdb.connect(database)
     limit_memory(con, memory_limit, Path(database).parent / "duckdb_tmp")

@@ -4,13 +4,14 @@
         [--world default|tiny] [--max-epochs N] [--seed S]
 
 Dagster-free, the same world, graph and random 70/15/15 split as the asset chain. The configs are
-the base models of ``configs/models.yaml`` and the objective variants of ``configs/variants.yaml``
+the base models of ``configs/listening/models.yaml`` and the objective variants of
+``configs/listening/variants.yaml``
 (weighted BPR, several negatives per positive, gradient accumulation, regularizers, multi-task
 heads, diversity / coverage surrogates, the simple trainer). Weighted variants get their
 per-interaction weights, and multi-task variants their head labels, from the training listens edges
 only (``training_inputs``). Each model is trained by its config's trainer
 (advanced: early-stopped on validation Recall@10); test metrics rank all songs with the user's
-training and validation songs masked, as the ``metric_report`` asset does, and the task heads'
+training and validation songs masked, as the ``listening/metric_report`` asset does, and the task heads'
 ROC AUC is measured on the test edges (``task_metrics``). torch runs on 1 thread.
 """
 
@@ -25,27 +26,35 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from spotify_engine_assets.lib.configs import default_registry, load_registry  # noqa: E402
-from spotify_engine_assets.lib.generator import GeneratorSettings, generate_world  # noqa: E402
-from spotify_engine_assets.lib.graph import LISTENS, graph_from_world, message_passing_graph  # noqa: E402
-from spotify_engine_assets.lib.metrics import ranking_metrics  # noqa: E402
-from spotify_engine_assets.lib.paths import configs_dir  # noqa: E402
-from spotify_engine_assets.lib.splits import SplitSettings, labels_to_indices, random_split  # noqa: E402
-from spotify_engine_assets.lib.training import (  # noqa: E402
-    build_model,
-    embed,
-    fit_most_popular,
-    num_nodes_of,
-    roc_auc,
-    task_metrics,
-    train,
-    training_inputs,
+from spotify_engine_assets.core.config import parse_config, update_config  # noqa: E402
+from spotify_engine_assets.core.data.graph import num_nodes_of  # noqa: E402
+from spotify_engine_assets.core.data.splits import labels_to_indices  # noqa: E402
+from spotify_engine_assets.core.evaluation.metrics import ranking_metrics  # noqa: E402
+from spotify_engine_assets.core.models import build_model, embed  # noqa: E402
+from spotify_engine_assets.core.storage.paths import configs_dir  # noqa: E402
+from spotify_engine_assets.core.training.inputs import task_labels, training_inputs  # noqa: E402
+from spotify_engine_assets.core.training.losses import roc_auc, task_metrics  # noqa: E402
+from spotify_engine_assets.core.training.trainer import train  # noqa: E402
+from spotify_engine_assets.datasets.listening import DATASET  # noqa: E402
+from spotify_engine_assets.datasets.listening.generator import GeneratorSettings, generate_world  # noqa: E402
+from spotify_engine_assets.datasets.listening.graph import (  # noqa: E402
+    LISTENS,
+    SCHEMA,
+    graph_from_world,
+    message_passing_graph,
 )
+from spotify_engine_assets.datasets.listening.splits import SplitSettings, random_split  # noqa: E402
 
 WORLDS = {
     "default": GeneratorSettings(),
     "tiny": GeneratorSettings(users=150, songs=600, artists=60, genres=10, days=14, seed=7),
 }
+
+
+def fit_most_popular(view):
+    """Most-popular (songs ranked by training listeners) fitted on ``view``: the reference."""
+    config = parse_config({"name": "most_popular", "model": "most_popular"})
+    return build_model(config, SCHEMA, num_nodes_of(view)).prepare(view)
 
 
 def test_metrics(model, view, pairs) -> dict[str, float]:
@@ -65,8 +74,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
 
-    variants = load_registry(configs_dir() / "variants.yaml")
-    registry = {**default_registry(), **variants}
+    variants = DATASET.registry.load(configs_dir() / "listening" / "variants.yaml")
+    registry = {**DATASET.registry.base, **variants}
     names = [n for n in args.configs.split(",") if n] or ["gat_enhanced", *[n for n in variants if n.startswith("gat")],
                                                          "lightgcn", *[n for n in variants if n.startswith("lightgcn")]]
     started = time.perf_counter()
@@ -95,13 +104,14 @@ def main() -> None:
     for name in names:
         config = registry[name]
         if args.seed is not None:
-            config = config.model_copy(update={"seed": args.seed})
-        inputs = training_inputs(config, data, parts["train"])
-        model = build_model(config, num_nodes_of(data))
+            config = update_config(config, seed=args.seed)
+        inputs = training_inputs(config, data, SCHEMA, parts["train"])
+        model = build_model(config, SCHEMA, num_nodes_of(data))
         log = (lambda message, n=name: print(f"  {n}: {message}", flush=True)) if args.verbose else None
         result = train(model, view, pairs["valid"], config, max_epochs=args.max_epochs, log=log, **inputs)
         metrics = test_metrics(model, view, pairs)
-        aucs = {task: values["auc"] for task, values in task_metrics(model, config, data, view, parts["test"]).items()}
+        test_labels = task_labels(config, data, SCHEMA, parts["test"])  # from the test edges' own attributes
+        aucs = {task: values["auc"] for task, values in task_metrics(model, config, test_labels, pairs["test"]).items()}
         if name == config.model:  # the base model of a family (configs/models.yaml)
             base[config.model] = metrics
         ratios = [f"{metrics[m] / base[config.model][m]:.3f}x" if config.model in base else "-"

@@ -19,8 +19,8 @@ from pathlib import Path
 import dagster as dg
 
 from spotify_engine_assets.defs.resources import DataLake, Warehouse, WarehouseBusyError
-from spotify_engine_assets.defs.sensors import landing_sensor
-from spotify_engine_assets.lib.kaggle import KAGGLE_HEADER
+from spotify_engine_assets.defs.playlists.sensors import landing_sensor
+from spotify_engine_assets.datasets.playlists.kaggle import KAGGLE_HEADER
 
 HOLD = "import sys, time, duckdb; con = duckdb.connect(sys.argv[1]); print('locked', flush=True); time.sleep(1.0)"
 

@@ -10,11 +10,14 @@ import time
 
 import torch
 
-from spotify_engine_assets.lib.configs import get_config
-from spotify_engine_assets.lib.generator import GeneratorSettings, generate_world
-from spotify_engine_assets.lib.graph import LISTENS, graph_from_world, message_passing_graph
-from spotify_engine_assets.lib.splits import SplitSettings, labels_to_indices, random_split
-from spotify_engine_assets.lib.training import build_model, num_nodes_of, train
+from spotify_engine_assets.core.data.graph import num_nodes_of
+from spotify_engine_assets.core.data.splits import labels_to_indices
+from spotify_engine_assets.core.models import build_model
+from spotify_engine_assets.core.training.trainer import train
+from spotify_engine_assets.datasets.listening import DATASET
+from spotify_engine_assets.datasets.listening.generator import GeneratorSettings, generate_world
+from spotify_engine_assets.datasets.listening.graph import LISTENS, SCHEMA, graph_from_world, message_passing_graph
+from spotify_engine_assets.datasets.listening.splits import SplitSettings, random_split
 
 
 def default_graph():
@@ -32,10 +35,10 @@ def main() -> None:
     valid = data[LISTENS].edge_index[:, parts["valid"]]
     print(f"{'config':<14} {'threads':>7} {'s/epoch':>8}")
     for name in args.configs.split(","):
-        config = get_config(name)
+        config = DATASET.registry.get(name)
         for threads in (1, 2):
             torch.set_num_threads(threads)
-            model = build_model(config, num_nodes_of(data))
+            model = build_model(config, SCHEMA, num_nodes_of(data))
             started = time.perf_counter()
             result = train(model, view, valid, config, max_epochs=args.epochs)
             print(f"{name:<14} {threads:>7} {(time.perf_counter() - started) / result.epochs_run:8.2f}")

@@ -9,22 +9,24 @@ For each scale the data stage (generator, SQL models, graph, splits) is material
 Dagster into a temporary data lake (not measured). Then every measurement runs in a *fresh
 subprocess*, so one run's memory never pollutes another's:
 
-* **asset**: ``dg.materialize`` of ``trained_model`` (the project's definitions, resources and IO
-  manager, checkpoints every epoch, metadata, provenance) for the config's partition with run
-  config ``max_epochs = --epochs``; epoch seconds come from the artifact's recorded history.
+* **asset**: ``dg.materialize`` of ``listening/trained_model`` (the project's definitions, resources
+  and IO manager, checkpoints every epoch, metadata, provenance) for the config's partition with run
+  config ``max_epochs = --epochs`` (op ``listening__trained_model``); epoch seconds come from the
+  artifact's recorded history.
 * **bare**: the same model class built from the same config, trained by a plain BPR loop (Adam,
-  uniform negatives, ReduceLROnPlateau, validation Recall@10 per epoch, as the harness's epoch
-  does) on the same training graph loaded from the lake's files: no Dagster, no checkpoints, no
-  metadata.
+  uniform negatives, ReduceLROnPlateau, the validation metrics of the listening protocol -
+  Recall@10 (the monitor), NDCG@10, Precision@10, HitRate@10, coverage@10 - every ``eval_every``
+  epochs, as the trainer's epoch does) on the same training graph loaded from the lake's files: no
+  Dagster, no checkpoints, no metadata.
 
 Cost: an epoch is one full-graph forward and backward per optimizer step of ``batch_size`` edges,
 so steps grow with the edges and so does each step: epoch time grows about quadratically in the
 edges (the table prints steps and seconds per step). ``--steps-per-epoch N`` trains, in both the
 asset and the bare script, a variant ``<config>_spe<N>`` of each config (``steps_per_epoch: N``,
-promoted into the lake as a ``trained_model`` partition): an epoch is then N optimizer steps over
+promoted into the lake as a ``listening/trained_model`` partition): an epoch is then N optimizer steps over
 all training edges, and its time grows about linearly in the edges (N = 13 is the default-size
 world's step count: 52,842 training edges / 4096); ``--steps-per-epoch 13 --scales 1,2,10`` took
-25 minutes on 2 cores. ``--library`` adds a third subprocess per row, the library's ``train()``
+25 minutes on 2 cores. ``--library`` adds a third subprocess per row, the core trainer's ``train()``
 outside Dagster. ``--pin-malloc`` gives every child the same glibc mmap/trim thresholds
 (``PINNED_MALLOC``): without it, whether a process re-faults its 10-30 MB ``[E, d]`` tensors on
 every step depends on its allocation history, which made the asset look 1.1-1.3x slower than the
@@ -60,7 +62,7 @@ def _peak_mb() -> float:
 
 
 def _environment(lake: Path) -> None:
-    from spotify_engine_assets.lib.paths import DATA_LAKE_ENV
+    from spotify_engine_assets.core.storage.paths import DATA_LAKE_ENV
 
     os.environ[DATA_LAKE_ENV] = str(lake)
     os.environ["DAGSTER_HOME"] = str(lake / "dagster_home")
@@ -75,7 +77,7 @@ def _materialize(selection, run_config: dict, partition: str | None = None):
     dagster_home()
     instance = dg.DagsterInstance.get()
     if partition is not None:
-        partitions = defs.resolve_asset_graph().get(dg.AssetKey("trained_model")).partitions_def
+        partitions = defs.resolve_asset_graph().get(dg.AssetKey(["listening", "trained_model"])).partitions_def
         if isinstance(partitions, dg.DynamicPartitionsDefinition) and not instance.has_dynamic_partition(partitions.name, partition):
             instance.add_dynamic_partitions(partitions.name, [partition])
     result = dg.materialize(
@@ -90,7 +92,7 @@ def _materialize(selection, run_config: dict, partition: str | None = None):
 
 def prepare(lake: Path, scale: int) -> None:
     """Materialize the data stage of a ``scale``x world into ``lake`` (not measured)."""
-    from spotify_engine_assets.defs.ingestion import SyntheticWorldConfig
+    from spotify_engine_assets.defs.listening.ingestion import SyntheticWorldConfig
     from spotify_engine_assets.runner import DATA_STAGE, run_config
 
     _environment(lake)
@@ -102,34 +104,37 @@ def prepare(lake: Path, scale: int) -> None:
 
 
 def measure_asset(lake: Path, name: str, epochs: int) -> dict:
-    from spotify_engine_assets.lib.artifacts import ArtifactStore, load_torch
+    from spotify_engine_assets.core.storage.artifacts import ArtifactStore, load_torch
     from spotify_engine_assets.runner import run_config
 
     _environment(lake)
     config = run_config()
-    config.setdefault("ops", {})["trained_model"] = {"config": {"max_epochs": epochs}}
-    _materialize(["trained_model"], config, partition=name)
-    artifact = load_torch(ArtifactStore(lake / "artifacts").current(["trained_model"], name) / "data.pt")
+    config.setdefault("ops", {})["listening__trained_model"] = {"config": {"max_epochs": epochs}}
+    _materialize(["listening/trained_model"], config, partition=name)
+    artifact = load_torch(ArtifactStore(lake / "artifacts").current(["listening", "trained_model"], name) / "data.pt")
     return {"epoch_seconds": [row["seconds"] for row in artifact["history"]], "peak_mb": _peak_mb()}
 
 
 def measure_library(lake: Path, name: str, epochs: int) -> dict:
-    """The project's ``train()`` (lib/training.py, advanced trainer) on the same files as the bare
-    script, outside Dagster and without checkpoints: separates the library's cost from the asset's."""
+    """The project's ``train()`` (core/training/trainer.py, advanced trainer) on the same files as the
+    bare script, outside Dagster and without checkpoints: separates the library's cost from the asset's."""
     import torch
 
-    from spotify_engine_assets.lib.artifacts import ArtifactStore, load_torch
-    from spotify_engine_assets.lib.graph import LISTENS, from_payload, message_passing_graph
-    from spotify_engine_assets.lib.training import build_model, num_nodes_of, train
+    from spotify_engine_assets.core.data.graph import from_payload, num_nodes_of
+    from spotify_engine_assets.core.models import build_model
+    from spotify_engine_assets.core.storage.artifacts import ArtifactStore, load_torch
+    from spotify_engine_assets.core.training.trainer import train
+    from spotify_engine_assets.datasets.listening import DATASET
+    from spotify_engine_assets.datasets.listening.graph import LISTENS, SCHEMA, message_passing_graph
 
     torch.set_num_threads(1)
     store = ArtifactStore(lake / "artifacts")
     config = _config(lake, name)
-    data = from_payload(load_torch(store.current(["listening_graph"]) / "data.pt"))
-    split = load_torch(store.current(["interaction_splits"]) / "data.pt")[config.split]
+    data = from_payload(load_torch(store.current(["listening", "graph"]) / "data.pt"))
+    split = load_torch(store.current(["listening", "split"]) / "data.pt")[config.split]
     view = message_passing_graph(data, split["train"])
-    result = train(build_model(config, num_nodes_of(data)), view, data[LISTENS].edge_index[:, split["valid"]], config,
-                   max_epochs=epochs)
+    result = train(build_model(config, SCHEMA, num_nodes_of(data)), view, data[LISTENS].edge_index[:, split["valid"]], config,
+                   max_epochs=epochs, protocol=DATASET.protocol.for_graph(data))
     return {"epoch_seconds": [row["seconds"] for row in result.history], "peak_mb": _peak_mb()}
 
 
@@ -138,15 +143,17 @@ def measure_bare(lake: Path, name: str, epochs: int) -> dict:
     import torch
     import torch.nn.functional as F
 
-    from spotify_engine_assets.lib.artifacts import ArtifactStore, load_torch
-    from spotify_engine_assets.lib.graph import LISTENS, from_payload, message_passing_graph
-    from spotify_engine_assets.lib.models import GenreAwareGAT, LightGCNRecommender
+    from spotify_engine_assets.core.data.graph import from_payload
+    from spotify_engine_assets.core.models.gat import GenreAwareGAT
+    from spotify_engine_assets.core.models.lightgcn import LightGCN
+    from spotify_engine_assets.core.storage.artifacts import ArtifactStore, load_torch
+    from spotify_engine_assets.datasets.listening.graph import LISTENS, SCHEMA, message_passing_graph
 
     torch.set_num_threads(1)
     store = ArtifactStore(lake / "artifacts")
     config = _config(lake, name)
-    data = from_payload(load_torch(store.current(["listening_graph"]) / "data.pt"))
-    split = load_torch(store.current(["interaction_splits"]) / "data.pt")[config.split]
+    data = from_payload(load_torch(store.current(["listening", "graph"]) / "data.pt"))
+    split = load_torch(store.current(["listening", "split"]) / "data.pt")[config.split]
     view = message_passing_graph(data, split["train"])
     train_pairs = view[LISTENS].edge_index
     valid_pairs = data[LISTENS].edge_index[:, split["valid"]]
@@ -155,46 +162,62 @@ def measure_bare(lake: Path, name: str, epochs: int) -> dict:
 
     torch.manual_seed(config.seed)
     if config.model == "lightgcn":
-        model = LightGCNRecommender(num_nodes, config.embedding_dim, config.num_layers)
+        model = LightGCN(config, SCHEMA, num_nodes)
     elif config.model == "gat_enhanced":
-        model = GenreAwareGAT(num_nodes, hidden_dim=config.embedding_dim, num_layers=config.num_layers, heads=config.heads,
-                              dropout=config.dropout, residual=config.residual, edge_dim=3 if config.use_edge_attr else 0)
+        model = GenreAwareGAT(config, SCHEMA, num_nodes)
     else:
         raise SystemExit(f"bare script: config {name!r} has model {config.model!r}; only lightgcn and gat_enhanced")
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=config.lr_factor,
-                                                           patience=config.lr_patience)
-    # validation Recall@10 with each user's training songs masked, as every harness epoch does
+    scheduler = (
+        torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=config.lr_factor, patience=config.lr_patience)
+        if config.lr_patience is not None
+        else None
+    )
+    # the listening protocol's validation metrics at 10 with each user's training songs masked, as
+    # every trainer validation does: Recall (the monitor the scheduler steps on), NDCG, Precision,
+    # HitRate (PyG's definitions, means over users with a validation song) and catalogue coverage
+    k = 10
     valid_users, relevant_count = torch.unique(valid_pairs[0], return_counts=True)
     valid_keys = valid_pairs[0] * num_songs + valid_pairs[1]
     row = torch.full((num_users,), -1, dtype=torch.long)
     row[valid_users] = torch.arange(valid_users.numel())
+    discount = 1.0 / torch.log2(torch.arange(2, k + 2, dtype=torch.float))
+    ideal = discount.cumsum(0)[relevant_count.clamp(max=k) - 1]
     seconds = []
-    for _ in range(epochs):
+    for epoch in range(1, epochs + 1):
         started = time.perf_counter()
         model.train()
         for batch in _bare_batches(torch.randperm(train_pairs.size(1)), config):
             users, positives = train_pairs[0, batch], train_pairs[1, batch]
             negatives = torch.randint(num_songs, users.shape)
-            user_emb, song_emb = model(view)[:2]
+            user_emb, song_emb = model.encode(view)[:2]
             difference = (user_emb[users] * (song_emb[negatives] - song_emb[positives])).sum(-1)
             loss = F.softplus(difference).mean() + config.l2 * model.ego_l2(users, torch.cat([positives, negatives]))
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-        model.eval()
-        with torch.no_grad():
-            user_emb, song_emb = model(view)[:2]
-            hits = torch.zeros(valid_users.numel())
-            for start in range(0, valid_users.numel(), 2048):
-                chunk = valid_users[start : start + 2048]
-                scores = user_emb[chunk] @ song_emb.T
-                known = (row[train_pairs[0]] >= start) & (row[train_pairs[0]] < start + chunk.numel())
-                scores[row[train_pairs[0][known]] - start, train_pairs[1][known]] = float("-inf")
-                top = scores.topk(10, dim=1).indices
-                hits[start : start + chunk.numel()] = torch.isin(chunk[:, None] * num_songs + top, valid_keys).sum(1).float()
-            recall = float((hits / relevant_count).mean())
-        scheduler.step(recall)
+        if epoch % config.eval_every == 0 or epoch == epochs:
+            model.eval()
+            with torch.no_grad():
+                user_emb, song_emb = model.encode(view)[:2]
+                hits = torch.zeros(valid_users.numel())
+                dcg = torch.zeros(valid_users.numel())
+                covered = torch.zeros(num_songs, dtype=torch.bool)
+                for start in range(0, valid_users.numel(), 2048):
+                    chunk = valid_users[start : start + 2048]
+                    scores = user_emb[chunk] @ song_emb.T
+                    known = (row[train_pairs[0]] >= start) & (row[train_pairs[0]] < start + chunk.numel())
+                    scores[row[train_pairs[0][known]] - start, train_pairs[1][known]] = float("-inf")
+                    top = scores.topk(k, dim=1).indices
+                    relevant = torch.isin(chunk[:, None] * num_songs + top, valid_keys).float()
+                    hits[start : start + chunk.numel()] = relevant.sum(1)
+                    dcg[start : start + chunk.numel()] = (relevant * discount).sum(1)
+                    covered[top.flatten()] = True
+                recall = float((hits / relevant_count).mean())
+                metrics = {"recall@10": recall, "ndcg@10": float((dcg / ideal).mean()), "precision@10": float((hits / k).mean()),
+                           "hit_rate@10": float((hits > 0).float().mean()), "coverage@10": float(covered.float().mean())}
+            if scheduler is not None:
+                scheduler.step(metrics["recall@10"])
         seconds.append(time.perf_counter() - started)
     return {"epoch_seconds": seconds, "peak_mb": _peak_mb()}
 
@@ -209,32 +232,32 @@ def _bare_batches(order, config) -> tuple:
 
 def _config(lake: Path, name: str):
     """``name`` from models.yaml or the lake's promoted configs (where :func:`variant` writes)."""
-    from spotify_engine_assets.lib.configs import get_config
-    from spotify_engine_assets.lib.registry import full_registry
+    from spotify_engine_assets.datasets.listening import DATASET
 
-    return get_config(name, full_registry(lake))
+    return DATASET.registry.get(name, DATASET.registry.full(lake))
 
 
 def variant(lake: Path, name: str, steps_per_epoch: int | None) -> str:
     """``name`` itself, or with ``steps_per_epoch`` a copy ``<name>_spe<N>`` (batch_size and
     grad_accumulation back at their defaults, which steps_per_epoch excludes) promoted into the
-    lake as a partition of ``trained_model``, so the asset and the bare script train the same config."""
+    lake as a partition of ``listening/trained_model``, so the asset and the bare script train the same config."""
     if steps_per_epoch is None:
         return name
     from datetime import datetime, timezone
 
-    from spotify_engine_assets.lib.configs import ModelConfig
-    from spotify_engine_assets.lib.registry import PromotionSource, write_promoted
+    from spotify_engine_assets.core.config import parse_config
+    from spotify_engine_assets.core.registry import PromotionSource
+    from spotify_engine_assets.datasets.listening import DATASET
 
     base = _config(lake, name)
     settings = {**base.model_dump(), "name": f"{name}_spe{steps_per_epoch}", "steps_per_epoch": steps_per_epoch}
     for field in ("batch_size", "grad_accumulation"):
-        settings[field] = ModelConfig.model_fields[field].default
+        settings[field] = type(base).model_fields[field].default
     settings["description"] = f"{name} with steps_per_epoch {steps_per_epoch} (bench_training_efficiency.py)"
-    config = ModelConfig(**settings)
+    config = parse_config(settings)
     source = PromotionSource(family=base.model, study_name="bench_training_efficiency", trial=0, objective="none",
                              value=0.0, storage="none", promoted_at=datetime.now(timezone.utc).isoformat())
-    write_promoted(config, source, lake)
+    DATASET.registry.write_promoted(config, source, lake)
     return config.name
 
 
@@ -255,19 +278,19 @@ def _child(*args: str, pin_malloc: bool = False) -> dict:
 
 
 def _edges(lake: Path) -> int:
-    from spotify_engine_assets.lib.artifacts import ArtifactStore, load_torch
-    from spotify_engine_assets.lib.graph import LISTENS
+    from spotify_engine_assets.core.storage.artifacts import ArtifactStore, load_torch
+    from spotify_engine_assets.datasets.listening.graph import LISTENS
 
-    payload = load_torch(ArtifactStore(lake / "artifacts").current(["listening_graph"]) / "data.pt")
+    payload = load_torch(ArtifactStore(lake / "artifacts").current(["listening", "graph"]) / "data.pt")
     return int(payload[LISTENS]["edge_index"].size(1))
 
 
 def _steps_per_epoch(lake: Path, name: str) -> int:
-    """Optimizer steps of one epoch (``ModelConfig.steps_in_epoch`` of the training edges)."""
-    from spotify_engine_assets.lib.artifacts import ArtifactStore, load_torch
+    """Optimizer steps of one epoch (``TrainableConfig.steps_in_epoch`` of the training edges)."""
+    from spotify_engine_assets.core.storage.artifacts import ArtifactStore, load_torch
 
     config = _config(lake, name)
-    split = load_torch(ArtifactStore(lake / "artifacts").current(["interaction_splits"]) / "data.pt")[config.split]
+    split = load_torch(ArtifactStore(lake / "artifacts").current(["listening", "split"]) / "data.pt")[config.split]
     return config.steps_in_epoch(split["train"].numel())
 
 
@@ -309,7 +332,7 @@ def main() -> None:
     edges = {}
     for scale in scales:
         lake = root / f"scale_{scale}"
-        if not (lake / "artifacts" / "interaction_splits").exists():
+        if not (lake / "artifacts" / "listening" / "split").exists():
             started = time.perf_counter()
             edges[scale] = _child("prepare", str(lake), str(scale), "0")["edges"]
             print(f"scale {scale}x: data stage {time.perf_counter() - started:.0f} s", flush=True)

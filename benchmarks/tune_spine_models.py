@@ -7,10 +7,10 @@ Dagster-free: builds the same world, graph and random 70/15/15 split as the asse
 generator's defaults, or the tiny CI world with ``--world tiny``), trains each config with the
 library harness and scores it with the library metrics. Validation metrics rank all songs with
 the user's training songs masked; test metrics (printed only with ``--test``) mask training and
-validation songs, as the ``metric_report`` asset does. Tuning decisions are meant to be made on
+validation songs, as the ``listening/metric_report`` asset does. Tuning decisions are meant to be made on
 the validation columns only.
 
-``--registry`` adds the configs of another YAML file (same schema as ``configs/models.yaml``) to
+``--registry`` adds the configs of another YAML file (same schema as ``configs/listening/models.yaml``) to
 the registry, for trying candidates without touching it. ``--seeds`` retrains each config with
 other seeds (``seed`` field) and prints one row per seed plus the mean. torch runs on 1 thread.
 """
@@ -26,18 +26,21 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from spotify_engine_assets.lib.configs import default_registry, load_registry  # noqa: E402
-from spotify_engine_assets.lib.generator import GeneratorSettings, generate_world  # noqa: E402
-from spotify_engine_assets.lib.graph import LISTENS, graph_from_world, message_passing_graph  # noqa: E402
-from spotify_engine_assets.lib.metrics import ranking_metrics  # noqa: E402
-from spotify_engine_assets.lib.splits import SplitSettings, labels_to_indices, random_split  # noqa: E402
-from spotify_engine_assets.lib.training import (  # noqa: E402
-    build_model,
-    embed,
-    fit_most_popular,
-    num_nodes_of,
-    train,
+from spotify_engine_assets.core.config import parse_config, update_config  # noqa: E402
+from spotify_engine_assets.core.data.graph import num_nodes_of  # noqa: E402
+from spotify_engine_assets.core.data.splits import labels_to_indices  # noqa: E402
+from spotify_engine_assets.core.evaluation.metrics import ranking_metrics  # noqa: E402
+from spotify_engine_assets.core.models import build_model, embed  # noqa: E402
+from spotify_engine_assets.core.training.trainer import train  # noqa: E402
+from spotify_engine_assets.datasets.listening import DATASET  # noqa: E402
+from spotify_engine_assets.datasets.listening.generator import GeneratorSettings, generate_world  # noqa: E402
+from spotify_engine_assets.datasets.listening.graph import (  # noqa: E402
+    LISTENS,
+    SCHEMA,
+    graph_from_world,
+    message_passing_graph,
 )
+from spotify_engine_assets.datasets.listening.splits import SplitSettings, random_split  # noqa: E402
 
 WORLDS = {
     "default": GeneratorSettings(),
@@ -49,6 +52,12 @@ TINY_MAX_EPOCHS = 30  # configs/run/tiny_train.yaml
 
 def build_graph(settings: GeneratorSettings):
     return graph_from_world(generate_world(settings))
+
+
+def fit_most_popular(view):
+    """Most-popular (songs ranked by training listeners) fitted on ``view``: the reference."""
+    config = parse_config({"name": "most_popular", "model": "most_popular"})
+    return build_model(config, SCHEMA, num_nodes_of(view)).prepare(view)
 
 
 def evaluate(model, view, pairs) -> dict[str, dict[str, float]]:
@@ -70,9 +79,9 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
 
-    registry = dict(default_registry())
+    registry = dict(DATASET.registry.base)
     if args.registry:
-        registry.update(load_registry(args.registry))
+        registry.update(DATASET.registry.load(args.registry))
     max_epochs = args.max_epochs or (TINY_MAX_EPOCHS if args.world == "tiny" else None)
 
     started = time.perf_counter()
@@ -117,8 +126,8 @@ def main() -> None:
             continue
         runs = []
         for seed in seeds or [config.seed]:
-            cfg = config.model_copy(update={"seed": seed})
-            model = build_model(cfg, num_nodes_of(data))
+            cfg = update_config(config, seed=seed)
+            model = build_model(cfg, SCHEMA, num_nodes_of(data))
             cpu_started = time.process_time()
             log = (lambda message: print(f"  {name}: {message}", flush=True)) if args.verbose else None
             result = train(model, view, pairs["valid"], cfg, max_epochs=max_epochs, log=log)

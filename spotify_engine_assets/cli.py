@@ -1,11 +1,18 @@
 """The ``spotify-engine`` command line."""
 
 import argparse
+import json
 import sys
 
 import polars as pl
 
 CHAINS = ("listening", "playlists", "lastfm")
+
+
+def _error(problem: Exception | str) -> int:
+    """Print the problem (a KeyError's message unquoted) to stderr; returns 2, the exit status of bad input."""
+    print(f"error: {problem.args[0] if isinstance(problem, KeyError) else problem}", file=sys.stderr)
+    return 2
 
 
 def _print_summary(results, chain: str) -> None:
@@ -36,8 +43,7 @@ def _materialize(args: argparse.Namespace) -> int:
     try:
         results = materialize_chain(args.profile, configs, chain=args.chain)
     except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        return _error(error)
     _print_summary(results, args.chain)
     failed = [r.name for r in results if not r.success]
     if failed:
@@ -90,8 +96,7 @@ def _experiments_compare(args: argparse.Namespace) -> int:
         metrics = args.metrics.split(",") if args.metrics else (plan.metrics if plan else [dataset.protocol.primary])
         result = compare_experiments(report_a, report_b, metrics, load_thresholds())
     except (KeyError, ValueError, ConfigError) as error:
-        print(f"error: {error.args[0] if isinstance(error, KeyError) else error}", file=sys.stderr)
-        return 2
+        return _error(error)
     print(f"A = {id_a}\nB = {id_b}\n")
     print(frame_markdown(result["metrics"], max_rows=1000))
     differences = result["differences"]
@@ -116,12 +121,10 @@ def reproduce_experiment(ident: str, instance=None, chain: str = "listening") ->
     named, to restore in ``models.yaml``). Returns ids, whether data and experiment key match,
     the largest absolute metric difference and ``reproduced``.
     """
-    import dagster as dg
-
     from .core.config import parse_config
     from .core.experiments.records import resolve_experiment
     from .definitions import defs
-    from .runner import dagster_home, dataset_of, model_stage, run_config
+    from .runner import dataset_of, model_stage, project_instance, run_config, run_stage
 
     store = _store()
     experiment_id, recorded = resolve_experiment(store, chain, ident)
@@ -140,32 +143,18 @@ def reproduce_experiment(ident: str, instance=None, chain: str = "listening") ->
     config = run_config()
     if provenance.get("max_epochs_override") is not None:
         config.setdefault("ops", {})[f"{chain}__trained_model"] = {"config": {"max_epochs": provenance["max_epochs_override"]}}
-    if instance is None:
-        dagster_home()
-        instance = dg.DagsterInstance.get()
-    result = dg.materialize(
-        [*defs.assets, *defs.asset_checks], selection=model_stage(chain), run_config=config, instance=instance,
-        resources=defs.resources, partition_key=name, raise_on_error=False,
-    )
+    instance = project_instance() if instance is None else instance
+    result = run_stage(f"reproduce {name}", defs, instance, model_stage(chain), config, partition=name)
     new_id, new = resolve_experiment(store, chain, name)
     if new_id == experiment_id or new.get("provenance", {}).get("evaluated_in_run") != result.run_id:
         raise RuntimeError(f"re-materializing {name} wrote no new metric report (run {result.run_id} failed)")
-    differences = {
-        metric: abs(float(new["metrics"][metric]) - float(value))
-        for metric, value in recorded["metrics"].items()
-        if metric in new["metrics"]
-    }
+    differences = {metric: abs(float(new["metrics"][metric]) - float(value))
+                   for metric, value in recorded["metrics"].items() if metric in new["metrics"]}
     same_data = (new["provenance"].get("data") or {}).get("combined") == (provenance.get("data") or {}).get("combined")
     largest = max(differences.values()) if differences else float("inf")
-    return {
-        "recorded": experiment_id,
-        "new": new_id,
-        "run_success": result.success,
-        "same_data": same_data,
-        "same_experiment_key": new.get("experiment_key") == recorded.get("experiment_key"),
-        "max_abs_metric_diff": largest,
-        "reproduced": same_data and largest <= 1e-9,
-    }
+    return {"recorded": experiment_id, "new": new_id, "run_success": result.success, "same_data": same_data,
+            "same_experiment_key": new.get("experiment_key") == recorded.get("experiment_key"),
+            "max_abs_metric_diff": largest, "reproduced": same_data and largest <= 1e-9}
 
 
 def _experiments_reproduce(args: argparse.Namespace) -> int:
@@ -174,8 +163,7 @@ def _experiments_reproduce(args: argparse.Namespace) -> int:
     try:
         outcome = reproduce_experiment(args.experiment, chain=args.chain)
     except (KeyError, ValueError, ConfigError, RuntimeError) as error:
-        print(f"error: {error.args[0] if isinstance(error, KeyError) else error}", file=sys.stderr)
-        return 2
+        return _error(error)
     for key, value in outcome.items():
         print(f"{key:<22} {value}")
     if not outcome["same_data"]:
@@ -184,12 +172,13 @@ def _experiments_reproduce(args: argparse.Namespace) -> int:
     return 0 if outcome["reproduced"] else 1
 
 
-def _serving_bundle(config: str, chain: str = "listening"):
+def _serving_bundle(config: str):
+    """A listening-chain model for recommend/explain (serving needs the artist and genre roles)."""
     from .core.serving.recommend import load_bundle
     from .core.storage.paths import data_lake_root
-    from .runner import dataset_of
+    from .datasets.listening import DATASET
 
-    return load_bundle(data_lake_root(), dataset_of(chain), config)
+    return load_bundle(data_lake_root(), DATASET, config)
 
 
 def _split_list(text: str | None) -> list[str]:
@@ -197,19 +186,15 @@ def _split_list(text: str | None) -> list[str]:
 
 
 def _recommend(args: argparse.Namespace) -> int:
-    import json
-
     from .core.config import ConfigError
     from .core.serving.explain import explain, render_explanation
     from .core.serving.recommend import UnknownIdError, rank_songs, ranking_rows, render_ranking
     from .core.storage.artifacts import ArtifactNotFoundError
 
     if args.user is None and not args.songs and not args.genres:
-        print("error: give --user ID, or a new user's --songs ID,ID and/or --genres NAME,NAME", file=sys.stderr)
-        return 2
+        return _error("give --user ID, or a new user's --songs ID,ID and/or --genres NAME,NAME")
     if args.user is not None and (args.songs or args.genres):
-        print("error: --user cannot be combined with --songs/--genres (those describe a new user)", file=sys.stderr)
-        return 2
+        return _error("--user cannot be combined with --songs/--genres (those describe a new user)")
     try:
         bundle = _serving_bundle(args.model)
         if args.user is not None:
@@ -229,8 +214,7 @@ def _recommend(args: argparse.Namespace) -> int:
             else:
                 explanations = [explain(bundle, user, int(song)) for song in ranking.songs]
     except (UnknownIdError, ConfigError, ArtifactNotFoundError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        return _error(error)
     if args.json:
         payload = {"config": args.model, "user_id": args.user, "songs": _split_list(args.songs), "genres": _split_list(args.genres),
                    "genre_weight": ranking.genre_weight, "genre_prior": ranking.genre_prior, "interactions": ranking.interactions,
@@ -246,8 +230,6 @@ def _recommend(args: argparse.Namespace) -> int:
 
 
 def _explain(args: argparse.Namespace) -> int:
-    import json
-
     from .core.config import ConfigError
     from .core.serving.explain import explain, render_explanation
     from .core.serving.recommend import UnknownIdError
@@ -257,8 +239,7 @@ def _explain(args: argparse.Namespace) -> int:
         bundle = _serving_bundle(args.model)
         explanation = explain(bundle, bundle.user_index(args.user), bundle.song_index(args.song), top=args.top)
     except (UnknownIdError, ConfigError, ArtifactNotFoundError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        return _error(error)
     print(json.dumps(explanation, indent=2) if args.json else render_explanation(explanation))
     return 0
 
@@ -283,22 +264,18 @@ def _train(args: argparse.Namespace) -> int:
         if args.trainer and args.trainer != getattr(config, "trainer", None):
             config = update_config(config, trainer=args.trainer)
     except ConfigError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        return _error(error)
     except ValidationError as error:
-        print(f"error: config {args.config!r} with --trainer {args.trainer}: {validation_problems(error)}", file=sys.stderr)
-        return 2
+        return _error(f"config {args.config!r} with --trainer {args.trainer}: {validation_problems(error)}")
     if not config.trainable:
-        print(f"error: config {config.name!r} ({config.model}) has nothing to train", file=sys.stderr)
-        return 2
+        return _error(f"config {config.name!r} ({config.model}) has nothing to train")
     store, lake = _store(), data_lake_root()
     try:
         graph = load_torch(store.current([args.chain, "graph"]) / "data.pt")
         splits = load_torch(store.current([args.chain, "split"]) / "data.pt")
     except ArtifactNotFoundError as error:
-        print(f"error: {error}; materialize the data stage in {lake} first (spotify-engine materialize --chain {args.chain})",
-              file=sys.stderr)
-        return 2
+        return _error(f"{error}; materialize the data stage in {lake} first "
+                      f"(spotify-engine materialize --chain {args.chain})")
     data, split = from_payload(graph), splits[config.split]
     pairs = {part: dataset.pairs(data, split[part]) for part in ("train", "valid", "test")}
     print(f"training {config.name} ({config.model}, {config.trainer} trainer) on the {config.split} split of the "
@@ -307,8 +284,7 @@ def _train(args: argparse.Namespace) -> int:
     try:
         model, result, _ = dataset.fit(config, data, split, max_epochs=args.max_epochs, log=lambda message: print(message, flush=True))
     except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        return _error(error)
     protocol, users = dataset.protocol.for_graph(data), dataset.sample(data, config)
     known = dataset.pairs(data, dataset.training_index(split, config))
     scores = {
@@ -333,45 +309,6 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
     return value
-
-
-def _add_train_command(commands) -> None:
-    training = commands.add_parser(
-        "train",
-        help="train one config on the materialized graph and splits and print its metrics (writes nothing)",
-        description="Train CONFIG on the chain's graph and split materialized in the data lake, printing per-epoch "
-        "progress, then the chain's validation and test metrics (and task-head AUCs). A dry run for fast feedback: "
-        "nothing is written to the asset store (no trained_model, no checkpoint); materialize the <chain>/trained_model "
-        "partition to keep a model.",
-    )
-    training.add_argument("config", help="config name in configs/<chain>/models.yaml (or variants.yaml with --variants)")
-    training.add_argument("--chain", choices=CHAINS, default="listening", help="the chain (default listening)")
-    training.add_argument("--trainer", choices=("simple", "advanced"), help="override the config's trainer")
-    training.add_argument("--max-epochs", type=_positive_int, help="cap on epochs (default: the config's max_epochs)")
-    training.add_argument("--variants", action="store_true", help="look CONFIG up in configs/<chain>/variants.yaml")
-    training.set_defaults(handler=_train)
-
-
-def _add_serving_commands(commands) -> None:
-    recommend = commands.add_parser("recommend", help="top-k songs for a user (or a new user's songs/genres) from a materialized model")
-    recommend.add_argument("--model", required=True, help="model config (a materialized trained_model partition)")
-    recommend.add_argument("--user", help="warehouse user id")
-    recommend.add_argument("--songs", help="new user: comma-separated warehouse song ids they like")
-    recommend.add_argument("--genres", help="new user: comma-separated genre names or ids they like")
-    recommend.add_argument("--k", type=int, default=10, help="list length (default 10)")
-    recommend.add_argument("--genre-prior", type=float, default=None,
-                           help="n0 of the adaptive genre weight w = n0/(n0+n), n = the user's training interactions "
-                           "(0: model only; default: chosen on the validation split)")
-    recommend.add_argument("--explain", action="store_true", help="explain every recommended song")
-    recommend.add_argument("--json", action="store_true", help="print JSON instead of tables")
-    recommend.set_defaults(handler=_recommend)
-    explain = commands.add_parser("explain", help="why a model scores a song for a user: attention paths, attributions, influences")
-    explain.add_argument("--model", required=True, help="model config (a materialized trained_model partition)")
-    explain.add_argument("--user", required=True, help="warehouse user id")
-    explain.add_argument("--song", required=True, help="warehouse song id")
-    explain.add_argument("--top", type=int, default=8, help="evidence links and paths to show (default 8)")
-    explain.add_argument("--json", action="store_true", help="print JSON instead of tables")
-    explain.set_defaults(handler=_explain)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -402,8 +339,39 @@ def main(argv: list[str] | None = None) -> int:
     )
     reproduce.add_argument("experiment", help="a config name (its current report) or an experiment id config@version")
     reproduce.set_defaults(handler=_experiments_reproduce)
-    _add_serving_commands(commands)
-    _add_train_command(commands)
+    recommend = commands.add_parser("recommend", help="top-k songs for a user (or a new user's songs/genres) from a materialized model")
+    recommend.add_argument("--model", required=True, help="model config (a materialized trained_model partition)")
+    recommend.add_argument("--user", help="warehouse user id")
+    recommend.add_argument("--songs", help="new user: comma-separated warehouse song ids they like")
+    recommend.add_argument("--genres", help="new user: comma-separated genre names or ids they like")
+    recommend.add_argument("--k", type=int, default=10, help="list length (default 10)")
+    recommend.add_argument("--genre-prior", type=float, default=None,
+                           help="n0 of the adaptive genre weight w = n0/(n0+n), n = the user's training interactions "
+                           "(0: model only; default: chosen on the validation split)")
+    recommend.add_argument("--explain", action="store_true", help="explain every recommended song")
+    recommend.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    recommend.set_defaults(handler=_recommend)
+    explain = commands.add_parser("explain", help="why a model scores a song for a user: attention paths, attributions, influences")
+    explain.add_argument("--model", required=True, help="model config (a materialized trained_model partition)")
+    explain.add_argument("--user", required=True, help="warehouse user id")
+    explain.add_argument("--song", required=True, help="warehouse song id")
+    explain.add_argument("--top", type=int, default=8, help="evidence links and paths to show (default 8)")
+    explain.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    explain.set_defaults(handler=_explain)
+    training = commands.add_parser(
+        "train",
+        help="train one config on the materialized graph and splits and print its metrics (writes nothing)",
+        description="Train CONFIG on the chain's graph and split materialized in the data lake, printing per-epoch "
+        "progress, then the chain's validation and test metrics (and task-head AUCs). A dry run for fast feedback: "
+        "nothing is written to the asset store (no trained_model, no checkpoint); materialize the <chain>/trained_model "
+        "partition to keep a model.",
+    )
+    training.add_argument("config", help="config name in configs/<chain>/models.yaml (or variants.yaml with --variants)")
+    training.add_argument("--chain", choices=CHAINS, default="listening", help="the chain (default listening)")
+    training.add_argument("--trainer", choices=("simple", "advanced"), help="override the config's trainer")
+    training.add_argument("--max-epochs", type=_positive_int, help="cap on epochs (default: the config's max_epochs)")
+    training.add_argument("--variants", action="store_true", help="look CONFIG up in configs/<chain>/variants.yaml")
+    training.set_defaults(handler=_train)
     args = parser.parse_args(argv)
     return args.handler(args)
 

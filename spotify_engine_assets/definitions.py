@@ -12,12 +12,6 @@ defs = dg.Definitions.merge(
     playlists.defs,
     lastfm.defs,
     sql.build_sql_definitions(sql.load_project()),
-    dg.Definitions(
-        resources={
-            "lake": lake,
-            "warehouse": Warehouse(lake=lake),
-            "torch_runtime": TorchRuntime(),
-            "io_manager": LakeIOManager(lake=lake),
-        }
-    ),
+    dg.Definitions(resources={"lake": lake, "warehouse": Warehouse(lake=lake), "torch_runtime": TorchRuntime(),
+                              "io_manager": LakeIOManager(lake=lake)}),
 )

@@ -14,6 +14,7 @@ import os
 import shutil
 import time
 from dataclasses import dataclass, field
+from importlib import import_module
 from pathlib import Path
 
 import dagster as dg
@@ -28,9 +29,8 @@ TINY_TRAINING = {"max_epochs": 3, "user_sample": 500}  # the tiny profile of the
 
 def data_stage(chain: str) -> dg.AssetSelection:
     """A chain's ingestion, SQL models, graph and split, and its model registry."""
-    return dg.AssetSelection.groups(f"{chain}_ingestion", f"{chain}_sql", f"{chain}_graph") | dg.AssetSelection.assets(
-        [chain, "model_registry"]
-    )
+    groups = dg.AssetSelection.groups(f"{chain}_ingestion", f"{chain}_sql", f"{chain}_graph")
+    return groups | dg.AssetSelection.assets([chain, "model_registry"])
 
 
 def model_stage(chain: str) -> dg.AssetSelection:
@@ -43,14 +43,12 @@ def comparison_stage(chain: str) -> dg.AssetSelection:
     return dg.AssetSelection.assets(*([chain, name] for name in names))
 
 
-DATA_STAGE, MODEL_STAGE, COMPARISON_STAGE = data_stage("listening"), model_stage("listening"), comparison_stage("listening")
+DATA_STAGE, MODEL_STAGE = data_stage("listening"), model_stage("listening")
 
 
 def dataset_of(chain: str):
     if chain not in CHAINS:
         raise ValueError(f"unknown chain {chain!r}; known: {', '.join(CHAINS)}")
-    from importlib import import_module
-
     return import_module(f"spotify_engine_assets.datasets.{chain}").DATASET
 
 
@@ -62,6 +60,12 @@ def dagster_home() -> Path:
         shutil.copyfile(configs_dir() / "dagster.yaml", home / "dagster.yaml")
     os.environ["DAGSTER_HOME"] = str(home)
     return home
+
+
+def project_instance() -> dg.DagsterInstance:
+    """The Dagster instance of the project's home (:func:`dagster_home`)."""
+    dagster_home()
+    return dg.DagsterInstance.get()
 
 
 def run_config(*files: str) -> dict:
@@ -92,39 +96,29 @@ class StageResult:
     seconds: float
     step_seconds: dict[str, float] = field(default_factory=dict)
     error: str = ""
+    run_id: str = ""
+
+    def line(self) -> str:
+        status = "ok" if self.success else f"FAILED: {self.error}"
+        return f"[{self.seconds:7.1f} s] {self.name}: {status}"
 
 
-def _step_seconds(instance: dg.DagsterInstance, run_id: str) -> dict[str, float]:
-    return {
-        stat.step_key: round(stat.end_time - stat.start_time, 2)
-        for stat in instance.get_run_step_stats(run_id)
-        if stat.end_time and stat.start_time
-    }
-
-
-def _run(name: str, defs: dg.Definitions, instance: dg.DagsterInstance, selection, config: dict, partition=None) -> StageResult:
+def run_stage(name: str, defs: dg.Definitions, instance: dg.DagsterInstance, selection, config: dict,
+              partition: str | None = None) -> StageResult:
+    """One Dagster run of ``selection`` (failures are recorded in the result, never raised)."""
     started = time.perf_counter()
-    result = dg.materialize(
-        [*defs.assets, *defs.asset_checks],
-        selection=selection,
-        run_config=config,
-        instance=instance,
-        resources=defs.resources,
-        partition_key=partition,
-        raise_on_error=False,
-    )
-    failure = ""
-    if not result.success:
-        failures = [e for e in result.all_events if e.is_failure]
-        failure = failures[0].message if failures else "run failed"
-    return StageResult(name, result.success, time.perf_counter() - started, _step_seconds(instance, result.run_id), failure)
+    result = dg.materialize([*defs.assets, *defs.asset_checks], selection=selection, run_config=config,
+                            instance=instance, resources=defs.resources, partition_key=partition, raise_on_error=False)
+    seconds = time.perf_counter() - started
+    failures = [e.message for e in result.all_events if e.is_failure]
+    error = "" if result.success else (failures[0] if failures else "run failed")
+    steps = {stat.step_key: round(stat.end_time - stat.start_time, 2)
+             for stat in instance.get_run_step_stats(result.run_id) if stat.end_time and stat.start_time}
+    return StageResult(name, result.success, seconds, steps, error, result.run_id)
 
 
 def materialize_chain(
-    profile: str = "default",
-    configs: list[str] | None = None,
-    instance: dg.DagsterInstance | None = None,
-    log=print,
+    profile: str = "default", configs: list[str] | None = None, instance: dg.DagsterInstance | None = None, log=print,
     chain: str = "listening",
 ) -> list[StageResult]:
     """Run every stage of ``chain``; model configs keep going when one fails. Returns one result per run.
@@ -132,6 +126,7 @@ def materialize_chain(
     Without an ``instance`` the project's home (``dagster_home()``) records the runs.
     """
     from .definitions import defs
+    from .defs.resources import init_warehouse_pool, release_killed_runs
 
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; known: {', '.join(PROFILES)}")
@@ -141,26 +136,19 @@ def materialize_chain(
     unknown = sorted(set(names) - set(registry))
     if unknown:
         raise ValueError(f"unknown model configs {unknown}; known: {', '.join(sorted(registry))}")
-    if instance is None:
-        dagster_home()
-        instance = dg.DagsterInstance.get()
-    from .defs.resources import init_warehouse_pool, release_killed_runs
-
+    instance = project_instance() if instance is None else instance
     init_warehouse_pool(instance)
     for run_id in release_killed_runs(instance):  # a killed run would hold the warehouse pool slot
         log(f"run {run_id}: its process is gone (killed); marked failed and its pool slots freed")
-    results = [_run("data", defs, instance, data_stage(chain), data_config)]
-    log(_line(results[-1]))
-    if not results[-1].success:
-        return results
-    for name in names:
-        results.append(_run(f"model {name}", defs, instance, model_stage(chain), train_config, partition=name))
-        log(_line(results[-1]))
-    results.append(_run("comparison", defs, instance, comparison_stage(chain), run_config()))
-    log(_line(results[-1]))
+    results: list[StageResult] = []
+
+    def stage(name: str, selection: dg.AssetSelection, config: dict, partition: str | None = None) -> bool:
+        results.append(run_stage(name, defs, instance, selection, config, partition))
+        log(results[-1].line())
+        return results[-1].success
+
+    if stage("data", data_stage(chain), data_config):
+        for name in names:
+            stage(f"model {name}", model_stage(chain), train_config, partition=name)
+        stage("comparison", comparison_stage(chain), run_config())
     return results
-
-
-def _line(result: StageResult) -> str:
-    status = "ok" if result.success else f"FAILED: {result.error}"
-    return f"[{result.seconds:7.1f} s] {result.name}: {status}"

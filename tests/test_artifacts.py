@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import calendar
+import os
 import pickle
+import stat
 import time as real_time
 from pathlib import Path
 
@@ -165,6 +167,19 @@ def test_atomic_write_bytes_writes_and_leaves_no_temp_files(tmp_path):
     atomic_write_bytes(target, b"second")
     assert target.read_bytes() == b"second"
     assert [p.name for p in target.parent.iterdir()] == ["file.bin"]
+
+
+def test_published_files_and_versions_get_the_umask_permissions(tmp_path):
+    """Atomic writes must not leave reports and versions owner-only (mkstemp/mkdtemp's 0600/0700):
+    a data lake on a shared mount is read by other users' runs and tools."""
+    previous = os.umask(0o022)
+    try:
+        atomic_write_bytes(tmp_path / "report.md", b"x")
+        version = ArtifactStore(tmp_path / "lake").write(KEY, "p", _write_text("y"))
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "report.md").stat().st_mode) == 0o644
+    assert stat.S_IMODE(version.stat().st_mode) == 0o755
 
 
 def test_atomic_write_bytes_failure_keeps_old_file_and_no_temp(tmp_path):

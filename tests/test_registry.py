@@ -68,6 +68,8 @@ def test_promotion_name_collisions(tmp_path):
         ("source: {}\nconfig: {hpo_x: {model: lightgcn, embedding_dim: -4}}\n", r"config 'hpo_x': embedding_dim: Input should be greater than 0"),
         ("source: {}\nconfig: {hpo_x: {model: lightgcn, color: red}}\n", "config 'hpo_x': color: Extra inputs are not permitted"),
         ("source: {family: lightgcn}\nconfig: {hpo_x: {model: lightgcn}}\n", "source: study_name: Field required"),
+        ("source: {}\nconfig: {hpo_x: {model: lightgcn, split: position}}\n",
+         r"config 'hpo_x': split: 'position' is not a split strategy of the listening chain \(random, temporal\)"),
     ],
 )
 def test_invalid_promoted_file_names_the_file(tmp_path, text, message):

@@ -4,26 +4,16 @@ A model config is one entry of a chain's registry file (``configs/<chain>/models
 is its name, ``model`` picks the class (a pydantic discriminated union), and every field is
 validated by ``Field`` bounds, ``Literal`` choices and validators (unknown fields, wrong types
 and out-of-range values fail naming the file, the config and the field; a setting that has no
-effect in its config is an error too). The classes:
-
-* :class:`ModelConfig` - what every config has: name, model, seed, the split strategy, a seeded
-  user sample, and ``train_on_validation`` (the final fit of a tuned config also learns from the
-  validation part: the Last.fm protocol).
-* closed-form and non-parametric models: ``most_popular``, ``itemknn``, ``ease``, ``als``,
-  ``graph_ease``;
-* :class:`TrainableConfig` - every field of the one trainer (``core/training``): losses,
-  weighting, negatives, steps, regularizers, task heads, surrogates, early stopping, the
-  learning-rate schedule, ItemKNN fusion; and its models ``lightgcn``, ``gat_basic``,
-  ``gat_enhanced``, ``playlist_gat``, ``tag_friend_gat``.
-
-Metric gates live in ``configs/thresholds.yaml`` (:class:`Thresholds`).
+effect in its config is an error too). :class:`ModelConfig` holds what every config has, the
+closed-form models add their own fields, and :class:`TrainableConfig` every field of the one
+trainer (``core/training``). Metric gates live in ``configs/thresholds.yaml`` (:class:`Thresholds`).
 """
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Annotated, Literal, Union
+from typing import Annotated, ClassVar, Literal, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
@@ -62,6 +52,8 @@ class ModelConfig(BaseModel):
     """What every model config has."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+    trainable: ClassVar[bool] = False
+    has_attention: ClassVar[bool] = False
 
     name: str
     model: str
@@ -72,18 +64,9 @@ class ModelConfig(BaseModel):
         None, ge=1, description="Train and evaluate on a seeded sample of this many users (None: every user)."
     )
     train_on_validation: bool = Field(
-        False,
-        description="Fit on the training and validation parts (hyperparameters and epochs were chosen on validation "
-        "before): the final fit of a tuned config. Needs the simple trainer for trainable models.",
+        False, description="Fit on the training and validation parts (hyperparameters and epochs were chosen on "
+        "validation before): the final fit of a tuned config. Needs the simple trainer for trainable models."
     )
-
-    @property
-    def trainable(self) -> bool:
-        return False
-
-    @property
-    def has_attention(self) -> bool:
-        return False
 
 
 class MostPopularConfig(ModelConfig):
@@ -122,25 +105,24 @@ class GraphEASEConfig(ModelConfig):
 class TrainableConfig(ModelConfig):
     """The fields of the one trainer (``core/training/trainer.py``)."""
 
+    trainable: ClassVar[bool] = True
     embedding_dim: int = Field(64, gt=0, description="Embedding / hidden size.")
     num_layers: int = Field(2, ge=1, le=8, description="Message-passing layers.")
     lr: float = Field(0.005, gt=0.0, description="Adam learning rate.")
     l2: float = Field(1e-4, ge=0.0, description="L2 penalty on the step's id embeddings.")
     loss: Literal["bpr", "softmax"] = Field(
-        "bpr",
-        description="bpr: pairwise loss on (user, positive, sampled negative), steps of batch_size positive pairs; "
-        "softmax: full-catalogue softmax of each user's training items (embeddings / temperature), steps of "
-        "batch_size users.",
+        "bpr", description="bpr: pairwise loss on (user, positive, sampled negative), steps of batch_size positive "
+        "pairs; softmax: full-catalogue softmax of each user's training items (embeddings / temperature), steps of "
+        "batch_size users."
     )
     temperature: float = Field(0.1, gt=0.0, description="Softmax loss: logits are scores / temperature.")
     normalize: bool = Field(False, description="Score by cosine: L2-normalise user and item embeddings.")
     batch_size: int = Field(4096, gt=0, description="Positive pairs (bpr) or users (softmax) per optimizer step.")
     max_epochs: int = Field(60, ge=1, description="Upper bound on epochs.")
     trainer: Literal["simple", "advanced"] = Field(
-        "advanced",
-        description="simple: max_epochs epochs at a fixed learning rate, no validation, early stopping or checkpoints; "
-        "advanced: the chain's validation metric every eval_every epochs, early stopping, ReduceLROnPlateau, "
-        "resumable checkpoints.",
+        "advanced", description="simple: max_epochs epochs at a fixed learning rate, no validation, early stopping or "
+        "checkpoints; advanced: the chain's validation metric every eval_every epochs, early stopping, "
+        "ReduceLROnPlateau, resumable checkpoints."
     )
     eval_every: int = Field(1, ge=1, description="Validate every this many epochs (and after the last).")
     patience: int = Field(8, ge=1, description="Validations without gain before stopping.")
@@ -162,12 +144,10 @@ class TrainableConfig(ModelConfig):
         1, ge=1, description="BPR: micro-batches of batch_size positives per optimizer step (one forward pass per step)."
     )
     steps_per_epoch: int | None = Field(
-        None,
-        ge=1,
-        description="BPR, opt-in: an epoch is this many optimizer steps over all training edges (each step's batch is "
-        "ceil(E_train / steps) or one fewer positives; at most E_train steps), so epoch cost grows linearly in the "
-        "edges instead of with (E_train / batch_size) full-graph passes. None (default): steps of batch_size x "
-        "grad_accumulation positives. Excludes a non-default batch_size or grad_accumulation.",
+        None, ge=1, description="BPR, opt-in: an epoch is this many optimizer steps over all training edges (each "
+        "step's batch is ceil(E_train / steps) or one fewer positives; at most E_train steps), so epoch cost grows "
+        "linearly in the edges instead of with (E_train / batch_size) full-graph passes. None (default): steps of "
+        "batch_size x grad_accumulation positives. Excludes a non-default batch_size or grad_accumulation."
     )
     # regularizers, task heads, surrogates
     orthogonality_weight: float = Field(
@@ -203,15 +183,10 @@ class TrainableConfig(ModelConfig):
         256, ge=2, description="Multi-objective: items sampled uniformly per optimizer step as the surrogates' candidates."
     )
     itemknn_fusion: bool = Field(
-        False,
-        description="After training, mix the model's scores with ItemKNN's, (1 - w) z(model) + w z(ItemKNN) (z: "
-        "per-user standardization), w chosen on the validation metric and stored with the weights.",
+        False, description="After training, mix the model's scores with ItemKNN's, (1 - w) z(model) + w z(ItemKNN) "
+        "(z: per-user standardization), w chosen on the validation metric and stored with the weights."
     )
     fusion_shrink: float = Field(10.0, ge=0.0, description="Shrinkage of the fused ItemKNN.")
-
-    @property
-    def trainable(self) -> bool:
-        return True
 
     @property
     def tasks(self) -> dict[str, float]:
@@ -272,9 +247,8 @@ class TrainableConfig(ModelConfig):
         if self.steps_per_epoch is not None:
             clash = [f"{name} {getattr(self, name)}" for name in self._changed("batch_size", "grad_accumulation")]
             if clash:
-                raise ValueError(
-                    f"steps_per_epoch {self.steps_per_epoch} sizes each optimizer step itself; remove {' and '.join(clash)}"
-                )
+                raise ValueError(f"steps_per_epoch {self.steps_per_epoch} sizes each optimizer step itself; "
+                                 f"remove {' and '.join(clash)}")
         return self
 
     @model_validator(mode="after")
@@ -293,12 +267,9 @@ class LightGCNConfig(TrainableConfig):
 
 
 class AttentionConfig(TrainableConfig):
+    has_attention: ClassVar[bool] = True
     heads: int = Field(1, ge=1, le=16, description="Attention heads.")
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout probability.")
-
-    @property
-    def has_attention(self) -> bool:
-        return True
 
     @model_validator(mode="after")
     def _heads_divide_hidden(self) -> AttentionConfig:
@@ -321,14 +292,13 @@ class GenreAwareGATConfig(AttentionConfig):
 class PlaylistGATConfig(AttentionConfig):
     model: Literal["playlist_gat"]
     cooccurrence_k: int = Field(
-        0, ge=0, le=200,
-        description="Also pass messages item->item along each item's k most co-occurring items (shrunk cosine over "
-        "the training interactions; 0: no such relation).",
+        0, ge=0, le=200, description="Also pass messages item->item along each item's k most co-occurring items "
+        "(shrunk cosine over the training interactions; 0: no such relation)."
     )
     cooccurrence_shrink: float = Field(10.0, ge=0.0, description="Shrinkage of the co-occurrence cosine.")
     user_ids: bool = Field(
         True, description="Learn a free embedding per user (False: users start at zero and are built from their "
-        "training items only).",
+        "training items only)."
     )
 
 
@@ -340,19 +310,14 @@ class TagFriendGATConfig(AttentionConfig):
     side_weight: float = Field(0.5, ge=0.0, description="Initial weight of the side relations (learned per layer).")
 
 
-ANY_CONFIG = Annotated[
-    Union[
-        MostPopularConfig, ItemKNNConfig, EASEConfig, ALSConfig, GraphEASEConfig,
-        LightGCNConfig, BasicGATConfig, GenreAwareGATConfig, PlaylistGATConfig, TagFriendGATConfig,
-    ],
-    Field(discriminator="model"),
-]
-_ADAPTER = TypeAdapter(ANY_CONFIG)
-MODEL_KINDS = tuple(
-    cls.model_fields["model"].annotation.__args__[0]
+CONFIG_CLASSES: dict[str, type[ModelConfig]] = {
+    cls.model_fields["model"].annotation.__args__[0]: cls
     for cls in (MostPopularConfig, ItemKNNConfig, EASEConfig, ALSConfig, GraphEASEConfig, LightGCNConfig,
                 BasicGATConfig, GenreAwareGATConfig, PlaylistGATConfig, TagFriendGATConfig)
-)
+}
+MODEL_KINDS = tuple(CONFIG_CLASSES)
+ANY_CONFIG = Annotated[Union[tuple(CONFIG_CLASSES.values())], Field(discriminator="model")]
+_ADAPTER = TypeAdapter(ANY_CONFIG)
 
 
 def parse_config(settings: dict) -> ModelConfig:
@@ -361,7 +326,7 @@ def parse_config(settings: dict) -> ModelConfig:
 
 
 def config_class(kind: str) -> type[ModelConfig]:
-    return type(parse_config({"name": "_", "model": kind})) if kind in MODEL_KINDS else ModelConfig
+    return CONFIG_CLASSES.get(kind, ModelConfig)
 
 
 def update_config(config: ModelConfig, **changes) -> ModelConfig:
@@ -369,8 +334,8 @@ def update_config(config: ModelConfig, **changes) -> ModelConfig:
     return parse_config({**config.model_dump(), **changes})
 
 
-def configs_from_mapping(entries: dict, path: Path | str, defaults: dict | None = None) -> dict[str, ModelConfig]:
-    """Validate a registry mapping (name -> settings, ``defaults`` filled in); errors name ``path``."""
+def configs_from_mapping(entries: dict, path: Path | str) -> dict[str, ModelConfig]:
+    """Validate a registry mapping (name -> settings); errors name ``path``."""
     registry = {}
     for name, settings in entries.items():
         if not isinstance(settings, dict):
@@ -380,7 +345,7 @@ def configs_from_mapping(entries: dict, path: Path | str, defaults: dict | None 
         if "model" not in settings:
             raise ConfigError(f"{path}: config {name!r}: model: field required (one of {', '.join(MODEL_KINDS)})")
         try:
-            registry[str(name)] = parse_config({**(defaults or {}), **settings, "name": str(name)})
+            registry[str(name)] = parse_config({**settings, "name": str(name)})
         except ValidationError as error:
             raise ConfigError(f"{path}: config {name!r}: {validation_problems(error)}") from None
     return registry

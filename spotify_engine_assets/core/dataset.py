@@ -29,6 +29,7 @@ from .models import FitResult, Recommender, build_model, load_model, sample_user
 from .registry import Registry
 from .training.inputs import training_inputs
 
+
 def split_violations(data: HeteroData, splits: dict, schema: Schema, view=None, cover: bool = True) -> dict[str, int]:
     """Per strategy of ``splits``: indices in several parts (or, with ``cover``, in none) or out of
     range, and held-out interactions visible in the view of the training part. All must be 0."""
@@ -83,14 +84,8 @@ class Dataset:
     def build(self, config: ModelConfig, data: HeteroData) -> Recommender:
         return build_model(config, self.schema, num_nodes_of(data))
 
-    def fit(
-        self,
-        config: ModelConfig,
-        data: HeteroData,
-        split: dict,
-        model: Recommender | None = None,
-        **training,
-    ) -> tuple[Recommender, FitResult, HeteroData]:
+    def fit(self, config: ModelConfig, data: HeteroData, split: dict, model: Recommender | None = None,
+            **training) -> tuple[Recommender, FitResult, HeteroData]:
         """Build ``config``'s model and fit it on its view of ``split`` (one strategy's parts):
         closed-form models solve, graph models train with the one trainer (``training``: its
         ``max_epochs``, ``log``, ``on_epoch``, ``checkpoint_dir``, ``checkpoint_every``), early
@@ -101,10 +96,8 @@ class Dataset:
         model = model if model is not None else self.build(config, data)
         if config.trainable:
             training.update(training_inputs(config, data, self.schema, self.training_index(split, config)))
-            training.update(
-                valid_pairs=self.pairs(data, split["valid"]), protocol=self.protocol.for_graph(data),
-                users=self.sample(data, config),
-            )
+            training.update(valid_pairs=self.pairs(data, split["valid"]), protocol=self.protocol.for_graph(data),
+                            users=self.sample(data, config))
         return model, model.fit(view, **training), view
 
     def load(self, config: ModelConfig, data: HeteroData, split: dict, state: dict) -> tuple[Recommender, HeteroData]:
@@ -124,7 +117,7 @@ class Dataset:
             num_users=int(data[self.schema.user].num_nodes),
             num_items=int(data[self.schema.item].num_nodes),
             train=self.pairs(data, self.training_index(split, config)),
-            valid=self.pairs(data, split["valid"]) if not config.train_on_validation else self.pairs(data, split["valid"][:0]),
+            valid=self.pairs(data, split["valid"][:0] if config.train_on_validation else split["valid"]),
             test=self.pairs(data, split["test"]),
             user_ids=user_ids,
             categories={role: features for role in self.schema.categories

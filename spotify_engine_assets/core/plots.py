@@ -19,12 +19,21 @@ def figure_markdown(fig, alt: str) -> str:
     return f"![{alt}](data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()})"
 
 
+def _finish(fig, axis, title: str, xlabel: str = "", ylabel: str = "", alt: str = "") -> str:
+    """Label and title ``axis``, then embed the figure (alt text: ``alt``, default the title)."""
+    if xlabel:
+        axis.set_xlabel(xlabel)
+    if ylabel:
+        axis.set_ylabel(ylabel)
+    axis.set_title(title)
+    return figure_markdown(fig, alt or title)
+
+
 def training_curve(history: list[dict], title: str, monitor: str | None = None) -> str:
     """Training loss per epoch and the validation metric ``monitor`` on validation epochs."""
     fig, loss_axis = plt.subplots(figsize=(6, 3))
     epochs = [row["epoch"] for row in history]
     loss_axis.plot(epochs, [row["loss"] for row in history], color="tab:blue", label="loss")
-    loss_axis.set_xlabel("epoch")
     loss_axis.set_ylabel("train loss", color="tab:blue")
     validated = [row for row in history if monitor and f"valid_{monitor}" in row]
     if validated:  # the simple trainer validates nothing
@@ -32,29 +41,22 @@ def training_curve(history: list[dict], title: str, monitor: str | None = None) 
         valid_axis.plot([row["epoch"] for row in validated], [row[f"valid_{monitor}"] for row in validated],
                         color="tab:orange", marker=".", label=f"valid {monitor}")
         valid_axis.set_ylabel(f"valid {monitor}", color="tab:orange")
-    loss_axis.set_title(title)
-    return figure_markdown(fig, f"training curve {title}")
+    return _finish(fig, loss_axis, title, "epoch", alt=f"training curve {title}")
 
 
 def metric_bars(values: dict[str, dict[str, float]], metric: str, title: str) -> str:
     """One bar per config for ``metric``."""
-    names = list(values)
     fig, axis = plt.subplots(figsize=(6, 3))
-    axis.bar(names, [values[name].get(metric, 0.0) for name in names], color="tab:green")
-    axis.set_ylabel(metric)
-    axis.set_title(title)
+    axis.bar(list(values), [row.get(metric, 0.0) for row in values.values()], color="tab:green")
     axis.tick_params(axis="x", rotation=20)
-    return figure_markdown(fig, title)
+    return _finish(fig, axis, title, ylabel=metric)
 
 
 def hour_profile(counts: list[int], title: str) -> str:
     """Plays per hour of day."""
     fig, axis = plt.subplots(figsize=(6, 2.5))
     axis.bar(range(len(counts)), counts, color="tab:purple")
-    axis.set_xlabel("hour of day")
-    axis.set_ylabel("plays")
-    axis.set_title(title)
-    return figure_markdown(fig, title)
+    return _finish(fig, axis, title, "hour of day", "plays")
 
 
 def frame_markdown(frame, max_rows: int = 10, float_digits: int = 4) -> str:
@@ -62,9 +64,7 @@ def frame_markdown(frame, max_rows: int = 10, float_digits: int = 4) -> str:
     head = frame.head(max_rows)
 
     def cell(value) -> str:
-        if isinstance(value, float):
-            return f"{value:.{float_digits}f}"
-        return str(value).replace("|", "\\|")
+        return f"{value:.{float_digits}f}" if isinstance(value, float) else str(value).replace("|", "\\|")
 
     lines = ["| " + " | ".join(head.columns) + " |", "|" + "---|" * len(head.columns)]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in head.iter_rows()]
@@ -79,10 +79,8 @@ def count_bars(counts: dict[str, float], title: str, xlabel: str = "count", log:
     for row, label in enumerate(labels):
         axis.annotate(f"{counts[label]:,}", (counts[label], row), xytext=(3, 0), textcoords="offset points", va="center", fontsize=7)
     axis.invert_yaxis()
-    axis.set_xlabel(xlabel)
-    axis.set_title(title)
     axis.margins(x=0.15)
-    return figure_markdown(fig, title)
+    return _finish(fig, axis, title, xlabel)
 
 
 def data_quality(row_count: int, null_counts: dict[str, int], distinct_counts: dict[str, int], title: str) -> str:
@@ -99,20 +97,15 @@ def data_quality(row_count: int, null_counts: dict[str, int], distinct_counts: d
     axis.set_yticks(list(positions), columns, fontsize=8)
     axis.invert_yaxis()
     axis.set_xlim(0, 1.05)
-    axis.set_xlabel(f"share of {row_count:,} rows")
-    axis.set_title(title)
     axis.legend(fontsize=7, loc="lower right")
-    return figure_markdown(fig, title)
+    return _finish(fig, axis, title, f"share of {row_count:,} rows")
 
 
 def histogram(values, title: str, xlabel: str, bins: int = 30, log: bool = False) -> str:
     """Distribution of one quantity (e.g. listens per user or per song)."""
     fig, axis = plt.subplots(figsize=(6, 2.8))
     axis.hist(values, bins=bins, color="tab:cyan", edgecolor="white", log=log)
-    axis.set_xlabel(xlabel)
-    axis.set_ylabel("count")
-    axis.set_title(title)
-    return figure_markdown(fig, title)
+    return _finish(fig, axis, title, xlabel, "count")
 
 
 def split_sizes(parts: dict[str, dict[str, int]], title: str) -> str:
@@ -120,16 +113,13 @@ def split_sizes(parts: dict[str, dict[str, int]], title: str) -> str:
     strategies = list(parts)
     fig, axis = plt.subplots(figsize=(6, 0.5 * len(strategies) + 1.2))
     left = [0] * len(strategies)
-    colors = {"train": "tab:blue", "valid": "tab:orange", "test": "tab:green"}
-    for part in ("train", "valid", "test"):
+    for part, color in (("train", "tab:blue"), ("valid", "tab:orange"), ("test", "tab:green")):
         sizes = [parts[s].get(part, 0) for s in strategies]
-        axis.barh(strategies, sizes, left=left, color=colors[part], label=part)
+        axis.barh(strategies, sizes, left=left, color=color, label=part)
         left = [a + b for a, b in zip(left, sizes)]
     axis.invert_yaxis()
-    axis.set_xlabel("interactions")
-    axis.set_title(title)
     axis.legend(fontsize=7, ncol=3, loc="lower right")
-    return figure_markdown(fig, title)
+    return _finish(fig, axis, title, "interactions")
 
 
 def grouped_bars(values: dict[str, dict[str, float]], metrics: list[str], title: str) -> str:
@@ -141,12 +131,11 @@ def grouped_bars(values: dict[str, dict[str, float]], metrics: list[str], title:
         axis.bar([m + (index - (len(series) - 1) / 2) * width for m in range(len(metrics))],
                  [values[name].get(metric, 0.0) for metric in metrics], width=width, label=name)
     axis.set_xticks(range(len(metrics)), metrics, rotation=20, fontsize=8)
-    axis.set_title(title)
     axis.legend(fontsize=7)
-    return figure_markdown(fig, title)
+    return _finish(fig, axis, title)
 
 
-def difference_distributions(differences: dict[str, "list[float]"], title: str, bins: int = 30) -> str:
+def difference_distributions(differences: dict[str, list[float]], title: str, bins: int = 30) -> str:
     """A/B: per-user treatment - control differences, one histogram per pair or metric, with the mean."""
     names = list(differences)
     fig, axes = plt.subplots(len(names), 1, figsize=(6, 1.8 * len(names) + 0.6), squeeze=False)
@@ -165,13 +154,7 @@ def difference_distributions(differences: dict[str, "list[float]"], title: str, 
 
 
 def pareto_front(
-    x: "list[float]",
-    y: "list[float]",
-    color: "list[float]",
-    on_front: "list[bool]",
-    title: str,
-    xlabel: str,
-    ylabel: str,
+    x: list[float], y: list[float], color: list[float], on_front: list[bool], title: str, xlabel: str, ylabel: str,
     color_label: str,
 ) -> str:
     """Trade-off of a multi-objective study: one point per trial (``x`` against ``y``, colored by
@@ -187,10 +170,7 @@ def pareto_front(
                      linewidths=1.4, label="Pareto front", zorder=3)
         axis.plot([p[0] for p in front], [p[1] for p in front], color="tab:red", lw=0.8, ls="--", zorder=1)
         axis.legend(fontsize=7)
-    axis.set_xlabel(xlabel)
-    axis.set_ylabel(ylabel)
-    axis.set_title(title)
-    return figure_markdown(fig, title)
+    return _finish(fig, axis, title, xlabel, ylabel)
 
 
 def difference_plot(table, title: str) -> str:
@@ -206,12 +186,12 @@ def difference_plot(table, title: str) -> str:
     axis.axvline(0.0, color="black", linewidth=0.8)
     axis.set_yticks(range(len(labels)), labels, fontsize=7)
     axis.invert_yaxis()
-    axis.set_xlabel("treatment - control (mean over users, 95% bootstrap CI)")
-    axis.set_title(title)
-    return figure_markdown(fig, title)
+    return _finish(fig, axis, title, "treatment - control (mean over users, 95% bootstrap CI)")
 
 
-def history_plot(numbers: "list[int]", values: "list[float]", best: "list[float]", pruned: "list[int]", title: str, ylabel: str) -> str:
+def history_plot(
+    numbers: list[int], values: list[float], best: list[float], pruned: list[int], title: str, ylabel: str
+) -> str:
     """A study's optimization history: each completed trial's value and the best so far; grey
     lines mark pruned trials."""
     fig, axis = plt.subplots(figsize=(6, 3.2))
@@ -219,8 +199,5 @@ def history_plot(numbers: "list[int]", values: "list[float]", best: "list[float]
     axis.step(numbers, best, where="post", color="tab:red", label="best so far")
     for number in pruned:
         axis.axvline(number, color="0.85", lw=0.8, zorder=0)
-    axis.set_xlabel("trial (grey lines: pruned)")
-    axis.set_ylabel(ylabel)
-    axis.set_title(title)
     axis.legend(fontsize=7)
-    return figure_markdown(fig, title)
+    return _finish(fig, axis, title, "trial (grey lines: pruned)", ylabel)

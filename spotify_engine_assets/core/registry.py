@@ -33,7 +33,7 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .config import ConfigError, ModelConfig, configs_from_mapping, read_yaml, validation_problems
+from .config import ConfigError, ModelConfig, configs_from_mapping, read_yaml, update_config, validation_problems
 from .storage.artifacts import atomic_write_bytes
 from .storage.paths import data_lake_root
 
@@ -78,7 +78,13 @@ class Registry:
     def load(self, path: Path | None = None) -> dict[str, ModelConfig]:
         """Every config of ``path`` (default the registry file), validated, its split filled in."""
         path = Path(path or self.path)
-        registry = configs_from_mapping(read_yaml(path), path, {"split": self.strategies[0]})
+        return self._configs(read_yaml(path), path)
+
+    def _configs(self, mapping: dict, path: Path) -> dict[str, ModelConfig]:
+        """The configs of ``mapping`` (read from ``path``), validated, an unset split filled in, every split checked."""
+        registry = configs_from_mapping(mapping, path)
+        registry = {name: config if config.split else update_config(config, split=self.strategies[0])
+                    for name, config in registry.items()}
         for name, config in registry.items():
             if config.split not in self.strategies:
                 raise ConfigError(
@@ -131,7 +137,7 @@ class Registry:
         if name != path.stem:
             raise ConfigError(f"{path}: config name {name!r} must equal the file name {path.stem!r}")
         self.check_name(name, str(path))
-        config = configs_from_mapping(entries, path, {"split": self.strategies[0]})[name]
+        config = self._configs(entries, path)[name]
         if not isinstance(loaded["source"], dict):
             raise ConfigError(f"{path}: 'source' must be a mapping")
         try:
@@ -157,17 +163,12 @@ class Registry:
 
     def rows(self, lake_root: Path | None = None) -> list[dict]:
         """One row per config: name, model, split, origin and source."""
-        rows = [
-            {"config": name, "model": config.model, "split": config.split, "origin": ORIGIN_REGISTRY,
-             "study": None, "trial": None, "source": ORIGIN_REGISTRY}
-            for name, config in sorted(self.base.items())
-        ]
-        for name, entry in self.promoted(lake_root).items():
-            rows.append(
-                {"config": name, "model": entry.config.model, "split": entry.config.split, "origin": ORIGIN_STUDY,
-                 "study": entry.source.study_name, "trial": entry.source.trial, "source": str(entry.path)}
-            )
-        return rows
+        rows = [(name, config, ORIGIN_REGISTRY, None, None, ORIGIN_REGISTRY)
+                for name, config in sorted(self.base.items())]
+        rows += [(name, entry.config, ORIGIN_STUDY, entry.source.study_name, entry.source.trial, str(entry.path))
+                 for name, entry in self.promoted(lake_root).items()]
+        return [{"config": name, "model": config.model, "split": config.split, "origin": origin, "study": study,
+                 "trial": trial, "source": source} for name, config, origin, study, trial, source in rows]
 
     def check_promotable(self, name: str, study_name: str, family: str, lake_root: Path | None = None) -> Path:
         """The file a promotion of ``study_name`` under ``name`` would write; a ``ConfigError`` when
@@ -188,9 +189,8 @@ class Registry:
         under its name replaces the file; a name taken by the registry file or another study fails."""
         path = self.check_promotable(config.name, source.study_name, source.family, lake_root)
         text = f"# Promoted by {self.chain}/hpo_study: a partition of {self.chain}/trained_model (core/registry.py).\n"
-        text += yaml.safe_dump(
-            {"source": source.model_dump(), "config": {config.name: config.model_dump(exclude={"name"})}}, sort_keys=False
-        )
+        entry = {"source": source.model_dump(), "config": {config.name: config.model_dump(exclude={"name"})}}
+        text += yaml.safe_dump(entry, sort_keys=False)
         atomic_write_bytes(path, text.encode())
         self.load_promoted_file(path)  # what was written reads back as a valid config
         return path

@@ -36,6 +36,7 @@ import dagster as dg
 import optuna
 import polars as pl
 import torch
+import yaml
 from pydantic import Field
 from torch_geometric.data import HeteroData
 
@@ -50,8 +51,8 @@ from ..core.experiments import records
 from ..core.experiments import trial_budget
 from ..core.models.baselines import MostPopular
 from ..core.plots import (
-    count_bars, difference_distributions, difference_plot, frame_markdown, metric_bars, pareto_front, training_curve,
-    history_plot,
+    count_bars, difference_distributions, difference_plot, frame_markdown, history_plot, metric_bars, pareto_front,
+    training_curve,
 )
 from ..core.registry import ORIGIN_REGISTRY, ORIGIN_STUDY
 from ..core.storage.artifacts import atomic_write_bytes
@@ -102,6 +103,19 @@ class Chain:
         """Hash of the core and of the dataset's package (its view builder, protocol, graph code)."""
         return _code_version(self.dataset.view.__module__.rsplit(".", 1)[0])
 
+    def ins(self, *names: str) -> dict[str, dg.AssetIn]:
+        """The chain's assets ``names`` as inputs of the same names."""
+        return {name: dg.AssetIn(self.key(name)) for name in names}
+
+    def asset(self, name: str, domain: str, checks: dict[str, tuple[bool, str]] | None = None, **asset_args):
+        """``dg.asset`` ``<chain>/<name>`` in group ``<chain>_<domain>`` at the chain's code version (unless
+        ``asset_args`` give one), with ``checks`` (check name -> (blocking, description)) on the asset itself."""
+        key = self.key(name)
+        specs = [dg.AssetCheckSpec(check, asset=key, blocking=blocking, description=description)
+                 for check, (blocking, description) in (checks or {}).items()]
+        asset_args.setdefault("code_version", self.code_version)
+        return dg.asset(key=key, group_name=self.group(domain), check_specs=specs or None, **asset_args)
+
 
 @functools.cache
 def _code_version(package: str) -> str:
@@ -136,13 +150,9 @@ def promotion_metadata(chain: Chain, lake_root: Path, name: str) -> dict:
         return {"config_origin": ORIGIN_REGISTRY}
     source = entry.source
     return {
-        "config_origin": ORIGIN_STUDY,
-        "source_study": source.study_name,
-        "source_trial": source.trial,
-        "source_objective": f"{source.objective} {source.value:.4f} (validation)",
-        "source_storage": source.storage,
-        "source_asset": dg.MetadataValue.asset(chain.key("hpo_study")),
-        "source_partition": source.family,
+        "config_origin": ORIGIN_STUDY, "source_study": source.study_name, "source_trial": source.trial,
+        "source_objective": f"{source.objective} {source.value:.4f} (validation)", "source_storage": source.storage,
+        "source_asset": dg.MetadataValue.asset(chain.key("hpo_study")), "source_partition": source.family,
         "promoted_config": dg.MetadataValue.path(str(entry.path)),
     }
 
@@ -165,27 +175,19 @@ def upstream_versions(context: dg.AssetExecutionContext, keys: list[dg.AssetKey]
         except Exception as error:  # noqa: BLE001 - provenance is best effort, never fails a run
             context.log.warning(f"cannot read the latest materialization of {key.to_user_string()}: {error}")
         tags = (entry.asset_materialization.tags or {}) if entry and entry.asset_materialization else {}
-        versions[key.to_user_string()] = {
-            "data_version": tags.get("dagster/data_version", "unknown"),
-            "code_version": tags.get("dagster/code_version", "unknown"),
-            "run_id": entry.run_id if entry else "unknown",
-        }
+        versions[key.to_user_string()] = {"data_version": tags.get("dagster/data_version", "unknown"),
+                                          "code_version": tags.get("dagster/code_version", "unknown"),
+                                          "run_id": entry.run_id if entry else "unknown"}
     return versions
 
 
-def data_assets(
-    chain: Chain,
-    tables: tuple[str, ...],
-    build_graph: Callable[[dict[str, pl.DataFrame]], HeteroData],
-    build_split: Callable[[HeteroData], dict],
-) -> list[dg.AssetsDefinition]:
+def data_assets(chain: Chain, tables: tuple[str, ...], build_graph: Callable[[dict[str, pl.DataFrame]], HeteroData],
+                build_split: Callable[[HeteroData], dict]) -> list[dg.AssetsDefinition]:
     """``<chain>/graph`` and ``<chain>/split`` of a chain whose graph needs no run config: the graph
     from the warehouse ``tables`` (``schema.table``, each a dependency), the split from the graph."""
 
-    @dg.asset(
-        key=chain.key("graph"), deps=[dg.AssetKey(t.split(".")) for t in tables], group_name=chain.group("graph"),
-        kinds={"pytorch", "pyg"}, pool=DUCKDB_POOL, code_version=chain.code_version, description=build_graph.__doc__,
-    )
+    @chain.asset("graph", "graph", deps=[dg.AssetKey(t.split(".")) for t in tables], kinds={"pytorch", "pyg"},
+                 pool=DUCKDB_POOL, description=build_graph.__doc__)
     def graph(context: dg.AssetExecutionContext, warehouse: Warehouse) -> dg.Output[dict]:
         try:
             data = build_graph({table: warehouse.read_table(table) for table in tables})
@@ -193,10 +195,7 @@ def data_assets(
             raise dg.Failure(f"cannot build the {chain.name} graph: {error}") from error
         return dg.Output(to_payload(data), metadata=graph_summary(data))
 
-    @dg.asset(
-        key=chain.key("split"), ins={"graph": dg.AssetIn(chain.key("graph"))}, group_name=chain.group("graph"),
-        kinds={"pytorch"}, code_version=chain.code_version, description=build_split.__doc__,
-    )
+    @chain.asset("split", "graph", ins=chain.ins("graph"), kinds={"pytorch"}, description=build_split.__doc__)
     def split(context: dg.AssetExecutionContext, graph: dict) -> dg.Output[dict]:
         splits = build_split(from_payload(graph))
         return dg.Output(splits, metadata={f"{strategy}/{part}": int(index.numel()) for strategy, parts in splits.items()
@@ -208,17 +207,10 @@ def data_assets(
 def chain_definitions(chain: Chain) -> dg.Definitions:
     """Every asset and check of one chain after its graph and split (module docstring)."""
     dataset, name = chain.dataset, chain.name
-    graph_key, split_key = chain.key("graph"), chain.key("split")
     configs = dg.DynamicPartitionsDefinition(name=chain.partitions)
 
-    def config_for(context: dg.AssetExecutionContext, lake: DataLake) -> ModelConfig:
-        try:
-            return dataset.registry.get(context.partition_key, dataset.registry.full(lake.path))
-        except ConfigError as error:
-            raise dg.Failure(str(error)) from error
-
     # ------------------------------------------------------------------------- registry
-    @dg.asset(key=chain.key("model_registry"), group_name=chain.group("training"), kinds={"yaml"}, code_version=chain.code_version)
+    @chain.asset("model_registry", "training", kinds={"yaml"})
     def model_registry(context: dg.AssetExecutionContext, lake: DataLake) -> dg.Output[dict]:
         """Every model config of the chain (its registry file and the configs promoted from studies),
         validated, each a partition of its trained model and metric report; adds missing partitions,
@@ -233,52 +225,37 @@ def chain_definitions(chain: Chain) -> dg.Definitions:
             context.log.warning(f"partitions without a config (kept; their runs fail): {', '.join(stale)}")
         context.log.info(f"{len(names)} {name} model configs; added as partitions: {', '.join(added) or 'none'}")
         origins = pl.DataFrame(rows)["origin"].value_counts().sort("origin").to_dicts()
-        return dg.Output(
-            {"configs": rows, "added": added, "stale": stale},
-            metadata={
-                "configs": len(names),
-                "added_partitions": dg.MetadataValue.json(added),
-                "partitions_without_config": dg.MetadataValue.json(stale),
-                "origins": dg.MetadataValue.json({row["origin"]: int(row["count"]) for row in origins}),
-                "registry": dg.MetadataValue.md(frame_markdown(pl.DataFrame(rows), max_rows=200)),
-            },
-        )
+        return dg.Output({"configs": rows, "added": added, "stale": stale}, metadata={
+            "configs": len(names), "added_partitions": dg.MetadataValue.json(added),
+            "partitions_without_config": dg.MetadataValue.json(stale),
+            "origins": dg.MetadataValue.json({row["origin"]: int(row["count"]) for row in origins}),
+            "registry": dg.MetadataValue.md(frame_markdown(pl.DataFrame(rows), max_rows=200)),
+        })
 
     # ------------------------------------------------------------------------- training
-    @dg.asset(
-        key=chain.key("trained_model"),
-        partitions_def=configs,
-        ins={"graph": dg.AssetIn(graph_key), "split": dg.AssetIn(split_key)},
-        group_name=chain.group("training"),
-        kinds={"pytorch", "pyg"},
-        code_version=chain.code_version,
-    )
-    def trained_model(
-        context: dg.AssetExecutionContext, config: TrainRunConfig, torch_runtime: TorchRuntime, lake: DataLake,
-        graph: dict, split: dict,
-    ) -> dg.Output[dict]:
+    @chain.asset("trained_model", "training", partitions_def=configs, ins=chain.ins("graph", "split"),
+                 kinds={"pytorch", "pyg"})
+    def trained_model(context: dg.AssetExecutionContext, config: TrainRunConfig, torch_runtime: TorchRuntime,
+                      lake: DataLake, graph: dict, split: dict) -> dg.Output[dict]:
         """The partition's config fitted on its split's training part: closed-form models solve,
         graph models train with the one trainer (advanced: early stopping on the chain's validation
         metric with ReduceLROnPlateau, resumable checkpoints when a killed run is re-materialized;
         simple: fixed epochs). Best and final weights, config, history and provenance."""
-        model_config = config_for(context, lake)
+        try:
+            model_config = dataset.registry.get(context.partition_key, dataset.registry.full(lake.path))
+        except ConfigError as error:
+            raise dg.Failure(str(error)) from error
         if config.user_sample is not None:
             model_config = update_config(model_config, user_sample=config.user_sample)
         torch_runtime.apply()
         data, parts = from_payload(graph), split[model_config.split]
         fingerprint = records.data_fingerprint(data, parts)
         provenance = {
-            "config": model_config.model_dump(),
-            "seed": model_config.seed,
-            "max_epochs_override": config.max_epochs,
-            "data": fingerprint,
-            "upstream": upstream_versions(context, [graph_key, split_key]),
-            "code_versions": {"trained_model": chain.code_version},
-            "git": records.git_state(),
-            "dependencies": records.dependency_versions(),
-            "torch_threads": torch.get_num_threads(),
-            "run_id": context.run_id,
-            "recorded_at": records.now_iso(),
+            "config": model_config.model_dump(), "seed": model_config.seed, "max_epochs_override": config.max_epochs,
+            "data": fingerprint, "upstream": upstream_versions(context, [chain.key("graph"), chain.key("split")]),
+            "code_versions": {"trained_model": chain.code_version}, "git": records.git_state(),
+            "dependencies": records.dependency_versions(), "torch_threads": torch.get_num_threads(),
+            "run_id": context.run_id, "recorded_at": records.now_iso(),
         }
         training: dict = {}
         checkpoints = None
@@ -295,29 +272,17 @@ def chain_definitions(chain: Chain) -> dg.Definitions:
         except ValueError as error:
             raise dg.Failure(f"{name}/trained_model[{model_config.name}]: {error}") from error
         artifact = {
-            "config": model_config.model_dump(),
-            "split_settings": split.get("settings", {}),
-            "provenance": provenance,
-            "state": model.state_dict(),
-            "final_state": result.final_state,
-            "history": result.history,
-            "monitor": result.monitor,
-            "best_epoch": result.best_epoch,
-            "best_valid": result.best_valid,
-            "epochs_run": result.epochs_run,
-            "train_seconds": result.seconds,
-            "num_parameters": model.parameter_count(),
+            "config": model_config.model_dump(), "split_settings": split.get("settings", {}), "provenance": provenance,
+            "state": model.state_dict(), "final_state": result.final_state, "history": result.history,
+            "monitor": result.monitor, "best_epoch": result.best_epoch, "best_valid": result.best_valid,
+            "epochs_run": result.epochs_run, "train_seconds": result.seconds, "num_parameters": model.parameter_count(),
             "fusion": {str(weight): value for weight, value in result.fusion.items()},
         }
         metadata: dict = {
-            "model": model_config.model,
-            "split": model_config.split,
-            "train_seconds": round(result.seconds, 2),
-            "num_parameters": model.parameter_count(),
-            "data_fingerprint": fingerprint["combined"],
+            "model": model_config.model, "split": model_config.split, "train_seconds": round(result.seconds, 2),
+            "num_parameters": model.parameter_count(), "data_fingerprint": fingerprint["combined"],
             "git_commit": str(provenance["git"]["commit"])[:12],
-            "config": dg.MetadataValue.json(model_config.model_dump()),
-            "provenance": dg.MetadataValue.json(provenance),
+            "config": dg.MetadataValue.json(model_config.model_dump()), "provenance": dg.MetadataValue.json(provenance),
             **promotion_metadata(chain, lake.path, model_config.name),
         }
         if model_config.trainable:
@@ -336,12 +301,21 @@ def chain_definitions(chain: Chain) -> dg.Definitions:
         return dg.Output(artifact, metadata=metadata)
 
     # ------------------------------------------------------------------------- evaluation
-    report_ins = {"trained_model": dg.AssetIn(chain.key("trained_model")), "graph": dg.AssetIn(graph_key), "split": dg.AssetIn(split_key)}
+    report_ins = chain.ins("trained_model", "graph", "split")
     if chain.segments:
         report_ins["segments"] = dg.AssetIn(dg.AssetKey(chain.segments.split("/")))
 
-    def report_body(context: dg.AssetExecutionContext, torch_runtime: TorchRuntime, lake: DataLake, trained_model: dict,
-                    graph: dict, split: dict, segments: pl.DataFrame | None = None):
+    @chain.asset(
+        "metric_report", "evaluation", partitions_def=configs, ins=report_ins, kinds={"pytorch"},
+        checks={
+            "quality_gate": (True, f"The test {dataset.protocol.primary} beats most-popular on the same split by the "
+                             "configured ratio (most-popular itself must beat a random ranking)."),
+            "fairness_gap": (False, "Largest relative gap of the fairness metric between user groups (types, activity "
+                             "terciles) stays within the threshold (warning)."),
+        },
+    )
+    def metric_report(context: dg.AssetExecutionContext, torch_runtime: TorchRuntime, lake: DataLake,
+                      trained_model: dict, graph: dict, split: dict, **segments: pl.DataFrame):
         """Test evaluation of one config, ranking the whole catalogue with each user's training and
         validation items masked: the chain protocol's per-user accuracy metrics, coverage, Gini of
         recommendation counts, novelty, intra-list diversity (embeddings and item categories),
@@ -349,6 +323,7 @@ def chain_definitions(chain: Chain) -> dg.Definitions:
         time, per-user latency, throughput, memory estimate vs measured peak. Per-user metric
         vectors are kept (and written as Parquet); most-popular and a random ranking on the same
         split are scored alongside; the provenance of the experiment is recorded."""
+        # ``segments`` holds the chain's user segments frame where it has one (an input only then)
         torch_runtime.apply()
         data = from_payload(graph)
         model_config = parse_config(trained_model["config"])
@@ -356,7 +331,7 @@ def chain_definitions(chain: Chain) -> dg.Definitions:
         protocol = dataset.protocol.for_graph(data)
         primary = protocol.primary
         try:
-            eval_data = dataset.evaluation_data(data, parts, model_config, segments)
+            eval_data = dataset.evaluation_data(data, parts, model_config, segments.get("segments"))
             model, view = dataset.load(model_config, data, parts, trained_model["state"])
         except (ValueError, RuntimeError, KeyError) as error:
             raise dg.Failure(f"{name}/metric_report[{model_config.name}]: {error}; re-materialize trained_model") from error
@@ -375,10 +350,8 @@ def chain_definitions(chain: Chain) -> dg.Definitions:
         )
         efficiency = {
             "num_parameters": int(trained_model["num_parameters"]),
-            "train_seconds": float(trained_model["train_seconds"]),
-            "forward_seconds": forward_seconds,
-            "latency_p50_ms": latency["p50_ms"],
-            "latency_p95_ms": latency["p95_ms"],
+            "train_seconds": float(trained_model["train_seconds"]), "forward_seconds": forward_seconds,
+            "latency_p50_ms": latency["p50_ms"], "latency_p95_ms": latency["p95_ms"],
             "throughput_users_per_s": evaluation.users.numel() / max(evaluation.topk_seconds, 1e-9),
             "memory_estimate_mb": estimate["total"] / 2**20,
             "memory_peak_mb": memory.peak_bytes / 2**20 if memory.peak_bytes else None,
@@ -396,10 +369,8 @@ def chain_definitions(chain: Chain) -> dg.Definitions:
         generator = torch.Generator().manual_seed(0)
         random_users = torch.randn(eval_data.num_users, 16, generator=generator)
         random_items = torch.randn(eval_data.num_items, 16, generator=generator)
-        random_reference = protocol.validate(
-            lambda users: random_users[users] @ random_items.T, eval_data.test_exclude, eval_data.test, eval_data.num_items,
-            eval_data.users,
-        )
+        random_reference = protocol.validate(lambda users: random_users[users] @ random_items.T, eval_data.test_exclude,
+                                             eval_data.test, eval_data.num_items, eval_data.users)
         thresholds = load_thresholds()
         if model_config.model == "most_popular":
             baseline_name, baseline, ratio = "random", random_reference[primary], thresholds.min_ratio_vs_random
@@ -420,46 +391,32 @@ def chain_definitions(chain: Chain) -> dg.Definitions:
         evaluation.per_user.write_parquet(buffer)
         atomic_write_bytes(parquet, buffer.getvalue())
         report = {
-            "chain": name,
-            "config": model_config.name,
-            "model": model_config.model,
-            "split": model_config.split,
-            "primary": primary,
-            "metrics": metrics,
-            "most_popular": reference,
-            "random": random_reference,
-            "num_parameters": trained_model["num_parameters"],
-            "train_seconds": trained_model["train_seconds"],
-            "epochs_run": trained_model["epochs_run"],
-            "tasks": tasks,
+            "chain": name, "config": model_config.name, "model": model_config.model, "split": model_config.split,
+            "primary": primary, "metrics": metrics, "most_popular": reference, "random": random_reference,
+            "num_parameters": trained_model["num_parameters"], "train_seconds": trained_model["train_seconds"],
+            "epochs_run": trained_model["epochs_run"], "tasks": tasks,
             "gate": {"passed": metrics[primary] >= threshold, "threshold": threshold, "baseline": baseline_name, "metric": primary},
             "efficiency": efficiency,
             "fairness": {"groups": evaluation.fairness.to_dicts(), "gaps": evaluation.gaps.to_dicts()},
-            "per_user": records.per_user_payload(evaluation.per_user),
-            "per_user_parquet": str(parquet),
+            "per_user": records.per_user_payload(evaluation.per_user), "per_user_parquet": str(parquet),
             "provenance": provenance,
         }
         report["experiment_key"] = records.experiment_key(provenance)
         shown = [m for m in (*protocol.table, *BEYOND_ACCURACY) if m in metrics]
         table = pl.DataFrame({"metric": shown, model_config.name: [metrics[m] for m in shown],
                               "most_popular": [reference.get(m) for m in shown]})
-        yield dg.Output(
-            report,
-            metadata={
-                **{m: round(float(metrics[m]), 4) for m in protocol.table if m in metrics},
-                f"most_popular/{primary}": round(float(reference[primary]), 4),
-                **{f"test_auc/{task}": values["auc"] for task, values in tasks.items() if values["auc"] is not None},
-                "users_evaluated": metrics["users_evaluated"],
-                "report": dg.MetadataValue.md(frame_markdown(table, max_rows=50)),
-                "fairness": dg.MetadataValue.md(frame_markdown(evaluation.fairness, max_rows=50)),
-                "fairness_gaps": dg.MetadataValue.md(frame_markdown(evaluation.gaps, max_rows=50)),
-                "efficiency": dg.MetadataValue.md(frame_markdown(pl.DataFrame([efficiency]))),
-                "latency_p50_ms": round(latency["p50_ms"], 3),
-                "per_user_metrics": dg.MetadataValue.path(str(parquet)),
-                "experiment_key": report["experiment_key"],
-                "data_fingerprint": provenance["data"]["combined"],
-            },
-        )
+        yield dg.Output(report, metadata={
+            **{m: round(float(metrics[m]), 4) for m in protocol.table if m in metrics},
+            f"most_popular/{primary}": round(float(reference[primary]), 4),
+            **{f"test_auc/{task}": values["auc"] for task, values in tasks.items() if values["auc"] is not None},
+            "users_evaluated": metrics["users_evaluated"],
+            "report": dg.MetadataValue.md(frame_markdown(table, max_rows=50)),
+            "fairness": dg.MetadataValue.md(frame_markdown(evaluation.fairness, max_rows=50)),
+            "fairness_gaps": dg.MetadataValue.md(frame_markdown(evaluation.gaps, max_rows=50)),
+            "efficiency": dg.MetadataValue.md(frame_markdown(pl.DataFrame([efficiency]))),
+            "latency_p50_ms": round(latency["p50_ms"], 3), "per_user_metrics": dg.MetadataValue.path(str(parquet)),
+            "experiment_key": report["experiment_key"], "data_fingerprint": provenance["data"]["combined"],
+        })
         yield dg.AssetCheckResult(
             check_name="quality_gate",
             passed=bool(report["gate"]["passed"]),
@@ -487,44 +444,7 @@ def chain_definitions(chain: Chain) -> dg.Definitions:
                       "best_group": str(worst["best_group"]), "worst_group": str(worst["worst_group"])},
         )
 
-    metric_report_asset = dg.asset(
-        key=chain.key("metric_report"),
-        partitions_def=configs,
-        ins=report_ins,
-        group_name=chain.group("evaluation"),
-        kinds={"pytorch"},
-        code_version=chain.code_version,
-        check_specs=[
-            dg.AssetCheckSpec(
-                "quality_gate", asset=chain.key("metric_report"), blocking=True,
-                description=f"The test {dataset.protocol.primary} beats most-popular on the same split by the configured "
-                "ratio (most-popular itself must beat a random ranking).",
-            ),
-            dg.AssetCheckSpec(
-                "fairness_gap", asset=chain.key("metric_report"), blocking=False,
-                description="Largest relative gap of the fairness metric between user groups (types, activity terciles) "
-                "stays within the threshold (warning).",
-            ),
-        ],
-    )
-    if chain.segments:
-        def metric_report(context: dg.AssetExecutionContext, torch_runtime: TorchRuntime, lake: DataLake,
-                          trained_model: dict, graph: dict, split: dict, segments: pl.DataFrame):
-            yield from report_body(context, torch_runtime, lake, trained_model, graph, split, segments)
-    else:
-        def metric_report(context: dg.AssetExecutionContext, torch_runtime: TorchRuntime, lake: DataLake,
-                          trained_model: dict, graph: dict, split: dict):
-            yield from report_body(context, torch_runtime, lake, trained_model, graph, split)
-    metric_report.__doc__ = report_body.__doc__
-    metric_report = metric_report_asset(metric_report)
-
-    @dg.asset(
-        key=chain.key("model_comparison"),
-        ins={"metric_report": dg.AssetIn(chain.key("metric_report"))},
-        group_name=chain.group("evaluation"),
-        kinds={"polars"},
-        code_version=chain.code_version,
-    )
+    @chain.asset("model_comparison", "evaluation", ins=chain.ins("metric_report"), kinds={"polars"})
     def model_comparison(context: dg.AssetExecutionContext, lake: DataLake, metric_report: dict[str, dict]) -> dg.Output[pl.DataFrame]:
         """Every materialized metric report of the chain in one table (also ``reports/<chain>/model_comparison``)."""
         if not metric_report:
@@ -537,10 +457,7 @@ def chain_definitions(chain: Chain) -> dg.Definitions:
                                           dataset.protocol.primary: dg.MetadataValue.md(plot)})
 
     # ------------------------------------------------------------------------- experiments
-    reports_in = {"metric_report": dg.AssetIn(chain.key("metric_report"))}
-
-    @dg.asset(key=chain.key("experiments"), ins=reports_in, group_name=chain.group("experiments"), kinds={"polars"},
-              code_version=chain.code_version)
+    @chain.asset("experiments", "experiments", ins=chain.ins("metric_report"), kinds={"polars"})
     def experiments(context: dg.AssetExecutionContext, lake: DataLake, metric_report: dict[str, dict]) -> dg.Output[pl.DataFrame]:
         """Every recorded metric report of the chain (each materialization of each config) as one table:
         config, seed, data fingerprint, git commit, key metrics, gate; ``current`` marks the live
@@ -554,33 +471,10 @@ def chain_definitions(chain: Chain) -> dg.Definitions:
         return dg.Output(frame, metadata={"experiments": frame.height, "configs": current.height,
                                           "current": dg.MetadataValue.md(frame_markdown(shown, max_rows=100))})
 
-    @dg.asset(key=chain.key("ab_tests"), ins=reports_in, group_name=chain.group("experiments"), kinds={"scipy", "polars"},
-              code_version=chain.code_version)
-    def ab_tests(context: dg.AssetExecutionContext, config: ABTestConfig, lake: DataLake, metric_report: dict[str, dict]) -> dg.Output[pl.DataFrame]:
-        """A/B comparisons of the configured (control, treatment) pairs of ``configs/<chain>/ab_tests.yaml``
-        on the same split: paired t-test, Wilcoxon signed-rank, bootstrap 95% CI of the mean
-        difference, paired Cohen's d, Holm across the metrics, and the random-halves variant (Welch);
-        a verdict per pair and metric: better / worse / no detectable difference."""
-        return ab_output(context, chain, config, lake, metric_report)
-
-    @dg.asset(
-        key=chain.key("champion"), ins=reports_in, group_name=chain.group("experiments"), kinds={"scipy"},
-        code_version=chain.code_version,
-        check_specs=[dg.AssetCheckSpec(
-            "champion_gate", asset=chain.key("champion"), blocking=True,
-            description="No current report is significantly worse than its split's champion on the champion metric "
-            "(paired test on per-user values, same split and data; thresholds.yaml); one row per config in the metadata.",
-        )],
-    )
-    def champion(context: dg.AssetExecutionContext, lake: DataLake, metric_report: dict[str, dict]):
-        """The serving model per split. Seeded with the best gate-passing report; afterwards a
-        challenger replaces it only when significantly better on the champion metric (paired test,
-        Holm across challengers). Keeps the promotion history and the experiment keys already judged."""
-        yield from champion_outputs(context, chain, lake, metric_report)
-
     # ------------------------------------------------------------------------- studies
     families = hpo_families(dataset)
-    assets = [model_registry, trained_model, metric_report, model_comparison, experiments, ab_tests, champion]
+    assets = [model_registry, trained_model, metric_report, model_comparison, experiments, ab_asset(chain),
+              champion_asset(chain)]
     if families:
         assets.append(hpo_asset(chain, families))
     return dg.Definitions(assets=assets, asset_checks=[split_check(chain)])
@@ -611,116 +505,135 @@ def comparison_frame(dataset: Dataset, reports: dict[str, dict]) -> pl.DataFrame
     return pl.DataFrame(rows)
 
 
-def ab_output(context, chain: Chain, config: ABTestConfig, lake: DataLake, metric_report: dict[str, dict]) -> dg.Output:
-    thresholds = load_thresholds()
-    try:
-        plan = records.load_ab_plan(chain.dataset.registry, Path(config.plan) if config.plan else None, lake.path)
-    except ConfigError as error:
-        raise dg.Failure(f"invalid A/B plan: {error}") from error
-    empty = pl.DataFrame(schema={"pair": pl.String, "metric": pl.String, "verdict": pl.String})
-    if plan is None:
-        return dg.Output(empty, metadata={"pairs": 0, "skipped": f"the {chain.name} chain has no ab_tests.yaml"})
-    tables, skipped = [], []
-    distributions: dict[str, list[float]] = {}  # per-user treatment - control of the first metric
-    for pair in plan.pairs:
-        missing = [n for n in (pair.control, pair.treatment) if n not in metric_report]
-        if missing:
-            skipped.append(f"{pair.name}: metric_report {', '.join(missing)} not materialized")
-            continue
-        control, treatment = metric_report[pair.control], metric_report[pair.treatment]
-        reason = records.not_comparable(control, treatment)
-        if reason:
-            skipped.append(f"{pair.name}: {reason}")
-            continue
+def ab_asset(chain: Chain) -> dg.AssetsDefinition:
+    @chain.asset("ab_tests", "experiments", ins=chain.ins("metric_report"), kinds={"scipy", "polars"})
+    def ab_tests(context: dg.AssetExecutionContext, config: ABTestConfig, lake: DataLake,
+                 metric_report: dict[str, dict]) -> dg.Output[pl.DataFrame]:
+        """A/B comparisons of the configured (control, treatment) pairs of ``configs/<chain>/ab_tests.yaml``
+        on the same split: paired t-test, Wilcoxon signed-rank, bootstrap 95% CI of the mean
+        difference, paired Cohen's d, Holm across the metrics, and the random-halves variant (Welch);
+        a verdict per pair and metric: better / worse / no detectable difference."""
+        thresholds = load_thresholds()
         try:
-            table = compare_models(
-                records.per_user_frame(control), records.per_user_frame(treatment), plan.metrics, alpha=thresholds.ab_alpha,
-                n_resamples=thresholds.ab_bootstrap_resamples, primary=thresholds.ab_primary_test,
+            plan = records.load_ab_plan(chain.dataset.registry, Path(config.plan) if config.plan else None, lake.path)
+        except ConfigError as error:
+            raise dg.Failure(f"invalid A/B plan: {error}") from error
+        empty = pl.DataFrame(schema={"pair": pl.String, "metric": pl.String, "verdict": pl.String})
+        if plan is None:
+            return dg.Output(empty, metadata={"pairs": 0, "skipped": f"the {chain.name} chain has no ab_tests.yaml"})
+        tables, skipped = [], []
+        distributions: dict[str, list[float]] = {}  # per-user treatment - control of the first metric
+        for pair in plan.pairs:
+            missing = [n for n in (pair.control, pair.treatment) if n not in metric_report]
+            if missing:
+                skipped.append(f"{pair.name}: metric_report {', '.join(missing)} not materialized")
+                continue
+            control, treatment = metric_report[pair.control], metric_report[pair.treatment]
+            reason = records.not_comparable(control, treatment)
+            if reason:
+                skipped.append(f"{pair.name}: {reason}")
+                continue
+            try:
+                frames = records.per_user_frame(control), records.per_user_frame(treatment)
+                table = compare_models(*frames, plan.metrics, alpha=thresholds.ab_alpha,
+                                       n_resamples=thresholds.ab_bootstrap_resamples,
+                                       primary=thresholds.ab_primary_test)
+            except ValueError as error:
+                raise dg.Failure(f"A/B pair {pair.name}: {error}") from error
+            joined = frames[0].join(frames[1], on="user_index", suffix="__t")
+            metric = plan.metrics[0]
+            distributions[f"{pair.name}: {metric}"] = (joined[f"{metric}__t"] - joined[metric]).to_list()
+            tables.append(table.with_columns(
+                pl.lit(pair.name).alias("pair"), pl.lit(pair.control).alias("control"),
+                pl.lit(pair.treatment).alias("treatment"), pl.lit(control["split"]).alias("split"),
+            ))
+        for message in skipped:
+            context.log.warning(f"A/B pair skipped: {message}")
+        if not tables:  # nothing comparable materialized yet (e.g. one config run alone): not an error
+            return dg.Output(empty, metadata={"pairs": 0, "skipped": dg.MetadataValue.json(skipped)})
+        table = pl.concat(tables)
+        markdown = publish(lake, chain.name, "ab_tests", table.select(AB_COLUMNS))
+        summary = (
+            table.group_by("pair", maintain_order=True)
+            .agg(pl.col("metric").filter(pl.col("verdict") == BETTER).alias("better"),
+                 pl.col("metric").filter(pl.col("verdict") == WORSE).alias("worse"))
+            .with_columns(
+                pl.when(pl.col("worse").list.len() > 0).then(pl.lit(WORSE))
+                .when(pl.col("better").list.len() > 0).then(pl.lit(BETTER))
+                .otherwise(pl.lit(NO_DIFFERENCE)).alias("verdict"),
+                pl.col("better").list.join(", "),
+                pl.col("worse").list.join(", "),
             )
-        except ValueError as error:
-            raise dg.Failure(f"A/B pair {pair.name}: {error}") from error
-        joined = records.per_user_frame(control).join(records.per_user_frame(treatment), on="user_index", suffix="__t")
-        metric = plan.metrics[0]
-        distributions[f"{pair.name}: {metric}"] = (joined[f"{metric}__t"] - joined[metric]).to_list()
-        tables.append(table.with_columns(
-            pl.lit(pair.name).alias("pair"), pl.lit(pair.control).alias("control"),
-            pl.lit(pair.treatment).alias("treatment"), pl.lit(control["split"]).alias("split"),
-        ))
-    for message in skipped:
-        context.log.warning(f"A/B pair skipped: {message}")
-    if not tables:  # nothing comparable materialized yet (e.g. one config run alone): not an error
-        return dg.Output(empty, metadata={"pairs": 0, "skipped": dg.MetadataValue.json(skipped)})
-    table = pl.concat(tables)
-    markdown = publish(lake, chain.name, "ab_tests", table.select(AB_COLUMNS))
-    summary = (
-        table.group_by("pair", maintain_order=True)
-        .agg(pl.col("metric").filter(pl.col("verdict") == BETTER).alias("better"),
-             pl.col("metric").filter(pl.col("verdict") == WORSE).alias("worse"))
-        .with_columns(
-            pl.when(pl.col("worse").list.len() > 0).then(pl.lit(WORSE))
-            .when(pl.col("better").list.len() > 0).then(pl.lit(BETTER))
-            .otherwise(pl.lit(NO_DIFFERENCE)).alias("verdict"),
-            pl.col("better").list.join(", "),
-            pl.col("worse").list.join(", "),
         )
+        return dg.Output(table, metadata={
+            "pairs": summary.height, "alpha": thresholds.ab_alpha, "primary_test": thresholds.ab_primary_test,
+            "verdicts": dg.MetadataValue.md(frame_markdown(summary, max_rows=100)),
+            "table": dg.MetadataValue.md(markdown),
+            "plot": dg.MetadataValue.md(difference_plot(table, f"{chain.name} A/B: treatment - control")),
+            "per_user_differences": dg.MetadataValue.md(difference_distributions(distributions, "A/B: per-user treatment - control")),
+            "skipped": dg.MetadataValue.json(skipped),
+        })
+
+    return ab_tests
+
+
+def champion_asset(chain: Chain) -> dg.AssetsDefinition:
+    @chain.asset(
+        "champion", "experiments", ins=chain.ins("metric_report"), kinds={"scipy"},
+        checks={"champion_gate": (
+            True, "No current report is significantly worse than its split's champion on the champion metric (paired "
+            "test on per-user values, same split and data; thresholds.yaml); one row per config in the metadata.",
+        )},
     )
-    return dg.Output(table, metadata={
-        "pairs": summary.height, "alpha": thresholds.ab_alpha, "primary_test": thresholds.ab_primary_test,
-        "verdicts": dg.MetadataValue.md(frame_markdown(summary, max_rows=100)),
-        "table": dg.MetadataValue.md(markdown),
-        "plot": dg.MetadataValue.md(difference_plot(table, f"{chain.name} A/B: treatment - control")),
-        "per_user_differences": dg.MetadataValue.md(difference_distributions(distributions, "A/B: per-user treatment - control")),
-        "skipped": dg.MetadataValue.json(skipped),
-    })
-
-
-def champion_outputs(context, chain: Chain, lake: DataLake, metric_report: dict[str, dict]):
-    if not metric_report:
-        raise dg.Failure(f"no {chain.name}/metric_report partition is materialized yet: materialize some model configs first")
-    thresholds: Thresholds = load_thresholds()
-    metric = thresholds.metric(thresholds.champion_metric, chain.dataset.protocol.primary)
-    previous = records.load_champion(lake.artifacts, chain.name)
-    decisions = []
-    for config, report in sorted(metric_report.items()):
-        current = previous.get("splits", {}).get(report.get("split"))
-        champion_report = metric_report.get(current["config"]) if current else None
+    def champion(context: dg.AssetExecutionContext, lake: DataLake, metric_report: dict[str, dict]):
+        """The serving model per split. Seeded with the best gate-passing report; afterwards a
+        challenger replaces it only when significantly better on the champion metric (paired test,
+        Holm across challengers). Keeps the promotion history and the experiment keys already judged."""
+        if not metric_report:
+            raise dg.Failure(f"no {chain.name}/metric_report partition is materialized yet: materialize some model configs first")
+        thresholds: Thresholds = load_thresholds()
+        metric = thresholds.metric(thresholds.champion_metric, chain.dataset.protocol.primary)
+        previous = records.load_champion(lake.artifacts, chain.name)
+        decisions = []
+        for config, report in sorted(metric_report.items()):
+            current = previous.get("splits", {}).get(report.get("split"))
+            champion_report = metric_report.get(current["config"]) if current else None
+            try:
+                decision = records.gate_decision(report, previous, champion_report, thresholds, metric)
+            except ValueError as error:
+                raise dg.Failure(f"champion_gate of {config}: {error}") from error
+            decisions.append({"config": config, **{k: v for k, v in decision.items() if not isinstance(v, dict)}})
         try:
-            decision = records.gate_decision(report, previous, champion_report, thresholds, metric)
+            state, events = records.update_champion(previous, metric_report, thresholds, metric)
         except ValueError as error:
-            raise dg.Failure(f"champion_gate of {config}: {error}") from error
-        decisions.append({"config": config, **{k: v for k, v in decision.items() if not isinstance(v, dict)}})
-    try:
-        state, events = records.update_champion(previous, metric_report, thresholds, metric)
-    except ValueError as error:
-        raise dg.Failure(f"cannot update the {chain.name} champion: {error}") from error
-    for event in events:
-        context.log.info(f"champion [{event['split']}]: {event['event']} {event['config']} ({event['reason']})")
-    current = pl.DataFrame([{"split": split, **{k: v for k, v in entry.items() if k != "experiment_key"}}
-                            for split, entry in sorted(state["splits"].items())])
-    history = pl.DataFrame(state["history"]) if state["history"] else pl.DataFrame()
-    yield dg.Output(state, metadata={
-        **{f"champion/{split}": entry["config"] for split, entry in state["splits"].items()},
-        "champions": dg.MetadataValue.md(frame_markdown(current) if current.height else "no champion"),
-        "this_update": dg.MetadataValue.md(frame_markdown(pl.DataFrame(events)) if events else "no reports"),
-        "history": dg.MetadataValue.md(frame_markdown(history, max_rows=50) if history.height else "none"),
-        "promotions": sum(1 for e in events if e["event"] == "promoted"),
-    })
-    failed = [d["config"] for d in decisions if not d["passed"]]
-    yield dg.AssetCheckResult(
-        check_name="champion_gate",
-        passed=not failed,
-        description=f"significantly worse than the champion: {', '.join(failed)}" if failed else "no config is significantly worse",
-        metadata={"metric": metric, "threshold_alpha": thresholds.ab_alpha, "failed_configs": ", ".join(failed) or "none",
-                  "decisions": dg.MetadataValue.md(frame_markdown(pl.DataFrame(decisions), max_rows=100))},
-    )
+            raise dg.Failure(f"cannot update the {chain.name} champion: {error}") from error
+        for event in events:
+            context.log.info(f"champion [{event['split']}]: {event['event']} {event['config']} ({event['reason']})")
+        current = pl.DataFrame([{"split": split, **{k: v for k, v in entry.items() if k != "experiment_key"}}
+                                for split, entry in sorted(state["splits"].items())])
+        history = pl.DataFrame(state["history"]) if state["history"] else pl.DataFrame()
+        yield dg.Output(state, metadata={
+            **{f"champion/{split}": entry["config"] for split, entry in state["splits"].items()},
+            "champions": dg.MetadataValue.md(frame_markdown(current) if current.height else "no champion"),
+            "this_update": dg.MetadataValue.md(frame_markdown(pl.DataFrame(events)) if events else "no reports"),
+            "history": dg.MetadataValue.md(frame_markdown(history, max_rows=50) if history.height else "none"),
+            "promotions": sum(1 for e in events if e["event"] == "promoted"),
+        })
+        failed = [d["config"] for d in decisions if not d["passed"]]
+        yield dg.AssetCheckResult(
+            check_name="champion_gate",
+            passed=not failed,
+            description=f"significantly worse than the champion: {', '.join(failed)}" if failed else "no config is significantly worse",
+            metadata={"metric": metric, "threshold_alpha": thresholds.ab_alpha, "failed_configs": ", ".join(failed) or "none",
+                      "decisions": dg.MetadataValue.md(frame_markdown(pl.DataFrame(decisions), max_rows=100))},
+        )
+
+    return champion
 
 
 def split_check(chain: Chain) -> dg.AssetChecksDefinition:
     @dg.asset_check(
-        asset=chain.key("split"),
-        name="leakage_free",
-        additional_ins={"graph": dg.AssetIn(chain.key("graph"))},
-        blocking=True,
+        asset=chain.key("split"), name="leakage_free", additional_ins=chain.ins("graph"), blocking=True,
         description="Every split strategy's parts are disjoint (and cover the interactions where the chain requires it), "
         "and the message-passing view of the training part holds no held-out interaction.",
     )
@@ -738,10 +651,8 @@ class HpoRunConfig(dg.Config):
     n_trials: int | None = Field(default=10, ge=1, description="Trials to add in this run (None: until timeout_s).")
     timeout_s: float | None = Field(default=None, gt=0, description="Stop starting trials after this many seconds.")
     storage_url: str | None = Field(
-        default=None,
-        description="Optuna storage: sqlite:///path.db, journal:///path.log or a database URL (e.g. "
-        "postgresql://user:password@host/db) shared by workers; default sqlite under <data lake>/optuna/.",
-    )
+        default=None, description="Optuna storage: sqlite:///path.db, journal:///path.log or a database URL (e.g. "
+        "postgresql://user:password@host/db) shared by workers; default sqlite under <data lake>/optuna/.")
     max_epochs: int | None = Field(default=20, ge=1, description="Epoch cap per trial (None: the config's max_epochs).")
     seed: int = Field(default=0, description="Sampler seed.")
     worker: int = Field(default=0, description="Worker id: give each parallel worker of one study its own.")
@@ -749,31 +660,24 @@ class HpoRunConfig(dg.Config):
     pruner_startup_trials: int = Field(default=3, ge=0, description="MedianPruner: completed trials before pruning.")
     pruner_warmup_epochs: int = Field(default=2, ge=0, description="MedianPruner: epochs before a trial can be pruned.")
     multi_objective: bool = Field(
-        default=False,
-        description="NSGA-II over the validation primary metric (max), training seconds (min) and validation coverage@10 "
-        "(max), no pruning; outputs the Pareto front. Default study name spotify-engine/<chain>/<family>/pareto.",
-    )
+        default=False, description="NSGA-II over the validation primary metric (max), training seconds (min) and "
+        "validation coverage@10 (max), no pruning; outputs the Pareto front. Default study name "
+        "spotify-engine/<chain>/<family>/pareto.")
     promote: bool = Field(
-        default=False,
-        description="Write the best trial's config as a promoted config (data_lake/configs/promoted/<chain>/) and register "
-        "it as a new partition of the chain's trained_model and metric_report.",
-    )
+        default=False, description="Write the best trial's config as a promoted config (data_lake/configs/promoted/"
+        "<chain>/) and register it as a new partition of the chain's trained_model and metric_report.")
     promote_name: str | None = Field(default=None, description="Name of the promoted config (default hpo_<family>[_<study>]).")
     max_trial_memory_mb: float | None = Field(
         default=None, gt=0, description="Prune, before it trains, a trial whose peak-memory estimate exceeds this (MiB)."
     )
     max_trial_seconds: float | None = Field(
-        default=None, gt=0,
-        description="Prune, before it trains, a trial whose time estimate exceeds this; calibrated by a one-epoch probe "
-        "of the base config at the start of the run.",
-    )
+        default=None, gt=0, description="Prune, before it trains, a trial whose time estimate exceeds this; calibrated "
+        "by a one-epoch probe of the base config at the start of the run.")
 
 
 def hpo_families(dataset: Dataset) -> list[str]:
     """Partition keys: the families of the chain's search spaces (validated when a run starts, so a
     broken file fails that run with a clear message instead of the whole code location)."""
-    import yaml
-
     path = hpo_lib.spaces_path(dataset)
     try:
         loaded = yaml.safe_load(path.read_text())
@@ -797,14 +701,8 @@ def pareto_plot(study: optuna.Study, title: str) -> str:
 def hpo_asset(chain: Chain, families: list[str]) -> dg.AssetsDefinition:
     dataset, name = chain.dataset, chain.name
 
-    @dg.asset(
-        key=chain.key("hpo_study"),
-        partitions_def=dg.StaticPartitionsDefinition(families),
-        ins={"graph": dg.AssetIn(chain.key("graph")), "split": dg.AssetIn(chain.key("split"))},
-        group_name=chain.group("optimization"),
-        kinds={"optuna", "pytorch"},
-        code_version=chain.code_version,
-    )
+    @chain.asset("hpo_study", "optimization", partitions_def=dg.StaticPartitionsDefinition(families),
+                 ins=chain.ins("graph", "split"), kinds={"optuna", "pytorch"})
     def hpo_study(context: dg.AssetExecutionContext, config: HpoRunConfig, torch_runtime: TorchRuntime, lake: DataLake,
                   graph: dict, split: dict) -> dg.Output[dict]:
         """An Optuna study of one model family of the chain (seeded TPE, median pruning on the chain's
@@ -850,10 +748,8 @@ def hpo_asset(chain: Chain, families: list[str]) -> dg.AssetsDefinition:
                           limits=limits)
         trials = hpo_lib.trials_table(study)
         counts = dict(pl.DataFrame(trials)["state"].value_counts().iter_rows()) if trials else {}
-        metadata = {
-            "storage": hpo_lib.redact(url), "study_name": study.study_name, "trials_total": len(trials),
-            "trials_this_run": len(trials) - before, "trial_counts": dg.MetadataValue.json(counts),
-        }
+        metadata = {"storage": hpo_lib.redact(url), "study_name": study.study_name, "trials_total": len(trials),
+                    "trials_this_run": len(trials) - before, "trial_counts": dg.MetadataValue.json(counts)}
         output = {"chain": name, "family": family, "study_name": study.study_name, "storage": hpo_lib.redact(url),
                   "base_config": space.base.model_dump(), "trials": trials, "trial_counts": counts,
                   "trials_this_run": len(trials) - before}

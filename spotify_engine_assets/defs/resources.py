@@ -103,6 +103,12 @@ class Warehouse(dg.ConfigurableResource):
         finally:
             con.close()
 
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator["duckdb.DuckDBPyConnection"]:
+        """A write connection inside one transaction (:func:`transaction`)."""
+        with self.connect() as con, transaction(con):
+            yield con
+
     def read_table(self, table: str) -> pl.DataFrame:
         """A whole table as polars, by schema-qualified name (identifiers quoted)."""
         import duckdb
@@ -112,6 +118,18 @@ class Warehouse(dg.ConfigurableResource):
                 return con.sql(f"SELECT * FROM {quote_table(table)}").pl()
             except duckdb.CatalogException as error:
                 raise dg.Failure(f"warehouse table {table} is missing: materialize it first ({error})") from error
+
+
+@contextlib.contextmanager
+def transaction(con) -> Iterator[None]:
+    """One transaction on ``con``: committed when the block ends, rolled back on any error."""
+    con.execute("BEGIN TRANSACTION")
+    try:
+        yield
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    con.execute("COMMIT")
 
 
 def _process_alive(pid: int) -> bool:
@@ -174,8 +192,7 @@ def pin_glibc_malloc(mmap_threshold_mb: int, trim_threshold_mb: int) -> bool:
 
     name = ctypes.util.find_library("c")
     try:
-        libc = ctypes.CDLL(name) if name else None
-        mallopt = libc.mallopt if libc is not None else None
+        mallopt = ctypes.CDLL(name).mallopt if name else None
     except (OSError, AttributeError):
         return False
     if mallopt is None:
@@ -221,7 +238,6 @@ class LakeIOManager(dg.ConfigurableIOManager):
     def handle_output(self, context: dg.OutputContext, obj: Any) -> None:
         if obj is None:
             return
-        key = context.asset_key.path
 
         def fill(folder: Path) -> None:
             if isinstance(obj, pl.DataFrame):
@@ -230,7 +246,7 @@ class LakeIOManager(dg.ConfigurableIOManager):
                 save_torch(obj, folder / "data.pt")
             (folder / "run.json").write_text(json.dumps({"run_id": context.run_id}))
 
-        version = self.lake.artifacts.write(key, self._partition(context), fill, tag=context.run_id)
+        version = self.lake.artifacts.write(context.asset_key.path, self._partition(context), fill, tag=context.run_id)
         context.add_output_metadata({"artifact": dg.MetadataValue.path(str(version))})
 
     def _load(self, key: list[str], partition: str | None) -> Any:
@@ -251,5 +267,4 @@ class LakeIOManager(dg.ConfigurableIOManager):
                 except FileNotFoundError:
                     context.log.warning(f"{'/'.join(key)} partition {partition} not materialized; skipped")
             return loaded
-        partition = context.asset_partition_key if context.has_asset_partitions else None
-        return self._load(key, partition)
+        return self._load(key, self._partition(context))

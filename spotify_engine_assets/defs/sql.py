@@ -34,20 +34,6 @@ def table_key(table: str) -> dg.AssetKey:
     return dg.AssetKey(table.split("."))
 
 
-def _check_spec(model: SqlModel, test: DataTest) -> dg.AssetCheckSpec:
-    return dg.AssetCheckSpec(
-        test.name,
-        asset=table_key(model.table),
-        description=f"{test.description} (severity {test.severity})",
-        blocking=test.severity == "error",
-        additional_deps=[table_key(t) for t in test.referenced_tables() if t != model.table],
-    )
-
-
-def _description(model: SqlModel) -> str:
-    return f"DuckDB table `{model.table}` built from `{model.schema}/{model.path.name}`:\n\n```sql\n{model.sql.strip()}\n```"
-
-
 def column_schema(columns: list[tuple[str, str]]) -> dg.TableSchema:
     """A Dagster table schema from (name, type) pairs.
 
@@ -89,16 +75,18 @@ def quality_metadata(table: str, row_count: int, profile: tuple[dict[str, int], 
 def build_sql_asset(model: SqlModel, group_name: str = "sql") -> dg.AssetsDefinition:
     """One asset (plus its checks) for one SQL model."""
     extra_deps = {t for test in model.tests for t in test.referenced_tables() if t != model.table}
+    checks = [
+        dg.AssetCheckSpec(test.name, asset=table_key(model.table), blocking=test.severity == "error",
+                          description=f"{test.description} (severity {test.severity})",
+                          additional_deps=[table_key(t) for t in test.referenced_tables() if t != model.table])
+        for test in model.tests
+    ]
+    source = f"`{model.schema}/{model.path.name}`:\n\n```sql\n{model.sql.strip()}\n```"
 
     @dg.asset(
-        key=table_key(model.table),
-        deps=[table_key(t) for t in sorted(set(model.depends_on) | extra_deps)],
-        code_version=model.code_version,
-        description=_description(model),
-        group_name=group_name,
-        kinds={"duckdb", "sql"},
-        check_specs=[_check_spec(model, test) for test in model.tests],
-        pool=DUCKDB_POOL,
+        key=table_key(model.table), deps=[table_key(t) for t in sorted(set(model.depends_on) | extra_deps)],
+        code_version=model.code_version, description=f"DuckDB table `{model.table}` built from {source}",
+        group_name=group_name, kinds={"duckdb", "sql"}, check_specs=checks, pool=DUCKDB_POOL,
         metadata={"sql_file": dg.MetadataValue.path(str(model.path))},
     )
     def _sql_model(context: dg.AssetExecutionContext, warehouse: Warehouse) -> dg.MaterializeResult:
@@ -120,33 +108,24 @@ def build_sql_asset(model: SqlModel, group_name: str = "sql") -> dg.AssetsDefini
             try:
                 info = materialize_model(con, model, before_commit=run_tests)
             except DataTestFailed as error:
-                samples = {name: frame_markdown(sample) for name, (_, failing, sample) in outcomes.items() if failing}
-                raise dg.Failure(
-                    description=f"{error}; the previous {model.table} is kept",
-                    metadata={name: dg.MetadataValue.md(md) for name, md in samples.items()},
-                ) from error
+                samples = {name: dg.MetadataValue.md(frame_markdown(sample))
+                           for name, (_, failing, sample) in outcomes.items() if failing}
+                raise dg.Failure(f"{error}; the previous {model.table} is kept", metadata=samples) from error
             except SqlModelError as error:
                 raise dg.Failure(description=str(error)) from error
             profile = column_profile(con, model.table, info["columns"])
 
         check_results = [
             dg.AssetCheckResult(
-                check_name=name,
-                passed=failing == 0,
+                check_name=name, passed=failing == 0,
                 severity=dg.AssetCheckSeverity.ERROR if test.severity == "error" else dg.AssetCheckSeverity.WARN,
                 metadata={"failing_rows": failing, "sample": dg.MetadataValue.md(frame_markdown(sample))},
             )
             for name, (test, failing, sample) in outcomes.items()
         ]
-        return dg.MaterializeResult(
-            metadata={
-                "dagster/row_count": info["row_count"],
-                "dagster/column_schema": column_schema(info["columns"]),
-                "table": model.table,
-                **quality_metadata(model.table, info["row_count"], profile),
-            },
-            check_results=check_results,
-        )
+        metadata = {"dagster/row_count": info["row_count"], "dagster/column_schema": column_schema(info["columns"]),
+                    "table": model.table, **quality_metadata(model.table, info["row_count"], profile)}
+        return dg.MaterializeResult(metadata=metadata, check_results=check_results)
 
     return _sql_model
 

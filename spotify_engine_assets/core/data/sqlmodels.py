@@ -70,6 +70,7 @@ TEST_KINDS = ("not_null", "unique", "accepted_range", "accepted_values", "relati
 _NON_WORD = re.compile(r"\W", re.ASCII)
 _TOKEN_REPR = re.compile(r"<Token token_type: [\w.]+, text: (?P<text>.*?), line: \d+.*?>")
 _CHILD, _PARENT = "child", "parent"
+BeforeCommit = Callable[[duckdb.DuckDBPyConnection], None]
 
 
 class SqlModelError(Exception):
@@ -103,8 +104,7 @@ class DataTest:
         if self.kind not in TEST_KINDS:
             raise ValueError(f"unknown test kind {self.kind!r}; known: {', '.join(TEST_KINDS)}")
         if self.severity not in SEVERITIES:
-            known = ", ".join(SEVERITIES)
-            raise ValueError(f"severity must be one of {known}, got {self.severity!r}")
+            raise ValueError(f"severity must be one of {', '.join(SEVERITIES)}, got {self.severity!r}")
 
     @property
     def name(self) -> str:
@@ -143,8 +143,7 @@ _CLAIMS: dict[str, Callable[[Mapping[str, Any]], str]] = {
 
 def _failing_rows(test: DataTest) -> exp.Select:
     """The failing-rows query as a sqlglot tree: identifiers quoted, values as literals."""
-    column = exp.column(test.column, table=_CHILD, quoted=True)
-    condition = _FAILURE_CONDITIONS[test.kind](test, column)
+    condition = _FAILURE_CONDITIONS[test.kind](test, exp.column(test.column, table=_CHILD, quoted=True))
     return exp.select("*").from_(_table_expression(test.model, alias=_CHILD)).where(condition)
 
 
@@ -159,14 +158,8 @@ def _is_null(test: DataTest, column: exp.Column) -> exp.Expression:
 def _is_duplicated(test: DataTest, column: exp.Column) -> exp.Expression:
     """The value is one of the column's non-null values occurring more than once."""
     bare = exp.column(test.column, quoted=True)
-    duplicated = (
-        exp.select(bare)
-        .from_(_table_expression(test.model))
-        .where(_is_present(bare))
-        .group_by(bare)
-        .having(exp.func("count", exp.Star()) > 1)
-    )
-    return column.isin(query=duplicated)
+    duplicated = exp.select(bare).from_(_table_expression(test.model)).where(_is_present(bare)).group_by(bare)
+    return column.isin(query=duplicated.having(exp.func("count", exp.Star()) > 1))
 
 
 def _is_out_of_range(test: DataTest, column: exp.Column) -> exp.Expression:
@@ -188,20 +181,14 @@ def _is_not_accepted(test: DataTest, column: exp.Column) -> exp.Expression:
 def _is_orphan(test: DataTest, column: exp.Column) -> exp.Expression:
     """No row of the target has ``field`` equal to the value; NULL passes."""
     parent_column = exp.column(test.params["field"], table=_PARENT, quoted=True)
-    parent_row = (
-        exp.select("1")
-        .from_(_table_expression(test.params["to"], alias=_PARENT))
-        .where(parent_column.eq(column))
-    )
+    parent = _table_expression(test.params["to"], alias=_PARENT)
+    parent_row = exp.select("1").from_(parent).where(parent_column.eq(column))
     return exp.and_(_is_present(column), exp.Exists(this=parent_row).not_())
 
 
 _FAILURE_CONDITIONS: dict[str, Callable[[DataTest, exp.Column], exp.Expression]] = {
-    "not_null": _is_null,
-    "unique": _is_duplicated,
-    "accepted_range": _is_out_of_range,
-    "accepted_values": _is_not_accepted,
-    "relationship": _is_orphan,
+    "not_null": _is_null, "unique": _is_duplicated, "accepted_range": _is_out_of_range,
+    "accepted_values": _is_not_accepted, "relationship": _is_orphan,
 }
 
 
@@ -226,20 +213,26 @@ def _table_expression(table: str, alias: str | None = None) -> exp.Table:
 
 
 @dataclass(frozen=True)
-class SqlModel:
-    """One ``<schema>/<name>.sql`` file: the query that builds ``"<schema>"."<name>"``."""
+class _SchemaFile:
+    """A ``<schema>/<name>.sql`` file."""
 
     schema: str
     name: str
     path: Path
-    sql: str
-    depends_on: tuple[str, ...]
-    tests: tuple[DataTest, ...]
 
     @property
     def table(self) -> str:
         """``schema.name``."""
         return f"{self.schema}.{self.name}"
+
+
+@dataclass(frozen=True)
+class SqlModel(_SchemaFile):
+    """One ``<schema>/<name>.sql`` file: the query that builds ``"<schema>"."<name>"``."""
+
+    sql: str
+    depends_on: tuple[str, ...]
+    tests: tuple[DataTest, ...]
 
     @property
     def code_version(self) -> str:
@@ -257,18 +250,10 @@ class SqlProject:
 
 
 @dataclass(frozen=True)
-class _ModelFile:
-    """A discovered model file before parsing."""
+class _ModelFile(_SchemaFile):
+    """A discovered model file before parsing (``relative``: its path from the project root)."""
 
-    schema: str
-    name: str
-    path: Path
     relative: str
-
-    @property
-    def table(self) -> str:
-        """``schema.name``."""
-        return f"{self.schema}.{self.name}"
 
 
 class _Catalog:
@@ -291,8 +276,7 @@ class _Catalog:
         taken = self._by_key.get(key)
         if taken in self.files:
             other = self.files[taken].relative
-            problem = f"model {file.table} is also defined by {other} (names are case-insensitive)"
-            raise _error(file.relative, problem)
+            raise _error(file.relative, f"model {file.table} is also defined by {other} (names are case-insensitive)")
         if taken is not None:
             raise _error(file.relative, f"model {file.table} has the name of source {taken}")
         self._by_key[key] = file.table
@@ -304,15 +288,12 @@ class _Catalog:
             raise ValueError(f"three-part name {reference.sql(DIALECT)} is not supported")
         if reference.db:
             return self._qualified(f"{reference.db}.{reference.name}")
-        candidates = self._by_name.get(reference.name.lower(), [])
-        if len(candidates) > 1:
-            raise ValueError(
-                f"table name {reference.name!r} is ambiguous; qualify it as one of "
-                + ", ".join(candidates)
-            )
-        if not candidates:
+        tables = self._by_name.get(reference.name.lower(), [])
+        if len(tables) > 1:
+            raise ValueError(f"table name {reference.name!r} is ambiguous; qualify it as one of {', '.join(tables)}")
+        if not tables:
             raise ValueError(self._unknown(reference.name))
-        return candidates[0]
+        return tables[0]
 
     def resolve_name(self, text: str) -> str:
         """:meth:`resolve` for a table name written as text, e.g. ``"marts.songs"``."""
@@ -349,21 +330,14 @@ def load_sql_project(root: Path, sources: Iterable[str]) -> SqlProject:
     source_names = frozenset(_check_source(source) for source in sources)
     catalog = _Catalog(_discover_model_files(root), source_names)
     texts = {table: _read_text(file.path, file.relative) for table, file in catalog.files.items()}
-    dependencies = {
-        table: _dependencies(catalog, catalog.files[table], text) for table, text in texts.items()
-    }
+    dependencies = {table: _dependencies(catalog, catalog.files[table], text) for table, text in texts.items()}
     tests = _load_tests(root, catalog)
-    models = {
-        table: SqlModel(
-            schema=catalog.files[table].schema,
-            name=catalog.files[table].name,
-            path=catalog.files[table].path,
-            sql=texts[table],
-            depends_on=dependencies[table],
-            tests=tuple(tests.get(table, ())),
+    models = {}
+    for table in _topological_order(catalog, dependencies):
+        file = catalog.files[table]
+        models[table] = SqlModel(
+            file.schema, file.name, file.path, texts[table], dependencies[table], tuple(tests.get(table, ()))
         )
-        for table in _topological_order(catalog, dependencies)
-    }
     return SqlProject(root=root, models=models, sources=source_names)
 
 
@@ -413,12 +387,10 @@ def _parse_query(file: _ModelFile, text: str) -> exp.Query:
     if not statements:
         raise _error(file.relative, "is empty; a model is exactly one query")
     if len(statements) > 1:
-        problem = f"holds {len(statements)} statements; a model is exactly one query"
-        raise _error(file.relative, problem)
+        raise _error(file.relative, f"holds {len(statements)} statements; a model is exactly one query")
     (statement,) = statements
     if not isinstance(statement, exp.Query):
-        kind = statement.key.upper()
-        problem = f"is a {kind} statement; a model must be a query (SELECT, WITH, UNION ...)"
+        problem = f"is a {statement.key.upper()} statement; a model must be a query (SELECT, WITH, UNION ...)"
         raise _error(file.relative, problem)
     return statement
 
@@ -448,26 +420,20 @@ def _table_references(statement: exp.Query) -> list[exp.Table]:
     """Tables a query reads: named tables that are neither CTEs nor table functions."""
     cte_names = {cte.alias_or_name.lower() for cte in statement.find_all(exp.CTE)}
     return [
-        table
-        for table in statement.find_all(exp.Table)
-        if isinstance(table.this, exp.Identifier)
-        and (table.db or table.name.lower() not in cte_names)
+        table for table in statement.find_all(exp.Table)
+        if isinstance(table.this, exp.Identifier) and (table.db or table.name.lower() not in cte_names)
     ]
 
 
 def _topological_order(catalog: _Catalog, dependencies: Mapping[str, tuple[str, ...]]) -> list[str]:
     """Models ordered so that each comes after the models it reads."""
-    graph = {
-        table: [dep for dep in dependencies[table] if dep in dependencies]
-        for table in sorted(dependencies)
-    }
+    graph = {table: [dep for dep in dependencies[table] if dep in dependencies] for table in sorted(dependencies)}
     try:
         return list(TopologicalSorter(graph).static_order())
     except CycleError as err:
         cycle = list(reversed(err.args[1]))  # graphlib lists data flow; show "reads" order
         files = ", ".join(catalog.files[table].relative for table in dict.fromkeys(cycle))
-        problem = f"dependency cycle {' -> '.join(cycle)} (each model reads the next)"
-        raise _error(files, problem) from None
+        raise _error(files, f"dependency cycle {' -> '.join(cycle)} (each model reads the next)") from None
 
 
 # --------------------------------------------------------------------------- schema.yml
@@ -494,35 +460,27 @@ def _load_schema_file(path: Path, relative: str, catalog: _Catalog) -> dict[str,
     declared = document.get("models") or {}
     if not isinstance(declared, dict):
         raise _error(relative, "'models' must map model names to columns")
-    folder_models = {
-        file.name.lower(): file.table
-        for file in catalog.files.values()
-        if file.path.parent == path.parent
-    }
+    folder_models = {f.name.lower(): f.table for f in catalog.files.values() if f.path.parent == path.parent}
     tests = {}
     for model_name, columns in declared.items():
         table = folder_models.get(str(model_name).lower())
         if table is None:
             known = ", ".join(sorted(folder_models)) or "(none)"
-            problem = f"models.{model_name}: no such model in this folder; known: {known}"
-            raise _error(relative, problem)
+            raise _error(relative, f"models.{model_name}: no such model in this folder; known: {known}")
         if table in tests:
             raise _error(relative, f"models.{model_name}: {table} is declared twice")
         tests[table] = _model_tests(table, columns, f"models.{model_name}", relative, catalog)
     return tests
 
 
-def _model_tests(
-    table: str, columns: Any, location: str, relative: str, catalog: _Catalog
-) -> list[DataTest]:
+def _model_tests(table: str, columns: Any, location: str, relative: str, catalog: _Catalog) -> list[DataTest]:
     """Tests of one model: ``{column: [test, ...]}``, test names unique."""
     if not isinstance(columns, dict):
         raise _error(relative, f"{location}: expected a mapping of column names to test lists")
     tests: dict[str, DataTest] = {}
     for column, entries in columns.items():
         if not isinstance(column, str) or not isinstance(entries, list):
-            problem = f"{location}.{column}: expected a column name with a list of tests"
-            raise _error(relative, problem)
+            raise _error(relative, f"{location}.{column}: expected a column name with a list of tests")
         for index, entry in enumerate(entries):
             where = f"{location}.{column}[{index}]"
             try:
@@ -543,8 +501,7 @@ def _parse_test(table: str, column: str, entry: Any, catalog: _Catalog) -> DataT
         options = dict(entry)
         severity = options.pop("severity", "error")
         if len(options) != 1:
-            kinds = ", ".join(TEST_KINDS)
-            raise ValueError(f"expected one test kind (of {kinds}) plus an optional severity")
+            raise ValueError(f"expected one test kind (of {', '.join(TEST_KINDS)}) plus an optional severity")
         ((kind, params),) = options.items()
     else:
         raise ValueError(f"expected a test kind or a mapping, got {entry!r}")
@@ -556,9 +513,7 @@ def _parse_test(table: str, column: str, entry: Any, catalog: _Catalog) -> DataT
     return DataTest(model=table, kind=kind, column=column, params=checked, severity=severity)
 
 
-def _check_keys(
-    params: Mapping[str, Any], required: tuple[str, ...], optional: tuple[str, ...] = ()
-) -> None:
+def _check_keys(params: Mapping[str, Any], required: tuple[str, ...], optional: tuple[str, ...] = ()) -> None:
     """Refuse missing required and unknown parameter keys."""
     missing = [key for key in required if key not in params]
     unknown = sorted(set(params) - set(required) - set(optional))
@@ -598,9 +553,7 @@ def _values_parameters(params: Mapping[str, Any], column: str, catalog: _Catalog
     return {"values": list(values)}
 
 
-def _relationship_parameters(
-    params: Mapping[str, Any], column: str, catalog: _Catalog
-) -> dict[str, Any]:
+def _relationship_parameters(params: Mapping[str, Any], column: str, catalog: _Catalog) -> dict[str, Any]:
     """``relationship``: ``to`` a known model or source, ``field`` (default: the column)."""
     _check_keys(params, required=("to",), optional=("field",))
     target, field = params["to"], params.get("field", column)
@@ -610,11 +563,8 @@ def _relationship_parameters(
 
 
 _PARAMETER_CHECKS: dict[str, Callable[[Mapping[str, Any], str, _Catalog], dict[str, Any]]] = {
-    "not_null": _no_parameters,
-    "unique": _no_parameters,
-    "accepted_range": _range_parameters,
-    "accepted_values": _values_parameters,
-    "relationship": _relationship_parameters,
+    "not_null": _no_parameters, "unique": _no_parameters, "accepted_range": _range_parameters,
+    "accepted_values": _values_parameters, "relationship": _relationship_parameters,
 }
 
 
@@ -622,9 +572,7 @@ _PARAMETER_CHECKS: dict[str, Callable[[Mapping[str, Any], str, _Catalog], dict[s
 
 
 def materialize_model(
-    con: duckdb.DuckDBPyConnection,
-    model: SqlModel,
-    before_commit: Callable[[duckdb.DuckDBPyConnection], None] | None = None,
+    con: duckdb.DuckDBPyConnection, model: SqlModel, before_commit: BeforeCommit | None = None
 ) -> dict[str, Any]:
     """(Re)build a model's table in one transaction; an error leaves the old table intact.
 
@@ -636,31 +584,23 @@ def materialize_model(
     """
     table = _table_expression(model.table).sql(dialect=DIALECT)
     schema = exp.to_identifier(model.schema, quoted=True).sql(dialect=DIALECT)
+
     def checks_then_pause(connection: duckdb.DuckDBPyConnection) -> None:
         if before_commit is not None:
             before_commit(connection)
         pause_point(f"commit:{model.table}")  # tests only: a kill between build and commit
 
+    statements = (f"CREATE SCHEMA IF NOT EXISTS {schema}", f"CREATE OR REPLACE TABLE {table} AS\n{model.sql}")
     try:
-        _in_transaction(
-            con,
-            f"CREATE SCHEMA IF NOT EXISTS {schema}",
-            f"CREATE OR REPLACE TABLE {table} AS\n{model.sql}",
-            before_commit=checks_then_pause,
-        )
+        _in_transaction(con, *statements, before_commit=checks_then_pause)
     except duckdb.Error as err:
-        problem = f"materializing {model.table} failed: {err}"
-        raise _error(f"{model.schema}/{model.path.name}", problem) from err
+        raise _error(f"{model.schema}/{model.path.name}", f"materializing {model.table} failed: {err}") from err
     ((row_count,),) = con.sql(f"SELECT count(*) FROM {table}").fetchall()
     columns = [(row[0], row[1]) for row in con.sql(f"DESCRIBE {table}").fetchall()]
     return {"row_count": row_count, "columns": columns}
 
 
-def _in_transaction(
-    con: duckdb.DuckDBPyConnection,
-    *statements: str,
-    before_commit: Callable[[duckdb.DuckDBPyConnection], None] | None = None,
-) -> None:
+def _in_transaction(con: duckdb.DuckDBPyConnection, *statements: str, before_commit: BeforeCommit | None = None):
     """Run statements between BEGIN and COMMIT, rolling back on any failure.
 
     ``before_commit`` errors other than DuckDB's propagate unchanged (after the rollback).
@@ -677,9 +617,7 @@ def _in_transaction(
         raise
 
 
-def run_data_test(
-    con: duckdb.DuckDBPyConnection, test: DataTest, sample: int = 5
-) -> tuple[int, pl.DataFrame]:
+def run_data_test(con: duckdb.DuckDBPyConnection, test: DataTest, sample: int = 5) -> tuple[int, pl.DataFrame]:
     """Run a data test: the number of failing rows and up to ``sample`` of them."""
     if sample < 0:
         raise ValueError(f"sample must be >= 0, got {sample}")

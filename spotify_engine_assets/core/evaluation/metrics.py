@@ -1,24 +1,19 @@
 """Top-K ranking and ranking metrics, vectorized over all users.
 
-Scores for every (user, item) are one matrix product per chunk of users; items a user must
-not be recommended (their training items, and for test also validation items) are masked to
-``-inf`` before :func:`torch.topk`. The accuracy metrics are :mod:`torch_geometric.metrics`
-implementations (binary relevance; NDCG's ideal DCG over ``min(K, |relevant|)``), averaged over
-users with at least one relevant item; :func:`accuracy_per_user` returns PyG's per-user values
-before averaging. Catalogue coverage is the share of items that appear in at least one user's
-top-K.
+Items a user must not be recommended (their training items, and for test also validation items)
+are masked to ``-inf`` before the top-K, a chunk of users at a time. The accuracy metrics are
+:mod:`torch_geometric.metrics` implementations (binary relevance; NDCG's ideal DCG over
+``min(K, |relevant|)``), averaged over users with at least one relevant item.
 
-Beyond-accuracy metrics, all vectorized over the ``[users, K]`` top-K matrix (the sentinel
-``num_items`` marks an empty slot and is never counted):
+Beyond-accuracy metrics work on the ``[users, K]`` top-K matrix (the sentinel ``num_items`` marks
+an empty slot and is never counted):
 
-* :func:`gini` of how often each item of the *whole* catalogue is recommended (never
-  recommended items count as zeros): 0 = every item equally often, near 1 = a few items only.
-* :func:`novelty_per_user`: mean ``-log2 p(item)`` of a list, ``p`` = share of users who played the
-  item in training, Laplace-smoothed ``(listeners + 1) / (users + 1)`` so unplayed items are finite.
-* :func:`intra_list_distance`: mean pairwise cosine distance of a list's items under any item
-  features (model embeddings, or multi-hot genre vectors), via ``||sum e||^2 - sum ||e||^2``.
-* :func:`personalization`: ``1 -`` mean over user pairs of ``|L_u ∩ L_v| / K``, exact for all pairs
-  from item recommendation counts: ``sum_{u != v} |L_u ∩ L_v| = sum_i c_i^2 - sum_u |L_u|``.
+* :func:`gini` of the *whole* catalogue's recommendation counts (never recommended items are zeros).
+* :func:`novelty_per_user`: ``p(item)`` is Laplace-smoothed, ``(listeners + 1) / (users + 1)``, so
+  unplayed items are finite.
+* :func:`intra_list_distance`: pairwise cosine similarities summed as ``||sum e||^2 - sum ||e||^2``.
+* :func:`personalization`: exact for all pairs from item recommendation counts,
+  ``sum_{u != v} |L_u ∩ L_v| = sum_i c_i^2 - sum_u |L_u|``.
 """
 
 from __future__ import annotations
@@ -28,33 +23,20 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 from torch_geometric.metrics import (
-    LinkPredHitRatio,
-    LinkPredMetricCollection,
-    LinkPredMRR,
-    LinkPredNDCG,
-    LinkPredPrecision,
-    LinkPredRecall,
+    LinkPredHitRatio, LinkPredMetricCollection, LinkPredMRR, LinkPredNDCG, LinkPredPrecision, LinkPredRecall,
 )
 from torch_geometric.metrics.link_pred import LinkPredMetricData
 
 ACCURACY_KS = (5, 10, 20)
 ACCURACY_FAMILIES = {
-    "recall": LinkPredRecall,
-    "precision": LinkPredPrecision,
-    "ndcg": LinkPredNDCG,
-    "mrr": LinkPredMRR,
+    "recall": LinkPredRecall, "precision": LinkPredPrecision, "ndcg": LinkPredNDCG, "mrr": LinkPredMRR,
     "hit_rate": LinkPredHitRatio,
 }
 
 
 def topk_scored(
-    score_fn: Callable[[Tensor], Tensor],
-    users: Tensor,
-    exclude: Tensor,
-    num_items: int,
-    k: int,
-    chunk_size: int = 2048,
-    stable: bool = False,
+    score_fn: Callable[[Tensor], Tensor], users: Tensor, exclude: Tensor, num_items: int, k: int,
+    chunk_size: int = 2048, stable: bool = False,
 ) -> Tensor:
     """Indices of the ``k`` best items for each of ``users``, never one of the ``exclude`` pairs.
 
@@ -100,10 +82,8 @@ def topk_scored(
 
 def metric_collection(num_items: int, ks: tuple[int, ...] = (10, 20)) -> LinkPredMetricCollection:
     """The report's accuracy metrics: Recall and NDCG at each K, Precision and HitRate at 10."""
-    metrics = {}
-    for k in ks:
-        metrics[f"recall@{k}"] = LinkPredRecall(k)
-        metrics[f"ndcg@{k}"] = LinkPredNDCG(k)
+    families = (("recall", LinkPredRecall), ("ndcg", LinkPredNDCG))
+    metrics = {f"{name}@{k}": metric(k) for k in ks for name, metric in families}
     metrics["precision@10"] = LinkPredPrecision(10)
     metrics["hit_rate@10"] = LinkPredHitRatio(10)
     return LinkPredMetricCollection(metrics)
@@ -116,17 +96,9 @@ def catalog_coverage(topk: Tensor, num_items: int, k: int = 10) -> float:
 
 
 def link_prediction_metrics(
-    score_fn: Callable[[Tensor], Tensor],
-    relevant: Tensor,
-    exclude: Tensor,
-    num_items: int,
-    ks: tuple[int, ...] = (10, 20),
-    *,
-    users: Tensor | None = None,
-    stable: bool = False,
-    chunk_size: int = 2048,
-    coverage_k: int = 10,
-    clip: bool = False,
+    score_fn: Callable[[Tensor], Tensor], relevant: Tensor, exclude: Tensor, num_items: int,
+    ks: tuple[int, ...] = (10, 20), *, users: Tensor | None = None, stable: bool = False, chunk_size: int = 2048,
+    coverage_k: int = 10, clip: bool = False,
 ) -> dict[str, float]:
     """Rank every item for each user with a relevant pair (restricted to ``users`` when given),
     masking ``exclude``, and score the lists: Recall and NDCG at each K, Precision and HitRate at
@@ -156,11 +128,7 @@ def link_prediction_metrics(
 
 
 def ranking_metrics(
-    user_emb: Tensor,
-    item_emb: Tensor,
-    relevant: Tensor,
-    exclude: Tensor,
-    ks: tuple[int, ...] = (10, 20),
+    user_emb: Tensor, item_emb: Tensor, relevant: Tensor, exclude: Tensor, ks: tuple[int, ...] = (10, 20)
 ) -> dict[str, float]:
     """:func:`link_prediction_metrics` of dot-product scores of ``[num_users, d]`` user and
     ``[num_items, d]`` item embeddings."""

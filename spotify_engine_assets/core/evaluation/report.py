@@ -3,13 +3,10 @@ protocol's per-user metrics), beyond-accuracy, fairness and efficiency, with the
 vectors kept so any two evaluations can be compared.
 
 Every user with a held-out test item (in the config's user sample, if any) is scored at once: one
-masked top-K per user (:meth:`Protocol.topk`, training and validation items masked); per-user
-accuracy comes from the protocol (PyG's link-prediction metrics, or the RecSys Challenge metrics of
-the playlist chain) and beyond-accuracy from the vectorized functions in
-:mod:`~spotify_engine_assets.core.evaluation.metrics`: catalogue coverage, Gini of recommendation
-counts, novelty, intra-list diversity (on the model's item embeddings and on each item-category
-role: artist, genre, tag), personalization. The only per-user Python loop is the single-user
-latency measurement, which times serving one user at a time on purpose.
+masked top-K per user (:meth:`Protocol.topk`, training and validation items masked), per-user
+accuracy from the protocol, and beyond-accuracy from :mod:`~spotify_engine_assets.core.evaluation.metrics`
+(intra-list diversity on the model's item embeddings and on each item-category role). The only
+per-user Python loop is the latency measurement, which times serving one user at a time on purpose.
 
 Fairness: every per-user metric is averaged per user type (from the chain's user segments, where it
 has them) and per activity tercile (equal-size thirds of the evaluated users by their number of
@@ -18,6 +15,7 @@ has them) and per activity tercile (equal-size thirds of the evaluated users by 
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import re
 import time
@@ -30,14 +28,8 @@ import torch
 from torch import Tensor
 
 from .metrics import (
-    catalog_coverage,
-    gini,
-    group_of_rank,
-    intra_list_distance,
-    novelty_per_user,
-    personalization,
-    popularity_probability,
-    recommendation_counts,
+    catalog_coverage, gini, group_of_rank, intra_list_distance, novelty_per_user, personalization,
+    popularity_probability, recommendation_counts,
 )
 from .protocol import Protocol
 
@@ -90,9 +82,7 @@ class Evaluation:
 
 
 def evaluate(
-    score_fn: Callable[[Tensor], Tensor],
-    factors: tuple[Tensor, Tensor] | None,
-    data: EvaluationData,
+    score_fn: Callable[[Tensor], Tensor], factors: tuple[Tensor, Tensor] | None, data: EvaluationData,
     protocol: Protocol,
 ) -> Evaluation:
     """Score every user with a test item; see the module docstring for the metrics."""
@@ -138,55 +128,39 @@ def evaluate(
         }
     )
     metrics = [m for m in dict.fromkeys((protocol.primary, *FAIRNESS_METRICS)) if m in frame.columns]
-    fairness, gaps = fairness_tables(frame, metrics)
-    return Evaluation(summary, frame, fairness, gaps, topk, users, topk_seconds)
+    return Evaluation(summary, frame, *fairness_tables(frame, metrics), topk, users, topk_seconds)
 
 
 def fairness_tables(per_user: pl.DataFrame, metrics: list[str]) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Group means per fairness dimension and, per (dimension, metric), the largest gap."""
-    groups = []
+    groups, rows = [], []
     for dimension in FAIRNESS_DIMENSIONS:
-        table = (
+        part = (
             per_user.group_by(dimension)
             .agg(pl.len().alias("users"), *[pl.col(m).mean() for m in metrics])
             .rename({dimension: "group"})
             .with_columns(pl.lit(dimension).alias("dimension"), pl.col("group").cast(pl.String))
             .sort("group")
+            .select("dimension", "group", "users", *metrics)
         )
-        groups.append(table.select("dimension", "group", "users", *metrics))
-    fairness = pl.concat(groups)
-    rows = []
-    for dimension in FAIRNESS_DIMENSIONS:
-        part = fairness.filter(pl.col("dimension") == dimension)
+        groups.append(part)
         for metric in metrics:
             ordered = part.sort(metric)
             worst, best = ordered.row(0, named=True), ordered.row(-1, named=True)
             gap = float(best[metric] - worst[metric])
-            rows.append(
-                {
-                    "dimension": dimension,
-                    "metric": metric,
-                    "best_group": best["group"],
-                    "best": float(best[metric]),
-                    "worst_group": worst["group"],
-                    "worst": float(worst[metric]),
-                    "gap": gap,
-                    "relative_gap": gap / best[metric] if best[metric] > 0 else 0.0,
-                }
-            )
-    return fairness, pl.DataFrame(rows)
+            rows.append({
+                "dimension": dimension, "metric": metric, "best_group": best["group"], "best": float(best[metric]),
+                "worst_group": worst["group"], "worst": float(worst[metric]), "gap": gap,
+                "relative_gap": gap / best[metric] if best[metric] > 0 else 0.0,
+            })
+    return pl.concat(groups), pl.DataFrame(rows)
 
 
 # ---------------------------------------------------------------------------------- efficiency
 
 
 def latency_per_user(
-    score_fn: Callable[[Tensor], Tensor],
-    users: Tensor,
-    exclude: Tensor,
-    k: int = 10,
-    sample: int = 200,
-    seed: int = 0,
+    score_fn: Callable[[Tensor], Tensor], users: Tensor, exclude: Tensor, k: int = 10, sample: int = 200, seed: int = 0
 ) -> dict[str, float]:
     """Top-``k`` for one user at a time (score, mask the user's known items, top-k): p50 / p95 /
     mean milliseconds over a seeded sample of ``users``."""
@@ -207,24 +181,13 @@ def latency_per_user(
     if not timings:
         return {"p50_ms": 0.0, "p95_ms": 0.0, "mean_ms": 0.0, "sampled_users": 0}
     values = torch.tensor(timings, dtype=torch.float64) * 1000.0
-    return {
-        "p50_ms": float(values.quantile(0.5)),
-        "p95_ms": float(values.quantile(0.95)),
-        "mean_ms": float(values.mean()),
-        "sampled_users": len(timings),
-    }
+    quantiles = {"p50_ms": float(values.quantile(0.5)), "p95_ms": float(values.quantile(0.95))}
+    return {**quantiles, "mean_ms": float(values.mean()), "sampled_users": len(timings)}
 
 
 def memory_estimate_bytes(
-    num_parameters: int,
-    num_nodes: int,
-    dim: int,
-    num_edges: int,
-    layers: int,
-    num_users_scored: int,
-    num_items: int,
-    k: int,
-    chunk_size: int = 2048,
+    num_parameters: int, num_nodes: int, dim: int, num_edges: int, layers: int, num_users_scored: int, num_items: int,
+    k: int, chunk_size: int = 2048,
 ) -> dict[str, int]:
     """Analytical float32 estimate of evaluation memory: weights, output embeddings, one message
     per edge, dimension and layer in the forward pass, one chunk of the score matrix and the
@@ -263,10 +226,8 @@ class PeakMemory:
         return int(match.group(1)) * 1024 if match else None
 
     def __enter__(self) -> PeakMemory:
-        try:
+        with contextlib.suppress(OSError, AttributeError):
             ctypes.CDLL("libc.so.6").malloc_trim(0)
-        except (OSError, AttributeError):
-            pass
         try:
             Path("/proc/self/clear_refs").write_text("5")
             self._baseline = self._read("VmRSS")

@@ -1,18 +1,13 @@
 """Statistics for A/B comparisons of two models on per-user metric vectors.
 
-Paired design (both models scored on the same users of the same split):
+Paired design (both models scored on the same users of the same split): paired t-test and
+Wilcoxon signed-rank of treatment minus control, a seeded percentile-bootstrap 95% confidence
+interval of the mean difference, paired Cohen's d (``d_z``) and Holm's step-down correction across
+the metrics compared (:func:`holm`).
 
-* paired t-test (:func:`scipy.stats.ttest_rel`) and Wilcoxon signed-rank
-  (:func:`scipy.stats.wilcoxon`) of treatment minus control,
-* a bootstrap 95% confidence interval of the mean difference (:func:`scipy.stats.bootstrap`,
-  percentile method, seeded),
-* paired Cohen's d (``d_z``: mean difference over the standard deviation of the differences),
-* Holm's step-down correction across the metrics compared (:func:`holm`).
-
-Split-users design (the classic online A/B test): users are randomly assigned to two halves,
-one half is served by the control and the other by the treatment, and the two independent
-samples are compared with Welch's t-test (:func:`scipy.stats.ttest_ind` with
-``equal_var=False``).
+Split-users design (the classic online A/B test): users are randomly assigned to two halves, one
+served by the control and the other by the treatment, and the two independent samples are compared
+with Welch's t-test.
 
 Verdict: ``better`` / ``worse`` when the Holm-adjusted p-value of the primary test is below
 ``alpha`` (the sign of the mean difference decides which), else ``no detectable difference``.
@@ -28,6 +23,10 @@ from scipy import stats
 
 BETTER, WORSE, NO_DIFFERENCE = "better", "worse", "no detectable difference"
 PRIMARY_TESTS = {"ttest": "t_p_holm", "wilcoxon": "wilcoxon_p_holm"}
+# compare_models' split-users columns, from split_users_test's keys
+WELCH_COLUMNS = {
+    "welch_mean_diff": "mean_diff", "welch_p": "welch_p", "welch_ci_low": "ci_low", "welch_ci_high": "ci_high"
+}
 
 
 def holm(pvalues: Sequence[float]) -> list[float]:
@@ -43,9 +42,8 @@ def holm(pvalues: Sequence[float]) -> list[float]:
     m = p.size
     order = np.argsort(p, kind="stable")
     scaled = np.minimum(1.0, (m - np.arange(m)) * p[order])
-    adjusted_sorted = np.maximum.accumulate(scaled)
     adjusted = np.empty(m)
-    adjusted[order] = adjusted_sorted
+    adjusted[order] = np.maximum.accumulate(scaled)
     return adjusted.tolist()
 
 
@@ -70,11 +68,7 @@ def _check_pair(control: np.ndarray, treatment: np.ndarray) -> tuple[np.ndarray,
 
 
 def paired_test(
-    control: np.ndarray,
-    treatment: np.ndarray,
-    n_resamples: int = 2000,
-    confidence: float = 0.95,
-    seed: int = 0,
+    control: np.ndarray, treatment: np.ndarray, n_resamples: int = 2000, confidence: float = 0.95, seed: int = 0
 ) -> dict[str, float]:
     """Paired t-test, Wilcoxon signed-rank, bootstrap CI of the mean difference and Cohen's d."""
     control, treatment = _check_pair(control, treatment)
@@ -115,17 +109,12 @@ def bootstrap_mean_ci(values: np.ndarray, n_resamples: int = 2000, confidence: f
 
 
 def split_users_test(
-    control: np.ndarray,
-    treatment: np.ndarray,
-    n_resamples: int = 2000,
-    confidence: float = 0.95,
-    seed: int = 0,
+    control: np.ndarray, treatment: np.ndarray, n_resamples: int = 2000, confidence: float = 0.95, seed: int = 0
 ) -> dict[str, float]:
     """Users randomly assigned (seeded) to two halves, one half scored by each model; Welch's
     t-test and a bootstrap CI of the difference of the two group means."""
     control, treatment = _check_pair(control, treatment)
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(control.size)
+    order = np.random.default_rng(seed).permutation(control.size)
     group_a, group_b = order[: control.size // 2], order[control.size // 2 :]
     a, b = control[group_a], treatment[group_b]
     result = {"n_control": int(a.size), "n_treatment": int(b.size), "mean_diff": float(b.mean() - a.mean())}
@@ -155,14 +144,8 @@ def verdict(adjusted_p: float, mean_diff: float, alpha: float) -> str:
 
 
 def compare_models(
-    control: pl.DataFrame,
-    treatment: pl.DataFrame,
-    metrics: Sequence[str],
-    alpha: float = 0.05,
-    n_resamples: int = 2000,
-    seed: int = 0,
-    key: str = "user_index",
-    primary: str = "ttest",
+    control: pl.DataFrame, treatment: pl.DataFrame, metrics: Sequence[str], alpha: float = 0.05,
+    n_resamples: int = 2000, seed: int = 0, key: str = "user_index", primary: str = "ttest",
 ) -> pl.DataFrame:
     """One row per metric: paired statistics with Holm across ``metrics``, the verdict, and the
     split-users (Welch) variant with its own Holm correction and verdict.
@@ -190,21 +173,10 @@ def compare_models(
         c, t = joined[metric].to_numpy(), joined[f"{metric}__t"].to_numpy()
         paired = paired_test(c, t, n_resamples=n_resamples, seed=seed + index)
         welch = split_users_test(c, t, n_resamples=n_resamples, seed=seed + index)
-        rows.append(
-            {
-                "metric": metric,
-                **paired,
-                "welch_mean_diff": welch["mean_diff"],
-                "welch_p": welch["welch_p"],
-                "welch_ci_low": welch["ci_low"],
-                "welch_ci_high": welch["ci_high"],
-            }
-        )
+        rows.append({"metric": metric, **paired, **{column: welch[key] for column, key in WELCH_COLUMNS.items()}})
     frame = pl.DataFrame(rows)
     frame = frame.with_columns(
-        pl.Series("t_p_holm", holm(frame["t_p"].to_list())),
-        pl.Series("wilcoxon_p_holm", holm(frame["wilcoxon_p"].to_list())),
-        pl.Series("welch_p_holm", holm(frame["welch_p"].to_list())),
+        [pl.Series(f"{column}_holm", holm(frame[column].to_list())) for column in ("t_p", "wilcoxon_p", "welch_p")]
     )
     return frame.with_columns(
         pl.Series("verdict", [verdict(p, d, alpha) for p, d in zip(frame[PRIMARY_TESTS[primary]], frame["mean_diff"])]),

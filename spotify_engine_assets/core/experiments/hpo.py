@@ -1,45 +1,30 @@
 """Hyperparameter optimization with Optuna for every chain, Dagster-free.
 
 A *search space* per model family (``configs/<chain>/search_spaces.yaml``) names a base config of
-the chain's registry and the fields of its config class to sample; any model kind can be tuned,
-closed-form baselines as well as graph models, with the same trial budget. Spaces are validated
-before any trial runs: unknown fields, empty or inverted ranges, log ranges that reach 0, and
-values the config class rejects fail with a ``ConfigError`` naming the family and the field.
+the chain's registry and the fields of its config class to sample. Spaces are validated before any
+trial runs: unknown fields, empty or inverted ranges, log ranges that reach 0 and values the config
+class rejects fail with a ``ConfigError`` naming the family and the field.
 
-A study is an Optuna study (seeded TPE sampler, median pruner) in a storage given by URL:
-``sqlite:///path.db`` or any SQLAlchemy database URL (PostgreSQL, MySQL: one study shared by
-workers on several machines), or ``journal:///path.log`` (Optuna's journal file, safe for several
-processes on one file system). The default is ``sqlite:///<data lake>/optuna/studies.db``. The
-storage is opened (and the connection tested) before any trial runs. ``load_if_exists`` makes a
-study resume: a killed study keeps its finished trials, and the next run adds to them.
+A study is a seeded Optuna study (TPE sampler, median pruner) in a storage given by URL:
+``sqlite:///path.db``, any SQLAlchemy database URL (one study shared by workers on several
+machines) or ``journal:///path.log`` (several processes on one file system). It resumes
+(``load_if_exists``) with the finished trials of a killed run.
 
-Each trial fits the base config updated with the sampled values on the chain's training part
-(``Dataset.fit``: the one trainer for graph models, which reports the chain's validation metric
-after every validation epoch so the pruner may stop it) and returns its best validation value
-(the protocol's ``monitor``: Recall@10 listening, R-precision playlists, NDCG@20 Last.fm). A trial
-never trains on validation data (``train_on_validation`` off, the advanced trainer); promoting a
-study whose base config makes a final fit (the simple trainer) sets its ``max_epochs`` to the best
-trial's best epoch. Test data never enters a study.
+Each trial fits the sampled config on the chain's training part and returns its best validation
+value (the protocol's ``monitor``, reported per validation epoch so the pruner may stop it); no
+trial trains on validation data and test data never enters a study. Multi-objective mode: a seeded
+NSGA-II sampler over the primary metric (maximize), training seconds (minimize) and coverage@10
+(maximize), all on validation and never pruned; the outcome is the Pareto front (:func:`pareto_table`).
 
-Multi-objective mode (``multi_objective=True``): a seeded NSGA-II sampler over three objectives,
-all on the validation split: the chain's primary metric (maximize), training seconds (minimize)
-and catalog coverage@10 (maximize). Optuna does not prune multi-objective studies, so no intermediate values
-are reported; the outcome is the Pareto front (``study.best_trials``, see ``pareto_table``). Its
-default study name (``spotify-engine/<chain>/<family>/pareto``) differs from the single-objective one.
-
-Resource limits (``TrialLimits``): before a trial trains, its peak memory and seconds are
-estimated from its config and the study's graph (``lib/trial_budget.py``; seconds need a one-epoch
-probe of the base config at the start of the run). A trial over a limit is pruned without
-training, its user attribute ``pruned_by`` naming the estimate and the limit.
-
-Promotion (``promote_best``): the best trial's config becomes a promoted config in the data lake
-(``lib/registry.py``), named ``hpo_<family>`` for the default study name, else
-``hpo_<family>_<study>``: a partition of the chain's ``trained_model`` like any registry config.
+A trial whose estimated peak memory or seconds (``trial_budget.py``) exceed the study's
+:class:`TrialLimits` is pruned untrained. :func:`promote_best` writes the best trial's config to the
+data lake (``core/registry.py``), a partition of the chain's ``trained_model`` like any registry config.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import re
 import time
@@ -58,10 +43,11 @@ import torch
 from torch import Tensor
 from torch_geometric.data import HeteroData
 
-from ..config import ConfigError, ModelConfig, config_class, update_config
+from ..config import ConfigError, ModelConfig, config_class, read_yaml, update_config, validation_problems
 from ..dataset import Dataset
 from ..evaluation.metrics import catalog_coverage
 from ..registry import PromotionSource
+from ..storage.artifacts import atomic_write_bytes
 from ..storage.paths import data_lake_root
 from . import trial_budget
 
@@ -206,16 +192,8 @@ def load_search_spaces(dataset: Dataset, path: Path | None = None, registry: dic
     validated against its registry (``registry`` default the chain's registry file)."""
     path = path or spaces_path(dataset)
     registry = registry if registry is not None else dataset.registry.base
-    try:
-        loaded = yaml.safe_load(Path(path).read_text())
-    except FileNotFoundError as error:
-        raise ConfigError(f"{path}: file not found") from error
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: not valid YAML ({error})") from error
-    if not isinstance(loaded, dict) or not loaded:
-        raise ConfigError(f"{path}: expected a non-empty mapping of model families to search spaces")
     spaces = {}
-    for family, entry in loaded.items():
+    for family, entry in read_yaml(path).items():
         family = str(family)
         if not isinstance(entry, dict) or set(entry) - {"base", "params"} or "params" not in entry:
             raise ConfigError(f"{path}: family {family!r}: expected a mapping with 'params' and optional 'base'")
@@ -236,10 +214,7 @@ def load_search_spaces(dataset: Dataset, path: Path | None = None, registry: dic
             try:
                 spec = ParamSpec(**raw)
             except ValidationError as error:
-                problems = "; ".join(
-                    (f"{'.'.join(map(str, e['loc']))}: " if e["loc"] else "") + e["msg"].removeprefix("Value error, ")
-                    for e in error.errors()
-                )
+                problems = validation_problems(error)
                 raise ConfigError(f"{path}: family {family!r}: parameter {field!r}: {problems}") from None
             _validate_param(family, field, spec, base, str(path))
             params[field] = spec
@@ -255,10 +230,6 @@ def get_space(dataset: Dataset, family: str, spaces: dict[str, SearchSpace] | No
 
 
 # --- storage -----------------------------------------------------------------------------------
-
-
-def default_storage_url() -> str:
-    return f"sqlite:///{data_lake_root() / 'optuna' / 'studies.db'}"
 
 
 def redact(url: str) -> str:
@@ -295,7 +266,7 @@ def _open_rdb(url: str, engine_kwargs: dict, attempts: int = 5) -> optuna.storag
 
 def open_storage(url: str | None = None) -> optuna.storages.BaseStorage:
     """Open (and test) the storage at ``url``; a clear ``HpoError`` when it cannot be used."""
-    url = url or default_storage_url()
+    url = url or f"sqlite:///{data_lake_root() / 'optuna' / 'studies.db'}"
     scheme, sep, rest = url.partition("://")
     if not sep:
         raise HpoError(f"storage URL {url!r} has no scheme; use sqlite:///path.db, journal:///path.log or a database URL")
@@ -323,9 +294,8 @@ def open_storage(url: str | None = None) -> optuna.storages.BaseStorage:
 
 @dataclass(frozen=True)
 class StudyData:
-    """What a study trains on: a chain, its graph and one split strategy's parts. Trials fit on the
-    training part and are scored on the validation part (never test: the test part is only held
-    out of the view)."""
+    """What a study trains on: a chain, its graph and one split strategy's parts (trials fit on the
+    training part and are scored on the validation part; the test part is held out of the view)."""
 
     dataset: Dataset
     graph: HeteroData
@@ -398,26 +368,16 @@ class TrialLimits:
 
 
 def make_objective(
-    space: SearchSpace,
-    data: StudyData,
-    max_epochs: int | None = None,
-    log: Logger | None = None,
-    multi_objective: bool = False,
+    space: SearchSpace, data: StudyData, max_epochs: int | None = None, multi_objective: bool = False,
     limits: TrialLimits | None = None,
 ):
     """The objective: fit the sampled config, report the chain's validation metric per validation
     epoch, prune. With ``multi_objective``: no reports (no pruning); returns the
     :func:`multi_objectives` values. Every trainable trial's memory (and, with a probe, time)
     estimate is recorded; with ``limits``, a trial over one is pruned before it trains."""
-    log = log or (lambda message: None)
     limits = limits or TrialLimits()
     dataset = data.dataset
     objective_key = objective_name(dataset)
-
-    def record(trial: optuna.Trial, result) -> None:
-        trial.set_user_attr("train_seconds", result.seconds)
-        trial.set_user_attr("epochs_run", result.epochs_run)
-        trial.set_user_attr("best_epoch", result.best_epoch)
 
     def objective(trial: optuna.Trial) -> float | tuple[float, float, float]:
         params = space.suggest(trial)
@@ -454,7 +414,9 @@ def make_objective(
 
         training = {"max_epochs": epochs, "on_epoch": on_epoch} if config.trainable else {}
         model, result, _ = dataset.fit(config, data.graph, data.split, model=model, **training)
-        record(trial, result)
+        trial.set_user_attr("train_seconds", result.seconds)
+        trial.set_user_attr("epochs_run", result.epochs_run)
+        trial.set_user_attr("best_epoch", result.best_epoch)
         if multi_objective:
             scores = validation_scores(model, data, config)  # graph models hold their best epoch's weights
             primary, _, coverage = multi_objectives(dataset)
@@ -469,19 +431,12 @@ def make_objective(
 def sampler_seed(seed: int, worker: int, existing_trials: int) -> int:
     """The TPE seed of one worker session: deterministic, but distinct per worker and per resume
     (a resumed or parallel session with the seed of the first would re-draw its startup points)."""
-    digest = hashlib.sha256(f"{seed}:{worker}:{existing_trials}".encode()).hexdigest()
-    return int(digest[:8], 16)
+    return int(hashlib.sha256(f"{seed}:{worker}:{existing_trials}".encode()).hexdigest()[:8], 16)
 
 
 def open_study(
-    dataset: Dataset,
-    family: str,
-    storage: str | optuna.storages.BaseStorage | None = None,
-    seed: int = 0,
-    worker: int = 0,
-    study_name: str | None = None,
-    pruner_startup_trials: int = 3,
-    pruner_warmup_epochs: int = 2,
+    dataset: Dataset, family: str, storage: str | optuna.storages.BaseStorage | None = None, seed: int = 0,
+    worker: int = 0, study_name: str | None = None, pruner_startup_trials: int = 3, pruner_warmup_epochs: int = 2,
     multi_objective: bool = False,
 ) -> optuna.Study:
     """Create or resume the study of a chain's ``family`` (maximizing its validation metric), or
@@ -504,35 +459,24 @@ def open_study(
     except KeyError:
         pass
     if multi_objective:
-        study = optuna.create_study(
-            storage=storage,
-            sampler=optuna.samplers.NSGAIISampler(seed=sampler_seed(seed, worker, existing)),
-            pruner=optuna.pruners.NopPruner(),
-            study_name=name,
-            directions=wanted,
-            load_if_exists=True,
+        sampler = optuna.samplers.NSGAIISampler(seed=sampler_seed(seed, worker, existing))
+        pruner = optuna.pruners.NopPruner()
+    else:
+        sampler = optuna.samplers.TPESampler(seed=sampler_seed(seed, worker, existing), n_startup_trials=5)
+        pruner = optuna.pruners.MedianPruner(
+            n_startup_trials=pruner_startup_trials, n_warmup_steps=pruner_warmup_epochs
         )
-        study.set_user_attr("family", family)
-        study.set_user_attr("objective", list(multi_objectives(dataset)))
-        return study
-    sampler = optuna.samplers.TPESampler(seed=sampler_seed(seed, worker, existing), n_startup_trials=5)
-    pruner = optuna.pruners.MedianPruner(n_startup_trials=pruner_startup_trials, n_warmup_steps=pruner_warmup_epochs)
     study = optuna.create_study(
-        storage=storage, sampler=sampler, pruner=pruner, study_name=name, direction="maximize", load_if_exists=True
+        storage=storage, sampler=sampler, pruner=pruner, study_name=name, directions=wanted, load_if_exists=True
     )
     study.set_user_attr("family", family)
-    study.set_user_attr("objective", objective_name(dataset))
+    study.set_user_attr("objective", list(multi_objectives(dataset)) if multi_objective else objective_name(dataset))
     return study
 
 
 def run_study(
-    study: optuna.Study,
-    space: SearchSpace,
-    data: StudyData,
-    n_trials: int | None = None,
-    timeout_s: float | None = None,
-    max_epochs: int | None = None,
-    log: Logger | None = None,
+    study: optuna.Study, space: SearchSpace, data: StudyData, n_trials: int | None = None,
+    timeout_s: float | None = None, max_epochs: int | None = None, log: Logger | None = None,
     limits: TrialLimits | None = None,
 ) -> optuna.Study:
     """Run ``n_trials`` more trials (or until ``timeout_s``), logging each finished trial; a
@@ -548,11 +492,8 @@ def run_study(
     multi_objective = is_multi_objective(study)
 
     def report_multi(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        values = (
-            ", ".join(f"{name} {value:.4f}" for name, value in zip(objective_names(study), trial.values))
-            if trial.values is not None
-            else "-"
-        )
+        names = objective_names(study)
+        values = "-" if trial.values is None else ", ".join(f"{n} {v:.4f}" for n, v in zip(names, trial.values))
         front = len(study.best_trials)
         log(
             f"trial {trial.number} {trial.state.name.lower()}: {values} after {trial.user_attrs.get('epochs_run', '-')} "
@@ -578,13 +519,9 @@ def run_study(
     previous = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(logging.WARNING)
     try:
-        study.optimize(
-            make_objective(space, data, max_epochs, log, multi_objective=multi_objective, limits=limits),
-            n_trials=n_trials,
-            timeout=timeout_s,
-            callbacks=[report_multi if multi_objective else report],
-            catch=(),
-        )
+        objective = make_objective(space, data, max_epochs, multi_objective=multi_objective, limits=limits)
+        callback = report_multi if multi_objective else report
+        study.optimize(objective, n_trials=n_trials, timeout=timeout_s, callbacks=[callback], catch=())
     finally:
         optuna.logging.set_verbosity(previous)
     return study
@@ -594,46 +531,27 @@ def run_study(
 
 
 def trials_table(study: optuna.Study) -> list[dict]:
+    """One row per trial: its value(s), epochs, seconds, resource estimates (and the limit that
+    pruned it, if one did) and parameters."""
     rows = []
-    multi_objective = is_multi_objective(study)
-    names = objective_names(study)
+    names, multi = objective_names(study), is_multi_objective(study)
     for trial in study.get_trials(deepcopy=False):
         duration = (trial.datetime_complete - trial.datetime_start).total_seconds() if trial.datetime_complete and trial.datetime_start else None
-        if multi_objective:
-            values = trial.values or [None] * len(names)
-            rows.append(
-                {
-                    "number": trial.number,
-                    "state": trial.state.name,
-                    **dict(zip(names, values)),
-                    "epochs_run": trial.user_attrs.get("epochs_run"),
-                    "seconds": duration,
-                    **_estimate_columns(trial),
-                    **{f"param_{k}": v for k, v in trial.params.items()},
-                }
-            )
-            continue
+        values = dict(zip(names, trial.values or [None] * len(names))) if multi else {"value": trial.value}
         rows.append(
             {
                 "number": trial.number,
                 "state": trial.state.name,
-                "value": trial.value,
+                **values,
                 "epochs_run": trial.user_attrs.get("epochs_run"),
                 "seconds": duration,
-                **_estimate_columns(trial),
+                "est_memory_mb": trial.user_attrs.get("estimate_memory_mb"),
+                "est_seconds": trial.user_attrs.get("estimate_seconds"),
+                "pruned_by": trial.user_attrs.get("pruned_by", ""),
                 **{f"param_{k}": v for k, v in trial.params.items()},
             }
         )
     return rows
-
-
-def _estimate_columns(trial: optuna.trial.FrozenTrial) -> dict:
-    """A trial's resource estimates and, when pruned on one, the reason (estimate and limit)."""
-    return {
-        "est_memory_mb": trial.user_attrs.get("estimate_memory_mb"),
-        "est_seconds": trial.user_attrs.get("estimate_seconds"),
-        "pruned_by": trial.user_attrs.get("pruned_by", ""),
-    }
 
 
 def param_importances(study: optuna.Study) -> dict[str, float]:
@@ -659,22 +577,18 @@ def best_config(study: optuna.Study, space: SearchSpace, name: str | None = None
 
 def registry_entry(config: ModelConfig, study: optuna.Study) -> dict:
     """A registry entry for ``config`` (the key is the name), describing its origin."""
-    entry = config.model_dump(exclude={"name"})
-    entry["description"] = (
+    description = (
         f"{config.model} tuned by Optuna study {study.study_name!r}: trial {study.best_trial.number}, "
         f"{objective_names(study)[0]} {study.best_value:.4f} (validation)"
     )
-    return entry
+    return {**config.model_dump(exclude={"name"}), "description": description}
 
 
 def write_best_yaml(path: Path, config: ModelConfig, study: optuna.Study) -> Path:
     """Write the best config as a one-entry registry file (the schema of ``configs/<chain>/models.yaml``)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     text = "# Written by an hpo_study asset; promote with promote: true, or copy the entry into the chain's models.yaml.\n"
-    text += yaml.safe_dump({config.name: registry_entry(config, study)}, sort_keys=False)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    entry = yaml.safe_dump({config.name: registry_entry(config, study)}, sort_keys=False)
+    atomic_write_bytes(path, (text + entry).encode())
     return path
 
 
@@ -699,12 +613,8 @@ def promote_best(
     config = best_config(study, space, name)
     config = config.model_copy(update={"description": registry_entry(config, study)["description"]})
     source = PromotionSource(
-        family=space.family,
-        study_name=study.study_name,
-        trial=study.best_trial.number,
-        objective=objective_names(study)[0],
-        value=float(study.best_value),
-        storage=redact(storage_url),
+        family=space.family, study_name=study.study_name, trial=study.best_trial.number,
+        objective=objective_names(study)[0], value=float(study.best_value), storage=redact(storage_url),
         promoted_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     )
     return config, dataset.registry.write_promoted(config, source, lake_root)
@@ -712,25 +622,23 @@ def promote_best(
 
 def history_points(study: optuna.Study) -> tuple[list[int], list[float], list[float]]:
     """Completed trial numbers, their values and the best value so far."""
-    numbers, values, best = [], [], []
-    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
-        numbers.append(trial.number)
-        values.append(float(trial.value))
-        best.append(max(values))
-    return numbers, values, best
+    completed = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    values = [float(trial.value) for trial in completed]
+    return [trial.number for trial in completed], values, list(itertools.accumulate(values, max))
 
 
 def pareto_table(study: optuna.Study) -> list[dict]:
     """The Pareto front of a multi-objective study (``study.best_trials``): one row per trial with
-    its parameters and the three objective values, by descending validation NDCG@10."""
+    its parameters and the three objective values, by descending primary metric."""
     if not is_multi_objective(study):
         raise HpoError(f"study {study.study_name!r} is single-objective: it has no Pareto front")
+    names = objective_names(study)
     rows = [
         {
             "number": trial.number,
-            **{name: float(value) for name, value in zip(objective_names(study), trial.values)},
+            **{name: float(value) for name, value in zip(names, trial.values)},
             **{f"param_{k}": v for k, v in trial.params.items()},
         }
         for trial in study.best_trials
     ]
-    return sorted(rows, key=lambda row: (-row[objective_names(study)[0]], row["number"]))
+    return sorted(rows, key=lambda row: (-row[names[0]], row["number"]))

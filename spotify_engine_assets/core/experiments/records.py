@@ -33,6 +33,7 @@ from ..evaluation.stats import holm, paired_test
 from ..registry import Registry
 from ..storage.artifacts import POINTER, ArtifactNotFoundError, ArtifactStore, load_torch
 from ..storage.paths import REPO_ROOT
+
 DEPENDENCIES = ("torch", "torch_geometric", "dagster", "numpy", "scipy", "polars", "duckdb", "pydantic")
 SUMMARY_METRICS = (
     "recall@10", "ndcg@10", "mrr@10", "hit_rate@10", "coverage@10", "gini@10", "novelty@10",
@@ -166,11 +167,10 @@ def load_ab_plan(registry: Registry, path: Path | None = None, lake_root: Path |
 
 def per_user_payload(frame: pl.DataFrame) -> dict:
     """A per-user frame as a ``weights_only``-loadable dict (tensors, and lists for strings)."""
-    payload = {}
-    for name in frame.columns:
-        column = frame[name]
-        payload[name] = column.to_list() if column.dtype == pl.String else torch.from_numpy(column.to_numpy().copy())
-    return payload
+    return {
+        column.name: column.to_list() if column.dtype == pl.String else torch.from_numpy(column.to_numpy().copy())
+        for column in frame.get_columns()
+    }
 
 
 def per_user_frame(report: dict) -> pl.DataFrame:
@@ -185,8 +185,7 @@ def not_comparable(a: dict, b: dict) -> str | None:
     """Why two reports cannot be compared per user, or ``None`` if they can."""
     if a.get("split") != b.get("split"):
         return f"different splits ({a.get('config')}: {a.get('split')}, {b.get('config')}: {b.get('split')})"
-    data_a = (a.get("provenance") or {}).get("data", {}).get("combined")
-    data_b = (b.get("provenance") or {}).get("data", {}).get("combined")
+    data_a, data_b = ((report.get("provenance") or {}).get("data", {}).get("combined") for report in (a, b))
     if data_a is None or data_b is None:
         return "a report lacks its data fingerprint (recorded before provenance was kept)"
     if data_a != data_b:
@@ -205,32 +204,28 @@ def report_key(chain: str) -> list[str]:
 
 def _partitions(store: ArtifactStore, chain: str) -> list[str]:
     root = store.root.joinpath(*report_key(chain))
-    if not root.exists():
-        return []
-    return sorted(p.name for p in root.iterdir() if p.is_dir() and (p / POINTER).exists())
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and (p / POINTER).exists()) if root.exists() else []
 
 
 def recorded_reports(store: ArtifactStore, chain: str, include_history: bool = False) -> list[tuple[str, bool, dict]]:
-    """``(experiment id, is current, report)`` for every recorded report (or only current ones).
-
-    The experiment id is ``<config>@<version>``.
-    """
+    """``(experiment id, is current, report)`` for every recorded report (or only current ones); the
+    experiment id is ``<config>@<version>``."""
     records = []
     for partition in _partitions(store, chain):
         current = store.current(report_key(chain), partition)
         versions = store.versions(report_key(chain), partition) if include_history else [current]
-        for version in versions:
-            path = version / "data.pt"
-            if not path.exists():
-                continue
-            records.append((f"{partition}@{version.name}", version == current, load_torch(path)))
+        records += [
+            (f"{partition}@{version.name}", version == current, load_torch(version / "data.pt"))
+            for version in versions if (version / "data.pt").exists()
+        ]
     return records
 
 
 def experiment_row(experiment_id: str, current: bool, report: dict) -> dict:
     provenance = report.get("provenance") or {}
     git = provenance.get("git") or {}
-    row = {
+    metrics = report.get("metrics", {})
+    return {
         "experiment": experiment_id,
         "current": current,
         "config": report.get("config"),
@@ -242,22 +237,18 @@ def experiment_row(experiment_id: str, current: bool, report: dict) -> dict:
         "data": (provenance.get("data") or {}).get("combined", "unknown"),
         "git_commit": str(git.get("commit", "unknown"))[:10] + ("+dirty" if git.get("dirty") else ""),
         "run_id": str(provenance.get("run_id", "unknown"))[:8],
+        **{m: float(metrics[m]) if m in metrics else None for m in SUMMARY_METRICS},
+        "gate": "pass" if (report.get("gate") or {}).get("passed") else "FAIL",
+        "train_seconds": float(report.get("train_seconds", 0.0)),
+        "epochs": int(report.get("epochs_run", 0)),
+        "parameters": int(report.get("num_parameters", 0)),
     }
-    metrics = report.get("metrics", {})
-    row.update({m: float(metrics[m]) if m in metrics else None for m in SUMMARY_METRICS})
-    row["gate"] = "pass" if (report.get("gate") or {}).get("passed") else "FAIL"
-    row["train_seconds"] = float(report.get("train_seconds", 0.0))
-    row["epochs"] = int(report.get("epochs_run", 0))
-    row["parameters"] = int(report.get("num_parameters", 0))
-    return row
 
 
 def experiments_frame(store: ArtifactStore, chain: str, include_history: bool = False) -> pl.DataFrame:
     """One row per recorded experiment of a chain (newest first within a config)."""
     rows = [experiment_row(i, c, r) for i, c, r in recorded_reports(store, chain, include_history)]
-    if not rows:
-        return pl.DataFrame()
-    return pl.DataFrame(rows).sort(["config", "recorded_at"], descending=[False, True])
+    return pl.DataFrame(rows).sort(["config", "recorded_at"], descending=[False, True]) if rows else pl.DataFrame()
 
 
 def resolve_experiment(store: ArtifactStore, chain: str, ident: str) -> tuple[str, dict]:
@@ -291,29 +282,21 @@ def compare_experiments(a: dict, b: dict, metrics: list[str], thresholds: Thresh
 
     names = [m for m in a.get("metrics", {}) if m in b.get("metrics", {}) and m != "users_evaluated"]
     side = pl.DataFrame(
-        {
-            "metric": names,
-            "A": [float(a["metrics"][m]) for m in names],
-            "B": [float(b["metrics"][m]) for m in names],
-        }
+        {"metric": names, "A": [float(a["metrics"][m]) for m in names], "B": [float(b["metrics"][m]) for m in names]}
     ).with_columns((pl.col("B") - pl.col("A")).alias("B - A"))
-    flat_a = _flatten("", {"config": (a.get("provenance") or {}).get("config", {}), **{k: v for k, v in (a.get("provenance") or {}).items() if k != "config"}}, {})
-    flat_b = _flatten("", {"config": (b.get("provenance") or {}).get("config", {}), **{k: v for k, v in (b.get("provenance") or {}).items() if k != "config"}}, {})
+    flat_a, flat_b = (_flatten("", report.get("provenance") or {}, {}) for report in (a, b))
     differences = [
         {"field": key, "A": str(flat_a.get(key, "-")), "B": str(flat_b.get(key, "-"))}
         for key in sorted(set(flat_a) | set(flat_b))
         if flat_a.get(key) != flat_b.get(key) and "run_id" not in key and not key.startswith(("recorded_at", "evaluated_in_run"))
     ]
-    result = {"metrics": side, "differences": pl.DataFrame(differences) if differences else pl.DataFrame(), "stats": None, "reason": None}
     reason = not_comparable(a, b)
-    if reason:
-        result["reason"] = reason
-        return result
-    result["stats"] = compare_models(
+    stats = None if reason else compare_models(
         per_user_frame(a), per_user_frame(b), metrics, alpha=thresholds.ab_alpha,
         n_resamples=thresholds.ab_bootstrap_resamples, primary=thresholds.ab_primary_test,
     )
-    return result
+    differences = pl.DataFrame(differences) if differences else pl.DataFrame()
+    return {"metrics": side, "differences": differences, "stats": stats, "reason": reason}
 
 
 # ---------------------------------------------------------------------------------- champion
@@ -367,9 +350,7 @@ def gate_decision(candidate: dict, champion: dict, champion_report: dict | None,
         "passed": not worse,
         "status": "significantly worse than the champion" if worse else "not significantly worse than the champion",
         "p_value": p,
-        "mean_diff": test["mean_diff"],
-        "ci_low": test["ci_low"],
-        "ci_high": test["ci_high"],
+        **{key: test[key] for key in ("mean_diff", "ci_low", "ci_high")},
         "champion_mean": test["mean_control"],
         "candidate_mean": test["mean_treatment"],
     }
@@ -421,13 +402,9 @@ def update_champion(
                 event = {"time": when, "split": split, "event": "retained", "config": best, "previous": best,
                          "mean": float(champion_report["metrics"][metric]), "mean_diff": None, "p_holm": None,
                          "reason": f"no challenger significantly better on {metric} among {challengers or 'none'}"}
-        state["splits"][split] = {
-            "config": event["config"],
-            "metric": metric,
-            "mean": event["mean"],
-            "experiment_key": reports[event["config"]].get("experiment_key"),
-            "since": when if event["event"] != "retained" else current.get("since", when),
-        }
+        since = when if event["event"] != "retained" else current.get("since", when)
+        state["splits"][split] = {"config": event["config"], "metric": metric, "mean": event["mean"],
+                                  "experiment_key": reports[event["config"]].get("experiment_key"), "since": since}
         events.append(event)
         if event["event"] != "retained":
             state["history"].append(event)

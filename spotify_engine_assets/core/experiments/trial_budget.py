@@ -8,9 +8,9 @@ Notation (all from the config, the built model and the message-passing graph, no
 (1 for LightGCN); ``L`` message-passing layers (``num_layers``; 1 for gat_basic); ``E`` edges the
 model propagates over (the model's ``relations``: LightGCN the interaction both ways, gat_basic
 also the main category, the other GATs every relation); ``N`` nodes of the types it embeds; ``U``,
-``S`` users and items;
-``B`` positives per optimizer step (batch_size x grad_accumulation, or ``ceil(E_train / k)`` with
-``steps_per_epoch = k``: ``ModelConfig.positives_per_step``); ``n`` negatives per positive.
+``S`` users and items; ``B`` positives per optimizer step (batch_size x grad_accumulation, or
+``ceil(E_train / k)`` with ``steps_per_epoch = k``: ``ModelConfig.positives_per_step``; at most
+``E_train``); ``n`` negatives per positive.
 
 Memory in bytes, the peak of building the model and training it (float32 elements, 4 bytes)::
 
@@ -55,14 +55,12 @@ from ..models import build_model
 BYTES = 4
 STATE_COPIES = 5  # weights, gradients, Adam exp_avg and exp_avg_sq, the best-weights copy
 C_EDGE = {"lightgcn": 1.5, "gat_basic": 7.0, "gat_enhanced": 2.6, "playlist_gat": 7.0, "tag_friend_gat": 2.6}
-C_HEAD = 6.0
-C_NODE = 4.0
-C_BATCH = 6.0
-C_SCORE = 3.5
+C_HEAD, C_NODE, C_BATCH, C_SCORE = 6.0, 4.0, 6.0, 3.5  # the memory formula's fitted constants
 INDEX_BYTES = 32
 FIXED_BYTES = 8 * 2**20
 STEP_UNITS = 5e6  # per-step overhead (Python, many small kernels) in work units
-SCORE_CHUNK = 2048  # users per chunk of the validation ranking (metrics.topk_excluding)
+SCORE_CHUNK = 2048  # users per chunk of the validation ranking (metrics.topk_scored)
+
 
 @dataclass(frozen=True)
 class GraphSize:
@@ -74,11 +72,8 @@ class GraphSize:
 
     @classmethod
     def of(cls, view: HeteroData, schema: Schema) -> GraphSize:
-        return cls(
-            num_nodes=num_nodes_of(view),
-            num_edges={edge_type: int(view[edge_type].edge_index.size(1)) for edge_type in view.edge_types},
-            schema=schema,
-        )
+        num_edges = {edge_type: int(view[edge_type].edge_index.size(1)) for edge_type in view.edge_types}
+        return cls(num_nodes=num_nodes_of(view), num_edges=num_edges, schema=schema)
 
     @property
     def train_pairs(self) -> int:
@@ -109,7 +104,7 @@ def _shape(config: ModelConfig, size: GraphSize, model) -> dict[str, int]:
         "h": 1 if config.model == "lightgcn" else config.heads,
         "g": config.heads if config.model == "gat_enhanced" else 1,
         "d": config.embedding_dim,
-        "B": config.positives_per_step(size.train_pairs),
+        "B": min(config.positives_per_step(size.train_pairs), max(size.train_pairs, 1)),
         "n": config.negatives_per_positive,
         "U": size.num_nodes.get(size.schema.user, 0),
         "S": size.num_nodes.get(size.schema.item, 0),
@@ -119,14 +114,12 @@ def _shape(config: ModelConfig, size: GraphSize, model) -> dict[str, int]:
 def memory_parts(config: ModelConfig, size: GraphSize, model) -> dict[str, int]:
     """The memory formula's terms in bytes, and their ``total``."""
     s = _shape(config, size, model)
-    num_parameters = model.parameter_count()
-    batch = min(s["B"], max(size.train_pairs, 1))
     parts = {
-        "state": BYTES * STATE_COPIES * num_parameters,
+        "state": BYTES * STATE_COPIES * model.parameter_count(),
         "activations": int(
             BYTES * s["L"] * (C_EDGE[config.model] * s["E"] * s["d"] * s["g"] + C_HEAD * s["E"] * s["h"] + C_NODE * s["N"] * s["d"])
         ),
-        "batch": int(BYTES * C_BATCH * batch * (2 + s["n"]) * s["d"]),
+        "batch": int(BYTES * C_BATCH * s["B"] * (2 + s["n"]) * s["d"]),
         "score_chunk": int(BYTES * C_SCORE * min(SCORE_CHUNK, s["U"]) * s["S"]),
         "indices": INDEX_BYTES * s["L"] * s["E"],
         "fixed": FIXED_BYTES,
@@ -138,19 +131,14 @@ def memory_parts(config: ModelConfig, size: GraphSize, model) -> dict[str, int]:
 def work_units(config: ModelConfig, size: GraphSize, model, epochs: int) -> float:
     """The time formula's units for ``epochs`` epochs (see the module docstring)."""
     s = _shape(config, size, model)
-    batch = min(s["B"], max(size.train_pairs, 1))
     steps = config.steps_in_epoch(size.train_pairs)
-    step = s["L"] * s["E"] * (s["d"] * s["g"] + s["h"]) + s["N"] * s["d"] + batch * (2 + s["n"]) * s["d"] + STEP_UNITS
+    step = s["L"] * s["E"] * (s["d"] * s["g"] + s["h"]) + s["N"] * s["d"] + s["B"] * (2 + s["n"]) * s["d"] + STEP_UNITS
     validation = s["L"] * s["E"] * s["d"] * s["g"] + s["U"] * s["S"] * s["d"]
     return float(epochs * (steps * step + validation))
 
 
 def estimate(
-    config: ModelConfig,
-    size: GraphSize,
-    model=None,
-    epochs: int | None = None,
-    seconds_per_unit: float | None = None,
+    config: ModelConfig, size: GraphSize, model=None, epochs: int | None = None, seconds_per_unit: float | None = None
 ) -> Estimate:
     """Memory and (with a probe's ``seconds_per_unit``) seconds of training ``config`` for
     ``epochs`` (default its max_epochs). ``model`` defaults to building it."""
@@ -169,5 +157,4 @@ def calibrate_seconds(dataset, config: ModelConfig, graph: HeteroData, split: di
     part (the probe runs before a study's first trial; its weights are thrown away)."""
     started = time.perf_counter()
     model, _, view = dataset.fit(config, graph, split, max_epochs=1)
-    elapsed = time.perf_counter() - started
-    return elapsed / work_units(config, GraphSize.of(view, dataset.schema), model, 1)
+    return (time.perf_counter() - started) / work_units(config, GraphSize.of(view, dataset.schema), model, 1)

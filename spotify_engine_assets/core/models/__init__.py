@@ -5,18 +5,17 @@ from __future__ import annotations
 import torch
 
 from ..config import ModelConfig
-from ..data.graph import Schema
+from ..data.graph import Schema, num_nodes_of
 from .base import FitResult, GraphModel, Recommender, ScoreFn, sample_users
 from .baselines import CLOSED_FORM
 from .gat import BasicGAT, GenreAwareGAT, PlaylistGAT, TagFriendGAT
 from .heads import TaskHeads
 from .lightgcn import LightGCN
 
-GRAPH_MODELS: dict[str, type[GraphModel]] = {
-    "lightgcn": LightGCN, "gat_basic": BasicGAT, "gat_enhanced": GenreAwareGAT,
+MODEL_CLASSES: dict[str, type[Recommender]] = {
+    **CLOSED_FORM, "lightgcn": LightGCN, "gat_basic": BasicGAT, "gat_enhanced": GenreAwareGAT,
     "playlist_gat": PlaylistGAT, "tag_friend_gat": TagFriendGAT,
 }
-MODEL_CLASSES: dict[str, type[Recommender]] = {**CLOSED_FORM, **GRAPH_MODELS}
 
 
 def build_model(config: ModelConfig, schema: Schema, num_nodes: dict[str, int]) -> Recommender:
@@ -38,8 +37,7 @@ def build_model(config: ModelConfig, schema: Schema, num_nodes: dict[str, int]) 
 def load_model(config: ModelConfig, schema: Schema, view, state: dict) -> Recommender:
     """A trained model from its config and stored state, ready to score on ``view`` (closed-form
     models refit on it: their fit is deterministic)."""
-    num_nodes = {t: int(view[t].num_nodes) for t in view.node_types}
-    model = build_model(config, schema, num_nodes)
+    model = build_model(config, schema, num_nodes_of(view))
     model.load_state_dict(state)
     if isinstance(model, GraphModel):
         model.eval()
@@ -51,7 +49,5 @@ def embed(model: Recommender, view) -> tuple:
     return model.prepare(view).factors()
 
 
-__all__ = [
-    "FitResult", "GraphModel", "MODEL_CLASSES", "Recommender", "ScoreFn", "TaskHeads",
-    "build_model", "embed", "load_model", "sample_users",
-]
+__all__ = ["FitResult", "GraphModel", "MODEL_CLASSES", "Recommender", "ScoreFn", "TaskHeads", "build_model", "embed",
+           "load_model", "sample_users"]

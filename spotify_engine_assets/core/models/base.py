@@ -79,7 +79,6 @@ class Recommender:
     """The protocol (module docstring); closed-form models subclass it directly."""
 
     trainable = False
-    supports_attention = False
 
     def __init__(self, config: ModelConfig, schema: Schema, num_nodes: dict[str, int]) -> None:
         self.config, self.schema = config, schema
@@ -148,9 +147,8 @@ class GraphModel(nn.Module, Recommender):
     def prepare(self, view: HeteroData) -> GraphModel:
         was_training = self.training
         self.eval()
-        user, item = self.encode(view)[:2]
+        self._factors = self.encode(view)[:2]
         self.train(was_training)
-        self._factors = (user, item)
         interactions = view[self.schema.interaction].edge_index
         if self.config.itemknn_fusion and (self._knn is None or self._knn[0] is not interactions):
             from .baselines import ItemKNN
@@ -190,8 +188,7 @@ class IdEmbeddings(GraphModel):
     """Graph models with one id embedding table per node type (normal, std 0.1)."""
 
     def init_embeddings(self, node_types: tuple[str, ...], num_nodes: dict[str, int], dim: int) -> None:
-        self.node_types = node_types
-        self.embedding_dim = dim
+        self.node_types, self.embedding_dim = node_types, dim
         self.embeddings = nn.ModuleDict({t: nn.Embedding(num_nodes[t], dim) for t in node_types})
         for table in self.embeddings.values():
             nn.init.normal_(table.weight, std=0.1)

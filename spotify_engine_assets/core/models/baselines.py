@@ -27,8 +27,8 @@ from torch import Tensor
 from torch_geometric.data import HeteroData
 from torch_geometric.utils import scatter
 
-from ..config import ALSConfig, EASEConfig, GraphEASEConfig, ItemKNNConfig, ModelConfig, TrainableConfig
-from ..data.graph import Schema, interaction_matrix
+from ..config import ALSConfig, EASEConfig, GraphEASEConfig, TrainableConfig
+from ..data.graph import Schema, interaction_matrix, num_nodes_of
 from .base import UNSEEN_SCORE, Recommender
 
 
@@ -81,7 +81,7 @@ class ItemKNN(Recommender):
     @classmethod
     def for_fusion(cls, config: TrainableConfig, schema: Schema, view: HeteroData) -> ItemKNN:
         """The ItemKNN a graph model's scores are fused with (``fusion_shrink``)."""
-        model = cls(config, schema, {t: int(view[t].num_nodes) for t in view.node_types})
+        model = cls(config, schema, num_nodes_of(view))
         model._fit(view)
         return model
 
@@ -214,7 +214,3 @@ class ALS(Recommender):
 CLOSED_FORM: dict[str, type[Recommender]] = {
     "most_popular": MostPopular, "itemknn": ItemKNN, "ease": EASE, "als": ALS, "graph_ease": GraphEASE,
 }
-
-
-def is_closed_form(config: ModelConfig) -> bool:
-    return config.model in CLOSED_FORM

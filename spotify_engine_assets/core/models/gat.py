@@ -45,6 +45,21 @@ def both_ways(edge_types: Sequence[EdgeType]) -> list[EdgeType]:
     return [r for edge_type in edge_types for r in (edge_type, reverse(edge_type))]
 
 
+def layer_mean(outputs: Sequence[dict[str, Tensor]], node_type: str) -> Tensor:
+    """LightGCN-style: the mean of one node type's embeddings over the layer outputs."""
+    return torch.stack([x[node_type] for x in outputs]).mean(0)
+
+
+def attend(conv: nn.Module, x: tuple[Tensor, Tensor], edge_index: Tensor, edge_attr: Tensor | None,
+           attention: Attention | None, key: str) -> Tensor:
+    """The messages of one attention conv; with ``attention``, its coefficients stored there under ``key``."""
+    if attention is None:
+        return conv(x, edge_index, edge_attr=edge_attr)
+    message, (index, alpha) = conv(x, edge_index, edge_attr=edge_attr, return_attention_weights=True)
+    attention[key] = (index, alpha)
+    return message
+
+
 class HeteroGATLayer(nn.Module):
     r"""One attention layer over several relations.
 
@@ -63,45 +78,21 @@ class HeteroGATLayer(nn.Module):
         edge_dims: Size of the edge attributes of a relation, if it has any.
     """
 
-    def __init__(
-        self,
-        edge_types: Sequence[EdgeType],
-        dim: int,
-        heads: int = 1,
-        dropout: float = 0.0,
-        edge_dims: dict[EdgeType, int] | None = None,
-    ) -> None:
+    def __init__(self, edge_types: Sequence[EdgeType], dim: int, heads: int = 1, dropout: float = 0.0,
+                 edge_dims: dict[EdgeType, int] | None = None) -> None:
         super().__init__()
         if dim % heads:
             raise ValueError(f"hidden size {dim} must be divisible by heads {heads}")
         edge_dims = edge_dims or {}
         self.edge_types = list(edge_types)
-        self.convs = nn.ModuleDict(
-            {
-                relation_key(edge_type): GATv2Conv(
-                    (dim, dim),
-                    dim // heads,
-                    heads=heads,
-                    concat=True,
-                    dropout=dropout,
-                    add_self_loops=False,
-                    edge_dim=edge_dims.get(edge_type),
-                )
-                for edge_type in self.edge_types
-            }
-        )
+        self.convs = nn.ModuleDict({
+            relation_key(edge_type): GATv2Conv((dim, dim), dim // heads, heads=heads, concat=True, dropout=dropout,
+                                               add_self_loops=False, edge_dim=edge_dims.get(edge_type))
+            for edge_type in self.edge_types
+        })
 
-    def reset_parameters(self) -> None:
-        for conv in self.convs.values():
-            conv.reset_parameters()
-
-    def forward(
-        self,
-        x_dict: dict[str, Tensor],
-        data: HeteroData,
-        attention: Attention | None = None,
-        prefix: str = "",
-    ) -> dict[str, Tensor]:
+    def forward(self, x_dict: dict[str, Tensor], data: HeteroData, attention: Attention | None = None,
+                prefix: str = "") -> dict[str, Tensor]:
         """Messages per destination node type; fills ``attention`` when given."""
         out: dict[str, Tensor] = {}
         for edge_type in self.edge_types:
@@ -109,13 +100,8 @@ class HeteroGATLayer(nn.Module):
             store = data[edge_type]
             conv = self.convs[relation_key(edge_type)]
             edge_attr = store.get("edge_attr") if conv.edge_dim else None
-            if attention is None:
-                message = conv((x_dict[src], x_dict[dst]), store.edge_index, edge_attr=edge_attr)
-            else:
-                message, (index, alpha) = conv(
-                    (x_dict[src], x_dict[dst]), store.edge_index, edge_attr=edge_attr, return_attention_weights=True
-                )
-                attention[prefix + relation_key(edge_type)] = (index, alpha)
+            message = attend(conv, (x_dict[src], x_dict[dst]), store.edge_index, edge_attr, attention,
+                             prefix + relation_key(edge_type))
             out[dst] = out[dst] + message if dst in out else message
         return out
 
@@ -129,15 +115,8 @@ class EdgeAttrGATConv(GATConv):
     ``[E, edge_dim] x [edge_dim, heads]`` product (the attention is otherwise GATConv's own).
     """
 
-    def edge_update(
-        self,
-        alpha_j: Tensor,
-        alpha_i: Tensor | None,
-        edge_attr: Tensor | None,
-        index: Tensor,
-        ptr: Tensor | None,
-        dim_size: int | None,
-    ) -> Tensor:
+    def edge_update(self, alpha_j: Tensor, alpha_i: Tensor | None, edge_attr: Tensor | None, index: Tensor,
+                    ptr: Tensor | None, dim_size: int | None) -> Tensor:
         alpha = alpha_j if alpha_i is None else alpha_j + alpha_i
         if index.numel() == 0:
             return alpha
@@ -180,34 +159,19 @@ class NormalizedHeteroGATLayer(nn.Module):
         transform: Learn a linear map :math:`\mathbf{W}^r` per relation (default ``False``).
     """
 
-    def __init__(
-        self,
-        edge_types: Sequence[EdgeType],
-        dim: int,
-        heads: int = 1,
-        dropout: float = 0.0,
-        edge_dims: dict[EdgeType, int] | None = None,
-        transform: bool = False,
-    ) -> None:
+    def __init__(self, edge_types: Sequence[EdgeType], dim: int, heads: int = 1, dropout: float = 0.0,
+                 edge_dims: dict[EdgeType, int] | None = None, transform: bool = False) -> None:
         super().__init__()
         edge_dims = edge_dims or {}
         self.edge_types = list(edge_types)
         self.transform = transform
-        self.convs = nn.ModuleDict(
-            {
-                relation_key(edge_type): EdgeAttrGATConv(
-                    dim,
-                    dim,
-                    heads=heads,
-                    concat=False,
-                    dropout=dropout,
-                    add_self_loops=False,
-                    edge_dim=edge_dims.get(edge_type),
-                    bias=False,
-                )
-                for edge_type in self.edge_types
-            }
-        )
+        self.convs = nn.ModuleDict({
+            relation_key(edge_type): EdgeAttrGATConv(
+                dim, dim, heads=heads, concat=False, dropout=dropout, add_self_loops=False,
+                edge_dim=edge_dims.get(edge_type), bias=False,
+            )
+            for edge_type in self.edge_types
+        })
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -219,15 +183,9 @@ class NormalizedHeteroGATLayer(nn.Module):
                     conv.lin.weight.copy_(identity)
                 conv.lin.weight.requires_grad_(False)
 
-    def forward(
-        self,
-        x_dict: dict[str, Tensor],
-        data: HeteroData,
-        degrees: dict[EdgeType, tuple[Tensor, Tensor]],
-        edge_attrs: dict[EdgeType, Tensor] | None = None,
-        attention: Attention | None = None,
-        prefix: str = "",
-    ) -> dict[str, Tensor]:
+    def forward(self, x_dict: dict[str, Tensor], data: HeteroData, degrees: dict[EdgeType, tuple[Tensor, Tensor]],
+                edge_attrs: dict[EdgeType, Tensor] | None = None, attention: Attention | None = None,
+                prefix: str = "") -> dict[str, Tensor]:
         """Messages per destination node type; fills ``attention`` when given.
 
         ``degrees[r]`` holds the (source, destination) degrees of relation ``r``, clamped to 1.
@@ -240,14 +198,8 @@ class NormalizedHeteroGATLayer(nn.Module):
             src_degree, dst_degree = degrees[edge_type]
             x_src = x_dict[src] * src_degree.rsqrt().unsqueeze(-1)
             edge_attr = edge_attrs.get(edge_type) if conv.edge_dim else None
-            edge_index = data[edge_type].edge_index
-            if attention is None:
-                message = conv((x_src, x_dict[dst]), edge_index, edge_attr=edge_attr)
-            else:
-                message, (index, alpha) = conv(
-                    (x_src, x_dict[dst]), edge_index, edge_attr=edge_attr, return_attention_weights=True
-                )
-                attention[prefix + relation_key(edge_type)] = (index, alpha)
+            message = attend(conv, (x_src, x_dict[dst]), data[edge_type].edge_index, edge_attr, attention,
+                             prefix + relation_key(edge_type))
             message = message * dst_degree.sqrt().unsqueeze(-1)
             out[dst] = out[dst] + message if dst in out else message
         return out
@@ -255,21 +207,16 @@ class NormalizedHeteroGATLayer(nn.Module):
 
 def relation_degrees(data: HeteroData, edge_types: Sequence[EdgeType]) -> dict[EdgeType, tuple[Tensor, Tensor]]:
     """(source out-degree, destination in-degree) per relation, as floats clamped to at least 1."""
-    degrees = {}
-    for edge_type in edge_types:
-        src, _, dst = edge_type
-        edge_index = data[edge_type].edge_index
-        src_degree = torch.bincount(edge_index[0], minlength=data[src].num_nodes).clamp(min=1).float()
-        dst_degree = torch.bincount(edge_index[1], minlength=data[dst].num_nodes).clamp(min=1).float()
-        degrees[edge_type] = (src_degree, dst_degree)
-    return degrees
+    def degree(index: Tensor, node_type: str) -> Tensor:
+        return torch.bincount(index, minlength=data[node_type].num_nodes).clamp(min=1).float()
+
+    return {r: (degree(data[r].edge_index[0], r[0]), degree(data[r].edge_index[1], r[2])) for r in edge_types}
 
 
 def standardized(edge_attr: Tensor) -> Tensor:
     """Each attribute column shifted to mean 0 and scaled to standard deviation 1."""
-    if edge_attr.size(0) < 2:
-        return edge_attr - edge_attr.mean(0, keepdim=True)
-    return (edge_attr - edge_attr.mean(0, keepdim=True)) / edge_attr.std(0, keepdim=True).clamp(min=1e-6)
+    centered = edge_attr - edge_attr.mean(0, keepdim=True)
+    return centered if edge_attr.size(0) < 2 else centered / edge_attr.std(0, keepdim=True).clamp(min=1e-6)
 
 
 class LightAttentionConv(nn.Module):
@@ -309,19 +256,12 @@ class LightAttentionConv(nn.Module):
         return out.reshape(x_dst.size(0), -1), alpha
 
 
-
-
 class BasicGAT(IdEmbeddings):
     """User, item and main-category embeddings refined by one GATv2 attention layer.
 
     The layer passes messages item -> user, user -> item, category -> item and item -> category;
     the output adds the layer's messages to the id embedding (residual), so a node with no
-    training edge still has an embedding.
-
-    Args:
-        config: ``embedding_dim``, ``heads`` (default 1) and ``dropout`` (attention) are used.
-        schema: The interaction and the item's main (first) category, e.g. song -by-> artist.
-        num_nodes: Node count per type.
+    training edge still has an embedding. The main category is the schema's first (song -by-> artist).
     """
 
     def __init__(self, config: BasicGATConfig, schema: Schema, num_nodes: dict[str, int]) -> None:
@@ -359,16 +299,10 @@ class GenreAwareGAT(IdEmbeddings):
     :math:`\mathbf{h}^{(0)}, \dots, \mathbf{h}^{(L)}` as in LightGCN. Side nodes carry items'
     context: after one layer a song holds its artist's and genres' embeddings (attention-pooled),
     after two a user holds the artists and genres of the songs they play, so items with few
-    users still rank by the categories a user plays.
-
-    Args:
-        config: ``embedding_dim`` (hidden size), ``num_layers``, ``heads`` (averaged), ``dropout``
-            (attention coefficients and layer outputs), ``residual``, ``use_edge_attr`` (the
-            interaction's ``edge_attr``, ``schema.interaction_attr_dim`` columns) and
-            ``transform`` (learn a linear message map per relation and layer; default: messages
-            are the neighbours' embeddings, only the attention is learned).
-        schema: The chain's relations.
-        num_nodes: Node count per type.
+    users still rank by the categories a user plays. ``heads`` are averaged, ``dropout`` acts on the
+    attention coefficients and the layer outputs, ``use_edge_attr`` reads the interaction's
+    ``schema.interaction_attr_dim`` ``edge_attr`` columns, and ``transform`` learns a linear message map
+    per relation and layer (default: messages are the neighbours' embeddings, only the attention is learned).
     """
 
     def __init__(self, config: GenreAwareGATConfig, schema: Schema, num_nodes: dict[str, int]) -> None:
@@ -383,14 +317,8 @@ class GenreAwareGAT(IdEmbeddings):
         # the last layer's side outputs would be unused: it only passes messages into users and items
         last = tuple(r for r in self.relations if r[2] in (schema.user, schema.item))
         self.layers = nn.ModuleList(
-            NormalizedHeteroGATLayer(
-                self.relations if depth < config.num_layers - 1 else last,
-                config.embedding_dim,
-                heads=config.heads,
-                dropout=config.dropout,
-                edge_dims=edge_dims,
-                transform=config.transform,
-            )
+            NormalizedHeteroGATLayer(self.relations if depth < config.num_layers - 1 else last, config.embedding_dim,
+                                     config.heads, config.dropout, edge_dims, config.transform)
             for depth in range(config.num_layers)
         )
         self.dropout = nn.Dropout(config.dropout)
@@ -410,21 +338,13 @@ class GenreAwareGAT(IdEmbeddings):
     def forward(self, data: HeteroData, return_attention: bool = False):
         x = {t: self.embeddings[t].weight for t in self.node_types}
         attention: Attention | None = {} if return_attention else None
-        degrees = relation_degrees(data, self.relations)
-        edge_attrs = self._edge_attrs(data)
-        user_type, item_type = self.schema.user, self.schema.item
-        user_layers, item_layers = [x[user_type]], [x[item_type]]
+        degrees, edge_attrs = relation_degrees(data, self.relations), self._edge_attrs(data)
+        outputs = [x]
         for depth, layer in enumerate(self.layers):
             messages = layer(x, data, degrees, edge_attrs, attention, prefix=f"layer{depth}/")
-            updated = {}
-            for node_type, message in messages.items():
-                update = self.dropout(message)
-                updated[node_type] = x[node_type] + update if self.residual else update
-            x = updated
-            user_layers.append(x[user_type])
-            item_layers.append(x[item_type])
-        user = torch.stack(user_layers).mean(0)
-        item = torch.stack(item_layers).mean(0)
+            x = {t: x[t] + self.dropout(m) if self.residual else self.dropout(m) for t, m in messages.items()}
+            outputs.append(x)
+        user, item = layer_mean(outputs, self.schema.user), layer_mean(outputs, self.schema.item)
         return (user, item, attention) if return_attention else (user, item)
 
 
@@ -496,15 +416,14 @@ class PlaylistGAT(IdEmbeddings):
         if not self.config.user_ids:
             x[user_type] = self.embeddings[item_type].weight.new_zeros(self.num_users, self.embedding_dim)
         attention: Attention | None = {} if return_attention else None
-        users, items = [x[user_type]], [x[item_type]]
+        outputs = [x]
         for depth, (layer, norms) in enumerate(zip(self.layers, self.norms)):
             messages = layer(x, view, attention, prefix=f"layer{depth}/")
             x = {t: h + self.dropout(norms[t](messages[t])) if t in messages else h for t, h in x.items()}
-            users.append(x[user_type])
-            items.append(x[item_type])
-        if not self.config.user_ids:
-            users = users[1:]  # the all-zero start carries nothing
-        user, item = torch.stack(users).mean(0), torch.stack(items).mean(0)
+            outputs.append(x)
+        # without user ids the all-zero start carries nothing
+        user = layer_mean(outputs if self.config.user_ids else outputs[1:], user_type)
+        item = layer_mean(outputs, item_type)
         return (user, item, attention) if return_attention else (user, item)
 
 
@@ -533,23 +452,19 @@ class TagFriendGAT(IdEmbeddings):
             torch.tensor([[1.0 if r in main else config.side_weight for r in relations]] * config.num_layers)
         )
         self.layers = nn.ModuleList(
-            nn.ModuleDict(
-                {
-                    relation_key(r): LightAttentionConv(dim, heads, r in self.weighted, config.dropout)
-                    if config.conv == "light"
-                    else GATv2Conv(
-                        dim, dim // heads, heads=heads, dropout=config.dropout, add_self_loops=False,
-                        edge_dim=1 if r in self.weighted else None, bias=False,
-                    )
-                    for r in relations
-                }
-            )
+            nn.ModuleDict({
+                relation_key(r): LightAttentionConv(dim, heads, r in self.weighted, config.dropout)
+                if config.conv == "light"
+                else GATv2Conv(dim, dim // heads, heads=heads, dropout=config.dropout, add_self_loops=False,
+                               edge_dim=1 if r in self.weighted else None, bias=False)
+                for r in relations
+            })
             for _ in range(config.num_layers)
         )
 
     def forward(self, graph: HeteroData, return_attention: bool = False):
         x = {t: e.weight for t, e in self.embeddings.items()}
-        outputs = {t: [v] for t, v in x.items()}
+        outputs = [x]
         attention = {}
         for depth, layer in enumerate(self.layers):
             new = {t: torch.zeros_like(v) for t, v in x.items()}
@@ -562,17 +477,14 @@ class TagFriendGAT(IdEmbeddings):
                     result, alpha = conv(x[src], x[dst], store.edge_index, weight)
                     index = store.edge_index
                 else:
-                    result, (index, alpha) = conv(
-                        (x[src], x[dst]), store.edge_index,
-                        edge_attr=None if weight is None else weight[:, None], return_attention_weights=True,
-                    )
+                    edge_attr = None if weight is None else weight[:, None]
+                    result, (index, alpha) = conv((x[src], x[dst]), store.edge_index, edge_attr=edge_attr,
+                                                  return_attention_weights=True)
                 if return_attention:
                     attention[f"layer{depth}/{relation_key(relation)}"] = (index, alpha)
                 new[dst] = new[dst] + self.relation_weights[depth, r] * result
             # light: LightGCN-style propagation (the layer mean below combines depths); gatv2: residual
             x = new if self.config.conv == "light" else {t: new[t] + x[t] for t in x}
-            for t, v in x.items():
-                outputs[t].append(v)
-        user = torch.stack(outputs[self.schema.user]).mean(0)
-        item = torch.stack(outputs[self.schema.item]).mean(0)
+            outputs.append(x)
+        user, item = layer_mean(outputs, self.schema.user), layer_mean(outputs, self.schema.item)
         return (user, item, attention) if return_attention else (user, item)

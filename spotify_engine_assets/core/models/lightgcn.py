@@ -15,13 +15,7 @@ from .base import GraphModel
 class LightGCN(GraphModel):
     """PyG's LightGCN over users ``0..U-1`` and items ``U..U+I-1`` of the homogeneous graph; only
     the view's (training) interaction edges propagate, both ways. The homogeneous edge index is
-    built once per view and cached.
-
-    Args:
-        config: ``embedding_dim`` and ``num_layers`` are used.
-        schema: The interaction relation.
-        num_nodes: Node count per type.
-    """
+    built once per view and cached."""
 
     def __init__(self, config: TrainableConfig, schema: Schema, num_nodes: dict[str, int]) -> None:
         super().__init__(config, schema, num_nodes)

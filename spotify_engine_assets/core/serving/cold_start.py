@@ -121,12 +121,22 @@ def _metrics(topk: Tensor, target_rows: Tensor, target_songs: Tensor, num_songs:
     return {name: float(values[name]) for name in (f"recall@{EVAL_K}", f"ndcg@{EVAL_K}")}
 
 
+def _training_profiles(view: HeteroData, schema: Schema, users: Tensor, genre_matrix: Tensor) -> tuple[Tensor, ...]:
+    """For ``users`` (one row each): the row of every user node (-1 for others), the rows' training
+    edges in ``view``, their genre profiles from those edges and their training interaction counts."""
+    num_users = int(view[schema.user].num_nodes)
+    row_of = torch.full((num_users,), -1, dtype=torch.long)
+    row_of[users] = torch.arange(users.numel())
+    train = view[schema.interaction].edge_index
+    own = train[:, row_of[train[0]] >= 0]
+    profiles = torch.zeros(users.numel(), genre_matrix.size(1))
+    profiles.index_add_(0, row_of[own[0]], genre_matrix[own[1]])
+    counts = torch.bincount(train[0], minlength=num_users)[users]
+    return row_of, own, profiles / profiles.sum(1, keepdim=True).clamp(min=1e-12), counts
+
+
 def tune_genre_prior(
-    user_emb: Tensor,
-    song_emb: Tensor,
-    view: HeteroData,
-    valid_pairs: Tensor,
-    schema: Schema,
+    user_emb: Tensor, song_emb: Tensor, view: HeteroData, valid_pairs: Tensor, schema: Schema,
     grid: Sequence[float] = GENRE_PRIOR_GRID,
 ) -> tuple[float, dict[float, float]]:
     """Choose ``n0`` on validation: NDCG@10 of the adaptive blend for every value of ``grid``,
@@ -135,19 +145,12 @@ def tune_genre_prior(
     users = torch.unique(valid_pairs[0])
     if users.numel() == 0:
         raise ValueError("no validation pairs to choose n0 on")
-    num_users, num_songs = int(view[schema.user].num_nodes), int(view[schema.item].num_nodes)
-    row_of = torch.full((num_users,), -1, dtype=torch.long)
-    row_of[users] = torch.arange(users.numel())
-    train = view[schema.interaction].edge_index
-    own = train[:, row_of[train[0]] >= 0]
+    num_songs = int(view[schema.item].num_nodes)
     genre_matrix = song_genre_matrix(view, schema)
-    popularity = torch.bincount(train[1], minlength=num_songs).float()
-    profiles = torch.zeros(users.numel(), genre_matrix.size(1))
-    profiles.index_add_(0, row_of[own[0]], genre_matrix[own[1]])
-    profiles = profiles / profiles.sum(1, keepdim=True).clamp(min=1e-12)
+    row_of, own, profiles, counts = _training_profiles(view, schema, users, genre_matrix)
+    popularity = torch.bincount(view[schema.interaction].edge_index[1], minlength=num_songs).float()
     genre = genre_scores(genre_matrix, popularity, profiles)
     model = user_emb[users] @ song_emb.T
-    counts = torch.bincount(train[0], minlength=num_users)[users]
     scores = {}
     for n0 in grid:
         weights = torch.tensor([adaptive_weight(int(n), n0) for n in counts.tolist()])
@@ -183,18 +186,9 @@ def zero_user_embeddings(model, users: Tensor):
 
 
 def evaluate_cold_start(
-    dataset,
-    data: HeteroData,
-    train_index: Tensor,
-    valid_index: Tensor,
-    test_index: Tensor,
-    fit: Callable[[dict[str, Tensor]], nn.Module | None],
-    *,
-    reveal: Sequence[int] = (1, 3, 5, 10),
-    genre_top: int = 3,
-    n0: float | None = None,
-    fraction: float = 0.2,
-    seed: int = 0,
+    dataset, data: HeteroData, train_index: Tensor, valid_index: Tensor, test_index: Tensor,
+    fit: Callable[[dict[str, Tensor]], nn.Module | None], *, reveal: Sequence[int] = (1, 3, 5, 10), genre_top: int = 3,
+    n0: float | None = None, fraction: float = 0.2, seed: int = 0,
 ) -> dict:
     """Cold-start Recall/NDCG@10 on users held out of training entirely.
 
@@ -261,13 +255,14 @@ def evaluate_cold_start(
     exclude_rows = torch.arange(users.numel()).repeat_interleave(n_max)
     exclude_songs = torch.cat(revealed)
 
-    def score(scores: Tensor) -> dict[str, float]:
-        return _metrics(_topk_masked(scores, exclude_rows, exclude_songs, EVAL_K), target_rows, target_songs, num_songs)
+    def method_row(method: str, revealed: int, weight: float, scores: Tensor) -> dict:
+        topk = _topk_masked(scores, exclude_rows, exclude_songs, EVAL_K)
+        return {"method": method, "revealed": revealed, "genre_weight": weight,
+                **_metrics(topk, target_rows, target_songs, num_songs)}
 
-    rows = [{"method": "most_popular", "revealed": 0, "genre_weight": 0.0, **score(popularity.expand(users.numel(), -1))}]
+    rows = [method_row("most_popular", 0, 0.0, popularity.expand(users.numel(), -1))]
     stated = torch.stack([stated_genres(genre_matrix, songs, genre_top) for songs in revealed])
-    rows.append({"method": f"genres_only (top {genre_top})", "revealed": 0, "genre_weight": 1.0,
-                 **score(genre_scores(genre_matrix, popularity, stated))})
+    rows.append(method_row(f"genres_only (top {genre_top})", 0, 1.0, genre_scores(genre_matrix, popularity, stated)))
     n0_scores: dict[float, float] = {}
     if model is not None:
         user_emb, song_emb = embed(model, view)
@@ -279,32 +274,23 @@ def evaluate_cold_start(
         first = [songs[:n] for songs in revealed]
         profiles = torch.stack([genre_profile_of_songs(genre_matrix, songs) for songs in first])
         genre = genre_scores(genre_matrix, popularity, profiles)
-        rows.append({"method": "songs_genre", "revealed": n, "genre_weight": 1.0, **score(genre)})
+        rows.append(method_row("songs_genre", n, 1.0, genre))
         if model is None:
             continue
         folded = torch.stack([song_emb[songs].mean(0) for songs in first]) @ song_emb.T
-        rows.append({"method": "songs_model_foldin", "revealed": n, "genre_weight": 0.0, **score(folded)})
+        rows.append(method_row("songs_model_foldin", n, 0.0, folded))
         grown = dataset.view(data, torch.cat([keep_train] + [edges[:n] for edges in revealed_edges]), heldout)
         user_emb, grown_song_emb = embed(fresh, grown)
         inductive = user_emb[users] @ grown_song_emb.T
-        rows.append({"method": "songs_model_inductive", "revealed": n, "genre_weight": 0.0, **score(inductive)})
+        rows.append(method_row("songs_model_inductive", n, 0.0, inductive))
         weight = adaptive_weight(n, n0)
-        rows.append({"method": "songs_adaptive_foldin", "revealed": n, "genre_weight": weight,
-                     **score(blend(folded, genre, weight))})
-        rows.append({"method": "songs_adaptive_inductive", "revealed": n, "genre_weight": weight,
-                     **score(blend(inductive, genre, weight))})
+        rows.append(method_row("songs_adaptive_foldin", n, weight, blend(folded, genre, weight)))
+        rows.append(method_row("songs_adaptive_inductive", n, weight, blend(inductive, genre, weight)))
     if model is not None:
         rows += _active_rows(data, schema, view, model, popularity, genre_matrix, train_index, valid_index, test_index, users, n0)
-    return {
-        "rows": rows,
-        "heldout_users": int(users.numel()),
-        "targets": int(target_songs.numel()),
-        "reveal": list(reveal),
-        "n0": n0,
-        "n0_validation_ndcg@10": n0_scores,
-        "seed": seed,
-        "training_edges": int(keep_train.numel()),
-    }
+    return {"rows": rows, "heldout_users": int(users.numel()), "targets": int(target_songs.numel()),
+            "reveal": list(reveal), "n0": n0, "n0_validation_ndcg@10": n0_scores, "seed": seed,
+            "training_edges": int(keep_train.numel())}
 
 
 def _active_rows(data, schema, view, model, popularity, genre_matrix, train_index, valid_index, test_index, heldout, n0) -> list[dict]:
@@ -314,33 +300,27 @@ def _active_rows(data, schema, view, model, popularity, genre_matrix, train_inde
     users = torch.unique(test[0])
     if users.numel() == 0:
         return []
-    row_of = torch.full((data[schema.user].num_nodes,), -1, dtype=torch.long)
-    row_of[users] = torch.arange(users.numel())
+    row_of, _, profiles, counts = _training_profiles(view, schema, users, genre_matrix)
     known = listens[:, torch.cat([train_index, valid_index])]
     known = known[:, row_of[known[0]] >= 0]
-    train = view[schema.interaction].edge_index
-    counts = torch.bincount(train[0], minlength=data[schema.user].num_nodes)[users]
-    profiles = torch.zeros(users.numel(), genre_matrix.size(1))
-    own = train[:, row_of[train[0]] >= 0]
-    profiles.index_add_(0, row_of[own[0]], genre_matrix[own[1]])
-    profiles = profiles / profiles.sum(1, keepdim=True).clamp(min=1e-12)
     genre = genre_scores(genre_matrix, popularity, profiles)
     user_emb, song_emb = embed(model, view)
     collaborative = user_emb[users] @ song_emb.T
     weights = torch.tensor([adaptive_weight(int(n), n0) for n in counts.tolist()])
     num_songs = int(data[schema.item].num_nodes)
 
-    def score(scores: Tensor) -> dict[str, float]:
+    def method_row(method: str, weight: float, scores: Tensor) -> dict:
         topk = _topk_masked(scores, row_of[known[0]], known[1], EVAL_K)
-        return _metrics(topk, row_of[test[0]], test[1], num_songs)
+        return {"method": method, "revealed": -1, "genre_weight": weight,
+                **_metrics(topk, row_of[test[0]], test[1], num_songs)}
 
     mean_n = float(counts.float().mean())
     return [
-        {"method": "active_most_popular", "revealed": -1, "genre_weight": 0.0, **score(popularity.expand(users.numel(), -1))},
-        {"method": "active_genre", "revealed": -1, "genre_weight": 1.0, **score(genre)},
-        {"method": "active_model", "revealed": -1, "genre_weight": 0.0, **score(collaborative)},
-        {"method": f"active_adaptive (mean n={mean_n:.0f})", "revealed": -1, "genre_weight": float(weights.mean()),
-         **score(blend(collaborative, genre, weights))},
+        method_row("active_most_popular", 0.0, popularity.expand(users.numel(), -1)),
+        method_row("active_genre", 1.0, genre),
+        method_row("active_model", 0.0, collaborative),
+        method_row(f"active_adaptive (mean n={mean_n:.0f})", float(weights.mean()),
+                   blend(collaborative, genre, weights)),
     ]
 
 

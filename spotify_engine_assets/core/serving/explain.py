@@ -41,25 +41,6 @@ from .cold_start import genre_profile_of_songs
 from .recommend import ModelBundle
 
 
-def relations_of(schema: Schema) -> tuple:
-    """The (interaction, item-artist, item-genre) relations explanations follow."""
-    return schema.interaction, schema.category("artist"), schema.category("genre")
-
-
-def kinds(schema: Schema) -> dict[str, tuple]:
-    """Per evidence kind: its forward relation and the direction whose attention carries the
-    evidence towards the user or the candidate."""
-    listens, by, has = relations_of(schema)
-    return {
-        "played": (listens, reverse(listens)),       # user <- played song
-        "played_artist": (by, reverse(by)),          # played song <- its artist (the candidate's)
-        "played_genre": (has, reverse(has)),         # played song <- its genre (one of the candidate's)
-        "candidate_artist": (by, reverse(by)),       # candidate <- its artist
-        "candidate_genre": (has, reverse(has)),      # candidate <- its genre
-        "listener": (listens, listens),              # candidate <- a user who played it
-    }
-
-
 @dataclass
 class EvidenceLinks:
     """Evidence links of one pair: kind, forward relation, edge position in the view, endpoints."""
@@ -82,7 +63,7 @@ def model_relations(model) -> set[tuple[str, str, str]]:
 def evidence_links(view: HeteroData, user: int, song: int, schema: Schema, relations: set | None = None) -> EvidenceLinks:
     """The links on the paths user -> played songs -> (candidate's artist / genres) -> candidate,
     and the candidate's own links, restricted to ``relations`` the model uses."""
-    LISTENS, BY, HAS = relations_of(schema)
+    LISTENS, BY, HAS = schema.interaction, schema.category("artist"), schema.category("genre")
     listens, by, has = view[LISTENS].edge_index, view[BY].edge_index, view[HAS].edge_index
     played_edges = (listens[0] == user).nonzero().flatten()
     played = listens[1, played_edges]
@@ -97,18 +78,14 @@ def evidence_links(view: HeteroData, user: int, song: int, schema: Schema, relat
         ("listener", LISTENS, ((listens[1] == song) & (listens[0] != user)).nonzero().flatten()),
     ]
     stores = {LISTENS: listens, BY: by, HAS: has}
-    kinds, rels, edges, sources, targets = [], [], [], [], []
-    for kind, relation, index in parts:
-        if relations is not None and relation not in relations:
-            continue
-        kinds += [kind] * index.numel()
-        rels += [relation] * index.numel()
-        edges.append(index)
-        sources.append(stores[relation][0, index])
-        targets.append(stores[relation][1, index])
-    empty = torch.empty(0, dtype=torch.long)
-    cat = lambda parts_: torch.cat(parts_) if parts_ else empty  # noqa: E731
-    return EvidenceLinks(kinds, rels, cat(edges), cat(sources), cat(targets))
+    parts = [(kind, relation, index) for kind, relation, index in parts if relations is None or relation in relations]
+    if not parts:
+        empty = torch.empty(0, dtype=torch.long)
+        return EvidenceLinks([], [], empty, empty, empty)
+    ends = torch.cat([stores[relation][:, index] for _, relation, index in parts], 1)
+    kinds = [kind for kind, _, index in parts for _ in range(index.numel())]
+    rels = [relation for _, relation, index in parts for _ in range(index.numel())]
+    return EvidenceLinks(kinds, rels, torch.cat([index for _, _, index in parts]), ends[0], ends[1])
 
 
 def _reset_caches(model) -> None:
@@ -179,7 +156,10 @@ def link_attention(attention: dict[str, tuple[Tensor, Tensor]], links: EvidenceL
     """Per link, the attention coefficient (mean over heads) in its evidence direction, per layer."""
     layers = sorted({key.split("/")[0] for key in attention}, key=lambda name: int(name.removeprefix("layer")))
     columns = []
-    directions = [kinds(schema)[kind][1] for kind in links.kind]
+    # the direction carrying the evidence towards the user or the candidate: the reverse relation
+    # (user <- played song <- artist/genre, candidate <- artist/genre), except a listener's own edge
+    directions = [relation if kind == "listener" else reverse(relation)
+                  for kind, relation in zip(links.kind, links.relation)]
     for layer in layers:
         column: list[float | None] = [None] * len(links)
         for direction in set(directions):
@@ -187,8 +167,8 @@ def link_attention(attention: dict[str, tuple[Tensor, Tensor]], links: EvidenceL
             if entry is None:
                 continue
             rows = [i for i, d in enumerate(directions) if d == direction]
-            values = entry[1][links.edge[rows]].mean(-1).tolist() if entry[1].dim() > 1 else entry[1][links.edge[rows]].tolist()
-            for i, value in zip(rows, values):
+            alpha = entry[1][links.edge[rows]]
+            for i, value in zip(rows, (alpha.mean(-1) if alpha.dim() > 1 else alpha).tolist()):
                 column[i] = value
         columns.append(column)
     return [[column[i] for column in columns] for i in range(len(links))]
@@ -212,11 +192,12 @@ def without_links(view: HeteroData, removed: dict[tuple[str, str, str], Tensor],
     return add_reverse(out, forward, attributes=("edge_attr",))
 
 
-def _removal(links: EvidenceLinks, chosen: Tensor) -> dict:
+def view_without(view: HeteroData, links: EvidenceLinks, chosen: Tensor, schema: Schema) -> HeteroData:
+    """:func:`without_links` of the ``chosen`` evidence links (positions into ``links``)."""
     removed: dict = {}
     for i in chosen.tolist():
         removed.setdefault(links.relation[i], []).append(int(links.edge[i]))
-    return {relation: torch.tensor(edges, dtype=torch.long) for relation, edges in removed.items()}
+    return without_links(view, {relation: torch.tensor(edges) for relation, edges in removed.items()}, schema)
 
 
 # ------------------------------------------------------------------------------------ explain
@@ -257,14 +238,11 @@ def explain(bundle: ModelBundle, user: int, song: int, top: int = 8) -> dict:
     # genre influence: the user's training genre profile x the song's genre weights
     profile = genre_profile_of_songs(bundle.genre_matrix, training)
     weights = bundle.genre_matrix[song]
-    result["genre_influence"] = {
-        "total": float(profile @ weights),
-        "genres": [
-            {"genre": catalog.genre_name[g], "user_share": float(profile[g]), "song_weight": float(weights[g]),
-             "product": float(profile[g] * weights[g])}
-            for g in song_genres.tolist()
-        ],
-    }
+    result["genre_influence"] = {"total": float(profile @ weights), "genres": [
+        {"genre": catalog.genre_name[g], "user_share": float(profile[g]), "song_weight": float(weights[g]),
+         "product": float(profile[g] * weights[g])}
+        for g in song_genres.tolist()
+    ]}
     same_artist = [s for s in training.tolist() if catalog.song_artist[s] == artist]
     result["artist_influence"] = {
         "artist": result["artist"],
@@ -288,29 +266,22 @@ def explain(bundle: ModelBundle, user: int, song: int, top: int = 8) -> dict:
     result["evidence_links"] = len(links)
     result["evidence_attribution_total"] = float(values.sum())
     result["evidence"] = [
-        {
-            "kind": links.kind[i],
-            "label": _label(bundle, links.kind[i], int(links.source[i]), int(links.target[i])),
-            "attribution": float(values[i]),
-            "attention": attention[i],
-        }
+        {"kind": links.kind[i], "label": _label(bundle, links.kind[i], int(links.source[i]), int(links.target[i])),
+         "attribution": float(values[i]), "attention": attention[i]}
         for i in order[:top]
     ]
     # attention along paths user <- played song <- (artist | genre) -> candidate
     result["paths"] = _paths(bundle, links, attention, values)[:top]
     # similar users who played it: candidate listeners by cosine similarity of the model's user embeddings
     listeners = [i for i, kind in enumerate(links.kind) if kind == "listener"]
-    if listeners:
-        sources = links.source[listeners]
-        similarity = torch.nn.functional.cosine_similarity(attribution.user_emb[sources], attribution.user_emb[user].unsqueeze(0))
-        best = torch.argsort(similarity, descending=True)[:5].tolist()
-        result["similar_users"] = [
-            {"user_id": bundle.user_id(int(sources[b])), "similarity": float(similarity[b]),
-             "attribution": float(values[listeners[b]])}
-            for b in best
-        ]
-    else:
-        result["similar_users"] = []
+    sources = links.source[listeners]
+    user_emb = attribution.user_emb
+    similarity = torch.nn.functional.cosine_similarity(user_emb[sources], user_emb[user].unsqueeze(0))
+    result["similar_users"] = [
+        {"user_id": bundle.user_id(int(sources[b])), "similarity": float(similarity[b]),
+         "attribution": float(values[listeners[b]])}
+        for b in torch.argsort(similarity, descending=True)[:5].tolist()
+    ]
     return result
 
 
@@ -349,11 +320,7 @@ def _paths(bundle: ModelBundle, links: EvidenceLinks, attention: list, values: T
 
 
 def faithfulness(
-    model: nn.Module,
-    view: HeteroData,
-    pairs: Sequence[tuple[int, int]],
-    remove: int = 5,
-    random_draws: int = 3,
+    model: nn.Module, view: HeteroData, pairs: Sequence[tuple[int, int]], remove: int = 5, random_draws: int = 3,
     seed: int = 0,
 ) -> dict:
     """Score drop when removing the ``remove`` top-attributed evidence links vs as many random
@@ -404,10 +371,6 @@ def faithfulness(
     if all("drop_attention" in r for r in rows):
         summary["mean_drop_attention"] = mean("drop_attention")
     return summary
-
-
-def view_without(view: HeteroData, links: EvidenceLinks, chosen: Tensor, schema: Schema) -> HeteroData:
-    return without_links(view, _removal(links, chosen), schema)
 
 
 # ---------------------------------------------------------------------------------- rendering

@@ -7,7 +7,7 @@ message-passing view the model was trained on (training listens edges only), the
 user and song embeddings, and the training popularity of every song.
 
 Ranking (:func:`rank_songs`) mixes the model's score with a genre score under an *adaptive genre
-weight* (see :mod:`spotify_engine_assets.lib.cold_start`): ``w = n0 / (n0 + n)`` with ``n`` the
+weight* (see :mod:`.cold_start`): ``w = n0 / (n0 + n)`` with ``n`` the
 user's number of training interactions, so new users lean on genres and active users on the
 collaborative signal. ``n0 = 0`` ranks by the model's score alone.
 """
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from torch_geometric.data import HeteroData
 
 from ..config import ConfigError, ModelConfig, parse_config
@@ -40,16 +40,12 @@ class UnknownIdError(LookupError):
         return str(self.args[0])
 
 
-def _sample_listing(values: list, limit: int = 10) -> str:
-    shown = ", ".join(str(v) for v in values[:limit])
-    return shown if len(values) <= limit else f"{shown}, ... ({len(values)} in all)"
-
-
 def id_error(kind: str, value, known: list, presorted: bool = False) -> UnknownIdError:
     """An error naming the unknown id and listing what exists (a sample and the count when long)."""
     known = list(known) if presorted else sorted(known)
     span = f" (ids {known[0]}..{known[-1]})" if known and len(known) > 10 and all(isinstance(k, int) for k in known) else ""
-    return UnknownIdError(f"unknown {kind} {value!r}; {len(known)} {kind}s exist{span}: {_sample_listing(known)}")
+    sample = ", ".join(str(v) for v in known[:10]) + (f", ... ({len(known)} in all)" if len(known) > 10 else "")
+    return UnknownIdError(f"unknown {kind} {value!r}; {len(known)} {kind}s exist{span}: {sample}")
 
 
 @dataclass
@@ -69,45 +65,37 @@ class Catalog:
         song_ids = data[schema.item].node_id.tolist()
         artist_ids = data[by[2]].node_id.tolist()
         genre_ids = data[has[2]].node_id.tolist()
-        by = data[by].edge_index
         song_artist = [-1] * len(song_ids)
-        for song, artist in zip(by[0].tolist(), by[1].tolist()):
+        for song, artist in data[by].edge_index.t().tolist():
             song_artist[song] = artist
         titles = {i: f"song {i}" for i in song_ids}
         artists = {i: f"artist {i}" for i in artist_ids}
         genres = {i: f"genre {i}" for i in genre_ids}
         if warehouse is not None and Path(warehouse).exists():
-            titles, artists, genres = _warehouse_names(Path(warehouse), titles, artists, genres)
-        return cls(
-            song_title=[titles[i] for i in song_ids],
-            song_artist=song_artist,
-            artist_name=[artists[i] for i in artist_ids],
-            genre_name=[genres[i] for i in genre_ids],
-        )
+            _warehouse_names(Path(warehouse), {"songs": titles, "artists": artists, "genres": genres})
+        return cls([titles[i] for i in song_ids], song_artist, [artists[i] for i in artist_ids],
+                   [genres[i] for i in genre_ids])
 
 
-def _warehouse_names(path: Path, titles: dict, artists: dict, genres: dict) -> tuple[dict, dict, dict]:
-    """Titles and names from the marts tables (read-only); ids missing there keep their fallback."""
+def _warehouse_names(path: Path, names: dict[str, dict]) -> None:
+    """Fill ``names`` (per marts table: id -> fallback name) from the marts tables, read-only; ids
+    missing there keep their fallback."""
     import duckdb
 
     try:
         con = duckdb.connect(str(path), read_only=True)
     except duckdb.Error:
-        return titles, artists, genres  # held by a writer right now: ids are shown instead
+        return  # held by a writer right now: ids are shown instead
     try:
-        for table, key, column, target in (
-            ("songs", "song_id", "title", titles),
-            ("artists", "artist_id", "name", artists),
-            ("genres", "genre_id", "name", genres),
-        ):
+        for table, target in names.items():
+            column = "title" if table == "songs" else "name"
             try:
-                rows = con.sql(f'SELECT {key}, {column} FROM "marts"."{table}"').fetchall()
+                rows = con.sql(f'SELECT {table[:-1]}_id, {column} FROM "marts"."{table}"').fetchall()
             except duckdb.Error:
                 continue
             target.update({int(k): str(v) for k, v in rows if int(k) in target})
     finally:
         con.close()
-    return titles, artists, genres
 
 
 @dataclass
@@ -130,16 +118,13 @@ class ModelBundle:
         interaction = self.schema.interaction
         self.popularity = torch.bincount(self.view[interaction].edge_index[1], minlength=self.num_songs).float()
         self.genre_matrix = song_genre_matrix(self.view, self.schema)
-        self._user_index = {int(v): i for i, v in enumerate(self.data[self.schema.user].node_id.tolist())}
-        self._song_index = {int(v): i for i, v in enumerate(self.data[self.schema.item].node_id.tolist())}
-        genre_type = self.schema.category("genre")[2]
-        self._genre_index = {int(v): i for i, v in enumerate(self.data[genre_type].node_id.tolist())}
-        known = self.data[interaction].edge_index
-        order = torch.argsort(known[0], stable=True)
-        self._known_users, self._known_songs = known[0][order], known[1][order]
-        train = self.view[interaction].edge_index
-        order = torch.argsort(train[0], stable=True)
-        self._train_users, self._train_songs = train[0][order], train[1][order]
+        self._user_index, self._song_index, self._genre_index = (
+            {int(v): i for i, v in enumerate(self.data[node_type].node_id.tolist())}
+            for node_type in (self.schema.user, self.schema.item, self.schema.category("genre")[2])
+        )
+        known, train = self.data[interaction].edge_index, self.view[interaction].edge_index
+        self._known = known[:, torch.argsort(known[0], stable=True)]  # by user: a user's songs are one slice
+        self._train = train[:, torch.argsort(train[0], stable=True)]
 
     @property
     def num_songs(self) -> int:
@@ -147,16 +132,10 @@ class ModelBundle:
 
     # ---------------------------------------------------------------- id maps
     def user_index(self, user_id) -> int:
-        try:
-            return self._user_index[int(user_id)]
-        except (KeyError, ValueError, TypeError):
-            raise id_error("user", user_id, list(self._user_index)) from None
+        return _lookup("user", user_id, self._user_index)
 
     def song_index(self, song_id) -> int:
-        try:
-            return self._song_index[int(song_id)]
-        except (KeyError, ValueError, TypeError):
-            raise id_error("song", song_id, list(self._song_index)) from None
+        return _lookup("song", song_id, self._song_index)
 
     def genre_index(self, genre) -> int:
         """A genre by warehouse id or (case-insensitive) name."""
@@ -179,15 +158,11 @@ class ModelBundle:
     # ---------------------------------------------------------------- interactions
     def known_songs(self, user: int) -> Tensor:
         """Every song the user has an interaction with (train, validation and test)."""
-        start = int(torch.searchsorted(self._known_users, user))
-        stop = int(torch.searchsorted(self._known_users, user, right=True))
-        return self._known_songs[start:stop]
+        return _songs_of(self._known, user)
 
     def training_songs(self, user: int) -> Tensor:
         """The user's songs in the message-passing graph (what the model saw)."""
-        start = int(torch.searchsorted(self._train_users, user))
-        stop = int(torch.searchsorted(self._train_users, user, right=True))
-        return self._train_songs[start:stop]
+        return _songs_of(self._train, user)
 
     def genre_prior(self) -> float:
         """``n0`` of the adaptive genre weight, chosen on the validation pairs (cached); the default
@@ -200,6 +175,19 @@ class ModelBundle:
                     self.user_emb, self.song_emb, self.view, self.valid_pairs, self.schema
                 )
         return self._genre_prior
+
+
+def _lookup(kind: str, value, index: dict[int, int]) -> int:
+    try:
+        return index[int(value)]
+    except (KeyError, ValueError, TypeError):
+        raise id_error(kind, value, list(index)) from None
+
+
+def _songs_of(by_user: Tensor, user: int) -> Tensor:
+    """The songs of ``user`` in ``[2, E]`` (user, song) pairs sorted by user."""
+    start = int(torch.searchsorted(by_user[0], user))
+    return by_user[1, start:int(torch.searchsorted(by_user[0], user, right=True))]
 
 
 def available_configs(store: ArtifactStore, chain: str, registry: list[str]) -> list[str]:
@@ -267,13 +255,8 @@ class Ranking:
 
 
 def rank_songs(
-    bundle: ModelBundle,
-    k: int,
-    *,
-    user: int | None = None,
-    songs: list[int] | None = None,
-    genres: list[int] | None = None,
-    genre_prior: float | None = None,
+    bundle: ModelBundle, k: int, *, user: int | None = None, songs: list[int] | None = None,
+    genres: list[int] | None = None, genre_prior: float | None = None,
 ) -> Ranking:
     """Top-``k`` songs for a known user (node index) or a new user given by songs and/or genres.
 
@@ -288,7 +271,6 @@ def rank_songs(
     if k < 1:
         raise ValueError(f"k must be positive, got {k}")
     genre_prior = bundle.genre_prior() if genre_prior is None else float(genre_prior)
-    exclude: Tensor
     if user is not None:
         own = bundle.training_songs(user)
         n = int(own.numel())
@@ -315,31 +297,27 @@ def rank_songs(
     weight = adaptive_weight(n, genre_prior) if not torch.isnan(model).all() else 1.0
     score = blend(model if not torch.isnan(model).all() else torch.zeros_like(genre), genre, weight)
     score[exclude] = float("-inf")
-    available = int(torch.isfinite(score).sum())
-    top = score.topk(min(k, available))
+    top = score.topk(min(k, int(torch.isfinite(score).sum())))
     return Ranking(top.indices, top.values, model[top.indices], genre[top.indices], weight, n, genre_prior)
 
 
 def ranking_rows(bundle: ModelBundle, ranking: Ranking) -> list[dict]:
     """One plain dict per recommended song (warehouse ids and names)."""
     rows = []
-    for rank, (song, score, model, genre) in enumerate(
-        zip(ranking.songs.tolist(), ranking.score.tolist(), ranking.model_score.tolist(), ranking.genre_score.tolist()), 1
-    ):
+    parts = zip(ranking.songs.tolist(), ranking.score.tolist(), ranking.model_score.tolist(), ranking.genre_score.tolist())
+    for rank, (song, score, model, genre) in enumerate(parts, 1):
         artist = bundle.catalog.song_artist[song]
         genres = bundle.genre_matrix[song].nonzero().flatten().tolist()
-        rows.append(
-            {
-                "rank": rank,
-                "song_id": bundle.song_id(song),
-                "title": bundle.catalog.song_title[song],
-                "artist": bundle.catalog.artist_name[artist] if artist >= 0 else "-",
-                "genres": ", ".join(bundle.catalog.genre_name[g] for g in genres),
-                "score": float(score),
-                "model_score": None if np.isnan(model) else float(model),
-                "genre_score": float(genre),
-            }
-        )
+        rows.append({
+            "rank": rank,
+            "song_id": bundle.song_id(song),
+            "title": bundle.catalog.song_title[song],
+            "artist": bundle.catalog.artist_name[artist] if artist >= 0 else "-",
+            "genres": ", ".join(bundle.catalog.genre_name[g] for g in genres),
+            "score": float(score),
+            "model_score": None if np.isnan(model) else float(model),
+            "genre_score": float(genre),
+        })
     return rows
 
 

@@ -16,8 +16,8 @@ from __future__ import annotations
 import io
 import os
 import shutil
-import tempfile
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -48,11 +48,12 @@ def pause_point(point: str) -> None:
 
 
 def atomic_write_bytes(path: Path, payload: bytes) -> None:
-    """Write ``payload`` to ``path`` via a temporary file in the same folder and a rename."""
+    """Write ``payload`` to ``path`` via a temporary file in the same folder and a rename (the file
+    gets the umask's permissions, as a plain write would, not ``mkstemp``'s owner-only ones)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
     try:
-        with os.fdopen(fd, "wb") as handle:
+        with open(tmp, "xb") as handle:
             handle.write(payload)
             handle.flush()
             os.fsync(handle.fileno())
@@ -98,7 +99,8 @@ class ArtifactStore:
         version = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now_ns // 10**9)) + f"-{now_ns % 10**9:09d}"
         if tag:
             version += f"-{tag[:8]}"
-        staging = Path(tempfile.mkdtemp(dir=slot, prefix=f".{version}.", suffix=".tmp"))
+        staging = slot / f".{version}.{uuid.uuid4().hex[:12]}.tmp"
+        staging.mkdir()  # the umask's permissions (mkdtemp's are owner-only), so a shared data lake stays readable
         try:
             fill(staging)
             pause_point("publish:" + "/".join(key))

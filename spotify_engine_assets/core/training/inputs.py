@@ -16,9 +16,7 @@ from ..config import ModelConfig
 from ..data.graph import Schema
 
 WEIGHT_COLUMNS = {
-    "weight_completion": "mean_completion",
-    "weight_play_count": "play_count",
-    "weight_recency": "last_played",
+    "weight_completion": "mean_completion", "weight_play_count": "play_count", "weight_recency": "last_played"
 }
 TASK_COLUMNS = {"complete": ("task_complete_weight", "mean_completion"), "repeat": ("task_repeat_weight", "play_count")}
 
@@ -67,19 +65,13 @@ def task_labels(config: ModelConfig, data: HeteroData, schema: Schema, index: Te
     missing = [f"{TASK_COLUMNS[t][0]} needs {relation}.{TASK_COLUMNS[t][1]}" for t in config.tasks if TASK_COLUMNS[t][1] not in store]
     if missing:
         raise ValueError(f"config {config.name!r}: the graph lacks a column for a task head: {'; '.join(missing)}")
-    columns = [
-        store.mean_completion[index].double() >= config.complete_threshold
-        if task == "complete"
-        else store.play_count[index].double() >= config.repeat_min_plays
-        for task in config.tasks
-    ]
+    thresholds = {"complete": config.complete_threshold, "repeat": config.repeat_min_plays}
+    columns = [store[TASK_COLUMNS[task][1]][index].double() >= thresholds[task] for task in config.tasks]
     return torch.stack(columns, dim=1).float()
 
 
 def training_inputs(config: ModelConfig, data: HeteroData, schema: Schema, train_index: Tensor) -> dict[str, Tensor | None]:
     """The trainer's ``weights`` and ``task_labels`` of ``config`` for the training edges ``train_index``
     of ``data`` (None where the config does not use them)."""
-    return {
-        "weights": interaction_weights(config, data, schema, train_index),
-        "task_labels": task_labels(config, data, schema, train_index),
-    }
+    return {"weights": interaction_weights(config, data, schema, train_index),
+            "task_labels": task_labels(config, data, schema, train_index)}

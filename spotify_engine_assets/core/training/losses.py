@@ -47,8 +47,6 @@ def roc_auc(scores: Tensor, labels: Tensor) -> float | None:
     return (rank_sum - positives * (positives + 1) / 2) / (positives * negatives)
 
 
-
-
 def orthogonality_penalty(embeddings: Tensor) -> Tensor:
     """Mean squared cosine similarity between distinct rows of a sampled ``[m, d]`` batch.
 
@@ -123,34 +121,28 @@ def forward(model: GraphModel, view: HeteroData, config: ModelConfig | None) -> 
     return user_emb, item_emb, None
 
 
-def extra_terms(
-    loss: Tensor,
-    model: GraphModel,
-    config: TrainableConfig | None,
-    out: tuple[Tensor, Tensor, dict | None],
-    users: Tensor,
-    positives: Tensor,
-    negatives: Tensor,
-    labels: Tensor | None,
-    candidates: Tensor | None,
-) -> Tensor:
+def extra_terms(loss: Tensor, model: GraphModel, config: TrainableConfig | None,
+                out: tuple[Tensor, Tensor, dict | None], users: Tensor, positives: Tensor, negatives: Tensor,
+                labels: Tensor | None, candidates: Tensor | None) -> Tensor:
     """``loss`` plus the config's regularizers, task heads and surrogates (module docstring)."""
     if config is None:
         return loss
     user_emb, item_emb, attention = out
+    if config.orthogonality_weight or config.attention_entropy_weight:
+        step_users, step_items = torch.unique(users), torch.unique(torch.cat([positives, negatives]))
     if config.orthogonality_weight:
-        items = torch.unique(torch.cat([positives, negatives]))
-        penalty = orthogonality_penalty(user_emb[torch.unique(users)]) + orthogonality_penalty(item_emb[items])
+        penalty = orthogonality_penalty(user_emb[step_users]) + orthogonality_penalty(item_emb[step_items])
         loss = loss + config.orthogonality_weight * penalty
     if config.attention_entropy_weight:
         schema = model.schema
-        sampled = {schema.user: torch.unique(users), schema.item: torch.unique(torch.cat([positives, negatives]))}
         sizes = {schema.user: user_emb.size(0), schema.item: item_emb.size(0)}
-        loss = loss + config.attention_entropy_weight * attention_entropy(attention, sampled, sizes)
+        entropy = attention_entropy(attention, {schema.user: step_users, schema.item: step_items}, sizes)
+        loss = loss + config.attention_entropy_weight * entropy
     if config.tasks:
         if labels is None or labels.shape != (users.numel(), len(config.tasks)):
             got = None if labels is None else tuple(labels.shape)
-            raise ValueError(f"config {config.name!r}: task heads need labels of shape ({users.numel()}, {len(config.tasks)}), got {got}")
+            shape = (users.numel(), len(config.tasks))
+            raise ValueError(f"config {config.name!r}: task heads need labels of shape {shape}, got {got}")
         logits = model.task_heads(user_emb, item_emb, users, positives)
         per_task = F.binary_cross_entropy_with_logits(logits, labels, reduction="none").mean(0)
         task_weights = torch.tensor(list(config.tasks.values()), dtype=per_task.dtype)
@@ -162,19 +154,9 @@ def extra_terms(
     return loss
 
 
-def bpr_step_loss(
-    model: GraphModel,
-    view: HeteroData,
-    users: Tensor,
-    positives: Tensor,
-    negatives: Tensor,
-    weights: Tensor | None,
-    micro_batch: int,
-    config: TrainableConfig | None = None,
-    *,
-    labels: Tensor | None = None,
-    candidates: Tensor | None = None,
-) -> Tensor:
+def bpr_step_loss(model: GraphModel, view: HeteroData, users: Tensor, positives: Tensor, negatives: Tensor,
+                  weights: Tensor | None, micro_batch: int, config: TrainableConfig | None = None, *,
+                  labels: Tensor | None = None, candidates: Tensor | None = None) -> Tensor:
     """The loss of one BPR step: one forward pass, then micro-batches of BPR terms.
 
     ``negatives`` is ``[B, n]``. Each micro-batch adds ``sum(w * mean_n softplus(neg - pos)) / B``,
@@ -187,28 +169,20 @@ def bpr_step_loss(
     total = users.numel()
     loss = user_emb.new_zeros(())
     for start in range(0, total, micro_batch):
-        u, p, n = users[start : start + micro_batch], positives[start : start + micro_batch], negatives[start : start + micro_batch]
+        part = slice(start, start + micro_batch)
+        u, p, n = users[part], positives[part], negatives[part]
         pos_score = pair_scores(user_emb, item_emb, u, p)
         neg_score = pair_scores(user_emb, item_emb, u.repeat_interleave(n.size(1)), n.flatten()).view(n.shape)
         per_positive = F.softplus(neg_score - pos_score.unsqueeze(1)).mean(1)
         if weights is not None:
-            per_positive = per_positive * weights[start : start + micro_batch]
+            per_positive = per_positive * weights[part]
         loss = loss + per_positive.sum() / total
     return extra_terms(loss, model, config, out, users, positives, negatives.flatten(), labels, candidates)
 
 
-def softmax_step_loss(
-    model: GraphModel,
-    view: HeteroData,
-    batch_users: Tensor,
-    rows: Tensor,
-    items: Tensor,
-    weights: Tensor | None,
-    config: TrainableConfig,
-    *,
-    labels: Tensor | None = None,
-    candidates: Tensor | None = None,
-) -> Tensor:
+def softmax_step_loss(model: GraphModel, view: HeteroData, batch_users: Tensor, rows: Tensor, items: Tensor,
+                      weights: Tensor | None, config: TrainableConfig, *, labels: Tensor | None = None,
+                      candidates: Tensor | None = None) -> Tensor:
     """The loss of one softmax step: ``-sum_pairs w log softmax(e_u . E / temperature)_i`` over the
     batch users' training pairs (``rows`` index ``batch_users``, ``items`` the positives), divided by
     the number of pairs; plus the config's :func:`extra_terms`."""

@@ -18,33 +18,15 @@ Losses (``TrainableConfig.loss``):
   their number (embeddings L2-normalised first when ``normalize``).
 
 Both add ``l2`` times the squared norm of the step's id embeddings, weight each interaction
-(``weight_*``: ``core/training/inputs.py``), and add the config's regularizers, task heads and
-multi-objective surrogates (``core/training/losses.py``):
+(``weight_*``: ``core/training/inputs.py``), and add the config's regularizers, task heads (labels
+from the training edges' own attributes only) and multi-objective surrogates: top-k lists are not
+differentiable, so each step draws ``surrogate_candidates`` items uniformly and takes each distinct
+user's softmax over them as a soft top-k list (``core/training/losses.py``).
 
-* ``orthogonality_weight``: mean squared cosine between distinct sampled embeddings (through the
-  d x d Gram, never an N x N one); ``attention_entropy_weight``: mean entropy of the attention
-  arriving at the sampled nodes (attention models; lower = sharper).
-* task heads (``task_complete_weight``, ``task_repeat_weight``): :class:`~..models.heads.TaskHeads`
-  score each of the step's training (user, positive) pairs from the final embeddings; the loss
-  adds ``sum_t w_t * BCE_t``. Labels come from the training edges' own attributes only.
-* surrogates (``diversity_weight``, ``coverage_weight``): top-k lists are not differentiable, so
-  each step draws ``surrogate_candidates`` items uniformly and takes each distinct user's softmax
-  over them as a soft top-k list; coverage adds ``coverage_weight * (1 - H(q) / log |C|)`` of the
-  users' mean exposure ``q``, diversity ``diversity_weight`` times the expected cosine similarity
-  of two items drawn from a user's soft list (``|| p_u @ normalize(E_C) ||^2``).
-
-Trainers: :class:`BaseTrainer` owns the epoch/step loop. :class:`SimpleTrainer` runs
-``max_epochs`` epochs at the fixed learning rate with no validation, early stopping or checkpoints
-(its final weights are its result). :class:`AdvancedTrainer` scores the chain's validation metric
-(the protocol's ``monitor``: Recall@10 listening, R-precision playlists, NDCG@20 Last.fm) every
-``eval_every`` epochs on the validation pairs (training items masked), steps ReduceLROnPlateau on
-it (unless ``lr_patience`` is None), stops after ``patience`` validations without gain, restores
-the best weights and writes resumable checkpoints: with ``checkpoint_dir`` it saves
-``checkpoint.pt`` atomically every ``checkpoint_every`` epochs (and at the end) - weights,
-optimizer, scheduler, the torch and sampling RNG states, history, best state and epoch, and a
-fingerprint of the config, epoch cap and training data - and a later call with the same folder
-and fingerprint continues from it (loaded with ``weights_only=True``), ending exactly as an
-uninterrupted run. ``config.trainer`` picks one; :func:`train` is the entry point.
+Trainers: :class:`BaseTrainer` owns the epoch/step loop; :class:`SimpleTrainer` runs fixed epochs,
+:class:`AdvancedTrainer` validates on the chain's metric (the protocol's ``monitor``: Recall@10
+listening, R-precision playlists, NDCG@20 Last.fm), stops early and writes resumable checkpoints.
+``config.trainer`` picks one; :func:`train` is the entry point.
 
 With ``itemknn_fusion`` the trained model's scores are then mixed with ItemKNN's at the weight of
 :data:`FUSION_WEIGHTS` that maximizes the validation metric (ties: the smaller ItemKNN share).
@@ -94,19 +76,9 @@ class BaseTrainer:
             config has task heads.
     """
 
-    def __init__(
-        self,
-        model: GraphModel,
-        view: HeteroData,
-        config: TrainableConfig,
-        *,
-        max_epochs: int | None = None,
-        log: Logger | None = None,
-        on_epoch: Callable[[dict], None] | None = None,
-        users: Tensor | None = None,
-        weights: Tensor | None = None,
-        task_labels: Tensor | None = None,
-    ) -> None:
+    def __init__(self, model: GraphModel, view: HeteroData, config: TrainableConfig, *, max_epochs: int | None = None,
+                 log: Logger | None = None, on_epoch: Callable[[dict], None] | None = None, users: Tensor | None = None,
+                 weights: Tensor | None = None, task_labels: Tensor | None = None) -> None:
         if not config.trainable:
             raise ValueError(f"config {config.name!r}: model {config.model!r} is not trainable")
         self.model, self.view, self.config = model, view, config
@@ -169,44 +141,40 @@ class BaseTrainer:
         """Settle the result after the last epoch (the model's weights are the final ones)."""
 
     # ---------------------------------------------------------------- steps
-    def _candidates(self) -> Tensor | None:
-        if not self.config.surrogates:
-            return None
-        return torch.randperm(self.num_items, generator=self.generator)[: self.config.surrogate_candidates]
+    def _edge_inputs(self, edges: Tensor) -> dict:
+        """The loss weights and task labels of a step's training edges, and its surrogate candidates (drawn now)."""
+        candidates = None
+        if self.config.surrogates:
+            candidates = torch.randperm(self.num_items, generator=self.generator)[: self.config.surrogate_candidates]
+        return {"weights": None if self.weights is None else self.weights[edges],
+                "labels": None if self.task_labels is None else self.task_labels[edges], "candidates": candidates}
 
-    def _optimize(self, loss: Tensor) -> float:
+    def _optimize(self, loss: Tensor, users: Tensor, items: Tensor) -> float:
+        """One optimizer step on ``loss`` plus the L2 penalty of the step's id embeddings."""
+        if self.config.l2:
+            loss = loss + self.config.l2 * self.model.ego_l2(users, items)
         self.optimizer.zero_grad()
         loss.backward()
         self.optimizer.step()
         return loss.item()
 
     def _bpr_step(self, batch: Tensor) -> float:
-        config, model = self.config, self.model
+        config = self.config
         users, positives = self.train_pairs[0, batch], self.train_pairs[1, batch]
         draws = users.repeat_interleave(config.negatives_per_positive) if config.negatives_per_positive > 1 else users
         negatives = sample_negatives(draws, self.known_keys, self.num_items, self.generator).view(users.numel(), -1)
-        loss = bpr_step_loss(
-            model, self.view, users, positives, negatives,
-            None if self.weights is None else self.weights[batch], config.batch_size, config,
-            labels=None if self.task_labels is None else self.task_labels[batch], candidates=self._candidates(),
-        )
-        if config.l2:
-            loss = loss + config.l2 * model.ego_l2(users, torch.cat([positives, negatives.flatten()]))
-        return self._optimize(loss)
+        loss = bpr_step_loss(self.model, self.view, users, positives, negatives, micro_batch=config.batch_size,
+                             config=config, **self._edge_inputs(batch))
+        return self._optimize(loss, users, torch.cat([positives, negatives.flatten()]))
 
     def _softmax_step(self, batch_users: Tensor) -> float:
-        config, model = self.config, self.model
         row_of = torch.full((int(self.units.max()) + 1,), -1, dtype=torch.long)
         row_of[batch_users] = torch.arange(batch_users.numel())
         mask = row_of[self.pair_users] >= 0
         rows, items, edges = row_of[self.pair_users[mask]], self.pair_items[mask], self.pair_edges[mask]
-        loss = softmax_step_loss(
-            model, self.view, batch_users, rows, items, None if self.weights is None else self.weights[edges], config,
-            labels=None if self.task_labels is None else self.task_labels[edges], candidates=self._candidates(),
-        )
-        if config.l2:
-            loss = loss + config.l2 * model.ego_l2(batch_users[rows], items)
-        return self._optimize(loss)
+        inputs = self._edge_inputs(edges)
+        loss = softmax_step_loss(self.model, self.view, batch_users, rows, items, config=self.config, **inputs)
+        return self._optimize(loss, batch_users[rows], items)
 
     def _batches(self) -> tuple[Tensor, ...]:
         """The epoch's optimizer steps: shuffled units (edges for BPR, users for softmax) in chunks
@@ -268,10 +236,14 @@ class SimpleTrainer(BaseTrainer):
 
 
 class AdvancedTrainer(BaseTrainer):
-    """The protocol's validation metric every ``eval_every`` epochs (and after the last),
-    ReduceLROnPlateau on it, early stopping after ``patience`` validations without gain, the best
-    weights restored at the end, and resumable checkpoints every ``checkpoint_every`` epochs in
-    ``checkpoint_dir`` (module docstring).
+    """The protocol's validation metric every ``eval_every`` epochs (and after the last) on the
+    validation pairs (training items masked), ReduceLROnPlateau on it (unless ``lr_patience`` is
+    None), early stopping after ``patience`` validations without gain, the best weights restored at
+    the end. With ``checkpoint_dir`` it saves ``checkpoint.pt`` atomically every ``checkpoint_every``
+    epochs (and at the end) - weights, optimizer, scheduler, the torch and sampling RNG states,
+    history, best state and epoch, and a fingerprint of the config, epoch cap and training data - and
+    a later call with the same folder and fingerprint continues from it (loaded with
+    ``weights_only=True``), ending exactly as an uninterrupted run.
 
     Args:
         valid_pairs: ``[2, E]`` validation (user, item) pairs (training items masked when ranking).
@@ -280,18 +252,9 @@ class AdvancedTrainer(BaseTrainer):
         checkpoint_every: Write a checkpoint every this many epochs (and after the last one).
     """
 
-    def __init__(
-        self,
-        model: GraphModel,
-        view: HeteroData,
-        config: TrainableConfig,
-        valid_pairs: Tensor,
-        *,
-        protocol: Protocol = DEFAULT_PROTOCOL,
-        checkpoint_dir: Path | str | None = None,
-        checkpoint_every: int = 1,
-        **options,
-    ) -> None:
+    def __init__(self, model: GraphModel, view: HeteroData, config: TrainableConfig, valid_pairs: Tensor, *,
+                 protocol: Protocol = DEFAULT_PROTOCOL, checkpoint_dir: Path | str | None = None,
+                 checkpoint_every: int = 1, **options) -> None:
         if checkpoint_every < 1:
             raise ValueError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
         if valid_pairs is None or valid_pairs.numel() == 0:
@@ -301,21 +264,20 @@ class AdvancedTrainer(BaseTrainer):
         self.monitor = f"valid_{protocol.monitor}"
         self.result.monitor = protocol.monitor
         self.checkpoint_every = checkpoint_every
-        self.scheduler = (
-            torch.optim.lr_scheduler.ReduceLROnPlateau(self.optimizer, mode="max", factor=config.lr_factor, patience=config.lr_patience)
-            if config.lr_patience is not None
-            else None
+        self.scheduler = None if config.lr_patience is None else torch.optim.lr_scheduler.ReduceLROnPlateau(
+            self.optimizer, mode="max", factor=config.lr_factor, patience=config.lr_patience
         )
         self.checkpoint_path = Path(checkpoint_dir) / CHECKPOINT_FILE if checkpoint_dir is not None else None
-        self.fingerprint = _fingerprint(config, self.epochs, model, view, self.users, self.weights, self.task_labels) if self.checkpoint_path else ""
+        self.fingerprint = "" if self.checkpoint_path is None else _fingerprint(
+            config, self.epochs, model, view, self.users, self.weights, self.task_labels
+        )
 
     def _begin(self) -> tuple[int, bool]:
         result = self.result
         result.best_state = copy.deepcopy(self.model.state_dict())
         result.best_valid = -1.0
-        if self.checkpoint_path is None:
-            return 1, False
-        state = _load_checkpoint(self.checkpoint_path, self.fingerprint, self.log)
+        path = self.checkpoint_path
+        state = None if path is None else _load_checkpoint(path, self.fingerprint, self.log)
         if state is None:
             return 1, False
         self.model.load_state_dict(state["model"])
@@ -324,10 +286,8 @@ class AdvancedTrainer(BaseTrainer):
             self.scheduler.load_state_dict(state["scheduler"])
         self.generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
-        result.history = list(state["history"])
-        result.best_state = state["best_state"]
-        result.best_epoch = int(state["best_epoch"])
-        result.best_valid = float(state["best_valid"])
+        result.history, result.best_state = list(state["history"]), state["best_state"]
+        result.best_epoch, result.best_valid = int(state["best_epoch"]), float(state["best_valid"])
         result.resumed_from_epoch = int(state["epoch"])
         self.log(f"resumed from checkpoint at epoch {state['epoch']}")
         return int(state["epoch"]) + 1, bool(state["finished"])
@@ -351,23 +311,14 @@ class AdvancedTrainer(BaseTrainer):
                 self.log(f"early stop at epoch {epoch}; best epoch {result.best_epoch}")
                 finished = True
         if self.checkpoint_path is not None and (finished or epoch % self.checkpoint_every == 0):
-            save_torch(
-                {
-                    "fingerprint": self.fingerprint,
-                    "epoch": epoch,
-                    "finished": finished,
-                    "model": self.model.state_dict(),
-                    "optimizer": self.optimizer.state_dict(),
-                    "scheduler": self.scheduler.state_dict() if self.scheduler is not None else {},
-                    "generator": self.generator.get_state(),
-                    "torch_rng": torch.get_rng_state(),
-                    "history": result.history,
-                    "best_state": result.best_state,
-                    "best_epoch": result.best_epoch,
-                    "best_valid": result.best_valid,
-                },
-                self.checkpoint_path,
-            )
+            state = {
+                "fingerprint": self.fingerprint, "epoch": epoch, "finished": finished, "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict() if self.scheduler is not None else {},
+                "generator": self.generator.get_state(), "torch_rng": torch.get_rng_state(), "history": result.history,
+                "best_state": result.best_state, "best_epoch": result.best_epoch, "best_valid": result.best_valid,
+            }
+            save_torch(state, self.checkpoint_path)
         return finished
 
     def _end(self) -> None:
@@ -384,15 +335,11 @@ def validate(model: GraphModel, view: HeteroData, valid_pairs: Tensor, protocol:
     return protocol.validate(score, view[model.schema.interaction].edge_index, valid_pairs, model.num_items, users)
 
 
-def choose_fusion_weight(
-    model: GraphModel, view: HeteroData, valid_pairs: Tensor, protocol: Protocol, users: Tensor | None = None, log: Logger | None = None
-) -> dict[float, float]:
+def choose_fusion_weight(model: GraphModel, view: HeteroData, valid_pairs: Tensor, protocol: Protocol,
+                         users: Tensor | None = None, log: Logger | None = None) -> dict[float, float]:
     """Set ``model.fusion_weight`` to the weight of :data:`FUSION_WEIGHTS` with the best validation
     metric of the fused scores (ties: the smaller ItemKNN share); returns each weight's value."""
-    fusion = {
-        weight: validate(model, view, valid_pairs, protocol, users, fusion_weight=weight)[protocol.monitor]
-        for weight in FUSION_WEIGHTS
-    }
+    fusion = {w: validate(model, view, valid_pairs, protocol, users, w)[protocol.monitor] for w in FUSION_WEIGHTS}
     chosen = max(fusion, key=lambda weight: (fusion[weight], -weight))
     model.fusion_weight.fill_(chosen)
     (log or (lambda message: None))(
@@ -401,22 +348,11 @@ def choose_fusion_weight(
     return fusion
 
 
-def train(
-    model: GraphModel,
-    view: HeteroData,
-    valid_pairs: Tensor | None,
-    config: TrainableConfig,
-    max_epochs: int | None = None,
-    log: Logger | None = None,
-    on_epoch: Callable[[dict], None] | None = None,
-    *,
-    protocol: Protocol = DEFAULT_PROTOCOL,
-    users: Tensor | None = None,
-    weights: Tensor | None = None,
-    task_labels: Tensor | None = None,
-    checkpoint_dir: Path | str | None = None,
-    checkpoint_every: int = 1,
-) -> FitResult:
+def train(model: GraphModel, view: HeteroData, valid_pairs: Tensor | None, config: TrainableConfig,
+          max_epochs: int | None = None, log: Logger | None = None, on_epoch: Callable[[dict], None] | None = None, *,
+          protocol: Protocol = DEFAULT_PROTOCOL, users: Tensor | None = None, weights: Tensor | None = None,
+          task_labels: Tensor | None = None, checkpoint_dir: Path | str | None = None,
+          checkpoint_every: int = 1) -> FitResult:
     """Train ``model`` on the interactions of ``view`` with the config's trainer (module docstring).
 
     ``config.trainer == "advanced"`` (default): :class:`AdvancedTrainer` (validation on
@@ -434,10 +370,8 @@ def train(
             raise ValueError(f"config {config.name!r}: the simple trainer writes no checkpoints; use trainer: advanced")
         result = SimpleTrainer(model, view, config, **options).fit()
     else:
-        result = AdvancedTrainer(
-            model, view, config, valid_pairs, protocol=protocol, checkpoint_dir=checkpoint_dir,
-            checkpoint_every=checkpoint_every, **options,
-        ).fit()
+        result = AdvancedTrainer(model, view, config, valid_pairs, protocol=protocol, checkpoint_dir=checkpoint_dir,
+                                 checkpoint_every=checkpoint_every, **options).fit()
     model.prepare(view)
     if config.itemknn_fusion:
         result.fusion = choose_fusion_weight(model, view, valid_pairs, protocol, users, log)

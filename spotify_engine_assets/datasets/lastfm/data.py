@@ -26,7 +26,6 @@ import numpy as np
 import polars as pl
 import torch
 from torch import Tensor
-from torch_geometric.data import HeteroData
 
 from ...core.storage.paths import REPO_ROOT
 
@@ -49,17 +48,19 @@ RAW_TABLES = (*RAW_FILES, "split_train", "split_test")
 LASTFM_SOURCES = tuple(f"{RAW_SCHEMA}.{table}" for table in RAW_TABLES)
 
 
+def _configured_dir(env: str, default: Path) -> Path:
+    configured = os.environ.get(env)
+    return Path(configured).expanduser().resolve() if configured else default
+
 
 def data_dir() -> Path:
     """The raw Last.fm 2K folder."""
-    configured = os.environ.get(DATA_DIR_ENV)
-    return Path(configured).expanduser().resolve() if configured else SHARED_DATA / "lastfm2k"
+    return _configured_dir(DATA_DIR_ENV, SHARED_DATA / "lastfm2k")
 
 
 def split_dir() -> Path:
     """The fixed benchmark split folder (``train.tsv``, ``test.tsv``)."""
-    configured = os.environ.get(SPLIT_DIR_ENV)
-    return Path(configured).expanduser().resolve() if configured else SHARED_DATA / "lastfm2k_split_seed0"
+    return _configured_dir(SPLIT_DIR_ENV, SHARED_DATA / "lastfm2k_split_seed0")
 
 
 def available(raw: Path | None = None, split: Path | None = None) -> bool:
@@ -133,8 +134,7 @@ class LastfmData:
 
 def _indexer(ids: np.ndarray, what: str) -> Callable[[np.ndarray], np.ndarray]:
     def index(values: np.ndarray) -> np.ndarray:
-        position = np.searchsorted(ids, values)
-        position = np.clip(position, 0, len(ids) - 1)
+        position = np.clip(np.searchsorted(ids, values), 0, len(ids) - 1)
         unknown = ids[position] != values
         if unknown.any():
             raise ValueError(f"{int(unknown.sum())} unknown {what} ids, e.g. {values[unknown][:5].tolist()}")
@@ -152,35 +152,20 @@ def _pairs(frame: pl.DataFrame, user_index, artist_index) -> Tensor:
 def build_dataset(raw: dict[str, pl.DataFrame], split: dict[str, pl.DataFrame]) -> LastfmData:
     """Index the raw frames and the split (frames as read by :func:`read_raw` / :func:`read_split`,
     or the same columns from the warehouse)."""
-    artists = raw["artists"].sort("id")
-    tags = raw["tags"].sort("tagID")
-    user_artists = raw["user_artists"]
+    artists, tags, user_artists = raw["artists"].sort("id"), raw["tags"].sort("tagID"), raw["user_artists"]
     user_ids = np.unique(user_artists["userID"].to_numpy())
-    artist_ids = artists["id"].to_numpy()
-    tag_ids = tags["tagID"].to_numpy()
+    artist_ids, tag_ids = artists["id"].to_numpy(), tags["tagID"].to_numpy()
     user_index, artist_index = _indexer(user_ids, "user"), _indexer(artist_ids, "artist")
     tag_index = _indexer(tag_ids, "tag")
 
-    listens = _pairs(user_artists, user_index, artist_index)
-    weight = torch.from_numpy(user_artists["weight"].to_numpy().astype(np.float32))
-
-    tagged = raw["user_taggedartists"]
     # Tag assignments by users without listening data, or on artists outside artists.dat, cannot be nodes.
-    tagged = tagged.filter(
+    tagged = raw["user_taggedartists"].filter(
         pl.col("userID").is_in(pl.Series(user_ids).implode())
         & pl.col("artistID").is_in(pl.Series(artist_ids).implode())
         & pl.col("tagID").is_in(pl.Series(tag_ids).implode())
     )
-    assignments = torch.from_numpy(
-        np.stack(
-            [
-                user_index(tagged["userID"].to_numpy()),
-                artist_index(tagged["artistID"].to_numpy()),
-                tag_index(tagged["tagID"].to_numpy()),
-            ]
-        ).astype(np.int64)
-    )
-
+    columns = (("userID", user_index), ("artistID", artist_index), ("tagID", tag_index))
+    assignments = np.stack([index(tagged[column].to_numpy()) for column, index in columns])
     friends = raw["user_friends"].filter(
         pl.col("userID").is_in(pl.Series(user_ids).implode()) & pl.col("friendID").is_in(pl.Series(user_ids).implode())
     )
@@ -189,12 +174,10 @@ def build_dataset(raw: dict[str, pl.DataFrame], split: dict[str, pl.DataFrame]) 
     pairs = pairs[:, pairs[0] != pairs[1]]
 
     return LastfmData(
-        user_ids=user_ids,
-        artist_ids=artist_ids,
-        tag_ids=tag_ids,
-        listens=listens,
-        listen_weight=weight,
-        tag_assignments=assignments,
+        user_ids=user_ids, artist_ids=artist_ids, tag_ids=tag_ids,
+        listens=_pairs(user_artists, user_index, artist_index),
+        listen_weight=torch.from_numpy(user_artists["weight"].to_numpy().astype(np.float32)),
+        tag_assignments=torch.from_numpy(assignments.astype(np.int64)),
         friends=torch.from_numpy(pairs.astype(np.int64)),
         train=_pairs(split["train"], user_index, artist_index),
         test=_pairs(split["test"], user_index, artist_index),

@@ -32,9 +32,7 @@ from .data import LastfmData
 
 USER, ARTIST, TAG = "user", "artist", "tag"
 LISTENS = (USER, "listens", ARTIST)
-REV_LISTENS = (ARTIST, "rev_listens", USER)
 TAGGED = (ARTIST, "tagged", TAG)
-REV_TAGGED = (TAG, "rev_tagged", ARTIST)
 FRIEND = (USER, "friend", USER)
 SCHEMA = Schema(interaction=LISTENS, categories={"tag": TAGGED}, social=FRIEND)
 
@@ -76,10 +74,8 @@ def build_graph(data: LastfmData) -> HeteroData:
         graph[node_type].node_id = torch.from_numpy(ids.astype(np.int64))
     graph[LISTENS].edge_index = pairs
     graph[LISTENS].play_count = data.listen_weight[order][position]
-    graph[LISTENS].split_part = torch.cat([
-        torch.zeros(data.train.size(1), dtype=torch.long), torch.ones(data.test.size(1), dtype=torch.long),
-        torch.full((rest.size(1),), -1, dtype=torch.long),
-    ])
+    part_sizes = torch.tensor([data.train.size(1), data.test.size(1), rest.size(1)])
+    graph[LISTENS].split_part = torch.repeat_interleave(torch.tensor([0, 1, -1]), part_sizes)
     graph[TAGGED].edge_index = data.tag_assignments[1:]
     graph[TAGGED].user = data.tag_assignments[0]
     graph[FRIEND].edge_index = data.friends

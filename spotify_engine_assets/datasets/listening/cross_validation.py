@@ -154,16 +154,12 @@ def time_folds(edge_index: Tensor, times: Tensor, settings: FoldSettings) -> lis
         known_song[songs[fit_mask]] = True
         in_valid = (times >= valid_start) & (times < eval_start)
         in_eval = (times >= eval_start) & (times < eval_end)
+        warm = warm_user[users]
         fold = TimeFold(
-            index=i + 1,
-            valid_start=valid_start,
-            eval_start=eval_start,
-            eval_end=eval_end,
-            train=torch.nonzero(fit_mask).flatten(),
-            valid=torch.nonzero(in_valid & warm_user[users]).flatten(),
-            test=torch.nonzero(in_eval & warm_user[users]).flatten(),
-            cold_user_pairs=int((in_eval & ~warm_user[users]).sum()),
-            new_song_pairs=int((in_eval & warm_user[users] & ~known_song[songs]).sum()),
+            i + 1, valid_start, eval_start, eval_end, train=torch.nonzero(fit_mask).flatten(),
+            valid=torch.nonzero(in_valid & warm).flatten(), test=torch.nonzero(in_eval & warm).flatten(),
+            cold_user_pairs=int((in_eval & ~warm).sum()),
+            new_song_pairs=int((in_eval & warm & ~known_song[songs]).sum()),
         )
         _require_enough(fold, settings.min_pairs)
         folds.append(fold)
@@ -200,11 +196,7 @@ def fold_leaks(data: HeteroData, folds: list[TimeFold]) -> dict[int, dict[str, i
 
 
 def evaluate_fold(
-    data: HeteroData,
-    fold: TimeFold,
-    config: ModelConfig,
-    max_epochs: int | None = None,
-    log: Logger | None = None,
+    data: HeteroData, fold: TimeFold, config: ModelConfig, max_epochs: int | None = None, log: Logger | None = None
 ) -> dict[str, float]:
     """Train ``config`` on the fold's fit edges (early stopping on its validation slice) and score
     the evaluation window, ranking every song with the user's fit and validation songs masked."""
@@ -226,10 +218,7 @@ class CrossValidationResult:
 
 
 def cross_validate(
-    data: HeteroData,
-    configs: list[ModelConfig],
-    settings: FoldSettings,
-    max_epochs: int | None = None,
+    data: HeteroData, configs: list[ModelConfig], settings: FoldSettings, max_epochs: int | None = None,
     log: Logger | None = None,
 ) -> CrossValidationResult:
     """Every config on every fold of :func:`time_folds` over ``data``'s listens edges."""

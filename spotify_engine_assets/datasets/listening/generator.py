@@ -43,16 +43,7 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-TABLE_NAMES = (
-    "genres",
-    "artists",
-    "artist_genres",
-    "songs",
-    "song_genres",
-    "users",
-    "plays",
-    "user_genre_affinity",
-)
+TABLE_NAMES = ("genres", "artists", "artist_genres", "songs", "song_genres", "users", "plays", "user_genre_affinity")
 
 GENRE_NAMES = (
     "pop", "hip hop", "rock", "rap", "r&b", "indie rock", "edm", "country", "latin pop", "k-pop",
@@ -177,23 +168,12 @@ class GeneratorSettings:
                 f"and artists={self.artists}"
             )
         if self.genres < MAX_GENRES_PER_ARTIST:
-            raise GeneratorConfigError(
-                f"genres must be >= {MAX_GENRES_PER_ARTIST}, got {self.genres}"
-            )
+            raise GeneratorConfigError(f"genres must be >= {MAX_GENRES_PER_ARTIST}, got {self.genres}")
         if not _is_int(self.seed) or self.seed < 0:
             raise GeneratorConfigError(f"seed must be a non-negative integer, got {self.seed!r}")
-        if not isinstance(self.start_date, datetime.date) or isinstance(
-            self.start_date, datetime.datetime
-        ):
-            raise GeneratorConfigError(
-                f"start_date must be a datetime.date, got {self.start_date!r}"
-            )
+        if not isinstance(self.start_date, datetime.date) or isinstance(self.start_date, datetime.datetime):
+            raise GeneratorConfigError(f"start_date must be a datetime.date, got {self.start_date!r}")
         _require_probability("same_artist_prob", self.same_artist_prob)
-        self._validate_user_type_shares()
-        for name, minimum, strict in _KNOB_LOWER_BOUNDS:
-            _require_number(name, getattr(self, name), minimum=minimum, strict=strict)
-
-    def _validate_user_type_shares(self) -> None:
         shares = self.user_type_shares
         if (
             not isinstance(shares, tuple)
@@ -205,6 +185,8 @@ class GeneratorSettings:
                 f"user_type_shares must be {len(USER_TYPE_PROFILES)} non-negative numbers "
                 f"(casual, regular, power) summing to 1, got {shares!r}"
             )
+        for name, minimum, strict in _KNOB_LOWER_BOUNDS:
+            _require_number(name, getattr(self, name), minimum=minimum, strict=strict)
 
 
 def _is_int(value: object) -> bool:
@@ -251,19 +233,11 @@ class SyntheticWorld:
 
     def stats(self) -> dict:
         """Row counts and headline behaviour of the world, as plain Python numbers."""
-        plays_per_user = self.users.join(
-            self.plays.group_by("user_id").len(name="plays"), on="user_id", how="left"
-        )
+        plays_per_user = self.users.join(self.plays.group_by("user_id").len(name="plays"), on="user_id", how="left")
+        per_type = plays_per_user.group_by("user_type").agg(users=pl.len(), plays=pl.col("plays").fill_null(0).sum())
         by_type = (
             pl.DataFrame({"user_type": USER_TYPE_NAMES})
-            .join(
-                plays_per_user.group_by("user_type").agg(
-                    users=pl.len(), plays=pl.col("plays").fill_null(0).sum()
-                ),
-                on="user_type",
-                how="left",
-                maintain_order="left",
-            )
+            .join(per_type, on="user_type", how="left", maintain_order="left")
             .fill_null(0)
         )
         users_by_type = dict(zip(USER_TYPE_NAMES, by_type["users"].to_list()))
@@ -278,8 +252,7 @@ class SyntheticWorld:
             "users_by_type": users_by_type,
             "plays_by_type": plays_by_type,
             "mean_plays_per_user_by_type": {
-                name: plays_by_type[name] / users if users else 0.0
-                for name, users in users_by_type.items()
+                name: plays_by_type[name] / users if users else 0.0 for name, users in users_by_type.items()
             },
         }
 
@@ -368,22 +341,15 @@ def write_world(world: SyntheticWorld, directory: pathlib.Path) -> dict[str, pat
 def _draw_catalogue(settings: GeneratorSettings, rng: np.random.Generator) -> _Catalogue:
     genre_popularity = _normalise(1.0 / np.arange(1, settings.genres + 1) ** settings.genre_zipf_exponent)
     artist_popularity = _normalise(rng.lognormal(0.0, settings.artist_popularity_sigma, settings.artists))
-    genre_counts = rng.choice(
-        np.arange(1, MAX_GENRES_PER_ARTIST + 1), size=settings.artists, p=ARTIST_GENRE_COUNT_PROBS
-    )
+    genre_counts = rng.choice(np.arange(1, MAX_GENRES_PER_ARTIST + 1), settings.artists, p=ARTIST_GENRE_COUNT_PROBS)
     artist_genre_mask = _weighted_top_k_mask(
         np.broadcast_to(np.log(genre_popularity), (settings.artists, settings.genres)), genre_counts, rng
     )
-    extra_song_artists = rng.choice(
-        settings.artists, size=settings.songs - settings.artists, p=artist_popularity
-    )
+    extra_song_artists = rng.choice(settings.artists, size=settings.songs - settings.artists, p=artist_popularity)
     song_artist = np.sort(np.concatenate([np.arange(settings.artists), extra_song_artists]))
     song_noise = rng.lognormal(0.0, settings.song_popularity_sigma, settings.songs)
-    song_duration_ms = np.clip(
-        np.rint(rng.lognormal(np.log(MEDIAN_DURATION_MS), DURATION_SIGMA, settings.songs)),
-        MIN_DURATION_MS,
-        MAX_DURATION_MS,
-    ).astype(np.int32)
+    durations = np.rint(rng.lognormal(np.log(MEDIAN_DURATION_MS), DURATION_SIGMA, settings.songs))
+    song_duration_ms = np.clip(durations, MIN_DURATION_MS, MAX_DURATION_MS).astype(np.int32)
     return _Catalogue(
         genre_popularity=genre_popularity,
         artist_popularity=artist_popularity,
@@ -431,17 +397,13 @@ def _draw_activity(user_type: np.ndarray, rng: np.random.Generator) -> np.ndarra
 
 
 def _draw_genre_affinity(
-    settings: GeneratorSettings,
-    genre_popularity: np.ndarray,
-    genre_has_songs: np.ndarray,
-    rng: np.random.Generator,
+    settings: GeneratorSettings, genre_popularity: np.ndarray, genre_has_songs: np.ndarray, rng: np.random.Generator
 ) -> np.ndarray:
     """(users, genres) Dirichlet affinities, boosted on 2-4 favourites; genres without songs get 0."""
     favourite_counts = rng.choice(FAVOURITE_GENRE_COUNTS, size=settings.users)
     log_popularity = np.where(genre_has_songs, np.log(genre_popularity), -np.inf)
-    favourites = _weighted_top_k_mask(
-        np.broadcast_to(log_popularity, (settings.users, settings.genres)), favourite_counts, rng
-    )
+    log_popularity = np.broadcast_to(log_popularity, (settings.users, settings.genres))
+    favourites = _weighted_top_k_mask(log_popularity, favourite_counts, rng)
     concentration = np.where(genre_has_songs, settings.affinity_concentration, 0.0)
     gamma_draws = rng.gamma(concentration + settings.favourite_genre_boost * favourites)
     return gamma_draws / gamma_draws.sum(axis=1, keepdims=True)
@@ -475,16 +437,12 @@ def _draw_sessions(
     cell = np.repeat(np.arange(sessions_per_cell.size), sessions_per_cell.ravel())
     user, day = np.divmod(cell, settings.days)
     hour_sampler = _GroupedSampler(
-        group_of_item=np.repeat([0, 1], 24),
-        items=np.tile(np.arange(24), 2),
-        weights=np.array(WEEKDAY_HOUR_WEIGHTS + WEEKEND_HOUR_WEIGHTS),
-        n_groups=2,
+        np.repeat([0, 1], 24), np.tile(np.arange(24), 2), np.array(WEEKDAY_HOUR_WEIGHTS + WEEKEND_HOUR_WEIGHTS), 2
     )
     hour = hour_sampler.sample(_weekend_days(settings)[day].astype(np.int64), rng)
     second_of_hour = rng.integers(0, 3600, size=cell.size)
-    start_us = _epoch_microseconds(settings.start_date) + (
-        (day * 24 + hour) * 3600 + second_of_hour
-    ) * MICROSECONDS_PER_SECOND
+    seconds = (day * 24 + hour) * 3600 + second_of_hour
+    start_us = _epoch_microseconds(settings.start_date) + seconds * MICROSECONDS_PER_SECOND
     order = np.lexsort((user, start_us))
     return user[order].astype(np.int32), start_us[order]
 
@@ -493,13 +451,8 @@ def _draw_sessions(
 
 
 def _draw_plays(
-    settings: GeneratorSettings,
-    catalogue: _Catalogue,
-    user_type: np.ndarray,
-    affinity: np.ndarray,
-    session_user: np.ndarray,
-    session_start_us: np.ndarray,
-    rng: np.random.Generator,
+    settings: GeneratorSettings, catalogue: _Catalogue, user_type: np.ndarray, affinity: np.ndarray,
+    session_user: np.ndarray, session_start_us: np.ndarray, rng: np.random.Generator,
 ) -> pl.DataFrame:
     mean_length = np.array([profile.mean_session_length for profile in USER_TYPE_PROFILES])
     lengths = np.minimum(rng.geometric(1.0 / mean_length[user_type[session_user]]), MAX_SESSION_LENGTH)
@@ -517,38 +470,29 @@ def _draw_plays(
     gap_ms = rng.integers(*GAP_SECONDS, size=song.size) * 1000
     offset_ms = _exclusive_cumsum_by_segment(ms_played.astype(np.int64) + gap_ms, session_first_play, lengths)
     played_at_us = session_start_us[play_session] + offset_ms * 1000
-    return pl.DataFrame(
-        {
-            "play_id": np.arange(song.size, dtype=np.int64),
-            "session_id": play_session.astype(np.int64),
-            "user_id": play_user.astype(np.int32),
-            "song_id": song.astype(np.int32),
-            "position_in_session": position.astype(np.int16),
-            "played_at": played_at_us.astype("datetime64[us]"),
-            "ms_played": ms_played,
-            "track_duration_ms": duration_ms,
-            "completion_ratio": ms_played / duration_ms,
-            "skipped": skipped,
-        }
-    )
+    return pl.DataFrame({
+        "play_id": np.arange(song.size, dtype=np.int64),
+        "session_id": play_session.astype(np.int64),
+        "user_id": play_user.astype(np.int32),
+        "song_id": song.astype(np.int32),
+        "position_in_session": position.astype(np.int16),
+        "played_at": played_at_us.astype("datetime64[us]"),
+        "ms_played": ms_played,
+        "track_duration_ms": duration_ms,
+        "completion_ratio": ms_played / duration_ms,
+        "skipped": skipped,
+    })
 
 
 def _draw_play_songs(
-    settings: GeneratorSettings,
-    catalogue: _Catalogue,
-    affinity: np.ndarray,
-    play_user: np.ndarray,
-    position: np.ndarray,
-    rng: np.random.Generator,
+    settings: GeneratorSettings, catalogue: _Catalogue, affinity: np.ndarray, play_user: np.ndarray,
+    position: np.ndarray, rng: np.random.Generator,
 ) -> np.ndarray:
     """Fresh draws go user -> genre -> song; continuations go run artist -> song."""
     n_users, n_genres = affinity.shape
     n_songs = catalogue.song_artist.size
     genre_sampler = _GroupedSampler(
-        group_of_item=np.repeat(np.arange(n_users), n_genres),
-        items=np.tile(np.arange(n_genres), n_users),
-        weights=affinity.ravel(),
-        n_groups=n_users,
+        np.repeat(np.arange(n_users), n_genres), np.tile(np.arange(n_genres), n_users), affinity.ravel(), n_users
     )
     song_slots = catalogue.song_genre_slots
     slot_used = song_slots < n_genres
@@ -559,10 +503,7 @@ def _draw_play_songs(
         n_groups=n_genres,
     )
     song_of_artist_sampler = _GroupedSampler(
-        group_of_item=catalogue.song_artist,
-        items=np.arange(n_songs),
-        weights=catalogue.song_popularity,
-        n_groups=catalogue.artist_popularity.size,
+        catalogue.song_artist, np.arange(n_songs), catalogue.song_popularity, catalogue.artist_popularity.size
     )
 
     fresh = (position == 0) | (rng.random(position.size) >= settings.same_artist_prob)
@@ -577,22 +518,15 @@ def _draw_play_songs(
 
 
 def _skip_probability(
-    settings: GeneratorSettings,
-    catalogue: _Catalogue,
-    user_type: np.ndarray,
-    affinity: np.ndarray,
-    play_user: np.ndarray,
-    song: np.ndarray,
+    settings: GeneratorSettings, catalogue: _Catalogue, user_type: np.ndarray, affinity: np.ndarray,
+    play_user: np.ndarray, song: np.ndarray,
 ) -> np.ndarray:
     """Logistic in log(1 + genres * the user's best affinity among the song's genres)."""
     padded_affinity = np.hstack([affinity, np.zeros((affinity.shape[0], 1))])
     genre_match = padded_affinity[play_user[:, None], catalogue.song_genre_slots[song]].max(axis=1)
     type_offset = np.array([profile.skip_logit_offset for profile in USER_TYPE_PROFILES])
-    logit = (
-        SKIP_BASE_LOGIT
-        + type_offset[user_type[play_user]]
-        - settings.skip_affinity_slope * np.log1p(settings.genres * genre_match)
-    )
+    logit = (SKIP_BASE_LOGIT + type_offset[user_type[play_user]]
+             - settings.skip_affinity_slope * np.log1p(settings.genres * genre_match))
     return 1.0 / (1.0 + np.exp(-logit))
 
 
@@ -604,9 +538,7 @@ def _draw_ms_played(skipped: np.ndarray, duration_ms: np.ndarray, rng: np.random
     return np.rint(completion * duration_ms).astype(np.int32)
 
 
-def _exclusive_cumsum_by_segment(
-    values: np.ndarray, segment_starts: np.ndarray, lengths: np.ndarray
-) -> np.ndarray:
+def _exclusive_cumsum_by_segment(values: np.ndarray, segment_starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     """Per element, the sum of the earlier elements of its (contiguous, non-empty) segment."""
     exclusive = np.cumsum(values) - values
     return exclusive - np.repeat(exclusive[segment_starts], lengths)
@@ -619,18 +551,11 @@ def _genres_frame(genre_popularity: np.ndarray) -> pl.DataFrame:
     n_genres = genre_popularity.size
     named = min(n_genres, len(GENRE_NAMES))
     names = list(GENRE_NAMES[:named]) + [f"genre_{genre:02d}" for genre in range(named, n_genres)]
-    return pl.DataFrame(
-        {
-            "genre_id": np.arange(n_genres, dtype=np.int32),
-            "name": pl.Series(names, dtype=pl.Utf8),
-            "popularity": genre_popularity,
-        }
-    )
+    ids = np.arange(n_genres, dtype=np.int32)
+    return pl.DataFrame({"genre_id": ids, "name": pl.Series(names, dtype=pl.Utf8), "popularity": genre_popularity})
 
 
-def _word_pairs(
-    first: tuple[str, ...], second: tuple[str, ...], first_idx: np.ndarray, second_idx: np.ndarray
-) -> pl.Series:
+def _word_pairs(first: tuple, second: tuple, first_idx: np.ndarray, second_idx: np.ndarray) -> pl.Series:
     """``"<first word> <second word>"`` per index pair."""
     return pl.Series(first).gather(first_idx) + " " + pl.Series(second).gather(second_idx)
 
@@ -645,20 +570,11 @@ def _artists_frame(artist_popularity: np.ndarray, rng: np.random.Generator) -> p
     base_names = "The " + _word_pairs(ARTIST_ADJECTIVES, ARTIST_NOUNS, adjective_idx, noun_idx)
     names = (
         pl.DataFrame({"base": base_names, "edition": edition + 1})
-        .select(
-            pl.when(pl.col("edition") > 1)
-            .then(pl.concat_str("base", pl.lit(" "), "edition"))
-            .otherwise("base")
-        )
+        .select(pl.when(pl.col("edition") > 1).then(pl.concat_str("base", pl.lit(" "), "edition")).otherwise("base"))
         .to_series()
     )
-    return pl.DataFrame(
-        {
-            "artist_id": np.arange(n_artists, dtype=np.int32),
-            "name": names,
-            "popularity": artist_popularity,
-        }
-    )
+    ids = np.arange(n_artists, dtype=np.int32)
+    return pl.DataFrame({"artist_id": ids, "name": names, "popularity": artist_popularity})
 
 
 def _artist_genres_frame(artist_genre_mask: np.ndarray) -> pl.DataFrame:
@@ -668,46 +584,35 @@ def _artist_genres_frame(artist_genre_mask: np.ndarray) -> pl.DataFrame:
 
 def _songs_frame(catalogue: _Catalogue, rng: np.random.Generator) -> pl.DataFrame:
     n_songs = catalogue.song_artist.size
-    titles = _word_pairs(
-        TITLE_FIRST_WORDS,
-        TITLE_SECOND_WORDS,
-        rng.integers(0, len(TITLE_FIRST_WORDS), n_songs),
-        rng.integers(0, len(TITLE_SECOND_WORDS), n_songs),
-    )
-    return pl.DataFrame(
-        {
-            "song_id": np.arange(n_songs, dtype=np.int32),
-            "artist_id": catalogue.song_artist.astype(np.int32),
-            "title": titles,
-            "duration_ms": catalogue.song_duration_ms,
-            "popularity": catalogue.song_popularity,
-        }
-    )
+    first_words = rng.integers(0, len(TITLE_FIRST_WORDS), n_songs)
+    second_words = rng.integers(0, len(TITLE_SECOND_WORDS), n_songs)
+    titles = _word_pairs(TITLE_FIRST_WORDS, TITLE_SECOND_WORDS, first_words, second_words)
+    return pl.DataFrame({
+        "song_id": np.arange(n_songs, dtype=np.int32),
+        "artist_id": catalogue.song_artist.astype(np.int32),
+        "title": titles,
+        "duration_ms": catalogue.song_duration_ms,
+        "popularity": catalogue.song_popularity,
+    })
 
 
 def _song_genres_frame(song_genre_slots: np.ndarray, n_genres: int) -> pl.DataFrame:
     song, slot = np.nonzero(song_genre_slots < n_genres)
-    return pl.DataFrame(
-        {"song_id": song.astype(np.int32), "genre_id": song_genre_slots[song, slot].astype(np.int32)}
-    )
+    return pl.DataFrame({"song_id": song.astype(np.int32), "genre_id": song_genre_slots[song, slot].astype(np.int32)})
 
 
 def _users_frame(user_type: np.ndarray, activity: np.ndarray) -> pl.DataFrame:
-    return pl.DataFrame(
-        {
-            "user_id": np.arange(user_type.size, dtype=np.int32),
-            "user_type": pl.Series(USER_TYPE_NAMES, dtype=pl.Utf8).gather(user_type),
-            "activity": activity,
-        }
-    )
+    return pl.DataFrame({
+        "user_id": np.arange(user_type.size, dtype=np.int32),
+        "user_type": pl.Series(USER_TYPE_NAMES, dtype=pl.Utf8).gather(user_type),
+        "activity": activity,
+    })
 
 
 def _affinity_frame(affinity: np.ndarray) -> pl.DataFrame:
     n_users, n_genres = affinity.shape
-    return pl.DataFrame(
-        {
-            "user_id": np.repeat(np.arange(n_users, dtype=np.int32), n_genres),
-            "genre_id": np.tile(np.arange(n_genres, dtype=np.int32), n_users),
-            "affinity": affinity.ravel(),
-        }
-    )
+    return pl.DataFrame({
+        "user_id": np.repeat(np.arange(n_users, dtype=np.int32), n_genres),
+        "genre_id": np.tile(np.arange(n_genres, dtype=np.int32), n_users),
+        "affinity": affinity.ravel(),
+    })

@@ -60,8 +60,7 @@ class GraphTables:
 def _index(ids: pl.Series, mapping_ids: np.ndarray, what: str) -> np.ndarray:
     """Map original ids to node indices; unknown ids are an error naming the table."""
     values = ids.to_numpy()
-    position = np.searchsorted(mapping_ids, values)
-    position = np.clip(position, 0, len(mapping_ids) - 1)
+    position = np.clip(np.searchsorted(mapping_ids, values), 0, len(mapping_ids) - 1)
     unknown = mapping_ids[position] != values
     if unknown.any():
         examples = np.unique(values[unknown])[:5].tolist()
@@ -85,12 +84,8 @@ def _epoch_seconds(column: pl.Series) -> np.ndarray:
 
 def build_listening_graph(tables: GraphTables) -> HeteroData:
     """Assemble the heterogeneous graph from warehouse tables (ids mapped to dense indices)."""
-    ids = {
-        "user": _sorted_ids(tables.users, "user_id", "marts.users"),
-        "song": _sorted_ids(tables.songs, "song_id", "marts.songs"),
-        "artist": _sorted_ids(tables.artists, "artist_id", "marts.artists"),
-        "genre": _sorted_ids(tables.genres, "genre_id", "marts.genres"),
-    }
+    ids = {node_type: _sorted_ids(getattr(tables, f"{node_type}s"), f"{node_type}_id", f"marts.{node_type}s")
+           for node_type in NODE_TYPES}
     data = HeteroData()
     for node_type, node_ids in ids.items():
         data[node_type].num_nodes = len(node_ids)
@@ -124,9 +119,8 @@ def build_listening_graph(tables: GraphTables) -> HeteroData:
 
 
 def graph_from_world(world) -> HeteroData:
-    """The listening graph straight from a generated world (a
-    :class:`~spotify_engine_assets.lib.generator.World`), without the warehouse: for benchmarks
-    and experiments. Plays are aggregated per (user, song) as ``marts.user_song_interactions``
+    """The listening graph straight from a generated world (a :class:`~.generator.SyntheticWorld`),
+    without the warehouse: for benchmarks and experiments. Plays are aggregated per (user, song) as ``marts.user_song_interactions``
     does, so the graph equals the one the asset chain builds from the same world."""
     interactions = world.plays.group_by("user_id", "song_id").agg(
         pl.len().alias("play_count"),

@@ -40,10 +40,8 @@ class SplitSettings:
 
 
 def _assign_by_rank(users: np.ndarray, order: np.ndarray, settings: SplitSettings) -> np.ndarray:
-    """Given an order that groups edges by user (ascending user, then rank key), label each edge.
-
-    The last ranks of a user go to test, the ones before to validation.
-    """
+    """Label each edge, given an order grouping edges by user (ascending user, then rank key): a
+    user's last ranks go to test, the ones before to validation."""
     sorted_users = users[order]
     counts = np.bincount(sorted_users)
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])

@@ -24,7 +24,7 @@ playlist comes from its held-out tracks; :func:`split_violations` verifies it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 import polars as pl
@@ -39,9 +39,7 @@ from ...core.dataset import split_violations as core_split_violations
 CONTAINS = ("playlist", "contains", "track")
 REV_CONTAINS = ("track", "rev_contains", "playlist")
 TRACK_BY = ("track", "by", "artist")
-REV_TRACK_BY = ("artist", "rev_by", "track")
 ARTIST_HAS = ("artist", "has", "genre")
-REV_ARTIST_HAS = ("genre", "rev_has", "artist")
 NODE_TYPES = ("playlist", "track", "artist", "genre")
 SCHEMA = Schema(interaction=CONTAINS, categories={"artist": TRACK_BY}, context=(ARTIST_HAS,))
 
@@ -50,31 +48,25 @@ class PlaylistGraphError(ValueError):
     """The playlist tables or settings cannot form a graph or split (message says why)."""
 
 
+class _PositiveSettings:
+    def validate(self) -> None:
+        """Every field must be >= 1."""
+        for field in fields(self):
+            if getattr(self, field.name) < 1:
+                raise PlaylistGraphError(f"{field.name} must be >= 1, got {getattr(self, field.name)}")
+
+
 @dataclass(frozen=True)
-class GraphSettings:
+class GraphSettings(_PositiveSettings):
     min_playlist_size: int = 5
     min_track_playlists: int = 2
     max_rounds: int = 50
 
-    def validate(self) -> None:
-        if self.min_playlist_size < 1:
-            raise PlaylistGraphError(f"min_playlist_size must be >= 1, got {self.min_playlist_size}")
-        if self.min_track_playlists < 1:
-            raise PlaylistGraphError(f"min_track_playlists must be >= 1, got {self.min_track_playlists}")
-        if self.max_rounds < 1:
-            raise PlaylistGraphError(f"max_rounds must be >= 1, got {self.max_rounds}")
-
 
 @dataclass(frozen=True)
-class SplitSettings:
+class SplitSettings(_PositiveSettings):
     holdout: int = 2
     min_train_tracks: int = 3
-
-    def validate(self) -> None:
-        if self.holdout < 1:
-            raise PlaylistGraphError(f"holdout must be >= 1, got {self.holdout}")
-        if self.min_train_tracks < 1:
-            raise PlaylistGraphError(f"min_train_tracks must be >= 1, got {self.min_train_tracks}")
 
 
 def kcore_filter(edges: pl.DataFrame, settings: GraphSettings) -> tuple[pl.DataFrame, list[dict]]:
@@ -89,17 +81,15 @@ def kcore_filter(edges: pl.DataFrame, settings: GraphSettings) -> tuple[pl.DataF
         edges = edges.join(sizes.filter(pl.col("len") >= settings.min_playlist_size).select("playlist_key"), on="playlist_key")
         degree = edges.group_by("track_key").len()
         edges = edges.join(degree.filter(pl.col("len") >= settings.min_track_playlists).select("track_key"), on="track_key")
-        rounds.append(
-            {"round": round_, "edges": edges.height, "playlists": edges["playlist_key"].n_unique(), "tracks": edges["track_key"].n_unique()}
-        )
+        playlists, tracks = edges["playlist_key"].n_unique(), edges["track_key"].n_unique()
+        rounds.append({"round": round_, "edges": edges.height, "playlists": playlists, "tracks": tracks})
         if edges.height == before:
             break
     return edges, rounds
 
 
-def _index(values: pl.Series, keys: np.ndarray) -> np.ndarray:
-    position = np.searchsorted(keys, values.to_numpy())
-    return position
+def _index(values: pl.Series, keys: np.ndarray) -> Tensor:
+    return torch.from_numpy(np.searchsorted(keys, values.to_numpy())).long()
 
 
 def build_playlist_graph(
@@ -147,24 +137,15 @@ def build_playlist_graph(
     for node_type, ids in zip(NODE_TYPES, (playlist_ids, track_ids, artist_ids, genre_ids)):
         data[node_type].num_nodes = len(ids)
         data[node_type].node_id = [str(i) for i in ids]
-    p = torch.from_numpy(_index(edges["playlist_key"], playlist_ids)).long()
-    t = torch.from_numpy(_index(edges["track_key"], track_ids)).long()
-    data[CONTAINS].edge_index = torch.stack([p, t])
+    playlist_of_edge, track_of_edge = _index(edges["playlist_key"], playlist_ids), _index(edges["track_key"], track_ids)
+    data[CONTAINS].edge_index = torch.stack([playlist_of_edge, track_of_edge])
     data[CONTAINS].position = torch.tensor(edges["position"].to_numpy(), dtype=torch.long)
-    by = torch.stack(
-        [torch.arange(len(track_ids)), torch.from_numpy(_index(track_artist["artist_key"], artist_ids)).long()]
+    artist_of_track = _index(track_artist["artist_key"], artist_ids)
+    data[TRACK_BY].edge_index = torch.stack([torch.arange(len(track_ids)), artist_of_track])
+    data[ARTIST_HAS].edge_index = (
+        torch.stack([_index(genres_kept["artist_key"], artist_ids), _index(genres_kept["genre"], genre_ids)])
+        if genres_kept.height else torch.empty((2, 0), dtype=torch.long)
     )
-    data[TRACK_BY].edge_index = by
-    if genres_kept.height:
-        has = torch.stack(
-            [
-                torch.from_numpy(_index(genres_kept["artist_key"], artist_ids)).long(),
-                torch.from_numpy(_index(genres_kept["genre"], genre_ids)).long(),
-            ]
-        )
-    else:
-        has = torch.empty((2, 0), dtype=torch.long)
-    data[ARTIST_HAS].edge_index = has
     add_reverse(data, (CONTAINS, TRACK_BY, ARTIST_HAS), attributes=())
     return data, rounds
 

@@ -46,13 +46,9 @@ KAGGLE_COLUMNS = ("user_id", "artistname", "trackname", "playlistname")
 KAGGLE_HEADER = 'user_id," ""artistname"""," ""trackname"""," ""playlistname"""'
 HEADER_PROBE_BYTES = 1 << 16
 # The warehouse tables the playlist SQL models read (schema ``kaggle_raw``).
-KAGGLE_SOURCES = (
-    "kaggle_raw.entries",
-    "kaggle_raw.rejects",
-    "kaggle_raw.landed_entries",
-    "kaggle_raw.landed_rejects",
-    "kaggle_raw.artist_genres",
-    "kaggle_raw.track_features",
+KAGGLE_SOURCES = tuple(
+    f"kaggle_raw.{table}"
+    for table in ("entries", "rejects", "landed_entries", "landed_rejects", "artist_genres", "track_features")
 )
 
 ENTRY_COLUMNS = "batch VARCHAR, source_file VARCHAR, line BIGINT, user_id VARCHAR, artistname VARCHAR, trackname VARCHAR, playlistname VARCHAR"
@@ -64,8 +60,6 @@ FEATURE_COLUMNS = "artist_name VARCHAR, track_name VARCHAR, " + ", ".join(f"{nam
 # One CSV field: a quoted field with "" escapes, or an unquoted field without quotes or commas.
 _FIELD = r'"(?:[^"]|"")*"|[^,"]*'
 _LINE_PATTERN = "^" + ",".join(f"(?P<f{i}>{_FIELD})" for i in range(4)) + "$"
-
-
 _UNQUOTE_SQL = ", ".join(
     f"""trim(CASE WHEN f.f{i} LIKE '"%' THEN replace(f.f{i}[2:-2], '""', '"') ELSE f.f{i} END) AS {name}"""
     for i, name in enumerate(KAGGLE_COLUMNS)
@@ -115,10 +109,6 @@ def count_lines(path: Path, chunk_size: int = 1 << 20) -> int:
     return lines + (last != b"\n")
 
 
-def _normalize_header_field(field: str) -> str:
-    return field.replace('"', "").strip().lower()
-
-
 def check_header(path: Path, expected: tuple[str, ...] = KAGGLE_COLUMNS) -> str:
     """Fail with a clear message unless ``path`` starts with a header naming ``expected``.
 
@@ -142,17 +132,13 @@ def check_header(path: Path, expected: tuple[str, ...] = KAGGLE_COLUMNS) -> str:
         header = first.decode("utf-8-sig")
     except UnicodeDecodeError as error:
         raise KaggleFormatError(f"{path}: line 1 (header) is not UTF-8 text ({error.reason} at byte {error.start})") from None
-    fields = [_normalize_header_field(f) for f in header.split(",")]
+    fields = [field.replace('"', "").strip().lower() for field in header.split(",")]
     if tuple(fields) != expected:
         missing = [c for c in expected if c not in fields]
-        unknown = [f for f in fields if f not in expected]
-        details = []
-        if missing:
-            details.append(f"missing columns {missing}")
-        if unknown:
-            details.append(f"unexpected columns {[u[:40] for u in unknown[:8]]}")
-        if not details:
-            details.append(f"columns in the wrong order {fields}")
+        unknown = [f[:40] for f in fields if f not in expected][:8]
+        details = [f"missing columns {missing}"] if missing else []
+        details += [f"unexpected columns {unknown}"] if unknown else []
+        details = details or [f"columns in the wrong order {fields}"]
         raise KaggleFormatError(f"{path}: header {header[:200]!r} does not match {list(expected)}: {'; '.join(details)}")
     return newline
 
@@ -307,11 +293,20 @@ def _path_param(path: Path) -> dict[str, str]:
     return {"path": str(Path(path).resolve())}
 
 
-def _require_columns(con: duckdb.DuckDBPyConnection, path: Path, required: tuple[str, ...]) -> None:
+def _load_enrichment(con: duckdb.DuckDBPyConnection, path: Path, table: str, required: tuple, query: str) -> int:
+    """Replace ``table`` with ``query`` over the headed CSV ``path`` (checked non-empty and holding
+    the ``required`` columns); returns the table's row count."""
+    path = Path(path)
+    if path.stat().st_size == 0:
+        raise KaggleFormatError(f"{path}: empty file (0 bytes)")
     columns = [row[0] for row in con.execute(f"DESCRIBE SELECT * FROM {_READ_CSV_AUTO}", _path_param(path)).fetchall()]
     missing = [c for c in required if c not in columns]
     if missing:
         raise KaggleFormatError(f"{path}: missing columns {missing} (found {columns[:20]})")
+    con.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_identifier(table.split('.')[0])}")
+    con.execute(f"CREATE OR REPLACE TABLE {quote_table(table)} AS {query}", _path_param(path))
+    ((rows,),) = con.sql(f"SELECT count(*) FROM {quote_table(table)}").fetchall()
+    return int(rows)
 
 
 def load_artist_genres(con: duckdb.DuckDBPyConnection, path: Path, table: str = "kaggle_raw.artist_genres") -> int:
@@ -320,14 +315,9 @@ def load_artist_genres(con: duckdb.DuckDBPyConnection, path: Path, table: str = 
     ``genres`` is a Python-literal list as text (``"['dance pop', 'pop']"``, ``[]``) or plain
     comma-separated names (``"dance pop, pop"``, as in some copies of the file). Replaces ``table``; returns its row count.
     """
-    path = Path(path)
-    if path.stat().st_size == 0:
-        raise KaggleFormatError(f"{path}: empty file (0 bytes)")
-    _require_columns(con, path, ("artists", "genres"))
-    con.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_identifier(table.split('.')[0])}")
-    con.execute(
+    return _load_enrichment(
+        con, path, table, ("artists", "genres"),
         f"""
-        CREATE OR REPLACE TABLE {quote_table(table)} AS
         WITH raw AS (SELECT trim(artists) AS artist_name, trim(coalesce(genres, '')) AS genres FROM {_READ_CSV_AUTO}),
         items AS (
             SELECT artist_name, unnest(
@@ -339,24 +329,16 @@ def load_artist_genres(con: duckdb.DuckDBPyConnection, path: Path, table: str = 
         SELECT DISTINCT artist_name, trim(genre) AS genre FROM items
         WHERE artist_name IS NOT NULL AND artist_name <> '' AND trim(genre) <> ''
         """,
-        _path_param(path),
     )
-    ((rows,),) = con.sql(f"SELECT count(*) FROM {quote_table(table)}").fetchall()
-    return int(rows)
 
 
 def load_track_features(con: duckdb.DuckDBPyConnection, path: Path, table: str = "kaggle_raw.track_features") -> int:
     """``tracks_features.csv`` format (``name``, ``artists`` as a Python list, audio features)
     -> one row per (first artist, track name) with the mean of each feature. Replaces ``table``."""
-    path = Path(path)
-    if path.stat().st_size == 0:
-        raise KaggleFormatError(f"{path}: empty file (0 bytes)")
-    _require_columns(con, path, ("name", "artists", *FEATURE_NAMES))
-    con.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_identifier(table.split('.')[0])}")
     features = ", ".join(f"avg(TRY_CAST({name} AS DOUBLE)) AS {name}" for name in FEATURE_NAMES)
-    con.execute(
+    return _load_enrichment(
+        con, path, table, ("name", "artists", *FEATURE_NAMES),
         f"""
-        CREATE OR REPLACE TABLE {quote_table(table)} AS
         WITH raw AS (
             SELECT coalesce(regexp_extract(artists, '^\\[[''"](.*?)[''"][,\\]]', 1), artists) AS artist_name,
                    trim(name) AS track_name, *
@@ -366,10 +348,7 @@ def load_track_features(con: duckdb.DuckDBPyConnection, path: Path, table: str =
         FROM raw WHERE artist_name IS NOT NULL AND artist_name <> '' AND track_name IS NOT NULL AND track_name <> ''
         GROUP BY ALL
         """,
-        _path_param(path),
     )
-    ((rows,),) = con.sql(f"SELECT count(*) FROM {quote_table(table)}").fetchall()
-    return int(rows)
 
 
 def create_empty_enrichments(con: duckdb.DuckDBPyConnection, genres: str, features: str) -> None:
@@ -513,11 +492,6 @@ def session_columns(con: duckdb.DuckDBPyConnection, path: Path) -> list[str]:
     if missing:
         raise KaggleFormatError(f"{path}: missing columns {missing} for a listening-sessions file (found {columns[:12]})")
     return columns
-
-
-def check_sessions(con: duckdb.DuckDBPyConnection, path: Path) -> None:
-    """Fail naming the file unless it is a readable sessions file with the required columns."""
-    session_columns(con, path)
 
 
 def _optional_session_checks(columns: list[str]) -> tuple[str, str]:

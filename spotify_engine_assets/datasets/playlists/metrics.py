@@ -134,14 +134,8 @@ def recsys_metrics(
 
 
 def evaluate(
-    score_fn: ScoreFn,
-    relevant: Tensor,
-    known: Tensor,
-    num_tracks: int,
-    playlists: Tensor | None = None,
-    chunk_size: int = 1024,
-    ks: tuple[int, ...] = (10, 50, 500),
-    track_artist: Tensor | None = None,
+    score_fn: ScoreFn, relevant: Tensor, known: Tensor, num_tracks: int, playlists: Tensor | None = None,
+    chunk_size: int = 1024, ks: tuple[int, ...] = (10, 50, 500), track_artist: Tensor | None = None,
 ) -> dict[str, float]:
     """RecSys 2018 metrics: rank every track for each playlist with a ``relevant`` pair
     (``[2, E]`` playlist, track), masking its ``known`` pairs; lists are at most 500 long.
@@ -160,11 +154,10 @@ def evaluate(
     row_of[rows_all] = torch.arange(rows_all.numel())
     rows = row_of[relevant[0]]
     held = rows >= 0
-    hits = hit_matrix(topk, rows[held], relevant[1][held], num_tracks)
-    counts = torch.bincount(rows[held], minlength=rows_all.numel())
-    credits = (
-        artist_matches(topk, hits, counts, rows[held], relevant[1][held], track_artist) if track_artist is not None else None
-    )
+    rows, items = rows[held], relevant[1][held]
+    hits = hit_matrix(topk, rows, items, num_tracks)
+    counts = torch.bincount(rows, minlength=rows_all.numel())
+    credits = artist_matches(topk, hits, counts, rows, items, track_artist) if track_artist is not None else None
     return recsys_metrics(hits, counts, ks, credits)
 
 

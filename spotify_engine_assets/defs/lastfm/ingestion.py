@@ -4,6 +4,8 @@ Folders are run config (defaults: ``../shared/data/...`` relative to the reposit
 ``lastfm`` SQL marts (``dbt_like_sql/lastfm``) read them."""
 
 
+from pathlib import Path
+
 import dagster as dg
 from pydantic import Field
 
@@ -22,44 +24,30 @@ class LastfmSourceConfig(dg.Config):
 
 @dg.multi_asset(
     specs=[
-        dg.AssetSpec(
-            [RAW_SCHEMA, t],
-            description=f"Last.fm 2K `{t}` as loaded from its file (DuckDB table `{RAW_SCHEMA}.{t}`).",
-            group_name="lastfm_ingestion",
-            kinds={"duckdb"},
-        )
+        dg.AssetSpec([RAW_SCHEMA, t], group_name="lastfm_ingestion", kinds={"duckdb"},
+                     description=f"Last.fm 2K `{t}` as loaded from its file (DuckDB table `{RAW_SCHEMA}.{t}`).")
         for t in RAW_TABLES
     ],
-    pool=DUCKDB_POOL,
-    code_version=source_version(lastfm_lib),
+    pool=DUCKDB_POOL, code_version=source_version(lastfm_lib),
 )
 def lastfm_raw(context: dg.AssetExecutionContext, config: LastfmSourceConfig, warehouse: Warehouse):
     """Load the Last.fm 2K files (tags files decoded from Latin-1) and the fixed split into ``raw_lastfm``."""
-    from pathlib import Path
-
     data_dir = Path(config.data_dir).expanduser().resolve() if config.data_dir else lastfm_lib.data_dir()
     split_dir = Path(config.split_dir).expanduser().resolve() if config.split_dir else lastfm_lib.split_dir()
     if not lastfm_lib.available(data_dir, split_dir):
         raise dg.Failure(f"Last.fm 2K files not found under {data_dir} and {split_dir} (see ../shared/data/README.md)")
     frames = lastfm_lib.read_raw(data_dir)
     frames.update({f"split_{k}": v for k, v in lastfm_lib.read_split(split_dir).items()})
-    with warehouse.connect() as con:
-        con.execute("BEGIN TRANSACTION")
-        try:
-            con.execute(f'CREATE SCHEMA IF NOT EXISTS "{RAW_SCHEMA}"')
-            for table in RAW_TABLES:
-                con.register("frame", frames[table])
-                con.execute(f'CREATE OR REPLACE TABLE "{RAW_SCHEMA}"."{table}" AS SELECT * FROM frame')
-                con.unregister("frame")
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
+    with warehouse.transaction() as con:
+        con.execute(f'CREATE SCHEMA IF NOT EXISTS "{RAW_SCHEMA}"')
+        for table in RAW_TABLES:
+            con.register("frame", frames[table])
+            con.execute(f'CREATE OR REPLACE TABLE "{RAW_SCHEMA}"."{table}" AS SELECT * FROM frame')
+            con.unregister("frame")
     for table in RAW_TABLES:
-        yield dg.MaterializeResult(
-            asset_key=[RAW_SCHEMA, table],
-            metadata={"dagster/row_count": frames[table].height, "preview": dg.MetadataValue.md(frame_markdown(frames[table], max_rows=5))},
-        )
+        preview = dg.MetadataValue.md(frame_markdown(frames[table], max_rows=5))
+        yield dg.MaterializeResult(asset_key=[RAW_SCHEMA, table],
+                                   metadata={"dagster/row_count": frames[table].height, "preview": preview})
 
 
 defs = dg.Definitions(assets=[lastfm_raw])

@@ -4,11 +4,9 @@ this chain has: explanations, cold start and time-series cross-validation."""
 
 import dagster as dg
 
-from ...datasets.listening import DATASET
-from ..chain import Chain, chain_definitions
+from ..chain import chain_definitions
 from . import cross_validation, explanations, graph, ingestion
-
-CHAIN = Chain(DATASET, segments="listening/user_segments")
+from .graph import CHAIN
 
 defs = dg.Definitions.merge(
     ingestion.defs, graph.defs, chain_definitions(CHAIN), explanations.defs, cross_validation.defs

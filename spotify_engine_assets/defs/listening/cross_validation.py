@@ -6,26 +6,17 @@ import dagster as dg
 import polars as pl
 from pydantic import Field
 
-from ... import core
 from ...core.config import ConfigError
 from ...core.data.graph import from_payload
 from ...core.plots import frame_markdown
 from ...core.storage.artifacts import atomic_write_bytes
-from ...core.storage.paths import source_version
-from ...datasets import listening
 from ...datasets.listening import DATASET
-from ...datasets.listening import cross_validation as cv_lib
 from ...datasets.listening.cross_validation import (
-    CrossValidationError,
-    FoldSettings,
-    cross_validate,
-    fold_leaks,
-    mean_std_plot,
-    mean_std_table,
+    TIME_FIELD, CrossValidationError, FoldSettings, cross_validate, fold_leaks, mean_std_plot, mean_std_table,
 )
 from ..resources import DataLake, TorchRuntime
+from .graph import CHAIN
 
-CV_VERSION = source_version(core, listening)
 REPORT_NAME = "time_series_cv"
 
 
@@ -45,29 +36,13 @@ class TimeSeriesCVConfig(dg.Config):
     max_epochs: int | None = Field(default=None, ge=1, description="Cap on epochs per fold (None: each config's max_epochs).")
 
 
-@dg.asset(
-    key=["listening", "time_series_cv"],
-    ins={"graph": dg.AssetIn(["listening", "graph"])},
-    group_name="listening_evaluation",
-    kinds={"pytorch", "polars"},
-    code_version=CV_VERSION,
-    check_specs=[
-        dg.AssetCheckSpec(
-            "folds_leak_free",
-            asset=dg.AssetKey(["listening", "time_series_cv"]),
-            blocking=True,
-            description="No fold's message-passing graph holds a validation or evaluation edge, and every training "
-            "edge of a fold was first played before its evaluation window.",
-        )
-    ],
+@CHAIN.asset(
+    "time_series_cv", "evaluation", ins=CHAIN.ins("graph"), kinds={"pytorch", "polars"},
+    checks={"folds_leak_free": (True, "No fold's message-passing graph holds a validation or evaluation edge, and "
+                                "every training edge of a fold was first played before its evaluation window.")},
 )
-def time_series_cv(
-    context: dg.AssetExecutionContext,
-    config: TimeSeriesCVConfig,
-    torch_runtime: TorchRuntime,
-    lake: DataLake,
-    graph: dict,
-):
+def time_series_cv(context: dg.AssetExecutionContext, config: TimeSeriesCVConfig, torch_runtime: TorchRuntime,
+                   lake: DataLake, graph: dict):
     """Time-series cross-validation: n expanding-window folds by each pair's first play (train on
     the past, early-stop on the slice just before the cut, evaluate on the next window with the
     user's known songs masked; users without training history in a fold are left out). Each
@@ -90,32 +65,21 @@ def time_series_cv(
         raise dg.Failure(f"time_series_cv: {error}") from error
 
     folds = pl.DataFrame([fold.summary() for fold in result.folds])
-    table = mean_std_table(result.summary)
     runs = result.per_fold.select("config", "fold", "users_evaluated", "epochs_run", "train_seconds")
+    tables = {  # metadata name, report heading, markdown
+        "summary": ("mean ± std over folds", frame_markdown(mean_std_table(result.summary), max_rows=100)),
+        "folds": ("folds", frame_markdown(folds, max_rows=100)),
+        "per_fold": ("per fold", frame_markdown(result.summary, max_rows=1000)),
+        "training_runs": ("training runs", frame_markdown(runs, max_rows=1000)),
+    }
     reports = lake.reports_dir / "listening"
     atomic_write_bytes(reports / f"{REPORT_NAME}.csv", result.summary.write_csv().encode())
-    markdown = "\n\n".join(
-        [
-            f"# Time-series cross-validation ({len(result.folds)} folds by {cv_lib.TIME_FIELD})",
-            "## mean ± std over folds",
-            frame_markdown(table, max_rows=100),
-            "## folds",
-            frame_markdown(folds, max_rows=100),
-            "## per fold",
-            frame_markdown(result.summary, max_rows=1000),
-            "## training runs",
-            frame_markdown(runs, max_rows=1000),
-        ]
-    )
+    sections = [f"## {heading}\n\n{markdown}" for heading, markdown in tables.values()]
+    markdown = "\n\n".join([f"# Time-series cross-validation ({len(result.folds)} folds by {TIME_FIELD})", *sections])
     atomic_write_bytes(reports / f"{REPORT_NAME}.md", (markdown + "\n").encode())
     metadata = {
-        "n_folds": len(result.folds),
-        "time_field": cv_lib.TIME_FIELD,
-        "configs": ", ".join(config.configs),
-        "summary": dg.MetadataValue.md(frame_markdown(table, max_rows=100)),
-        "folds": dg.MetadataValue.md(frame_markdown(folds, max_rows=100)),
-        "per_fold": dg.MetadataValue.md(frame_markdown(result.summary, max_rows=1000)),
-        "training_runs": dg.MetadataValue.md(frame_markdown(runs, max_rows=1000)),
+        "n_folds": len(result.folds), "time_field": TIME_FIELD, "configs": ", ".join(config.configs),
+        **{name: dg.MetadataValue.md(table) for name, (_, table) in tables.items()},
         "plot": dg.MetadataValue.md(mean_std_plot(result.summary)),
         "report": dg.MetadataValue.path(str(reports / f"{REPORT_NAME}.md")),
     }

@@ -7,24 +7,18 @@ import polars as pl
 import torch
 from pydantic import Field
 
-from ... import core
 from ...core.config import ConfigError
 from ...core.data.graph import from_payload
 from ...core.models.baselines import MostPopular
 from ...core.plots import frame_markdown
-from ...core.serving import recommend as recommend_lib
 from ...core.serving.cold_start import describe_weight, evaluate_cold_start
 from ...core.serving.explain import explain, faithfulness, render_explanation
-from ...core.serving.recommend import bundle_from, rank_songs, render_ranking
+from ...core.serving.recommend import bundle_from, rank_songs, ranking_rows, render_ranking
 from ...core.storage.artifacts import atomic_write_bytes
-from ...core.storage.paths import source_version
-from ...datasets import listening
 from ...datasets.listening import DATASET
 from ...datasets.listening.graph import LISTENS
 from ..resources import DataLake, TorchRuntime
-
-EXPLAIN_VERSION = source_version(core, listening)
-
+from .graph import CHAIN
 
 DEFAULT_EXPLAINED = "gat_enhanced"
 
@@ -43,35 +37,14 @@ class ExplanationsConfig(dg.Config):
     remove: int = Field(default=5, ge=1, description="Evidence links removed per pair in the faithfulness test.")
 
 
-@dg.asset(
-    key=["listening", "explanations"],
-    ins={
-        "trained_model": dg.AssetIn(["listening", "trained_model"]),
-        "graph": dg.AssetIn(["listening", "graph"]),
-        "split": dg.AssetIn(["listening", "split"]),
-    },
-    group_name="listening_explanations",
-    kinds={"pytorch", "markdown"},
-    code_version=EXPLAIN_VERSION,
-    check_specs=[
-        dg.AssetCheckSpec(
-            "explanations_faithful",
-            asset=dg.AssetKey(["listening", "explanations"]),
-            blocking=False,
-            description="Removing the top-attributed evidence links lowers the model's score more, on average, than "
-            "removing as many random evidence links (seeded), for every explained config.",
-        )
-    ],
+@CHAIN.asset(
+    "explanations", "explanations", ins=CHAIN.ins("trained_model", "graph", "split"), kinds={"pytorch", "markdown"},
+    checks={"explanations_faithful": (False, "Removing the top-attributed evidence links lowers the model's score "
+                                      "more, on average, than removing as many random evidence links (seeded), for "
+                                      "every explained config.")},
 )
-def explanations(
-    context: dg.AssetExecutionContext,
-    config: ExplanationsConfig,
-    torch_runtime: TorchRuntime,
-    lake: DataLake,
-    trained_model: dict[str, dict],
-    graph: dict,
-    split: dict,
-):
+def explanations(context: dg.AssetExecutionContext, config: ExplanationsConfig, torch_runtime: TorchRuntime,
+                 lake: DataLake, trained_model: dict[str, dict], graph: dict, split: dict):
     """Recommendations of a seeded sample of users with their explanations, computed from the
     trained model on the training message-passing graph: the model's score, the evidence links
     on the paths user -> played songs -> artist/genres -> song ranked by gradient x input
@@ -91,12 +64,9 @@ def explanations(
     for name in sorted(set(requested) - set(chosen)):
         context.log.warning(f"trained_model[{name}] is not materialized; not explained")
     if not chosen:
-        raise dg.Failure(
-            f"none of the configs {requested} has a materialized trained_model; materialized: "
-            f"{', '.join(sorted(trained_model)) or 'none'}"
-        )
-    output: dict = {}
-    sections, faithful = [], {}
+        raise dg.Failure(f"none of the configs {requested} has a materialized trained_model; materialized: "
+                         f"{', '.join(sorted(trained_model)) or 'none'}")
+    output, sections, faithful = {}, [], {}
     for name in chosen:
         bundle = bundle_from(DATASET, trained_model[name], graph, split, lake.warehouse_path)
         active = torch.unique(bundle.view[LISTENS].edge_index[0])
@@ -111,42 +81,40 @@ def explanations(
                 continue
             explained = [explain(bundle, user, int(song)) for song in ranking.songs.tolist()]
             entries.append({"user_id": bundle.user_id(user), "genre_weight": ranking.genre_weight,
-                            "recommendations": recommend_lib.ranking_rows(bundle, ranking), "explanations": explained})
+                            "recommendations": ranking_rows(bundle, ranking), "explanations": explained})
             sections.append(render_ranking(bundle, ranking, f"user {bundle.user_id(user)}", markdown=True) + "\n")
             sections += [render_explanation(e, markdown=True) + "\n" for e in explained]
         result = {"explained": entries, "genre_prior": bundle.genre_prior() if config.genre_prior is None else config.genre_prior,
                   "genre_prior_validation_ndcg@10": getattr(bundle, "genre_prior_scores", {})}
         if not isinstance(bundle.model, MostPopular):
             try:
-                result["faithfulness"] = faithfulness(bundle.model, bundle.view, pairs, remove=config.remove, seed=config.seed)
+                f = faithfulness(bundle.model, bundle.view, pairs, remove=config.remove, seed=config.seed)
             except ValueError as error:
                 context.log.warning(f"{name}: faithfulness test skipped: {error}")
-        if "faithfulness" in result:
-            f = result["faithfulness"]
-            faithful[name] = f
-            sections.insert(
-                sections.index(f"## {name}\n") + 1,
-                f"Faithfulness over {f['pairs']} (user, recommended song) pairs: removing the {f['removed_links']} "
-                f"top-attributed evidence links lowers the score by {f['mean_drop_top']:.4f} on average, "
-                f"{f['removed_links']} random evidence links by {f['mean_drop_random']:.4f}"
-                + (f", the {f['removed_links']} highest-attention links by {f['mean_drop_attention']:.4f}" if "mean_drop_attention" in f else "")
-                + f"; top beats random on {f['top_beats_random_share']:.0%} of pairs.\n",
-            )
+            else:
+                result["faithfulness"] = faithful[name] = f
+                sections.insert(
+                    sections.index(f"## {name}\n") + 1,
+                    f"Faithfulness over {f['pairs']} (user, recommended song) pairs: removing the {f['removed_links']} "
+                    f"top-attributed evidence links lowers the score by {f['mean_drop_top']:.4f} on average, "
+                    f"{f['removed_links']} random evidence links by {f['mean_drop_random']:.4f}"
+                    + (f", the {f['removed_links']} highest-attention links by {f['mean_drop_attention']:.4f}"
+                       if "mean_drop_attention" in f else "")
+                    + f"; top beats random on {f['top_beats_random_share']:.0%} of pairs.\n",
+                )
         output[name] = result
     markdown = "\n".join(sections)
     atomic_write_bytes(lake.reports_dir / "listening" / "explanations.md", (markdown + "\n").encode())
-    metadata = {"configs": ", ".join(chosen), "users_explained": config.users, "explanations": dg.MetadataValue.md(markdown)}
-    for name, result in output.items():
-        metadata[f"{name}/genre_prior_n0"] = float(result["genre_prior"])
+    metadata = {"configs": ", ".join(chosen), "users_explained": config.users,
+                "explanations": dg.MetadataValue.md(markdown),
+                **{f"{name}/genre_prior_n0": float(result["genre_prior"]) for name, result in output.items()}}
     for name, f in faithful.items():
         metadata[f"{name}/faithfulness_mean_drop_top"] = f["mean_drop_top"]
         metadata[f"{name}/faithfulness_mean_drop_random"] = f["mean_drop_random"]
     yield dg.Output(output, metadata=metadata)
     passed = bool(faithful) and all(f["mean_drop_top"] > f["mean_drop_random"] for f in faithful.values())
     yield dg.AssetCheckResult(
-        check_name="explanations_faithful",
-        passed=passed,
-        severity=dg.AssetCheckSeverity.WARN,
+        check_name="explanations_faithful", passed=passed, severity=dg.AssetCheckSeverity.WARN,
         metadata={
             **{f"{name}/observed_mean_drop_top": f["mean_drop_top"] for name, f in faithful.items()},
             **{f"{name}/threshold_mean_drop_random": f["mean_drop_random"] for name, f in faithful.items()},
@@ -165,21 +133,9 @@ class ColdStartConfig(dg.Config):
     seed: int = Field(default=0, description="Seed of the held-out user sample.")
 
 
-@dg.asset(
-    key=["listening", "cold_start_report"],
-    ins={"graph": dg.AssetIn(["listening", "graph"]), "split": dg.AssetIn(["listening", "split"])},
-    group_name="listening_explanations",
-    kinds={"pytorch", "polars"},
-    code_version=EXPLAIN_VERSION,
-)
-def cold_start_report(
-    context: dg.AssetExecutionContext,
-    config: ColdStartConfig,
-    torch_runtime: TorchRuntime,
-    lake: DataLake,
-    graph: dict,
-    split: dict,
-) -> dg.Output[pl.DataFrame]:
+@CHAIN.asset("cold_start_report", "explanations", ins=CHAIN.ins("graph", "split"), kinds={"pytorch", "polars"})
+def cold_start_report(context: dg.AssetExecutionContext, config: ColdStartConfig, torch_runtime: TorchRuntime,
+                      lake: DataLake, graph: dict, split: dict) -> dg.Output[pl.DataFrame]:
     """Cold start measured on users held out of training entirely: the config's model is
     retrained without them; each held-out user is described only by the top genres of their
     first songs, or by their first n songs (fold-in of the model's song embeddings), and ranked by

@@ -1,4 +1,4 @@
-"""The listening chain's graph and splits: the ``HeteroData`` listening graph built from the
+"""The listening chain (:data:`CHAIN`) and its graph and splits: the ``HeteroData`` listening graph built from the
 warehouse marts, the random and temporal split indices, and the users' segments for fairness."""
 
 import dagster as dg
@@ -11,30 +11,20 @@ from ...core.data.splits import labels_to_indices
 from ...core.plots import count_bars, histogram, split_sizes
 from ...core.storage.paths import source_version
 from ...datasets import listening
+from ...datasets.listening import DATASET
 from ...datasets.listening.graph import LISTENS, GraphBuildError, GraphTables, build_listening_graph
 from ...datasets.listening.splits import SplitError, SplitSettings, random_split, temporal_split
+from ..chain import Chain
 from ..resources import DUCKDB_POOL, Warehouse
 
-GROUP = "listening_graph"
-GRAPH_TABLES = {
-    "users": "marts.users",
-    "songs": "marts.songs",
-    "artists": "marts.artists",
-    "genres": "marts.genres",
-    "song_genres": "marts.song_genres",
-    "interactions": "marts.user_song_interactions",
-}
+CHAIN = Chain(DATASET, segments="listening/user_segments")
+GRAPH_TABLES = {"users": "marts.users", "songs": "marts.songs", "artists": "marts.artists", "genres": "marts.genres",
+                "song_genres": "marts.song_genres", "interactions": "marts.user_song_interactions"}
 VERSION = source_version(listening)
 
 
-@dg.asset(
-    key=["listening", "graph"],
-    deps=[dg.AssetKey(t.split(".")) for t in GRAPH_TABLES.values()],
-    group_name=GROUP,
-    kinds={"pytorch", "pyg"},
-    pool=DUCKDB_POOL,
-    code_version=VERSION,
-)
+@CHAIN.asset("graph", "graph", deps=[dg.AssetKey(t.split(".")) for t in GRAPH_TABLES.values()],
+             kinds={"pytorch", "pyg"}, pool=DUCKDB_POOL, code_version=VERSION)
 def listening_graph(context: dg.AssetExecutionContext, warehouse: Warehouse) -> dg.Output[dict]:
     """PyG ``HeteroData`` with user, song, artist and genre nodes; listens edges carry play count,
     mean completion and first and last play time; song-artist and song-genre edges; reverse edges;
@@ -63,8 +53,7 @@ class SplitConfig(dg.Config):
     seed: int = Field(default=0, description="Seed of the random split.")
 
 
-@dg.asset(key=["listening", "split"], ins={"graph": dg.AssetIn(["listening", "graph"])}, group_name=GROUP,
-          kinds={"pytorch"}, code_version=VERSION)
+@CHAIN.asset("split", "graph", ins=CHAIN.ins("graph"), kinds={"pytorch"}, code_version=VERSION)
 def listening_split(context: dg.AssetExecutionContext, config: SplitConfig, graph: dict) -> dg.Output[dict]:
     """Train / validation / test indices into the listens edges, two strategies: ``random`` (per
     user, seeded 70/15/15) and ``temporal`` (each user's latest-discovered songs, by first play,
@@ -80,29 +69,20 @@ def listening_split(context: dg.AssetExecutionContext, config: SplitConfig, grap
         "random": labels_to_indices(random_split(users, settings)),
         "temporal": labels_to_indices(temporal_split(users, data[LISTENS].first_played.numpy(), settings)),
     }
-    metadata = {f"{strategy}/{part}": int(index.numel()) for strategy, parts in splits.items() for part, index in parts.items()}
     sizes = {strategy: {part: int(index.numel()) for part, index in parts.items()} for strategy, parts in splits.items()}
+    metadata = {f"{strategy}/{part}": size for strategy, parts in sizes.items() for part, size in parts.items()}
     metadata["split_sizes"] = dg.MetadataValue.md(split_sizes(sizes, "interactions per part and strategy"))
     return dg.Output({"settings": settings.__dict__, **splits}, metadata=metadata)
 
 
-@dg.asset(
-    key=["listening", "user_segments"],
-    deps=[dg.AssetKey(["marts", "users"])],
-    group_name=GROUP,
-    kinds={"duckdb", "polars"},
-    pool=DUCKDB_POOL,
-    code_version=VERSION,
-)
+@CHAIN.asset("user_segments", "graph", deps=[dg.AssetKey(["marts", "users"])], kinds={"duckdb", "polars"},
+             pool=DUCKDB_POOL, code_version=VERSION)
 def user_segments(context: dg.AssetExecutionContext, warehouse: Warehouse) -> dg.Output[pl.DataFrame]:
     """Each user's warehouse id and type (casual / regular / power) from ``marts.users``: the
     user-type slices of the metric reports' fairness tables."""
     frame = warehouse.read_table("marts.users").select("user_id", "user_type").sort("user_id")
-    counts = frame.group_by("user_type").len().sort("user_type")
-    return dg.Output(
-        frame,
-        metadata={"users": frame.height, **{f"users/{row['user_type']}": int(row["len"]) for row in counts.iter_rows(named=True)}},
-    )
+    counts = frame.group_by("user_type").len().sort("user_type").iter_rows()
+    return dg.Output(frame, metadata={"users": frame.height, **{f"users/{kind}": int(n) for kind, n in counts}})
 
 
 defs = dg.Definitions(assets=[listening_graph, listening_split, user_segments])

@@ -47,31 +47,19 @@ class SyntheticWorldConfig(dg.Config):
     seed: int = Field(default=42, description="Random seed; the same config and seed give identical files.")
 
     def settings(self) -> GeneratorSettings:
-        return GeneratorSettings(
-            users=self.users, songs=self.songs, artists=self.artists, genres=self.genres, days=self.days, seed=self.seed
-        )
+        return GeneratorSettings(**self.model_dump())
 
 
 @dg.multi_asset(
     specs=[
+        *(dg.AssetSpec(["raw", table], description=_DESCRIPTIONS[table], group_name="listening_ingestion",
+                       kinds={"duckdb", "parquet"}) for table in RAW_TABLES),
         dg.AssetSpec(
-            ["raw", table],
-            description=_DESCRIPTIONS[table],
-            group_name="listening_ingestion",
-            kinds={"duckdb", "parquet"},
-        )
-        for table in RAW_TABLES
-    ]
-    + [
-        dg.AssetSpec(
-            GROUND_TRUTH_KEY,
+            GROUND_TRUTH_KEY, group_name="listening_ingestion", kinds={"parquet"},
             description="Latent user genre affinities of the generator. Diagnostics only: never a model input.",
-            group_name="listening_ingestion",
-            kinds={"parquet"},
-        )
+        ),
     ],
-    pool=DUCKDB_POOL,
-    code_version=GENERATOR_VERSION,
+    pool=DUCKDB_POOL, code_version=GENERATOR_VERSION,
 )
 def synthetic_world(context: dg.AssetExecutionContext, config: SyntheticWorldConfig, lake: DataLake, warehouse: Warehouse):
     """Generate the synthetic listening world and load it into the warehouse's ``raw`` schema."""
@@ -84,48 +72,33 @@ def synthetic_world(context: dg.AssetExecutionContext, config: SyntheticWorldCon
     context.log.info(f"generated {world.plays.height} plays for {settings.users} users")
 
     version = lake.artifacts.write(["raw", "synthetic"], None, lambda folder: write_world(world, folder), tag=context.run_id)
-    with warehouse.connect() as con:
-        con.execute("BEGIN TRANSACTION")
-        try:
-            con.execute('CREATE SCHEMA IF NOT EXISTS "raw"')
-            for table in RAW_TABLES:
-                con.execute(
-                    f"CREATE OR REPLACE TABLE {quote_table(f'raw.{table}')} AS SELECT * FROM read_parquet(?)",
-                    [str(version / f"{table}.parquet")],
-                )
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
+    with warehouse.transaction() as con:
+        con.execute('CREATE SCHEMA IF NOT EXISTS "raw"')
+        for table in RAW_TABLES:
+            con.execute(f"CREATE OR REPLACE TABLE {quote_table(f'raw.{table}')} AS SELECT * FROM read_parquet(?)",
+                        [str(version / f"{table}.parquet")])
 
-    settings_meta = {k: str(v) for k, v in dataclasses.asdict(settings).items()}
     for table in RAW_TABLES:
         frame: pl.DataFrame = getattr(world, table)
-        metadata = {
-            "dagster/row_count": frame.height,
-            "parquet": dg.MetadataValue.path(str(version / f"{table}.parquet")),
-            "preview": dg.MetadataValue.md(frame_markdown(frame, max_rows=5)),
-            "null_cells": int(frame.null_count().sum_horizontal().item()),
-        }
+        metadata = {"dagster/row_count": frame.height,
+                    "parquet": dg.MetadataValue.path(str(version / f"{table}.parquet")),
+                    "preview": dg.MetadataValue.md(frame_markdown(frame, max_rows=5)),
+                    "null_cells": int(frame.null_count().sum_horizontal().item())}
         if table == "plays":
-            hours = frame["played_at"].dt.hour().value_counts().sort("played_at")
-            counts = [0] * 24
-            for hour, count in hours.iter_rows():
-                counts[hour] = count
+            by_hour = dict(frame["played_at"].dt.hour().value_counts().iter_rows())
+            counts = [by_hour.get(hour, 0) for hour in range(24)]
             metadata["plays per hour"] = dg.MetadataValue.md(hour_profile(counts, "plays per hour of day"))
             metadata["skip rate"] = float(frame["skipped"].mean())
+            settings_meta = {k: str(v) for k, v in dataclasses.asdict(settings).items()}
             metadata["generator settings"] = dg.MetadataValue.json(settings_meta)
             metadata["raw row counts"] = dg.MetadataValue.md(
                 count_bars({f"raw.{t}": getattr(world, t).height for t in RAW_TABLES}, "rows per raw table", "rows", log=True)
             )
         yield dg.MaterializeResult(asset_key=["raw", table], metadata=metadata)
-    yield dg.MaterializeResult(
-        asset_key=GROUND_TRUTH_KEY,
-        metadata={
-            "dagster/row_count": world.user_genre_affinity.height,
-            "parquet": dg.MetadataValue.path(str(version / "user_genre_affinity.parquet")),
-        },
-    )
+    yield dg.MaterializeResult(asset_key=GROUND_TRUTH_KEY, metadata={
+        "dagster/row_count": world.user_genre_affinity.height,
+        "parquet": dg.MetadataValue.path(str(version / "user_genre_affinity.parquet")),
+    })
 
 
 defs = dg.Definitions(assets=[synthetic_world])

@@ -38,13 +38,9 @@ def playlist_graph(context: dg.AssetExecutionContext, config: PlaylistGraphConfi
     warehouse key): playlist-contains->track (with position), track-by->artist,
     artist-has->genre and reverse edges, after the minimum-size and k-core filters."""
     settings = GraphSettings(config.min_playlist_size, config.min_track_playlists)
+    tables = [warehouse.read_table(f"playlists.{name}") for name in ("playlist_tracks", "tracks", "artist_genres")]
     try:
-        data, rounds = build_playlist_graph(
-            warehouse.read_table("playlists.playlist_tracks"),
-            warehouse.read_table("playlists.tracks"),
-            warehouse.read_table("playlists.artist_genres"),
-            settings,
-        )
+        data, rounds = build_playlist_graph(*tables, settings)
     except PlaylistGraphError as error:
         raise dg.Failure(f"cannot build the playlist graph: {error}") from error
     return dg.Output(

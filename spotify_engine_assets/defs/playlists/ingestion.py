@@ -6,23 +6,21 @@ from the synthetic world. Landed batches (see :mod:`.sensors`) are a dynamic par
 ``kaggle_raw/landed_*`` assets and flow through the same SQL models (``dbt_like_sql/playlists``).
 """
 
-
 import contextlib
 import hashlib
 import os
+import tempfile
 from pathlib import Path
 from typing import Literal
 
 import dagster as dg
-import polars as pl
-import torch
 from pydantic import Field
 
 from ...core.plots import frame_markdown
 from ...core.storage.paths import source_version
 from ...datasets.playlists import kaggle as kaggle_lib
 from ...datasets.playlists.kaggle import KaggleFormatError
-from ..resources import DUCKDB_POOL, DataLake, Warehouse
+from ..resources import DUCKDB_POOL, DataLake, Warehouse, transaction
 
 INGESTION_GROUP, LANDING_GROUP = "playlists_ingestion", "playlists_landing"
 SOURCE_FILES_KEY = dg.AssetKey(["kaggle", "source_files"])
@@ -50,22 +48,13 @@ def resolve_sources(lake: DataLake) -> dict[str, Path | None]:
 
 @contextlib.contextmanager
 def _ingest_transaction(con):
-    """One warehouse transaction for an ingestion: committed when the block ends, rolled back on
-    any error (nothing half-loaded), a malformed file reported as a Failure naming it."""
-    con.execute("BEGIN TRANSACTION")
+    """One warehouse transaction for an ingestion (nothing half-loaded), a malformed file reported
+    as a Failure naming it."""
     try:
-        yield
+        with transaction(con):
+            yield
     except KaggleFormatError as error:
-        con.execute("ROLLBACK")
-        raise _ingest_failure(error) from error
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
-    con.execute("COMMIT")
-
-
-def _ingest_failure(error: Exception) -> dg.Failure:
-    return dg.Failure(description=str(error))
+        raise dg.Failure(description=str(error)) from error
 
 
 # --- ingestion --------------------------------------------------------------------------------
@@ -83,9 +72,7 @@ def kaggle_source_files(context: dg.AssetExecutionContext, lake: DataLake, wareh
     """The Kaggle-format files of the playlist chain. ``<data lake>/kaggle/spotify_dataset.csv``
     (and optional ``data_w_genres.csv``, ``tracks_features.csv``) when present; otherwise
     Kaggle-format CSVs written from the synthetic world (one playlist per user and genre)."""
-    real = kaggle_dir(lake) / "spotify_dataset.csv"
-    if real.exists():
-        sources = resolve_sources(lake)
+    if (kaggle_dir(lake) / "spotify_dataset.csv").exists():
         origin = "data lake (real Kaggle files)"
     else:
         with warehouse.connect(read_only=True) as con:
@@ -94,15 +81,13 @@ def kaggle_source_files(context: dg.AssetExecutionContext, lake: DataLake, wareh
             except Exception as error:  # noqa: BLE001 - named with the cause
                 raise dg.Failure(f"cannot derive Kaggle files from the synthetic world ({error}); materialize synthetic_world first") from error
         context.log.info(f"wrote Kaggle-format files from the synthetic world: {rows}")
-        sources = resolve_sources(lake)
         origin = "generated from the synthetic world"
-    return dg.MaterializeResult(
-        metadata={
-            "origin": origin,
-            **{name: dg.MetadataValue.path(str(path)) if path else "absent" for name, path in sources.items()},
-            "bytes": sum(path.stat().st_size for path in sources.values() if path),
-        }
-    )
+    sources = resolve_sources(lake)
+    return dg.MaterializeResult(metadata={
+        "origin": origin,
+        **{name: dg.MetadataValue.path(str(path)) if path else "absent" for name, path in sources.items()},
+        "bytes": sum(path.stat().st_size for path in sources.values() if path),
+    })
 
 
 class KaggleIngestConfig(dg.Config):
@@ -110,8 +95,11 @@ class KaggleIngestConfig(dg.Config):
     memory_limit: str = Field(default="1GB", description="DuckDB memory cap while ingesting (larger intermediates spill to disk).")
 
 
-def _stats_metadata(stats: kaggle_lib.IngestStats) -> dict:
-    return {
+def _ingest_results(stats: kaggle_lib.IngestStats, sample: str, entries: dg.AssetKey, rejects: dg.AssetKey,
+                    **entries_metadata):
+    """The entries and rejects materializations of one ingestion (``sample``: its first rejects)."""
+    yield dg.MaterializeResult(asset_key=entries, metadata={
+        "dagster/row_count": stats.accepted,
         "source_file": dg.MetadataValue.path(stats.source_file),
         "bytes": stats.bytes,
         "data_lines": stats.data_lines,
@@ -120,37 +108,36 @@ def _stats_metadata(stats: kaggle_lib.IngestStats) -> dict:
         "unaccounted_lines": stats.unaccounted,
         "reject_rate": stats.reject_rate,
         "reject_reasons": dg.MetadataValue.json(stats.reasons),
-    }
+        **entries_metadata,
+    })
+    yield dg.MaterializeResult(asset_key=rejects, metadata={
+        "dagster/row_count": stats.rejected, "reject_reasons": dg.MetadataValue.json(stats.reasons),
+        "first_rejects": dg.MetadataValue.md(sample),
+    })
+
+
+_REJECT_CHECKS = {
+    "reject_rate_within_threshold": "Rejected lines / data lines stay at or below the configured max_reject_rate.",
+    "every_line_accounted": "An independent newline count equals accepted + rejected rows + the header.",
+}
 
 
 def _reject_checks(stats: kaggle_lib.IngestStats, max_rate: float, asset_key: dg.AssetKey) -> list[dg.AssetCheckResult]:
     return [
         dg.AssetCheckResult(
-            asset_key=asset_key,
-            check_name="reject_rate_within_threshold",
-            passed=stats.reject_rate <= max_rate,
+            asset_key=asset_key, check_name="reject_rate_within_threshold", passed=stats.reject_rate <= max_rate,
             metadata={"reject_rate": stats.reject_rate, "threshold": max_rate, "rejected_rows": stats.rejected, "data_lines": stats.data_lines},
         ),
         dg.AssetCheckResult(
-            asset_key=asset_key,
-            check_name="every_line_accounted",
-            passed=stats.unaccounted == 0,
+            asset_key=asset_key, check_name="every_line_accounted", passed=stats.unaccounted == 0,
             metadata={"data_lines": stats.data_lines, "accepted": stats.accepted, "rejected": stats.rejected, "unaccounted": stats.unaccounted},
         ),
     ]
 
 
 def _reject_check_specs(asset_key: dg.AssetKey) -> list[dg.AssetCheckSpec]:
-    return [
-        dg.AssetCheckSpec(
-            "reject_rate_within_threshold", asset=asset_key, blocking=True,
-            description="Rejected lines / data lines stay at or below the configured max_reject_rate.",
-        ),
-        dg.AssetCheckSpec(
-            "every_line_accounted", asset=asset_key, blocking=True,
-            description="An independent newline count equals accepted + rejected rows + the header.",
-        ),
-    ]
+    return [dg.AssetCheckSpec(name, asset=asset_key, blocking=True, description=text)
+            for name, text in _REJECT_CHECKS.items()]
 
 
 def _sample_rejects(con, table: str, batch: str) -> str:
@@ -190,13 +177,11 @@ def kaggle_ingest(context: dg.AssetExecutionContext, config: KaggleIngestConfig,
             feature_rows = kaggle_lib.load_track_features(con, sources["tracks_features"]) if sources["tracks_features"] else 0
             sample = _sample_rejects(con, '"kaggle_raw"."rejects"', "base")
     context.log.info(f"ingested {stats.accepted} rows, rejected {stats.rejected} ({stats.reasons})")
-    yield dg.MaterializeResult(asset_key=BASE_KEYS["entries"], metadata={"dagster/row_count": stats.accepted, **_stats_metadata(stats)})
-    yield dg.MaterializeResult(
-        asset_key=BASE_KEYS["rejects"],
-        metadata={"dagster/row_count": stats.rejected, "reject_reasons": dg.MetadataValue.json(stats.reasons), "first_rejects": dg.MetadataValue.md(sample)},
-    )
-    yield dg.MaterializeResult(asset_key=BASE_KEYS["artist_genres"], metadata={"dagster/row_count": genre_rows, "source": str(sources["data_w_genres"] or "absent")})
-    yield dg.MaterializeResult(asset_key=BASE_KEYS["track_features"], metadata={"dagster/row_count": feature_rows, "source": str(sources["tracks_features"] or "absent")})
+    yield from _ingest_results(stats, sample, BASE_KEYS["entries"], BASE_KEYS["rejects"])
+    enrichments = (("artist_genres", genre_rows, "data_w_genres"), ("track_features", feature_rows, "tracks_features"))
+    for key, rows, source in enrichments:
+        metadata = {"dagster/row_count": rows, "source": str(sources[source] or "absent")}
+        yield dg.MaterializeResult(asset_key=BASE_KEYS[key], metadata=metadata)
     yield from _reject_checks(stats, config.max_reject_rate, BASE_KEYS["entries"])
 
 
@@ -272,29 +257,19 @@ def landed_batch(context: dg.AssetExecutionContext, config: LandedBatchConfig, l
     skipped = "header only: no data rows (recorded skip)" if stats.data_lines == 0 else ""
     if skipped:
         context.log.warning(f"{source.name}: {skipped}")
-    yield dg.MaterializeResult(
-        asset_key=LANDED_KEYS["landed_entries"],
-        metadata={"dagster/row_count": stats.accepted, **_stats_metadata(stats), "archived_to": dg.MetadataValue.path(str(archived)), "skipped": skipped or "no"},
-    )
-    yield dg.MaterializeResult(
-        asset_key=LANDED_KEYS["landed_rejects"],
-        metadata={"dagster/row_count": stats.rejected, "reject_reasons": dg.MetadataValue.json(stats.reasons), "first_rejects": dg.MetadataValue.md(sample)},
-    )
+    yield from _ingest_results(stats, sample, LANDED_KEYS["landed_entries"], LANDED_KEYS["landed_rejects"],
+                               archived_to=dg.MetadataValue.path(str(archived)), skipped=skipped or "no")
     yield from _reject_checks(stats, config.max_reject_rate, LANDED_KEYS["landed_entries"])
 
 
 def _ingest_sessions(con, source: Path, batch: str, lake: DataLake) -> kaggle_lib.IngestStats:
     """Landed plays -> playlist entries of the batch; unusable plays -> landed_rejects."""
-    import tempfile
-
     with tempfile.TemporaryDirectory(dir=lake.path, prefix=".sessions-") as folder:
         counts = kaggle_lib.sessions_to_kaggle(con, source, Path(folder) / "entries.csv")
         derived = kaggle_lib.ingest_playlist_csv(con, Path(folder) / "entries.csv", batch, "kaggle_raw.landed_entries", "kaggle_raw.landed_rejects")
     if derived.rejected:  # derived rows come from warehouse names: a reject here is a bug upstream
         raise dg.Failure(f"{source}: {derived.rejected} derived playlist rows were rejected ({derived.reasons})")
-    con.execute(
-        "UPDATE kaggle_raw.landed_entries SET source_file = ? WHERE batch = ?", [str(source), batch]
-    )
+    con.execute("UPDATE kaggle_raw.landed_entries SET source_file = ? WHERE batch = ?", [str(source), batch])
     con.execute(
         "INSERT INTO kaggle_raw.landed_rejects SELECT ?, ?, line, reason, raw_line FROM session_rejects ORDER BY line",
         [batch, str(source)],

@@ -21,7 +21,6 @@ The daemon evaluates the sensor every 30 s (``SPOTIFY_ENGINE_LANDING_INTERVAL_S`
 when the definitions load). Both jobs execute in one process per run.
 """
 
-
 import json
 import os
 import re
@@ -30,18 +29,17 @@ from pathlib import Path
 import dagster as dg
 
 from ...datasets.playlists import DATASET
-from ...datasets.playlists.kaggle import KaggleFormatError, check_header, check_sessions
+from ...datasets.playlists.kaggle import KaggleFormatError, check_header, session_columns
 from ..resources import DataLake
 from .ingestion import LANDED_KEYS, file_sha256, landing_batches
 
 LANDING_TAG = "spotify_engine/landing_batch"
-# Seconds between two evaluations of the landing sensor by the daemon (30 unless overridden:
-# tests and demos shorten it).
 INTERVAL_ENV = "SPOTIFY_ENGINE_LANDING_INTERVAL_S"
 DEFAULT_INTERVAL_S = 30
 
 
 def sensor_interval() -> int:
+    """Seconds between two evaluations of the sensor by the daemon (tests and demos shorten it)."""
     value = os.environ.get(INTERVAL_ENV, "")
     try:
         return max(1, int(value)) if value else DEFAULT_INTERVAL_S
@@ -56,10 +54,8 @@ DATA_SELECTION = dg.AssetSelection.assets(
 ) | dg.AssetSelection.groups("playlists_sql")
 MODEL_KEYS = [dg.AssetKey(["playlists", name]) for name in ("trained_model", "metric_report", "model_comparison")]
 playlist_configs = dg.DynamicPartitionsDefinition(name="playlists_configs")  # the chain factory's partitions
-# Two jobs: one run per landed batch (dynamic partition) for the data chain, then one run per
-# model config (static partition) - a job's assets must share one partitioning.
-# Both run in one process (no process per step): short sequential chains, and DuckDB has a
-# single writer anyway.
+# Two jobs, as a job's assets share one partitioning: one run per landed batch for the data chain, then one per
+# model config. Both run in one process (short sequential chains; DuckDB has a single writer anyway).
 landing_job = dg.define_asset_job(
     "playlist_landing_job", selection=DATA_SELECTION, partitions_def=landing_batches, executor_def=dg.in_process_executor,
     description="Ingest one landed batch and rebuild the playlist SQL models, graph and split.",
@@ -94,11 +90,6 @@ def _symlinks(landing: Path) -> list[Path]:
     if not landing.is_dir():
         return []
     return sorted(p for p in landing.iterdir() if p.is_symlink() and not p.name.startswith("."))
-
-
-def _signature(path: Path) -> list[int]:
-    stat = path.stat()
-    return [stat.st_size, stat.st_mtime_ns]
 
 
 def data_run_config(path: Path, sha256: str, kind: str = "kaggle") -> dict:
@@ -139,10 +130,7 @@ def landing_sensor(context: dg.SensorEvaluationContext, lake: DataLake):
     taken: dict[str, list] = cursor.get("taken", {})       # path -> [size, mtime, batch] until its data run ends
     landing = lake.landing_dir
     run_requests: list[dg.RunRequest] = []
-    new_partitions: list[str] = []
-    new_configs: list[str] = []
-    waiting: list[str] = []
-    notes: list[str] = []
+    new_partitions, new_configs, waiting, notes = [], [], [], []
 
     # phase 2: batches whose data run succeeded get their model runs
     outcomes = _completed_runs(context.instance, sorted(pending))
@@ -152,16 +140,11 @@ def landing_sensor(context: dg.SensorEvaluationContext, lake: DataLake):
             configs = sorted(DATASET.registry.full(lake.path))
             known = set(context.instance.get_dynamic_partitions(playlist_configs.name))
             new_configs += [name for name in configs if name not in known and name not in new_configs]
-            for name in configs:
-                run_requests.append(
-                    dg.RunRequest(
-                        run_key=f"landing-{sha}-model-{name}",
-                        job_name=retrain_job.name,
-                        partition_key=name,
-                        asset_selection=MODEL_KEYS,
-                        tags={LANDING_TAG: batch, "spotify_engine/stage": "model"},
-                    )
-                )
+            run_requests += [
+                dg.RunRequest(run_key=f"landing-{sha}-model-{name}", job_name=retrain_job.name, partition_key=name,
+                              asset_selection=MODEL_KEYS, tags={LANDING_TAG: batch, "spotify_engine/stage": "model"})
+                for name in configs
+            ]
             del pending[batch]
             taken = {path: entry for path, entry in taken.items() if entry[2] != batch}
         elif failed:
@@ -181,9 +164,10 @@ def landing_sensor(context: dg.SensorEvaluationContext, lake: DataLake):
     for path in _candidates(landing):
         key = str(path)
         try:
-            signature = _signature(path)
+            stat = path.stat()
         except FileNotFoundError:
             continue
+        signature = [stat.st_size, stat.st_mtime_ns]
         current[key] = signature
         if skipped.get(key, [None, None])[:2] == signature:
             continue
@@ -218,25 +202,17 @@ def landing_sensor(context: dg.SensorEvaluationContext, lake: DataLake):
         pending[batch] = sha
         taken[key] = [*signature, batch]
         new_partitions.append(batch)
-        run_requests.append(
-            dg.RunRequest(
-                run_key=f"landing-{sha}",
-                job_name=landing_job.name,
-                partition_key=batch,
-                run_config=data_run_config(path, sha, kind),
-                tags={LANDING_TAG: batch, "spotify_engine/stage": "data", "spotify_engine/file": path.name, "spotify_engine/kind": kind},
-            )
-        )
+        tags = {LANDING_TAG: batch, "spotify_engine/stage": "data", "spotify_engine/file": path.name,
+                "spotify_engine/kind": kind}
+        run_requests.append(dg.RunRequest(run_key=f"landing-{sha}", job_name=landing_job.name, partition_key=batch,
+                                          run_config=data_run_config(path, sha, kind), tags=tags))
         current.pop(key, None)
 
-    new_cursor = json.dumps(
-        {
-            "seen": current, "done": done, "pending": pending,
-            "skipped": {k: v for k, v in skipped.items() if k in current},
-            "taken": {k: v for k, v in taken.items() if v[2] in pending},
-        },
-        sort_keys=True,
-    )
+    new_cursor = json.dumps({
+        "seen": current, "done": done, "pending": pending,
+        "skipped": {k: v for k, v in skipped.items() if k in current},
+        "taken": {k: v for k, v in taken.items() if v[2] in pending},
+    }, sort_keys=True)
     if not run_requests:
         why = waiting + notes or [f"no new complete file in {landing}"]
         return dg.SensorResult(skip_reason="; ".join(why), cursor=new_cursor)
@@ -264,7 +240,7 @@ def classify(path: Path) -> tuple[str, str]:
                 return "", problems[0]
     con = duckdb.connect()
     try:
-        check_sessions(con, path)
+        session_columns(con, path)
         return "sessions", ""
     except KaggleFormatError as error:
         problems.append(str(error))

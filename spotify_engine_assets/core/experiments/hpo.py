@@ -31,7 +31,6 @@ import time
 import types
 import typing
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -49,9 +48,9 @@ from ..evaluation.metrics import catalog_coverage
 from ..registry import PromotionSource
 from ..storage.artifacts import atomic_write_bytes
 from ..storage.paths import data_lake_root
+from ..training.trainer import Logger
 from . import trial_budget
 
-Logger = Callable[[str], None]
 # multi-objective mode: directions of the three objectives (all on validation; see multi_objectives)
 MULTI_DIRECTIONS = ("maximize", "minimize", "maximize")
 # fields a study may sample; identity fields, the seed and the final-fit switches are never tuned

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import datetime
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import matplotlib.pyplot as plt
@@ -50,13 +49,13 @@ from ...core.config import ModelConfig
 from ...core.data.graph import heldout_in_view
 from ...core.evaluation.metrics import link_prediction_metrics
 from ...core.plots import figure_markdown
+from ...core.training.trainer import Logger
 from .graph import LISTENS, SCHEMA, message_passing_graph
 
 TIME_FIELD = "first_played"
 DAY = 86400.0
 CV_METRICS = ("ndcg@10", "recall@10", "ndcg@20", "recall@20", "precision@10", "hit_rate@10", "coverage@10")
 
-Logger = Callable[[str], None]
 
 
 class CrossValidationError(ValueError):

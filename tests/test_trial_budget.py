@@ -9,48 +9,20 @@ import time
 import optuna
 import pytest
 import torch
-
-from torch_geometric.data import HeteroData
+from test_hpo_asset import toy_graph
 
 import spotify_engine_assets.core.training.trainer as trainer_module
 from spotify_engine_assets.core.config import update_config
-from spotify_engine_assets.core.data.graph import from_payload, num_nodes_of, to_payload
-from spotify_engine_assets.core.data.splits import labels_to_indices
+from spotify_engine_assets.core.data.graph import from_payload, num_nodes_of
 from spotify_engine_assets.core.evaluation.report import PeakMemory
 from spotify_engine_assets.core.experiments import hpo, trial_budget
 from spotify_engine_assets.core.models import build_model
 from spotify_engine_assets.core.training.trainer import train
 from spotify_engine_assets.datasets.listening import DATASET
-from spotify_engine_assets.datasets.listening.graph import BY, HAS, LISTENS, SCHEMA, add_reverse_edges, message_passing_graph
-from spotify_engine_assets.datasets.listening.splits import SplitSettings, random_split
+from spotify_engine_assets.datasets.listening.graph import LISTENS, SCHEMA, message_passing_graph
 
 torch.set_num_threads(1)
 
-
-def toy_graph(num_users: int = 40, num_songs: int = 200, clusters: int = 4, per_user: int = 14):
-    """test_hpo_asset.py's toy graph (copied while that module is not ported to the new package)."""
-    g = torch.Generator().manual_seed(1)
-    size = num_songs // clusters
-    pairs = []
-    for u in range(num_users):
-        base = (u % clusters) * size
-        pairs += [(u, int(s) + base) for s in torch.randperm(size, generator=g)[:per_user]]
-    data = HeteroData()
-    for t, n in {"user": num_users, "song": num_songs, "artist": 8, "genre": clusters}.items():
-        data[t].num_nodes = n
-        data[t].node_id = torch.arange(n)
-    data[LISTENS].edge_index = torch.tensor(pairs).t().contiguous()
-    data[LISTENS].edge_attr = torch.rand(len(pairs), 3, generator=g)
-    # the raw columns weighted BPR and task heads read (a study may sample their strengths)
-    data[LISTENS].play_count = torch.randint(1, 6, (len(pairs),), generator=g).float()
-    data[LISTENS].mean_completion = torch.rand(len(pairs), generator=g)
-    data[LISTENS].last_played = 1.7e9 + 86400.0 * torch.rand(len(pairs), generator=g).double() * 30
-    songs = torch.arange(num_songs)
-    data[BY].edge_index = torch.stack([songs, songs % 8])
-    data[HAS].edge_index = torch.stack([songs, songs // size])
-    data = add_reverse_edges(data)
-    split = labels_to_indices(random_split(data[LISTENS].edge_index[0].numpy(), SplitSettings()))
-    return to_payload(data), {"random": split, "temporal": split, "settings": {}}
 FACTOR = 3.0  # the estimate must bound the measured peak: measured <= estimate <= FACTOR x measured
 
 

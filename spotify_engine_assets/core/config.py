@@ -203,6 +203,11 @@ class TrainableConfig(ModelConfig):
     def surrogates(self) -> bool:
         return bool(self.diversity_weight or self.coverage_weight)
 
+    @property
+    def layers(self) -> int:
+        """The message-passing layers the model really has (for cost estimates)."""
+        return self.num_layers
+
     def positives_per_step(self, train_pairs: int) -> int:
         """The most positives one BPR step takes on ``train_pairs`` training edges:
         ``batch_size * grad_accumulation``, or with ``steps_per_epoch`` ``ceil(train_pairs / steps)``
@@ -280,6 +285,10 @@ class AttentionConfig(TrainableConfig):
 
 class BasicGATConfig(AttentionConfig):
     model: Literal["gat_basic"]
+
+    @property
+    def layers(self) -> int:
+        return 1  # one attention layer, whatever num_layers says
 
 
 class GenreAwareGATConfig(AttentionConfig):

@@ -100,7 +100,7 @@ def _shape(config: ModelConfig, size: GraphSize, model) -> dict[str, int]:
     return {
         "E": sum(size.num_edges.get(r, 0) for r in model.relations),
         "N": sum(size.num_nodes.get(t, 0) for t in node_types),
-        "L": 1 if config.model == "gat_basic" else config.num_layers,
+        "L": config.layers,
         "h": 1 if config.model == "lightgcn" else config.heads,
         "g": config.heads if config.model == "gat_enhanced" else 1,
         "d": config.embedding_dim,

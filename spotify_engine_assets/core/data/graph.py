@@ -84,6 +84,13 @@ def num_nodes_of(data: HeteroData) -> dict[str, int]:
     return {t: int(data[t].num_nodes) for t in data.node_types}
 
 
+def positions_in(ids: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each value's position in the sorted ``ids`` (node index of an original id), and the mask of
+    values that are not in ``ids`` (the caller names them in its error)."""
+    position = np.clip(np.searchsorted(ids, values), 0, len(ids) - 1)
+    return position, ids[position] != values
+
+
 def pair_keys(users: Tensor, items: Tensor, num_items: int) -> Tensor:
     """One int64 key per (user, item) pair."""
     return users.long() * num_items + items.long()

@@ -27,6 +27,7 @@ import polars as pl
 import torch
 from torch import Tensor
 
+from ...core.data.graph import positions_in
 from ...core.storage.paths import REPO_ROOT
 
 DATA_DIR_ENV = "SPOTIFY_ENGINE_LASTFM_DIR"
@@ -134,8 +135,7 @@ class LastfmData:
 
 def _indexer(ids: np.ndarray, what: str) -> Callable[[np.ndarray], np.ndarray]:
     def index(values: np.ndarray) -> np.ndarray:
-        position = np.clip(np.searchsorted(ids, values), 0, len(ids) - 1)
-        unknown = ids[position] != values
+        position, unknown = positions_in(ids, values)
         if unknown.any():
             raise ValueError(f"{int(unknown.sum())} unknown {what} ids, e.g. {values[unknown][:5].tolist()}")
         return position

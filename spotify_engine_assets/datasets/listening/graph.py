@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 from torch_geometric.data import HeteroData
 
-from ...core.data.graph import Schema, add_reverse, training_view
+from ...core.data.graph import Schema, add_reverse, positions_in, training_view
 from ...core.dataset import split_violations as core_split_violations
 
 LISTENS = ("user", "listens", "song")
@@ -60,8 +60,7 @@ class GraphTables:
 def _index(ids: pl.Series, mapping_ids: np.ndarray, what: str) -> np.ndarray:
     """Map original ids to node indices; unknown ids are an error naming the table."""
     values = ids.to_numpy()
-    position = np.clip(np.searchsorted(mapping_ids, values), 0, len(mapping_ids) - 1)
-    unknown = mapping_ids[position] != values
+    position, unknown = positions_in(mapping_ids, values)
     if unknown.any():
         examples = np.unique(values[unknown])[:5].tolist()
         raise GraphBuildError(f"{what}: {int(unknown.sum())} rows reference unknown ids, e.g. {examples}")

@@ -16,13 +16,12 @@ from spotify_engine_assets.core.serving.explain import (
     faithfulness,
     link_attention,
     link_attributions,
+    masked_edges,
     model_relations,
     pair_score,
     render_explanation,
     without_links,
 )
-from torch_geometric.explain.algorithm.utils import clear_masks, set_hetero_masks
-
 from spotify_engine_assets.datasets.listening.graph import BY, HAS, LISTENS, REV_BY, REV_LISTENS, SCHEMA
 
 torch.set_num_threads(1)
@@ -43,12 +42,8 @@ def _masked_score(model, view, user, song, relation, edge, value):
     """The pair's score with one edge's messages scaled by ``value`` (every other mask 1)."""
     masks = {r: torch.ones(view[r].edge_index.size(1)) for r in sorted(model_relations(model))}
     masks[relation][edge] = value
-    set_hetero_masks(model, masks, {r: view[r].edge_index for r in masks}, apply_sigmoid=False)
-    try:
-        with torch.no_grad():
-            user_emb, song_emb = model(view)[:2]
-    finally:
-        clear_masks(model)
+    with masked_edges(model, view, masks), torch.no_grad():
+        user_emb, song_emb = model(view)[:2]
     return float(user_emb[user] @ song_emb[song])
 
 

@@ -25,7 +25,7 @@ from spotify_engine_assets.core.training.losses import (
     roc_auc,
     task_metrics,
 )
-from spotify_engine_assets.core.training.trainer import AdvancedTrainer, SimpleTrainer, train
+from spotify_engine_assets.core.training.trainer import AdvancedTrainer, BaseTrainer, SimpleTrainer, train
 from spotify_engine_assets.datasets.listening import DATASET
 from spotify_engine_assets.datasets.listening.graph import LISTENS, SCHEMA
 from test_training import _states_equal, config, toy_problem
@@ -351,6 +351,31 @@ def test_steps_per_epoch_validation():
     assert (cfg.positives_per_step(48), cfg.steps_in_epoch(48)) == (10, 5)
     assert (cfg.positives_per_step(3), cfg.steps_in_epoch(3)) == (1, 3)  # never an empty step
     assert (config().positives_per_step(48), config().steps_in_epoch(48)) == (16, 3)
+
+
+def test_epochs_are_a_fixed_number_of_steps_unless_a_config_sizes_its_steps():
+    """Linear epochs by default: 16 full-graph steps over every training unit; naming batch_size or
+    grad_accumulation (and not steps_per_epoch) gives fixed-size steps; a dump parses back the same."""
+    default = parse_config(dict(name="g", model="lightgcn"))
+    assert default.steps_per_epoch == 16 and default.steps_in_epoch(100_000) == 16
+    assert default.steps_in_epoch(1_000_000) == 16  # ten times the edges, the same step count
+    for sized in (dict(batch_size=1024), dict(grad_accumulation=2)):
+        assert parse_config(dict(name="g", model="lightgcn", **sized)).steps_per_epoch is None
+    softmax = parse_config(dict(name="g", model="lightgcn", loss="softmax", steps_per_epoch=8))
+    assert softmax.steps_in_epoch(1892) == 8 and softmax.positives_per_step(1892) == 237
+    for cfg in (default, softmax, parse_config(dict(name="g", model="lightgcn", batch_size=1024))):
+        assert parse_config(cfg.model_dump()) == cfg
+
+
+def test_softmax_epoch_of_k_steps_covers_every_user_once(monkeypatch):
+    view, valid = toy_problem()
+    cfg = config(loss="softmax", batch_size=4096, steps_per_epoch=3, max_epochs=1)
+    seen = []
+    original = BaseTrainer._softmax_step
+    monkeypatch.setattr(BaseTrainer, "_softmax_step", lambda self, users: seen.append(users.clone()) or original(self, users))
+    train(build_model(cfg, SCHEMA, num_nodes_of(view)), view, valid, cfg)
+    users = torch.unique(view[LISTENS].edge_index[0])
+    assert len(seen) == 3 and torch.equal(torch.sort(torch.cat(seen)).values, users)
 
 
 @pytest.mark.parametrize("steps, sizes", [(5, [10, 10, 10, 9, 9]), (1, [48]), (100, [1] * 48)])

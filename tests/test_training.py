@@ -307,7 +307,7 @@ def test_build_model_passes_enhanced_settings():
     cfg = config("gat_enhanced", num_layers=3, heads=1, dropout=0.2, residual=False, use_edge_attr=False)
     model = build_model(cfg, SCHEMA, num_nodes_of(view))
     assert len(model.layers) == 3 and model.residual is False and model.edge_dim == 0
-    assert model.dropout.p == 0.2
+    assert model.config.dropout == 0.2
     conv = model.layers[0].convs["user__listens__song"]
     assert conv.heads == 1 and conv.edge_dim is None and conv.dropout == 0.2
 

@@ -102,6 +102,9 @@ class GraphEASEConfig(ModelConfig):
     min_side_items: int = Field(2, ge=1, description="Side nodes with fewer items are left out.")
 
 
+DEFAULT_STEPS_PER_EPOCH = 16
+
+
 class TrainableConfig(ModelConfig):
     """The fields of the one trainer (``core/training/trainer.py``)."""
 
@@ -117,7 +120,9 @@ class TrainableConfig(ModelConfig):
     )
     temperature: float = Field(0.1, gt=0.0, description="Softmax loss: logits are scores / temperature.")
     normalize: bool = Field(False, description="Score by cosine: L2-normalise user and item embeddings.")
-    batch_size: int = Field(4096, gt=0, description="Positive pairs (bpr) or users (softmax) per optimizer step.")
+    batch_size: int = Field(
+        4096, gt=0, description="Positive pairs (bpr) or users (softmax) per optimizer step when steps_per_epoch is None."
+    )
     max_epochs: int = Field(60, ge=1, description="Upper bound on epochs.")
     trainer: Literal["simple", "advanced"] = Field(
         "advanced", description="simple: max_epochs epochs at a fixed learning rate, no validation, early stopping or "
@@ -144,10 +149,11 @@ class TrainableConfig(ModelConfig):
         1, ge=1, description="BPR: micro-batches of batch_size positives per optimizer step (one forward pass per step)."
     )
     steps_per_epoch: int | None = Field(
-        None, ge=1, description="BPR, opt-in: an epoch is this many optimizer steps over all training edges (each "
-        "step's batch is ceil(E_train / steps) or one fewer positives; at most E_train steps), so epoch cost grows "
-        "linearly in the edges instead of with (E_train / batch_size) full-graph passes. None (default): steps of "
-        "batch_size x grad_accumulation positives. Excludes a non-default batch_size or grad_accumulation."
+        DEFAULT_STEPS_PER_EPOCH, ge=1, description="An epoch is this many optimizer steps over all training units "
+        "(bpr: edges, softmax: users), each ceil(units / steps) or one fewer (at most one step per unit): every step "
+        "is a full-graph pass, so epoch cost grows linearly in the edges. None: steps of batch_size (x "
+        "grad_accumulation) units, E_train / batch_size full-graph passes an epoch. A config that sets batch_size or "
+        "grad_accumulation and not steps_per_epoch gets None."
     )
     # regularizers, task heads, surrogates
     orthogonality_weight: float = Field(
@@ -209,7 +215,7 @@ class TrainableConfig(ModelConfig):
         return self.num_layers
 
     def positives_per_step(self, train_pairs: int) -> int:
-        """The most positives one BPR step takes on ``train_pairs`` training edges:
+        """The most units one step takes out of ``train_pairs`` (BPR: positives; softmax: users):
         ``batch_size * grad_accumulation``, or with ``steps_per_epoch`` ``ceil(train_pairs / steps)``
         (at least 1)."""
         if self.steps_per_epoch is None:
@@ -217,7 +223,7 @@ class TrainableConfig(ModelConfig):
         return max(1, math.ceil(train_pairs / self.steps_per_epoch))
 
     def steps_in_epoch(self, train_pairs: int) -> int:
-        """Optimizer steps of one BPR epoch over ``train_pairs`` training edges (0 for no edges)."""
+        """Optimizer steps of one epoch over ``train_pairs`` units (0 for none)."""
         if self.steps_per_epoch is None:
             return math.ceil(train_pairs / (self.batch_size * self.grad_accumulation))
         return min(self.steps_per_epoch, train_pairs)
@@ -243,12 +249,21 @@ class TrainableConfig(ModelConfig):
             raise ValueError(f"settings without effect: {'; '.join(idle)}")
         return self
 
+    @model_validator(mode="before")
+    @classmethod
+    def _fixed_size_steps_when_asked(cls, data):
+        """A config that sizes its steps (batch_size or grad_accumulation) and does not name
+        steps_per_epoch takes fixed-size steps."""
+        if isinstance(data, dict) and "steps_per_epoch" not in data and ({"batch_size", "grad_accumulation"} & data.keys()):
+            data = {**data, "steps_per_epoch": None}
+        return data
+
     @model_validator(mode="after")
     def _one_way_to_size_a_step(self) -> TrainableConfig:
         if self.loss == "softmax":
-            clash = self._changed("negatives_per_positive", "grad_accumulation", "steps_per_epoch")
+            clash = self._changed("negatives_per_positive", "grad_accumulation")
             if clash:
-                raise ValueError(f"{' and '.join(clash)} size BPR steps; the softmax loss takes batch_size users a step")
+                raise ValueError(f"{' and '.join(clash)} apply to BPR steps; the softmax loss takes users, not pairs")
         if self.steps_per_epoch is not None:
             clash = [f"{name} {getattr(self, name)}" for name in self._changed("batch_size", "grad_accumulation")]
             if clash:

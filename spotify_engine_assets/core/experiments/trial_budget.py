@@ -20,8 +20,9 @@ Memory in bytes, the peak of building the model and training it (float32 element
         + C_SCORE min(2048, U) S )               a chunk of the validation score matrix, masked, top-k
     + INDEX_BYTES L E + FIXED_BYTES            per-edge int64 index buffers, fixed allocator overhead
 
-with ``g = h`` for gat_enhanced (its attention averages ``h`` heads of width ``d``: ``[E, h, d]``
-messages) and ``g = 1`` otherwise (GATv2 concatenates ``h`` heads of width ``d / h``). The
+with ``g = 1`` (GATv2 concatenates ``h`` heads of width ``d / h``: ``[E, d]`` messages).
+LightGCN and gat_enhanced aggregate with sparse products (``core/models/propagation.py``) and keep
+no ``[E, d]`` message: their ``C_EDGE`` is 0 (per-edge scalars are the ``C_HEAD`` term). The
 constants were fitted to ``PeakMemory`` measurements (peak resident memory above the start) of
 build + train, then checked on 16 configs of the three families (d 16..128, h 1..8, L 1..4, batch
 1024/4096) on graphs of 1.1 x 10^4 and 3.4 x 10^4 training pairs: the estimate was 1.2..2.6 x the
@@ -33,6 +34,9 @@ Seconds: an epoch is ``ceil(E_train / B)`` optimizer steps (``min(k, E_train)`` 
 the whole graph plus the step's BPR terms, then one forward pass and the validation ranking::
 
     seconds = epochs * K * ( steps * (L E (d g + h) + N d + B (2 + n) d + STEP_UNITS) + L E d g + U S d )
+
+(in the time formula ``g`` is the sparse products per relation and layer of gat_enhanced: ``h``
+with ``transform``, else 1).
 
 ``K`` (seconds per unit) is measured once per study by a probe: one epoch of the study's base
 config on the study's graph (:func:`calibrate_seconds`). ``epochs`` is the epoch cap, so the
@@ -54,7 +58,7 @@ from ..models import build_model
 
 BYTES = 4
 STATE_COPIES = 5  # weights, gradients, Adam exp_avg and exp_avg_sq, the best-weights copy
-C_EDGE = {"lightgcn": 1.5, "gat_basic": 7.0, "gat_enhanced": 2.6, "playlist_gat": 7.0, "tag_friend_gat": 2.6}
+C_EDGE = {"lightgcn": 0.0, "gat_basic": 7.0, "gat_enhanced": 0.0, "playlist_gat": 7.0, "tag_friend_gat": 2.6}
 C_HEAD, C_NODE, C_BATCH, C_SCORE = 6.0, 4.0, 6.0, 3.5  # the memory formula's fitted constants
 INDEX_BYTES = 32
 FIXED_BYTES = 8 * 2**20
@@ -102,7 +106,7 @@ def _shape(config: ModelConfig, size: GraphSize, model) -> dict[str, int]:
         "N": sum(size.num_nodes.get(t, 0) for t in node_types),
         "L": config.layers,
         "h": 1 if config.model == "lightgcn" else config.heads,
-        "g": config.heads if config.model == "gat_enhanced" else 1,
+        "g": config.heads if config.model == "gat_enhanced" and config.transform else 1,  # sparse products per layer
         "d": config.embedding_dim,
         "B": min(config.positives_per_step(size.train_pairs), max(size.train_pairs, 1)),
         "n": config.negatives_per_positive,

@@ -27,7 +27,8 @@ from torch import Tensor, nn
 from torch_geometric.data import HeteroData
 
 from ..config import ModelConfig, TrainableConfig
-from ..data.graph import Schema
+from ..data.graph import EdgeType, Schema
+from .propagation import AdjacencyCache
 
 ScoreFn = Callable[[Tensor], Tensor]  # user indices -> [n, num_items] scores
 UNSEEN_SCORE = -1e9  # an item a closed-form model has no evidence for
@@ -123,6 +124,7 @@ class GraphModel(nn.Module, Recommender):
     ItemKNN's at the weight chosen on validation (a buffer, saved with the weights)."""
 
     trainable = True
+    reads_edge_masks = False  # True: the model applies ``edge_masks`` itself (sparse aggregation)
     relations: tuple = ()
 
     def __init__(self, config: TrainableConfig, schema: Schema, num_nodes: dict[str, int]) -> None:
@@ -130,6 +132,15 @@ class GraphModel(nn.Module, Recommender):
         Recommender.__init__(self, config, schema, num_nodes)
         self._factors: tuple[Tensor, Tensor] | None = None
         self._knn: tuple | None = None  # (the view's interaction edges, its ItemKNN)
+        self.adjacency_cache = AdjacencyCache()
+        self.edge_masks: dict[EdgeType, Tensor] | None = None
+
+    def reset_cache(self) -> None:
+        """Forget what was built for earlier views."""
+        self.adjacency_cache.clear()
+
+    def edge_mask(self, relation: EdgeType) -> Tensor | None:
+        return None if self.edge_masks is None else self.edge_masks.get(relation)
 
     def encode(self, view: HeteroData, return_attention: bool = False):
         """The forward pass, embeddings L2-normalised when the config scores by cosine."""

@@ -9,8 +9,8 @@ For a (user, candidate song) pair, on the message-passing graph the model was tr
   played songs' links to the candidate's artist and genres, and the candidate's own links (to
   its artist, its genres, its listeners). A link is an edge and its reverse.
 * **attribution** of a link: gradient x input of the score with respect to a multiplicative
-  mask on the link's messages (PyG's explain hooks, ``set_hetero_masks`` /
-  ``set_masks`` with masks of ones, sigmoid off), summed over both directions and every
+  mask on the link's messages (masks of ones: the sparse models' ``edge_masks``, PyG's explain
+  hooks ``set_hetero_masks`` with sigmoid off for the others), summed over both directions and every
   layer: the first-order change of the score if the link's messages were switched off.
 * **attention**: the attention coefficients the model used on each evidence link in the same
   forward pass (``model(view, return_attention=True)``, mean over heads), per layer, in the
@@ -26,13 +26,14 @@ more, on average, than removing as many random evidence links.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 from torch_geometric.data import HeteroData
-from torch_geometric.explain.algorithm.utils import clear_masks, set_hetero_masks, set_masks
+from torch_geometric.explain.algorithm.utils import clear_masks, set_hetero_masks
 
 from ..data.graph import Schema, add_reverse, reverse
 from ..models.baselines import MostPopular
@@ -89,8 +90,24 @@ def evidence_links(view: HeteroData, user: int, song: int, schema: Schema, relat
 
 
 def _reset_caches(model) -> None:
-    if isinstance(model, LightGCN):
-        model.reset_cache()  # a fresh view may reuse a freed tensor's address
+    if hasattr(model, "reset_cache"):
+        model.reset_cache()
+
+
+@contextmanager
+def masked_edges(model: nn.Module, view: HeteroData, masks: dict[tuple[str, str, str], Tensor]) -> Iterator[None]:
+    """Within the block, every message along relation ``r`` is multiplied by ``masks[r]`` (one
+    value per edge): models that aggregate with sparse products read ``model.edge_masks``, the
+    others get PyG's explain hooks (sigmoid off)."""
+    if model.reads_edge_masks:
+        model.edge_masks = masks
+    else:
+        set_hetero_masks(model, masks, {r: view[r].edge_index for r in masks}, apply_sigmoid=False)
+    try:
+        yield
+    finally:
+        clear_masks(model)
+        model.edge_masks = None
 
 
 def pair_score(model, view: HeteroData, user: int, song: int) -> float:
@@ -124,19 +141,10 @@ def edge_attributions(model: nn.Module, view: HeteroData, user: int, song: int) 
     masks = {relation: torch.ones(view[relation].edge_index.size(1), requires_grad=True) for relation in relations}
     _reset_caches(model)
     model.eval()
-    try:
-        if isinstance(model, LightGCN):
-            homogeneous = model._homogeneous_edges(view)
-            forward, backward = model.schema.interaction, model.schema.reverse_interaction
-            set_masks(model, torch.cat([masks[forward], masks[backward]]), homogeneous, apply_sigmoid=False)
-        else:
-            set_hetero_masks(model, masks, {r: view[r].edge_index for r in relations}, apply_sigmoid=False)
-        with torch.enable_grad():
-            user_emb, song_emb, attention = model.encode(view, return_attention=True)
-            score = user_emb[user] @ song_emb[song]
-            gradients = torch.autograd.grad(score, [masks[r] for r in relations], allow_unused=True)
-    finally:
-        clear_masks(model)
+    with masked_edges(model, view, masks), torch.enable_grad():
+        user_emb, song_emb, attention = model.encode(view, return_attention=True)
+        score = user_emb[user] @ song_emb[song]
+        gradients = torch.autograd.grad(score, [masks[r] for r in relations], allow_unused=True)
     grads = {r: (g if g is not None else torch.zeros_like(masks[r])) for r, g in zip(relations, gradients)}
     attention = {key: (index, alpha.detach()) for key, (index, alpha) in (attention or {}).items()}
     return Attribution(float(score.detach()), grads, attention, user_emb.detach(), song_emb.detach())

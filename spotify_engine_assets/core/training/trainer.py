@@ -5,15 +5,16 @@ Losses (``TrainableConfig.loss``):
 * ``bpr`` - BPR on (user, positive, negative) triples; negatives are drawn uniformly from items
   the user has not interacted with in training (vectorized rejection sampling),
   ``negatives_per_positive`` of them per positive (a positive's loss is the mean over its
-  negatives). An epoch shuffles the training edges and takes one optimizer step per
-  ``batch_size * grad_accumulation`` positives, each one forward pass over the message-passing
-  view (the models are full-graph GNNs); ``grad_accumulation`` scores micro-batches from that one
-  pass, so a step with accumulation ``k`` is exactly a step of batch size ``k * batch_size``.
-  ``steps_per_epoch = k`` (opt-in) makes an epoch exactly ``k`` steps over all ``E`` shuffled
-  edges (``ceil(E / k)`` positives each): epoch cost then grows linearly in the edges instead of
-  with ``E^2 / batch_size``.
+  negatives). An epoch shuffles the training edges and takes ``steps_per_epoch`` (default 16)
+  optimizer steps over all of them, each one forward pass over the message-passing view (the
+  models are full-graph GNNs), so epoch cost grows linearly in the edges. With
+  ``steps_per_epoch: null`` a step takes ``batch_size * grad_accumulation`` positives instead
+  (``E / batch_size`` full-graph passes an epoch); ``grad_accumulation`` scores micro-batches
+  from that one pass, so a step with accumulation ``k`` is exactly a step of batch size
+  ``k * batch_size``.
 * ``softmax`` - a multinomial likelihood over the whole catalogue: an epoch shuffles the users
-  with training items and takes one step per ``batch_size`` users,
+  with training items and takes ``steps_per_epoch`` steps over them (or one per ``batch_size``
+  users),
   ``-sum_{i in train(u)} log softmax(e_u . E / temperature)_i`` over the batch's pairs divided by
   their number (embeddings L2-normalised first when ``normalize``).
 
@@ -177,18 +178,19 @@ class BaseTrainer:
         return self._optimize(loss, batch_users[rows], items)
 
     def _batches(self) -> tuple[Tensor, ...]:
-        """The epoch's optimizer steps: shuffled units (edges for BPR, users for softmax) in chunks
-        of ``batch_size * grad_accumulation``, or with ``steps_per_epoch`` exactly that many
-        near-equal chunks (at most one per edge)."""
+        """The epoch's optimizer steps over the shuffled units (edges for BPR, users for softmax):
+        ``steps_per_epoch`` near-equal chunks (at most one per unit), or with ``steps_per_epoch``
+        None chunks of ``batch_size`` (x ``grad_accumulation`` for BPR)."""
         config = self.config
         if config.loss == "softmax":
-            return self.units[torch.randperm(self.units.numel(), generator=self.generator)].split(config.batch_size)
-        count = self.train_pairs.size(1) if self.edges is None else self.edges.numel()
-        order = torch.randperm(count, generator=self.generator)
-        if self.edges is not None:
-            order = self.edges[order]
+            order = self.units[torch.randperm(self.units.numel(), generator=self.generator)]
+        else:
+            count = self.train_pairs.size(1) if self.edges is None else self.edges.numel()
+            order = torch.randperm(count, generator=self.generator)
+            if self.edges is not None:
+                order = self.edges[order]
         if config.steps_per_epoch is None:
-            return order.split(config.batch_size * config.grad_accumulation)
+            return order.split(config.batch_size * (1 if config.loss == "softmax" else config.grad_accumulation))
         steps = config.steps_in_epoch(order.numel())
         return order.tensor_split(steps) if steps else ()
 

@@ -334,3 +334,18 @@ def test_group_of_rank_equal_thirds_with_ties():
     groups = group_of_rank(torch.tensor([5, 1, 1, 1, 9, 3]))
     assert groups.tolist() == [2, 0, 0, 1, 2, 1]
     assert torch.bincount(groups).tolist() == [2, 2, 2]
+
+
+def test_score_chunks_stay_below_the_mmap_threshold_without_changing_results(monkeypatch):
+    import spotify_engine_assets.core.evaluation.metrics as metrics
+
+    assert metrics.chunk_users(2048, 10_000) == 419 and metrics.chunk_users(2048, 100) == 2048
+    assert metrics.chunk_users(2048, 10**9) == 1
+    g = torch.Generator().manual_seed(0)
+    scores = torch.rand(50, 40, generator=g)
+    users, exclude = torch.arange(50), torch.stack([torch.arange(50), torch.arange(50) % 40])
+    reference = topk_scored(lambda u: scores[u], users, exclude, 40, 5)
+    chunks = []
+    monkeypatch.setattr(metrics, "SCORE_CHUNK_ELEMENTS", 40 * 7)
+    small = topk_scored(lambda u: chunks.append(len(u)) or scores[u], users, exclude, 40, 5)
+    assert max(chunks) == 7 and torch.equal(small, reference)

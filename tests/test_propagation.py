@@ -16,7 +16,7 @@ from torch_geometric.explain.algorithm.utils import clear_masks, set_hetero_mask
 from spotify_engine_assets.core.config import parse_config
 from spotify_engine_assets.core.data.graph import relation_key
 from spotify_engine_assets.core.models import build_model
-from spotify_engine_assets.core.models.gat import layer_mean, standardized
+from spotify_engine_assets.core.models.gat import LightAttentionConv, layer_mean, standardized
 from spotify_engine_assets.core.models.propagation import Adjacency, AdjacencyCache
 from spotify_engine_assets.datasets.listening.graph import BY, HAS, LISTENS, SCHEMA, add_reverse_edges
 
@@ -136,3 +136,26 @@ def test_enhanced_gat_edge_masks_equal_pyg_explain_hooks():
     for a, b in zip(new, old):
         assert torch.allclose(a, b, atol=1e-5)
     assert not torch.allclose(new[0], model(data)[0], atol=1e-3)  # the masks changed something
+
+
+@pytest.mark.parametrize("heads", [1, 2])
+def test_light_attention_conv_equals_scatter_of_per_edge_messages(heads):
+    """TagFriendGAT's conv: the sparse products equal summing ``alpha * x_j`` messages per target."""
+    g = torch.Generator().manual_seed(heads)
+    edge_index = torch.stack([torch.randint(12, (60,), generator=g), torch.randint(9, (60,), generator=g)])
+    weight = torch.rand(60, generator=g)
+    conv = LightAttentionConv(8, heads=heads, weighted=True)
+    with torch.no_grad():
+        for parameter in conv.parameters():
+            parameter.add_(torch.randn(parameter.shape, generator=g) * 0.3)
+    x_src = torch.randn(12, 8, generator=g, requires_grad=True)
+    x_dst = torch.randn(9, 8, generator=g)
+    out, alpha = conv(x_src, x_dst, edge_index, weight)
+    messages = x_src.view(12, heads, -1)[edge_index[0]] * alpha[..., None]
+    reference = torch.zeros(9, heads, 8 // heads).index_add(0, edge_index[1], messages).reshape(9, 8)
+    assert torch.allclose(out, reference, atol=1e-6)
+    probe = torch.randn(9, 8, generator=g)
+    new = torch.autograd.grad((out * probe).sum(), [x_src, *conv.parameters()], retain_graph=True)
+    old = torch.autograd.grad((reference * probe).sum(), [x_src, *conv.parameters()])
+    for a, b in zip(new, old):
+        assert torch.allclose(a, b, atol=1e-5)

@@ -288,7 +288,7 @@ def test_simple_trainer_runs_every_epoch_without_validation(monkeypatch):
     result = train(model, view, valid, cfg)
     # no validation forward: the one evaluation-mode pass is train() preparing the model to score
     assert result.epochs_run == 6 and sum(eval_forwards) == 1
-    assert all(set(row) == {"epoch", "loss", "lr", "seconds"} for row in result.history)
+    assert all(set(row) == {"epoch", "loss", "lr", "seconds", "train_seconds"} for row in result.history)
     assert {row["lr"] for row in result.history} == {cfg.lr}
     assert result.best_valid is None and result.best_epoch == 6
     assert _states_equal(result.best_state, result.final_state) and _states_equal(model.state_dict(), result.final_state)
@@ -422,7 +422,7 @@ def test_steps_per_epoch_run_resumes_from_its_checkpoint(tmp_path):
     resumed = train(build_model(cfg, SCHEMA, num_nodes_of(view)), view, valid, cfg, checkpoint_dir=tmp_path / "b")
     assert resumed.resumed_from_epoch == 2
     assert _states_equal(resumed.final_state, uninterrupted.final_state)
-    strip = lambda history: [{k: v for k, v in row.items() if k != "seconds"} for row in history]  # noqa: E731
+    strip = lambda history: [{k: v for k, v in row.items() if not k.endswith("seconds")} for row in history]  # noqa: E731
     assert strip(resumed.history) == strip(uninterrupted.history)
 
 
@@ -444,3 +444,17 @@ def test_trial_budget_counts_steps_per_epoch():
     assert batch_bytes[0] / batch_bytes[1] == pytest.approx(12_000 / 4096, rel=1e-6)  # the step's gathered embeddings
     # the estimate's step count is the trainer's
     assert fixed.steps_in_epoch(big.train_pairs) == 4 and fixed.positives_per_step(big.train_pairs) == 12_000
+
+
+def test_validation_ranks_a_seeded_capped_sample_of_validation_users():
+    from spotify_engine_assets.core.training.trainer import validation_users
+
+    pairs = torch.stack([torch.arange(100).repeat(2), torch.arange(200) % 7])
+    capped = parse_config(dict(name="g", model="lightgcn", valid_users=30))
+    sample = validation_users(pairs, capped)
+    assert sample.numel() == 30 and torch.equal(sample, torch.unique(sample))
+    assert torch.equal(sample, validation_users(pairs, capped))  # seeded
+    assert validation_users(pairs, parse_config(dict(name="g", model="lightgcn", valid_users=None))) is None
+    assert validation_users(pairs, parse_config(dict(name="g", model="lightgcn", valid_users=100))) is None  # all fit
+    within = torch.arange(0, 100, 2)
+    assert torch.isin(validation_users(pairs, capped, within), within).all()

@@ -130,6 +130,11 @@ class TrainableConfig(ModelConfig):
         "ReduceLROnPlateau, resumable checkpoints."
     )
     eval_every: int = Field(1, ge=1, description="Validate every this many epochs (and after the last).")
+    valid_users: int | None = Field(
+        5000, ge=1, description="Validation ranks the catalogue for a seeded sample of at most this many users with "
+        "validation pairs (None: all of them): ranking costs users x items, so a capped sample keeps validation "
+        "linear in the catalogue on large worlds."
+    )
     patience: int = Field(8, ge=1, description="Validations without gain before stopping.")
     lr_factor: float = Field(0.5, gt=0.0, lt=1.0, description="ReduceLROnPlateau factor.")
     lr_patience: int | None = Field(3, ge=0, description="ReduceLROnPlateau patience in validations (None: no schedule).")

@@ -34,6 +34,16 @@ ACCURACY_FAMILIES = {
 }
 
 
+SCORE_CHUNK_ELEMENTS = 4 * 2**20  # 16 MiB of float scores: below glibc's 32 MiB mmap threshold, so reused
+
+
+def chunk_users(chunk_size: int, num_items: int) -> int:
+    """Users per scoring chunk: at most ``chunk_size``, and at most :data:`SCORE_CHUNK_ELEMENTS`
+    scores a chunk, so a large catalogue's score buffers come from the heap and are reused instead
+    of being mapped and page-faulted anew for every chunk (the chunking never changes a result)."""
+    return max(1, min(chunk_size, SCORE_CHUNK_ELEMENTS // max(num_items, 1)))
+
+
 def topk_scored(
     score_fn: Callable[[Tensor], Tensor], users: Tensor, exclude: Tensor, num_items: int, k: int,
     chunk_size: int = 2048, stable: bool = False,
@@ -41,7 +51,7 @@ def topk_scored(
     """Indices of the ``k`` best items for each of ``users``, never one of the ``exclude`` pairs.
 
     ``score_fn(chunk_of_users)`` returns ``[len(chunk), num_items]`` scores; users are scored a
-    chunk at a time, so the full user x item matrix never exists. A user with fewer than ``k``
+    chunk at a time (:func:`chunk_users`), so the full user x item matrix never exists. A user with fewer than ``k``
     items left after masking gets the sentinel ``num_items`` in the remaining slots: it never
     matches a relevant item and is not counted as covered.
 
@@ -63,6 +73,7 @@ def topk_scored(
     keep = exclude_rows >= 0
     exclude_rows, exclude_items = exclude_rows[keep], exclude[1][keep]
     results = []
+    chunk_size = chunk_users(chunk_size, num_items)
     for start in range(0, users.numel(), chunk_size):
         stop = min(start + chunk_size, users.numel())
         scores = score_fn(users[start:stop]).float()

@@ -17,10 +17,11 @@ Memory in bytes, the peak of building the model and training it (float32 element
     4 * ( 5 P                                  weights, gradients, Adam m and v, best-weights copy
         + L (C_EDGE[model] E d g + C_HEAD E h + C_NODE N d)   activations kept for the backward pass
         + C_BATCH B (2 + n) d                    the step's gathered embeddings and their gradients
-        + C_SCORE min(2048, U) S )               a chunk of the validation score matrix, masked, top-k
+        + C_SCORE min(c, U) S )                  a chunk of the validation score matrix, masked, top-k
     + INDEX_BYTES L E + FIXED_BYTES            per-edge int64 index buffers, fixed allocator overhead
 
-with ``g = 1`` (GATv2 concatenates ``h`` heads of width ``d / h``: ``[E, d]`` messages).
+with ``c`` the users of a scoring chunk (``metrics.chunk_users``: at most 2048 and 4 M scores) and
+``g = 1`` (GATv2 concatenates ``h`` heads of width ``d / h``: ``[E, d]`` messages).
 LightGCN and gat_enhanced aggregate with sparse products (``core/models/propagation.py``) and keep
 no ``[E, d]`` message: their ``C_EDGE`` is 0 (per-edge scalars are the ``C_HEAD`` term). The
 constants were fitted to ``PeakMemory`` measurements (peak resident memory above the start) of
@@ -54,6 +55,7 @@ from torch_geometric.data import HeteroData
 
 from ..config import ModelConfig
 from ..data.graph import Schema, num_nodes_of
+from ..evaluation.metrics import chunk_users
 from ..models import build_model
 
 BYTES = 4
@@ -63,7 +65,6 @@ C_HEAD, C_NODE, C_BATCH, C_SCORE = 6.0, 4.0, 6.0, 3.5  # the memory formula's fi
 INDEX_BYTES = 32
 FIXED_BYTES = 8 * 2**20
 STEP_UNITS = 5e6  # per-step overhead (Python, many small kernels) in work units
-SCORE_CHUNK = 2048  # users per chunk of the validation ranking (metrics.topk_scored)
 
 
 @dataclass(frozen=True)
@@ -124,7 +125,7 @@ def memory_parts(config: ModelConfig, size: GraphSize, model) -> dict[str, int]:
             BYTES * s["L"] * (C_EDGE[config.model] * s["E"] * s["d"] * s["g"] + C_HEAD * s["E"] * s["h"] + C_NODE * s["N"] * s["d"])
         ),
         "batch": int(BYTES * C_BATCH * s["B"] * (2 + s["n"]) * s["d"]),
-        "score_chunk": int(BYTES * C_SCORE * min(SCORE_CHUNK, s["U"]) * s["S"]),
+        "score_chunk": int(BYTES * C_SCORE * min(chunk_users(2048, s["S"]), s["U"]) * s["S"]),
         "indices": INDEX_BYTES * s["L"] * s["E"],
         "fixed": FIXED_BYTES,
     }

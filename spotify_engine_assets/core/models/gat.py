@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch_geometric.data import HeteroData
 from torch_geometric.nn import GATConv, GATv2Conv
-from torch_geometric.utils import scatter, softmax
+from torch_geometric.utils import softmax
 
 from ..config import BasicGATConfig, GenreAwareGATConfig, PlaylistGATConfig, TagFriendGATConfig
 from ..data.graph import EdgeType, Schema, relation_key, reverse
@@ -290,7 +290,10 @@ class LightAttentionConv(nn.Module):
         self.att_weight = nn.Parameter(torch.zeros(heads)) if weighted else None
         self.att_degree = nn.Parameter(torch.full((heads,), -0.5))
 
-    def forward(self, x_src: Tensor, x_dst: Tensor, edge_index: Tensor, edge_weight: Tensor | None = None):
+    def forward(self, x_src: Tensor, x_dst: Tensor, edge_index: Tensor, edge_weight: Tensor | None = None,
+                adjacency: Adjacency | None = None):
+        """``(out [N_dst, d], alpha [E, heads])``; the sum is one sparse product per head over
+        ``adjacency`` (the relation's cached pattern; built here when not given)."""
         src, dst = edge_index
         hs = x_src.view(-1, self.heads, self.head_dim)
         hd = x_dst.view(-1, self.heads, self.head_dim)
@@ -299,9 +302,12 @@ class LightAttentionConv(nn.Module):
         if self.att_weight is not None and edge_weight is not None:
             logits = logits + edge_weight[:, None] * self.att_weight
         alpha = softmax(nn.functional.leaky_relu(logits, 0.2), dst, num_nodes=x_dst.size(0))
-        alpha = nn.functional.dropout(alpha, p=self.dropout, training=self.training)
-        out = scatter(hs[src] * alpha[..., None], dst, dim=0, dim_size=x_dst.size(0), reduce="sum")
-        return out.reshape(x_dst.size(0), -1), alpha
+        alpha = dropout(alpha, self.dropout, self.training)
+        if adjacency is None:
+            adjacency = Adjacency(edge_index, x_src.size(0), x_dst.size(0))
+        if self.heads == 1:
+            return adjacency.spmm(alpha[:, 0], x_src), alpha
+        return torch.cat([adjacency.spmm(alpha[:, h], hs[:, h].contiguous()) for h in range(self.heads)], 1), alpha
 
 
 class BasicGAT(IdEmbeddings):
@@ -529,7 +535,11 @@ class TagFriendGAT(IdEmbeddings):
                 conv = layer[relation_key(relation)]
                 src, dst = relation[0], relation[2]
                 if self.config.conv == "light":
-                    result, alpha = conv(x[src], x[dst], store.edge_index, weight)
+                    adjacency = self.adjacency_cache.get(
+                        relation, (store.edge_index,),
+                        lambda: Adjacency(store.edge_index, graph[src].num_nodes, graph[dst].num_nodes),
+                    )
+                    result, alpha = conv(x[src], x[dst], store.edge_index, weight, adjacency)
                     index = store.edge_index
                 else:
                     edge_attr = None if weight is None else weight[:, None]

@@ -83,7 +83,7 @@ class _SpMM(torch.autograd.Function):
     def forward(ctx, values: Tensor, x: Tensor, adjacency: Adjacency) -> Tensor:
         ctx.adjacency = adjacency
         ctx.save_for_backward(values, x)
-        return torch.sparse.mm(_csr(adjacency.crow, adjacency.col, values, adjacency.shape), x)
+        return torch.sparse.mm(_csr(adjacency.crow, adjacency.col, values, adjacency.shape), x, reduce="sum")
 
     @staticmethod
     def backward(ctx, grad: Tensor):
@@ -99,7 +99,7 @@ class _SpMM(torch.autograd.Function):
                 grad_values = grad_values[adjacency.inverse]
         if ctx.needs_input_grad[1]:
             transposed = _csr(adjacency.t_crow, adjacency.t_col, values[adjacency.t_order], adjacency.shape[::-1])
-            grad_x = torch.sparse.mm(transposed, grad)
+            grad_x = torch.sparse.mm(transposed, grad, reduce="sum")
         return grad_values, grad_x, None
 
 

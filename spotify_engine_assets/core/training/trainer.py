@@ -210,9 +210,11 @@ class BaseTrainer:
                 break
             epoch_start = time.perf_counter()
             loss = self._train_epoch()
+            train_seconds = time.perf_counter() - epoch_start
             row = {"epoch": epoch, "loss": loss, **self._epoch_metrics(epoch)}
             row["lr"] = self.optimizer.param_groups[0]["lr"]
             row["seconds"] = time.perf_counter() - epoch_start
+            row["train_seconds"] = train_seconds  # the optimizer steps alone, validation excluded
             result.history.append(row)
             shown = "".join(f" {key.replace('_', ' ')} {value:.4f}" for key, value in row.items() if key.startswith("valid_"))
             self.log(f"epoch {epoch}: loss {loss:.4f}{shown}")
@@ -263,6 +265,7 @@ class AdvancedTrainer(BaseTrainer):
             raise ValueError(f"config {config.name!r}: the advanced trainer needs validation pairs")
         super().__init__(model, view, config, **options)
         self.valid_pairs, self.protocol = valid_pairs, protocol
+        self.valid_users = validation_users(valid_pairs, config, self.users)
         self.monitor = f"valid_{protocol.monitor}"
         self.result.monitor = protocol.monitor
         self.checkpoint_every = checkpoint_every
@@ -297,7 +300,7 @@ class AdvancedTrainer(BaseTrainer):
     def _epoch_metrics(self, epoch: int) -> dict:
         if epoch % self.config.eval_every and epoch != self.epochs:
             return {}
-        metrics = validate(self.model, self.view, self.valid_pairs, self.protocol, self.users)
+        metrics = validate(self.model, self.view, self.valid_pairs, self.protocol, self.valid_users)
         if self.scheduler is not None:
             self.scheduler.step(metrics[self.protocol.monitor])
         return {f"valid_{name}": value for name, value in metrics.items() if not name.endswith("_evaluated")}
@@ -325,6 +328,20 @@ class AdvancedTrainer(BaseTrainer):
 
     def _end(self) -> None:
         self.model.load_state_dict(self.result.best_state)
+
+
+def validation_users(valid_pairs: Tensor | None, config: TrainableConfig, users: Tensor | None = None) -> Tensor | None:
+    """The users validation ranks for: those with validation pairs (among ``users`` when given),
+    a seeded sample of ``config.valid_users`` of them when there are more (None: every one)."""
+    if valid_pairs is None or config.valid_users is None:
+        return users
+    candidates = torch.unique(valid_pairs[0])
+    if users is not None:
+        candidates = candidates[torch.isin(candidates, users)]
+    if candidates.numel() <= config.valid_users:
+        return users
+    generator = torch.Generator().manual_seed(config.seed)
+    return torch.sort(candidates[torch.randperm(candidates.numel(), generator=generator)[: config.valid_users]]).values
 
 
 @torch.no_grad()
@@ -376,7 +393,7 @@ def train(model: GraphModel, view: HeteroData, valid_pairs: Tensor | None, confi
                                  checkpoint_every=checkpoint_every, **options).fit()
     model.prepare(view)
     if config.itemknn_fusion:
-        result.fusion = choose_fusion_weight(model, view, valid_pairs, protocol, users, log)
+        result.fusion = choose_fusion_weight(model, view, valid_pairs, protocol, validation_users(valid_pairs, config, users), log)
         result.best_state = copy.deepcopy(model.state_dict())
     return result
 

@@ -36,35 +36,14 @@ from torch_geometric.data import HeteroData
 from ..data.graph import Schema
 from ..evaluation.metrics import metric_collection
 from ..models import embed
-from ..models.base import standardize
 from ..models.lightgcn import LightGCN
+from .scores import adaptive_weight, adaptive_weights, blend, genre_matrix_of, genre_profile_of_songs, genre_scores
+
+__all__ = ["GENRE_PRIOR_GRID", "adaptive_weight", "blend", "describe_weight", "evaluate_cold_start", "genre_profile_of_songs",
+           "genre_scores", "holdout_users", "song_genre_matrix", "stated_genres", "tune_genre_prior", "zero_user_embeddings"]
 
 EVAL_K = 10
 GENRE_PRIOR_GRID = (0.0, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0)
-
-
-def adaptive_weight(interactions: int, n0: float) -> float:
-    """Genre weight ``w = n0 / (n0 + n)``; ``n0 = 0`` gives 0 (model only) except when ``n = 0`` (genres only)."""
-    if n0 < 0 or interactions < 0:
-        raise ValueError(f"n0 and the interaction count must be >= 0, got n0={n0}, n={interactions}")
-    if interactions == 0:
-        return 1.0
-    return float(n0) / (float(n0) + float(interactions))
-
-
-def blend(model_score: Tensor, genre_score: Tensor, weight: float | Tensor) -> Tensor:
-    """``(1 - w) z(model) + w z(genre)``; ``w`` is 1 or 0 at the ends (the other part is dropped).
-
-    ``weight`` may be one value or one per row (``[users]``) of ``[users, songs]`` scores."""
-    if isinstance(weight, Tensor):
-        weight = weight.view(-1, 1)
-        genre, model = standardize(genre_score), standardize(model_score)
-        return torch.where(weight >= 1.0, genre, (1.0 - weight) * model + weight * genre)
-    if weight >= 1.0:
-        return standardize(genre_score)
-    if weight <= 0.0:
-        return standardize(model_score)
-    return (1.0 - weight) * standardize(model_score) + weight * standardize(genre_score)
 
 
 def song_genre_matrix(data: HeteroData, schema: Schema) -> Tensor:
@@ -72,31 +51,7 @@ def song_genre_matrix(data: HeteroData, schema: Schema) -> Tensor:
     has = schema.category("genre")
     if has is None:
         raise ValueError(f"the graph has no item-genre relation (schema categories: {sorted(schema.categories)})")
-    edge_index = data[has].edge_index
-    matrix = torch.zeros(data[schema.item].num_nodes, data[has[2]].num_nodes)
-    matrix[edge_index[0], edge_index[1]] = 1.0
-    return matrix / matrix.sum(1, keepdim=True).clamp(min=1.0)
-
-
-def genre_profile_of_songs(genre_matrix: Tensor, songs: Tensor) -> Tensor:
-    """A distribution over genres: each song's unit weight spread over its genres (zeros if none)."""
-    profile = genre_matrix[songs].sum(0) if songs.numel() else torch.zeros(genre_matrix.size(1))
-    total = profile.sum()
-    return profile / total if total > 0 else profile
-
-
-def genre_scores(genre_matrix: Tensor, popularity: Tensor, profile: Tensor) -> Tensor:
-    """``G(s)`` for one profile ``[genres]`` or many ``[users, genres]``: genre-conditioned popularity.
-
-    An empty profile (no genre known) gets plain smoothed popularity, ``(c_s + 1) / sum (c + 1)``."""
-    weighted = genre_matrix * (popularity + 1.0).unsqueeze(1)            # [songs, genres]
-    per_genre = weighted / weighted.sum(0, keepdim=True).clamp(min=1e-12)  # P(s | g)
-    scores = profile @ per_genre.T
-    empty = profile.sum(-1) <= 0
-    if empty.any():
-        prior = (popularity + 1.0) / (popularity + 1.0).sum()
-        scores = torch.where(empty.unsqueeze(-1), prior.expand_as(scores), scores) if scores.dim() > 1 else prior
-    return scores
+    return genre_matrix_of(data[has].edge_index, int(data[schema.item].num_nodes), int(data[has[2]].num_nodes))
 
 
 def stated_genres(genre_matrix: Tensor, songs: Tensor, top: int = 3) -> Tensor:
@@ -153,7 +108,7 @@ def tune_genre_prior(
     model = user_emb[users] @ song_emb.T
     scores = {}
     for n0 in grid:
-        weights = torch.tensor([adaptive_weight(int(n), n0) for n in counts.tolist()])
+        weights = adaptive_weights(counts, n0)
         topk = _topk_masked(blend(model, genre, weights), row_of[own[0]], own[1], EVAL_K)
         scores[float(n0)] = _metrics(topk, row_of[valid_pairs[0]], valid_pairs[1], num_songs)[f"ndcg@{EVAL_K}"]
     best = max(scores.values())
@@ -306,7 +261,7 @@ def _active_rows(data, schema, view, model, popularity, genre_matrix, train_inde
     genre = genre_scores(genre_matrix, popularity, profiles)
     user_emb, song_emb = embed(model, view)
     collaborative = user_emb[users] @ song_emb.T
-    weights = torch.tensor([adaptive_weight(int(n), n0) for n in counts.tolist()])
+    weights = adaptive_weights(counts, n0)
     num_songs = int(data[schema.item].num_nodes)
 
     def method_row(method: str, weight: float, scores: Tensor) -> dict:

@@ -1,10 +1,12 @@
-"""The ``spotify-engine`` command line."""
+"""The ``spotify-engine`` command line.
+
+Every command imports what it needs inside its handler: ``recommend`` reads the serving index
+stored with the model and imports torch only (no Dagster, no PyTorch Geometric); ``explain`` and
+``recommend --explain`` load the model and its graph."""
 
 import argparse
 import json
 import sys
-
-import polars as pl
 
 CHAINS = ("listening", "playlists", "lastfm")
 
@@ -26,6 +28,8 @@ def _print_summary(results, chain: str) -> None:
             print(f"      {step:<40} {seconds:7.2f}")
     report = data_lake_root() / "reports" / chain / "model_comparison.csv"
     if report.exists():
+        import polars as pl
+
         from .core.plots import frame_markdown
 
         protocol = dataset_of(chain).protocol
@@ -172,13 +176,30 @@ def _experiments_reproduce(args: argparse.Namespace) -> int:
     return 0 if outcome["reproduced"] else 1
 
 
+SERVING_CHAIN = "listening"  # serving needs a chain whose items have artist and genre roles
+
+
 def _serving_bundle(config: str):
-    """A listening-chain model for recommend/explain (serving needs the artist and genre roles)."""
+    """A listening-chain model with its graph, for explanations (and models without a serving index)."""
     from .core.serving.recommend import load_bundle
     from .core.storage.paths import data_lake_root
     from .datasets.listening import DATASET
 
     return load_bundle(data_lake_root(), DATASET, config)
+
+
+def _serving_index(config: str):
+    """The serving index stored with the config's trained model (torch only), else the full bundle."""
+    from .core.serving.recommend import load_index
+    from .core.storage.paths import data_lake_root
+
+    return load_index(data_lake_root(), SERVING_CHAIN, config) or _serving_bundle(config)
+
+
+def _note_genre_prior(index, override: float | None) -> None:
+    if override is None and index.n0_source.startswith("default"):
+        print(f"note: trained_model[{index.config.name}]: n0 = {index.n0:g} ({index.n0_source}); "
+              "pass --genre-prior N0 to set it", file=sys.stderr)
 
 
 def _split_list(text: str | None) -> list[str]:
@@ -187,7 +208,6 @@ def _split_list(text: str | None) -> list[str]:
 
 def _recommend(args: argparse.Namespace) -> int:
     from .core.config import ConfigError
-    from .core.serving.explain import explain, render_explanation
     from .core.serving.recommend import UnknownIdError, rank_songs, ranking_rows, render_ranking
     from .core.storage.artifacts import ArtifactNotFoundError
 
@@ -196,7 +216,9 @@ def _recommend(args: argparse.Namespace) -> int:
     if args.user is not None and (args.songs or args.genres):
         return _error("--user cannot be combined with --songs/--genres (those describe a new user)")
     try:
-        bundle = _serving_bundle(args.model)
+        # explanations need the model and its graph; a ranking needs only the serving index
+        bundle = _serving_bundle(args.model) if args.explain and args.user is not None else _serving_index(args.model)
+        _note_genre_prior(bundle, args.genre_prior)
         if args.user is not None:
             user = bundle.user_index(args.user)
             ranking = rank_songs(bundle, args.k, user=user, genre_prior=args.genre_prior)
@@ -212,20 +234,26 @@ def _recommend(args: argparse.Namespace) -> int:
             if user is None:
                 print("note: --explain needs a known --user (a new user has no node in the model's graph)", file=sys.stderr)
             else:
+                from .core.serving.explain import explain
+
                 explanations = [explain(bundle, user, int(song)) for song in ranking.songs]
     except (UnknownIdError, ConfigError, ArtifactNotFoundError, ValueError) as error:
         return _error(error)
     if args.json:
         payload = {"config": args.model, "user_id": args.user, "songs": _split_list(args.songs), "genres": _split_list(args.genres),
-                   "genre_weight": ranking.genre_weight, "genre_prior": ranking.genre_prior, "interactions": ranking.interactions,
-                   "recommendations": ranking_rows(bundle, ranking)}
+                   "genre_weight": ranking.genre_weight, "genre_prior": ranking.genre_prior,
+                   "genre_prior_source": "--genre-prior" if args.genre_prior is not None else bundle.n0_source,
+                   "interactions": ranking.interactions, "recommendations": ranking_rows(bundle, ranking)}
         if explanations:
             payload["explanations"] = explanations
         print(json.dumps(payload, indent=2))
         return 0
     print(render_ranking(bundle, ranking, who))
-    for explanation in explanations:
-        print("\n" + render_explanation(explanation))
+    if explanations:
+        from .core.serving.explain import render_explanation
+
+        for explanation in explanations:
+            print("\n" + render_explanation(explanation))
     return 0
 
 
@@ -347,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
     recommend.add_argument("--k", type=int, default=10, help="list length (default 10)")
     recommend.add_argument("--genre-prior", type=float, default=None,
                            help="n0 of the adaptive genre weight w = n0/(n0+n), n = the user's training interactions "
-                           "(0: model only; default: chosen on the validation split)")
+                           "(0: model only; default: the n0 trained_model chose on the validation split and stored with the model)")
     recommend.add_argument("--explain", action="store_true", help="explain every recommended song")
     recommend.add_argument("--json", action="store_true", help="print JSON instead of tables")
     recommend.set_defaults(handler=_recommend)

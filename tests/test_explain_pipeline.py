@@ -189,3 +189,70 @@ def test_cli_unknown_ids_are_clear_errors(lake, capsys, argv, expected):
     assert cli.main([str(user) if a == "USER" else a for a in argv]) == 2
     err = capsys.readouterr().err
     assert re.search(expected, err), err
+
+
+def _serving_payload(root, config="gat_enhanced"):
+    return load_torch(ArtifactStore(root / "artifacts").current(["listening", "trained_model"], config) / "data.pt")["serving"]
+
+
+def test_serving_reads_the_n0_stored_with_the_model(lake, capsys, monkeypatch, tmp_path):
+    """recommend, explain and recommend --explain never search n0: they read the one trained_model
+    chose on validation; an artifact from before it was stored serves the default and says so."""
+    import shutil
+
+    import torch
+
+    from spotify_engine_assets.core.serving import cold_start
+    from spotify_engine_assets.core.serving.recommend import DEFAULT_GENRE_PRIOR
+
+    root, _ = lake
+    stored = _serving_payload(root)
+    assert stored["genre_prior_source"] == "validation" and str(float(stored["genre_prior"])) in stored["genre_prior_validation_ndcg"]
+
+    def searched(*args, **kwargs):
+        raise AssertionError("tune_genre_prior called while serving")
+
+    monkeypatch.setattr(cold_start, "tune_genre_prior", searched)
+    user, song, _ = _user_and_unplayed_song(root)
+    assert cli.main(["recommend", "--model", "gat_enhanced", "--user", str(user), "--k", "3", "--json"]) == 0
+    payload = json.loads(capsys.readouterr().out)
+    assert payload["genre_prior"] == stored["genre_prior"] and payload["genre_prior_source"] == "validation"
+    assert cli.main(["recommend", "--model", "gat_enhanced", "--user", str(user), "--k", "2", "--explain"]) == 0
+    assert f"n0 = {stored['genre_prior']:g})" in capsys.readouterr().out
+    assert cli.main(["explain", "--model", "gat_enhanced", "--user", str(user), "--song", str(song)]) == 0
+    capsys.readouterr()
+    # the same model materialized before n0 was stored: the default, a note, no search
+    old = tmp_path / "old_lake"
+    shutil.copytree(root, old, ignore=shutil.ignore_patterns("dagster_home", "checkpoints"))
+    store = ArtifactStore(old / "artifacts")
+    artifact = load_torch(store.current(["listening", "trained_model"], "gat_enhanced") / "data.pt")
+    del artifact["serving"]
+    store.write(["listening", "trained_model"], "gat_enhanced", lambda folder: torch.save(artifact, folder / "data.pt"))
+    monkeypatch.setenv(DATA_LAKE_ENV, str(old))
+    assert cli.main(["recommend", "--model", "gat_enhanced", "--user", str(user), "--k", "3", "--json"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["genre_prior"] == DEFAULT_GENRE_PRIOR
+    assert "note: trained_model[gat_enhanced]: n0 = 5 (default: the artifact was materialized before n0" in captured.err
+
+
+def test_cli_imports_no_dagster_and_recommend_no_graph_library(lake):
+    """Importing the command line loads neither Dagster nor torch; `recommend` runs on the serving
+    index with torch only (no PyTorch Geometric, no Dagster)."""
+    import subprocess
+    import sys
+
+    root, _ = lake
+    user, _, _ = _user_and_unplayed_song(root)
+    script = (
+        "import sys, contextlib, io\n"
+        "import spotify_engine_assets.cli as cli\n"
+        "assert not {'dagster', 'torch', 'torch_geometric', 'polars'} & set(sys.modules), sorted(sys.modules)\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        f"    assert cli.main(['recommend', '--model', 'gat_enhanced', '--user', '{user}', '--k', '3']) == 0\n"
+        "print(sorted({'dagster', 'torch_geometric', 'spotify_engine_assets.definitions', 'spotify_engine_assets.datasets'}"
+        " & set(sys.modules)))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], env={**os.environ, DATA_LAKE_ENV: str(root)}, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

@@ -68,10 +68,10 @@ def make_bundle(model: str = "gat_enhanced", seed: int = 0) -> ModelBundle:
     else:
         net = MostPopular(config, SCHEMA, num_nodes_of(data))
         net.fit(view)
-    user_emb, song_emb = embed(net, view)
+    embed(net, view)  # prepared on the view: its factors are the serving embeddings
     held = torch.tensor([i for i in range(data[LISTENS].edge_index.size(1)) if i % 4 == 0])
-    return ModelBundle(config, net, SCHEMA, data, view, user_emb, song_emb, Catalog.from_graph(data, SCHEMA),
-                       data[LISTENS].edge_index[:, held])
+    return ModelBundle.of(config, net, SCHEMA, data, view, catalog=Catalog.from_graph(data, SCHEMA),
+                          valid_pairs=data[LISTENS].edge_index[:, held])
 
 
 @pytest.fixture(scope="module")
@@ -155,12 +155,64 @@ def test_most_popular_bundle_ranks_by_popularity():
 def test_genre_prior_is_chosen_on_validation(bundle):
     from spotify_engine_assets.core.serving.cold_start import GENRE_PRIOR_GRID
 
-    n0 = bundle.genre_prior()
-    scores = bundle.genre_prior_scores
+    n0, scores = bundle.n0, bundle.n0_scores
+    assert bundle.n0_source == "validation"
     assert set(scores) == set(GENRE_PRIOR_GRID) and n0 in scores
     assert scores[n0] == max(scores.values()) and all(scores[g] < scores[n0] for g in scores if g < n0)
     assert rank_songs(bundle, 3, user=1).genre_prior == n0
     assert rank_songs(bundle, 3, user=1, genre_prior=2.0).genre_prior == 2.0
+
+
+def test_serving_index_round_trip_ranks_like_the_bundle(bundle, monkeypatch):
+    """The payload trained_model stores: loaded back (weights_only), it ranks every user exactly as
+    the bundle does, with the stored n0 and no search."""
+    import io
+
+    from spotify_engine_assets.core.serving import cold_start
+    from spotify_engine_assets.core.serving.recommend import ServingIndex, rank_users, recommendation_frame
+
+    buffer = io.BytesIO()
+    torch.save(bundle.to_payload(), buffer)
+    buffer.seek(0)
+    monkeypatch.setattr(cold_start, "tune_genre_prior", lambda *a, **k: pytest.fail("n0 searched while serving"))
+    index = ServingIndex.from_payload(torch.load(buffer, weights_only=True), bundle.config)
+    assert index.n0 == bundle.n0 and index.n0_scores == bundle.n0_scores
+    for user in range(NUM["user"]):
+        served, reference = rank_songs(index, 7, user=user), rank_songs(bundle, 7, user=user)
+        assert served.songs.tolist() == reference.songs.tolist() and torch.allclose(served.score, reference.score)
+    new = rank_songs(index, 5, songs=[3, 4], genres=[1]), rank_songs(bundle, 5, songs=[3, 4], genres=[1])
+    assert new[0].songs.tolist() == new[1].songs.tolist()
+    # batched ranking of every user (the recommendations asset) is the same ranking
+    batch = rank_users(index, torch.arange(NUM["user"]), NUM["song"])
+    for user in range(NUM["user"]):
+        assert batch.row(user).songs.tolist() == rank_songs(index, NUM["song"], user=user).songs.tolist()
+    frame = recommendation_frame(index, 4, batch_cells=3 * NUM["song"])  # several batches
+    assert frame.columns == ["user_id", "rank", "song_id", "score", "model_score", "genre_score", "genre_weight"]
+    assert frame.height == 4 * NUM["user"] and frame["user_id"].n_unique() == NUM["user"]
+    first = frame.filter(frame["user_id"] == 1002)
+    assert first["song_id"].to_list() == [index.song_id(s) for s in rank_songs(index, 4, user=2).songs.tolist()]
+
+
+def test_bundle_of_an_artifact_without_a_stored_n0_uses_the_default_without_search(monkeypatch):
+    """A trained_model artifact from before serving indices: the model and graph serve, n0 is the
+    default (said in ``n0_source``), never searched; one with an index serves its stored n0."""
+    from spotify_engine_assets.core.data.graph import to_payload
+    from spotify_engine_assets.core.serving import cold_start
+    from spotify_engine_assets.core.serving.recommend import DEFAULT_GENRE_PRIOR, bundle_from
+    from spotify_engine_assets.datasets.listening import DATASET
+
+    data, train = random_graph()
+    held = torch.tensor([i for i in range(data[LISTENS].edge_index.size(1)) if i % 4 == 0])
+    split = {"random": {"train": train, "valid": held[::2], "test": held[1::2]}}
+    config = parse_config({"name": "toy", "model": "gat_enhanced", "split": "random", "embedding_dim": 8, "num_layers": 2,
+                           "heads": 2})
+    artifact = {"config": config.model_dump(), "state": build_model(config, SCHEMA, num_nodes_of(data)).state_dict()}
+    monkeypatch.setattr(cold_start, "tune_genre_prior", lambda *a, **k: pytest.fail("n0 searched while serving"))
+    old = bundle_from(DATASET, artifact, to_payload(data), split)
+    assert old.n0 == DEFAULT_GENRE_PRIOR and old.n0_source.startswith("default: the artifact was materialized before")
+    assert rank_songs(old, 3, user=0).genre_prior == DEFAULT_GENRE_PRIOR
+    stored = {**old.to_payload(), "genre_prior": 20.0, "genre_prior_source": "validation"}
+    assert bundle_from(DATASET, {**artifact, "serving": stored}, to_payload(data), split).n0 == 20.0
 
 
 def test_load_bundle_knows_configs_promoted_into_the_lake(tmp_path):

@@ -55,6 +55,7 @@ from ..core.plots import (
     training_curve,
 )
 from ..core.registry import ORIGIN_REGISTRY, ORIGIN_STUDY
+from ..core.serving.recommend import serving_payload
 from ..core.storage.artifacts import atomic_write_bytes
 from ..core.storage.paths import source_version
 from ..core.training.inputs import task_labels
@@ -268,20 +269,23 @@ def chain_definitions(chain: Chain) -> dg.Definitions:
                         shutil.rmtree(stale, ignore_errors=True)  # another config/data: never resumable
                 training.update(checkpoint_dir=checkpoints, checkpoint_every=config.checkpoint_every)
         try:
-            model, result, _ = dataset.fit(model_config, data, parts, **training)
+            model, result, view = dataset.fit(model_config, data, parts, **training)
         except ValueError as error:
             raise dg.Failure(f"{name}/trained_model[{model_config.name}]: {error}") from error
+        # what serving reads instead of the graph and the model; n0 is chosen here, once, on validation
+        serving = serving_payload(dataset, model_config, model, data, parts, view)
         artifact = {
             "config": model_config.model_dump(), "split_settings": split.get("settings", {}), "provenance": provenance,
             "state": model.state_dict(), "final_state": result.final_state, "history": result.history,
             "monitor": result.monitor, "best_epoch": result.best_epoch, "best_valid": result.best_valid,
             "epochs_run": result.epochs_run, "train_seconds": result.seconds, "num_parameters": model.parameter_count(),
-            "fusion": {str(weight): value for weight, value in result.fusion.items()},
+            "fusion": {str(weight): value for weight, value in result.fusion.items()}, "serving": serving,
         }
         metadata: dict = {
             "model": model_config.model, "split": model_config.split, "train_seconds": round(result.seconds, 2),
             "num_parameters": model.parameter_count(), "data_fingerprint": fingerprint["combined"],
-            "git_commit": str(provenance["git"]["commit"])[:12],
+            "git_commit": str(provenance["git"]["commit"])[:12], "genre_prior_n0": serving["genre_prior"],
+            "genre_prior_source": serving["genre_prior_source"],
             "config": dg.MetadataValue.json(model_config.model_dump()), "provenance": dg.MetadataValue.json(provenance),
             **promotion_metadata(chain, lake.path, model_config.name),
         }

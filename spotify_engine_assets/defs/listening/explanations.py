@@ -32,7 +32,8 @@ class ExplanationsConfig(dg.Config):
     users: int = Field(default=4, ge=1, description="Users sampled (seeded) among users with training interactions.")
     k: int = Field(default=3, ge=1, description="Recommendations explained per user.")
     seed: int = Field(default=0, description="Seed of the user sample and of the random removals.")
-    genre_prior: float | None = Field(default=None, ge=0.0, description="n0 of the adaptive genre weight (None: chosen on validation).")
+    genre_prior: float | None = Field(default=None, ge=0.0, description="n0 of the adaptive genre weight (None: the one "
+                                      "trained_model chose on validation and stored with the model).")
     faithfulness_users: int = Field(default=8, ge=1, description="Users whose top recommendations enter the faithfulness test.")
     remove: int = Field(default=5, ge=1, description="Evidence links removed per pair in the faithfulness test.")
 
@@ -84,8 +85,9 @@ def explanations(context: dg.AssetExecutionContext, config: ExplanationsConfig, 
                             "recommendations": ranking_rows(bundle, ranking), "explanations": explained})
             sections.append(render_ranking(bundle, ranking, f"user {bundle.user_id(user)}", markdown=True) + "\n")
             sections += [render_explanation(e, markdown=True) + "\n" for e in explained]
-        result = {"explained": entries, "genre_prior": bundle.genre_prior() if config.genre_prior is None else config.genre_prior,
-                  "genre_prior_validation_ndcg@10": getattr(bundle, "genre_prior_scores", {})}
+        result = {"explained": entries, "genre_prior": bundle.n0 if config.genre_prior is None else config.genre_prior,
+                  "genre_prior_source": bundle.n0_source if config.genre_prior is None else "run config",
+                  "genre_prior_validation_ndcg@10": bundle.n0_scores}
         if not isinstance(bundle.model, MostPopular):
             try:
                 f = faithfulness(bundle.model, bundle.view, pairs, remove=config.remove, seed=config.seed)

@@ -24,6 +24,7 @@ EXPECTED_ASSET_KEYS = [
     "lastfm/metric_report",
     "lastfm/model_comparison",
     "lastfm/model_registry",
+    "lastfm/recommendations",
     "lastfm/split",
     "lastfm/split_pairs",
     "lastfm/stg_artists",
@@ -46,6 +47,7 @@ EXPECTED_ASSET_KEYS = [
     "listening/metric_report",
     "listening/model_comparison",
     "listening/model_registry",
+    "listening/recommendations",
     "listening/split",
     "listening/time_series_cv",
     "listening/trained_model",
@@ -70,6 +72,7 @@ EXPECTED_ASSET_KEYS = [
     "playlists/playlist_entries",
     "playlists/playlist_tracks",
     "playlists/playlists",
+    "playlists/recommendations",
     "playlists/split",
     "playlists/track_features",
     "playlists/tracks",
@@ -182,7 +185,7 @@ def test_playlist_chain_gates_and_sensor():
 
 FACTORY_ASSETS = (
     "graph", "split", "model_registry", "trained_model", "metric_report", "model_comparison",
-    "experiments", "ab_tests", "champion", "hpo_study",
+    "experiments", "ab_tests", "champion", "hpo_study", "recommendations",
 )
 
 

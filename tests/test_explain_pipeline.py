@@ -17,7 +17,7 @@ from spotify_engine_assets.core.storage.paths import DATA_LAKE_ENV
 from spotify_engine_assets.runner import DATA_STAGE, run_config
 
 MODELS = ("gat_enhanced", "most_popular")
-SPINE_GROUPS = {f"listening_{domain}" for domain in ("ingestion", "sql", "graph", "training", "evaluation", "experiments", "explanations")}
+SPINE_GROUPS = {f"listening_{domain}" for domain in ("ingestion", "sql", "graph", "training", "evaluation", "experiments", "explanations", "serving")}
 
 
 def spine_definitions() -> dg.Definitions:
@@ -193,6 +193,36 @@ def test_cli_unknown_ids_are_clear_errors(lake, capsys, argv, expected):
 
 def _serving_payload(root, config="gat_enhanced"):
     return load_torch(ArtifactStore(root / "artifacts").current(["listening", "trained_model"], config) / "data.pt")["serving"]
+
+
+def test_recommendations_asset_is_every_users_ranking(lake, capsys):
+    """listening/recommendations: top-k of every user as Parquet, no known song, the same list
+    and scores as `spotify-engine recommend` (the n0 stored with the model)."""
+    import polars as pl
+
+    root, materialize = lake
+    config = run_config()
+    config.setdefault("ops", {})["listening__recommendations"] = {"config": {"k": 5}}
+    for name in MODELS:
+        assert materialize(dg.AssetSelection.assets(["listening", "recommendations"]), config, name).success
+    folder = ArtifactStore(root / "artifacts").current(["listening", "recommendations"], "gat_enhanced")
+    frame = pl.read_parquet(folder / "data.parquet")
+    assert frame.columns == ["user_id", "rank", "song_id", "score", "model_score", "genre_score", "genre_weight"]
+    ((users,),) = _warehouse_ids(root, "SELECT count(*) FROM marts.users")
+    assert frame["user_id"].n_unique() == users and frame.height == 5 * users  # every tiny-world user has >= 5 unseen songs
+    assert frame.group_by("user_id").agg(pl.col("rank").sort()).get_column("rank").to_list() == [[1, 2, 3, 4, 5]] * users
+    known = pl.DataFrame(_warehouse_ids(root, "SELECT user_id, song_id FROM marts.user_song_interactions"),
+                         schema=["user_id", "song_id"], orient="row")
+    assert frame.join(known, on=["user_id", "song_id"], how="inner").is_empty()  # no training (or held-out) song
+    user, _, _ = _user_and_unplayed_song(root)
+    assert cli.main(["recommend", "--model", "gat_enhanced", "--user", str(user), "--k", "5", "--json"]) == 0
+    served = json.loads(capsys.readouterr().out)["recommendations"]
+    rows = frame.filter(pl.col("user_id") == user).sort("rank")
+    assert rows["song_id"].to_list() == [row["song_id"] for row in served]
+    assert rows["score"].to_list() == pytest.approx([row["score"] for row in served], rel=1e-5)
+    popular = pl.read_parquet(ArtifactStore(root / "artifacts").current(["listening", "recommendations"], "most_popular")
+                              / "data.parquet")
+    assert popular.height == 5 * users
 
 
 def test_serving_reads_the_n0_stored_with_the_model(lake, capsys, monkeypatch, tmp_path):

@@ -150,7 +150,7 @@ def test_a_fourth_chain_gets_every_asset_of_the_factory(toy_chain):
     chain, defs, _ = toy_chain
     keys = {key.to_user_string() for asset in defs.assets for key in asset.keys}
     expected = {"graph", "split", "model_registry", "trained_model", "metric_report", "model_comparison", "experiments",
-                "ab_tests", "champion", "hpo_study"}
+                "ab_tests", "champion", "hpo_study", "recommendations"}
     assert {f"toy/{name}" for name in expected} <= keys
     checks = {key.name for check in defs.asset_checks for key in check.check_keys}
     checks |= {spec.name for asset in defs.assets for spec in asset.check_specs}
@@ -188,6 +188,20 @@ def test_a_fourth_chain_trains_evaluates_and_compares_through_the_factory(toy_ch
     assert "ild_tag@10" in report["metrics"]  # the chain's item category drives the diversity metric
     trained = load_torch(lake.artifacts.current(["toy", "trained_model"], "lightgcn") / "data.pt")
     assert trained["monitor"] == "recall@10" and trained["best_epoch"] >= 1
+    # batch recommendations of a chain without genres: by the model alone (embeddings, or ItemKNN's own scores)
+    graph = load_torch(lake.artifacts.current(["toy", "graph"]) / "data.pt")
+    known = pl.DataFrame({"user_id": graph[PLAYS]["edge_index"][0].numpy(), "item_id": graph[PLAYS]["edge_index"][1].numpy()})
+    for config in ("lightgcn", "itemknn"):
+        assert trained["serving"]["genre_prior"] == 0.0
+        result = run(dg.AssetSelection.assets(["toy", "recommendations"]), partition=config,
+                     config={"ops": {"toy__recommendations": {"config": {"k": 3}}}})
+        assert result.success, (config, [e.message for e in result.all_events if e.is_failure])
+        frame = pl.read_parquet(lake.artifacts.current(["toy", "recommendations"], config) / "data.parquet")
+        assert frame.columns == ["user_id", "rank", "item_id", "score", "model_score"]
+        assert frame.join(known, on=["user_id", "item_id"]).is_empty()
+        by_user = frame.sort("user_id", "rank").group_by("user_id", maintain_order=True).agg("rank", "model_score")
+        assert all(ranks == list(range(1, len(ranks) + 1)) for ranks in by_user["rank"].to_list())
+        assert all(scores == sorted(scores, reverse=True) for scores in by_user["model_score"].to_list())
 
     study = run(dg.AssetSelection.assets(["toy", "hpo_study"]), partition="itemknn",
                 config={"ops": {"toy__hpo_study": {"config": {"n_trials": 3, "promote": True}}}})

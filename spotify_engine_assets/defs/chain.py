@@ -55,7 +55,7 @@ from ..core.plots import (
     training_curve,
 )
 from ..core.registry import ORIGIN_REGISTRY, ORIGIN_STUDY
-from ..core.serving.recommend import serving_payload
+from ..core.serving.recommend import bundle_from, recommendation_frame, serving_payload
 from ..core.storage.artifacts import atomic_write_bytes
 from ..core.storage.paths import source_version
 from ..core.training.inputs import task_labels
@@ -480,7 +480,7 @@ def chain_definitions(chain: Chain) -> dg.Definitions:
     # ------------------------------------------------------------------------- studies
     families = hpo_families(dataset)
     assets = [model_registry, trained_model, metric_report, model_comparison, experiments, ab_asset(chain),
-              champion_asset(chain)]
+              champion_asset(chain), recommendations_asset(chain, configs)]
     if families:
         assets.append(hpo_asset(chain, families))
     return dg.Definitions(assets=assets, asset_checks=[split_check(chain)])
@@ -635,6 +635,38 @@ def champion_asset(chain: Chain) -> dg.AssetsDefinition:
         )
 
     return champion
+
+
+class RecommendationsConfig(dg.Config):
+    k: int = Field(default=50, ge=1, description="Items per user (fewer for a user with fewer unseen items).")
+
+
+def recommendations_asset(chain: Chain, configs: dg.DynamicPartitionsDefinition) -> dg.AssetsDefinition:
+    @chain.asset("recommendations", "serving", partitions_def=configs, ins=chain.ins("trained_model", "graph", "split"),
+                 kinds={"pytorch", "parquet"})
+    def recommendations(context: dg.AssetExecutionContext, config: RecommendationsConfig, torch_runtime: TorchRuntime,
+                        lake: DataLake, trained_model: dict, graph: dict, split: dict) -> dg.Output[pl.DataFrame]:
+        """Batch inference: the config's top-k items for every user as one Parquet file (one row per
+        user and rank: user id, rank, item id, the blended score it is ranked by, the model's score,
+        and on chains with genres the genre score and weight), ranked as ``spotify-engine recommend``
+        ranks (the genre prior n0 stored with the model), every known item of a user excluded. Read it
+        without torch, e.g. DuckDB ``read_parquet``."""
+        torch_runtime.apply()
+        try:
+            bundle = bundle_from(chain.dataset, trained_model, graph, split)
+        except ConfigError as error:
+            raise dg.Failure(f"{chain.name}/recommendations[{context.partition_key}]: {error}") from error
+        frame = recommendation_frame(bundle, config.k)
+        users = frame.select(pl.first()).n_unique()
+        return dg.Output(frame, metadata={
+            "rows": frame.height, "users": users, "users_without_items": bundle.num_users - users, "k": config.k,
+            "genre_prior_n0": bundle.n0, "genre_prior_source": bundle.n0_source, "columns": ", ".join(frame.columns),
+            "preview": dg.MetadataValue.md(frame_markdown(frame.head(10))),
+            # the IO manager adds ``artifact``, this version's folder (data.parquet); CURRENT in the slot names the live one
+            "slot": dg.MetadataValue.path(str(lake.artifacts.slot([chain.name, "recommendations"], context.partition_key))),
+        })
+
+    return recommendations
 
 
 def split_check(chain: Chain) -> dg.AssetChecksDefinition:

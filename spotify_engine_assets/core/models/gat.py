@@ -199,6 +199,44 @@ class NormalizedHeteroGATLayer(nn.Module):
                     conv.lin.weight.copy_(identity)
                 conv.lin.weight.requires_grad_(False)
 
+    def stacked(self, x: Tensor, graph: StackedRelations, edge_attrs: dict[EdgeType, Tensor] | None = None,
+                attention: Attention | None = None, prefix: str = "", masks: dict[EdgeType, Tensor] | None = None) -> Tensor:
+        """Without ``transform``: the messages into every node of the stacked embeddings ``x``
+        (``[N, d]``, rows as in ``graph``), every relation's in one sparse product. Each relation's
+        attention logit is ``s_j (x_j . a_src) + x_i . a_dst`` (+ its edge-attribute term), one
+        ``[N, d] x [d, relations * heads]`` product gathered per edge, softmax per (relation,
+        target); the same numbers as :meth:`forward`."""
+        if self.transform:
+            raise ValueError("stacked aggregation needs transform: false (one message map per relation otherwise)")
+        edge_attrs, masks = edge_attrs or {}, masks or {}
+        convs = [self.convs[relation_key(r)] for r in graph.relations]
+        heads = convs[0].heads
+        att_src = torch.cat([conv.att_src[0] for conv in convs])  # [relations * heads, d]
+        att_dst = torch.cat([conv.att_dst[0] for conv in convs])
+        columns = graph.relation.unsqueeze(1) * heads + torch.arange(heads, device=x.device)
+        width = len(convs) * heads
+        logits = ((x @ att_src.T).flatten()[graph.src.unsqueeze(1) * width + columns] * graph.src_scale.unsqueeze(1)
+                  + (x @ att_dst.T).flatten()[graph.dst.unsqueeze(1) * width + columns])
+        extra = []
+        for conv, relation, (start, stop) in zip(convs, graph.relations, graph.spans):
+            if conv.edge_dim and relation in edge_attrs:
+                weight = conv.lin_edge.weight.view(conv.heads, conv.out_channels, -1)
+                extra.append(edge_attrs[relation] @ (weight * conv.att_edge.view(conv.heads, conv.out_channels, 1)).sum(1).t())
+            else:
+                extra.append(logits.new_zeros(stop - start, heads))
+        logits = F.leaky_relu(logits + torch.cat(extra), convs[0].negative_slope)
+        alpha = dropout(softmax(logits, graph.group, num_nodes=len(convs) * graph.num_nodes), convs[0].dropout, self.training)
+        values = alpha.mean(1) * graph.scale
+        if any(r in masks for r in graph.relations):
+            values = values * torch.cat([masks[r] if r in masks else values.new_ones(stop - start)
+                                         for r, (start, stop) in zip(graph.relations, graph.spans)])
+        if attention is not None:
+            for relation, (start, stop) in zip(graph.relations, graph.spans):
+                attention[prefix + relation_key(relation)] = (torch.stack([graph.src[start:stop] - graph.offsets[relation[0]],
+                                                                          graph.dst[start:stop] - graph.offsets[relation[2]]]),
+                                                             alpha[start:stop])
+        return graph.adjacency.spmm(values, x)
+
     def forward(self, x_dict: dict[str, Tensor], data: HeteroData, relations: dict[EdgeType, NormalizedRelation],
                 edge_attrs: dict[EdgeType, Tensor] | None = None, attention: Attention | None = None,
                 prefix: str = "", masks: dict[EdgeType, Tensor] | None = None) -> dict[str, Tensor]:
@@ -259,6 +297,50 @@ def normalized_relations(data: HeteroData, edge_types: Sequence[EdgeType]) -> di
             Adjacency(edge_index, num_src, num_dst), src_degree.rsqrt(), dst_degree.sqrt()[edge_index[1]]
         )
     return relations
+
+
+@dataclass
+class StackedRelations:
+    """Several relations as one graph over every node type stacked (node ``k`` of type ``t`` is row
+    ``offsets[t] + k``): the edges of all relations concatenated in relation order, each with its
+    relation's degree scales, so one sparse product aggregates every relation at once.
+
+    ``spans[i]`` is relation ``i``'s slice of the edges; ``group`` numbers (relation, target) pairs,
+    the softmax groups of the attention."""
+
+    relations: tuple[EdgeType, ...]
+    offsets: dict[str, int]
+    num_nodes: int
+    adjacency: Adjacency
+    src: Tensor
+    dst: Tensor
+    relation: Tensor
+    group: Tensor
+    scale: Tensor  # d_src^-1/2 * d_dst^1/2 per edge (degrees within the edge's relation, clamped to 1)
+    src_scale: Tensor  # d_src^-1/2 per edge
+    spans: list[tuple[int, int]]
+
+    @classmethod
+    def of(cls, data: HeteroData, relations: Sequence[EdgeType], node_types: Sequence[str]) -> StackedRelations:
+        offsets, total = {}, 0
+        for node_type in node_types:
+            offsets[node_type], total = total, total + int(data[node_type].num_nodes)
+        sources, targets, kinds, src_scales, dst_scales, spans, start = [], [], [], [], [], [], 0
+        for index, (src, _, dst) in enumerate(relations):
+            edge_index = data[src, _, dst].edge_index
+            src_degree = torch.bincount(edge_index[0], minlength=int(data[src].num_nodes)).clamp(min=1).float()
+            dst_degree = torch.bincount(edge_index[1], minlength=int(data[dst].num_nodes)).clamp(min=1).float()
+            sources.append(edge_index[0] + offsets[src])
+            targets.append(edge_index[1] + offsets[dst])
+            kinds.append(torch.full((edge_index.size(1),), index, dtype=torch.long))
+            src_scales.append(src_degree.rsqrt()[edge_index[0]])
+            dst_scales.append(dst_degree.sqrt()[edge_index[1]])
+            spans.append((start, start + edge_index.size(1)))
+            start += edge_index.size(1)
+        src, dst, relation = torch.cat(sources), torch.cat(targets), torch.cat(kinds)
+        src_scale = torch.cat(src_scales)
+        return cls(tuple(relations), offsets, total, Adjacency(torch.stack([src, dst]), total, total), src, dst, relation,
+                   relation * total + dst, src_scale * torch.cat(dst_scales), src_scale, spans)
 
 
 def standardized(edge_attr: Tensor) -> Tensor:
@@ -393,12 +475,28 @@ class GenreAwareGAT(IdEmbeddings):
         )
 
     def forward(self, data: HeteroData, return_attention: bool = False):
-        x = {t: self.embeddings[t].weight for t in self.node_types}
         attention: Attention | None = {} if return_attention else None
-        relations = self.adjacency_cache.get(
-            "relations", tuple(data[r].edge_index for r in self.relations), lambda: normalized_relations(data, self.relations)
-        )
         edge_attrs = self._edge_attrs(data)
+        sources = tuple(data[r].edge_index for r in self.relations)
+        if not self.config.transform:  # every relation of a layer in one sparse product over the stacked nodes
+            graphs = self.adjacency_cache.get("stacked", sources, lambda: {
+                tuple(layer.edge_types): StackedRelations.of(data, layer.edge_types, self.node_types)
+                for layer in self.layers
+            })
+            x = torch.cat([self.embeddings[t].weight for t in self.node_types])
+            outputs = [x]
+            for depth, layer in enumerate(self.layers):
+                graph = graphs[tuple(layer.edge_types)]
+                messages = dropout(layer.stacked(x, graph, edge_attrs, attention, f"layer{depth}/", self.edge_masks),
+                                   self.config.dropout, self.training)
+                x = x + messages if self.residual else messages
+                outputs.append(x)
+            mean = torch.stack(outputs).mean(0)
+            user = mean[graph.offsets[self.schema.user]:][: self.num_users]
+            item = mean[graph.offsets[self.schema.item]:][: self.num_items]
+            return (user, item, attention) if return_attention else (user, item)
+        x = {t: self.embeddings[t].weight for t in self.node_types}
+        relations = self.adjacency_cache.get("relations", sources, lambda: normalized_relations(data, self.relations))
         outputs = [x]
         for depth, layer in enumerate(self.layers):
             messages = layer(x, data, relations, edge_attrs, attention, f"layer{depth}/", self.edge_masks)

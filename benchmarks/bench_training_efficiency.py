@@ -28,7 +28,9 @@ machine noise hits both sides alike. The process takes the ``torch_runtime`` res
 ``max_epochs = --epochs``; printed: the training seconds of an epoch (``train_seconds`` of the
 recorded history, mean after the first), the epoch with validation, the process's user and system
 CPU seconds, their ratio, minor page faults and the peak RSS. Growth is reported against the listens
-ratio (linear = 1.00x per edge).
+ratio (linear = 1.00x per edge). ``--device cuda`` (or ``auto`` on a machine with a GPU) runs the
+asset on the GPU and adds its peak GPU memory (``torch.cuda.max_memory_allocated``); the side by
+side always runs on the CPU.
 """
 
 from __future__ import annotations
@@ -103,16 +105,20 @@ def _training_data(lake: Path):
     return data, split, message_passing_graph(data, split["train"])
 
 
-def measure_asset(lake: Path, name: str, epochs: int) -> dict:
+def measure_asset(lake: Path, name: str, epochs: int, device: str) -> dict:
+    import torch
+
     from spotify_engine_assets.core.storage.artifacts import ArtifactStore, load_torch
     from spotify_engine_assets.runner import run_config
 
     _environment(lake)
     config = run_config()
     config.setdefault("ops", {})["listening__trained_model"] = {"config": {"max_epochs": epochs}}
+    config.setdefault("resources", {})["torch_runtime"] = {"config": {"device": device}}
     _materialize(["listening/trained_model"], config, partition=name)
     artifact = load_torch(ArtifactStore(lake / "artifacts").current(["listening", "trained_model"], name) / "data.pt")
-    return {"history": artifact["history"]}
+    gpu_mb = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
+    return {"history": artifact["history"], "gpu_peak_mb": gpu_mb, "device": artifact["provenance"]["device"]}
 
 
 def bare_lightgcn(view, config):
@@ -185,8 +191,8 @@ def side_by_side(lake: Path, rounds: int) -> dict:
             "steps": lightgcn.steps_in_epoch(view["user", "listens", "song"].edge_index.size(1))}
 
 
-def _child(mode: str, lake: Path, arg: str, epochs: int = 0, timed: bool = False) -> dict:
-    command = [sys.executable, __file__, "--child", mode, str(lake), arg, str(epochs)]
+def _child(mode: str, lake: Path, arg: str, epochs: int = 0, timed: bool = False, device: str = "auto") -> dict:
+    command = [sys.executable, __file__, "--device", device, "--child", mode, str(lake), arg, str(epochs)]
     if timed:
         command = ["/usr/bin/time", "-v", *command]
     done = subprocess.run(command, capture_output=True, text=True)
@@ -206,8 +212,10 @@ def _child(mode: str, lake: Path, arg: str, epochs: int = 0, timed: bool = False
 def _listens(lake: Path) -> int:
     from spotify_engine_assets.core.storage.artifacts import ArtifactStore, load_torch
 
+    from spotify_engine_assets.datasets.listening import DATASET
+
     split = load_torch(ArtifactStore(lake / "artifacts").current(["listening", "split"]) / "data.pt")
-    return int(next(iter(split.values()))["train"].numel())
+    return int(split[DATASET.registry.get("lightgcn").split]["train"].numel())
 
 
 def main() -> None:
@@ -217,6 +225,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=4, help="side-by-side epochs of each (after one warm-up)")
     parser.add_argument("--configs", default="lightgcn,gat_enhanced")
     parser.add_argument("--keep", type=Path, default=None, help="reuse/keep the data lakes in this folder")
+    parser.add_argument("--device", default="auto", help="the torch_runtime device of the asset runs (auto: CUDA when present)")
     parser.add_argument("--child", nargs=4, metavar=("MODE", "LAKE", "ARG", "EPOCHS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -227,7 +236,7 @@ def main() -> None:
         elif mode == "side":
             print(json.dumps(side_by_side(Path(lake), int(arg))))
         else:
-            print(json.dumps(measure_asset(Path(lake), arg, int(epochs))))
+            print(json.dumps(measure_asset(Path(lake), arg, int(epochs), args.device)))
         return
     if args.epochs < 2:
         parser.error(f"--epochs must be >= 2 (the first epoch is a warm-up), got {args.epochs}")
@@ -255,18 +264,21 @@ def main() -> None:
     rows = []
     for scale in scales:
         for name in args.configs.split(","):
-            result = _child("asset", root / f"scale_{scale}", name, args.epochs, timed=True)
+            result = _child("asset", root / f"scale_{scale}", name, args.epochs, timed=True, device=args.device)
             history = result["history"][1:]
             train = statistics.mean(row["train_seconds"] for row in history)
             total = statistics.mean(row["seconds"] for row in history)
             rows.append((name, scale, train, total, result))
-            print(f"  {name} {scale}x: train {train:.2f} s/epoch, with validation {total:.2f}, user {result['user']:.0f} s, "
-                  f"sys {result['sys']:.0f} s, peak {result['peak_mb']:.0f} MB", flush=True)
-    print(f"\n{'config':<13} {'size':>5} {'listens':>10} {'train s/ep':>10} {'s/ep+valid':>10} {'user s':>7} {'sys s':>6} "
-          f"{'sys/user':>8} {'faults':>10} {'peak MB':>8}")
+            gpu = "" if result["gpu_peak_mb"] is None else f", GPU peak {result['gpu_peak_mb']:.0f} MB"
+            print(f"  {name} {scale}x on {result['device']}: train {train:.2f} s/epoch ({listens[scale] / train:,.0f} listens/s), "
+                  f"with validation {total:.2f}, user {result['user']:.0f} s, sys {result['sys']:.0f} s, "
+                  f"peak {result['peak_mb']:.0f} MB{gpu}", flush=True)
+    print(f"\n{'config':<13} {'size':>5} {'listens':>10} {'train s/ep':>10} {'listens/s':>10} {'s/ep+valid':>10} {'user s':>7} "
+          f"{'sys s':>6} {'sys/user':>8} {'faults':>10} {'peak MB':>8} {'GPU MB':>7}")
     for name, scale, train, total, r in rows:
-        print(f"{name:<13} {f'{scale}x':>5} {listens[scale]:>10,} {train:>10.2f} {total:>10.2f} {r['user']:>7.0f} {r['sys']:>6.1f} "
-              f"{r['sys'] / r['user']:>8.1%} {r['faults']:>10,.0f} {r['peak_mb']:>8.0f}")
+        gpu = "-" if r["gpu_peak_mb"] is None else f"{r['gpu_peak_mb']:.0f}"
+        print(f"{name:<13} {f'{scale}x':>5} {listens[scale]:>10,} {train:>10.2f} {listens[scale] / train:>10,.0f} {total:>10.2f} "
+              f"{r['user']:>7.0f} {r['sys']:>6.1f} {r['sys'] / r['user']:>8.1%} {r['faults']:>10,.0f} {r['peak_mb']:>8.0f} {gpu:>7}")
     if len(scales) >= 2:
         low = scales[0]
         print(f"\ngrowth per training listen relative to {low}x (1.00 = linear):")

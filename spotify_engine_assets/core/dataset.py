@@ -12,6 +12,8 @@ interactions (a view takes the edges in index order).
 
 from __future__ import annotations
 
+import copy
+
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -85,20 +87,27 @@ class Dataset:
         return build_model(config, self.schema, num_nodes_of(data))
 
     def fit(self, config: ModelConfig, data: HeteroData, split: dict, model: Recommender | None = None,
-            **training) -> tuple[Recommender, FitResult, HeteroData]:
+            device: torch.device | str | None = None, **training) -> tuple[Recommender, FitResult, HeteroData]:
         """Build ``config``'s model and fit it on its view of ``split`` (one strategy's parts):
         closed-form models solve, graph models train with the one trainer (``training``: its
         ``max_epochs``, ``log``, ``on_epoch``, ``checkpoint_dir``, ``checkpoint_every``), early
         stopping on the validation part with the chain's protocol and weighting / labelling from
-        the training edges only (``model``: one :meth:`build` made already). Returns the model (ready
-        to score), the fit and the view."""
+        the training edges only (``model``: one :meth:`build` made already). A graph model trains on
+        ``device`` (default CPU) and comes back on the CPU. Returns the model (ready to score), the
+        fit and the view."""
         view = self.view_for(data, split, config)
         model = model if model is not None else self.build(config, data)
         if config.trainable:
             training.update(training_inputs(config, data, self.schema, self.training_index(split, config)))
             training.update(valid_pairs=self.pairs(data, split["valid"]), protocol=self.protocol.for_graph(data),
                             users=self.sample(data, config))
-        return model, model.fit(view, **training), view
+        if not config.trainable or device is None or torch.device(device).type == "cpu":
+            return model, model.fit(view, **training), view
+        result = model.to(device).fit(copy.copy(view).to(device), **training)
+        model.to("cpu").reset_cache()
+        result.best_state = {key: value.cpu() for key, value in result.best_state.items()}
+        result.final_state = {key: value.cpu() for key, value in result.final_state.items()}
+        return model.prepare(view), result, view
 
     def load(self, config: ModelConfig, data: HeteroData, split: dict, state: dict) -> tuple[Recommender, HeteroData]:
         """A trained model from its stored state, ready to score on its view of ``split``."""

@@ -256,7 +256,7 @@ def chain_definitions(chain: Chain) -> dg.Definitions:
             "data": fingerprint, "upstream": upstream_versions(context, [chain.key("graph"), chain.key("split")]),
             "code_versions": {"trained_model": chain.code_version}, "git": records.git_state(),
             "dependencies": records.dependency_versions(), "torch_threads": torch.get_num_threads(),
-            "run_id": context.run_id, "recorded_at": records.now_iso(),
+            "device": str(torch_runtime.torch_device()), "run_id": context.run_id, "recorded_at": records.now_iso(),
         }
         training: dict = {}
         checkpoints = None
@@ -269,7 +269,7 @@ def chain_definitions(chain: Chain) -> dg.Definitions:
                         shutil.rmtree(stale, ignore_errors=True)  # another config/data: never resumable
                 training.update(checkpoint_dir=checkpoints, checkpoint_every=config.checkpoint_every)
         try:
-            model, result, view = dataset.fit(model_config, data, parts, **training)
+            model, result, view = dataset.fit(model_config, data, parts, device=torch_runtime.torch_device(), **training)
         except ValueError as error:
             raise dg.Failure(f"{name}/trained_model[{model_config.name}]: {error}") from error
         # what serving reads instead of the graph and the model; n0 is chosen here, once, on validation

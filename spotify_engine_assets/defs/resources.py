@@ -15,6 +15,7 @@ import polars as pl
 import torch
 from pydantic import Field
 
+from ..core.device import resolve_device
 from ..core.storage.artifacts import ArtifactStore, load_torch, save_torch
 from ..core.storage.paths import DATA_LAKE_ENV, data_lake_root
 from ..core.data.sqlmodels import quote_table
@@ -211,6 +212,16 @@ class TorchRuntime(dg.ConfigurableResource):
     malloc_trim_threshold_mb: int = Field(
         default=1024, ge=1, description="glibc: free heap kept before it is returned to the OS (with the mmap threshold)."
     )
+    device: str = Field(
+        default="auto", description="Where graph models train: auto (CUDA when present, else CPU), cpu, cuda or cuda:N."
+    )
+
+    def torch_device(self) -> torch.device:
+        """The resolved ``device`` (a clear error naming this resource for one the machine lacks)."""
+        try:
+            return resolve_device(self.device)
+        except ValueError as error:
+            raise ValueError(f"resource torch_runtime, setting device: {error}") from None
 
     def apply(self) -> None:
         torch.set_num_threads(self.threads)

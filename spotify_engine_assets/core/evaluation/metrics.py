@@ -81,13 +81,14 @@ def topk_scored(
             raise ValueError(f"score_fn returned {tuple(scores.shape)}, expected {(stop - start, num_items)}")
         scores = scores.clone()  # never mask the caller's tensor in place
         in_chunk = (exclude_rows >= start) & (exclude_rows < stop)
-        scores[exclude_rows[in_chunk] - start, exclude_items[in_chunk]] = float("-inf")
+        masked = (exclude_rows[in_chunk] - start).to(scores.device), exclude_items[in_chunk].to(scores.device)
+        scores[masked] = float("-inf")
         if stable:
             order = torch.sort(scores, dim=1, descending=True, stable=True)
             values, indices = order.values[:, :k], order.indices[:, :k]
         else:
             values, indices = scores.topk(k, dim=1)
-        results.append(indices.masked_fill(values == float("-inf"), num_items))
+        results.append(indices.masked_fill(values == float("-inf"), num_items).cpu())  # scores may live on a GPU
     return torch.cat(results)
 
 

@@ -164,7 +164,7 @@ class GraphModel(nn.Module, Recommender):
         if self.config.itemknn_fusion and (self._knn is None or self._knn[0] is not interactions):
             from .baselines import ItemKNN
 
-            self._knn = (interactions, ItemKNN.for_fusion(self.config, self.schema, view))
+            self._knn = (interactions, ItemKNN.for_fusion(self.config, self.schema, view.cpu() if interactions.is_cuda else view))
         return self
 
     def enable_fusion(self) -> None:
@@ -178,14 +178,14 @@ class GraphModel(nn.Module, Recommender):
 
     def embedding_scores(self, users: Tensor) -> Tensor:
         user, item = self.factors()
-        return user[users] @ item.T
+        return user[users.to(user.device)] @ item.T
 
     def score(self, users: Tensor, fusion_weight: float | None = None) -> Tensor:
         scores = self.embedding_scores(users)
         if not self.config.itemknn_fusion:
             return scores
         weight = float(self.fusion_weight) if fusion_weight is None else fusion_weight
-        return fused(scores, self._knn[1].similarity_scores(users), weight)
+        return fused(scores, self._knn[1].similarity_scores(users.cpu()).to(scores.device), weight)
 
     def parameter_count(self) -> int:
         return sum(p.numel() for p in self.parameters())

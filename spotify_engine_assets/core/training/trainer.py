@@ -86,7 +86,9 @@ class BaseTrainer:
         self.log = log or (lambda message: None)
         self.on_epoch = on_epoch
         self.epochs = max_epochs or config.max_epochs
-        self.train_pairs = view[model.schema.interaction].edge_index
+        # sampling and batching run on the CPU (seeded generator); a step's tensors move to the view's device
+        self.device = view[model.schema.interaction].edge_index.device
+        self.train_pairs = view[model.schema.interaction].edge_index.cpu()
         edges = self.train_pairs.size(1)
         if weights is not None:
             if weights.shape != (edges,):
@@ -147,8 +149,9 @@ class BaseTrainer:
         candidates = None
         if self.config.surrogates:
             candidates = torch.randperm(self.num_items, generator=self.generator)[: self.config.surrogate_candidates]
-        return {"weights": None if self.weights is None else self.weights[edges],
-                "labels": None if self.task_labels is None else self.task_labels[edges], "candidates": candidates}
+        inputs = {"weights": None if self.weights is None else self.weights[edges],
+                  "labels": None if self.task_labels is None else self.task_labels[edges], "candidates": candidates}
+        return {key: None if value is None else value.to(self.device) for key, value in inputs.items()}
 
     def _optimize(self, loss: Tensor, users: Tensor, items: Tensor) -> float:
         """One optimizer step on ``loss`` plus the L2 penalty of the step's id embeddings."""
@@ -164,6 +167,7 @@ class BaseTrainer:
         users, positives = self.train_pairs[0, batch], self.train_pairs[1, batch]
         draws = users.repeat_interleave(config.negatives_per_positive) if config.negatives_per_positive > 1 else users
         negatives = sample_negatives(draws, self.known_keys, self.num_items, self.generator).view(users.numel(), -1)
+        users, positives, negatives = users.to(self.device), positives.to(self.device), negatives.to(self.device)
         loss = bpr_step_loss(self.model, self.view, users, positives, negatives, micro_batch=config.batch_size,
                              config=config, **self._edge_inputs(batch))
         return self._optimize(loss, users, torch.cat([positives, negatives.flatten()]))
@@ -174,6 +178,7 @@ class BaseTrainer:
         mask = row_of[self.pair_users] >= 0
         rows, items, edges = row_of[self.pair_users[mask]], self.pair_items[mask], self.pair_edges[mask]
         inputs = self._edge_inputs(edges)
+        batch_users, rows, items = batch_users.to(self.device), rows.to(self.device), items.to(self.device)
         loss = softmax_step_loss(self.model, self.view, batch_users, rows, items, config=self.config, **inputs)
         return self._optimize(loss, batch_users[rows], items)
 
@@ -351,7 +356,7 @@ def validate(model: GraphModel, view: HeteroData, valid_pairs: Tensor, protocol:
     mode; training interactions masked); with ``fusion_weight``, of its ItemKNN-fused scores."""
     model.prepare(view)
     score = model.embedding_scores if fusion_weight is None else (lambda users_: model.score(users_, fusion_weight))
-    return protocol.validate(score, view[model.schema.interaction].edge_index, valid_pairs, model.num_items, users)
+    return protocol.validate(score, view[model.schema.interaction].edge_index.cpu(), valid_pairs.cpu(), model.num_items, users)
 
 
 def choose_fusion_weight(model: GraphModel, view: HeteroData, valid_pairs: Tensor, protocol: Protocol,
@@ -402,7 +407,7 @@ def _fingerprint(config: TrainableConfig, epochs: int, model: GraphModel, view: 
                  weights: Tensor | None, labels: Tensor | None = None) -> str:
     """What a checkpoint belongs to: the config, the epoch cap and the training data."""
     digest = hashlib.sha256(json.dumps({"config": config.model_dump(), "epochs": epochs}, sort_keys=True).encode())
-    digest.update(view[model.schema.interaction].edge_index.numpy().tobytes())
+    digest.update(view[model.schema.interaction].edge_index.cpu().numpy().tobytes())
     digest.update(str({t: int(view[t].num_nodes) for t in view.node_types}).encode())
     for tensor in (users, weights, labels):
         if tensor is not None:

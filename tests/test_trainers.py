@@ -288,7 +288,7 @@ def test_simple_trainer_runs_every_epoch_without_validation(monkeypatch):
     result = train(model, view, valid, cfg)
     # no validation forward: the one evaluation-mode pass is train() preparing the model to score
     assert result.epochs_run == 6 and sum(eval_forwards) == 1
-    assert all(set(row) == {"epoch", "loss", "lr", "seconds", "train_seconds"} for row in result.history)
+    assert all(set(row) == {"epoch", "loss", "lr", "seconds", "train_seconds", "user_seconds", "sys_seconds"} for row in result.history)
     assert {row["lr"] for row in result.history} == {cfg.lr}
     assert result.best_valid is None and result.best_epoch == 6
     assert _states_equal(result.best_state, result.final_state) and _states_equal(model.state_dict(), result.final_state)

@@ -458,3 +458,42 @@ def test_validation_ranks_a_seeded_capped_sample_of_validation_users():
     assert validation_users(pairs, parse_config(dict(name="g", model="lightgcn", valid_users=100))) is None  # all fit
     within = torch.arange(0, 100, 2)
     assert torch.isin(validation_users(pairs, capped, within), within).all()
+
+
+# ---------------------------------------------------------------------------------- sampled neighbourhoods
+
+
+def test_neighbor_fanouts_are_checked_against_the_model():
+    base = dict(name="g", model="lightgcn", num_layers=2)
+    assert parse_config(dict(base, neighbor_fanouts=[10, -1])).steps_per_epoch is None  # batch_size steps
+    for bad, message in (([10], "1 fanouts for 2 layers"), ([0, 5], "fanouts must be >= 1 or -1"),
+                         ([5, 5], "set steps_per_epoch: null")):
+        extra = {"steps_per_epoch": 16} if message.startswith("set") else {}
+        with pytest.raises(ValidationError, match=message):
+            parse_config(dict(base, neighbor_fanouts=bad, **extra))
+    with pytest.raises(ValidationError, match="diversity_weight need the full graph"):
+        parse_config(dict(base, neighbor_fanouts=[5, 5], diversity_weight=0.1))
+    with pytest.raises(ValidationError, match="Extra inputs are not permitted"):
+        parse_config(dict(name="g", model="gat_enhanced", neighbor_fanouts=[5, 5]))
+
+
+def test_sampled_step_with_every_neighbour_is_the_full_graph_step():
+    """Fanouts of -1 keep every neighbour: the sampled BPR loss equals the full-graph one."""
+    from spotify_engine_assets.core.training.losses import bpr_step_loss, sampled_bpr_loss
+
+    view, _ = toy_problem()
+    cfg = config("lightgcn", neighbor_fanouts=[-1, -1])
+    model = build_model(cfg, SCHEMA, num_nodes_of(view))
+    pairs = view[LISTENS].edge_index
+    users, positives, negatives = pairs[0, :12], pairs[1, :12], torch.randint(40, (12, 2), generator=torch.Generator().manual_seed(1))
+    full = bpr_step_loss(model, view, users, positives, negatives, None, micro_batch=4096)
+    sampled = sampled_bpr_loss(model, view, users, positives, negatives, None, cfg.neighbor_fanouts, torch.Generator())
+    assert torch.allclose(full, sampled, atol=1e-6)
+
+
+def test_sampled_training_learns_the_taste_clusters():
+    view, valid = toy_problem()
+    cfg = config("lightgcn", neighbor_fanouts=[3, 3], max_epochs=25, patience=25)
+    result = train(build_model(cfg, SCHEMA, num_nodes_of(view)), view, valid, cfg)
+    first, best = result.history[0]["valid_recall@10"], result.best_valid
+    assert result.epochs_run == 25 and best > first and best >= 0.5

@@ -289,6 +289,41 @@ class TrainableConfig(ModelConfig):
 
 class LightGCNConfig(TrainableConfig):
     model: Literal["lightgcn"]
+    neighbor_fanouts: list[int] | None = Field(
+        None, description="Mini-batch training on sampled neighbourhoods (core/training/neighbors.py): per layer, "
+        "the neighbours a node keeps (-1: all; larger degrees are sampled, reweighted to stay unbiased); a step "
+        "propagates only over its batch's sampled blocks, so its memory is bounded by batch_size x the fanouts' "
+        "product, not the graph. Steps of batch_size positives (steps_per_epoch null), BPR only. None: full-graph steps."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _sampled_steps_take_batches(cls, data):
+        if isinstance(data, dict) and data.get("neighbor_fanouts") is not None and "steps_per_epoch" not in data:
+            data = {**data, "steps_per_epoch": None}
+        return data
+
+    @model_validator(mode="after")
+    def _fanouts_fit_the_model(self) -> LightGCNConfig:
+        fanouts = self.neighbor_fanouts
+        if fanouts is None:
+            return self
+        problems = []
+        if len(fanouts) != self.num_layers:
+            problems.append(f"{len(fanouts)} fanouts for {self.num_layers} layers (one per layer)")
+        if any(f == 0 or f < -1 for f in fanouts):
+            problems.append(f"fanouts must be >= 1 or -1 (all), got {fanouts}")
+        if self.steps_per_epoch is not None:
+            problems.append("sampled steps take batch_size positives; set steps_per_epoch: null")
+        if self.loss != "bpr":
+            problems.append("sampled steps train with loss: bpr")
+        extras = [name for name in ("orthogonality_weight", "diversity_weight", "coverage_weight",
+                                    "task_complete_weight", "task_repeat_weight") if getattr(self, name)]
+        if extras:
+            problems.append(f"{', '.join(extras)} need the full graph's embeddings")
+        if problems:
+            raise ValueError(f"neighbor_fanouts {fanouts}: {'; '.join(problems)}")
+        return self
 
 
 class AttentionConfig(TrainableConfig):

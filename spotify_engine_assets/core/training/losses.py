@@ -213,3 +213,19 @@ def task_metrics(model: GraphModel, config: ModelConfig, labels: Tensor | None, 
         }
         for column, task in enumerate(config.tasks)
     }
+
+
+def sampled_bpr_loss(model: GraphModel, view: HeteroData, users: Tensor, positives: Tensor, negatives: Tensor,
+                     weights: Tensor | None, fanouts: list[int], generator: torch.Generator) -> Tensor:
+    """BPR of one step on sampled neighbourhoods (:func:`..training.neighbors.sampled_bpr_embeddings`):
+    the step's users and items are embedded from their sampled blocks only; the same (weighted)
+    mean over positives of ``mean_n softplus(neg - pos)`` as :func:`bpr_step_loss`."""
+    from .neighbors import sampled_bpr_embeddings
+
+    user_emb, pos_emb, neg_emb = sampled_bpr_embeddings(model, view, users, positives, negatives, fanouts, generator)
+    pos_score = (user_emb * pos_emb).sum(-1)
+    neg_score = (user_emb.unsqueeze(1) * neg_emb).sum(-1)
+    per_positive = F.softplus(neg_score - pos_score.unsqueeze(1)).mean(1)
+    if weights is not None:
+        per_positive = per_positive * weights
+    return per_positive.sum() / users.numel()

@@ -11,7 +11,9 @@ Losses (``TrainableConfig.loss``):
   ``steps_per_epoch: null`` a step takes ``batch_size * grad_accumulation`` positives instead
   (``E / batch_size`` full-graph passes an epoch); ``grad_accumulation`` scores micro-batches
   from that one pass, so a step with accumulation ``k`` is exactly a step of batch size
-  ``k * batch_size``.
+  ``k * batch_size``. LightGCN's ``neighbor_fanouts`` trains on sampled neighbourhoods instead
+  (``core/training/neighbors.py``): a step of ``batch_size`` positives embeds only its users and
+  items, from their sampled blocks, so memory is bounded by the batch, not the graph.
 * ``softmax`` - a multinomial likelihood over the whole catalogue: an epoch shuffles the users
   with training items and takes ``steps_per_epoch`` steps over them (or one per ``batch_size``
   users),
@@ -51,7 +53,7 @@ from ..config import TrainableConfig
 from ..evaluation.protocol import LinkPrediction, Protocol
 from ..models.base import FitResult, GraphModel
 from ..storage.artifacts import load_torch, save_torch
-from .losses import bpr_step_loss, softmax_step_loss
+from .losses import bpr_step_loss, sampled_bpr_loss, softmax_step_loss
 from .sampling import known_keys, sample_negatives
 
 Logger = Callable[[str], None]
@@ -169,6 +171,10 @@ class BaseTrainer:
         draws = users.repeat_interleave(config.negatives_per_positive) if config.negatives_per_positive > 1 else users
         negatives = sample_negatives(draws, self.known_keys, self.num_items, self.generator).view(users.numel(), -1)
         users, positives, negatives = users.to(self.device), positives.to(self.device), negatives.to(self.device)
+        if getattr(config, "neighbor_fanouts", None):
+            loss = sampled_bpr_loss(self.model, self.view, users, positives, negatives, self._edge_inputs(batch)["weights"],
+                                    config.neighbor_fanouts, self.generator)
+            return self._optimize(loss, users, torch.cat([positives, negatives.flatten()]))
         loss = bpr_step_loss(self.model, self.view, users, positives, negatives, micro_batch=config.batch_size,
                              config=config, **self._edge_inputs(batch))
         return self._optimize(loss, users, torch.cat([positives, negatives.flatten()]))

@@ -234,9 +234,9 @@ def _recommend(args: argparse.Namespace) -> int:
             if user is None:
                 print("note: --explain needs a known --user (a new user has no node in the model's graph)", file=sys.stderr)
             else:
-                from .core.serving.explain import explain
+                from .core.serving.explain import explain_many
 
-                explanations = [explain(bundle, user, int(song)) for song in ranking.songs]
+                explanations = explain_many(bundle, user, ranking.songs.tolist())
     except (UnknownIdError, ConfigError, ArtifactNotFoundError, ValueError) as error:
         return _error(error)
     if args.json:

@@ -13,6 +13,7 @@ from spotify_engine_assets.core.serving.explain import (
     edge_attributions,
     evidence_links,
     explain,
+    explain_many,
     faithfulness,
     link_attention,
     link_attributions,
@@ -172,3 +173,17 @@ def test_faithfulness_reports_both_arms_with_a_fixed_seed(bundle):
         assert row["drop_top"] == pytest.approx(row["score"] - pair_score(bundle.model, view, user, song), abs=1e-5)
     with pytest.raises(ValueError, match="evidence links"):
         faithfulness(bundle.model, bundle.view, pairs, remove=10_000)
+
+
+def test_one_forward_pass_explains_several_songs_as_one_pass_each(bundle):
+    """explain_many (recommend --explain, the explanations asset) shares the masked forward pass:
+    the same scores, evidence and attributions as one explain() per song."""
+    user = 1
+    known = set(bundle.known_songs(user).tolist())
+    songs = [s for s in range(NUM["song"]) if s not in known][:4]
+    for song, shared in zip(songs, explain_many(bundle, user, songs)):
+        alone = explain(bundle, user, song)
+        assert shared["score"] == pytest.approx(alone["score"], abs=1e-6)
+        assert [e["label"] for e in shared["evidence"]] == [e["label"] for e in alone["evidence"]]
+        assert [e["attribution"] for e in shared["evidence"]] == pytest.approx([e["attribution"] for e in alone["evidence"]], abs=1e-6)
+        assert shared["similar_users"] == alone["similar_users"]

@@ -137,17 +137,27 @@ def edge_attributions(model: nn.Module, view: HeteroData, user: int, song: int) 
     explain hook), so the attribution of an edge is the first-order score change when its
     message is switched off, summed over every layer that uses it.
     """
+    return pair_attributions(model, view, [(user, song)])[0]
+
+
+def pair_attributions(model: nn.Module, view: HeteroData, pairs: Sequence[tuple[int, int]]) -> list[Attribution]:
+    """:func:`edge_attributions` of every ``(user, song)`` pair from one masked forward pass (one
+    backward pass per pair): the pairs share the embeddings and the attention of that pass. The
+    model's cached graph structures (keyed by the view's tensors) are reused, not rebuilt."""
     relations = sorted(model_relations(model))
     masks = {relation: torch.ones(view[relation].edge_index.size(1), requires_grad=True) for relation in relations}
-    _reset_caches(model)
     model.eval()
+    results = []
     with masked_edges(model, view, masks), torch.enable_grad():
         user_emb, song_emb, attention = model.encode(view, return_attention=True)
-        score = user_emb[user] @ song_emb[song]
-        gradients = torch.autograd.grad(score, [masks[r] for r in relations], allow_unused=True)
-    grads = {r: (g if g is not None else torch.zeros_like(masks[r])) for r, g in zip(relations, gradients)}
-    attention = {key: (index, alpha.detach()) for key, (index, alpha) in (attention or {}).items()}
-    return Attribution(float(score.detach()), grads, attention, user_emb.detach(), song_emb.detach())
+        attention = {key: (index, alpha.detach()) for key, (index, alpha) in (attention or {}).items()}
+        for position, (user, song) in enumerate(pairs):
+            score = user_emb[user] @ song_emb[song]
+            gradients = torch.autograd.grad(score, [masks[r] for r in relations], allow_unused=True,
+                                            retain_graph=position < len(pairs) - 1)
+            grads = {r: (g if g is not None else torch.zeros_like(masks[r])) for r, g in zip(relations, gradients)}
+            results.append(Attribution(float(score.detach()), grads, attention, user_emb.detach(), song_emb.detach()))
+    return results
 
 
 def link_attributions(attribution: Attribution, links: EvidenceLinks) -> Tensor:
@@ -226,8 +236,17 @@ def _label(bundle: ModelBundle, kind: str, source: int, target: int) -> str:
     return f"listener user {bundle.user_id(source)}"
 
 
-def explain(bundle: ModelBundle, user: int, song: int, top: int = 8) -> dict:
-    """A plain-dict explanation of the model's score for (user, song); indices are node indices."""
+def explain_many(bundle: ModelBundle, user: int, songs: Sequence[int], top: int = 8) -> list[dict]:
+    """:func:`explain` of several songs for one user, their attributions from one masked forward pass."""
+    if isinstance(bundle.model, MostPopular):
+        return [explain(bundle, user, song, top) for song in songs]
+    attributions = pair_attributions(bundle.model, bundle.view, [(user, song) for song in songs])
+    return [explain(bundle, user, song, top, attribution) for song, attribution in zip(songs, attributions)]
+
+
+def explain(bundle: ModelBundle, user: int, song: int, top: int = 8, attribution: Attribution | None = None) -> dict:
+    """A plain-dict explanation of the model's score for (user, song); indices are node indices
+    (``attribution``: the pair's, when computed already, see :func:`explain_many`)."""
     model, view, catalog = bundle.model, bundle.view, bundle.catalog
     training = bundle.training_songs(user)
     artist = catalog.song_artist[song]
@@ -264,7 +283,7 @@ def explain(bundle: ModelBundle, user: int, song: int, top: int = 8) -> dict:
                       evidence=[], paths=[], similar_users=[])
         return result
 
-    attribution = edge_attributions(model, view, user, song)
+    attribution = attribution or edge_attributions(model, view, user, song)
     result["score"] = attribution.score
     result["attribution_method"] = "gradient x input on edge-message masks (PyG explain hooks)"
     links = evidence_links(view, user, song, bundle.schema, model_relations(model))
@@ -341,8 +360,7 @@ def faithfulness(
     generator = torch.Generator().manual_seed(seed)
     relations, schema = model_relations(model), model.schema
     rows = []
-    for user, song in pairs:
-        attribution = edge_attributions(model, view, user, song)
+    for (user, song), attribution in zip(pairs, pair_attributions(model, view, list(pairs))):
         links = evidence_links(view, user, song, schema, relations)
         if len(links) <= remove:
             continue

@@ -12,7 +12,7 @@ from ...core.data.graph import from_payload
 from ...core.models.baselines import MostPopular
 from ...core.plots import frame_markdown
 from ...core.serving.cold_start import describe_weight, evaluate_cold_start
-from ...core.serving.explain import explain, faithfulness, render_explanation
+from ...core.serving.explain import explain_many, faithfulness, render_explanation
 from ...core.serving.recommend import bundle_from, rank_songs, ranking_rows, render_ranking
 from ...core.storage.artifacts import atomic_write_bytes
 from ...datasets.listening import DATASET
@@ -80,7 +80,7 @@ def explanations(context: dg.AssetExecutionContext, config: ExplanationsConfig, 
             pairs += [(user, int(song)) for song in ranking.songs.tolist()]
             if position >= config.users:
                 continue
-            explained = [explain(bundle, user, int(song)) for song in ranking.songs.tolist()]
+            explained = explain_many(bundle, user, ranking.songs.tolist())
             entries.append({"user_id": bundle.user_id(user), "genre_weight": ranking.genre_weight,
                             "recommendations": ranking_rows(bundle, ranking), "explanations": explained})
             sections.append(render_ranking(bundle, ranking, f"user {bundle.user_id(user)}", markdown=True) + "\n")

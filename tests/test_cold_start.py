@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 from test_recommend import random_graph
+import spotify_engine_assets.core.serving.cold_start as cold_start
 
 from spotify_engine_assets.core.serving.cold_start import (
     adaptive_weight,
@@ -126,3 +127,23 @@ def test_tune_genre_prior_picks_the_best_grid_value():
     valid = data[LISTENS].edge_index[:, torch.tensor([i for i in range(data[LISTENS].edge_index.size(1)) if i % 4 == 0])]
     best, scores = tune_genre_prior(user_emb, song_emb, view, valid, SCHEMA, grid=(0.0, 3.0, 1e6))
     assert set(scores) == {0.0, 3.0, 1e6} and scores[best] == max(scores.values())
+
+
+def test_tune_genre_prior_in_chunks_and_on_a_user_sample(monkeypatch):
+    """Chunks of users give the same scores as one chunk; ``max_users`` ranks a seeded sample only."""
+    import spotify_engine_assets.core.evaluation.metrics as metrics
+    from spotify_engine_assets.datasets.listening.graph import message_passing_graph
+
+    data, train = random_graph()
+    view = message_passing_graph(data, train)
+    config = parse_config({"name": "toy", "model": "lightgcn", "embedding_dim": 8})
+    user_emb, song_emb = embed(build_model(config, SCHEMA, num_nodes_of(data)), view)
+    valid = data[LISTENS].edge_index[:, ::4]
+    whole = tune_genre_prior(user_emb, song_emb, view, valid, SCHEMA, grid=(0.0, 3.0, 1e6))
+    monkeypatch.setattr(metrics, "SCORE_CHUNK_ELEMENTS", 3 * int(data["song"].num_nodes))  # 3 users a chunk
+    assert tune_genre_prior(user_emb, song_emb, view, valid, SCHEMA, grid=(0.0, 3.0, 1e6)) == whole
+    users = torch.unique(valid[0])
+    sampled_users = []
+    monkeypatch.setattr(cold_start, "_metrics", lambda topk, rows, *rest: sampled_users.append(topk.size(0)) or {"ndcg@10": 0.0})
+    tune_genre_prior(user_emb, song_emb, view, valid, SCHEMA, grid=(0.0,), max_users=users.numel() - 2)
+    assert sampled_users == [users.numel() - 2]

@@ -34,7 +34,7 @@ from torch import Tensor, nn
 from torch_geometric.data import HeteroData
 
 from ..data.graph import Schema
-from ..evaluation.metrics import metric_collection
+from ..evaluation.metrics import chunk_users, metric_collection
 from ..models import embed
 from ..models.lightgcn import LightGCN
 from .scores import adaptive_weight, adaptive_weights, blend, genre_matrix_of, genre_profile_of_songs, genre_scores
@@ -92,25 +92,39 @@ def _training_profiles(view: HeteroData, schema: Schema, users: Tensor, genre_ma
 
 def tune_genre_prior(
     user_emb: Tensor, song_emb: Tensor, view: HeteroData, valid_pairs: Tensor, schema: Schema,
-    grid: Sequence[float] = GENRE_PRIOR_GRID,
+    grid: Sequence[float] = GENRE_PRIOR_GRID, max_users: int | None = 5000, seed: int = 0,
 ) -> tuple[float, dict[float, float]]:
     """Choose ``n0`` on validation: NDCG@10 of the adaptive blend for every value of ``grid``,
     ranking the validation users' songs with their training songs masked (genre profile and
-    ``n`` from the training graph). Returns the best ``n0`` (the smallest on ties) and every score."""
+    ``n`` from the training graph). Returns the best ``n0`` (the smallest on ties) and every score.
+
+    At most ``max_users`` validation users (a seeded sample; None: all) are ranked, a chunk of
+    users at a time (:func:`~..evaluation.metrics.chunk_users`), so memory and time stay linear
+    in the catalogue on large worlds (the blend standardizes each row: chunks change nothing)."""
     users = torch.unique(valid_pairs[0])
     if users.numel() == 0:
         raise ValueError("no validation pairs to choose n0 on")
+    if max_users is not None and users.numel() > max_users:
+        generator = torch.Generator().manual_seed(seed)
+        users = torch.sort(users[torch.randperm(users.numel(), generator=generator)[:max_users]]).values
+        valid_pairs = valid_pairs[:, torch.isin(valid_pairs[0], users)]
     num_songs = int(view[schema.item].num_nodes)
     genre_matrix = song_genre_matrix(view, schema)
     row_of, own, profiles, counts = _training_profiles(view, schema, users, genre_matrix)
     popularity = torch.bincount(view[schema.interaction].edge_index[1], minlength=num_songs).float()
-    genre = genre_scores(genre_matrix, popularity, profiles)
-    model = user_emb[users] @ song_emb.T
-    scores = {}
-    for n0 in grid:
-        weights = adaptive_weights(counts, n0)
-        topk = _topk_masked(blend(model, genre, weights), row_of[own[0]], own[1], EVAL_K)
-        scores[float(n0)] = _metrics(topk, row_of[valid_pairs[0]], valid_pairs[1], num_songs)[f"ndcg@{EVAL_K}"]
+    own_rows = row_of[own[0]]
+    topks: dict[float, list[Tensor]] = {float(n0): [] for n0 in grid}
+    step = chunk_users(2048, num_songs)
+    for start in range(0, users.numel(), step):
+        rows = slice(start, start + step)
+        genre = genre_scores(genre_matrix, popularity, profiles[rows])
+        model = user_emb[users[rows]] @ song_emb.T
+        mine = (own_rows >= start) & (own_rows < start + step)
+        for n0 in grid:
+            blended = blend(model, genre, adaptive_weights(counts[rows], n0))
+            topks[float(n0)].append(_topk_masked(blended, own_rows[mine] - start, own[1][mine], EVAL_K))
+    scores = {n0: _metrics(torch.cat(topk), row_of[valid_pairs[0]], valid_pairs[1], num_songs)[f"ndcg@{EVAL_K}"]
+              for n0, topk in topks.items()}
     best = max(scores.values())
     return min(n0 for n0, value in scores.items() if value == best), scores
 

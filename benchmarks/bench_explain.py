@@ -62,10 +62,8 @@ def main() -> int:
     generator = torch.Generator().manual_seed(args.seed)
     users = active[torch.randperm(active.numel(), generator=generator)[: args.users]].tolist()
 
-    t0 = time.perf_counter()
-    n0 = bundle.genre_prior()
-    grid = ", ".join(f"{key:g}: {value:.4f}" for key, value in bundle.genre_prior_scores.items())
-    print(f"adaptive genre weight w = n0/(n0+n): n0 = {n0:g} chosen on validation NDCG@10 ({time.perf_counter() - t0:.2f} s) "
+    grid = ", ".join(f"{key:g}: {value:.4f}" for key, value in bundle.n0_scores.items())
+    print(f"adaptive genre weight w = n0/(n0+n): n0 = {bundle.n0:g} ({bundle.n0_source}; stored with the model) "
           f"over n0 = {{{grid}}}")
     warm = rank_songs(bundle, args.k, user=users[0])
     explain(bundle, users[0], int(warm.songs[0]))

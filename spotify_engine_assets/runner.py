@@ -34,8 +34,8 @@ def data_stage(chain: str) -> dg.AssetSelection:
 
 
 def model_stage(chain: str) -> dg.AssetSelection:
-    """One config's trained model and metric report (a partition key per run)."""
-    return dg.AssetSelection.assets([chain, "trained_model"], [chain, "metric_report"])
+    """One config's trained model, metric report and batch recommendations (a partition key per run)."""
+    return dg.AssetSelection.assets([chain, "trained_model"], [chain, "metric_report"], [chain, "recommendations"])
 
 
 def comparison_stage(chain: str) -> dg.AssetSelection:

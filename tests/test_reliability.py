@@ -500,5 +500,7 @@ def test_torch_runtime_pins_glibc_malloc_thresholds():
     if platform.libc_ver()[0] != "glibc" or not ctypes.util.find_library("c"):
         pytest.skip("libc is not glibc")
     assert pin_glibc_malloc(32, 1024) is True
-    TorchRuntime(threads=1).apply()  # the default pins too, and must not fail
-    TorchRuntime(threads=1, malloc_mmap_threshold_mb=None).apply()
+    assert pin_glibc_malloc(None, 4096, heap_only=True) is True
+    TorchRuntime(threads=1).apply()  # the default (heap only) pins too, and must not fail
+    TorchRuntime(threads=1, malloc_heap_only=False).apply()
+    TorchRuntime(threads=1, malloc_heap_only=False, malloc_mmap_threshold_mb=None).apply()

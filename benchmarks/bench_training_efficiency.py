@@ -2,13 +2,13 @@
 and epoch time / memory of the ``trained_model`` asset on the 1x, 10x and 50x worlds.
 
     .venv/bin/python benchmarks/bench_training_efficiency.py [--scales 1,10,50] [--epochs 2]
-        [--rounds 4] [--configs lightgcn,gat_enhanced] [--keep DIR]
+        [--rounds 4] [--side-scales 1] [--configs lightgcn,gat_enhanced] [--device auto] [--keep DIR]
 
 For each scale the data stage (generator, SQL models, graph, splits) is materialized once through
 Dagster into a data lake (``--keep DIR`` reuses them; not measured).
 
-**Side by side** (one process, default world, the same graph, split and seed): epochs alternate
-between
+**Side by side** (one process per world of ``--side-scales``, default the 1x world; the same
+graph, split and seed): epochs alternate between
 
 * *project*: the core trainer's epoch (``BaseTrainer._train_epoch``: the code the asset runs,
   without validation) of the project's ``LightGCN`` (128 dims, 3 layers, the default 16 steps an
@@ -225,6 +225,7 @@ def main() -> None:
     parser.add_argument("--scales", default="1,10,50", help="world sizes as multiples of the default (users, songs, artists)")
     parser.add_argument("--epochs", type=int, default=2, help="asset epochs per config and scale; the first is a warm-up (>= 2)")
     parser.add_argument("--rounds", type=int, default=4, help="side-by-side epochs of each (after one warm-up)")
+    parser.add_argument("--side-scales", default="1", help="worlds to run the side-by-side comparison on")
     parser.add_argument("--configs", default="lightgcn,gat_enhanced")
     parser.add_argument("--keep", type=Path, default=None, help="reuse/keep the data lakes in this folder")
     parser.add_argument("--device", default="auto", help="the torch_runtime device of the asset runs (auto: CUDA when present)")
@@ -243,10 +244,11 @@ def main() -> None:
     if args.epochs < 2:
         parser.error(f"--epochs must be >= 2 (the first epoch is a warm-up), got {args.epochs}")
     scales = sorted(int(s) for s in args.scales.split(","))
+    side_scales = sorted(int(s) for s in args.side_scales.split(","))
     root = args.keep or Path(tempfile.mkdtemp(prefix="bench_training_efficiency_"))
     print(f"torch threads 1 (the torch_runtime default); load average at start {os.getloadavg()}", flush=True)
     listens = {}
-    for scale in sorted({1, *scales}):
+    for scale in sorted({*side_scales, *scales}):
         lake = root / f"scale_{scale}"
         if not (lake / "artifacts" / "listening" / "split").exists():
             started = time.perf_counter()
@@ -254,14 +256,15 @@ def main() -> None:
             print(f"scale {scale}x: data stage {time.perf_counter() - started:.0f} s", flush=True)
         listens[scale] = _listens(lake)
 
-    side = _child("side", root / "scale_1", str(args.rounds))
-    median = side["median"]
-    print(f"\nside by side, default world ({listens[1]:,} training listens, {side['steps']} steps an epoch, "
-          f"median of {args.rounds} epochs each):")
-    for label in ("project", "bare", "gat same size"):
-        print(f"  {label:<14} {median[label]:6.2f} s/epoch   epochs {[round(s, 2) for s in side['epochs'][label]]}")
-    print(f"  project / bare PyG LightGCN: {median['project'] / median['bare']:.2f}")
-    print(f"  enhanced GAT / LightGCN at the same size: {median['gat same size'] / median['project']:.2f}", flush=True)
+    for scale in side_scales:
+        side = _child("side", root / f"scale_{scale}", str(args.rounds))
+        median = side["median"]
+        print(f"\nside by side, {scale}x world ({listens[scale]:,} training listens, {side['steps']} steps an epoch, "
+              f"median of {args.rounds} epochs each):")
+        for label in ("project", "bare", "gat same size"):
+            print(f"  {label:<14} {median[label]:6.2f} s/epoch   epochs {[round(s, 2) for s in side['epochs'][label]]}")
+        print(f"  project / bare PyG LightGCN: {median['project'] / median['bare']:.2f}")
+        print(f"  enhanced GAT / LightGCN at the same size: {median['gat same size'] / median['project']:.2f}", flush=True)
 
     rows = []
     for scale in scales:

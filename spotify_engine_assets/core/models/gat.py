@@ -37,7 +37,7 @@ from torch_geometric.utils import softmax
 from ..config import BasicGATConfig, GenreAwareGATConfig, PlaylistGATConfig, TagFriendGATConfig
 from ..data.graph import EdgeType, Schema, relation_key, reverse
 from .base import IdEmbeddings
-from .propagation import Adjacency
+from .propagation import Adjacency, relation_degrees
 
 Attention = dict[str, tuple[Tensor, Tensor]]
 
@@ -131,14 +131,15 @@ class EdgeAttrGATConv(GATConv):
         if index.numel() == 0:
             return alpha
         if edge_attr is not None and self.lin_edge is not None:
-            if edge_attr.dim() == 1:
-                edge_attr = edge_attr.view(-1, 1)
-            weight = self.lin_edge.weight.view(self.heads, self.out_channels, -1)
-            projection = (weight * self.att_edge.view(self.heads, self.out_channels, 1)).sum(1)
-            alpha = alpha + edge_attr @ projection.t()
+            alpha = alpha + (edge_attr.view(-1, 1) if edge_attr.dim() == 1 else edge_attr) @ self.edge_projection()
         alpha = F.leaky_relu(alpha, self.negative_slope)
         alpha = softmax(alpha, index, ptr, dim_size)
         return dropout(alpha, self.dropout, self.training)
+
+    def edge_projection(self) -> Tensor:
+        """``[edge_dim, heads]``: :math:`\mathbf{W}_e^\top \mathbf{a}_e` per head."""
+        weight = self.lin_edge.weight.view(self.heads, self.out_channels, -1)
+        return (weight * self.att_edge.view(self.heads, self.out_channels, 1)).sum(1).t()
 
 
 class NormalizedHeteroGATLayer(nn.Module):
@@ -160,11 +161,12 @@ class NormalizedHeteroGATLayer(nn.Module):
     are the neighbours' embeddings as in LightGCN. A node sums the messages of all relations
     that reach it.
 
-    The conv supplies the parameters and the coefficients (its ``lin``, ``att_*`` and
-    ``edge_update``: per-node logits gathered to ``[E, heads]``), and the sum is one sparse
-    product per relation whose values are :math:`\sqrt{d^r_i}\,\alpha^r_{ij}` (heads averaged;
-    one product per head with ``transform``), so no ``[E, d]`` message is materialized. It equals
-    the conv's own message passing up to float summation order (``tests/test_propagation.py``).
+    The convs supply the parameters and the coefficients (per-node logits gathered to
+    ``[E, heads]``), and the sum is a sparse product whose values are
+    :math:`\sqrt{d^r_i}\,\alpha^r_{ij}`: without ``transform``, :meth:`stacked` takes one product
+    for every relation (heads averaged); with it, :meth:`forward` one per relation and head. No
+    ``[E, d]`` message is materialized; both equal the convs' own message passing up to float
+    summation order (``tests/test_propagation.py``).
 
     Args:
         edge_types: The relations this layer passes messages along.
@@ -220,8 +222,7 @@ class NormalizedHeteroGATLayer(nn.Module):
         extra = []
         for conv, relation, (start, stop) in zip(convs, graph.relations, graph.spans):
             if conv.edge_dim and relation in edge_attrs:
-                weight = conv.lin_edge.weight.view(conv.heads, conv.out_channels, -1)
-                extra.append(edge_attrs[relation] @ (weight * conv.att_edge.view(conv.heads, conv.out_channels, 1)).sum(1).t())
+                extra.append(edge_attrs[relation] @ conv.edge_projection())
             else:
                 extra.append(logits.new_zeros(stop - start, heads))
         logits = F.leaky_relu(logits + torch.cat(extra), convs[0].negative_slope)
@@ -240,9 +241,12 @@ class NormalizedHeteroGATLayer(nn.Module):
     def forward(self, x_dict: dict[str, Tensor], data: HeteroData, relations: dict[EdgeType, NormalizedRelation],
                 edge_attrs: dict[EdgeType, Tensor] | None = None, attention: Attention | None = None,
                 prefix: str = "", masks: dict[EdgeType, Tensor] | None = None) -> dict[str, Tensor]:
-        """Messages per destination node type; fills ``attention`` when given. ``relations``
-        holds each relation's cached pattern and degrees (:func:`normalized_relations`);
-        ``masks[r]`` multiplies relation ``r``'s messages (explanations)."""
+        """With ``transform``: messages per destination node type, one sparse product per relation
+        and head; fills ``attention`` when given. ``relations`` holds each relation's cached
+        pattern and degrees (:func:`normalized_relations`); ``masks[r]`` multiplies relation ``r``'s
+        messages (explanations). Without ``transform`` use :meth:`stacked`."""
+        if not self.transform:
+            raise ValueError("per-relation aggregation learns a message map per relation; without transform use stacked()")
         edge_attrs, masks = edge_attrs or {}, masks or {}
         out: dict[str, Tensor] = {}
         for edge_type in self.edge_types:
@@ -250,15 +254,9 @@ class NormalizedHeteroGATLayer(nn.Module):
             conv, relation = self.convs[relation_key(edge_type)], relations[edge_type]
             heads, channels = conv.heads, conv.out_channels
             edge_index = data[edge_type].edge_index
-            x_src = x_dict[src] * relation.src_scale.unsqueeze(-1)
-            if self.transform:
-                h_src = conv.lin(x_src).view(-1, heads, channels)
-                logits_src = (h_src * conv.att_src).sum(-1)
-                logits_dst = (conv.lin(x_dict[dst]).view(-1, heads, channels) * conv.att_dst).sum(-1)
-            else:  # W = I for every head: a head's logit is x . a (no [N, heads * d] projection)
-                logits_src = x_src @ conv.att_src[0].T
-                logits_dst = x_dict[dst] @ conv.att_dst[0].T
-            logits_src, logits_dst = logits_src[edge_index[0]], logits_dst[edge_index[1]]
+            h_src = conv.lin(x_dict[src] * relation.src_scale.unsqueeze(-1)).view(-1, heads, channels)
+            logits_src = (h_src * conv.att_src).sum(-1)[edge_index[0]]
+            logits_dst = (conv.lin(x_dict[dst]).view(-1, heads, channels) * conv.att_dst).sum(-1)[edge_index[1]]
             edge_attr = edge_attrs.get(edge_type) if conv.edge_dim else None
             alpha = conv.edge_update(logits_src, logits_dst, edge_attr, edge_index[1], None, x_dict[dst].size(0))
             if attention is not None:
@@ -266,10 +264,7 @@ class NormalizedHeteroGATLayer(nn.Module):
             values = alpha * relation.dst_scale.unsqueeze(-1)
             if edge_type in masks:
                 values = values * masks[edge_type].unsqueeze(-1)
-            if self.transform:
-                message = sum(relation.adjacency.spmm(values[:, h], h_src[:, h].contiguous()) for h in range(heads)) / heads
-            else:  # W = I for every head: one product with the heads' mean coefficient
-                message = relation.adjacency.spmm(values.mean(1), x_src)
+            message = sum(relation.adjacency.spmm(values[:, h], h_src[:, h].contiguous()) for h in range(heads)) / heads
             out[dst] = out[dst] + message if dst in out else message
         return out
 
@@ -291,8 +286,7 @@ def normalized_relations(data: HeteroData, edge_types: Sequence[EdgeType]) -> di
         src, _, dst = edge_type
         edge_index = data[edge_type].edge_index
         num_src, num_dst = int(data[src].num_nodes), int(data[dst].num_nodes)
-        src_degree = torch.bincount(edge_index[0], minlength=num_src).clamp(min=1).float()
-        dst_degree = torch.bincount(edge_index[1], minlength=num_dst).clamp(min=1).float()
+        src_degree, dst_degree = relation_degrees(edge_index, num_src, num_dst)
         relations[edge_type] = NormalizedRelation(
             Adjacency(edge_index, num_src, num_dst), src_degree.rsqrt(), dst_degree.sqrt()[edge_index[1]]
         )
@@ -328,8 +322,7 @@ class StackedRelations:
         sources, targets, kinds, src_scales, dst_scales, spans, start = [], [], [], [], [], [], 0
         for index, (src, _, dst) in enumerate(relations):
             edge_index = data[src, _, dst].edge_index
-            src_degree = torch.bincount(edge_index[0], minlength=int(data[src].num_nodes)).clamp(min=1).float()
-            dst_degree = torch.bincount(edge_index[1], minlength=int(data[dst].num_nodes)).clamp(min=1).float()
+            src_degree, dst_degree = relation_degrees(edge_index, int(data[src].num_nodes), int(data[dst].num_nodes))
             sources.append(edge_index[0] + offsets[src])
             targets.append(edge_index[1] + offsets[dst])
             kinds.append(torch.full((edge_index.size(1),), index, dtype=torch.long))

@@ -103,10 +103,16 @@ class _SpMM(torch.autograd.Function):
         return grad_values, grad_x, None
 
 
-def symmetric_norm(edge_index: Tensor, num_src: int, num_dst: int) -> Tensor:
-    """LightGCN's per-edge ``1 / sqrt(d_src d_dst)`` (degrees within the relation, clamped to 1)."""
+def relation_degrees(edge_index: Tensor, num_src: int, num_dst: int) -> tuple[Tensor, Tensor]:
+    """(source out-degree, destination in-degree) within a relation, as floats clamped to 1."""
     src_degree = torch.bincount(edge_index[0], minlength=num_src).clamp(min=1).float()
     dst_degree = torch.bincount(edge_index[1], minlength=num_dst).clamp(min=1).float()
+    return src_degree, dst_degree
+
+
+def symmetric_norm(edge_index: Tensor, num_src: int, num_dst: int) -> Tensor:
+    """LightGCN's per-edge ``1 / sqrt(d_src d_dst)`` (degrees within the relation, clamped to 1)."""
+    src_degree, dst_degree = relation_degrees(edge_index, num_src, num_dst)
     return (src_degree[edge_index[0]] * dst_degree[edge_index[1]]).rsqrt()
 
 

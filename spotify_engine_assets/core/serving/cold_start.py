@@ -35,7 +35,7 @@ from torch_geometric.data import HeteroData
 
 from ..data.graph import Schema
 from ..evaluation.metrics import chunk_users, metric_collection
-from ..models import embed
+from ..models import embed, sample_users
 from ..models.lightgcn import LightGCN
 from .scores import adaptive_weight, adaptive_weights, blend, genre_matrix_of, genre_profile_of_songs, genre_scores
 
@@ -104,9 +104,9 @@ def tune_genre_prior(
     users = torch.unique(valid_pairs[0])
     if users.numel() == 0:
         raise ValueError("no validation pairs to choose n0 on")
-    if max_users is not None and users.numel() > max_users:
-        generator = torch.Generator().manual_seed(seed)
-        users = torch.sort(users[torch.randperm(users.numel(), generator=generator)[:max_users]]).values
+    sample = sample_users(users.numel(), max_users, seed)
+    if sample is not None:
+        users = users[sample]
         valid_pairs = valid_pairs[:, torch.isin(valid_pairs[0], users)]
     num_songs = int(view[schema.item].num_nodes)
     genre_matrix = song_genre_matrix(view, schema)

@@ -51,7 +51,7 @@ from torch_geometric.data import HeteroData
 
 from ..config import TrainableConfig
 from ..evaluation.protocol import LinkPrediction, Protocol
-from ..models.base import FitResult, GraphModel
+from ..models.base import FitResult, GraphModel, sample_users
 from ..storage.artifacts import load_torch, save_torch
 from .losses import bpr_step_loss, sampled_bpr_loss, softmax_step_loss
 from .sampling import known_keys, sample_negatives
@@ -352,10 +352,8 @@ def validation_users(valid_pairs: Tensor | None, config: TrainableConfig, users:
     candidates = torch.unique(valid_pairs[0])
     if users is not None:
         candidates = candidates[torch.isin(candidates, users)]
-    if candidates.numel() <= config.valid_users:
-        return users
-    generator = torch.Generator().manual_seed(config.seed)
-    return torch.sort(candidates[torch.randperm(candidates.numel(), generator=generator)[: config.valid_users]]).values
+    sample = sample_users(candidates.numel(), config.valid_users, config.seed)
+    return users if sample is None else candidates[sample]
 
 
 @torch.no_grad()

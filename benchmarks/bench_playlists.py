@@ -126,15 +126,15 @@ def table(prepared: dict, configs: dict | None = None) -> None:
     configs = configs or DATASET.registry.base
     print(f"  | config | sample | {' | '.join(COLUMNS)} | playlists | epochs | seconds |")
     print(f"  |---|---|{'---|' * len(COLUMNS)}---|---|---|")
-    trained: dict[str, tuple] = {}  # configs differing only by itemknn_fusion train once (same seed)
+    trained: dict[str, tuple] = {}  # configs differing only by fusion train once (same seed)
     for name, config in configs.items():
         started = time.perf_counter()
         sample = DATASET.sample(data, config)
         epochs = "-"
         if config.trainable:
-            key = repr(config.model_dump(exclude={"name", "description", "itemknn_fusion"}))
+            key = repr(config.model_dump(exclude={"name", "description", "fusion"}))
             if key not in trained:
-                model, result, view = DATASET.fit(update_config(config, itemknn_fusion=False), data, split)
+                model, result, view = DATASET.fit(update_config(config, fusion=None), data, split)
                 trained[key] = (model.state_dict(), f"{result.best_epoch}/{result.epochs_run}", time.perf_counter() - started)
             weights, epochs, seconds_before = trained[key]
             started -= seconds_before
@@ -142,7 +142,7 @@ def table(prepared: dict, configs: dict | None = None) -> None:
             model.load_state_dict({**model.state_dict(), **weights})  # a fusion config keeps its fusion_weight buffer
             view = DATASET.view_for(data, split, config)
             model.prepare(view)
-            if config.itemknn_fusion:
+            if config.fusion is not None:
                 fusion = choose_fusion_weight(model, view, valid, protocol, sample)
                 epochs += f", w={float(model.fusion_weight):.1f} (valid {max(fusion.values()):.4f} vs {fusion[0.0]:.4f} unfused)"
         else:
@@ -169,7 +169,7 @@ def tune(prepared: dict, only: list[str]) -> None:
             print(f"  valid {reference}: R-prec {metrics['r_precision']:.4f} NDCG@10 {metrics['ndcg@10']:.4f}")
         rows = []
         for changes in TUNE_GRID[base.model]:
-            config = update_config(base, **changes, itemknn_fusion=False)
+            config = update_config(base, **changes, fusion=None)
             started = time.perf_counter()
             _, result, _ = DATASET.fit(config, data, split)
             best = result.history[result.best_epoch - 1]

@@ -102,6 +102,41 @@ class GraphEASEConfig(ModelConfig):
     min_side_items: int = Field(2, ge=1, description="Side nodes with fewer items are left out.")
 
 
+class CategoryPopularityConfig(ModelConfig):
+    model: Literal["category_popularity"]
+    category: str | None = Field(
+        None, description="Side node type the popularity is conditioned on (genre, artist, tag): an item category "
+        "of the chain, or a context node type one hop beyond one (a track's artist's genres). None: the chain's "
+        "main category."
+    )
+    smoothing: float = Field(
+        1.0, ge=0.0, description="Pseudo-interactions of the global category distribution added to each user's "
+        "own (a user with few interactions leans on the overall category shares)."
+    )
+    popularity_exponent: float = Field(
+        1.0, ge=0.0, description="Items within a category are ranked by training popularity ** this (0: uniform)."
+    )
+    backoff: str | None = Field(
+        None, description="A coarser category the smoothing backs off to instead of the global shares (artist "
+        "backing off to genre: a user's unheard artists of their genres first)."
+    )
+    backoff_smoothing: float = Field(1.0, ge=0.0, description="The backoff level's own smoothing toward the global shares.")
+
+    @model_validator(mode="after")
+    def _backoff_is_another_category(self) -> CategoryPopularityConfig:
+        if self.backoff is not None and self.backoff == self.category:
+            raise ValueError(f"backoff {self.backoff!r} must differ from category")
+        if self.backoff is None and self.backoff_smoothing != 1.0:
+            raise ValueError("settings without effect: backoff_smoothing needs backoff")
+        return self
+
+
+# what a graph model's scores can be fused with: the closed-form models (``TrainableConfig.fusion``)
+FusableConfig = Annotated[
+    Union[MostPopularConfig, CategoryPopularityConfig, ItemKNNConfig, EASEConfig, ALSConfig, GraphEASEConfig],
+    Field(discriminator="model"),
+]
+
 DEFAULT_STEPS_PER_EPOCH = 16
 
 
@@ -193,11 +228,16 @@ class TrainableConfig(ModelConfig):
     surrogate_candidates: int = Field(
         256, ge=2, description="Multi-objective: items sampled uniformly per optimizer step as the surrogates' candidates."
     )
-    itemknn_fusion: bool = Field(
-        False, description="After training, mix the model's scores with ItemKNN's, (1 - w) z(model) + w z(ItemKNN) "
-        "(z: per-user standardization), w chosen on the validation metric and stored with the weights."
+    fusion: FusableConfig | None = Field(
+        None, description="After training, mix the model's scores with a closed-form model's, given as a registry "
+        "entry without its name (e.g. {model: itemknn, shrink: 10} or {model: category_popularity, category: "
+        "artist}) and fitted on the same training view: (1 - w) z(model) + w z(other) (z: per-user "
+        "standardization), w chosen on the validation metric and stored with the weights."
     )
-    fusion_shrink: float = Field(10.0, ge=0.0, description="Shrinkage of the fused ItemKNN.")
+    fusion_weight: float | None = Field(
+        None, ge=0.0, lt=1.0, description="The fusion's w, fixed (chosen on validation before, like max_epochs for a "
+        "final fit with train_on_validation); None: chosen on the validation part after training."
+    )
 
     @property
     def tasks(self) -> dict[str, float]:
@@ -246,13 +286,35 @@ class TrainableConfig(ModelConfig):
                 ("surrogate_temperature", "diversity_weight or coverage_weight > 0", self.surrogates),
                 ("surrogate_candidates", "diversity_weight or coverage_weight > 0", self.surrogates),
                 ("temperature", "loss: softmax", self.loss == "softmax"),
-                ("fusion_shrink", "itemknn_fusion: true", self.itemknn_fusion),
             )
             if not active and self._changed(setting)
         ]
         if idle:
             raise ValueError(f"settings without effect: {'; '.join(idle)}")
         return self
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fusion_entry(cls, data):
+        """``fusion`` is a registry entry without a name (it is named ``fusion``); the settings of
+        earlier versions, ``itemknn_fusion: true`` with ``fusion_shrink``, mean ``{model: itemknn,
+        shrink: fusion_shrink}`` (stored artifacts keep loading)."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        if "itemknn_fusion" in data or "fusion_shrink" in data:
+            if "fusion" in data:
+                raise ValueError("give fusion, or the older itemknn_fusion / fusion_shrink, not both")
+            legacy, shrink = data.pop("itemknn_fusion", False), data.pop("fusion_shrink", None)
+            if legacy:
+                data["fusion"] = {"model": "itemknn", **({} if shrink is None else {"shrink": shrink})}
+            elif shrink is not None:
+                raise ValueError("settings without effect: fusion_shrink needs itemknn_fusion: true")
+        if isinstance(data.get("fusion"), dict):
+            if "name" in data["fusion"] and data["fusion"]["name"] != "fusion":
+                raise ValueError("fusion: remove the 'name' field, the fused model is named 'fusion'")
+            data["fusion"] = {**data["fusion"], "name": "fusion"}
+        return data
 
     @model_validator(mode="before")
     @classmethod
@@ -280,8 +342,16 @@ class TrainableConfig(ModelConfig):
     def _validation_is_not_training(self) -> TrainableConfig:
         if self.train_on_validation and self.trainer == "advanced":
             raise ValueError("train_on_validation needs trainer: simple (the advanced trainer stops on validation)")
-        if self.train_on_validation and self.itemknn_fusion:
-            raise ValueError("itemknn_fusion chooses its weight on validation; it cannot train on validation too")
+        if self.train_on_validation and self.fusion is not None and self.fusion_weight is None:
+            raise ValueError("fusion chooses its weight on validation; to train on validation too, fix fusion_weight")
+        if self.fusion is None and self.fusion_weight is not None:
+            raise ValueError("settings without effect: fusion_weight needs fusion")
+        if self.fusion is not None:
+            idle = [name for name in ("train_on_validation", "user_sample", "split", "seed", "description")
+                    if getattr(self.fusion, name) != ModelConfig.model_fields[name].default]
+            if idle:
+                raise ValueError(f"fusion: {', '.join(idle)}: no effect (the fused model is fitted on the "
+                                 "graph model's own training view)")
         if self.attention_entropy_weight and not self.has_attention:
             raise ValueError(f"attention_entropy_weight needs an attention model, not {self.model}")
         return self
@@ -376,7 +446,7 @@ class TagFriendGATConfig(AttentionConfig):
 
 CONFIG_CLASSES: dict[str, type[ModelConfig]] = {
     cls.model_fields["model"].annotation.__args__[0]: cls
-    for cls in (MostPopularConfig, ItemKNNConfig, EASEConfig, ALSConfig, GraphEASEConfig, LightGCNConfig,
+    for cls in (MostPopularConfig, CategoryPopularityConfig, ItemKNNConfig, EASEConfig, ALSConfig, GraphEASEConfig, LightGCNConfig,
                 BasicGATConfig, GenreAwareGATConfig, PlaylistGATConfig, TagFriendGATConfig)
 }
 MODEL_KINDS = tuple(CONFIG_CLASSES)

@@ -298,7 +298,8 @@ def chain_definitions(chain: Chain) -> dg.Definitions:
             if result.best_valid is not None:
                 metadata[f"best_valid_{result.monitor}"] = round(result.best_valid, 4)
             if result.fusion:
-                metadata["itemknn_fusion_weight"] = float(model.fusion_weight)
+                metadata["fusion_model"] = model_config.fusion.model
+                metadata["fusion_weight"] = float(model.fusion_weight)
                 metadata["fusion_valid"] = dg.MetadataValue.json(artifact["fusion"])
         if checkpoints is not None:
             shutil.rmtree(checkpoints, ignore_errors=True)  # finished: the next materialization trains afresh

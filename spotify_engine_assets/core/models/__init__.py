@@ -23,13 +23,13 @@ def build_model(config: ModelConfig, schema: Schema, num_nodes: dict[str, int]) 
 
     A config that weights a task gets a ``task_heads`` submodule (:class:`TaskHeads`, part of the
     state dict), built after the model so the model's own initialisation does not change; one with
-    ``itemknn_fusion`` gets the ``fusion_weight`` buffer its training sets.
+    ``fusion`` gets the ``fusion_weight`` buffer its training sets.
     """
     torch.manual_seed(config.seed)
     model = MODEL_CLASSES[config.model](config, schema, num_nodes)
     if config.trainable and config.tasks:
         model.task_heads = TaskHeads(config.embedding_dim, tuple(config.tasks))
-    if config.trainable and config.itemknn_fusion:
+    if config.trainable and config.fusion is not None:
         model.enable_fusion()
     return model
 

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from torch_geometric.data import HeteroData
 
 from ..config import ModelConfig, TrainableConfig
-from ..data.graph import EdgeType, Schema
+from ..data.graph import EdgeType, Schema, num_nodes_of
 from .propagation import AdjacencyCache
 
 ScoreFn = Callable[[Tensor], Tensor]  # user indices -> [n, num_items] scores
@@ -105,6 +105,12 @@ class Recommender:
     def factors(self) -> tuple[Tensor, Tensor] | None:
         return None
 
+    def evidence_scores(self, users: Tensor) -> Tensor:
+        """``score`` with items the model has no evidence for at 0 instead of ``UNSEEN_SCORE``
+        (what a fusion standardizes)."""
+        scores = self.score(users)
+        return scores.masked_fill(scores <= UNSEEN_SCORE, 0.0)
+
     def parameter_count(self) -> int:
         return 0
 
@@ -120,8 +126,9 @@ class GraphModel(nn.Module, Recommender):
     """A trainable graph model: ``forward(view, return_attention=False)`` returns one embedding per
     user and item (and the attention per relation and layer when asked); a pair scores as the dot
     product (cosine with ``config.normalize``). ``relations`` are the relations it passes messages
-    along. ``fit`` runs the one trainer; with ``config.itemknn_fusion`` the scores are mixed with
-    ItemKNN's at the weight chosen on validation (a buffer, saved with the weights)."""
+    along. ``fit`` runs the one trainer; with ``config.fusion`` the scores are mixed with that
+    closed-form model's (fitted on the same view) at the weight chosen on validation (a buffer,
+    saved with the weights)."""
 
     trainable = True
     reads_edge_masks = False  # True: the model applies ``edge_masks`` itself (sparse aggregation)
@@ -131,7 +138,7 @@ class GraphModel(nn.Module, Recommender):
         nn.Module.__init__(self)
         Recommender.__init__(self, config, schema, num_nodes)
         self._factors: tuple[Tensor, Tensor] | None = None
-        self._knn: tuple | None = None  # (the view's interaction edges, its ItemKNN)
+        self._fused: tuple | None = None  # (the view's interaction edges, the fused model fitted on it)
         self.adjacency_cache = AdjacencyCache()
         self.edge_masks: dict[EdgeType, Tensor] | None = None
 
@@ -161,10 +168,12 @@ class GraphModel(nn.Module, Recommender):
         self._factors = self.encode(view)[:2]
         self.train(was_training)
         interactions = view[self.schema.interaction].edge_index
-        if self.config.itemknn_fusion and (self._knn is None or self._knn[0] is not interactions):
-            from .baselines import ItemKNN
+        fusion = self.config.fusion
+        if fusion is not None and (self._fused is None or self._fused[0] is not interactions):
+            from .baselines import CLOSED_FORM
 
-            self._knn = (interactions, ItemKNN.for_fusion(self.config, self.schema, view.cpu() if interactions.is_cuda else view))
+            other = CLOSED_FORM[fusion.model](fusion, self.schema, num_nodes_of(view))
+            self._fused = (interactions, other.prepare(view.cpu() if interactions.is_cuda else view))
         return self
 
     def enable_fusion(self) -> None:
@@ -182,10 +191,12 @@ class GraphModel(nn.Module, Recommender):
 
     def score(self, users: Tensor, fusion_weight: float | None = None) -> Tensor:
         scores = self.embedding_scores(users)
-        if not self.config.itemknn_fusion:
+        if self.config.fusion is None:
             return scores
         weight = float(self.fusion_weight) if fusion_weight is None else fusion_weight
-        return fused(scores, self._knn[1].similarity_scores(users.cpu()).to(scores.device), weight)
+        if weight <= 0.0:
+            return scores
+        return fused(scores, self._fused[1].evidence_scores(users.cpu()).to(scores.device), weight)
 
     def parameter_count(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -3,6 +3,11 @@
 ``score(users)`` ranks the whole catalogue.
 
 * :class:`MostPopular` - items ranked by their number of training users (the reference).
+* :class:`CategoryPopularity` - popularity conditioned on a category (genre, artist, tag): a user's
+  smoothed category shares times each category's items by training popularity,
+  ``score(u, i) = sum_c theta_uc p(i | c)`` with ``theta_uc = (n_uc + a pi_c) / (n_u + a)`` and
+  ``p(i | c) ∝ pop(i) ** b`` over the items of ``c`` (the strong simple baseline where the data is
+  generated, or chosen, by taste for a category).
 * :class:`ItemKNN` - item-item cosine with shrinkage, ``S = XᵀX / (‖x_i‖‖x_j‖ + shrink)``
   (diagonal zeroed), optionally only each item's ``neighbours`` most similar items kept; a user
   scores ``x_u S``. Sparse throughout (scipy).
@@ -27,8 +32,8 @@ from torch import Tensor
 from torch_geometric.data import HeteroData
 from torch_geometric.utils import scatter
 
-from ..config import ALSConfig, EASEConfig, GraphEASEConfig, TrainableConfig
-from ..data.graph import Schema, interaction_matrix, num_nodes_of
+from ..config import ALSConfig, CategoryPopularityConfig, EASEConfig, GraphEASEConfig
+from ..data.graph import Schema, interaction_matrix, num_nodes_of, reverse
 from .base import UNSEEN_SCORE, Recommender
 
 
@@ -49,6 +54,90 @@ class MostPopular(Recommender):
     def factors(self) -> tuple[Tensor, Tensor]:
         """Rank-1 factors reproducing the popularity ranking through a dot product."""
         return torch.ones(self.num_users, 1), self.popularity.view(-1, 1)
+
+
+class CategoryError(ValueError):
+    """A category-popularity config names a category the chain's graph cannot reach."""
+
+
+def item_categories(view: HeteroData, schema: Schema, category: str | None) -> sp.csr_matrix:
+    """Binary ``items x categories`` membership of the node type ``category`` (module docstring of
+    :class:`CategoryPopularity`): an item-category relation's target, or a context relation's
+    target one hop beyond it (track -> artist -> genre); None: the main category."""
+    relations = list(schema.categories.values())
+    if not relations:
+        raise CategoryError(f"the {schema.item} graph has no category relation to condition popularity on")
+    target = category or relations[0][2]
+    num_items = int(view[schema.item].num_nodes)
+
+    def matrix(edge_type, rows: int, cols: int) -> sp.csr_matrix:
+        edges = view[edge_type].edge_index.numpy()
+        out = sp.csr_matrix((np.ones(edges.shape[1], dtype=np.float32), (edges[0], edges[1])), shape=(rows, cols))
+        out.data[:] = 1.0  # duplicates count once
+        return out
+
+    for relation in relations:
+        if relation[2] == target and relation in view.edge_types:
+            return matrix(relation, num_items, int(view[target].num_nodes))
+    for relation in relations:
+        for context in schema.context:
+            for hop in (context, reverse(context)):
+                if hop[0] == relation[2] and hop[2] == target and hop in view.edge_types:
+                    side = int(view[relation[2]].num_nodes)
+                    both = matrix(relation, num_items, side) @ matrix(hop, side, int(view[target].num_nodes))
+                    both.data[:] = 1.0
+                    return both.tocsr()
+    reachable = sorted({r[2] for r in relations} | {c[2] for c in schema.context} | {c[0] for c in schema.context})
+    raise CategoryError(f"category {target!r} is not reachable from {schema.item} (one of: {', '.join(reachable)})")
+
+
+class _CategoryLevel:
+    """One category level of :class:`CategoryPopularity`: each user's category counts (an
+    interaction split over its item's categories), their totals and ``p(item | category)``."""
+
+    def __init__(self, x: sp.csr_matrix, member: sp.csr_matrix, popularity: np.ndarray, exponent: float) -> None:
+        share = sp.diags(1.0 / np.maximum(np.asarray(member.sum(axis=1)).ravel(), 1.0)) @ member
+        self.counts = (x @ share).tocsr()
+        self.user_total = np.asarray(self.counts.sum(axis=1)).ravel()
+        weight = np.where(popularity > 0, popularity, 0.0) ** exponent * (popularity > 0)
+        within = (member.T @ sp.diags(weight)).tocsr()
+        mass = np.asarray(within.sum(axis=1)).ravel()
+        self.item_given_category = (sp.diags(1.0 / np.maximum(mass, 1e-12)) @ within).tocsr().astype(np.float32)
+
+    def scores(self, rows: np.ndarray, smoothing: float, prior: np.ndarray) -> np.ndarray:
+        """``(own counts x p(item | category) + smoothing * prior) / (total + smoothing)``."""
+        own = np.asarray((self.counts[rows] @ self.item_given_category).todense(), dtype=np.float32)
+        scale = (1.0 / np.maximum(self.user_total[rows] + smoothing, 1e-12)).astype(np.float32)
+        return (own + smoothing * prior) * scale[:, None]
+
+
+class CategoryPopularity(Recommender):
+    """Popularity conditioned on a category (module docstring); with ``backoff`` the smoothing
+    leans on the user's scores at the coarser category (themselves smoothed toward global
+    popularity) instead of global popularity."""
+
+    config: CategoryPopularityConfig
+
+    def _fit(self, view: HeteroData) -> None:
+        config = self.config
+        x = interaction_matrix(view[self.schema.interaction].edge_index, self.num_users, self.num_items)
+        x.data[:] = 1.0
+        popularity = np.asarray(x.sum(axis=0)).ravel()
+        self.prior = (popularity / max(popularity.sum(), 1e-12)).astype(np.float32)[None, :]
+        categories = [config.category] + ([config.backoff] if config.backoff else [])
+        self.levels = [_CategoryLevel(x, item_categories(view, self.schema, c), popularity, config.popularity_exponent)
+                       for c in categories]
+
+    def score(self, users: Tensor) -> Tensor:
+        rows = users.cpu().numpy()
+        smoothing = [self.config.smoothing, self.config.backoff_smoothing][: len(self.levels)]
+        scores = self.prior
+        for level, alpha in reversed(list(zip(self.levels, smoothing))):
+            scores = level.scores(rows, alpha, scores)
+        return torch.from_numpy(scores if scores.shape[0] == rows.size else np.repeat(scores, rows.size, axis=0))
+
+    def parameter_count(self) -> int:
+        return sum(int(level.counts.nnz + level.item_given_category.nnz) for level in self.levels)
 
 
 def item_similarity(view: HeteroData, schema: Schema, shrink: float, neighbours: int | None = None) -> sp.csr_matrix:
@@ -72,18 +161,10 @@ class ItemKNN(Recommender):
     """Item-item cosine with shrinkage (module docstring)."""
 
     def _fit(self, view: HeteroData) -> None:
-        shrink = self.config.fusion_shrink if isinstance(self.config, TrainableConfig) else self.config.shrink
-        neighbours = getattr(self.config, "neighbours", None)
+        shrink, neighbours = self.config.shrink, self.config.neighbours
         self.x = interaction_matrix(view[self.schema.interaction].edge_index, self.num_users, self.num_items)
         self.similarity = item_similarity(view, self.schema, shrink, neighbours)
         self.unseen = torch.from_numpy(np.asarray(self.x.sum(0)).ravel() == 0)
-
-    @classmethod
-    def for_fusion(cls, config: TrainableConfig, schema: Schema, view: HeteroData) -> ItemKNN:
-        """The ItemKNN a graph model's scores are fused with (``fusion_shrink``)."""
-        model = cls(config, schema, num_nodes_of(view))
-        model._fit(view)
-        return model
 
     def similarity_scores(self, users: Tensor) -> Tensor:
         """``x_u S`` of each user (0 for items without evidence)."""
@@ -212,5 +293,5 @@ class ALS(Recommender):
 
 
 CLOSED_FORM: dict[str, type[Recommender]] = {
-    "most_popular": MostPopular, "itemknn": ItemKNN, "ease": EASE, "als": ALS, "graph_ease": GraphEASE,
+    "most_popular": MostPopular, "category_popularity": CategoryPopularity, "itemknn": ItemKNN, "ease": EASE, "als": ALS, "graph_ease": GraphEASE,
 }

@@ -196,9 +196,9 @@ class ServingIndex:
         0 where the chain has no genre relation."""
         has, interaction = schema.category("genre"), schema.interaction
         num_users, num_songs = int(data[schema.user].num_nodes), int(data[schema.item].num_nodes)
-        if factors is not None and not getattr(config, "itemknn_fusion", False):
+        if factors is not None and getattr(config, "fusion", None) is None:
             user_emb, song_emb = (f.detach().cpu() for f in factors)  # serving runs on the CPU
-        else:  # no embeddings, or scores fused with ItemKNN's: the model itself scores (ModelBundle)
+        else:  # no embeddings, or fused scores: the model itself scores (ModelBundle)
             user_emb = song_emb = None
         if n0 is None:
             if has is None:

@@ -31,8 +31,10 @@ Trainers: :class:`BaseTrainer` owns the epoch/step loop; :class:`SimpleTrainer` 
 listening, R-precision playlists, NDCG@20 Last.fm), stops early and writes resumable checkpoints.
 ``config.trainer`` picks one; :func:`train` is the entry point.
 
-With ``itemknn_fusion`` the trained model's scores are then mixed with ItemKNN's at the weight of
-:data:`FUSION_WEIGHTS` that maximizes the validation metric (ties: the smaller ItemKNN share).
+With ``fusion`` the trained model's scores are then mixed with a closed-form model's (ItemKNN,
+EASE, category popularity, ...) at the weight of :data:`FUSION_WEIGHTS` that maximizes the
+validation metric (ties: the smaller share of the fused model). The weights stop short of 1: a
+fused config always keeps the graph model's scores in its ranking.
 """
 
 from __future__ import annotations
@@ -58,7 +60,7 @@ from .sampling import known_keys, sample_negatives
 
 Logger = Callable[[str], None]
 CHECKPOINT_FILE = "checkpoint.pt"
-FUSION_WEIGHTS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+FUSION_WEIGHTS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 DEFAULT_PROTOCOL = LinkPrediction()
 
 
@@ -360,7 +362,7 @@ def validation_users(valid_pairs: Tensor | None, config: TrainableConfig, users:
 def validate(model: GraphModel, view: HeteroData, valid_pairs: Tensor, protocol: Protocol, users: Tensor | None = None,
              fusion_weight: float | None = None) -> dict[str, float]:
     """The protocol's validation metrics of the model's current weights on ``view`` (evaluation
-    mode; training interactions masked); with ``fusion_weight``, of its ItemKNN-fused scores."""
+    mode; training interactions masked); with ``fusion_weight``, of its fused scores."""
     model.prepare(view)
     score = model.embedding_scores if fusion_weight is None else (lambda users_: model.score(users_, fusion_weight))
     return protocol.validate(score, view[model.schema.interaction].edge_index.cpu(), valid_pairs.cpu(), model.num_items, users)
@@ -369,12 +371,12 @@ def validate(model: GraphModel, view: HeteroData, valid_pairs: Tensor, protocol:
 def choose_fusion_weight(model: GraphModel, view: HeteroData, valid_pairs: Tensor, protocol: Protocol,
                          users: Tensor | None = None, log: Logger | None = None) -> dict[float, float]:
     """Set ``model.fusion_weight`` to the weight of :data:`FUSION_WEIGHTS` with the best validation
-    metric of the fused scores (ties: the smaller ItemKNN share); returns each weight's value."""
+    metric of the fused scores (ties: the smaller share of the fused model); returns each weight's value."""
     fusion = {w: validate(model, view, valid_pairs, protocol, users, w)[protocol.monitor] for w in FUSION_WEIGHTS}
     chosen = max(fusion, key=lambda weight: (fusion[weight], -weight))
     model.fusion_weight.fill_(chosen)
     (log or (lambda message: None))(
-        f"ItemKNN fusion weight {chosen} (validation {protocol.monitor} {fusion[chosen]:.4f}; {fusion[0.0]:.4f} without)"
+        f"{model.config.fusion.model} fusion weight {chosen} (validation {protocol.monitor} {fusion[chosen]:.4f}; {fusion[0.0]:.4f} without)"
     )
     return fusion
 
@@ -404,8 +406,12 @@ def train(model: GraphModel, view: HeteroData, valid_pairs: Tensor | None, confi
         result = AdvancedTrainer(model, view, config, valid_pairs, protocol=protocol, checkpoint_dir=checkpoint_dir,
                                  checkpoint_every=checkpoint_every, **options).fit()
     model.prepare(view)
-    if config.itemknn_fusion:
-        result.fusion = choose_fusion_weight(model, view, valid_pairs, protocol, validation_users(valid_pairs, config, users), log)
+    if config.fusion is not None:
+        if config.fusion_weight is None:
+            users = validation_users(valid_pairs, config, users)
+            result.fusion = choose_fusion_weight(model, view, valid_pairs, protocol, users, log)
+        else:
+            model.fusion_weight.fill_(config.fusion_weight)
         result.best_state = copy.deepcopy(model.state_dict())
     return result
 

@@ -230,12 +230,13 @@ def _recommend(args: argparse.Namespace) -> int:
         _note_genre_prior(bundle, args.genre_prior)
         if args.user is not None:
             user = bundle.user_index(args.user)
-            ranking = rank_songs(bundle, args.k, user=user, genre_prior=args.genre_prior)
+            ranking = rank_songs(bundle, args.k, user=user, genre_prior=args.genre_prior, diversify=args.diversify)
             who = f"user {args.user}"
         else:
             songs = [bundle.song_index(s) for s in _split_list(args.songs)]
             genres = [bundle.genre_index(g) for g in _split_list(args.genres)]
-            ranking = rank_songs(bundle, args.k, songs=songs, genres=genres, genre_prior=args.genre_prior)
+            ranking = rank_songs(bundle, args.k, songs=songs, genres=genres, genre_prior=args.genre_prior,
+                                 diversify=args.diversify)
             who = "a new user" + (f" with songs {args.songs}" if args.songs else "") + (f" and genres {args.genres}" if args.genres else "")
             user = None
         explanations = []
@@ -252,7 +253,8 @@ def _recommend(args: argparse.Namespace) -> int:
         payload = {"config": args.model, "user_id": args.user, "songs": _split_list(args.songs), "genres": _split_list(args.genres),
                    "genre_weight": ranking.genre_weight, "genre_prior": ranking.genre_prior,
                    "genre_prior_source": "--genre-prior" if args.genre_prior is not None else bundle.n0_source,
-                   "interactions": ranking.interactions, "recommendations": ranking_rows(bundle, ranking)}
+                   "interactions": ranking.interactions, "diversify": args.diversify.describe(args.k),
+                   "recommendations": ranking_rows(bundle, ranking)}
         if explanations:
             payload["explanations"] = explanations
         print(json.dumps(payload, indent=2))
@@ -349,6 +351,29 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _lambda(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number in [0, 1], got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
+    return value
+
+
+def _diversify_option(args: argparse.Namespace, parser: argparse.ArgumentParser):
+    """The ``recommend`` re-ranker from ``--diversify`` and its parameter (a parameter of another
+    re-ranker is a usage error of the subcommand)."""
+    from .core.serving.diversity import DEFAULT_MAX_PER_ARTIST, DEFAULT_MMR_LAMBDA, Diversify
+
+    if args.max_per_artist is not None and args.diversify != "artist-cap":
+        parser.error(f"--max-per-artist applies to --diversify artist-cap, not --diversify {args.diversify}")
+    if args.mmr_lambda is not None and args.diversify != "mmr":
+        parser.error(f"--mmr-lambda applies to --diversify mmr, not --diversify {args.diversify}")
+    return Diversify(args.diversify, max_per_artist=args.max_per_artist or DEFAULT_MAX_PER_ARTIST,
+                     mmr_lambda=DEFAULT_MMR_LAMBDA if args.mmr_lambda is None else args.mmr_lambda)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="spotify-engine", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -386,6 +411,14 @@ def main(argv: list[str] | None = None) -> int:
     recommend.add_argument("--genre-prior", type=float, default=None,
                            help="n0 of the adaptive genre weight w = n0/(n0+n), n = the user's training interactions "
                            "(0: model only; default: the n0 trained_model chose on the validation split and stored with the model)")
+    recommend.add_argument("--diversify", choices=("none", "artist-cap", "mmr"), default="none",  # diversity.RERANKERS
+                           help="re-rank the top k for artist/genre diversity from the best max(50, 5k) songs: artist-cap "
+                           "(at most --max-per-artist songs of one artist) or mmr (maximal marginal relevance, "
+                           "--mmr-lambda); default none")
+    recommend.add_argument("--max-per-artist", type=_positive_int, default=None, metavar="N",
+                           help="artist-cap: songs of one artist in the list (default 2)")
+    recommend.add_argument("--mmr-lambda", type=_lambda, default=None, metavar="X",
+                           help="mmr: weight of diversity in [0, 1] (0: the plain ranking; default 0.3)")
     recommend.add_argument("--explain", action="store_true", help="explain every recommended song")
     recommend.add_argument("--json", action="store_true", help="print JSON instead of tables")
     recommend.set_defaults(handler=_recommend)
@@ -411,6 +444,8 @@ def main(argv: list[str] | None = None) -> int:
     training.add_argument("--variants", action="store_true", help="look CONFIG up in configs/<chain>/variants.yaml")
     training.set_defaults(handler=_train)
     args = parser.parse_args(argv)
+    if args.command == "recommend":
+        args.diversify = _diversify_option(args, recommend)
     return args.handler(args)
 
 

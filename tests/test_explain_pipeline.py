@@ -225,6 +225,36 @@ def test_recommendations_asset_is_every_users_ranking(lake, capsys):
     assert popular.height == 5 * users
 
 
+def test_diversified_recommendations_asset_and_cli_agree(lake, capsys):
+    """listening/recommendations with ``diversify: artist-cap`` (one song per artist): every user's
+    list has distinct artists and is what `recommend --diversify artist-cap` serves."""
+    import polars as pl
+
+    root, materialize = lake
+    config = run_config()
+    config.setdefault("ops", {})["listening__recommendations"] = {
+        "config": {"k": 5, "diversify": "artist-cap", "max_per_artist": 1}}
+    result = materialize(dg.AssetSelection.assets(["listening", "recommendations"]), config, "gat_enhanced")
+    assert result.success
+    metadata = result.asset_materializations_for_node("listening__recommendations")[0].metadata
+    assert metadata["diversify"].value == {"method": "artist-cap", "max_per_artist": 1, "pool": 50}
+    frame = pl.read_parquet(ArtifactStore(root / "artifacts").current(["listening", "recommendations"], "gat_enhanced")
+                            / "data.parquet")
+    artists = pl.DataFrame(_warehouse_ids(root, "SELECT song_id, artist_id FROM marts.songs"),
+                           schema=["song_id", "artist_id"], orient="row")
+    per_user = frame.join(artists, on="song_id").group_by("user_id").agg(pl.len().alias("n"), pl.col("artist_id").n_unique().alias("a"))
+    assert per_user.height == frame["user_id"].n_unique() and (per_user["n"] == per_user["a"]).all()
+    assert (per_user["n"] == 5).all()
+    user, _, _ = _user_and_unplayed_song(root)
+    argv = ["recommend", "--model", "gat_enhanced", "--user", str(user), "--k", "5", "--json"]
+    assert cli.main(argv + ["--diversify", "artist-cap", "--max-per-artist", "1"]) == 0
+    served = json.loads(capsys.readouterr().out)
+    assert served["diversify"]["method"] == "artist-cap"
+    assert frame.filter(pl.col("user_id") == user).sort("rank")["song_id"].to_list() == [r["song_id"] for r in served["recommendations"]]
+    artist_of = dict(artists.iter_rows())
+    assert len({artist_of[r["song_id"]] for r in served["recommendations"]}) == 5
+
+
 def test_serving_reads_the_n0_stored_with_the_model(lake, capsys, monkeypatch, tmp_path):
     """recommend, explain and recommend --explain never search n0: they read the one trained_model
     chose on validation; an artifact from before it was stored serves the default and says so."""
@@ -279,6 +309,7 @@ def test_cli_imports_no_dagster_and_recommend_no_graph_library(lake):
         "assert not {'dagster', 'torch', 'torch_geometric', 'polars'} & set(sys.modules), sorted(sys.modules)\n"
         "with contextlib.redirect_stdout(io.StringIO()):\n"
         f"    assert cli.main(['recommend', '--model', 'gat_enhanced', '--user', '{user}', '--k', '3']) == 0\n"
+        f"    assert cli.main(['recommend', '--model', 'gat_enhanced', '--user', '{user}', '--k', '3', '--diversify', 'mmr']) == 0\n"
         "print(sorted({'dagster', 'torch_geometric', 'spotify_engine_assets.definitions', 'spotify_engine_assets.datasets'}"
         " & set(sys.modules)))\n"
     )

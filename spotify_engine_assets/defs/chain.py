@@ -55,6 +55,7 @@ from ..core.plots import (
     training_curve,
 )
 from ..core.registry import ORIGIN_REGISTRY, ORIGIN_STUDY
+from ..core.serving.diversity import DEFAULT_MAX_PER_ARTIST, DEFAULT_MMR_LAMBDA, RERANKERS, Diversify
 from ..core.serving.recommend import bundle_from, recommendation_frame, serving_payload
 from ..core.storage.artifacts import atomic_write_bytes
 from ..core.storage.paths import source_version
@@ -640,6 +641,10 @@ def champion_asset(chain: Chain) -> dg.AssetsDefinition:
 
 class RecommendationsConfig(dg.Config):
     k: int = Field(default=50, ge=1, description="Items per user (fewer for a user with fewer unseen items).")
+    diversify: str = Field(default="none", description=f"Re-ranker for artist/genre diversity: {', '.join(RERANKERS)} "
+                           "(core/serving/diversity.py; as spotify-engine recommend --diversify).")
+    max_per_artist: int = Field(default=DEFAULT_MAX_PER_ARTIST, ge=1, description="artist-cap: items of one artist per list.")
+    mmr_lambda: float = Field(default=DEFAULT_MMR_LAMBDA, ge=0.0, le=1.0, description="mmr: weight of diversity (0: plain ranking).")
 
 
 def recommendations_asset(chain: Chain, configs: dg.DynamicPartitionsDefinition) -> dg.AssetsDefinition:
@@ -651,17 +656,20 @@ def recommendations_asset(chain: Chain, configs: dg.DynamicPartitionsDefinition)
         user and rank: user id, rank, item id, the blended score it is ranked by, the model's score,
         and on chains with genres the genre score and weight), ranked as ``spotify-engine recommend``
         ranks (the genre prior n0 stored with the model), every known item of a user excluded. Read it
-        without torch, e.g. DuckDB ``read_parquet``."""
+        without torch, e.g. DuckDB ``read_parquet``. ``diversify`` re-ranks every list for artist/genre
+        diversity (default none; see ``core/serving/diversity.py``)."""
         torch_runtime.apply()
         try:
+            diversify = Diversify(config.diversify, max_per_artist=config.max_per_artist, mmr_lambda=config.mmr_lambda)
             bundle = bundle_from(chain.dataset, trained_model, graph, split)
-        except ConfigError as error:
+            frame = recommendation_frame(bundle, config.k, diversify=diversify)
+        except (ConfigError, ValueError) as error:
             raise dg.Failure(f"{chain.name}/recommendations[{context.partition_key}]: {error}") from error
-        frame = recommendation_frame(bundle, config.k)
         users = frame.select(pl.first()).n_unique()
         return dg.Output(frame, metadata={
             "rows": frame.height, "users": users, "users_without_items": bundle.num_users - users, "k": config.k,
             "genre_prior_n0": bundle.n0, "genre_prior_source": bundle.n0_source, "columns": ", ".join(frame.columns),
+            "diversify": dg.MetadataValue.json(diversify.describe(config.k)),
             "preview": dg.MetadataValue.md(frame_markdown(frame.head(10))),
             # the IO manager adds ``artifact``, this version's folder (data.parquet); CURRENT in the slot names the live one
             "slot": dg.MetadataValue.path(str(lake.artifacts.slot([chain.name, "recommendations"], context.partition_key))),

@@ -11,7 +11,8 @@ an empty slot and is never counted):
 * :func:`gini` of the *whole* catalogue's recommendation counts (never recommended items are zeros).
 * :func:`novelty_per_user`: ``p(item)`` is Laplace-smoothed, ``(listeners + 1) / (users + 1)``, so
   unplayed items are finite.
-* :func:`intra_list_distance`: pairwise cosine similarities summed as ``||sum e||^2 - sum ||e||^2``.
+* :func:`intra_list_distance`: mean pairwise cosine distance (the serving re-rankers' ILD,
+  :func:`~spotify_engine_assets.core.serving.diversity.mean_pairwise_distance`).
 * :func:`personalization`: exact for all pairs from item recommendation counts,
   ``sum_{u != v} |L_u ∩ L_v| = sum_i c_i^2 - sum_u |L_u|``.
 """
@@ -26,6 +27,8 @@ from torch_geometric.metrics import (
     LinkPredHitRatio, LinkPredMetricCollection, LinkPredMRR, LinkPredNDCG, LinkPredPrecision, LinkPredRecall,
 )
 from torch_geometric.metrics.link_pred import LinkPredMetricData
+
+from ..serving.diversity import mean_pairwise_distance
 
 ACCURACY_KS = (5, 10, 20)
 ACCURACY_FAMILIES = {
@@ -212,17 +215,13 @@ def intra_list_distance(topk: Tensor, features: Tensor, k: int) -> Tensor:
     """Mean pairwise cosine distance within each top-``k`` list under ``features`` (one row per item).
 
     Lists with fewer than two items get 0. A zero feature vector is at distance 1 from everything.
+    The mean is :func:`~spotify_engine_assets.core.serving.diversity.mean_pairwise_distance`, the
+    ILD the serving re-rankers are measured with.
     """
     top = topk[:, :k]
-    num_items = features.size(0)
     unit = torch.nn.functional.normalize(features.double(), dim=1)
     vectors = _padded(unit)[top]  # [users, k, d]; the sentinel row is zero
-    valid = (top < num_items).sum(dim=1).double()
-    squared_norms = vectors.pow(2).sum(dim=(1, 2))  # 1 per nonzero item
-    summed = vectors.sum(dim=1).pow(2).sum(dim=1)
-    pairs = valid * (valid - 1)
-    similarity = (summed - squared_norms) / pairs.clamp(min=1)
-    return torch.where(pairs > 0, 1.0 - similarity, torch.zeros(()).double())
+    return mean_pairwise_distance(torch.bmm(vectors, vectors.transpose(1, 2)), top < features.size(0))
 
 
 def personalization(topk: Tensor, num_items: int, k: int) -> float:

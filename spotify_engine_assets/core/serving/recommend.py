@@ -19,6 +19,11 @@ number of training interactions, so new users lean on genres and active users on
 collaborative signal. ``n0 = 0`` ranks by the model's score alone. A chain without a genre
 relation ranks by the model alone (``n0 = 0``; users without training interactions get
 popularity).
+
+Every ranking function takes a ``diversify`` option (:class:`.diversity.Diversify`): the top-k is
+then re-ranked for artist and genre diversity (a per-artist cap, or MMR) from the pool of the
+``max(50, 5k)`` best blended scores (:mod:`.diversity`), with each item's artist (``song_artist``,
+stored in every serving index) and genres. Default: the plain ranking.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from torch import Tensor
 
 from ..config import ConfigError, ModelConfig, parse_config
 from ..storage.artifacts import ArtifactNotFoundError, ArtifactStore, load_torch
+from .diversity import Diversify, ItemSimilarity, rerank_scores
 from .scores import adaptive_weights, blend, genre_matrix_of, genre_profile_of_songs, genre_scores
 
 if TYPE_CHECKING:  # the graph libraries are imported only where a graph is built
@@ -255,6 +261,11 @@ class ServingIndex:
         """Most-popular: every user's model score is the songs' popularity."""
         return self.config.model == "most_popular"
 
+    @functools.cached_property
+    def similarity(self) -> ItemSimilarity:
+        """Item-item artist and genre similarity, what the diversity re-rankers use."""
+        return ItemSimilarity(self.song_artist, self.genre_matrix)
+
     def names(self) -> Catalog:
         """Display names (built from the warehouse on first use)."""
         if self.catalog is None:
@@ -466,6 +477,7 @@ class Ranking:
     genre_weight: float     # w = n0 / (n0 + n)
     interactions: int       # n
     genre_prior: float      # n0
+    diversify: Diversify = field(default_factory=Diversify)  # the re-ranker of the list
 
 
 @dataclass
@@ -480,16 +492,18 @@ class Rankings:
     genre_weight: Tensor    # [users]
     interactions: Tensor    # [users]
     genre_prior: float
+    diversify: Diversify = field(default_factory=Diversify)
 
     def row(self, i: int) -> Ranking:
         keep = self.valid[i]
         return Ranking(self.songs[i][keep], self.score[i][keep], self.model_score[i][keep], self.genre_score[i][keep],
-                       float(self.genre_weight[i]), int(self.interactions[i]), self.genre_prior)
+                       float(self.genre_weight[i]), int(self.interactions[i]), self.genre_prior, self.diversify)
 
 
 def _rank(index: ServingIndex, model: Tensor | None, profiles: Tensor, interactions: Tensor,
-          exclude: tuple[Tensor, Tensor], k: int, n0: float) -> Rankings:
-    """Blend, mask ``exclude`` (row, song) pairs, take the top ``k`` of every row."""
+          exclude: tuple[Tensor, Tensor], k: int, n0: float, diversify: Diversify | None = None) -> Rankings:
+    """Blend, mask ``exclude`` (row, song) pairs, take the top ``k`` of every row (re-ranked from a
+    pool of the best by ``diversify``, if any)."""
     if k < 1:
         raise ValueError(f"k must be positive, got {k}")
     genre = genre_scores(index.genre_matrix, index.popularity, profiles)
@@ -499,27 +513,33 @@ def _rank(index: ServingIndex, model: Tensor | None, profiles: Tensor, interacti
     weight = torch.where(has_model, adaptive_weights(interactions, n0), torch.ones(interactions.numel()))
     score = blend(torch.where(has_model.unsqueeze(1), model, torch.zeros_like(model)), genre, weight)
     score[exclude] = float("-inf")
-    top = score.topk(min(k, index.num_songs), dim=1)
-    gather = lambda values: values.gather(1, top.indices)  # noqa: E731
-    return Rankings(top.indices, top.values, gather(model), gather(genre), torch.isfinite(top.values), weight,
-                    interactions, n0)
+    diversify = diversify or Diversify()
+    if diversify.active:
+        songs, valid = rerank_scores(score, k, diversify, index.similarity)
+    else:
+        top = score.topk(min(k, index.num_songs), dim=1)
+        songs, valid = top.indices, torch.isfinite(top.values)
+    gather = lambda values: values.gather(1, songs)  # noqa: E731
+    return Rankings(songs, gather(score), gather(model), gather(genre), valid, weight, interactions, n0, diversify)
 
 
-def rank_users(index: ServingIndex, users: Tensor, k: int, genre_prior: float | None = None) -> Rankings:
+def rank_users(index: ServingIndex, users: Tensor, k: int, genre_prior: float | None = None,
+               diversify: Diversify | None = None) -> Rankings:
     """Top-``k`` songs of known users (node indices), batched: the model's score blended with the
     genre score of each user's training songs, every known song masked. ``genre_prior`` is ``n0``
-    (``None``: the index's, chosen on validation when the model was trained)."""
+    (``None``: the index's, chosen on validation when the model was trained); ``diversify`` a
+    re-ranker (module docstring)."""
     n0 = index.n0 if genre_prior is None else float(genre_prior)
     rows, songs = _gather(index.train_indptr, index.train_items, users)
     profiles = torch.zeros(users.numel(), index.genre_matrix.size(1)).index_add_(0, rows, index.genre_matrix[songs])
     profiles = profiles / profiles.sum(1, keepdim=True).clamp(min=1e-12)
     interactions = index.train_indptr[users + 1] - index.train_indptr[users]
-    return _rank(index, index.user_scores(users), profiles, interactions, index.known_songs_of(users), k, n0)
+    return _rank(index, index.user_scores(users), profiles, interactions, index.known_songs_of(users), k, n0, diversify)
 
 
 def rank_songs(
     index: ServingIndex, k: int, *, user: int | None = None, songs: list[int] | None = None,
-    genres: list[int] | None = None, genre_prior: float | None = None,
+    genres: list[int] | None = None, genre_prior: float | None = None, diversify: Diversify | None = None,
 ) -> Ranking:
     """Top-``k`` songs for a known user (node index) or a new user given by songs and/or genres.
 
@@ -527,12 +547,13 @@ def rank_songs(
     model's embeddings of their songs (fold-in); the genre score comes from the genre profile of
     the user's training songs (or given songs, or given genres). Songs the user already played
     (every known interaction) or named are never recommended. ``genre_prior`` is ``n0``
-    (``None``: the index's, chosen on validation when the model was trained).
+    (``None``: the index's, chosen on validation when the model was trained); ``diversify`` a
+    re-ranker of the list (module docstring).
     """
     if user is None and not songs and not genres:
         raise ValueError("give a user, or a new user's songs and/or genres")
     if user is not None:
-        return rank_users(index, torch.tensor([user]), k, genre_prior).row(0)
+        return rank_users(index, torch.tensor([user]), k, genre_prior, diversify).row(0)
     n0 = index.n0 if genre_prior is None else float(genre_prior)
     given = torch.tensor(sorted(set(songs or [])), dtype=torch.long)
     profile = genre_profile_of_songs(index.genre_matrix, given)
@@ -544,16 +565,17 @@ def rank_songs(
     model = index.fold_in_scores(given)
     exclude = (torch.zeros(given.numel(), dtype=torch.long), given)
     rankings = _rank(index, None if model is None else model.unsqueeze(0), profile.unsqueeze(0),
-                     torch.tensor([given.numel()]), exclude, k, n0)
+                     torch.tensor([given.numel()]), exclude, k, n0, diversify)
     return rankings.row(0)
 
 
 def recommendation_frame(index: ServingIndex, k: int, genre_prior: float | None = None,
-                         batch_cells: int = MAX_BATCH_CELLS) -> pl.DataFrame:
+                         batch_cells: int = MAX_BATCH_CELLS, diversify: Diversify | None = None) -> pl.DataFrame:
     """Top-``k`` of every user as one row per (user, rank): ``user_id``, ``rank``, ``<item>_id``,
     ``score`` (the blend ranked by), ``model_score``, and where the chain has genres
     ``genre_score`` and ``genre_weight``. Every known item of a user is excluded, as in
-    :func:`rank_songs`; users are scored in batches of at most ``batch_cells`` scores."""
+    :func:`rank_songs`; users are scored in batches of at most ``batch_cells`` scores, and
+    re-ranked by ``diversify`` when given (``rank`` is the re-ranked position)."""
     import polars as pl
 
     batch = max(1, batch_cells // max(index.num_songs, 1))
@@ -561,7 +583,7 @@ def recommendation_frame(index: ServingIndex, k: int, genre_prior: float | None 
     parts = []
     for start in range(0, index.num_users, batch):
         users = torch.arange(start, min(start + batch, index.num_users))
-        ranked = rank_users(index, users, k, genre_prior)
+        ranked = rank_users(index, users, k, genre_prior, diversify)
         rows, ranks = ranked.valid.nonzero(as_tuple=True)
         columns = {
             "user": (users[rows]).numpy(), "rank": (ranks + 1).numpy().astype(np.int32),
@@ -635,7 +657,8 @@ RANKING_COLUMNS = ["rank", "song_id", "title", "artist", "genres", "score", "mod
 
 def render_ranking(index: ServingIndex, ranking: Ranking, who: str, markdown: bool = False) -> str:
     """A readable recommendation list with the score parts and the genre weight used."""
+    rerank = f"; re-ranked: {ranking.diversify.label()}" if ranking.diversify.active else ""
     head = (f"{index.config.name}: top {ranking.songs.numel()} for {who} "
             f"({ranking.interactions} known interactions; genre weight w = n0/(n0+n) = {ranking.genre_weight:.2f}, "
-            f"n0 = {ranking.genre_prior:g})")
+            f"n0 = {ranking.genre_prior:g}{rerank})")
     return head + "\n\n" + text_table(ranking_rows(index, ranking), RANKING_COLUMNS, markdown=markdown)

@@ -175,7 +175,7 @@ def test_cli_explain_and_new_users(lake, capsys):
     [
         (["recommend", "--model", "gat_enhanced", "--user", "987654"], r"unknown user '987654'; 150 users exist"),
         (["explain", "--model", "gat_enhanced", "--user", "USER", "--song", "987654"], r"unknown song '987654'; 600 songs exist"),
-        (["recommend", "--model", "nope", "--user", "USER"], r"unknown listening model config 'nope'; configs in the registry: gat_basic"),
+        (["recommend", "--model", "nope", "--user", "USER"], r"unknown listening model config 'nope'; configs in the registry: artist_genre_popularity, ease, gat_basic"),
         (["recommend", "--model", "lightgcn", "--user", "USER"], r"'lightgcn' has no materialized listening/trained_model.*materialized: gat_enhanced, most_popular"),
         (["recommend", "--model", "gat_enhanced", "--genres", "polka"], r"unknown genre 'polka'; 10 genres exist"),
         (["recommend", "--model", "gat_enhanced"], r"give --user ID"),

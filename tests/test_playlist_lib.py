@@ -317,7 +317,8 @@ def test_registry_modes_and_validation(tmp_path):
     sizes = {name: (c.user_sample, c.max_epochs if c.trainable else None) for name, c in registry.items()}
     assert sizes == {
         "most_popular": (50000, None), "itemknn": (50000, None), "lightgcn": (5000, 25), "lightgcn_itemknn": (5000, 25),
-        "playlist_gat": (5000, 25), "playlist_gat_itemknn": (5000, 25),
+        "playlist_gat": (5000, 25), "playlist_gat_itemknn": (5000, 25), "artist_popularity": (50000, None),
+        "genre_popularity": (50000, None), "ease": (5000, None),
     }
     assert {"most_popular", "itemknn", "lightgcn", "playlist_gat"} <= set(registry)
     bad = tmp_path / "bad.yaml"

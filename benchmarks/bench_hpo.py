@@ -8,7 +8,8 @@ a fresh study of ``--trials`` trials of one family with the epoch cap (seeded TP
 on validation Recall@10), and prints trials per hour and each trial's resource estimates
 (``core/experiments/trial_budget.py``; the seconds estimate is calibrated by a one-epoch probe of the base
 config, timed apart from the study) against its measured seconds; trials over a limit are pruned
-before they train. Then the registry's default config of the family and the study's best config
+before they train (graph families: closed-form ones such as itemknn, ease or genre_popularity
+run without a probe or limits, with the same trial budget). Then the registry's default config of the family and the study's best config
 are retrained with the same epoch cap and compared on validation and test: the test split is
 scored once, after the study, for these two configs only (the study chose on validation). The
 study goes to a fresh SQLite file in a temporary folder unless ``--storage`` names one. torch
@@ -35,6 +36,13 @@ from spotify_engine_assets.core.experiments import hpo, trial_budget  # noqa: E4
 from spotify_engine_assets.datasets.listening import DATASET  # noqa: E402
 from spotify_engine_assets.datasets.listening.graph import LISTENS  # noqa: E402
 from spotify_engine_assets.datasets.listening.splits import SplitSettings, random_split  # noqa: E402
+
+
+def scored(model, pairs: dict) -> dict[str, dict[str, float]]:
+    """Validation and test NDCG/Recall@10 of a closed-form model (no embeddings: its scores), with
+    the pairs each part must not recommend masked, as ``evaluate`` does for the graph models."""
+    known = {"valid": pairs["train"], "test": torch.cat([pairs["train"], pairs["valid"]], dim=1)}
+    return {part: DATASET.protocol.validate(model.score, known[part], pairs[part], model.num_items) for part in known}
 
 
 def main() -> None:
@@ -65,11 +73,13 @@ def main() -> None:
     print(f"study {study.study_name!r} in {hpo.redact(storage)}; space {sorted(space.params)}; "
           f"{args.trials} trials, <= {args.max_epochs} epochs each", flush=True)
 
-    probe_started = time.perf_counter()
-    per_unit = trial_budget.calibrate_seconds(DATASET, space.base, data, parts)
-    print(f"time probe: one epoch of {space.base.name} in {time.perf_counter() - probe_started:.1f} s "
-          f"= {per_unit:.3g} s per work unit", flush=True)
-    limits = hpo.TrialLimits(args.max_trial_memory_mb, args.max_trial_seconds, per_unit)
+    per_unit = None
+    if space.base.trainable:  # closed-form families have no epochs to estimate (and no limits to apply)
+        probe_started = time.perf_counter()
+        per_unit = trial_budget.calibrate_seconds(DATASET, space.trial_config({}, f"{args.family}_probe"), data, parts)
+        print(f"time probe: one epoch of {space.base.name} in {time.perf_counter() - probe_started:.1f} s "
+              f"= {per_unit:.3g} s per work unit", flush=True)
+    limits = hpo.TrialLimits(args.max_trial_memory_mb, args.max_trial_seconds if per_unit else None, per_unit)
 
     before = len(study.trials)
     study_started = time.perf_counter()
@@ -82,7 +92,7 @@ def main() -> None:
     print(f"\n{len(trials)} trials in {elapsed:.0f} s = {3600 * len(trials) / elapsed:.1f} trials/hour "
           f"({states['COMPLETE']} complete, {states['PRUNED']} pruned, {states['FAIL']} failed; "
           f"{args.max_epochs}-epoch cap, 1 thread)")
-    print(f"best trial {study.best_trial.number}: valid recall@10 {study.best_value:.4f} with {study.best_params}")
+    print(f"best trial {study.best_trial.number}: {hpo.objective_name(DATASET)} {study.best_value:.4f} with {study.best_params}")
     importances = hpo.param_importances(study)
     if importances:
         print("importances: " + ", ".join(f"{k} {v:.2f}" for k, v in importances.items()))
@@ -108,8 +118,9 @@ def main() -> None:
     print("|---|" + "---|" * len(columns))
     for label, config in (("default " + space.base.name, space.base), ("best " + args.family + "_tuned", hpo.best_config(study, space))):
         # as a trial: the chain's fit (training inputs from the training edges), early-stopped on validation
-        model, result, view = DATASET.fit(config, data, parts, max_epochs=min(args.max_epochs, config.max_epochs))
-        metrics = evaluate(model, view, pairs)
+        epochs = {"max_epochs": min(args.max_epochs, config.max_epochs)} if config.trainable else {}
+        model, result, view = DATASET.fit(config, data, parts, **epochs)
+        metrics = evaluate(model, view, pairs) if config.trainable else scored(model, pairs)
         values = [metrics["valid"]["ndcg@10"], metrics["valid"]["recall@10"], metrics["test"]["ndcg@10"], metrics["test"]["recall@10"]]
         cells = [f"{v:.4f}" for v in values] + [str(result.epochs_run), f"{result.seconds:.0f}"]
         print(f"| {label} | " + " | ".join(cells) + " |", flush=True)

@@ -12,11 +12,14 @@ from pathlib import Path
 import optuna
 import pytest
 import torch
+import yaml
 from torch_geometric.data import HeteroData
 
 from spotify_engine_assets.core.config import ConfigError, update_config
 from spotify_engine_assets.core.experiments import hpo
+from spotify_engine_assets.datasets.lastfm import DATASET as LASTFM
 from spotify_engine_assets.datasets.listening import DATASET
+from spotify_engine_assets.datasets.playlists import DATASET as PLAYLISTS
 from spotify_engine_assets.datasets.listening.graph import BY, HAS, LISTENS, SCHEMA
 
 torch.set_num_threads(1)
@@ -64,6 +67,9 @@ toy_gat:
   embedding_dim: 16
   batch_size: 64
   max_epochs: 4
+toy_itemknn:
+  model: itemknn
+  shrink: 10
 """
 
 TOY_SPACES = """
@@ -85,9 +91,40 @@ def toy_spaces(tmp: Path, spaces: str = TOY_SPACES) -> dict[str, hpo.SearchSpace
 # --- search-space validation -----------------------------------------------------------------
 
 
-def test_packaged_search_spaces_cover_the_trainable_families():
+CHAINS = {"listening": DATASET, "playlists": PLAYLISTS, "lastfm": LASTFM}
+GNN_FIELDS = {"lr", "l2", "embedding_dim", "loss", "temperature", "negatives_per_positive"}
+
+
+@pytest.mark.parametrize("chain", sorted(CHAINS))
+def test_packaged_search_spaces_cover_every_family_of_the_registry(chain):
+    """Every model family of the chain's registry but most_popular has a space (every
+    category_popularity config its own, on that config); a GNN space searches lr, l2, dims, layers
+    (not gat_basic: one layer whatever it says), heads (attention models), loss, and temperature /
+    negatives under the loss they belong to."""
+    dataset = CHAINS[chain]
+    spaces = hpo.load_search_spaces(dataset)
+    registry = dataset.registry.base
+    assert {c.model for c in registry.values()} - {"most_popular"} <= {s.base.model for s in spaces.values()}
+    popularity = {name for name, c in registry.items() if c.model == "category_popularity"}
+    assert popularity <= {s.base.name for s in spaces.values()}
+    for space in spaces.values():
+        params = space.params
+        if not space.base.trainable:
+            assert all(spec.when is None for spec in params.values())
+            continue
+        assert GNN_FIELDS <= set(params), space.family
+        assert ("num_layers" in params) == (space.base.model != "gat_basic"), space.family
+        assert ("heads" in params) == space.base.has_attention, space.family
+        assert set(params["loss"].choices) == {"bpr", "softmax"}
+        assert params["temperature"].conditions == {"loss": ("softmax",)}
+        assert params["negatives_per_positive"].conditions == {"loss": ("bpr",)}
+        assert list(params).index("loss") < list(params).index("temperature")  # suggested first
+        if "heads" in params:  # every (embedding_dim, heads) pair the space can draw divides
+            assert all(d % h == 0 for d in params["embedding_dim"].choices for h in params["heads"].choices)
+
+
+def test_listening_gnn_spaces_keep_their_ranges():
     spaces = hpo.load_search_spaces(DATASET)
-    assert set(spaces) == {"gat_enhanced", "gat_basic", "lightgcn"}
     enhanced = spaces["gat_enhanced"].params
     assert enhanced["lr"].log and (enhanced["lr"].low, enhanced["lr"].high) == (1e-4, 1e-1)
     assert (enhanced["num_layers"].low, enhanced["num_layers"].high) == (1, 4)
@@ -95,10 +132,185 @@ def test_packaged_search_spaces_cover_the_trainable_families():
     for family in ("gat_enhanced", "lightgcn"):  # training objectives are searched too
         negatives = spaces[family].params["negatives_per_positive"]
         assert (negatives.low, negatives.high) == (1, 10) and "weight_play_count" in spaces[family].params
-    # every (embedding_dim, heads) pair the space can draw is a valid GAT config
-    for dim in enhanced["embedding_dim"].choices:
-        for heads in enhanced["heads"].choices:
-            spaces["gat_enhanced"].config_for({"embedding_dim": dim, "heads": heads}, "x")
+
+
+def _sampled_configs(space: hpo.SearchSpace, n: int = 12, seed: int = 0) -> list[tuple[dict, object]]:
+    """``n`` trials of a seeded TPE sampler (no training: each is told a made-up value), both losses
+    forced once each in a space that searches the loss: their params and trial configs."""
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=4))
+    if "loss" in space.params:
+        for loss in space.params["loss"].choices:
+            study.enqueue_trial({"loss": loss})
+    drawn = []
+    for number in range(n):
+        trial = study.ask()
+        params = space.suggest(trial)
+        drawn.append((params, space.trial_config(params, f"{space.family}_trial{number}")))
+        study.tell(trial, float(number % 5))
+    return drawn
+
+
+@pytest.mark.parametrize(
+    ("chain", "family"),
+    # the files' keys (as the asset's partitions): a broken space fails its test, not the collection
+    [(chain, family) for chain, dataset in sorted(CHAINS.items()) for family in sorted(yaml.safe_load(hpo.spaces_path(dataset).read_text()))],
+)
+def test_every_family_samples_valid_trial_configs(chain, family):
+    """Seeded trials of every space of every chain make configs the config class accepts; a
+    conditional field is drawn exactly when its condition holds and otherwise has its default."""
+    space = hpo.get_space(CHAINS[chain], family)
+    defaults = type(space.base).model_fields
+    for params, config in _sampled_configs(space):
+        assert config.model == space.base.model and not config.train_on_validation
+        for field, spec in space.params.items():
+            if spec.when is None:
+                assert field in params
+            else:
+                assert (field in params) == spec.holds(params), (field, params)
+            value = params[field] if field in params else defaults[field].default
+            assert getattr(config, field) == value, (field, params)
+        if config.trainable:
+            assert config.trainer == "advanced"
+            if config.loss == "bpr":
+                assert config.temperature == defaults["temperature"].default and not config.normalize
+            else:
+                assert config.negatives_per_positive == 1
+        promoted = space.config_for(params, "x")  # what a promotion writes: the base's final-fit settings kept
+        assert promoted.train_on_validation == space.base.train_on_validation
+
+
+# --- conditional parameters --------------------------------------------------------------------
+
+SOFTMAX_REGISTRY = """
+toy_softmax:
+  model: gat_basic
+  embedding_dim: 16
+  loss: softmax
+  temperature: 0.3
+  max_epochs: 2
+"""
+
+CONDITIONAL = """
+gat:
+  base: toy_softmax
+  params:
+    temperature: {type: categorical, choices: [0.1, 0.2], when: {loss: softmax}}
+    normalize: {type: categorical, choices: [true, false], when: {temperature: 0.2}}
+    negatives_per_positive: {type: int, low: 1, high: 4, when: {loss: [bpr]}}
+    loss: {type: categorical, choices: [bpr, softmax]}
+    lr: {type: float, low: 1.0e-3, high: 1.0e-1, log: true}
+"""
+
+
+def conditional_space(tmp: Path, spaces: str = CONDITIONAL) -> hpo.SearchSpace:
+    (tmp / "models.yaml").write_text(SOFTMAX_REGISTRY)
+    (tmp / "spaces.yaml").write_text(spaces)
+    return hpo.load_search_spaces(DATASET, tmp / "spaces.yaml", DATASET.registry.load(tmp / "models.yaml"))["gat"]
+
+
+def test_conditional_parameters_are_drawn_only_when_their_condition_holds(tmp_path):
+    space = conditional_space(tmp_path)
+    # a condition is suggested before the fields it gates, whatever the file order
+    assert list(space.params) == ["loss", "temperature", "normalize", "negatives_per_positive", "lr"]
+    everything = {"loss": "bpr", "temperature": 0.2, "normalize": True, "negatives_per_positive": 3, "lr": 0.01}
+    bpr = space.suggest(optuna.trial.FixedTrial(everything))
+    assert bpr == {"loss": "bpr", "negatives_per_positive": 3, "lr": 0.01}
+    config = space.trial_config(bpr, "t")
+    # inactive fields take their defaults: the base's temperature 0.3 would be a setting without effect
+    assert (config.loss, config.negatives_per_positive, config.temperature, config.normalize) == ("bpr", 3, 0.1, False)
+
+    softmax = space.suggest(optuna.trial.FixedTrial({**everything, "loss": "softmax"}))
+    assert softmax == {"loss": "softmax", "temperature": 0.2, "normalize": True, "lr": 0.01}  # nested: normalize too
+    config = space.trial_config(softmax, "t")
+    assert (config.temperature, config.normalize, config.negatives_per_positive) == (0.2, True, 1)
+
+    cool = space.suggest(optuna.trial.FixedTrial({**everything, "loss": "softmax", "temperature": 0.1}))
+    assert cool == {"loss": "softmax", "temperature": 0.1, "lr": 0.01}  # normalize's condition fails
+
+    # a field left out whose condition holds on the base keeps the base value (the time probe's {}),
+    # and one gated by an inactive parameter is inactive too
+    assert space.config_for({}, "probe").temperature == 0.3
+    assert space.config_for({"loss": "bpr"}, "b").temperature == 0.1
+
+
+def test_a_study_with_conditional_parameters_records_only_the_drawn_ones(tmp_path):
+    space = conditional_space(tmp_path)
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=1, n_startup_trials=3))
+    study.optimize(lambda trial: space.trial_config(space.suggest(trial), "t").lr, n_trials=16)
+    losses = {t.params["loss"] for t in study.trials}
+    assert losses == {"bpr", "softmax"} and all(t.state.is_finished() for t in study.trials)
+    for trial in study.trials:
+        assert ("temperature" in trial.params) == (trial.params["loss"] == "softmax")
+        assert ("negatives_per_positive" in trial.params) == (trial.params["loss"] == "bpr")
+        assert ("normalize" in trial.params) == (trial.params.get("temperature") == 0.2)
+    best = hpo.best_config(study, space)  # a best trial's params make a valid config too
+    assert best.lr == study.best_params["lr"] and best.loss == study.best_params["loss"]
+
+
+def _conditional_error(tmp: Path, params: str) -> str:
+    with pytest.raises(ConfigError) as error:
+        conditional_space(tmp, "gat:\n  base: toy_softmax\n  params:\n" + textwrap.indent(params, "    "))
+    return str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("params", "field", "message"),
+    [
+        ("temperature: {type: float, low: 0.05, high: 0.5, when: {los: softmax}}\n", "temperature",
+         "when: 'los' is not a parameter of this space"),
+        ("lr: {type: float, low: 0.001, high: 0.1}\ntemperature: {type: float, low: 0.05, high: 0.5, when: {lr: 0.01}}\n",
+         "temperature", "when: 'lr' is a float parameter; a condition names a categorical one"),
+        ("loss: {type: categorical, choices: [bpr, softmax]}\ntemperature: {type: float, low: 0.05, high: 0.5, when: {loss: softmx}}\n",
+         "temperature", "when: loss: 'softmx' not among its choices ['bpr', 'softmax']"),
+        ("loss: {type: categorical, choices: [bpr, softmax], when: {loss: bpr}}\n", "loss", "is the parameter itself"),
+        ("loss: {type: categorical, choices: [bpr, softmax], when: {normalize: true}}\n"
+         "normalize: {type: categorical, choices: [true, false], when: {loss: softmax}}\n", "loss", "form a cycle"),
+        ("loss: {type: categorical, choices: [bpr, softmax], when: {}}\n", "loss", "'when' needs at least one condition"),
+        ("loss: {type: categorical, choices: [bpr, softmax]}\ntemperature: {type: float, low: 0.0, high: 0.5, when: {loss: softmax}}\n",
+         "temperature", "value 0.0 is not allowed"),  # checked under its condition (loss: softmax)
+    ],
+    ids=["unknown", "not-categorical", "not-a-choice", "itself", "cycle", "empty", "value-under-condition"],
+)
+def test_bad_condition_names_family_and_field(tmp_path, params, field, message):
+    error = _conditional_error(tmp_path, params)
+    assert f"family 'gat': parameter {field!r}" in error and message in error
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        # temperature searched without its condition: a BPR trial would set it without effect
+        ("loss: {type: categorical, choices: [bpr, softmax]}\ntemperature: {type: float, low: 0.05, high: 0.5}\n",
+         "(loss 'bpr', temperature 0.05) is rejected by gat_basic configs: settings without effect: temperature needs loss: softmax"),
+        # the wrong condition: negatives under the softmax loss
+        ("loss: {type: categorical, choices: [bpr, softmax]}\ntemperature: {type: float, low: 0.05, high: 0.5, when: {loss: softmax}}\n"
+         "negatives_per_positive: {type: int, low: 1, high: 4, when: {loss: softmax}}\n",
+         "negatives_per_positive 4) is rejected by gat_basic configs: negatives_per_positive apply to BPR steps"),
+        # a heads choice that does not divide every embedding_dim choice
+        ("embedding_dim: {type: categorical, choices: [16, 32]}\nheads: {type: categorical, choices: [1, 3]}\n",
+         "(embedding_dim 16, heads 3) is rejected by gat_basic configs: embedding_dim 16 must be divisible by heads 3"),
+    ],
+    ids=["unconditional-temperature", "wrong-condition", "heads-not-dividing"],
+)
+def test_space_that_can_draw_an_invalid_combination_is_refused(tmp_path, params, message):
+    error = _conditional_error(tmp_path, params)
+    assert "family 'gat': the combination " in error and message in error and "make it impossible" in error
+
+
+def test_a_numeric_clash_is_pruned_untrained_with_its_reason(tmp_path):
+    """A space built past the load-time checks (here by hand) that draws heads not dividing the
+    dims: the trial is pruned before it trains, the reason in its user attributes."""
+    spaces = toy_spaces(tmp_path)
+    base = DATASET.registry.load(tmp_path / "models.yaml")["toy_gat"]
+    space = hpo.SearchSpace("gat", base, {"heads": hpo.ParamSpec(type="int", low=1, high=3)})
+    study = hpo.open_study(DATASET, "gat", optuna.storages.InMemoryStorage(), study_name="clash")
+    study.enqueue_trial({"heads": 3})
+    hpo.run_study(study, space, toy_data(), n_trials=1)
+    (trial,) = study.trials
+    assert trial.state == optuna.trial.TrialState.PRUNED and trial.user_attrs["epochs_run"] == 0
+    assert "divisible by heads 3" in trial.user_attrs["invalid"]
+    assert hpo.trials_table(study)[0]["pruned_by"].startswith("invalid config: ")
+    assert spaces  # the toy registry was written
 
 
 @pytest.mark.parametrize(
@@ -178,6 +390,59 @@ def test_best_config_yaml_is_a_loadable_registry_entry(tmp_path):
     assert loaded.max_epochs == 6 and "trial" in loaded.description
     table = hpo.trials_table(study)
     assert [row["number"] for row in table] == [0, 1] and "param_lr" in table[0]
+
+
+ITEMKNN_SPACE = """
+itemknn:
+  base: toy_itemknn
+  params:
+    shrink: {type: float, low: 0.0, high: 50.0}
+    neighbours: {type: categorical, choices: [null, 3, 20]}
+"""
+
+
+def test_baseline_study_gets_its_trials_and_promotes_its_best(tmp_path):
+    """A closed-form family runs the study's n_trials like a GNN (no epochs: never pruned); each
+    trial scores its config fitted on the training part on validation; the best trial becomes a
+    promoted config of the chain."""
+    space = toy_spaces(tmp_path, ITEMKNN_SPACE)["itemknn"]
+    data = toy_data()
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    study = hpo.run_study(hpo.open_study(DATASET, "itemknn", url, seed=0), space, data, n_trials=4)
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 4
+    assert all(t.intermediate_values == {} and t.user_attrs["epochs_run"] == 0 for t in study.trials)
+    best = study.best_trial
+    config = space.trial_config(best.params, "check")
+    assert (config.shrink, config.neighbours) == (best.params["shrink"], best.params["neighbours"])
+    model, _, _ = DATASET.fit(config, data.graph, data.split)
+    assert best.value == pytest.approx(hpo.validation_metrics(model, data, config)[DATASET.protocol.monitor])
+    assert 0.0 < best.value <= 1.0
+
+    promoted, path = hpo.promote_best(DATASET, study, space, url, tmp_path / "lake")
+    assert promoted.name == "hpo_itemknn" and path.exists()
+    registered = DATASET.registry.full(tmp_path / "lake")["hpo_itemknn"]
+    assert (registered.model, registered.shrink, registered.neighbours) == ("itemknn", best.params["shrink"], best.params["neighbours"])
+    assert f"trial {best.number}" in registered.description
+
+
+def test_lastfm_baseline_study_promotes_a_final_fit_config(tmp_path):
+    """The Last.fm chain's packaged EASE space on a toy dataset: trials fit on the validation cut's
+    training part (never on validation), the promoted config keeps the registry's final fit."""
+    from test_lastfm import fit_parts, toy_frames
+
+    from spotify_engine_assets.datasets.lastfm import data as lastfm
+
+    graph, parts = fit_parts(lastfm.build_dataset(*toy_frames()))
+    space = hpo.get_space(LASTFM, "ease")
+    assert space.base.train_on_validation
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    study = hpo.run_study(hpo.open_study(LASTFM, "ease", url, seed=0), space, hpo.StudyData(LASTFM, graph, parts), n_trials=3)
+    assert study.study_name == "spotify-engine/lastfm/ease" and hpo.objective_names(study) == ["valid_ndcg@20"]
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 3
+    assert len({t.params["lam"] for t in study.trials}) == 3
+    promoted, _ = hpo.promote_best(LASTFM, study, space, url, tmp_path / "lake")
+    registered = LASTFM.registry.full(tmp_path / "lake")[promoted.name]
+    assert promoted.name == "hpo_ease" and registered.lam == study.best_params["lam"] and registered.train_on_validation
 
 
 def test_pruner_stops_a_hopeless_trial(tmp_path):

@@ -63,10 +63,10 @@ def _toy_assets() -> list:
     return [listening_graph, interaction_splits]
 
 
-def _materialize(tmp_path, instance, **run_config):
+def _materialize(tmp_path, instance, partition="lightgcn", **run_config):
     return dg.materialize(
         [*_toy_assets(), hpo_study],
-        partition_key="lightgcn",
+        partition_key=partition,
         instance=instance,
         resources={"lake": DataLake(root=str(tmp_path / "lake")), "torch_runtime": TorchRuntime()},
         run_config={"ops": {HPO_NODE: {"config": {"max_epochs": 2, **run_config}}}},
@@ -89,7 +89,10 @@ def test_hpo_study_asset_runs_resumes_and_records_the_outcome(tmp_path):
     assert "data:image/png;base64" in metadata["optimization_history"].value
     assert metadata["best_value"].value == output["best_value"] == max(t["value"] or 0 for t in output["trials"])
     assert metadata["trials_total"].value == 4
-    assert set(output["importances"]) == set(get_space(DATASET, "lightgcn").params)  # every searched field
+    # every field each completed trial searched (a conditional one only where all of them drew it)
+    space = get_space(DATASET, "lightgcn")
+    unconditional = {name for name, spec in space.params.items() if spec.when is None}
+    assert unconditional <= set(output["importances"]) <= set(space.params)
     assert abs(sum(output["importances"].values()) - 1.0) < 1e-6
     assert "data:image/png;base64" in metadata["param_importances"].value
     tuned = DATASET.registry.load(tmp_path / "lake" / "optuna" / "listening" / "lightgcn_tuned.yaml")["lightgcn_tuned"]
@@ -215,3 +218,24 @@ def test_hpo_study_prunes_trials_over_the_memory_limit_before_training(tmp_path)
     pruned = [m for m in logs if "pruned before training: memory estimate" in m]
     assert len(pruned) == 2 and all("> limit max_trial_memory_mb 0.5 MB" in m for m in pruned)
     assert not any(m.startswith("epoch ") for m in logs)
+
+
+def test_baseline_partition_gets_the_default_budget_and_promotes(tmp_path):
+    """A closed-form family is a partition like the GNNs and runs the same default n_trials (the
+    run config has no per-family budget); its best trial is promoted into the chain's configs."""
+    from spotify_engine_assets.defs.chain import HpoRunConfig
+    from spotify_engine_assets.defs.listening import CHAIN
+
+    baselines = sorted(f for f in hpo_study.partitions_def.get_partition_keys() if not get_space(DATASET, f).base.trainable)
+    assert "itemknn" in baselines and "lightgcn" in hpo_study.partitions_def.get_partition_keys()
+    default_trials = HpoRunConfig.model_fields["n_trials"].default
+    assert default_trials == 10
+    instance = dg.DagsterInstance.ephemeral()
+    result = _materialize(tmp_path, instance, partition="itemknn", promote=True)
+    assert result.success
+    output = result.output_for_node(HPO_NODE)
+    assert output["trials_this_run"] == default_trials and output["trial_counts"] == {"COMPLETE": default_trials}
+    assert output["study_name"] == "spotify-engine/listening/itemknn" and output["promoted_config"] == "hpo_itemknn"
+    assert "hpo_itemknn" in instance.get_dynamic_partitions(CHAIN.partitions)
+    promoted = DATASET.registry.full(tmp_path / "lake")["hpo_itemknn"]
+    assert promoted.model == "itemknn" and promoted.shrink == output["best_params"]["shrink"]

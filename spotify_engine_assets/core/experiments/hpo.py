@@ -5,6 +5,20 @@ the chain's registry and the fields of its config class to sample. Spaces are va
 trial runs: unknown fields, empty or inverted ranges, log ranges that reach 0 and values the config
 class rejects fail with a ``ConfigError`` naming the family and the field.
 
+A parameter may be *conditional*: ``when: {loss: softmax}`` samples it only when the named
+categorical parameter of the same space took that value (a list: any of them). Sampling is
+define-by-run (:meth:`SearchSpace.suggest`: conditions first), so a trial records only the fields it
+used, and a field whose condition fails takes its config-class default (the config classes reject a
+setting without effect: temperature without the softmax loss, negatives_per_positive with it). A
+condition must name another categorical parameter and values among its choices. Every combination a
+space can draw (its categorical choices, ranges at their bounds) must make a valid config, so a
+study wastes no trial on an impossible one (``heads`` not dividing ``embedding_dim``: choose
+categorical values that always fit together); a numeric clash that check cannot see is pruned
+untrained, its reason in the trial's ``invalid`` and ``pruned_by`` user attributes.
+
+Every family, baseline or graph model, gets the same budget: a run's ``n_trials`` (or ``timeout_s``)
+whatever the family; closed-form trials have no epochs to prune and no resource estimate to limit.
+
 A study is a seeded Optuna study (TPE sampler, median pruner) in a storage given by URL:
 ``sqlite:///path.db``, any SQLAlchemy database URL (one study shared by workers on several
 machines) or ``journal:///path.log`` (several processes on one file system). It resumes
@@ -72,7 +86,7 @@ class HpoError(ValueError):
 
 
 class ParamSpec(BaseModel):
-    """How one config field is sampled."""
+    """How one config field is sampled, and (``when``) under which values of other parameters."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -82,9 +96,16 @@ class ParamSpec(BaseModel):
     log: bool = False
     step: int | None = Field(None, ge=1, description="Integer step (int only, not with log).")
     choices: list[Any] | None = None
+    when: dict[str, Any] | None = Field(
+        None, description="Sample this field only when each named (categorical) parameter of the same space took "
+        "the given value, or one of a list of values ({loss: softmax}, {loss: [bpr, softmax]}); otherwise the "
+        "field takes its config class's default (a setting without effect is an error)."
+    )
 
     @model_validator(mode="after")
     def _check(self) -> ParamSpec:
+        if self.when is not None and not self.when:
+            raise ValueError("'when' needs at least one condition (a parameter and its value)")
         if self.type == "categorical":
             if not self.choices:
                 raise ValueError("categorical needs a non-empty 'choices' list")
@@ -111,6 +132,16 @@ class ParamSpec(BaseModel):
             raise ValueError("'step' cannot be combined with log")
         return self
 
+    @property
+    def conditions(self) -> dict[str, tuple]:
+        """``when`` as parameter -> the values it may take (a single value is a one-value list)."""
+        return {key: tuple(value) if isinstance(value, list) else (value,) for key, value in (self.when or {}).items()}
+
+    def holds(self, values: dict[str, Any]) -> bool:
+        """Whether the condition holds for ``values`` (parameter -> value; a missing one fails it).
+        Values compare by ``repr`` like the choices (``1`` is not ``True``)."""
+        return all(key in values and repr(values[key]) in map(repr, allowed) for key, allowed in self.conditions.items())
+
     def values_to_check(self) -> list[Any]:
         if self.type == "categorical":
             return list(self.choices or [])
@@ -127,18 +158,42 @@ class ParamSpec(BaseModel):
 
 @dataclass(frozen=True)
 class SearchSpace:
-    """A validated search space: the family, its base config and the sampled fields."""
+    """A validated search space: the family, its base config and the sampled fields, each
+    conditional field after the parameters its condition names (the order they are suggested in)."""
 
     family: str
     base: ModelConfig
     params: dict[str, ParamSpec]
 
     def suggest(self, trial: optuna.Trial) -> dict[str, Any]:
-        return {name: spec.suggest(trial, name) for name, spec in self.params.items()}
+        """Define-by-run: each parameter in order, a conditional one only when its condition holds
+        on the values drawn before it (so a trial's ``params`` hold only the active fields)."""
+        values: dict[str, Any] = {}
+        for name, spec in self.params.items():
+            if spec.when is None or spec.holds(values):
+                values[name] = spec.suggest(trial, name)
+        return values
+
+    def resolve(self, params: dict[str, Any]) -> dict[str, Any]:
+        """``params`` and, for each conditional field they leave out whose condition fails, the
+        field's config-class default: a trial's (or a best trial's) parameters make a config whose
+        inactive fields have no effect. A left-out field whose condition holds keeps the base value;
+        one whose condition names an inactive parameter is inactive too."""
+        values, inactive = dict(params), set()
+        fields = config_class(self.base.model).model_fields
+        for name, spec in self.params.items():
+            if name in params or spec.when is None:
+                continue
+            effective = {key: values.get(key, getattr(self.base, key)) for key in spec.conditions}
+            if inactive & set(spec.conditions) or not spec.holds(effective):
+                inactive.add(name)
+                values[name] = fields[name].get_default(call_default_factory=True)
+        return values
 
     def config_for(self, params: dict[str, Any], name: str) -> ModelConfig:
-        """The base config with ``params`` applied (validated by its config class)."""
-        return update_config(self.base, **params, name=name)
+        """The base config with ``params`` applied (inactive conditional fields reset by
+        :meth:`resolve`), validated by its config class."""
+        return update_config(self.base, **self.resolve(params), name=name)
 
     def trial_config(self, params: dict[str, Any], name: str) -> ModelConfig:
         """What a trial fits: :meth:`config_for`, never training on validation (a trainable config
@@ -146,6 +201,44 @@ class SearchSpace:
         config = self.config_for(params, name)
         changes = {"train_on_validation": False, **({"trainer": "advanced"} if config.trainable else {})}
         return update_config(config, **changes)
+
+    def context(self, field: str) -> dict[str, Any]:
+        """Values of the parameters that make ``field`` active (each condition's first value,
+        and those of the conditions above it): where its values are checked."""
+        values: dict[str, Any] = {}
+        pending = [field]
+        while pending:
+            for key, allowed in self.params[pending.pop()].conditions.items():
+                if key not in values:
+                    values[key] = allowed[0]
+                    pending.append(key)
+        return values
+
+    def combinations(self) -> list[dict[str, Any]]:
+        """Every combination of the categorical choices that define-by-run sampling can draw (a
+        conditional parameter only where its condition holds), with every numeric range at its low
+        bound, then at its high bound; an even sample of :data:`MAX_COMBINATIONS` when there are more."""
+        items = list(self.params.items())
+
+        def walk(index: int, values: dict[str, Any], bound: int):
+            if index == len(items):
+                yield dict(values)
+                return
+            name, spec = items[index]
+            if spec.when is not None and not spec.holds(values):
+                yield from walk(index + 1, values, bound)
+                return
+            for value in spec.values_to_check() if spec.type == "categorical" else [spec.values_to_check()[bound]]:
+                values[name] = value
+                yield from walk(index + 1, values, bound)
+            del values[name]
+
+        found = list(itertools.islice(itertools.chain(walk(0, {}, 0), walk(0, {}, 1)), 100 * MAX_COMBINATIONS))
+        return found[:: max(1, len(found) // MAX_COMBINATIONS)]
+
+
+# at most this many combinations of a space are validated (an even sample of them when there are more)
+MAX_COMBINATIONS = 2048
 
 
 def _field_kind(cls: type[ModelConfig], field: str) -> type:
@@ -157,28 +250,84 @@ def _field_kind(cls: type[ModelConfig], field: str) -> type:
     return annotation  # int, float, bool, str
 
 
-def _validate_param(family: str, field: str, spec: ParamSpec, base: ModelConfig, where: str) -> None:
-    def fail(message: str) -> typing.NoReturn:
-        raise ConfigError(f"{where}: family {family!r}: parameter {field!r}: {message}")
+def _fail(where: str, family: str, field: str, message: str) -> typing.NoReturn:
+    raise ConfigError(f"{where}: family {family!r}: parameter {field!r}: {message}")
 
+
+def _validate_param(family: str, field: str, spec: ParamSpec, base: ModelConfig, where: str) -> None:
+    """The field exists, may be searched and has the spec's type (before conditions are known)."""
     cls = config_class(base.model)
     if field not in cls.model_fields:
         searchable = sorted(set(cls.model_fields) - NOT_SEARCHABLE)
-        fail(f"unknown parameter (not a field of {base.model} configs); searchable fields: {', '.join(searchable)}")
+        _fail(where, family, field, f"unknown parameter (not a field of {base.model} configs); searchable fields: "
+              f"{', '.join(searchable)}")
     if field in NOT_SEARCHABLE:
-        fail("this field cannot be searched")
+        _fail(where, family, field, "this field cannot be searched")
     kind = _field_kind(cls, field)
     if spec.type == "int" and kind is not int:
-        fail(f"type int does not fit a {kind.__name__} field")
+        _fail(where, family, field, f"type int does not fit a {kind.__name__} field")
     if spec.type == "float" and kind is not float:
-        fail(f"type float does not fit a {kind.__name__} field (use int or categorical)")
-    for value in spec.values_to_check():
-        try:
-            update_config(base, **{field: value})
-        except ValidationError as error:
-            own = [e["msg"] for e in error.errors() if field in map(str, e["loc"])]
+        _fail(where, family, field, f"type float does not fit a {kind.__name__} field (use int or categorical)")
+
+
+def _order_by_conditions(family: str, params: dict[str, ParamSpec], where: str) -> dict[str, ParamSpec]:
+    """``params`` with each conditional one after those its condition names (file order otherwise);
+    a condition must name another categorical parameter of the space and values among its choices."""
+    for field, spec in params.items():
+        for key, allowed in spec.conditions.items():
+            if key == field:
+                _fail(where, family, field, f"when: {key!r} is the parameter itself")
+            if key not in params:
+                others = ", ".join(p for p in params if p != field) or "it has no other"
+                _fail(where, family, field, f"when: {key!r} is not a parameter of this space; a condition names a "
+                      f"sampled parameter of the same space ({others})")
+            if params[key].type != "categorical":
+                _fail(where, family, field, f"when: {key!r} is a {params[key].type} parameter; a condition names a "
+                      "categorical one (and values among its choices)")
+            choices = {repr(choice) for choice in params[key].choices}
+            unknown = [value for value in allowed if repr(value) not in choices]
+            if unknown:
+                _fail(where, family, field, f"when: {key}: {', '.join(map(repr, unknown))} not among its choices "
+                      f"{params[key].choices}")
+    ordered: dict[str, ParamSpec] = {}
+    while len(ordered) < len(params):
+        ready = [f for f, s in params.items() if f not in ordered and all(k in ordered for k in s.conditions)]
+        if not ready:
+            cycle = sorted(set(params) - set(ordered))
+            _fail(where, family, cycle[0], f"when: the conditions of {', '.join(cycle)} form a cycle")
+        ordered[ready[0]] = params[ready[0]]
+    return ordered
+
+
+def _check_values(space: SearchSpace, where: str) -> None:
+    """Each parameter's values (categorical choices, range bounds), under the conditions that make
+    it active, are allowed by the config class: a failure names the family and the field."""
+    for field, spec in space.params.items():
+        context = space.context(field)
+        for value in spec.values_to_check():
+            try:
+                update_config(space.base, **space.resolve({**context, field: value}))
+                own = []
+            except ValidationError as error:
+                own = [e["msg"] for e in error.errors() if field in map(str, e["loc"])]
             if own:
-                fail(f"value {value!r} is not allowed: {'; '.join(own)}")
+                _fail(where, space.family, field, f"value {value!r} is not allowed: {'; '.join(own)}")
+
+
+def _check_combinations(space: SearchSpace, where: str) -> None:
+    """Every combination sampling can draw (:meth:`SearchSpace.combinations`) makes a valid config:
+    a space must make an invalid one impossible (choices that always fit together, a ``when``
+    condition) rather than waste trials on it."""
+    for combination in space.combinations():
+        try:
+            space.config_for(combination, space.family)
+        except ValidationError as error:
+            fields = ", ".join(f"{k} {v!r}" for k, v in combination.items())
+            raise ConfigError(
+                f"{where}: family {space.family!r}: the combination ({fields}) is rejected by {space.base.model} "
+                f"configs: {validation_problems(error)}; make it impossible (choices that always fit together, "
+                "such as embedding_dim multiples of every heads choice, or a `when:` condition)"
+            ) from None
 
 
 def spaces_path(dataset: Dataset) -> Path:
@@ -190,6 +339,7 @@ def load_search_spaces(dataset: Dataset, path: Path | None = None, registry: dic
     """Every family's search space of a chain (``path`` default ``configs/<chain>/search_spaces.yaml``),
     validated against its registry (``registry`` default the chain's registry file)."""
     path = path or spaces_path(dataset)
+    where = str(path)
     registry = registry if registry is not None else dataset.registry.base
     spaces = {}
     for family, entry in read_yaml(path).items():
@@ -209,15 +359,19 @@ def load_search_spaces(dataset: Dataset, path: Path | None = None, registry: dic
         for field, raw in raw_params.items():
             field = str(field)
             if not isinstance(raw, dict):
-                raise ConfigError(f"{path}: family {family!r}: parameter {field!r}: expected a mapping")
+                _fail(where, family, field, "expected a mapping")
             try:
-                spec = ParamSpec(**raw)
+                spec, problems = ParamSpec(**raw), None
             except ValidationError as error:
-                problems = validation_problems(error)
-                raise ConfigError(f"{path}: family {family!r}: parameter {field!r}: {problems}") from None
-            _validate_param(family, field, spec, base, str(path))
+                spec, problems = None, validation_problems(error)
+            if problems:
+                _fail(where, family, field, problems)
+            _validate_param(family, field, spec, base, where)
             params[field] = spec
-        spaces[family] = SearchSpace(family=family, base=base, params=params)
+        space = SearchSpace(family=family, base=base, params=_order_by_conditions(family, params, where))
+        _check_values(space, where)
+        _check_combinations(space, where)
+        spaces[family] = space
     return spaces
 
 
@@ -382,9 +536,11 @@ def make_objective(
         params = space.suggest(trial)
         try:
             config = space.trial_config(params, f"{space.family}_trial{trial.number}")
-        except ValidationError as error:
-            message = "; ".join(e["msg"] for e in error.errors())
+        except ValidationError as error:  # a numeric clash the load-time combination check cannot see
+            message = validation_problems(error)
             trial.set_user_attr("invalid", message)
+            trial.set_user_attr("pruned_by", f"invalid config: {message}")
+            trial.set_user_attr("epochs_run", 0)
             raise optuna.TrialPruned(f"invalid combination {params}: {message}") from None
         model = dataset.build(config, data.graph)
         epochs = None
@@ -554,7 +710,8 @@ def trials_table(study: optuna.Study) -> list[dict]:
 
 
 def param_importances(study: optuna.Study) -> dict[str, float]:
-    """fANOVA importances over the completed trials ({} while fewer than two completed)."""
+    """Optuna's default importances (PED-ANOVA in Optuna 5) over the completed trials ({} while fewer
+    than two completed); a conditional parameter counts where the trials drew it."""
     completed = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     if len(completed) < 2:
         return {}

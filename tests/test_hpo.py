@@ -411,6 +411,10 @@ def test_baseline_study_gets_its_trials_and_promotes_its_best(tmp_path):
     study = hpo.run_study(hpo.open_study(DATASET, "itemknn", url, seed=0), space, data, n_trials=4)
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 4
     assert all(t.intermediate_values == {} and t.user_attrs["epochs_run"] == 0 for t in study.trials)
+    # the first trial is the registry config itself, so the study never ends below it
+    assert study.trials[0].params == {"shrink": space.base.shrink, "neighbours": space.base.neighbours}
+    assert study.trials[0].user_attrs["enqueued"] == "registry config toy_itemknn"
+    assert study.best_value >= study.trials[0].value
     best = study.best_trial
     config = space.trial_config(best.params, "check")
     assert (config.shrink, config.neighbours) == (best.params["shrink"], best.params["neighbours"])

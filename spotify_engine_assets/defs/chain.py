@@ -858,7 +858,7 @@ def hpo_asset(chain: Chain, families: list[str]) -> dg.AssetsDefinition:
             )
         if importances:
             metadata["param_importances"] = dg.MetadataValue.md(
-                count_bars({k: round(v, 3) for k, v in importances.items()}, f"{family}: parameter importances (fANOVA)", "importance")
+                count_bars({k: round(v, 3) for k, v in importances.items()}, f"{family}: parameter importances (Optuna)", "importance")
             )
         return dg.Output(output, metadata=metadata)
 

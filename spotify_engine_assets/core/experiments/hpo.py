@@ -148,6 +148,14 @@ class ParamSpec(BaseModel):
         cast = int if self.type == "int" else float
         return [cast(self.low), cast(self.high)]
 
+    def contains(self, value: Any) -> bool:
+        """Whether ``value`` is one this spec can draw (a choice, or inside the range)."""
+        if self.type == "categorical":
+            return repr(value) in map(repr, self.choices or [])
+        if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+            return False
+        return self.low <= value <= self.high and (self.type != "int" or value == int(value))
+
     def suggest(self, trial: optuna.Trial, name: str) -> Any:
         if self.type == "categorical":
             return trial.suggest_categorical(name, self.choices)
@@ -172,6 +180,16 @@ class SearchSpace:
         for name, spec in self.params.items():
             if spec.when is None or spec.holds(values):
                 values[name] = spec.suggest(trial, name)
+        return values
+
+    def base_params(self) -> dict[str, Any]:
+        """The base config's own values of the active parameters the space can draw: a study's
+        first trial, so it never ends below the registry config it starts from."""
+        values: dict[str, Any] = {}
+        for name, spec in self.params.items():
+            value = getattr(self.base, name)
+            if (spec.when is None or spec.holds(values)) and spec.contains(value):
+                values[name] = value
         return values
 
     def resolve(self, params: dict[str, Any]) -> dict[str, Any]:
@@ -635,7 +653,8 @@ def run_study(
     limits: TrialLimits | None = None,
 ) -> optuna.Study:
     """Run ``n_trials`` more trials (or until ``timeout_s``), logging each finished trial; a
-    trial whose estimate exceeds ``limits`` is pruned before it trains."""
+    trial whose estimate exceeds ``limits`` is pruned before it trains. A fresh study's first
+    trial is the base registry config's own values (:meth:`SearchSpace.base_params`)."""
     log = log or (lambda message: None)
     if n_trials is not None and n_trials < 1:
         raise HpoError(f"n_trials must be >= 1, got {n_trials}")
@@ -674,6 +693,8 @@ def run_study(
     previous = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(logging.WARNING)
     try:
+        if not study.get_trials(deepcopy=False):  # a fresh study tries the registry config first
+            study.enqueue_trial(space.base_params(), user_attrs={"enqueued": f"registry config {space.base.name}"})
         objective = make_objective(space, data, max_epochs, multi_objective=multi_objective, limits=limits)
         callback = report_multi if multi_objective else report
         study.optimize(objective, n_trials=n_trials, timeout=timeout_s, callbacks=[callback], catch=())

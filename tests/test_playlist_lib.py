@@ -318,7 +318,7 @@ def test_registry_modes_and_validation(tmp_path):
     assert sizes == {
         "most_popular": (50000, None), "itemknn": (50000, None), "lightgcn": (5000, 25), "lightgcn_itemknn": (5000, 25),
         "playlist_gat": (5000, 25), "playlist_gat_itemknn": (5000, 25), "artist_popularity": (50000, None),
-        "genre_popularity": (50000, None), "ease": (5000, None),
+        "genre_popularity": (50000, None), "ease": (50000, None), "lightgcn_ease": (5000, 25), "playlist_gat_ease": (5000, 25),
     }
     assert {"most_popular", "itemknn", "lightgcn", "playlist_gat"} <= set(registry)
     bad = tmp_path / "bad.yaml"

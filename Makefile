@@ -12,7 +12,7 @@ DAGSTER := $(BIN)/dagster asset materialize -m spotify_engine_assets.definitions
 
 export DAGSTER_HOME ?= $(DATA_LAKE)/dagster_home
 
-.PHONY: install demo test pytest smoke ui bench clean
+.PHONY: install demo test pytest smoke ui bench clean scale-demo
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -59,3 +59,13 @@ bench: $(STAMP)
 
 clean:
 	rm -rf build $(VENV)
+
+## make scale-demo: PostgreSQL + gRPC code server + dagster-daemon, a backfill of every listening
+## config as concurrent runs, then every service stopped (SCALE_PROFILE=default for the default world)
+SCALE_DIR ?= $(CURDIR)/build/scale
+SCALE_PROFILE ?= tiny
+SCALE_RUNS ?= 2
+scale-demo: $(STAMP)
+	@trap '$(BIN)/python -m spotify_engine_assets.scale stop --dir $(SCALE_DIR) >/dev/null' EXIT INT TERM; \
+	$(BIN)/python -m spotify_engine_assets.scale demo --dir $(SCALE_DIR) --profile $(SCALE_PROFILE) \
+		--max-concurrent-runs $(SCALE_RUNS) $(if $(SCALE_CONFIGS),--configs $(SCALE_CONFIGS))

@@ -21,6 +21,9 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
 from .storage.paths import configs_dir
 
 
+MAX_WORLD_SIZE = 16  # training processes of one model (TrainableConfig.world_size)
+
+
 class ConfigError(ValueError):
     """A configuration file or entry is invalid, or a name is unknown."""
 
@@ -238,6 +241,14 @@ class TrainableConfig(ModelConfig):
         None, ge=0.0, lt=1.0, description="The fusion's w, fixed (chosen on validation before, like max_epochs for a "
         "final fit with train_on_validation); None: chosen on the validation part after training."
     )
+    world_size: int = Field(
+        1, ge=1, le=MAX_WORLD_SIZE, description="Training processes (core/training/distributed.py): 1 trains in "
+        "process; n > 1 launches n torchrun workers (gloo on CPU, NCCL on CUDA, one torch thread each) that split every "
+        "optimizer step's units (bpr: positives, softmax: users) into n shards of the same global step and all-reduce "
+        "the gradients, so a step equals the 1-process step up to float summation order. Every worker propagates over "
+        "the full graph: the speed-up is in the loss, not in the message passing (sampled steps, neighbor_fanouts, "
+        "split both)."
+    )
 
     @property
     def tasks(self) -> dict[str, float]:
@@ -354,6 +365,19 @@ class TrainableConfig(ModelConfig):
                                  "graph model's own training view)")
         if self.attention_entropy_weight and not self.has_attention:
             raise ValueError(f"attention_entropy_weight needs an attention model, not {self.model}")
+        return self
+
+    @model_validator(mode="after")
+    def _shards_add_up(self) -> TrainableConfig:
+        """world_size > 1 splits a step's units over processes and sums their gradients: a loss
+        term that is not a sum over those units cannot be split that way."""
+        if self.world_size > 1:
+            batch_level = [name for name in ("orthogonality_weight", "attention_entropy_weight", "diversity_weight",
+                                             "coverage_weight") if getattr(self, name)]
+            if batch_level:
+                raise ValueError(f"world_size {self.world_size}: {', '.join(batch_level)} are terms of the whole step's "
+                                 "distinct users and items, not sums over its units, so shards cannot add them up; "
+                                 "use world_size: 1")
         return self
 
 

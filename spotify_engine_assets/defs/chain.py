@@ -41,7 +41,7 @@ from pydantic import Field
 from torch_geometric.data import HeteroData
 
 from .. import core
-from ..core.config import ConfigError, ModelConfig, Thresholds, load_thresholds, parse_config, update_config
+from ..core.config import MAX_WORLD_SIZE, ConfigError, ModelConfig, Thresholds, load_thresholds, parse_config, update_config
 from ..core.data.graph import from_payload, graph_summary, to_payload
 from ..core.dataset import Dataset
 from ..core.evaluation.report import PeakMemory, evaluate, fairness_tables, latency_per_user, memory_estimate_bytes
@@ -73,6 +73,10 @@ class TrainRunConfig(dg.Config):
         default=None, ge=1, description="Train and evaluate on a seeded sample of this many users (None: the config's)."
     )
     checkpoint_every: int = Field(default=1, ge=1, description="Write a resumable checkpoint every this many epochs.")
+    world_size: int | None = Field(
+        default=None, ge=1, le=MAX_WORLD_SIZE, description="Train a graph model in this many torchrun processes "
+        "(TrainableConfig.world_size; None: the config's own, 1 unless it sets one). No effect on closed-form models."
+    )
 
 
 class ABTestConfig(dg.Config):
@@ -249,6 +253,11 @@ def chain_definitions(chain: Chain) -> dg.Definitions:
             raise dg.Failure(str(error)) from error
         if config.user_sample is not None:
             model_config = update_config(model_config, user_sample=config.user_sample)
+        if config.world_size is not None and model_config.trainable:
+            try:
+                model_config = update_config(model_config, world_size=config.world_size)
+            except ValueError as error:
+                raise dg.Failure(f"{name}/trained_model[{model_config.name}]: world_size {config.world_size}: {error}") from error
         torch_runtime.apply()
         data, parts = from_payload(graph), split[model_config.split]
         fingerprint = records.data_fingerprint(data, parts)
@@ -293,6 +302,7 @@ def chain_definitions(chain: Chain) -> dg.Definitions:
         if model_config.trainable:
             metadata.update(
                 epochs_run=result.epochs_run, best_epoch=result.best_epoch, trainer=model_config.trainer,
+                world_size=model_config.world_size,
                 resumed_from_epoch=result.resumed_from_epoch, torch_threads=torch.get_num_threads(),
                 training_curve=dg.MetadataValue.md(training_curve(result.history, model_config.name, result.monitor)),
             )

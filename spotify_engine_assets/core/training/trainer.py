@@ -128,6 +128,7 @@ class BaseTrainer:
             self.units = torch.unique(self.pair_users)
         self.weights, self.task_labels = weights, task_labels
         self.generator = torch.Generator().manual_seed(config.seed)
+        self.sample_generator = self.generator  # neighbourhood sampling (one per rank in distributed training)
         self.known_keys = known_keys(self.train_pairs, self.num_items)
         self.optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
         self.result = FitResult()
@@ -158,8 +159,14 @@ class BaseTrainer:
                   "labels": None if self.task_labels is None else self.task_labels[edges], "candidates": candidates}
         return {key: None if value is None else value.to(self.device) for key, value in inputs.items()}
 
-    def _optimize(self, loss: Tensor, users: Tensor, items: Tensor) -> float:
-        """One optimizer step on ``loss`` plus the L2 penalty of the step's id embeddings."""
+    def _part(self, units: int) -> slice | None:
+        """This process's share of a step's ``units`` (None: all of them; distributed training
+        takes a shard, ``core/training/distributed.py``)."""
+        return None
+
+    def _optimize(self, loss: Tensor | None, users: Tensor, items: Tensor, share: float = 1.0) -> float:
+        """One optimizer step on ``loss`` plus the L2 penalty of the step's id embeddings (``share``:
+        the fraction of the step's units this process holds, used by distributed training only)."""
         if self.config.l2:
             loss = loss + self.config.l2 * self.model.ego_l2(users, items)
         self.optimizer.zero_grad()
@@ -172,24 +179,38 @@ class BaseTrainer:
         users, positives = self.train_pairs[0, batch], self.train_pairs[1, batch]
         draws = users.repeat_interleave(config.negatives_per_positive) if config.negatives_per_positive > 1 else users
         negatives = sample_negatives(draws, self.known_keys, self.num_items, self.generator).view(users.numel(), -1)
+        share, part = 1.0, self._part(users.numel())
+        if part is not None:  # the whole step was drawn (the same on every rank); this rank scores its shard
+            share = (part.stop - part.start) / users.numel()
+            batch, users, positives, negatives = batch[part], users[part], positives[part], negatives[part]
         users, positives, negatives = users.to(self.device), positives.to(self.device), negatives.to(self.device)
+        inputs = self._edge_inputs(batch)
+        if users.numel() == 0:
+            return self._optimize(None, users, positives, 0.0)
         if getattr(config, "neighbor_fanouts", None):
-            loss = sampled_bpr_loss(self.model, self.view, users, positives, negatives, self._edge_inputs(batch)["weights"],
-                                    config.neighbor_fanouts, self.generator)
-            return self._optimize(loss, users, torch.cat([positives, negatives.flatten()]))
+            loss = sampled_bpr_loss(self.model, self.view, users, positives, negatives, inputs["weights"],
+                                    config.neighbor_fanouts, self.sample_generator)
+            return self._optimize(loss, users, torch.cat([positives, negatives.flatten()]), share)
         loss = bpr_step_loss(self.model, self.view, users, positives, negatives, micro_batch=config.batch_size,
-                             config=config, **self._edge_inputs(batch))
-        return self._optimize(loss, users, torch.cat([positives, negatives.flatten()]))
+                             config=config, **inputs)
+        return self._optimize(loss, users, torch.cat([positives, negatives.flatten()]), share)
 
     def _softmax_step(self, batch_users: Tensor) -> float:
+        part, pairs = self._part(batch_users.numel()), None
+        if part is not None:  # this rank's users of the step; the loss's share is its share of the step's pairs
+            pairs = int(torch.isin(self.pair_users, batch_users).sum())
+            batch_users = batch_users[part]
         row_of = torch.full((int(self.units.max()) + 1,), -1, dtype=torch.long)
         row_of[batch_users] = torch.arange(batch_users.numel())
         mask = row_of[self.pair_users] >= 0
         rows, items, edges = row_of[self.pair_users[mask]], self.pair_items[mask], self.pair_edges[mask]
         inputs = self._edge_inputs(edges)
         batch_users, rows, items = batch_users.to(self.device), rows.to(self.device), items.to(self.device)
+        share = 1.0 if pairs is None else rows.numel() / pairs
+        if rows.numel() == 0:
+            return self._optimize(None, batch_users, items, 0.0)
         loss = softmax_step_loss(self.model, self.view, batch_users, rows, items, config=self.config, **inputs)
-        return self._optimize(loss, batch_users[rows], items)
+        return self._optimize(loss, batch_users[rows], items, share)
 
     def _batches(self) -> tuple[Tensor, ...]:
         """The epoch's optimizer steps over the shuffled units (edges for BPR, users for softmax):
@@ -316,10 +337,14 @@ class AdvancedTrainer(BaseTrainer):
     def _epoch_metrics(self, epoch: int) -> dict:
         if epoch % self.config.eval_every and epoch != self.epochs:
             return {}
-        metrics = validate(self.model, self.view, self.valid_pairs, self.protocol, self.valid_users)
+        metrics = self._validation()
         if self.scheduler is not None:
             self.scheduler.step(metrics[self.protocol.monitor])
         return {f"valid_{name}": value for name, value in metrics.items() if not name.endswith("_evaluated")}
+
+    def _validation(self) -> dict[str, float]:
+        """The validation metrics of the current weights (distributed training: rank 0's, broadcast)."""
+        return validate(self.model, self.view, self.valid_pairs, self.protocol, self.valid_users)
 
     def _after_epoch(self, epoch: int, row: dict, finished: bool) -> bool:
         result = self.result
@@ -393,14 +418,21 @@ def train(model: GraphModel, view: HeteroData, valid_pairs: Tensor | None, confi
     ``checkpoint_dir``); ``"simple"``: :class:`SimpleTrainer` (``valid_pairs`` unused; a
     ``checkpoint_dir`` is an error, it writes none). On return the model holds the result's best
     state (and its fusion weight) and is prepared to score on ``view``. Arguments: see
-    :class:`BaseTrainer` and :class:`AdvancedTrainer`.
+    :class:`BaseTrainer` and :class:`AdvancedTrainer`. With ``config.world_size > 1`` the same
+    trainer runs in that many torchrun processes (:mod:`.distributed`; ``on_epoch`` is then an
+    error), and the fusion weight is chosen here afterwards.
     """
     if not config.trainable:
         raise ValueError(f"config {config.name!r}: model {config.model!r} is not trainable")
     options = dict(max_epochs=max_epochs, log=log, on_epoch=on_epoch, users=users, weights=weights, task_labels=task_labels)
-    if config.trainer == "simple":
-        if checkpoint_dir is not None:
-            raise ValueError(f"config {config.name!r}: the simple trainer writes no checkpoints; use trainer: advanced")
+    if config.trainer == "simple" and checkpoint_dir is not None:
+        raise ValueError(f"config {config.name!r}: the simple trainer writes no checkpoints; use trainer: advanced")
+    if config.world_size > 1:
+        from .distributed import train_distributed
+
+        result = train_distributed(model, view, valid_pairs, config, protocol=protocol, checkpoint_dir=checkpoint_dir,
+                                   checkpoint_every=checkpoint_every, **options)
+    elif config.trainer == "simple":
         result = SimpleTrainer(model, view, config, **options).fit()
     else:
         result = AdvancedTrainer(model, view, config, valid_pairs, protocol=protocol, checkpoint_dir=checkpoint_dir,

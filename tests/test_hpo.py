@@ -305,7 +305,7 @@ def test_a_numeric_clash_is_pruned_untrained_with_its_reason(tmp_path):
     space = hpo.SearchSpace("gat", base, {"heads": hpo.ParamSpec(type="int", low=1, high=3)})
     study = hpo.open_study(DATASET, "gat", optuna.storages.InMemoryStorage(), study_name="clash")
     study.enqueue_trial({"heads": 3})
-    hpo.run_study(study, space, toy_data(), n_trials=1)
+    hpo.run_study(study, space, toy_data(), n_trials=1, worker=1)  # worker 1: no registry trial enqueued
     (trial,) = study.trials
     assert trial.state == optuna.trial.TrialState.PRUNED and trial.user_attrs["epochs_run"] == 0
     assert "divisible by heads 3" in trial.user_attrs["invalid"]
@@ -479,7 +479,7 @@ WORKER = textwrap.dedent(
     (Path({tmp!r}) / ("ready" + sys.argv[1])).touch()
     while not all((Path({tmp!r}) / f"ready{{i}}").exists() for i in (0, 1)):
         time.sleep(0.05)
-    hpo.run_study(study, spaces["lightgcn"], toy_data(), n_trials=2)
+    hpo.run_study(study, spaces["lightgcn"], toy_data(), n_trials=2, worker=int(sys.argv[1]))
     """
 )
 
@@ -500,6 +500,7 @@ def test_two_workers_share_one_study_without_duplicates(tmp_path):
     assert len(trials) == 4 and all(t.state.is_finished() for t in trials)
     assert sorted(t.number for t in trials) == list(range(4))
     assert len({tuple(sorted(t.params.items())) for t in trials}) == 4
+    assert sum("enqueued" in t.user_attrs for t in trials) == 1  # worker 0 alone started from the registry config
 
 
 # --- multi-objective (NSGA-II) ---------------------------------------------------------------

@@ -802,7 +802,7 @@ def hpo_asset(chain: Chain, families: list[str]) -> dg.AssetsDefinition:
         limits = hpo_lib.TrialLimits(config.max_trial_memory_mb, config.max_trial_seconds if seconds_per_unit else None,
                                      seconds_per_unit)
         hpo_lib.run_study(study, space, data, config.n_trials, config.timeout_s, config.max_epochs, log=context.log.info,
-                          limits=limits)
+                          limits=limits, worker=config.worker)
         trials = hpo_lib.trials_table(study)
         counts = dict(pl.DataFrame(trials)["state"].value_counts().iter_rows()) if trials else {}
         metadata = {"storage": hpo_lib.redact(url), "study_name": study.study_name, "trials_total": len(trials),

@@ -650,11 +650,12 @@ def open_study(
 def run_study(
     study: optuna.Study, space: SearchSpace, data: StudyData, n_trials: int | None = None,
     timeout_s: float | None = None, max_epochs: int | None = None, log: Logger | None = None,
-    limits: TrialLimits | None = None,
+    limits: TrialLimits | None = None, worker: int = 0,
 ) -> optuna.Study:
     """Run ``n_trials`` more trials (or until ``timeout_s``), logging each finished trial; a
     trial whose estimate exceeds ``limits`` is pruned before it trains. A fresh study's first
-    trial is the base registry config's own values (:meth:`SearchSpace.base_params`)."""
+    trial is the base registry config's own values (:meth:`SearchSpace.base_params`), enqueued by
+    worker 0 only (several workers starting one study at once would each enqueue it)."""
     log = log or (lambda message: None)
     if n_trials is not None and n_trials < 1:
         raise HpoError(f"n_trials must be >= 1, got {n_trials}")
@@ -693,7 +694,8 @@ def run_study(
     previous = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(logging.WARNING)
     try:
-        if not study.get_trials(deepcopy=False):  # a fresh study tries the registry config first
+        # the registry config is one of the study's trials (worker 0 enqueues it once)
+        if worker == 0 and not any("enqueued" in t.user_attrs for t in study.get_trials(deepcopy=False)):
             study.enqueue_trial(space.base_params(), user_attrs={"enqueued": f"registry config {space.base.name}"})
         objective = make_objective(space, data, max_epochs, multi_objective=multi_objective, limits=limits)
         callback = report_multi if multi_objective else report

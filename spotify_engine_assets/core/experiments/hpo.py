@@ -40,6 +40,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import logging
+import os
 import re
 import time
 import types
@@ -413,10 +414,14 @@ def redact(url: str) -> str:
     return url
 
 
-def _open_rdb(url: str, engine_kwargs: dict, attempts: int = 5) -> optuna.storages.RDBStorage:
+def _open_rdb(
+    url: str, engine_kwargs: dict, attempts: int = 5, heartbeat_interval: int = 60, grace_period: int = 180,
+) -> optuna.storages.RDBStorage:
     """An RDB storage, tested with a round trip. Workers that open a *new* database at the same
     moment race to create its schema (one gets an IntegrityError on ``alembic_version``); the
-    loser retries and finds the schema there."""
+    loser retries. Heartbeats: every running trial records one each ``heartbeat_interval``
+    seconds, and a RUNNING trial silent for ``grace_period`` seconds (its worker was killed) is
+    failed at the next trial start of any worker of the study (and by :func:`run_study`)."""
     import sqlalchemy.exc
 
     for attempt in range(attempts):
@@ -424,23 +429,54 @@ def _open_rdb(url: str, engine_kwargs: dict, attempts: int = 5) -> optuna.storag
             with warnings.catch_warnings():  # heartbeats are "experimental"; they fail trials of killed workers
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 storage = optuna.storages.RDBStorage(
-                    url, engine_kwargs=engine_kwargs, heartbeat_interval=60, grace_period=180
+                    url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_interval, grace_period=grace_period
                 )
             storage.get_all_studies()  # a round trip: the database answers
             return storage
-        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.OperationalError):
-            if attempt == attempts - 1:
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.OperationalError) as error:
+            if attempt == attempts - 1 or not isinstance(error, sqlalchemy.exc.IntegrityError) and _refused(error):
                 raise
             time.sleep(0.2 * (attempt + 1))
     raise AssertionError("unreachable")
 
 
-def open_storage(url: str | None = None) -> optuna.storages.BaseStorage:
-    """Open (and test) the storage at ``url``; a clear ``HpoError`` when it cannot be used."""
+# environment variables a PostgreSQL storage URL without a password takes it from (in this order;
+# libpq itself reads PGPASSWORD): the password never has to be in a URL, a file or a log
+PASSWORD_ENV = ("SPOTIFY_ENGINE_PG_PASSWORD", "PGPASSWORD")
+
+
+def _refused(error: BaseException) -> bool:
+    """A failure retrying cannot fix: rejected credentials, a missing database or role."""
+    text = str(error).lower()
+    return "authentication failed" in text or "does not exist" in text or "no password supplied" in text
+
+
+def _rdb_cause(text: str) -> str:
+    lowered = text.lower()
+    if "authentication failed" in lowered or "no password supplied" in lowered:
+        return "the server rejected the credentials"
+    if "connection refused" in lowered or "could not connect" in lowered or "timeout expired" in lowered:
+        return "the server is not reachable (is it running?)"
+    if "does not exist" in lowered:
+        return "the database or role does not exist"
+    return "cannot open the storage"
+
+
+def open_storage(url: str | None = None, heartbeat_interval: int = 60, grace_period: int = 180) -> optuna.storages.BaseStorage:
+    """Open (and test) the storage at ``url``; a clear ``HpoError`` when it cannot be used.
+
+    A PostgreSQL URL may leave the password out (``postgresql+psycopg2://user@host:port/db``):
+    it is then taken from ``$SPOTIFY_ENGINE_PG_PASSWORD`` or ``$PGPASSWORD`` when the connection
+    opens. ``heartbeat_interval`` / ``grace_period`` (seconds) apply to database storages: how
+    soon the RUNNING trial of a killed worker is failed (see :func:`_open_rdb`)."""
     url = url or f"sqlite:///{data_lake_root() / 'optuna' / 'studies.db'}"
     scheme, sep, rest = url.partition("://")
     if not sep:
         raise HpoError(f"storage URL {url!r} has no scheme; use sqlite:///path.db, journal:///path.log or a database URL")
+    if heartbeat_interval < 1 or grace_period <= heartbeat_interval:
+        raise HpoError(f"need heartbeat_interval >= 1 and grace_period > heartbeat_interval, got "
+                       f"{heartbeat_interval} and {grace_period}")
+    password = ""
     try:
         if scheme == "journal":
             path = Path(rest)  # journal:///abs/file.log or journal://relative/file.log
@@ -455,9 +491,32 @@ def open_storage(url: str | None = None) -> optuna.storages.BaseStorage:
             engine_kwargs = {"connect_args": {"timeout": 60}}
         else:
             engine_kwargs = {"pool_pre_ping": True}
-        return _open_rdb(url, engine_kwargs)
+            if scheme.startswith("postgresql"):
+                import sqlalchemy
+
+                parsed = sqlalchemy.engine.make_url(url)
+                password = parsed.password or next((os.environ[v] for v in PASSWORD_ENV if os.environ.get(v)), "")
+                # the password goes to the driver, never into the URL; a 10 s connect timeout
+                engine_kwargs["connect_args"] = {"connect_timeout": 10, **(
+                    {"password": password} if password and parsed.password is None else {})}
+        return _open_rdb(url, engine_kwargs, heartbeat_interval=heartbeat_interval, grace_period=grace_period)
     except Exception as error:  # noqa: BLE001 - any failure to open is reported the same way
-        raise HpoError(f"cannot open Optuna storage {redact(url)!r}: {type(error).__name__}: {error}") from error
+        reason = f"{type(error).__name__}: {error}"
+        if password:
+            reason = reason.replace(password, "***")
+        where = redact(url)
+        if scheme not in ("sqlite", "journal"):
+            import sqlalchemy
+
+            try:
+                parsed = sqlalchemy.engine.make_url(url)
+                source = ("URL" if parsed.password is not None else next(
+                    (f"${v}" for v in PASSWORD_ENV if os.environ.get(v)), "none: set $SPOTIFY_ENGINE_PG_PASSWORD"))
+                where += (f" (host={parsed.host} port={parsed.port} db={parsed.database} user={parsed.username} "
+                          f"password=*** from {source}): {_rdb_cause(reason)}")
+            except Exception:  # noqa: BLE001 - an unparsable URL: the driver's reason says why
+                pass
+        raise HpoError(f"cannot open Optuna storage {where}: {reason}") from None
 
 
 # --- running a study ---------------------------------------------------------------------------
@@ -647,6 +706,24 @@ def open_study(
     return study
 
 
+def fail_stale_trials(study: optuna.Study) -> list[int]:
+    """Fail the study's RUNNING trials whose heartbeat is older than the storage's grace period
+    (their worker was killed); returns their numbers. A no-op for storages without heartbeats
+    (SQLite files opened elsewhere, journal files): there a killed worker's trial stays RUNNING."""
+    from optuna.storages._heartbeat import is_heartbeat_enabled
+
+    if not is_heartbeat_enabled(study._storage):
+        return []
+    running = {t.number for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))}
+    if not running:
+        return []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+    failed = {t.number for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,))}
+    return sorted(running & failed)
+
+
 def run_study(
     study: optuna.Study, space: SearchSpace, data: StudyData, n_trials: int | None = None,
     timeout_s: float | None = None, max_epochs: int | None = None, log: Logger | None = None,
@@ -697,7 +774,19 @@ def run_study(
         # the registry config is one of the study's trials (worker 0 enqueues it once)
         if worker == 0 and not any("enqueued" in t.user_attrs for t in study.get_trials(deepcopy=False)):
             study.enqueue_trial(space.base_params(), user_attrs={"enqueued": f"registry config {space.base.name}"})
-        objective = make_objective(space, data, max_epochs, multi_objective=multi_objective, limits=limits)
+        # a resumed worker first fails the RUNNING trials of killed workers whose heartbeat is older
+        # than the storage's grace period (database storages; Optuna repeats this at each trial start)
+        stale = fail_stale_trials(study)
+        if stale:
+            log(f"failed {len(stale)} stale RUNNING trial(s) of a killed worker: {', '.join(map(str, stale))}")
+        fitted = make_objective(space, data, max_epochs, multi_objective=multi_objective, limits=limits)
+        session = os.getpid()
+
+        def objective(trial: optuna.Trial):
+            trial.set_user_attr("worker", worker)  # who ran it, and in which process (a restart is another)
+            trial.set_user_attr("worker_pid", session)
+            return fitted(trial)
+
         callback = report_multi if multi_objective else report
         study.optimize(objective, n_trials=n_trials, timeout=timeout_s, callbacks=[callback], catch=())
     finally:

@@ -69,3 +69,10 @@ scale-demo: $(STAMP)
 	@trap '$(BIN)/python -m spotify_engine_assets.scale stop --dir $(SCALE_DIR) >/dev/null' EXIT INT TERM; \
 	$(BIN)/python -m spotify_engine_assets.scale demo --dir $(SCALE_DIR) --profile $(SCALE_PROFILE) \
 		--max-concurrent-runs $(SCALE_RUNS) $(if $(SCALE_CONFIGS),--configs $(SCALE_CONFIGS))
+
+## make scale-study: one Optuna study of the listening chain on a throwaway PostgreSQL, run by 2
+## worker processes; one is SIGKILLed mid-trial and restarted (STUDY_TRIALS per worker)
+STUDY_TRIALS ?= 3
+.PHONY: scale-study
+scale-study: $(STAMP)
+	$(BIN)/python -m spotify_engine_assets.scale study --workers 2 --trials $(STUDY_TRIALS) --dir $(CURDIR)/build/scale-study

@@ -708,8 +708,9 @@ class HpoRunConfig(dg.Config):
     n_trials: int | None = Field(default=10, ge=1, description="Trials to add in this run (None: until timeout_s).")
     timeout_s: float | None = Field(default=None, gt=0, description="Stop starting trials after this many seconds.")
     storage_url: str | None = Field(
-        default=None, description="Optuna storage: sqlite:///path.db, journal:///path.log or a database URL (e.g. "
-        "postgresql://user:password@host/db) shared by workers; default sqlite under <data lake>/optuna/.")
+        default=None, description="Optuna storage: sqlite:///path.db, journal:///path.log or a database URL shared by "
+        "workers (e.g. postgresql+psycopg2://user@host:port/db: no password in run config, it is read from "
+        "$SPOTIFY_ENGINE_PG_PASSWORD or $PGPASSWORD); default sqlite under <data lake>/optuna/.")
     max_epochs: int | None = Field(default=20, ge=1, description="Epoch cap per trial (None: the config's max_epochs).")
     seed: int = Field(default=0, description="Sampler seed.")
     worker: int = Field(default=0, description="Worker id: give each parallel worker of one study its own.")

@@ -1,7 +1,9 @@
 """Multi-process (data-parallel) training of one model: ``TrainableConfig.world_size`` > 1.
 
-:func:`train_distributed` writes a job (the built model, the training view, the validation pairs,
-the protocol, the loss weights and task labels, the torch RNG state) to a temporary folder and runs
+:func:`train_distributed` writes a job (the model as its config, schema, node counts and weights;
+the training view; the validation pairs; the protocol as its class and fields; the loss weights and
+task labels; the torch RNG state: tensors and plain containers only, so every rank loads it with
+``weights_only=True``) to a temporary folder and runs
 ``python -m torch.distributed.run --standalone --nproc_per_node=world_size`` on this module: a
 127.0.0.1 rendezvous, ``gloo`` on the CPU (``nccl`` when the view is on CUDA, one GPU per rank),
 one torch thread per rank. Worker output is relayed line by line to ``log``; rank 0 writes the
@@ -33,6 +35,8 @@ Each rank runs the one trainer (:mod:`.trainer`) with three changes:
 from __future__ import annotations
 
 import collections
+import dataclasses
+import importlib
 import os
 import subprocess
 import sys
@@ -44,7 +48,8 @@ import torch.distributed as dist
 from torch import Tensor
 from torch_geometric.data import HeteroData
 
-from ..config import TrainableConfig
+from ..config import TrainableConfig, parse_config
+from ..data.graph import Schema, from_payload, to_payload
 from ..evaluation.protocol import Protocol
 from ..models.base import FitResult, GraphModel
 from .trainer import AdvancedTrainer, Logger, SimpleTrainer, validate
@@ -145,8 +150,12 @@ def train_distributed(model: GraphModel, view: HeteroData, valid_pairs: Tensor |
         raise ValueError(f"config {config.name!r}: world_size {world} on CUDA needs one GPU per rank; this machine "
                          f"has {torch.cuda.device_count()}")
     with tempfile.TemporaryDirectory(prefix="ddp-train-") as folder:
+        # plain containers and tensors only (loaded with weights_only=True): the model travels as its
+        # config, schema, node counts and weights, the protocol as its class and fields
         job = {
-            "model": model, "view": view, "valid_pairs": valid_pairs, "config": config, "protocol": protocol,
+            "config": config.model_dump(), "schema": dataclasses.asdict(model.schema),
+            "num_nodes": {t: int(view[t].num_nodes) for t in view.node_types}, "state": model.state_dict(),
+            "view": to_payload(view), "valid_pairs": valid_pairs, "protocol": protocol_payload(protocol),
             "device": device.type, "torch_rng": torch.get_rng_state(),
             "options": dict(max_epochs=max_epochs, users=users, weights=weights, task_labels=task_labels),
             "advanced": dict(checkpoint_dir=None if checkpoint_dir is None else str(checkpoint_dir),
@@ -175,9 +184,26 @@ def train_distributed(model: GraphModel, view: HeteroData, valid_pairs: Tensor |
         result_path = Path(folder) / RESULT_FILE
         if code != 0 or not result_path.exists():
             raise RuntimeError(f"config {config.name!r}: distributed training failed (exit {code}):\n" + "\n".join(tail))
-        result = torch.load(result_path, weights_only=False)
+        with torch.serialization.safe_globals([FitResult]):
+            result = torch.load(result_path, weights_only=True)
     model.load_state_dict(result.best_state)
     return result
+
+
+def protocol_payload(protocol: Protocol) -> dict:
+    """A dataclass protocol as its class path and field values (tensors, strings, tuples)."""
+    cls = type(protocol)
+    return {"class": f"{cls.__module__}:{cls.__qualname__}",
+            "fields": {f.name: getattr(protocol, f.name) for f in dataclasses.fields(protocol)}}
+
+
+def protocol_from_payload(payload: dict) -> Protocol:
+    """The protocol :func:`protocol_payload` describes; the class must be a :class:`Protocol`."""
+    module, _, name = payload["class"].partition(":")
+    cls = getattr(importlib.import_module(module), name, None)
+    if not (isinstance(cls, type) and issubclass(cls, Protocol)):
+        raise ValueError(f"distributed job: {payload['class']!r} is not an evaluation protocol")
+    return cls(**payload["fields"])
 
 
 def _cpu(state: dict) -> dict:
@@ -187,7 +213,7 @@ def _cpu(state: dict) -> dict:
 def worker(folder: Path) -> None:
     """One rank (run by torchrun): the job's trainer over this rank's shards; rank 0 saves the result."""
     torch.set_num_threads(1)
-    job = torch.load(folder / JOB_FILE, map_location="cpu", weights_only=False)
+    job = torch.load(folder / JOB_FILE, map_location="cpu", weights_only=True)
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = torch.device(f"cuda:{local_rank}") if job["device"] == "cuda" else torch.device("cpu")
     if device.type == "cuda":
@@ -195,14 +221,19 @@ def worker(folder: Path) -> None:
     dist.init_process_group(backend_for(device))
     try:
         rank = dist.get_rank()
+        config: TrainableConfig = parse_config(job["config"])
+        from ..models import build_model  # the model registry imports the trainer
+
+        model = build_model(config, Schema(**job["schema"]), job["num_nodes"])  # seeds torch: RNG state after it
+        model.load_state_dict(job["state"])
         torch.set_rng_state(job["torch_rng"])  # the caller's global RNG (e.g. dropout masks), the same on every rank
-        config: TrainableConfig = job["config"]
-        model, view = job["model"].to(device), job["view"].to(device)
+        model, view = model.to(device), from_payload(job["view"]).to(device)
         options = dict(job["options"], log=(lambda message: print(message, flush=True)) if rank == 0 else None)
         if config.trainer == "simple":
             trainer = DistributedSimpleTrainer(model, view, config, **options)
         else:
-            trainer = DistributedAdvancedTrainer(model, view, config, job["valid_pairs"], protocol=job["protocol"],
+            protocol = protocol_from_payload(job["protocol"])
+            trainer = DistributedAdvancedTrainer(model, view, config, job["valid_pairs"], protocol=protocol,
                                                  **job["advanced"], **options)
         result = trainer.fit()
         if rank == 0:

@@ -76,3 +76,16 @@ STUDY_TRIALS ?= 3
 .PHONY: scale-study
 scale-study: $(STAMP)
 	$(BIN)/python -m spotify_engine_assets.scale study --workers 2 --trials $(STUDY_TRIALS) --dir $(CURDIR)/build/scale-study
+
+## make scale-celery: redis-server + 2 dagster-celery workers (installs the `scale` extra): the
+## listening data stage and CELERY_CONFIGS' model stage as runs whose steps run on the workers,
+## then a worker process SIGKILLed mid-step (CELERY_KILL) and the run re-run; everything stopped
+CELERY_DIR ?= $(CURDIR)/build/scale-celery
+CELERY_CONFIGS ?= gat_basic,lightgcn
+CELERY_KILL ?= gat_enhanced
+.PHONY: scale-celery
+scale-celery: $(STAMP)
+	$(BIN)/python -c "import dagster_celery, redis" 2>/dev/null || $(BIN)/python -m pip install --quiet -e '.[scale]'
+	@trap '$(BIN)/python -m spotify_engine_assets.scale stop --dir $(CELERY_DIR) >/dev/null' EXIT INT TERM; \
+	$(BIN)/python -m spotify_engine_assets.scale celery --dir $(CELERY_DIR) --configs $(CELERY_CONFIGS) \
+		$(if $(CELERY_KILL),--kill $(CELERY_KILL))

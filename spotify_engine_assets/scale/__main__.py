@@ -17,6 +17,11 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--max-concurrent-runs", type=int, default=2)
     demo.add_argument("--configs", default="", help="comma-separated partitions (default: every listening config)")
     demo.add_argument("--timeout", type=float, default=3600)
+    cel = sub.add_parser("celery", help="redis + 2 dagster-celery workers: data stage and model configs, steps on the workers")
+    cel.add_argument("--dir", default="build/scale-celery", help="profile folder (Dagster home, lake, logs, summary)")
+    cel.add_argument("--configs", default="gat_basic,lightgcn", help="comma-separated listening model configs")
+    cel.add_argument("--kill", default="", help="then SIGKILL the worker process training this config mid-step, re-run it")
+    cel.add_argument("--timeout", type=float, default=1800)
     stop = sub.add_parser("stop", help="stop the services a demo in --dir left running")
     stop.add_argument("--dir", default="build/scale")
     study = sub.add_parser("study", help="one Optuna study on PostgreSQL run by several worker processes, one killed "
@@ -57,6 +62,13 @@ def main(argv: list[str] | None = None) -> int:
         stopped = stop_services(Path(args.dir).resolve())
         print("stopped: " + (", ".join(stopped) or "nothing was running"))
         return 0
+    if args.command == "celery":
+        from .celery_run import format_summary as celery_summary, run_celery_demo
+
+        result = run_celery_demo(Path(args.dir), [c for c in args.configs.split(",") if c], args.timeout,
+                                 kill=args.kill or None)
+        print(celery_summary(result))
+        return 0 if result.get("success") else 1
     summary = run_demo(Path(args.dir), args.profile, args.max_concurrent_runs,
                        [c for c in args.configs.split(",") if c] or None, args.timeout)
     print(format_summary(summary))

@@ -37,29 +37,6 @@ MODEL_SELECTION = f"{CHAIN}/trained_model,{CHAIN}/metric_report"
 WORKERS = ("worker1", "worker2")
 
 
-def _end_group_reaped(pid: int, grace: float = 15) -> None:
-    """``demo._end_group`` (SIGTERM the group, SIGKILL after ``grace``), reaping the leader when it
-    is this process's child: an unreaped leader stays a zombie, which the group check counts as alive."""
-    try:
-        os.killpg(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + grace
-    while True:
-        try:
-            os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            pass
-        try:
-            os.killpg(pid, 0)
-        except ProcessLookupError:
-            return
-        if time.monotonic() > deadline:
-            _end_group(pid, grace=0)
-            return
-        time.sleep(0.1)
-
-
 def stop_services(profile_dir: Path) -> list[str]:
     """Stop the workers first (one whose broker is gone first would wait on reconnecting), then
     redis, then PostgreSQL (``demo.stop_services``)."""
@@ -69,7 +46,7 @@ def stop_services(profile_dir: Path) -> list[str]:
     if pids_path.exists():
         pids = json.loads(pids_path.read_text())
         for name in sorted(pids, key=lambda n: n not in WORKERS):
-            _end_group_reaped(pids[name])
+            _end_group(pids[name])
             stopped.append(f"{name} (pid {pids[name]})")
         pids_path.unlink()
     return stopped + _stop_profile(profile_dir)

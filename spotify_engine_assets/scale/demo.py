@@ -38,7 +38,9 @@ def _spawn(name: str, args: list[str], env: dict, logs: Path, profile_dir: Path)
 
 
 def _end_group(pid: int, grace: float = 15) -> None:
-    """SIGTERM the process group this demo started (its leader ``pid``), SIGKILL after ``grace``."""
+    """SIGTERM the process group this demo started (its leader ``pid``), SIGKILL after ``grace``;
+    the leader is reaped when it is this process's child (an unreaped leader stays a zombie, which
+    the group check would count as alive until the grace ran out)."""
     try:
         os.killpg(pid, signal.SIGTERM)
     except ProcessLookupError:
@@ -46,10 +48,14 @@ def _end_group(pid: int, grace: float = 15) -> None:
     deadline = time.monotonic() + grace
     while time.monotonic() < deadline:
         try:
+            os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
+        try:
             os.killpg(pid, 0)
         except ProcessLookupError:
             return
-        time.sleep(0.2)
+        time.sleep(0.1)
     try:
         os.killpg(pid, signal.SIGKILL)
     except ProcessLookupError:

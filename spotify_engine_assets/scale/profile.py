@@ -13,6 +13,8 @@ from pathlib import Path
 
 import yaml
 
+from ..core.storage.databases import connection_cause
+
 ENV = {  # dagster.yaml setting -> environment variable
     "hostname": "SPOTIFY_ENGINE_PG_HOST",
     "port": "SPOTIFY_ENGINE_PG_PORT",
@@ -108,14 +110,5 @@ def load_instance(home: Path):
         instance.get_runs(limit=1)
     except Exception as error:  # noqa: BLE001 - any failure to reach the storage, reported clearly
         reason = _reason(error, os.environ.get(ENV["password"], ""))
-        lowered = reason.lower()
-        if "password authentication failed" in lowered or "authentication failed" in lowered:
-            cause = "PostgreSQL rejected the credentials"
-        elif "connection refused" in lowered or "could not connect" in lowered or "too many retries" in lowered:
-            cause = "PostgreSQL is not reachable (is the server running?)"
-        elif "does not exist" in lowered:
-            cause = "the database or role does not exist"
-        else:
-            cause = "cannot open the storage"
-        raise ScaleInstanceError(f"{where}: {cause}; {describe()}: {reason}") from None
+        raise ScaleInstanceError(f"{where}: {connection_cause(reason, 'PostgreSQL')}; {describe()}: {reason}") from None
     return instance

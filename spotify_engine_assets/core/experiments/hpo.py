@@ -62,6 +62,7 @@ from ..dataset import Dataset
 from ..evaluation.metrics import catalog_coverage
 from ..registry import PromotionSource
 from ..storage.artifacts import atomic_write_bytes
+from ..storage.databases import connection_cause, retrying_cannot_fix
 from ..storage.paths import data_lake_root
 from ..training.trainer import Logger
 from . import trial_budget
@@ -434,7 +435,7 @@ def _open_rdb(
             storage.get_all_studies()  # a round trip: the database answers
             return storage
         except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.OperationalError) as error:
-            if attempt == attempts - 1 or not isinstance(error, sqlalchemy.exc.IntegrityError) and _refused(error):
+            if attempt == attempts - 1 or not isinstance(error, sqlalchemy.exc.IntegrityError) and retrying_cannot_fix(str(error)):
                 raise
             time.sleep(0.2 * (attempt + 1))
     raise AssertionError("unreachable")
@@ -443,23 +444,6 @@ def _open_rdb(
 # environment variables a PostgreSQL storage URL without a password takes it from (in this order;
 # libpq itself reads PGPASSWORD): the password never has to be in a URL, a file or a log
 PASSWORD_ENV = ("SPOTIFY_ENGINE_PG_PASSWORD", "PGPASSWORD")
-
-
-def _refused(error: BaseException) -> bool:
-    """A failure retrying cannot fix: rejected credentials, a missing database or role."""
-    text = str(error).lower()
-    return "authentication failed" in text or "does not exist" in text or "no password supplied" in text
-
-
-def _rdb_cause(text: str) -> str:
-    lowered = text.lower()
-    if "authentication failed" in lowered or "no password supplied" in lowered:
-        return "the server rejected the credentials"
-    if "connection refused" in lowered or "could not connect" in lowered or "timeout expired" in lowered:
-        return "the server is not reachable (is it running?)"
-    if "does not exist" in lowered:
-        return "the database or role does not exist"
-    return "cannot open the storage"
 
 
 def open_storage(url: str | None = None, heartbeat_interval: int = 60, grace_period: int = 180) -> optuna.storages.BaseStorage:
@@ -513,7 +497,7 @@ def open_storage(url: str | None = None, heartbeat_interval: int = 60, grace_per
                 source = ("URL" if parsed.password is not None else next(
                     (f"${v}" for v in PASSWORD_ENV if os.environ.get(v)), "none: set $SPOTIFY_ENGINE_PG_PASSWORD"))
                 where += (f" (host={parsed.host} port={parsed.port} db={parsed.database} user={parsed.username} "
-                          f"password=*** from {source}): {_rdb_cause(reason)}")
+                          f"password=*** from {source}): {connection_cause(reason)}")
             except Exception:  # noqa: BLE001 - an unparsable URL: the driver's reason says why
                 pass
         raise HpoError(f"cannot open Optuna storage {where}: {reason}") from None

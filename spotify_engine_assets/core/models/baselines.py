@@ -99,7 +99,7 @@ class _CategoryLevel:
         share = sp.diags(1.0 / np.maximum(np.asarray(member.sum(axis=1)).ravel(), 1.0)) @ member
         self.counts = (x @ share).tocsr()
         self.user_total = np.asarray(self.counts.sum(axis=1)).ravel()
-        weight = np.where(popularity > 0, popularity, 0.0) ** exponent * (popularity > 0)
+        weight = np.where(popularity > 0, popularity ** exponent, 0.0)  # an unheard item weighs 0, even at exponent 0
         within = (member.T @ sp.diags(weight)).tocsr()
         mass = np.asarray(within.sum(axis=1)).ravel()
         self.item_given_category = (sp.diags(1.0 / np.maximum(mass, 1e-12)) @ within).tocsr().astype(np.float32)

@@ -25,9 +25,9 @@ from pathlib import Path
 import yaml
 
 from . import profile as prof
-from .demo import PIDS_FILE, _bin, _count, _end_group, _spawn
+from .demo import PIDS_FILE, _bin, _count, _end_group, _spawn, start_instance
 from .demo import stop_services as _stop_profile
-from .postgres import PostgresServer, free_port
+from .postgres import free_port
 
 CHAIN = "listening"
 MODULE = "spotify_engine_assets.scale.celery_defs"
@@ -127,16 +127,9 @@ def start_services(profile_dir: Path, log=print) -> dict:
     times = {}
 
     t = time.monotonic()
-    server = PostgresServer.create(profile_dir)
-    server.save_state(profile_dir)
-    server.start()
-    server.create_database(prof.DAGSTER_DB)
-    home = profile_dir / "dagster_home"
-    prof.write_home(home)
-    env = {**os.environ, **prof.server_env(server), "DAGSTER_HOME": str(home),
-           "SPOTIFY_ENGINE_DATA_LAKE": str(profile_dir / "lake"),
-           # dagster-celery starts `celery` from PATH: the interpreter's own bin folder first
-           "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
+    server, home, env = start_instance(profile_dir)
+    # dagster-celery starts `celery` from PATH: the interpreter's own bin folder first
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
     times["postgres_start_s"] = round(time.monotonic() - t, 1)
     log(f"postgres: 127.0.0.1:{server.port} ({times['postgres_start_s']} s)")
 

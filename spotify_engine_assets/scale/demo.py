@@ -80,6 +80,20 @@ def stop_services(profile_dir: Path, remove_data: bool = True) -> list[str]:
     return stopped
 
 
+def start_instance(profile_dir: Path, max_concurrent_runs: int = 2) -> tuple[PostgresServer, Path, dict]:
+    """PostgreSQL (recorded for :func:`stop_services`) with the Dagster database, the instance's
+    home and the environment every process of the profile runs with (the password only in it)."""
+    server = PostgresServer.create(profile_dir)
+    server.save_state(profile_dir)
+    server.start()
+    server.create_database(prof.DAGSTER_DB)
+    home = profile_dir / "dagster_home"
+    prof.write_home(home, max_concurrent_runs)
+    env = {**os.environ, **prof.server_env(server), "DAGSTER_HOME": str(home),
+           "SPOTIFY_ENGINE_DATA_LAKE": str(profile_dir / "lake")}
+    return server, home, env
+
+
 def _wait_grpc(port: int, proc: subprocess.Popen, env: dict, timeout: float = 180) -> None:
     deadline = time.monotonic() + timeout
     while True:
@@ -180,18 +194,9 @@ def run_demo(profile_dir: Path, profile: str = "tiny", max_concurrent_runs: int 
     summary: dict = {"profile": profile, "max_concurrent_runs_setting": max_concurrent_runs}
     try:
         t = time.monotonic()
-        server = PostgresServer.create(profile_dir)
-        server.save_state(profile_dir)
-        server.start()
-        server.create_database(prof.DAGSTER_DB)
+        server, home, env = start_instance(profile_dir, max_concurrent_runs)
         summary["postgres_start_s"] = round(time.monotonic() - t, 1)
         log(f"postgres: 127.0.0.1:{server.port}, data {server.data_dir} ({summary['postgres_start_s']} s)")
-
-        home = profile_dir / "dagster_home"
-        prof.write_home(home, max_concurrent_runs)
-        lake = profile_dir / "lake"
-        env = {**os.environ, **prof.server_env(server), "DAGSTER_HOME": str(home),
-               "SPOTIFY_ENGINE_DATA_LAKE": str(lake)}
         os.environ.update({k: env[k] for k in (*prof.ENV.values(), "DAGSTER_HOME", "SPOTIFY_ENGINE_DATA_LAKE")})
 
         t = time.monotonic()

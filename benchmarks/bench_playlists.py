@@ -183,8 +183,9 @@ def tune(prepared: dict, only: list[str]) -> None:
         print(f"  best {name} on validation: {best[1]} R-prec {best[0]:.4f} (epoch {best[2]})")
 
 
-def default_data(folder: Path) -> tuple[Path, Path]:
-    world = generate_world(GeneratorSettings())
+def default_data(folder: Path, seed: int | None = None) -> tuple[Path, Path]:
+    """Kaggle-format files of the default world (or of generator seed ``seed``) in ``folder``."""
+    world = generate_world(GeneratorSettings() if seed is None else GeneratorSettings(seed=seed))
     con = duckdb.connect()
     con.execute("CREATE SCHEMA raw")
     for name, frame in world.tables().items():

@@ -48,7 +48,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import duckdb
 import numpy as np
 import torch
 from scipy import stats as scipy_stats
@@ -138,29 +137,15 @@ def lastfm_scenarios() -> tuple[Dataset, list[Scenario]]:
     ]
 
 
-def playlist_files(folder: Path, seed: int) -> tuple[Path, Path]:
-    """Kaggle-format files of the world of generator seed ``seed`` (bench_playlists.default_data's
-    recipe with a seed)."""
-    from spotify_engine_assets.datasets.playlists import kaggle
-
-    world = generate_world(GeneratorSettings(seed=seed))
-    con = duckdb.connect()
-    con.execute("CREATE SCHEMA raw")
-    for name, frame in world.tables().items():  # noqa: B007 (frame: read by DuckDB's replacement scan)
-        con.sql(f"CREATE TABLE raw.{name} AS SELECT * FROM frame")
-    kaggle.write_synthetic_kaggle_files(con, folder)
-    return folder / "spotify_dataset.csv", folder / "data_w_genres.csv"
-
-
 def playlist_scenarios() -> tuple[Dataset, list[Scenario]]:
-    from bench_playlists import prepare, warehouse_from
+    from bench_playlists import default_data, prepare, warehouse_from
 
     from spotify_engine_assets.datasets.playlists import DATASET
     from spotify_engine_assets.datasets.playlists import graph as P
 
     def build(seed: int) -> tuple:
         with tempfile.TemporaryDirectory() as folder, contextlib.redirect_stdout(sys.stderr):  # counts: progress
-            con, _ = warehouse_from(*playlist_files(Path(folder), seed))
+            con, _ = warehouse_from(*default_data(Path(folder), seed))
             prepared = prepare(con, P.GraphSettings(5, 2), P.SplitSettings(2, 3))  # checks leakage
         if isinstance(prepared, str):
             raise SystemExit(f"playlist data of world seed {seed}: {prepared}")

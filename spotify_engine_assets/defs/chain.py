@@ -61,6 +61,7 @@ from ..core.storage.artifacts import atomic_write_bytes
 from ..core.storage.paths import source_version
 from ..core.training.inputs import task_labels
 from ..core.training.losses import task_metrics
+from .ddp_pipes import PipesLauncher
 from .resources import DUCKDB_POOL, DataLake, TorchRuntime, Warehouse
 
 BEYOND_ACCURACY = ("coverage@10", "gini@10", "novelty@10", "ild_embedding@10", "personalization@10")
@@ -269,9 +270,11 @@ def chain_definitions(chain: Chain) -> dg.Definitions:
             "device": str(torch_runtime.torch_device()), "run_id": context.run_id, "recorded_at": records.now_iso(),
         }
         training: dict = {}
-        checkpoints = None
+        checkpoints = pipes = None
         if model_config.trainable:
             training = {"max_epochs": config.max_epochs, "log": context.log.info}
+            if model_config.world_size > 1:  # the ranks log and report to this run through Dagster Pipes
+                training["launcher"] = pipes = PipesLauncher(context)
             if model_config.trainer == "advanced":
                 checkpoints = checkpoint_dir_for(lake, chain, model_config, fingerprint["combined"], config.max_epochs)
                 for stale in checkpoints.parent.glob("*") if checkpoints.parent.exists() else ():
@@ -312,6 +315,8 @@ def chain_definitions(chain: Chain) -> dg.Definitions:
                 metadata["fusion_model"] = model_config.fusion.model
                 metadata["fusion_weight"] = float(model.fusion_weight)
                 metadata["fusion_valid"] = dg.MetadataValue.json(artifact["fusion"])
+        if pipes is not None:
+            metadata.update(pipes.metadata)
         if checkpoints is not None:
             shutil.rmtree(checkpoints, ignore_errors=True)  # finished: the next materialization trains afresh
         return dg.Output(artifact, metadata=metadata)

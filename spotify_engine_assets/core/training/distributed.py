@@ -6,7 +6,9 @@ task labels; the torch RNG state: tensors and plain containers only, so every ra
 ``weights_only=True``) to a temporary folder and runs
 ``python -m torch.distributed.run --standalone --nproc_per_node=world_size`` on this module: a
 127.0.0.1 rendezvous, ``gloo`` on the CPU (``nccl`` when the view is on CUDA, one GPU per rank),
-one torch thread per rank. Worker output is relayed line by line to ``log``; rank 0 writes the
+one torch thread per rank. A launcher starts it (:data:`Launcher`): by default a child process
+whose output is relayed line by line to ``log``; the Dagster asset passes one that runs it through
+Dagster Pipes (``defs/ddp_pipes.py``; this module imports no Dagster). Rank 0 writes the
 :class:`FitResult` back, and the caller's model is left holding its best state.
 
 Each rank runs the one trainer (:mod:`.trainer`) with three changes:
@@ -36,11 +38,15 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import importlib
 import os
+import socket
 import subprocess
 import sys
 import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -127,18 +133,65 @@ class DistributedAdvancedTrainer(ShardedSteps, AdvancedTrainer):
             self.checkpoint_path = path
 
 
+@dataclasses.dataclass(frozen=True)
+class Launch:
+    """One multi-process training to start (what a :data:`Launcher` runs): ``world_size`` torchrun
+    ranks on the job in ``folder``, with ``env`` as their whole environment."""
+
+    folder: Path
+    world_size: int
+    backend: str
+    env: dict[str, str]
+    config_name: str
+
+    def command(self, module: str = __name__) -> list[str]:
+        """``python -m torch.distributed.run`` (torchrun: a 127.0.0.1 rendezvous, no restarts) running
+        ``module`` on every rank with the folder as its argument; ``module`` must call :func:`worker`
+        on it (this module does)."""
+        return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={self.world_size}",
+                "--max-restarts=0", "-m", module, str(self.folder)]
+
+
+Launcher = Callable[[Launch, Logger], None]
+"""Runs a :class:`Launch` to its end, relaying what the ranks log to the logger; raises
+RuntimeError when they fail. :func:`run_subprocess` is the default; the Dagster asset launches
+through Dagster Pipes instead (``defs/ddp_pipes.py``)."""
+
+
+def run_subprocess(launch: Launch, log: Logger, timeout_s: float | None = None) -> None:
+    """The plain launcher: torchrun as a child process, its output (rank 0's log, the other ranks'
+    and torchrun's messages) relayed line by line to ``log``; a failure's message ends with the last
+    40 lines."""
+    tail: collections.deque[str] = collections.deque(maxlen=40)
+    process = subprocess.Popen(launch.command(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               env=launch.env)
+    try:
+        for line in process.stdout:
+            line = line.rstrip()
+            tail.append(line)
+            log(line)
+        code = process.wait(timeout=timeout_s)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    if code != 0:
+        raise RuntimeError(f"config {launch.config_name!r}: distributed training failed (exit {code}):\n" + "\n".join(tail))
+
+
 def train_distributed(model: GraphModel, view: HeteroData, valid_pairs: Tensor | None, config: TrainableConfig, *,
                       protocol: Protocol, max_epochs: int | None = None, log: Logger | None = None, on_epoch=None,
                       users: Tensor | None = None, weights: Tensor | None = None, task_labels: Tensor | None = None,
                       checkpoint_dir: Path | str | None = None, checkpoint_every: int = 1,
-                      timeout_s: float | None = None) -> FitResult:
-    """Train ``model`` in ``config.world_size`` torchrun processes (module docstring); the model
-    ends holding the result's best state. Arguments as :func:`.trainer.train` (``on_epoch`` must be
-    None: epochs are not reported live across processes).
+                      timeout_s: float | None = None, launcher: Launcher | None = None) -> FitResult:
+    """Train ``model`` in ``config.world_size`` torchrun processes (module docstring) started by
+    ``launcher`` (default :func:`run_subprocess` with ``timeout_s``); the model ends holding the
+    result's best state. Arguments as :func:`.trainer.train` (``on_epoch`` must be None: epochs are
+    not reported live across processes).
 
     Raises:
         ValueError: ``on_epoch`` given, or fewer CUDA devices than ranks.
-        RuntimeError: a worker failed (the message ends with the workers' last output lines).
+        RuntimeError: a worker failed (the plain launcher's message ends with the workers' last output lines).
     """
     log = log or (lambda message: None)
     world = config.world_size
@@ -149,6 +202,8 @@ def train_distributed(model: GraphModel, view: HeteroData, valid_pairs: Tensor |
     if device.type == "cuda" and torch.cuda.device_count() < world:
         raise ValueError(f"config {config.name!r}: world_size {world} on CUDA needs one GPU per rank; this machine "
                          f"has {torch.cuda.device_count()}")
+    if launcher is None:
+        launcher = functools.partial(run_subprocess, timeout_s=timeout_s)
     with tempfile.TemporaryDirectory(prefix="ddp-train-") as folder:
         # plain containers and tensors only (loaded with weights_only=True): the model travels as its
         # config, schema, node counts and weights, the protocol as its class and fields
@@ -162,28 +217,17 @@ def train_distributed(model: GraphModel, view: HeteroData, valid_pairs: Tensor |
                              checkpoint_every=checkpoint_every),
         }
         torch.save(job, Path(folder) / JOB_FILE)
-        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={world}",
-                   "--max-restarts=0", "-m", __name__, folder]
         env = {**os.environ, "OMP_NUM_THREADS": "1",
                "PYTHONPATH": os.pathsep.join(filter(None, [str(PACKAGE_ROOT), os.environ.get("PYTHONPATH")]))}
         if sys.platform.startswith("linux"):
             env.setdefault("GLOO_SOCKET_IFNAME", "lo")  # the rendezvous is 127.0.0.1
-        log(f"training in {world} processes ({backend_for(device)}): {' '.join(command[1:6])}")
-        tail: collections.deque[str] = collections.deque(maxlen=40)
-        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-        try:
-            for line in process.stdout:
-                line = line.rstrip()
-                tail.append(line)
-                log(line)
-            code = process.wait(timeout=timeout_s)
-        finally:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
+        launch = Launch(Path(folder), world, backend_for(device), env, config.name)
+        log(f"training in {world} processes ({launch.backend}): {' '.join(launch.command()[1:6])}")
+        launcher(launch, log)
         result_path = Path(folder) / RESULT_FILE
-        if code != 0 or not result_path.exists():
-            raise RuntimeError(f"config {config.name!r}: distributed training failed (exit {code}):\n" + "\n".join(tail))
+        if not result_path.exists():
+            raise RuntimeError(f"config {config.name!r}: distributed training ended without rank 0's result "
+                               f"({RESULT_FILE})")
         with torch.serialization.safe_globals([FitResult]):
             result = torch.load(result_path, weights_only=True)
     model.load_state_dict(result.best_state)
@@ -210,8 +254,12 @@ def _cpu(state: dict) -> dict:
     return {key: value.cpu() for key, value in state.items()}
 
 
-def worker(folder: Path) -> None:
-    """One rank (run by torchrun): the job's trainer over this rank's shards; rank 0 saves the result."""
+def worker(folder: Path, log: Logger | None = None) -> dict | None:
+    """One rank (run by torchrun): the job's trainer over this rank's shards; rank 0 saves the result
+    and logs to ``log`` (default: its stdout). Returns, on rank 0 only, what the ranks did: the
+    backend, every rank's process, host and seconds (wall, from the job's load to the end of its
+    fit) and the fit's per-epoch history."""
+    started = time.perf_counter()
     torch.set_num_threads(1)
     job = torch.load(folder / JOB_FILE, map_location="cpu", weights_only=True)
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -228,7 +276,8 @@ def worker(folder: Path) -> None:
         model.load_state_dict(job["state"])
         torch.set_rng_state(job["torch_rng"])  # the caller's global RNG (e.g. dropout masks), the same on every rank
         model, view = model.to(device), from_payload(job["view"]).to(device)
-        options = dict(job["options"], log=(lambda message: print(message, flush=True)) if rank == 0 else None)
+        rank_log = (log or (lambda message: print(message, flush=True))) if rank == 0 else None
+        options = dict(job["options"], log=rank_log)
         if config.trainer == "simple":
             trainer = DistributedSimpleTrainer(model, view, config, **options)
         else:
@@ -239,7 +288,14 @@ def worker(folder: Path) -> None:
         if rank == 0:
             result.best_state, result.final_state = _cpu(result.best_state), _cpu(result.final_state)
             torch.save(result, folder / RESULT_FILE)
+        ranks: list = [None] * dist.get_world_size()
+        dist.all_gather_object(ranks, {"rank": rank, "pid": os.getpid(), "host": socket.gethostname(),
+                                       "device": str(device), "seconds": round(time.perf_counter() - started, 3)})
         dist.barrier()
+        if rank == 0:
+            return {"backend": backend_for(device), "world_size": dist.get_world_size(), "ranks": ranks,
+                    "history": result.history, "epochs_run": result.epochs_run, "fit_seconds": result.seconds}
+        return None
     finally:
         dist.destroy_process_group()
 

@@ -410,7 +410,7 @@ def train(model: GraphModel, view: HeteroData, valid_pairs: Tensor | None, confi
           max_epochs: int | None = None, log: Logger | None = None, on_epoch: Callable[[dict], None] | None = None, *,
           protocol: Protocol = DEFAULT_PROTOCOL, users: Tensor | None = None, weights: Tensor | None = None,
           task_labels: Tensor | None = None, checkpoint_dir: Path | str | None = None,
-          checkpoint_every: int = 1) -> FitResult:
+          checkpoint_every: int = 1, launcher=None) -> FitResult:
     """Train ``model`` on the interactions of ``view`` with the config's trainer (module docstring).
 
     ``config.trainer == "advanced"`` (default): :class:`AdvancedTrainer` (validation on
@@ -419,8 +419,9 @@ def train(model: GraphModel, view: HeteroData, valid_pairs: Tensor | None, confi
     ``checkpoint_dir`` is an error, it writes none). On return the model holds the result's best
     state (and its fusion weight) and is prepared to score on ``view``. Arguments: see
     :class:`BaseTrainer` and :class:`AdvancedTrainer`. With ``config.world_size > 1`` the same
-    trainer runs in that many torchrun processes (:mod:`.distributed`; ``on_epoch`` is then an
-    error), and the fusion weight is chosen here afterwards.
+    trainer runs in that many torchrun processes started by ``launcher`` (:mod:`.distributed`;
+    None: a child process; ignored with world_size 1; ``on_epoch`` is then an error), and the
+    fusion weight is chosen here afterwards.
     """
     if not config.trainable:
         raise ValueError(f"config {config.name!r}: model {config.model!r} is not trainable")
@@ -431,7 +432,7 @@ def train(model: GraphModel, view: HeteroData, valid_pairs: Tensor | None, confi
         from .distributed import train_distributed
 
         result = train_distributed(model, view, valid_pairs, config, protocol=protocol, checkpoint_dir=checkpoint_dir,
-                                   checkpoint_every=checkpoint_every, **options)
+                                   checkpoint_every=checkpoint_every, launcher=launcher, **options)
     elif config.trainer == "simple":
         result = SimpleTrainer(model, view, config, **options).fit()
     else:

@@ -14,20 +14,20 @@ import pytest
 import torch
 
 from spotify_engine_assets.core.config import MAX_WORLD_SIZE
-from spotify_engine_assets.core.data.graph import from_payload, to_payload, training_view
+from spotify_engine_assets.core.data.graph import from_payload, num_nodes_of, to_payload, training_view
 from spotify_engine_assets.core.dataset import Dataset, split_violations
 from spotify_engine_assets.core.evaluation.protocol import LinkPrediction
+from spotify_engine_assets.core.models import build_model
 from spotify_engine_assets.core.registry import Registry
 from spotify_engine_assets.core.storage.artifacts import load_torch
-from spotify_engine_assets.defs.chain import Chain, chain_definitions
-from spotify_engine_assets.defs.resources import DataLake, LakeIOManager, TorchRuntime
-from spotify_engine_assets.core.data.graph import num_nodes_of
-from spotify_engine_assets.core.models import build_model
 from spotify_engine_assets.core.training.distributed import ShardedSteps
 from spotify_engine_assets.core.training.trainer import train
 from spotify_engine_assets.datasets.listening.graph import SCHEMA
+from spotify_engine_assets.defs.chain import Chain, chain_definitions
+from spotify_engine_assets.defs.resources import DataLake, LakeIOManager, TorchRuntime
 
-from test_new_chain import SCHEMA as TOY_SCHEMA, build_graph, build_split, toy_frames
+from test_new_chain import SCHEMA as TOY_SCHEMA
+from test_new_chain import build_graph, build_split, toy_frames
 from test_training import config, toy_problem
 
 torch.set_num_threads(1)

@@ -37,8 +37,9 @@ class PipesLauncher:
         self.metadata: dict = {}
 
     def __call__(self, launch: distributed.Launch, log) -> None:
-        import dagster as dg  # the orchestrator side only: the ranks import dagster_pipes alone
-        from dagster._core.errors import DagsterPipesExecutionError  # not exported by dagster 1.13
+        # the orchestrator side only: the ranks import dagster_pipes alone; the error is not exported by dagster 1.13
+        import dagster as dg
+        from dagster._core.errors import DagsterPipesExecutionError
 
         client = self.client or dg.PipesSubprocessClient()
         try:

@@ -79,13 +79,15 @@ scale-study: $(STAMP)
 
 ## make scale-celery: redis-server + 2 dagster-celery workers (installs the `scale` extra): the
 ## listening data stage and CELERY_CONFIGS' model stage as runs whose steps run on the workers,
-## then a worker process SIGKILLed mid-step (CELERY_KILL) and the run re-run; everything stopped
+## then a worker process SIGKILLed mid-step (CELERY_KILL) and the run re-run, then a whole worker
+## SIGKILLed mid-step (CELERY_KILL_WORKER: its step redelivered to the other one); everything stopped
 CELERY_DIR ?= $(CURDIR)/build/scale-celery
 CELERY_CONFIGS ?= gat_basic,lightgcn
 CELERY_KILL ?= gat_enhanced
+CELERY_KILL_WORKER ?= gat_basic
 .PHONY: scale-celery
 scale-celery: $(STAMP)
 	$(BIN)/python -c "import dagster_celery, redis" 2>/dev/null || $(BIN)/python -m pip install --quiet -e '.[scale]'
 	@trap '$(BIN)/python -m spotify_engine_assets.scale stop --dir $(CELERY_DIR) >/dev/null' EXIT INT TERM; \
 	$(BIN)/python -m spotify_engine_assets.scale celery --dir $(CELERY_DIR) --configs $(CELERY_CONFIGS) \
-		$(if $(CELERY_KILL),--kill $(CELERY_KILL))
+		$(if $(CELERY_KILL),--kill $(CELERY_KILL)) $(if $(CELERY_KILL_WORKER),--kill-worker $(CELERY_KILL_WORKER))

@@ -21,6 +21,8 @@ def main(argv: list[str] | None = None) -> int:
     cel.add_argument("--dir", default="build/scale-celery", help="profile folder (Dagster home, lake, logs, summary)")
     cel.add_argument("--configs", default="gat_basic,lightgcn", help="comma-separated listening model configs")
     cel.add_argument("--kill", default="", help="then SIGKILL the worker process training this config mid-step, re-run it")
+    cel.add_argument("--kill-worker", default="", help="then SIGKILL the whole worker (main process) training this "
+                     "config mid-step: the task goes to the other worker after the visibility timeout; re-run it")
     cel.add_argument("--timeout", type=float, default=1800)
     stop = sub.add_parser("stop", help="stop the services a demo in --dir left running")
     stop.add_argument("--dir", default="build/scale")
@@ -66,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         from .celery_run import format_summary as celery_summary, run_celery_demo
 
         result = run_celery_demo(Path(args.dir), [c for c in args.configs.split(",") if c], args.timeout,
-                                 kill=args.kill or None)
+                                 kill=args.kill or None, kill_worker=args.kill_worker or None)
         print(celery_summary(result))
         return 0 if result.get("success") else 1
     summary = run_demo(Path(args.dir), args.profile, args.max_concurrent_runs,

@@ -69,13 +69,29 @@ def check_available() -> None:
         raise CeleryUnavailable("missing: " + ", ".join(missing))
 
 
-def executor_config(redis_port: int) -> dict:
-    """The celery executor's run config (the same block configures the workers)."""
+VISIBILITY_TIMEOUT_S = 60  # a step's task unacknowledged this long is handed to another worker: > the longest step
+
+
+def executor_config(redis_port: int, visibility_timeout_s: int = VISIBILITY_TIMEOUT_S) -> dict:
+    """The celery executor's run config (the same block configures the workers).
+
+    ``task_acks_late``: a step's task is acknowledged when it ends, not when a worker takes it, so
+    the task of a worker killed whole (main process and pool) stays unacknowledged in Redis and,
+    ``visibility_timeout_s`` after its delivery, another worker's sweep (every 5 s) puts it back on
+    the queue and runs the step again (same task id: the run's orchestrator gets its result). The
+    timeout must exceed the longest step, or a step still running is started a second time
+    elsewhere. A pool process killed under a live worker is not redelivered
+    (``task_reject_on_worker_lost`` stays off: a step that kills its process every time would loop):
+    its task ends in ``WorkerLostError`` and the run fails, as Dagster's celery executor defines."""
     return {"execution": {"config": {
         "broker": f"redis://127.0.0.1:{redis_port}/0",
         "backend": f"redis://127.0.0.1:{redis_port}/1",
-        # no retries of a lost task: a step whose worker died fails the run (a re-run resumes)
-        "config_source": {"worker_prefetch_multiplier": 1, "broker_connection_retry_on_startup": True},
+        "config_source": {
+            "worker_prefetch_multiplier": 1, "broker_connection_retry_on_startup": True,
+            "task_acks_late": True,
+            "broker_transport_options": {"visibility_timeout": visibility_timeout_s, "unacked_restore_interval": 5,
+                                         "unacked_restore_throttle": 1},
+        },
     }}}
 
 
@@ -233,14 +249,12 @@ def _failure_text(instance, run_id: str) -> str:
     return " | ".join(texts)
 
 
-def kill_mid_step(instance, env: dict, config: Path, partition: str, logs: Path, timeout: float,
-                  step: str = f"{CHAIN}__trained_model", log=print) -> dict:
-    """Run ``partition``'s model stage, SIGKILL the worker process executing ``step`` once it has
-    started, wait for the run's end; then re-run the partition. Returns both runs' outcomes."""
-    from dagster._core.events import DagsterEventType
-
+def _start_and_find_step(instance, env: dict, config: Path, partition: str, logs: Path, timeout: float,
+                         step: str, label: str) -> tuple[subprocess.Popen, int, str | None, float]:
+    """Launch ``partition``'s model stage and wait until ``step`` has started on a worker: the
+    CLI process, the step's process id and worker, and when the runs were searched from."""
     since = time.time()
-    proc = materialize(env, config, MODEL_SELECTION, ["tiny_train.yaml"], partition, logs / f"fault_{partition}.log")
+    proc = materialize(env, config, MODEL_SELECTION, ["tiny_train.yaml"], partition, logs / f"{label}_{partition}.log")
     deadline, pid, worker = time.monotonic() + timeout, None, None
     while pid is None:
         if proc.poll() is not None or time.monotonic() > deadline:
@@ -250,6 +264,30 @@ def kill_mid_step(instance, env: dict, config: Path, partition: str, logs: Path,
             if placement.get("pid"):
                 pid, worker = placement["pid"], placement.get("worker")
         time.sleep(0.2)
+    return proc, pid, worker, since
+
+
+def _rerun(instance, env: dict, config: Path, partition: str, logs: Path, timeout: float, log=print) -> dict:
+    """Materialize ``partition``'s model stage again; its run, exit code, seconds and whether its
+    metric report is now materialized."""
+    import dagster as dg
+
+    t, since = time.monotonic(), time.time()
+    code = materialize(env, config, MODEL_SELECTION, ["tiny_train.yaml"], partition,
+                       logs / f"rerun_{partition}.log").wait(timeout=timeout)
+    rerun = _runs_since(instance, since)[-1]
+    result = {"rerun_exit_code": code, "rerun": describe_run(instance, rerun), "rerun_s": round(time.monotonic() - t, 1),
+              "metric_report_materialized": partition in instance.get_materialized_partitions(
+                  dg.AssetKey([CHAIN, "metric_report"]))}
+    log(f"re-run {rerun.dagster_run.run_id[:8]} {rerun.dagster_run.status.value} in {result['rerun_s']} s")
+    return result
+
+
+def kill_mid_step(instance, env: dict, config: Path, partition: str, logs: Path, timeout: float,
+                  step: str = f"{CHAIN}__trained_model", log=print) -> dict:
+    """Run ``partition``'s model stage, SIGKILL the worker process executing ``step`` once it has
+    started, wait for the run's end; then re-run the partition. Returns both runs' outcomes."""
+    proc, pid, worker, since = _start_and_find_step(instance, env, config, partition, logs, timeout, step, "fault")
     time.sleep(1.0)  # mid-step: the model is training
     os.kill(pid, signal.SIGKILL)
     killed_at = time.monotonic()
@@ -261,24 +299,75 @@ def kill_mid_step(instance, env: dict, config: Path, partition: str, logs: Path,
               "seconds_to_fail": round(time.monotonic() - killed_at, 1)}
     log(f"run {failed.dagster_run.run_id[:8]} {failed.dagster_run.status.value} {result['seconds_to_fail']} s "
         f"after the kill: {result['failed_run']['failure'][:300]}")
+    result.update(_rerun(instance, env, config, partition, logs, timeout, log))
+    return result
 
-    t, since = time.monotonic(), time.time()
-    code = materialize(env, config, MODEL_SELECTION, ["tiny_train.yaml"], partition,
-                       logs / f"rerun_{partition}.log").wait(timeout=timeout)
-    rerun = _runs_since(instance, since)[-1]
-    result.update(rerun_exit_code=code, rerun=describe_run(instance, rerun), rerun_s=round(time.monotonic() - t, 1))
-    import dagster as dg
 
-    result["metric_report_materialized"] = partition in instance.get_materialized_partitions(
-        dg.AssetKey([CHAIN, "metric_report"]))
-    log(f"re-run {rerun.dagster_run.run_id[:8]} {rerun.dagster_run.status.value} in {result['rerun_s']} s")
+def _parent_pid(pid: int) -> int:
+    """The parent of a live process (Linux ``/proc``)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return int(stat.rsplit(")", 1)[1].split()[1])
+
+
+def step_attempts(instance, run_id: str, step: str) -> list[dict]:
+    """Every time a celery worker began ``step`` in the run: the worker and the event's time."""
+    attempts = []
+    for entry in instance.all_logs(run_id):
+        event = entry.dagster_event
+        if (event is not None and (event.step_key or entry.step_key) == step
+                and "in celery worker" in (event.message or "")):
+            worker = event.engine_event_data.metadata.get("Celery worker")
+            attempts.append({"worker": getattr(worker, "value", worker), "at": entry.timestamp})
+    return attempts
+
+
+def kill_worker_mid_step(instance, env: dict, config: Path, partition: str, logs: Path, timeout: float,
+                         step: str = f"{CHAIN}__trained_model", log=print) -> dict:
+    """Run ``partition``'s model stage and SIGKILL the whole Celery worker executing ``step`` (its
+    main process: the kernel then kills its pool process, which Celery starts with
+    ``PR_SET_PDEATHSIG``) once the step has started; wait for the run's end (the unacknowledged
+    task is redelivered to the other worker after the visibility timeout); then re-run the
+    partition. Returns what happened, with the seconds from the kill to the step's second start
+    and to the run's end."""
+    proc, pid, worker, since = _start_and_find_step(instance, env, config, partition, logs, timeout, step, "worker_fault")
+    main = _parent_pid(pid)
+    command = Path(f"/proc/{main}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    if "celery" not in command or " worker" not in command:
+        raise RuntimeError(f"the parent {main} of step process {pid} is not a celery worker: {command!r}")
+    time.sleep(1.0)  # mid-step: the model is training
+    os.kill(main, signal.SIGKILL)
+    killed_at, killed_wall = time.monotonic(), time.time()
+    log(f"killed the whole worker {worker}: main process {main} (pool process {pid}) running {step} of {partition}")
+    try:
+        code = proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        code = None  # still waiting on the lost task: the run stays STARTED
+    record = _runs_since(instance, since)[-1]
+    run_id = record.dagster_run.run_id
+    attempts = step_attempts(instance, run_id, step)
+    later = [a for a in attempts if a["at"] > killed_wall]
+    result = {"killed_main_pid": main, "killed_pool_pid": pid, "killed_worker": worker, "exit_code": code,
+              "run": {**describe_run(instance, record), "failure": _failure_text(instance, run_id)},
+              "step_workers": [a["worker"] for a in attempts],
+              "seconds_to_redelivery": round(later[0]["at"] - killed_wall, 1) if later else None,
+              "seconds_to_end": round(time.monotonic() - killed_at, 1) if code is not None else None,
+              "pool_process_alive": Path(f"/proc/{pid}").exists()}
+    log(f"run {run_id[:8]} {record.dagster_run.status.value} {result['seconds_to_end']} s after the kill; {step} ran on "
+        f"{', '.join(result['step_workers'])} (again {result['seconds_to_redelivery']} s after the kill)")
+    if code is None:
+        proc.kill()
+        proc.wait()
+        return result
+    result.update(_rerun(instance, env, config, partition, logs, timeout, log))
     return result
 
 
 def run_celery_demo(profile_dir: Path, configs: list[str], timeout: float = 1800, kill: str | None = None,
-                    log=print) -> dict:
+                    kill_worker: str | None = None, log=print) -> dict:
     """Start the services, run the data stage and the model stage of ``configs`` through the
-    celery workers, stop everything; returns the summary (also ``profile_dir/celery_summary.json``)."""
+    celery workers, then the faults (``kill``: a pool process, :func:`kill_mid_step`;
+    ``kill_worker``: a whole worker, :func:`kill_worker_mid_step`), stop everything; returns the
+    summary (also ``profile_dir/celery_summary.json``)."""
     began = time.monotonic()
     profile_dir = profile_dir.resolve()
     previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -317,6 +406,11 @@ def run_celery_demo(profile_dir: Path, configs: list[str], timeout: float = 1800
             fault = summary["fault"] = kill_mid_step(instance, env, config, kill, services["logs"], timeout, log=log)
             summary["success"] = summary["success"] and fault["failed_run"]["status"] == "FAILURE" and (
                 fault["rerun"]["status"] == "SUCCESS" and fault["metric_report_materialized"])
+        if kill_worker:
+            fault = summary["worker_fault"] = kill_worker_mid_step(instance, env, config, kill_worker, services["logs"],
+                                                                   timeout, log=log)
+            summary["success"] = summary["success"] and fault["run"]["status"] == "SUCCESS" and (
+                fault.get("rerun", {}).get("status") == "SUCCESS" and fault["metric_report_materialized"])
     finally:
         signal.signal(signal.SIGTERM, previous)
         summary.update(stopped=stop_services(profile_dir), total_wall_s=round(time.monotonic() - began, 1))
@@ -344,5 +438,13 @@ def format_summary(summary: dict) -> str:
                      f"{fault['failed_run']['status']} {fault['seconds_to_fail']} s later: {fault['failed_run']['failure'][:300]}")
         lines.append(f"  re-run: {fault['rerun']['status']} in {fault['rerun_s']} s; metric report materialized: "
                      f"{fault['metric_report_materialized']}")
+    fault = summary.get("worker_fault")
+    if fault:
+        lines.append(f"  whole worker killed: SIGKILL of {fault['killed_worker']} main process {fault['killed_main_pid']} "
+                     f"mid-step -> {fault['run']['status']} {fault['seconds_to_end']} s later; the step ran on "
+                     f"{', '.join(fault['step_workers'])} (again {fault['seconds_to_redelivery']} s after the kill)")
+        if "rerun" in fault:
+            lines.append(f"  re-run: {fault['rerun']['status']} in {fault['rerun_s']} s; metric report materialized: "
+                         f"{fault['metric_report_materialized']}")
     lines.append(f"  stopped: {', '.join(summary.get('stopped', []))}; total {summary.get('total_wall_s')} s")
     return "\n".join(lines)

@@ -524,6 +524,43 @@ def confined_landing_file(landing: Path, path: Path | str) -> Path:
     return absolute
 
 
+def open_for_writing(paths: list[Path], proc: Path = Path("/proc")) -> tuple[dict[Path, list[int]], list[int] | None]:
+    """Which processes hold each of ``paths`` open for writing, read from ``/proc/<pid>/fd`` and
+    ``fdinfo`` (Linux): ``({path: [pid, ...]}, unseen)``, where ``unseen`` lists the processes
+    whose open files could not be read (another user's, without the right to see them) and is
+    ``None`` when ``/proc`` cannot be read at all. A file is confirmed closed only when it is
+    not in the first and ``unseen`` is empty.
+    """
+    targets = {str(Path(path).resolve()): Path(path) for path in paths}
+    writers: dict[Path, list[int]] = {}
+    if not targets:
+        return writers, []
+    try:
+        pids = [entry for entry in os.listdir(proc) if entry.isdigit()]
+    except OSError:
+        return writers, None
+    unseen = []
+    for pid in pids:
+        try:
+            descriptors = os.listdir(proc / pid / "fd")
+        except PermissionError:
+            unseen.append(int(pid))
+            continue
+        except OSError:  # the process ended
+            continue
+        for fd in descriptors:
+            try:
+                target = os.readlink(proc / pid / "fd" / fd)
+                if target not in targets:
+                    continue
+                flags = next(line for line in (proc / pid / "fdinfo" / fd).read_text().splitlines() if line.startswith("flags:"))
+            except (OSError, StopIteration):
+                continue
+            if int(flags.split()[1], 8) & (os.O_WRONLY | os.O_RDWR):
+                writers.setdefault(targets[target], []).append(int(pid))
+    return writers, unseen
+
+
 # --- landed listening sessions (the synthetic schema) -------------------------------------------
 
 SESSION_COLUMNS = ("user_id", "song_id", "played_at")

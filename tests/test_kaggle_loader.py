@@ -198,3 +198,20 @@ def test_control_characters_are_rejected_and_a_bom_is_removed_and_counted(con, t
         (4, "u3"), (5, "u4"), (7, "u5")]
     assert stats.cleaned == {"byte order mark removed": 1} and stats.unaccounted == 0
     assert stats.reasons == {"control character U+0000": 1, "control character U+001F": 1, "repeated header line": 1}
+
+
+@pytest.mark.skipif(not SAMPLE.exists(), reason="../shared/data (real Kaggle sample) is absent on this machine")
+def test_real_sample_concatenated_with_crlf_rows_reads_as_the_original(con, tmp_path):
+    """The real 500 rows with every second data line ending in CRLF and a second export (BOM,
+    header, its rows) appended: the same rows at the same line numbers, the second header rejected."""
+    header, *rows = SAMPLE.read_bytes().rstrip(b"\n").split(b"\n")
+    mixed = header + b"\n" + b"".join(row + (b"\r\n" if i % 2 else b"\n") for i, row in enumerate(rows))
+    path = tmp_path / "concatenated.csv"
+    path.write_bytes(mixed + b"\xef\xbb\xbf" + header + b"\r\n" + rows[0] + b"\r\n")
+    stats = ingest_playlist_csv(con, path, "mixed")
+    original = ingest_playlist_csv(con, SAMPLE, "sample")
+    assert (stats.data_lines, stats.accepted, stats.rejected, stats.unaccounted) == (502, 500, 2, 0)
+    assert _rejects(con, "mixed") == {391: "empty artistname", 502: "repeated header line"}
+    same = "SELECT line, user_id, artistname, trackname, playlistname FROM kaggle_raw.entries WHERE batch = ? AND line <= 501 ORDER BY line"
+    assert con.sql(same, params=["mixed"]).fetchall() == con.sql(same, params=["sample"]).fetchall()
+    assert original.accepted == 499

@@ -389,3 +389,25 @@ def test_a_regular_file_named_archive_stops_taking_files(landing):
     assert f"no file is taken: {folder / 'archive'} is not a folder" in result.skip_reason.skip_message
     (folder / "archive").unlink()
     assert len(tick(root, instance, result.cursor).run_requests) == 1
+
+
+def test_a_file_that_grew_after_it_was_taken_retrains_nothing_and_is_named(landing):
+    """The rest of a file written after it was taken lands in the archive, never ingested: the
+    sensor compares the archived file with what it took and says so instead of retraining."""
+    root, folder, instance = landing
+    path = folder / "grown.csv"
+    path.write_text(kaggle_csv(playlists_rows(12)))
+    (folder / "grown.csv.done").touch()
+    first = tick(root, instance)
+    (request,) = first.run_requests
+    batch = request.partition_key
+    archived = folder / "archive" / batch / "grown.csv"
+    archived.parent.mkdir(parents=True)
+    os.replace(path, archived)  # what landed_batch's archiving does; then the writer carries on
+    with open(archived, "a") as writer:
+        writer.write("user99,Artist 1,Song 1-1,mix late\n")
+    _materialized_batch(instance, batch, rows=96)
+    second = tick(root, instance, first.cursor)
+    assert not second.run_requests
+    message = second.skip_reason.skip_message
+    assert f"grown.csv changed after it was taken as batch {batch}" in message and "models not retrained" in message

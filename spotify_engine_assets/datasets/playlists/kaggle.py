@@ -65,8 +65,12 @@ GENRE_COLUMNS = "artist_name VARCHAR, genre VARCHAR"
 FEATURE_NAMES = ("danceability", "energy", "loudness", "speechiness", "acousticness", "instrumentalness", "liveness", "valence", "tempo")
 FEATURE_COLUMNS = "artist_name VARCHAR, track_name VARCHAR, " + ", ".join(f"{name} DOUBLE" for name in FEATURE_NAMES)
 
+# C0 control characters other than tab (\n never occurs inside a line; a bare \r is marked, see
+# BARE_CR_MARK): never part of a field, so a line holding one fails the line pattern.
+_CONTROL = r"\x00-\x08\x0b-\x1f\x7f"
+_CONTROL_PATTERN = f"[{_CONTROL}]"
 # One CSV field: a quoted field with "" escapes, or an unquoted field without quotes or commas.
-_FIELD = r'"(?:[^"]|"")*"|[^,"]*'
+_FIELD = rf'"(?:[^"{_CONTROL}]|"")*"|[^,"{_CONTROL}]*'
 _LINE_PATTERN = "^" + ",".join(f"(?P<f{i}>{_FIELD})" for i in range(4)) + "$"
 _UNQUOTE_SQL = ", ".join(
     f"""trim(CASE WHEN f.f{i} LIKE '"%' THEN replace(f.f{i}[2:-2], '""', '"') ELSE f.f{i} END) AS {name}"""
@@ -128,8 +132,8 @@ def scan_lines(path: Path, chunk_size: int = 1 << 20) -> tuple[int, bool]:
 # A bare \r in a normalized copy: bytes a valid line never holds (they are control characters,
 # rejected anyway), so the line keeps its place and is rejected as a carriage return.
 BARE_CR_MARK = b"\x00\x01\x02"
-# C0 control characters other than tab (\n never occurs inside a line; \r is marked above).
-_CONTROL_PATTERN = "[\\x00-\\x08\\x0b-\\x1f\\x7f]"
+# The header line again (a second export appended), quoted or not, any case: one anchored match.
+_HEADER_PATTERN = "(?i)" + ",".join(f'[" ]*{name}[" ]*' for name in KAGGLE_COLUMNS)
 
 
 def normalized_copy(path: Path, target: Path, chunk_size: int = 1 << 20) -> Path:
@@ -293,10 +297,10 @@ def _ingest_lines(con, readable: Path, source: str, batch: str, entries: str, re
         SELECT line, text, bom, {", ".join(KAGGLE_COLUMNS)},
             CASE
                 WHEN text IS NULL OR trim(text) = '' THEN 'blank line'
-                WHEN contains(text, $bare_cr) THEN 'carriage return inside a line (a bare \\r)'
-                WHEN regexp_matches(text, $control)
+                WHEN NOT ok AND contains(text, $bare_cr) THEN 'carriage return inside a line (a bare \\r)'
+                WHEN NOT ok AND regexp_matches(text, $control)
                     THEN printf('control character U+%04X', unicode(regexp_extract(text, $control)))
-                WHEN lower(regexp_replace(text, '[" ]', '', 'g')) = $header THEN 'repeated header line'
+                WHEN regexp_full_match(text, $header) THEN 'repeated header line'
                 WHEN NOT ok AND (length(text) - length(replace(text, '"', ''))) % 2 = 1 THEN 'unbalanced quote'
                 WHEN NOT ok AND length(regexp_replace(text, '"(?:[^"]|"")*"', '', 'g'))
                               - length(replace(regexp_replace(text, '"(?:[^"]|"")*"', '', 'g'), ',', '')) <> 3
@@ -311,7 +315,7 @@ def _ingest_lines(con, readable: Path, source: str, batch: str, entries: str, re
         FROM unquoted
         """,
         {"pattern": _LINE_PATTERN, "bare_cr": BARE_CR_MARK.decode(), "control": _CONTROL_PATTERN,
-         "header": ",".join(KAGGLE_COLUMNS)},
+         "header": _HEADER_PATTERN},
     )
     con.execute(f"DELETE FROM {quote_table(entries)} WHERE batch = ?", [batch])
     con.execute(f"DELETE FROM {quote_table(rejects)} WHERE batch = ?", [batch])

@@ -263,7 +263,14 @@ def _closed_files(candidates: list[Path], seen: dict[str, list[int]], rule: str)
     """For each candidate whose size held since the last tick: True when it is confirmed closed,
     else why not (written by a process, or open files that cannot be read; under the ``marker``
     rule: the marker is required). One scan of ``/proc`` per tick."""
-    stable = [p for p in candidates if p.exists() and seen.get(str(p)) == [p.stat().st_size, p.stat().st_mtime_ns]]
+    stable = []
+    for path in candidates:
+        try:
+            stat = path.stat()
+        except FileNotFoundError:  # gone since it was listed
+            continue
+        if seen.get(str(path)) == [stat.st_size, stat.st_mtime_ns]:
+            stable.append(path)
     if not stable:
         return {}
     if rule == "marker":

@@ -1,4 +1,4 @@
-"""Streaming loader for the Kaggle "Spotify Playlists" CSV format, into DuckDB.
+r"""Streaming loader for the Kaggle "Spotify Playlists" CSV format, into DuckDB.
 
 The Kaggle file ``spotify_dataset.csv`` (1.2 GB, 12.9M rows) has four columns, ``user_id``,
 ``artistname``, ``trackname``, ``playlistname``, and an odd header (see ``KAGGLE_HEADER``):
@@ -118,7 +118,7 @@ def count_lines(path: Path, chunk_size: int = 1 << 20) -> int:
 
 
 def scan_lines(path: Path, chunk_size: int = 1 << 20) -> tuple[int, bool]:
-    """(physical lines, whether the file holds any ``\r``), streamed in chunks. Only ``\n``
+    r"""(physical lines, whether the file holds any ``\r``), streamed in chunks. Only ``\n``
     ends a line; a last line without one counts."""
     lines, last, carriage = 0, b"\n", False
     with open(path, "rb") as handle:
@@ -137,7 +137,7 @@ _HEADER_PATTERN = "(?i)" + ",".join(f'[" ]*{name}[" ]*' for name in KAGGLE_COLUM
 
 
 def normalized_copy(path: Path, target: Path, chunk_size: int = 1 << 20) -> Path:
-    """Copy ``path`` to ``target`` with ``\r\n`` -> ``\n`` and every other ``\r`` ->
+    r"""Copy ``path`` to ``target`` with ``\r\n`` -> ``\n`` and every other ``\r`` ->
     :data:`BARE_CR_MARK` (a ``\r`` just before the end of the file ends the last line), so
     that DuckDB's reader, which also splits at a bare ``\r``, sees the file's own lines."""
     carry = b""
@@ -217,7 +217,7 @@ def ingest_playlist_csv(
     Rows of ``batch`` already in either table are replaced, so re-ingesting a file is
     idempotent. Runs in the caller's transaction (if any); the header is checked first and a
     file that is not in the format raises :class:`KaggleFormatError` before anything changes.
-    ``work_dir``: where a normalized copy of a file holding ``\\r`` is written (default: the
+    ``work_dir``: where a normalized copy of a file holding a carriage return is written (default: the
     system's temporary folder).
     """
     path = Path(path).resolve()

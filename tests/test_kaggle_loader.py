@@ -163,3 +163,55 @@ def test_count_lines_streams_in_chunks(tmp_path):
     assert kaggle.count_lines(path, chunk_size=2) == 3
     path.write_bytes(b"a\nb\n")
     assert kaggle.count_lines(path, chunk_size=1) == 2
+
+
+# --- issue 19: line endings and control characters ---------------------------------------------
+
+
+def test_mixed_line_endings_keep_true_line_numbers(con, tmp_path):
+    """An LF header with CRLF rows (a concatenated export) used to reject every row as a "blank
+    line" at line numbers past the end of the file; a bare \\r split a line in two."""
+    path = tmp_path / "mixed.csv"
+    path.write_bytes(KAGGLE_HEADER.encode() + b"\nu1,A,T1,P\r\nu2,B,T2,P\r\nu3,C\rX,T3,P\nu4,D,T4,P\r\n")
+    stats = ingest_playlist_csv(con, path, "b", work_dir=tmp_path / "work")
+    assert (stats.lines, stats.accepted, stats.rejected, stats.unaccounted) == (5, 3, 1, 0)
+    assert con.sql("SELECT line, user_id, playlistname FROM kaggle_raw.entries ORDER BY line").fetchall() == [
+        (2, "u1", "P"), (3, "u2", "P"), (5, "u4", "P")]
+    assert _rejects(con) == {4: "carriage return inside a line (a bare \\r)"}
+    raw = con.sql("SELECT raw_line FROM kaggle_raw.rejects").fetchall()[0][0]
+    assert raw == "u3,C\rX,T3,P"
+    assert not list((tmp_path / "work").iterdir())  # the normalized copy is gone
+
+
+def test_control_characters_are_rejected_and_a_bom_is_removed_and_counted(con, tmp_path):
+    path = _write(tmp_path / "controls.csv", [
+        b"u1,A\x00X,T,P",                        # 2 NUL
+        b"u2,A\x1fX,T,P",                        # 3 unit separator (the reader's own delimiter)
+        b"\xef\xbb\xbfu3,BOM,T,P",               # 4 BOM at the start of a data line: removed, kept
+        b"u4,Tab\there,T,P",                     # 5 a tab is text
+        b"\xef\xbb\xbf" + KAGGLE_HEADER.encode(),  # 6 a second export's header
+        b"u5,Last,T,P",                          # 7
+    ])
+    stats = ingest_playlist_csv(con, path, "b")
+    assert _rejects(con) == {2: "control character U+0000", 3: "control character U+001F", 6: "repeated header line"}
+    assert con.sql("SELECT line, user_id FROM kaggle_raw.entries ORDER BY line").fetchall() == [
+        (4, "u3"), (5, "u4"), (7, "u5")]
+    assert stats.cleaned == {"byte order mark removed": 1} and stats.unaccounted == 0
+    assert stats.reasons == {"control character U+0000": 1, "control character U+001F": 1, "repeated header line": 1}
+
+
+@pytest.mark.skipif(not SAMPLE.exists(), reason="../shared/data (real Kaggle sample) is absent on this machine")
+def test_real_sample_concatenated_with_crlf_rows_reads_as_the_original(con, tmp_path):
+    """The real 500 rows with every second data line ending in CRLF and a second export (BOM,
+    header, its rows) appended: the same rows at the same line numbers, the second header rejected."""
+    header, *rows = SAMPLE.read_bytes().rstrip(b"\n").split(b"\n")
+    mixed = header + b"\n" + b"".join(row + (b"\r\n" if i % 2 else b"\n") for i, row in enumerate(rows))
+    path = tmp_path / "concatenated.csv"
+    path.write_bytes(mixed + b"\xef\xbb\xbf" + header + b"\r\n" + rows[0] + b"\r\n")
+    stats = ingest_playlist_csv(con, path, "mixed")
+    original = ingest_playlist_csv(con, SAMPLE, "sample")
+    assert (stats.data_lines, stats.accepted, stats.rejected, stats.unaccounted) == (502, 500, 2, 0)
+    assert _rejects(con, "mixed") == {391: "empty artistname", 502: "repeated header line"}
+    same = "SELECT line, user_id, artistname, trackname, playlistname FROM kaggle_raw.entries WHERE batch = ? AND line <= 501 ORDER BY line"
+    assert con.sql(same, params=["mixed"]).fetchall() == con.sql(same, params=["sample"]).fetchall()
+    assert original.accepted == 499

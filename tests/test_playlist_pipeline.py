@@ -79,6 +79,7 @@ def test_reports_compare_models_with_baselines(chain):
 def test_reject_rate_gate_blocks_downstream_and_keeps_sql_tables(chain, tmp_path):
     lake, run, _ = chain
     before = _count(lake, "playlists.playlist_entries")
+    entries, rejects = _count(lake, "kaggle_raw.entries"), _count(lake, "kaggle_raw.rejects")
     real = lake / "kaggle" / "spotify_dataset.csv"
     good = "".join(f"u{i},Artist {i % 3},Song {i},mix {i % 4}\n" for i in range(20))
     real.write_text('user_id," ""artistname"""," ""trackname"""," ""playlistname"""\n' + good + "u,bad\n" * 5)
@@ -89,7 +90,9 @@ def test_reject_rate_gate_blocks_downstream_and_keeps_sql_tables(chain, tmp_path
         gate = next(e.event_specific_data for e in evaluations if e.event_specific_data.check_name == "reject_rate_within_threshold")
         assert not gate.passed and gate.metadata["reject_rate"].value == pytest.approx(5 / 25)
         assert _count(lake, "playlists.playlist_entries") == before  # downstream never ran
-        assert _count(lake, "kaggle_raw.rejects") == 5
+        # the gate is checked before the swap: the 5 rejects are in its metadata, the tables are the previous ones
+        assert gate.metadata["rejected_rows"].value == 5 and "wrong field count" in gate.metadata["first_rejects"].value
+        assert (_count(lake, "kaggle_raw.entries"), _count(lake, "kaggle_raw.rejects")) == (entries, rejects)
     finally:
         real.unlink()
 

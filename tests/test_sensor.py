@@ -289,3 +289,125 @@ def test_symbolic_links_are_refused_and_named(landing):
     assert not result.run_requests
     assert "refused linked.csv: a symbolic link" in result.skip_reason.skip_message
     assert outside.exists() and (folder / "linked.csv").is_symlink()  # nothing moved or deleted
+
+
+# --- issue 19: completion, empty batches, failed content, a blocked archive -------------------
+
+
+def test_a_file_still_open_for_writing_is_not_taken_after_a_pause(landing):
+    """A writer that pauses longer than a tick used to get its file taken half-way."""
+    root, folder, instance = landing
+    path = folder / "slow_writer.csv"
+    rows = playlists_rows(8)
+    with open(path, "w") as writer:
+        writer.write(kaggle_csv(rows[:60]))
+        writer.flush()
+        cursor = None
+        for _ in range(3):  # the size holds for several ticks, the writer keeps it open
+            result = tick(root, instance, cursor)
+            cursor = result.cursor
+            assert not result.run_requests
+        assert f"still open for writing by process(es) [{os.getpid()}]" in result.skip_reason.skip_message
+        writer.write("".join(",".join(row) + "\n" for row in rows[60:]))
+    result = tick(root, instance, tick(root, instance, cursor).cursor)  # closed and stable: taken, whole
+    (request,) = result.run_requests
+    from spotify_engine_assets.defs.playlists.ingestion import file_sha256
+
+    assert request.run_config["ops"]["landed_batch"]["config"]["sha256"] == file_sha256(path)
+
+
+def test_marker_rule_waits_for_the_marker_even_when_closed(landing, monkeypatch):
+    root, folder, instance = landing
+    monkeypatch.setenv("SPOTIFY_ENGINE_LANDING_COMPLETE", "marker")
+    (folder / "m.csv").write_text(kaggle_csv(playlists_rows(9)))
+    first = tick(root, instance)
+    second = tick(root, instance, first.cursor)
+    assert not second.run_requests and "m.csv.done" in second.skip_reason.skip_message
+    (folder / "m.csv.done").touch()
+    assert len(tick(root, instance, second.cursor).run_requests) == 1
+    monkeypatch.setenv("SPOTIFY_ENGINE_LANDING_COMPLETE", "sometimes")
+    with pytest.raises(ValueError, match="SPOTIFY_ENGINE_LANDING_COMPLETE='sometimes'"):
+        tick(root, instance)
+
+
+def _materialized_batch(instance, batch: str, rows: int) -> None:
+    """A succeeded data run of ``batch`` that materialized landed_entries with ``rows`` rows."""
+
+    @dg.op
+    def step():
+        yield dg.AssetMaterialization(asset_key=["kaggle_raw", "landed_entries"], partition=batch,
+                                      metadata={"dagster/row_count": rows, "skipped": "header only: no data rows (recorded skip)" if not rows else "no"})
+        yield dg.Output(None)
+
+    @dg.job
+    def fake_landing_job():
+        step()
+
+    instance.add_dynamic_partitions("landing_batches", [batch])
+    fake_landing_job.execute_in_process(instance=instance, tags={LANDING_TAG: batch, "spotify_engine/stage": "data"})
+
+
+def test_a_header_only_batch_retrains_nothing(landing):
+    root, folder, instance = landing
+    (folder / "empty_rows.csv").write_text(KAGGLE_HEADER + "\n")
+    (folder / "empty_rows.csv.done").touch()
+    first = tick(root, instance)
+    (request,) = first.run_requests
+    _materialized_batch(instance, request.partition_key, rows=0)
+    second = tick(root, instance, first.cursor)
+    assert not second.run_requests
+    assert "added no rows (header only" in second.skip_reason.skip_message and "not retrained" in second.skip_reason.skip_message
+    assert json.loads(second.cursor)["pending"] == {}
+
+
+def test_same_content_after_a_failed_run_is_taken_again(landing):
+    root, folder, instance = landing
+    content = kaggle_csv(playlists_rows(10))
+    (folder / "first.csv").write_text(content)
+    (folder / "first.csv.done").touch()
+    first = tick(root, instance)
+    (request,) = first.run_requests
+    _finished_data_run(instance, request.partition_key, succeed=False)
+    second = tick(root, instance, first.cursor)
+    assert not second.run_requests and "failed" in second.skip_reason.skip_message
+    (folder / "again.csv").write_text(content)  # the same bytes, landed anew
+    (folder / "again.csv.done").touch()
+    third = tick(root, instance, second.cursor)
+    assert "same content" not in (third.skip_reason.skip_message if third.skip_reason else "")
+    (retry,) = [r for r in third.run_requests if r.run_config["ops"]["landed_batch"]["config"]["path"].endswith("again.csv")]
+    assert retry.run_key != request.run_key and retry.run_key.startswith(request.run_key)
+    assert not (folder / "archive" / "duplicates").exists()
+
+
+def test_a_regular_file_named_archive_stops_taking_files(landing):
+    root, folder, instance = landing
+    (folder / "archive").write_text("not a folder")
+    (folder / "ready.csv").write_text(kaggle_csv(playlists_rows(11)))
+    (folder / "ready.csv.done").touch()
+    result = tick(root, instance)
+    assert not result.run_requests
+    assert f"no file is taken: {folder / 'archive'} is not a folder" in result.skip_reason.skip_message
+    (folder / "archive").unlink()
+    assert len(tick(root, instance, result.cursor).run_requests) == 1
+
+
+def test_a_file_that_grew_after_it_was_taken_retrains_nothing_and_is_named(landing):
+    """The rest of a file written after it was taken lands in the archive, never ingested: the
+    sensor compares the archived file with what it took and says so instead of retraining."""
+    root, folder, instance = landing
+    path = folder / "grown.csv"
+    path.write_text(kaggle_csv(playlists_rows(12)))
+    (folder / "grown.csv.done").touch()
+    first = tick(root, instance)
+    (request,) = first.run_requests
+    batch = request.partition_key
+    archived = folder / "archive" / batch / "grown.csv"
+    archived.parent.mkdir(parents=True)
+    os.replace(path, archived)  # what landed_batch's archiving does; then the writer carries on
+    with open(archived, "a") as writer:
+        writer.write("user99,Artist 1,Song 1-1,mix late\n")
+    _materialized_batch(instance, batch, rows=96)
+    second = tick(root, instance, first.cursor)
+    assert not second.run_requests
+    message = second.skip_reason.skip_message
+    assert f"grown.csv changed after it was taken as batch {batch}" in message and "models not retrained" in message

@@ -1,4 +1,4 @@
-"""Streaming loader for the Kaggle "Spotify Playlists" CSV format, into DuckDB.
+r"""Streaming loader for the Kaggle "Spotify Playlists" CSV format, into DuckDB.
 
 The Kaggle file ``spotify_dataset.csv`` (1.2 GB, 12.9M rows) has four columns, ``user_id``,
 ``artistname``, ``trackname``, ``playlistname``, and an odd header (see ``KAGGLE_HEADER``):
@@ -12,10 +12,18 @@ Every line therefore ends up in exactly one place:
 * ``entries``: a line of exactly four fields, each non-empty after trimming, quoted fields
   unescaped (``""`` -> ``"``);
 * ``rejects``: everything else, with its physical line number (the header is line 1) and a
-  reason - ``blank line``, ``unbalanced quote``, ``stray quote in an unquoted field``,
-  ``wrong field count: N (expected 4)``, ``empty <column>``, or a line DuckDB's reader itself
-  rejected (``INVALID ENCODING`` for bytes that are not UTF-8, ...), taken from its
-  ``store_rejects`` tables.
+  reason - ``blank line``, ``carriage return inside a line`` (a bare ``\r``),
+  ``control character U+XXXX`` (NUL, ``\x1f`` and the other C0 controls but tab),
+  ``repeated header line`` (concatenated exports), ``unbalanced quote``,
+  ``stray quote in an unquoted field``, ``wrong field count: N (expected 4)``,
+  ``empty <column>``, or a line DuckDB's reader itself rejected (``INVALID ENCODING`` for bytes
+  that are not UTF-8, ...), taken from its ``store_rejects`` tables.
+
+Lines end in ``\n`` or ``\r\n``, mixed in one file (concatenated exports) or not; only ``\n``
+ends a line, so line numbers are the file's own. DuckDB's reader also splits at a bare ``\r``:
+a file holding any ``\r`` is read through a normalized temporary copy (``\r\n`` -> ``\n``, a
+bare ``\r`` -> a marker rejected as above), with the same lines. A byte-order mark at the start
+of a data line is removed and counted (``IngestStats.cleaned``).
 
 An independent newline count of the file (streamed in 1 MiB chunks) must equal accepted +
 rejected + 1: :class:`IngestStats` records both, so no row disappears unaccounted. A quoted
@@ -32,7 +40,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -57,8 +65,12 @@ GENRE_COLUMNS = "artist_name VARCHAR, genre VARCHAR"
 FEATURE_NAMES = ("danceability", "energy", "loudness", "speechiness", "acousticness", "instrumentalness", "liveness", "valence", "tempo")
 FEATURE_COLUMNS = "artist_name VARCHAR, track_name VARCHAR, " + ", ".join(f"{name} DOUBLE" for name in FEATURE_NAMES)
 
+# C0 control characters other than tab (\n never occurs inside a line; a bare \r is marked, see
+# BARE_CR_MARK): never part of a field, so a line holding one fails the line pattern.
+_CONTROL = r"\x00-\x08\x0b-\x1f\x7f"
+_CONTROL_PATTERN = f"[{_CONTROL}]"
 # One CSV field: a quoted field with "" escapes, or an unquoted field without quotes or commas.
-_FIELD = r'"(?:[^"]|"")*"|[^,"]*'
+_FIELD = rf'"(?:[^"{_CONTROL}]|"")*"|[^,"{_CONTROL}]*'
 _LINE_PATTERN = "^" + ",".join(f"(?P<f{i}>{_FIELD})" for i in range(4)) + "$"
 _UNQUOTE_SQL = ", ".join(
     f"""trim(CASE WHEN f.f{i} LIKE '"%' THEN replace(f.f{i}[2:-2], '""', '"') ELSE f.f{i} END) AS {name}"""
@@ -82,6 +94,7 @@ class IngestStats:
     accepted: int
     rejected: int
     reasons: dict[str, int]
+    cleaned: dict[str, int] = field(default_factory=dict)  # accepted lines changed on the way in, by what
 
     @property
     def data_lines(self) -> int:
@@ -101,12 +114,40 @@ class IngestStats:
 
 def count_lines(path: Path, chunk_size: int = 1 << 20) -> int:
     """Physical lines of a file (a last line without a newline counts), streamed in chunks."""
-    lines, last = 0, b"\n"
+    return scan_lines(path, chunk_size)[0]
+
+
+def scan_lines(path: Path, chunk_size: int = 1 << 20) -> tuple[int, bool]:
+    r"""(physical lines, whether the file holds any ``\r``), streamed in chunks. Only ``\n``
+    ends a line; a last line without one counts."""
+    lines, last, carriage = 0, b"\n", False
     with open(path, "rb") as handle:
         while chunk := handle.read(chunk_size):
             lines += chunk.count(b"\n")
+            carriage = carriage or b"\r" in chunk
             last = chunk[-1:]
-    return lines + (last != b"\n")
+    return lines + (last != b"\n"), carriage
+
+
+# A bare \r in a normalized copy: bytes a valid line never holds (they are control characters,
+# rejected anyway), so the line keeps its place and is rejected as a carriage return.
+BARE_CR_MARK = b"\x00\x01\x02"
+# The header line again (a second export appended), quoted or not, any case: one anchored match.
+_HEADER_PATTERN = "(?i)" + ",".join(f'[" ]*{name}[" ]*' for name in KAGGLE_COLUMNS)
+
+
+def normalized_copy(path: Path, target: Path, chunk_size: int = 1 << 20) -> Path:
+    r"""Copy ``path`` to ``target`` with ``\r\n`` -> ``\n`` and every other ``\r`` ->
+    :data:`BARE_CR_MARK` (a ``\r`` just before the end of the file ends the last line), so
+    that DuckDB's reader, which also splits at a bare ``\r``, sees the file's own lines."""
+    carry = b""
+    with open(path, "rb") as source, open(target, "wb") as out:
+        while chunk := source.read(chunk_size):
+            data = carry + chunk
+            carry = b"\r" if data.endswith(b"\r") else b""
+            data = data[:-1] if carry else data
+            out.write(data.replace(b"\r\n", b"\n").replace(b"\r", BARE_CR_MARK))
+    return Path(target)
 
 
 def check_header(path: Path, expected: tuple[str, ...] = KAGGLE_COLUMNS) -> str:
@@ -169,17 +210,41 @@ def ingest_playlist_csv(
     batch: str,
     entries: str = "kaggle_raw.entries",
     rejects: str = "kaggle_raw.rejects",
+    work_dir: Path | None = None,
 ) -> IngestStats:
     """Stream one Kaggle-format CSV into ``entries``, every other line into ``rejects``.
 
     Rows of ``batch`` already in either table are replaced, so re-ingesting a file is
     idempotent. Runs in the caller's transaction (if any); the header is checked first and a
     file that is not in the format raises :class:`KaggleFormatError` before anything changes.
+    ``work_dir``: where a normalized copy of a file holding a carriage return is written (default: the
+    system's temporary folder).
     """
     path = Path(path).resolve()
-    newline = "\\r\\n" if check_header(path) == "\r\n" else "\\n"
+    check_header(path)
+    lines, carriage = scan_lines(path)
     create_tables(con, entries, rejects)
     source = str(path)
+    if work_dir:
+        Path(work_dir).mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=work_dir, prefix=".kaggle-lines-") as folder:
+        readable = normalized_copy(path, Path(folder) / "lines.csv") if carriage else path
+        accepted, reasons, cleaned = _ingest_lines(con, readable, source, batch, entries, rejects)
+    return IngestStats(
+        source_file=source,
+        batch=batch,
+        bytes=path.stat().st_size,
+        lines=lines,
+        accepted=int(accepted),
+        rejected=int(sum(reasons.values())),
+        reasons={str(k): int(v) for k, v in reasons.items()},
+        cleaned=cleaned,
+    )
+
+
+def _ingest_lines(con, readable: Path, source: str, batch: str, entries: str, rejects: str) -> tuple[int, dict, dict]:
+    """The body of :func:`ingest_playlist_csv` over ``readable`` (the file, or its normalized
+    copy), rows recorded as from ``source``: (accepted, reject reasons, cleaned counts)."""
     scan_table, scan_name = "kaggle_reject_errors", "kaggle_reject_scans"
     con.execute(f"DROP TABLE IF EXISTS {scan_table}")
     con.execute(f"DROP TABLE IF EXISTS {scan_name}")
@@ -187,15 +252,15 @@ def ingest_playlist_csv(
     # rejects (invalid UTF-8, a stray \x1f) land in its rejects tables with their line number.
     reader = (
         f"read_csv(?, columns={{'text': 'VARCHAR'}}, header=false, skip=1, delim='\\x1f', "
-        f"quote='', escape='', new_line='{newline}', auto_detect=false, strict_mode=false, "
+        f"quote='', escape='', new_line='\\n', auto_detect=false, strict_mode=false, "
         f"store_rejects=true, rejects_table='{scan_table}', rejects_scan='{scan_name}', max_line_size=10000000)"
     )
     con.execute(
         f"""
         CREATE OR REPLACE TEMP TABLE kaggle_lines AS
-        SELECT row_number() OVER () AS seq, rtrim(text, chr(13)) AS text FROM {reader}
+        SELECT row_number() OVER () AS seq, text FROM {reader}
         """,
-        [source],
+        [str(readable)],
     )
     # Physical line numbers: the header is line 1; each line DuckDB rejected is missing from
     # kaggle_lines, so a kept row's line = seq + 1 + (rejected lines before it).
@@ -211,23 +276,31 @@ def ingest_playlist_csv(
     con.execute(
         f"""
         CREATE OR REPLACE TEMP TABLE kaggle_parsed AS
-        WITH numbered AS (
+        WITH raw AS (
             SELECT l.seq + 1 + coalesce(r.n_before, 0) AS line, l.text
             FROM kaggle_lines AS l ASOF LEFT JOIN kaggle_engine_rejects AS r ON l.seq >= r.offset_seq
         ),
+        numbered AS (  -- a byte-order mark starting a data line is removed (and counted)
+            SELECT line, CASE WHEN bom THEN text[2:] ELSE text END AS text, bom
+            FROM (SELECT line, text, coalesce(starts_with(text, chr(65279)), false) AS bom FROM raw)
+        ),
         split AS (
-            SELECT line, text, regexp_full_match(coalesce(text, ''), $pattern) AS ok,
+            SELECT line, text, bom, regexp_full_match(coalesce(text, ''), $pattern) AS ok,
                    regexp_extract(coalesce(text, ''), $pattern, ['f0', 'f1', 'f2', 'f3']) AS f
             FROM numbered
         ),
         unquoted AS (
-            SELECT line, text, ok,
+            SELECT line, text, bom, ok,
                 {_UNQUOTE_SQL}
             FROM split
         )
-        SELECT line, text, {", ".join(KAGGLE_COLUMNS)},
+        SELECT line, text, bom, {", ".join(KAGGLE_COLUMNS)},
             CASE
                 WHEN text IS NULL OR trim(text) = '' THEN 'blank line'
+                WHEN NOT ok AND contains(text, $bare_cr) THEN 'carriage return inside a line (a bare \\r)'
+                WHEN NOT ok AND regexp_matches(text, $control)
+                    THEN printf('control character U+%04X', unicode(regexp_extract(text, $control)))
+                WHEN regexp_full_match(text, $header) THEN 'repeated header line'
                 WHEN NOT ok AND (length(text) - length(replace(text, '"', ''))) % 2 = 1 THEN 'unbalanced quote'
                 WHEN NOT ok AND length(regexp_replace(text, '"(?:[^"]|"")*"', '', 'g'))
                               - length(replace(regexp_replace(text, '"(?:[^"]|"")*"', '', 'g'), ',', '')) <> 3
@@ -241,7 +314,8 @@ def ingest_playlist_csv(
             END AS reason
         FROM unquoted
         """,
-        {"pattern": _LINE_PATTERN},
+        {"pattern": _LINE_PATTERN, "bare_cr": BARE_CR_MARK.decode(), "control": _CONTROL_PATTERN,
+         "header": _HEADER_PATTERN},
     )
     con.execute(f"DELETE FROM {quote_table(entries)} WHERE batch = ?", [batch])
     con.execute(f"DELETE FROM {quote_table(rejects)} WHERE batch = ?", [batch])
@@ -254,14 +328,14 @@ def ingest_playlist_csv(
         f"""
         INSERT INTO {quote_table(rejects)}
         SELECT $batch, $source, line, reason, raw_line FROM (
-            SELECT line, reason, left(text, 1000) AS raw_line FROM kaggle_parsed WHERE reason IS NOT NULL
+            SELECT line, reason, left(replace(text, $bare_cr, chr(13)), 1000) AS raw_line FROM kaggle_parsed WHERE reason IS NOT NULL
             UNION ALL
             SELECT line, reason, left(raw_line, 1000) FROM kaggle_engine_rejects
         ) ORDER BY line
         """,
-        {"batch": batch, "source": source},
+        {"batch": batch, "source": source, "bare_cr": BARE_CR_MARK.decode()},
     )
-    ((accepted,),) = con.sql("SELECT count(*) FROM kaggle_parsed WHERE reason IS NULL").fetchall()
+    ((accepted, boms),) = con.sql("SELECT count(*), count(*) FILTER (bom) FROM kaggle_parsed WHERE reason IS NULL").fetchall()
     reasons = dict(
         con.execute(
             f"SELECT regexp_replace(reason, ': .*', '') AS kind, count(*) FROM {quote_table(rejects)} "
@@ -271,15 +345,7 @@ def ingest_playlist_csv(
     )
     for table in ("kaggle_lines", "kaggle_engine_rejects", "kaggle_parsed"):
         con.execute(f"DROP TABLE IF EXISTS {table}")
-    return IngestStats(
-        source_file=source,
-        batch=batch,
-        bytes=path.stat().st_size,
-        lines=count_lines(path),
-        accepted=int(accepted),
-        rejected=int(sum(reasons.values())),
-        reasons={str(k): int(v) for k, v in reasons.items()},
-    )
+    return int(accepted), reasons, ({"byte order mark removed": int(boms)} if boms else {})
 
 
 # --- enrichments -------------------------------------------------------------------------------
@@ -460,6 +526,43 @@ def confined_landing_file(landing: Path, path: Path | str) -> Path:
     if not str(absolute.resolve()).startswith(str(landing.resolve()) + os.sep):
         raise LandingPathError(f"landed file {str(path)!r} resolves outside the landing folder {landing}")
     return absolute
+
+
+def open_for_writing(paths: list[Path], proc: Path = Path("/proc")) -> tuple[dict[Path, list[int]], list[int] | None]:
+    """Which processes hold each of ``paths`` open for writing, read from ``/proc/<pid>/fd`` and
+    ``fdinfo`` (Linux): ``({path: [pid, ...]}, unseen)``, where ``unseen`` lists the processes
+    whose open files could not be read (another user's, without the right to see them) and is
+    ``None`` when ``/proc`` cannot be read at all. A file is confirmed closed only when it is
+    not in the first and ``unseen`` is empty.
+    """
+    targets = {str(Path(path).resolve()): Path(path) for path in paths}
+    writers: dict[Path, list[int]] = {}
+    if not targets:
+        return writers, []
+    try:
+        pids = [entry for entry in os.listdir(proc) if entry.isdigit()]
+    except OSError:
+        return writers, None
+    unseen = []
+    for pid in pids:
+        try:
+            descriptors = os.listdir(proc / pid / "fd")
+        except PermissionError:
+            unseen.append(int(pid))
+            continue
+        except OSError:  # the process ended
+            continue
+        for fd in descriptors:
+            try:
+                target = os.readlink(proc / pid / "fd" / fd)
+                if target not in targets:
+                    continue
+                flags = next(line for line in (proc / pid / "fdinfo" / fd).read_text().splitlines() if line.startswith("flags:"))
+            except (OSError, StopIteration):
+                continue
+            if int(flags.split()[1], 8) & (os.O_WRONLY | os.O_RDWR):
+                writers.setdefault(targets[target], []).append(int(pid))
+    return writers, unseen
 
 
 # --- landed listening sessions (the synthetic schema) -------------------------------------------

@@ -57,6 +57,36 @@ def _ingest_transaction(con):
         raise dg.Failure(description=str(error)) from error
 
 
+class GateFailed(Exception):
+    """A blocking gate failed inside an ingestion's transaction (raised there, so that it rolls
+    back: the previous tables stay current)."""
+
+    def __init__(self, stats: kaggle_lib.IngestStats, sample: str, failed: list[str]):
+        super().__init__(f"{stats.source_file}: blocking gate(s) failed: {'; '.join(failed)}")
+        self.stats, self.sample, self.failed = stats, sample, failed
+
+
+def _check_gates(stats: kaggle_lib.IngestStats, max_rate: float, sample: str) -> None:
+    """Stage, check, then swap: called inside the ingestion's transaction, before it commits."""
+    failed = []
+    if stats.reject_rate > max_rate:
+        failed.append(f"reject_rate_within_threshold: {stats.rejected} of {stats.data_lines} lines rejected "
+                      f"({stats.reject_rate:.1%} > {max_rate:.1%}; {stats.reasons})")
+    if stats.unaccounted:
+        failed.append(f"every_line_accounted: {stats.unaccounted} lines unaccounted ({stats.data_lines} data lines, "
+                      f"{stats.accepted} accepted, {stats.rejected} rejected)")
+    if failed:
+        raise GateFailed(stats, sample, failed)
+
+
+def _gate_failure(gate: GateFailed, max_rate: float, asset_key: dg.AssetKey, kept: str):
+    """The failed checks (with the first rejects), then the run's Failure naming the file, the
+    gates and what stayed current."""
+    yield from _reject_checks(gate.stats, max_rate, asset_key, sample=gate.sample)
+    raise dg.Failure(description=f"{gate}; nothing was written: {kept}",
+                     metadata={"first_rejects": dg.MetadataValue.md(gate.sample)})
+
+
 # --- ingestion --------------------------------------------------------------------------------
 
 
@@ -122,11 +152,14 @@ _REJECT_CHECKS = {
 }
 
 
-def _reject_checks(stats: kaggle_lib.IngestStats, max_rate: float, asset_key: dg.AssetKey) -> list[dg.AssetCheckResult]:
+def _reject_checks(stats: kaggle_lib.IngestStats, max_rate: float, asset_key: dg.AssetKey,
+                   sample: str | None = None) -> list[dg.AssetCheckResult]:
+    rejects = {"reject_reasons": dg.MetadataValue.json(stats.reasons), "first_rejects": dg.MetadataValue.md(sample)} if sample else {}
     return [
         dg.AssetCheckResult(
             asset_key=asset_key, check_name="reject_rate_within_threshold", passed=stats.reject_rate <= max_rate,
-            metadata={"reject_rate": stats.reject_rate, "threshold": max_rate, "rejected_rows": stats.rejected, "data_lines": stats.data_lines},
+            metadata={"reject_rate": stats.reject_rate, "threshold": max_rate, "rejected_rows": stats.rejected,
+                      "data_lines": stats.data_lines, **rejects},
         ),
         dg.AssetCheckResult(
             asset_key=asset_key, check_name="every_line_accounted", passed=stats.unaccounted == 0,
@@ -162,20 +195,31 @@ def _sample_rejects(con, table: str, batch: str) -> str:
     name="kaggle_ingest",
 )
 def kaggle_ingest(context: dg.AssetExecutionContext, config: KaggleIngestConfig, lake: DataLake, warehouse: Warehouse):
-    """Stream the Kaggle playlists file into DuckDB with DuckDB's CSV reader (one transaction)."""
+    """Stream the Kaggle playlists file into DuckDB with DuckDB's CSV reader (one transaction).
+
+    Stage, check, then swap: the blocking gates are evaluated inside the transaction, and a
+    failed gate rolls it back, so the previous ``kaggle_raw`` tables stay current."""
     sources = resolve_sources(lake)
+    gate = None
     with warehouse.connect() as con:
         con.execute("SET preserve_insertion_order = true")
         kaggle_lib.limit_memory(con, config.memory_limit, lake.path / "duckdb_tmp")
-        with _ingest_transaction(con):
-            stats = kaggle_lib.ingest_playlist_csv(con, sources["playlists"], "base", "kaggle_raw.entries", "kaggle_raw.rejects")
-            if stats.data_lines == 0:  # inside the transaction: the previous tables stay
-                raise KaggleFormatError(f"{stats.source_file}: header only, no data rows; the previous kaggle_raw tables are kept")
-            kaggle_lib.create_tables(con, "kaggle_raw.landed_entries", "kaggle_raw.landed_rejects")
-            kaggle_lib.create_empty_enrichments(con, "kaggle_raw.artist_genres", "kaggle_raw.track_features")
-            genre_rows = kaggle_lib.load_artist_genres(con, sources["data_w_genres"]) if sources["data_w_genres"] else 0
-            feature_rows = kaggle_lib.load_track_features(con, sources["tracks_features"]) if sources["tracks_features"] else 0
-            sample = _sample_rejects(con, '"kaggle_raw"."rejects"', "base")
+        try:
+            with _ingest_transaction(con):
+                stats = kaggle_lib.ingest_playlist_csv(con, sources["playlists"], "base", "kaggle_raw.entries", "kaggle_raw.rejects",
+                                                       work_dir=lake.path / "duckdb_tmp")
+                if stats.data_lines == 0:  # inside the transaction: the previous tables stay
+                    raise KaggleFormatError(f"{stats.source_file}: header only, no data rows; the previous kaggle_raw tables are kept")
+                sample = _sample_rejects(con, '"kaggle_raw"."rejects"', "base")
+                _check_gates(stats, config.max_reject_rate, sample)
+                kaggle_lib.create_tables(con, "kaggle_raw.landed_entries", "kaggle_raw.landed_rejects")
+                kaggle_lib.create_empty_enrichments(con, "kaggle_raw.artist_genres", "kaggle_raw.track_features")
+                genre_rows = kaggle_lib.load_artist_genres(con, sources["data_w_genres"]) if sources["data_w_genres"] else 0
+                feature_rows = kaggle_lib.load_track_features(con, sources["tracks_features"]) if sources["tracks_features"] else 0
+        except GateFailed as failed:
+            gate = failed
+    if gate:
+        yield from _gate_failure(gate, config.max_reject_rate, BASE_KEYS["entries"], "the previous kaggle_raw tables stay current")
     context.log.info(f"ingested {stats.accepted} rows, rejected {stats.rejected} ({stats.reasons})")
     yield from _ingest_results(stats, sample, BASE_KEYS["entries"], BASE_KEYS["rejects"])
     enrichments = (("artist_genres", genre_rows, "data_w_genres"), ("track_features", feature_rows, "tracks_features"))
@@ -226,7 +270,12 @@ class LandedBatchConfig(dg.Config):
 def landed_batch(context: dg.AssetExecutionContext, config: LandedBatchConfig, lake: DataLake, warehouse: Warehouse):
     """Ingest one landed Kaggle-format file (its batch replaces any earlier rows of the same
     batch), then archive it to ``landing/archive/<batch>/``. A header-only file is a recorded
-    skip (no rows)."""
+    skip (no rows).
+
+    Stage, check, then swap: the blocking gates run inside the ingestion's transaction, and a
+    failed gate rolls it back (the batch's rows never reach ``kaggle_raw.landed_*``) and leaves
+    the file in ``landing/``. So does a file that changed while it was read, or that a process
+    still holds open for writing."""
     batch = context.partition_key
     try:  # never a file outside landing/: no '..', no symbolic link
         source = kaggle_lib.confined_landing_file(lake.landing_dir, config.path)
@@ -237,19 +286,32 @@ def landed_batch(context: dg.AssetExecutionContext, config: LandedBatchConfig, l
         source = archived  # a re-execution after the file was archived
     if not source.exists():
         raise dg.Failure(f"landed file {config.path} is gone (and not in {archived.parent})")
+    if source != archived:  # before anything is written: a folder the file cannot be archived to
+        _archive_folder(archived.parent, lake.landing_dir)
+    before = _signature(source)
     digest = file_sha256(source)
     if digest != config.sha256:
         raise dg.Failure(f"landed file {source} changed since the sensor took it (sha256 {digest[:12]} != {config.sha256[:12]})")
+    gate = None
     with warehouse.connect() as con:
         kaggle_lib.limit_memory(con, config.memory_limit, lake.path / "duckdb_tmp")
-        with _ingest_transaction(con):
-            if config.kind == "kaggle":
-                stats = kaggle_lib.ingest_playlist_csv(con, source, batch, "kaggle_raw.landed_entries", "kaggle_raw.landed_rejects")
-            else:
-                stats = _ingest_sessions(con, source, batch, lake)
-            sample = _sample_rejects(con, '"kaggle_raw"."landed_rejects"', batch)
+        try:
+            with _ingest_transaction(con):
+                if config.kind == "kaggle":
+                    stats = kaggle_lib.ingest_playlist_csv(con, source, batch, "kaggle_raw.landed_entries", "kaggle_raw.landed_rejects",
+                                                           work_dir=lake.path / "duckdb_tmp")
+                else:
+                    stats = _ingest_sessions(con, source, batch, lake)
+                sample = _sample_rejects(con, '"kaggle_raw"."landed_rejects"', batch)
+                _check_unchanged(source, before)
+                _check_gates(stats, config.max_reject_rate, sample)
+        except GateFailed as failed:
+            gate = failed
+    if gate:
+        yield from _gate_failure(gate, config.max_reject_rate, LANDED_KEYS["landed_entries"],
+                                 f"no row of batch {batch} was committed and {source} stays in landing/ (a recorded failure)")
     if source != archived:
-        archived.parent.mkdir(parents=True, exist_ok=True)
+        archived.parent.mkdir(exist_ok=True)
         os.replace(source, archived)
         marker = source.with_name(source.name + ".done")
         if marker.exists():
@@ -260,6 +322,37 @@ def landed_batch(context: dg.AssetExecutionContext, config: LandedBatchConfig, l
     yield from _ingest_results(stats, sample, LANDED_KEYS["landed_entries"], LANDED_KEYS["landed_rejects"],
                                archived_to=dg.MetadataValue.path(str(archived)), skipped=skipped or "no")
     yield from _reject_checks(stats, config.max_reject_rate, LANDED_KEYS["landed_entries"])
+
+
+def _archive_folder(folder: Path, landing: Path) -> None:
+    """Check, before anything is ingested, that the batch's archive folder can be made: create
+    ``landing/archive`` or fail naming what is in the way (a regular file named ``archive``)."""
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        if folder.exists() and not folder.is_dir():
+            raise NotADirectoryError(20, "Not a directory")
+    except OSError as error:
+        blocker = next((p for p in (landing / "archive", folder) if p.exists() and not p.is_dir()), folder)
+        raise dg.Failure(f"cannot archive landed files to {folder}: {blocker} is not a folder ({error.strerror}); "
+                         "nothing was ingested, the file stays in landing/") from error
+
+
+def _signature(path: Path) -> tuple[int, int]:
+    stat = path.stat()
+    return stat.st_size, stat.st_mtime_ns
+
+
+def _check_unchanged(source: Path, before: tuple[int, int]) -> None:
+    """Inside the transaction, after reading: the file must be as it was when its hash was taken,
+    and no process may hold it open for writing (a writer that paused)."""
+    after = _signature(source)
+    if after != before:
+        raise KaggleFormatError(f"landed file {source} changed while it was being ingested (size {before[0]} -> {after[0]} bytes, "
+                                "modified again): still being written; nothing was committed, the file stays in landing/")
+    writers = kaggle_lib.open_for_writing([source])[0].get(source)
+    if writers:
+        raise KaggleFormatError(f"landed file {source} is still open for writing by process(es) {writers}; "
+                                "nothing was committed, the file stays in landing/")
 
 
 def _ingest_sessions(con, source: Path, batch: str, lake: DataLake) -> kaggle_lib.IngestStats:

@@ -2,7 +2,11 @@
 
 Each tick the sensor lists the landing folder (``archive/`` and hidden files excluded) and takes
 a file only once it is complete: a ``<name>.done`` marker beside it, or the same size and
-modification time as on the previous tick (kept in the cursor). A complete file is hashed
+modification time as on the previous tick (kept in the cursor) *and* confirmed closed: no process
+holds it open for writing, and every process's open files could be read (``/proc``); when that
+cannot be confirmed (another user's processes, no ``/proc``) the file waits for its marker.
+``SPOTIFY_ENGINE_LANDING_COMPLETE=marker`` requires the marker always (writers on other machines
+through a shared folder are invisible here). A complete file is hashed
 (SHA-256, streamed); the hash is the run key, so the same content never trains twice, and the
 batch id (``<stem>-<hash[:12]>``) becomes a dynamic partition of ``landing_batches``. The first
 run re-materializes the landed batch and the whole downstream data chain (SQL models, graph,
@@ -13,9 +17,12 @@ the way the synthetic default builds playlists (one per user and genre, in order
 Until that run ends, the file stays "taken" (in the cursor): later ticks leave it alone even
 though it is still in ``landing/`` (the run may be queued); if the run fails the file is kept
 there as a recorded skip, for a re-execution of the run. When that run has succeeded, a later
-tick requests one run per playlist model config (model, report, comparison). Files that cannot
+tick requests one run per playlist model config (model, report, comparison), unless the batch
+added no rows (a header-only file: nothing to retrain on). A failed batch's content can be taken
+again (the file changed or touched, or landed anew: a new run key). Files that cannot
 be taken - empty, unknown format, duplicate content - are recorded skips: logged, kept in the
-cursor, and (duplicates) moved to ``landing/archive/duplicates/``; nothing is deleted.
+cursor, and (duplicates) moved to ``landing/archive/duplicates/``; nothing is deleted. While
+``landing/archive`` is not a folder, no file is taken (the skip reason names it).
 
 The daemon evaluates the sensor every 30 s (``SPOTIFY_ENGINE_LANDING_INTERVAL_S`` overrides it
 when the definitions load). Both jobs execute in one process per run.
@@ -29,13 +36,25 @@ from pathlib import Path
 import dagster as dg
 
 from ...datasets.playlists import DATASET
-from ...datasets.playlists.kaggle import KaggleFormatError, check_header, session_columns
+from ...datasets.playlists.kaggle import KaggleFormatError, check_header, open_for_writing, session_columns
 from ..resources import DataLake
 from .ingestion import LANDED_KEYS, file_sha256, landing_batches
 
 LANDING_TAG = "spotify_engine/landing_batch"
 INTERVAL_ENV = "SPOTIFY_ENGINE_LANDING_INTERVAL_S"
 DEFAULT_INTERVAL_S = 30
+
+
+COMPLETE_ENV = "SPOTIFY_ENGINE_LANDING_COMPLETE"
+
+
+def completion_rule() -> str:
+    """``closed`` (default): a ``.done`` marker, or a stable size and no process writing the file;
+    ``marker``: the ``.done`` marker only."""
+    value = os.environ.get(COMPLETE_ENV, "") or "closed"
+    if value not in ("closed", "marker"):
+        raise ValueError(f"{COMPLETE_ENV}={value!r}: expected 'closed' (marker, or stable and closed) or 'marker'")
+    return value
 
 
 def sensor_interval() -> int:
@@ -128,6 +147,7 @@ def landing_sensor(context: dg.SensorEvaluationContext, lake: DataLake):
     pending: dict[str, str] = cursor.get("pending", {})    # batch -> sha256, waiting for the data run
     skipped: dict[str, list] = cursor.get("skipped", {})   # path -> [size, mtime, reason]
     taken: dict[str, list] = cursor.get("taken", {})       # path -> [size, mtime, batch] until its data run ends
+    attempts: dict[str, int] = cursor.get("attempts", {})  # sha256 -> failed data runs of that content
     landing = lake.landing_dir
     run_requests: list[dg.RunRequest] = []
     new_partitions, new_configs, waiting, notes = [], [], [], []
@@ -136,7 +156,12 @@ def landing_sensor(context: dg.SensorEvaluationContext, lake: DataLake):
     outcomes = _completed_runs(context.instance, sorted(pending))
     for batch, sha in list(pending.items()):
         succeeded, failed = outcomes[batch]
-        if succeeded:
+        if succeeded and (why := _no_retrain(context.instance, lake, batch, taken)):
+            notes.append(why)
+            context.log.warning(notes[-1])
+            del pending[batch]
+            taken = {path: entry for path, entry in taken.items() if entry[2] != batch}
+        elif succeeded:
             configs = sorted(DATASET.registry.full(lake.path))
             known = set(context.instance.get_dynamic_partitions(playlist_configs.name))
             new_configs += [name for name in configs if name not in known and name not in new_configs]
@@ -151,6 +176,8 @@ def landing_sensor(context: dg.SensorEvaluationContext, lake: DataLake):
             notes.append(f"data run of batch {batch} failed; its models are not retrained")
             context.log.warning(notes[-1])
             del pending[batch]
+            done.pop(sha, None)  # its content can be taken again (a new run key: see attempts)
+            attempts[sha] = attempts.get(sha, 0) + 1
             for path, entry in list(taken.items()):
                 if entry[2] == batch:  # the file stays where it is, for a re-execution of the run
                     skipped[path] = [entry[0], entry[1], f"data run of batch {batch} failed; file kept for a re-execution"]
@@ -161,7 +188,15 @@ def landing_sensor(context: dg.SensorEvaluationContext, lake: DataLake):
 
     # phase 1: complete new files
     current: dict[str, list[int]] = {}
-    for path in _candidates(landing):
+    rule = completion_rule()  # a bad setting fails every tick, naming it
+    candidates = _candidates(landing)
+    if (landing / "archive").exists() and not (landing / "archive").is_dir():
+        notes.append(f"no file is taken: {landing / 'archive'} is not a folder (landed files are archived to "
+                     f"{landing / 'archive'}/<batch>/); move it away")
+        context.log.error(notes[-1])
+        candidates = []
+    closed = _closed_files(candidates, seen, rule)
+    for path in candidates:
         key = str(path)
         try:
             stat = path.stat()
@@ -176,9 +211,10 @@ def landing_sensor(context: dg.SensorEvaluationContext, lake: DataLake):
             waiting.append(f"{path.name} (taken as batch {taken[key][2]}; waiting for its data run)")
             continue
         marker = path.with_name(path.name + DONE_SUFFIX)
-        complete = marker.exists() or seen.get(key) == signature
+        complete = marker.exists() or (seen.get(key) == signature and closed.get(key) is True)
         if not complete:
-            waiting.append(f"{path.name} (size {signature[0]}, waiting for it to stop changing or for {marker.name})")
+            why = closed.get(key) if seen.get(key) == signature else "waiting for it to stop changing"
+            waiting.append(f"{path.name} (size {signature[0]}, {why} or for {marker.name})")
             continue
         kind, reason = classify(path)
         if reason:
@@ -204,14 +240,15 @@ def landing_sensor(context: dg.SensorEvaluationContext, lake: DataLake):
         new_partitions.append(batch)
         tags = {LANDING_TAG: batch, "spotify_engine/stage": "data", "spotify_engine/file": path.name,
                 "spotify_engine/kind": kind}
-        run_requests.append(dg.RunRequest(run_key=f"landing-{sha}", job_name=landing_job.name, partition_key=batch,
+        retry = f"-retry{attempts[sha]}" if attempts.get(sha) else ""
+        run_requests.append(dg.RunRequest(run_key=f"landing-{sha}{retry}", job_name=landing_job.name, partition_key=batch,
                                           run_config=data_run_config(path, sha, kind), tags=tags))
         current.pop(key, None)
 
     new_cursor = json.dumps({
         "seen": current, "done": done, "pending": pending,
         "skipped": {k: v for k, v in skipped.items() if k in current},
-        "taken": {k: v for k, v in taken.items() if v[2] in pending},
+        "taken": {k: v for k, v in taken.items() if v[2] in pending}, "attempts": attempts,
     }, sort_keys=True)
     if not run_requests:
         why = waiting + notes or [f"no new complete file in {landing}"]
@@ -220,6 +257,56 @@ def landing_sensor(context: dg.SensorEvaluationContext, lake: DataLake):
     if new_configs:  # a config not registered yet (no model_registry run): its retrain partition is added here
         requests.append(playlist_configs.build_add_request(new_configs))
     return dg.SensorResult(run_requests=run_requests, dynamic_partitions_requests=requests, cursor=new_cursor)
+
+
+def _closed_files(candidates: list[Path], seen: dict[str, list[int]], rule: str) -> dict[str, bool | str]:
+    """For each candidate whose size held since the last tick: True when it is confirmed closed,
+    else why not (written by a process, or open files that cannot be read; under the ``marker``
+    rule: the marker is required). One scan of ``/proc`` per tick."""
+    stable = []
+    for path in candidates:
+        try:
+            stat = path.stat()
+        except FileNotFoundError:  # gone since it was listed
+            continue
+        if seen.get(str(path)) == [stat.st_size, stat.st_mtime_ns]:
+            stable.append(path)
+    if not stable:
+        return {}
+    if rule == "marker":
+        return {str(p): f"{COMPLETE_ENV}=marker: waiting" for p in stable}
+    writers, unseen = open_for_writing(stable)
+    result: dict[str, bool | str] = {}
+    for path in stable:
+        if writers.get(path):
+            result[str(path)] = f"still open for writing by process(es) {writers[path]}: waiting for it to be closed"
+        elif unseen is None:
+            result[str(path)] = "cannot confirm it is closed (/proc is not readable): waiting"
+        elif unseen:
+            result[str(path)] = f"cannot confirm it is closed ({len(unseen)} processes' open files are not readable): waiting"
+        else:
+            result[str(path)] = True
+    return result
+
+
+def _no_retrain(instance: dg.DagsterInstance, lake: DataLake, batch: str, taken: dict[str, list]) -> str:
+    """Why a batch whose data run succeeded must not retrain the models ('' when it should):
+    it added no rows, or its file changed after it was taken (checked on the archived copy)."""
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=LANDED_KEYS["landed_entries"], asset_partitions=[batch]), limit=1
+    ).records
+    if records:
+        metadata = records[0].asset_materialization.metadata
+        rows = metadata.get("dagster/row_count")
+        if rows is not None and rows.value == 0:
+            skipped = metadata["skipped"].value if "skipped" in metadata else "no"
+            return f"batch {batch} added no rows ({skipped if skipped != 'no' else 'no line accepted'}): models not retrained"
+    for path, (size, _mtime, owner) in taken.items():
+        archived = lake.landing_dir / "archive" / batch / Path(path).name
+        if owner == batch and archived.exists() and archived.stat().st_size != size:
+            return (f"{Path(path).name} changed after it was taken as batch {batch} ({size} -> {archived.stat().st_size} bytes, "
+                    f"now {archived}): only the first {size} bytes were ingested; land the complete file again; models not retrained")
+    return ""
 
 
 def classify(path: Path) -> tuple[str, str]:

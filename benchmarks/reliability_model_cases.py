@@ -28,11 +28,17 @@ import torch
 
 from spotify_engine_assets import cli
 from spotify_engine_assets.core.config import update_config
-from spotify_engine_assets.core.data.sqlmodels import SqlModelError, load_sql_project
+from spotify_engine_assets.core.data.sqlmodels import load_sql_project
 from spotify_engine_assets.core.experiments import hpo
 from spotify_engine_assets.core.registry import PromotionSource, Registry
 from spotify_engine_assets.core.storage import artifacts
-from spotify_engine_assets.core.storage.artifacts import POINTER, ArtifactStore, file_sha256, load_torch, save_torch
+from spotify_engine_assets.core.storage.artifacts import (
+    POINTER,
+    ArtifactStore,
+    file_sha256,
+    load_torch,
+    save_torch,
+)
 from spotify_engine_assets.core.storage.paths import DATA_LAKE_ENV, sql_models_dir
 from spotify_engine_assets.datasets.listening import DATASET
 from spotify_engine_assets.runner import DATA_STAGE, run_config
@@ -130,9 +136,9 @@ def materialized_lake(folder: Path, data_config: dict):
     """``(lake, run)`` over a world's materialized data stage (an ephemeral instance)."""
     import dagster as dg
 
+    from spotify_engine_assets.definitions import defs
     from spotify_engine_assets.defs import listening
     from spotify_engine_assets.defs.chain import register_configs
-    from spotify_engine_assets.definitions import defs
 
     lake, previous = folder / "lake", os.environ.get(DATA_LAKE_ENV)
     os.environ[DATA_LAKE_ENV] = str(lake)
@@ -172,6 +178,7 @@ def model_cases(folder: Path) -> dict[str, Outcome]:
         assert run(["listening/trained_model"], config, "small_lgcn").success
         store = ArtifactStore(lake / "artifacts")
         good = store.current(MODEL_KEY, "small_lgcn")
+        assert _recommend(lake, "small_lgcn")[0] == 0  # the healthy model serves
 
         result = run(["listening/trained_model"], config, "diverged_lgcn")
         text = " ".join(e.step_failure_data.error.to_string() for e in result.get_step_failure_events())

@@ -7,20 +7,24 @@ from __future__ import annotations
 import logging
 import math
 import re
+import sys
 
-import dagster as dg
-import duckdb
 import polars as pl
 import pytest
 import torch
+from test_sqlmodels import raises_naming
 
-from spotify_engine_assets import cli
-from spotify_engine_assets.core.config import ConfigError, Thresholds, read_yaml, update_config
+from spotify_engine_assets.core.config import (
+    ConfigError,
+    Thresholds,
+    read_yaml,
+    update_config,
+)
+from spotify_engine_assets.core.data.graph import num_nodes_of
 from spotify_engine_assets.core.experiments import hpo
 from spotify_engine_assets.core.experiments.records import update_champion
 from spotify_engine_assets.core.models import build_model
-from spotify_engine_assets.core.data.graph import num_nodes_of
-from spotify_engine_assets.core.registry import PromotionSource, Registry
+from spotify_engine_assets.core.registry import Registry
 from spotify_engine_assets.core.storage.artifacts import (
     MANIFEST,
     POINTER,
@@ -30,15 +34,23 @@ from spotify_engine_assets.core.storage.artifacts import (
     load_torch,
     save_torch,
 )
-from spotify_engine_assets.core.storage.paths import UnsafeNameError, safe_name
+from spotify_engine_assets.core.storage.paths import (
+    REPO_ROOT,
+    UnsafeNameError,
+    safe_name,
+)
 from spotify_engine_assets.core.strict_yaml import DuplicateKeyError, load_yaml
 from spotify_engine_assets.core.training.trainer import NonFiniteLossError, train
 from spotify_engine_assets.datasets.listening import DATASET
 from spotify_engine_assets.datasets.listening.graph import SCHEMA
 from spotify_engine_assets.defs.playlists.ingestion import archive_path
 from spotify_engine_assets.defs.resources import DataLake, LakeIOManager
-from spotify_engine_assets.runner import DATA_STAGE, run_config
-from test_sqlmodels import raises_naming
+
+sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+from reliability_model_cases import (  # the catalogue's cases, run as tests too
+    CASES,
+    model_cases,
+)
 from test_training import config as toy_config
 from test_training import toy_problem
 
@@ -228,52 +240,25 @@ def test_artifact_without_hashes_loads_with_one_warning(tmp_path, caplog):
         load_torch(version2 / "extra.pt")
 
 
-# --- end to end: a diverged or corrupt model never serves -------------------------------------
+# --- end to end, and the catalogue (benchmarks/reliability_model_cases.py) ---------------------
 
 
-def _promote(lake, name: str, **changes) -> None:
-    config = update_config(DATASET.registry.base["lightgcn"], name=name, embedding_dim=8, num_layers=1, **changes)
-    source = PromotionSource(family="lightgcn", study_name="reliability", trial=0, objective="valid_recall@10", value=0.0,
-                             storage="none", promoted_at="2026-01-01T00:00:00+0000")
-    DATASET.registry.write_promoted(config, source, lake)
+def test_catalogue_cases_are_clear_or_handled(tmp_path):
+    outcomes = {}
+    for number, (name, case) in enumerate(CASES):
+        (tmp_path / str(number)).mkdir()
+        outcomes[name] = case(tmp_path / str(number))
+    assert {name: outcome for name, (outcome, _) in outcomes.items()} == {
+        name: "handled" if name == "artifact written before content hashes" else "clear" for name, _ in CASES
+    }
 
 
-def _failure_text(result: dg.ExecuteInProcessResult) -> str:
-    return " ".join(event.step_failure_data.error.to_string() for event in result.get_step_failure_events())
-
-
-def test_diverged_or_corrupt_model_never_serves(lake_runner, capsys):
-    lake, run = lake_runner
-    assert run(DATA_STAGE, run_config("tiny_data.yaml")).success
-    _promote(lake, "small_lgcn")
-    _promote(lake, "diverged_lgcn", lr=1e30)
-    train_config = run_config("tiny_train.yaml")
-    train_config["ops"]["listening__trained_model"]["config"]["max_epochs"] = 2
-    assert run(["listening/trained_model"], train_config, "small_lgcn").success
-    store = ArtifactStore(lake / "artifacts")
-    good = store.current(MODEL_KEY, "small_lgcn")
-
-    diverged = run(["listening/trained_model"], train_config, "diverged_lgcn")
-    assert not diverged.success and "config 'diverged_lgcn': training diverged, epoch 1 loss is" in _failure_text(diverged)
-    assert not (store.slot(MODEL_KEY, "diverged_lgcn") / POINTER).exists()  # nothing became current
-
-    with duckdb.connect(str(lake / "warehouse.duckdb"), read_only=True) as con:
-        user = con.execute("SELECT min(user_id) FROM marts.user_song_interactions").fetchone()[0]
-    recommend = ["recommend", "--model", "small_lgcn", "--user", str(user), "--k", "5"]
-    assert cli.main(recommend) == 0
-    capsys.readouterr()
-
-    # 64 flipped bytes in the model: a clear error naming the file, exit status 2
-    original = _flip(good / "data.pt", 64)
-    assert cli.main(recommend) == 2
-    assert f"{good / 'data.pt'}: content hash mismatch" in capsys.readouterr().err
-    (good / "data.pt").write_bytes(original)
-    assert cli.main(recommend) == 0
-    capsys.readouterr()
-
-    # a model with NaN weights stored before training checked its loss: refused, never served
-    artifact = load_torch(good / "data.pt")
-    artifact["state"] = {k: torch.full_like(v, math.nan) if v.is_floating_point() else v for k, v in artifact["state"].items()}
-    store.write(MODEL_KEY, "small_lgcn", lambda folder: save_torch(artifact, folder / "data.pt"))
-    assert cli.main(recommend) == 2
-    assert "trained_model[small_lgcn] has non-finite weights (state." in capsys.readouterr().err
+def test_diverged_or_corrupt_model_never_serves(tmp_path):
+    """The tiny world's data stage, a 2-epoch model and a diverging one (lr 1e30) through Dagster,
+    then ``spotify-engine recommend`` on 64 and 2,000 flipped bytes and on NaN weights."""
+    outcomes = model_cases(tmp_path)
+    assert {name: outcome for name, (outcome, _) in outcomes.items()} == dict.fromkeys(outcomes, "clear")
+    assert len(outcomes) == 4
+    assert "config 'diverged_lgcn': training diverged, epoch 1 loss is" in outcomes["diverged training (lr 1e30)"][1]
+    assert "trained_model[small_lgcn] has non-finite weights (state." in outcomes[
+        "NaN model already current (stored before the guard), recommend"][1]

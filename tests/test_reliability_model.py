@@ -9,6 +9,7 @@ import math
 import re
 import sys
 
+import optuna
 import polars as pl
 import pytest
 import torch
@@ -262,3 +263,22 @@ def test_diverged_or_corrupt_model_never_serves(tmp_path):
     assert "config 'diverged_lgcn': training diverged, epoch 1 loss is" in outcomes["diverged training (lr 1e30)"][1]
     assert "trained_model[small_lgcn] has non-finite weights (state." in outcomes[
         "NaN model already current (stored before the guard), recommend"][1]
+
+
+def test_diverging_study_trial_is_pruned_and_the_study_goes_on():
+    """A search space that can draw a diverging lr: that trial ends pruned with its reason, the next one trains."""
+    from test_hpo import toy_data
+
+    base = update_config(DATASET.registry.base["lightgcn"], name="toy_lgcn", embedding_dim=8, num_layers=1, max_epochs=3,
+                         eval_every=1, patience=3)
+    space = hpo.SearchSpace("lightgcn", base, {"lr": hpo.ParamSpec(type="float", low=0.001, high=1e30, log=True)})
+    study = hpo.open_study(DATASET, "lightgcn", optuna.storages.InMemoryStorage(), study_name="diverging")
+    study.enqueue_trial({"lr": 1e30})
+    study.enqueue_trial({"lr": 0.01})
+    messages: list[str] = []
+    hpo.run_study(study, space, toy_data(), n_trials=2, worker=1, log=messages.append)
+    diverged, healthy = study.trials
+    assert diverged.state == optuna.trial.TrialState.PRUNED and diverged.user_attrs["epochs_run"] == 1
+    assert diverged.user_attrs["pruned_by"].startswith("diverged: config 'lightgcn_trial0': training diverged, epoch 1")
+    assert any(m.startswith("trial 0 pruned: diverged") for m in messages)
+    assert healthy.state == optuna.trial.TrialState.COMPLETE and math.isfinite(healthy.value)

@@ -64,7 +64,7 @@ from ..registry import PromotionSource
 from ..storage.artifacts import atomic_write_bytes
 from ..storage.databases import connection_cause, retrying_cannot_fix
 from ..storage.paths import UnsafeNameError, data_lake_root, safe_name
-from ..training.trainer import Logger
+from ..training.trainer import Logger, NonFiniteLossError
 from . import trial_budget
 
 # multi-objective mode: directions of the three objectives (all on validation; see multi_objectives)
@@ -633,7 +633,13 @@ def make_objective(
                 raise optuna.TrialPruned(f"pruned at epoch {row['epoch']} ({objective_key} {row[objective_key]:.4f})")
 
         training = {"max_epochs": epochs, "on_epoch": on_epoch} if config.trainable else {}
-        model, result, _ = dataset.fit(config, data.graph, data.split, model=model, **training)
+        try:
+            model, result, _ = dataset.fit(config, data.graph, data.split, model=model, **training)
+        except NonFiniteLossError as error:  # a diverging draw (a too large lr) ends its trial, not the study
+            trial.set_user_attr("train_seconds", time.perf_counter() - started)
+            trial.set_user_attr("epochs_run", error.epoch)
+            trial.set_user_attr("pruned_by", f"diverged: {error}")
+            raise optuna.TrialPruned(str(error)) from None
         trial.set_user_attr("train_seconds", result.seconds)
         trial.set_user_attr("epochs_run", result.epochs_run)
         trial.set_user_attr("best_epoch", result.best_epoch)
@@ -753,7 +759,8 @@ def run_study(
 
     def report(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         if "pruned_by" in trial.user_attrs:
-            log(f"trial {trial.number} pruned before training: {trial.user_attrs['pruned_by']}; params {trial.params}")
+            when = "" if trial.user_attrs.get("epochs_run") else " before training"
+            log(f"trial {trial.number} pruned{when}: {trial.user_attrs['pruned_by']}; params {trial.params}")
             return
         value = "-" if trial.value is None else f"{trial.value:.4f}"
         try:

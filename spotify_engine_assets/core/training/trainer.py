@@ -68,13 +68,17 @@ DEFAULT_PROTOCOL = LinkPrediction()
 class NonFiniteLossError(ValueError):
     """Training diverged: an epoch's loss is NaN or infinite (the weights are not a model)."""
 
+    def __init__(self, message: str, epoch: int) -> None:
+        super().__init__(message)
+        self.epoch = epoch
+
 
 def check_finite_loss(loss: float, epoch: int, config: TrainableConfig) -> None:
     """Stop training at the first epoch whose mean loss is not finite (a NaN step makes every later one NaN)."""
     if not math.isfinite(loss):
         raise NonFiniteLossError(
             f"config {config.name!r}: training diverged, epoch {epoch} loss is {loss} (lr {config.lr}); "
-            "no model is stored - lower lr or check the data and weights"
+            "no model is stored - lower lr or check the data and weights", epoch,
         )
 
 

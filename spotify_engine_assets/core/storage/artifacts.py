@@ -159,6 +159,8 @@ def first_non_finite(obj: Any, where: str = "") -> str | None:
     tensor, a float, or dicts, lists and tuples of them - or None when every one is finite. A
     model with such a value scores nothing; it must never become a current artifact."""
     if isinstance(obj, torch.Tensor):
+        if obj.layout != torch.strided:  # sparse: its stored values
+            obj = obj.coalesce().values() if obj.layout == torch.sparse_coo else obj.values()
         finite = not obj.is_floating_point() or bool(torch.isfinite(obj).all())
         return None if finite else where or "value"
     if isinstance(obj, float):

@@ -18,9 +18,9 @@ from importlib import import_module
 from pathlib import Path
 
 import dagster as dg
-import yaml
 
 from .core.storage.paths import configs_dir, data_lake_root
+from .core.strict_yaml import load_yaml
 
 CHAINS = ("listening", "playlists", "lastfm")
 PROFILES = ("default", "tiny")
@@ -72,7 +72,8 @@ def run_config(*files: str) -> dict:
     """Merge run-config YAML files from ``configs/run/`` (in-process execution always)."""
     merged: dict = {}
     for name in ("in_process.yaml", *files):
-        loaded = yaml.safe_load((configs_dir() / "run" / name).read_text()) or {}
+        path = configs_dir() / "run" / name
+        loaded = load_yaml(path.read_text(), path) or {}
         for key, value in loaded.items():
             merged.setdefault(key, {}).update(value)
     return merged

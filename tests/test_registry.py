@@ -54,8 +54,10 @@ def test_promotion_name_collisions(tmp_path):
     REGISTRY.write_promoted(_tuned(), _source(), tmp_path)
     with pytest.raises(ConfigError, match=r"hpo_lightgcn.yaml: .*already promoted from study 'spotify-engine/lightgcn'"):
         REGISTRY.write_promoted(_tuned(), _source(study="other"), tmp_path)
-    with pytest.raises(ConfigError, match="not a valid partition key"):
-        REGISTRY.write_promoted(_tuned("bad name/x"), _source(), tmp_path)
+    with pytest.raises(ValueError, match="config name 'bad name/x' is not a safe name"):
+        _tuned("bad name/x")  # no config carries such a name, so none can be promoted under it
+    with pytest.raises(ConfigError, match="promoting study 'spotify-engine/lightgcn': config name 'bad name/x' is not a safe name"):
+        REGISTRY.check_promotable("bad name/x", "spotify-engine/lightgcn", "lightgcn", tmp_path)
     assert sorted(p.name for p in REGISTRY.promoted_dir(tmp_path).iterdir()) == ["hpo_lightgcn.yaml"]
 
 

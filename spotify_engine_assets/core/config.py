@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Annotated, ClassVar, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
-from .storage.paths import configs_dir
+from .storage.paths import configs_dir, safe_name
+from .strict_yaml import DuplicateKeyError, load_yaml
 
 
 MAX_WORLD_SIZE = 16  # training processes of one model (TrainableConfig.world_size)
@@ -41,9 +42,11 @@ def validation_problems(error: ValidationError) -> str:
 def read_yaml(path: Path) -> dict:
     """A non-empty YAML mapping; any problem is a :class:`ConfigError` naming the file."""
     try:
-        loaded = yaml.safe_load(Path(path).read_text())
+        loaded = load_yaml(Path(path).read_text(), path)
     except FileNotFoundError as error:
         raise ConfigError(f"{path}: file not found") from error
+    except DuplicateKeyError as error:
+        raise ConfigError(str(error)) from None
     except yaml.YAMLError as error:
         raise ConfigError(f"{path}: not valid YAML ({error})") from error
     if not isinstance(loaded, dict) or not loaded:
@@ -54,7 +57,7 @@ def read_yaml(path: Path) -> dict:
 class ModelConfig(BaseModel):
     """What every model config has."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
     trainable: ClassVar[bool] = False
     has_attention: ClassVar[bool] = False
 
@@ -70,6 +73,12 @@ class ModelConfig(BaseModel):
         False, description="Fit on the training and validation parts (hyperparameters and epochs were chosen on "
         "validation before): the final fit of a tuned config. Needs the simple trainer for trainable models."
     )
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_safe(cls, name: str) -> str:
+        """The name becomes a partition key and folder names (artifacts, checkpoints, reports)."""
+        return safe_name(name, "config name")
 
 
 class MostPopularConfig(ModelConfig):
@@ -512,7 +521,7 @@ def configs_from_mapping(entries: dict, path: Path | str) -> dict[str, ModelConf
 class Thresholds(BaseModel):
     """Metric gates, all ratios (never percentages), on each chain's primary metric."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     min_ratio_vs_most_popular: float = Field(
         gt=0.0, description="A trained model's primary test metric must reach this multiple of most-popular's."

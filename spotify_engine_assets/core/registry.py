@@ -26,7 +26,6 @@ key, match its file's stem and differ from every name of the registry file.
 from __future__ import annotations
 
 import functools
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,9 +34,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .config import ConfigError, ModelConfig, configs_from_mapping, read_yaml, update_config, validation_problems
 from .storage.artifacts import atomic_write_bytes
-from .storage.paths import data_lake_root
+from .storage.paths import UnsafeNameError, data_lake_root, safe_name
 
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]{0,99}$")
 ORIGIN_REGISTRY = "models.yaml"
 ORIGIN_STUDY = "study"
 
@@ -117,11 +115,10 @@ class Registry:
 
     def check_name(self, name: str, where: str) -> None:
         """A promoted name must be a plain partition key and no name of the registry file."""
-        if not NAME_PATTERN.match(name):
-            raise ConfigError(
-                f"{where}: config name {name!r} is not a valid partition key (letters, digits, '_' and '-', "
-                "starting with a letter or digit, at most 100 characters)"
-            )
+        try:
+            safe_name(name, "config name")
+        except UnsafeNameError as error:
+            raise ConfigError(f"{where}: {error}") from None
         if name in self.base:
             raise ConfigError(f"{where}: config name {name!r} collides with a {self.path.name} config; choose another name")
 

@@ -57,8 +57,9 @@ from ..core.plots import (
 from ..core.registry import ORIGIN_REGISTRY, ORIGIN_STUDY
 from ..core.serving.diversity import DEFAULT_MAX_PER_ARTIST, DEFAULT_MMR_LAMBDA, RERANKERS, Diversify
 from ..core.serving.recommend import bundle_from, recommendation_frame, serving_payload
-from ..core.storage.artifacts import atomic_write_bytes
+from ..core.storage.artifacts import atomic_write_bytes, first_non_finite
 from ..core.storage.paths import source_version
+from ..core.strict_yaml import load_yaml
 from ..core.training.inputs import task_labels
 from ..core.training.losses import task_metrics
 from .ddp_pipes import PipesLauncher
@@ -319,6 +320,10 @@ def chain_definitions(chain: Chain) -> dg.Definitions:
             metadata.update(pipes.metadata)
         if checkpoints is not None:
             shutil.rmtree(checkpoints, ignore_errors=True)  # finished: the next materialization trains afresh
+        non_finite = first_non_finite({"state": artifact["state"], "best_valid": result.best_valid})
+        if non_finite is not None:  # a diverged model never becomes current: the previous version stays
+            raise dg.Failure(f"{name}/trained_model[{model_config.name}]: {non_finite} is not finite (NaN or inf); "
+                             "the model is not stored and the current version stays")
         return dg.Output(artifact, metadata=metadata)
 
     # ------------------------------------------------------------------------- evaluation
@@ -743,7 +748,7 @@ def hpo_families(dataset: Dataset) -> list[str]:
     broken file fails that run with a clear message instead of the whole code location)."""
     path = hpo_lib.spaces_path(dataset)
     try:
-        loaded = yaml.safe_load(path.read_text())
+        loaded = load_yaml(path.read_text(), path)
     except (OSError, yaml.YAMLError):
         return []
     return sorted(str(key) for key in loaded) if isinstance(loaded, dict) else []

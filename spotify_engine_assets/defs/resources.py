@@ -16,7 +16,7 @@ import torch
 from pydantic import Field
 
 from ..core.device import resolve_device
-from ..core.storage.artifacts import ArtifactStore, load_torch, save_torch
+from ..core.storage.artifacts import ArtifactStore, load_torch, save_torch, verify_artifact
 from ..core.storage.paths import DATA_LAKE_ENV, data_lake_root
 from ..core.data.sqlmodels import quote_table
 
@@ -275,7 +275,10 @@ class LakeIOManager(dg.ConfigurableIOManager):
     def _load(self, key: list[str], partition: str | None) -> Any:
         folder = self.lake.artifacts.current(key, partition)
         parquet = folder / "data.parquet"
-        return pl.read_parquet(parquet) if parquet.exists() else load_torch(folder / "data.pt")
+        if parquet.exists():
+            verify_artifact(parquet)
+            return pl.read_parquet(parquet)
+        return load_torch(folder / "data.pt")
 
     def load_input(self, context: dg.InputContext) -> Any:
         key = context.asset_key.path

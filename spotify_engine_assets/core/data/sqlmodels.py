@@ -61,6 +61,7 @@ import yaml
 from sqlglot import exp
 
 from ..storage.artifacts import pause_point
+from ..strict_yaml import load_yaml
 
 DIALECT = "duckdb"
 SCHEMA_FILE = "schema.yml"
@@ -452,7 +453,7 @@ def _load_tests(root: Path, catalog: _Catalog) -> dict[str, list[DataTest]]:
 def _load_schema_file(path: Path, relative: str, catalog: _Catalog) -> dict[str, list[DataTest]]:
     """Tests declared in one ``schema.yml``; its models must be files of the same folder."""
     try:
-        document = yaml.safe_load(_read_text(path, relative)) or {}
+        document = load_yaml(_read_text(path, relative), relative) or {}
     except yaml.YAMLError as err:
         raise _error(relative, f"invalid YAML: {err}") from err
     if not isinstance(document, dict) or set(document) - {"models"}:

@@ -63,8 +63,8 @@ from ..evaluation.metrics import catalog_coverage
 from ..registry import PromotionSource
 from ..storage.artifacts import atomic_write_bytes
 from ..storage.databases import connection_cause, retrying_cannot_fix
-from ..storage.paths import data_lake_root
-from ..training.trainer import Logger
+from ..storage.paths import UnsafeNameError, data_lake_root, safe_name
+from ..training.trainer import Logger, NonFiniteLossError
 from . import trial_budget
 
 # multi-objective mode: directions of the three objectives (all on validation; see multi_objectives)
@@ -90,7 +90,7 @@ class HpoError(ValueError):
 class ParamSpec(BaseModel):
     """How one config field is sampled, and (``when``) under which values of other parameters."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     type: Literal["int", "float", "categorical"]
     low: float | None = None
@@ -364,6 +364,10 @@ def load_search_spaces(dataset: Dataset, path: Path | None = None, registry: dic
     spaces = {}
     for family, entry in read_yaml(path).items():
         family = str(family)
+        try:  # a family is a partition key of hpo_study and names files (<family>_tuned.yaml)
+            safe_name(family, "family")
+        except UnsafeNameError as error:
+            raise ConfigError(f"{path}: {error}") from None
         if not isinstance(entry, dict) or set(entry) - {"base", "params"} or "params" not in entry:
             raise ConfigError(f"{path}: family {family!r}: expected a mapping with 'params' and optional 'base'")
         base_name = str(entry.get("base", family))
@@ -629,7 +633,13 @@ def make_objective(
                 raise optuna.TrialPruned(f"pruned at epoch {row['epoch']} ({objective_key} {row[objective_key]:.4f})")
 
         training = {"max_epochs": epochs, "on_epoch": on_epoch} if config.trainable else {}
-        model, result, _ = dataset.fit(config, data.graph, data.split, model=model, **training)
+        try:
+            model, result, _ = dataset.fit(config, data.graph, data.split, model=model, **training)
+        except NonFiniteLossError as error:  # a diverging draw (a too large lr) ends its trial, not the study
+            trial.set_user_attr("train_seconds", time.perf_counter() - started)
+            trial.set_user_attr("epochs_run", error.epoch)
+            trial.set_user_attr("pruned_by", f"diverged: {error}")
+            raise optuna.TrialPruned(str(error)) from None
         trial.set_user_attr("train_seconds", result.seconds)
         trial.set_user_attr("epochs_run", result.epochs_run)
         trial.set_user_attr("best_epoch", result.best_epoch)
@@ -650,6 +660,17 @@ def sampler_seed(seed: int, worker: int, existing_trials: int) -> int:
     return int(hashlib.sha256(f"{seed}:{worker}:{existing_trials}".encode()).hexdigest()[:8], 16)
 
 
+def check_study_name(name: str) -> str:
+    """A study name is '/'-separated safe names (``paths.safe_name``): its slug names a promoted
+    config file (:func:`promoted_name`), and a name like ``a/../b`` or ``x\n`` names nothing one can trust."""
+    try:
+        for part in name.split("/"):
+            safe_name(part, f"study name {name!r}: part")
+    except UnsafeNameError as error:
+        raise ConfigError(str(error)) from None
+    return name
+
+
 def open_study(
     dataset: Dataset, family: str, storage: str | optuna.storages.BaseStorage | None = None, seed: int = 0,
     worker: int = 0, study_name: str | None = None, pruner_startup_trials: int = 3, pruner_warmup_epochs: int = 2,
@@ -660,7 +681,7 @@ def open_study(
     ``spotify-engine/<chain>/<family>/pareto``, never shared with the single-objective study)."""
     storage = open_storage(storage) if storage is None or isinstance(storage, str) else storage
     default = f"spotify-engine/{dataset.name}/{family}"
-    name = study_name or (f"{default}/pareto" if multi_objective else default)
+    name = check_study_name(study_name or (f"{default}/pareto" if multi_objective else default))
     wanted = list(MULTI_DIRECTIONS) if multi_objective else ["maximize"]
     existing = 0
     try:
@@ -738,7 +759,8 @@ def run_study(
 
     def report(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         if "pruned_by" in trial.user_attrs:
-            log(f"trial {trial.number} pruned before training: {trial.user_attrs['pruned_by']}; params {trial.params}")
+            when = "" if trial.user_attrs.get("epochs_run") else " before training"
+            log(f"trial {trial.number} pruned{when}: {trial.user_attrs['pruned_by']}; params {trial.params}")
             return
         value = "-" if trial.value is None else f"{trial.value:.4f}"
         try:

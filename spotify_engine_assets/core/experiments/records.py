@@ -18,6 +18,7 @@ import datetime as dt
 import hashlib
 import importlib.metadata
 import json
+import math
 import subprocess
 from collections.abc import Iterable
 from pathlib import Path
@@ -376,7 +377,8 @@ def update_champion(
     events = []
     for split in sorted({r.get("split") for r in reports.values()}):
         on_split = {n: r for n, r in reports.items() if r.get("split") == split}
-        eligible = {n: r for n, r in on_split.items() if (r.get("gate") or {}).get("passed") and r.get("per_user")}
+        eligible = {n: r for n, r in on_split.items() if (r.get("gate") or {}).get("passed") and r.get("per_user")
+                    and math.isfinite(float(r["metrics"][metric]))}  # a NaN mean is never seeded or promoted
         current = state["splits"].get(split)
         champion_report = reports.get(current["config"]) if current else None
         if current is None or champion_report is None:

@@ -38,7 +38,7 @@ import torch
 from torch import Tensor
 
 from ..config import ConfigError, ModelConfig, parse_config
-from ..storage.artifacts import ArtifactNotFoundError, ArtifactStore, load_torch
+from ..storage.artifacts import ArtifactNotFoundError, ArtifactStore, first_non_finite, load_torch
 from .diversity import Diversify, ItemSimilarity, rerank_scores
 from .scores import adaptive_weights, blend, genre_matrix_of, genre_profile_of_songs, genre_scores
 
@@ -394,9 +394,14 @@ def load_index(lake: Path, chain: str, config_name: str) -> ServingIndex | None:
 
 def _artifact_config(artifact: dict) -> ModelConfig:
     try:
-        return parse_config(artifact["config"])
+        config = parse_config(artifact["config"])
     except Exception as error:  # noqa: BLE001 - a stale artifact from an older schema
         raise ConfigError(f"trained_model holds an invalid config: {error}") from error
+    non_finite = first_non_finite(artifact.get("state"), "state")
+    if non_finite is not None:  # a diverged model stored before training checked its loss: never served
+        raise ConfigError(f"trained_model[{config.name}] has non-finite weights ({non_finite}); it cannot serve - "
+                          f"retrain it (spotify-engine materialize --configs {config.name})")
+    return config
 
 
 def load_bundle(lake: Path, dataset: Dataset, config_name: str) -> ModelBundle:

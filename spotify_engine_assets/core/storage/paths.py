@@ -7,6 +7,7 @@ current directory, so the CLI, tests and the Dagster webserver agree wherever th
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).resolve().parents[2]
@@ -14,6 +15,25 @@ REPO_ROOT = PACKAGE_DIR.parent
 
 DATA_LAKE_ENV = "SPOTIFY_ENGINE_DATA_LAKE"
 SQL_DIR_ENV = "SPOTIFY_ENGINE_SQL_DIR"
+
+
+# The one pattern of every name that becomes a folder or file name: config names (trained_model
+# partitions), partition keys of the artifact store, landing batch ids, search-space families and
+# promoted study configs. No '/', no '..', no leading '.', '_' or '-', nothing a shell or a URL quotes.
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_\-]{0,99}")
+SAFE_NAME_RULE = "letters, digits, '_' and '-', starting with a letter or digit, at most 100 characters"
+
+
+class UnsafeNameError(ValueError):
+    """A name that would become a path is not a plain, safe name."""
+
+
+def safe_name(name: object, what: str = "name") -> str:
+    """``name`` itself when it matches :data:`SAFE_NAME`; else an :class:`UnsafeNameError` naming
+    ``what`` (e.g. ``"config name"``) and the name."""
+    if not isinstance(name, str) or not SAFE_NAME.fullmatch(name):
+        raise UnsafeNameError(f"{what} {name!r} is not a safe name ({SAFE_NAME_RULE}): it becomes a folder name")
+    return name
 
 
 def data_lake_root() -> Path:

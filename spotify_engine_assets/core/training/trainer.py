@@ -42,6 +42,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
 import resource
 import time
 from collections.abc import Callable
@@ -62,6 +63,23 @@ Logger = Callable[[str], None]
 CHECKPOINT_FILE = "checkpoint.pt"
 FUSION_WEIGHTS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 DEFAULT_PROTOCOL = LinkPrediction()
+
+
+class NonFiniteLossError(ValueError):
+    """Training diverged: an epoch's loss is NaN or infinite (the weights are not a model)."""
+
+    def __init__(self, message: str, epoch: int) -> None:
+        super().__init__(message)
+        self.epoch = epoch
+
+
+def check_finite_loss(loss: float, epoch: int, config: TrainableConfig) -> None:
+    """Stop training at the first epoch whose mean loss is not finite (a NaN step makes every later one NaN)."""
+    if not math.isfinite(loss):
+        raise NonFiniteLossError(
+            f"config {config.name!r}: training diverged, epoch {epoch} loss is {loss} (lr {config.lr}); "
+            "no model is stored - lower lr or check the data and weights", epoch,
+        )
 
 
 class BaseTrainer:
@@ -245,6 +263,7 @@ class BaseTrainer:
                 break
             epoch_start, cpu_start = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)
             loss = self._train_epoch()
+            check_finite_loss(loss, epoch, self.config)
             train_seconds, cpu = time.perf_counter() - epoch_start, resource.getrusage(resource.RUSAGE_SELF)
             row = {"epoch": epoch, "loss": loss, **self._epoch_metrics(epoch)}
             row["lr"] = self.optimizer.param_groups[0]["lr"]

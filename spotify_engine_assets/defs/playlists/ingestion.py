@@ -17,7 +17,7 @@ import dagster as dg
 from pydantic import Field
 
 from ...core.plots import frame_markdown
-from ...core.storage.paths import source_version
+from ...core.storage.paths import safe_name, source_version
 from ...datasets.playlists import kaggle as kaggle_lib
 from ...datasets.playlists.kaggle import KaggleFormatError
 from ..resources import DUCKDB_POOL, DataLake, Warehouse, transaction
@@ -241,7 +241,7 @@ def file_sha256(path: Path, chunk_size: int = 1 << 20) -> str:
 
 
 def archive_path(lake: DataLake, batch: str, name: str) -> Path:
-    return lake.landing_dir / "archive" / batch / name
+    return lake.landing_dir / "archive" / safe_name(batch, "landing batch") / name
 
 
 class LandedBatchConfig(dg.Config):

@@ -37,15 +37,20 @@ from typing import TYPE_CHECKING
 import sqlalchemy
 from dagster._core.errors import DagsterExecutionInterruptedError
 from dagster._core.events import DagsterEventType
+from dagster._core.storage.base_storage import DagsterStorage
 from dagster._core.storage.dagster_run import DagsterRunStatus
 from dagster._core.storage.event_log.sqlite.sqlite_event_log import (
     SqliteEventLogStorage,
 )
 from dagster._core.storage.runs.sqlite.sqlite_run_storage import SqliteRunStorage
+from dagster._core.storage.schedules.sqlite.sqlite_schedule_storage import (
+    SqliteScheduleStorage,
+)
 from dagster._core.storage.sqlite_storage import (
     DagsterSqliteStorage,
     _event_logs_directory,
     _runs_directory,
+    _schedule_directory,
 )
 from dagster._utils.interrupts import check_captured_interrupt
 
@@ -129,18 +134,19 @@ def _home_error(home: str, cause: object) -> DagsterHomeError:
 
 
 def check_home_writable(home: str) -> None:
-    """:class:`DagsterHomeError` unless ``home``, its storage folders and their SQLite files can be
+    """:class:`DagsterHomeError` unless ``home``, its storage folders and their shared SQLite files can be
     written (tried, not judged from the mode bits: root ignores those, not an immutable flag)."""
     folders = [Path(home), Path(home) / "history", Path(home) / "history" / "runs", Path(home) / "schedules"]
-    for folder in (f for f in folders if f.is_dir()):
-        try:
+    databases = [folders[1] / "runs.db", folders[2] / "index.db", folders[3] / "schedules.db"]
+    try:
+        for folder in (f for f in folders if f.is_dir()):
             with tempfile.TemporaryFile(dir=folder):
                 pass
-            for database in folder.glob("*.db"):
-                with open(database, "r+b"):
-                    pass
-        except OSError as error:
-            raise _home_error(home, error) from None
+        for database in (d for d in databases if d.exists()):
+            with open(database, "r+b"):
+                pass
+    except OSError as error:
+        raise _home_error(home, error) from None
 
 
 @contextlib.contextmanager
@@ -169,9 +175,9 @@ class _GuardedEventLogStorage(SqliteEventLogStorage):
     """SQLite event log storage that frees dead runs' pool slots and names a home it cannot write."""
 
     def __init__(self, base_dir: str, home: str) -> None:
-        super().__init__(base_dir)
-        self._home = home
+        self._home = home  # before the parent's initialization, which connects
         self._waits: dict[tuple[str, str], float] = {}  # (run, step) -> when its wait was last logged
+        super().__init__(base_dir)
 
     @contextlib.contextmanager
     def _connect(self, shard: str) -> Iterator[Connection]:
@@ -217,12 +223,15 @@ class ProjectSqliteStorage(DagsterSqliteStorage):
     """Dagster's SQLite storage with :class:`_GuardedEventLogStorage` as its event log; fails at
     once, naming the folder, when the home is not writable."""
 
-    def __init__(self, base_dir: str, inst_data=None) -> None:
+    def __init__(self, base_dir: str, inst_data=None) -> None:  # DagsterSqliteStorage's, with the guarded storages
         check_home_writable(base_dir)
-        super().__init__(base_dir, inst_data)
+        self.base_dir = base_dir
         self._run_storage = _GuardedRunStorage.from_local(_runs_directory(base_dir))
         self._run_storage._home = base_dir
         self._event_log_storage = _GuardedEventLogStorage(_event_logs_directory(base_dir), base_dir)
+        self._schedule_storage = SqliteScheduleStorage.from_local(_schedule_directory(base_dir))
+        self._inst_data = inst_data
+        DagsterStorage.__init__(self)
 
     @classmethod
     def from_config_value(cls, inst_data, config_value) -> ProjectSqliteStorage:

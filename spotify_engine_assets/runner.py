@@ -10,6 +10,7 @@ Run configuration comes from the YAML files in ``configs/run/`` that ``make test
 to ``dagster asset materialize``.
 """
 
+import hashlib
 import os
 import shutil
 import time
@@ -25,6 +26,9 @@ from .core.strict_yaml import load_yaml
 CHAINS = ("listening", "playlists", "lastfm")
 PROFILES = ("default", "tiny")
 TINY_TRAINING = {"max_epochs": 3, "user_sample": 500}  # the tiny profile of the playlist and Last.fm chains
+# sha256 of the dagster.yaml files earlier versions copied into a home: replaced by the current one
+# (a home holding one of them would miss defs/instance.py's guards); an edited file is kept
+PREVIOUS_DAGSTER_YAML = {"05a42c7dcc1638543f42b14a346aae1dc2a762a258cc1f2b923562549e9781f4"}
 
 
 def data_stage(chain: str) -> dg.AssetSelection:
@@ -56,8 +60,9 @@ def dagster_home() -> Path:
     """``$DAGSTER_HOME`` or ``<data lake>/dagster_home``, created with the project's dagster.yaml."""
     home = Path(os.environ.get("DAGSTER_HOME") or data_lake_root() / "dagster_home").resolve()
     home.mkdir(parents=True, exist_ok=True)
-    if not (home / "dagster.yaml").exists():
-        shutil.copyfile(configs_dir() / "dagster.yaml", home / "dagster.yaml")
+    settings = home / "dagster.yaml"
+    if not settings.exists() or hashlib.sha256(settings.read_bytes()).hexdigest() in PREVIOUS_DAGSTER_YAML:
+        shutil.copyfile(configs_dir() / "dagster.yaml", settings)
     os.environ["DAGSTER_HOME"] = str(home)
     return home
 

@@ -206,6 +206,33 @@ def test_dependencies_exclude_ctes_and_table_functions(tmp_path: Path) -> None:
     assert order.index("staging.a") < order.index("staging.c")
 
 
+def test_tables_named_in_query_table_and_query_are_dependencies(tmp_path: Path, con) -> None:
+    """Issue 19: ``query_table('staging.z')`` recorded no dependency, so marts.a ran before its input."""
+    expected = {  # file: (SQL, the tables it reads)
+        "marts/a.sql": ("SELECT * FROM query_table('staging.z')", ("staging.z",)),
+        "marts/b.sql": ("SELECT * FROM query_table(['staging.z', 'raw.plays'])", ("raw.plays", "staging.z")),
+        "marts/c.sql": ("SELECT * FROM query('SELECT * FROM query_table(''staging.z'')')", ("staging.z",)),
+        "staging/z.sql": ("SELECT 1 AS x", ()),
+    }
+    write_project(tmp_path, {file: sql for file, (sql, _) in expected.items()})
+    models = load_sql_project(tmp_path, ["raw.plays", "raw.songs"]).models
+    assert {f"{m.schema}/{m.name}.sql": m.depends_on for m in models.values()} == {f: d for f, (_, d) in expected.items()}
+    assert list(models).index("staging.z") < list(models).index("marts.a")
+    for table in ("staging.z", "marts.a"):  # DuckDB runs them in that order
+        materialize_model(con, models[table])
+    assert con.sql("SELECT x FROM marts.a").fetchall() == [(1,)]
+
+
+def test_table_function_arguments_that_cannot_be_resolved_name_the_file(tmp_path: Path) -> None:
+    cases = {
+        "SELECT * FROM query_table('marts.nope')": "references unknown table marts.nope",
+        "SELECT * FROM query_table(concat('raw', '.plays'))": "takes literal text",
+        "SELECT * FROM query('SELECT * FROM raw.nope')": "references unknown table raw.nope",
+    }
+    for number, (sql, fragment) in enumerate(cases.items()):
+        raises_naming({"marts/m.sql": sql}, tmp_path / str(number), "marts/m.sql", fragment)
+
+
 def test_parse_error_names_file_and_position(tmp_path: Path) -> None:
     files = {"staging/bad.sql": "SELECT a,\nFROM WHERE"}
     message = raises_naming(files, tmp_path, "staging/bad.sql", "'WHERE' (line 2, col 10)")

@@ -4,7 +4,6 @@ torch runtime settings, and the IO manager that versions artifacts per asset and
 
 import contextlib
 import json
-import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +18,7 @@ from ..core.device import resolve_device
 from ..core.storage.artifacts import ArtifactStore, load_torch, save_torch, verify_artifact
 from ..core.storage.paths import DATA_LAKE_ENV, data_lake_root
 from ..core.data.sqlmodels import quote_table
+from .instance import release_dead_run, run_is_gone
 
 if TYPE_CHECKING:
     import duckdb
@@ -133,16 +133,6 @@ def transaction(con) -> Iterator[None]:
     con.execute("COMMIT")
 
 
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def init_warehouse_pool(instance: dg.DagsterInstance) -> int:
     """Create the ``duckdb_warehouse`` pool's slots (dagster.yaml's default limit) once, before
     runs start; returns the slot count.
@@ -167,10 +157,9 @@ def release_killed_runs(instance: dg.DagsterInstance) -> list[str]:
     """
     released = []
     for run in instance.get_runs(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED])):
-        pids = {entry.dagster_event.pid for entry in instance.all_logs(run.run_id) if entry.dagster_event and entry.dagster_event.pid}
-        if pids and not any(_process_alive(pid) for pid in pids):
-            instance.report_run_failed(run, f"run process {sorted(pids)} is gone (killed); marked failed, pool slots freed")
-            instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
+        pids = run_is_gone(instance, run.run_id)
+        if pids is not None:
+            release_dead_run(instance, run, pids)
             released.append(run.run_id)
     return released
 

@@ -15,7 +15,8 @@ Models
 
 Dependencies
     Read from the SQL itself: every table the query reads, minus its CTE names and table
-    functions such as ``read_parquet(...)``. A ``schema.table`` reference must be a model
+    functions such as ``read_parquet(...)``; the tables named in ``query_table('s.t')``
+    and in ``query('<SQL>')`` count too (their arguments must be literal text). A ``schema.table`` reference must be a model
     or a declared source (the raw tables); a bare ``table`` must match the table name of
     exactly one of them. Names compare case-insensitively, as DuckDB identifiers do.
     Models are ordered topologically; a cycle is an error.
@@ -409,12 +410,46 @@ def _parse_error_message(err: sqlglot.errors.SqlglotError) -> str:
 def _dependencies(catalog: _Catalog, file: _ModelFile, text: str) -> tuple[str, ...]:
     """Sorted canonical names of the tables a model's query reads."""
     tables = set()
-    for reference in _table_references(_parse_query(file, text)):
+    statement = _parse_query(file, text)
+    for reference in _table_references(statement):
         try:
             tables.add(catalog.resolve(reference))
         except ValueError as err:
             raise _error(file.relative, str(err)) from None
+    try:
+        tables.update(_table_function_reads(catalog, statement))
+    except ValueError as err:
+        raise _error(file.relative, str(err)) from None
     return tuple(sorted(tables))
+
+
+def _table_function_reads(catalog: _Catalog, statement: exp.Expression) -> set[str]:
+    """Tables read through DuckDB table functions that take a table by name:
+    ``query_table('marts.songs')`` (or a list of names) and ``query('<SQL>')`` (its SQL's
+    tables). Any other argument than a literal is a ``ValueError``: the model's input could
+    not be known before it runs."""
+    tables = set()
+    for table in statement.find_all(exp.Table):
+        call = table.this
+        name = call.name.lower() if isinstance(call, exp.Anonymous) else ""
+        if name not in ("query_table", "query_table_or_view", "query"):
+            continue
+        first = call.expressions[0] if call.expressions else None
+        names = first.expressions if isinstance(first, exp.Array) else [first]
+        if not all(isinstance(arg, exp.Literal) and arg.is_string for arg in names):
+            raise ValueError(f"{call.sql(DIALECT)}: {name}() takes literal text here (the tables it reads must "
+                             "be known before the model runs)")
+        for arg in names:
+            if name != "query":
+                tables.add(catalog.resolve_name(arg.this))
+                continue
+            try:
+                inner = sqlglot.parse_one(arg.this, read=DIALECT)
+            except sqlglot.errors.SqlglotError as err:
+                raise ValueError(f"{call.sql(DIALECT)}: SQL does not parse: {_parse_error_message(err)}") from None
+            tables.update(catalog.resolve(reference) for reference in _table_references(inner))
+            tables.update(_table_function_reads(catalog, inner))
+    return tables
 
 
 def _table_references(statement: exp.Query) -> list[exp.Table]:

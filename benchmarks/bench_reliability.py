@@ -7,7 +7,9 @@ prints, per number of small Kaggle-format files landed at once, the seconds of t
 nothing new) and the requests made; then, for a write lock held 1 s by another process, the
 seconds a ``Warehouse.connect()`` waited and a read-only reader's answer with ``lock_timeout_s=0``.
 
-``--cases`` (every block, or the blocks named) reruns catalogue cases instead and prints one row a
+``--cases`` (every block, or the blocks named: "hangs and crashes", "landed data" from
+``bench_reliability_landing.py``, "models that must not serve" from ``reliability_model_cases.py``)
+reruns catalogue cases instead and prints one row a
 case and a table per block: tried / clear / handled / unclear / silent / lost. A case is a function
 registered with ``@case("<block>")`` that sets the scenario up, provokes it and returns an
 :class:`Outcome`: **clear** (an error naming the file, folder, run or field), **handled** (the
@@ -110,15 +112,19 @@ def run_cases(blocks: list[str]) -> dict[str, dict[str, int]]:
         print(f"\n## {block}")
         for function in CASES[block]:
             started = time.perf_counter()
+            name = (function.__doc__ or function.__name__).strip().splitlines()[0]
             with tempfile.TemporaryDirectory() as folder:
                 try:
                     outcome = function(Path(folder))
                 except Exception as error:  # noqa: BLE001 - the scenario broke: a raw error names nothing
                     outcome = Outcome("unclear", f"{type(error).__name__}: {str(error).splitlines()[0][:150]}")
-            counts[block]["tried"] += 1
-            counts[block][outcome.verdict] += 1
-            name = (function.__doc__ or function.__name__).strip().splitlines()[0]
-            print(f"{outcome.verdict:>8}  {time.perf_counter() - started:6.1f} s  {name}: {outcome.detail}")
+            # a scenario that provokes several cases at once returns {case name: Outcome}
+            rows = outcome.items() if isinstance(outcome, dict) else [(name, outcome)]
+            seconds = time.perf_counter() - started
+            for name, outcome in rows:
+                counts[block]["tried"] += 1
+                counts[block][outcome.verdict] += 1
+                print(f"{outcome.verdict:>8}  {seconds:6.1f} s  {name}: {outcome.detail}")
     print(f"\n{'block':<28}" + "".join(f"{column:>9}" for column in ("tried", *VERDICTS)))
     for block, row in counts.items():
         print(f"{block:<28}" + "".join(f"{row[column]:>9}" for column in ("tried", *VERDICTS)))
@@ -261,6 +267,50 @@ def query_table_dependency(root: Path) -> Outcome:
     except SqlModelError as error:
         return Outcome("handled", f"marts.songs is a dependency, runs first; a computed name fails: {str(error)[:90]}")
     return Outcome("silent", "a computed table name was accepted")
+
+
+# ---- issue 19: landed data and models that must not serve (their cases live beside this script)
+
+
+def _register_sibling_catalogues() -> None:
+    """Register bench_reliability_landing's and reliability_model_cases' cases as two blocks."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import bench_reliability_landing as landing
+    import reliability_model_cases as models
+
+    def landed(function):
+        def run(root: Path) -> Outcome:
+            (root / "landing").mkdir()
+            previous = os.environ.get(landing.DATA_LAKE_ENV)
+            os.environ[landing.DATA_LAKE_ENV] = str(root)
+            try:
+                return Outcome(*function(root))
+            finally:
+                if previous is None:
+                    os.environ.pop(landing.DATA_LAKE_ENV, None)
+                else:
+                    os.environ[landing.DATA_LAKE_ENV] = previous
+        run.__doc__ = function.__name__.replace("_", " ")
+        return run
+
+    def modelled(name, function):
+        def run(root: Path) -> Outcome:
+            return Outcome(*function(root))
+        run.__doc__ = name
+        return run
+
+    def materialized(root: Path) -> dict[str, Outcome]:
+        return {name: Outcome(*outcome) for name, outcome in models.model_cases(root).items()}
+    materialized.__doc__ = models.model_cases.__doc__
+
+    for function in landing.CASES:
+        case("landed data")(landed(function))
+    for name, function in models.CASES:
+        case("models that must not serve")(modelled(name, function))
+    case("models that must not serve")(materialized)
+
+
+_register_sibling_catalogues()
 
 
 def main() -> None:

@@ -28,18 +28,18 @@ def _print_summary(results, chain: str) -> None:
         print(f"  {result.name:<22} {result.seconds:7.1f}  {'ok' if result.success else 'FAILED'}")
         for step, seconds in sorted(result.step_seconds.items(), key=lambda kv: -kv[1]):
             print(f"      {step:<40} {seconds:7.2f}")
+    print(f"  {'total':<22} {sum(r.seconds for r in results):7.1f}  ({len(results)} runs)")
     report = data_lake_root() / "reports" / chain / "model_comparison.csv"
     if report.exists():
         import polars as pl
 
+        from .core.evaluation.report import comparison_summary
         from .core.plots import frame_markdown
 
-        protocol = dataset_of(chain).protocol
         frame = pl.read_csv(report)
-        columns = ["config", "split", *protocol.table, f"{protocol.primary} / most_popular", "gate", "train_seconds", "epochs"]
         print("\nMetric reports (test split):")
-        print(frame_markdown(frame.select([c for c in columns if c in frame.columns])))
-        print(f"(also in {report})")
+        print(frame_markdown(comparison_summary(frame, dataset_of(chain).protocol), max_rows=1000))
+        print(f"(every column in {report})")
 
 
 def _materialize(args: argparse.Namespace) -> int:

@@ -239,3 +239,15 @@ class PeakMemory:
         peak = self._read("VmHWM")
         if self._baseline is not None and peak is not None:
             self.peak_bytes = max(peak - self._baseline, 0)
+
+
+def comparison_summary(frame: pl.DataFrame, protocol: Protocol, digits: int = 4) -> pl.DataFrame:
+    """The readable part of a comparison table (one row per config): config, split, the protocol's
+    table metrics, the primary metric relative to most-popular, the gate, training seconds and
+    epochs; floats rounded to ``digits`` (seconds to 1). The full table (model family, every extra
+    metric, task AUCs, latency) stays in the asset and the CSV."""
+    columns = ["config", "split", *protocol.table, f"{protocol.primary} / most_popular", "gate", "train_seconds", "epochs"]
+    shown = frame.select([c for c in columns if c in frame.columns])
+    return shown.with_columns(
+        pl.col(c).round(1 if c == "train_seconds" else digits) for c, dtype in shown.schema.items() if dtype.is_float()
+    )

@@ -176,7 +176,8 @@ def test_comparison_summary_is_a_readable_table():
     summary = comparison_summary(frame, protocol)
     assert summary.columns == ["config", "split", *protocol.table, f"{protocol.primary} / most_popular", "gate",
                                "train_seconds", "epochs"]
-    assert summary.row(0, named=True)[protocol.table[0]] == 0.1235 and summary["train_seconds"][0] == 12.3
+    assert summary.row(0, named=True)[protocol.table[0]] == 0.1235 and summary["train_seconds"][0] == "12.3"
+    assert "| 0.1235 | 1.2346 | pass | 12.3 | 7 |" in frame_markdown(summary)
     markdown = frame_markdown(frame)
     assert "None" not in markdown and "| gat_basic | gat |" in markdown
     assert markdown.splitlines()[2].endswith("| 1000 | 0.5000 |  |  |")  # blanks where a value is missing

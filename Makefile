@@ -22,14 +22,16 @@ export DAGSTER_HOME ?= $(DATA_LAKE)/dagster_home
 .PHONY: install demo test test-fast pytest lint format validate smoke ui bench clean scale-demo
 
 # pip's own lines (a line per package it collects, then what it installs), without the "Requirement already
-# satisfied" lines and setuptools' editable-install banner; pipefail keeps pip's exit status
+# satisfied" lines, a local index's "is ignored" notes and setuptools' editable-install banner; pipefail keeps
+# pip's exit status
+PIP_FILTERED = PYTHONWARNINGS="ignore:Editable installation" bash -o pipefail -c \
+	"$(1) 2>&1 | { grep -v -e 'is ignored: it is neither' -e '^Requirement already satisfied' || true; }"
 $(STAMP): pyproject.toml
 	@echo "install [1/3] $(VENV): virtual environment and pip"
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	@$(BIN)/python -m pip install --quiet --upgrade pip 2>&1 | { grep -v "is ignored: it is neither" || true; }
+	@$(call PIP_FILTERED,$(BIN)/python -m pip install --quiet --upgrade pip)
 	@echo "install [2/3] the project, torch (CPU), Dagster, PyG and the rest: about 3 min and 2 GB on a fresh machine"
-	@PYTHONWARNINGS="ignore:Editable installation" bash -o pipefail -c "$(BIN)/python -m pip install --progress-bar off \
-		-e '.[test]' 2>&1 | { grep -v -e 'is ignored: it is neither' -e '^Requirement already satisfied' || true; }"
+	@$(call PIP_FILTERED,$(BIN)/python -m pip install --progress-bar off -e '.[test]')
 	@echo "install [3/3] checking the imports"
 	@$(BIN)/python -c "import spotify_engine_assets, torch, dagster, torch_geometric"
 	@touch $(STAMP)

@@ -129,6 +129,7 @@ def test_header_only_kaggle_file_fails_naming_it_and_keeps_the_previous_tables(t
 # --- corrupted checkpoint and model files ------------------------------------------------------
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol 4:UserWarning")  # torch on the crafted header below
 def test_corrupted_checkpoint_is_ignored_naming_the_file(tmp_path):
     from spotify_engine_assets.core.training.trainer import CHECKPOINT_FILE, _load_checkpoint
 

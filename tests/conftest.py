@@ -2,7 +2,9 @@
 data stage built once per session, and the test markers (``unit``, ``integration``, ``browser``,
 ``slow``; registered in pyproject.toml) given per module."""
 
+import contextlib
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
@@ -38,12 +40,21 @@ def pytest_collection_modifyitems(items):
             item.add_marker(name)
 
 
+@contextlib.contextmanager
+def lake_env(lake: Path, home: Path | None = None) -> Iterator[Path]:
+    """``$SPOTIFY_ENGINE_DATA_LAKE`` = ``lake`` (and ``$DAGSTER_HOME`` = ``home``, if given) for the block;
+    both restored after it."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(DATA_LAKE_ENV, str(lake))
+        if home is not None:
+            patch.setenv("DAGSTER_HOME", str(home))
+        yield lake
+
+
 @pytest.fixture(scope="module")
 def module_lake(tmp_path_factory):
     """A new data-lake folder for the module, in ``$SPOTIFY_ENGINE_DATA_LAKE`` while the module runs."""
-    lake = tmp_path_factory.mktemp("lake")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv(DATA_LAKE_ENV, str(lake))
+    with lake_env(tmp_path_factory.mktemp("lake")) as lake:
         yield lake
 
 
@@ -92,8 +103,7 @@ def tiny_lake_template(tmp_path_factory) -> tuple[Path, list[dg.AssetMaterializa
     from spotify_engine_assets.runner import DATA_STAGE
 
     lake = tmp_path_factory.mktemp("tiny_template")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv(DATA_LAKE_ENV, str(lake))
+    with lake_env(lake):
         result = _runner(lake, dg.DagsterInstance.ephemeral())(DATA_STAGE, run_config("tiny_data.yaml"))
     failures = [event.message for event in result.all_events if event.is_failure]
     assert result.success, f"the tiny data stage failed: {failures}"
@@ -115,6 +125,5 @@ def copy_tiny_lake(template: tuple[Path, list[dg.AssetMaterialization]], dest: P
 def tiny_lake_runner(tiny_lake_template, tmp_path_factory):
     """``(lake, run)`` like :func:`lake_runner`, the lake a copy of the tiny data stage (nothing to rebuild)."""
     lake, instance = copy_tiny_lake(tiny_lake_template, tmp_path_factory.mktemp("tiny") / "lake")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv(DATA_LAKE_ENV, str(lake))
+    with lake_env(lake):
         yield lake, _runner(lake, instance)

@@ -9,6 +9,8 @@ import json
 import sys
 
 CHAINS = ("listening", "playlists", "lastfm")
+DESCRIPTION = ("Materialize, inspect and serve the spotify-engine recommenders from the shell. "
+               "Run 'spotify-engine COMMAND --help' for a command's options.")
 
 
 def _error(problem: Exception | str) -> int:
@@ -26,18 +28,18 @@ def _print_summary(results, chain: str) -> None:
         print(f"  {result.name:<22} {result.seconds:7.1f}  {'ok' if result.success else 'FAILED'}")
         for step, seconds in sorted(result.step_seconds.items(), key=lambda kv: -kv[1]):
             print(f"      {step:<40} {seconds:7.2f}")
+    print(f"  {'total':<22} {sum(r.seconds for r in results):7.1f}  ({len(results)} runs)")
     report = data_lake_root() / "reports" / chain / "model_comparison.csv"
     if report.exists():
         import polars as pl
 
+        from .core.evaluation.report import comparison_summary
         from .core.plots import frame_markdown
 
-        protocol = dataset_of(chain).protocol
         frame = pl.read_csv(report)
-        columns = ["config", "split", *protocol.table, f"{protocol.primary} / most_popular", "gate", "train_seconds", "epochs"]
         print("\nMetric reports (test split):")
-        print(frame_markdown(frame.select([c for c in columns if c in frame.columns])))
-        print(f"(also in {report})")
+        print(frame_markdown(comparison_summary(frame, dataset_of(chain).protocol), max_rows=1000))
+        print(f"(every column in {report})")
 
 
 def _materialize(args: argparse.Namespace) -> int:
@@ -250,7 +252,9 @@ def _recommend(args: argparse.Namespace) -> int:
     except (UnknownIdError, ConfigError, ArtifactNotFoundError, ValueError) as error:
         return _error(error)
     if args.json:
-        payload = {"config": args.model, "user_id": args.user, "songs": _split_list(args.songs), "genres": _split_list(args.genres),
+        # ids as the warehouse stores them (integers), like every song_id below and in `explain --json`
+        payload = {"config": args.model, "user_id": None if user is None else bundle.user_id(user),
+                   "songs": [bundle.song_id(s) for s in songs] if user is None else [], "genres": _split_list(args.genres),
                    "genre_weight": ranking.genre_weight, "genre_prior": ranking.genre_prior,
                    "genre_prior_source": "--genre-prior" if args.genre_prior is not None else bundle.n0_source,
                    "interactions": ranking.interactions, "diversify": args.diversify.describe(args.k),
@@ -375,7 +379,7 @@ def _diversify_option(args: argparse.Namespace, parser: argparse.ArgumentParser)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="spotify-engine", description=__doc__)
+    parser = argparse.ArgumentParser(prog="spotify-engine", description=DESCRIPTION)
     commands = parser.add_subparsers(dest="command", required=True)
     materialize = commands.add_parser("materialize", help="materialize the whole chain (data, every model config, comparison)")
     materialize.add_argument("--profile", default="default", help="run-config profile: default or tiny")
@@ -443,7 +447,12 @@ def main(argv: list[str] | None = None) -> int:
     training.add_argument("--max-epochs", type=_positive_int, help="cap on epochs (default: the config's max_epochs)")
     training.add_argument("--variants", action="store_true", help="look CONFIG up in configs/<chain>/variants.yaml")
     training.set_defaults(handler=_train)
-    args = parser.parse_args(argv)
+    for subparsers in (commands, experiment_commands):  # a bad flag is reported with its subcommand's usage
+        for name, subparser in subparsers.choices.items():
+            subparser.set_defaults(usage_parser=subparser)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        args.usage_parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     if args.command == "recommend":
         args.diversify = _diversify_option(args, recommend)
     return args.handler(args)

@@ -104,9 +104,11 @@ class StageResult:
     error: str = ""
     run_id: str = ""
 
-    def line(self) -> str:
+    def line(self, elapsed: float | None = None) -> str:
+        """``[elapsed] name: ok (took N s)``; the prefix is the time since the chain started (when given)."""
         status = "ok" if self.success else f"FAILED: {self.error}"
-        return f"[{self.seconds:7.1f} s] {self.name}: {status}"
+        prefix = f"[{elapsed:7.1f} s] " if elapsed is not None else ""
+        return f"{prefix}{self.name}: {status} (took {self.seconds:.1f} s)"
 
 
 def run_stage(name: str, defs: dg.Definitions, instance: dg.DagsterInstance, selection, config: dict,
@@ -147,10 +149,13 @@ def materialize_chain(
     for run_id in release_killed_runs(instance):  # a killed run would hold the warehouse pool slot
         log(f"run {run_id}: its process is gone (killed); marked failed and its pool slots freed")
     results: list[StageResult] = []
+    started = time.perf_counter()
+    log(f"{chain} chain, profile {profile}: data, {len(names)} model configs, comparison "
+        "([time since start] stage: status (the stage's own time))")
 
     def stage(name: str, selection: dg.AssetSelection, config: dict, partition: str | None = None) -> bool:
         results.append(run_stage(name, defs, instance, selection, config, partition))
-        log(results[-1].line())
+        log(results[-1].line(elapsed=time.perf_counter() - started))
         return results[-1].success
 
     if stage("data", data_stage(chain), data_config):

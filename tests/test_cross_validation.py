@@ -29,7 +29,7 @@ from spotify_engine_assets.datasets.listening.cross_validation import (
     time_folds,
 )
 from spotify_engine_assets.datasets.listening.graph import BY, HAS, LISTENS, SCHEMA, add_reverse_edges, message_passing_graph
-from spotify_engine_assets.runner import DATA_STAGE, run_config
+from spotify_engine_assets.runner import run_config
 
 torch.set_num_threads(1)
 START = 1_704_067_200.0  # 2024-01-01 00:00 UTC
@@ -226,16 +226,8 @@ def _failure(result) -> str:
     return " | ".join(f"{e.message} {e.step_failure_data.error.message}" for e in result.all_events if e.is_step_failure)
 
 
-@pytest.fixture(scope="module")
-def tiny_lake(lake_runner):
-    """The data stage (through ``listening/graph``) of the tiny world, materialized once."""
-    data_run = lake_runner[1](DATA_STAGE, config=run_config("tiny_data.yaml"))
-    assert data_run.success, _failure(data_run)
-    return lake_runner
-
-
-def test_time_series_cv_asset_on_tiny_data(tiny_lake):
-    lake, run = tiny_lake
+def test_time_series_cv_asset_on_tiny_data(tiny_lake_runner):
+    lake, run = tiny_lake_runner
     result = run([TIME_SERIES_CV], config=_cv_config(configs=["most_popular", "lightgcn"], n_folds=2, max_epochs=2))
     assert result.success, _failure(result)
     summary = result.output_for_node("listening__time_series_cv")
@@ -263,8 +255,8 @@ def test_time_series_cv_asset_on_tiny_data(tiny_lake):
         ({"n_folds": 6, "min_pairs": 100000}, "too few interactions for fold 1"),
     ],
 )
-def test_time_series_cv_asset_errors(tiny_lake, settings, message):
-    _, run = tiny_lake
+def test_time_series_cv_asset_errors(tiny_lake_runner, settings, message):
+    _, run = tiny_lake_runner
     result = run([TIME_SERIES_CV], config=_cv_config(**settings))
     assert not result.success
     assert message in _failure(result)

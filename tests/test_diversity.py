@@ -231,6 +231,10 @@ def test_cli_recommend_diversify(bundle, monkeypatch, capsys):
     assert cli.main(base) == 0
     plain = json.loads(capsys.readouterr().out)
     assert plain["diversify"] == {"method": "none"}
+    assert plain["user_id"] == 1003 and plain["songs"] == []  # warehouse ids are integers, like every song_id
+    assert all(isinstance(row["song_id"], int) for row in plain["recommendations"])
+    assert cli.main(["recommend", "--model", "toy", "--songs", f" {bundle.song_id(1)},{bundle.song_id(2)}", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["songs"] == [bundle.song_id(1), bundle.song_id(2)]
     assert cli.main(base + ["--diversify", "artist-cap", "--max-per-artist", "1"]) == 0
     capped = json.loads(capsys.readouterr().out)
     assert capped["diversify"] == {"method": "artist-cap", "max_per_artist": 1, "pool": 50}

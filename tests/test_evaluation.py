@@ -161,3 +161,23 @@ def test_peak_memory_sees_a_large_allocation():
         block += 1
         del block
     assert memory.peak_bytes is not None and memory.peak_bytes >= 30_000_000
+
+
+def test_comparison_summary_is_a_readable_table():
+    from spotify_engine_assets.core.evaluation.report import comparison_summary
+    from spotify_engine_assets.core.plots import frame_markdown
+
+    protocol = DATASET.protocol
+    row = {"config": "gat_basic", "model": "gat", "split": "random", **{m: 0.123456789 for m in protocol.table},
+           f"most_popular {protocol.primary}": 0.1, f"{protocol.primary} / most_popular": 1.23456789, "gate": "pass",
+           "train_seconds": 12.3456, "epochs": 7, "parameters": 1000, "mrr@10": 0.5, "auc_complete": None,
+           "latency_p50_ms": None}
+    frame = pl.DataFrame([row, {**row, "config": "most_popular", "model": "most_popular", "auc_complete": 0.7}])
+    summary = comparison_summary(frame, protocol)
+    assert summary.columns == ["config", "split", *protocol.table, f"{protocol.primary} / most_popular", "gate",
+                               "train_seconds", "epochs"]
+    assert summary.row(0, named=True)[protocol.table[0]] == 0.1235 and summary["train_seconds"][0] == "12.3"
+    assert "| 0.1235 | 1.2346 | pass | 12.3 | 7 |" in frame_markdown(summary)
+    markdown = frame_markdown(frame)
+    assert "None" not in markdown and "| gat_basic | gat |" in markdown
+    assert markdown.splitlines()[2].endswith("| 1000 | 0.5000 |  |  |")  # blanks where a value is missing

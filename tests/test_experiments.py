@@ -27,7 +27,6 @@ from spotify_engine_assets.core.experiments.records import (
 )
 from spotify_engine_assets.core.registry import Registry
 from spotify_engine_assets.core.storage.artifacts import ArtifactStore, save_torch
-from spotify_engine_assets.core.storage.paths import DATA_LAKE_ENV
 from spotify_engine_assets.datasets.listening import DATASET, STRATEGIES
 from spotify_engine_assets.datasets.listening.graph import BY, HAS, LISTENS
 
@@ -239,9 +238,8 @@ def test_champion_needs_minimum_improvement():
 
 
 @pytest.fixture()
-def lake(tmp_path, monkeypatch):
-    monkeypatch.setenv(DATA_LAKE_ENV, str(tmp_path))
-    store = ArtifactStore(tmp_path / "artifacts")
+def lake(data_lake):
+    store = ArtifactStore(data_lake / "artifacts")
     for name, values in (("a", BASE), ("b", BETTER), ("a", SIMILAR)):
         report = fake_report(name, values)
         store.write(report_key(CHAIN), name, lambda folder, r=report: save_torch(r, folder / "data.pt"))
@@ -287,8 +285,7 @@ def test_cli_experiments_compare(lake, capsys):
     assert "no recorded experiment 'missing'" in capsys.readouterr().err
 
 
-def test_cli_experiments_list_empty(tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv(DATA_LAKE_ENV, str(tmp_path))
+def test_cli_experiments_list_empty(data_lake, capsys):
     assert cli.main(["experiments", "list"]) == 0
     assert "no experiments recorded yet" in capsys.readouterr().out
 

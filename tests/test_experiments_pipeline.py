@@ -2,8 +2,6 @@
 table, the A/B tests and the champion; a recorded experiment reproduces its metrics when
 re-materialized (rollback); the champion gate blocks a significantly worse candidate."""
 
-import os
-
 import dagster as dg
 import polars as pl
 import pytest
@@ -11,7 +9,6 @@ import torch
 
 from spotify_engine_assets.cli import reproduce_experiment
 from spotify_engine_assets.core.storage.artifacts import ArtifactStore, load_torch, save_torch
-from spotify_engine_assets.core.storage.paths import DATA_LAKE_ENV
 from spotify_engine_assets.defs.listening import CHAIN as LISTENING
 from spotify_engine_assets.runner import MODEL_STAGE, materialize_chain, run_config
 
@@ -26,17 +23,10 @@ def markdown_rows(markdown: str) -> list[dict[str, str]]:
 
 
 @pytest.fixture(scope="module")
-def chain(tmp_path_factory):
-    lake = tmp_path_factory.mktemp("experiments_lake")
-    previous = os.environ.get(DATA_LAKE_ENV)
-    os.environ[DATA_LAKE_ENV] = str(lake)
+def chain(module_lake):
     instance = dg.DagsterInstance.ephemeral()
     results = materialize_chain("tiny", configs=CONFIGS, instance=instance, log=lambda message: None)
-    yield lake, instance, results
-    if previous is None:
-        os.environ.pop(DATA_LAKE_ENV, None)
-    else:
-        os.environ[DATA_LAKE_ENV] = previous
+    return module_lake, instance, results
 
 
 def report_of(lake, name: str) -> dict:

@@ -14,7 +14,7 @@ import pytest
 from spotify_engine_assets import cli
 from spotify_engine_assets.core.storage.artifacts import ArtifactStore, load_torch
 from spotify_engine_assets.core.storage.paths import DATA_LAKE_ENV
-from spotify_engine_assets.runner import DATA_STAGE, run_config
+from spotify_engine_assets.runner import run_config
 
 MODELS = ("gat_enhanced", "most_popular")
 SPINE_GROUPS = {f"listening_{domain}" for domain in ("ingestion", "sql", "graph", "training", "evaluation", "experiments", "explanations", "serving")}
@@ -34,12 +34,18 @@ def spine_definitions() -> dg.Definitions:
 
 
 @pytest.fixture(scope="module")
-def lake(tmp_path_factory):
+def lake(tiny_lake_template, tmp_path_factory):
+    """The tiny data stage (a copy of the session's) and MODELS' trained models."""
+    from conftest import copy_tiny_lake
+
+    from spotify_engine_assets.defs.chain import register_configs
+    from spotify_engine_assets.defs.listening import CHAIN
+
     defs = spine_definitions()
-    root = tmp_path_factory.mktemp("explain_lake")
-    previous = os.environ.get(DATA_LAKE_ENV)
-    os.environ[DATA_LAKE_ENV] = str(root)
-    instance = dg.DagsterInstance.ephemeral()
+    root, instance = copy_tiny_lake(tiny_lake_template, tmp_path_factory.mktemp("explain") / "lake")
+    register_configs(CHAIN, instance, root)
+    patch = pytest.MonkeyPatch()
+    patch.setenv(DATA_LAKE_ENV, str(root))
 
     # the spine's groups only: the other data sources' SQL models are not needed here
     spine = [a for a in defs.assets if set(a.group_names_by_key.values()) <= SPINE_GROUPS]
@@ -50,14 +56,10 @@ def lake(tmp_path_factory):
             resources=defs.resources, partition_key=partition, raise_on_error=False,
         )
 
-    assert materialize(DATA_STAGE, run_config("tiny_data.yaml")).success
     for name in MODELS:
         assert materialize(dg.AssetSelection.assets(["listening", "trained_model"]), run_config("tiny_train.yaml"), name).success
     yield root, materialize
-    if previous is None:
-        os.environ.pop(DATA_LAKE_ENV, None)
-    else:
-        os.environ[DATA_LAKE_ENV] = previous
+    patch.undo()
 
 
 def _warehouse_ids(root, sql):

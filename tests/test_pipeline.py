@@ -1,32 +1,22 @@
 """Layer 3: the whole chain materialized in-process on tiny data, and failures that keep
 earlier materializations intact."""
 
-import os
-
 import dagster as dg
 import duckdb
 import polars as pl
 import pytest
 
 from spotify_engine_assets.core.storage.artifacts import ArtifactStore, load_torch
-from spotify_engine_assets.core.storage.paths import DATA_LAKE_ENV
 from spotify_engine_assets.datasets.listening import DATASET
 from spotify_engine_assets.runner import MODEL_STAGE, materialize_chain, run_config
 
 
 @pytest.fixture(scope="module")
-def tiny_chain(tmp_path_factory):
-    """Materialize every stage once into a temporary data lake and ephemeral instance."""
-    lake = tmp_path_factory.mktemp("lake")
-    previous = os.environ.get(DATA_LAKE_ENV)
-    os.environ[DATA_LAKE_ENV] = str(lake)
+def tiny_chain(module_lake):
+    """Materialize every stage once into the module's data lake and an ephemeral instance."""
     instance = dg.DagsterInstance.ephemeral()
     results = materialize_chain("tiny", instance=instance, log=lambda message: None)
-    yield lake, instance, results
-    if previous is None:
-        os.environ.pop(DATA_LAKE_ENV, None)
-    else:
-        os.environ[DATA_LAKE_ENV] = previous
+    return module_lake, instance, results
 
 
 def test_every_stage_succeeds(tiny_chain):

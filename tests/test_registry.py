@@ -8,7 +8,6 @@ import pytest
 
 from spotify_engine_assets.core.config import ConfigError, update_config
 from spotify_engine_assets.core.registry import PromotionSource
-from spotify_engine_assets.core.storage.paths import DATA_LAKE_ENV
 from spotify_engine_assets.datasets.listening import DATASET
 from spotify_engine_assets.defs.chain import register_configs
 from spotify_engine_assets.defs.listening import CHAIN
@@ -30,7 +29,7 @@ def _tuned(name: str = "hpo_lightgcn", **changes):
     return update_config(base, name=name, **changes)
 
 
-def test_promoted_config_joins_the_registry(tmp_path, monkeypatch):
+def test_promoted_config_joins_the_registry(tmp_path, data_lake):
     path = REGISTRY.write_promoted(_tuned(lr=0.02), _source(), tmp_path)
     assert path == REGISTRY.promoted_dir(tmp_path) / "hpo_lightgcn.yaml"
     assert not list(path.parent.glob(".*"))  # the atomic write left no temporary file
@@ -42,7 +41,6 @@ def test_promoted_config_joins_the_registry(tmp_path, monkeypatch):
     assert rows["lightgcn"]["origin"] == "models.yaml"
     # the same study promoting again replaces its config; REGISTRY.get finds it in the lake
     REGISTRY.write_promoted(_tuned(lr=0.03), _source(trial=5), tmp_path)
-    monkeypatch.setenv(DATA_LAKE_ENV, str(tmp_path))
     assert REGISTRY.get("hpo_lightgcn").lr == 0.03
     with pytest.raises(ConfigError, match="unknown listening model config 'nope'; known configs: .*hpo_lightgcn"):
         REGISTRY.get("nope")

@@ -102,11 +102,10 @@ def test_sessions_duplicate_play_ids_keep_the_first_and_name_it(songs_con, tmp_p
     assert _session_rejects(songs_con) == {3: "duplicate play_id (first on line 1)", 5: "duplicate play_id (first on line 1)"}
 
 
-def test_header_only_kaggle_file_fails_naming_it_and_keeps_the_previous_tables(tmp_path, monkeypatch):
+def test_header_only_kaggle_file_fails_naming_it_and_keeps_the_previous_tables(tmp_path, data_lake):
     from spotify_engine_assets.definitions import defs
     from spotify_engine_assets.runner import run_config
 
-    monkeypatch.setenv(DATA_LAKE_ENV, str(tmp_path))
     source = tmp_path / "kaggle" / "spotify_dataset.csv"
     source.parent.mkdir()
     source.write_text(KAGGLE_HEADER + "\n" + "".join(f'u{i},"Artist {i}","Song {i}","PL"\n' for i in range(5)))
@@ -130,6 +129,7 @@ def test_header_only_kaggle_file_fails_naming_it_and_keeps_the_previous_tables(t
 # --- corrupted checkpoint and model files ------------------------------------------------------
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol 4:UserWarning")  # torch on the crafted header below
 def test_corrupted_checkpoint_is_ignored_naming_the_file(tmp_path):
     from spotify_engine_assets.core.training.trainer import CHECKPOINT_FILE, _load_checkpoint
 

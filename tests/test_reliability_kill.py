@@ -32,6 +32,7 @@ import dagster as dg
 import duckdb
 import polars as pl
 import pytest
+from conftest import lake_env
 from killing import sigkill_when
 
 from spotify_engine_assets.core.storage.artifacts import PAUSE_ENV, ArtifactStore, load_torch
@@ -114,20 +115,11 @@ def real_home(root: Path) -> Iterator[tuple[Path, dg.DagsterInstance]]:
     """``$SPOTIFY_ENGINE_DATA_LAKE`` = ``root/lake`` and a real ``$DAGSTER_HOME`` = ``root/home``
     (the project's dagster.yaml: SQLite storage, the warehouse pool) for the block; yields the
     lake and the home's instance, its storage created before any child process starts."""
-    saved = {name: os.environ.get(name) for name in (DATA_LAKE_ENV, "DAGSTER_HOME")}
-    os.environ[DATA_LAKE_ENV] = str(root / "lake")
-    os.environ["DAGSTER_HOME"] = str(root / "home")
-    try:
+    with lake_env(root / "lake", root / "home"):
         dagster_home()
         instance = dg.DagsterInstance.get()
         assert init_warehouse_pool(instance) == 1
         yield root / "lake", instance
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 @pytest.fixture(scope="module")

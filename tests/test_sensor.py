@@ -165,16 +165,14 @@ def test_unusable_files_are_recorded_skips(landing):
 # --- end to end -------------------------------------------------------------------------------
 
 
-def test_landed_file_retrains_models_end_to_end(tmp_path, monkeypatch):
+def test_landed_file_retrains_models_end_to_end(tmp_path, data_lake):
     from spotify_engine_assets.core.data.graph import from_payload
     from spotify_engine_assets.core.storage.artifacts import ArtifactStore, load_torch
-    from spotify_engine_assets.core.storage.paths import DATA_LAKE_ENV
     from spotify_engine_assets.definitions import defs
     from spotify_engine_assets.defs import playlists
     from spotify_engine_assets.defs.chain import register_configs
     from spotify_engine_assets.runner import run_config
 
-    monkeypatch.setenv(DATA_LAKE_ENV, str(tmp_path))
     (tmp_path / "kaggle").mkdir()
     (tmp_path / "kaggle" / "spotify_dataset.csv").write_text(kaggle_csv(playlists_rows(10)))
     instance = dg.DagsterInstance.ephemeral()

@@ -64,6 +64,8 @@ def frame_markdown(frame, max_rows: int = 10, float_digits: int = 4) -> str:
     head = frame.head(max_rows)
 
     def cell(value) -> str:
+        if value is None:  # a blank cell, not "None"
+            return ""
         return f"{value:.{float_digits}f}" if isinstance(value, float) else str(value).replace("|", "\\|")
 
     lines = ["| " + " | ".join(head.columns) + " |", "|" + "---|" * len(head.columns)]

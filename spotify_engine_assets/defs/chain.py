@@ -44,7 +44,7 @@ from .. import core
 from ..core.config import MAX_WORLD_SIZE, ConfigError, ModelConfig, Thresholds, load_thresholds, parse_config, update_config
 from ..core.data.graph import from_payload, graph_summary, to_payload
 from ..core.dataset import Dataset
-from ..core.evaluation.report import PeakMemory, evaluate, fairness_tables, latency_per_user, memory_estimate_bytes
+from ..core.evaluation.report import PeakMemory, comparison_summary, evaluate, fairness_tables, latency_per_user, memory_estimate_bytes
 from ..core.evaluation.stats import BETTER, NO_DIFFERENCE, WORSE, compare_models
 from ..core.experiments import hpo as hpo_lib
 from ..core.experiments import records
@@ -130,9 +130,11 @@ def _code_version(package: str) -> str:
     return source_version(core, importlib.import_module(package))
 
 
-def publish(lake: DataLake, chain: str, name: str, frame: pl.DataFrame, max_rows: int = 200) -> str:
-    """``reports/<chain>/<name>.{md,csv}`` written atomically; returns the markdown."""
-    markdown = frame_markdown(frame, max_rows=max_rows)
+def publish(lake: DataLake, chain: str, name: str, frame: pl.DataFrame, max_rows: int = 200,
+            shown: pl.DataFrame | None = None) -> str:
+    """``reports/<chain>/<name>.{md,csv}`` written atomically: the CSV holds ``frame``, the markdown
+    ``shown`` (default ``frame``); returns the markdown."""
+    markdown = frame_markdown(frame if shown is None else shown, max_rows=max_rows)
     folder = lake.reports_dir / chain
     atomic_write_bytes(folder / f"{name}.md", (markdown + "\n").encode())
     atomic_write_bytes(folder / f"{name}.csv", frame.write_csv().encode())
@@ -268,7 +270,7 @@ def chain_definitions(chain: Chain) -> dg.Definitions:
             "data": fingerprint, "upstream": upstream_versions(context, [chain.key("graph"), chain.key("split")]),
             "code_versions": {"trained_model": chain.code_version}, "git": records.git_state(),
             "dependencies": records.dependency_versions(), "torch_threads": torch.get_num_threads(),
-            "device": str(torch_runtime.torch_device()), "run_id": context.run_id, "recorded_at": records.now_iso(),
+            "device": str(torch_runtime.torch_device()), "run_id": context.run.run_id, "recorded_at": records.now_iso(),
         }
         training: dict = {}
         checkpoints = pipes = None
@@ -408,11 +410,11 @@ def chain_definitions(chain: Chain) -> dg.Definitions:
         provenance["training_data"] = provenance.get("data")
         provenance["data"] = records.data_fingerprint(data, parts)
         provenance["code_versions"] = {**provenance.get("code_versions", {}), "metric_report": chain.code_version}
-        provenance["evaluated_in_run"] = context.run_id
+        provenance["evaluated_in_run"] = context.run.run_id
         if provenance["training_data"] and provenance["training_data"] != provenance["data"]:
             context.log.warning(f"{model_config.name}: trained on other data than it is evaluated on; re-materialize trained_model")
 
-        parquet = lake.reports_dir / name / "per_user" / model_config.name / f"{context.run_id}.parquet"
+        parquet = lake.reports_dir / name / "per_user" / model_config.name / f"{context.run.run_id}.parquet"
         buffer = io.BytesIO()
         evaluation.per_user.write_parquet(buffer)
         atomic_write_bytes(parquet, buffer.getvalue())
@@ -478,7 +480,7 @@ def chain_definitions(chain: Chain) -> dg.Definitions:
         if not metric_report:
             raise dg.Failure(f"no {name}/metric_report partition is materialized yet: materialize some model configs first")
         frame = comparison_frame(dataset, metric_report)
-        markdown = publish(lake, name, "model_comparison", frame)
+        markdown = publish(lake, name, "model_comparison", frame, shown=comparison_summary(frame, dataset.protocol))
         plot = metric_bars({row["config"]: row for row in frame.iter_rows(named=True)}, dataset.protocol.primary,
                            f"{name}: test {dataset.protocol.primary} per config")
         return dg.Output(frame, metadata={"configs": frame.height, "comparison": dg.MetadataValue.md(markdown),

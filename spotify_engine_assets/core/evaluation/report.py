@@ -239,3 +239,17 @@ class PeakMemory:
         peak = self._read("VmHWM")
         if self._baseline is not None and peak is not None:
             self.peak_bytes = max(peak - self._baseline, 0)
+
+
+def comparison_summary(frame: pl.DataFrame, protocol: Protocol, digits: int = 4) -> pl.DataFrame:
+    """The readable part of a comparison table (one row per config): config, split, the protocol's
+    table metrics, the primary metric relative to most-popular, the gate, training seconds and
+    epochs; metrics rounded to ``digits``, seconds to 0.1 (as text, so a markdown table shows "9.6",
+    not "9.6000"). The full table (model family, every extra metric, task AUCs, latency) stays in the
+    asset and the CSV."""
+    columns = ["config", "split", *protocol.table, f"{protocol.primary} / most_popular", "gate", "train_seconds", "epochs"]
+    shown = frame.select([c for c in columns if c in frame.columns])
+    shown = shown.with_columns(pl.col(c).round(digits) for c, dtype in shown.schema.items() if dtype.is_float())
+    if "train_seconds" in shown.columns:
+        shown = shown.with_columns(pl.col("train_seconds").round(1).cast(pl.String))
+    return shown

@@ -137,7 +137,7 @@ class EdgeAttrGATConv(GATConv):
         return dropout(alpha, self.dropout, self.training)
 
     def edge_projection(self) -> Tensor:
-        """``[edge_dim, heads]``: :math:`\mathbf{W}_e^\top \mathbf{a}_e` per head."""
+        r"""``[edge_dim, heads]``: :math:`\mathbf{W}_e^\top \mathbf{a}_e` per head."""
         weight = self.lin_edge.weight.view(self.heads, self.out_channels, -1)
         return (weight * self.att_edge.view(self.heads, self.out_channels, 1)).sum(1).t()
 

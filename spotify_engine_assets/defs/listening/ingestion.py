@@ -71,7 +71,7 @@ def synthetic_world(context: dg.AssetExecutionContext, config: SyntheticWorldCon
     world = generate_world(settings)
     context.log.info(f"generated {world.plays.height} plays for {settings.users} users")
 
-    version = lake.artifacts.write(["raw", "synthetic"], None, lambda folder: write_world(world, folder), tag=context.run_id)
+    version = lake.artifacts.write(["raw", "synthetic"], None, lambda folder: write_world(world, folder), tag=context.run.run_id)
     with warehouse.transaction() as con:
         con.execute('CREATE SCHEMA IF NOT EXISTS "raw"')
         for table in RAW_TABLES:

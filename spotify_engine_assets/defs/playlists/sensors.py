@@ -76,11 +76,11 @@ playlist_configs = dg.DynamicPartitionsDefinition(name="playlists_configs")  # t
 # Two jobs, as a job's assets share one partitioning: one run per landed batch for the data chain, then one per
 # model config. Both run in one process (short sequential chains; DuckDB has a single writer anyway).
 landing_job = dg.define_asset_job(
-    "playlist_landing_job", selection=DATA_SELECTION, partitions_def=landing_batches, executor_def=dg.in_process_executor,
+    "playlist_landing_job", selection=DATA_SELECTION, executor_def=dg.in_process_executor,
     description="Ingest one landed batch and rebuild the playlist SQL models, graph and split.",
 )
 retrain_job = dg.define_asset_job(
-    "playlist_retrain_job", selection=dg.AssetSelection.assets(*MODEL_KEYS), partitions_def=playlist_configs, executor_def=dg.in_process_executor,
+    "playlist_retrain_job", selection=dg.AssetSelection.assets(*MODEL_KEYS), executor_def=dg.in_process_executor,
     description="Retrain and report one playlist model config; refresh the comparison.",
 )
 

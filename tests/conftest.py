@@ -21,6 +21,7 @@ SLOW_MODULES = BROWSER_MODULES | {
     "test_scale_postgres", "test_scale_study", "test_scale_celery", "test_reliability_kill", "test_sensor_live",
     "test_resume", "test_ddp", "test_pipeline", "test_hpo_asset", "test_new_chain", "test_explain_pipeline",
     "test_experiments_pipeline", "test_playlist_pipeline", "test_lastfm_pipeline", "test_hpo",
+    "test_reliability_model", "test_reliability_instance", "test_landing_gates",
 }
 # also: studies with worker processes (test_hpo), measured memory peaks (test_trial_budget), the real Last.fm data
 INTEGRATION_MODULES = SLOW_MODULES | {

@@ -20,6 +20,7 @@ from pathlib import Path
 import dagster as dg
 import yaml
 
+from .core.presentation import group_name
 from .core.storage.paths import configs_dir, data_lake_root
 
 CHAINS = ("listening", "playlists", "lastfm")
@@ -29,7 +30,7 @@ TINY_TRAINING = {"max_epochs": 3, "user_sample": 500}  # the tiny profile of the
 
 def data_stage(chain: str) -> dg.AssetSelection:
     """A chain's ingestion, SQL models, graph and split, and its model registry."""
-    groups = dg.AssetSelection.groups(f"{chain}_ingestion", f"{chain}_sql", f"{chain}_graph")
+    groups = dg.AssetSelection.groups(*(group_name(chain, domain) for domain in ("ingestion", "sql", "graph")))
     return groups | dg.AssetSelection.assets([chain, "model_registry"])
 
 

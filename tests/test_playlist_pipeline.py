@@ -13,7 +13,7 @@ from spotify_engine_assets.core.storage.artifacts import ArtifactStore, load_tor
 from spotify_engine_assets.datasets.playlists import DATASET
 from spotify_engine_assets.runner import run_config
 
-BASE = dg.AssetSelection.groups("playlists_ingestion", "playlists_sql", "playlists_graph") - dg.AssetSelection.assets(
+BASE = dg.AssetSelection.groups("playlists_ingest", "playlists_sql", "playlists_graph") - dg.AssetSelection.assets(
     ["kaggle_raw", "landed_entries"], ["kaggle_raw", "landed_rejects"]
 )
 MODELS = dg.AssetSelection.assets(["playlists", "trained_model"], ["playlists", "metric_report"])
@@ -22,7 +22,7 @@ MODELS = dg.AssetSelection.assets(["playlists", "trained_model"], ["playlists", 
 @pytest.fixture(scope="module")
 def chain(lake_runner):
     lake, run = lake_runner
-    data = run(dg.AssetSelection.groups("listening_ingestion") | BASE, run_config("tiny_data.yaml"))
+    data = run(dg.AssetSelection.groups("listening_ingest") | BASE, run_config("tiny_data.yaml"))
     models = {}
     for name in sorted(DATASET.registry.base):
         # user_sample 500 and max_epochs 2: the old "mini" mode (500 playlists) capped at 2 epochs

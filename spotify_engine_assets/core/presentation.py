@@ -63,3 +63,14 @@ def _short(value: Any) -> str:
         return str(value.get("model") or value.get("name") or "{...}")
     return str(tidy(value))
 
+
+# Asset groups: ``<chain>_<domain label>``. The zoomed-out lineage graph cuts a group's name longer
+# than GROUP_NAME_LIMIT characters in the middle ("playli…_ingestion"), so long domains get short labels.
+GROUP_NAME_LIMIT = 17
+GROUP_LABELS = {"ingestion": "ingest", "training": "train", "evaluation": "eval", "experiments": "compare",
+                "optimization": "hpo", "explanations": "explain"}
+
+
+def group_name(chain: str, domain: str) -> str:
+    """The asset group of a chain's ``domain`` (``listening``, ``ingestion`` -> ``listening_ingest``)."""
+    return f"{chain}_{GROUP_LABELS.get(domain, domain)}"

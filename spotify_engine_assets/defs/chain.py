@@ -55,7 +55,7 @@ from ..core.plots import (
     count_bars, difference_distributions, difference_plot, frame_markdown, history_plot, metric_bars, pareto_front,
     training_curve,
 )
-from ..core.presentation import config_hash, config_summary, rounded, tidy
+from ..core.presentation import config_hash, config_summary, group_name, rounded, tidy
 from ..core.registry import ORIGIN_REGISTRY, ORIGIN_STUDY
 from ..core.serving.diversity import DEFAULT_MAX_PER_ARTIST, DEFAULT_MMR_LAMBDA, RERANKERS, Diversify
 from ..core.serving.recommend import bundle_from, recommendation_frame, serving_payload
@@ -100,7 +100,7 @@ class Chain:
         return dg.AssetKey([self.name, asset])
 
     def group(self, domain: str) -> str:
-        return f"{self.name}_{domain}"
+        return group_name(self.name, domain)
 
     @property
     def partitions(self) -> str:
@@ -116,7 +116,7 @@ class Chain:
         return {name: dg.AssetIn(self.key(name)) for name in names}
 
     def asset(self, name: str, domain: str, checks: dict[str, tuple[bool, str]] | None = None, **asset_args):
-        """``dg.asset`` ``<chain>/<name>`` in group ``<chain>_<domain>`` at the chain's code version (unless
+        """``dg.asset`` ``<chain>/<name>`` in group ``group_name(<chain>, <domain>)`` at the chain's code version (unless
         ``asset_args`` give one), with ``checks`` (check name -> (blocking, description)) on the asset itself."""
         key = self.key(name)
         specs = [dg.AssetCheckSpec(check, asset=key, blocking=blocking, description=description)

@@ -15,7 +15,7 @@ from pydantic import Field
 
 from ...core.data.sqlmodels import quote_table
 from ...core.plots import count_bars, frame_markdown, hour_profile
-from ...core.presentation import rounded
+from ...core.presentation import group_name, rounded
 from ...core.storage.paths import source_version
 from ...datasets.listening import generator as generator_lib
 from ...datasets.listening.generator import GeneratorConfigError, GeneratorSettings, generate_world, write_world
@@ -24,7 +24,7 @@ from ..resources import DUCKDB_POOL, DataLake, Warehouse
 RAW_TABLES = ("genres", "artists", "artist_genres", "songs", "song_genres", "users", "plays")
 RAW_SOURCES = tuple(f"raw.{table}" for table in RAW_TABLES)
 GROUND_TRUTH_KEY = dg.AssetKey(["ground_truth", "user_genre_affinity"])
-GROUP = "listening_ingestion"
+GROUP = group_name("listening", "ingestion")
 GENERATOR_VERSION = source_version(generator_lib)
 
 _DESCRIPTIONS = {

@@ -17,13 +17,13 @@ import dagster as dg
 from pydantic import Field
 
 from ...core.plots import frame_markdown
-from ...core.presentation import rounded
+from ...core.presentation import group_name, rounded
 from ...core.storage.paths import source_version
 from ...datasets.playlists import kaggle as kaggle_lib
 from ...datasets.playlists.kaggle import KaggleFormatError
 from ..resources import DUCKDB_POOL, DataLake, Warehouse, transaction
 
-INGESTION_GROUP, LANDING_GROUP = "playlists_ingestion", "playlists_landing"
+INGESTION_GROUP, LANDING_GROUP = group_name("playlists", "ingestion"), "playlists_landing"
 SOURCE_FILES_KEY = dg.AssetKey(["kaggle", "source_files"])
 BASE_KEYS = {name: dg.AssetKey(["kaggle_raw", name]) for name in ("entries", "rejects", "artist_genres", "track_features")}
 LANDED_KEYS = {name: dg.AssetKey(["kaggle_raw", name]) for name in ("landed_entries", "landed_rejects")}

@@ -8,7 +8,7 @@ import pytest
 
 from spotify_engine_assets.core.data.sqlmodels import load_sql_project
 from spotify_engine_assets.core.models.base import FitResult
-from spotify_engine_assets.core.presentation import INLINE_LIMIT, config_hash, config_summary, rounded, tidy
+from spotify_engine_assets.core.presentation import INLINE_LIMIT, config_hash, config_summary, metric_value, rounded, tidy
 from spotify_engine_assets.datasets.listening import DATASET
 from spotify_engine_assets.defs.chain import config_metadata, efficiency_metadata, trained_model_headline
 from spotify_engine_assets.defs.resources import DataLake, Warehouse
@@ -20,6 +20,8 @@ def test_rounded_keeps_four_significant_digits():
     assert rounded(0.021154698450118303) == 0.02115
     assert rounded(1234.5678) == 1235.0
     assert rounded(3) == 3.0
+    # a metric or share: 4 decimals, as the markdown tables print it
+    assert metric_value(0.09916) == 0.0992 and metric_value(0.0001572) == 0.0002
     assert tidy({"a": [0.32197636409353786, {"b": 2.0000001}], "c": "x", "d": True, "e": None, "n": 7}) == {
         "a": [0.322, {"b": 2.0}], "c": "x", "d": True, "e": None, "n": 7}
 

@@ -4,7 +4,8 @@ What Dagster 1.13's UI does with metadata (``dagster-webserver`` 1.13.27, the as
 table, in the order the entries are given):
 
 * float and int entries show as they are and are charted across materializations under the
-  table's "Plots" toggle: key results go there, rounded to :data:`SIGNIFICANT` digits;
+  table's "Plots" toggle: key results go there, metrics to :data:`METRIC_DECIMALS` decimals, other
+  quantities to :data:`SIGNIFICANT` significant digits;
 * markdown and JSON entries render inline when shorter than :data:`INLINE_LIMIT` characters,
   otherwise behind "[Show Markdown]" / "[Show JSON]";
 * there is no image metadata type: a plot can only be a markdown image (a base64 PNG is far
@@ -19,7 +20,8 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-SIGNIFICANT = 4  # digits kept of every float shown in metadata
+SIGNIFICANT = 4  # significant digits kept of a float shown in metadata (seconds, ms, MiB, ratios)
+METRIC_DECIMALS = 4  # decimals of a metric or share in [0, 1], as the markdown tables show them
 INLINE_LIMIT = 1000  # characters: shorter markdown / JSON is shown inline in the metadata table
 SUMMARY_SKIPPED = ("name", "description", "model")  # shown elsewhere, not part of a config's summary
 # the settings a config summary always shows first (where the config has them)
@@ -29,6 +31,12 @@ HEADLINE = ("split", "trainer", "loss", "embedding_dim", "num_layers", "lr", "ma
 def rounded(value: float, digits: int = SIGNIFICANT) -> float:
     """``value`` to ``digits`` significant digits (0.2154930981618541 -> 0.2155, 1234.56 -> 1235.0)."""
     return float(f"{float(value):.{digits}g}")
+
+
+def metric_value(value: float) -> float:
+    """A metric, score or share (recall, NDCG, AUC, a rate) to :data:`METRIC_DECIMALS` decimals, as the
+    markdown tables print it (0.09916 -> 0.0992)."""
+    return round(float(value), METRIC_DECIMALS)
 
 
 def tidy(value: Any, digits: int = SIGNIFICANT) -> Any:

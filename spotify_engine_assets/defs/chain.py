@@ -55,7 +55,7 @@ from ..core.plots import (
     count_bars, difference_distributions, difference_plot, frame_markdown, history_plot, metric_bars, pareto_front,
     training_curve,
 )
-from ..core.presentation import config_hash, config_summary, group_name, rounded, tidy
+from ..core.presentation import config_hash, config_summary, group_name, metric_value, rounded, tidy
 from ..core.registry import ORIGIN_REGISTRY, ORIGIN_STUDY
 from ..core.serving.diversity import DEFAULT_MAX_PER_ARTIST, DEFAULT_MMR_LAMBDA, RERANKERS, Diversify
 from ..core.serving.recommend import bundle_from, recommendation_frame, serving_payload
@@ -173,7 +173,7 @@ def trained_model_headline(result: FitResult, num_parameters: int) -> dict:
     UI): best validation metric, training seconds, seconds per epoch, epochs, parameters."""
     headline: dict = {}
     if result.best_valid is not None:
-        headline[f"best_valid_{result.monitor}"] = dg.MetadataValue.float(rounded(result.best_valid))
+        headline[f"best_valid_{result.monitor}"] = dg.MetadataValue.float(metric_value(result.best_valid))
     headline["train_seconds"] = dg.MetadataValue.float(rounded(result.seconds))
     if result.history:
         pace = sum(row.get("seconds", 0.0) for row in result.history) / len(result.history)  # resumed epochs too
@@ -461,13 +461,13 @@ def chain_definitions(chain: Chain) -> dg.Definitions:
                               "most_popular": [reference.get(m) for m in shown]})
         gate = report["gate"]
         yield dg.Output(report, metadata={  # the primary metric first, then the gate, then the rest
-            **{m: dg.MetadataValue.float(rounded(metrics[m])) for m in sorted(protocol.table, key=lambda m: m != primary)
+            **{m: dg.MetadataValue.float(metric_value(metrics[m])) for m in sorted(protocol.table, key=lambda m: m != primary)
                if m in metrics},
-            f"most_popular/{primary}": dg.MetadataValue.float(rounded(reference[primary])),
+            f"most_popular/{primary}": dg.MetadataValue.float(metric_value(reference[primary])),
             f"{primary} / most_popular": dg.MetadataValue.float(rounded(metrics[primary] / max(reference[primary], 1e-12))),
             "gate": (f"{'pass' if gate['passed'] else 'FAIL'}: {primary} {metrics[primary]:.4f} vs threshold "
                      f"{threshold:.4f} ({ratio} x {baseline_name})"),
-            **{f"test_auc/{task}": dg.MetadataValue.float(rounded(values["auc"])) for task, values in tasks.items()
+            **{f"test_auc/{task}": dg.MetadataValue.float(metric_value(values["auc"])) for task, values in tasks.items()
                if values["auc"] is not None},
             "users_evaluated": metrics["users_evaluated"],
             **efficiency_metadata(efficiency),
@@ -483,8 +483,8 @@ def chain_definitions(chain: Chain) -> dg.Definitions:
             # most-popular against a random ranking checks the data, not a model: it warns, never blocks
             severity=dg.AssetCheckSeverity.WARN if baseline_name == "random" else dg.AssetCheckSeverity.ERROR,
             description=f"{model_config.name}: {primary} {metrics[primary]:.4f} vs threshold {threshold:.4f} ({ratio} x {baseline_name})",
-            metadata={"config": model_config.name, f"observed_{primary}": rounded(metrics[primary]), "threshold": rounded(threshold),
-                      "baseline": baseline_name, f"baseline_{primary}": rounded(baseline), "required_ratio": ratio},
+            metadata={"config": model_config.name, f"observed_{primary}": metric_value(metrics[primary]), "threshold": metric_value(threshold),
+                      "baseline": baseline_name, f"baseline_{primary}": metric_value(baseline), "required_ratio": ratio},
         )
         metric = thresholds.metric(thresholds.fairness_metric, primary)
         gaps = evaluation.gaps.filter(pl.col("metric") == metric)  # computed by evaluate for the usual metrics
@@ -501,7 +501,7 @@ def chain_definitions(chain: Chain) -> dg.Definitions:
             passed=worst["relative_gap"] <= thresholds.fairness_max_relative_gap,
             severity=dg.AssetCheckSeverity.WARN,
             description=f"{model_config.name}: largest relative {metric} gap {worst['relative_gap']:.3f} ({worst['dimension']})",
-            metadata={"config": model_config.name, "metric": metric, "observed_relative_gap": rounded(worst["relative_gap"]),
+            metadata={"config": model_config.name, "metric": metric, "observed_relative_gap": metric_value(worst["relative_gap"]),
                       "threshold": thresholds.fairness_max_relative_gap, "dimension": str(worst["dimension"]),
                       "best_group": str(worst["best_group"]), "worst_group": str(worst["worst_group"])},
         )
@@ -519,8 +519,8 @@ def chain_definitions(chain: Chain) -> dg.Definitions:
         best = frame.sort(primary, descending=True, nulls_last=True).row(0, named=True)
         return dg.Output(frame, metadata={
             # the numbers first (the plot is an image, behind "[Show Markdown]"); one entry per config is charted
-            "best_config": best["config"], f"best/{primary}": dg.MetadataValue.float(rounded(best[primary])),
-            **{f"{primary}/{row['config']}": dg.MetadataValue.float(rounded(row[primary]))
+            "best_config": best["config"], f"best/{primary}": dg.MetadataValue.float(metric_value(best[primary])),
+            **{f"{primary}/{row['config']}": dg.MetadataValue.float(metric_value(row[primary]))
                for row in frame.iter_rows(named=True) if row[primary] is not None},
             "configs": frame.height, "gates_failed": frame.filter(pl.col("gate") == "FAIL").height,
             "comparison": dg.MetadataValue.md(markdown), primary: dg.MetadataValue.md(plot),
@@ -905,7 +905,7 @@ def hpo_asset(chain: Chain, families: list[str]) -> dg.AssetsDefinition:
                       promoted_config=promoted.name if promoted else None)
         table = pl.DataFrame(trials).sort("value", descending=True, nulls_last=True)
         metadata.update(
-            best_value=rounded(best.value), best_trial=best.number,
+            best_value=metric_value(best.value), best_trial=best.number,
             best_params=dg.MetadataValue.json(tidy(dict(best.params), PROVENANCE_DIGITS)),
             best_config_yaml=dg.MetadataValue.path(str(best_yaml)),
             trials=dg.MetadataValue.md(frame_markdown(table, max_rows=50)),

@@ -15,7 +15,7 @@ from pydantic import Field
 
 from ...core.data.sqlmodels import quote_table
 from ...core.plots import count_bars, frame_markdown, hour_profile
-from ...core.presentation import group_name, rounded
+from ...core.presentation import group_name, metric_value
 from ...core.storage.paths import source_version
 from ...datasets.listening import generator as generator_lib
 from ...datasets.listening.generator import GeneratorConfigError, GeneratorSettings, generate_world, write_world
@@ -90,7 +90,7 @@ def synthetic_world(context: dg.AssetExecutionContext, config: SyntheticWorldCon
             by_hour = dict(frame["played_at"].dt.hour().value_counts().iter_rows())
             counts = [by_hour.get(hour, 0) for hour in range(24)]
             metadata["plays per hour"] = dg.MetadataValue.md(hour_profile(counts, "plays per hour of day"))
-            metadata["skip rate"] = rounded(frame["skipped"].mean())
+            metadata["skip rate"] = metric_value(frame["skipped"].mean())
             settings_meta = {k: str(v) for k, v in dataclasses.asdict(settings).items()}
             metadata["generator settings"] = dg.MetadataValue.json(settings_meta)
             metadata["raw row counts"] = dg.MetadataValue.md(

@@ -17,7 +17,7 @@ import dagster as dg
 from pydantic import Field
 
 from ...core.plots import frame_markdown
-from ...core.presentation import group_name, rounded
+from ...core.presentation import group_name, metric_value
 from ...core.storage.paths import source_version
 from ...datasets.playlists import kaggle as kaggle_lib
 from ...datasets.playlists.kaggle import KaggleFormatError
@@ -107,7 +107,7 @@ def _ingest_results(stats: kaggle_lib.IngestStats, sample: str, entries: dg.Asse
         "accepted_rows": stats.accepted,
         "rejected_rows": stats.rejected,
         "unaccounted_lines": stats.unaccounted,
-        "reject_rate": rounded(stats.reject_rate),
+        "reject_rate": metric_value(stats.reject_rate),
         "reject_reasons": dg.MetadataValue.json(stats.reasons),
         **entries_metadata,
     })
@@ -127,7 +127,7 @@ def _reject_checks(stats: kaggle_lib.IngestStats, max_rate: float, asset_key: dg
     return [
         dg.AssetCheckResult(
             asset_key=asset_key, check_name="reject_rate_within_threshold", passed=stats.reject_rate <= max_rate,
-            metadata={"reject_rate": rounded(stats.reject_rate), "threshold": max_rate, "rejected_rows": stats.rejected, "data_lines": stats.data_lines},
+            metadata={"reject_rate": metric_value(stats.reject_rate), "threshold": max_rate, "rejected_rows": stats.rejected, "data_lines": stats.data_lines},
         ),
         dg.AssetCheckResult(
             asset_key=asset_key, check_name="every_line_accounted", passed=stats.unaccounted == 0,

@@ -324,6 +324,28 @@ def test_trained_model_metadata_shows_its_training_curve(ui):
     ui.shot("training_curve")
 
 
+def test_trained_model_page_leads_with_numbers_charted_by_the_ui(ui):
+    """The metadata table starts with the numbers (no 38-line config JSON on the first screen), and
+    the table's Plots toggle charts them."""
+    page = ui.page
+    page.goto(f"{ui.url}/assets/listening/trained_model?partition=lightgcn")
+    first_key = page.locator("tbody tr td").first
+    expect(first_key).to_have_text("best_valid_recall@10")
+    config_row = page.locator("tr").filter(has=page.get_by_text("config", exact=True))
+    expect(config_row).to_contain_text("embedding_dim")
+    expect(config_row).not_to_contain_text("{")
+    page.get_by_role("button", name="Plots").click()
+    for key in ("best_valid_recall@10", "train_seconds", "seconds_per_epoch"):
+        expect(page.get_by_text(key, exact=True).first).to_be_visible()
+    ui.shot("trained_model_plots")
+
+
+def test_sql_model_columns_show_their_descriptions(ui):
+    page = ui.page
+    page.goto(f"{ui.url}/assets/marts/songs")
+    expect(page.get_by_role("cell", name="Song id (a song node of the graph).", exact=True)).to_be_visible()
+
+
 def test_sql_model_metadata_shows_its_data_quality_plot(ui):
     _, image = _open_plot(ui, "staging/stg_plays", "data_quality")
     assert image.get_attribute("alt") == "staging.stg_plays: NULL and distinct share per column"

@@ -9,6 +9,7 @@ import duckdb
 import polars as pl
 import pytest
 
+from spotify_engine_assets.core.presentation import rounded
 from spotify_engine_assets.core.storage.artifacts import ArtifactStore, load_torch
 from spotify_engine_assets.datasets.playlists import DATASET
 from spotify_engine_assets.runner import run_config
@@ -88,6 +89,9 @@ def test_reject_rate_gate_blocks_downstream_and_keeps_sql_tables(chain, tmp_path
         evaluations = [e for e in result.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"]
         gate = next(e.event_specific_data for e in evaluations if e.event_specific_data.check_name == "reject_rate_within_threshold")
         assert not gate.passed and gate.metadata["reject_rate"].value == pytest.approx(5 / 25)
+        entries = next(e.event_specific_data.materialization.metadata for e in result.all_events
+                       if e.event_type_value == "ASSET_MATERIALIZATION" and e.asset_key == dg.AssetKey(["kaggle_raw", "entries"]))
+        assert entries["source_mb"].value == rounded(real.stat().st_size / 2**20) > 0  # MiB, not a byte count
         assert _count(lake, "playlists.playlist_entries") == before  # downstream never ran
         assert _count(lake, "kaggle_raw.rejects") == 5
     finally:

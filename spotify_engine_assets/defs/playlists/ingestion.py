@@ -17,7 +17,7 @@ import dagster as dg
 from pydantic import Field
 
 from ...core.plots import frame_markdown
-from ...core.presentation import group_name, metric_value
+from ...core.presentation import group_name, metric_value, rounded
 from ...core.storage.paths import source_version
 from ...datasets.playlists import kaggle as kaggle_lib
 from ...datasets.playlists.kaggle import KaggleFormatError
@@ -87,7 +87,7 @@ def kaggle_source_files(context: dg.AssetExecutionContext, lake: DataLake, wareh
     return dg.MaterializeResult(metadata={
         "origin": origin,
         **{name: dg.MetadataValue.path(str(path)) if path else "absent" for name, path in sources.items()},
-        "bytes": sum(path.stat().st_size for path in sources.values() if path),
+        "size_mb": rounded(sum(path.stat().st_size for path in sources.values() if path) / 2**20),
     })
 
 
@@ -102,7 +102,7 @@ def _ingest_results(stats: kaggle_lib.IngestStats, sample: str, entries: dg.Asse
     yield dg.MaterializeResult(asset_key=entries, metadata={
         "dagster/row_count": stats.accepted,
         "source_file": dg.MetadataValue.path(stats.source_file),
-        "bytes": stats.bytes,
+        "source_mb": rounded(stats.bytes / 2**20),
         "data_lines": stats.data_lines,
         "accepted_rows": stats.accepted,
         "rejected_rows": stats.rejected,

@@ -73,7 +73,7 @@ smoke: $(STAMP)
 	rm -rf $(SMOKE_LAKE) && mkdir -p $(SMOKE_LAKE)/dagster_home
 	cp spotify_engine_assets/configs/dagster.yaml $(SMOKE_LAKE)/dagster_home/
 	export SPOTIFY_ENGINE_DATA_LAKE=$(SMOKE_LAKE) DAGSTER_HOME=$(SMOKE_LAKE)/dagster_home && \
-	$(DAGSTER) --select 'group:listening_ingestion or group:listening_sql or group:listening_graph' \
+	$(DAGSTER) --select 'group:listening_ingest or group:listening_sql or group:listening_graph' \
 		-c $(RUN_CONFIGS)/in_process.yaml -c $(RUN_CONFIGS)/tiny_data.yaml && \
 	$(DAGSTER) --select listening/model_registry -c $(RUN_CONFIGS)/in_process.yaml && \
 	for config in $$($(BIN)/python -c "from spotify_engine_assets.datasets.listening import DATASET; print(*sorted(DATASET.registry.full()))"); do \

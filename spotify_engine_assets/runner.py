@@ -20,6 +20,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from .core.presentation import group_name
 from .core.storage.paths import configs_dir, data_lake_root
 from .core.strict_yaml import load_yaml
 
@@ -33,7 +34,7 @@ PREVIOUS_DAGSTER_YAML = {"05a42c7dcc1638543f42b14a346aae1dc2a762a258cc1f2b923562
 
 def data_stage(chain: str) -> dg.AssetSelection:
     """A chain's ingestion, SQL models, graph and split, and its model registry."""
-    groups = dg.AssetSelection.groups(f"{chain}_ingestion", f"{chain}_sql", f"{chain}_graph")
+    groups = dg.AssetSelection.groups(*(group_name(chain, domain) for domain in ("ingestion", "sql", "graph")))
     return groups | dg.AssetSelection.assets([chain, "model_registry"])
 
 

@@ -2,6 +2,7 @@
 
 import dagster as dg
 
+from spotify_engine_assets.core.presentation import GROUP_NAME_LIMIT, group_name
 from spotify_engine_assets.definitions import defs
 
 EXPECTED_ASSET_KEYS = [
@@ -119,6 +120,17 @@ def test_every_asset_has_group_description_and_kinds():
         assert node.kinds, key
 
 
+def test_group_names_fit_the_lineage_graph():
+    """Group boxes of the zoomed-out lineage graph show names up to GROUP_NAME_LIMIT characters whole;
+    every group is <chain>_<domain label>."""
+    groups = {_graph().get(key).group_name for key in _graph().get_all_asset_keys()}
+    assert all(len(group) <= GROUP_NAME_LIMIT for group in groups), sorted(groups)
+    assert {"listening_ingest", "listening_train", "listening_eval", "playlists_compare", "lastfm_hpo",
+            "listening_explain", "playlists_landing"} <= groups
+    assert all(group.split("_", 1)[0] in ("listening", "playlists", "lastfm") for group in groups)
+    assert group_name("lastfm", "experiments") == "lastfm_compare" and group_name("lastfm", "sql") == "lastfm_sql"
+
+
 def test_sql_dependencies_come_from_parsed_sql():
     """Parents = tables the SQL reads + tables its relationship tests look up (built first)."""
     graph = _graph()
@@ -142,7 +154,7 @@ def test_training_assets_are_partitioned_by_config_registry():
         partitions = graph.get(dg.AssetKey(["listening", name])).partitions_def
         assert isinstance(partitions, dg.DynamicPartitionsDefinition) and partitions.name == "listening_configs"
         assert partitions.get_partition_keys(dynamic_partitions_store=instance) == names
-    assert graph.get(dg.AssetKey(["listening", "model_registry"])).group_name == "listening_training"
+    assert graph.get(dg.AssetKey(["listening", "model_registry"])).group_name == "listening_train"
 
 
 def test_gates_are_blocking_checks():

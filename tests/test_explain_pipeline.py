@@ -12,12 +12,14 @@ import duckdb
 import pytest
 
 from spotify_engine_assets import cli
+from spotify_engine_assets.core.presentation import group_name
 from spotify_engine_assets.core.storage.artifacts import ArtifactStore, load_torch
 from spotify_engine_assets.core.storage.paths import DATA_LAKE_ENV
 from spotify_engine_assets.runner import run_config
 
 MODELS = ("gat_enhanced", "most_popular")
-SPINE_GROUPS = {f"listening_{domain}" for domain in ("ingestion", "sql", "graph", "training", "evaluation", "experiments", "explanations", "serving")}
+SPINE_GROUPS = {group_name("listening", domain)
+                for domain in ("ingestion", "sql", "graph", "training", "evaluation", "experiments", "explanations", "serving")}
 
 
 def spine_definitions() -> dg.Definitions:

@@ -12,7 +12,7 @@ from spotify_engine_assets.datasets.playlists import kaggle as kaggle_lib
 from spotify_engine_assets.datasets.playlists.kaggle import KAGGLE_HEADER
 from spotify_engine_assets.runner import run_config
 
-BASE = dg.AssetSelection.groups("playlists_ingestion", "playlists_sql") - dg.AssetSelection.assets(
+BASE = dg.AssetSelection.groups("playlists_ingest", "playlists_sql") - dg.AssetSelection.assets(
     ["kaggle_raw", "landed_entries"], ["kaggle_raw", "landed_rejects"]
 )
 LANDED = dg.AssetSelection.assets(["kaggle_raw", "landed_entries"], ["kaggle_raw", "landed_rejects"])
@@ -22,7 +22,7 @@ SQL = dg.AssetSelection.groups("playlists_sql")
 @pytest.fixture(scope="module")
 def data(lake_runner):
     lake, run = lake_runner
-    result = run(dg.AssetSelection.groups("listening_ingestion") | BASE, run_config("tiny_data.yaml"))
+    result = run(dg.AssetSelection.groups("listening_ingest") | BASE, run_config("tiny_data.yaml"))
     assert result.success
     (lake / "landing").mkdir(exist_ok=True)
     yield lake, run

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.skipif(
     reason=f"Last.fm 2K data absent ({lastfm.data_dir()}, {lastfm.split_dir()}): ../shared/data is not on this machine",
 )
 
-DATA = dg.AssetSelection.groups("lastfm_ingestion", "lastfm_sql") | dg.AssetSelection.assets(["lastfm", "graph"], ["lastfm", "split"])
+DATA = dg.AssetSelection.groups("lastfm_ingest", "lastfm_sql") | dg.AssetSelection.assets(["lastfm", "graph"], ["lastfm", "split"])
 MODELS = dg.AssetSelection.assets(["lastfm", "trained_model"], ["lastfm", "metric_report"])
 
 

@@ -1,11 +1,15 @@
 """Layer 3: the whole chain materialized in-process on tiny data, and failures that keep
 earlier materializations intact."""
 
+import json
+import re
+
 import dagster as dg
 import duckdb
 import polars as pl
 import pytest
 
+from spotify_engine_assets.core.presentation import INLINE_LIMIT
 from spotify_engine_assets.core.storage.artifacts import ArtifactStore, load_torch
 from spotify_engine_assets.datasets.listening import DATASET
 from spotify_engine_assets.runner import MODEL_STAGE, materialize_chain, run_config
@@ -147,3 +151,58 @@ def test_graph_from_world_matches_the_materialized_graph(tiny_chain):
     # listens edges are sorted by (user, song) in both, so their attributes line up row by row
     assert torch.equal(shortcut[LISTENS].edge_index, materialized[LISTENS].edge_index)
     assert torch.allclose(shortcut[LISTENS].edge_attr, materialized[LISTENS].edge_attr, atol=1e-5)
+
+
+DECIMAL = re.compile(r"\d+\.\d+")
+MAX_DIGITS = 8  # significant digits: 4 for numbers shown, 8 for the floats of a config in provenance
+
+
+def too_precise(text: str) -> list[str]:
+    """The decimal numbers in ``text`` printed with more than MAX_DIGITS significant digits
+    (a float's repr has 16-17)."""
+    return [number for number in DECIMAL.findall(text)
+            if len(number.replace(".", "").lstrip("0").rstrip("0")) > MAX_DIGITS]
+
+
+def test_metadata_reads_well_in_the_ui(tiny_chain):
+    """Every materialization and check result of the chain: floats rounded (numbers, JSON and
+    markdown tables alike); a trained model leads with its numbers, shows its config in one line
+    (the whole config only inside the collapsed provenance), a report leads with its primary
+    metric and gives its cost as numbers."""
+    _, instance, _ = tiny_chain
+    long_floats = []
+    for run in instance.get_runs():
+        for entry in instance.all_logs(run.run_id):
+            event = entry.dagster_event
+            if event is None or event.event_type not in (dg.DagsterEventType.ASSET_MATERIALIZATION,
+                                                         dg.DagsterEventType.ASSET_CHECK_EVALUATION):
+                continue
+            data = event.event_specific_data
+            metadata = data.materialization.metadata if hasattr(data, "materialization") else data.metadata
+            for label, value in metadata.items():
+                text = value.value if isinstance(value, dg.MarkdownMetadataValue) and "base64," not in value.value else None
+                if isinstance(value, dg.JsonMetadataValue):
+                    text = json.dumps(value.value)
+                if isinstance(value, dg.FloatMetadataValue) and value.value is not None:
+                    text = repr(value.value)
+                if text and too_precise(text):
+                    long_floats.append((event.asset_key.to_user_string(), label, too_precise(text)[:3]))
+    assert not long_floats
+    assert too_precise("0.32197636409353786 and 0.0001572, 1.05") == ["0.32197636409353786"]
+
+    trained = instance.fetch_materializations(dg.AssetKey(["listening", "trained_model"]), limit=20).records
+    lightgcn = next(r.asset_materialization.metadata for r in trained if r.asset_materialization.partition == "lightgcn")
+    assert list(lightgcn)[:6] == ["best_valid_recall@10", "train_seconds", "seconds_per_epoch", "epochs_run", "best_epoch",
+                                  "num_parameters"]
+    assert isinstance(lightgcn["best_valid_recall@10"], dg.FloatMetadataValue)
+    assert isinstance(lightgcn["config"], dg.TextMetadataValue) and "embedding_dim" in lightgcn["config"].value
+    assert len(json.dumps(lightgcn["provenance"].value)) > INLINE_LIMIT  # collapsed behind "[Show JSON]"
+    assert lightgcn["provenance"].value["config"]["name"] == "lightgcn"
+
+    report = instance.fetch_materializations(dg.AssetKey(["listening", "metric_report"]), limit=1).records[0]
+    metadata = report.asset_materialization.metadata
+    assert next(iter(metadata)) == DATASET.protocol.primary
+    assert metadata["gate"].value.startswith(("pass: ", "FAIL: "))
+    assert "efficiency" not in metadata
+    for key in ("train_seconds", "latency_p50_ms", "throughput_users_per_s", "memory_estimate_mb"):
+        assert isinstance(metadata[f"efficiency/{key}"], dg.FloatMetadataValue), key

@@ -9,11 +9,12 @@ import duckdb
 import polars as pl
 import pytest
 
+from spotify_engine_assets.core.presentation import rounded
 from spotify_engine_assets.core.storage.artifacts import ArtifactStore, load_torch
 from spotify_engine_assets.datasets.playlists import DATASET
 from spotify_engine_assets.runner import run_config
 
-BASE = dg.AssetSelection.groups("playlists_ingestion", "playlists_sql", "playlists_graph") - dg.AssetSelection.assets(
+BASE = dg.AssetSelection.groups("playlists_ingest", "playlists_sql", "playlists_graph") - dg.AssetSelection.assets(
     ["kaggle_raw", "landed_entries"], ["kaggle_raw", "landed_rejects"]
 )
 MODELS = dg.AssetSelection.assets(["playlists", "trained_model"], ["playlists", "metric_report"])
@@ -22,7 +23,7 @@ MODELS = dg.AssetSelection.assets(["playlists", "trained_model"], ["playlists", 
 @pytest.fixture(scope="module")
 def chain(lake_runner):
     lake, run = lake_runner
-    data = run(dg.AssetSelection.groups("listening_ingestion") | BASE, run_config("tiny_data.yaml"))
+    data = run(dg.AssetSelection.groups("listening_ingest") | BASE, run_config("tiny_data.yaml"))
     models = {}
     for name in sorted(DATASET.registry.base):
         # user_sample 500 and max_epochs 2: the old "mini" mode (500 playlists) capped at 2 epochs
@@ -89,6 +90,9 @@ def test_reject_rate_gate_blocks_downstream_and_keeps_sql_tables(chain, tmp_path
         evaluations = [e for e in result.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"]
         gate = next(e.event_specific_data for e in evaluations if e.event_specific_data.check_name == "reject_rate_within_threshold")
         assert not gate.passed and gate.metadata["reject_rate"].value == pytest.approx(5 / 25)
+        entries = next(e.event_specific_data.materialization.metadata for e in result.all_events
+                       if e.event_type_value == "ASSET_MATERIALIZATION" and e.asset_key == dg.AssetKey(["kaggle_raw", "entries"]))
+        assert entries["source_mb"].value == rounded(real.stat().st_size / 2**20) > 0  # MiB, not a byte count
         assert _count(lake, "playlists.playlist_entries") == before  # downstream never ran
         # the gate is checked before the swap: the 5 rejects are in its metadata, the tables are the previous ones
         assert gate.metadata["rejected_rows"].value == 5 and "wrong field count" in gate.metadata["first_rejects"].value

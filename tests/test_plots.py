@@ -56,7 +56,8 @@ def test_column_profile_counts_nulls_and_distinct_values():
     finally:
         con.close()
     metadata = quality_metadata("staging.t", 3, (nulls, distinct))
-    assert metadata["null_cells"] == 2
+    assert metadata["null_cells"] == 2 and metadata["columns"] == 2
+    assert '| odd "name" | 2 | 66.7 | 1 |' in metadata["profile"].value  # NULLs, NULL %, distinct
     alt, _ = _image(metadata["data_quality"].value)
     assert alt == "staging.t: NULL and distinct share per column"
     assert quality_metadata("staging.t", 3, None) == {}

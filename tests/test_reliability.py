@@ -208,7 +208,7 @@ from spotify_engine_assets.definitions import defs
 from spotify_engine_assets.runner import run_config
 config = run_config("tiny_data.yaml")
 config["ops"]["synthetic_world"]["config"]["seed"] = int(sys.argv[1])
-result = dg.materialize([*defs.assets, *defs.asset_checks], selection=dg.AssetSelection.groups("listening_ingestion"),
+result = dg.materialize([*defs.assets, *defs.asset_checks], selection=dg.AssetSelection.groups("listening_ingest"),
                         run_config=config, instance=dg.DagsterInstance.get(), resources=defs.resources,
                         raise_on_error=False)
 sys.exit(0 if result.success else 1)

@@ -48,7 +48,7 @@ STUDY_CONFIG = {"ops": {"listening__hpo_study": {"config": {"n_trials": 1, "max_
 
 # stage -> (selection, base run-config files, partition, artifact key or None)
 STAGES = {
-    "generation": (dg.AssetSelection.groups("listening_ingestion"), ("tiny_data.yaml",), None, ("raw", "synthetic")),
+    "generation": (dg.AssetSelection.groups("listening_ingest"), ("tiny_data.yaml",), None, ("raw", "synthetic")),
     "sql": (dg.AssetSelection.groups("listening_sql"), (), None, None),
     "graph": (dg.AssetSelection.groups("listening_graph"), (), None, ("listening", "graph")),
     "training": (dg.AssetSelection.assets(["listening", "trained_model"]), (), PARTITION, ("listening", "trained_model")),

@@ -179,7 +179,7 @@ def test_landed_file_retrains_models_end_to_end(tmp_path, data_lake):
     assets = [*defs.assets, *defs.asset_checks]
     small = {"ops": {"playlists__graph": {"config": {"min_playlist_size": 5, "min_track_playlists": 1}}}, **run_config()}
     base = (
-        dg.AssetSelection.groups("playlists_ingestion", "playlists_sql", "playlists_graph")
+        dg.AssetSelection.groups("playlists_ingest", "playlists_sql", "playlists_graph")
         - dg.AssetSelection.assets(["kaggle_raw", "landed_entries"], ["kaggle_raw", "landed_rejects"])
     )
     assert dg.materialize(assets, selection=base, run_config=small, instance=instance, resources=defs.resources).success

@@ -86,7 +86,7 @@ def _materialize_chain(tmp_path: Path, lake: Path) -> None:
     from spotify_engine_assets.runner import run_config
 
     defs = playlist_location.defs
-    base = dg.AssetSelection.groups("playlists_ingestion", "playlists_sql", "playlists_graph") - dg.AssetSelection.assets(
+    base = dg.AssetSelection.groups("playlists_ingest", "playlists_sql", "playlists_graph") - dg.AssetSelection.assets(
         ["kaggle_raw", "landed_entries"], ["kaggle_raw", "landed_rejects"]
     )
     with dg.DagsterInstance.get() as instance:

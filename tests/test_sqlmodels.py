@@ -171,6 +171,12 @@ def test_real_project_end_to_end(raw_con: duckdb.DuckDBPyConnection) -> None:
         for test in model.tests:
             count, sample = run_data_test(raw_con, test)
             assert count == 0 and sample.height == 0, (test.model, test.name, sample)
+    # every marts column is described in schema.yml, and every description names a built column
+    for table, model in models.items():
+        columns = [name for name, _ in summaries[table]["columns"]]
+        assert {column for column, _ in model.descriptions} <= set(columns), table
+        if model.schema == "marts":
+            assert [column for column, _ in model.descriptions] == columns, table
 
     raw_con.execute(
         "INSERT INTO raw.plays VALUES"
@@ -388,13 +394,26 @@ models:
         ("models:\n  m:\n    a: not_null\n", "list of tests"),
         ("models:\n  m: {a: [unique]}\n  M: {a: [not_null]}\n", "staging.m is declared twice"),
         ("models: [m]\n", "'models' must map"),
-        ("version: 2\nmodels: {}\n", "single key 'models'"),
+        ("version: 2\nmodels: {}\n", "the keys 'models' and (optional) 'descriptions'"),
+        ("descriptions:\n  nope: {a: text}\n", "descriptions.nope: no such model"),
+        ("descriptions:\n  m: {a: ''}\n", "descriptions.m: expected column names with non-empty texts"),
+        ("descriptions:\n  m: [a]\n", "descriptions.m: expected column names with non-empty texts"),
+        ("descriptions: [m]\n", "'descriptions' must map model names"),
         ("models:\n  m: [oops\n", "invalid YAML"),
     ],
 )
 def test_bad_schema_yml_entries(tmp_path: Path, yml: str, fragment: str) -> None:
     files = {"staging/m.sql": "SELECT 1 AS a", "staging/schema.yml": yml}
     raises_naming(files, tmp_path, "staging/schema.yml", fragment)
+
+
+def test_schema_yml_descriptions_are_parsed(tmp_path: Path) -> None:
+    write_project(tmp_path, {
+        "staging/m.sql": "SELECT 1 AS a, 2 AS b",
+        "staging/schema.yml": "models:\n  m:\n    a: [not_null]\ndescriptions:\n  M:\n    a: ' The first. '\n    b: Second.\n",
+    })
+    model = load_sql_project(tmp_path, RAW_SOURCES).models["staging.m"]
+    assert model.descriptions == (("a", "The first."), ("b", "Second.")) and len(model.tests) == 1
 
 
 def test_schema_yml_only_sees_its_own_folder(tmp_path: Path) -> None:

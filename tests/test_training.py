@@ -3,6 +3,7 @@ best weights (a deep copy), and determinism."""
 
 from __future__ import annotations
 
+import re
 import pytest
 import torch
 from torch_geometric.data import HeteroData
@@ -17,7 +18,7 @@ from spotify_engine_assets.core.models.lightgcn import LightGCN
 from spotify_engine_assets.core.training.inputs import interaction_weights
 from spotify_engine_assets.core.training.losses import attention_entropy, bpr_step_loss, orthogonality_penalty
 from spotify_engine_assets.core.training.sampling import sample_negatives
-from spotify_engine_assets.core.training.trainer import CHECKPOINT_FILE, train
+from spotify_engine_assets.core.training.trainer import CHECKPOINT_FILE, epoch_progress, format_duration, train
 from spotify_engine_assets.datasets.listening.graph import BY, HAS, LISTENS, SCHEMA, add_reverse_edges
 
 torch.set_num_threads(1)
@@ -173,6 +174,20 @@ def test_history_has_one_entry_per_epoch_without_early_stop():
     assert result.history[0]["lr"] == pytest.approx(cfg.lr)
     assert sum(m.startswith("epoch ") for m in messages) == 5
     assert result.seconds > 0
+    # each line: epoch k/total, the loss, the validation metric, the pace and the time left
+    line = re.compile(r"^epoch (\d)/5: loss \d+\.\d{4} valid recall@10 \d\.\d{4}.* \| (\d+\.\d\d) s/epoch, ETA (\d+) s$")
+    matches = [line.match(m) for m in messages if m.startswith("epoch ")]
+    assert all(matches), messages
+    assert [int(m.group(1)) for m in matches] == [1, 2, 3, 4, 5]
+    assert matches[-1].group(3) == "0"  # nothing left after the last epoch
+
+
+def test_epoch_progress_pace_and_eta():
+    rows = [{"seconds": 0.5}, {"seconds": 0.54}]
+    assert epoch_progress(rows, 49) == "0.52 s/epoch, ETA 25 s"
+    assert epoch_progress(rows, 0) == "0.52 s/epoch, ETA 0 s"
+    assert format_duration(200) == "3 min 20 s"
+    assert format_duration(3900) == "1 h 05 min"
 
 
 def test_max_epochs_argument_overrides_config():

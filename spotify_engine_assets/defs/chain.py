@@ -49,11 +49,13 @@ from ..core.evaluation.stats import BETTER, NO_DIFFERENCE, WORSE, compare_models
 from ..core.experiments import hpo as hpo_lib
 from ..core.experiments import records
 from ..core.experiments import trial_budget
+from ..core.models.base import FitResult
 from ..core.models.baselines import MostPopular
 from ..core.plots import (
     count_bars, difference_distributions, difference_plot, frame_markdown, history_plot, metric_bars, pareto_front,
     training_curve,
 )
+from ..core.presentation import config_hash, config_summary, group_name, metric_value, rounded, tidy
 from ..core.registry import ORIGIN_REGISTRY, ORIGIN_STUDY
 from ..core.serving.diversity import DEFAULT_MAX_PER_ARTIST, DEFAULT_MMR_LAMBDA, RERANKERS, Diversify
 from ..core.serving.recommend import bundle_from, recommendation_frame, serving_payload
@@ -100,7 +102,7 @@ class Chain:
         return dg.AssetKey([self.name, asset])
 
     def group(self, domain: str) -> str:
-        return f"{self.name}_{domain}"
+        return group_name(self.name, domain)
 
     @property
     def partitions(self) -> str:
@@ -116,7 +118,7 @@ class Chain:
         return {name: dg.AssetIn(self.key(name)) for name in names}
 
     def asset(self, name: str, domain: str, checks: dict[str, tuple[bool, str]] | None = None, **asset_args):
-        """``dg.asset`` ``<chain>/<name>`` in group ``<chain>_<domain>`` at the chain's code version (unless
+        """``dg.asset`` ``<chain>/<name>`` in group ``group_name(<chain>, <domain>)`` at the chain's code version (unless
         ``asset_args`` give one), with ``checks`` (check name -> (blocking, description)) on the asset itself."""
         key = self.key(name)
         specs = [dg.AssetCheckSpec(check, asset=key, blocking=blocking, description=description)
@@ -165,6 +167,43 @@ def promotion_metadata(chain: Chain, lake_root: Path, name: str) -> dict:
         "source_asset": dg.MetadataValue.asset(chain.key("hpo_study")), "source_partition": source.family,
         "promoted_config": dg.MetadataValue.path(str(entry.path)),
     }
+
+
+PROVENANCE_DIGITS = 8  # floats of a config in provenance metadata: readable, still the tuned values
+
+
+def trained_model_headline(result: FitResult, num_parameters: int) -> dict:
+    """The numbers a trained model's page leads with (numeric metadata, charted across runs by the
+    UI): best validation metric, training seconds, seconds per epoch, epochs, parameters."""
+    headline: dict = {}
+    if result.best_valid is not None:
+        headline[f"best_valid_{result.monitor}"] = dg.MetadataValue.float(metric_value(result.best_valid))
+    headline["train_seconds"] = dg.MetadataValue.float(rounded(result.seconds))
+    if result.history:
+        pace = sum(row.get("seconds", 0.0) for row in result.history) / len(result.history)  # resumed epochs too
+        headline["seconds_per_epoch"] = dg.MetadataValue.float(rounded(pace))
+        headline["epochs_run"] = dg.MetadataValue.int(int(result.epochs_run))
+        headline["best_epoch"] = dg.MetadataValue.int(int(result.best_epoch))
+    headline["num_parameters"] = dg.MetadataValue.int(int(num_parameters))
+    return headline
+
+
+def config_metadata(config: ModelConfig) -> dict:
+    """A config in three short entries instead of its ~40-line JSON: its split, a one-line summary
+    (headline settings and those off their defaults) and a hash of the whole config."""
+    dump = config.model_dump()
+    defaults = {key: field.get_default(call_default_factory=True) for key, field in type(config).model_fields.items()
+                if not field.is_required()}
+    return {"split": config.split, "config": config_summary(dump, defaults), "config_hash": config_hash(dump)}
+
+
+def efficiency_metadata(efficiency: dict) -> dict:
+    """A report's cost as numeric entries (seconds, milliseconds, MiB; charted across runs by the UI)."""
+    shown = {"train_seconds": efficiency["train_seconds"], "forward_ms": efficiency["forward_seconds"] * 1000,
+             "latency_p50_ms": efficiency["latency_p50_ms"], "latency_p95_ms": efficiency["latency_p95_ms"],
+             "throughput_users_per_s": efficiency["throughput_users_per_s"],
+             "memory_estimate_mb": efficiency["memory_estimate_mb"], "memory_peak_mb": efficiency["memory_peak_mb"]}
+    return {f"efficiency/{key}": dg.MetadataValue.float(rounded(value)) for key, value in shown.items() if value is not None}
 
 
 def checkpoint_dir_for(lake: DataLake, chain: Chain, config: ModelConfig, data_fingerprint: str, max_epochs: int | None) -> Path:
@@ -297,29 +336,28 @@ def chain_definitions(chain: Chain) -> dg.Definitions:
             "epochs_run": result.epochs_run, "train_seconds": result.seconds, "num_parameters": model.parameter_count(),
             "fusion": {str(weight): value for weight, value in result.fusion.items()}, "serving": serving,
         }
-        metadata: dict = {
-            "model": model_config.model, "split": model_config.split, "train_seconds": round(result.seconds, 2),
-            "num_parameters": model.parameter_count(), "data_fingerprint": fingerprint["combined"],
-            "git_commit": str(provenance["git"]["commit"])[:12], "genre_prior_n0": serving["genre_prior"],
-            "genre_prior_source": serving["genre_prior_source"],
-            "config": dg.MetadataValue.json(model_config.model_dump()), "provenance": dg.MetadataValue.json(provenance),
-            **promotion_metadata(chain, lake.path, model_config.name),
-        }
+        # the UI lists entries in this order: the headline numbers, the config in one line, then the rest
+        metadata: dict = trained_model_headline(result, model.parameter_count())
+        metadata.update(model=model_config.model, **config_metadata(model_config))
         if model_config.trainable:
             metadata.update(
-                epochs_run=result.epochs_run, best_epoch=result.best_epoch, trainer=model_config.trainer,
-                world_size=model_config.world_size,
-                resumed_from_epoch=result.resumed_from_epoch, torch_threads=torch.get_num_threads(),
                 training_curve=dg.MetadataValue.md(training_curve(result.history, model_config.name, result.monitor)),
+                trainer=model_config.trainer, world_size=model_config.world_size,
+                resumed_from_epoch=result.resumed_from_epoch, torch_threads=torch.get_num_threads(),
             )
-            if result.best_valid is not None:
-                metadata[f"best_valid_{result.monitor}"] = round(result.best_valid, 4)
             if result.fusion:
                 metadata["fusion_model"] = model_config.fusion.model
-                metadata["fusion_weight"] = float(model.fusion_weight)
-                metadata["fusion_valid"] = dg.MetadataValue.json(artifact["fusion"])
+                metadata["fusion_weight"] = rounded(model.fusion_weight)
+                metadata["fusion_valid"] = dg.MetadataValue.json(tidy(artifact["fusion"]))
         if pipes is not None:
             metadata.update(pipes.metadata)
+        metadata.update({
+            "genre_prior_n0": serving["genre_prior"], "genre_prior_source": serving["genre_prior_source"],
+            "data_fingerprint": fingerprint["combined"], "git_commit": str(provenance["git"]["commit"])[:12],
+            **promotion_metadata(chain, lake.path, model_config.name),
+            # collapsed in the UI (over its inline limit): the whole config is in it
+            "provenance": dg.MetadataValue.json(tidy(provenance, PROVENANCE_DIGITS)),
+        })
         if checkpoints is not None:
             shutil.rmtree(checkpoints, ignore_errors=True)  # finished: the next materialization trains afresh
         non_finite = first_non_finite({"state": artifact["state"], "best_valid": result.best_valid})
@@ -433,16 +471,22 @@ def chain_definitions(chain: Chain) -> dg.Definitions:
         shown = [m for m in (*protocol.table, *BEYOND_ACCURACY) if m in metrics]
         table = pl.DataFrame({"metric": shown, model_config.name: [metrics[m] for m in shown],
                               "most_popular": [reference.get(m) for m in shown]})
-        yield dg.Output(report, metadata={
-            **{m: round(float(metrics[m]), 4) for m in protocol.table if m in metrics},
-            f"most_popular/{primary}": round(float(reference[primary]), 4),
-            **{f"test_auc/{task}": values["auc"] for task, values in tasks.items() if values["auc"] is not None},
+        gate = report["gate"]
+        yield dg.Output(report, metadata={  # the primary metric first, then the gate, then the rest
+            **{m: dg.MetadataValue.float(metric_value(metrics[m])) for m in sorted(protocol.table, key=lambda m: m != primary)
+               if m in metrics},
+            f"most_popular/{primary}": dg.MetadataValue.float(metric_value(reference[primary])),
+            f"{primary} / most_popular": dg.MetadataValue.float(rounded(metrics[primary] / max(reference[primary], 1e-12))),
+            "gate": (f"{'pass' if gate['passed'] else 'FAIL'}: {primary} {metrics[primary]:.4f} vs threshold "
+                     f"{threshold:.4f} ({ratio} x {baseline_name})"),
+            **{f"test_auc/{task}": dg.MetadataValue.float(metric_value(values["auc"])) for task, values in tasks.items()
+               if values["auc"] is not None},
             "users_evaluated": metrics["users_evaluated"],
+            **efficiency_metadata(efficiency),
             "report": dg.MetadataValue.md(frame_markdown(table, max_rows=50)),
             "fairness": dg.MetadataValue.md(frame_markdown(evaluation.fairness, max_rows=50)),
             "fairness_gaps": dg.MetadataValue.md(frame_markdown(evaluation.gaps, max_rows=50)),
-            "efficiency": dg.MetadataValue.md(frame_markdown(pl.DataFrame([efficiency]))),
-            "latency_p50_ms": round(latency["p50_ms"], 3), "per_user_metrics": dg.MetadataValue.path(str(parquet)),
+            "per_user_metrics": dg.MetadataValue.path(str(parquet)),
             "experiment_key": report["experiment_key"], "data_fingerprint": provenance["data"]["combined"],
         })
         yield dg.AssetCheckResult(
@@ -451,8 +495,8 @@ def chain_definitions(chain: Chain) -> dg.Definitions:
             # most-popular against a random ranking checks the data, not a model: it warns, never blocks
             severity=dg.AssetCheckSeverity.WARN if baseline_name == "random" else dg.AssetCheckSeverity.ERROR,
             description=f"{model_config.name}: {primary} {metrics[primary]:.4f} vs threshold {threshold:.4f} ({ratio} x {baseline_name})",
-            metadata={"config": model_config.name, f"observed_{primary}": float(metrics[primary]), "threshold": threshold,
-                      "baseline": baseline_name, f"baseline_{primary}": float(baseline), "required_ratio": ratio},
+            metadata={"config": model_config.name, f"observed_{primary}": metric_value(metrics[primary]), "threshold": metric_value(threshold),
+                      "baseline": baseline_name, f"baseline_{primary}": metric_value(baseline), "required_ratio": ratio},
         )
         metric = thresholds.metric(thresholds.fairness_metric, primary)
         gaps = evaluation.gaps.filter(pl.col("metric") == metric)  # computed by evaluate for the usual metrics
@@ -469,7 +513,7 @@ def chain_definitions(chain: Chain) -> dg.Definitions:
             passed=worst["relative_gap"] <= thresholds.fairness_max_relative_gap,
             severity=dg.AssetCheckSeverity.WARN,
             description=f"{model_config.name}: largest relative {metric} gap {worst['relative_gap']:.3f} ({worst['dimension']})",
-            metadata={"config": model_config.name, "metric": metric, "observed_relative_gap": float(worst["relative_gap"]),
+            metadata={"config": model_config.name, "metric": metric, "observed_relative_gap": metric_value(worst["relative_gap"]),
                       "threshold": thresholds.fairness_max_relative_gap, "dimension": str(worst["dimension"]),
                       "best_group": str(worst["best_group"]), "worst_group": str(worst["worst_group"])},
         )
@@ -483,8 +527,16 @@ def chain_definitions(chain: Chain) -> dg.Definitions:
         markdown = publish(lake, name, "model_comparison", frame, shown=comparison_summary(frame, dataset.protocol))
         plot = metric_bars({row["config"]: row for row in frame.iter_rows(named=True)}, dataset.protocol.primary,
                            f"{name}: test {dataset.protocol.primary} per config")
-        return dg.Output(frame, metadata={"configs": frame.height, "comparison": dg.MetadataValue.md(markdown),
-                                          dataset.protocol.primary: dg.MetadataValue.md(plot)})
+        primary = dataset.protocol.primary
+        best = frame.sort(primary, descending=True, nulls_last=True).row(0, named=True)
+        return dg.Output(frame, metadata={
+            # the numbers first (the plot is an image, behind "[Show Markdown]"); one entry per config is charted
+            "best_config": best["config"], f"best/{primary}": dg.MetadataValue.float(metric_value(best[primary])),
+            **{f"{primary}/{row['config']}": dg.MetadataValue.float(metric_value(row[primary]))
+               for row in frame.iter_rows(named=True) if row[primary] is not None},
+            "configs": frame.height, "gates_failed": frame.filter(pl.col("gate") == "FAIL").height,
+            "comparison": dg.MetadataValue.md(markdown), primary: dg.MetadataValue.md(plot),
+        })
 
     # ------------------------------------------------------------------------- experiments
     @chain.asset("experiments", "experiments", ins=chain.ins("metric_report"), kinds={"polars"})
@@ -865,7 +917,8 @@ def hpo_asset(chain: Chain, families: list[str]) -> dg.AssetsDefinition:
                       promoted_config=promoted.name if promoted else None)
         table = pl.DataFrame(trials).sort("value", descending=True, nulls_last=True)
         metadata.update(
-            best_value=float(best.value), best_trial=best.number, best_params=dg.MetadataValue.json(dict(best.params)),
+            best_value=metric_value(best.value), best_trial=best.number,
+            best_params=dg.MetadataValue.json(tidy(dict(best.params), PROVENANCE_DIGITS)),
             best_config_yaml=dg.MetadataValue.path(str(best_yaml)),
             trials=dg.MetadataValue.md(frame_markdown(table, max_rows=50)),
             optimization_history=dg.MetadataValue.md(history_plot(

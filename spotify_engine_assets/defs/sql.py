@@ -9,8 +9,11 @@ run fails naming the test; ``warn`` tests are reported as non-blocking check res
 
 
 import dagster as dg
+import polars as pl
 
-from ..core.data.sqlmodels import DataTest, SqlModel, SqlModelError, SqlProject, load_sql_project, materialize_model, run_data_test
+from ..core.data.sqlmodels import (
+    DataTest, SqlModel, SqlModelError, SqlProject, load_sql_project, materialize_model, quote_table, run_data_test,
+)
 from ..core.plots import data_quality, frame_markdown
 from ..core.storage.paths import sql_models_dir
 from ..datasets.lastfm.data import LASTFM_SOURCES
@@ -34,15 +37,17 @@ def table_key(table: str) -> dg.AssetKey:
     return dg.AssetKey(table.split("."))
 
 
-def column_schema(columns: list[tuple[str, str]]) -> dg.TableSchema:
-    """A Dagster table schema from (name, type) pairs.
+def column_schema(columns: list[tuple[str, str]], descriptions: dict[str, str] | None = None) -> dg.TableSchema:
+    """A Dagster table schema from (name, type) pairs, with the columns' ``descriptions`` (schema.yml).
 
     Built in its own frame on purpose: Dagster's record classes resolve annotations against the
     *calling* frame and keep that namespace alive, so constructing the schema where a DuckDB
     connection is a local would keep the connection alive until interpreter exit (nanobind then
     prints a page of "leaked instance" warnings).
     """
-    return dg.TableSchema(columns=[dg.TableColumn(name, str(dtype)) for name, dtype in columns])
+    descriptions = descriptions or {}
+    return dg.TableSchema(columns=[dg.TableColumn(name, str(dtype), description=descriptions.get(name))
+                                   for name, dtype in columns])
 
 
 def column_profile(con, table: str, columns: list[tuple[str, str]]) -> tuple[dict[str, int], dict[str, int]] | None:
@@ -66,10 +71,30 @@ def quality_metadata(table: str, row_count: int, profile: tuple[dict[str, int], 
     if profile is None:
         return {}
     nulls, distinct = profile
+    rows = max(row_count, 1)
+    profile_table = pl.DataFrame({"column": list(nulls), "NULLs": list(nulls.values()),
+                                  "NULL %": [round(100 * n / rows, 1) for n in nulls.values()],
+                                  "distinct (approx.)": [distinct.get(c, 0) for c in nulls]})
     return {
-        "null_cells": sum(nulls.values()),
+        "null_cells": sum(nulls.values()), "columns": len(nulls),
+        # the numbers of the plot, inline in the UI while short (the plot is an image behind "[Show Markdown]")
+        "profile": dg.MetadataValue.md(frame_markdown(profile_table, max_rows=100, float_digits=1)),
         "data_quality": dg.MetadataValue.md(data_quality(row_count, nulls, distinct, f"{table}: NULL and distinct share per column")),
     }
+
+
+def check_descriptions(con, model: SqlModel) -> None:
+    """Before the rebuilt table is committed: every column ``schema.yml`` describes must exist (a
+    stale description fails the run naming it; the previous table is kept)."""
+    if not model.descriptions:
+        return
+    columns = [row[0] for row in con.sql(f"DESCRIBE {quote_table(model.table)}").fetchall()]
+    unknown = [column for column, _ in model.descriptions if column not in columns]
+    if unknown:
+        raise dg.Failure(
+            f"{model.schema}/schema.yml: descriptions.{model.name}: no column {', '.join(unknown)} in {model.table} "
+            f"(its columns: {', '.join(columns)}); the previous {model.table} is kept"
+        )
 
 
 def build_sql_asset(model: SqlModel, group_name: str = "sql") -> dg.AssetsDefinition:
@@ -93,6 +118,7 @@ def build_sql_asset(model: SqlModel, group_name: str = "sql") -> dg.AssetsDefini
         outcomes: dict[str, tuple[DataTest, int, object]] = {}
 
         def run_tests(con) -> None:
+            check_descriptions(con, model)
             for test in model.tests:
                 try:
                     failing, sample = run_data_test(con, test)
@@ -123,7 +149,8 @@ def build_sql_asset(model: SqlModel, group_name: str = "sql") -> dg.AssetsDefini
             )
             for name, (test, failing, sample) in outcomes.items()
         ]
-        metadata = {"dagster/row_count": info["row_count"], "dagster/column_schema": column_schema(info["columns"]),
+        schema = column_schema(info["columns"], dict(model.descriptions))
+        metadata = {"dagster/row_count": info["row_count"], "dagster/column_schema": schema,
                     "table": model.table, **quality_metadata(model.table, info["row_count"], profile)}
         return dg.MaterializeResult(metadata=metadata, check_results=check_results)
 

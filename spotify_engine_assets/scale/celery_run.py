@@ -24,6 +24,7 @@ from pathlib import Path
 
 import yaml
 
+from ..core.presentation import group_name
 from . import profile as prof
 from .demo import PIDS_FILE, _bin, _count, _end_group, _spawn, start_instance
 from .demo import stop_services as _stop_profile
@@ -31,7 +32,7 @@ from .postgres import free_port
 
 CHAIN = "listening"
 MODULE = "spotify_engine_assets.scale.celery_defs"
-DATA_SELECTION = (f"group:{CHAIN}_ingestion or group:{CHAIN}_sql or group:{CHAIN}_graph "
+DATA_SELECTION = (f"group:{group_name(CHAIN, 'ingestion')} or group:{CHAIN}_sql or group:{CHAIN}_graph "
                   f"or key:{CHAIN}/model_registry")
 MODEL_SELECTION = f"{CHAIN}/trained_model,{CHAIN}/metric_report"
 WORKERS = ("worker1", "worker2")

@@ -41,6 +41,12 @@ numbers), ``accepted_values`` (``values``: a non-empty list), ``relationship`` (
 model or source, ``field``: its column). NULLs fail only ``not_null``. An ``error`` test is
 a blocking gate, a ``warn`` test is reported only.
 
+Column descriptions (the same ``schema.yml``, optional, as dbt's ``description:``)::
+
+    descriptions:
+      stg_plays:                     # a model of this folder
+        play_id: One play of a song.  # column: text, shown in the Dagster UI's column schema
+
 Every problem found while loading raises :class:`SqlModelError`, whose message starts
 with the offending file(s), relative to the project root.
 """
@@ -66,6 +72,7 @@ from ..strict_yaml import load_yaml
 
 DIALECT = "duckdb"
 SCHEMA_FILE = "schema.yml"
+DESCRIPTIONS_KEY = "descriptions"  # schema.yml: {model: {column: description}}
 SEVERITIES = ("error", "warn")
 TEST_KINDS = ("not_null", "unique", "accepted_range", "accepted_values", "relationship")
 
@@ -235,6 +242,7 @@ class SqlModel(_SchemaFile):
     sql: str
     depends_on: tuple[str, ...]
     tests: tuple[DataTest, ...]
+    descriptions: tuple[tuple[str, str], ...] = ()  # (column, description) from schema.yml ``descriptions``
 
     @property
     def code_version(self) -> str:
@@ -334,11 +342,13 @@ def load_sql_project(root: Path, sources: Iterable[str]) -> SqlProject:
     texts = {table: _read_text(file.path, file.relative) for table, file in catalog.files.items()}
     dependencies = {table: _dependencies(catalog, catalog.files[table], text) for table, text in texts.items()}
     tests = _load_tests(root, catalog)
+    descriptions = _load_descriptions(root, catalog)
     models = {}
     for table in _topological_order(catalog, dependencies):
         file = catalog.files[table]
         models[table] = SqlModel(
-            file.schema, file.name, file.path, texts[table], dependencies[table], tuple(tests.get(table, ()))
+            file.schema, file.name, file.path, texts[table], dependencies[table], tuple(tests.get(table, ())),
+            tuple(descriptions.get(table, {}).items()),
         )
     return SqlProject(root=root, models=models, sources=source_names)
 
@@ -491,8 +501,8 @@ def _load_schema_file(path: Path, relative: str, catalog: _Catalog) -> dict[str,
         document = load_yaml(_read_text(path, relative), relative) or {}
     except yaml.YAMLError as err:
         raise _error(relative, f"invalid YAML: {err}") from err
-    if not isinstance(document, dict) or set(document) - {"models"}:
-        raise _error(relative, "expected a mapping with the single key 'models'")
+    if not isinstance(document, dict) or set(document) - {"models", DESCRIPTIONS_KEY}:
+        raise _error(relative, f"expected a mapping with the keys 'models' and (optional) '{DESCRIPTIONS_KEY}'")
     declared = document.get("models") or {}
     if not isinstance(declared, dict):
         raise _error(relative, "'models' must map model names to columns")
@@ -507,6 +517,31 @@ def _load_schema_file(path: Path, relative: str, catalog: _Catalog) -> dict[str,
             raise _error(relative, f"models.{model_name}: {table} is declared twice")
         tests[table] = _model_tests(table, columns, f"models.{model_name}", relative, catalog)
     return tests
+
+
+def _load_descriptions(root: Path, catalog: _Catalog) -> dict[str, dict[str, str]]:
+    """Column descriptions of every folder's ``schema.yml`` (``descriptions: {model: {column: text}}``),
+    keyed by model table; shown as the columns' descriptions in the Dagster UI."""
+    found: dict[str, dict[str, str]] = {}
+    for folder in _schema_folders(root):
+        path = folder / SCHEMA_FILE
+        if not path.is_file():
+            continue
+        relative = path.relative_to(root).as_posix()
+        declared = (yaml.safe_load(_read_text(path, relative)) or {}).get(DESCRIPTIONS_KEY) or {}
+        if not isinstance(declared, dict):
+            raise _error(relative, f"'{DESCRIPTIONS_KEY}' must map model names to {{column: description}}")
+        folder_models = {f.name.lower(): f.table for f in catalog.files.values() if f.path.parent == folder}
+        for model_name, columns in declared.items():
+            table = folder_models.get(str(model_name).lower())
+            if table is None:
+                known = ", ".join(sorted(folder_models)) or "(none)"
+                raise _error(relative, f"{DESCRIPTIONS_KEY}.{model_name}: no such model in this folder; known: {known}")
+            if not isinstance(columns, dict) or not all(isinstance(c, str) and isinstance(d, str) and d.strip()
+                                                        for c, d in columns.items()):
+                raise _error(relative, f"{DESCRIPTIONS_KEY}.{model_name}: expected column names with non-empty texts")
+            found[table] = {column: text.strip() for column, text in columns.items()}
+    return found
 
 
 def _model_tests(table: str, columns: Any, location: str, relative: str, catalog: _Catalog) -> list[DataTest]:

@@ -273,7 +273,8 @@ class BaseTrainer:
             row["user_seconds"], row["sys_seconds"] = cpu.ru_utime - cpu_start.ru_utime, cpu.ru_stime - cpu_start.ru_stime
             result.history.append(row)
             shown = "".join(f" {key.replace('_', ' ')} {value:.4f}" for key, value in row.items() if key.startswith("valid_"))
-            self.log(f"epoch {epoch}: loss {loss:.4f}{shown}")
+            self.log(f"epoch {epoch}/{self.epochs}: loss {loss:.4f}{shown} | "
+                     f"{epoch_progress(result.history[first_epoch - 1:], self.epochs - epoch)}")
             if self.on_epoch is not None:
                 self.on_epoch(row)
             finished = self._after_epoch(epoch, row, epoch == self.epochs)
@@ -388,6 +389,24 @@ class AdvancedTrainer(BaseTrainer):
 
     def _end(self) -> None:
         self.model.load_state_dict(self.result.best_state)
+
+
+def epoch_progress(rows: list[dict], remaining: int) -> str:
+    """``"0.52 s/epoch, ETA 25 s"``: the mean wall seconds (validation included) of the epochs
+    ``rows`` run in this process and the time the ``remaining`` epochs would take at that pace
+    (an upper bound when early stopping may end the run sooner)."""
+    pace = sum(row["seconds"] for row in rows) / max(len(rows), 1)
+    return f"{pace:.2f} s/epoch, ETA {format_duration(pace * remaining)}"
+
+
+def format_duration(seconds: float) -> str:
+    """``"25 s"``, ``"3 min 20 s"``, ``"1 h 05 min"``."""
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
 
 
 def validation_users(valid_pairs: Tensor | None, config: TrainableConfig, users: Tensor | None = None) -> Tensor | None:

@@ -1,5 +1,5 @@
 """The Last.fm chain's ingestion: the five ``.dat`` files and the fixed split's two ``.tsv`` files
-loaded into the warehouse schema ``raw_lastfm`` in one transaction (group ``lastfm_ingestion``).
+loaded into the warehouse schema ``raw_lastfm`` in one transaction (group ``lastfm_ingest``).
 Folders are run config (defaults: ``../shared/data/...`` relative to the repository root); the
 ``lastfm`` SQL marts (``dbt_like_sql/lastfm``) read them."""
 
@@ -10,6 +10,7 @@ import dagster as dg
 from pydantic import Field
 
 from ...core.plots import frame_markdown
+from ...core.presentation import group_name
 from ...core.storage.paths import source_version
 from ...datasets.lastfm import data as lastfm_lib
 from ..resources import DUCKDB_POOL, Warehouse
@@ -24,7 +25,7 @@ class LastfmSourceConfig(dg.Config):
 
 @dg.multi_asset(
     specs=[
-        dg.AssetSpec([RAW_SCHEMA, t], group_name="lastfm_ingestion", kinds={"duckdb"},
+        dg.AssetSpec([RAW_SCHEMA, t], group_name=group_name("lastfm", "ingestion"), kinds={"duckdb"},
                      description=f"Last.fm 2K `{t}` as loaded from its file (DuckDB table `{RAW_SCHEMA}.{t}`).")
         for t in RAW_TABLES
     ],

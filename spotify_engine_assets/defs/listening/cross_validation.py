@@ -9,6 +9,7 @@ from pydantic import Field
 from ...core.config import ConfigError
 from ...core.data.graph import from_payload
 from ...core.plots import frame_markdown
+from ...core.presentation import metric_value
 from ...core.storage.artifacts import atomic_write_bytes
 from ...datasets.listening import DATASET
 from ...datasets.listening.cross_validation import (
@@ -84,8 +85,8 @@ def time_series_cv(context: dg.AssetExecutionContext, config: TimeSeriesCVConfig
         "report": dg.MetadataValue.path(str(reports / f"{REPORT_NAME}.md")),
     }
     for row in result.summary.filter(pl.col("metric") == "ndcg@10").iter_rows(named=True):
-        metadata[f"{row['config']}/ndcg@10_mean"] = float(row["mean"])
-        metadata[f"{row['config']}/ndcg@10_std"] = float(row["std"])
+        metadata[f"{row['config']}/ndcg@10_mean"] = metric_value(row["mean"])
+        metadata[f"{row['config']}/ndcg@10_std"] = metric_value(row["std"])
     yield dg.Output(result.summary, metadata=metadata)
     leaks = fold_leaks(data, result.folds)
     yield dg.AssetCheckResult(

@@ -11,6 +11,7 @@ from ...core.config import ConfigError
 from ...core.data.graph import from_payload
 from ...core.models.baselines import MostPopular
 from ...core.plots import frame_markdown
+from ...core.presentation import metric_value, rounded
 from ...core.serving.cold_start import describe_weight, evaluate_cold_start
 from ...core.serving.explain import explain_many, faithfulness, render_explanation
 from ...core.serving.recommend import bundle_from, rank_songs, ranking_rows, render_ranking
@@ -111,15 +112,15 @@ def explanations(context: dg.AssetExecutionContext, config: ExplanationsConfig, 
                 "explanations": dg.MetadataValue.md(markdown),
                 **{f"{name}/genre_prior_n0": float(result["genre_prior"]) for name, result in output.items()}}
     for name, f in faithful.items():
-        metadata[f"{name}/faithfulness_mean_drop_top"] = f["mean_drop_top"]
-        metadata[f"{name}/faithfulness_mean_drop_random"] = f["mean_drop_random"]
+        metadata[f"{name}/faithfulness_mean_drop_top"] = rounded(f["mean_drop_top"])
+        metadata[f"{name}/faithfulness_mean_drop_random"] = rounded(f["mean_drop_random"])
     yield dg.Output(output, metadata=metadata)
     passed = bool(faithful) and all(f["mean_drop_top"] > f["mean_drop_random"] for f in faithful.values())
     yield dg.AssetCheckResult(
         check_name="explanations_faithful", passed=passed, severity=dg.AssetCheckSeverity.WARN,
         metadata={
-            **{f"{name}/observed_mean_drop_top": f["mean_drop_top"] for name, f in faithful.items()},
-            **{f"{name}/threshold_mean_drop_random": f["mean_drop_random"] for name, f in faithful.items()},
+            **{f"{name}/observed_mean_drop_top": rounded(f["mean_drop_top"]) for name, f in faithful.items()},
+            **{f"{name}/threshold_mean_drop_random": rounded(f["mean_drop_random"]) for name, f in faithful.items()},
             "configs_tested": ", ".join(faithful) or "none (no attributable model)",
         },
     )
@@ -178,9 +179,9 @@ def cold_start_report(context: dg.AssetExecutionContext, config: ColdStartConfig
             "target_interactions": result["targets"],
             "adaptive_weight": f"w = n0/(n0+n), n0 = {result['n0']:g}"
             + (" (chosen on validation)" if config.n0 is None else "") + f": {describe_weight(result['n0'])}",
-            "n0_validation_ndcg@10": dg.MetadataValue.json({str(k): v for k, v in result["n0_validation_ndcg@10"].items()}),
-            "most_popular/ndcg@10": popular["ndcg@10"],
-            "genres_only/ndcg@10": genres["ndcg@10"],
+            "n0_validation_ndcg@10": dg.MetadataValue.json({str(k): metric_value(v) for k, v in result["n0_validation_ndcg@10"].items()}),
+            "most_popular/ndcg@10": metric_value(popular["ndcg@10"]),
+            "genres_only/ndcg@10": metric_value(genres["ndcg@10"]),
             "report": dg.MetadataValue.md(markdown),
         },
     )

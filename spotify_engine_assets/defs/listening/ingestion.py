@@ -15,6 +15,7 @@ from pydantic import Field
 
 from ...core.data.sqlmodels import quote_table
 from ...core.plots import count_bars, frame_markdown, hour_profile
+from ...core.presentation import group_name, metric_value
 from ...core.storage.paths import source_version
 from ...datasets.listening import generator as generator_lib
 from ...datasets.listening.generator import GeneratorConfigError, GeneratorSettings, generate_world, write_world
@@ -23,6 +24,7 @@ from ..resources import DUCKDB_POOL, DataLake, Warehouse
 RAW_TABLES = ("genres", "artists", "artist_genres", "songs", "song_genres", "users", "plays")
 RAW_SOURCES = tuple(f"raw.{table}" for table in RAW_TABLES)
 GROUND_TRUTH_KEY = dg.AssetKey(["ground_truth", "user_genre_affinity"])
+GROUP = group_name("listening", "ingestion")
 GENERATOR_VERSION = source_version(generator_lib)
 
 _DESCRIPTIONS = {
@@ -52,10 +54,10 @@ class SyntheticWorldConfig(dg.Config):
 
 @dg.multi_asset(
     specs=[
-        *(dg.AssetSpec(["raw", table], description=_DESCRIPTIONS[table], group_name="listening_ingestion",
+        *(dg.AssetSpec(["raw", table], description=_DESCRIPTIONS[table], group_name=GROUP,
                        kinds={"duckdb", "parquet"}) for table in RAW_TABLES),
         dg.AssetSpec(
-            GROUND_TRUTH_KEY, group_name="listening_ingestion", kinds={"parquet"},
+            GROUND_TRUTH_KEY, group_name=GROUP, kinds={"parquet"},
             description="Latent user genre affinities of the generator. Diagnostics only: never a model input.",
         ),
     ],
@@ -88,7 +90,7 @@ def synthetic_world(context: dg.AssetExecutionContext, config: SyntheticWorldCon
             by_hour = dict(frame["played_at"].dt.hour().value_counts().iter_rows())
             counts = [by_hour.get(hour, 0) for hour in range(24)]
             metadata["plays per hour"] = dg.MetadataValue.md(hour_profile(counts, "plays per hour of day"))
-            metadata["skip rate"] = float(frame["skipped"].mean())
+            metadata["skip rate"] = metric_value(frame["skipped"].mean())
             settings_meta = {k: str(v) for k, v in dataclasses.asdict(settings).items()}
             metadata["generator settings"] = dg.MetadataValue.json(settings_meta)
             metadata["raw row counts"] = dg.MetadataValue.md(

@@ -17,12 +17,13 @@ import dagster as dg
 from pydantic import Field
 
 from ...core.plots import frame_markdown
+from ...core.presentation import group_name, metric_value, rounded
 from ...core.storage.paths import safe_name, source_version
 from ...datasets.playlists import kaggle as kaggle_lib
 from ...datasets.playlists.kaggle import KaggleFormatError
 from ..resources import DUCKDB_POOL, DataLake, Warehouse, transaction
 
-INGESTION_GROUP, LANDING_GROUP = "playlists_ingestion", "playlists_landing"
+INGESTION_GROUP, LANDING_GROUP = group_name("playlists", "ingestion"), "playlists_landing"
 SOURCE_FILES_KEY = dg.AssetKey(["kaggle", "source_files"])
 BASE_KEYS = {name: dg.AssetKey(["kaggle_raw", name]) for name in ("entries", "rejects", "artist_genres", "track_features")}
 LANDED_KEYS = {name: dg.AssetKey(["kaggle_raw", name]) for name in ("landed_entries", "landed_rejects")}
@@ -116,7 +117,7 @@ def kaggle_source_files(context: dg.AssetExecutionContext, lake: DataLake, wareh
     return dg.MaterializeResult(metadata={
         "origin": origin,
         **{name: dg.MetadataValue.path(str(path)) if path else "absent" for name, path in sources.items()},
-        "bytes": sum(path.stat().st_size for path in sources.values() if path),
+        "size_mb": rounded(sum(path.stat().st_size for path in sources.values() if path) / 2**20),
     })
 
 
@@ -131,12 +132,12 @@ def _ingest_results(stats: kaggle_lib.IngestStats, sample: str, entries: dg.Asse
     yield dg.MaterializeResult(asset_key=entries, metadata={
         "dagster/row_count": stats.accepted,
         "source_file": dg.MetadataValue.path(stats.source_file),
-        "bytes": stats.bytes,
+        "source_mb": rounded(stats.bytes / 2**20),
         "data_lines": stats.data_lines,
         "accepted_rows": stats.accepted,
         "rejected_rows": stats.rejected,
         "unaccounted_lines": stats.unaccounted,
-        "reject_rate": stats.reject_rate,
+        "reject_rate": metric_value(stats.reject_rate),
         "reject_reasons": dg.MetadataValue.json(stats.reasons),
         **entries_metadata,
     })
@@ -158,7 +159,7 @@ def _reject_checks(stats: kaggle_lib.IngestStats, max_rate: float, asset_key: dg
     return [
         dg.AssetCheckResult(
             asset_key=asset_key, check_name="reject_rate_within_threshold", passed=stats.reject_rate <= max_rate,
-            metadata={"reject_rate": stats.reject_rate, "threshold": max_rate, "rejected_rows": stats.rejected,
+            metadata={"reject_rate": metric_value(stats.reject_rate), "threshold": max_rate, "rejected_rows": stats.rejected,
                       "data_lines": stats.data_lines, **rejects},
         ),
         dg.AssetCheckResult(

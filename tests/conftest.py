@@ -34,6 +34,7 @@ def lake_runner(tmp_path_factory):
             resources=defs.resources, partition_key=partition, raise_on_error=False,
         )
 
+    run.instance = instance  # for tests that query it (declarative automation, check results)
     yield lake, run
     if previous is None:
         os.environ.pop(DATA_LAKE_ENV, None)

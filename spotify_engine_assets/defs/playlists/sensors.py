@@ -32,7 +32,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ...core.storage.paths import DATA_LAKE_ENV, data_lake_root
 from ...datasets.playlists import DATASET
-from ...datasets.playlists.kaggle import KAGGLE_COLUMNS, SESSION_COLUMNS, KaggleFormatError, check_header, session_columns
+from ...datasets.playlists.kaggle import (
+    KAGGLE_COLUMNS,
+    SESSION_COLUMNS,
+    KaggleFormatError,
+    check_header,
+    session_columns,
+)
 from ..resources import DataLake
 from .ingestion import LANDED_KEYS, file_sha256, landing_batches
 

@@ -60,7 +60,9 @@ def test_every_asset_has_an_owner_and_descriptions_name_the_data_lake():
     for key in graph.get_all_asset_keys():
         node = graph.get(key)
         assert set(OWNERS) <= set(node.owners), key
-        assert "<data lake>" not in (node.description or ""), key
+        assert "<data lake>" not in (node.description or "") and "<chain>" not in (node.description or ""), key
+    trained = graph.get(dg.AssetKey(["lastfm", "trained_model"])).description
+    assert "lastfm_train_and_evaluate" in trained and "lastfm_evaluate_trained_models" in trained
     description = sensors.landing_sensor.description
     for words in ("SPOTIFY_ENGINE_DATA_LAKE", "`<file>.done`", "user_id, song_id, played_at", "playlistname",
                   RETRAIN_ENV["configs"], RETRAIN_ENV["max_epochs"], RETRAIN_ENV["user_sample"]):

@@ -25,6 +25,7 @@ import functools
 import hashlib
 import io
 import importlib
+import inspect
 import json
 import shutil
 import time
@@ -121,7 +122,13 @@ class Chain:
         specs = [check_spec(check, key, blocking, description, asset_args.get("partitions_def"))
                  for check, (blocking, description) in (checks or {}).items()]
         asset_args.setdefault("code_version", self.code_version)
-        return dg.asset(key=key, group_name=self.group(domain), check_specs=specs or None, **asset_args)
+
+        def decorate(fn):  # the docstring is the UI's description: ``<chain>`` in it becomes this chain's name
+            description = asset_args.pop("description", None) or inspect.cleandoc(fn.__doc__ or "").replace("<chain>", self.name)
+            return dg.asset(key=key, group_name=self.group(domain), check_specs=specs or None,
+                            description=description or None, **asset_args)(fn)
+
+        return decorate
 
 
 def check_spec(name: str, asset: dg.AssetKey, blocking: bool, description: str,
@@ -265,7 +272,9 @@ def chain_definitions(chain: Chain) -> dg.Definitions:
         """The partition's config fitted on its split's training part: closed-form models solve,
         graph models train with the one trainer (advanced: early stopping on the chain's validation
         metric with ReduceLROnPlateau, resumable checkpoints when a killed run is re-materialized;
-        simple: fixed epochs). Best and final weights, config, history and provenance."""
+        simple: fixed epochs). Best and final weights, config, history and provenance. To train and
+        evaluate a config in one run: job ``<chain>_train_and_evaluate`` (pick the config as its
+        partition); a model trained alone is evaluated by the sensor ``<chain>_evaluate_trained_models``."""
         try:
             model_config = dataset.registry.get(context.partition_key, dataset.registry.full(lake.path))
         except ConfigError as error:

@@ -393,6 +393,13 @@ def test_a_failing_gate_is_listed_with_its_config(ui):
     expect(page.get_by_text(f"Passed ({len(MODEL_CONFIGS)})", exact=True)).to_be_visible()
     expect(page.get_by_text(re.compile(r"^Missing \([1-9][0-9]*\)$"))).to_be_visible()
     ui.shot("failing_gate_partitions")
+    # a chain whose reports never ran: its gates say so, none of them passed
+    page.goto(f"{ui.url}/assets/lastfm/metric_report?view=checks")
+    not_evaluated = page.get_by_text(re.compile(r"^not evaluated$", re.IGNORECASE))
+    expect(not_evaluated.first).to_be_visible()
+    assert not_evaluated.count() >= 2  # both checks in the list (and the selected one's latest execution)
+    expect(page.get_by_text(re.compile(r"^(succeeded|passed|failed)$", re.IGNORECASE))).to_have_count(0)
+    ui.shot("never_run_checks")
 
 
 def _latest_materialization(ui: UI, key: list[str], partition: str) -> dict | None:

@@ -524,19 +524,18 @@ def chain_definitions(chain: Chain) -> dg.Definitions:
               champion_asset(chain), recommendations_asset(chain, configs)]
     if families:
         assets.append(hpo_asset(chain, families))
-    return dg.Definitions(assets=assets, asset_checks=[split_check(chain)], jobs=[train_and_evaluate_job(chain, configs)],
+    return dg.Definitions(assets=assets, asset_checks=[split_check(chain)], jobs=[train_and_evaluate_job(chain)],
                           sensors=[evaluation_sensor(chain)])
 
 
-def train_and_evaluate_job(chain: Chain, configs: dg.DynamicPartitionsDefinition):
+def train_and_evaluate_job(chain: Chain):
     """``<chain>_train_and_evaluate``: the UI's one-click path for a config - pick the partition (the
     config) and launch; one in-process run trains it, evaluates it (with its gates) and writes its
     recommendations, as ``spotify-engine materialize`` does per config."""
     from ..runner import model_stage
 
     return dg.define_asset_job(
-        f"{chain.name}_train_and_evaluate", selection=model_stage(chain.name), partitions_def=configs,
-        executor_def=dg.in_process_executor,
+        f"{chain.name}_train_and_evaluate", selection=model_stage(chain.name), executor_def=dg.in_process_executor,
         description=f"Train, evaluate and serve one {chain.name} model config (a partition of {chain.partitions}): "
         f"{chain.name}/trained_model, {chain.name}/metric_report with its checks (quality_gate, fairness_gap), "
         f"{chain.name}/recommendations, in one run.",

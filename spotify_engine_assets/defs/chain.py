@@ -15,7 +15,9 @@ checks for every chain:
 * ``<chain>/model_comparison`` - every report in one table (``reports/<chain>/model_comparison``);
 * ``<chain>/experiments``, ``<chain>/ab_tests``, ``<chain>/champion`` (check ``champion_gate``);
 * ``<chain>/hpo_study`` (partition = family of ``configs/<chain>/search_spaces.yaml``);
-* the blocking check ``leakage_free`` on ``<chain>/split`` (the dataset's split violations).
+* the blocking check ``leakage_free`` on ``<chain>/split`` (the dataset's split violations);
+* the job ``<chain>_train_and_evaluate`` (one config: trained model, report, recommendations) and the
+  automation sensor ``<chain>_evaluate_trained_models`` (a newly trained config gets its report).
 
 Every input is a Dagster dependency: no asset reads another asset's file behind Dagster's back.
 """

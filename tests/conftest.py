@@ -83,6 +83,7 @@ def _runner(lake: Path, instance: dg.DagsterInstance):
             resources=defs.resources, partition_key=partition, raise_on_error=False,
         )
 
+    run.instance = instance  # for tests that query it (declarative automation, check results)
     return run
 
 

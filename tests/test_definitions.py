@@ -169,6 +169,8 @@ def test_gates_are_blocking_checks():
     ):
         assert name in checks, name
         assert checks[name].blocking, name
+    # a config's gate result belongs to its partition (partitioned asset checks)
+    assert checks[("listening/metric_report", "quality_gate")].partitions_def.name == "listening_configs"
     # SQL data tests become checks too, error severity blocking and warn not
     assert checks[("staging/stg_plays", "unique__play_id")].blocking
 

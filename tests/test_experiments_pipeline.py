@@ -121,6 +121,7 @@ def test_champion_gate_blocks_a_significantly_worse_candidate(chain):
     gate = next(e for e in result.get_asset_check_evaluations() if e.check_name == "champion_gate")
     assert not gate.passed
     assert "most_popular" in gate.metadata["failed_configs"].value.split(", ")
+    assert gate.description.startswith("FAILED ") and "most_popular" in gate.description
     decision = next(row for row in markdown_rows(gate.metadata["decisions"].value) if row["config"] == "most_popular")
     assert float(decision["p_value"]) < gate.metadata["threshold_alpha"].value
     assert float(decision["mean_diff"]) < 0
@@ -129,5 +130,6 @@ def test_champion_gate_blocks_a_significantly_worse_candidate(chain):
     assert {"quality_gate", "champion_gate", "fairness_gap"} <= set(evaluations)
     fairness = evaluations["fairness_gap"].metadata
     assert 0.0 <= fairness["observed_relative_gap"].value and fairness["threshold"].value > 0
+    assert evaluations["quality_gate"].partition == "most_popular"  # the check history names the config
     ndcg = evaluations["quality_gate"].metadata
     assert ndcg["observed_ndcg@10"].value >= 0 and ndcg["threshold"].value > 0

@@ -7,10 +7,14 @@ home and data lake; headless Debian Chromium, driven by Playwright, then
 * materializes ``listening/model_comparison`` from its page (launchpad, in-process executor typed into the
   config editor) and follows the run to success,
 * opens the metadata of the metric comparison, a trained model and a SQL model and finds their
-  plots (PNG images embedded in markdown metadata).
+  plots (PNG images embedded in markdown metadata),
+* finds a failing gate in the check history of ``listening/metric_report`` with its config (the
+  checks are partitioned like the asset), and the config's red partition among the check's partitions,
+* trains and evaluates one config from its chain's job (``listening_train_and_evaluate``: the
+  partition picked in the launch dialog, one run) and sees both its model and its report materialized.
 
-A tiny chain (data stage, two model configs, the comparison) is materialized in-process into
-the same home first, so the pages have something to show. Screenshots go to
+A tiny chain (data stage, two model configs, one more that fails its gate, the comparison) is
+materialized in-process into the same home first, so the pages have something to show. Screenshots go to
 ``build/ui-screenshots/``. The module skips when Playwright or Chromium is missing, unless
 ``SPOTIFY_ENGINE_REQUIRE_BROWSER=1`` (set by ``.ci/run``), where that is a failure.
 Playwright's own browser download is never used: ``/usr/bin/chromium`` (or ``$CHROMIUM``).
@@ -46,6 +50,10 @@ CHROMIUM_ARGS = [
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
 ]
 MODEL_CONFIGS = ("most_popular", "lightgcn")
+FAILING_CONFIG = "gat_basic"  # trained one epoch: below the most-popular gate of the tiny world
+UI_CONFIG = "itemknn"  # trained and evaluated from the UI, through its chain's job
+TRAIN_AND_EVALUATE = "listening_train_and_evaluate"
+LOCATION = "spotify_engine_assets.definitions"
 LAUNCHED_KEY = ["listening", "model_comparison"]
 LAUNCHED_ASSET = "/".join(LAUNCHED_KEY)  # the asset's path in the UI's URLs
 CORE_GROUPS = ("listening_ingest", "listening_sql", "listening_graph", "listening_train", "listening_eval")
@@ -119,6 +127,8 @@ def _materialize_tiny_chain(home: Path) -> None:
     instance = dg.DagsterInstance.from_config(str(home))
     try:
         stages = [(DATA_STAGE, run_config("tiny_data.yaml"), None)]
+        one_epoch = {**run_config(), "ops": {"listening__trained_model": {"config": {"max_epochs": 1}}}}
+        stages += [(MODEL_STAGE, one_epoch, FAILING_CONFIG)]
         stages += [(MODEL_STAGE, run_config("tiny_train.yaml"), name) for name in MODEL_CONFIGS]
         stages += [(dg.AssetSelection.assets(LAUNCHED_KEY), run_config(), None)]
         for selection, config, partition in stages:
@@ -127,6 +137,10 @@ def _materialize_tiny_chain(home: Path) -> None:
                 resources=defs.resources, partition_key=partition, raise_on_error=False,
             )
             failures = [event.message for event in result.all_events if event.is_failure]
+            if partition == FAILING_CONFIG:  # the blocking gate fails the run, after the report is recorded
+                gates = [e.passed for e in result.get_asset_check_evaluations() if e.check_name == "quality_gate"]
+                assert gates == [False] and not result.success, f"{FAILING_CONFIG} was meant to fail its gate: {gates}"
+                continue
             assert result.success, f"pre-materialization {partition or ''} failed: {failures[:1]}"
     finally:
         instance.dispose()
@@ -372,3 +386,76 @@ def test_launched_run_succeeds(ui):
         '{ assetOrError(assetKey: {path: %s}) { ... on Asset { assetMaterializations(limit: 1) { runId } } } }' % json.dumps(LAUNCHED_KEY)
     )
     assert latest["assetOrError"]["assetMaterializations"] == [{"runId": run_id}]
+
+
+def test_a_failing_gate_is_listed_with_its_config(ui):
+    """The blocking quality_gate of the one-epoch config: its check history names the config (the
+    partition) next to the failed result; the passing configs are listed as passed."""
+    page = ui.page
+    page.goto(f"{ui.url}/assets/listening/metric_report?view=checks&checkDetail=quality_gate")
+    page.get_by_text("Execution history", exact=True).click()
+    failed = page.locator("tr").filter(has=page.get_by_text(FAILING_CONFIG, exact=True))
+    expect(failed).to_have_count(1)
+    expect(failed.get_by_text("Failed", exact=True)).to_be_visible()
+    expect(failed.get_by_text(re.compile(rf"^{FAILING_CONFIG}: ndcg@10 [0-9.]+ vs threshold"))).to_be_visible()
+    for name in MODEL_CONFIGS:
+        passed = page.locator("tr").filter(has=page.get_by_text(name, exact=True))
+        expect(passed.get_by_text("Passed", exact=True)).to_be_visible()
+    ui.shot("failing_gate_history")
+    # the check's own partitions: one per config, never-run configs as missing, not passed
+    page.get_by_text("Partitions", exact=True).last.click()
+    expect(page.get_by_text("Failed (1)", exact=True)).to_be_visible()
+    expect(page.get_by_text(f"Passed ({len(MODEL_CONFIGS)})", exact=True)).to_be_visible()
+    expect(page.get_by_text(re.compile(r"^Missing \([1-9][0-9]*\)$"))).to_be_visible()
+    ui.shot("failing_gate_partitions")
+    # a chain whose reports never ran: its gates say so, none of them passed
+    page.goto(f"{ui.url}/assets/lastfm/metric_report?view=checks")
+    not_evaluated = page.get_by_text(re.compile(r"^not evaluated$", re.IGNORECASE))
+    expect(not_evaluated.first).to_be_visible()
+    assert not_evaluated.count() >= 2  # both checks in the list (and the selected one's latest execution)
+    expect(page.get_by_text(re.compile(r"^(succeeded|passed|failed)$", re.IGNORECASE))).to_have_count(0)
+    ui.shot("never_run_checks")
+
+
+def _latest_materialization(ui: UI, key: list[str], partition: str) -> dict | None:
+    data = ui.graphql('query($key: AssetKeyInput!, $p: [String!]) { assetOrError(assetKey: $key) { ... on Asset { '
+                      'assetMaterializations(partitions: $p, limit: 1) { runId partition } } } }',
+                      {"key": {"path": key}, "p": [partition]})
+    found = data["assetOrError"]["assetMaterializations"]
+    return found[0] if found else None
+
+
+def test_one_config_is_trained_and_evaluated_from_its_job(ui):
+    """Jobs -> listening_train_and_evaluate -> Materialize all -> pick one config -> Launch 1 run: the
+    run materializes that config's trained model and metric report (and recommendations)."""
+    assert _latest_materialization(ui, ["listening", "trained_model"], UI_CONFIG) is None
+    page = ui.page
+    page.goto(f"{ui.url}/locations/{LOCATION}/jobs/{TRAIN_AND_EVALUATE}")
+    expect(page.get_by_text(re.compile(r"^Train, evaluate and serve one listening model config"))).to_be_visible()
+    page.locator("button").filter(has_text=re.compile(r"^Materialize all")).click()
+    dialog = page.locator(".bp5-dialog")
+    expect(dialog.get_by_text("Launch runs to materialize 3 assets")).to_be_visible()
+    dialog.get_by_text("Select a partition or create one").click()
+    page.keyboard.type(UI_CONFIG)
+    page.locator(".dagster-popover").get_by_text(UI_CONFIG, exact=True).first.click()
+    page.keyboard.press("Escape")  # closes the partition list, not the dialog
+    expect(dialog.get_by_text("1 partition", exact=True)).to_be_visible()
+    ui.shot("train_and_evaluate_dialog")
+    dialog.locator("button").filter(has_text=re.compile(r"^Launch 1 run$")).click()
+    deadline = time.monotonic() + 2 * RUN_TIMEOUT_S  # a run process of its own: imports torch, trains, evaluates
+    run = None
+    while time.monotonic() < deadline:
+        runs = ui.graphql('query($job: String!) { runsOrError(filter: {pipelineName: $job}) { ... on Runs { results { '
+                          'runId status tags { key value } } } } }', {"job": TRAIN_AND_EVALUATE})["runsOrError"]["results"]
+        run = runs[0] if runs else None
+        if run and run["status"] in TERMINAL:
+            break
+        time.sleep(1)
+    assert run is not None, f"no {TRAIN_AND_EVALUATE} run was launched; webserver log:\n{ui.server_log()}"
+    assert run["status"] == "SUCCESS", f"run {run['runId']} ended {run['status']}; webserver log:\n{ui.server_log()}"
+    assert {"key": "dagster/partition", "value": UI_CONFIG} in run["tags"]
+    for asset in ("trained_model", "metric_report"):
+        assert _latest_materialization(ui, ["listening", asset], UI_CONFIG) == {"runId": run["runId"], "partition": UI_CONFIG}
+    page.goto(f"{ui.url}/assets/listening/metric_report?partition={UI_CONFIG}")
+    expect(page.get_by_text("Latest materialization")).to_be_visible()
+    ui.shot("train_and_evaluate_report")

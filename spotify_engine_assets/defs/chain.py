@@ -15,7 +15,9 @@ checks for every chain:
 * ``<chain>/model_comparison`` - every report in one table (``reports/<chain>/model_comparison``);
 * ``<chain>/experiments``, ``<chain>/ab_tests``, ``<chain>/champion`` (check ``champion_gate``);
 * ``<chain>/hpo_study`` (partition = family of ``configs/<chain>/search_spaces.yaml``);
-* the blocking check ``leakage_free`` on ``<chain>/split`` (the dataset's split violations).
+* the blocking check ``leakage_free`` on ``<chain>/split`` (the dataset's split violations);
+* the job ``<chain>_train_and_evaluate`` (one config: trained model, report, recommendations) and the
+  automation sensor ``<chain>_evaluate_trained_models`` (a newly trained config gets its report).
 
 Every input is a Dagster dependency: no asset reads another asset's file behind Dagster's back.
 """
@@ -25,9 +27,11 @@ import functools
 import hashlib
 import io
 import importlib
+import inspect
 import json
 import shutil
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,10 +125,26 @@ class Chain:
         """``dg.asset`` ``<chain>/<name>`` in group ``group_name(<chain>, <domain>)`` at the chain's code version (unless
         ``asset_args`` give one), with ``checks`` (check name -> (blocking, description)) on the asset itself."""
         key = self.key(name)
-        specs = [dg.AssetCheckSpec(check, asset=key, blocking=blocking, description=description)
+        specs = [check_spec(check, key, blocking, description, asset_args.get("partitions_def"))
                  for check, (blocking, description) in (checks or {}).items()]
         asset_args.setdefault("code_version", self.code_version)
-        return dg.asset(key=key, group_name=self.group(domain), check_specs=specs or None, **asset_args)
+
+        def decorate(fn):  # the docstring is the UI's description: ``<chain>`` in it becomes this chain's name
+            description = asset_args.pop("description", None) or inspect.cleandoc(fn.__doc__ or "").replace("<chain>", self.name)
+            return dg.asset(key=key, group_name=self.group(domain), check_specs=specs or None,
+                            description=description or None, **asset_args)(fn)
+
+        return decorate
+
+
+def check_spec(name: str, asset: dg.AssetKey, blocking: bool, description: str,
+               partitions_def: dg.PartitionsDefinition | None = None) -> dg.AssetCheckSpec:
+    """A check on ``asset``; on a partitioned asset the check has the asset's partitions, so every result
+    (and the UI's check history) names the partition (the config) it was evaluated for."""
+    with warnings.catch_warnings():  # partitioned asset checks are a preview feature of Dagster 1.13
+        warnings.simplefilter("ignore", dg.PreviewWarning)
+        return dg.AssetCheckSpec(name, asset=asset, blocking=blocking, description=description,
+                                 partitions_def=partitions_def)
 
 
 @functools.cache
@@ -141,6 +161,14 @@ def publish(lake: DataLake, chain: str, name: str, frame: pl.DataFrame, max_rows
     atomic_write_bytes(folder / f"{name}.md", (markdown + "\n").encode())
     atomic_write_bytes(folder / f"{name}.csv", frame.write_csv().encode())
     return markdown
+
+
+def evaluate_when_trained(chain: Chain) -> dg.AutomationCondition:
+    """Declarative automation of ``<chain>/metric_report``: Dagster's ``eager`` condition on the
+    partition's ``trained_model`` alone - a config whose model was trained (from the UI, the CLI, a
+    sensor) is evaluated by the automation sensor, unless the same run already evaluates it; a new
+    graph or split alone evaluates nothing (the trained models would be stale)."""
+    return dg.AutomationCondition.eager().allow(dg.AssetSelection.assets(chain.key("trained_model")))
 
 
 def register_configs(chain: Chain, instance: dg.DagsterInstance, lake_root: Path | None = None) -> tuple[list[str], list[str]]:
@@ -289,7 +317,9 @@ def chain_definitions(chain: Chain) -> dg.Definitions:
         """The partition's config fitted on its split's training part: closed-form models solve,
         graph models train with the one trainer (advanced: early stopping on the chain's validation
         metric with ReduceLROnPlateau, resumable checkpoints when a killed run is re-materialized;
-        simple: fixed epochs). Best and final weights, config, history and provenance."""
+        simple: fixed epochs). Best and final weights, config, history and provenance. To train and
+        evaluate a config in one run: job ``<chain>_train_and_evaluate`` (pick the config as its
+        partition); a model trained alone is evaluated by the sensor ``<chain>_evaluate_trained_models``."""
         try:
             model_config = dataset.registry.get(context.partition_key, dataset.registry.full(lake.path))
         except ConfigError as error:
@@ -373,6 +403,7 @@ def chain_definitions(chain: Chain) -> dg.Definitions:
 
     @chain.asset(
         "metric_report", "evaluation", partitions_def=configs, ins=report_ins, kinds={"pytorch"},
+        automation_condition=evaluate_when_trained(chain),
         checks={
             "quality_gate": (True, f"The test {dataset.protocol.primary} beats most-popular on the same split by the "
                              "configured ratio (most-popular itself must beat a random ranking)."),
@@ -559,7 +590,35 @@ def chain_definitions(chain: Chain) -> dg.Definitions:
               champion_asset(chain), recommendations_asset(chain, configs)]
     if families:
         assets.append(hpo_asset(chain, families))
-    return dg.Definitions(assets=assets, asset_checks=[split_check(chain)])
+    return dg.Definitions(assets=assets, asset_checks=[split_check(chain)], jobs=[train_and_evaluate_job(chain)],
+                          sensors=[evaluation_sensor(chain)])
+
+
+def train_and_evaluate_job(chain: Chain):
+    """``<chain>_train_and_evaluate``: the UI's one-click path for a config - pick the partition (the
+    config) and launch; one in-process run trains it, evaluates it (with its gates) and writes its
+    recommendations, as ``spotify-engine materialize`` does per config."""
+    from ..runner import model_stage
+
+    return dg.define_asset_job(
+        f"{chain.name}_train_and_evaluate", selection=model_stage(chain.name), executor_def=dg.in_process_executor,
+        description=f"Train, evaluate and serve one {chain.name} model config (a partition of {chain.partitions}): "
+        f"{chain.name}/trained_model, {chain.name}/metric_report with its checks (quality_gate, fairness_gap), "
+        f"{chain.name}/recommendations, in one run.",
+    )
+
+
+def evaluation_sensor(chain: Chain) -> dg.AutomationConditionSensorDefinition:
+    """Runs the declarative automation of the chain's metric reports (:func:`evaluate_when_trained`),
+    on by default: training one config from the UI (or anywhere) is followed by its evaluation."""
+    return dg.AutomationConditionSensorDefinition(
+        f"{chain.name}_evaluate_trained_models", target=dg.AssetSelection.assets(chain.key("metric_report")),
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description=f"Declarative automation (Dagster's eager condition, on trained_model only): every newly "
+        f"materialized {chain.name}/trained_model partition gets its {chain.name}/metric_report (and its gates) "
+        f"in a run of its own, unless the run that trained it already evaluated it. Needs the Dagster daemon "
+        f"(make ui runs it); stop the sensor here to evaluate only by hand.",
+    )
 
 
 EXPERIMENT_COLUMNS = ("experiment", "config", "split", "seed", "recorded_at", "data", "git_commit", "recall@10", "ndcg@10",
@@ -702,11 +761,14 @@ def champion_asset(chain: Chain) -> dg.AssetsDefinition:
             "promotions": sum(1 for e in events if e["event"] == "promoted"),
         })
         failed = [d["config"] for d in decisions if not d["passed"]]
+        passed = [d["config"] for d in decisions if d["passed"]]
         yield dg.AssetCheckResult(
             check_name="champion_gate",
             passed=not failed,
-            description=f"significantly worse than the champion: {', '.join(failed)}" if failed else "no config is significantly worse",
+            description=(f"FAILED {', '.join(failed)}: significantly worse than the champion" if failed
+                         else "no config is significantly worse than the champion") + f"; passed: {', '.join(passed) or 'none'}",
             metadata={"metric": metric, "threshold_alpha": thresholds.ab_alpha, "failed_configs": ", ".join(failed) or "none",
+                      "passed_configs": ", ".join(passed) or "none", "configs_checked": len(decisions),
                       "decisions": dg.MetadataValue.md(frame_markdown(pl.DataFrame(decisions), max_rows=100))},
         )
 
@@ -774,7 +836,7 @@ class HpoRunConfig(dg.Config):
     storage_url: str | None = Field(
         default=None, description="Optuna storage: sqlite:///path.db, journal:///path.log or a database URL shared by "
         "workers (e.g. postgresql+psycopg2://user@host:port/db: no password in run config, it is read from "
-        "$SPOTIFY_ENGINE_PG_PASSWORD or $PGPASSWORD); default sqlite under <data lake>/optuna/.")
+        "$SPOTIFY_ENGINE_PG_PASSWORD or $PGPASSWORD); default sqlite under optuna/ in the data lake folder ($SPOTIFY_ENGINE_DATA_LAKE).")
     max_epochs: int | None = Field(default=20, ge=1, description="Epoch cap per trial (None: the config's max_epochs).")
     seed: int = Field(default=0, description="Sampler seed.")
     worker: int = Field(default=0, description="Worker id: give each parallel worker of one study its own.")

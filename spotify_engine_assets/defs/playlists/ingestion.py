@@ -1,7 +1,7 @@
 """The playlist chain's ingestion: Kaggle "Spotify Playlists"-format files streamed into DuckDB
 (with a rejects table and blocking reject-rate and line-accounting gates).
 
-With no Kaggle files in ``<data lake>/kaggle/`` the chain runs on Kaggle-format files derived
+With no Kaggle files in ``kaggle/`` of the data lake folder the chain runs on Kaggle-format files derived
 from the synthetic world. Landed batches (see :mod:`.sensors`) are a dynamic partition of the
 ``kaggle_raw/landed_*`` assets and flow through the same SQL models (``dbt_like_sql/playlists``).
 """
@@ -100,7 +100,8 @@ def _gate_failure(gate: GateFailed, max_rate: float, asset_key: dg.AssetKey, kep
     code_version=source_version(kaggle_lib),
 )
 def kaggle_source_files(context: dg.AssetExecutionContext, lake: DataLake, warehouse: Warehouse) -> dg.MaterializeResult:
-    """The Kaggle-format files of the playlist chain. ``<data lake>/kaggle/spotify_dataset.csv``
+    """The Kaggle-format files of the playlist chain. ``kaggle/spotify_dataset.csv`` in the data lake folder
+    (``$SPOTIFY_ENGINE_DATA_LAKE``, default the repository's ``data_lake/``)
     (and optional ``data_w_genres.csv``, ``tracks_features.csv``) when present; otherwise
     Kaggle-format CSVs written from the synthetic world (one playlist per user and genre)."""
     if (kaggle_dir(lake) / "spotify_dataset.csv").exists():
@@ -258,7 +259,10 @@ class LandedBatchConfig(dg.Config):
 @dg.multi_asset(
     specs=[
         dg.AssetSpec(LANDED_KEYS["landed_entries"], group_name=LANDING_GROUP, kinds={"duckdb"},
-                     description="Accepted rows of landed Kaggle-format batches (one dynamic partition per batch)."),
+                     description="Accepted rows of landed batches (one dynamic partition per batch): files dropped into "
+                     "landing/ of the data lake folder ($SPOTIFY_ENGINE_DATA_LAKE) - a Kaggle-format playlist CSV or a "
+                     "listening-session file (user_id, song_id, played_at; Parquet or CSV) with a `<file>.done` marker "
+                     "beside it - and taken by landing_sensor."),
         dg.AssetSpec(LANDED_KEYS["landed_rejects"], group_name=LANDING_GROUP, kinds={"duckdb"},
                      description="Rejected lines of landed batches with line numbers and reasons."),
     ],

@@ -1,4 +1,4 @@
-"""Retraining when new data lands: a sensor on ``<data lake>/landing/``.
+"""Retraining when new data lands: a sensor on ``landing/`` in the data lake folder (``$SPOTIFY_ENGINE_DATA_LAKE``).
 
 Each tick the sensor lists the landing folder (``archive/`` and hidden files excluded) and takes
 a file only once it is complete: a ``<name>.done`` marker beside it, or the same size and
@@ -31,12 +31,22 @@ when the definitions load). Both jobs execute in one process per run.
 import json
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 
 import dagster as dg
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from ...core.storage.paths import DATA_LAKE_ENV, data_lake_root
 from ...datasets.playlists import DATASET
-from ...datasets.playlists.kaggle import KaggleFormatError, check_header, open_for_writing, session_columns
+from ...datasets.playlists.kaggle import (
+    KAGGLE_COLUMNS,
+    SESSION_COLUMNS,
+    KaggleFormatError,
+    check_header,
+    open_for_writing,
+    session_columns,
+)
 from ..resources import DataLake
 from .ingestion import LANDED_KEYS, file_sha256, landing_batches
 
@@ -65,6 +75,68 @@ def sensor_interval() -> int:
     except ValueError:
         raise ValueError(f"{INTERVAL_ENV}={value!r}: expected a whole number of seconds") from None
 
+
+RETRAIN_ENV = {"configs": "SPOTIFY_ENGINE_RETRAIN_CONFIGS", "max_epochs": "SPOTIFY_ENGINE_RETRAIN_MAX_EPOCHS",
+               "user_sample": "SPOTIFY_ENGINE_RETRAIN_USER_SAMPLE"}
+
+
+class RetrainSettings(BaseModel):
+    """What the sensor retrains once a landed batch is in: which configs, and the run config of their
+    ``playlists/trained_model`` (``TrainRunConfig``). Unset, each config trains as its registry entry
+    says (its own ``user_sample`` and ``max_epochs``). Read from the environment when the definitions
+    load (:meth:`from_env`); shown in the sensor's description."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    configs: tuple[str, ...] = Field(default=(), description="Configs to retrain (empty: every playlists config).")
+    max_epochs: int | None = Field(default=None, ge=1, description="Epoch cap of each retraining (None: the config's).")
+    user_sample: int | None = Field(default=None, ge=1, description="Playlists sampled per retraining (None: the config's).")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> "RetrainSettings":
+        """``$SPOTIFY_ENGINE_RETRAIN_CONFIGS`` (comma-separated names, or ``all``),
+        ``$SPOTIFY_ENGINE_RETRAIN_MAX_EPOCHS`` and ``$SPOTIFY_ENGINE_RETRAIN_USER_SAMPLE`` (whole numbers);
+        a bad value fails naming the variable."""
+        values: dict = {}
+        raw = environ.get(RETRAIN_ENV["configs"], "").strip()
+        if raw and raw.lower() != "all":
+            values["configs"] = tuple(name.strip() for name in raw.split(",") if name.strip())
+        for field in ("max_epochs", "user_sample"):
+            raw = environ.get(RETRAIN_ENV[field], "").strip()
+            if raw:
+                try:
+                    values[field] = int(raw)
+                except ValueError:
+                    raise ValueError(f"{RETRAIN_ENV[field]}={raw!r}: expected a whole number") from None
+        try:
+            return cls(**values)
+        except ValidationError as error:
+            problem = error.errors()[0]
+            field = str(problem["loc"][0])
+            raise ValueError(f"{RETRAIN_ENV[field]}={environ.get(RETRAIN_ENV[field])!r}: {problem['msg']}") from None
+
+    def describe(self) -> str:
+        configs = ", ".join(self.configs) if self.configs else "every playlists config"
+        epochs = self.max_epochs or "each config's own"
+        sample = self.user_sample or "each config's own"
+        return (f"retrains {configs}; max_epochs {epochs}; user_sample {sample} (set ${RETRAIN_ENV['configs']}, "
+                f"${RETRAIN_ENV['max_epochs']}, ${RETRAIN_ENV['user_sample']} and reload the code location)")
+
+    def select(self, registry: list[str]) -> list[str]:
+        """The configs to retrain among the registry's; a name it does not have fails naming the variable."""
+        unknown = sorted(set(self.configs) - set(registry))
+        if unknown:
+            raise ValueError(f"{RETRAIN_ENV['configs']}: unknown playlists configs {', '.join(unknown)}; "
+                             f"known: {', '.join(registry)}")
+        return sorted(self.configs) if self.configs else registry
+
+    def run_config(self) -> dict:
+        """The retrain run's config: the overrides of ``playlists/trained_model`` that are set."""
+        config = {k: v for k, v in (("max_epochs", self.max_epochs), ("user_sample", self.user_sample)) if v is not None}
+        return {"ops": {"playlists__trained_model": {"config": config}}} if config else {}
+
+
+RETRAIN = RetrainSettings.from_env()
 
 DONE_SUFFIX = ".done"
 ACCEPTED_SUFFIXES = (".csv", ".parquet")
@@ -132,13 +204,25 @@ def _completed_runs(instance: dg.DagsterInstance, batches: list[str], chunk: int
     return outcome
 
 
+def landing_description() -> str:
+    """The sensor's description: the folder it watches, what a landed file must be, what it runs."""
+    return (
+        f"Watches {data_lake_root() / 'landing'} (landing/ in the data lake folder, ${DATA_LAKE_ENV}). A landed file is "
+        f"a Kaggle-format playlist CSV (header {', '.join(KAGGLE_COLUMNS)}) or a listening-session file (Parquet or CSV "
+        f"with {', '.join(SESSION_COLUMNS)}), placed directly in that folder; it is taken once complete: a `<file>{DONE_SUFFIX}` "
+        f"marker beside it (write it last), or the same size and modification time on two ticks and no process "
+        f"holding it open for writing (${COMPLETE_ENV}=marker requires the marker). Each new file: one "
+        f"{landing_job.name} run (ingest the batch, rebuild the playlist SQL models, graph and split), then one "
+        f"{retrain_job.name} run per config (trained model, metric report, comparison): {RETRAIN.describe()}."
+    )
+
+
 @dg.sensor(
     name="landing_sensor",
     jobs=[landing_job, retrain_job],
     minimum_interval_seconds=sensor_interval(),
     default_status=dg.DefaultSensorStatus.STOPPED,
-    description="New Kaggle-format files in <data lake>/landing/ -> ingest, rebuild the playlist chain, retrain every "
-    "playlists model config (trained model, metric report, comparison).",
+    description=landing_description(),
 )
 def landing_sensor(context: dg.SensorEvaluationContext, lake: DataLake):
     cursor = json.loads(context.cursor) if context.cursor else {}
@@ -162,12 +246,13 @@ def landing_sensor(context: dg.SensorEvaluationContext, lake: DataLake):
             del pending[batch]
             taken = {path: entry for path, entry in taken.items() if entry[2] != batch}
         elif succeeded:
-            configs = sorted(DATASET.registry.full(lake.path))
+            configs = RETRAIN.select(sorted(DATASET.registry.full(lake.path)))
             known = set(context.instance.get_dynamic_partitions(playlist_configs.name))
             new_configs += [name for name in configs if name not in known and name not in new_configs]
             run_requests += [
                 dg.RunRequest(run_key=f"landing-{sha}-model-{name}", job_name=retrain_job.name, partition_key=name,
-                              asset_selection=MODEL_KEYS, tags={LANDING_TAG: batch, "spotify_engine/stage": "model"})
+                              asset_selection=MODEL_KEYS, run_config=RETRAIN.run_config(),
+                              tags={LANDING_TAG: batch, "spotify_engine/stage": "model"})
                 for name in configs
             ]
             del pending[batch]

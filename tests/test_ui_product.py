@@ -19,10 +19,9 @@ TRAINED = dg.AssetKey(["listening", "trained_model"])
 
 
 @pytest.fixture(scope="module")
-def tiny_chain(lake_runner):
-    """``run`` of ``lake_runner`` after the tiny listening data stage (graph, split, registry)."""
-    _, run = lake_runner
-    assert run(DATA_STAGE, run_config("tiny_data.yaml")).success
+def tiny_chain(tiny_lake_runner):
+    """``run`` of ``tiny_lake_runner``: a copy of the tiny listening data stage (graph, split, registry)."""
+    _, run = tiny_lake_runner
     return run
 
 

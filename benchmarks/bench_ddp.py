@@ -27,16 +27,16 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from tune_spine_models import WORLDS, build_graph, evaluate  # noqa: E402
+from tune_spine_models import WORLDS, build_graph, evaluate
 
-from spotify_engine_assets.core.config import update_config  # noqa: E402
-from spotify_engine_assets.core.data.graph import num_nodes_of  # noqa: E402
-from spotify_engine_assets.core.data.splits import labels_to_indices  # noqa: E402
-from spotify_engine_assets.core.models import build_model  # noqa: E402
-from spotify_engine_assets.core.training.trainer import train  # noqa: E402
-from spotify_engine_assets.datasets.listening import DATASET  # noqa: E402
-from spotify_engine_assets.datasets.listening.graph import LISTENS, SCHEMA, message_passing_graph  # noqa: E402
-from spotify_engine_assets.datasets.listening.splits import SplitSettings, random_split  # noqa: E402
+from spotify_engine_assets.core.config import update_config
+from spotify_engine_assets.core.data.graph import num_nodes_of
+from spotify_engine_assets.core.data.splits import labels_to_indices
+from spotify_engine_assets.core.models import build_model
+from spotify_engine_assets.core.training.trainer import train
+from spotify_engine_assets.datasets.listening import DATASET
+from spotify_engine_assets.datasets.listening.graph import LISTENS, SCHEMA, message_passing_graph
+from spotify_engine_assets.datasets.listening.splits import SplitSettings, random_split
 
 TOLERANCE = 0.005  # |test NDCG@10 (N processes) - test NDCG@10 (1 process)|: float summation order only
 
@@ -56,9 +56,12 @@ def main() -> None:
     edge_index = data[LISTENS].edge_index
     pairs = {part: edge_index[:, parts[part]] for part in ("train", "valid", "test")}
     base = DATASET.registry.base[args.config]
-    print(f"world {args.world}: {data['user'].num_nodes} users, {data['song'].num_nodes} songs, "
-          f"{pairs['train'].size(1)} training pairs; config {args.config}, {args.max_epochs} epochs, simple trainer, "
-          f"1 torch thread per process", flush=True)
+    print(
+        f"world {args.world}: {data['user'].num_nodes} users, {data['song'].num_nodes} songs, "
+        f"{pairs['train'].size(1)} training pairs; config {args.config}, {args.max_epochs} epochs, simple trainer, "
+        f"1 torch thread per process",
+        flush=True,
+    )
 
     rows = []
     for world_size in (int(w) for w in args.world_sizes.split(",")):
@@ -70,17 +73,24 @@ def main() -> None:
         per_epoch = sum(row["train_seconds"] for row in result.history) / len(result.history)
         metrics = evaluate(model, view, pairs)
         rows.append((world_size, per_epoch, total, metrics["test"]["ndcg@10"], result.history[-1]["loss"]))
-        print(f"world_size {world_size}: {per_epoch:.2f} s/epoch, {total:.1f} s total, "
-              f"test NDCG@10 {metrics['test']['ndcg@10']:.4f}, last loss {result.history[-1]['loss']:.5f}", flush=True)
+        print(
+            f"world_size {world_size}: {per_epoch:.2f} s/epoch, {total:.1f} s total, "
+            f"test NDCG@10 {metrics['test']['ndcg@10']:.4f}, last loss {result.history[-1]['loss']:.5f}",
+            flush=True,
+        )
 
     reference = rows[0]
     print("\n| world_size | s/epoch | speed-up | total s | test NDCG@10 | diff vs first |")
     print("|---|---|---|---|---|---|")
     for world_size, per_epoch, total, ndcg, _ in rows:
-        print(f"| {world_size} | {per_epoch:.2f} | {reference[1] / per_epoch:.2f}x | {total:.1f} | {ndcg:.4f} | "
-              f"{ndcg - reference[3]:+.4f} |")
+        print(
+            f"| {world_size} | {per_epoch:.2f} | {reference[1] / per_epoch:.2f}x | {total:.1f} | {ndcg:.4f} | "
+            f"{ndcg - reference[3]:+.4f} |"
+        )
     worst = max(abs(ndcg - reference[3]) for *_, ndcg, _ in rows)
-    print(f"\nlargest NDCG@10 difference {worst:.4f} (tolerance {TOLERANCE}): {'ok' if worst <= TOLERANCE else 'EXCEEDED'}")
+    print(
+        f"\nlargest NDCG@10 difference {worst:.4f} (tolerance {TOLERANCE}): {'ok' if worst <= TOLERANCE else 'EXCEEDED'}"
+    )
     if worst > TOLERANCE:
         sys.exit(1)
 

@@ -26,27 +26,32 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from spotify_engine_assets.core.data.graph import category_features  # noqa: E402
-from spotify_engine_assets.core.data.splits import labels_to_indices  # noqa: E402
-from spotify_engine_assets.core.evaluation.metrics import accuracy_per_user, intra_list_distance  # noqa: E402
-from spotify_engine_assets.core.serving.diversity import (  # noqa: E402
+from spotify_engine_assets.core.data.graph import category_features
+from spotify_engine_assets.core.data.splits import labels_to_indices
+from spotify_engine_assets.core.evaluation.metrics import accuracy_per_user, intra_list_distance
+from spotify_engine_assets.core.serving.diversity import (
     Diversify,
     ItemSimilarity,
     artist_spread,
     pool_size,
     rerank_scores,
 )
-from spotify_engine_assets.datasets.listening import DATASET  # noqa: E402
-from spotify_engine_assets.datasets.listening.generator import GeneratorSettings, generate_world  # noqa: E402
-from spotify_engine_assets.datasets.listening.graph import LISTENS, SCHEMA, graph_from_world  # noqa: E402
-from spotify_engine_assets.datasets.listening.splits import SplitSettings, random_split  # noqa: E402
+from spotify_engine_assets.datasets.listening import DATASET
+from spotify_engine_assets.datasets.listening.generator import GeneratorSettings, generate_world
+from spotify_engine_assets.datasets.listening.graph import LISTENS, SCHEMA, graph_from_world
+from spotify_engine_assets.datasets.listening.splits import SplitSettings, random_split
 
 WORLDS = {
     "default": GeneratorSettings(),
-    "tiny": GeneratorSettings(users=150, songs=600, artists=60, genres=10, days=14, seed=7),  # configs/run/tiny_data.yaml
+    "tiny": GeneratorSettings(
+        users=150, songs=600, artists=60, genres=10, days=14, seed=7
+    ),  # configs/run/tiny_data.yaml
 }
-RERANKERS = (Diversify(), *(Diversify("artist-cap", max_per_artist=n) for n in (1, 2, 3)),
-             *(Diversify("mmr", mmr_lambda=lam) for lam in (0.1, 0.3, 0.5)))
+RERANKERS = (
+    Diversify(),
+    *(Diversify("artist-cap", max_per_artist=n) for n in (1, 2, 3)),
+    *(Diversify("mmr", mmr_lambda=lam) for lam in (0.1, 0.3, 0.5)),
+)
 CHUNK = 256  # users scored at once
 
 
@@ -64,7 +69,7 @@ def masked_scores(score_fn, users, exclude, num_items: int) -> torch.Tensor:
     rows, items = row_of_user[exclude[0]], exclude[1]
     keep = rows >= 0
     with torch.no_grad():
-        scores = torch.cat([score_fn(users[start:start + CHUNK]).float() for start in range(0, users.numel(), CHUNK)])
+        scores = torch.cat([score_fn(users[start : start + CHUNK]).float() for start in range(0, users.numel(), CHUNK)])
     scores[rows[keep], items[keep]] = float("-inf")
     return scores
 
@@ -86,9 +91,12 @@ def main() -> None:
     if isinstance(model, torch.nn.Module):
         model.eval()
     fitted = time.perf_counter() - started
-    print(f"world {args.world}: {data['user'].num_nodes} users, {data['song'].num_nodes} songs, "
-          f"{data['artist'].num_nodes} artists; {config.name} ({config.model}) fitted in {fitted:.0f} s "
-          f"({result.epochs_run} epochs)", flush=True)
+    print(
+        f"world {args.world}: {data['user'].num_nodes} users, {data['song'].num_nodes} songs, "
+        f"{data['artist'].num_nodes} artists; {config.name} ({config.model}) fitted in {fitted:.0f} s "
+        f"({result.epochs_run} epochs)",
+        flush=True,
+    )
 
     evaluation = DATASET.evaluation_data(data, split, config)  # the metric report's pairs and features
     users = torch.unique(evaluation.test[0])
@@ -111,29 +119,40 @@ def main() -> None:
         topk = items.masked_fill(~ok, num_items)  # an empty slot: the sentinel
         accuracy = accuracy_per_user(topk, rows, relevant, (k,))
         distinct, most = artist_spread(topk, similarity.artist, k)
-        results.append({
-            "re-ranker": option.label(), f"ndcg@{k}": float(accuracy[f"ndcg@{k}"].mean()),
-            f"recall@{k}": float(accuracy[f"recall@{k}"].mean()),
-            f"ild@{k}": float(similarity.intra_list_distance(topk, k).mean()),
-            f"ild_genre@{k}": float(intra_list_distance(topk, genres, k).mean()),
-            "artists": float(distinct.double().mean()), "max_artist": float(most.double().mean()),
-            "max_artist_worst": int(most.max()), "full_lists": float(ok.all(1).double().mean()),
-            "ms": 1000 * seconds,
-        })
+        results.append(
+            {
+                "re-ranker": option.label(),
+                f"ndcg@{k}": float(accuracy[f"ndcg@{k}"].mean()),
+                f"recall@{k}": float(accuracy[f"recall@{k}"].mean()),
+                f"ild@{k}": float(similarity.intra_list_distance(topk, k).mean()),
+                f"ild_genre@{k}": float(intra_list_distance(topk, genres, k).mean()),
+                "artists": float(distinct.double().mean()),
+                "max_artist": float(most.double().mean()),
+                "max_artist_worst": int(most.max()),
+                "full_lists": float(ok.all(1).double().mean()),
+                "ms": 1000 * seconds,
+            }
+        )
 
     base = results[0]
     columns = [f"ndcg@{k}", f"recall@{k}", f"ild@{k}", f"ild_genre@{k}", "artists", "max_artist"]
-    print(f"\n{users.numel()} users with test songs; k = {k}; pool = {pool_size(k)}; ILD similarity = "
-          "0.5 [same artist] + 0.5 cos(genre sets) (core/serving/diversity.py)\n")
-    print("| re-ranker | NDCG@{k} | Recall@{k} | ILD@{k} | genre ILD@{k} | distinct artists@{k} | max of one artist@{k} "
-          "(worst) | ΔNDCG@{k} | ΔILD@{k} | full lists | top-k + re-rank ms |".format(k=k))
+    print(
+        f"\n{users.numel()} users with test songs; k = {k}; pool = {pool_size(k)}; ILD similarity = "
+        "0.5 [same artist] + 0.5 cos(genre sets) (core/serving/diversity.py)\n"
+    )
+    print(
+        f"| re-ranker | NDCG@{k} | Recall@{k} | ILD@{k} | genre ILD@{k} | distinct artists@{k} | max of one artist@{k} "
+        f"(worst) | ΔNDCG@{k} | ΔILD@{k} | full lists | top-k + re-rank ms |"
+    )
     print("|---|" + "---|" * 11)
     for row in results:
         cells = [f"{row[c]:.4f}" if c.startswith(("ndcg", "recall", "ild")) else f"{row[c]:.2f}" for c in columns]
         cells[-1] += f" ({row['max_artist_worst']})"
         change = [100 * (row[f"ndcg@{k}"] / base[f"ndcg@{k}"] - 1), 100 * (row[f"ild@{k}"] / base[f"ild@{k}"] - 1)]
-        print(f"| {row['re-ranker']} | " + " | ".join(cells) + f" | {change[0]:+.1f} % | {change[1]:+.1f} % | "
-              f"{100 * row['full_lists']:.1f} % | {row['ms']:.0f} |")
+        print(
+            f"| {row['re-ranker']} | " + " | ".join(cells) + f" | {change[0]:+.1f} % | {change[1]:+.1f} % | "
+            f"{100 * row['full_lists']:.1f} % | {row['ms']:.0f} |"
+        )
     print(f"\ntotal {time.perf_counter() - started:.0f} s")
 
 

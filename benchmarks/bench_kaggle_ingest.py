@@ -82,17 +82,25 @@ def main() -> None:
         csv, db = Path(folder) / "spotify_dataset.csv", Path(folder) / "bench.duckdb"
         started = time.perf_counter()
         bad = write_file(csv, args.rows)
-        print(f"wrote {args.rows:,} rows ({bad:,} bad, {csv.stat().st_size / 1e6:.0f} MB) in {time.perf_counter() - started:.1f} s")
+        print(
+            f"wrote {args.rows:,} rows ({bad:,} bad, {csv.stat().st_size / 1e6:.0f} MB) in {time.perf_counter() - started:.1f} s"
+        )
         output = subprocess.run(
             [sys.executable, __file__, "--child", str(csv), str(db), args.memory_limit],
-            check=True, capture_output=True, text=True,
+            check=True,
+            capture_output=True,
+            text=True,
         ).stdout
         peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     result = json.loads(output.strip().splitlines()[-1])
     rate = result["data_lines"] / result["seconds"]
     mb_per_s = result["bytes"] / 1e6 / result["seconds"]
-    print(f"ingested {result['data_lines']:,} lines in {result['seconds']:.1f} s: {rate:,.0f} rows/s, {mb_per_s:.1f} MB/s")
-    print(f"accepted {result['accepted']:,}, rejected {result['rejected']:,} {result['reasons']}, unaccounted {result['unaccounted']}")
+    print(
+        f"ingested {result['data_lines']:,} lines in {result['seconds']:.1f} s: {rate:,.0f} rows/s, {mb_per_s:.1f} MB/s"
+    )
+    print(
+        f"accepted {result['accepted']:,}, rejected {result['rejected']:,} {result['reasons']}, unaccounted {result['unaccounted']}"
+    )
     print(f"rows whose line number does not match their content: {result['misnumbered']}")
     print(f"peak RSS of the ingesting process: {peak_mb:,.0f} MB (DuckDB memory_limit {args.memory_limit})")
     print(

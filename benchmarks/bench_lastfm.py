@@ -23,10 +23,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from spotify_engine_assets.core.config import update_config  # noqa: E402
-from spotify_engine_assets.datasets.lastfm import DATASET  # noqa: E402
-from spotify_engine_assets.datasets.lastfm import data as lastfm  # noqa: E402
-from spotify_engine_assets.datasets.lastfm.graph import graph_and_split  # noqa: E402
+from spotify_engine_assets.core.config import update_config
+from spotify_engine_assets.datasets.lastfm import DATASET
+from spotify_engine_assets.datasets.lastfm import data as lastfm
+from spotify_engine_assets.datasets.lastfm.graph import graph_and_split
 
 COLUMNS = ("recall@10", "recall@20", "ndcg@10", "ndcg@20", "coverage@20")
 REFERENCE = {"ease": {"ndcg@20": 0.2756, "recall@20": 0.2713}, "als": {"ndcg@20": 0.2747, "recall@20": 0.2766}}
@@ -49,8 +49,20 @@ GRIDS: dict[str, dict[str, list] | list[dict]] = {
 TUNE_MAX_EPOCHS = {"lightgcn": 80, "tag_friend_gat": 50}
 
 
-TUNED_FIELDS = ("shrink", "lam", "factors", "regularization", "alpha", "side_weight", "friend_weight", "num_layers",
-                "use_categories", "use_social", "max_epochs", "best_epoch")
+TUNED_FIELDS = (
+    "shrink",
+    "lam",
+    "factors",
+    "regularization",
+    "alpha",
+    "side_weight",
+    "friend_weight",
+    "num_layers",
+    "use_categories",
+    "use_social",
+    "max_epochs",
+    "best_epoch",
+)
 
 
 def describe(config: dict) -> str:
@@ -92,7 +104,9 @@ def tune(registry: dict, graph, split: dict, only: set[str] | None) -> None:
             variants = grid
         else:
             keys = list(grid)
-            variants = [dict(zip(keys, values)) for values in itertools.product(*(grid[k] for k in keys))] if keys else [{}]
+            variants = (
+                [dict(zip(keys, values)) for values in itertools.product(*(grid[k] for k in keys))] if keys else [{}]
+            )
         best = None
         for variant in variants:
             if base.trainable:  # early stopping on validation picks the epoch count
@@ -111,7 +125,9 @@ def tune(registry: dict, graph, split: dict, only: set[str] | None) -> None:
 
 
 def final(registry: dict, graph, split: dict, only: set[str] | None) -> None:
-    print("## test (fit on all of train.tsv, test.tsv scored once; all 17,632 artists ranked, training artists masked)\n")
+    print(
+        "## test (fit on all of train.tsv, test.tsv scored once; all 17,632 artists ranked, training artists masked)\n"
+    )
     print(header())
     results = {}
     for name, config in registry.items():

@@ -26,24 +26,24 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from spotify_engine_assets.core.config import parse_config, update_config  # noqa: E402
-from spotify_engine_assets.core.data.graph import num_nodes_of  # noqa: E402
-from spotify_engine_assets.core.data.splits import labels_to_indices  # noqa: E402
-from spotify_engine_assets.core.evaluation.metrics import ranking_metrics  # noqa: E402
-from spotify_engine_assets.core.models import build_model, embed  # noqa: E402
-from spotify_engine_assets.core.storage.paths import configs_dir  # noqa: E402
-from spotify_engine_assets.core.training.inputs import task_labels, training_inputs  # noqa: E402
-from spotify_engine_assets.core.training.losses import roc_auc, task_metrics  # noqa: E402
-from spotify_engine_assets.core.training.trainer import train  # noqa: E402
-from spotify_engine_assets.datasets.listening import DATASET  # noqa: E402
-from spotify_engine_assets.datasets.listening.generator import GeneratorSettings, generate_world  # noqa: E402
-from spotify_engine_assets.datasets.listening.graph import (  # noqa: E402
+from spotify_engine_assets.core.config import parse_config, update_config
+from spotify_engine_assets.core.data.graph import num_nodes_of
+from spotify_engine_assets.core.data.splits import labels_to_indices
+from spotify_engine_assets.core.evaluation.metrics import ranking_metrics
+from spotify_engine_assets.core.models import build_model, embed
+from spotify_engine_assets.core.storage.paths import configs_dir
+from spotify_engine_assets.core.training.inputs import task_labels, training_inputs
+from spotify_engine_assets.core.training.losses import roc_auc, task_metrics
+from spotify_engine_assets.core.training.trainer import train
+from spotify_engine_assets.datasets.listening import DATASET
+from spotify_engine_assets.datasets.listening.generator import GeneratorSettings, generate_world
+from spotify_engine_assets.datasets.listening.graph import (
     LISTENS,
     SCHEMA,
     graph_from_world,
     message_passing_graph,
 )
-from spotify_engine_assets.datasets.listening.splits import SplitSettings, random_split  # noqa: E402
+from spotify_engine_assets.datasets.listening.splits import SplitSettings, random_split
 
 WORLDS = {
     "default": GeneratorSettings(),
@@ -65,8 +65,12 @@ def test_metrics(model, view, pairs) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--configs", default="", help="comma-separated names (default: both bases and every variant); "
-                        "'vs base' needs the base (gat_enhanced / lightgcn) listed before its variants")
+    parser.add_argument(
+        "--configs",
+        default="",
+        help="comma-separated names (default: both bases and every variant); "
+        "'vs base' needs the base (gat_enhanced / lightgcn) listed before its variants",
+    )
     parser.add_argument("--world", choices=sorted(WORLDS), default="default")
     parser.add_argument("--max-epochs", type=int, help="cap epochs for every config")
     parser.add_argument("--seed", type=int, help="override every config's seed")
@@ -76,29 +80,43 @@ def main() -> None:
 
     variants = DATASET.registry.load(configs_dir() / "listening" / "variants.yaml")
     registry = {**DATASET.registry.base, **variants}
-    names = [n for n in args.configs.split(",") if n] or ["gat_enhanced", *[n for n in variants if n.startswith("gat")],
-                                                         "lightgcn", *[n for n in variants if n.startswith("lightgcn")]]
+    names = [n for n in args.configs.split(",") if n] or [
+        "gat_enhanced",
+        *[n for n in variants if n.startswith("gat")],
+        "lightgcn",
+        *[n for n in variants if n.startswith("lightgcn")],
+    ]
     started = time.perf_counter()
     data = graph_from_world(generate_world(WORLDS[args.world]))
     parts = labels_to_indices(random_split(data[LISTENS].edge_index[0].numpy(), SplitSettings()))
     view = message_passing_graph(data, parts["train"])
     edge_index = data[LISTENS].edge_index
     pairs = {part: edge_index[:, parts[part]] for part in ("train", "valid", "test")}
-    print(f"world {args.world}: {data['user'].num_nodes} users, {data['song'].num_nodes} songs, "
-          f"{pairs['train'].size(1)}/{pairs['valid'].size(1)}/{pairs['test'].size(1)} train/valid/test pairs "
-          f"({time.perf_counter() - started:.1f} s); max_epochs {args.max_epochs or 'per config'}", flush=True)
+    print(
+        f"world {args.world}: {data['user'].num_nodes} users, {data['song'].num_nodes} songs, "
+        f"{pairs['train'].size(1)}/{pairs['valid'].size(1)}/{pairs['test'].size(1)} train/valid/test pairs "
+        f"({time.perf_counter() - started:.1f} s); max_epochs {args.max_epochs or 'per config'}",
+        flush=True,
+    )
 
     reference = test_metrics(fit_most_popular(view), view, pairs)
-    header = ("| config | test ndcg@10 | test recall@10 | test coverage@10 | vs base ndcg | vs base coverage | "
-              "test auc complete | test auc repeat | epochs | best | s/epoch | train s |")
+    header = (
+        "| config | test ndcg@10 | test recall@10 | test coverage@10 | vs base ndcg | vs base coverage | "
+        "test auc complete | test auc repeat | epochs | best | s/epoch | train s |"
+    )
     # reference AUCs for the task heads: the song's training popularity as the score
     popularity = torch.bincount(pairs["train"][1], minlength=data["song"].num_nodes).float()[pairs["test"][1]]
     listens = data[LISTENS]
-    popular_auc = [roc_auc(popularity, listens.mean_completion[parts["test"]] >= 0.8),
-                   roc_auc(popularity, listens.play_count[parts["test"]] >= 2)]
-    rows = [header, "|---|---|---|---|---|---|---|---|---|---|---|---|",
-            f"| most_popular | {reference['ndcg@10']:.4f} | {reference['recall@10']:.4f} | {reference['coverage@10']:.4f} "
-            f"| | | {popular_auc[0]:.4f} | {popular_auc[1]:.4f} | | | | |"]
+    popular_auc = [
+        roc_auc(popularity, listens.mean_completion[parts["test"]] >= 0.8),
+        roc_auc(popularity, listens.play_count[parts["test"]] >= 2),
+    ]
+    rows = [
+        header,
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        f"| most_popular | {reference['ndcg@10']:.4f} | {reference['recall@10']:.4f} | {reference['coverage@10']:.4f} "
+        f"| | | {popular_auc[0]:.4f} | {popular_auc[1]:.4f} | | | | |",
+    ]
     print(rows[-1], flush=True)
     base: dict[str, dict[str, float]] = {}
     for name in names:
@@ -114,16 +132,22 @@ def main() -> None:
         aucs = {task: values["auc"] for task, values in task_metrics(model, config, test_labels, pairs["test"]).items()}
         if name == config.model:  # the base model of a family (configs/models.yaml)
             base[config.model] = metrics
-        ratios = [f"{metrics[m] / base[config.model][m]:.3f}x" if config.model in base else "-"
-                  for m in ("ndcg@10", "coverage@10")]
+        ratios = [
+            f"{metrics[m] / base[config.model][m]:.3f}x" if config.model in base else "-"
+            for m in ("ndcg@10", "coverage@10")
+        ]
         shown = [f"{aucs[task]:.4f}" if aucs.get(task) is not None else "-" for task in ("complete", "repeat")]
-        rows.append(f"| {name} | {metrics['ndcg@10']:.4f} | {metrics['recall@10']:.4f} | {metrics['coverage@10']:.4f} | "
-                    f"{ratios[0]} | {ratios[1]} | {shown[0]} | {shown[1]} | {result.epochs_run} | {result.best_epoch} | "
-                    f"{result.seconds / max(result.epochs_run, 1):.1f} | {result.seconds:.0f} |")
+        rows.append(
+            f"| {name} | {metrics['ndcg@10']:.4f} | {metrics['recall@10']:.4f} | {metrics['coverage@10']:.4f} | "
+            f"{ratios[0]} | {ratios[1]} | {shown[0]} | {shown[1]} | {result.epochs_run} | {result.best_epoch} | "
+            f"{result.seconds / max(result.epochs_run, 1):.1f} | {result.seconds:.0f} |"
+        )
         print(rows[-1], flush=True)
     print("\n" + "\n".join(rows))
-    print("(most_popular's AUCs score each test edge by its song's training popularity: the reference for the task "
-          "heads, with the default thresholds completion >= 0.8 and plays >= 2)")
+    print(
+        "(most_popular's AUCs score each test edge by its song's training popularity: the reference for the task "
+        "heads, with the default thresholds completion >= 0.8 and plays >= 2)"
+    )
 
 
 if __name__ == "__main__":

@@ -99,12 +99,18 @@ def prepare(con, graph_settings: P.GraphSettings, split_settings: P.SplitSetting
         data, rounds = P.build_playlist_graph(*frames, graph_settings)
     except P.PlaylistGraphError as error:
         return str(error)
-    print(f"  after filters ({graph_settings}): {data[P.CONTAINS].edge_index.size(1)} playlist-track edges in {len(rounds)} k-core rounds")
-    labels = P.split_labels(data[P.CONTAINS].edge_index, data[P.CONTAINS].position, data["playlist"].num_nodes, split_settings)
+    print(
+        f"  after filters ({graph_settings}): {data[P.CONTAINS].edge_index.size(1)} playlist-track edges in {len(rounds)} k-core rounds"
+    )
+    labels = P.split_labels(
+        data[P.CONTAINS].edge_index, data[P.CONTAINS].position, data["playlist"].num_nodes, split_settings
+    )
     split = labels_to_indices(labels)
     edges = data[P.CONTAINS].edge_index
     evaluable = int(torch.unique(edges[0, split["test"]]).numel())
-    print(f"  split ({split_settings}): {evaluable} evaluable playlists (with held-out tracks) of {data['playlist'].num_nodes}")
+    print(
+        f"  split ({split_settings}): {evaluable} evaluable playlists (with held-out tracks) of {data['playlist'].num_nodes}"
+    )
     leaks = P.split_violations(data, {"position": split})
     if sum(leaks.values()):
         raise SystemExit(f"leakage check failed: {leaks}")
@@ -135,7 +141,11 @@ def table(prepared: dict, configs: dict | None = None) -> None:
             key = repr(config.model_dump(exclude={"name", "description", "fusion"}))
             if key not in trained:
                 model, result, view = DATASET.fit(update_config(config, fusion=None), data, split)
-                trained[key] = (model.state_dict(), f"{result.best_epoch}/{result.epochs_run}", time.perf_counter() - started)
+                trained[key] = (
+                    model.state_dict(),
+                    f"{result.best_epoch}/{result.epochs_run}",
+                    time.perf_counter() - started,
+                )
             weights, epochs, seconds_before = trained[key]
             started -= seconds_before
             model = DATASET.build(config, data)
@@ -150,7 +160,10 @@ def table(prepared: dict, configs: dict | None = None) -> None:
         metrics = evaluate(model.score, test, known, data["track"].num_nodes, sample, track_artist=artists)
         seconds = time.perf_counter() - started
         cells = " | ".join(f"{metrics[c]:.4f}" if c != "clicks" else f"{metrics[c]:.2f}" for c in COLUMNS)
-        print(f"  | {name} | {config.user_sample} | {cells} | {metrics['playlists_evaluated']} | {epochs} | {seconds:.1f} |", flush=True)
+        print(
+            f"  | {name} | {config.user_sample} | {cells} | {metrics['playlists_evaluated']} | {epochs} | {seconds:.1f} |",
+            flush=True,
+        )
 
 
 def tune(prepared: dict, only: list[str]) -> None:
@@ -165,7 +178,9 @@ def tune(prepared: dict, only: list[str]) -> None:
         # the non-trainable references on the same validation split
         for reference in ("most_popular", "itemknn"):
             model, _, _ = DATASET.fit(registry[reference], data, split)
-            metrics = evaluate(model.score, valid, train, data["track"].num_nodes, sample, ks=(10,), track_artist=artists)
+            metrics = evaluate(
+                model.score, valid, train, data["track"].num_nodes, sample, ks=(10,), track_artist=artists
+            )
             print(f"  valid {reference}: R-prec {metrics['r_precision']:.4f} NDCG@10 {metrics['ndcg@10']:.4f}")
         rows = []
         for changes in TUNE_GRID[base.model]:
@@ -173,7 +188,9 @@ def tune(prepared: dict, only: list[str]) -> None:
             started = time.perf_counter()
             _, result, _ = DATASET.fit(config, data, split)
             best = result.history[result.best_epoch - 1]
-            rows.append((result.best_valid, changes, result.best_epoch, result.epochs_run, time.perf_counter() - started))
+            rows.append(
+                (result.best_valid, changes, result.best_epoch, result.epochs_run, time.perf_counter() - started)
+            )
             print(
                 f"  {name} {changes}: valid R-prec {result.best_valid:.4f} (recall@10 {best['valid_recall@10']:.4f}) "
                 f"best epoch {result.best_epoch}/{result.epochs_run} {rows[-1][-1]:.0f}s",
@@ -201,7 +218,9 @@ def real_sample(min_evaluable: int) -> None:
         print(f"real sample: skipped ({SAMPLE} is absent)")
         return
     graph_settings, split_settings = P.GraphSettings(1, 1), P.SplitSettings(1, 1)
-    print(f"real 500-row Kaggle sample ({SAMPLE.name}; loosest settings: no size/k-core filter, holdout 1, min 1 training track):")
+    print(
+        f"real 500-row Kaggle sample ({SAMPLE.name}; loosest settings: no size/k-core filter, holdout 1, min 1 training track):"
+    )
     con, _ = warehouse_from(SAMPLE, None)
     prepared = prepare(con, graph_settings, split_settings)
     if isinstance(prepared, str):
@@ -220,7 +239,9 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--skip-sample", action="store_true")
     parser.add_argument("--skip-default", action="store_true")
-    parser.add_argument("--tune", action="store_true", help="validation-only search of LightGCN and PlaylistGAT settings")
+    parser.add_argument(
+        "--tune", action="store_true", help="validation-only search of LightGCN and PlaylistGAT settings"
+    )
     parser.add_argument("--only", nargs="*", default=["lightgcn", "playlist_gat"])
     parser.add_argument("--min-evaluable", type=int, default=MIN_EVALUABLE)
     args = parser.parse_args()
@@ -228,7 +249,9 @@ def main() -> None:
     if not args.skip_default:
         with tempfile.TemporaryDirectory() as folder:
             playlists_csv, genres_csv = default_data(Path(folder))
-            print("default data (Kaggle-format files from the default synthetic world; min playlist size 5, k-core 2, holdout 2):")
+            print(
+                "default data (Kaggle-format files from the default synthetic world; min playlist size 5, k-core 2, holdout 2):"
+            )
             con, _ = warehouse_from(playlists_csv, genres_csv)
             prepared = prepare(con, P.GraphSettings(5, 2), P.SplitSettings(2, 3))
             if isinstance(prepared, str):

@@ -55,19 +55,22 @@ from scipy import stats as scipy_stats
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from spotify_engine_assets.core.data.splits import labels_to_indices  # noqa: E402
-from spotify_engine_assets.core.dataset import Dataset  # noqa: E402
-from spotify_engine_assets.core.evaluation import stats  # noqa: E402
-from spotify_engine_assets.core.evaluation.report import evaluate  # noqa: E402
-from spotify_engine_assets.datasets.lastfm import data as lastfm_data  # noqa: E402
-from spotify_engine_assets.datasets.lastfm import graph as lastfm_graph  # noqa: E402
-from spotify_engine_assets.datasets.lastfm import splits as lastfm_splits  # noqa: E402
-from spotify_engine_assets.datasets.listening.generator import GeneratorSettings, generate_world  # noqa: E402
+from spotify_engine_assets.core.data.splits import labels_to_indices
+from spotify_engine_assets.core.dataset import Dataset
+from spotify_engine_assets.core.evaluation import stats
+from spotify_engine_assets.core.evaluation.report import evaluate
+from spotify_engine_assets.datasets.lastfm import data as lastfm_data
+from spotify_engine_assets.datasets.lastfm import graph as lastfm_graph
+from spotify_engine_assets.datasets.lastfm import splits as lastfm_splits
+from spotify_engine_assets.datasets.listening.generator import GeneratorSettings, generate_world
 
 WORLD_SEEDS = (42, 43, 44)  # 42: GeneratorSettings().seed, the default world
 LASTFM_SEEDS = (1, 2, 3, 4, 5)
-SECONDARY = {"listening": ("recall@10", "coverage@10"), "lastfm": ("recall@20", "ndcg@10"),
-             "playlists": ("ndcg@10", "recall@50")}
+SECONDARY = {
+    "listening": ("recall@10", "coverage@10"),
+    "lastfm": ("recall@20", "ndcg@10"),
+    "playlists": ("ndcg@10", "recall@50"),
+}
 FOCUS = {"listening": "gat_enhanced"}  # also reported against the best category_popularity config
 ALPHA = 0.05
 
@@ -105,8 +108,12 @@ def listening_scenarios() -> tuple[Dataset, list[Scenario]]:
 
     default = GeneratorSettings().seed
     return DATASET, [
-        Scenario(f"world{seed}", f"generated world, generator seed {seed}{' (default)' if seed == default else ''}, "
-                 "random 70/15/15 split seed 0", functools.partial(build, seed))
+        Scenario(
+            f"world{seed}",
+            f"generated world, generator seed {seed}{' (default)' if seed == default else ''}, "
+            "random 70/15/15 split seed 0",
+            functools.partial(build, seed),
+        )
         for seed in WORLD_SEEDS
     ]
 
@@ -130,10 +137,20 @@ def lastfm_scenarios() -> tuple[Dataset, list[Scenario]]:
 
     return DATASET, [
         Scenario("fixed", "the fixed split (train.tsv / test.tsv), validation cut from train.tsv", fixed),
-        *[Scenario(f"seed{seed}", f"per-user random 80/20 split, seed {seed}, validation cut from its training part",
-                   functools.partial(random, seed)) for seed in LASTFM_SEEDS],
-        Scenario("longtail", f"top {lastfm_splits.HEAD_FRACTION:.0%} artists by listeners dropped from the catalogue, "
-                 "per-user random 80/20 split seed 0", long_tail),
+        *[
+            Scenario(
+                f"seed{seed}",
+                f"per-user random 80/20 split, seed {seed}, validation cut from its training part",
+                functools.partial(random, seed),
+            )
+            for seed in LASTFM_SEEDS
+        ],
+        Scenario(
+            "longtail",
+            f"top {lastfm_splits.HEAD_FRACTION:.0%} artists by listeners dropped from the catalogue, "
+            "per-user random 80/20 split seed 0",
+            long_tail,
+        ),
     ]
 
 
@@ -153,8 +170,12 @@ def playlist_scenarios() -> tuple[Dataset, list[Scenario]]:
 
     default = GeneratorSettings().seed
     return DATASET, [
-        Scenario(f"world{seed}", f"default playlist data from the world of generator seed {seed}"
-                 f"{' (default)' if seed == default else ''}, position holdout 2", functools.partial(build, seed))
+        Scenario(
+            f"world{seed}",
+            f"default playlist data from the world of generator seed {seed}"
+            f"{' (default)' if seed == default else ''}, position holdout 2",
+            functools.partial(build, seed),
+        )
         for seed in WORLD_SEEDS
     ]
 
@@ -191,7 +212,9 @@ def kind_of(config) -> str:
     return "graph+itemknn" if getattr(config, "itemknn_fusion", False) else "graph"
 
 
-def run_config(dataset: Dataset, config, graph, parts: dict, max_epochs: int | None, secondary: tuple[str, ...]) -> dict:
+def run_config(
+    dataset: Dataset, config, graph, parts: dict, max_epochs: int | None, secondary: tuple[str, ...]
+) -> dict:
     """Fit ``config`` on ``parts`` (the registry's semantics) and score its test part."""
     training = {}
     if config.trainable and max_epochs:
@@ -230,12 +253,17 @@ def fmt(value: float, digits: int = 4) -> str:
 
 
 def scenario_table(name: str, description: str, results: dict, primary: str, secondary: tuple[str, ...]) -> str:
-    lines = [f"### {name}: {description}\n", f"| config | kind | {primary} | {' | '.join(secondary)} | users | epochs | fit s |",
-             f"|---|---|---|{'---|' * len(secondary)}---|---|---|"]
+    lines = [
+        f"### {name}: {description}\n",
+        f"| config | kind | {primary} | {' | '.join(secondary)} | users | epochs | fit s |",
+        f"|---|---|---|{'---|' * len(secondary)}---|---|---|",
+    ]
     for config, r in sorted(results.items(), key=lambda item: -item[1]["metrics"][primary]):
         cells = " | ".join(fmt(r["metrics"].get(m, float("nan"))) for m in secondary)
-        lines.append(f"| {config} | {r['kind']} | {fmt(r['metrics'][primary])} | {cells} | {r['users_evaluated']} | "
-                     f"{r['epochs']} | {r['fit_seconds']:.1f} |")
+        lines.append(
+            f"| {config} | {r['kind']} | {fmt(r['metrics'][primary])} | {cells} | {r['users_evaluated']} | "
+            f"{r['epochs']} | {r['fit_seconds']:.1f} |"
+        )
     return "\n".join(lines)
 
 
@@ -252,40 +280,56 @@ def sign_test(wins: int, losses: int) -> float:
 
 def comparison(results: dict[str, dict], names: list[str], treatment: str, control: str, primary: str) -> list[str]:
     """``treatment`` against ``control``: per scenario, over scenario means, over pooled users."""
-    lines = [f"| scenario | {control} | {treatment} | difference | users | t p | t p (Holm) | Wilcoxon p |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"| scenario | {control} | {treatment} | difference | users | t p | t p (Holm) | Wilcoxon p |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     per_scenario, pooled_c, pooled_t = [], [], []
     for name in names:
         c, t = paired_users(results[name][control], results[name][treatment])
         pooled_c.append(c)
         pooled_t.append(t)
-        per_scenario.append((name, results[name][control]["metrics"][primary], results[name][treatment]["metrics"][primary],
-                             stats.paired_test(c, t, n_resamples=200)))
+        per_scenario.append(
+            (
+                name,
+                results[name][control]["metrics"][primary],
+                results[name][treatment]["metrics"][primary],
+                stats.paired_test(c, t, n_resamples=200),
+            )
+        )
     adjusted = stats.holm([test["t_p"] for *_, test in per_scenario])
     for (name, mc, mt, test), p_holm in zip(per_scenario, adjusted):
-        lines.append(f"| {name} | {fmt(mc)} | {fmt(mt)} | {mt - mc:+.4f} | {test['n']} | {test['t_p']:.3g} | "
-                     f"{p_holm:.3g} | {test['wilcoxon_p']:.3g} |")
+        lines.append(
+            f"| {name} | {fmt(mc)} | {fmt(mt)} | {mt - mc:+.4f} | {test['n']} | {test['t_p']:.3g} | "
+            f"{p_holm:.3g} | {test['wilcoxon_p']:.3g} |"
+        )
     means_c = np.array([mc for _, mc, _, _ in per_scenario])
     means_t = np.array([mt for _, _, mt, _ in per_scenario])
     diff = means_t - means_c
     wins, losses = int((diff > 0).sum()), int((diff < 0).sum())
     lines.append("")
-    lines.append(f"- mean {primary}: {treatment} {fmt(means_t.mean())} vs {control} {fmt(means_c.mean())}, "
-                 f"difference {diff.mean():+.4f} (ratio {means_t.mean() / means_c.mean():.3f}); {treatment} better in "
-                 f"{wins} of {len(names)} scenarios ({losses} worse); exact sign test p {sign_test(wins, losses):.3g}")
+    lines.append(
+        f"- mean {primary}: {treatment} {fmt(means_t.mean())} vs {control} {fmt(means_c.mean())}, "
+        f"difference {diff.mean():+.4f} (ratio {means_t.mean() / means_c.mean():.3f}); {treatment} better in "
+        f"{wins} of {len(names)} scenarios ({losses} worse); exact sign test p {sign_test(wins, losses):.3g}"
+    )
     if len(names) >= 2:
         over_scenarios = stats.paired_test(means_c, means_t, n_resamples=500)
-        lines.append(f"- paired t-test over the {len(names)} scenario means: t {over_scenarios['t_stat']:.2f}, "
-                     f"p {over_scenarios['t_p']:.3g} -> {stats.verdict(over_scenarios['t_p'], diff.mean(), ALPHA)}")
+        lines.append(
+            f"- paired t-test over the {len(names)} scenario means: t {over_scenarios['t_stat']:.2f}, "
+            f"p {over_scenarios['t_p']:.3g} -> {stats.verdict(over_scenarios['t_p'], diff.mean(), ALPHA)}"
+        )
     else:
         over_scenarios = {"t_p": 1.0}
         lines.append("- paired t-test over scenario means: needs at least 2 scenarios")
     c_all, t_all = np.concatenate(pooled_c), np.concatenate(pooled_t)
     users = stats.paired_test(c_all, t_all, n_resamples=500)
-    lines.append(f"- paired tests over {users['n']} (scenario, user) pairs pooled: mean difference {users['mean_diff']:+.4f} "
-                 f"(95% bootstrap CI {users['ci_low']:+.4f} .. {users['ci_high']:+.4f}), t p {users['t_p']:.3g}, "
-                 f"Wilcoxon p {users['wilcoxon_p']:.3g} -> {stats.verdict(users['t_p'], users['mean_diff'], ALPHA)} "
-                 "(a user recurs across scenarios: the pooled pairs are not independent, read with the scenario test)")
+    lines.append(
+        f"- paired tests over {users['n']} (scenario, user) pairs pooled: mean difference {users['mean_diff']:+.4f} "
+        f"(95% bootstrap CI {users['ci_low']:+.4f} .. {users['ci_high']:+.4f}), t p {users['t_p']:.3g}, "
+        f"Wilcoxon p {users['wilcoxon_p']:.3g} -> {stats.verdict(users['t_p'], users['mean_diff'], ALPHA)} "
+        "(a user recurs across scenarios: the pooled pairs are not independent, read with the scenario test)"
+    )
     every = wins == len(names)
     holds = diff.mean() >= 0
     scenario_level = stats.verdict(over_scenarios["t_p"], diff.mean(), ALPHA) if len(names) >= 2 else "n/a (1 scenario)"
@@ -306,19 +350,35 @@ def summary_report(chain: str, results: dict[str, dict], names: list[str], confi
         values = np.array([results[n][config]["metrics"][primary] for n in names])
         std = values.std(ddof=1) if values.size > 1 else 0.0
         kind = results[names[0]][config]["kind"]
-        rows.append((config, kind, values.mean(), std, values.min(), values.max(),
-                     float(np.mean([results[n][config]["fit_seconds"] for n in names]))))
+        rows.append(
+            (
+                config,
+                kind,
+                values.mean(),
+                std,
+                values.min(),
+                values.max(),
+                float(np.mean([results[n][config]["fit_seconds"] for n in names])),
+            )
+        )
     rows.sort(key=lambda row: -row[2])
-    lines = [f"## Summary over {len(names)} scenarios ({', '.join(names)}): {primary}\n",
-             f"| config | kind | mean {primary} | std | min | max | mean fit s |", "|---|---|---|---|---|---|---|"]
-    lines += [f"| {c} | {k} | {fmt(m)} | {fmt(s)} | {fmt(lo)} | {fmt(hi)} | {sec:.1f} |" for c, k, m, s, lo, hi, sec in rows]
+    lines = [
+        f"## Summary over {len(names)} scenarios ({', '.join(names)}): {primary}\n",
+        f"| config | kind | mean {primary} | std | min | max | mean fit s |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {c} | {k} | {fmt(m)} | {fmt(s)} | {fmt(lo)} | {fmt(hi)} | {sec:.1f} |" for c, k, m, s, lo, hi, sec in rows
+    ]
     if missing:
         lines.append(f"\n(not in every scenario, left out: {', '.join(missing)})")
     graphs = [row for row in rows if row[1] != "baseline"]
     baselines = [row for row in rows if row[1] == "baseline"]
     if not graphs or not baselines:
-        lines.append("\nNo graph-model vs baseline comparison: the run needs at least one trainable and one "
-                     "non-trainable config.")
+        lines.append(
+            "\nNo graph-model vs baseline comparison: the run needs at least one trainable and one "
+            "non-trainable config."
+        )
         return "\n".join(lines)
     best_graph, best_baseline = graphs[0][0], baselines[0][0]
     lines.append(f"\n## Best graph model ({best_graph}) vs best simple baseline ({best_baseline}), by mean {primary}\n")
@@ -346,13 +406,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--chain", choices=sorted(CHAINS), required=True)
     parser.add_argument("--only", default="", help="comma-separated config names (default: every registry config)")
-    parser.add_argument("--registry", type=Path, help="a YAML of extra configs (the models.yaml schema) added to the registry")
+    parser.add_argument(
+        "--registry", type=Path, help="a YAML of extra configs (the models.yaml schema) added to the registry"
+    )
     parser.add_argument("--scenarios", default="", help="comma-separated scenario indices or names (default: all)")
     parser.add_argument("--max-epochs", type=int, help="cap every graph model's epochs (quick runs only)")
     parser.add_argument("--json", type=Path, help="save every per-scenario, per-config result here")
     parser.add_argument("--resume", action="store_true", help="reuse the matching results already in --json")
-    parser.add_argument("--focus", help=f"listening: the config compared with the category-popularity heuristic "
-                        f"(default {FOCUS['listening']})")
+    parser.add_argument(
+        "--focus",
+        help=f"listening: the config compared with the category-popularity heuristic (default {FOCUS['listening']})",
+    )
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -378,33 +442,46 @@ def main() -> None:
         if (stored.get("chain"), stored.get("max_epochs")) == (args.chain, args.max_epochs):
             payload["scenarios"] = stored["scenarios"]
         else:
-            log(f"{args.json}: chain / max_epochs differ ({stored.get('chain')}, {stored.get('max_epochs')}): not reused")
-    print(f"# Quality over scenarios: {args.chain} chain, primary {primary}"
-          f"{f', graph models capped at {args.max_epochs} epochs' if args.max_epochs else ''}\n", flush=True)
+            log(
+                f"{args.json}: chain / max_epochs differ ({stored.get('chain')}, {stored.get('max_epochs')}): not reused"
+            )
+    print(
+        f"# Quality over scenarios: {args.chain} chain, primary {primary}"
+        f"{f', graph models capped at {args.max_epochs} epochs' if args.max_epochs else ''}\n",
+        flush=True,
+    )
 
     results: dict[str, dict] = {}
     for position, scenario in enumerate(scenarios, 1):
         entry = payload["scenarios"].setdefault(scenario.name, {"description": scenario.description, "results": {}})
         done = entry["results"]
         todo = [n for n in configs if n not in done or done[n]["config"] != registry[n].model_dump(mode="json")]
-        log(f"[{position}/{len(scenarios)}] {scenario.name}: {scenario.description}; "
-            f"{len(configs) - len(todo)} reused, {len(todo)} to fit")
+        log(
+            f"[{position}/{len(scenarios)}] {scenario.name}: {scenario.description}; "
+            f"{len(configs) - len(todo)} reused, {len(todo)} to fit"
+        )
         if todo:
             began = time.perf_counter()
             graph, parts = scenario.build()
-            log(f"  built in {time.perf_counter() - began:.1f} s: {parts['train'].numel():,} train / "
-                f"{parts['valid'].numel():,} valid / {parts['test'].numel():,} test pairs")
+            log(
+                f"  built in {time.perf_counter() - began:.1f} s: {parts['train'].numel():,} train / "
+                f"{parts['valid'].numel():,} valid / {parts['test'].numel():,} test pairs"
+            )
             for name in todo:
                 log(f"  {name}: fitting ...")
                 done[name] = run_config(dataset, registry[name], graph, parts, args.max_epochs, secondary)
-                log(f"  {name}: {primary} {done[name]['metrics'][primary]:.4f}, fit {done[name]['fit_seconds']:.1f} s, "
-                    f"eval {done[name]['eval_seconds']:.1f} s")
+                log(
+                    f"  {name}: {primary} {done[name]['metrics'][primary]:.4f}, fit {done[name]['fit_seconds']:.1f} s, "
+                    f"eval {done[name]['eval_seconds']:.1f} s"
+                )
                 if args.json:
                     save(args.json, payload)
             del graph, parts
         results[scenario.name] = {n: done[n] for n in configs}
-        print(scenario_table(scenario.name, scenario.description, results[scenario.name], primary, secondary) + "\n",
-              flush=True)
+        print(
+            scenario_table(scenario.name, scenario.description, results[scenario.name], primary, secondary) + "\n",
+            flush=True,
+        )
     print(summary_report(args.chain, results, [s.name for s in scenarios], configs, primary))
     print(f"\ntotal {time.perf_counter() - started:.0f} s, torch threads {torch.get_num_threads()}")
 

@@ -46,12 +46,16 @@ def sensor_ticks(files: int) -> tuple[list[float], int]:
         root = Path(folder)
         (root / "landing").mkdir()
         for i in range(files):
-            (root / "landing" / f"batch{i:05d}.csv").write_text(f"{KAGGLE_HEADER}\nuser{i},Artist {i % 7},Song {i},mix\n")
+            (root / "landing" / f"batch{i:05d}.csv").write_text(
+                f"{KAGGLE_HEADER}\nuser{i},Artist {i % 7},Song {i},mix\n"
+            )
         instance = dg.DagsterInstance.ephemeral()
         cursor, seconds, requests = None, [], 0
         for _ in range(3):
             started = time.perf_counter()
-            context = dg.build_sensor_context(instance=instance, cursor=cursor, resources={"lake": DataLake(root=str(root))})
+            context = dg.build_sensor_context(
+                instance=instance, cursor=cursor, resources={"lake": DataLake(root=str(root))}
+            )
             result = landing_sensor(context)
             seconds.append(time.perf_counter() - started)
             cursor = result.cursor
@@ -63,7 +67,9 @@ def lock_wait() -> tuple[float, str]:
     """Seconds a writer waited for a 1 s lock held by another process; a reader's answer."""
     with tempfile.TemporaryDirectory() as folder:
         lake = DataLake(root=folder)
-        holder = subprocess.Popen([sys.executable, "-c", HOLD, str(lake.warehouse_path)], stdout=subprocess.PIPE, text=True)
+        holder = subprocess.Popen(
+            [sys.executable, "-c", HOLD, str(lake.warehouse_path)], stdout=subprocess.PIPE, text=True
+        )
         holder.stdout.readline()
         try:
             Warehouse(lake=lake, lock_timeout_s=0).read_table("main.t")
@@ -86,7 +92,7 @@ TESTS = Path(__file__).resolve().parents[1] / "tests"
 @dataclass
 class Outcome:
     verdict: str  # one of VERDICTS
-    detail: str   # what was seen (the error's first line, the result)
+    detail: str  # what was seen (the error's first line, the result)
 
 
 CASES: dict[str, list[Callable[[Path], Outcome]]] = {}  # block -> its cases, in order
@@ -95,9 +101,11 @@ CASES: dict[str, list[Callable[[Path], Outcome]]] = {}  # block -> its cases, in
 def case(block: str):
     """Register a case function ``f(scratch folder) -> Outcome`` under ``block`` (its docstring's
     first line is the row's name)."""
+
     def register(function):
         CASES.setdefault(block, []).append(function)
         return function
+
     return register
 
 
@@ -171,7 +179,9 @@ def killed_pool_holder(root: Path) -> Outcome:
         freed = f"freed the slots of run(s) {holder_run}" in stderr
         status = instance.get_run_by_id(holder_run).status
         if writer.returncode == 0 and freed and status == dg.DagsterRunStatus.FAILURE:
-            return Outcome("handled", f"writer succeeded; killed run {holder_run[:8]} marked failed, its slot freed (logged)")
+            return Outcome(
+                "handled", f"writer succeeded; killed run {holder_run[:8]} marked failed, its slot freed (logged)"
+            )
         return Outcome("unclear", f"writer exit {writer.returncode}, holder {status}, freed logged: {freed}")
 
 
@@ -194,8 +204,11 @@ def _waiting_writer_stops(root: Path, signum: int) -> Outcome:
             runs = [run for run in instance.get_runs() if run.run_id != holder_run]
             named = f"held by run(s) {holder_run}" in stderr
             if named and runs and runs[0].status == dg.DagsterRunStatus.FAILURE:
-                return Outcome("clear", f"wait logged at INFO naming run {holder_run[:8]}; stopped on "
-                               f"{signal.Signals(signum).name}, run marked failed")
+                return Outcome(
+                    "clear",
+                    f"wait logged at INFO naming run {holder_run[:8]}; stopped on "
+                    f"{signal.Signals(signum).name}, run marked failed",
+                )
             return Outcome("unclear", f"holder named: {named}, writer run {runs[0].status if runs else None}")
         finally:
             holder.kill()
@@ -259,7 +272,9 @@ def query_table_dependency(root: Path) -> Outcome:
     (root / "marts" / "a_reader.sql").write_text("SELECT * FROM query_table('marts.songs')")
     models = load_sql_project(root, [])
     order = list(models.models)
-    if models.models["marts.a_reader"].depends_on != ("marts.songs",) or order.index("marts.a_reader") < order.index("marts.songs"):
+    if models.models["marts.a_reader"].depends_on != ("marts.songs",) or order.index("marts.a_reader") < order.index(
+        "marts.songs"
+    ):
         return Outcome("silent", f"no dependency recorded; order {order}")
     (root / "marts" / "a_reader.sql").write_text("SELECT * FROM query_table(concat('marts', '.songs'))")
     try:
@@ -290,17 +305,20 @@ def _register_sibling_catalogues() -> None:
                     os.environ.pop(landing.DATA_LAKE_ENV, None)
                 else:
                     os.environ[landing.DATA_LAKE_ENV] = previous
+
         run.__doc__ = function.__name__.replace("_", " ")
         return run
 
     def modelled(name, function):
         def run(root: Path) -> Outcome:
             return Outcome(*function(root))
+
         run.__doc__ = name
         return run
 
     def materialized(root: Path) -> dict[str, Outcome]:
         return {name: Outcome(*outcome) for name, outcome in models.model_cases(root).items()}
+
     materialized.__doc__ = models.model_cases.__doc__
 
     for function in landing.CASES:
@@ -316,7 +334,9 @@ _register_sibling_catalogues()
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--files", type=int, nargs="+", default=[1000])
-    parser.add_argument("--cases", nargs="*", metavar="BLOCK", help=f"rerun catalogue cases (blocks: {', '.join(CASES)})")
+    parser.add_argument(
+        "--cases", nargs="*", metavar="BLOCK", help=f"rerun catalogue cases (blocks: {', '.join(CASES)})"
+    )
     args = parser.parse_args()
     if args.cases is not None:
         counts = run_cases(args.cases or list(CASES))

@@ -28,7 +28,12 @@ from spotify_engine_assets.runner import run_config
 
 
 def _rows(good: int, bad: int = 0, prefix: str = "u") -> str:
-    return KAGGLE_HEADER + "\n" + "".join(f"{prefix}{i},Artist {i % 3},Song {i},mix {i % 4}\n" for i in range(good)) + "u,bad\n" * bad
+    return (
+        KAGGLE_HEADER
+        + "\n"
+        + "".join(f"{prefix}{i},Artist {i % 3},Song {i},mix {i % 4}\n" for i in range(good))
+        + "u,bad\n" * bad
+    )
 
 
 def _materialize(lake: Path, keys, config: dict | None = None, batch: str | None = None, instance=None):
@@ -37,14 +42,27 @@ def _materialize(lake: Path, keys, config: dict | None = None, batch: str | None
     instance = instance or dg.DagsterInstance.ephemeral()
     if batch:
         instance.add_dynamic_partitions("landing_batches", [batch])
-    return dg.materialize([*defs.assets, *defs.asset_checks], selection=dg.AssetSelection.assets(*keys), instance=instance,
-                          resources=defs.resources, run_config={**run_config(), **(config or {})}, partition_key=batch,
-                          raise_on_error=False)
+    return dg.materialize(
+        [*defs.assets, *defs.asset_checks],
+        selection=dg.AssetSelection.assets(*keys),
+        instance=instance,
+        resources=defs.resources,
+        run_config={**run_config(), **(config or {})},
+        partition_key=batch,
+        raise_on_error=False,
+    )
 
 
 def _message(result) -> str:
-    return " ".join(str(e.step_failure_data.user_failure_data.description if e.step_failure_data.user_failure_data
-                        else e.step_failure_data.error.message) for e in result.all_events if e.is_step_failure)
+    return " ".join(
+        str(
+            e.step_failure_data.user_failure_data.description
+            if e.step_failure_data.user_failure_data
+            else e.step_failure_data.error.message
+        )
+        for e in result.all_events
+        if e.is_step_failure
+    )
 
 
 def _count(lake: Path, table: str, where: str = "true") -> int:
@@ -64,7 +82,9 @@ def _land(lake: Path, path: Path, batch: str):
 
 
 def _tick(lake: Path, instance, cursor=None):
-    return landing_sensor(dg.build_sensor_context(instance=instance, cursor=cursor, resources={"lake": DataLake(root=str(lake))}))
+    return landing_sensor(
+        dg.build_sensor_context(instance=instance, cursor=cursor, resources={"lake": DataLake(root=str(lake))})
+    )
 
 
 def _data_run(instance, batch: str, succeed: bool, rows: int | None = None) -> None:
@@ -73,12 +93,15 @@ def _data_run(instance, batch: str, succeed: bool, rows: int | None = None) -> N
         if not succeed:
             raise RuntimeError("ingestion failed")
         if rows is not None:
-            yield dg.AssetMaterialization(asset_key=LANDED_KEYS["landed_entries"], partition=batch, metadata={"dagster/row_count": rows})
+            yield dg.AssetMaterialization(
+                asset_key=LANDED_KEYS["landed_entries"], partition=batch, metadata={"dagster/row_count": rows}
+            )
         yield dg.Output(None)
 
     instance.add_dynamic_partitions("landing_batches", [batch])
     dg.GraphDefinition(name="fake_landing", node_defs=[step]).to_job().execute_in_process(
-        instance=instance, tags={LANDING_TAG: batch, "spotify_engine/stage": "data"}, raise_on_error=False)
+        instance=instance, tags={LANDING_TAG: batch, "spotify_engine/stage": "data"}, raise_on_error=False
+    )
 
 
 # --- the cases: each returns (verdict, what was seen) --------------------------------------------
@@ -95,7 +118,9 @@ def base_gate(lake: Path):
     seen = f"run {'SUCCESS' if result.success else 'FAILURE'}, kaggle_raw.entries 200 -> {entries}"
     if entries != 200:
         return "lost", seen
-    return ("clear" if str(real) in _message(result) and "reject_rate_within_threshold" in _message(result) else "unclear"), seen
+    return (
+        "clear" if str(real) in _message(result) and "reject_rate_within_threshold" in _message(result) else "unclear"
+    ), seen
 
 
 def landed_gate(lake: Path):
@@ -172,14 +197,18 @@ def _loaded(path: Path, data: bytes, column: str):
 def line_endings(lake: Path):
     stats, lines = _loaded(lake / "mixed.csv", b"\nu1,A,T1,P\r\nu2,B,T2,P\r\nu3,C\rX,T3,P\nu4,D,T4,P\r\n", "line")
     ok = lines == [2, 3, 5] and stats.unaccounted == 0 and stats.rejected == 1
-    return ("handled" if ok else "silent"), f"accepted at lines {lines}, {stats.rejected} rejected ({stats.reasons}), unaccounted {stats.unaccounted}"
+    return (
+        "handled" if ok else "silent"
+    ), f"accepted at lines {lines}, {stats.rejected} rejected ({stats.reasons}), unaccounted {stats.unaccounted}"
 
 
 def control_characters(lake: Path):
     stats, users = _loaded(lake / "controls.csv", b"\nu1,A\x00X,T,P\nu2,A\x1fX,T,P\n\xef\xbb\xbfu3,B,T,P\n", "user_id")
     cleaned = getattr(stats, "cleaned", {})  # (absent before issue 19)
     ok = stats.rejected == 2 and users == ["u3"] and cleaned == {"byte order mark removed": 1}
-    return ("handled" if ok else "silent"), f"{stats.rejected} rejected ({stats.reasons}), accepted {users}, cleaned {cleaned}"
+    return (
+        "handled" if ok else "silent"
+    ), f"{stats.rejected} rejected ({stats.reasons}), accepted {users}, cleaned {cleaned}"
 
 
 def archive_is_a_file(lake: Path):
@@ -195,8 +224,17 @@ def archive_is_a_file(lake: Path):
     return ("clear" if ok else "unclear"), "sensor: no file taken, archive named; landed_batch: fails before ingesting"
 
 
-CASES = [base_gate, landed_gate, open_writer, open_writer_at_ingestion, header_only, same_content_after_failure,
-         line_endings, control_characters, archive_is_a_file]
+CASES = [
+    base_gate,
+    landed_gate,
+    open_writer,
+    open_writer_at_ingestion,
+    header_only,
+    same_content_after_failure,
+    line_endings,
+    control_characters,
+    archive_is_a_file,
+]
 
 
 def landing_catalogue() -> list[tuple[str, str, str]]:
@@ -227,7 +265,12 @@ def main() -> None:
     for name, verdict, seen in rows:
         print(f"{name:<28} {verdict:<8} {seen}")
     counts = Counter(verdict for _, verdict, _ in rows)
-    print("tried " + str(len(rows)) + " / " + " / ".join(f"{k} {counts.get(k, 0)}" for k in ("clear", "handled", "unclear", "silent", "lost")))
+    print(
+        "tried "
+        + str(len(rows))
+        + " / "
+        + " / ".join(f"{k} {counts.get(k, 0)}" for k in ("clear", "handled", "unclear", "silent", "lost"))
+    )
 
 
 if __name__ == "__main__":

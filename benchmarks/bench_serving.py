@@ -37,8 +37,9 @@ def percentile(values: list[float], q: float) -> float:
 def cli(args: list[str], env: dict) -> tuple[float, str]:
     """Run ``spotify-engine ARGS`` in a new process; (wall seconds, stdout). Fails loudly on a non-zero exit."""
     started = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "spotify_engine_assets.cli", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "spotify_engine_assets.cli", *args], cwd=ROOT, env=env, capture_output=True, text=True
+    )
     seconds = time.perf_counter() - started
     if done.returncode != 0:
         raise SystemExit(f"spotify-engine {' '.join(args)} exited {done.returncode}:\n{done.stderr}")
@@ -79,7 +80,9 @@ def main() -> int:
     os.environ.update({DATA_LAKE_ENV: env[DATA_LAKE_ENV]} if DATA_LAKE_ENV in env else {})
     lake = data_lake_root()
     user = args.user or default_user(lake, args.model)
-    _, out = cli(["recommend", "--model", args.model, "--user", user, "--k", "1", "--json"], env)  # untimed: warms the file cache
+    _, out = cli(
+        ["recommend", "--model", args.model, "--user", user, "--k", "1", "--json"], env
+    )  # untimed: warms the file cache
     song = args.song or str(json.loads(out)["recommendations"][0]["song_id"])
     base = ["--model", args.model, "--user", user]
     commands = {
@@ -88,8 +91,10 @@ def main() -> int:
         "recommend --explain": ["recommend", *base, "--k", str(args.k), "--explain"],
     }
     load_before = os.getloadavg()
-    print(f"lake {lake}; model {args.model}; user {user}; song {song}; {args.repeats} cold processes per command; "
-          f"{os.cpu_count()} CPUs; load average {load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f}")
+    print(
+        f"lake {lake}; model {args.model}; user {user}; song {song}; {args.repeats} cold processes per command; "
+        f"{os.cpu_count()} CPUs; load average {load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f}"
+    )
     rows = []
     for name, argv in commands.items():
         seconds = [cli(argv, env)[0] for _ in range(args.repeats)]
@@ -97,7 +102,7 @@ def main() -> int:
         rows.append((name, p50, p95, TARGETS[name], " ".join(["spotify-engine", *argv])))
         print(f"  {name:<20} " + " ".join(f"{s:5.2f}" for s in seconds), flush=True)
     load_after = os.getloadavg()
-    print(f"\n| command | p50 s | p95 s | target s | within |\n|---|---|---|---|---|")
+    print("\n| command | p50 s | p95 s | target s | within |\n|---|---|---|---|---|")
     for name, p50, p95, target, _ in rows:
         print(f"| {name} | {p50:.2f} | {p95:.2f} | {target:g} | {'yes' if p50 <= target else 'NO'} |")
     print(f"\nload average after: {load_after[0]:.2f} {load_after[1]:.2f} {load_after[2]:.2f}")

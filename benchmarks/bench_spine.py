@@ -18,8 +18,8 @@ from pathlib import Path
 import dagster as dg
 import polars as pl
 
-from spotify_engine_assets.core.storage.paths import DATA_LAKE_ENV
 from spotify_engine_assets.core.plots import frame_markdown
+from spotify_engine_assets.core.storage.paths import DATA_LAKE_ENV
 
 
 def main() -> int:
@@ -50,10 +50,14 @@ def main() -> int:
     ndcg = dict(zip(table["config"], table["ndcg@10"]))
     popular = float(table.filter(pl.col("config") == "gat_enhanced")["most_popular ndcg@10"][0])
     ratio = ndcg["gat_enhanced"] / popular
-    print(f"\ngat_enhanced NDCG@10 {ndcg['gat_enhanced']:.4f} = {ratio:.2f} x most-popular ({popular:.4f}); target >= 1.3 -> "
-          f"{'OK' if ratio >= 1.3 else 'MISSED'}")
-    print(f"gat_enhanced vs lightgcn: {ndcg['gat_enhanced']:.4f} vs {ndcg['lightgcn']:.4f} -> "
-          f"{'OK' if ndcg['gat_enhanced'] >= ndcg['lightgcn'] else 'MISSED'}")
+    print(
+        f"\ngat_enhanced NDCG@10 {ndcg['gat_enhanced']:.4f} = {ratio:.2f} x most-popular ({popular:.4f}); target >= 1.3 -> "
+        f"{'OK' if ratio >= 1.3 else 'MISSED'}"
+    )
+    print(
+        f"gat_enhanced vs lightgcn: {ndcg['gat_enhanced']:.4f} vs {ndcg['lightgcn']:.4f} -> "
+        f"{'OK' if ndcg['gat_enhanced'] >= ndcg['lightgcn'] else 'MISSED'}"
+    )
     print(f"(data lake: {lake})")
     return 0 if all(r.success for r in results) else 1
 

@@ -70,11 +70,18 @@ def _materialize(selection, run_config: dict, partition: str | None = None):
     instance = dg.DagsterInstance.get()
     if partition is not None:
         partitions = defs.resolve_asset_graph().get(dg.AssetKey(["listening", "trained_model"])).partitions_def
-        if isinstance(partitions, dg.DynamicPartitionsDefinition) and not instance.has_dynamic_partition(partitions.name, partition):
+        if isinstance(partitions, dg.DynamicPartitionsDefinition) and not instance.has_dynamic_partition(
+            partitions.name, partition
+        ):
             instance.add_dynamic_partitions(partitions.name, [partition])
     result = dg.materialize(
-        [*defs.assets, *defs.asset_checks], selection=selection, run_config=run_config, instance=instance,
-        resources=defs.resources, partition_key=partition, raise_on_error=False,
+        [*defs.assets, *defs.asset_checks],
+        selection=selection,
+        run_config=run_config,
+        instance=instance,
+        resources=defs.resources,
+        partition_key=partition,
+        raise_on_error=False,
     )
     if not result.success:
         failures = [event.message for event in result.all_events if event.is_failure]
@@ -90,7 +97,9 @@ def prepare(lake: Path, scale: int) -> None:
     _environment(lake)
     defaults = SyntheticWorldConfig()
     config = run_config()
-    config.setdefault("ops", {})["synthetic_world"] = {"config": {key: getattr(defaults, key) * scale for key in SCALE_KEYS}}
+    config.setdefault("ops", {})["synthetic_world"] = {
+        "config": {key: getattr(defaults, key) * scale for key in SCALE_KEYS}
+    }
     _materialize(DATA_STAGE, config)
 
 
@@ -134,7 +143,11 @@ def bare_lightgcn(view, config):
     listens = view["user", "listens", "song"].edge_index
     edges = torch.cat([torch.stack([listens[0], listens[1] + users]), torch.stack([listens[1] + users, listens[0]])], 1)
     edges, weight = gcn_norm(edges, None, users + songs, add_self_loops=False)
-    adj_t = torch.sparse_coo_tensor(edges.flip(0), weight, (users + songs,) * 2, check_invariants=False).coalesce().to_sparse_csr()
+    adj_t = (
+        torch.sparse_coo_tensor(edges.flip(0), weight, (users + songs,) * 2, check_invariants=False)
+        .coalesce()
+        .to_sparse_csr()
+    )
     torch.manual_seed(config.seed)
     model = LightGCN(users + songs, config.embedding_dim, config.num_layers, normalize=False)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
@@ -167,7 +180,6 @@ def side_by_side(lake: Path, rounds: int) -> dict:
     from spotify_engine_assets.core.training.trainer import SimpleTrainer
     from spotify_engine_assets.datasets.listening import DATASET
     from spotify_engine_assets.datasets.listening.graph import SCHEMA
-
     from spotify_engine_assets.defs.resources import TorchRuntime
 
     TorchRuntime().apply()  # the asset's threads and allocator settings, for all three alike
@@ -189,8 +201,11 @@ def side_by_side(lake: Path, rounds: int) -> dict:
             epoch()
             if round_:  # the first round warms up
                 seconds[label].append(time.perf_counter() - started)
-    return {"median": {label: statistics.median(values) for label, values in seconds.items()}, "epochs": seconds,
-            "steps": lightgcn.steps_in_epoch(view["user", "listens", "song"].edge_index.size(1))}
+    return {
+        "median": {label: statistics.median(values) for label, values in seconds.items()},
+        "epochs": seconds,
+        "steps": lightgcn.steps_in_epoch(view["user", "listens", "song"].edge_index.size(1)),
+    }
 
 
 def _child(mode: str, lake: Path, arg: str, epochs: int = 0, timed: bool = False, device: str = "auto") -> dict:
@@ -202,18 +217,21 @@ def _child(mode: str, lake: Path, arg: str, epochs: int = 0, timed: bool = False
         raise SystemExit(f"{mode} {arg} failed:\n{done.stderr[-3000:]}")
     result = json.loads(done.stdout.strip().splitlines()[-1])
     if timed:
+
         def field(label: str) -> float:
             return float(re.search(rf"{re.escape(label)}: ([\d.]+)", done.stderr).group(1))
 
-        result.update(user=field("User time (seconds)"), sys=field("System time (seconds)"),
-                      faults=field("Minor (reclaiming a frame) page faults"),
-                      peak_mb=field("Maximum resident set size (kbytes)") / 1024)
+        result.update(
+            user=field("User time (seconds)"),
+            sys=field("System time (seconds)"),
+            faults=field("Minor (reclaiming a frame) page faults"),
+            peak_mb=field("Maximum resident set size (kbytes)") / 1024,
+        )
     return result
 
 
 def _listens(lake: Path) -> int:
     from spotify_engine_assets.core.storage.artifacts import ArtifactStore, load_torch
-
     from spotify_engine_assets.datasets.listening import DATASET
 
     split = load_torch(ArtifactStore(lake / "artifacts").current(["listening", "split"]) / "data.pt")
@@ -222,13 +240,19 @@ def _listens(lake: Path) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--scales", default="1,10,50", help="world sizes as multiples of the default (users, songs, artists)")
-    parser.add_argument("--epochs", type=int, default=2, help="asset epochs per config and scale; the first is a warm-up (>= 2)")
+    parser.add_argument(
+        "--scales", default="1,10,50", help="world sizes as multiples of the default (users, songs, artists)"
+    )
+    parser.add_argument(
+        "--epochs", type=int, default=2, help="asset epochs per config and scale; the first is a warm-up (>= 2)"
+    )
     parser.add_argument("--rounds", type=int, default=4, help="side-by-side epochs of each (after one warm-up)")
     parser.add_argument("--side-scales", default="1", help="worlds to run the side-by-side comparison on")
     parser.add_argument("--configs", default="lightgcn,gat_enhanced")
     parser.add_argument("--keep", type=Path, default=None, help="reuse/keep the data lakes in this folder")
-    parser.add_argument("--device", default="auto", help="the torch_runtime device of the asset runs (auto: CUDA when present)")
+    parser.add_argument(
+        "--device", default="auto", help="the torch_runtime device of the asset runs (auto: CUDA when present)"
+    )
     parser.add_argument("--child", nargs=4, metavar=("MODE", "LAKE", "ARG", "EPOCHS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -259,12 +283,16 @@ def main() -> None:
     for scale in side_scales:
         side = _child("side", root / f"scale_{scale}", str(args.rounds))
         median = side["median"]
-        print(f"\nside by side, {scale}x world ({listens[scale]:,} training listens, {side['steps']} steps an epoch, "
-              f"median of {args.rounds} epochs each):")
+        print(
+            f"\nside by side, {scale}x world ({listens[scale]:,} training listens, {side['steps']} steps an epoch, "
+            f"median of {args.rounds} epochs each):"
+        )
         for label in ("project", "bare", "gat same size"):
             print(f"  {label:<14} {median[label]:6.2f} s/epoch   epochs {[round(s, 2) for s in side['epochs'][label]]}")
         print(f"  project / bare PyG LightGCN: {median['project'] / median['bare']:.2f}")
-        print(f"  enhanced GAT / LightGCN at the same size: {median['gat same size'] / median['project']:.2f}", flush=True)
+        print(
+            f"  enhanced GAT / LightGCN at the same size: {median['gat same size'] / median['project']:.2f}", flush=True
+        )
 
     rows = []
     for scale in scales:
@@ -273,19 +301,28 @@ def main() -> None:
             history = result["history"][1:]
             train = statistics.mean(row["train_seconds"] for row in history)
             total = statistics.mean(row["seconds"] for row in history)
-            result["train_sys_share"] = sum(row["sys_seconds"] for row in history) / sum(row["user_seconds"] for row in history)
+            result["train_sys_share"] = sum(row["sys_seconds"] for row in history) / sum(
+                row["user_seconds"] for row in history
+            )
             rows.append((name, scale, train, total, result))
             gpu = "" if result["gpu_peak_mb"] is None else f", GPU peak {result['gpu_peak_mb']:.0f} MB"
-            print(f"  {name} {scale}x on {result['device']}: train {train:.2f} s/epoch ({listens[scale] / train:,.0f} listens/s), "
-                  f"with validation {total:.2f}, user {result['user']:.0f} s, sys {result['sys']:.0f} s, "
-                  f"peak {result['peak_mb']:.0f} MB{gpu}", flush=True)
-    print(f"\n{'config':<13} {'size':>5} {'listens':>10} {'train s/ep':>10} {'listens/s':>10} {'s/ep+valid':>10} {'user s':>7} "
-          f"{'sys s':>6} {'sys/user':>8} {'train sys/user':>14} {'faults':>10} {'peak MB':>8} {'GPU MB':>7}")
+            print(
+                f"  {name} {scale}x on {result['device']}: train {train:.2f} s/epoch ({listens[scale] / train:,.0f} listens/s), "
+                f"with validation {total:.2f}, user {result['user']:.0f} s, sys {result['sys']:.0f} s, "
+                f"peak {result['peak_mb']:.0f} MB{gpu}",
+                flush=True,
+            )
+    print(
+        f"\n{'config':<13} {'size':>5} {'listens':>10} {'train s/ep':>10} {'listens/s':>10} {'s/ep+valid':>10} {'user s':>7} "
+        f"{'sys s':>6} {'sys/user':>8} {'train sys/user':>14} {'faults':>10} {'peak MB':>8} {'GPU MB':>7}"
+    )
     for name, scale, train, total, r in rows:
         gpu = "-" if r["gpu_peak_mb"] is None else f"{r['gpu_peak_mb']:.0f}"
-        print(f"{name:<13} {f'{scale}x':>5} {listens[scale]:>10,} {train:>10.2f} {listens[scale] / train:>10,.0f} {total:>10.2f} "
-              f"{r['user']:>7.0f} {r['sys']:>6.1f} {r['sys'] / r['user']:>8.1%} {r['train_sys_share']:>14.1%} {r['faults']:>10,.0f} "
-              f"{r['peak_mb']:>8.0f} {gpu:>7}")
+        print(
+            f"{name:<13} {f'{scale}x':>5} {listens[scale]:>10,} {train:>10.2f} {listens[scale] / train:>10,.0f} {total:>10.2f} "
+            f"{r['user']:>7.0f} {r['sys']:>6.1f} {r['sys'] / r['user']:>8.1%} {r['train_sys_share']:>14.1%} {r['faults']:>10,.0f} "
+            f"{r['peak_mb']:>8.0f} {gpu:>7}"
+        )
     if len(scales) >= 2:
         low = scales[0]
         print(f"\ngrowth per training listen relative to {low}x (1.00 = linear):")
@@ -294,8 +331,10 @@ def main() -> None:
             for scale in scales[1:]:
                 edges = listens[scale] / listens[low]
                 a, b = by[(name, low)], by[(name, scale)]
-                print(f"  {name} {scale}x ({edges:.1f}x listens): train time {b[2] / a[2] / edges:.2f}, "
-                      f"with validation {b[3] / a[3] / edges:.2f}, peak RSS {b[4]['peak_mb'] / a[4]['peak_mb'] / edges:.2f}")
+                print(
+                    f"  {name} {scale}x ({edges:.1f}x listens): train time {b[2] / a[2] / edges:.2f}, "
+                    f"with validation {b[3] / a[3] / edges:.2f}, peak RSS {b[4]['peak_mb'] / a[4]['peak_mb'] / edges:.2f}"
+                )
     print(f"load average at end: {os.getloadavg()}")
     if args.keep is None:
         import shutil

@@ -73,8 +73,11 @@ def config_name_is_a_path(folder: Path) -> Outcome:
 def partition_is_a_path(folder: Path) -> Outcome:
     store = ArtifactStore(folder)
     good = store.write(MODEL_KEY, "lightgcn", lambda f: save_torch({"w": torch.ones(3)}, f / "data.pt"))
-    outcome = _error_of(lambda: store.write(MODEL_KEY, "evil/../lightgcn", lambda f: save_torch({"w": torch.zeros(3)}, f / "data.pt")),
-                        "'evil/../lightgcn'", "not a safe name")
+    outcome = _error_of(
+        lambda: store.write(MODEL_KEY, "evil/../lightgcn", lambda f: save_torch({"w": torch.zeros(3)}, f / "data.pt")),
+        "'evil/../lightgcn'",
+        "not a safe name",
+    )
     if store.current(MODEL_KEY, "lightgcn") != good:
         return "lost", "lightgcn's CURRENT was swapped"
     return outcome
@@ -91,7 +94,9 @@ def batch_is_a_path(folder: Path) -> Outcome:
     from spotify_engine_assets.defs.playlists.ingestion import archive_path
     from spotify_engine_assets.defs.resources import DataLake
 
-    return _error_of(lambda: archive_path(DataLake(root=str(folder)), "../../artifacts", "x.csv"), "landing batch", "not a safe name")
+    return _error_of(
+        lambda: archive_path(DataLake(root=str(folder)), "../../artifacts", "x.csv"), "landing batch", "not a safe name"
+    )
 
 
 def study_name_is_a_path(folder: Path) -> Outcome:
@@ -114,20 +119,31 @@ def duplicate_schema_entry(folder: Path) -> Outcome:
     schema = project / "marts" / "schema.yml"
     lines = schema.read_text().count("\n")
     schema.write_text(schema.read_text() + "  songs:\n    n_genres: [{accepted_range: {min: 1}, severity: warn}]\n")
-    return _error_of(lambda: load_sql_project(project, SQL_SOURCES), "marts/schema.yml", f"line {lines + 1}: duplicate key 'songs'")
+    return _error_of(
+        lambda: load_sql_project(project, SQL_SOURCES), "marts/schema.yml", f"line {lines + 1}: duplicate key 'songs'"
+    )
 
 
 # --- non-finite values -----------------------------------------------------------------------
 
 
 def infinite_learning_rate(folder: Path) -> Outcome:
-    return _error_of(_registry(folder, "lightgcn:\n  model: lightgcn\n  lr: .inf\n").load, "lr: Input should be a finite number")
+    return _error_of(
+        _registry(folder, "lightgcn:\n  model: lightgcn\n  lr: .inf\n").load, "lr: Input should be a finite number"
+    )
 
 
 def _promote(lake: Path, name: str, **changes) -> None:
     config = update_config(DATASET.registry.base["lightgcn"], name=name, embedding_dim=8, num_layers=1, **changes)
-    source = PromotionSource(family="lightgcn", study_name="catalogue", trial=0, objective="valid_recall@10", value=0.0,
-                             storage="none", promoted_at="2026-01-01T00:00:00+0000")
+    source = PromotionSource(
+        family="lightgcn",
+        study_name="catalogue",
+        trial=0,
+        objective="valid_recall@10",
+        value=0.0,
+        storage="none",
+        promoted_at="2026-01-01T00:00:00+0000",
+    )
     DATASET.registry.write_promoted(config, source, lake)
 
 
@@ -146,8 +162,15 @@ def materialized_lake(folder: Path, data_config: dict):
 
     def run(selection, config: dict, partition: str | None = None) -> dg.ExecuteInProcessResult:
         register_configs(listening.CHAIN, instance, lake)
-        return dg.materialize([*defs.assets, *defs.asset_checks], selection=selection, run_config=config, instance=instance,
-                              resources=defs.resources, partition_key=partition, raise_on_error=False)
+        return dg.materialize(
+            [*defs.assets, *defs.asset_checks],
+            selection=selection,
+            run_config=config,
+            instance=instance,
+            resources=defs.resources,
+            partition_key=partition,
+            raise_on_error=False,
+        )
 
     try:
         assert run(DATA_STAGE, data_config).success
@@ -186,8 +209,10 @@ def model_cases(folder: Path) -> dict[str, Outcome]:
             outcomes["diverged training (lr 1e30)"] = ("silent", "the run succeeded")
         else:
             stored = (store.slot(MODEL_KEY, "diverged_lgcn") / POINTER).exists()
-            outcomes["diverged training (lr 1e30)"] = ("lost" if stored else "clear" if "training diverged" in text else "unclear",
-                                                       next((line for line in text.splitlines() if "diverged" in line), text[:150]).strip()[:150])
+            outcomes["diverged training (lr 1e30)"] = (
+                "lost" if stored else "clear" if "training diverged" in text else "unclear",
+                next((line for line in text.splitlines() if "diverged" in line), text[:150]).strip()[:150],
+            )
 
         for flipped in (64, 2000):
             original = (good / "data.pt").read_bytes()
@@ -197,11 +222,19 @@ def model_cases(folder: Path) -> dict[str, Outcome]:
             (good / "data.pt").write_bytes(bytes(data))
             code, err = _recommend(lake, "small_lgcn")
             (good / "data.pt").write_bytes(original)
-            outcome = "clear" if code == 2 and "content hash mismatch" in err and str(good / "data.pt") in err else "silent" if code == 0 else "unclear"
+            outcome = (
+                "clear"
+                if code == 2 and "content hash mismatch" in err and str(good / "data.pt") in err
+                else "silent"
+                if code == 0
+                else "unclear"
+            )
             outcomes[f"{flipped} flipped bytes in trained_model data.pt, recommend"] = (outcome, err[:150])
 
         artifact = load_torch(good / "data.pt")
-        artifact["state"] = {k: torch.full_like(v, math.nan) if v.is_floating_point() else v for k, v in artifact["state"].items()}
+        artifact["state"] = {
+            k: torch.full_like(v, math.nan) if v.is_floating_point() else v for k, v in artifact["state"].items()
+        }
         store.write(MODEL_KEY, "small_lgcn", lambda f: save_torch(artifact, f / "data.pt"))
         code, err = _recommend(lake, "small_lgcn")
         outcome = "clear" if code == 2 and "non-finite weights" in err else "silent" if code == 0 else "unclear"
@@ -213,7 +246,11 @@ def unhashed_old_artifact(folder: Path) -> Outcome:
     store = ArtifactStore(folder)
     version = store.write(MODEL_KEY, "old", lambda f: save_torch({"w": torch.ones(3)}, f / "data.pt"))
     (version / artifacts.MANIFEST).unlink()
-    return ("handled", "loaded with a warning naming the folder (decided: warn, not refuse)") if load_torch(version / "data.pt")["w"].sum() == 3 else ("silent", "")
+    return (
+        ("handled", "loaded with a warning naming the folder (decided: warn, not refuse)")
+        if load_torch(version / "data.pt")["w"].sum() == 3
+        else ("silent", "")
+    )
 
 
 CASES: list[tuple[str, Callable[[Path], Outcome]]] = [
@@ -254,7 +291,11 @@ def hash_cost() -> None:
         assert run(["listening/trained_model"], config, "gat_enhanced").success
         store = ArtifactStore(lake / "artifacts")
         print(f"{'artifact':<36} {'MB':>7} {'hash s':>8} {'load s':>8} {'hash share':>10}")
-        for key, partition in ((["listening", "graph"], None), (["listening", "split"], None), (MODEL_KEY, "gat_enhanced")):
+        for key, partition in (
+            (["listening", "graph"], None),
+            (["listening", "split"], None),
+            (MODEL_KEY, "gat_enhanced"),
+        ):
             path = store.current(key, partition) / "data.pt"
             hashing, loading = [], []
             for _ in range(5):
@@ -271,7 +312,9 @@ def hash_cost() -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--hash-cost", action="store_true", help="measure the content hashes' cost on the default world")
+    parser.add_argument(
+        "--hash-cost", action="store_true", help="measure the content hashes' cost on the default world"
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     if args.hash_cost:

@@ -26,21 +26,21 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from spotify_engine_assets.core.config import parse_config, update_config  # noqa: E402
-from spotify_engine_assets.core.data.graph import num_nodes_of  # noqa: E402
-from spotify_engine_assets.core.data.splits import labels_to_indices  # noqa: E402
-from spotify_engine_assets.core.evaluation.metrics import ranking_metrics  # noqa: E402
-from spotify_engine_assets.core.models import build_model, embed  # noqa: E402
-from spotify_engine_assets.core.training.trainer import train  # noqa: E402
-from spotify_engine_assets.datasets.listening import DATASET  # noqa: E402
-from spotify_engine_assets.datasets.listening.generator import GeneratorSettings, generate_world  # noqa: E402
-from spotify_engine_assets.datasets.listening.graph import (  # noqa: E402
+from spotify_engine_assets.core.config import parse_config, update_config
+from spotify_engine_assets.core.data.graph import num_nodes_of
+from spotify_engine_assets.core.data.splits import labels_to_indices
+from spotify_engine_assets.core.evaluation.metrics import ranking_metrics
+from spotify_engine_assets.core.models import build_model, embed
+from spotify_engine_assets.core.training.trainer import train
+from spotify_engine_assets.datasets.listening import DATASET
+from spotify_engine_assets.datasets.listening.generator import GeneratorSettings, generate_world
+from spotify_engine_assets.datasets.listening.graph import (
     LISTENS,
     SCHEMA,
     graph_from_world,
     message_passing_graph,
 )
-from spotify_engine_assets.datasets.listening.splits import SplitSettings, random_split  # noqa: E402
+from spotify_engine_assets.datasets.listening.splits import SplitSettings, random_split
 
 WORLDS = {
     "default": GeneratorSettings(),
@@ -129,13 +129,15 @@ def main() -> None:
             cfg = update_config(config, seed=seed)
             model = build_model(cfg, SCHEMA, num_nodes_of(data))
             cpu_started = time.process_time()
-            log = (lambda message: print(f"  {name}: {message}", flush=True)) if args.verbose else None
+            log = (lambda message, name=name: print(f"  {name}: {message}", flush=True)) if args.verbose else None
             result = train(model, view, pairs["valid"], cfg, max_epochs=max_epochs, log=log)
             cpu = time.process_time() - cpu_started
             metrics = evaluate(model, view, pairs)
             runs.append(metrics)
             label = name if not seeds else f"{name} s{seed}"
-            line = row(label, metrics, str(result.epochs_run), str(result.best_epoch), f"{result.seconds:.0f}", f"{cpu:.0f}")
+            line = row(
+                label, metrics, str(result.epochs_run), str(result.best_epoch), f"{result.seconds:.0f}", f"{cpu:.0f}"
+            )
             print(line, flush=True)
             rows.append(line)
         if len(runs) > 1:

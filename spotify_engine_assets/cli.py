@@ -9,8 +9,10 @@ import json
 import sys
 
 CHAINS = ("listening", "playlists", "lastfm")
-DESCRIPTION = ("Materialize, inspect and serve the spotify-engine recommenders from the shell. "
-               "Run 'spotify-engine COMMAND --help' for a command's options.")
+DESCRIPTION = (
+    "Materialize, inspect and serve the spotify-engine recommenders from the shell. "
+    "Run 'spotify-engine COMMAND --help' for a command's options."
+)
 
 
 def _error(problem: Exception | str) -> int:
@@ -72,8 +74,22 @@ def _store():
     return ArtifactStore(data_lake_root() / "artifacts")
 
 
-LIST_COLUMNS = ["experiment", "current", "split", "seed", "recorded_at", "data", "git_commit",
-                "recall@10", "ndcg@10", "mrr@10", "coverage@10", "gini@10", "gate", "train_seconds"]
+LIST_COLUMNS = [
+    "experiment",
+    "current",
+    "split",
+    "seed",
+    "recorded_at",
+    "data",
+    "git_commit",
+    "recall@10",
+    "ndcg@10",
+    "mrr@10",
+    "coverage@10",
+    "gini@10",
+    "gate",
+    "train_seconds",
+]
 
 
 def _experiments_list(args: argparse.Namespace) -> int:
@@ -112,8 +128,19 @@ def _experiments_compare(args: argparse.Namespace) -> int:
         print(f"\nNo per-user statistics: {result['reason']}")
     else:
         print("\nB vs A per user (paired t, Wilcoxon, bootstrap 95% CI, Cohen's d, Holm; split-users Welch):")
-        columns = ["metric", "n", "mean_diff", "ci_low", "ci_high", "cohens_d", "t_p_holm", "wilcoxon_p_holm", "verdict",
-                   "welch_p_holm", "welch_verdict"]
+        columns = [
+            "metric",
+            "n",
+            "mean_diff",
+            "ci_low",
+            "ci_high",
+            "cohens_d",
+            "t_p_holm",
+            "wilcoxon_p_holm",
+            "verdict",
+            "welch_p_holm",
+            "welch_verdict",
+        ]
         print(frame_markdown(result["stats"].select(columns), max_rows=100))
     return 0
 
@@ -145,22 +172,36 @@ def reproduce_experiment(ident: str, instance=None, chain: str = "listening") ->
             for field in type(recorded_config).model_fields
             if getattr(recorded_config, field) != getattr(current_config, field)
         ]
-        raise ValueError(f"config {name!r} changed since {experiment_id}; restore in configs/{chain}/models.yaml: " + "; ".join(changed))
+        raise ValueError(
+            f"config {name!r} changed since {experiment_id}; restore in configs/{chain}/models.yaml: "
+            + "; ".join(changed)
+        )
     config = run_config()
     if provenance.get("max_epochs_override") is not None:
-        config.setdefault("ops", {})[f"{chain}__trained_model"] = {"config": {"max_epochs": provenance["max_epochs_override"]}}
+        config.setdefault("ops", {})[f"{chain}__trained_model"] = {
+            "config": {"max_epochs": provenance["max_epochs_override"]}
+        }
     instance = project_instance() if instance is None else instance
     result = run_stage(f"reproduce {name}", defs, instance, model_stage(chain), config, partition=name)
     new_id, new = resolve_experiment(store, chain, name)
     if new_id == experiment_id or new.get("provenance", {}).get("evaluated_in_run") != result.run_id:
         raise RuntimeError(f"re-materializing {name} wrote no new metric report (run {result.run_id} failed)")
-    differences = {metric: abs(float(new["metrics"][metric]) - float(value))
-                   for metric, value in recorded["metrics"].items() if metric in new["metrics"]}
+    differences = {
+        metric: abs(float(new["metrics"][metric]) - float(value))
+        for metric, value in recorded["metrics"].items()
+        if metric in new["metrics"]
+    }
     same_data = (new["provenance"].get("data") or {}).get("combined") == (provenance.get("data") or {}).get("combined")
     largest = max(differences.values()) if differences else float("inf")
-    return {"recorded": experiment_id, "new": new_id, "run_success": result.success, "same_data": same_data,
-            "same_experiment_key": new.get("experiment_key") == recorded.get("experiment_key"),
-            "max_abs_metric_diff": largest, "reproduced": same_data and largest <= 1e-9}
+    return {
+        "recorded": experiment_id,
+        "new": new_id,
+        "run_success": result.success,
+        "same_data": same_data,
+        "same_experiment_key": new.get("experiment_key") == recorded.get("experiment_key"),
+        "max_abs_metric_diff": largest,
+        "reproduced": same_data and largest <= 1e-9,
+    }
 
 
 def _experiments_reproduce(args: argparse.Namespace) -> int:
@@ -173,8 +214,11 @@ def _experiments_reproduce(args: argparse.Namespace) -> int:
     for key, value in outcome.items():
         print(f"{key:<22} {value}")
     if not outcome["same_data"]:
-        print("the data in the lake differs from the recorded data fingerprint: re-materialize the data stage "
-              "with the recorded world config first", file=sys.stderr)
+        print(
+            "the data in the lake differs from the recorded data fingerprint: re-materialize the data stage "
+            "with the recorded world config first",
+            file=sys.stderr,
+        )
     return 0 if outcome["reproduced"] else 1
 
 
@@ -208,8 +252,11 @@ def _serving_index(config: str):
 
 def _note_genre_prior(index, override: float | None) -> None:
     if override is None and index.n0_source.startswith("default"):
-        print(f"note: trained_model[{index.config.name}]: n0 = {index.n0:g} ({index.n0_source}); "
-              "pass --genre-prior N0 to set it", file=sys.stderr)
+        print(
+            f"note: trained_model[{index.config.name}]: n0 = {index.n0:g} ({index.n0_source}); "
+            "pass --genre-prior N0 to set it",
+            file=sys.stderr,
+        )
 
 
 def _split_list(text: str | None) -> list[str]:
@@ -237,14 +284,22 @@ def _recommend(args: argparse.Namespace) -> int:
         else:
             songs = [bundle.song_index(s) for s in _split_list(args.songs)]
             genres = [bundle.genre_index(g) for g in _split_list(args.genres)]
-            ranking = rank_songs(bundle, args.k, songs=songs, genres=genres, genre_prior=args.genre_prior,
-                                 diversify=args.diversify)
-            who = "a new user" + (f" with songs {args.songs}" if args.songs else "") + (f" and genres {args.genres}" if args.genres else "")
+            ranking = rank_songs(
+                bundle, args.k, songs=songs, genres=genres, genre_prior=args.genre_prior, diversify=args.diversify
+            )
+            who = (
+                "a new user"
+                + (f" with songs {args.songs}" if args.songs else "")
+                + (f" and genres {args.genres}" if args.genres else "")
+            )
             user = None
         explanations = []
         if args.explain:
             if user is None:
-                print("note: --explain needs a known --user (a new user has no node in the model's graph)", file=sys.stderr)
+                print(
+                    "note: --explain needs a known --user (a new user has no node in the model's graph)",
+                    file=sys.stderr,
+                )
             else:
                 from .core.serving.explain import explain_many
 
@@ -253,12 +308,18 @@ def _recommend(args: argparse.Namespace) -> int:
         return _error(error)
     if args.json:
         # ids as the warehouse stores them (integers), like every song_id below and in `explain --json`
-        payload = {"config": args.model, "user_id": None if user is None else bundle.user_id(user),
-                   "songs": [bundle.song_id(s) for s in songs] if user is None else [], "genres": _split_list(args.genres),
-                   "genre_weight": ranking.genre_weight, "genre_prior": ranking.genre_prior,
-                   "genre_prior_source": "--genre-prior" if args.genre_prior is not None else bundle.n0_source,
-                   "interactions": ranking.interactions, "diversify": args.diversify.describe(args.k),
-                   "recommendations": ranking_rows(bundle, ranking)}
+        payload = {
+            "config": args.model,
+            "user_id": None if user is None else bundle.user_id(user),
+            "songs": [bundle.song_id(s) for s in songs] if user is None else [],
+            "genres": _split_list(args.genres),
+            "genre_weight": ranking.genre_weight,
+            "genre_prior": ranking.genre_prior,
+            "genre_prior_source": "--genre-prior" if args.genre_prior is not None else bundle.n0_source,
+            "interactions": ranking.interactions,
+            "diversify": args.diversify.describe(args.k),
+            "recommendations": ranking_rows(bundle, ranking),
+        }
         if explanations:
             payload["explanations"] = explanations
         print(json.dumps(payload, indent=2))
@@ -318,32 +379,49 @@ def _train(args: argparse.Namespace) -> int:
         graph = load_torch(store.current([args.chain, "graph"]) / "data.pt")
         splits = load_torch(store.current([args.chain, "split"]) / "data.pt")
     except ArtifactNotFoundError as error:
-        return _error(f"{error}; materialize the data stage in {lake} first "
-                      f"(spotify-engine materialize --chain {args.chain})")
+        return _error(
+            f"{error}; materialize the data stage in {lake} first (spotify-engine materialize --chain {args.chain})"
+        )
     data, split = from_payload(graph), splits[config.split]
     pairs = {part: dataset.pairs(data, split[part]) for part in ("train", "valid", "test")}
-    print(f"training {config.name} ({config.model}, {config.trainer} trainer) on the {config.split} split of the "
-          f"{args.chain} chain in {lake}: {pairs['train'].size(1)}/{pairs['valid'].size(1)}/{pairs['test'].size(1)} "
-          "train/valid/test pairs; nothing is written to the asset store", flush=True)
+    print(
+        f"training {config.name} ({config.model}, {config.trainer} trainer) on the {config.split} split of the "
+        f"{args.chain} chain in {lake}: {pairs['train'].size(1)}/{pairs['valid'].size(1)}/{pairs['test'].size(1)} "
+        "train/valid/test pairs; nothing is written to the asset store",
+        flush=True,
+    )
     try:
-        model, result, _ = dataset.fit(config, data, split, max_epochs=args.max_epochs, log=lambda message: print(message, flush=True))
+        model, result, _ = dataset.fit(
+            config, data, split, max_epochs=args.max_epochs, log=lambda message: print(message, flush=True)
+        )
     except ValueError as error:
         return _error(error)
     protocol, users = dataset.protocol.for_graph(data), dataset.sample(data, config)
     known = dataset.pairs(data, dataset.training_index(split, config))
     scores = {
         "valid": protocol.validate(model.score, known, pairs["valid"], model.num_items, users),
-        "test": protocol.validate(model.score, torch.cat([known, pairs["valid"]], 1), pairs["test"], model.num_items, users),
+        "test": protocol.validate(
+            model.score, torch.cat([known, pairs["valid"]], 1), pairs["test"], model.num_items, users
+        ),
     }
-    tasks = {part: task_metrics(model, config, task_labels(config, data, dataset.schema, split[part]), pairs[part])
-             for part in ("valid", "test")}
+    tasks = {
+        part: task_metrics(model, config, task_labels(config, data, dataset.schema, split[part]), pairs[part])
+        for part in ("valid", "test")
+    }
     chosen = "final" if result.best_valid is None else f"best (epoch {result.best_epoch})"
-    columns = list(dict.fromkeys([protocol.primary, *(c for c in ("coverage@10", "coverage@20") if c in scores["test"]), protocol.monitor]))
+    columns = list(
+        dict.fromkeys(
+            [protocol.primary, *(c for c in ("coverage@10", "coverage@20") if c in scores["test"]), protocol.monitor]
+        )
+    )
     print(f"\n{result.epochs_run} epochs in {result.seconds:.1f} s; {chosen} weights")
     print("| part | " + " | ".join(columns) + " |" + "".join(f" auc {task} |" for task in config.tasks))
     print("|---|" + "---|" * len(columns) + "---|" * len(config.tasks))
     for part, metrics in scores.items():
-        aucs = "".join(" - |" if tasks[part][task]["auc"] is None else f" {tasks[part][task]['auc']:.4f} |" for task in config.tasks)
+        aucs = "".join(
+            " - |" if tasks[part][task]["auc"] is None else f" {tasks[part][task]['auc']:.4f} |"
+            for task in config.tasks
+        )
         print(f"| {part} | " + " | ".join(f"{metrics[c]:.4f}" for c in columns) + f" |{aucs}")
     return 0
 
@@ -374,14 +452,19 @@ def _diversify_option(args: argparse.Namespace, parser: argparse.ArgumentParser)
         parser.error(f"--max-per-artist applies to --diversify artist-cap, not --diversify {args.diversify}")
     if args.mmr_lambda is not None and args.diversify != "mmr":
         parser.error(f"--mmr-lambda applies to --diversify mmr, not --diversify {args.diversify}")
-    return Diversify(args.diversify, max_per_artist=args.max_per_artist or DEFAULT_MAX_PER_ARTIST,
-                     mmr_lambda=DEFAULT_MMR_LAMBDA if args.mmr_lambda is None else args.mmr_lambda)
+    return Diversify(
+        args.diversify,
+        max_per_artist=args.max_per_artist or DEFAULT_MAX_PER_ARTIST,
+        mmr_lambda=DEFAULT_MMR_LAMBDA if args.mmr_lambda is None else args.mmr_lambda,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="spotify-engine", description=DESCRIPTION)
     commands = parser.add_subparsers(dest="command", required=True)
-    materialize = commands.add_parser("materialize", help="materialize the whole chain (data, every model config, comparison)")
+    materialize = commands.add_parser(
+        "materialize", help="materialize the whole chain (data, every model config, comparison)"
+    )
     materialize.add_argument("--profile", default="default", help="run-config profile: default or tiny")
     materialize.add_argument("--configs", help="comma-separated model configs (default: all in the registry)")
     materialize.add_argument("--chain", choices=CHAINS, default="listening", help="the chain (default listening)")
@@ -393,10 +476,14 @@ def main(argv: list[str] | None = None) -> int:
     experiments = commands.add_parser("experiments", help="recorded experiments (every metric report) in the data lake")
     experiments.add_argument("--chain", choices=CHAINS, default="listening", help="the chain (default listening)")
     experiment_commands = experiments.add_subparsers(dest="experiments_command", required=True)
-    listing = experiment_commands.add_parser("list", help="one row per config's current report (--all: every recorded one)")
+    listing = experiment_commands.add_parser(
+        "list", help="one row per config's current report (--all: every recorded one)"
+    )
     listing.add_argument("--all", action="store_true", help="include every recorded version, not only the current ones")
     listing.set_defaults(handler=_experiments_list)
-    compare = experiment_commands.add_parser("compare", help="compare two experiments: metrics, recorded differences, statistics")
+    compare = experiment_commands.add_parser(
+        "compare", help="compare two experiments: metrics, recorded differences, statistics"
+    )
     compare.add_argument("a", help="control: a config name (its current report) or an experiment id config@version")
     compare.add_argument("b", help="treatment: a config name or an experiment id")
     compare.add_argument("--metrics", help="comma-separated per-user metrics (default: configs/<chain>/ab_tests.yaml)")
@@ -406,27 +493,49 @@ def main(argv: list[str] | None = None) -> int:
     )
     reproduce.add_argument("experiment", help="a config name (its current report) or an experiment id config@version")
     reproduce.set_defaults(handler=_experiments_reproduce)
-    recommend = commands.add_parser("recommend", help="top-k songs for a user (or a new user's songs/genres) from a materialized model")
+    recommend = commands.add_parser(
+        "recommend", help="top-k songs for a user (or a new user's songs/genres) from a materialized model"
+    )
     recommend.add_argument("--model", required=True, help="model config (a materialized trained_model partition)")
     recommend.add_argument("--user", help="warehouse user id")
     recommend.add_argument("--songs", help="new user: comma-separated warehouse song ids they like")
     recommend.add_argument("--genres", help="new user: comma-separated genre names or ids they like")
     recommend.add_argument("--k", type=int, default=10, help="list length (default 10)")
-    recommend.add_argument("--genre-prior", type=float, default=None,
-                           help="n0 of the adaptive genre weight w = n0/(n0+n), n = the user's training interactions "
-                           "(0: model only; default: the n0 trained_model chose on the validation split and stored with the model)")
-    recommend.add_argument("--diversify", choices=("none", "artist-cap", "mmr"), default="none",  # diversity.RERANKERS
-                           help="re-rank the top k for artist/genre diversity from the best max(50, 5k) songs: artist-cap "
-                           "(at most --max-per-artist songs of one artist) or mmr (maximal marginal relevance, "
-                           "--mmr-lambda); default none")
-    recommend.add_argument("--max-per-artist", type=_positive_int, default=None, metavar="N",
-                           help="artist-cap: songs of one artist in the list (default 2)")
-    recommend.add_argument("--mmr-lambda", type=_lambda, default=None, metavar="X",
-                           help="mmr: weight of diversity in [0, 1] (0: the plain ranking; default 0.3)")
+    recommend.add_argument(
+        "--genre-prior",
+        type=float,
+        default=None,
+        help="n0 of the adaptive genre weight w = n0/(n0+n), n = the user's training interactions "
+        "(0: model only; default: the n0 trained_model chose on the validation split and stored with the model)",
+    )
+    recommend.add_argument(
+        "--diversify",
+        choices=("none", "artist-cap", "mmr"),
+        default="none",  # diversity.RERANKERS
+        help="re-rank the top k for artist/genre diversity from the best max(50, 5k) songs: artist-cap "
+        "(at most --max-per-artist songs of one artist) or mmr (maximal marginal relevance, "
+        "--mmr-lambda); default none",
+    )
+    recommend.add_argument(
+        "--max-per-artist",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="artist-cap: songs of one artist in the list (default 2)",
+    )
+    recommend.add_argument(
+        "--mmr-lambda",
+        type=_lambda,
+        default=None,
+        metavar="X",
+        help="mmr: weight of diversity in [0, 1] (0: the plain ranking; default 0.3)",
+    )
     recommend.add_argument("--explain", action="store_true", help="explain every recommended song")
     recommend.add_argument("--json", action="store_true", help="print JSON instead of tables")
     recommend.set_defaults(handler=_recommend)
-    explain = commands.add_parser("explain", help="why a model scores a song for a user: attention paths, attributions, influences")
+    explain = commands.add_parser(
+        "explain", help="why a model scores a song for a user: attention paths, attributions, influences"
+    )
     explain.add_argument("--model", required=True, help="model config (a materialized trained_model partition)")
     explain.add_argument("--user", required=True, help="warehouse user id")
     explain.add_argument("--song", required=True, help="warehouse song id")
@@ -441,14 +550,16 @@ def main(argv: list[str] | None = None) -> int:
         "nothing is written to the asset store (no trained_model, no checkpoint); materialize the <chain>/trained_model "
         "partition to keep a model.",
     )
-    training.add_argument("config", help="config name in configs/<chain>/models.yaml (or variants.yaml with --variants)")
+    training.add_argument(
+        "config", help="config name in configs/<chain>/models.yaml (or variants.yaml with --variants)"
+    )
     training.add_argument("--chain", choices=CHAINS, default="listening", help="the chain (default listening)")
     training.add_argument("--trainer", choices=("simple", "advanced"), help="override the config's trainer")
     training.add_argument("--max-epochs", type=_positive_int, help="cap on epochs (default: the config's max_epochs)")
     training.add_argument("--variants", action="store_true", help="look CONFIG up in configs/<chain>/variants.yaml")
     training.set_defaults(handler=_train)
     for subparsers in (commands, experiment_commands):  # a bad flag is reported with its subcommand's usage
-        for name, subparser in subparsers.choices.items():
+        for subparser in subparsers.choices.values():
             subparser.set_defaults(usage_parser=subparser)
     args, unknown = parser.parse_known_args(argv)
     if unknown:

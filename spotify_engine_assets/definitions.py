@@ -16,9 +16,17 @@ defs = dg.Definitions.merge(
     playlists.defs,
     lastfm.defs,
     sql.build_sql_definitions(sql.load_project()),
-    dg.Definitions(resources={"lake": lake, "warehouse": Warehouse(lake=lake), "torch_runtime": TorchRuntime(),
-                              "io_manager": LakeIOManager(lake=lake)}),
+    dg.Definitions(
+        resources={
+            "lake": lake,
+            "warehouse": Warehouse(lake=lake),
+            "torch_runtime": TorchRuntime(),
+            "io_manager": LakeIOManager(lake=lake),
+        }
+    ),
 )
 with warnings.catch_warnings():  # Definitions.map_asset_specs is a preview API in Dagster 1.13
     warnings.simplefilter("ignore", dg.PreviewWarning)
-    defs = defs.map_asset_specs(func=lambda spec: spec.replace_attributes(owners=list(dict.fromkeys([*spec.owners, *OWNERS]))))
+    defs = defs.map_asset_specs(
+        func=lambda spec: spec.replace_attributes(owners=list(dict.fromkeys([*spec.owners, *OWNERS])))
+    )

@@ -44,7 +44,9 @@ def model_stage(chain: str) -> dg.AssetSelection:
 
 
 def comparison_stage(chain: str) -> dg.AssetSelection:
-    names = ["model_comparison", "experiments", "ab_tests", "champion"] + (["explanations"] if chain == "listening" else [])
+    names = ["model_comparison", "experiments", "ab_tests", "champion"] + (
+        ["explanations"] if chain == "listening" else []
+    )
     return dg.AssetSelection.assets(*([chain, name] for name in names))
 
 
@@ -112,22 +114,36 @@ class StageResult:
         return f"{prefix}{self.name}: {status} (took {self.seconds:.1f} s)"
 
 
-def run_stage(name: str, defs: dg.Definitions, instance: dg.DagsterInstance, selection, config: dict,
-              partition: str | None = None) -> StageResult:
+def run_stage(
+    name: str, defs: dg.Definitions, instance: dg.DagsterInstance, selection, config: dict, partition: str | None = None
+) -> StageResult:
     """One Dagster run of ``selection`` (failures are recorded in the result, never raised)."""
     started = time.perf_counter()
-    result = dg.materialize([*defs.assets, *defs.asset_checks], selection=selection, run_config=config,
-                            instance=instance, resources=defs.resources, partition_key=partition, raise_on_error=False)
+    result = dg.materialize(
+        [*defs.assets, *defs.asset_checks],
+        selection=selection,
+        run_config=config,
+        instance=instance,
+        resources=defs.resources,
+        partition_key=partition,
+        raise_on_error=False,
+    )
     seconds = time.perf_counter() - started
     failures = [e.message for e in result.all_events if e.is_failure]
     error = "" if result.success else (failures[0] if failures else "run failed")
-    steps = {stat.step_key: round(stat.end_time - stat.start_time, 2)
-             for stat in instance.get_run_step_stats(result.run_id) if stat.end_time and stat.start_time}
+    steps = {
+        stat.step_key: round(stat.end_time - stat.start_time, 2)
+        for stat in instance.get_run_step_stats(result.run_id)
+        if stat.end_time and stat.start_time
+    }
     return StageResult(name, result.success, seconds, steps, error, result.run_id)
 
 
 def materialize_chain(
-    profile: str = "default", configs: list[str] | None = None, instance: dg.DagsterInstance | None = None, log=print,
+    profile: str = "default",
+    configs: list[str] | None = None,
+    instance: dg.DagsterInstance | None = None,
+    log=print,
     chain: str = "listening",
 ) -> list[StageResult]:
     """Run every stage of ``chain``; model configs keep going when one fails. Returns one result per run.
@@ -151,8 +167,10 @@ def materialize_chain(
         log(f"run {run_id}: its process is gone (killed); marked failed and its pool slots freed")
     results: list[StageResult] = []
     started = time.perf_counter()
-    log(f"{chain} chain, profile {profile}: data, {len(names)} model configs, comparison "
-        "([time since start] stage: status (the stage's own time))")
+    log(
+        f"{chain} chain, profile {profile}: data, {len(names)} model configs, comparison "
+        "([time since start] stage: status (the stage's own time))"
+    )
 
     def stage(name: str, selection: dg.AssetSelection, config: dict, partition: str | None = None) -> bool:
         results.append(run_stage(name, defs, instance, selection, config, partition))

@@ -18,15 +18,37 @@ from spotify_engine_assets.runner import run_config
 # slow). A test of any other module is a ``unit`` test, unless it uses a fixture of LAKE_FIXTURES.
 BROWSER_MODULES = {"test_ui_browser"}
 SLOW_MODULES = BROWSER_MODULES | {
-    "test_scale_postgres", "test_scale_study", "test_scale_celery", "test_reliability_kill", "test_sensor_live",
-    "test_resume", "test_ddp", "test_pipeline", "test_hpo_asset", "test_new_chain", "test_explain_pipeline",
-    "test_experiments_pipeline", "test_playlist_pipeline", "test_lastfm_pipeline", "test_hpo",
-    "test_reliability_model", "test_reliability_instance", "test_landing_gates",
+    "test_scale_postgres",
+    "test_scale_study",
+    "test_scale_celery",
+    "test_reliability_kill",
+    "test_sensor_live",
+    "test_resume",
+    "test_ddp",
+    "test_pipeline",
+    "test_hpo_asset",
+    "test_new_chain",
+    "test_explain_pipeline",
+    "test_experiments_pipeline",
+    "test_playlist_pipeline",
+    "test_lastfm_pipeline",
+    "test_hpo",
+    "test_reliability_model",
+    "test_reliability_instance",
+    "test_landing_gates",
 }
 # also: studies with worker processes (test_hpo), measured memory peaks (test_trial_budget), the real Last.fm data
 INTEGRATION_MODULES = SLOW_MODULES | {
-    "test_bad_input", "test_recommend", "test_registry", "test_reliability", "test_sensor", "test_sqlmodels",
-    "test_train_cli", "test_trial_budget", "test_lastfm", "test_lastfm_splits",
+    "test_bad_input",
+    "test_recommend",
+    "test_registry",
+    "test_reliability",
+    "test_sensor",
+    "test_sqlmodels",
+    "test_train_cli",
+    "test_trial_budget",
+    "test_lastfm",
+    "test_lastfm_splits",
 }
 LAKE_FIXTURES = {"lake_runner", "tiny_lake_runner", "module_lake"}
 
@@ -79,8 +101,13 @@ def _runner(lake: Path, instance: dg.DagsterInstance):
         for chain in (listening.CHAIN, playlists.CHAIN, lastfm.CHAIN):
             register_configs(chain, instance, lake)
         return dg.materialize(
-            assets, selection=selection, run_config=config or run_config(), instance=instance,
-            resources=defs.resources, partition_key=partition, raise_on_error=False,
+            assets,
+            selection=selection,
+            run_config=config or run_config(),
+            instance=instance,
+            resources=defs.resources,
+            partition_key=partition,
+            raise_on_error=False,
         )
 
     run.instance = instance  # for tests that query it (declarative automation, check results)

@@ -15,7 +15,11 @@ def _load_definitions_with_sql(sql_dir: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, SQL_DIR_ENV: str(sql_dir)}
     return subprocess.run(
         [sys.executable, "-c", "import spotify_engine_assets.definitions"],
-        env=env, capture_output=True, text=True, cwd=REPO_ROOT, timeout=120,
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        timeout=120,
     )
 
 
@@ -57,9 +61,24 @@ def test_unknown_profile():
 def test_unknown_partition_on_the_dagster_cli(tmp_path):
     env = {**os.environ, "DAGSTER_HOME": str(tmp_path), "SPOTIFY_ENGINE_DATA_LAKE": str(tmp_path / "lake")}
     result = subprocess.run(
-        [sys.executable, "-m", "dagster", "asset", "materialize", "-m", "spotify_engine_assets.definitions",
-         "--select", "listening/trained_model", "--partition", "gat_huge"],
-        env=env, capture_output=True, text=True, cwd=REPO_ROOT, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "dagster",
+            "asset",
+            "materialize",
+            "-m",
+            "spotify_engine_assets.definitions",
+            "--select",
+            "listening/trained_model",
+            "--partition",
+            "gat_huge",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        timeout=120,
     )
     assert result.returncode != 0
     assert "gat_huge" in result.stderr + result.stdout

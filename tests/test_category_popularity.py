@@ -52,7 +52,7 @@ def dense_reference(category: list[int], smoothing: float, exponent: float, prio
     member = np.zeros((7, max(category) + 1))
     member[np.arange(7), category] = 1.0
     counts = x @ member
-    weight = popularity ** exponent * (popularity > 0)
+    weight = popularity**exponent * (popularity > 0)
     p_item = (member * weight[:, None]) / np.maximum((member * weight[:, None]).sum(0), 1e-12)  # items x categories
     return (counts @ p_item.T + smoothing * prior) / (counts.sum(1, keepdims=True) + smoothing)
 
@@ -64,7 +64,9 @@ def global_prior() -> np.ndarray:
     return x.sum(0) / x.sum()
 
 
-@pytest.mark.parametrize(("category", "smoothing", "exponent"), [("genre", 1.0, 1.0), ("artist", 0.5, 0.7), ("genre", 0.0, 0.0)])
+@pytest.mark.parametrize(
+    ("category", "smoothing", "exponent"), [("genre", 1.0, 1.0), ("artist", 0.5, 0.7), ("genre", 0.0, 0.0)]
+)
 def test_scores_follow_the_formula(category, smoothing, exponent):
     model = fitted(category=category, smoothing=smoothing, popularity_exponent=exponent)
     expected = dense_reference(SONG_GENRE if category == "genre" else SONG_ARTIST, smoothing, exponent, global_prior())
@@ -89,11 +91,14 @@ def test_backoff_smooths_toward_the_coarser_category():
 def test_main_category_by_default_and_two_hop_categories():
     assert torch.equal(fitted().score(torch.arange(5)), fitted(category="artist").score(torch.arange(5)))
     pairs = [("p0", "t0"), ("p0", "t1"), ("p1", "t2"), ("p1", "t3"), ("p2", "t0"), ("p2", "t2")]
-    edges = pl.DataFrame({"playlist_key": [p for p, _ in pairs], "track_key": [t for _, t in pairs],
-                          "position": list(range(len(pairs)))})
+    edges = pl.DataFrame(
+        {"playlist_key": [p for p, _ in pairs], "track_key": [t for _, t in pairs], "position": list(range(len(pairs)))}
+    )
     tracks = pl.DataFrame({"track_key": ["t0", "t1", "t2", "t3"], "artist_key": ["a0", "a0", "a1", "a2"]})
     artist_genres = pl.DataFrame({"artist_key": ["a0", "a1", "a2"], "genre": ["rock", "jazz", "jazz"]})
-    data, _ = P.build_playlist_graph(edges, tracks, artist_genres, P.GraphSettings(min_playlist_size=1, min_track_playlists=1))
+    data, _ = P.build_playlist_graph(
+        edges, tracks, artist_genres, P.GraphSettings(min_playlist_size=1, min_track_playlists=1)
+    )
     view = P.message_passing_view(data, torch.arange(data[P.CONTAINS].edge_index.size(1)))
     num_nodes = {t: int(data[t].num_nodes) for t in data.node_types}
     config = parse_config({"name": "g", "model": "category_popularity", "category": "genre", "smoothing": 0.0})
@@ -111,7 +116,9 @@ def test_main_category_by_default_and_two_hop_categories():
 
 def test_config_errors_name_the_field():
     with pytest.raises(ConfigError, match="backoff 'artist' must differ"):
-        configs_from_mapping({"x": {"model": "category_popularity", "category": "artist", "backoff": "artist"}}, "m.yaml")
+        configs_from_mapping(
+            {"x": {"model": "category_popularity", "category": "artist", "backoff": "artist"}}, "m.yaml"
+        )
     with pytest.raises(ConfigError, match="backoff_smoothing needs backoff"):
         configs_from_mapping({"x": {"model": "category_popularity", "backoff_smoothing": 3}}, "m.yaml")
     with pytest.raises(ConfigError, match="smoothing"):
@@ -122,22 +129,35 @@ def test_fusion_settings():
     legacy = parse_config({"name": "f", "model": "lightgcn", "itemknn_fusion": True, "fusion_shrink": 5})
     assert legacy.fusion.model == "itemknn" and legacy.fusion.shrink == 5.0
     assert parse_config(legacy.model_dump()) == legacy  # a stored config reloads
-    fused = parse_config({"name": "f", "model": "gat_enhanced", "fusion": {"model": "category_popularity", "category": "genre"}})
+    fused = parse_config(
+        {"name": "f", "model": "gat_enhanced", "fusion": {"model": "category_popularity", "category": "genre"}}
+    )
     assert fused.fusion.name == "fusion" and fused.fusion.category == "genre"
     problems = {
         "'lightgcn' found using 'model' does not match": {"fusion": {"model": "lightgcn"}},
         "fusion: seed: no effect": {"fusion": {"model": "itemknn", "seed": 3}},
         "fusion_weight needs fusion": {"fusion_weight": 0.5},
         "to train on validation too, fix fusion_weight": {
-            "fusion": {"model": "ease"}, "train_on_validation": True, "trainer": "simple"},
+            "fusion": {"model": "ease"},
+            "train_on_validation": True,
+            "trainer": "simple",
+        },
         "fusion, or the older itemknn_fusion": {"fusion": {"model": "ease"}, "itemknn_fusion": True},
         "fusion_weight: Input should be less than 1": {"fusion": {"model": "ease"}, "fusion_weight": 1.0},
     }
     for message, settings in problems.items():
         with pytest.raises(ConfigError, match=message):
             configs_from_mapping({"x": {"model": "lightgcn", **settings}}, "m.yaml")
-    final = parse_config({"name": "f", "model": "lightgcn", "fusion": {"model": "ease"}, "fusion_weight": 0.3,
-                          "train_on_validation": True, "trainer": "simple"})
+    final = parse_config(
+        {
+            "name": "f",
+            "model": "lightgcn",
+            "fusion": {"model": "ease"},
+            "fusion_weight": 0.3,
+            "train_on_validation": True,
+            "trainer": "simple",
+        }
+    )
     assert final.fusion_weight == 0.3
 
 
@@ -145,8 +165,18 @@ def test_fused_graph_model_mixes_with_the_closed_form_scores():
     view = graph()
     num_nodes = {t: int(view[t].num_nodes) for t in view.node_types}
     prior = {"model": "category_popularity", "category": "artist", "smoothing": 1.0}
-    config = parse_config({"name": "f", "model": "lightgcn", "embedding_dim": 4, "num_layers": 1, "fusion": prior,
-                           "fusion_weight": 0.4, "max_epochs": 2, "trainer": "simple"})
+    config = parse_config(
+        {
+            "name": "f",
+            "model": "lightgcn",
+            "embedding_dim": 4,
+            "num_layers": 1,
+            "fusion": prior,
+            "fusion_weight": 0.4,
+            "max_epochs": 2,
+            "trainer": "simple",
+        }
+    )
     model = build_model(config, SCHEMA, num_nodes)
     result = model.fit(view)
     assert float(model.fusion_weight) == pytest.approx(0.4) and result.fusion == {}

@@ -5,12 +5,18 @@ import pytest
 from spotify_engine_assets import cli
 
 
-@pytest.mark.parametrize(("argv", "usage"), [
-    (["recommend", "--model", "x", "--bogus"], "usage: spotify-engine recommend "),
-    (["experiments", "list", "--bogus"], "usage: spotify-engine experiments list "),
-    (["experiments", "--chain", "lastfm", "compare", "a", "b", "--bogus"], "usage: spotify-engine experiments compare "),
-    (["train", "gat_basic", "--bogus"], "usage: spotify-engine train "),
-])
+@pytest.mark.parametrize(
+    ("argv", "usage"),
+    [
+        (["recommend", "--model", "x", "--bogus"], "usage: spotify-engine recommend "),
+        (["experiments", "list", "--bogus"], "usage: spotify-engine experiments list "),
+        (
+            ["experiments", "--chain", "lastfm", "compare", "a", "b", "--bogus"],
+            "usage: spotify-engine experiments compare ",
+        ),
+        (["train", "gat_basic", "--bogus"], "usage: spotify-engine train "),
+    ],
+)
 def test_bad_flag_prints_the_subcommands_usage(argv, usage, capsys):
     with pytest.raises(SystemExit) as exit_:
         cli.main(argv)
@@ -19,7 +25,9 @@ def test_bad_flag_prints_the_subcommands_usage(argv, usage, capsys):
     assert err.startswith(usage) and "error: unrecognized arguments: --bogus" in err
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["recommend", "--help"], ["experiments", "compare", "--help"], ["train", "--help"]])
+@pytest.mark.parametrize(
+    "argv", [["--help"], ["recommend", "--help"], ["experiments", "compare", "--help"], ["train", "--help"]]
+)
 def test_help_is_plain_text(argv, capsys):
     with pytest.raises(SystemExit) as exit_:
         cli.main(argv)
@@ -31,7 +39,10 @@ def test_help_is_plain_text(argv, capsys):
 def test_demo_output_separates_elapsed_from_stage_time(data_lake, capsys):
     from spotify_engine_assets.runner import StageResult
 
-    results = [StageResult("data", True, 4.14, {"synthetic_world": 1.5}), StageResult("model lightgcn", False, 2.0, error="boom")]
+    results = [
+        StageResult("data", True, 4.14, {"synthetic_world": 1.5}),
+        StageResult("model lightgcn", False, 2.0, error="boom"),
+    ]
     assert results[0].line(elapsed=12.3) == "[   12.3 s] data: ok (took 4.1 s)"
     assert results[1].line() == "model lightgcn: FAILED: boom (took 2.0 s)"
     cli._print_summary(results, "listening")  # no comparison report in an empty lake: times only

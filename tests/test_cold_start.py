@@ -6,8 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 from test_recommend import random_graph
-import spotify_engine_assets.core.serving.cold_start as cold_start
 
+import spotify_engine_assets.core.serving.cold_start as cold_start
+from spotify_engine_assets.core.config import parse_config
+from spotify_engine_assets.core.data.graph import num_nodes_of
+from spotify_engine_assets.core.models import build_model, embed
 from spotify_engine_assets.core.serving.cold_start import (
     adaptive_weight,
     blend,
@@ -19,9 +22,6 @@ from spotify_engine_assets.core.serving.cold_start import (
     stated_genres,
     tune_genre_prior,
 )
-from spotify_engine_assets.core.config import parse_config
-from spotify_engine_assets.core.data.graph import num_nodes_of
-from spotify_engine_assets.core.models import build_model, embed
 from spotify_engine_assets.datasets.listening import DATASET
 from spotify_engine_assets.datasets.listening.graph import LISTENS, SCHEMA
 
@@ -55,7 +55,9 @@ def test_genre_scores_rank_popular_songs_of_the_profile_genres_first():
     # a batch of profiles gives one row per profile; an empty profile falls back to popularity
     batch = genre_scores(matrix, popularity, torch.cat([torch.eye(4), torch.zeros(1, 4)]))
     assert torch.allclose(batch[2], scores)
-    assert batch[4].argmax() == matrix.size(0) - 1 and torch.equal(batch[4], genre_scores(matrix, popularity, torch.zeros(4)))
+    assert batch[4].argmax() == matrix.size(0) - 1 and torch.equal(
+        batch[4], genre_scores(matrix, popularity, torch.zeros(4))
+    )
 
 
 def test_profiles_and_stated_genres():
@@ -107,7 +109,12 @@ def test_evaluate_cold_start_never_trains_on_heldout_users():
     assert result["heldout_users"] == len(heldout) > 0
     assert not heldout & seen["users"] and not heldout & seen["valid_users"]
     methods = {(row["method"], row["revealed"]) for row in result["rows"]}
-    assert {("most_popular", 0), ("genres_only (top 3)", 0), ("songs_model_foldin", 3), ("songs_adaptive_inductive", 1)} <= methods
+    assert {
+        ("most_popular", 0),
+        ("genres_only (top 3)", 0),
+        ("songs_model_foldin", 3),
+        ("songs_adaptive_inductive", 1),
+    } <= methods
     for row in result["rows"]:
         assert 0.0 <= row["ndcg@10"] <= 1.0 and 0.0 <= row["recall@10"] <= 1.0
         if row["method"] == "songs_adaptive_foldin":
@@ -124,7 +131,9 @@ def test_tune_genre_prior_picks_the_best_grid_value():
     view = message_passing_graph(data, train)
     config = parse_config({"name": "toy", "model": "lightgcn", "embedding_dim": 8})
     user_emb, song_emb = embed(build_model(config, SCHEMA, num_nodes_of(data)), view)
-    valid = data[LISTENS].edge_index[:, torch.tensor([i for i in range(data[LISTENS].edge_index.size(1)) if i % 4 == 0])]
+    valid = data[LISTENS].edge_index[
+        :, torch.tensor([i for i in range(data[LISTENS].edge_index.size(1)) if i % 4 == 0])
+    ]
     best, scores = tune_genre_prior(user_emb, song_emb, view, valid, SCHEMA, grid=(0.0, 3.0, 1e6))
     assert set(scores) == {0.0, 3.0, 1e6} and scores[best] == max(scores.values())
 
@@ -144,6 +153,8 @@ def test_tune_genre_prior_in_chunks_and_on_a_user_sample(monkeypatch):
     assert tune_genre_prior(user_emb, song_emb, view, valid, SCHEMA, grid=(0.0, 3.0, 1e6)) == whole
     users = torch.unique(valid[0])
     sampled_users = []
-    monkeypatch.setattr(cold_start, "_metrics", lambda topk, rows, *rest: sampled_users.append(topk.size(0)) or {"ndcg@10": 0.0})
+    monkeypatch.setattr(
+        cold_start, "_metrics", lambda topk, rows, *rest: sampled_users.append(topk.size(0)) or {"ndcg@10": 0.0}
+    )
     tune_genre_prior(user_emb, song_emb, view, valid, SCHEMA, grid=(0.0,), max_users=users.numel() - 2)
     assert sampled_users == [users.numel() - 2]

@@ -82,8 +82,7 @@ def test_shipped_thresholds():
 def test_load_registry_valid_file_with_defaults(tmp_path):
     path = _yaml(
         tmp_path,
-        "small_gat:\n  model: gat_enhanced\n  embedding_dim: 32\n  heads: 4\n  lr: 0.01\n"
-        "pop:\n  model: most_popular\n",
+        "small_gat:\n  model: gat_enhanced\n  embedding_dim: 32\n  heads: 4\n  lr: 0.01\npop:\n  model: most_popular\n",
     )
     registry = REGISTRY.load(path)
     assert list(registry) == ["small_gat", "pop"]
@@ -180,11 +179,11 @@ def test_heads_need_not_divide_for_non_gat_models(tmp_path):
 @pytest.mark.parametrize(
     "text",
     [
-        "gat: [unclosed\n",          # invalid YAML
-        "a:\n  b: 1\n c: 2\n",       # bad indentation
-        "",                          # empty file
-        "# only a comment\n",        # empty document
-        "- model: gat_basic\n",      # a list, not a mapping
+        "gat: [unclosed\n",  # invalid YAML
+        "a:\n  b: 1\n c: 2\n",  # bad indentation
+        "",  # empty file
+        "# only a comment\n",  # empty document
+        "- model: gat_basic\n",  # a list, not a mapping
         "just a string\n",
     ],
 )

@@ -28,14 +28,23 @@ from spotify_engine_assets.datasets.listening.cross_validation import (
     summarize,
     time_folds,
 )
-from spotify_engine_assets.datasets.listening.graph import BY, HAS, LISTENS, SCHEMA, add_reverse_edges, message_passing_graph
+from spotify_engine_assets.datasets.listening.graph import (
+    BY,
+    HAS,
+    LISTENS,
+    SCHEMA,
+    add_reverse_edges,
+    message_passing_graph,
+)
 from spotify_engine_assets.runner import run_config
 
 torch.set_num_threads(1)
 START = 1_704_067_200.0  # 2024-01-01 00:00 UTC
 
 
-def timed_graph(num_users: int = 20, num_songs: int = 80, per_user: int = 12, days: float = 30.0, seed: int = 0) -> HeteroData:
+def timed_graph(
+    num_users: int = 20, num_songs: int = 80, per_user: int = 12, days: float = 30.0, seed: int = 0
+) -> HeteroData:
     """Each user discovers ``per_user`` distinct songs at random times over ``days``; user 0
     joins only in the last 10 % of the history (a cold user in every fold's training period)."""
     rng = np.random.default_rng(seed)
@@ -60,8 +69,9 @@ def timed_graph(num_users: int = 20, num_songs: int = 80, per_user: int = 12, da
     listens.last_played = listens.first_played + torch.from_numpy(rng.uniform(0, 2 * DAY, n))
     listens.play_count = torch.from_numpy(rng.integers(1, 5, n).astype(np.float32))
     listens.mean_completion = torch.from_numpy(rng.uniform(0.2, 1.0, n).astype(np.float32))
-    listens.edge_attr = torch.stack([listens.play_count.log1p(), listens.mean_completion,
-                                     ((listens.last_played - START) / DAY).float()], dim=1)
+    listens.edge_attr = torch.stack(
+        [listens.play_count.log1p(), listens.mean_completion, ((listens.last_played - START) / DAY).float()], dim=1
+    )
     all_songs = torch.arange(num_songs)
     data[BY].edge_index = torch.stack([all_songs, all_songs % 8])
     data[HAS].edge_index = torch.stack([all_songs, all_songs % 3])
@@ -97,7 +107,9 @@ def test_folds_expand_and_never_let_an_evaluation_edge_into_training():
             assert set(previous.train.tolist()) < set(fold.train.tolist())
             assert fold.eval_start == pytest.approx(previous.eval_end)
     assert folds[-1].eval_end > float(times.max())  # the last play is evaluated, not lost
-    assert fold_leaks(data, folds) == {i: {"heldout_edges_in_graph": 0, "training_edges_not_before_window": 0} for i in (1, 2, 3)}
+    assert fold_leaks(data, folds) == {
+        i: {"heldout_edges_in_graph": 0, "training_edges_not_before_window": 0} for i in (1, 2, 3)
+    }
 
 
 def test_fold_leaks_reports_an_evaluation_edge_in_training():
@@ -129,7 +141,9 @@ def test_cold_users_are_left_out_and_new_songs_stay_targets():
 def test_window_and_validation_lengths_in_days():
     data = timed_graph()
     listens = data[LISTENS]
-    folds = time_folds(listens.edge_index, listens.first_played, FoldSettings(n_folds=2, window_days=5, valid_days=2, min_pairs=3))
+    folds = time_folds(
+        listens.edge_index, listens.first_played, FoldSettings(n_folds=2, window_days=5, valid_days=2, min_pairs=3)
+    )
     end = float(listens.first_played.max()) + 1
     assert folds[0].eval_start == pytest.approx(end - 10 * DAY)
     assert folds[1].eval_start - folds[1].valid_start == pytest.approx(2 * DAY)
@@ -162,7 +176,9 @@ def test_too_few_interactions_names_the_counts():
 
 def test_summary_mean_and_sample_std_per_config_and_metric():
     rng = np.random.default_rng(1)
-    rows = [{"config": c, "fold": f, **{m: float(rng.random()) for m in CV_METRICS}} for c in ("a", "b") for f in (1, 2, 3)]
+    rows = [
+        {"config": c, "fold": f, **{m: float(rng.random()) for m in CV_METRICS}} for c in ("a", "b") for f in (1, 2, 3)
+    ]
     per_fold = pl.DataFrame(rows)
     summary = summarize(per_fold, 3)
     assert summary.columns == ["config", "metric", "fold_1", "fold_2", "fold_3", "mean", "std"]
@@ -181,8 +197,12 @@ def test_cross_validate_trains_each_config_on_each_fold():
     data = timed_graph()
     configs = [tiny_config("most_popular"), tiny_config("lightgcn")]
     result = cross_validate(data, configs, FoldSettings(n_folds=2, min_pairs=5), max_epochs=2)
-    assert result.per_fold.select("config", "fold").rows() == [("cv_most_popular", 1), ("cv_most_popular", 2),
-                                                                ("cv_lightgcn", 1), ("cv_lightgcn", 2)]
+    assert result.per_fold.select("config", "fold").rows() == [
+        ("cv_most_popular", 1),
+        ("cv_most_popular", 2),
+        ("cv_lightgcn", 1),
+        ("cv_lightgcn", 2),
+    ]
     assert result.per_fold.filter(pl.col("config") == "cv_lightgcn")["epochs_run"].to_list() == [2, 2]
     for row in result.per_fold.iter_rows(named=True):
         fold = result.folds[row["fold"] - 1]
@@ -223,7 +243,9 @@ def _cv_config(**settings) -> dict:
 
 
 def _failure(result) -> str:
-    return " | ".join(f"{e.message} {e.step_failure_data.error.message}" for e in result.all_events if e.is_step_failure)
+    return " | ".join(
+        f"{e.message} {e.step_failure_data.error.message}" for e in result.all_events if e.is_step_failure
+    )
 
 
 def test_time_series_cv_asset_on_tiny_data(tiny_lake_runner):

@@ -7,12 +7,15 @@ The ``trained_model`` asset launches the ranks through Dagster Pipes (``defs/ddp
 
 from __future__ import annotations
 
-import re
 import os
+import re
 
 import dagster as dg
 import pytest
 import torch
+from test_new_chain import SCHEMA as TOY_SCHEMA
+from test_new_chain import build_graph, build_split, toy_frames
+from test_training import config, toy_problem
 
 from spotify_engine_assets.core.config import MAX_WORLD_SIZE
 from spotify_engine_assets.core.data.graph import from_payload, num_nodes_of, to_payload, training_view
@@ -26,10 +29,6 @@ from spotify_engine_assets.core.training.trainer import train
 from spotify_engine_assets.datasets.listening.graph import SCHEMA
 from spotify_engine_assets.defs.chain import Chain, chain_definitions
 from spotify_engine_assets.defs.resources import DataLake, LakeIOManager, TorchRuntime
-
-from test_new_chain import SCHEMA as TOY_SCHEMA
-from test_new_chain import build_graph, build_split, toy_frames
-from test_training import config, toy_problem
 
 torch.set_num_threads(1)
 
@@ -81,8 +80,14 @@ def test_two_process_bpr_training_equals_one_process(tmp_path):
     common = dict(max_epochs=4, patience=100, negatives_per_positive=2, batch_size=15)  # 48 edges: uneven shards
     single = _fit(config("lightgcn", **common), view, valid, weights=weights)
     lines = []
-    double = _fit(config("lightgcn", world_size=2, **common), view, valid, weights=weights, log=lines.append,
-                  checkpoint_dir=tmp_path / "ckpt")
+    double = _fit(
+        config("lightgcn", world_size=2, **common),
+        view,
+        valid,
+        weights=weights,
+        log=lines.append,
+        checkpoint_dir=tmp_path / "ckpt",
+    )
     _assert_same_training(single, double, view)
     assert any("training in 2 processes (gloo)" in line for line in lines)
     assert any(line.startswith("epoch 4/4: loss") for line in lines)  # rank 0's log relayed
@@ -134,12 +139,18 @@ def test_world_size_refuses_live_epoch_callbacks():
 def _toy_chain(root):
     """The fourth chain of ``test_new_chain`` with its graph and split built in the assets (no warehouse)
     and one LightGCN config."""
-    (root / "models.yaml").write_text("lightgcn:\n  model: lightgcn\n  embedding_dim: 8\n  num_layers: 1\n"
-                                      "  lr: 0.02\n  max_epochs: 2\n  batch_size: 128\n")
-    dataset = Dataset(name="toy", schema=TOY_SCHEMA, protocol=LinkPrediction(primary="ndcg@10", monitor="recall@10"),
-                      registry=Registry("toy", root / "models.yaml", ("random",)),
-                      view=lambda data, train, heldout=None: training_view(data, TOY_SCHEMA, train),
-                      split_violations=lambda data, splits: split_violations(data, splits, TOY_SCHEMA))
+    (root / "models.yaml").write_text(
+        "lightgcn:\n  model: lightgcn\n  embedding_dim: 8\n  num_layers: 1\n"
+        "  lr: 0.02\n  max_epochs: 2\n  batch_size: 128\n"
+    )
+    dataset = Dataset(
+        name="toy",
+        schema=TOY_SCHEMA,
+        protocol=LinkPrediction(primary="ndcg@10", monitor="recall@10"),
+        registry=Registry("toy", root / "models.yaml", ("random",)),
+        view=lambda data, train, heldout=None: training_view(data, TOY_SCHEMA, train),
+        split_violations=lambda data, splits: split_violations(data, splits, TOY_SCHEMA),
+    )
     chain = Chain(dataset)
 
     @chain.asset("graph", "graph")
@@ -166,14 +177,23 @@ def test_trained_model_launches_the_ranks_through_dagster_pipes(tmp_path):
     instance = dg.DagsterInstance.ephemeral()
 
     def run(*keys, **options):
-        result = dg.materialize(assets, selection=dg.AssetSelection.assets(*keys), instance=instance,
-                                resources=resources, raise_on_error=False, **options)
+        result = dg.materialize(
+            assets,
+            selection=dg.AssetSelection.assets(*keys),
+            instance=instance,
+            resources=resources,
+            raise_on_error=False,
+            **options,
+        )
         assert result.success, [event.message for event in result.all_events if event.is_failure]
         return result
 
     run(["toy", "graph"], ["toy", "split"], ["toy", "model_registry"])
-    result = run(["toy", "trained_model"], partition_key="lightgcn",
-                 run_config={"ops": {"toy__trained_model": {"config": {"world_size": 2}}}})
+    result = run(
+        ["toy", "trained_model"],
+        partition_key="lightgcn",
+        run_config={"ops": {"toy__trained_model": {"config": {"world_size": 2}}}},
+    )
     messages = [entry.user_message for entry in instance.all_logs(result.run_id)]
     assert any("[pipes] external process successfully opened dagster pipes" in m for m in messages), messages
     assert any(re.match(r"epoch 2/\d+: loss", m) for m in messages), messages  # rank 0's log, through Pipes
@@ -196,7 +216,9 @@ def test_a_failing_rank_fails_the_pipes_launch_with_the_config_named(tmp_path):
 
     @dg.asset
     def launch_without_job(context):
-        launch = Launch(tmp_path, 2, "gloo", {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}, "broken")
+        launch = Launch(
+            tmp_path, 2, "gloo", {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}, "broken"
+        )
         PipesLauncher(context)(launch, context.log.info)
 
     instance = dg.DagsterInstance.ephemeral()
@@ -204,6 +226,9 @@ def test_a_failing_rank_fails_the_pipes_launch_with_the_config_named(tmp_path):
     assert not result.success
     failure = next(event for event in result.all_events if event.is_step_failure)
     assert "config 'broken': distributed training failed through Dagster Pipes" in str(failure.step_failure_data.error)
-    closed = [entry.dagster_event.event_specific_data.error for entry in instance.all_logs(result.run_id)
-              if entry.dagster_event and "pipes closed with exception" in (entry.dagster_event.message or "")]
+    closed = [
+        entry.dagster_event.event_specific_data.error
+        for entry in instance.all_logs(result.run_id)
+        if entry.dagster_event and "pipes closed with exception" in (entry.dagster_event.message or "")
+    ]
     assert closed and "job.pt" in str(closed[0]), closed  # rank 0's FileNotFoundError, reported over Pipes

@@ -125,8 +125,15 @@ def test_group_names_fit_the_lineage_graph():
     every group is <chain>_<domain label>."""
     groups = {_graph().get(key).group_name for key in _graph().get_all_asset_keys()}
     assert all(len(group) <= GROUP_NAME_LIMIT for group in groups), sorted(groups)
-    assert {"listening_ingest", "listening_train", "listening_eval", "playlists_compare", "lastfm_hpo",
-            "listening_explain", "playlists_landing"} <= groups
+    assert {
+        "listening_ingest",
+        "listening_train",
+        "listening_eval",
+        "playlists_compare",
+        "lastfm_hpo",
+        "listening_explain",
+        "playlists_landing",
+    } <= groups
     assert all(group.split("_", 1)[0] in ("listening", "playlists", "lastfm") for group in groups)
     assert group_name("lastfm", "experiments") == "lastfm_compare" and group_name("lastfm", "sql") == "lastfm_sql"
 
@@ -198,8 +205,17 @@ def test_playlist_chain_gates_and_sensor():
 
 
 FACTORY_ASSETS = (
-    "graph", "split", "model_registry", "trained_model", "metric_report", "model_comparison",
-    "experiments", "ab_tests", "champion", "hpo_study", "recommendations",
+    "graph",
+    "split",
+    "model_registry",
+    "trained_model",
+    "metric_report",
+    "model_comparison",
+    "experiments",
+    "ab_tests",
+    "champion",
+    "hpo_study",
+    "recommendations",
 )
 
 

@@ -16,7 +16,9 @@ def test_auto_picks_cuda_only_when_present():
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
 def test_cuda_without_a_gpu_is_a_clear_error_naming_the_resource():
-    with pytest.raises(ValueError, match=r"resource torch_runtime, setting device: device 'cuda:1': CUDA is not available"):
+    with pytest.raises(
+        ValueError, match=r"resource torch_runtime, setting device: device 'cuda:1': CUDA is not available"
+    ):
         TorchRuntime(device="cuda:1").torch_device()
 
 

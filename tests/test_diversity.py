@@ -44,14 +44,16 @@ def test_similarity_is_the_cosine_of_artist_and_genre_features():
     pairwise = sim.pairwise(items, items)[0]
     features = torch.nn.functional.normalize(sim.features(), dim=1)
     assert torch.allclose(pairwise, features @ features.T, atol=1e-6)
-    assert pairwise[0, 1] == pytest.approx(1.0)                      # same artist, same genres
-    assert pairwise[0, 4] == pytest.approx(0.5 / 2 ** 0.5)           # other artist: (1 - a) |{0}| / sqrt(1 * 2)
-    assert pairwise[6, 8] == pytest.approx(0.0)                      # no artist, no genre in common
-    assert pairwise[8, 9] == pytest.approx(0.5 ** 0.5)               # item 9 has no artist: genre part renormalised
-    assert pairwise[10, 11] == pytest.approx(0.5 ** 0.5)             # item 10 has no genre: artist part renormalised
+    assert pairwise[0, 1] == pytest.approx(1.0)  # same artist, same genres
+    assert pairwise[0, 4] == pytest.approx(0.5 / 2**0.5)  # other artist: (1 - a) |{0}| / sqrt(1 * 2)
+    assert pairwise[6, 8] == pytest.approx(0.0)  # no artist, no genre in common
+    assert pairwise[8, 9] == pytest.approx(0.5**0.5)  # item 9 has no artist: genre part renormalised
+    assert pairwise[10, 11] == pytest.approx(0.5**0.5)  # item 10 has no genre: artist part renormalised
     assert pairwise.diagonal().tolist() == pytest.approx([1.0] * 12)
     # the sentinel (past the catalogue) is at similarity 0 to everything
-    assert sim.pairwise(torch.tensor([[0, 12]]), torch.tensor([[0, 12]]))[0].flatten().tolist() == pytest.approx([1.0, 0.0, 0.0, 0.0])
+    assert sim.pairwise(torch.tensor([[0, 12]]), torch.tensor([[0, 12]]))[0].flatten().tolist() == pytest.approx(
+        [1.0, 0.0, 0.0, 0.0]
+    )
 
 
 def test_ild_is_one_definition_for_the_report_and_serving():
@@ -60,11 +62,11 @@ def test_ild_is_one_definition_for_the_report_and_serving():
     served = sim.intra_list_distance(topk, 4)
     report = intra_list_distance(topk, sim.features(), 4)
     assert torch.allclose(served, report, atol=1e-6)
-    assert served.tolist()[0] == pytest.approx(0.0)       # one artist, one genre: no diversity
-    assert served.tolist()[2] == pytest.approx(0.0)       # two valid items of one artist; empty slots skipped
-    assert served.tolist()[3] == 0.0                      # fewer than two items
+    assert served.tolist()[0] == pytest.approx(0.0)  # one artist, one genre: no diversity
+    assert served.tolist()[2] == pytest.approx(0.0)  # two valid items of one artist; empty slots skipped
+    assert served.tolist()[3] == 0.0  # fewer than two items
     # list 1: pairs (0,4) 0.5/sqrt2, (0,6) 0, (0,8) 0, (4,6) 0.5/sqrt2, (4,8) 0, (6,8) 0
-    assert served.tolist()[1] == pytest.approx(1.0 - 2 * 0.5 / 2 ** 0.5 / 6)
+    assert served.tolist()[1] == pytest.approx(1.0 - 2 * 0.5 / 2**0.5 / 6)
     valid = torch.tensor([[True, True, False]])
     assert mean_pairwise_distance(torch.full((1, 3, 3), 0.25), valid).item() == pytest.approx(0.75)
 
@@ -116,7 +118,7 @@ def test_artist_cap_reaches_past_the_pool_when_it_runs_out():
     assert items[2, :2].tolist() == [0, 1] and ok[2].tolist() == [True, True, False, False, False]
     # each row as if alone: the same
     for row in range(3):
-        alone, alone_ok = rerank_scores(scores[row:row + 1], 5, Diversify("artist-cap", max_per_artist=2), sim)
+        alone, alone_ok = rerank_scores(scores[row : row + 1], 5, Diversify("artist-cap", max_per_artist=2), sim)
         assert alone[0][alone_ok[0]].tolist() == items[row][ok[row]].tolist()
 
 
@@ -128,7 +130,10 @@ def test_mmr_with_lambda_zero_is_the_plain_order():
     scores[2, 9:] = float("-inf")  # known items at the end of the pool
     positions, ok = mmr(candidates, scores, similarity(), 10, 0.0)
     assert ok[2].tolist() == [True] * 9 + [False] and ok[[0, 1, 3, 4, 5]].all()
-    assert positions.masked_fill(~ok, -1).tolist() == [list(range(10))] * 2 + [list(range(9)) + [-1]] + [list(range(10))] * 3
+    assert (
+        positions.masked_fill(~ok, -1).tolist()
+        == [list(range(10))] * 2 + [list(range(9)) + [-1]] + [list(range(10))] * 3
+    )
 
 
 def test_mmr_with_a_large_lambda_spreads_artists():
@@ -160,7 +165,7 @@ def test_batch_and_single_user_rerank_agree():
     for option in (Diversify(), Diversify("artist-cap", max_per_artist=1), Diversify("mmr", mmr_lambda=0.5)):
         batch, ok = rerank_scores(scores, 5, option, similarity())
         for user in range(7):
-            single, single_ok = rerank_scores(scores[user:user + 1], 5, option, similarity())
+            single, single_ok = rerank_scores(scores[user : user + 1], 5, option, similarity())
             assert batch[user].tolist() == single[0].tolist() and ok[user].tolist() == single_ok[0].tolist()
         assert ok[3].sum() <= 6
     # MMR in small user chunks is the same as in one
@@ -233,7 +238,9 @@ def test_cli_recommend_diversify(bundle, monkeypatch, capsys):
     assert plain["diversify"] == {"method": "none"}
     assert plain["user_id"] == 1003 and plain["songs"] == []  # warehouse ids are integers, like every song_id
     assert all(isinstance(row["song_id"], int) for row in plain["recommendations"])
-    assert cli.main(["recommend", "--model", "toy", "--songs", f" {bundle.song_id(1)},{bundle.song_id(2)}", "--json"]) == 0
+    assert (
+        cli.main(["recommend", "--model", "toy", "--songs", f" {bundle.song_id(1)},{bundle.song_id(2)}", "--json"]) == 0
+    )
     assert json.loads(capsys.readouterr().out)["songs"] == [bundle.song_id(1), bundle.song_id(2)]
     assert cli.main(base + ["--diversify", "artist-cap", "--max-per-artist", "1"]) == 0
     capped = json.loads(capsys.readouterr().out)
@@ -250,14 +257,17 @@ def test_cli_recommend_diversify(bundle, monkeypatch, capsys):
     assert "re-ranked: MMR λ=0.3" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize(("extra", "message"), [
-    (["--diversify", "cap"], r"argument --diversify: invalid choice: 'cap'"),
-    (["--diversify", "mmr", "--mmr-lambda", "1.5"], r"argument --mmr-lambda: must be in \[0, 1\], got 1.5"),
-    (["--diversify", "mmr", "--mmr-lambda", "x"], r"argument --mmr-lambda: must be a number in \[0, 1\], got 'x'"),
-    (["--diversify", "artist-cap", "--max-per-artist", "0"], r"argument --max-per-artist: must be >= 1, got 0"),
-    (["--max-per-artist", "2"], r"--max-per-artist applies to --diversify artist-cap, not --diversify none"),
-    (["--diversify", "artist-cap", "--mmr-lambda", "0.2"], r"--mmr-lambda applies to --diversify mmr"),
-])
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--diversify", "cap"], r"argument --diversify: invalid choice: 'cap'"),
+        (["--diversify", "mmr", "--mmr-lambda", "1.5"], r"argument --mmr-lambda: must be in \[0, 1\], got 1.5"),
+        (["--diversify", "mmr", "--mmr-lambda", "x"], r"argument --mmr-lambda: must be a number in \[0, 1\], got 'x'"),
+        (["--diversify", "artist-cap", "--max-per-artist", "0"], r"argument --max-per-artist: must be >= 1, got 0"),
+        (["--max-per-artist", "2"], r"--max-per-artist applies to --diversify artist-cap, not --diversify none"),
+        (["--diversify", "artist-cap", "--mmr-lambda", "0.2"], r"--mmr-lambda applies to --diversify mmr"),
+    ],
+)
 def test_cli_rejects_bad_diversify_options(extra, message, capsys, monkeypatch):
     monkeypatch.setattr(cli, "_serving_index", lambda config: pytest.fail("ranked despite a usage error"))
     with pytest.raises(SystemExit) as exit_info:

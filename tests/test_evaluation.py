@@ -8,6 +8,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 import torch
+from test_metrics import EXCLUDE, RELEVANT, SONG_EMB, USER_EMB, expected_values
 from torch_geometric.data import HeteroData
 
 from spotify_engine_assets.core.evaluation.metrics import ranking_metrics
@@ -22,8 +23,6 @@ from spotify_engine_assets.core.evaluation.report import (
 )
 from spotify_engine_assets.datasets.listening import DATASET
 from spotify_engine_assets.datasets.listening.graph import BY, HAS, LISTENS
-
-from test_metrics import EXCLUDE, RELEVANT, SONG_EMB, USER_EMB, expected_values
 
 torch.set_num_threads(1)
 
@@ -56,7 +55,9 @@ def hand_data() -> EvaluationData:
 
 
 def test_summary_matches_hand_computed_metrics():
-    evaluation = evaluate(dot_scores(USER_EMB, SONG_EMB), (USER_EMB, SONG_EMB), hand_data(), LinkPrediction(ks=(2, 5, 10)))
+    evaluation = evaluate(
+        dot_scores(USER_EMB, SONG_EMB), (USER_EMB, SONG_EMB), hand_data(), LinkPrediction(ks=(2, 5, 10))
+    )
     for name, value in expected_values().items():
         assert evaluation.summary[name] == pytest.approx(value, abs=1e-6), name
     assert evaluation.summary["mrr@5"] == pytest.approx((0.5 + 1.0 + 0.0) / 3)
@@ -74,8 +75,16 @@ def test_summary_equals_spine_ranking_metrics_on_random_data():
     keys = torch.unique(torch.randint(users * songs, (700,), generator=g))
     pairs = torch.stack([keys // songs, keys % songs])[:, torch.randperm(keys.numel(), generator=g)]
     train, valid, test = pairs[:, :350], pairs[:, 350:420], pairs[:, 420:]
-    data = EvaluationData(users, songs, train, valid, test, torch.arange(users),
-                          {"genre": genre_features(songs, torch.stack([torch.arange(songs), torch.arange(songs) % 4]), 4)}, None)
+    data = EvaluationData(
+        users,
+        songs,
+        train,
+        valid,
+        test,
+        torch.arange(users),
+        {"genre": genre_features(songs, torch.stack([torch.arange(songs), torch.arange(songs) % 4]), 4)},
+        None,
+    )
     evaluation = evaluate(dot_scores(user_emb, song_emb), (user_emb, song_emb), data, DATASET.protocol)
     spine = ranking_metrics(user_emb, song_emb, test, torch.cat([train, valid], dim=1))
     for name, value in spine.items():
@@ -85,7 +94,9 @@ def test_summary_equals_spine_ranking_metrics_on_random_data():
 
 
 def test_per_user_frame_and_fairness_slices():
-    evaluation = evaluate(dot_scores(USER_EMB, SONG_EMB), (USER_EMB, SONG_EMB), hand_data(), LinkPrediction(ks=(2, 5, 10)))
+    evaluation = evaluate(
+        dot_scores(USER_EMB, SONG_EMB), (USER_EMB, SONG_EMB), hand_data(), LinkPrediction(ks=(2, 5, 10))
+    )
     frame = evaluation.per_user
     assert frame["user_id"].to_list() == [100, 101, 103]
     assert frame["user_type"].to_list() == ["casual", "power", "power"]
@@ -96,10 +107,14 @@ def test_per_user_frame_and_fairness_slices():
     assert by_type["group"].to_list() == ["casual", "power"]
     assert by_type["users"].to_list() == [1, 2]
     assert by_type["recall@10"].to_list() == pytest.approx([1.0, 0.5])
-    gap = evaluation.gaps.filter((pl.col("dimension") == "user_type") & (pl.col("metric") == "recall@10")).row(0, named=True)
+    gap = evaluation.gaps.filter((pl.col("dimension") == "user_type") & (pl.col("metric") == "recall@10")).row(
+        0, named=True
+    )
     assert (gap["best_group"], gap["worst_group"]) == ("casual", "power")
     assert gap["gap"] == pytest.approx(0.5) and gap["relative_gap"] == pytest.approx(0.5)
-    tercile_gap = evaluation.gaps.filter((pl.col("dimension") == "activity_tercile") & (pl.col("metric") == "recall@10"))
+    tercile_gap = evaluation.gaps.filter(
+        (pl.col("dimension") == "activity_tercile") & (pl.col("metric") == "recall@10")
+    )
     assert tercile_gap["gap"].item() == pytest.approx(1.0)
     assert tercile_gap["worst_group"].item() == "mid"
 
@@ -143,14 +158,17 @@ def test_evaluate_without_test_pairs_raises():
 def test_latency_profile_and_masking():
     g = torch.Generator().manual_seed(0)
     user_emb, song_emb = torch.randn(50, 8, generator=g), torch.randn(100, 8, generator=g)
-    latency = latency_per_user(dot_scores(user_emb, song_emb), torch.arange(50), torch.empty(2, 0, dtype=torch.long), k=10, sample=20)
+    latency = latency_per_user(
+        dot_scores(user_emb, song_emb), torch.arange(50), torch.empty(2, 0, dtype=torch.long), k=10, sample=20
+    )
     assert latency["sampled_users"] == 20
     assert 0 < latency["p50_ms"] <= latency["p95_ms"]
 
 
 def test_memory_estimate_parts():
-    parts = memory_estimate_bytes(num_parameters=10, num_nodes=5, dim=2, num_edges=3, layers=2, num_users_scored=4,
-                                  num_items=6, k=2, chunk_size=3)
+    parts = memory_estimate_bytes(
+        num_parameters=10, num_nodes=5, dim=2, num_edges=3, layers=2, num_users_scored=4, num_items=6, k=2, chunk_size=3
+    )
     assert parts == {"parameters": 40, "embeddings": 40, "messages": 48, "score_chunk": 72, "topk": 64, "total": 264}
 
 
@@ -168,14 +186,32 @@ def test_comparison_summary_is_a_readable_table():
     from spotify_engine_assets.core.plots import frame_markdown
 
     protocol = DATASET.protocol
-    row = {"config": "gat_basic", "model": "gat", "split": "random", **{m: 0.123456789 for m in protocol.table},
-           f"most_popular {protocol.primary}": 0.1, f"{protocol.primary} / most_popular": 1.23456789, "gate": "pass",
-           "train_seconds": 12.3456, "epochs": 7, "parameters": 1000, "mrr@10": 0.5, "auc_complete": None,
-           "latency_p50_ms": None}
+    row = {
+        "config": "gat_basic",
+        "model": "gat",
+        "split": "random",
+        **dict.fromkeys(protocol.table, 0.123456789),
+        f"most_popular {protocol.primary}": 0.1,
+        f"{protocol.primary} / most_popular": 1.23456789,
+        "gate": "pass",
+        "train_seconds": 12.3456,
+        "epochs": 7,
+        "parameters": 1000,
+        "mrr@10": 0.5,
+        "auc_complete": None,
+        "latency_p50_ms": None,
+    }
     frame = pl.DataFrame([row, {**row, "config": "most_popular", "model": "most_popular", "auc_complete": 0.7}])
     summary = comparison_summary(frame, protocol)
-    assert summary.columns == ["config", "split", *protocol.table, f"{protocol.primary} / most_popular", "gate",
-                               "train_seconds", "epochs"]
+    assert summary.columns == [
+        "config",
+        "split",
+        *protocol.table,
+        f"{protocol.primary} / most_popular",
+        "gate",
+        "train_seconds",
+        "epochs",
+    ]
     assert summary.row(0, named=True)[protocol.table[0]] == 0.1235 and summary["train_seconds"][0] == "12.3"
     assert "| 0.1235 | 1.2346 | pass | 12.3 | 7 |" in frame_markdown(summary)
     markdown = frame_markdown(frame)

@@ -42,12 +42,19 @@ def champion_metric(thresholds: Thresholds) -> str:
 METRIC = champion_metric(THRESHOLDS)
 
 
-def fake_report(config: str, values: np.ndarray, split: str = "random", data: str = "data-1", gate: bool = True, seed: int = 0) -> dict:
+def fake_report(
+    config: str, values: np.ndarray, split: str = "random", data: str = "data-1", gate: bool = True, seed: int = 0
+) -> dict:
     n = len(values)
-    frame = pl.DataFrame({
-        "user_index": np.arange(n), "user_id": np.arange(n) + 100, "user_type": ["casual"] * n,
-        "ndcg@10": values, "recall@10": np.clip(values * 1.1, 0, 1),
-    })
+    frame = pl.DataFrame(
+        {
+            "user_index": np.arange(n),
+            "user_id": np.arange(n) + 100,
+            "user_type": ["casual"] * n,
+            "ndcg@10": values,
+            "recall@10": np.clip(values * 1.1, 0, 1),
+        }
+    )
     provenance = {
         "config": {"name": config, "model": "lightgcn", "seed": seed},
         "data": {"combined": data},
@@ -58,12 +65,21 @@ def fake_report(config: str, values: np.ndarray, split: str = "random", data: st
         "run_id": f"run-{config}",
     }
     report = {
-        "config": config, "model": "lightgcn", "split": split,
-        "metrics": {"ndcg@10": float(values.mean()), "recall@10": float(frame["recall@10"].mean()), "users_evaluated": n},
+        "config": config,
+        "model": "lightgcn",
+        "split": split,
+        "metrics": {
+            "ndcg@10": float(values.mean()),
+            "recall@10": float(frame["recall@10"].mean()),
+            "users_evaluated": n,
+        },
         "most_popular": {"ndcg@10": 0.1, "users_evaluated": n},
         "gate": {"passed": gate, "threshold": 0.1, "baseline": "most_popular"},
-        "num_parameters": 10, "train_seconds": 1.0, "epochs_run": 3,
-        "per_user": per_user_payload(frame), "provenance": provenance,
+        "num_parameters": 10,
+        "train_seconds": 1.0,
+        "epochs_run": 3,
+        "per_user": per_user_payload(frame),
+        "provenance": provenance,
     }
     report["experiment_key"] = experiment_key(provenance)
     return report
@@ -118,7 +134,9 @@ def test_ab_plan_errors_name_the_pair(tmp_path, pairs, message):
 
 def test_ab_plan_needs_metrics(tmp_path):
     with pytest.raises(ConfigError, match="metrics"):
-        load_ab_plan(registry(tmp_path), write_plan(tmp_path, "pairs: [{control: a, treatment: b}]\n"), lake_root=tmp_path)
+        load_ab_plan(
+            registry(tmp_path), write_plan(tmp_path, "pairs: [{control: a, treatment: b}]\n"), lake_root=tmp_path
+        )
 
 
 # ---------------------------------------------------------------------------------- provenance
@@ -178,15 +196,22 @@ def test_not_comparable_reasons():
 
 def champion_of(report: dict, evaluated=()) -> dict:
     state = empty_champion()
-    state["splits"]["random"] = {"config": report["config"], "metric": "ndcg@10", "mean": report["metrics"]["ndcg@10"],
-                                 "experiment_key": report["experiment_key"], "since": "t0"}
+    state["splits"]["random"] = {
+        "config": report["config"],
+        "metric": "ndcg@10",
+        "mean": report["metrics"]["ndcg@10"],
+        "experiment_key": report["experiment_key"],
+        "since": "t0",
+    }
     state["evaluated"] = list(evaluated)
     return state
 
 
 def test_gate_fails_a_significantly_worse_candidate():
     champion_report = fake_report("champ", BETTER)
-    decision = gate_decision(fake_report("cand", BASE), champion_of(champion_report), champion_report, THRESHOLDS, METRIC)
+    decision = gate_decision(
+        fake_report("cand", BASE), champion_of(champion_report), champion_report, THRESHOLDS, METRIC
+    )
     assert not decision["passed"]
     assert decision["p_value"] < THRESHOLDS.ab_alpha and decision["mean_diff"] < 0
     assert decision["champion"] == "champ"
@@ -197,17 +222,29 @@ def test_gate_passes_similar_better_and_skipped_candidates():
     state = champion_of(champion_report)
     assert gate_decision(fake_report("cand", SIMILAR), state, champion_report, THRESHOLDS, METRIC)["passed"]
     assert gate_decision(fake_report("cand", BETTER), state, champion_report, THRESHOLDS, METRIC)["passed"]
-    assert gate_decision(fake_report("cand", BASE), empty_champion(), None, THRESHOLDS, METRIC)["status"] == "no champion yet on this split"
+    assert (
+        gate_decision(fake_report("cand", BASE), empty_champion(), None, THRESHOLDS, METRIC)["status"]
+        == "no champion yet on this split"
+    )
     assert gate_decision(champion_report, state, None, THRESHOLDS, METRIC)["status"] == "candidate is the champion"
     worse = fake_report("cand", BASE - 0.2)
-    assert "already evaluated" in gate_decision(worse, champion_of(champion_report, [worse["experiment_key"]]), champion_report, THRESHOLDS, METRIC)["status"]
+    assert (
+        "already evaluated"
+        in gate_decision(
+            worse, champion_of(champion_report, [worse["experiment_key"]]), champion_report, THRESHOLDS, METRIC
+        )["status"]
+    )
     other_data = fake_report("cand", BASE - 0.2, data="data-2")
     decision = gate_decision(other_data, state, champion_report, THRESHOLDS, METRIC)
     assert decision["passed"] and "different data" in decision["status"]
 
 
 def test_champion_seeded_then_promoted_or_retained():
-    reports = {"a": fake_report("a", BASE), "b": fake_report("b", SIMILAR), "weak": fake_report("weak", BASE * 0.5, gate=False)}
+    reports = {
+        "a": fake_report("a", BASE),
+        "b": fake_report("b", SIMILAR),
+        "weak": fake_report("weak", BASE * 0.5, gate=False),
+    }
     state, events = update_champion(empty_champion(), reports, THRESHOLDS, METRIC, when="t1")
     best = max(("a", "b"), key=lambda n: reports[n]["metrics"]["ndcg@10"])
     assert [e["event"] for e in events] == ["seeded"] and state["splits"]["random"]["config"] == best
@@ -259,7 +296,11 @@ def test_experiments_frame_current_and_history(lake):
 def test_resolve_experiment_by_config_and_id(lake):
     ident, report = resolve_experiment(lake, CHAIN, "a")
     assert report["metrics"]["ndcg@10"] == pytest.approx(SIMILAR.mean())
-    older = [i for i in experiments_frame(lake, CHAIN, include_history=True)["experiment"] if i.startswith("a@") and i != ident][0]
+    older = [
+        i
+        for i in experiments_frame(lake, CHAIN, include_history=True)["experiment"]
+        if i.startswith("a@") and i != ident
+    ][0]
     assert resolve_experiment(lake, CHAIN, older)[1]["metrics"]["ndcg@10"] == pytest.approx(BASE.mean())
     with pytest.raises(KeyError, match="no recorded experiment 'zzz'; known: a@"):
         resolve_experiment(lake, CHAIN, "zzz")
@@ -292,7 +333,13 @@ def test_cli_experiments_list_empty(data_lake, capsys):
 
 def test_thresholds_file_has_every_field():
     thresholds = load_thresholds()
-    written = set((__import__("yaml").safe_load((__import__("pathlib").Path(__file__).parents[1] / "spotify_engine_assets/configs/thresholds.yaml").read_text())))
+    written = set(
+        __import__("yaml").safe_load(
+            (
+                __import__("pathlib").Path(__file__).parents[1] / "spotify_engine_assets/configs/thresholds.yaml"
+            ).read_text()
+        )
+    )
     assert written == set(type(thresholds).model_fields)
 
 
@@ -302,4 +349,6 @@ def test_unknown_champion_metric_is_named():
         update_champion(empty_champion(), {"a": fake_report("a", BASE)}, bad, champion_metric(bad))
     champion_report = fake_report("champ", BETTER)
     with pytest.raises(ValueError, match="no per-user 'ndcg@11'"):
-        gate_decision(fake_report("cand", BASE), champion_of(champion_report), champion_report, bad, champion_metric(bad))
+        gate_decision(
+            fake_report("cand", BASE), champion_of(champion_report), champion_report, bad, champion_metric(bad)
+        )

@@ -74,7 +74,9 @@ def test_experiments_ab_tests_and_champion(chain):
     assert set(ab["pair"]) == {"lightgcn vs most_popular"}  # pairs with unmaterialized configs are skipped
     assert set(ab["verdict"]) <= {"better", "worse", "no detectable difference"}
     _, instance, _ = chain
-    metadata = instance.get_latest_materialization_event(dg.AssetKey(["listening", "ab_tests"])).asset_materialization.metadata
+    metadata = instance.get_latest_materialization_event(
+        dg.AssetKey(["listening", "ab_tests"])
+    ).asset_materialization.metadata
     plot = metadata["per_user_differences"].value  # histogram of per-user treatment - control
     assert plot.startswith("![A/B: per-user treatment - control](data:image/png;base64,")
     champion = load_torch(ArtifactStore(lake / "artifacts").current(["listening", "champion"]) / "data.pt")
@@ -103,19 +105,33 @@ def test_champion_gate_blocks_a_significantly_worse_candidate(chain):
     store.write(["listening", "metric_report"], "planted", lambda folder: save_torch(planted, folder / "data.pt"))
     # listening/champion reads the current report of every listening_configs partition
     instance.add_dynamic_partitions(LISTENING.partitions, ["planted"])
-    state = {"splits": {"random": {"config": "planted", "metric": "ndcg@10", "mean": 1.0, "experiment_key": "planted", "since": "t"}},
-             "history": [], "evaluated": []}
+    state = {
+        "splits": {
+            "random": {"config": "planted", "metric": "ndcg@10", "mean": 1.0, "experiment_key": "planted", "since": "t"}
+        },
+        "history": [],
+        "evaluated": [],
+    }
     store.write(["listening", "champion"], None, lambda folder: save_torch(state, folder / "data.pt"))
     from spotify_engine_assets.definitions import defs
 
     # the candidate's report (quality_gate, fairness_gap), then the champion (champion_gate over every current report)
     model_run = dg.materialize(
-        [*defs.assets, *defs.asset_checks], selection=MODEL_STAGE, run_config=run_config("tiny_train.yaml"), instance=instance,
-        resources=defs.resources, partition_key="most_popular", raise_on_error=False,
+        [*defs.assets, *defs.asset_checks],
+        selection=MODEL_STAGE,
+        run_config=run_config("tiny_train.yaml"),
+        instance=instance,
+        resources=defs.resources,
+        partition_key="most_popular",
+        raise_on_error=False,
     )
     result = dg.materialize(
-        [*defs.assets, *defs.asset_checks], selection=dg.AssetSelection.assets(["listening", "champion"]),
-        run_config=run_config(), instance=instance, resources=defs.resources, raise_on_error=False,
+        [*defs.assets, *defs.asset_checks],
+        selection=dg.AssetSelection.assets(["listening", "champion"]),
+        run_config=run_config(),
+        instance=instance,
+        resources=defs.resources,
+        raise_on_error=False,
     )
     assert not result.success
     gate = next(e for e in result.get_asset_check_evaluations() if e.check_name == "champion_gate")
@@ -129,7 +145,7 @@ def test_champion_gate_blocks_a_significantly_worse_candidate(chain):
     evaluations = {e.check_name: e for run in (model_run, result) for e in run.get_asset_check_evaluations()}
     assert {"quality_gate", "champion_gate", "fairness_gap"} <= set(evaluations)
     fairness = evaluations["fairness_gap"].metadata
-    assert 0.0 <= fairness["observed_relative_gap"].value and fairness["threshold"].value > 0
+    assert fairness["observed_relative_gap"].value >= 0.0 and fairness["threshold"].value > 0
     assert evaluations["quality_gate"].partition == "most_popular"  # the check history names the config
     ndcg = evaluations["quality_gate"].metadata
     assert ndcg["observed_ndcg@10"].value >= 0 and ndcg["threshold"].value > 0

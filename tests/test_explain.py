@@ -59,7 +59,9 @@ def test_evidence_links_use_training_edges_only(bundle):
     kinds = set(links.kind)
     assert {"played", "candidate_artist", "candidate_genre"} <= kinds
     artist = [i for i, k in enumerate(links.kind) if k == "candidate_artist"]
-    assert links.source[artist].tolist() == [song] and links.target[artist].tolist() == [bundle.catalog.song_artist[song]]
+    assert links.source[artist].tolist() == [song] and links.target[artist].tolist() == [
+        bundle.catalog.song_artist[song]
+    ]
     for i, kind in enumerate(links.kind):
         if kind == "listener":
             assert int(links.target[i]) == song and int(links.source[i]) != user
@@ -77,7 +79,9 @@ def test_attributions_are_the_models_gradients_on_edge_masks(bundle):
     edge = int(links.edge[played])
     for relation in (LISTENS, REV_LISTENS):
         eps = 1e-3
-        finite = (attribution.score - _masked_score(bundle.model, bundle.view, user, song, relation, edge, 1 - eps)) / eps
+        finite = (
+            attribution.score - _masked_score(bundle.model, bundle.view, user, song, relation, edge, 1 - eps)
+        ) / eps
         assert attribution.gradients[relation][edge] == pytest.approx(finite, rel=1e-2, abs=1e-4)
     both = attribution.gradients[LISTENS][edge] + attribution.gradients[REV_LISTENS][edge]
     assert float(values[played]) == pytest.approx(float(both))
@@ -185,5 +189,7 @@ def test_one_forward_pass_explains_several_songs_as_one_pass_each(bundle):
         alone = explain(bundle, user, song)
         assert shared["score"] == pytest.approx(alone["score"], abs=1e-6)
         assert [e["label"] for e in shared["evidence"]] == [e["label"] for e in alone["evidence"]]
-        assert [e["attribution"] for e in shared["evidence"]] == pytest.approx([e["attribution"] for e in alone["evidence"]], abs=1e-6)
+        assert [e["attribution"] for e in shared["evidence"]] == pytest.approx(
+            [e["attribution"] for e in alone["evidence"]], abs=1e-6
+        )
         assert shared["similar_users"] == alone["similar_users"]

@@ -18,8 +18,10 @@ from spotify_engine_assets.core.storage.paths import DATA_LAKE_ENV
 from spotify_engine_assets.runner import run_config
 
 MODELS = ("gat_enhanced", "most_popular")
-SPINE_GROUPS = {group_name("listening", domain)
-                for domain in ("ingestion", "sql", "graph", "training", "evaluation", "experiments", "explanations", "serving")}
+SPINE_GROUPS = {
+    group_name("listening", domain)
+    for domain in ("ingestion", "sql", "graph", "training", "evaluation", "experiments", "explanations", "serving")
+}
 
 
 def spine_definitions() -> dg.Definitions:
@@ -29,9 +31,16 @@ def spine_definitions() -> dg.Definitions:
 
     lake = DataLake()
     return dg.Definitions.merge(
-        listening.defs, sql.build_sql_definitions(sql.load_project()),
-        dg.Definitions(resources={"lake": lake, "warehouse": Warehouse(lake=lake), "torch_runtime": TorchRuntime(),
-                                  "io_manager": LakeIOManager(lake=lake)}),
+        listening.defs,
+        sql.build_sql_definitions(sql.load_project()),
+        dg.Definitions(
+            resources={
+                "lake": lake,
+                "warehouse": Warehouse(lake=lake),
+                "torch_runtime": TorchRuntime(),
+                "io_manager": LakeIOManager(lake=lake),
+            }
+        ),
     )
 
 
@@ -54,12 +63,19 @@ def lake(tiny_lake_template, tmp_path_factory):
 
     def materialize(selection, config, partition=None):
         return dg.materialize(
-            spine, selection=selection, run_config=config, instance=instance,
-            resources=defs.resources, partition_key=partition, raise_on_error=False,
+            spine,
+            selection=selection,
+            run_config=config,
+            instance=instance,
+            resources=defs.resources,
+            partition_key=partition,
+            raise_on_error=False,
         )
 
     for name in MODELS:
-        assert materialize(dg.AssetSelection.assets(["listening", "trained_model"]), run_config("tiny_train.yaml"), name).success
+        assert materialize(
+            dg.AssetSelection.assets(["listening", "trained_model"]), run_config("tiny_train.yaml"), name
+        ).success
     yield root, materialize
     patch.undo()
 
@@ -70,11 +86,14 @@ def _warehouse_ids(root, sql):
 
 
 def _user_and_unplayed_song(root):
-    ((user, song, title),) = _warehouse_ids(root, """
+    ((user, song, title),) = _warehouse_ids(
+        root,
+        """
         SELECT u.user_id, s.song_id, s.title FROM marts.users u, marts.songs s
         WHERE NOT EXISTS (SELECT 1 FROM marts.user_song_interactions i WHERE i.user_id = u.user_id AND i.song_id = s.song_id)
           AND EXISTS (SELECT 1 FROM marts.user_song_interactions i WHERE i.user_id = u.user_id)
-        ORDER BY u.user_id, s.song_id LIMIT 1""")
+        ORDER BY u.user_id, s.song_id LIMIT 1""",
+    )
     return user, song, title
 
 
@@ -123,7 +142,9 @@ def test_cold_start_report_on_heldout_users(lake):
     assert result.success
     import polars as pl
 
-    frame = pl.read_parquet(ArtifactStore(root / "artifacts").current(["listening", "cold_start_report"]) / "data.parquet")
+    frame = pl.read_parquet(
+        ArtifactStore(root / "artifacts").current(["listening", "cold_start_report"]) / "data.parquet"
+    )
     rows = {(r["method"], r["revealed"]): r for r in frame.iter_rows(named=True)}
     popular, genres = rows[("most_popular", 0)], rows[("genres_only (top 3)", 0)]
     assert genres["ndcg@10"] > popular["ndcg@10"]  # a few stated genres beat most-popular for new users
@@ -132,7 +153,9 @@ def test_cold_start_report_on_heldout_users(lake):
     n0 = max(tuned, key=lambda key: (tuned[key], -float(key)))  # chosen on validation: the best, smallest on ties
     assert f"n0 = {float(n0):g} (chosen on validation)" in metadata["adaptive_weight"].value
     for n in (1, 3, 5, 10):
-        assert rows[("songs_adaptive_foldin", n)]["genre_weight"] == pytest.approx(float(n0) / (float(n0) + n) if float(n0) else 0.0)
+        assert rows[("songs_adaptive_foldin", n)]["genre_weight"] == pytest.approx(
+            float(n0) / (float(n0) + n) if float(n0) else 0.0
+        )
         assert ("songs_model_inductive", n) in rows
     assert {"active_genre", "active_model"} <= {method for method, _ in rows}
     assert metadata["heldout_users"].value > 10
@@ -141,7 +164,10 @@ def test_cold_start_report_on_heldout_users(lake):
 def test_cli_recommend_table_json_and_explain(lake, capsys):
     root, _ = lake
     user, _, _ = _user_and_unplayed_song(root)
-    played = {song for (song,) in _warehouse_ids(root, f"SELECT song_id FROM marts.user_song_interactions WHERE user_id = {user}")}
+    played = {
+        song
+        for (song,) in _warehouse_ids(root, f"SELECT song_id FROM marts.user_song_interactions WHERE user_id = {user}")
+    }
     assert cli.main(["recommend", "--model", "gat_enhanced", "--user", str(user), "--k", "5"]) == 0
     out = capsys.readouterr().out
     assert f"gat_enhanced: top 5 for user {user}" in out and "title" in out and "artist" in out
@@ -149,7 +175,9 @@ def test_cli_recommend_table_json_and_explain(lake, capsys):
     payload = json.loads(capsys.readouterr().out)
     songs = [row["song_id"] for row in payload["recommendations"]]
     assert len(songs) == 5 and not set(songs) & played
-    titles = dict(_warehouse_ids(root, f"SELECT song_id, title FROM marts.songs WHERE song_id IN ({', '.join(map(str, songs))})"))
+    titles = dict(
+        _warehouse_ids(root, f"SELECT song_id, title FROM marts.songs WHERE song_id IN ({', '.join(map(str, songs))})")
+    )
     assert [row["title"] for row in payload["recommendations"]] == [titles[s] for s in songs]
     assert cli.main(["recommend", "--model", "gat_enhanced", "--user", str(user), "--k", "2", "--explain"]) == 0
     out = capsys.readouterr().out
@@ -161,7 +189,7 @@ def test_cli_explain_and_new_users(lake, capsys):
     user, song, title = _user_and_unplayed_song(root)
     assert cli.main(["explain", "--model", "gat_enhanced", "--user", str(user), "--song", str(song)]) == 0
     out = capsys.readouterr().out
-    assert f"Why user {user} may like \"{title}\" (song {song})" in out and "model score" in out
+    assert f'Why user {user} may like "{title}" (song {song})' in out and "model score" in out
     assert cli.main(["explain", "--model", "gat_enhanced", "--user", str(user), "--song", str(song), "--json"]) == 0
     explanation = json.loads(capsys.readouterr().out)
     assert explanation["song_id"] == song and explanation["evidence"]
@@ -178,9 +206,18 @@ def test_cli_explain_and_new_users(lake, capsys):
     "argv, expected",
     [
         (["recommend", "--model", "gat_enhanced", "--user", "987654"], r"unknown user '987654'; 150 users exist"),
-        (["explain", "--model", "gat_enhanced", "--user", "USER", "--song", "987654"], r"unknown song '987654'; 600 songs exist"),
-        (["recommend", "--model", "nope", "--user", "USER"], r"unknown listening model config 'nope'; configs in the registry: artist_genre_popularity, ease, gat_basic"),
-        (["recommend", "--model", "lightgcn", "--user", "USER"], r"'lightgcn' has no materialized listening/trained_model.*materialized: gat_enhanced, most_popular"),
+        (
+            ["explain", "--model", "gat_enhanced", "--user", "USER", "--song", "987654"],
+            r"unknown song '987654'; 600 songs exist",
+        ),
+        (
+            ["recommend", "--model", "nope", "--user", "USER"],
+            r"unknown listening model config 'nope'; configs in the registry: artist_genre_popularity, ease, gat_basic",
+        ),
+        (
+            ["recommend", "--model", "lightgcn", "--user", "USER"],
+            r"'lightgcn' has no materialized listening/trained_model.*materialized: gat_enhanced, most_popular",
+        ),
         (["recommend", "--model", "gat_enhanced", "--genres", "polka"], r"unknown genre 'polka'; 10 genres exist"),
         (["recommend", "--model", "gat_enhanced"], r"give --user ID"),
     ],
@@ -196,7 +233,9 @@ def test_cli_unknown_ids_are_clear_errors(lake, capsys, argv, expected):
 
 
 def _serving_payload(root, config="gat_enhanced"):
-    return load_torch(ArtifactStore(root / "artifacts").current(["listening", "trained_model"], config) / "data.pt")["serving"]
+    return load_torch(ArtifactStore(root / "artifacts").current(["listening", "trained_model"], config) / "data.pt")[
+        "serving"
+    ]
 
 
 def test_recommendations_asset_is_every_users_ranking(lake, capsys):
@@ -213,10 +252,17 @@ def test_recommendations_asset_is_every_users_ranking(lake, capsys):
     frame = pl.read_parquet(folder / "data.parquet")
     assert frame.columns == ["user_id", "rank", "song_id", "score", "model_score", "genre_score", "genre_weight"]
     ((users,),) = _warehouse_ids(root, "SELECT count(*) FROM marts.users")
-    assert frame["user_id"].n_unique() == users and frame.height == 5 * users  # every tiny-world user has >= 5 unseen songs
-    assert frame.group_by("user_id").agg(pl.col("rank").sort()).get_column("rank").to_list() == [[1, 2, 3, 4, 5]] * users
-    known = pl.DataFrame(_warehouse_ids(root, "SELECT user_id, song_id FROM marts.user_song_interactions"),
-                         schema=["user_id", "song_id"], orient="row")
+    assert (
+        frame["user_id"].n_unique() == users and frame.height == 5 * users
+    )  # every tiny-world user has >= 5 unseen songs
+    assert (
+        frame.group_by("user_id").agg(pl.col("rank").sort()).get_column("rank").to_list() == [[1, 2, 3, 4, 5]] * users
+    )
+    known = pl.DataFrame(
+        _warehouse_ids(root, "SELECT user_id, song_id FROM marts.user_song_interactions"),
+        schema=["user_id", "song_id"],
+        orient="row",
+    )
     assert frame.join(known, on=["user_id", "song_id"], how="inner").is_empty()  # no training (or held-out) song
     user, _, _ = _user_and_unplayed_song(root)
     assert cli.main(["recommend", "--model", "gat_enhanced", "--user", str(user), "--k", "5", "--json"]) == 0
@@ -224,8 +270,9 @@ def test_recommendations_asset_is_every_users_ranking(lake, capsys):
     rows = frame.filter(pl.col("user_id") == user).sort("rank")
     assert rows["song_id"].to_list() == [row["song_id"] for row in served]
     assert rows["score"].to_list() == pytest.approx([row["score"] for row in served], rel=1e-5)
-    popular = pl.read_parquet(ArtifactStore(root / "artifacts").current(["listening", "recommendations"], "most_popular")
-                              / "data.parquet")
+    popular = pl.read_parquet(
+        ArtifactStore(root / "artifacts").current(["listening", "recommendations"], "most_popular") / "data.parquet"
+    )
     assert popular.height == 5 * users
 
 
@@ -237,16 +284,25 @@ def test_diversified_recommendations_asset_and_cli_agree(lake, capsys):
     root, materialize = lake
     config = run_config()
     config.setdefault("ops", {})["listening__recommendations"] = {
-        "config": {"k": 5, "diversify": "artist-cap", "max_per_artist": 1}}
+        "config": {"k": 5, "diversify": "artist-cap", "max_per_artist": 1}
+    }
     result = materialize(dg.AssetSelection.assets(["listening", "recommendations"]), config, "gat_enhanced")
     assert result.success
     metadata = result.asset_materializations_for_node("listening__recommendations")[0].metadata
     assert metadata["diversify"].value == {"method": "artist-cap", "max_per_artist": 1, "pool": 50}
-    frame = pl.read_parquet(ArtifactStore(root / "artifacts").current(["listening", "recommendations"], "gat_enhanced")
-                            / "data.parquet")
-    artists = pl.DataFrame(_warehouse_ids(root, "SELECT song_id, artist_id FROM marts.songs"),
-                           schema=["song_id", "artist_id"], orient="row")
-    per_user = frame.join(artists, on="song_id").group_by("user_id").agg(pl.len().alias("n"), pl.col("artist_id").n_unique().alias("a"))
+    frame = pl.read_parquet(
+        ArtifactStore(root / "artifacts").current(["listening", "recommendations"], "gat_enhanced") / "data.parquet"
+    )
+    artists = pl.DataFrame(
+        _warehouse_ids(root, "SELECT song_id, artist_id FROM marts.songs"),
+        schema=["song_id", "artist_id"],
+        orient="row",
+    )
+    per_user = (
+        frame.join(artists, on="song_id")
+        .group_by("user_id")
+        .agg(pl.len().alias("n"), pl.col("artist_id").n_unique().alias("a"))
+    )
     assert per_user.height == frame["user_id"].n_unique() and (per_user["n"] == per_user["a"]).all()
     assert (per_user["n"] == 5).all()
     user, _, _ = _user_and_unplayed_song(root)
@@ -254,7 +310,9 @@ def test_diversified_recommendations_asset_and_cli_agree(lake, capsys):
     assert cli.main(argv + ["--diversify", "artist-cap", "--max-per-artist", "1"]) == 0
     served = json.loads(capsys.readouterr().out)
     assert served["diversify"]["method"] == "artist-cap"
-    assert frame.filter(pl.col("user_id") == user).sort("rank")["song_id"].to_list() == [r["song_id"] for r in served["recommendations"]]
+    assert frame.filter(pl.col("user_id") == user).sort("rank")["song_id"].to_list() == [
+        r["song_id"] for r in served["recommendations"]
+    ]
     artist_of = dict(artists.iter_rows())
     assert len({artist_of[r["song_id"]] for r in served["recommendations"]}) == 5
 
@@ -271,7 +329,10 @@ def test_serving_reads_the_n0_stored_with_the_model(lake, capsys, monkeypatch, t
 
     root, _ = lake
     stored = _serving_payload(root)
-    assert stored["genre_prior_source"] == "validation" and str(float(stored["genre_prior"])) in stored["genre_prior_validation_ndcg"]
+    assert (
+        stored["genre_prior_source"] == "validation"
+        and str(float(stored["genre_prior"])) in stored["genre_prior_validation_ndcg"]
+    )
 
     def searched(*args, **kwargs):
         raise AssertionError("tune_genre_prior called while serving")
@@ -317,7 +378,12 @@ def test_cli_imports_no_dagster_and_recommend_no_graph_library(lake):
         "print(sorted({'dagster', 'torch_geometric', 'spotify_engine_assets.definitions', 'spotify_engine_assets.datasets'}"
         " & set(sys.modules)))\n"
     )
-    done = subprocess.run([sys.executable, "-c", script], env={**os.environ, DATA_LAKE_ENV: str(root)}, capture_output=True,
-                          text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        env={**os.environ, DATA_LAKE_ENV: str(root)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"

@@ -113,9 +113,7 @@ def test_referential_integrity(world: SyntheticWorld) -> None:
     assert genres_per_artist.height == SMALL.artists
     assert genres_per_artist["len"].min() >= 1
     assert genres_per_artist["len"].max() <= 3
-    inherited = (
-        world.songs.join(world.artist_genres, on="artist_id").select("song_id", "genre_id").sort(pl.all())
-    )
+    inherited = world.songs.join(world.artist_genres, on="artist_id").select("song_id", "genre_id").sort(pl.all())
     assert world.song_genres.sort(pl.all()).equals(inherited)
 
 
@@ -168,10 +166,9 @@ def test_timestamps_stay_in_the_window_and_follow_each_other(world: SyntheticWor
             previous_ms=pl.col("ms_played").shift(1).over("session_id"),
         )
         .filter(pl.col("position_in_session") > 0)
-        .select(
-            gap_ms=(pl.col("played_at") - pl.col("previous_at")).dt.total_milliseconds()
-            - pl.col("previous_ms")
-        )["gap_ms"]
+        .select(gap_ms=(pl.col("played_at") - pl.col("previous_at")).dt.total_milliseconds() - pl.col("previous_ms"))[
+            "gap_ms"
+        ]
     )
     assert steps.min() >= 1_000  # the next play starts after the previous one ended ...
     assert steps.max() <= 10_000  # ... after a gap of a few seconds
@@ -227,9 +224,9 @@ def test_weekend_days_have_more_plays(world: SyntheticWorld) -> None:
 
 
 def test_power_users_play_more_than_regular_more_than_casual(world: SyntheticWorld) -> None:
-    plays_per_user = world.users.join(
-        world.plays.group_by("user_id").len(), on="user_id", how="left"
-    ).with_columns(pl.col("len").fill_null(0))
+    plays_per_user = world.users.join(world.plays.group_by("user_id").len(), on="user_id", how="left").with_columns(
+        pl.col("len").fill_null(0)
+    )
     mean_by_type = dict(plays_per_user.group_by("user_type").agg(pl.col("len").mean()).iter_rows())
     assert mean_by_type["power"] > 1.5 * mean_by_type["regular"]
     assert mean_by_type["regular"] > 1.5 * mean_by_type["casual"]

@@ -135,8 +135,8 @@ def test_listens_edges_map_back_to_original_rows(graph):
         assert last_days == pytest.approx((last - last_min) / DAY, abs=1e-6)
         assert store.play_count[e].item() == plays
         assert store.mean_completion[e].item() == pytest.approx(completion, rel=1e-6)
-        assert store.first_played[e].item() == first.replace(tzinfo=dt.timezone.utc).timestamp()
-        assert store.last_played[e].item() == last.replace(tzinfo=dt.timezone.utc).timestamp()
+        assert store.first_played[e].item() == first.replace(tzinfo=dt.UTC).timestamp()
+        assert store.last_played[e].item() == last.replace(tzinfo=dt.UTC).timestamp()
 
 
 def test_listens_edge_attr_columns_explicit(graph):
@@ -208,12 +208,16 @@ def _replace(tables: GraphTables, **frames) -> GraphTables:
         (
             "marts.user_song_interactions.user_id",
             "user_id",
-            lambda t: t.interactions.with_columns(pl.when(pl.col("user_id") == 20).then(99).otherwise(pl.col("user_id")).cast(pl.Int32).alias("user_id")),
+            lambda t: t.interactions.with_columns(
+                pl.when(pl.col("user_id") == 20).then(99).otherwise(pl.col("user_id")).cast(pl.Int32).alias("user_id")
+            ),
         ),
         (
             "marts.user_song_interactions.song_id",
             "song_id",
-            lambda t: t.interactions.with_columns(pl.when(pl.col("song_id") == 101).then(1).otherwise(pl.col("song_id")).cast(pl.Int32).alias("song_id")),
+            lambda t: t.interactions.with_columns(
+                pl.when(pl.col("song_id") == 101).then(1).otherwise(pl.col("song_id")).cast(pl.Int32).alias("song_id")
+            ),
         ),
     ],
 )
@@ -232,14 +236,18 @@ def test_unknown_artist_names_songs_table():
 
 def test_unknown_genre_names_song_genres_table():
     tables = make_tables()
-    sg = pl.concat([tables.song_genres, pl.DataFrame({"song_id": [101], "genre_id": [1]}, schema=tables.song_genres.schema)])
+    sg = pl.concat(
+        [tables.song_genres, pl.DataFrame({"song_id": [101], "genre_id": [1]}, schema=tables.song_genres.schema)]
+    )
     with pytest.raises(GraphBuildError, match=r"marts\.song_genres\.genre_id"):
         build_listening_graph(_replace(tables, song_genres=sg))
 
 
 def test_unknown_song_names_song_genres_table():
     tables = make_tables()
-    sg = pl.concat([tables.song_genres, pl.DataFrame({"song_id": [999], "genre_id": [40]}, schema=tables.song_genres.schema)])
+    sg = pl.concat(
+        [tables.song_genres, pl.DataFrame({"song_id": [999], "genre_id": [40]}, schema=tables.song_genres.schema)]
+    )
     with pytest.raises(GraphBuildError, match=r"marts\.song_genres\.song_id"):
         build_listening_graph(_replace(tables, song_genres=sg))
 
@@ -254,7 +262,10 @@ def test_duplicate_ids_name_the_table():
         build_listening_graph(_replace(tables, songs=songs))
 
 
-@pytest.mark.parametrize("field, table", [("users", "marts.users"), ("songs", "marts.songs"), ("artists", "marts.artists"), ("genres", "marts.genres")])
+@pytest.mark.parametrize(
+    "field, table",
+    [("users", "marts.users"), ("songs", "marts.songs"), ("artists", "marts.artists"), ("genres", "marts.genres")],
+)
 def test_empty_table_names_the_table(field, table):
     tables = make_tables()
     empty = getattr(tables, field).clear()

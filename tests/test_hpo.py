@@ -19,14 +19,16 @@ from spotify_engine_assets.core.config import ConfigError, update_config
 from spotify_engine_assets.core.experiments import hpo
 from spotify_engine_assets.datasets.lastfm import DATASET as LASTFM
 from spotify_engine_assets.datasets.listening import DATASET
-from spotify_engine_assets.datasets.playlists import DATASET as PLAYLISTS
 from spotify_engine_assets.datasets.listening.graph import BY, HAS, LISTENS, SCHEMA
+from spotify_engine_assets.datasets.playlists import DATASET as PLAYLISTS
 
 torch.set_num_threads(1)
 REPO = Path(__file__).resolve().parents[1]
 
 
-def toy_data(num_users: int = 40, num_songs: int = 200, clusters: int = 4, per_user: int = 10, seed: int = 0) -> hpo.StudyData:
+def toy_data(
+    num_users: int = 40, num_songs: int = 200, clusters: int = 4, per_user: int = 10, seed: int = 0
+) -> hpo.StudyData:
     """Users of cluster c play songs of cluster c; two held-out validation songs per user (the
     graph holds every listen: the training ones first, then the validation ones; no test part)."""
     g = torch.Generator().manual_seed(seed)
@@ -112,7 +114,7 @@ def test_packaged_search_spaces_cover_every_family_of_the_registry(chain):
         if not space.base.trainable:
             assert all(spec.when is None for spec in params.values())
             continue
-        assert GNN_FIELDS <= set(params), space.family
+        assert set(params) >= GNN_FIELDS, space.family
         assert ("num_layers" in params) == (space.base.model != "gat_basic"), space.family
         assert ("heads" in params) == space.base.has_attention, space.family
         assert set(params["loss"].choices) == {"bpr", "softmax"}
@@ -153,7 +155,11 @@ def _sampled_configs(space: hpo.SearchSpace, n: int = 12, seed: int = 0) -> list
 @pytest.mark.parametrize(
     ("chain", "family"),
     # the files' keys (as the asset's partitions): a broken space fails its test, not the collection
-    [(chain, family) for chain, dataset in sorted(CHAINS.items()) for family in sorted(yaml.safe_load(hpo.spaces_path(dataset).read_text()))],
+    [
+        (chain, family)
+        for chain, dataset in sorted(CHAINS.items())
+        for family in sorted(yaml.safe_load(hpo.spaces_path(dataset).read_text()))
+    ],
 )
 def test_every_family_samples_valid_trial_configs(chain, family):
     """Seeded trials of every space of every chain make configs the config class accepts; a
@@ -256,18 +262,38 @@ def _conditional_error(tmp: Path, params: str) -> str:
 @pytest.mark.parametrize(
     ("params", "field", "message"),
     [
-        ("temperature: {type: float, low: 0.05, high: 0.5, when: {los: softmax}}\n", "temperature",
-         "when: 'los' is not a parameter of this space"),
-        ("lr: {type: float, low: 0.001, high: 0.1}\ntemperature: {type: float, low: 0.05, high: 0.5, when: {lr: 0.01}}\n",
-         "temperature", "when: 'lr' is a float parameter; a condition names a categorical one"),
-        ("loss: {type: categorical, choices: [bpr, softmax]}\ntemperature: {type: float, low: 0.05, high: 0.5, when: {loss: softmx}}\n",
-         "temperature", "when: loss: 'softmx' not among its choices ['bpr', 'softmax']"),
+        (
+            "temperature: {type: float, low: 0.05, high: 0.5, when: {los: softmax}}\n",
+            "temperature",
+            "when: 'los' is not a parameter of this space",
+        ),
+        (
+            "lr: {type: float, low: 0.001, high: 0.1}\ntemperature: {type: float, low: 0.05, high: 0.5, when: {lr: 0.01}}\n",
+            "temperature",
+            "when: 'lr' is a float parameter; a condition names a categorical one",
+        ),
+        (
+            "loss: {type: categorical, choices: [bpr, softmax]}\ntemperature: {type: float, low: 0.05, high: 0.5, when: {loss: softmx}}\n",
+            "temperature",
+            "when: loss: 'softmx' not among its choices ['bpr', 'softmax']",
+        ),
         ("loss: {type: categorical, choices: [bpr, softmax], when: {loss: bpr}}\n", "loss", "is the parameter itself"),
-        ("loss: {type: categorical, choices: [bpr, softmax], when: {normalize: true}}\n"
-         "normalize: {type: categorical, choices: [true, false], when: {loss: softmax}}\n", "loss", "form a cycle"),
-        ("loss: {type: categorical, choices: [bpr, softmax], when: {}}\n", "loss", "'when' needs at least one condition"),
-        ("loss: {type: categorical, choices: [bpr, softmax]}\ntemperature: {type: float, low: 0.0, high: 0.5, when: {loss: softmax}}\n",
-         "temperature", "value 0.0 is not allowed"),  # checked under its condition (loss: softmax)
+        (
+            "loss: {type: categorical, choices: [bpr, softmax], when: {normalize: true}}\n"
+            "normalize: {type: categorical, choices: [true, false], when: {loss: softmax}}\n",
+            "loss",
+            "form a cycle",
+        ),
+        (
+            "loss: {type: categorical, choices: [bpr, softmax], when: {}}\n",
+            "loss",
+            "'when' needs at least one condition",
+        ),
+        (
+            "loss: {type: categorical, choices: [bpr, softmax]}\ntemperature: {type: float, low: 0.0, high: 0.5, when: {loss: softmax}}\n",
+            "temperature",
+            "value 0.0 is not allowed",
+        ),  # checked under its condition (loss: softmax)
     ],
     ids=["unknown", "not-categorical", "not-a-choice", "itself", "cycle", "empty", "value-under-condition"],
 )
@@ -280,15 +306,21 @@ def test_bad_condition_names_family_and_field(tmp_path, params, field, message):
     ("params", "message"),
     [
         # temperature searched without its condition: a BPR trial would set it without effect
-        ("loss: {type: categorical, choices: [bpr, softmax]}\ntemperature: {type: float, low: 0.05, high: 0.5}\n",
-         "(loss 'bpr', temperature 0.05) is rejected by gat_basic configs: settings without effect: temperature needs loss: softmax"),
+        (
+            "loss: {type: categorical, choices: [bpr, softmax]}\ntemperature: {type: float, low: 0.05, high: 0.5}\n",
+            "(loss 'bpr', temperature 0.05) is rejected by gat_basic configs: settings without effect: temperature needs loss: softmax",
+        ),
         # the wrong condition: negatives under the softmax loss
-        ("loss: {type: categorical, choices: [bpr, softmax]}\ntemperature: {type: float, low: 0.05, high: 0.5, when: {loss: softmax}}\n"
-         "negatives_per_positive: {type: int, low: 1, high: 4, when: {loss: softmax}}\n",
-         "negatives_per_positive 4) is rejected by gat_basic configs: negatives_per_positive apply to BPR steps"),
+        (
+            "loss: {type: categorical, choices: [bpr, softmax]}\ntemperature: {type: float, low: 0.05, high: 0.5, when: {loss: softmax}}\n"
+            "negatives_per_positive: {type: int, low: 1, high: 4, when: {loss: softmax}}\n",
+            "negatives_per_positive 4) is rejected by gat_basic configs: negatives_per_positive apply to BPR steps",
+        ),
         # a heads choice that does not divide every embedding_dim choice
-        ("embedding_dim: {type: categorical, choices: [16, 32]}\nheads: {type: categorical, choices: [1, 3]}\n",
-         "(embedding_dim 16, heads 3) is rejected by gat_basic configs: embedding_dim 16 must be divisible by heads 3"),
+        (
+            "embedding_dim: {type: categorical, choices: [16, 32]}\nheads: {type: categorical, choices: [1, 3]}\n",
+            "(embedding_dim 16, heads 3) is rejected by gat_basic configs: embedding_dim 16 must be divisible by heads 3",
+        ),
     ],
     ids=["unconditional-temperature", "wrong-condition", "heads-not-dividing"],
 )
@@ -365,10 +397,14 @@ def test_study_resumes_with_its_finished_trials(tmp_path):
     data = toy_data()
     url = f"sqlite:///{tmp_path / 'optuna' / 'studies.db'}"
     lines: list[str] = []
-    first = hpo.run_study(hpo.open_study(DATASET, "lightgcn", url, seed=3), spaces["lightgcn"], data, n_trials=2, log=lines.append)
+    first = hpo.run_study(
+        hpo.open_study(DATASET, "lightgcn", url, seed=3), spaces["lightgcn"], data, n_trials=2, log=lines.append
+    )
     assert len(first.trials) == 2
     # a new process / session: same storage, same study name, two more trials
-    second = hpo.run_study(hpo.open_study(DATASET, "lightgcn", url, seed=3), spaces["lightgcn"], data, n_trials=2, log=lines.append)
+    second = hpo.run_study(
+        hpo.open_study(DATASET, "lightgcn", url, seed=3), spaces["lightgcn"], data, n_trials=2, log=lines.append
+    )
     assert second._study_id == first._study_id
     assert len(optuna.get_all_study_names(hpo.open_storage(url))) == 1
     finished = [t for t in second.trials if t.state.is_finished()]
@@ -383,7 +419,12 @@ def test_study_resumes_with_its_finished_trials(tmp_path):
 
 def test_best_config_yaml_is_a_loadable_registry_entry(tmp_path):
     spaces = toy_spaces(tmp_path)
-    study = hpo.run_study(hpo.open_study(DATASET, "lightgcn", f"journal:///{tmp_path / 'j.log'}"), spaces["lightgcn"], toy_data(), n_trials=2)
+    study = hpo.run_study(
+        hpo.open_study(DATASET, "lightgcn", f"journal:///{tmp_path / 'j.log'}"),
+        spaces["lightgcn"],
+        toy_data(),
+        n_trials=2,
+    )
     path = hpo.write_best_yaml(tmp_path / "best.yaml", hpo.best_config(study, spaces["lightgcn"]), study)
     loaded = DATASET.registry.load(path)["lightgcn_tuned"]
     assert loaded.embedding_dim == study.best_params["embedding_dim"]
@@ -425,7 +466,11 @@ def test_baseline_study_gets_its_trials_and_promotes_its_best(tmp_path):
     promoted, path = hpo.promote_best(DATASET, study, space, url, tmp_path / "lake")
     assert promoted.name == "hpo_itemknn" and path.exists()
     registered = DATASET.registry.full(tmp_path / "lake")["hpo_itemknn"]
-    assert (registered.model, registered.shrink, registered.neighbours) == ("itemknn", best.params["shrink"], best.params["neighbours"])
+    assert (registered.model, registered.shrink, registered.neighbours) == (
+        "itemknn",
+        best.params["shrink"],
+        best.params["neighbours"],
+    )
     assert f"trial {best.number}" in registered.description
 
 
@@ -440,7 +485,9 @@ def test_lastfm_baseline_study_promotes_a_final_fit_config(tmp_path):
     space = hpo.get_space(LASTFM, "ease")
     assert space.base.train_on_validation
     url = f"sqlite:///{tmp_path / 's.db'}"
-    study = hpo.run_study(hpo.open_study(LASTFM, "ease", url, seed=0), space, hpo.StudyData(LASTFM, graph, parts), n_trials=3)
+    study = hpo.run_study(
+        hpo.open_study(LASTFM, "ease", url, seed=0), space, hpo.StudyData(LASTFM, graph, parts), n_trials=3
+    )
     assert study.study_name == "spotify-engine/lastfm/ease" and hpo.objective_names(study) == ["valid_ndcg@20"]
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 3
     assert len({t.params["lam"] for t in study.trials}) == 3
@@ -451,7 +498,9 @@ def test_lastfm_baseline_study_promotes_a_final_fit_config(tmp_path):
 
 def test_pruner_stops_a_hopeless_trial(tmp_path):
     spaces = toy_spaces(tmp_path)
-    study = hpo.open_study(DATASET, "lightgcn", f"sqlite:///{tmp_path / 's.db'}", pruner_startup_trials=3, pruner_warmup_epochs=1)
+    study = hpo.open_study(
+        DATASET, "lightgcn", f"sqlite:///{tmp_path / 's.db'}", pruner_startup_trials=3, pruner_warmup_epochs=1
+    )
     for _ in range(3):
         study.enqueue_trial({"lr": 0.05, "embedding_dim": 16, "l2": 0.0})
     study.enqueue_trial({"lr": 0.001, "embedding_dim": 8, "l2": 0.0})  # barely moves in 6 epochs
@@ -491,7 +540,10 @@ def test_two_workers_share_one_study_without_duplicates(tmp_path):
     (tmp_path / "w").mkdir()
     script = WORKER.format(tests=str(REPO / "tests"), tmp=str(tmp_path / "w"), url=url)
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    workers = [subprocess.Popen([sys.executable, "-c", script, str(i)], env=env, stderr=subprocess.PIPE, text=True) for i in (0, 1)]
+    workers = [
+        subprocess.Popen([sys.executable, "-c", script, str(i)], env=env, stderr=subprocess.PIPE, text=True)
+        for i in (0, 1)
+    ]
     for worker in workers:
         _, err = worker.communicate(timeout=120)
         assert worker.returncode == 0, err[-2000:]
@@ -545,7 +597,9 @@ def test_multi_objective_study_yields_a_pareto_front(tmp_path):
             assert not _dominates(tuple(a.values), tuple(b.values), hpo.MULTI_DIRECTIONS), (a.number, b.number)
     for trial in finished:
         if trial.number not in front_numbers:
-            assert any(_dominates(tuple(f.values), tuple(trial.values), hpo.MULTI_DIRECTIONS) for f in front), trial.number
+            assert any(_dominates(tuple(f.values), tuple(trial.values), hpo.MULTI_DIRECTIONS) for f in front), (
+                trial.number
+            )
 
     table = hpo.pareto_table(study)
     assert sorted(row["number"] for row in table) == sorted(front_numbers)
@@ -600,7 +654,9 @@ def test_pareto_front_plot_is_a_png_and_checks_lengths():
 
     from spotify_engine_assets.core.plots import pareto_front
 
-    markdown = pareto_front([1.0, 2.0, 3.0], [0.1, 0.3, 0.2], [0.5, 0.6, 0.7], [True, True, False], "t", "s", "ndcg", "cov")
+    markdown = pareto_front(
+        [1.0, 2.0, 3.0], [0.1, 0.3, 0.2], [0.5, 0.6, 0.7], [True, True, False], "t", "s", "ndcg", "cov"
+    )
     assert markdown.startswith("![t](data:image/png;base64,")
     assert base64.b64decode(markdown.split(",", 1)[1].rstrip(")")).startswith(b"\x89PNG")
     with pytest.raises(ValueError, match="lengths differ"):
@@ -622,4 +678,7 @@ def test_weighted_or_multi_task_trials_need_the_full_graph():
         training_inputs(weighted, data.graph, SCHEMA, train)
     with pytest.raises(ValueError, match=r"task_repeat_weight needs \S*play_count"):
         task_labels(weighted, data.graph, SCHEMA, train)
-    assert training_inputs(base, data.graph, SCHEMA, DATASET.training_index(data.split, base)) == {"weights": None, "task_labels": None}
+    assert training_inputs(base, data.graph, SCHEMA, DATASET.training_index(data.split, base)) == {
+        "weights": None,
+        "task_labels": None,
+    }

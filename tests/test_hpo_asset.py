@@ -124,7 +124,11 @@ def test_hpo_study_asset_multi_objective_records_the_pareto_front(tmp_path):
     assert result.success
     output = result.output_for_node(HPO_NODE)
     assert output["study_name"] == "spotify-engine/listening/lightgcn/pareto" and output["multi_objective"]
-    assert output["objectives"] == {"valid_ndcg@10": "maximize", "train_seconds": "minimize", "valid_coverage@10": "maximize"}
+    assert output["objectives"] == {
+        "valid_ndcg@10": "maximize",
+        "train_seconds": "minimize",
+        "valid_coverage@10": "maximize",
+    }
     front = output["pareto_front"]
     assert front and len(output["trials"]) == 3
     completed = [t for t in output["trials"] if t["state"] == "COMPLETE"]
@@ -156,7 +160,9 @@ def test_promoted_best_trial_becomes_a_partition_with_lineage(tmp_path):
     trained_model = listening_defs.get_assets_def(dg.AssetKey(["listening", "trained_model"]))
 
     instance = dg.DagsterInstance.ephemeral()
-    result = _materialize(tmp_path, instance, n_trials=2, promote=True, max_trial_seconds=600.0, max_trial_memory_mb=10_000.0)
+    result = _materialize(
+        tmp_path, instance, n_trials=2, promote=True, max_trial_seconds=600.0, max_trial_memory_mb=10_000.0
+    )
     assert result.success
     output = result.output_for_node(HPO_NODE)
     assert output["promoted_config"] == "hpo_lightgcn"
@@ -168,12 +174,19 @@ def test_promoted_best_trial_becomes_a_partition_with_lineage(tmp_path):
     assert metadata["promoted_asset"].value == dg.AssetKey(["listening", "trained_model"])
     assert metadata["trial_limits"].value["pruned_before_training"] == 0
     promoted = DATASET.registry.full(tmp_path / "lake")["hpo_lightgcn"]
-    assert promoted.lr == output["best_params"]["lr"] and (DATASET.registry.promoted_dir(tmp_path / "lake") / "hpo_lightgcn.yaml").exists()
+    assert (
+        promoted.lr == output["best_params"]["lr"]
+        and (DATASET.registry.promoted_dir(tmp_path / "lake") / "hpo_lightgcn.yaml").exists()
+    )
 
     resources = {"lake": DataLake(root=str(tmp_path / "lake")), "torch_runtime": TorchRuntime()}
     trained = dg.materialize(
-        [*_toy_assets(), trained_model], partition_key="hpo_lightgcn", instance=instance,
-        resources=resources, run_config={"ops": {"listening__trained_model": {"config": {"max_epochs": 1}}}}, raise_on_error=False,
+        [*_toy_assets(), trained_model],
+        partition_key="hpo_lightgcn",
+        instance=instance,
+        resources=resources,
+        run_config={"ops": {"listening__trained_model": {"config": {"max_epochs": 1}}}},
+        raise_on_error=False,
     )
     assert trained.success
     assert trained.output_for_node("listening__trained_model")["config"] == promoted.model_dump()
@@ -181,13 +194,19 @@ def test_promoted_best_trial_becomes_a_partition_with_lineage(tmp_path):
     assert lineage["config_origin"].value == "study"
     assert lineage["source_study"].value == "spotify-engine/listening/lightgcn"
     assert lineage["source_trial"].value == output["best_trial"]
-    assert lineage["source_asset"].value == dg.AssetKey(["listening", "hpo_study"]) and lineage["source_partition"].value == "lightgcn"
+    assert (
+        lineage["source_asset"].value == dg.AssetKey(["listening", "hpo_study"])
+        and lineage["source_partition"].value == "lightgcn"
+    )
 
     # a registered partition whose config is gone fails with the known configs listed
     instance.add_dynamic_partitions(MODEL_CONFIGS, ["ghost"])
     ghost = dg.materialize(
-        [*_toy_assets(), trained_model], partition_key="ghost", instance=instance,
-        resources=resources, raise_on_error=False,
+        [*_toy_assets(), trained_model],
+        partition_key="ghost",
+        instance=instance,
+        resources=resources,
+        raise_on_error=False,
     )
     assert not ghost.success
     failure = [e for e in ghost.all_events if e.event_type_value == "STEP_FAILURE"][0]
@@ -228,7 +247,9 @@ def test_baseline_partition_gets_the_default_budget_and_promotes(tmp_path):
     from spotify_engine_assets.defs.chain import HpoRunConfig
     from spotify_engine_assets.defs.listening import CHAIN
 
-    baselines = sorted(f for f in hpo_study.partitions_def.get_partition_keys() if not get_space(DATASET, f).base.trainable)
+    baselines = sorted(
+        f for f in hpo_study.partitions_def.get_partition_keys() if not get_space(DATASET, f).base.trainable
+    )
     assert "itemknn" in baselines and "lightgcn" in hpo_study.partitions_def.get_partition_keys()
     default_trials = HpoRunConfig.model_fields["n_trials"].default
     assert default_trials == 10

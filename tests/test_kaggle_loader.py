@@ -10,7 +10,13 @@ import pytest
 from spotify_engine_assets.datasets.playlists import kaggle
 from spotify_engine_assets.datasets.playlists.kaggle import KAGGLE_HEADER, KaggleFormatError, ingest_playlist_csv
 
-SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "kaggle_spotify_playlists_sample" / "spotify_dataset_sample.csv"
+SAMPLE = (
+    Path(__file__).resolve().parents[2]
+    / "shared"
+    / "data"
+    / "kaggle_spotify_playlists_sample"
+    / "spotify_dataset_sample.csv"
+)
 GENRES = Path(__file__).resolve().parents[2] / "shared" / "data" / "spotify_genres" / "data_w_genres.csv"
 
 
@@ -27,7 +33,9 @@ def _write(path: Path, lines: list[bytes], newline: bytes = b"\n") -> Path:
 
 
 def _rejects(con, batch="b") -> dict[int, str]:
-    return dict(con.sql("SELECT line, reason FROM kaggle_raw.rejects WHERE batch = ? ORDER BY line", params=[batch]).fetchall())
+    return dict(
+        con.sql("SELECT line, reason FROM kaggle_raw.rejects WHERE batch = ? ORDER BY line", params=[batch]).fetchall()
+    )
 
 
 @pytest.mark.skipif(not SAMPLE.exists(), reason="../shared/data (real Kaggle sample) is absent on this machine")
@@ -35,7 +43,9 @@ def test_real_sample_every_line_accounted(con):
     stats = ingest_playlist_csv(con, SAMPLE, "sample")
     assert (stats.data_lines, stats.accepted, stats.rejected, stats.unaccounted) == (500, 499, 1, 0)
     assert _rejects(con, "sample") == {391: "empty artistname"}
-    first = con.sql("SELECT line, artistname, trackname, playlistname FROM kaggle_raw.entries ORDER BY line LIMIT 1").fetchall()[0]
+    first = con.sql(
+        "SELECT line, artistname, trackname, playlistname FROM kaggle_raw.entries ORDER BY line LIMIT 1"
+    ).fetchall()[0]
     assert first == (2, "Spice Girls", "Wannabe - Radio Edit", "Lol HiGh Sk00l MeMorIeZ")
 
 
@@ -43,16 +53,16 @@ def test_crafted_bad_rows_land_in_rejects_with_line_and_reason(con, tmp_path):
     path = _write(
         tmp_path / "bad.csv",
         [
-            b"u1,Artist,Track,PL",                   # 2 ok
-            b'u1,"Comma, Artist",Track "x",PL',     # 3 stray quote
-            b"u2,A,B,C,D",                           # 4 too many fields
-            b"u2,A,B",                               # 5 too few
-            b"u3,  ,Song,PL",                        # 6 empty artist
-            b'u3,"Quoted ""x""",Song,PL',           # 7 ok, unescaped
-            b"u4,Bad\xff\xfeBytes,Song,PL",          # 8 not UTF-8
-            b"",                                     # 9 blank
-            b'u5,"unterminated,Song,PL',            # 10 unbalanced quote
-            b"u6,Last,Song,PL",                      # 11 ok
+            b"u1,Artist,Track,PL",  # 2 ok
+            b'u1,"Comma, Artist",Track "x",PL',  # 3 stray quote
+            b"u2,A,B,C,D",  # 4 too many fields
+            b"u2,A,B",  # 5 too few
+            b"u3,  ,Song,PL",  # 6 empty artist
+            b'u3,"Quoted ""x""",Song,PL',  # 7 ok, unescaped
+            b"u4,Bad\xff\xfeBytes,Song,PL",  # 8 not UTF-8
+            b"",  # 9 blank
+            b'u5,"unterminated,Song,PL',  # 10 unbalanced quote
+            b"u6,Last,Song,PL",  # 11 ok
         ],
     )
     stats = ingest_playlist_csv(con, path, "b")
@@ -113,12 +123,19 @@ def test_artist_genres_parse_lists_and_plain_names(con, tmp_path):
         "\"['dance pop', 'pop']\",Artist One,1\n"
         "[],Nobody,2\n"
         "show tunes,Cast,3\n"
-        "\"rock, indie rock\",Band,5\n"
-        "\"[\"\"children's music\"\"]\",Kids,4\n"
+        '"rock, indie rock",Band,5\n'
+        '"[""children\'s music""]",Kids,4\n'
     )
     assert kaggle.load_artist_genres(con, path) == 6
     rows = set(con.sql("SELECT artist_name, genre FROM kaggle_raw.artist_genres").fetchall())
-    assert rows == {("Artist One", "dance pop"), ("Artist One", "pop"), ("Cast", "show tunes"), ("Kids", "children's music"), ("Band", "rock"), ("Band", "indie rock")}
+    assert rows == {
+        ("Artist One", "dance pop"),
+        ("Artist One", "pop"),
+        ("Cast", "show tunes"),
+        ("Kids", "children's music"),
+        ("Band", "rock"),
+        ("Band", "indie rock"),
+    }
     (tmp_path / "no_genres.csv").write_text("artists,popularity\nA,1\n")
     with pytest.raises(KaggleFormatError, match="missing columns \\['genres'\\]"):
         kaggle.load_artist_genres(con, tmp_path / "no_genres.csv")
@@ -135,9 +152,15 @@ def test_track_features_first_artist_and_mean(con, tmp_path):
     names = ",".join(kaggle.FEATURE_NAMES)
     path = tmp_path / "tracks_features.csv"
     values = ",".join(["0.5"] * len(kaggle.FEATURE_NAMES))
-    path.write_text(f"id,name,artists,{names}\n1,Song,\"['A', 'B']\",{values}\n2,Song,\"['A']\",{values.replace('0.5', '1.5')}\n")
+    path.write_text(
+        f"id,name,artists,{names}\n1,Song,\"['A', 'B']\",{values}\n2,Song,\"['A']\",{values.replace('0.5', '1.5')}\n"
+    )
     assert kaggle.load_track_features(con, path) == 1
-    assert con.sql("SELECT artist_name, track_name, energy FROM kaggle_raw.track_features").fetchall()[0] == ("A", "Song", 1.0)
+    assert con.sql("SELECT artist_name, track_name, energy FROM kaggle_raw.track_features").fetchall()[0] == (
+        "A",
+        "Song",
+        1.0,
+    )
 
 
 def test_synthetic_world_round_trips_through_the_loader(con, tmp_path):
@@ -176,7 +199,10 @@ def test_mixed_line_endings_keep_true_line_numbers(con, tmp_path):
     stats = ingest_playlist_csv(con, path, "b", work_dir=tmp_path / "work")
     assert (stats.lines, stats.accepted, stats.rejected, stats.unaccounted) == (5, 3, 1, 0)
     assert con.sql("SELECT line, user_id, playlistname FROM kaggle_raw.entries ORDER BY line").fetchall() == [
-        (2, "u1", "P"), (3, "u2", "P"), (5, "u4", "P")]
+        (2, "u1", "P"),
+        (3, "u2", "P"),
+        (5, "u4", "P"),
+    ]
     assert _rejects(con) == {4: "carriage return inside a line (a bare \\r)"}
     raw = con.sql("SELECT raw_line FROM kaggle_raw.rejects").fetchall()[0][0]
     assert raw == "u3,C\rX,T3,P"
@@ -184,18 +210,24 @@ def test_mixed_line_endings_keep_true_line_numbers(con, tmp_path):
 
 
 def test_control_characters_are_rejected_and_a_bom_is_removed_and_counted(con, tmp_path):
-    path = _write(tmp_path / "controls.csv", [
-        b"u1,A\x00X,T,P",                        # 2 NUL
-        b"u2,A\x1fX,T,P",                        # 3 unit separator (the reader's own delimiter)
-        b"\xef\xbb\xbfu3,BOM,T,P",               # 4 BOM at the start of a data line: removed, kept
-        b"u4,Tab\there,T,P",                     # 5 a tab is text
-        b"\xef\xbb\xbf" + KAGGLE_HEADER.encode(),  # 6 a second export's header
-        b"u5,Last,T,P",                          # 7
-    ])
+    path = _write(
+        tmp_path / "controls.csv",
+        [
+            b"u1,A\x00X,T,P",  # 2 NUL
+            b"u2,A\x1fX,T,P",  # 3 unit separator (the reader's own delimiter)
+            b"\xef\xbb\xbfu3,BOM,T,P",  # 4 BOM at the start of a data line: removed, kept
+            b"u4,Tab\there,T,P",  # 5 a tab is text
+            b"\xef\xbb\xbf" + KAGGLE_HEADER.encode(),  # 6 a second export's header
+            b"u5,Last,T,P",  # 7
+        ],
+    )
     stats = ingest_playlist_csv(con, path, "b")
     assert _rejects(con) == {2: "control character U+0000", 3: "control character U+001F", 6: "repeated header line"}
     assert con.sql("SELECT line, user_id FROM kaggle_raw.entries ORDER BY line").fetchall() == [
-        (4, "u3"), (5, "u4"), (7, "u5")]
+        (4, "u3"),
+        (5, "u4"),
+        (7, "u5"),
+    ]
     assert stats.cleaned == {"byte order mark removed": 1} and stats.unaccounted == 0
     assert stats.reasons == {"control character U+0000": 1, "control character U+001F": 1, "repeated header line": 1}
 

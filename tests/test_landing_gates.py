@@ -29,9 +29,12 @@ def data(lake_runner):
 
 
 def _failure(result) -> str:
-    return " | ".join(f"{e.message} {e.step_failure_data.error.message if e.step_failure_data.error else ''}"
-                      f"{e.step_failure_data.user_failure_data.description if e.step_failure_data.user_failure_data else ''}"
-                      for e in result.all_events if e.is_step_failure)
+    return " | ".join(
+        f"{e.message} {e.step_failure_data.error.message if e.step_failure_data.error else ''}"
+        f"{e.step_failure_data.user_failure_data.description if e.step_failure_data.user_failure_data else ''}"
+        for e in result.all_events
+        if e.is_step_failure
+    )
 
 
 def _count(lake, table, where="true") -> int:
@@ -40,31 +43,47 @@ def _count(lake, table, where="true") -> int:
 
 
 def _rows(good: int, bad: int = 0) -> str:
-    return KAGGLE_HEADER + "\n" + "".join(f"lu{i},Artist {i % 3},Song {i},mix {i % 4}\n" for i in range(good)) + "u,bad\n" * bad
+    return (
+        KAGGLE_HEADER
+        + "\n"
+        + "".join(f"lu{i},Artist {i % 3},Song {i},mix {i % 4}\n" for i in range(good))
+        + "u,bad\n" * bad
+    )
 
 
 def _land(lake, path, batch, **config):
-    from spotify_engine_assets.defs.playlists.ingestion import file_sha256
     from spotify_engine_assets.definitions import defs
+    from spotify_engine_assets.defs.playlists.ingestion import file_sha256
 
     instance = dg.DagsterInstance.ephemeral()
     instance.add_dynamic_partitions("landing_batches", [batch])
     settings = {"path": str(path), "sha256": file_sha256(path), **config}
-    return dg.materialize([*defs.assets, *defs.asset_checks], selection=LANDED, instance=instance, resources=defs.resources,
-                          run_config={**run_config(), "ops": {"landed_batch": {"config": settings}}},
-                          partition_key=batch, raise_on_error=False)
+    return dg.materialize(
+        [*defs.assets, *defs.asset_checks],
+        selection=LANDED,
+        instance=instance,
+        resources=defs.resources,
+        run_config={**run_config(), "ops": {"landed_batch": {"config": settings}}},
+        partition_key=batch,
+        raise_on_error=False,
+    )
 
 
 def _gate(result, name="reject_rate_within_threshold"):
-    return next(e.event_specific_data for e in result.all_events
-                if e.event_type_value == "ASSET_CHECK_EVALUATION" and e.event_specific_data.check_name == name)
+    return next(
+        e.event_specific_data
+        for e in result.all_events
+        if e.event_type_value == "ASSET_CHECK_EVALUATION" and e.event_specific_data.check_name == name
+    )
 
 
 def test_a_base_file_failing_its_gate_leaves_the_previous_tables_current(data):
     """Seen: 50% bad lines failed reject_rate_within_threshold, yet kaggle_raw.entries was
     already replaced (5,196 rows -> 100) and a later playlist SQL run built on it."""
     lake, run = data
-    entries, rejects, playlist_entries = (_count(lake, t) for t in ("kaggle_raw.entries", "kaggle_raw.rejects", "playlists.playlist_entries"))
+    entries, rejects, playlist_entries = (
+        _count(lake, t) for t in ("kaggle_raw.entries", "kaggle_raw.rejects", "playlists.playlist_entries")
+    )
     real = lake / "kaggle" / "spotify_dataset.csv"
     real.write_text(_rows(good=50, bad=50))
     try:

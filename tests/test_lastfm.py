@@ -20,7 +20,15 @@ from spotify_engine_assets.datasets.lastfm import graph as lastfm_graph
 
 # The old Last.fm trainer's defaults (full-catalogue softmax of each user's artists over
 # L2-normalised embeddings, 256 users a step, lr 0.01, no L2, no learning-rate schedule), now fields.
-SOFTMAX = {"loss": "softmax", "temperature": 0.1, "normalize": True, "batch_size": 256, "lr": 0.01, "l2": 0.0, "lr_patience": None}
+SOFTMAX = {
+    "loss": "softmax",
+    "temperature": 0.1,
+    "normalize": True,
+    "batch_size": 256,
+    "lr": 0.01,
+    "l2": 0.0,
+    "lr_patience": None,
+}
 # A fit on all of train.tsv without validation (the old fit_config without `valid`): fixed epochs.
 FINAL_FIT = {"trainer": "simple", "train_on_validation": True}
 
@@ -60,7 +68,9 @@ def test_real_dataset_counts(real):
 def test_most_popular_reproduces_reference_figures(real):
     """The data README's most-popular figures, to 4 decimals, with the project's metric code."""
     graph, parts = fit_parts(real)
-    config = parse_config({"name": "most_popular", "model": "most_popular", "train_on_validation": True})  # all of train.tsv
+    config = parse_config(
+        {"name": "most_popular", "model": "most_popular", "train_on_validation": True}
+    )  # all of train.tsv
     model, _, _ = DATASET.fit(config, graph, parts)
     metrics = DATASET.protocol.validate(model.score, real.train, real.test, real.num_artists)
     assert metrics["users_evaluated"] == 1877
@@ -123,10 +133,16 @@ def toy_frames(seed: int = 0, users: int = 30, artists: int = 40, tags: int = 8)
     listens = {(u, a) for u in range(1, users + 1) for a in rng.choice(np.arange(1, artists + 1), 8, replace=False)}
     listens = sorted(listens)
     ua = pl.DataFrame(
-        {"userID": [u for u, _ in listens], "artistID": [a for _, a in listens], "weight": rng.integers(1, 500, len(listens))}
+        {
+            "userID": [u for u, _ in listens],
+            "artistID": [a for _, a in listens],
+            "weight": rng.integers(1, 500, len(listens)),
+        }
     )
     raw = {
-        "artists": pl.DataFrame({"id": np.arange(1, artists + 1), "name": [f"a{i}" for i in range(artists)], "url": "", "pictureURL": ""}),
+        "artists": pl.DataFrame(
+            {"id": np.arange(1, artists + 1), "name": [f"a{i}" for i in range(artists)], "url": "", "pictureURL": ""}
+        ),
         "user_artists": ua,
         "tags": pl.DataFrame({"tagID": np.arange(1, tags + 1), "tagValue": [f"t{i}" for i in range(tags)]}),
         "user_taggedartists": pl.DataFrame(
@@ -142,7 +158,10 @@ def toy_frames(seed: int = 0, users: int = 30, artists: int = 40, tags: int = 8)
         "user_friends": pl.DataFrame({"userID": [1, 2, 3, 5], "friendID": [2, 1, 4, 9]}),
     }
     test_mask = rng.random(len(listens)) < 0.2
-    split = {"train": ua.filter(~pl.Series(test_mask)).select("userID", "artistID"), "test": ua.filter(pl.Series(test_mask)).select("userID", "artistID")}
+    split = {
+        "train": ua.filter(~pl.Series(test_mask)).select("userID", "artistID"),
+        "test": ua.filter(pl.Series(test_mask)).select("userID", "artistID"),
+    }
     return raw, split
 
 
@@ -189,7 +208,9 @@ def test_ease_dual_matches_primal():
     view = HeteroData()
     view["user"].num_nodes, view["artist"].num_nodes = 12, 20
     view[lastfm_graph.LISTENS].edge_index = torch.stack([users, items])
-    model = EASE(parse_config({"name": "ease", "model": "ease", "lam": 5.0}), lastfm_graph.SCHEMA, {"user": 12, "artist": 20})
+    model = EASE(
+        parse_config({"name": "ease", "model": "ease", "lam": 5.0}), lastfm_graph.SCHEMA, {"user": 12, "artist": 20}
+    )
     model.fit(view)
     seen = model.items
     xs = x[:, seen].double()
@@ -209,11 +230,37 @@ def test_ease_dual_matches_primal():
         {"model": "als", "factors": 4, "iterations": 2},
         {"model": "graph_ease", "lam": 10, "side_weight": 3, "friend_weight": 0.2},
         {"model": "lightgcn", **SOFTMAX, "embedding_dim": 8, "num_layers": 2, "max_epochs": 2, "batch_size": 8},
-        {"model": "tag_friend_gat", **SOFTMAX, "embedding_dim": 8, "num_layers": 2, "heads": 2, "max_epochs": 2, "batch_size": 8},
-        {"model": "tag_friend_gat", **SOFTMAX, "embedding_dim": 8, "num_layers": 1, "heads": 2, "max_epochs": 2, "conv": "gatv2"},
-        {"model": "lightgcn", **SOFTMAX, "embedding_dim": 8, "num_layers": 1, "max_epochs": 2, "loss": "bpr", "normalize": False},
+        {
+            "model": "tag_friend_gat",
+            **SOFTMAX,
+            "embedding_dim": 8,
+            "num_layers": 2,
+            "heads": 2,
+            "max_epochs": 2,
+            "batch_size": 8,
+        },
+        {
+            "model": "tag_friend_gat",
+            **SOFTMAX,
+            "embedding_dim": 8,
+            "num_layers": 1,
+            "heads": 2,
+            "max_epochs": 2,
+            "conv": "gatv2",
+        },
+        {
+            "model": "lightgcn",
+            **SOFTMAX,
+            "embedding_dim": 8,
+            "num_layers": 1,
+            "max_epochs": 2,
+            "loss": "bpr",
+            "normalize": False,
+        },
     ],
-    ids=lambda c: c["model"] + ("_bpr" if c.get("loss") == "bpr" else "") + ("_gatv2" if c.get("conv") == "gatv2" else ""),
+    ids=lambda c: (
+        c["model"] + ("_bpr" if c.get("loss") == "bpr" else "") + ("_gatv2" if c.get("conv") == "gatv2" else "")
+    ),
 )
 def test_every_kind_fits_and_scores_toy_data(config):
     raw, split = toy_frames()
@@ -230,10 +277,20 @@ def test_gat_returns_attention_and_early_stops():
     raw, split = toy_frames()
     data = lastfm.build_dataset(raw, split)
     whole, parts = fit_parts(data)  # train = the fit part of the validation cut, valid = the cut
-    config = parse_config({
-        "name": "gat", "model": "tag_friend_gat", **SOFTMAX, "embedding_dim": 8, "num_layers": 1, "heads": 2,
-        "max_epochs": 4, "eval_every": 1, "patience": 1, "batch_size": 8,
-    })
+    config = parse_config(
+        {
+            "name": "gat",
+            "model": "tag_friend_gat",
+            **SOFTMAX,
+            "embedding_dim": 8,
+            "num_layers": 1,
+            "heads": 2,
+            "max_epochs": 4,
+            "eval_every": 1,
+            "patience": 1,
+            "batch_size": 8,
+        }
+    )
     model, outcome, graph = DATASET.fit(config, whole, parts)
     assert 1 <= outcome.best_epoch <= 4
     users, artists, attention = model(graph, return_attention=True)

@@ -2,7 +2,6 @@
 fixed split (blocking leakage check) -> most-popular and a 1-epoch LightGCN -> reports ->
 comparison. The most-popular report must reproduce the data README's reference figures."""
 
-
 import dagster as dg
 import pytest
 
@@ -14,7 +13,9 @@ pytestmark = pytest.mark.skipif(
     reason=f"Last.fm 2K data absent ({lastfm.data_dir()}, {lastfm.split_dir()}): ../shared/data is not on this machine",
 )
 
-DATA = dg.AssetSelection.groups("lastfm_ingest", "lastfm_sql") | dg.AssetSelection.assets(["lastfm", "graph"], ["lastfm", "split"])
+DATA = dg.AssetSelection.groups("lastfm_ingest", "lastfm_sql") | dg.AssetSelection.assets(
+    ["lastfm", "graph"], ["lastfm", "split"]
+)
 MODELS = dg.AssetSelection.assets(["lastfm", "trained_model"], ["lastfm", "metric_report"])
 
 
@@ -53,7 +54,9 @@ def test_most_popular_report_reproduces_reference(chain):
     assert results["most_popular"].success
     report = _metadata(results["most_popular"], "lastfm/metric_report")
     assert (report["recall@20"], report["ndcg@20"]) == (0.1067, 0.0992)
-    assert report["ndcg@10"] == 0.0798 and abs(report["recall@10"] - 0.0712) < 1.5e-4  # rounded to 4 decimals; see test_lastfm.py
+    assert (
+        report["ndcg@10"] == 0.0798 and abs(report["recall@10"] - 0.0712) < 1.5e-4
+    )  # rounded to 4 decimals; see test_lastfm.py
 
 
 def test_trainable_partition_and_comparison(chain):

@@ -8,10 +8,9 @@ import pytest
 import torch
 from torch_geometric.data import HeteroData
 
-from spotify_engine_assets.datasets.lastfm import DATASET
+from spotify_engine_assets.datasets.lastfm import DATASET, splits
 from spotify_engine_assets.datasets.lastfm import data as lastfm
 from spotify_engine_assets.datasets.lastfm import graph as lastfm_graph
-from spotify_engine_assets.datasets.lastfm import splits
 
 needs_data = pytest.mark.skipif(
     not lastfm.available(),

@@ -7,7 +7,12 @@ import math
 import pytest
 import torch
 
-from spotify_engine_assets.core.evaluation.metrics import catalog_coverage, metric_collection, ranking_metrics, topk_scored
+from spotify_engine_assets.core.evaluation.metrics import (
+    catalog_coverage,
+    metric_collection,
+    ranking_metrics,
+    topk_scored,
+)
 
 torch.set_num_threads(1)
 
@@ -32,7 +37,9 @@ def test_topk_excluding_matches_brute_force(chunk_size):
     num_users, num_songs, k = 12, 30, 5
     user_emb = torch.randn(num_users, 4, generator=g, dtype=torch.float64)
     song_emb = torch.randn(num_songs, 4, generator=g, dtype=torch.float64)
-    exclude = torch.stack([torch.randint(num_users, (120,), generator=g), torch.randint(num_songs, (120,), generator=g)])
+    exclude = torch.stack(
+        [torch.randint(num_users, (120,), generator=g), torch.randint(num_songs, (120,), generator=g)]
+    )
     users = torch.tensor([7, 0, 3, 11, 5, 2, 9])  # a subset, not sorted
     top = topk_scored(lambda u: user_emb[u] @ song_emb.T, users, exclude, num_songs, k, chunk_size=chunk_size)
     assert top.shape == (len(users), k)
@@ -77,7 +84,13 @@ def test_topk_excluding_k_bounds():
 
 def test_topk_excluding_no_users():
     user_emb, song_emb = torch.randn(2, 3), torch.randn(4, 3)
-    top = topk_scored(lambda u: user_emb[u] @ song_emb.T, torch.empty(0, dtype=torch.long), torch.empty(2, 0, dtype=torch.long), 4, k=2)
+    top = topk_scored(
+        lambda u: user_emb[u] @ song_emb.T,
+        torch.empty(0, dtype=torch.long),
+        torch.empty(2, 0, dtype=torch.long),
+        4,
+        k=2,
+    )
     assert top.shape == (0, 2)
 
 
@@ -180,7 +193,12 @@ def test_recall_at_k_matches_hand_example():
 def test_metric_collection_names():
     collection = metric_collection(50, ks=(10, 20))
     assert set(collection.keys()) == {
-        "recall@10", "ndcg@10", "recall@20", "ndcg@20", "precision@10", "hit_rate@10",
+        "recall@10",
+        "ndcg@10",
+        "recall@20",
+        "ndcg@20",
+        "precision@10",
+        "hit_rate@10",
     }
 
 
@@ -202,6 +220,8 @@ def test_perfect_and_worst_rankings():
 
 # ---------------------------------------------------------------------------------- per-user accuracy
 
+from torch_geometric.metrics import LinkPredMRR, LinkPredPersonalization  # noqa: E402
+
 from spotify_engine_assets.core.evaluation.metrics import (  # noqa: E402
     accuracy_per_user,
     gini,
@@ -212,7 +232,6 @@ from spotify_engine_assets.core.evaluation.metrics import (  # noqa: E402
     popularity_probability,
     recommendation_counts,
 )
-from torch_geometric.metrics import LinkPredMRR, LinkPredPersonalization  # noqa: E402
 
 
 def _hand_topk():

@@ -71,7 +71,9 @@ def model_of(kind: str, num_nodes: dict[str, int] = NUM_NODES, **settings):
 
 
 def gat_enhanced(num_layers: int, heads: int = 2, seed: int = 0, **kwargs) -> GenreAwareGAT:
-    model = model_of("gat_enhanced", embedding_dim=8, num_layers=num_layers, heads=heads, dropout=0.0, seed=seed, **kwargs)
+    model = model_of(
+        "gat_enhanced", embedding_dim=8, num_layers=num_layers, heads=heads, dropout=0.0, seed=seed, **kwargs
+    )
     return model.eval()
 
 
@@ -204,7 +206,7 @@ def test_enhanced_attention_per_relation(data):
     _, _, attention = model(data, return_attention=True)
     by_relation = {"__".join(r): r for r in model.relations}
     assert set(by_relation) == {"__".join(r) for r in (LISTENS, REV_LISTENS, BY, REV_BY, HAS, REV_HAS)}
-    seen = {key: 0 for key in by_relation}
+    seen = dict.fromkeys(by_relation, 0)
     for name, (index, alpha) in attention.items():
         relation = name.split("/")[-1]
         assert relation in by_relation, name
@@ -232,7 +234,7 @@ def test_enhanced_attention_is_not_uniform_for_a_multi_edge_destination(data):
     """Song s1 has two listeners; its attention over them should depend on the features."""
     model = gat_enhanced(num_layers=1, heads=2)
     _, _, attention = model(data, return_attention=True)
-    (index, alpha), = [v for k, v in attention.items() if k.endswith("user__listens__song")]
+    ((index, alpha),) = [v for k, v in attention.items() if k.endswith("user__listens__song")]
     into_s1 = alpha[index[1] == 1]
     assert into_s1.shape == (2, 2)
     assert not torch.allclose(into_s1, torch.full_like(into_s1, 0.5), atol=1e-4)

@@ -44,8 +44,9 @@ def random_view(listens: int = 500, seed: int = 0) -> HeteroData:
 
 
 def lightgcn(layers: int = 3, normalize: bool = False, seed: int = 0):
-    config = parse_config({"name": "lgcn", "model": "lightgcn", "embedding_dim": 8, "num_layers": layers,
-                           "normalize": normalize})
+    config = parse_config(
+        {"name": "lgcn", "model": "lightgcn", "embedding_dim": 8, "num_layers": layers, "normalize": normalize}
+    )
     torch.manual_seed(seed)
     return build_model(config, SCHEMA, NUM_NODES)
 
@@ -89,8 +90,9 @@ def test_bpr_embeddings_are_the_encoded_rows_in_the_steps_shapes():
     view, model = random_view(), lightgcn(layers=2, normalize=True)
     users, positives = torch.tensor([0, 1, 1, 7]), torch.tensor([2, 2, 30, 59])
     negatives = torch.tensor([[5, 6, 7], [2, 9, 9], [0, 1, 2], [58, 57, 3]])
-    user_emb, pos_emb, neg_emb = sampled_bpr_embeddings(model, view, users, positives, negatives, [-1, -1],
-                                                        torch.Generator())
+    user_emb, pos_emb, neg_emb = sampled_bpr_embeddings(
+        model, view, users, positives, negatives, [-1, -1], torch.Generator()
+    )
     assert user_emb.shape == (4, 8) and pos_emb.shape == (4, 8) and neg_emb.shape == (4, 3, 8)
     full_user, full_item = model.encode(view)
     assert torch.allclose(user_emb, full_user[users], atol=1e-6)

@@ -12,11 +12,10 @@ import pytest
 import torch
 from torch_geometric.data import HeteroData
 
-from spotify_engine_assets.core.data.graph import Schema
+from spotify_engine_assets.core.data.graph import Schema, training_view
 from spotify_engine_assets.core.data.splits import labels_to_indices
 from spotify_engine_assets.core.data.sqlmodels import load_sql_project
 from spotify_engine_assets.core.dataset import Dataset, split_violations
-from spotify_engine_assets.core.data.graph import training_view
 from spotify_engine_assets.core.evaluation.protocol import LinkPrediction
 from spotify_engine_assets.core.registry import Registry
 from spotify_engine_assets.core.storage.artifacts import load_torch
@@ -138,10 +137,18 @@ def toy_chain(tmp_path_factory):
     lake = DataLake(root=str(root / "lake"))
     defs = dg.Definitions.merge(
         sql,
-        dg.Definitions(assets=[toy_raw, *data_assets(chain, ("toy.interactions", "toy.item_tags"), build_graph, build_split)]),
+        dg.Definitions(
+            assets=[toy_raw, *data_assets(chain, ("toy.interactions", "toy.item_tags"), build_graph, build_split)]
+        ),
         chain_definitions(chain),
-        dg.Definitions(resources={"lake": lake, "warehouse": Warehouse(lake=lake), "torch_runtime": TorchRuntime(),
-                                  "io_manager": LakeIOManager(lake=lake)}),
+        dg.Definitions(
+            resources={
+                "lake": lake,
+                "warehouse": Warehouse(lake=lake),
+                "torch_runtime": TorchRuntime(),
+                "io_manager": LakeIOManager(lake=lake),
+            }
+        ),
     )
     return chain, defs, lake
 
@@ -149,8 +156,19 @@ def toy_chain(tmp_path_factory):
 def test_a_fourth_chain_gets_every_asset_of_the_factory(toy_chain):
     chain, defs, _ = toy_chain
     keys = {key.to_user_string() for asset in defs.assets for key in asset.keys}
-    expected = {"graph", "split", "model_registry", "trained_model", "metric_report", "model_comparison", "experiments",
-                "ab_tests", "champion", "hpo_study", "recommendations"}
+    expected = {
+        "graph",
+        "split",
+        "model_registry",
+        "trained_model",
+        "metric_report",
+        "model_comparison",
+        "experiments",
+        "ab_tests",
+        "champion",
+        "hpo_study",
+        "recommendations",
+    }
     assert {f"toy/{name}" for name in expected} <= keys
     checks = {key.name for check in defs.asset_checks for key in check.check_keys}
     checks |= {spec.name for asset in defs.assets for spec in asset.check_specs}
@@ -163,20 +181,37 @@ def test_a_fourth_chain_trains_evaluates_and_compares_through_the_factory(toy_ch
     assets = [*defs.assets, *defs.asset_checks]
 
     def run(selection, partition=None, config=None):
-        return dg.materialize(assets, selection=selection, instance=instance, resources=defs.resources,
-                              partition_key=partition, run_config=config or {}, raise_on_error=False)
+        return dg.materialize(
+            assets,
+            selection=selection,
+            instance=instance,
+            resources=defs.resources,
+            partition_key=partition,
+            run_config=config or {},
+            raise_on_error=False,
+        )
 
-    data = run(dg.AssetSelection.groups("toy_ingestion", "sql", "toy_graph") | dg.AssetSelection.assets(["toy", "model_registry"]))
+    data = run(
+        dg.AssetSelection.groups("toy_ingestion", "sql", "toy_graph")
+        | dg.AssetSelection.assets(["toy", "model_registry"])
+    )
     assert data.success, [e.message for e in data.all_events if e.is_failure]
     assert all(e.passed for e in data.get_asset_check_evaluations())  # leakage_free and the SQL data test
-    assert sorted(instance.get_dynamic_partitions("toy_configs")) == ["gat_basic", "itemknn", "lightgcn", "most_popular"]
+    assert sorted(instance.get_dynamic_partitions("toy_configs")) == [
+        "gat_basic",
+        "itemknn",
+        "lightgcn",
+        "most_popular",
+    ]
 
     for config in ("most_popular", "itemknn", "lightgcn", "gat_basic"):
         result = run(dg.AssetSelection.assets(["toy", "trained_model"], ["toy", "metric_report"]), partition=config)
         assert result.success, (config, [e.message for e in result.all_events if e.is_failure])
         gate = [e for e in result.get_asset_check_evaluations() if e.check_name == "quality_gate"]
         assert gate and gate[0].passed, (config, gate[0].metadata if gate else None)
-    comparison = run(dg.AssetSelection.assets(*(["toy", n] for n in ("model_comparison", "experiments", "ab_tests", "champion"))))
+    comparison = run(
+        dg.AssetSelection.assets(*(["toy", n] for n in ("model_comparison", "experiments", "ab_tests", "champion")))
+    )
     assert comparison.success
 
     table = pl.read_csv(lake.path / "reports" / "toy" / "model_comparison.csv")
@@ -190,11 +225,16 @@ def test_a_fourth_chain_trains_evaluates_and_compares_through_the_factory(toy_ch
     assert trained["monitor"] == "recall@10" and trained["best_epoch"] >= 1
     # batch recommendations of a chain without genres: by the model alone (embeddings, or ItemKNN's own scores)
     graph = load_torch(lake.artifacts.current(["toy", "graph"]) / "data.pt")
-    known = pl.DataFrame({"user_id": graph[PLAYS]["edge_index"][0].numpy(), "item_id": graph[PLAYS]["edge_index"][1].numpy()})
+    known = pl.DataFrame(
+        {"user_id": graph[PLAYS]["edge_index"][0].numpy(), "item_id": graph[PLAYS]["edge_index"][1].numpy()}
+    )
     for config in ("lightgcn", "itemknn"):
         assert trained["serving"]["genre_prior"] == 0.0
-        result = run(dg.AssetSelection.assets(["toy", "recommendations"]), partition=config,
-                     config={"ops": {"toy__recommendations": {"config": {"k": 3}}}})
+        result = run(
+            dg.AssetSelection.assets(["toy", "recommendations"]),
+            partition=config,
+            config={"ops": {"toy__recommendations": {"config": {"k": 3}}}},
+        )
         assert result.success, (config, [e.message for e in result.all_events if e.is_failure])
         frame = pl.read_parquet(lake.artifacts.current(["toy", "recommendations"], config) / "data.parquet")
         assert frame.columns == ["user_id", "rank", "item_id", "score", "model_score"]
@@ -203,10 +243,15 @@ def test_a_fourth_chain_trains_evaluates_and_compares_through_the_factory(toy_ch
         assert all(ranks == list(range(1, len(ranks) + 1)) for ranks in by_user["rank"].to_list())
         assert all(scores == sorted(scores, reverse=True) for scores in by_user["model_score"].to_list())
 
-    study = run(dg.AssetSelection.assets(["toy", "hpo_study"]), partition="itemknn",
-                config={"ops": {"toy__hpo_study": {"config": {"n_trials": 3, "promote": True}}}})
+    study = run(
+        dg.AssetSelection.assets(["toy", "hpo_study"]),
+        partition="itemknn",
+        config={"ops": {"toy__hpo_study": {"config": {"n_trials": 3, "promote": True}}}},
+    )
     assert study.success, [e.message for e in study.all_events if e.is_failure]
     assert "hpo_itemknn" in chain.dataset.registry.full(lake.path)  # promotion works for the new chain too
     register_configs(chain, instance, lake.path)
-    promoted = run(dg.AssetSelection.assets(["toy", "trained_model"], ["toy", "metric_report"]), partition="hpo_itemknn")
+    promoted = run(
+        dg.AssetSelection.assets(["toy", "trained_model"], ["toy", "metric_report"]), partition="hpo_itemknn"
+    )
     assert promoted.success

@@ -25,7 +25,9 @@ def tiny_chain(module_lake):
 
 def test_every_stage_succeeds(tiny_chain):
     _, _, results = tiny_chain
-    assert [r.name for r in results] == ["data"] + [f"model {n}" for n in sorted(DATASET.registry.base)] + ["comparison"]
+    assert [r.name for r in results] == ["data"] + [f"model {n}" for n in sorted(DATASET.registry.base)] + [
+        "comparison"
+    ]
     failed = {r.name: r.error for r in results if not r.success}
     assert not failed
 
@@ -59,7 +61,9 @@ def test_reports_and_comparison(tiny_chain):
 
 def test_trained_artifact_records_config_and_history(tiny_chain):
     lake, _, _ = tiny_chain
-    artifact = load_torch(ArtifactStore(lake / "artifacts").current(["listening", "trained_model"], "gat_enhanced") / "data.pt")
+    artifact = load_torch(
+        ArtifactStore(lake / "artifacts").current(["listening", "trained_model"], "gat_enhanced") / "data.pt"
+    )
     assert artifact["config"]["name"] == "gat_enhanced"
     cap = run_config("tiny_train.yaml")["ops"]["listening__trained_model"]["config"]["max_epochs"]
     assert 1 <= artifact["epochs_run"] == len(artifact["history"]) <= cap
@@ -75,8 +79,13 @@ def test_failed_training_keeps_previous_model(tiny_chain):
     config = run_config("tiny_train.yaml")
     config["ops"]["listening__trained_model"]["config"]["max_epochs"] = 0  # rejected by the asset
     result = dg.materialize(
-        [*defs.assets, *defs.asset_checks], selection=MODEL_STAGE, run_config=config, instance=instance,
-        resources=defs.resources, partition_key="lightgcn", raise_on_error=False,
+        [*defs.assets, *defs.asset_checks],
+        selection=MODEL_STAGE,
+        run_config=config,
+        instance=instance,
+        resources=defs.resources,
+        partition_key="lightgcn",
+        raise_on_error=False,
     )
     assert not result.success
     assert store.current(["listening", "trained_model"], "lightgcn") == before
@@ -93,8 +102,12 @@ def test_invalid_world_config_fails_before_touching_warehouse(tiny_chain):
     config = run_config("tiny_data.yaml")
     config["ops"]["synthetic_world"]["config"]["users"] = 0
     result = dg.materialize(
-        [*defs.assets, *defs.asset_checks], selection=DATA_STAGE, run_config=config, instance=instance,
-        resources=defs.resources, raise_on_error=False,
+        [*defs.assets, *defs.asset_checks],
+        selection=DATA_STAGE,
+        run_config=config,
+        instance=instance,
+        resources=defs.resources,
+        raise_on_error=False,
     )
     assert not result.success
     failure = next(e for e in result.all_events if e.is_step_failure)
@@ -115,8 +128,12 @@ def test_failing_blocking_data_test_rolls_back_the_table(tiny_chain):
         con.execute('INSERT INTO "raw"."plays" SELECT * FROM "raw"."plays" LIMIT 1')
     try:
         result = dg.materialize(
-            [*defs.assets, *defs.asset_checks], selection=dg.AssetSelection.assets(["staging", "stg_plays"]),
-            run_config=run_config(), instance=instance, resources=defs.resources, raise_on_error=False,
+            [*defs.assets, *defs.asset_checks],
+            selection=dg.AssetSelection.assets(["staging", "stg_plays"]),
+            run_config=run_config(),
+            instance=instance,
+            resources=defs.resources,
+            raise_on_error=False,
         )
         assert not result.success
         failure = next(e for e in result.all_events if e.is_step_failure)
@@ -138,16 +155,21 @@ def test_graph_from_world_matches_the_materialized_graph(tiny_chain):
     from spotify_engine_assets.datasets.listening.graph import LISTENS, graph_from_world
 
     lake, _, _ = tiny_chain
-    materialized = from_payload(load_torch(ArtifactStore(lake / "artifacts").current(["listening", "graph"], None) / "data.pt"))
+    materialized = from_payload(
+        load_torch(ArtifactStore(lake / "artifacts").current(["listening", "graph"], None) / "data.pt")
+    )
     settings = run_config("tiny_data.yaml")["ops"]["synthetic_world"]["config"]
     shortcut = graph_from_world(generate_world(GeneratorSettings(**settings)))
     assert shortcut.node_types == materialized.node_types and shortcut.edge_types == materialized.edge_types
+
     def edge_set(edge_index):  # catalogue edges may come in another row order from SQL
         keys = edge_index[0] * (int(edge_index[1].max()) + 1) + edge_index[1]
         return torch.sort(keys).values
 
     for edge_type in materialized.edge_types:
-        assert torch.equal(edge_set(shortcut[edge_type].edge_index), edge_set(materialized[edge_type].edge_index)), edge_type
+        assert torch.equal(edge_set(shortcut[edge_type].edge_index), edge_set(materialized[edge_type].edge_index)), (
+            edge_type
+        )
     # listens edges are sorted by (user, song) in both, so their attributes line up row by row
     assert torch.equal(shortcut[LISTENS].edge_index, materialized[LISTENS].edge_index)
     assert torch.allclose(shortcut[LISTENS].edge_attr, materialized[LISTENS].edge_attr, atol=1e-5)
@@ -160,8 +182,9 @@ MAX_DIGITS = 8  # significant digits: 4 for numbers shown, 8 for the floats of a
 def too_precise(text: str) -> list[str]:
     """The decimal numbers in ``text`` printed with more than MAX_DIGITS significant digits
     (a float's repr has 16-17)."""
-    return [number for number in DECIMAL.findall(text)
-            if len(number.replace(".", "").lstrip("0").rstrip("0")) > MAX_DIGITS]
+    return [
+        number for number in DECIMAL.findall(text) if len(number.replace(".", "").lstrip("0").rstrip("0")) > MAX_DIGITS
+    ]
 
 
 def test_metadata_reads_well_in_the_ui(tiny_chain):
@@ -174,13 +197,19 @@ def test_metadata_reads_well_in_the_ui(tiny_chain):
     for run in instance.get_runs():
         for entry in instance.all_logs(run.run_id):
             event = entry.dagster_event
-            if event is None or event.event_type not in (dg.DagsterEventType.ASSET_MATERIALIZATION,
-                                                         dg.DagsterEventType.ASSET_CHECK_EVALUATION):
+            if event is None or event.event_type not in (
+                dg.DagsterEventType.ASSET_MATERIALIZATION,
+                dg.DagsterEventType.ASSET_CHECK_EVALUATION,
+            ):
                 continue
             data = event.event_specific_data
             metadata = data.materialization.metadata if hasattr(data, "materialization") else data.metadata
             for label, value in metadata.items():
-                text = value.value if isinstance(value, dg.MarkdownMetadataValue) and "base64," not in value.value else None
+                text = (
+                    value.value
+                    if isinstance(value, dg.MarkdownMetadataValue) and "base64," not in value.value
+                    else None
+                )
                 if isinstance(value, dg.JsonMetadataValue):
                     text = json.dumps(value.value)
                 if isinstance(value, dg.FloatMetadataValue) and value.value is not None:
@@ -191,9 +220,17 @@ def test_metadata_reads_well_in_the_ui(tiny_chain):
     assert too_precise("0.32197636409353786 and 0.0001572, 1.05") == ["0.32197636409353786"]
 
     trained = instance.fetch_materializations(dg.AssetKey(["listening", "trained_model"]), limit=20).records
-    lightgcn = next(r.asset_materialization.metadata for r in trained if r.asset_materialization.partition == "lightgcn")
-    assert list(lightgcn)[:6] == ["best_valid_recall@10", "train_seconds", "seconds_per_epoch", "epochs_run", "best_epoch",
-                                  "num_parameters"]
+    lightgcn = next(
+        r.asset_materialization.metadata for r in trained if r.asset_materialization.partition == "lightgcn"
+    )
+    assert list(lightgcn)[:6] == [
+        "best_valid_recall@10",
+        "train_seconds",
+        "seconds_per_epoch",
+        "epochs_run",
+        "best_epoch",
+        "num_parameters",
+    ]
     assert isinstance(lightgcn["best_valid_recall@10"], dg.FloatMetadataValue)
     assert isinstance(lightgcn["config"], dg.TextMetadataValue) and "embedding_dim" in lightgcn["config"].value
     assert len(json.dumps(lightgcn["provenance"].value)) > INLINE_LIMIT  # collapsed behind "[Show JSON]"

@@ -20,7 +20,6 @@ from spotify_engine_assets.datasets.playlists import graph as P
 from spotify_engine_assets.datasets.playlists.graph import SCHEMA
 from spotify_engine_assets.datasets.playlists.metrics import artist_matches, evaluate, hit_matrix, recsys_metrics
 
-
 # --- metrics ----------------------------------------------------------------------------------
 
 
@@ -84,12 +83,21 @@ def test_r_precision_matches_a_literal_reference_on_random_lists():
     track_artist = torch.randint(-1, 6, (num_tracks,), generator=generator)
     topk = torch.stack([torch.randperm(num_tracks, generator=generator)[:length] for _ in range(n)])
     topk[torch.rand(n, length, generator=generator) < 0.1] = num_tracks  # some padding
-    truth = [set(torch.randperm(num_tracks, generator=generator)[: int(torch.randint(1, 15, (1,), generator=generator))].tolist()) for _ in range(n)]
+    truth = [
+        set(
+            torch.randperm(num_tracks, generator=generator)[
+                : int(torch.randint(1, 15, (1,), generator=generator))
+            ].tolist()
+        )
+        for _ in range(n)
+    ]
     rows = torch.tensor([r for r, items in enumerate(truth) for _ in items])
     items = torch.tensor([i for items in truth for i in sorted(items)])
     counts = torch.bincount(rows, minlength=n)
     hits = hit_matrix(topk, rows, items, num_tracks)
-    values = recsys_metrics(hits, counts, ks=(10,), artist_credits=artist_matches(topk, hits, counts, rows, items, track_artist))
+    values = recsys_metrics(
+        hits, counts, ks=(10,), artist_credits=artist_matches(topk, hits, counts, rows, items, track_artist)
+    )
     artists = track_artist.tolist()
     expected = [_r_precision_reference([t for t in topk[r].tolist()], truth[r], artists + [-1]) for r in range(n)]
     assert values["r_precision"] == pytest.approx(sum(expected) / n)
@@ -99,9 +107,18 @@ def test_r_precision_matches_a_literal_reference_on_random_lists():
 def test_evaluate_reports_both_r_precisions_with_artists():
     scores = torch.tensor([[0.0, 9.0, 1.0, 8.0, 0.5, 0.0, 0.0, 0.0, 0.0]])
     relevant = torch.tensor([[0, 0], [0, 3]])  # G={0,3}; ranking 1 (artist 0), 3, 2, ...
-    values = evaluate(lambda rows: scores.expand(rows.numel(), -1), relevant, torch.empty((2, 0), dtype=torch.long), 9, ks=(2,), track_artist=TRACK_ARTIST)
+    values = evaluate(
+        lambda rows: scores.expand(rows.numel(), -1),
+        relevant,
+        torch.empty((2, 0), dtype=torch.long),
+        9,
+        ks=(2,),
+        track_artist=TRACK_ARTIST,
+    )
     assert values["r_precision"] == pytest.approx(0.625) and values["r_precision_track"] == pytest.approx(0.5)
-    assert "r_precision" not in evaluate(lambda rows: scores.expand(rows.numel(), -1), relevant, torch.empty((2, 0), dtype=torch.long), 9, ks=(2,))
+    assert "r_precision" not in evaluate(
+        lambda rows: scores.expand(rows.numel(), -1), relevant, torch.empty((2, 0), dtype=torch.long), 9, ks=(2,)
+    )
 
 
 @pytest.mark.parametrize("rank, clicks", [(1, 0), (10, 0), (11, 1), (25, 2), (500, 49)])
@@ -133,17 +150,26 @@ def _edges(pairs):
 def test_kcore_iterates_until_stable():
     edges = _edges([("p1", "t1"), ("p1", "t2"), ("p1", "t3"), ("p2", "t1"), ("p2", "t2"), ("p3", "t3"), ("p3", "t4")])
     kept, rounds = P.kcore_filter(edges, P.GraphSettings(min_playlist_size=2, min_track_playlists=2))
-    assert sorted(kept.select("playlist_key", "track_key").rows()) == [("p1", "t1"), ("p1", "t2"), ("p2", "t1"), ("p2", "t2")]
+    assert sorted(kept.select("playlist_key", "track_key").rows()) == [
+        ("p1", "t1"),
+        ("p1", "t2"),
+        ("p2", "t1"),
+        ("p2", "t2"),
+    ]
     assert len(rounds) >= 3 and rounds[-1]["edges"] == 4
 
 
 def _toy_graph(genres=True):
     pairs = [("p0", f"t{i}") for i in range(7)] + [("p1", f"t{i}") for i in (6, 5, 0, 1, 2, 3)] + [("p2", "t0")]
-    tracks = pl.DataFrame({"track_key": [f"t{i}" for i in range(8)], "artist_key": ["a0", "a0", "a1", "a1", "a2", "a2", "a3", "a3"]})
+    tracks = pl.DataFrame(
+        {"track_key": [f"t{i}" for i in range(8)], "artist_key": ["a0", "a0", "a1", "a1", "a2", "a2", "a3", "a3"]}
+    )
     artist_genres = pl.DataFrame({"artist_key": ["a0", "a1", "a3"], "genre": ["rock", "rock", "jazz"]})
     if not genres:
         artist_genres = artist_genres.clear()
-    data, _ = P.build_playlist_graph(_edges(pairs), tracks, artist_genres, P.GraphSettings(min_playlist_size=1, min_track_playlists=1))
+    data, _ = P.build_playlist_graph(
+        _edges(pairs), tracks, artist_genres, P.GraphSettings(min_playlist_size=1, min_track_playlists=1)
+    )
     return data
 
 
@@ -164,7 +190,12 @@ def test_graph_has_every_node_type_and_reverse_edges():
 def test_graph_fails_clearly_when_filters_remove_everything():
     tracks = pl.DataFrame({"track_key": ["t"], "artist_key": ["a"]})
     with pytest.raises(P.PlaylistGraphError, match="no playlist-track edge survives"):
-        P.build_playlist_graph(_edges([("p", "t")]), tracks, pl.DataFrame({"artist_key": [], "genre": []}, schema={"artist_key": pl.Utf8, "genre": pl.Utf8}), P.GraphSettings(min_playlist_size=2))
+        P.build_playlist_graph(
+            _edges([("p", "t")]),
+            tracks,
+            pl.DataFrame({"artist_key": [], "genre": []}, schema={"artist_key": pl.Utf8, "genre": pl.Utf8}),
+            P.GraphSettings(min_playlist_size=2),
+        )
 
 
 def test_split_holds_out_last_tracks_by_position():
@@ -189,7 +220,11 @@ def test_leakage_guard_passes_clean_split_and_catches_a_leak():
     leaky = {**split, "train": torch.cat([split["train"], split["test"][:1]])}
     assert P.split_violations(data, {"position": leaky})["position/heldout_in_view"] == 1
     assert check_partition(leaky, 14)["duplicated"] == 1
-    swapped = {**split, "train": torch.cat([split["train"][1:], split["test"][:1]]), "test": torch.cat([split["test"][1:], split["train"][:1]])}
+    swapped = {
+        **split,
+        "train": torch.cat([split["train"][1:], split["test"][:1]]),
+        "test": torch.cat([split["test"][1:], split["train"][:1]]),
+    }
     assert P.heldout_position_violations(data, swapped) >= 1
 
 
@@ -232,14 +267,18 @@ def test_evaluate_masks_known_tracks():
     relevant = torch.tensor([[0], [2]])
     values = evaluate(lambda rows: scores.expand(rows.numel(), -1), relevant, known, 4, ks=(1,))
     assert values["recall@1"] == 1.0 and values["clicks"] == 0
-    unmasked = evaluate(lambda rows: scores.expand(rows.numel(), -1), relevant, torch.empty((2, 0), dtype=torch.long), 4, ks=(1,))
+    unmasked = evaluate(
+        lambda rows: scores.expand(rows.numel(), -1), relevant, torch.empty((2, 0), dtype=torch.long), 4, ks=(1,)
+    )
     assert unmasked["recall@1"] == 0.0
 
 
 def test_playlist_gat_messages_reach_playlists_through_artists():
     data = _toy_graph()
     num_nodes = {t: data[t].num_nodes for t in P.NODE_TYPES}
-    config = parse_config({"name": "g", "model": "playlist_gat", "embedding_dim": 8, "num_layers": 2, "heads": 2, "dropout": 0.0})
+    config = parse_config(
+        {"name": "g", "model": "playlist_gat", "embedding_dim": 8, "num_layers": 2, "heads": 2, "dropout": 0.0}
+    )
     model = PlaylistGAT(config, SCHEMA, num_nodes).eval()
     view = P.message_passing_view(data, torch.arange(data[P.CONTAINS].edge_index.size(1)))
     before, _ = model(view)
@@ -266,7 +305,15 @@ def test_playlist_gat_without_playlist_ids_is_built_from_tracks():
     data = _toy_graph()
     # p0 and p1 share tracks; give p2 the same single track as a copy of itself
     num_nodes = {t: data[t].num_nodes for t in P.NODE_TYPES}
-    settings = {"model": "playlist_gat", "embedding_dim": 8, "num_layers": 2, "heads": 2, "cooccurrence_k": 2, "cooccurrence_shrink": 0.0, "user_ids": False}
+    settings = {
+        "model": "playlist_gat",
+        "embedding_dim": 8,
+        "num_layers": 2,
+        "heads": 2,
+        "cooccurrence_k": 2,
+        "cooccurrence_shrink": 0.0,
+        "user_ids": False,
+    }
     model = PlaylistGAT(parse_config({"name": "g0", **settings, "dropout": 0.0}), SCHEMA, num_nodes).eval()
     assert "playlist" not in model.embeddings
     view = P.message_passing_view(data, torch.arange(data[P.CONTAINS].edge_index.size(1)))
@@ -277,7 +324,17 @@ def test_playlist_gat_without_playlist_ids_is_built_from_tracks():
         model.embeddings["track"].weight[t0] += 3.0
     changed, _ = model(view)
     assert not torch.allclose(changed[p2], playlists[p2])  # p2 is what its track says
-    config = parse_config({"name": "g", "model": "playlist_gat", "embedding_dim": 8, "heads": 2, "cooccurrence_k": 2, "cooccurrence_shrink": 0.0, "user_ids": False})
+    config = parse_config(
+        {
+            "name": "g",
+            "model": "playlist_gat",
+            "embedding_dim": 8,
+            "heads": 2,
+            "cooccurrence_k": 2,
+            "cooccurrence_shrink": 0.0,
+            "user_ids": False,
+        }
+    )
     rebuilt = build_model(config, SCHEMA, num_nodes)
     rebuilt.load_state_dict(model.state_dict())  # the co-occurrence edges are rebuilt, not stored
     assert torch.allclose(rebuilt.eval()(view)[0], changed, atol=1e-6)
@@ -285,8 +342,12 @@ def test_playlist_gat_without_playlist_ids_is_built_from_tracks():
 
 def test_training_restores_best_weights(tmp_path):
     data = _toy_graph()
-    split = labels_to_indices(P.split_labels(data[P.CONTAINS].edge_index, data[P.CONTAINS].position, 3, P.SplitSettings(1, 2)))
-    config = parse_config({"name": "t", "model": "playlist_gat", "embedding_dim": 8, "heads": 2, "batch_size": 4, "user_sample": 3})
+    split = labels_to_indices(
+        P.split_labels(data[P.CONTAINS].edge_index, data[P.CONTAINS].position, 3, P.SplitSettings(1, 2))
+    )
+    config = parse_config(
+        {"name": "t", "model": "playlist_gat", "embedding_dim": 8, "heads": 2, "batch_size": 4, "user_sample": 3}
+    )
     model, result, view = DATASET.fit(config, data, split, max_epochs=4)  # the sample of 3 = every playlist
     assert 1 <= result.epochs_run == len(result.history) <= 4
     for name, tensor in model.state_dict().items():
@@ -300,8 +361,20 @@ def test_itemknn_fusion_weight_is_chosen_on_validation_and_stored():
     half = fused(first, second, 0.5)
     assert torch.allclose(half, torch.zeros(1, 3), atol=1e-6)  # opposite standardized rows cancel
     data = _toy_graph()
-    split = labels_to_indices(P.split_labels(data[P.CONTAINS].edge_index, data[P.CONTAINS].position, 3, P.SplitSettings(1, 2)))
-    config = parse_config({"name": "f", "model": "lightgcn", "embedding_dim": 8, "num_layers": 1, "batch_size": 4, "itemknn_fusion": True, "user_sample": 3})
+    split = labels_to_indices(
+        P.split_labels(data[P.CONTAINS].edge_index, data[P.CONTAINS].position, 3, P.SplitSettings(1, 2))
+    )
+    config = parse_config(
+        {
+            "name": "f",
+            "model": "lightgcn",
+            "embedding_dim": 8,
+            "num_layers": 1,
+            "batch_size": 4,
+            "itemknn_fusion": True,
+            "user_sample": 3,
+        }
+    )
     model, result, view = DATASET.fit(config, data, split, max_epochs=2)  # the sample of 3 = every playlist
     weights = result.fusion
     assert set(weights) == set(FUSION_WEIGHTS)
@@ -316,9 +389,17 @@ def test_registry_modes_and_validation(tmp_path):
     # the tuned GNNs on 5,000 playlists for at most 25 epochs (was mode "tuned")
     sizes = {name: (c.user_sample, c.max_epochs if c.trainable else None) for name, c in registry.items()}
     assert sizes == {
-        "most_popular": (50000, None), "itemknn": (50000, None), "lightgcn": (5000, 25), "lightgcn_itemknn": (5000, 25),
-        "playlist_gat": (5000, 25), "playlist_gat_itemknn": (5000, 25), "artist_popularity": (50000, None),
-        "genre_popularity": (50000, None), "ease": (50000, None), "lightgcn_ease": (5000, 25), "playlist_gat_ease": (5000, 25),
+        "most_popular": (50000, None),
+        "itemknn": (50000, None),
+        "lightgcn": (5000, 25),
+        "lightgcn_itemknn": (5000, 25),
+        "playlist_gat": (5000, 25),
+        "playlist_gat_itemknn": (5000, 25),
+        "artist_popularity": (50000, None),
+        "genre_popularity": (50000, None),
+        "ease": (50000, None),
+        "lightgcn_ease": (5000, 25),
+        "playlist_gat_ease": (5000, 25),
     }
     assert {"most_popular", "itemknn", "lightgcn", "playlist_gat"} <= set(registry)
     bad = tmp_path / "bad.yaml"

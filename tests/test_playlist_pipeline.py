@@ -27,14 +27,19 @@ def chain(lake_runner):
     models = {}
     for name in sorted(DATASET.registry.base):
         # user_sample 500 and max_epochs 2: the old "mini" mode (500 playlists) capped at 2 epochs
-        config = {**run_config(), "ops": {"playlists__trained_model": {"config": {"user_sample": 500, "max_epochs": 2}}}}
+        config = {
+            **run_config(),
+            "ops": {"playlists__trained_model": {"config": {"user_sample": 500, "max_epochs": 2}}},
+        }
         models[name] = run(MODELS, config, partition=name)
     comparison = run(dg.AssetSelection.assets(["playlists", "model_comparison"]))
     yield lake, run, {"data": data, **models, "comparison": comparison}
 
 
 def _failure(result) -> str:
-    return " | ".join(f"{e.message} {e.step_failure_data.error.message}" for e in result.all_events if e.is_step_failure)
+    return " | ".join(
+        f"{e.message} {e.step_failure_data.error.message}" for e in result.all_events if e.is_step_failure
+    )
 
 
 def _count(lake, table) -> int:
@@ -62,7 +67,10 @@ def test_default_chain_runs_offline_on_synthetic_kaggle_files(chain):
 def test_reports_compare_models_with_baselines(chain):
     lake, _, _ = chain
     store = ArtifactStore(lake / "artifacts")
-    reports = {name: load_torch(store.current(["playlists", "metric_report"], name) / "data.pt") for name in DATASET.registry.base}
+    reports = {
+        name: load_torch(store.current(["playlists", "metric_report"], name) / "data.pt")
+        for name in DATASET.registry.base
+    }
     for report in reports.values():
         metrics = report["metrics"]
         assert 0 <= metrics["r_precision"] <= 1 and 0 <= metrics["clicks"] <= 51
@@ -88,10 +96,17 @@ def test_reject_rate_gate_blocks_downstream_and_keeps_sql_tables(chain, tmp_path
         result = run(BASE)
         assert not result.success
         evaluations = [e for e in result.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"]
-        gate = next(e.event_specific_data for e in evaluations if e.event_specific_data.check_name == "reject_rate_within_threshold")
+        gate = next(
+            e.event_specific_data
+            for e in evaluations
+            if e.event_specific_data.check_name == "reject_rate_within_threshold"
+        )
         assert not gate.passed and gate.metadata["reject_rate"].value == pytest.approx(5 / 25)
-        entries = next(e.event_specific_data.materialization.metadata for e in result.all_events
-                       if e.event_type_value == "ASSET_MATERIALIZATION" and e.asset_key == dg.AssetKey(["kaggle_raw", "entries"]))
+        entries = next(
+            e.event_specific_data.materialization.metadata
+            for e in result.all_events
+            if e.event_type_value == "ASSET_MATERIALIZATION" and e.asset_key == dg.AssetKey(["kaggle_raw", "entries"])
+        )
         assert entries["source_mb"].value == rounded(real.stat().st_size / 2**20) > 0  # MiB, not a byte count
         assert _count(lake, "playlists.playlist_entries") == before  # downstream never ran
         # the gate is checked before the swap: the 5 rejects are in its metadata, the tables are the previous ones
@@ -130,9 +145,19 @@ def test_landed_batch_header_only_is_a_recorded_skip_and_changed_file_fails(chai
     instance = dg.DagsterInstance.ephemeral()
     instance.add_dynamic_partitions("landing_batches", instance_partitions)
     selection = dg.AssetSelection.assets(["kaggle_raw", "landed_entries"], ["kaggle_raw", "landed_rejects"])
-    config = {**run_config(), "ops": {"landed_batch": {"config": {"path": str(header_only), "sha256": file_sha256(header_only)}}}}
-    result = dg.materialize([*defs.assets, *defs.asset_checks], selection=selection, run_config=config, instance=instance,
-                            resources=defs.resources, partition_key="header-1", raise_on_error=False)
+    config = {
+        **run_config(),
+        "ops": {"landed_batch": {"config": {"path": str(header_only), "sha256": file_sha256(header_only)}}},
+    }
+    result = dg.materialize(
+        [*defs.assets, *defs.asset_checks],
+        selection=selection,
+        run_config=config,
+        instance=instance,
+        resources=defs.resources,
+        partition_key="header-1",
+        raise_on_error=False,
+    )
     assert result.success
     (event,) = [e for e in result.get_asset_materialization_events() if e.asset_key.path[-1] == "landed_entries"]
     assert "header only" in event.materialization.metadata["skipped"].value
@@ -142,15 +167,22 @@ def test_landed_batch_header_only_is_a_recorded_skip_and_changed_file_fails(chai
     changed.write_text("user_id,artistname,trackname,playlistname\nu,a,t,p\n")
     instance.add_dynamic_partitions("landing_batches", ["changed-1"])
     config["ops"]["landed_batch"]["config"] = {"path": str(changed), "sha256": "0" * 64}
-    result = dg.materialize([*defs.assets, *defs.asset_checks], selection=selection, run_config=config, instance=instance,
-                            resources=defs.resources, partition_key="changed-1", raise_on_error=False)
+    result = dg.materialize(
+        [*defs.assets, *defs.asset_checks],
+        selection=selection,
+        run_config=config,
+        instance=instance,
+        resources=defs.resources,
+        partition_key="changed-1",
+        raise_on_error=False,
+    )
     assert not result.success and "changed since the sensor took it" in _failure(result)
     assert changed.exists()
 
 
 def test_landed_sessions_extend_playlists_and_reject_unknown_songs(chain):
-    from spotify_engine_assets.defs.playlists.ingestion import file_sha256
     from spotify_engine_assets.definitions import defs
+    from spotify_engine_assets.defs.playlists.ingestion import file_sha256
 
     lake, _, _ = chain
     with duckdb.connect(str(lake / "warehouse.duckdb"), read_only=True) as con:
@@ -172,19 +204,41 @@ def test_landed_sessions_extend_playlists_and_reject_unknown_songs(chain):
     instance = dg.DagsterInstance.ephemeral()
     instance.add_dynamic_partitions("landing_batches", ["sessions-1"])
     selection = dg.AssetSelection.assets(["kaggle_raw", "landed_entries"], ["kaggle_raw", "landed_rejects"])
-    config = {**run_config(), "ops": {"landed_batch": {"config": {"path": str(path), "sha256": file_sha256(path), "kind": "sessions", "max_reject_rate": 1.0}}}}
-    result = dg.materialize([*defs.assets, *defs.asset_checks], selection=selection, run_config=config, instance=instance,
-                            resources=defs.resources, partition_key="sessions-1", raise_on_error=False)
+    config = {
+        **run_config(),
+        "ops": {
+            "landed_batch": {
+                "config": {"path": str(path), "sha256": file_sha256(path), "kind": "sessions", "max_reject_rate": 1.0}
+            }
+        },
+    }
+    result = dg.materialize(
+        [*defs.assets, *defs.asset_checks],
+        selection=selection,
+        run_config=config,
+        instance=instance,
+        resources=defs.resources,
+        partition_key="sessions-1",
+        raise_on_error=False,
+    )
     assert result.success, _failure(result)
     with duckdb.connect(str(lake / "warehouse.duckdb"), read_only=True) as con:
-        rejects = dict(con.sql("SELECT line, reason FROM kaggle_raw.landed_rejects WHERE batch = 'sessions-1'").fetchall())
+        rejects = dict(
+            con.sql("SELECT line, reason FROM kaggle_raw.landed_rejects WHERE batch = 'sessions-1'").fetchall()
+        )
         (entries,) = con.sql("SELECT count(*) FROM kaggle_raw.landed_entries WHERE batch = 'sessions-1'").fetchall()[0]
     assert rejects == {3: "unknown song_id (not in raw.songs)", 4: "empty user_id", 5: "invalid played_at"}
     assert entries == 1
     assert (landing / "archive" / "sessions-1" / "sessions.csv").exists()
 
 
-SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "kaggle_spotify_playlists_sample" / "spotify_dataset_sample.csv"
+SAMPLE = (
+    Path(__file__).resolve().parents[2]
+    / "shared"
+    / "data"
+    / "kaggle_spotify_playlists_sample"
+    / "spotify_dataset_sample.csv"
+)
 
 
 @pytest.mark.skipif(not SAMPLE.exists(), reason="../shared/data (real Kaggle sample) is absent on this machine")
@@ -209,7 +263,9 @@ def test_real_sample_runs_through_the_chain(chain):
         }
         assert run(BASE, config).success
         assert run(MODELS, partition="itemknn").success
-        report = load_torch(ArtifactStore(lake / "artifacts").current(["playlists", "metric_report"], "itemknn") / "data.pt")
+        report = load_torch(
+            ArtifactStore(lake / "artifacts").current(["playlists", "metric_report"], "itemknn") / "data.pt"
+        )
         assert report["metrics"]["users_evaluated"] >= 1
     finally:
         real.unlink()

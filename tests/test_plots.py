@@ -27,15 +27,33 @@ def _image(markdown: str) -> tuple[str, Image.Image]:
 @pytest.mark.parametrize(
     "make, alt",
     [
-        (lambda: plots.count_bars({"raw.plays": 8000, "raw.users": 150}, "rows per raw table", log=True), "rows per raw table"),
+        (
+            lambda: plots.count_bars({"raw.plays": 8000, "raw.users": 150}, "rows per raw table", log=True),
+            "rows per raw table",
+        ),
         (lambda: plots.data_quality(10, {"a": 0, "b": 3}, {"a": 10, "b": 2}, "t: quality"), "t: quality"),
         (lambda: plots.histogram(np.arange(100), "songs per user", "songs"), "songs per user"),
-        (lambda: plots.split_sizes({"random": {"train": 70, "valid": 15, "test": 15}, "temporal": {"train": 60, "valid": 20, "test": 20}},
-                                   "split sizes"), "split sizes"),
-        (lambda: plots.grouped_bars({"lightgcn": {"ndcg@10": 0.2, "recall@10": 0.3}, "most_popular": {"ndcg@10": 0.1}},
-                                    ["ndcg@10", "recall@10"], "config vs baselines"), "config vs baselines"),
-        (lambda: plots.difference_distributions({"ndcg@10": [0.1, -0.2, 0.05], "recall@10": []}, "A/B per-user differences"),
-         "A/B per-user differences"),
+        (
+            lambda: plots.split_sizes(
+                {"random": {"train": 70, "valid": 15, "test": 15}, "temporal": {"train": 60, "valid": 20, "test": 20}},
+                "split sizes",
+            ),
+            "split sizes",
+        ),
+        (
+            lambda: plots.grouped_bars(
+                {"lightgcn": {"ndcg@10": 0.2, "recall@10": 0.3}, "most_popular": {"ndcg@10": 0.1}},
+                ["ndcg@10", "recall@10"],
+                "config vs baselines",
+            ),
+            "config vs baselines",
+        ),
+        (
+            lambda: plots.difference_distributions(
+                {"ndcg@10": [0.1, -0.2, 0.05], "recall@10": []}, "A/B per-user differences"
+            ),
+            "A/B per-user differences",
+        ),
     ],
 )
 def test_plots_are_png_markdown(make, alt):
@@ -47,7 +65,9 @@ def test_plots_are_png_markdown(make, alt):
 def test_column_profile_counts_nulls_and_distinct_values():
     con = duckdb.connect()
     try:
-        con.execute('CREATE SCHEMA staging; CREATE TABLE staging.t AS SELECT * FROM (VALUES (1, NULL), (2, \'x\'), (2, NULL)) v("id", "odd ""name""")')
+        con.execute(
+            'CREATE SCHEMA staging; CREATE TABLE staging.t AS SELECT * FROM (VALUES (1, NULL), (2, \'x\'), (2, NULL)) v("id", "odd ""name""")'
+        )
         columns = [(row[0], row[1]) for row in con.sql("DESCRIBE staging.t").fetchall()]
         nulls, distinct = column_profile(con, "staging.t", columns)
         assert nulls == {"id": 0, 'odd "name"': 2}

@@ -100,8 +100,18 @@ def reference_gat(model, data: HeteroData):
 @pytest.mark.parametrize("transform,heads,residual", [(False, 1, True), (False, 2, False), (True, 2, True)])
 def test_enhanced_gat_equals_message_passing(transform, heads, residual):
     data = random_graph(seed=heads)
-    config = parse_config({"name": "gat", "model": "gat_enhanced", "embedding_dim": 8, "num_layers": 2, "heads": heads,
-                           "dropout": 0.0, "transform": transform, "residual": residual})
+    config = parse_config(
+        {
+            "name": "gat",
+            "model": "gat_enhanced",
+            "embedding_dim": 8,
+            "num_layers": 2,
+            "heads": heads,
+            "dropout": 0.0,
+            "transform": transform,
+            "residual": residual,
+        }
+    )
     torch.manual_seed(3)
     model = build_model(config, SCHEMA, NUM_NODES).eval()
     parameters = [p for p in model.parameters() if p.requires_grad]  # without transform, W = I is fixed

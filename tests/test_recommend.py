@@ -20,7 +20,14 @@ from spotify_engine_assets.core.serving.recommend import (
     render_ranking,
     text_table,
 )
-from spotify_engine_assets.datasets.listening.graph import BY, HAS, LISTENS, SCHEMA, add_reverse_edges, message_passing_graph
+from spotify_engine_assets.datasets.listening.graph import (
+    BY,
+    HAS,
+    LISTENS,
+    SCHEMA,
+    add_reverse_edges,
+    message_passing_graph,
+)
 
 torch.set_num_threads(1)
 
@@ -45,7 +52,9 @@ def random_graph(seed: int = 0) -> tuple[HeteroData, torch.Tensor]:
     data[LISTENS].edge_attr = torch.rand(edge_index.size(1), 3, generator=g)
     data[LISTENS].first_played = torch.rand(edge_index.size(1), generator=g).double() * 1e6
     data[BY].edge_index = torch.stack([torch.arange(NUM["song"]), torch.arange(NUM["song"]) % NUM["artist"]])
-    genre_pairs = [(s, s % NUM["genre"]) for s in range(NUM["song"])] + [(s, (s + 1) % NUM["genre"]) for s in range(0, NUM["song"], 3)]
+    genre_pairs = [(s, s % NUM["genre"]) for s in range(NUM["song"])] + [
+        (s, (s + 1) % NUM["genre"]) for s in range(0, NUM["song"], 3)
+    ]
     data[HAS].edge_index = torch.tensor(genre_pairs).t().contiguous()
     add_reverse_edges(data)
     # every 4th interaction is held out of training (validation / test)
@@ -70,8 +79,15 @@ def make_bundle(model: str = "gat_enhanced", seed: int = 0) -> ModelBundle:
         net.fit(view)
     embed(net, view)  # prepared on the view: its factors are the serving embeddings
     held = torch.tensor([i for i in range(data[LISTENS].edge_index.size(1)) if i % 4 == 0])
-    return ModelBundle.of(config, net, SCHEMA, data, view, catalog=Catalog.from_graph(data, SCHEMA),
-                          valid_pairs=data[LISTENS].edge_index[:, held])
+    return ModelBundle.of(
+        config,
+        net,
+        SCHEMA,
+        data,
+        view,
+        catalog=Catalog.from_graph(data, SCHEMA),
+        valid_pairs=data[LISTENS].edge_index[:, held],
+    )
 
 
 @pytest.fixture(scope="module")
@@ -204,8 +220,9 @@ def test_bundle_of_an_artifact_without_a_stored_n0_uses_the_default_without_sear
     data, train = random_graph()
     held = torch.tensor([i for i in range(data[LISTENS].edge_index.size(1)) if i % 4 == 0])
     split = {"random": {"train": train, "valid": held[::2], "test": held[1::2]}}
-    config = parse_config({"name": "toy", "model": "gat_enhanced", "split": "random", "embedding_dim": 8, "num_layers": 2,
-                           "heads": 2})
+    config = parse_config(
+        {"name": "toy", "model": "gat_enhanced", "split": "random", "embedding_dim": 8, "num_layers": 2, "heads": 2}
+    )
     artifact = {"config": config.model_dump(), "state": build_model(config, SCHEMA, num_nodes_of(data)).state_dict()}
     monkeypatch.setattr(cold_start, "tune_genre_prior", lambda *a, **k: pytest.fail("n0 searched while serving"))
     old = bundle_from(DATASET, artifact, to_payload(data), split)
@@ -220,8 +237,15 @@ def test_load_bundle_knows_configs_promoted_into_the_lake(tmp_path):
     from spotify_engine_assets.core.serving.recommend import load_bundle
     from spotify_engine_assets.datasets.listening import DATASET
 
-    source = PromotionSource(family="lightgcn", study_name="s", trial=3, objective="valid_recall@10", value=0.1,
-                             storage="sqlite:///x.db", promoted_at="2026-11-22T00:00:00+00:00")
+    source = PromotionSource(
+        family="lightgcn",
+        study_name="s",
+        trial=3,
+        objective="valid_recall@10",
+        value=0.1,
+        storage="sqlite:///x.db",
+        promoted_at="2026-11-22T00:00:00+00:00",
+    )
     DATASET.registry.write_promoted(parse_config({"name": "hpo_lightgcn", "model": "lightgcn"}), source, tmp_path)
     # a promoted config is a known config: the error is that it is not trained yet, not that it is unknown
     with pytest.raises(UnknownIdError, match="'hpo_lightgcn' has no materialized listening/trained_model"):

@@ -20,8 +20,15 @@ model_registry = listening_defs.get_assets_def(dg.AssetKey(["listening", "model_
 
 
 def _source(study: str = "spotify-engine/lightgcn", trial: int = 3) -> PromotionSource:
-    return PromotionSource(family="lightgcn", study_name=study, trial=trial, objective="valid_recall@10", value=0.25,
-                           storage="sqlite:///x.db", promoted_at="2026-01-01T00:00:00+0000")
+    return PromotionSource(
+        family="lightgcn",
+        study_name=study,
+        trial=trial,
+        objective="valid_recall@10",
+        value=0.25,
+        storage="sqlite:///x.db",
+        promoted_at="2026-01-01T00:00:00+0000",
+    )
 
 
 def _tuned(name: str = "hpo_lightgcn", **changes):
@@ -50,11 +57,15 @@ def test_promotion_name_collisions(tmp_path):
     with pytest.raises(ConfigError, match="'lightgcn' collides with a models.yaml config"):
         REGISTRY.write_promoted(_tuned("lightgcn"), _source(), tmp_path)
     REGISTRY.write_promoted(_tuned(), _source(), tmp_path)
-    with pytest.raises(ConfigError, match=r"hpo_lightgcn.yaml: .*already promoted from study 'spotify-engine/lightgcn'"):
+    with pytest.raises(
+        ConfigError, match=r"hpo_lightgcn.yaml: .*already promoted from study 'spotify-engine/lightgcn'"
+    ):
         REGISTRY.write_promoted(_tuned(), _source(study="other"), tmp_path)
     with pytest.raises(ValueError, match="config name 'bad name/x' is not a safe name"):
         _tuned("bad name/x")  # no config carries such a name, so none can be promoted under it
-    with pytest.raises(ConfigError, match="promoting study 'spotify-engine/lightgcn': config name 'bad name/x' is not a safe name"):
+    with pytest.raises(
+        ConfigError, match="promoting study 'spotify-engine/lightgcn': config name 'bad name/x' is not a safe name"
+    ):
         REGISTRY.check_promotable("bad name/x", "spotify-engine/lightgcn", "lightgcn", tmp_path)
     assert sorted(p.name for p in REGISTRY.promoted_dir(tmp_path).iterdir()) == ["hpo_lightgcn.yaml"]
 
@@ -64,12 +75,23 @@ def test_promotion_name_collisions(tmp_path):
     [
         ("source: [", "not valid YAML"),
         ("config: {hpo_x: {model: lightgcn}}\n", "expected exactly the keys 'source' and 'config'"),
-        ("source: {}\nconfig: {other_name: {model: lightgcn}}\n", "config name 'other_name' must equal the file name 'hpo_x'"),
-        ("source: {}\nconfig: {hpo_x: {model: lightgcn, embedding_dim: -4}}\n", r"config 'hpo_x': embedding_dim: Input should be greater than 0"),
-        ("source: {}\nconfig: {hpo_x: {model: lightgcn, color: red}}\n", "config 'hpo_x': color: Extra inputs are not permitted"),
+        (
+            "source: {}\nconfig: {other_name: {model: lightgcn}}\n",
+            "config name 'other_name' must equal the file name 'hpo_x'",
+        ),
+        (
+            "source: {}\nconfig: {hpo_x: {model: lightgcn, embedding_dim: -4}}\n",
+            r"config 'hpo_x': embedding_dim: Input should be greater than 0",
+        ),
+        (
+            "source: {}\nconfig: {hpo_x: {model: lightgcn, color: red}}\n",
+            "config 'hpo_x': color: Extra inputs are not permitted",
+        ),
         ("source: {family: lightgcn}\nconfig: {hpo_x: {model: lightgcn}}\n", "source: study_name: Field required"),
-        ("source: {}\nconfig: {hpo_x: {model: lightgcn, split: position}}\n",
-         r"config 'hpo_x': split: 'position' is not a split strategy of the listening chain \(random, temporal\)"),
+        (
+            "source: {}\nconfig: {hpo_x: {model: lightgcn, split: position}}\n",
+            r"config 'hpo_x': split: 'position' is not a split strategy of the listening chain \(random, temporal\)",
+        ),
     ],
 )
 def test_invalid_promoted_file_names_the_file(tmp_path, text, message):
@@ -84,9 +106,7 @@ def test_invalid_promoted_file_names_the_file(tmp_path, text, message):
 def test_promoted_file_may_not_shadow_models_yaml(tmp_path):
     folder = REGISTRY.promoted_dir(tmp_path)
     folder.mkdir(parents=True)
-    (folder / "lightgcn.yaml").write_text(
-        "source: {}\nconfig: {lightgcn: {model: lightgcn}}\n"
-    )
+    (folder / "lightgcn.yaml").write_text("source: {}\nconfig: {lightgcn: {model: lightgcn}}\n")
     with pytest.raises(ConfigError, match=r"lightgcn.yaml: config name 'lightgcn' collides with a models.yaml config"):
         REGISTRY.full(tmp_path)
     (folder / "lightgcn.yaml").unlink()
@@ -116,9 +136,12 @@ def test_model_registry_asset_fails_on_a_broken_promoted_file(tmp_path):
     folder.mkdir(parents=True)
     (folder / "hpo_x.yaml").write_text("source: {}\nconfig: {hpo_x: {model: gat_huge}}\n")
     instance = dg.DagsterInstance.ephemeral()
-    result = dg.materialize([model_registry], instance=instance, resources={"lake": DataLake(root=str(tmp_path))},
-                            raise_on_error=False)
+    result = dg.materialize(
+        [model_registry], instance=instance, resources={"lake": DataLake(root=str(tmp_path))}, raise_on_error=False
+    )
     assert not result.success
     failure = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"][0]
-    assert "model_registry: " in str(failure.event_specific_data.error) and "hpo_x.yaml" in str(failure.event_specific_data.error)
+    assert "model_registry: " in str(failure.event_specific_data.error) and "hpo_x.yaml" in str(
+        failure.event_specific_data.error
+    )
     assert instance.get_dynamic_partitions(MODEL_CONFIGS) == []

@@ -46,7 +46,9 @@ def songs_con():
     """A warehouse with ``raw.songs`` (ids 1..5), what landed sessions are checked against."""
     con = duckdb.connect()
     con.execute("CREATE SCHEMA raw")
-    con.execute("CREATE TABLE raw.songs AS SELECT range::INTEGER AS song_id, 1 AS artist_id, 'Song ' || range AS title FROM range(1, 6)")
+    con.execute(
+        "CREATE TABLE raw.songs AS SELECT range::INTEGER AS song_id, 1 AS artist_id, 'Song ' || range AS title FROM range(1, 6)"
+    )
     con.execute("CREATE TABLE raw.artists AS SELECT 1 AS artist_id, 'Artist' AS name")
     con.execute("CREATE TABLE raw.genres AS SELECT 1 AS genre_id, 'pop' AS name")
     con.execute("CREATE TABLE raw.song_genres AS SELECT song_id, 1 AS genre_id FROM raw.songs")
@@ -60,7 +62,9 @@ def _session_rejects(con) -> dict[int, str]:
 
 def test_sessions_future_timestamps_are_quarantined_with_their_line(songs_con, tmp_path):
     path = tmp_path / "plays.csv"
-    path.write_text("user_id,song_id,played_at\n1,1,2026-05-31 10:00:00\n1,2,2026-06-01 12:00:01\n2,3,2031-01-01 00:00:00\n")
+    path.write_text(
+        "user_id,song_id,played_at\n1,1,2026-05-31 10:00:00\n1,2,2026-06-01 12:00:01\n2,3,2031-01-01 00:00:00\n"
+    )
     counts = sessions_to_kaggle(songs_con, path, tmp_path / "out.csv", not_after=NOW)
     assert counts["plays"] == 3 and counts["rejected"] == 2 and counts["used"] == 1
     assert _session_rejects(songs_con) == {
@@ -73,33 +77,41 @@ def test_sessions_negative_or_missing_durations_are_quarantined(songs_con, tmp_p
     path = tmp_path / "plays.csv"
     path.write_text(
         "user_id,song_id,played_at,ms_played,track_duration_ms\n"
-        "1,1,2026-05-01 10:00:00,1000,2000\n"      # 2: fine
-        "1,2,2026-05-01 10:01:00,-5,2000\n"        # 3
-        "1,3,2026-05-01 10:02:00,,2000\n"          # 4
-        "1,4,2026-05-01 10:03:00,100,-1\n"         # 5
-        "1,5,2026-05-01 10:04:00,100,\n"           # 6
-        "1,5,2026-05-01 10:05:00,ten,2000\n"       # 7
+        "1,1,2026-05-01 10:00:00,1000,2000\n"  # 2: fine
+        "1,2,2026-05-01 10:01:00,-5,2000\n"  # 3
+        "1,3,2026-05-01 10:02:00,,2000\n"  # 4
+        "1,4,2026-05-01 10:03:00,100,-1\n"  # 5
+        "1,5,2026-05-01 10:04:00,100,\n"  # 6
+        "1,5,2026-05-01 10:05:00,ten,2000\n"  # 7
     )
     counts = sessions_to_kaggle(songs_con, path, tmp_path / "out.csv", not_after=NOW)
     assert counts["used"] == 1
     assert _session_rejects(songs_con) == {
-        3: "negative ms_played", 4: "missing ms_played", 5: "negative track_duration_ms",
-        6: "missing track_duration_ms", 7: "invalid ms_played",
+        3: "negative ms_played",
+        4: "missing ms_played",
+        5: "negative track_duration_ms",
+        6: "missing track_duration_ms",
+        7: "invalid ms_played",
     }
 
 
 def test_sessions_duplicate_play_ids_keep_the_first_and_name_it(songs_con, tmp_path):
     path = tmp_path / "plays.parquet"
-    pl.DataFrame({
-        "play_id": [7, 8, 7, 9, 7],
-        "user_id": [1, 1, 2, 2, 3],
-        "song_id": [1, 2, 3, 4, 5],
-        "played_at": [datetime(2026, 5, 1, 10, m) for m in range(5)],
-    }).write_parquet(path)
+    pl.DataFrame(
+        {
+            "play_id": [7, 8, 7, 9, 7],
+            "user_id": [1, 1, 2, 2, 3],
+            "song_id": [1, 2, 3, 4, 5],
+            "played_at": [datetime(2026, 5, 1, 10, m) for m in range(5)],
+        }
+    ).write_parquet(path)
     counts = sessions_to_kaggle(songs_con, path, tmp_path / "out.csv", not_after=NOW)
     assert counts["used"] == 3
     # Parquet rows are numbered from 1
-    assert _session_rejects(songs_con) == {3: "duplicate play_id (first on line 1)", 5: "duplicate play_id (first on line 1)"}
+    assert _session_rejects(songs_con) == {
+        3: "duplicate play_id (first on line 1)",
+        5: "duplicate play_id (first on line 1)",
+    }
 
 
 def test_header_only_kaggle_file_fails_naming_it_and_keeps_the_previous_tables(tmp_path, data_lake):
@@ -113,8 +125,14 @@ def test_header_only_kaggle_file_fails_naming_it_and_keeps_the_previous_tables(t
     selection = dg.AssetSelection.assets(["kaggle_raw", "entries"]).required_multi_asset_neighbors()
 
     def ingest():
-        return dg.materialize([*defs.assets, *defs.asset_checks], selection=selection, run_config=run_config(),
-                              instance=instance, resources=defs.resources, raise_on_error=False)
+        return dg.materialize(
+            [*defs.assets, *defs.asset_checks],
+            selection=selection,
+            run_config=run_config(),
+            instance=instance,
+            resources=defs.resources,
+            raise_on_error=False,
+        )
 
     assert ingest().success
     source.write_text(KAGGLE_HEADER + "\n")
@@ -142,7 +160,9 @@ def test_corrupted_checkpoint_is_ignored_naming_the_file(tmp_path):
 
 def test_corrupted_model_artifact_fails_naming_the_file(tmp_path):
     lake = DataLake(root=str(tmp_path))
-    version = lake.artifacts.write(["listening", "trained_model"], "lightgcn", lambda folder: (folder / "data.pt").write_bytes(b"garbage"))
+    version = lake.artifacts.write(
+        ["listening", "trained_model"], "lightgcn", lambda folder: (folder / "data.pt").write_bytes(b"garbage")
+    )
     with pytest.raises(ValueError, match=re.escape(str(version / "data.pt")) + ".*cannot load torch artifact"):
         LakeIOManager(lake=lake)._load(["listening", "trained_model"], "lightgcn")
 
@@ -160,7 +180,9 @@ con.close()
 
 
 def _hold_write_lock(path: Path, seconds: float) -> subprocess.Popen:
-    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(path), str(seconds)], stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(path), str(seconds)], stdout=subprocess.PIPE, text=True
+    )
     assert holder.stdout.readline().strip() == "locked"
     return holder
 
@@ -226,8 +248,17 @@ def dagster_home_lake(tmp_path):
 def test_concurrent_runs_writing_the_warehouse_all_succeed_and_readers_get_clear_answers(dagster_home_lake):
     lake, instance = dagster_home_lake
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    writers = [subprocess.Popen([sys.executable, "-c", WRITER, str(seed)], env=env, cwd=REPO_ROOT,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for seed in (1, 2)]
+    writers = [
+        subprocess.Popen(
+            [sys.executable, "-c", WRITER, str(seed)],
+            env=env,
+            cwd=REPO_ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for seed in (1, 2)
+    ]
     warehouse = Warehouse(lake=DataLake(root=str(lake)), lock_timeout_s=0)
     answers = {"data": 0, "busy": 0, "absent": 0}
     unexpected = []
@@ -337,7 +368,9 @@ def test_thousand_files_landing_at_once_are_each_requested_exactly_once(tmp_path
 # --- landing paths confined to the landing folder -----------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["../outside.csv", "archive/../../outside.csv", "{landing}/../outside.csv", "{root}/outside.csv"])
+@pytest.mark.parametrize(
+    "name", ["../outside.csv", "archive/../../outside.csv", "{landing}/../outside.csv", "{root}/outside.csv"]
+)
 def test_landing_path_escaping_the_landing_folder_is_refused(tmp_path, name):
     landing = tmp_path / "landing"
     (landing / "archive").mkdir(parents=True)
@@ -368,9 +401,23 @@ def test_landed_batch_refuses_a_run_config_path_outside_landing(tmp_path, monkey
     secret.write_text(f"{KAGGLE_HEADER}\nu,a,t,p\n")
     instance = dg.DagsterInstance.ephemeral()
     instance.add_dynamic_partitions("landing_batches", ["evil-1"])
-    config = {**run_config(), "ops": {"landed_batch": {"config": {"path": str(tmp_path / "lake" / "landing" / ".." / ".." / "secret.csv"), "sha256": "0" * 64}}}}
-    result = dg.materialize([*defs.assets, *defs.asset_checks], selection=dg.AssetSelection.assets(["kaggle_raw", "landed_entries"], ["kaggle_raw", "landed_rejects"]),
-                            run_config=config, instance=instance, resources=defs.resources, partition_key="evil-1", raise_on_error=False)
+    config = {
+        **run_config(),
+        "ops": {
+            "landed_batch": {
+                "config": {"path": str(tmp_path / "lake" / "landing" / ".." / ".." / "secret.csv"), "sha256": "0" * 64}
+            }
+        },
+    }
+    result = dg.materialize(
+        [*defs.assets, *defs.asset_checks],
+        selection=dg.AssetSelection.assets(["kaggle_raw", "landed_entries"], ["kaggle_raw", "landed_rejects"]),
+        run_config=config,
+        instance=instance,
+        resources=defs.resources,
+        partition_key="evil-1",
+        raise_on_error=False,
+    )
     assert not result.success
     failures = " ".join(e.step_failure_data.error.message for e in result.all_events if e.is_step_failure)
     assert "landed_batch [evil-1]" in failures and "'..' is not allowed" in failures
@@ -421,10 +468,12 @@ HOSTILE = "x'); DROP TABLE kaggle_raw.entries; --\"; SELECT '1"
 def test_hostile_file_name_and_batch_id_are_bound_as_parameters(tmp_path):
     con = duckdb.connect()
     path = tmp_path / "evil'; DROP TABLE kaggle_raw.entries; --.csv"
-    path.write_text(f"{KAGGLE_HEADER}\nu1,Artist,Song,PL\nu2,\"bad\n")
+    path.write_text(f'{KAGGLE_HEADER}\nu1,Artist,Song,PL\nu2,"bad\n')
     stats = ingest_playlist_csv(con, path, HOSTILE)
     assert (stats.accepted, stats.rejected) == (1, 1)
-    assert con.execute("SELECT DISTINCT batch, source_file FROM kaggle_raw.entries").fetchall() == [(HOSTILE, str(path.resolve()))]
+    assert con.execute("SELECT DISTINCT batch, source_file FROM kaggle_raw.entries").fetchall() == [
+        (HOSTILE, str(path.resolve()))
+    ]
     assert con.execute("SELECT batch FROM kaggle_raw.rejects").fetchall() == [(HOSTILE,)]
     again = ingest_playlist_csv(con, path, HOSTILE)  # same batch: replaced, not duplicated
     assert again.accepted == 1 and con.execute("SELECT count(*) FROM kaggle_raw.entries").fetchone()[0] == 1
@@ -452,7 +501,11 @@ def test_every_torch_load_is_weights_only():
     for path in sorted(PACKAGE.rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
             where = f"{path.relative_to(REPO_ROOT)}:{getattr(node, 'lineno', 0)}"
-            if isinstance(node, ast.ImportFrom) and node.module == "torch" and any(a.name == "load" for a in node.names):
+            if (
+                isinstance(node, ast.ImportFrom)
+                and node.module == "torch"
+                and any(a.name == "load" for a in node.names)
+            ):
                 offenders.append(f"{where}: from torch import load (use torch.load(..., weights_only=True))")
             if isinstance(node, ast.Call) and ast.unparse(node.func) == "torch.load":
                 calls += 1

@@ -50,8 +50,14 @@ defs = dg.Definitions(assets=[holder, writer], executor=dg.in_process_executor)
 def _dagster(defs: Path, asset: str, **env: str) -> subprocess.Popen:
     """``dagster asset materialize -f <defs> --select <asset>`` in the background (stderr piped)."""
     command = [str(Path(sys.executable).parent / "dagster"), "asset", "materialize", "-f", str(defs), "--select", asset]
-    return subprocess.Popen(command, cwd=REPO_ROOT, env={**os.environ, "OMP_NUM_THREADS": "1", **env},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        command,
+        cwd=REPO_ROOT,
+        env={**os.environ, "OMP_NUM_THREADS": "1", **env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _wait_for(check, timeout: float, what: str):
@@ -71,7 +77,7 @@ def pool_home(tmp_path) -> Iterator[tuple[Path, dg.DagsterInstance, Path]]:
 
 
 def _holder_run_id(marker: Path) -> str | None:
-    return marker.exists() and marker.read_text() or None
+    return (marker.exists() and marker.read_text()) or None
 
 
 def test_a_killed_holders_slot_is_freed_for_the_next_cli_writer(pool_home):
@@ -80,7 +86,9 @@ def test_a_killed_holders_slot_is_freed_for_the_next_cli_writer(pool_home):
     holder = _dagster(defs, "holder", MARKER=str(marker))
     holder_run = sigkill_when(holder, lambda: _holder_run_id(marker), 240, "holder step")
     assert instance.get_run_by_id(holder_run).status == dg.DagsterRunStatus.STARTED
-    assert [slot.run_id for slot in instance.event_log_storage.get_concurrency_info(DUCKDB_POOL).claimed_slots] == [holder_run]
+    assert [slot.run_id for slot in instance.event_log_storage.get_concurrency_info(DUCKDB_POOL).claimed_slots] == [
+        holder_run
+    ]
 
     writer = _dagster(defs, "writer")
     _, stderr = writer.communicate(timeout=240)  # waited for ever before
@@ -102,9 +110,16 @@ def test_a_waiting_writer_logs_the_holder_at_info_and_stops_on_a_signal(pool_hom
 
         def waiting_logged():
             runs = instance.get_runs(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED]))
-            return next((entry for run in runs if run.run_id != holder_run
-                         for entry in instance.all_logs(run.run_id, of_type=dg.DagsterEventType.ENGINE_EVENT)
-                         if "waits for a slot" in entry.message), None)
+            return next(
+                (
+                    entry
+                    for run in runs
+                    if run.run_id != holder_run
+                    for entry in instance.all_logs(run.run_id, of_type=dg.DagsterEventType.ENGINE_EVENT)
+                    if "waits for a slot" in entry.message
+                ),
+                None,
+            )
 
         entry = _wait_for(waiting_logged, 240, "the writer's wait")
         assert entry.level == 20 and f"held by run(s) {holder_run}" in entry.message  # INFO, naming the holder

@@ -51,7 +51,12 @@ STAGES = {
     "generation": (dg.AssetSelection.groups("listening_ingest"), ("tiny_data.yaml",), None, ("raw", "synthetic")),
     "sql": (dg.AssetSelection.groups("listening_sql"), (), None, None),
     "graph": (dg.AssetSelection.groups("listening_graph"), (), None, ("listening", "graph")),
-    "training": (dg.AssetSelection.assets(["listening", "trained_model"]), (), PARTITION, ("listening", "trained_model")),
+    "training": (
+        dg.AssetSelection.assets(["listening", "trained_model"]),
+        (),
+        PARTITION,
+        ("listening", "trained_model"),
+    ),
     "study": (dg.AssetSelection.assets(["listening", "hpo_study"]), (), PARTITION, ("listening", "hpo_study")),
 }
 # what the killed child runs (longer than the first materialization, so the kill lands mid-way)
@@ -91,8 +96,13 @@ def run_stage(instance: dg.DagsterInstance, stage: str, killed: bool = False) ->
 
         register_configs(listening.CHAIN, instance, Path(os.environ[DATA_LAKE_ENV]))
     return dg.materialize(
-        [*defs.assets, *defs.asset_checks], selection=selection, run_config=stage_config(stage, killed),
-        instance=instance, resources=defs.resources, partition_key=partition, raise_on_error=False,
+        [*defs.assets, *defs.asset_checks],
+        selection=selection,
+        run_config=stage_config(stage, killed),
+        instance=instance,
+        resources=defs.resources,
+        partition_key=partition,
+        raise_on_error=False,
     )
 
 
@@ -186,8 +196,9 @@ def test_killed_stage_keeps_previous_materialization_and_reruns(home, stage, tmp
     if stage in PAUSE_POINTS:
         env[PAUSE_ENV] = f"{PAUSE_POINTS[stage]}={marker}"
     inside = _sign(stage, lake, marker, _trial_count(lake))
-    child = subprocess.Popen([sys.executable, "-c", CHILD, stage], env=env, cwd=REPO_ROOT,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD, stage], env=env, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     sigkill_when(child, inside, 240, f"{stage} step")
 
     # the previous materialization is intact, current and loadable; nothing half-written shows

@@ -71,8 +71,12 @@ def _registry_file(tmp_path, text: str) -> Registry:
 
 def test_config_name_with_a_path_is_refused_naming_the_file(tmp_path):
     registry = _registry_file(tmp_path, "lightgcn:\n  model: lightgcn\nevil/../lightgcn:\n  model: most_popular\n")
-    with pytest.raises(ConfigError, match=re.escape(f"{registry.path}: config 'evil/../lightgcn': name: config name "
-                                                    "'evil/../lightgcn' is not a safe name")):
+    with pytest.raises(
+        ConfigError,
+        match=re.escape(
+            f"{registry.path}: config 'evil/../lightgcn': name: config name 'evil/../lightgcn' is not a safe name"
+        ),
+    ):
         registry.load()
     for bad in ("../x", "a/b", ".hidden", "_", "x\n", "a b", "x" * 101, ""):
         with pytest.raises(UnsafeNameError, match="is not a safe name"):
@@ -84,13 +88,17 @@ def test_unsafe_partition_never_writes_into_another_partition(tmp_path):
     """The issue's case: partition ``evil/../lightgcn`` resolved to lightgcn's folder and swapped its CURRENT."""
     store = ArtifactStore(tmp_path)
     good = store.write(MODEL_KEY, "lightgcn", lambda folder: save_torch({"x": torch.ones(2)}, folder / "data.pt"))
-    with pytest.raises(UnsafeNameError, match=r"partition key of listening/trained_model 'evil/\.\./lightgcn' is not a safe name"):
+    with pytest.raises(
+        UnsafeNameError, match=r"partition key of listening/trained_model 'evil/\.\./lightgcn' is not a safe name"
+    ):
         store.write(MODEL_KEY, "evil/../lightgcn", lambda folder: save_torch({"x": torch.zeros(2)}, folder / "data.pt"))
     assert store.current(MODEL_KEY, "lightgcn") == good and store.versions(MODEL_KEY, "lightgcn") == [good]
     assert not (tmp_path / "listening" / "trained_model" / "evil").exists()
     # a CURRENT pointer that names a path outside its slot is refused, not followed
     (store.slot(MODEL_KEY, "lightgcn") / POINTER).write_text("../../../elsewhere")
-    with pytest.raises(UnsafeNameError, match=r"version named by .*CURRENT '\.\./\.\./\.\./elsewhere' is not a safe name"):
+    with pytest.raises(
+        UnsafeNameError, match=r"version named by .*CURRENT '\.\./\.\./\.\./elsewhere' is not a safe name"
+    ):
         store.current(MODEL_KEY, "lightgcn")
 
 
@@ -101,7 +109,9 @@ def test_batch_family_and_study_names_are_safe_names(tmp_path):
     assert archive_path(lake, "playlists_a-0123456789ab", "x.csv").parent.name == "playlists_a-0123456789ab"
     with pytest.raises(ConfigError, match=r"study name 'spotify-engine/\.\./lightgcn': part '\.\.' is not a safe name"):
         hpo.check_study_name("spotify-engine/../lightgcn")
-    assert hpo.check_study_name("spotify-engine/listening/lightgcn/pareto") == "spotify-engine/listening/lightgcn/pareto"
+    assert (
+        hpo.check_study_name("spotify-engine/listening/lightgcn/pareto") == "spotify-engine/listening/lightgcn/pareto"
+    )
     spaces = tmp_path / "search_spaces.yaml"
     spaces.write_text("../lightgcn:\n  base: lightgcn\n  params:\n    lr: {low: 0.001, high: 0.1, log: true}\n")
     with pytest.raises(ConfigError, match=re.escape(f"{spaces}: family '../lightgcn' is not a safe name")):
@@ -112,8 +122,12 @@ def test_batch_family_and_study_names_are_safe_names(tmp_path):
 
 
 def test_duplicate_config_in_models_yaml_names_file_and_lines(tmp_path):
-    registry = _registry_file(tmp_path, "lightgcn:\n  model: lightgcn\n  lr: 0.01\n\nlightgcn:\n  model: lightgcn\n  lr: 0.5\n")
-    with pytest.raises(ConfigError, match=re.escape(f"{registry.path}: line 5: duplicate key 'lightgcn' (first at line 1)")):
+    registry = _registry_file(
+        tmp_path, "lightgcn:\n  model: lightgcn\n  lr: 0.01\n\nlightgcn:\n  model: lightgcn\n  lr: 0.5\n"
+    )
+    with pytest.raises(
+        ConfigError, match=re.escape(f"{registry.path}: line 5: duplicate key 'lightgcn' (first at line 1)")
+    ):
         registry.load()
     nested = _registry_file(tmp_path, "lightgcn:\n  model: lightgcn\n  lr: 0.01\n  lr: 0.5\n")
     with pytest.raises(ConfigError, match=re.escape(f"{nested.path}: line 4: duplicate key 'lr' (first at line 3)")):
@@ -123,18 +137,28 @@ def test_duplicate_config_in_models_yaml_names_file_and_lines(tmp_path):
 def test_duplicate_model_in_schema_yml_names_file_and_line(tmp_path):
     """A second ``songs:`` would silently drop the first entry's tests."""
     yml = "models:\n  m:\n    a: [not_null, unique]\n  m:\n    a: [not_null]\n"
-    raises_naming({"staging/m.sql": "SELECT 1 AS a", "staging/schema.yml": yml}, tmp_path, "staging/schema.yml",
-                  "line 4: duplicate key 'm' (first at line 2)")
+    raises_naming(
+        {"staging/m.sql": "SELECT 1 AS a", "staging/schema.yml": yml},
+        tmp_path,
+        "staging/schema.yml",
+        "line 4: duplicate key 'm' (first at line 2)",
+    )
 
 
 def test_strict_loader_is_safe_load_otherwise(tmp_path):
     text = "base: &b {x: 1, y: 2}\nother:\n  <<: *b\n  y: 3\nitems: [{a: 1}, {a: 2}]\n"
-    assert load_yaml(text, "x.yaml") == {"base": {"x": 1, "y": 2}, "other": {"x": 1, "y": 3}, "items": [{"a": 1}, {"a": 2}]}
+    assert load_yaml(text, "x.yaml") == {
+        "base": {"x": 1, "y": 2},
+        "other": {"x": 1, "y": 3},
+        "items": [{"a": 1}, {"a": 2}],
+    }
     with pytest.raises(DuplicateKeyError, match=r"x.yaml: line 1: duplicate key 'a'"):
         load_yaml("- {a: 1, a: 2}\n", "x.yaml")
     thresholds = tmp_path / "thresholds.yaml"
     thresholds.write_text("min_ratio_vs_most_popular: 1.1\nmin_ratio_vs_random: 2\nmin_ratio_vs_most_popular: 0.1\n")
-    with pytest.raises(ConfigError, match=re.escape(f"{thresholds}: line 3: duplicate key 'min_ratio_vs_most_popular'")):
+    with pytest.raises(
+        ConfigError, match=re.escape(f"{thresholds}: line 3: duplicate key 'min_ratio_vs_most_popular'")
+    ):
         read_yaml(thresholds)
     with pytest.raises(Exception, match="could not determine a constructor"):  # still safe: no Python objects
         load_yaml("!!python/object/apply:os.system ['true']\n")
@@ -161,7 +185,9 @@ def test_diverging_training_stops_with_a_clear_error():
     view, valid = toy_problem()
     cfg = toy_config("lightgcn", lr=1e30, max_epochs=5)
     model = build_model(cfg, SCHEMA, num_nodes_of(view))
-    with pytest.raises(NonFiniteLossError, match=r"config 'toy_lightgcn': training diverged, epoch 1 loss is (nan|inf)"):
+    with pytest.raises(
+        NonFiniteLossError, match=r"config 'toy_lightgcn': training diverged, epoch 1 loss is (nan|inf)"
+    ):
         train(model, view, valid, cfg)
     simple = update_config(cfg, trainer="simple")
     with pytest.raises(NonFiniteLossError, match="training diverged"):
@@ -169,7 +195,11 @@ def test_diverging_training_stops_with_a_clear_error():
 
 
 def test_first_non_finite_names_the_parameter():
-    state = {"user_emb.weight": torch.ones(3, 2), "item_emb.weight": torch.tensor([[1.0, math.nan]]), "steps": torch.arange(3)}
+    state = {
+        "user_emb.weight": torch.ones(3, 2),
+        "item_emb.weight": torch.tensor([[1.0, math.nan]]),
+        "steps": torch.arange(3),
+    }
     assert first_non_finite({"state": state, "best_valid": 0.2}) == "state.item_emb.weight"
     assert first_non_finite({"history": [{"loss": 1.0}, {"loss": math.inf}]}) == "history.1.loss"
     assert first_non_finite({"state": {"w": torch.ones(2)}, "best_valid": None, "name": "x"}) is None
@@ -181,7 +211,10 @@ def test_first_non_finite_names_the_parameter():
 def test_nan_metric_is_never_seeded_or_promoted_champion():
     thresholds = Thresholds(min_ratio_vs_most_popular=1.0, min_ratio_vs_random=1.0)
     report = {"split": "random", "gate": {"passed": True}, "per_user": {"recall@10": [0.1, 0.2]}}
-    reports = {"nan_model": {**report, "metrics": {"recall@10": math.nan}}, "good": {**report, "metrics": {"recall@10": 0.15}}}
+    reports = {
+        "nan_model": {**report, "metrics": {"recall@10": math.nan}},
+        "good": {**report, "metrics": {"recall@10": 0.15}},
+    }
     state, events = update_champion({}, reports, thresholds, "recall@10")
     assert state["splits"]["random"]["config"] == "good" and events[0]["event"] == "seeded"
     state, events = update_champion({}, {"nan_model": reports["nan_model"]}, thresholds, "recall@10")
@@ -204,7 +237,9 @@ def _flip(path, count: int) -> bytes:
 
 def test_flipped_bytes_in_a_torch_artifact_fail_naming_the_file(tmp_path):
     store = ArtifactStore(tmp_path)
-    version = store.write(MODEL_KEY, "lightgcn", lambda folder: save_torch({"w": torch.randn(4000)}, folder / "data.pt"))
+    version = store.write(
+        MODEL_KEY, "lightgcn", lambda folder: save_torch({"w": torch.randn(4000)}, folder / "data.pt")
+    )
     digest, name = (version / MANIFEST).read_text().split()
     assert name == "data.pt" and len(digest) == 64
     assert load_torch(version / "data.pt")["w"].shape == (4000,)
@@ -220,10 +255,14 @@ def test_flipped_bytes_in_a_parquet_artifact_fail_naming_the_file(tmp_path):
     lake = DataLake(root=str(tmp_path))
     io_manager = LakeIOManager(lake=lake)
     frame = pl.DataFrame({"user": list(range(2000)), "score": [float(i) for i in range(2000)]})
-    version = lake.artifacts.write(["listening", "model_comparison"], None, lambda folder: frame.write_parquet(folder / "data.parquet"))
+    version = lake.artifacts.write(
+        ["listening", "model_comparison"], None, lambda folder: frame.write_parquet(folder / "data.parquet")
+    )
     assert io_manager._load(["listening", "model_comparison"], None).equals(frame)
     _flip(version / "data.parquet", 8)
-    with pytest.raises(ArtifactCorruptError, match=re.escape(str(version / "data.parquet")) + ": content hash mismatch"):
+    with pytest.raises(
+        ArtifactCorruptError, match=re.escape(str(version / "data.parquet")) + ": content hash mismatch"
+    ):
         io_manager._load(["listening", "model_comparison"], None)
 
 
@@ -264,16 +303,25 @@ def test_diverged_or_corrupt_model_never_serves(tmp_path):
     assert {name: outcome for name, (outcome, _) in outcomes.items()} == dict.fromkeys(outcomes, "clear")
     assert len(outcomes) == 4
     assert "config 'diverged_lgcn': training diverged, epoch 1 loss is" in outcomes["diverged training (lr 1e30)"][1]
-    assert "trained_model[small_lgcn] has non-finite weights (state." in outcomes[
-        "NaN model already current (stored before the guard), recommend"][1]
+    assert (
+        "trained_model[small_lgcn] has non-finite weights (state."
+        in outcomes["NaN model already current (stored before the guard), recommend"][1]
+    )
 
 
 def test_diverging_study_trial_is_pruned_and_the_study_goes_on():
     """A search space that can draw a diverging lr: that trial ends pruned with its reason, the next one trains."""
     from test_hpo import toy_data
 
-    base = update_config(DATASET.registry.base["lightgcn"], name="toy_lgcn", embedding_dim=8, num_layers=1, max_epochs=3,
-                         eval_every=1, patience=3)
+    base = update_config(
+        DATASET.registry.base["lightgcn"],
+        name="toy_lgcn",
+        embedding_dim=8,
+        num_layers=1,
+        max_epochs=3,
+        eval_every=1,
+        patience=3,
+    )
     space = hpo.SearchSpace("lightgcn", base, {"lr": hpo.ParamSpec(type="float", low=0.001, high=1e30, log=True)})
     study = hpo.open_study(DATASET, "lightgcn", optuna.storages.InMemoryStorage(), study_name="diverging")
     study.enqueue_trial({"lr": 1e30})

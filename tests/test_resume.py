@@ -24,16 +24,16 @@ from spotify_engine_assets.core.training.trainer import CHECKPOINT_FILE, train
 from spotify_engine_assets.datasets.listening.graph import SCHEMA
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_training import config, toy_problem  # noqa: E402
+from test_training import config, toy_problem
 
 TESTS = Path(__file__).parent
 EPOCHS = 8
 
-CHILD = """
+CHILD = f"""
 import sys, time
 import torch
 torch.set_num_threads(1)
-sys.path.insert(0, {tests!r})
+sys.path.insert(0, {str(TESTS)!r})
 from test_training import config, toy_problem
 from spotify_engine_assets.core.data.graph import num_nodes_of
 from spotify_engine_assets.core.models import build_model
@@ -42,7 +42,7 @@ from spotify_engine_assets.datasets.listening.graph import SCHEMA
 
 checkpoint_dir, out, pause = sys.argv[1], sys.argv[2], float(sys.argv[3])
 view, valid = toy_problem()
-cfg = config("gat_enhanced", dropout=0.3, max_epochs={epochs}, patience=100, lr_patience=1,
+cfg = config("gat_enhanced", dropout=0.3, max_epochs={EPOCHS}, patience=100, lr_patience=1,
              negatives_per_positive=3, grad_accumulation=2, batch_size=8)
 weights = torch.linspace(0.5, 1.5, view[("user", "listens", "song")].edge_index.size(1))
 model = build_model(cfg, SCHEMA, num_nodes_of(view))
@@ -53,29 +53,45 @@ torch.save({{
     "final_state": result.final_state, "best_state": result.best_state, "best_epoch": result.best_epoch,
     "resumed_from_epoch": result.resumed_from_epoch,
 }}, out)
-""".format(tests=str(TESTS), epochs=EPOCHS)
+"""
 
 
 def _child(checkpoint_dir: Path, out: Path, pause: float) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-c", CHILD, str(checkpoint_dir), str(out), str(pause)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    return subprocess.Popen(
+        [sys.executable, "-c", CHILD, str(checkpoint_dir), str(out), str(pause)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
 
 
 def _kill_at_checkpoint(process: subprocess.Popen, folder: Path, pattern: str, timeout: float) -> Path:
     """Wait until ``process`` has written a checkpoint ``folder.glob(pattern)``, SIGKILL it and
     return the checkpoint (the process must still be running when it is found)."""
-    (checkpoint,) = sigkill_when(process, lambda: sorted(folder.glob(pattern)), timeout, f"checkpoint {folder / pattern}")
+    (checkpoint,) = sigkill_when(
+        process, lambda: sorted(folder.glob(pattern)), timeout, f"checkpoint {folder / pattern}"
+    )
     return checkpoint
 
 
 def _run(checkpoint_dir=None):
     """The child's training run, in this process."""
     view, valid = toy_problem()
-    cfg = config("gat_enhanced", dropout=0.3, max_epochs=EPOCHS, patience=100, lr_patience=1,
-                 negatives_per_positive=3, grad_accumulation=2, batch_size=8)
+    cfg = config(
+        "gat_enhanced",
+        dropout=0.3,
+        max_epochs=EPOCHS,
+        patience=100,
+        lr_patience=1,
+        negatives_per_positive=3,
+        grad_accumulation=2,
+        batch_size=8,
+    )
     weights = torch.linspace(0.5, 1.5, view[("user", "listens", "song")].edge_index.size(1))
-    return train(build_model(cfg, SCHEMA, num_nodes_of(view)), view, valid, cfg, weights=weights, checkpoint_dir=checkpoint_dir)
+    return train(
+        build_model(cfg, SCHEMA, num_nodes_of(view)), view, valid, cfg, weights=weights, checkpoint_dir=checkpoint_dir
+    )
 
 
 def _reference():
@@ -139,13 +155,13 @@ def test_checkpoint_folder_is_keyed_by_partition_config_and_data(tmp_path):
 DAGSTER_CONFIG = "gat_enhanced"
 DAGSTER_EPOCHS = 40  # the killed run's cap; early stopping may end the resumed run sooner
 
-MATERIALIZE_CHILD = """
+MATERIALIZE_CHILD = f"""
 import sys
-sys.path.insert(0, {tests!r})
+sys.path.insert(0, {str(TESTS)!r})
 from test_resume import materialize_trained_model
 result = materialize_trained_model(sys.argv[1], int(sys.argv[2]))
 sys.exit(0 if result.success else 1)
-""".format(tests=str(TESTS))
+"""
 
 
 def materialize_trained_model(name: str, max_epochs: int, data_stage: bool = False):
@@ -160,7 +176,9 @@ def materialize_trained_model(name: str, max_epochs: int, data_stage: bool = Fal
     dagster_home()
     instance = dg.DagsterInstance.get()
     partitions = defs.resolve_asset_graph().get(dg.AssetKey(["listening", "trained_model"])).partitions_def
-    if isinstance(partitions, dg.DynamicPartitionsDefinition) and not instance.has_dynamic_partition(partitions.name, name):
+    if isinstance(partitions, dg.DynamicPartitionsDefinition) and not instance.has_dynamic_partition(
+        partitions.name, name
+    ):
         instance.add_dynamic_partitions(partitions.name, [name])
     if data_stage:
         selection, config, partition = DATA_STAGE, run_config("tiny_data.yaml"), None
@@ -168,13 +186,20 @@ def materialize_trained_model(name: str, max_epochs: int, data_stage: bool = Fal
         selection, config, partition = [dg.AssetKey(["listening", "trained_model"])], run_config(), name
         config.setdefault("ops", {})["listening__trained_model"] = {"config": {"max_epochs": max_epochs}}
     return dg.materialize(
-        [*defs.assets, *defs.asset_checks], selection=selection, run_config=config, instance=instance,
-        resources=defs.resources, partition_key=partition, raise_on_error=False,
+        [*defs.assets, *defs.asset_checks],
+        selection=selection,
+        run_config=config,
+        instance=instance,
+        resources=defs.resources,
+        partition_key=partition,
+        raise_on_error=False,
     )
 
 
 def _failure(result) -> str:
-    return " | ".join(f"{e.message} {e.step_failure_data.error.message}" for e in result.all_events if e.is_step_failure)
+    return " | ".join(
+        f"{e.message} {e.step_failure_data.error.message}" for e in result.all_events if e.is_step_failure
+    )
 
 
 def test_killed_trained_model_materialization_resumes_and_keeps_the_previous_version(tmp_path, monkeypatch):
@@ -205,8 +230,12 @@ def test_killed_trained_model_materialization_resumes_and_keeps_the_previous_ver
     assert load_torch(previous / "data.pt")["epochs_run"] == 2
 
     # 2. a longer run in a real subprocess, SIGKILLed once it has written a checkpoint
-    child = subprocess.Popen([sys.executable, "-c", MATERIALIZE_CHILD, DAGSTER_CONFIG, str(DAGSTER_EPOCHS)],
-                             env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    child = subprocess.Popen(
+        [sys.executable, "-c", MATERIALIZE_CHILD, DAGSTER_CONFIG, str(DAGSTER_EPOCHS)],
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     checkpoints = lake / "checkpoints" / "listening" / DAGSTER_CONFIG  # <config>/<run hash>/checkpoint.pt
     checkpoint = _kill_at_checkpoint(child, checkpoints, f"*/{CHECKPOINT_FILE}", timeout=180)
     killed_at = torch.load(checkpoint, weights_only=True)

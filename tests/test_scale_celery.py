@@ -20,8 +20,8 @@ pytest.importorskip("redis", reason="redis (client) not installed: pip install -
 if not shutil.which("redis-server"):
     pytest.skip("redis-server not installed (apt-get install redis-server)", allow_module_level=True)
 
-from spotify_engine_assets.scale import celery_run  # noqa: E402
-from spotify_engine_assets.scale.postgres import PostgresUnavailable, pg_bin  # noqa: E402
+from spotify_engine_assets.scale import celery_run
+from spotify_engine_assets.scale.postgres import PostgresUnavailable, pg_bin
 
 CELERY_TESTS = os.environ.get("SPOTIFY_ENGINE_CELERY_TESTS") == "1"
 
@@ -49,8 +49,12 @@ def test_executor_config_and_definitions():
     source = config["config_source"]
     assert source["task_acks_late"] is True and "task_reject_on_worker_lost" not in source
     assert source["broker_transport_options"]["visibility_timeout"] == celery_run.VISIBILITY_TIMEOUT_S
-    assert celery_run.executor_config(6399, 300)["execution"]["config"]["config_source"][
-        "broker_transport_options"]["visibility_timeout"] == 300
+    assert (
+        celery_run.executor_config(6399, 300)["execution"]["config"]["config_source"]["broker_transport_options"][
+            "visibility_timeout"
+        ]
+        == 300
+    )
     from spotify_engine_assets.scale.celery_defs import defs
 
     assert defs.executor.name == "celery"
@@ -76,8 +80,9 @@ def test_services_start_answer_and_stop(tmp_path, postgres_ok, monkeypatch):
 @pytest.mark.skipif(not CELERY_TESTS, reason="~4-9 min: set SPOTIFY_ENGINE_CELERY_TESTS=1 to run")
 def test_steps_on_two_workers_kill_and_rerun(tmp_path, postgres_ok):
     profile = tmp_path / "celery"
-    summary = celery_run.run_celery_demo(profile, ["gat_basic", "lightgcn"], timeout=900, kill="gat_enhanced",
-                                         kill_worker="gat_basic", log=print)
+    summary = celery_run.run_celery_demo(
+        profile, ["gat_basic", "lightgcn"], timeout=900, kill="gat_enhanced", kill_worker="gat_basic", log=print
+    )
     print(celery_run.format_summary(summary))
     assert summary["data_run"]["status"] == "SUCCESS"
     assert [r["status"] for r in summary["model_runs"]] == ["SUCCESS", "SUCCESS"]
@@ -88,7 +93,10 @@ def test_steps_on_two_workers_kill_and_rerun(tmp_path, postgres_ok):
     assert all(s.get("pid") and s["pid"] != os.getpid() for r in runs for s in r["steps"].values())
     fault = summary["fault"]
     assert fault["failed_run"]["status"] == "FAILURE" and fault["exit_code"] != 0
-    assert "WorkerLostError" in fault["failed_run"]["failure"] and "listening__trained_model" in fault["failed_run"]["failure"]
+    assert (
+        "WorkerLostError" in fault["failed_run"]["failure"]
+        and "listening__trained_model" in fault["failed_run"]["failure"]
+    )
     assert fault["rerun"]["status"] == "SUCCESS" and fault["metric_report_materialized"]
     # the whole worker killed (main process, its pool process with it): the unacknowledged task goes to
     # the other worker after the visibility timeout, the step runs again there and the run succeeds

@@ -15,9 +15,9 @@ import pytest
 pytest.importorskip("dagster_postgres")
 pytest.importorskip("psycopg2")
 
-from spotify_engine_assets.scale import profile as prof  # noqa: E402
-from spotify_engine_assets.scale.demo import max_overlap, run_demo  # noqa: E402
-from spotify_engine_assets.scale.postgres import PostgresServer, PostgresUnavailable, pg_bin  # noqa: E402
+from spotify_engine_assets.scale import profile as prof
+from spotify_engine_assets.scale.demo import max_overlap, run_demo
+from spotify_engine_assets.scale.postgres import PostgresServer, PostgresUnavailable, pg_bin
 
 SCALE_TESTS = os.environ.get("SPOTIFY_ENGINE_SCALE_TESTS", "1") != "0"
 
@@ -87,7 +87,9 @@ def test_max_overlap():
     assert max_overlap([]) == 0
 
 
-@pytest.mark.skipif(not SCALE_TESTS, reason="SPOTIFY_ENGINE_SCALE_TESTS=0: daemon + gRPC server + 2-run backfill (~100 s) left out")
+@pytest.mark.skipif(
+    not SCALE_TESTS, reason="SPOTIFY_ENGINE_SCALE_TESTS=0: daemon + gRPC server + 2-run backfill (~100 s) left out"
+)
 def test_daemon_backfill_runs_concurrently(tmp_path, monkeypatch):
     try:
         pg_bin("initdb")
@@ -96,8 +98,9 @@ def test_daemon_backfill_runs_concurrently(tmp_path, monkeypatch):
     for var in (*prof.ENV.values(), "DAGSTER_HOME", "SPOTIFY_ENGINE_DATA_LAKE"):
         monkeypatch.delenv(var, raising=False)  # run_demo sets them; monkeypatch restores them after
     # two graph models (tiny_train: a few seconds of training each) so that execution overlaps
-    summary = run_demo(tmp_path / "scale", "tiny", max_concurrent_runs=2, configs=["gat_basic", "lightgcn"],
-                       timeout=900, log=print)
+    summary = run_demo(
+        tmp_path / "scale", "tiny", max_concurrent_runs=2, configs=["gat_basic", "lightgcn"], timeout=900, log=print
+    )
     assert summary["backfill_status"] == "COMPLETED_SUCCESS", summary
     assert summary["run_statuses"] == {"SUCCESS": 2}
     assert summary["materialized_metric_reports"] == ["gat_basic", "lightgcn"]

@@ -14,10 +14,11 @@ import pytest
 
 pytest.importorskip("psycopg2")
 
-from spotify_engine_assets.core.experiments import hpo  # noqa: E402
-from spotify_engine_assets.scale import profile as prof  # noqa: E402
-from spotify_engine_assets.scale.study import format_report, postgres_url, run_shared_study  # noqa: E402
-from test_scale_postgres import server  # noqa: E402,F401 - the fixture: a throwaway PostgreSQL server
+from test_scale_postgres import server  # noqa: F401 - the fixture: a throwaway PostgreSQL server
+
+from spotify_engine_assets.core.experiments import hpo
+from spotify_engine_assets.scale import profile as prof
+from spotify_engine_assets.scale.study import format_report, postgres_url, run_shared_study
 
 SCALE_TESTS = os.environ.get("SPOTIFY_ENGINE_SCALE_TESTS", "1") != "0"
 
@@ -65,8 +66,9 @@ def test_storage_url_without_password_and_clear_errors(pg, monkeypatch):
 def test_two_workers_one_study_and_a_killed_worker_resumes(pg, tmp_path):
     server = pg
     url = postgres_url(server, prof.OPTUNA_DB)
-    report = run_shared_study(tmp_path / "study", workers=2, trials=3, max_epochs=2, url=url, timeout=300,
-                              log=lambda message: None)
+    report = run_shared_study(
+        tmp_path / "study", workers=2, trials=3, max_epochs=2, url=url, timeout=300, log=lambda message: None
+    )
     text = format_report(report)
     assert report.ok, text
     rows = report.trials

@@ -27,12 +27,16 @@ def playlists_rows(seed: int, users: int = 12, per_user: int = 3, length: int = 
         for number in range(per_user):
             cluster = rng.randrange(4)
             tracks = rng.sample(range(10), length)
-            rows += [(f"user{user}", f"Artist {cluster}", f"Song {cluster}-{t}", f"mix {seed}-{number}") for t in tracks]
+            rows += [
+                (f"user{user}", f"Artist {cluster}", f"Song {cluster}-{t}", f"mix {seed}-{number}") for t in tracks
+            ]
     return rows
 
 
 def tick(lake_root, instance, cursor=None):
-    context = dg.build_sensor_context(instance=instance, cursor=cursor, resources={"lake": DataLake(root=str(lake_root))})
+    context = dg.build_sensor_context(
+        instance=instance, cursor=cursor, resources={"lake": DataLake(root=str(lake_root))}
+    )
     return landing_sensor(context)
 
 
@@ -53,7 +57,11 @@ def test_half_written_file_waits_until_its_size_is_stable(landing):
     path = folder / "batch.csv"
     path.write_text(kaggle_csv(playlists_rows(1)[:5]))
     first = tick(root, instance)
-    assert not first.run_requests and "batch.csv" in first.skip_reason.skip_message and "waiting" in first.skip_reason.skip_message
+    assert (
+        not first.run_requests
+        and "batch.csv" in first.skip_reason.skip_message
+        and "waiting" in first.skip_reason.skip_message
+    )
     with open(path, "a") as handle:  # still being written
         handle.write("user9,Artist 1,Song 1-1,mix\n")
     second = tick(root, instance, first.cursor)
@@ -177,18 +185,24 @@ def test_landed_file_retrains_models_end_to_end(tmp_path, data_lake):
     (tmp_path / "kaggle" / "spotify_dataset.csv").write_text(kaggle_csv(playlists_rows(10)))
     instance = dg.DagsterInstance.ephemeral()
     assets = [*defs.assets, *defs.asset_checks]
-    small = {"ops": {"playlists__graph": {"config": {"min_playlist_size": 5, "min_track_playlists": 1}}}, **run_config()}
-    base = (
-        dg.AssetSelection.groups("playlists_ingest", "playlists_sql", "playlists_graph")
-        - dg.AssetSelection.assets(["kaggle_raw", "landed_entries"], ["kaggle_raw", "landed_rejects"])
+    small = {
+        "ops": {"playlists__graph": {"config": {"min_playlist_size": 5, "min_track_playlists": 1}}},
+        **run_config(),
+    }
+    base = dg.AssetSelection.groups("playlists_ingest", "playlists_sql", "playlists_graph") - dg.AssetSelection.assets(
+        ["kaggle_raw", "landed_entries"], ["kaggle_raw", "landed_rejects"]
     )
     assert dg.materialize(assets, selection=base, run_config=small, instance=instance, resources=defs.resources).success
     store = ArtifactStore(tmp_path / "artifacts")
     register_configs(playlists.CHAIN, instance, tmp_path)  # the playlists_configs partitions (dynamic)
     for name in ("most_popular", "itemknn"):
         assert dg.materialize(
-            assets, selection=dg.AssetSelection.assets(["playlists", "trained_model"], ["playlists", "metric_report"]), partition_key=name,
-            run_config=run_config(), instance=instance, resources=defs.resources,
+            assets,
+            selection=dg.AssetSelection.assets(["playlists", "trained_model"], ["playlists", "metric_report"]),
+            partition_key=name,
+            run_config=run_config(),
+            instance=instance,
+            resources=defs.resources,
         ).success
     before = {name: store.versions(["playlists", "trained_model"], name) for name in ("most_popular", "itemknn")}
     playlists_before = from_payload(load_torch(store.current(["playlists", "graph"]) / "data.pt"))["playlist"].num_nodes
@@ -202,12 +216,18 @@ def test_landed_file_retrains_models_end_to_end(tmp_path, data_lake):
     instance.add_dynamic_partitions("landing_batches", first.dynamic_partitions_requests[0].partition_keys)
     config = {**small, "ops": {**small["ops"], **request.run_config["ops"]}}
     data_run = defs.resolve_job_def(request.job_name).execute_in_process(
-        run_config=config, instance=instance, partition_key=request.partition_key, tags=request.tags,
+        run_config=config,
+        instance=instance,
+        partition_key=request.partition_key,
+        tags=request.tags,
     )
     assert data_run.success and request.job_name == "playlist_landing_job"
     assert not (landing / "drop.csv").exists()
     assert (landing / "archive" / request.partition_key / "drop.csv").exists()
-    assert from_payload(load_torch(store.current(["playlists", "graph"]) / "data.pt"))["playlist"].num_nodes > playlists_before
+    assert (
+        from_payload(load_torch(store.current(["playlists", "graph"]) / "data.pt"))["playlist"].num_nodes
+        > playlists_before
+    )
 
     second = tick(tmp_path, instance, first.cursor)
     model_requests = {r.partition_key: r for r in second.run_requests}
@@ -215,9 +235,16 @@ def test_landed_file_retrains_models_end_to_end(tmp_path, data_lake):
     for name in ("most_popular", "itemknn"):
         r = model_requests[name]
         assert r.run_key.endswith(f"model-{name}") and r.tags[LANDING_TAG] == request.partition_key
-        assert defs.resolve_job_def(r.job_name).execute_in_process(
-            run_config=run_config(), instance=instance, partition_key=name, tags=r.tags,
-        ).success
+        assert (
+            defs.resolve_job_def(r.job_name)
+            .execute_in_process(
+                run_config=run_config(),
+                instance=instance,
+                partition_key=name,
+                tags=r.tags,
+            )
+            .success
+        )
         assert len(store.versions(["playlists", "trained_model"], name)) == len(before[name]) + 1
         report = load_torch(store.current(["playlists", "metric_report"], name) / "data.pt")
         assert report["config"] == name and 0 <= report["metrics"]["r_precision"] <= 1
@@ -230,14 +257,19 @@ def test_session_files_are_taken_as_sessions(landing):
     import polars as pl
 
     root, folder, instance = landing
-    plays = pl.DataFrame({"user_id": [1, 2], "song_id": [3, 4], "played_at": ["2024-01-01 10:00:00", "2024-01-02 10:00:00"]})
+    plays = pl.DataFrame(
+        {"user_id": [1, 2], "song_id": [3, 4], "played_at": ["2024-01-01 10:00:00", "2024-01-02 10:00:00"]}
+    )
     plays.write_parquet(folder / "plays.parquet")
     plays.write_csv(folder / "plays.csv")
     (folder / "broken.parquet").write_bytes(b"PAR1 not really")
     for name in ("plays.parquet", "plays.csv", "broken.parquet"):
         (folder / f"{name}.done").write_text("")
     result = tick(root, instance)
-    kinds = {r.tags["spotify_engine/file"]: r.run_config["ops"]["landed_batch"]["config"]["kind"] for r in result.run_requests}
+    kinds = {
+        r.tags["spotify_engine/file"]: r.run_config["ops"]["landed_batch"]["config"]["kind"]
+        for r in result.run_requests
+    }
     assert kinds == {"plays.parquet": "sessions", "plays.csv": "sessions"}
     assert "broken.parquet" in json.loads(result.cursor)["skipped"].__str__()
 
@@ -333,8 +365,14 @@ def _materialized_batch(instance, batch: str, rows: int) -> None:
 
     @dg.op
     def step():
-        yield dg.AssetMaterialization(asset_key=["kaggle_raw", "landed_entries"], partition=batch,
-                                      metadata={"dagster/row_count": rows, "skipped": "header only: no data rows (recorded skip)" if not rows else "no"})
+        yield dg.AssetMaterialization(
+            asset_key=["kaggle_raw", "landed_entries"],
+            partition=batch,
+            metadata={
+                "dagster/row_count": rows,
+                "skipped": "header only: no data rows (recorded skip)" if not rows else "no",
+            },
+        )
         yield dg.Output(None)
 
     @dg.job
@@ -354,7 +392,10 @@ def test_a_header_only_batch_retrains_nothing(landing):
     _materialized_batch(instance, request.partition_key, rows=0)
     second = tick(root, instance, first.cursor)
     assert not second.run_requests
-    assert "added no rows (header only" in second.skip_reason.skip_message and "not retrained" in second.skip_reason.skip_message
+    assert (
+        "added no rows (header only" in second.skip_reason.skip_message
+        and "not retrained" in second.skip_reason.skip_message
+    )
     assert json.loads(second.cursor)["pending"] == {}
 
 
@@ -372,7 +413,9 @@ def test_same_content_after_a_failed_run_is_taken_again(landing):
     (folder / "again.csv.done").touch()
     third = tick(root, instance, second.cursor)
     assert "same content" not in (third.skip_reason.skip_message if third.skip_reason else "")
-    (retry,) = [r for r in third.run_requests if r.run_config["ops"]["landed_batch"]["config"]["path"].endswith("again.csv")]
+    (retry,) = [
+        r for r in third.run_requests if r.run_config["ops"]["landed_batch"]["config"]["path"].endswith("again.csv")
+    ]
     assert retry.run_key != request.run_key and retry.run_key.startswith(request.run_key)
     assert not (folder / "archive" / "duplicates").exists()
 

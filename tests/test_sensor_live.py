@@ -28,12 +28,11 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
+from test_sensor import kaggle_csv, playlists_rows
 
 from spotify_engine_assets.core.storage.paths import DATA_LAKE_ENV, REPO_ROOT, SQL_DIR_ENV, configs_dir
 from spotify_engine_assets.datasets.playlists import DATASET
 from spotify_engine_assets.defs.playlists.sensors import INTERVAL_ENV, LANDING_TAG
-
-from test_sensor import kaggle_csv, playlists_rows
 
 LIVE_ENV = "SPOTIFY_ENGINE_LIVE_TESTS"
 pytestmark = pytest.mark.skipif(
@@ -42,7 +41,7 @@ pytestmark = pytest.mark.skipif(
 )
 BIN = Path(sys.executable).parent
 DEADLINE_S = 150
-CODE_LOCATION = '''
+CODE_LOCATION = """
 import dagster as dg
 from spotify_engine_assets.defs import playlists, sql
 from spotify_engine_assets.defs.resources import DataLake, LakeIOManager, TorchRuntime, Warehouse
@@ -55,7 +54,7 @@ defs = dg.Definitions.merge(
         "lake": lake, "warehouse": Warehouse(lake=lake), "torch_runtime": TorchRuntime(), "io_manager": LakeIOManager(lake=lake),
     }),
 )
-'''
+"""
 
 
 @pytest.fixture()
@@ -66,8 +65,12 @@ def live(tmp_path, monkeypatch):
     shutil.copytree(REPO_ROOT / "dbt_like_sql" / "playlists", sql / "playlists")
     (tmp_path / "playlist_location.py").write_text(CODE_LOCATION)
     env = {
-        "DAGSTER_HOME": str(home), DATA_LAKE_ENV: str(lake), SQL_DIR_ENV: str(sql), INTERVAL_ENV: "2",
-        "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), str(tmp_path)]),
+        "DAGSTER_HOME": str(home),
+        DATA_LAKE_ENV: str(lake),
+        SQL_DIR_ENV: str(sql),
+        INTERVAL_ENV: "2",
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), str(tmp_path)]),
     }
     for key, value in env.items():
         monkeypatch.setenv(key, value)
@@ -91,7 +94,11 @@ def _materialize_chain(tmp_path: Path, lake: Path) -> None:
     )
     with dg.DagsterInstance.get() as instance:
         result = dg.materialize(
-            [*defs.assets, *defs.asset_checks], selection=base, run_config=run_config(), instance=instance, resources=defs.resources
+            [*defs.assets, *defs.asset_checks],
+            selection=base,
+            run_config=run_config(),
+            instance=instance,
+            resources=defs.resources,
         )
     assert result.success
     sys.modules.pop("playlist_location", None)
@@ -110,7 +117,10 @@ def _timeline(runs: list[dg.DagsterRun], origin: float) -> str:
             record = instance.get_run_record_by_id(run.run_id)
             stats = instance.get_run_stats(run.run_id)
             moments = [record.create_timestamp.timestamp(), stats.start_time, stats.end_time]
-            cells = " ".join(f"{name} {t - origin:.0f}s" if t else f"{name} -" for name, t in zip(("created", "started", "ended"), moments))
+            cells = " ".join(
+                f"{name} {t - origin:.0f}s" if t else f"{name} -"
+                for name, t in zip(("created", "started", "ended"), moments)
+            )
             rows.append(f"{run.job_name}[{run.tags.get('dagster/partition', '')[:24]}] {run.status.value}: {cells}")
     return "\n".join(sorted(rows))
 
@@ -128,15 +138,21 @@ def test_daemon_launches_landing_then_retrain_runs(live):
     with open(log, "wb") as handle:
         try:
             daemon = subprocess.Popen(
-                [str(BIN / "dagster-daemon"), "run", *location], stdout=handle, stderr=subprocess.STDOUT,
-                cwd=tmp_path, start_new_session=True,
+                [str(BIN / "dagster-daemon"), "run", *location],
+                stdout=handle,
+                stderr=subprocess.STDOUT,
+                cwd=tmp_path,
+                start_new_session=True,
             )
         except OSError as error:
             pytest.skip(f"dagster-daemon cannot start here: {error}")
     try:
         start = subprocess.run(
             [str(BIN / "dagster"), "sensor", "start", "landing_sensor", *location],
-            capture_output=True, text=True, timeout=120, cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=tmp_path,
         )
         assert start.returncode == 0 and "Started sensor landing_sensor" in start.stdout, start.stdout + start.stderr
         if daemon.poll() is not None:
@@ -157,7 +173,9 @@ def test_daemon_launches_landing_then_retrain_runs(live):
             if data and all(r.status == dg.DagsterRunStatus.SUCCESS for r in data) and done == configs:
                 break
             assert daemon.poll() is None, f"dagster-daemon died:\n{_tail(log)}"
-            assert time.monotonic() - started < DEADLINE_S, f"not done after {DEADLINE_S}s:\n{_timeline(runs, origin)}\n{_tail(log, 15)}"
+            assert time.monotonic() - started < DEADLINE_S, (
+                f"not done after {DEADLINE_S}s:\n{_timeline(runs, origin)}\n{_tail(log, 15)}"
+            )
             time.sleep(1)
     finally:
         os.killpg(daemon.pid, signal.SIGTERM)
@@ -178,5 +196,7 @@ def test_daemon_launches_landing_then_retrain_runs(live):
         assert batch in instance.get_dynamic_partitions("landing_batches")
         graph = instance.get_latest_materialization_event(dg.AssetKey(["playlists", "graph"]))
         assert graph.run_id == data_run.run_id  # the landing run rebuilt the graph
-    print(f"\nlive: landing + {len(models)} retrain runs succeeded {time.monotonic() - started:.0f}s after the daemon started")
+    print(
+        f"\nlive: landing + {len(models)} retrain runs succeeded {time.monotonic() - started:.0f}s after the daemon started"
+    )
     print(_timeline(runs, origin))

@@ -91,7 +91,7 @@ def test_random_split_keeps_train_valid_and_test_for_any_valid_settings(valid_fr
 
 
 def test_random_split_same_seed_same_labels_different_seed_different():
-    users = _users_with_counts({u: 30 for u in range(20)})
+    users = _users_with_counts(dict.fromkeys(range(20), 30))
     a = random_split(users, SplitSettings(seed=11))
     b = random_split(users, SplitSettings(seed=11))
     c = random_split(users, SplitSettings(seed=12))
@@ -179,7 +179,7 @@ def test_labels_to_indices():
 
 
 def _clean_parts():
-    users = _users_with_counts({u: 12 for u in range(10)})
+    users = _users_with_counts(dict.fromkeys(range(10), 12))
     labels = random_split(users, SplitSettings(seed=1))
     return labels_to_indices(labels), len(users)
 

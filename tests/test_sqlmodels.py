@@ -20,8 +20,7 @@ from spotify_engine_assets.datasets.playlists.kaggle import KAGGLE_SOURCES
 
 REAL_PROJECT = Path(__file__).resolve().parents[1] / "dbt_like_sql"
 RAW_SOURCES = [
-    f"raw.{name}"
-    for name in ("genres", "artists", "artist_genres", "songs", "song_genres", "users", "plays")
+    f"raw.{name}" for name in ("genres", "artists", "artist_genres", "songs", "song_genres", "users", "plays")
 ]
 
 # The real project also holds the playlist chain's folder, which reads the Kaggle ingestion's tables.
@@ -128,9 +127,20 @@ def test_real_project_dependency_graph() -> None:
     playlists = {table for table, model in project.models.items() if model.schema == "playlists"}
     assert playlists == {
         f"playlists.{name}"
-        for name in ("playlist_entries", "playlist_tracks", "playlists", "tracks", "artists", "artist_genres", "genres", "track_features")
+        for name in (
+            "playlist_entries",
+            "playlist_tracks",
+            "playlists",
+            "tracks",
+            "artists",
+            "artist_genres",
+            "genres",
+            "track_features",
+        )
     }
-    assert all(dep.partition(".")[0] in {"kaggle_raw", "playlists"} for t in playlists for dep in project.models[t].depends_on)
+    assert all(
+        dep.partition(".")[0] in {"kaggle_raw", "playlists"} for t in playlists for dep in project.models[t].depends_on
+    )
 
 
 def test_real_project_is_in_topological_order() -> None:
@@ -163,8 +173,7 @@ def test_real_project_end_to_end(raw_con: duckdb.DuckDBPyConnection) -> None:
         assert "popularity" not in dict(summaries[table]["columns"])
     assert raw_con.sql("SELECT max(completion_ratio) FROM staging.stg_plays").fetchall() == [(1.0,)]
     assert raw_con.sql(
-        "SELECT play_count, skip_count FROM marts.user_song_interactions"
-        " WHERE user_id = 2 AND song_id = 100"
+        "SELECT play_count, skip_count FROM marts.user_song_interactions WHERE user_id = 2 AND song_id = 100"
     ).fetchall() == [(2, 0)]
 
     for model in models.values():
@@ -179,8 +188,7 @@ def test_real_project_end_to_end(raw_con: duckdb.DuckDBPyConnection) -> None:
             assert [column for column, _ in model.descriptions] == columns, table
 
     raw_con.execute(
-        "INSERT INTO raw.plays VALUES"
-        " (1, 9, 1, 102, 0, TIMESTAMP '2024-03-06 12:00:00', 1, 240000, 0.0, true)"
+        "INSERT INTO raw.plays VALUES (1, 9, 1, 102, 0, TIMESTAMP '2024-03-06 12:00:00', 1, 240000, 0.0, true)"
     )
     stg_plays = models["staging.stg_plays"]
     materialize_model(raw_con, stg_plays)
@@ -222,7 +230,9 @@ def test_tables_named_in_query_table_and_query_are_dependencies(tmp_path: Path, 
     }
     write_project(tmp_path, {file: sql for file, (sql, _) in expected.items()})
     models = load_sql_project(tmp_path, ["raw.plays", "raw.songs"]).models
-    assert {f"{m.schema}/{m.name}.sql": m.depends_on for m in models.values()} == {f: d for f, (_, d) in expected.items()}
+    assert {f"{m.schema}/{m.name}.sql": m.depends_on for m in models.values()} == {
+        f: d for f, (_, d) in expected.items()
+    }
     assert list(models).index("staging.z") < list(models).index("marts.a")
     for table in ("staging.z", "marts.a"):  # DuckDB runs them in that order
         materialize_model(con, models[table])
@@ -408,10 +418,13 @@ def test_bad_schema_yml_entries(tmp_path: Path, yml: str, fragment: str) -> None
 
 
 def test_schema_yml_descriptions_are_parsed(tmp_path: Path) -> None:
-    write_project(tmp_path, {
-        "staging/m.sql": "SELECT 1 AS a, 2 AS b",
-        "staging/schema.yml": "models:\n  m:\n    a: [not_null]\ndescriptions:\n  M:\n    a: ' The first. '\n    b: Second.\n",
-    })
+    write_project(
+        tmp_path,
+        {
+            "staging/m.sql": "SELECT 1 AS a, 2 AS b",
+            "staging/schema.yml": "models:\n  m:\n    a: [not_null]\ndescriptions:\n  M:\n    a: ' The first. '\n    b: Second.\n",
+        },
+    )
     model = load_sql_project(tmp_path, RAW_SOURCES).models["staging.m"]
     assert model.descriptions == (("a", "The first."), ("b", "Second.")) and len(model.tests) == 1
 
@@ -455,9 +468,7 @@ def test_failed_materialization_keeps_previous_table(
     materialize_model(con, good)  # the connection is usable again (no transaction left open)
 
 
-def test_failed_materialization_creates_no_schema(
-    tmp_path: Path, con: duckdb.DuckDBPyConnection
-) -> None:
+def test_failed_materialization_creates_no_schema(tmp_path: Path, con: duckdb.DuckDBPyConnection) -> None:
     bad = model_at(tmp_path, "fresh/t.sql", "SELECT no_such_column FROM range(3)")
     with pytest.raises(SqlModelError):
         materialize_model(con, bad)

@@ -85,7 +85,7 @@ def test_identical_models_have_no_difference():
     result = paired_test(values, values.copy())
     assert result["t_p"] == 1.0 and result["wilcoxon_p"] == 1.0
     assert result["mean_diff"] == 0.0 and result["ci_low"] == 0.0 == result["ci_high"]
-    frame = pl.DataFrame({"user_index": np.arange(200), "ndcg@10": values, "recall@10": values ** 2})
+    frame = pl.DataFrame({"user_index": np.arange(200), "ndcg@10": values, "recall@10": values**2})
     table = compare_models(frame, frame, ["ndcg@10", "recall@10"], alpha=ALPHA, n_resamples=200)
     assert set(table["verdict"]) == {NO_DIFFERENCE}
     assert set(table["welch_verdict"]) == {NO_DIFFERENCE}  # the two random halves of one model
@@ -134,7 +134,9 @@ def test_bootstrap_ci_covers_the_mean():
 def test_compare_models_holm_and_verdicts():
     rng = np.random.default_rng(7)
     users = 300
-    control = pl.DataFrame({"user_index": np.arange(users), "good": rng.uniform(size=users), "same": rng.uniform(size=users)})
+    control = pl.DataFrame(
+        {"user_index": np.arange(users), "good": rng.uniform(size=users), "same": rng.uniform(size=users)}
+    )
     treatment = control.with_columns(
         (pl.col("good") + 0.1 + pl.Series(rng.normal(0, 0.05, users))).alias("good"),
         (pl.col("same") + pl.Series(rng.normal(0, 0.05, users))).alias("same"),

@@ -47,7 +47,10 @@ def test_train_command(lake_runner, capsys):
     "argv, message",
     [
         (["train", "no_such_config"], "unknown listening model config 'no_such_config'"),
-        (["train", "gat_enhanced_multitask"], "unknown listening model config 'gat_enhanced_multitask'"),  # needs --variants
+        (
+            ["train", "gat_enhanced_multitask"],
+            "unknown listening model config 'gat_enhanced_multitask'",
+        ),  # needs --variants
         (["train", "most_popular"], "has nothing to train"),
     ],
 )
@@ -80,11 +83,21 @@ def test_metric_report_scores_task_heads_on_test_edges(lake_runner):
     if not (lake / "artifacts" / "listening" / "graph").exists():
         assert run(DATA_STAGE, run_config("tiny_data.yaml")).success
     variant = DATASET.registry.load(configs_dir() / "listening" / "variants.yaml")["gat_enhanced_multitask"]
-    source = PromotionSource(family="gat_enhanced", study_name="test", trial=0, objective="valid_recall@10", value=0.0,
-                             storage="none", promoted_at="2026-01-01T00:00:00+00:00")
+    source = PromotionSource(
+        family="gat_enhanced",
+        study_name="test",
+        trial=0,
+        objective="valid_recall@10",
+        value=0.0,
+        storage="none",
+        promoted_at="2026-01-01T00:00:00+00:00",
+    )
     DATASET.registry.write_promoted(variant, source, lake)
-    result = run(dg.AssetSelection.assets(["listening", "trained_model"], ["listening", "metric_report"]),
-                 run_config("tiny_train.yaml"), variant.name)
+    result = run(
+        dg.AssetSelection.assets(["listening", "trained_model"], ["listening", "metric_report"]),
+        run_config("tiny_train.yaml"),
+        variant.name,
+    )
     assert result.success
     store = ArtifactStore(lake / "artifacts")
     artifact = load_torch(store.current(["listening", "trained_model"], variant.name) / "data.pt")

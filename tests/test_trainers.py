@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import ValidationError
 from scipy.stats import mannwhitneyu
+from test_training import _states_equal, config, toy_problem
 
 import spotify_engine_assets.core.training.trainer as training_module
 from spotify_engine_assets.core.config import ConfigError, parse_config
@@ -28,7 +29,6 @@ from spotify_engine_assets.core.training.losses import (
 from spotify_engine_assets.core.training.trainer import AdvancedTrainer, BaseTrainer, SimpleTrainer, train
 from spotify_engine_assets.datasets.listening import DATASET
 from spotify_engine_assets.datasets.listening.graph import LISTENS, SCHEMA
-from test_training import _states_equal, config, toy_problem
 
 torch.set_num_threads(1)
 
@@ -47,9 +47,7 @@ def labelled_graph(seed: int = 3):
 # ---------------------------------------------------------------------------------- config validation
 
 
-@pytest.mark.parametrize(
-    "field", ["task_complete_weight", "task_repeat_weight", "diversity_weight", "coverage_weight"]
-)
+@pytest.mark.parametrize("field", ["task_complete_weight", "task_repeat_weight", "diversity_weight", "coverage_weight"])
 def test_negative_objective_weights_fail_naming_the_field(field):
     with pytest.raises(ValidationError, match=field):
         config(**{field: -0.1})
@@ -74,8 +72,13 @@ def test_invalid_combinations_fail_at_config_validation(overrides, message):
 
 @pytest.mark.parametrize(
     "field, value",
-    [("task_complete_weight", 1.0), ("task_repeat_weight", 1.0), ("diversity_weight", 0.1), ("coverage_weight", 0.1),
-     ("trainer", "simple")],
+    [
+        ("task_complete_weight", 1.0),
+        ("task_repeat_weight", 1.0),
+        ("diversity_weight", 0.1),
+        ("coverage_weight", 0.1),
+        ("trainer", "simple"),
+    ],
 )
 def test_most_popular_refuses_training_objectives(field, value):
     # a field a kind does not have is refused (pydantic names the field: "Extra inputs are not permitted")
@@ -140,7 +143,9 @@ def test_heads_are_built_only_when_weighted_and_leave_the_model_unchanged(kind):
     user, song = embed(headed, view)
     pairs = view[LISTENS].edge_index
     with torch.no_grad():
-        assert torch.equal(headed.task_heads(user, song, pairs[0], pairs[1]), rebuilt.task_heads(user, song, pairs[0], pairs[1]))
+        assert torch.equal(
+            headed.task_heads(user, song, pairs[0], pairs[1]), rebuilt.task_heads(user, song, pairs[0], pairs[1])
+        )
 
 
 def test_step_loss_adds_the_weighted_bce_of_the_step_pairs():
@@ -153,7 +158,9 @@ def test_step_loss_adds_the_weighted_bce_of_the_step_pairs():
     plain = bpr_step_loss(model, view, users, positives, negatives, None, 4, config("gat_enhanced"))
     user, song = embed(model, view)
     with torch.no_grad():
-        bce = F.binary_cross_entropy_with_logits(model.task_heads(user, song, users, positives), labels, reduction="none").mean(0)
+        bce = F.binary_cross_entropy_with_logits(
+            model.task_heads(user, song, users, positives), labels, reduction="none"
+        ).mean(0)
     expected = plain + 0.7 * bce[0] + 0.2 * bce[1]
     got = bpr_step_loss(model, view, users, positives, negatives, None, 4, cfg, labels=labels)
     assert got.item() == pytest.approx(expected.item(), rel=1e-5)
@@ -168,7 +175,9 @@ def test_trainer_needs_labels_exactly_when_the_config_has_heads():
     with pytest.raises(ValueError, match=r"trains task heads \['complete'\]: pass task_labels of shape \(48, 1\)"):
         train(build_model(cfg, SCHEMA, num_nodes_of(view)), view, valid, cfg)
     with pytest.raises(ValueError, match="has no task head"):
-        train(build_model(config(), SCHEMA, num_nodes_of(view)), view, valid, config(), task_labels=torch.ones(edges, 1))
+        train(
+            build_model(config(), SCHEMA, num_nodes_of(view)), view, valid, config(), task_labels=torch.ones(edges, 1)
+        )
     with pytest.raises(ValueError, match="the model has no task heads"):
         train(build_model(config(), SCHEMA, num_nodes_of(view)), view, valid, cfg, task_labels=torch.ones(edges, 1))
 
@@ -219,7 +228,9 @@ def test_surrogates_equal_their_brute_force_definitions():
     probs = candidate_softmax(user_emb, song_emb, users, candidates, 0.7)
     assert torch.allclose(probs.sum(1), torch.ones(3))
     exposure = probs.mean(0)
-    assert exposure_entropy(probs).item() == pytest.approx((-(exposure * exposure.log()).sum() / math.log(6)).item(), rel=1e-5)
+    assert exposure_entropy(probs).item() == pytest.approx(
+        (-(exposure * exposure.log()).sum() / math.log(6)).item(), rel=1e-5
+    )
     unit = F.normalize(song_emb[candidates], dim=1)
     cosine = unit @ unit.t()
     brute = torch.stack([p @ cosine @ p for p in probs]).mean()
@@ -231,15 +242,24 @@ def test_surrogates_equal_their_brute_force_definitions():
 @pytest.mark.parametrize("objective", ["coverage", "diversity"])
 def test_a_gradient_step_on_a_surrogate_moves_it_in_the_intended_direction(objective):
     view, _ = toy_problem(num_users=12, num_songs=60, per_user=8)
-    cfg = config("lightgcn", coverage_weight=1.0 if objective == "coverage" else 0.0,
-                 diversity_weight=1.0 if objective == "diversity" else 0.0, surrogate_candidates=32, surrogate_temperature=0.2)
+    cfg = config(
+        "lightgcn",
+        coverage_weight=1.0 if objective == "coverage" else 0.0,
+        diversity_weight=1.0 if objective == "diversity" else 0.0,
+        surrogate_candidates=32,
+        surrogate_temperature=0.2,
+    )
     model = build_model(cfg, SCHEMA, num_nodes_of(view))
     users, candidates = torch.arange(12), torch.randperm(60, generator=torch.Generator().manual_seed(2))[:32]
 
     def measured():
         user, song = embed(model, view)
         probs = candidate_softmax(user, song, users, candidates, cfg.surrogate_temperature)
-        return exposure_entropy(probs).item() if objective == "coverage" else expected_similarity(probs, song[candidates]).item()
+        return (
+            exposure_entropy(probs).item()
+            if objective == "coverage"
+            else expected_similarity(probs, song[candidates]).item()
+        )
 
     before = measured()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
@@ -288,10 +308,15 @@ def test_simple_trainer_runs_every_epoch_without_validation(monkeypatch):
     result = train(model, view, valid, cfg)
     # no validation forward: the one evaluation-mode pass is train() preparing the model to score
     assert result.epochs_run == 6 and sum(eval_forwards) == 1
-    assert all(set(row) == {"epoch", "loss", "lr", "seconds", "train_seconds", "user_seconds", "sys_seconds"} for row in result.history)
+    assert all(
+        set(row) == {"epoch", "loss", "lr", "seconds", "train_seconds", "user_seconds", "sys_seconds"}
+        for row in result.history
+    )
     assert {row["lr"] for row in result.history} == {cfg.lr}
     assert result.best_valid is None and result.best_epoch == 6
-    assert _states_equal(result.best_state, result.final_state) and _states_equal(model.state_dict(), result.final_state)
+    assert _states_equal(result.best_state, result.final_state) and _states_equal(
+        model.state_dict(), result.final_state
+    )
     from spotify_engine_assets.core.plots import training_curve
 
     assert "training curve" in training_curve(result.history, cfg.name)  # trained_model's plot: loss only
@@ -301,8 +326,15 @@ def test_both_trainers_share_one_loop():
     """Same config and seed, no LR change and no early stop: the advanced trainer's final weights
     equal the simple trainer's (validation only reads the model)."""
     view, valid = toy_problem()
-    settings = dict(max_epochs=4, patience=100, lr_patience=100, negatives_per_positive=2, task_complete_weight=0.5,
-                    coverage_weight=0.2, surrogate_candidates=16)
+    settings = dict(
+        max_epochs=4,
+        patience=100,
+        lr_patience=100,
+        negatives_per_positive=2,
+        task_complete_weight=0.5,
+        coverage_weight=0.2,
+        surrogate_candidates=16,
+    )
     data, _ = labelled_graph()
     labels = task_labels(config(**settings), data, SCHEMA, torch.arange(view[LISTENS].edge_index.size(1)))
     runs = {}
@@ -341,7 +373,9 @@ def test_steps_per_epoch_validation():
     assert config().steps_per_epoch is None
     with pytest.raises(ValidationError, match="steps_per_epoch"):
         config(batch_size=4096, steps_per_epoch=0)
-    with pytest.raises(ValidationError, match="steps_per_epoch 4 sizes each optimizer step itself; remove batch_size 16"):
+    with pytest.raises(
+        ValidationError, match="steps_per_epoch 4 sizes each optimizer step itself; remove batch_size 16"
+    ):
         config(steps_per_epoch=4)  # the toy config's batch_size is 16, not the default
     with pytest.raises(ValidationError, match="remove grad_accumulation 2"):
         config(batch_size=4096, grad_accumulation=2, steps_per_epoch=4)
@@ -372,7 +406,9 @@ def test_softmax_epoch_of_k_steps_covers_every_user_once(monkeypatch):
     cfg = config(loss="softmax", batch_size=4096, steps_per_epoch=3, max_epochs=1)
     seen = []
     original = BaseTrainer._softmax_step
-    monkeypatch.setattr(BaseTrainer, "_softmax_step", lambda self, users: seen.append(users.clone()) or original(self, users))
+    monkeypatch.setattr(
+        BaseTrainer, "_softmax_step", lambda self, users: seen.append(users.clone()) or original(self, users)
+    )
     train(build_model(cfg, SCHEMA, num_nodes_of(view)), view, valid, cfg)
     users = torch.unique(view[LISTENS].edge_index[0])
     assert len(seen) == 3 and torch.equal(torch.sort(torch.cat(seen)).values, users)
@@ -387,7 +423,9 @@ def test_an_epoch_of_k_steps_takes_k_optimizer_steps_over_every_training_edge_on
     batches, optimizer_steps = [], []
     original_step, original_optimizer_step = trainer._bpr_step, trainer.optimizer.step
     monkeypatch.setattr(trainer, "_bpr_step", lambda batch: batches.append(batch.clone()) or original_step(batch))
-    monkeypatch.setattr(trainer.optimizer, "step", lambda *a, **k: optimizer_steps.append(1) or original_optimizer_step(*a, **k))
+    monkeypatch.setattr(
+        trainer.optimizer, "step", lambda *a, **k: optimizer_steps.append(1) or original_optimizer_step(*a, **k)
+    )
     trainer.fit()
     assert len(optimizer_steps) == min(steps, 48)
     assert [b.numel() for b in batches] == sizes
@@ -405,7 +443,9 @@ def test_steps_per_epoch_with_whole_batches_reproduces_the_batch_size_run():
     assert [r["loss"] for r in runs[0].history] == [r["loss"] for r in runs[1].history]
     # 2 steps of 24 positives is another (valid) run
     other = config(max_epochs=3, batch_size=4096, steps_per_epoch=2)
-    assert not _states_equal(runs[0].final_state, train(build_model(other, SCHEMA, num_nodes_of(view)), view, valid, other).final_state)
+    assert not _states_equal(
+        runs[0].final_state, train(build_model(other, SCHEMA, num_nodes_of(view)), view, valid, other).final_state
+    )
 
 
 def test_steps_per_epoch_run_resumes_from_its_checkpoint(tmp_path):
@@ -418,7 +458,14 @@ def test_steps_per_epoch_run_resumes_from_its_checkpoint(tmp_path):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        train(build_model(cfg, SCHEMA, num_nodes_of(view)), view, valid, cfg, checkpoint_dir=tmp_path / "b", on_epoch=stop_at_3)
+        train(
+            build_model(cfg, SCHEMA, num_nodes_of(view)),
+            view,
+            valid,
+            cfg,
+            checkpoint_dir=tmp_path / "b",
+            on_epoch=stop_at_3,
+        )
     resumed = train(build_model(cfg, SCHEMA, num_nodes_of(view)), view, valid, cfg, checkpoint_dir=tmp_path / "b")
     assert resumed.resumed_from_epoch == 2
     assert _states_equal(resumed.final_state, uninterrupted.final_state)
@@ -431,7 +478,9 @@ def test_trial_budget_counts_steps_per_epoch():
 
     view, _ = toy_problem()
     small = GraphSize.of(view, SCHEMA)
-    big = GraphSize(num_nodes=small.num_nodes, num_edges={e: 1000 * n for e, n in small.num_edges.items()}, schema=SCHEMA)
+    big = GraphSize(
+        num_nodes=small.num_nodes, num_edges={e: 1000 * n for e, n in small.num_edges.items()}, schema=SCHEMA
+    )
     fixed = config(batch_size=4096, steps_per_epoch=4)
     per_step = config(batch_size=4096)
     model = build_model(fixed, SCHEMA, small.num_nodes)  # the same model (relations, node types) for both configs
@@ -466,8 +515,11 @@ def test_validation_ranks_a_seeded_capped_sample_of_validation_users():
 def test_neighbor_fanouts_are_checked_against_the_model():
     base = dict(name="g", model="lightgcn", num_layers=2)
     assert parse_config(dict(base, neighbor_fanouts=[10, -1])).steps_per_epoch is None  # batch_size steps
-    for bad, message in (([10], "1 fanouts for 2 layers"), ([0, 5], "fanouts must be >= 1 or -1"),
-                         ([5, 5], "set steps_per_epoch: null")):
+    for bad, message in (
+        ([10], "1 fanouts for 2 layers"),
+        ([0, 5], "fanouts must be >= 1 or -1"),
+        ([5, 5], "set steps_per_epoch: null"),
+    ):
         extra = {"steps_per_epoch": 16} if message.startswith("set") else {}
         with pytest.raises(ValidationError, match=message):
             parse_config(dict(base, neighbor_fanouts=bad, **extra))
@@ -485,7 +537,11 @@ def test_sampled_step_with_every_neighbour_is_the_full_graph_step():
     cfg = config("lightgcn", neighbor_fanouts=[-1, -1])
     model = build_model(cfg, SCHEMA, num_nodes_of(view))
     pairs = view[LISTENS].edge_index
-    users, positives, negatives = pairs[0, :12], pairs[1, :12], torch.randint(40, (12, 2), generator=torch.Generator().manual_seed(1))
+    users, positives, negatives = (
+        pairs[0, :12],
+        pairs[1, :12],
+        torch.randint(40, (12, 2), generator=torch.Generator().manual_seed(1)),
+    )
     full = bpr_step_loss(model, view, users, positives, negatives, None, micro_batch=4096)
     sampled = sampled_bpr_loss(model, view, users, positives, negatives, None, cfg.neighbor_fanouts, torch.Generator())
     assert torch.allclose(full, sampled, atol=1e-6)

@@ -4,6 +4,7 @@ best weights (a deep copy), and determinism."""
 from __future__ import annotations
 
 import re
+
 import pytest
 import torch
 from torch_geometric.data import HeteroData
@@ -72,7 +73,6 @@ def config(kind: str = "gat_basic", **overrides) -> ModelConfig:
         settings = dict(name=settings["name"], model=kind, seed=0)
     settings.update(overrides)
     return parse_config(settings)
-
 
 
 def _states_equal(a: dict, b: dict) -> bool:
@@ -175,7 +175,9 @@ def test_history_has_one_entry_per_epoch_without_early_stop():
     assert sum(m.startswith("epoch ") for m in messages) == 5
     assert result.seconds > 0
     # each line: epoch k/total, the loss, the validation metric, the pace and the time left
-    line = re.compile(r"^epoch (\d)/5: loss \d+\.\d{4} valid recall@10 \d\.\d{4}.* \| (\d+\.\d\d) s/epoch, ETA (\d+) s$")
+    line = re.compile(
+        r"^epoch (\d)/5: loss \d+\.\d{4} valid recall@10 \d\.\d{4}.* \| (\d+\.\d\d) s/epoch, ETA (\d+) s$"
+    )
     matches = [line.match(m) for m in messages if m.startswith("epoch ")]
     assert all(matches), messages
     assert [int(m.group(1)) for m in matches] == [1, 2, 3, 4, 5]
@@ -345,7 +347,6 @@ def test_enhanced_training_learns_attention_not_message_maps():
             assert not torch.equal(value, before[key]), key
 
 
-
 def test_on_epoch_sees_every_epoch_and_can_stop_training():
     """The per-epoch hook (used to prune hyperparameter trials) gets each history row, and an
     exception it raises stops training and propagates."""
@@ -453,7 +454,9 @@ def test_bpr_step_loss_weights_and_several_negatives():
         loss = bpr_step_loss(model, view, users, positives, negatives, weights, micro_batch)
         assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
     unweighted = bpr_step_loss(model, view, users, positives, negatives, None, 4)
-    assert unweighted.item() == pytest.approx(torch.nn.functional.softplus(neg - pos.unsqueeze(1)).mean().item(), rel=1e-5)
+    assert unweighted.item() == pytest.approx(
+        torch.nn.functional.softplus(neg - pos.unsqueeze(1)).mean().item(), rel=1e-5
+    )
 
 
 def test_unit_weights_train_exactly_like_unweighted_and_skewed_weights_differ():
@@ -496,7 +499,12 @@ def test_several_negatives_per_positive_are_sampled_in_one_vectorized_call(monke
     for users, negatives in calls:
         assert not played[users, negatives].any()
     assert result.history[-1]["loss"] > 0
-    other = train(build_model(config(max_epochs=2, patience=100), SCHEMA, num_nodes_of(view)), view, valid, config(max_epochs=2, patience=100))
+    other = train(
+        build_model(config(max_epochs=2, patience=100), SCHEMA, num_nodes_of(view)),
+        view,
+        valid,
+        config(max_epochs=2, patience=100),
+    )
     assert not _states_equal(result.final_state, other.final_state)
 
 
@@ -510,7 +518,9 @@ def test_gradient_accumulation_is_one_forward_per_step(monkeypatch):
     monkeypatch.setattr(model, "forward", lambda *a, **k: forwards.append(model.training) or original_forward(*a, **k))
     optimizer_steps = []
     original_step = torch.optim.Adam.step
-    monkeypatch.setattr(torch.optim.Adam, "step", lambda self, *a, **k: optimizer_steps.append(1) or original_step(self, *a, **k))
+    monkeypatch.setattr(
+        torch.optim.Adam, "step", lambda self, *a, **k: optimizer_steps.append(1) or original_step(self, *a, **k)
+    )
     train(model, view, valid, accumulated)
     training_forwards = sum(forwards)  # forward calls in training mode (validation runs in eval mode)
     assert len(optimizer_steps) == -(-edges // 24) * 3  # a step covers 3 micro-batches of 8
@@ -549,7 +559,11 @@ class _Crash(Exception):
 
 
 def _comparable(result) -> tuple:
-    return [{k: v for k, v in h.items() if not k.endswith("seconds")} for h in result.history], result.best_epoch, result.epochs_run
+    return (
+        [{k: v for k, v in h.items() if not k.endswith("seconds")} for h in result.history],
+        result.best_epoch,
+        result.epochs_run,
+    )
 
 
 @pytest.mark.parametrize("kind", ["gat_enhanced", "lightgcn"])
@@ -558,8 +572,16 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(tmp_path, kind):
     ends exactly like a run never interrupted: weights, history, LR schedule, dropout RNG."""
     view, valid = toy_problem()
     dropout = {"dropout": 0.3} if kind == "gat_enhanced" else {}  # lightgcn has no dropout field
-    cfg = config(kind, **dropout, max_epochs=7, patience=100, lr_patience=0,
-                 negatives_per_positive=2, grad_accumulation=2, batch_size=8)
+    cfg = config(
+        kind,
+        **dropout,
+        max_epochs=7,
+        patience=100,
+        lr_patience=0,
+        negatives_per_positive=2,
+        grad_accumulation=2,
+        batch_size=8,
+    )
     weights = torch.linspace(0.5, 1.5, view[LISTENS].edge_index.size(1))
     reference = train(build_model(cfg, SCHEMA, num_nodes_of(view)), view, valid, cfg, weights=weights)
     assert len({h["lr"] for h in reference.history}) > 1  # the scheduler acted: its state matters
@@ -569,8 +591,16 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(tmp_path, kind):
             raise _Crash
 
     with pytest.raises(_Crash):
-        train(build_model(cfg, SCHEMA, num_nodes_of(view)), view, valid, cfg, weights=weights,
-              checkpoint_dir=tmp_path, checkpoint_every=2, on_epoch=crash_at_three)
+        train(
+            build_model(cfg, SCHEMA, num_nodes_of(view)),
+            view,
+            valid,
+            cfg,
+            weights=weights,
+            checkpoint_dir=tmp_path,
+            checkpoint_every=2,
+            on_epoch=crash_at_three,
+        )
     torch.manual_seed(12345)  # the resumed process's global RNG is whatever: the checkpoint restores it
     model = build_model(cfg, SCHEMA, num_nodes_of(view))
     resumed = train(model, view, valid, cfg, weights=weights, checkpoint_dir=tmp_path, checkpoint_every=2)
@@ -580,7 +610,9 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(tmp_path, kind):
     assert _states_equal(resumed.best_state, reference.best_state)
     assert _states_equal(model.state_dict(), reference.best_state)
     # the finished checkpoint is reused as is: nothing retrains
-    again = train(build_model(cfg, SCHEMA, num_nodes_of(view)), view, valid, cfg, weights=weights, checkpoint_dir=tmp_path)
+    again = train(
+        build_model(cfg, SCHEMA, num_nodes_of(view)), view, valid, cfg, weights=weights, checkpoint_dir=tmp_path
+    )
     assert again.resumed_from_epoch == cfg.max_epochs
     assert _comparable(again) == _comparable(reference)
     assert _states_equal(again.final_state, reference.final_state)
@@ -592,13 +624,17 @@ def test_checkpoint_of_another_config_or_data_is_never_resumed(tmp_path):
     train(build_model(cfg, SCHEMA, num_nodes_of(view)), view, valid, cfg, checkpoint_dir=tmp_path)
     messages = []
     other = config(max_epochs=3, patience=100, lr=0.01)
-    result = train(build_model(other, SCHEMA, num_nodes_of(view)), view, valid, other, checkpoint_dir=tmp_path, log=messages.append)
+    result = train(
+        build_model(other, SCHEMA, num_nodes_of(view)), view, valid, other, checkpoint_dir=tmp_path, log=messages.append
+    )
     assert result.resumed_from_epoch == 0 and result.epochs_run == 3
     assert any("another config or data" in m for m in messages)
     other_view, _ = toy_problem(seed=1)
     result = train(build_model(cfg, SCHEMA, num_nodes_of(other_view)), other_view, valid, cfg, checkpoint_dir=tmp_path)
     assert result.resumed_from_epoch == 0
-    capped = train(build_model(cfg, SCHEMA, num_nodes_of(view)), view, valid, cfg, max_epochs=2, checkpoint_dir=tmp_path)
+    capped = train(
+        build_model(cfg, SCHEMA, num_nodes_of(view)), view, valid, cfg, max_epochs=2, checkpoint_dir=tmp_path
+    )
     assert capped.resumed_from_epoch == 0 and capped.epochs_run == 2
 
 
@@ -609,8 +645,20 @@ def test_checkpoint_is_weights_only_loadable_and_complete(tmp_path):
     files = sorted(p.name for p in tmp_path.iterdir())
     assert files == [CHECKPOINT_FILE]  # written atomically: no temporary file left behind
     state = torch.load(tmp_path / CHECKPOINT_FILE, weights_only=True)
-    assert {"model", "optimizer", "scheduler", "generator", "torch_rng", "history", "best_state", "best_epoch",
-            "best_valid", "epoch", "finished", "fingerprint"} <= set(state)
+    assert {
+        "model",
+        "optimizer",
+        "scheduler",
+        "generator",
+        "torch_rng",
+        "history",
+        "best_state",
+        "best_epoch",
+        "best_valid",
+        "epoch",
+        "finished",
+        "fingerprint",
+    } <= set(state)
     assert state["epoch"] == 2 and state["finished"] is True and len(state["history"]) == 2
 
 
@@ -628,8 +676,16 @@ def test_same_config_data_and_seed_give_identical_test_metrics():
     weights = torch.linspace(0.2, 1.8, view[LISTENS].edge_index.size(1))
 
     def run(seed: int) -> dict:
-        cfg = config("gat_enhanced", dropout=0.2, max_epochs=4, patience=100, negatives_per_positive=3,
-                     grad_accumulation=2, batch_size=16, seed=seed)
+        cfg = config(
+            "gat_enhanced",
+            dropout=0.2,
+            max_epochs=4,
+            patience=100,
+            negatives_per_positive=3,
+            grad_accumulation=2,
+            batch_size=16,
+            seed=seed,
+        )
         model = build_model(cfg, SCHEMA, num_nodes_of(view))
         train(model, view, valid, cfg, weights=weights)
         user, song = embed(model, view)
@@ -666,7 +722,9 @@ def test_attention_entropy_reads_only_sampled_destinations():
     assert both.item() == pytest.approx(h0.item() / 2, rel=1e-5)
     changed = alpha.clone()
     changed[3] = 0.3  # an edge into user 1, not sampled in ``only_user0``
-    again = attention_entropy({"layer0/song__rev_listens__user": (index, changed)}, {"user": torch.tensor([0])}, {"user": 3})
+    again = attention_entropy(
+        {"layer0/song__rev_listens__user": (index, changed)}, {"user": torch.tensor([0])}, {"user": 3}
+    )
     assert again.item() == pytest.approx(h0.item(), rel=1e-5)
 
 

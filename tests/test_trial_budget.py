@@ -98,8 +98,14 @@ def _run(graph, limits, monkeypatch, n_trials=3):
 
     monkeypatch.setattr(trainer_module, "train", never)  # what a graph model's fit trains with
     study = hpo.open_study(DATASET, "lightgcn", optuna.storages.InMemoryStorage(), study_name="limits")
-    hpo.run_study(study, hpo.get_space(DATASET, "lightgcn"), hpo.StudyData(DATASET, data, split), n_trials, max_epochs=2,
-                  limits=limits)
+    hpo.run_study(
+        study,
+        hpo.get_space(DATASET, "lightgcn"),
+        hpo.StudyData(DATASET, data, split),
+        n_trials,
+        max_epochs=2,
+        limits=limits,
+    )
     return study
 
 
@@ -119,7 +125,10 @@ def test_trial_over_the_time_limit_is_pruned_before_training(graph, monkeypatch)
     study = _run(graph, hpo.TrialLimits(max_seconds=1e-3, seconds_per_unit=1e-9), monkeypatch, n_trials=2)
     for trial in study.get_trials(deepcopy=False):
         assert trial.state == optuna.trial.TrialState.PRUNED
-        assert trial.user_attrs["pruned_by"].startswith("time estimate ") and "max_trial_seconds 0.001 s" in trial.user_attrs["pruned_by"]
+        assert (
+            trial.user_attrs["pruned_by"].startswith("time estimate ")
+            and "max_trial_seconds 0.001 s" in trial.user_attrs["pruned_by"]
+        )
         assert trial.user_attrs["estimate_seconds"] > 1e-3
 
 
@@ -127,7 +136,14 @@ def test_trials_within_the_limits_train(graph):
     study = hpo.open_study(DATASET, "lightgcn", optuna.storages.InMemoryStorage(), study_name="fits")
     data, split = graph[2:]
     study_data = hpo.StudyData(DATASET, data, split)
-    hpo.run_study(study, hpo.get_space(DATASET, "lightgcn"), study_data, 1, max_epochs=1, limits=hpo.TrialLimits(max_memory_mb=100_000))
+    hpo.run_study(
+        study,
+        hpo.get_space(DATASET, "lightgcn"),
+        study_data,
+        1,
+        max_epochs=1,
+        limits=hpo.TrialLimits(max_memory_mb=100_000),
+    )
     (trial,) = study.get_trials(deepcopy=False)
     assert trial.state == optuna.trial.TrialState.COMPLETE and "pruned_by" not in trial.user_attrs
     assert trial.user_attrs["estimate_memory_mb"] > 0

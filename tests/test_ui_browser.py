@@ -46,8 +46,14 @@ CHROMIUM = os.environ.get("CHROMIUM") or shutil.which("chromium") or "/usr/bin/c
 # Without the background-networking switches Chromium's own connections are refused in a closed
 # network and page loads stall; --no-sandbox because CI runs as root.
 CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
 ]
 MODEL_CONFIGS = ("most_popular", "lightgcn")
 FAILING_CONFIG = "gat_basic"  # trained one epoch: below the most-popular gate of the tiny world
@@ -133,8 +139,13 @@ def _materialize_tiny_chain(home: Path) -> None:
         stages += [(dg.AssetSelection.assets(LAUNCHED_KEY), run_config(), None)]
         for selection, config, partition in stages:
             result = dg.materialize(
-                [*defs.assets, *defs.asset_checks], selection=selection, run_config=config, instance=instance,
-                resources=defs.resources, partition_key=partition, raise_on_error=False,
+                [*defs.assets, *defs.asset_checks],
+                selection=selection,
+                run_config=config,
+                instance=instance,
+                resources=defs.resources,
+                partition_key=partition,
+                raise_on_error=False,
             )
             failures = [event.message for event in result.all_events if event.is_failure]
             if partition == FAILING_CONFIG:  # the blocking gate fails the run, after the report is recorded
@@ -148,12 +159,18 @@ def _materialize_tiny_chain(home: Path) -> None:
 
 def _wait_for_location(url: str, server: subprocess.Popen, log: Path) -> None:
     """Until the code location is loaded; a load error fails with Dagster's message."""
-    query = json.dumps({"query": "{ workspaceOrError { ... on Workspace { locationEntries { name loadStatus "
-                                 "locationOrLoadError { __typename ... on PythonError { message } } } } } }"}).encode()
+    query = json.dumps(
+        {
+            "query": "{ workspaceOrError { ... on Workspace { locationEntries { name loadStatus "
+            "locationOrLoadError { __typename ... on PythonError { message } } } } } }"
+        }
+    ).encode()
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
     while time.monotonic() < deadline:
         if server.poll() is not None:
-            pytest.fail(f"dagster-webserver exited with {server.returncode}:\n{log.read_text(errors='replace')[-4000:]}")
+            pytest.fail(
+                f"dagster-webserver exited with {server.returncode}:\n{log.read_text(errors='replace')[-4000:]}"
+            )
         try:
             request = urllib.request.Request(f"{url}/graphql", data=query, headers={"Content-Type": "application/json"})
             with urllib.request.urlopen(request, timeout=5) as response:
@@ -162,8 +179,11 @@ def _wait_for_location(url: str, server: subprocess.Popen, log: Path) -> None:
             time.sleep(0.5)
             continue
         if entries and all(entry["loadStatus"] == "LOADED" for entry in entries):
-            errors = [entry["locationOrLoadError"] for entry in entries
-                      if entry["locationOrLoadError"]["__typename"] == "PythonError"]
+            errors = [
+                entry["locationOrLoadError"]
+                for entry in entries
+                if entry["locationOrLoadError"]["__typename"] == "PythonError"
+            ]
             assert not errors, f"the code location failed to load in the UI: {errors[0]['message']}"
             return
         time.sleep(0.5)
@@ -208,7 +228,11 @@ def ui(tmp_path_factory):
     with log.open("wb") as log_file:
         server = subprocess.Popen(
             [str(webserver), "-m", "spotify_engine_assets.definitions", "-h", "127.0.0.1", "-p", str(port)],
-            cwd=REPO, env=os.environ.copy(), stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
+            cwd=REPO,
+            env=os.environ.copy(),
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     try:
         _materialize_tiny_chain(home)  # while the webserver loads the definitions
@@ -217,9 +241,16 @@ def ui(tmp_path_factory):
 
         graph = defs.resolve_asset_graph()
         groups = sorted({graph.get(key).group_name for key in graph.get_all_asset_keys()})
-        seen = json.load(urllib.request.urlopen(urllib.request.Request(
-            f"{url}/graphql", data=b'{"query": "mutation { setNuxSeen }"}', headers={"Content-Type": "application/json"},
-        ), timeout=30))
+        seen = json.load(
+            urllib.request.urlopen(
+                urllib.request.Request(
+                    f"{url}/graphql",
+                    data=b'{"query": "mutation { setNuxSeen }"}',
+                    headers={"Content-Type": "application/json"},
+                ),
+                timeout=30,
+            )
+        )
         assert seen == {"data": {"setNuxSeen": True}}, seen  # no first-visit dialog over the pages
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
@@ -277,8 +308,10 @@ def test_materialize_from_the_launchpad_launches_a_run(ui):
     """Materializing from the UI launches a run of that asset with the typed config (first, so the
     run goes on while the next tests browse)."""
     run_id = _launch(ui)
-    run = ui.graphql('query($id: ID!) { runOrError(runId: $id) { ... on Run { assetSelection { path } runConfigYaml } } }',
-                     {"id": run_id})["runOrError"]
+    run = ui.graphql(
+        "query($id: ID!) { runOrError(runId: $id) { ... on Run { assetSelection { path } runConfigYaml } } }",
+        {"id": run_id},
+    )["runOrError"]
     assert run["assetSelection"] == [{"path": LAUNCHED_KEY}]
     assert "in_process" in run["runConfigYaml"]
 
@@ -371,7 +404,9 @@ def test_launched_run_succeeds(ui):
     deadline = time.monotonic() + RUN_TIMEOUT_S
     status = None
     while time.monotonic() < deadline:
-        status = ui.graphql('query($id: ID!) { runOrError(runId: $id) { ... on Run { status } } }', {"id": run_id})["runOrError"]["status"]
+        status = ui.graphql("query($id: ID!) { runOrError(runId: $id) { ... on Run { status } } }", {"id": run_id})[
+            "runOrError"
+        ]["status"]
         if status in TERMINAL:
             break
         time.sleep(1)
@@ -383,7 +418,8 @@ def test_launched_run_succeeds(ui):
     expect(page.get_by_text(re.compile(r"Finished execution of run")).first).to_be_visible()
     ui.shot("run_success")
     latest = ui.graphql(
-        '{ assetOrError(assetKey: {path: %s}) { ... on Asset { assetMaterializations(limit: 1) { runId } } } }' % json.dumps(LAUNCHED_KEY)
+        "{ assetOrError(assetKey: {path: %s}) { ... on Asset { assetMaterializations(limit: 1) { runId } } } }"
+        % json.dumps(LAUNCHED_KEY)
     )
     assert latest["assetOrError"]["assetMaterializations"] == [{"runId": run_id}]
 
@@ -418,9 +454,11 @@ def test_a_failing_gate_is_listed_with_its_config(ui):
 
 
 def _latest_materialization(ui: UI, key: list[str], partition: str) -> dict | None:
-    data = ui.graphql('query($key: AssetKeyInput!, $p: [String!]) { assetOrError(assetKey: $key) { ... on Asset { '
-                      'assetMaterializations(partitions: $p, limit: 1) { runId partition } } } }',
-                      {"key": {"path": key}, "p": [partition]})
+    data = ui.graphql(
+        "query($key: AssetKeyInput!, $p: [String!]) { assetOrError(assetKey: $key) { ... on Asset { "
+        "assetMaterializations(partitions: $p, limit: 1) { runId partition } } } }",
+        {"key": {"path": key}, "p": [partition]},
+    )
     found = data["assetOrError"]["assetMaterializations"]
     return found[0] if found else None
 
@@ -445,8 +483,11 @@ def test_one_config_is_trained_and_evaluated_from_its_job(ui):
     deadline = time.monotonic() + 2 * RUN_TIMEOUT_S  # a run process of its own: imports torch, trains, evaluates
     run = None
     while time.monotonic() < deadline:
-        runs = ui.graphql('query($job: String!) { runsOrError(filter: {pipelineName: $job}) { ... on Runs { results { '
-                          'runId status tags { key value } } } } }', {"job": TRAIN_AND_EVALUATE})["runsOrError"]["results"]
+        runs = ui.graphql(
+            "query($job: String!) { runsOrError(filter: {pipelineName: $job}) { ... on Runs { results { "
+            "runId status tags { key value } } } } }",
+            {"job": TRAIN_AND_EVALUATE},
+        )["runsOrError"]["results"]
         run = runs[0] if runs else None
         if run and run["status"] in TERMINAL:
             break
@@ -455,7 +496,10 @@ def test_one_config_is_trained_and_evaluated_from_its_job(ui):
     assert run["status"] == "SUCCESS", f"run {run['runId']} ended {run['status']}; webserver log:\n{ui.server_log()}"
     assert {"key": "dagster/partition", "value": UI_CONFIG} in run["tags"]
     for asset in ("trained_model", "metric_report"):
-        assert _latest_materialization(ui, ["listening", asset], UI_CONFIG) == {"runId": run["runId"], "partition": UI_CONFIG}
+        assert _latest_materialization(ui, ["listening", asset], UI_CONFIG) == {
+            "runId": run["runId"],
+            "partition": UI_CONFIG,
+        }
     page.goto(f"{ui.url}/assets/listening/metric_report?partition={UI_CONFIG}")
     expect(page.get_by_text("Latest materialization")).to_be_visible()
     ui.shot("train_and_evaluate_report")

@@ -11,7 +11,7 @@ from test_sensor import _finished_data_run, kaggle_csv, playlists_rows, tick
 from spotify_engine_assets.definitions import OWNERS, defs
 from spotify_engine_assets.defs.playlists import sensors
 from spotify_engine_assets.defs.playlists.sensors import RETRAIN_ENV, RetrainSettings
-from spotify_engine_assets.runner import DATA_STAGE, run_config
+from spotify_engine_assets.runner import run_config
 
 CHAINS = ("listening", "playlists", "lastfm")
 REPORT = dg.AssetKey(["listening", "metric_report"])
@@ -31,7 +31,10 @@ def test_metric_report_checks_are_partitioned_by_config():
     for chain in CHAINS:
         for check in ("quality_gate", "fairness_gap"):
             spec = graph.get_check_spec(dg.AssetCheckKey(dg.AssetKey([chain, "metric_report"]), check))
-            assert spec.partitions_def == graph.get(dg.AssetKey([chain, "metric_report"])).partitions_def, (chain, check)
+            assert spec.partitions_def == graph.get(dg.AssetKey([chain, "metric_report"])).partitions_def, (
+                chain,
+                check,
+            )
             assert spec.partitions_def.name == f"{chain}_configs"
         # an unpartitioned asset keeps unpartitioned checks
         champion = graph.get_check_spec(dg.AssetCheckKey(dg.AssetKey([chain, "champion"]), "champion_gate"))
@@ -63,8 +66,15 @@ def test_every_asset_has_an_owner_and_descriptions_name_the_data_lake():
     trained = graph.get(dg.AssetKey(["lastfm", "trained_model"])).description
     assert "lastfm_train_and_evaluate" in trained and "lastfm_evaluate_trained_models" in trained
     description = sensors.landing_sensor.description
-    for words in ("SPOTIFY_ENGINE_DATA_LAKE", "`<file>.done`", "user_id, song_id, played_at", "playlistname",
-                  RETRAIN_ENV["configs"], RETRAIN_ENV["max_epochs"], RETRAIN_ENV["user_sample"]):
+    for words in (
+        "SPOTIFY_ENGINE_DATA_LAKE",
+        "`<file>.done`",
+        "user_id, song_id, played_at",
+        "playlistname",
+        RETRAIN_ENV["configs"],
+        RETRAIN_ENV["max_epochs"],
+        RETRAIN_ENV["user_sample"],
+    ):
         assert words in description, words
     assert "<data lake>" not in description
 
@@ -97,16 +107,20 @@ def test_a_failing_gate_is_recorded_for_its_config(tiny_chain):
     assert not gate.passed and gate.partition == "gat_basic" and gate.description.startswith("gat_basic: ndcg@10")
     assert gate.metadata["config"].value == "gat_basic"
     history = run.instance.event_log_storage.get_asset_check_execution_history(
-        dg.AssetCheckKey(REPORT, "quality_gate"), limit=10)
+        dg.AssetCheckKey(REPORT, "quality_gate"), limit=10
+    )
     assert [(record.partition, record.status.value) for record in history][:1] == [("gat_basic", "FAILED")]
 
 
 def test_retrain_settings_come_from_the_environment_and_fail_naming_the_variable():
     assert RetrainSettings.from_env({}) == RetrainSettings()
-    settings = RetrainSettings.from_env({RETRAIN_ENV["configs"]: " itemknn, ease ", RETRAIN_ENV["max_epochs"]: "3",
-                                         RETRAIN_ENV["user_sample"]: "200"})
+    settings = RetrainSettings.from_env(
+        {RETRAIN_ENV["configs"]: " itemknn, ease ", RETRAIN_ENV["max_epochs"]: "3", RETRAIN_ENV["user_sample"]: "200"}
+    )
     assert settings == RetrainSettings(configs=("itemknn", "ease"), max_epochs=3, user_sample=200)
-    assert settings.run_config() == {"ops": {"playlists__trained_model": {"config": {"max_epochs": 3, "user_sample": 200}}}}
+    assert settings.run_config() == {
+        "ops": {"playlists__trained_model": {"config": {"max_epochs": 3, "user_sample": 200}}}
+    }
     assert "retrains itemknn, ease; max_epochs 3; user_sample 200" in settings.describe()
     assert RetrainSettings.from_env({RETRAIN_ENV["configs"]: "all"}).configs == ()
     for variable, value in ((RETRAIN_ENV["max_epochs"], "ten"), (RETRAIN_ENV["user_sample"], "0")):
@@ -121,7 +135,9 @@ def test_landing_sensor_retrains_what_the_settings_say(tmp_path, monkeypatch):
     configured epoch cap and sample as the trained model's run config."""
     (tmp_path / "landing").mkdir()
     instance = dg.DagsterInstance.ephemeral()
-    monkeypatch.setattr(sensors, "RETRAIN", RetrainSettings(configs=("itemknn", "most_popular"), max_epochs=2, user_sample=300))
+    monkeypatch.setattr(
+        sensors, "RETRAIN", RetrainSettings(configs=("itemknn", "most_popular"), max_epochs=2, user_sample=300)
+    )
     (tmp_path / "landing" / "new.csv").write_text(kaggle_csv(playlists_rows(5)))
     (tmp_path / "landing" / "new.csv.done").write_text("")
     first = tick(tmp_path, instance)
@@ -131,4 +147,6 @@ def test_landing_sensor_retrains_what_the_settings_say(tmp_path, monkeypatch):
     second = tick(tmp_path, instance, first.cursor)
     assert sorted(r.partition_key for r in second.run_requests) == ["itemknn", "most_popular"]
     for retrain in second.run_requests:
-        assert retrain.run_config == {"ops": {"playlists__trained_model": {"config": {"max_epochs": 2, "user_sample": 300}}}}
+        assert retrain.run_config == {
+            "ops": {"playlists__trained_model": {"config": {"max_epochs": 2, "user_sample": 300}}}
+        }

@@ -21,7 +21,6 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
 from .storage.paths import configs_dir, safe_name
 from .strict_yaml import DuplicateKeyError, load_yaml
 
-
 MAX_WORLD_SIZE = 16  # training processes of one model (TrainableConfig.world_size)
 
 
@@ -65,13 +64,16 @@ class ModelConfig(BaseModel):
     model: str
     description: str = ""
     seed: int = Field(0, description="Seed for initialisation, shuffling, negatives and the user sample.")
-    split: str | None = Field(None, description="Split strategy of the chain to train and evaluate on (None: its first).")
+    split: str | None = Field(
+        None, description="Split strategy of the chain to train and evaluate on (None: its first)."
+    )
     user_sample: int | None = Field(
         None, ge=1, description="Train and evaluate on a seeded sample of this many users (None: every user)."
     )
     train_on_validation: bool = Field(
-        False, description="Fit on the training and validation parts (hyperparameters and epochs were chosen on "
-        "validation before): the final fit of a tuned config. Needs the simple trainer for trainable models."
+        False,
+        description="Fit on the training and validation parts (hyperparameters and epochs were chosen on "
+        "validation before): the final fit of a tuned config. Needs the simple trainer for trainable models.",
     )
 
     @field_validator("name")
@@ -108,7 +110,9 @@ class GraphEASEConfig(ModelConfig):
     model: Literal["graph_ease"]
     lam: float = Field(100.0, gt=0.0)
     side_weight: float = Field(
-        0.0, ge=0.0, description="Weight of each side node (tag, genre, ...) as a pseudo-user row of its items (0: off)."
+        0.0,
+        ge=0.0,
+        description="Weight of each side node (tag, genre, ...) as a pseudo-user row of its items (0: off).",
     )
     friend_weight: float = Field(0.0, ge=0.0, description="Smooth a user's row with the mean of their friends' rows.")
     min_side_items: int = Field(2, ge=1, description="Side nodes with fewer items are left out.")
@@ -117,22 +121,28 @@ class GraphEASEConfig(ModelConfig):
 class CategoryPopularityConfig(ModelConfig):
     model: Literal["category_popularity"]
     category: str | None = Field(
-        None, description="Side node type the popularity is conditioned on (genre, artist, tag): an item category "
+        None,
+        description="Side node type the popularity is conditioned on (genre, artist, tag): an item category "
         "of the chain, or a context node type one hop beyond one (a track's artist's genres). None: the chain's "
-        "main category."
+        "main category.",
     )
     smoothing: float = Field(
-        1.0, ge=0.0, description="Pseudo-interactions of the global category distribution added to each user's "
-        "own (a user with few interactions leans on the overall category shares)."
+        1.0,
+        ge=0.0,
+        description="Pseudo-interactions of the global category distribution added to each user's "
+        "own (a user with few interactions leans on the overall category shares).",
     )
     popularity_exponent: float = Field(
         1.0, ge=0.0, description="Items within a category are ranked by training popularity ** this (0: uniform)."
     )
     backoff: str | None = Field(
-        None, description="A coarser category the smoothing backs off to instead of the global shares (artist "
-        "backing off to genre: a user's unheard artists of their genres first)."
+        None,
+        description="A coarser category the smoothing backs off to instead of the global shares (artist "
+        "backing off to genre: a user's unheard artists of their genres first).",
     )
-    backoff_smoothing: float = Field(1.0, ge=0.0, description="The backoff level's own smoothing toward the global shares.")
+    backoff_smoothing: float = Field(
+        1.0, ge=0.0, description="The backoff level's own smoothing toward the global shares."
+    )
 
     @model_validator(mode="after")
     def _backoff_is_another_category(self) -> CategoryPopularityConfig:
@@ -145,7 +155,7 @@ class CategoryPopularityConfig(ModelConfig):
 
 # what a graph model's scores can be fused with: the closed-form models (``TrainableConfig.fusion``)
 FusableConfig = Annotated[
-    Union[MostPopularConfig, CategoryPopularityConfig, ItemKNNConfig, EASEConfig, ALSConfig, GraphEASEConfig],
+    MostPopularConfig | CategoryPopularityConfig | ItemKNNConfig | EASEConfig | ALSConfig | GraphEASEConfig,
     Field(discriminator="model"),
 ]
 
@@ -161,30 +171,38 @@ class TrainableConfig(ModelConfig):
     lr: float = Field(0.005, gt=0.0, description="Adam learning rate.")
     l2: float = Field(1e-4, ge=0.0, description="L2 penalty on the step's id embeddings.")
     loss: Literal["bpr", "softmax"] = Field(
-        "bpr", description="bpr: pairwise loss on (user, positive, sampled negative), steps of batch_size positive "
+        "bpr",
+        description="bpr: pairwise loss on (user, positive, sampled negative), steps of batch_size positive "
         "pairs; softmax: full-catalogue softmax of each user's training items (embeddings / temperature), steps of "
-        "batch_size users."
+        "batch_size users.",
     )
     temperature: float = Field(0.1, gt=0.0, description="Softmax loss: logits are scores / temperature.")
     normalize: bool = Field(False, description="Score by cosine: L2-normalise user and item embeddings.")
     batch_size: int = Field(
-        4096, gt=0, description="Positive pairs (bpr) or users (softmax) per optimizer step when steps_per_epoch is None."
+        4096,
+        gt=0,
+        description="Positive pairs (bpr) or users (softmax) per optimizer step when steps_per_epoch is None.",
     )
     max_epochs: int = Field(60, ge=1, description="Upper bound on epochs.")
     trainer: Literal["simple", "advanced"] = Field(
-        "advanced", description="simple: max_epochs epochs at a fixed learning rate, no validation, early stopping or "
+        "advanced",
+        description="simple: max_epochs epochs at a fixed learning rate, no validation, early stopping or "
         "checkpoints; advanced: the chain's validation metric every eval_every epochs, early stopping, "
-        "ReduceLROnPlateau, resumable checkpoints."
+        "ReduceLROnPlateau, resumable checkpoints.",
     )
     eval_every: int = Field(1, ge=1, description="Validate every this many epochs (and after the last).")
     valid_users: int | None = Field(
-        5000, ge=1, description="Validation ranks the catalogue for a seeded sample of at most this many users with "
+        5000,
+        ge=1,
+        description="Validation ranks the catalogue for a seeded sample of at most this many users with "
         "validation pairs (None: all of them): ranking costs users x items, so a capped sample keeps validation "
-        "linear in the catalogue on large worlds."
+        "linear in the catalogue on large worlds.",
     )
     patience: int = Field(8, ge=1, description="Validations without gain before stopping.")
     lr_factor: float = Field(0.5, gt=0.0, lt=1.0, description="ReduceLROnPlateau factor.")
-    lr_patience: int | None = Field(3, ge=0, description="ReduceLROnPlateau patience in validations (None: no schedule).")
+    lr_patience: int | None = Field(
+        3, ge=0, description="ReduceLROnPlateau patience in validations (None: no schedule)."
+    )
     # weighted BPR, negatives, step sizing
     weight_completion: float = Field(
         0.0, ge=0.0, description="Weighted loss: strength of the mean-completion term of each training interaction."
@@ -198,65 +216,92 @@ class TrainableConfig(ModelConfig):
     half_life_days: float = Field(30.0, gt=0.0, description="Half-life of the recency weight, in days.")
     negatives_per_positive: int = Field(1, ge=1, le=10, description="BPR: negatives sampled per positive pair.")
     grad_accumulation: int = Field(
-        1, ge=1, description="BPR: micro-batches of batch_size positives per optimizer step (one forward pass per step)."
+        1,
+        ge=1,
+        description="BPR: micro-batches of batch_size positives per optimizer step (one forward pass per step).",
     )
     steps_per_epoch: int | None = Field(
-        DEFAULT_STEPS_PER_EPOCH, ge=1, description="An epoch is this many optimizer steps over all training units "
+        DEFAULT_STEPS_PER_EPOCH,
+        ge=1,
+        description="An epoch is this many optimizer steps over all training units "
         "(bpr: edges, softmax: users), each ceil(units / steps) or one fewer (at most one step per unit): every step "
         "is a full-graph pass, so epoch cost grows linearly in the edges. None: steps of batch_size (x "
         "grad_accumulation) units, E_train / batch_size full-graph passes an epoch. A config that sets batch_size or "
-        "grad_accumulation and not steps_per_epoch gets None."
+        "grad_accumulation and not steps_per_epoch gets None.",
     )
     # regularizers, task heads, surrogates
     orthogonality_weight: float = Field(
-        0.0, ge=0.0, description="Regularizer: mean squared cosine between the step's distinct user and item embeddings."
+        0.0,
+        ge=0.0,
+        description="Regularizer: mean squared cosine between the step's distinct user and item embeddings.",
     )
     attention_entropy_weight: float = Field(
         0.0, ge=0.0, description="Regularizer (attention models): mean attention entropy at the step's users and items."
     )
     task_complete_weight: float = Field(
-        0.0, ge=0.0, description="Multi-task: weight of the BCE of a 'will complete' head (mean_completion >= "
-        "complete_threshold) on the step's training edges, added to the loss; 0: no head."
+        0.0,
+        ge=0.0,
+        description="Multi-task: weight of the BCE of a 'will complete' head (mean_completion >= "
+        "complete_threshold) on the step's training edges, added to the loss; 0: no head.",
     )
     task_repeat_weight: float = Field(
-        0.0, ge=0.0, description="Multi-task: weight of the BCE of a 'will repeat' head (play_count >= repeat_min_plays) "
-        "on the step's training edges, added to the loss; 0: no head."
+        0.0,
+        ge=0.0,
+        description="Multi-task: weight of the BCE of a 'will repeat' head (play_count >= repeat_min_plays) "
+        "on the step's training edges, added to the loss; 0: no head.",
     )
     complete_threshold: float = Field(
         0.8, gt=0.0, le=1.0, description="Multi-task: an interaction counts as completed at this mean completion."
     )
-    repeat_min_plays: int = Field(2, ge=2, description="Multi-task: an interaction counts as repeated at this play count.")
+    repeat_min_plays: int = Field(
+        2, ge=2, description="Multi-task: an interaction counts as repeated at this play count."
+    )
     diversity_weight: float = Field(
-        0.0, ge=0.0, description="Multi-objective: weight of the expected pairwise cosine similarity of two items drawn "
-        "from each step user's softmax over sampled candidate items (minimized: more diverse lists)."
+        0.0,
+        ge=0.0,
+        description="Multi-objective: weight of the expected pairwise cosine similarity of two items drawn "
+        "from each step user's softmax over sampled candidate items (minimized: more diverse lists).",
     )
     coverage_weight: float = Field(
-        0.0, ge=0.0, description="Multi-objective: weight of 1 - the normalised entropy of the step users' mean "
-        "softmax exposure over sampled candidate items (minimized: exposure spread over more items)."
+        0.0,
+        ge=0.0,
+        description="Multi-objective: weight of 1 - the normalised entropy of the step users' mean "
+        "softmax exposure over sampled candidate items (minimized: exposure spread over more items).",
     )
     surrogate_temperature: float = Field(
-        0.5, gt=0.0, description="Multi-objective: softmax temperature of the surrogates (lower: closer to a top-k list)."
+        0.5,
+        gt=0.0,
+        description="Multi-objective: softmax temperature of the surrogates (lower: closer to a top-k list).",
     )
     surrogate_candidates: int = Field(
-        256, ge=2, description="Multi-objective: items sampled uniformly per optimizer step as the surrogates' candidates."
+        256,
+        ge=2,
+        description="Multi-objective: items sampled uniformly per optimizer step as the surrogates' candidates.",
     )
     fusion: FusableConfig | None = Field(
-        None, description="After training, mix the model's scores with a closed-form model's, given as a registry "
+        None,
+        description="After training, mix the model's scores with a closed-form model's, given as a registry "
         "entry without its name (e.g. {model: itemknn, shrink: 10} or {model: category_popularity, category: "
         "artist}) and fitted on the same training view: (1 - w) z(model) + w z(other) (z: per-user "
-        "standardization), w chosen on the validation metric and stored with the weights."
+        "standardization), w chosen on the validation metric and stored with the weights.",
     )
     fusion_weight: float | None = Field(
-        None, ge=0.0, lt=1.0, description="The fusion's w, fixed (chosen on validation before, like max_epochs for a "
-        "final fit with train_on_validation); None: chosen on the validation part after training."
+        None,
+        ge=0.0,
+        lt=1.0,
+        description="The fusion's w, fixed (chosen on validation before, like max_epochs for a "
+        "final fit with train_on_validation); None: chosen on the validation part after training.",
     )
     world_size: int = Field(
-        1, ge=1, le=MAX_WORLD_SIZE, description="Training processes (core/training/distributed.py): 1 trains in "
+        1,
+        ge=1,
+        le=MAX_WORLD_SIZE,
+        description="Training processes (core/training/distributed.py): 1 trains in "
         "process; n > 1 launches n torchrun workers (gloo on CPU, NCCL on CUDA, one torch thread each) that split every "
         "optimizer step's units (bpr: positives, softmax: users) into n shards of the same global step and all-reduce "
         "the gradients, so a step equals the 1-process step up to float summation order. Every worker propagates over "
         "the full graph: the speed-up is in the loss, not in the message passing (sampled steps, neighbor_fanouts, "
-        "split both)."
+        "split both).",
     )
 
     @property
@@ -341,7 +386,11 @@ class TrainableConfig(ModelConfig):
     def _fixed_size_steps_when_asked(cls, data):
         """A config that sizes its steps (batch_size or grad_accumulation) and does not name
         steps_per_epoch takes fixed-size steps."""
-        if isinstance(data, dict) and "steps_per_epoch" not in data and ({"batch_size", "grad_accumulation"} & data.keys()):
+        if (
+            isinstance(data, dict)
+            and "steps_per_epoch" not in data
+            and ({"batch_size", "grad_accumulation"} & data.keys())
+        ):
             data = {**data, "steps_per_epoch": None}
         return data
 
@@ -354,8 +403,10 @@ class TrainableConfig(ModelConfig):
         if self.steps_per_epoch is not None:
             clash = [f"{name} {getattr(self, name)}" for name in self._changed("batch_size", "grad_accumulation")]
             if clash:
-                raise ValueError(f"steps_per_epoch {self.steps_per_epoch} sizes each optimizer step itself; "
-                                 f"remove {' and '.join(clash)}")
+                raise ValueError(
+                    f"steps_per_epoch {self.steps_per_epoch} sizes each optimizer step itself; "
+                    f"remove {' and '.join(clash)}"
+                )
         return self
 
     @model_validator(mode="after")
@@ -367,11 +418,16 @@ class TrainableConfig(ModelConfig):
         if self.fusion is None and self.fusion_weight is not None:
             raise ValueError("settings without effect: fusion_weight needs fusion")
         if self.fusion is not None:
-            idle = [name for name in ("train_on_validation", "user_sample", "split", "seed", "description")
-                    if getattr(self.fusion, name) != ModelConfig.model_fields[name].default]
+            idle = [
+                name
+                for name in ("train_on_validation", "user_sample", "split", "seed", "description")
+                if getattr(self.fusion, name) != ModelConfig.model_fields[name].default
+            ]
             if idle:
-                raise ValueError(f"fusion: {', '.join(idle)}: no effect (the fused model is fitted on the "
-                                 "graph model's own training view)")
+                raise ValueError(
+                    f"fusion: {', '.join(idle)}: no effect (the fused model is fitted on the "
+                    "graph model's own training view)"
+                )
         if self.attention_entropy_weight and not self.has_attention:
             raise ValueError(f"attention_entropy_weight needs an attention model, not {self.model}")
         return self
@@ -381,22 +437,28 @@ class TrainableConfig(ModelConfig):
         """world_size > 1 splits a step's units over processes and sums their gradients: a loss
         term that is not a sum over those units cannot be split that way."""
         if self.world_size > 1:
-            batch_level = [name for name in ("orthogonality_weight", "attention_entropy_weight", "diversity_weight",
-                                             "coverage_weight") if getattr(self, name)]
+            batch_level = [
+                name
+                for name in ("orthogonality_weight", "attention_entropy_weight", "diversity_weight", "coverage_weight")
+                if getattr(self, name)
+            ]
             if batch_level:
-                raise ValueError(f"world_size {self.world_size}: {', '.join(batch_level)} are terms of the whole step's "
-                                 "distinct users and items, not sums over its units, so shards cannot add them up; "
-                                 "use world_size: 1")
+                raise ValueError(
+                    f"world_size {self.world_size}: {', '.join(batch_level)} are terms of the whole step's "
+                    "distinct users and items, not sums over its units, so shards cannot add them up; "
+                    "use world_size: 1"
+                )
         return self
 
 
 class LightGCNConfig(TrainableConfig):
     model: Literal["lightgcn"]
     neighbor_fanouts: list[int] | None = Field(
-        None, description="Mini-batch training on sampled neighbourhoods (core/training/neighbors.py): per layer, "
+        None,
+        description="Mini-batch training on sampled neighbourhoods (core/training/neighbors.py): per layer, "
         "the neighbours a node keeps (-1: all; larger degrees are sampled, reweighted to stay unbiased); a step "
         "propagates only over its batch's sampled blocks, so its memory is bounded by batch_size x the fanouts' "
-        "product, not the graph. Steps of batch_size positives (steps_per_epoch null), BPR only. None: full-graph steps."
+        "product, not the graph. Steps of batch_size positives (steps_per_epoch null), BPR only. None: full-graph steps.",
     )
 
     @model_validator(mode="before")
@@ -420,8 +482,17 @@ class LightGCNConfig(TrainableConfig):
             problems.append("sampled steps take batch_size positives; set steps_per_epoch: null")
         if self.loss != "bpr":
             problems.append("sampled steps train with loss: bpr")
-        extras = [name for name in ("orthogonality_weight", "diversity_weight", "coverage_weight",
-                                    "task_complete_weight", "task_repeat_weight") if getattr(self, name)]
+        extras = [
+            name
+            for name in (
+                "orthogonality_weight",
+                "diversity_weight",
+                "coverage_weight",
+                "task_complete_weight",
+                "task_repeat_weight",
+            )
+            if getattr(self, name)
+        ]
         if extras:
             problems.append(f"{', '.join(extras)} need the full graph's embeddings")
         if problems:
@@ -459,13 +530,17 @@ class GenreAwareGATConfig(AttentionConfig):
 class PlaylistGATConfig(AttentionConfig):
     model: Literal["playlist_gat"]
     cooccurrence_k: int = Field(
-        0, ge=0, le=200, description="Also pass messages item->item along each item's k most co-occurring items "
-        "(shrunk cosine over the training interactions; 0: no such relation)."
+        0,
+        ge=0,
+        le=200,
+        description="Also pass messages item->item along each item's k most co-occurring items "
+        "(shrunk cosine over the training interactions; 0: no such relation).",
     )
     cooccurrence_shrink: float = Field(10.0, ge=0.0, description="Shrinkage of the co-occurrence cosine.")
     user_ids: bool = Field(
-        True, description="Learn a free embedding per user (False: users start at zero and are built from their "
-        "training items only)."
+        True,
+        description="Learn a free embedding per user (False: users start at zero and are built from their "
+        "training items only).",
     )
 
 
@@ -473,17 +548,30 @@ class TagFriendGATConfig(AttentionConfig):
     model: Literal["tag_friend_gat"]
     use_categories: bool = Field(True, description="Pass messages along the item-category relations (tags).")
     use_social: bool = Field(True, description="Pass messages along the user-user relation (friends).")
-    conv: Literal["light", "gatv2"] = Field("light", description="light: attention without transforms; gatv2: GATv2Conv.")
+    conv: Literal["light", "gatv2"] = Field(
+        "light", description="light: attention without transforms; gatv2: GATv2Conv."
+    )
     side_weight: float = Field(0.5, ge=0.0, description="Initial weight of the side relations (learned per layer).")
 
 
 CONFIG_CLASSES: dict[str, type[ModelConfig]] = {
     cls.model_fields["model"].annotation.__args__[0]: cls
-    for cls in (MostPopularConfig, CategoryPopularityConfig, ItemKNNConfig, EASEConfig, ALSConfig, GraphEASEConfig, LightGCNConfig,
-                BasicGATConfig, GenreAwareGATConfig, PlaylistGATConfig, TagFriendGATConfig)
+    for cls in (
+        MostPopularConfig,
+        CategoryPopularityConfig,
+        ItemKNNConfig,
+        EASEConfig,
+        ALSConfig,
+        GraphEASEConfig,
+        LightGCNConfig,
+        BasicGATConfig,
+        GenreAwareGATConfig,
+        PlaylistGATConfig,
+        TagFriendGATConfig,
+    )
 }
 MODEL_KINDS = tuple(CONFIG_CLASSES)
-ANY_CONFIG = Annotated[Union[tuple(CONFIG_CLASSES.values())], Field(discriminator="model")]
+ANY_CONFIG = Annotated[Union[tuple(CONFIG_CLASSES.values())], Field(discriminator="model")]  # noqa: UP007 - built from a tuple
 _ADAPTER = TypeAdapter(ANY_CONFIG)
 
 
@@ -526,13 +614,19 @@ class Thresholds(BaseModel):
     min_ratio_vs_most_popular: float = Field(
         gt=0.0, description="A trained model's primary test metric must reach this multiple of most-popular's."
     )
-    min_ratio_vs_random: float = Field(gt=0.0, description="Most-popular itself must reach this multiple of a random ranking.")
+    min_ratio_vs_random: float = Field(
+        gt=0.0, description="Most-popular itself must reach this multiple of a random ranking."
+    )
     ab_alpha: float = Field(0.05, gt=0.0, lt=1.0, description="Family-wise significance level (Holm).")
     ab_primary_test: Literal["ttest", "wilcoxon"] = Field("ttest", description="Paired test behind verdicts.")
     ab_bootstrap_resamples: int = Field(2000, ge=100, description="Bootstrap resamples for confidence intervals.")
-    champion_metric: str = Field("primary", description="Per-user metric of the champion gate ('primary': the chain's).")
+    champion_metric: str = Field(
+        "primary", description="Per-user metric of the champion gate ('primary': the chain's)."
+    )
     champion_min_improvement: float = Field(0.0, ge=0.0, description="Mean gain a challenger needs to be promoted.")
-    fairness_metric: str = Field("primary", description="Per-user metric compared across user groups ('primary': the chain's).")
+    fairness_metric: str = Field(
+        "primary", description="Per-user metric compared across user groups ('primary': the chain's)."
+    )
     fairness_max_relative_gap: float = Field(0.75, gt=0.0, le=1.0, description="Warn above this relative gap.")
 
     def metric(self, name: str, primary: str) -> str:

@@ -13,7 +13,6 @@ interactions (a view takes the edges in index order).
 from __future__ import annotations
 
 import copy
-
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -42,7 +41,9 @@ def split_violations(data: HeteroData, splits: dict, schema: Schema, view=None, 
         for name, value in check_partition(parts, int(data[schema.interaction].edge_index.size(1)), cover).items():
             counts[f"{strategy}/{name}"] = value
         heldout = torch.cat([parts["valid"], parts["test"]])
-        counts[f"{strategy}/heldout_in_view"] = heldout_in_view(view(data, parts["train"], heldout), data, schema, heldout)
+        counts[f"{strategy}/heldout_in_view"] = heldout_in_view(
+            view(data, parts["train"], heldout), data, schema, heldout
+        )
     return counts
 
 
@@ -86,8 +87,15 @@ class Dataset:
     def build(self, config: ModelConfig, data: HeteroData) -> Recommender:
         return build_model(config, self.schema, num_nodes_of(data))
 
-    def fit(self, config: ModelConfig, data: HeteroData, split: dict, model: Recommender | None = None,
-            device: torch.device | str | None = None, **training) -> tuple[Recommender, FitResult, HeteroData]:
+    def fit(
+        self,
+        config: ModelConfig,
+        data: HeteroData,
+        split: dict,
+        model: Recommender | None = None,
+        device: torch.device | str | None = None,
+        **training,
+    ) -> tuple[Recommender, FitResult, HeteroData]:
         """Build ``config``'s model and fit it on its view of ``split`` (one strategy's parts):
         closed-form models solve, graph models train with the one trainer (``training``: its
         ``max_epochs``, ``log``, ``on_epoch``, ``checkpoint_dir``, ``checkpoint_every``), early
@@ -99,8 +107,11 @@ class Dataset:
         model = model if model is not None else self.build(config, data)
         if config.trainable:
             training.update(training_inputs(config, data, self.schema, self.training_index(split, config)))
-            training.update(valid_pairs=self.pairs(data, split["valid"]), protocol=self.protocol.for_graph(data),
-                            users=self.sample(data, config))
+            training.update(
+                valid_pairs=self.pairs(data, split["valid"]),
+                protocol=self.protocol.for_graph(data),
+                users=self.sample(data, config),
+            )
         if not config.trainable or device is None or torch.device(device).type == "cpu":
             return model, model.fit(view, **training), view
         result = model.to(device).fit(copy.copy(view).to(device), **training)
@@ -129,8 +140,11 @@ class Dataset:
             valid=self.pairs(data, split["valid"][:0] if config.train_on_validation else split["valid"]),
             test=self.pairs(data, split["test"]),
             user_ids=user_ids,
-            categories={role: features for role in self.schema.categories
-                        if (features := category_features(data, self.schema, role)) is not None},
+            categories={
+                role: features
+                for role in self.schema.categories
+                if (features := category_features(data, self.schema, role)) is not None
+            },
             user_types=user_types_of(user_ids, segments) if segments is not None else None,
             users=self.sample(data, config),
         )

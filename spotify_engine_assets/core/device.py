@@ -19,7 +19,9 @@ def resolve_device(setting: str) -> torch.device:
         raise ValueError(f"device {setting!r}: only {DEVICE_SETTINGS} are supported")
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"device {setting!r}: CUDA is not available here (torch {torch.__version__}); use auto or cpu")
+            raise ValueError(
+                f"device {setting!r}: CUDA is not available here (torch {torch.__version__}); use auto or cpu"
+            )
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise ValueError(f"device {setting!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     return device

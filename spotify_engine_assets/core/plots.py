@@ -8,7 +8,7 @@ import io
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
 
 def figure_markdown(fig, alt: str) -> str:
@@ -38,8 +38,13 @@ def training_curve(history: list[dict], title: str, monitor: str | None = None) 
     validated = [row for row in history if monitor and f"valid_{monitor}" in row]
     if validated:  # the simple trainer validates nothing
         valid_axis = loss_axis.twinx()
-        valid_axis.plot([row["epoch"] for row in validated], [row[f"valid_{monitor}"] for row in validated],
-                        color="tab:orange", marker=".", label=f"valid {monitor}")
+        valid_axis.plot(
+            [row["epoch"] for row in validated],
+            [row[f"valid_{monitor}"] for row in validated],
+            color="tab:orange",
+            marker=".",
+            label=f"valid {monitor}",
+        )
         valid_axis.set_ylabel(f"valid {monitor}", color="tab:orange")
     return _finish(fig, loss_axis, title, "epoch", alt=f"training curve {title}")
 
@@ -79,7 +84,14 @@ def count_bars(counts: dict[str, float], title: str, xlabel: str = "count", log:
     fig, axis = plt.subplots(figsize=(6, 0.3 * len(labels) + 1.2))
     axis.barh(labels, [counts[label] for label in labels], color="tab:blue", log=log)
     for row, label in enumerate(labels):
-        axis.annotate(f"{counts[label]:,}", (counts[label], row), xytext=(3, 0), textcoords="offset points", va="center", fontsize=7)
+        axis.annotate(
+            f"{counts[label]:,}",
+            (counts[label], row),
+            xytext=(3, 0),
+            textcoords="offset points",
+            va="center",
+            fontsize=7,
+        )
     axis.invert_yaxis()
     axis.margins(x=0.15)
     return _finish(fig, axis, title, xlabel)
@@ -92,10 +104,20 @@ def data_quality(row_count: int, null_counts: dict[str, int], distinct_counts: d
     fig, axis = plt.subplots(figsize=(6, 0.3 * len(columns) + 1.4))
     positions = range(len(columns))
     # approximate distinct counts (HyperLogLog) may overshoot the row count slightly: capped at 1
-    axis.barh([p - 0.2 for p in positions], [min(distinct_counts.get(c, 0) / rows, 1.0) for c in columns], height=0.4,
-              color="tab:green", label="distinct / rows")
-    axis.barh([p + 0.2 for p in positions], [null_counts[c] / rows for c in columns], height=0.4,
-              color="tab:red", label="NULL / rows")
+    axis.barh(
+        [p - 0.2 for p in positions],
+        [min(distinct_counts.get(c, 0) / rows, 1.0) for c in columns],
+        height=0.4,
+        color="tab:green",
+        label="distinct / rows",
+    )
+    axis.barh(
+        [p + 0.2 for p in positions],
+        [null_counts[c] / rows for c in columns],
+        height=0.4,
+        color="tab:red",
+        label="NULL / rows",
+    )
     axis.set_yticks(list(positions), columns, fontsize=8)
     axis.invert_yaxis()
     axis.set_xlim(0, 1.05)
@@ -130,8 +152,12 @@ def grouped_bars(values: dict[str, dict[str, float]], metrics: list[str], title:
     width = 0.8 / max(len(series), 1)
     fig, axis = plt.subplots(figsize=(7, 3))
     for index, name in enumerate(series):
-        axis.bar([m + (index - (len(series) - 1) / 2) * width for m in range(len(metrics))],
-                 [values[name].get(metric, 0.0) for metric in metrics], width=width, label=name)
+        axis.bar(
+            [m + (index - (len(series) - 1) / 2) * width for m in range(len(metrics))],
+            [values[name].get(metric, 0.0) for metric in metrics],
+            width=width,
+            label=name,
+        )
     axis.set_xticks(range(len(metrics)), metrics, rotation=20, fontsize=8)
     axis.legend(fontsize=7)
     return _finish(fig, axis, title)
@@ -156,20 +182,36 @@ def difference_distributions(differences: dict[str, list[float]], title: str, bi
 
 
 def pareto_front(
-    x: list[float], y: list[float], color: list[float], on_front: list[bool], title: str, xlabel: str, ylabel: str,
+    x: list[float],
+    y: list[float],
+    color: list[float],
+    on_front: list[bool],
+    title: str,
+    xlabel: str,
+    ylabel: str,
     color_label: str,
 ) -> str:
     """Trade-off of a multi-objective study: one point per trial (``x`` against ``y``, colored by
     ``color``), the Pareto-front points ringed in red and joined in ``x`` order."""
     if not (len(x) == len(y) == len(color) == len(on_front)):
-        raise ValueError(f"pareto_front: lengths differ: x {len(x)}, y {len(y)}, color {len(color)}, on_front {len(on_front)}")
+        raise ValueError(
+            f"pareto_front: lengths differ: x {len(x)}, y {len(y)}, color {len(color)}, on_front {len(on_front)}"
+        )
     fig, axis = plt.subplots(figsize=(6, 3.6))
     points = axis.scatter(x, y, c=color, cmap="viridis", s=28, zorder=2)
     fig.colorbar(points, ax=axis, label=color_label)
     front = sorted((xi, yi) for xi, yi, keep in zip(x, y, on_front) if keep)
     if front:
-        axis.scatter([p[0] for p in front], [p[1] for p in front], s=90, facecolors="none", edgecolors="tab:red",
-                     linewidths=1.4, label="Pareto front", zorder=3)
+        axis.scatter(
+            [p[0] for p in front],
+            [p[1] for p in front],
+            s=90,
+            facecolors="none",
+            edgecolors="tab:red",
+            linewidths=1.4,
+            label="Pareto front",
+            zorder=3,
+        )
         axis.plot([p[0] for p in front], [p[1] for p in front], color="tab:red", lw=0.8, ls="--", zorder=1)
         axis.legend(fontsize=7)
     return _finish(fig, axis, title, xlabel, ylabel)
@@ -183,8 +225,14 @@ def difference_plot(table, title: str) -> str:
     colors = {"better": "tab:green", "worse": "tab:red"}
     for row, record in enumerate(table.iter_rows(named=True)):
         color = colors.get(record["verdict"], "tab:gray")
-        axis.errorbar(record["mean_diff"], row, xerr=[[record["mean_diff"] - record["ci_low"]], [record["ci_high"] - record["mean_diff"]]],
-                      fmt="o", color=color, capsize=3)
+        axis.errorbar(
+            record["mean_diff"],
+            row,
+            xerr=[[record["mean_diff"] - record["ci_low"]], [record["ci_high"] - record["mean_diff"]]],
+            fmt="o",
+            color=color,
+            capsize=3,
+        )
     axis.axvline(0.0, color="black", linewidth=0.8)
     axis.set_yticks(range(len(labels)), labels, fontsize=7)
     axis.invert_yaxis()

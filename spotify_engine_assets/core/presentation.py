@@ -60,8 +60,11 @@ def config_hash(dump: Mapping[str, Any]) -> str:
 def config_summary(dump: Mapping[str, Any], defaults: Mapping[str, Any]) -> str:
     """One line of a config: its :data:`HEADLINE` settings, then those that differ from its class's
     ``defaults`` (a nested config by its model), e.g. ``"split random · loss bpr · lr 0.01 · ..."``."""
-    changed = sorted(key for key, value in dump.items()
-                     if key not in SUMMARY_SKIPPED and key not in HEADLINE and (key not in defaults or defaults[key] != value))
+    changed = sorted(
+        key
+        for key, value in dump.items()
+        if key not in SUMMARY_SKIPPED and key not in HEADLINE and (key not in defaults or defaults[key] != value)
+    )
     shown = [key for key in HEADLINE if dump.get(key) is not None] + changed
     return " · ".join(f"{key} {_short(dump[key])}" for key in shown) or "defaults"
 
@@ -75,8 +78,14 @@ def _short(value: Any) -> str:
 # Asset groups: ``<chain>_<domain label>``. The zoomed-out lineage graph cuts a group's name longer
 # than GROUP_NAME_LIMIT characters in the middle ("playli…_ingestion"), so long domains get short labels.
 GROUP_NAME_LIMIT = 17
-GROUP_LABELS = {"ingestion": "ingest", "training": "train", "evaluation": "eval", "experiments": "compare",
-                "optimization": "hpo", "explanations": "explain"}
+GROUP_LABELS = {
+    "ingestion": "ingest",
+    "training": "train",
+    "evaluation": "eval",
+    "experiments": "compare",
+    "optimization": "hpo",
+    "explanations": "explain",
+}
 
 
 def group_name(chain: str, domain: str) -> str:

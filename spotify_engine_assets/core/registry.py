@@ -81,8 +81,10 @@ class Registry:
     def _configs(self, mapping: dict, path: Path) -> dict[str, ModelConfig]:
         """The configs of ``mapping`` (read from ``path``), validated, an unset split filled in, every split checked."""
         registry = configs_from_mapping(mapping, path)
-        registry = {name: config if config.split else update_config(config, split=self.strategies[0])
-                    for name, config in registry.items()}
+        registry = {
+            name: config if config.split else update_config(config, split=self.strategies[0])
+            for name, config in registry.items()
+        }
         for name, config in registry.items():
             if config.split not in self.strategies:
                 raise ConfigError(
@@ -106,7 +108,9 @@ class Registry:
         if registry is None:
             registry = self.base if name in self.base else self.full()
         if name not in registry:
-            raise ConfigError(f"unknown {self.chain} model config {name!r}; known configs: {', '.join(sorted(registry))}")
+            raise ConfigError(
+                f"unknown {self.chain} model config {name!r}; known configs: {', '.join(sorted(registry))}"
+            )
         return registry[name]
 
     # ------------------------------------------------------------------------------ promotion
@@ -120,13 +124,17 @@ class Registry:
         except UnsafeNameError as error:
             raise ConfigError(f"{where}: {error}") from None
         if name in self.base:
-            raise ConfigError(f"{where}: config name {name!r} collides with a {self.path.name} config; choose another name")
+            raise ConfigError(
+                f"{where}: config name {name!r} collides with a {self.path.name} config; choose another name"
+            )
 
     def load_promoted_file(self, path: Path) -> PromotedConfig:
         """One promoted config file, validated (errors name the file)."""
         loaded = read_yaml(path)
         if set(loaded) != {"source", "config"}:
-            raise ConfigError(f"{path}: expected exactly the keys 'source' and 'config', got {sorted(map(str, loaded))}")
+            raise ConfigError(
+                f"{path}: expected exactly the keys 'source' and 'config', got {sorted(map(str, loaded))}"
+            )
         entries = loaded["config"]
         if not isinstance(entries, dict) or len(entries) != 1:
             raise ConfigError(f"{path}: 'config' must map exactly one config name to its settings")
@@ -160,12 +168,25 @@ class Registry:
 
     def rows(self, lake_root: Path | None = None) -> list[dict]:
         """One row per config: name, model, split, origin and source."""
-        rows = [(name, config, ORIGIN_REGISTRY, None, None, ORIGIN_REGISTRY)
-                for name, config in sorted(self.base.items())]
-        rows += [(name, entry.config, ORIGIN_STUDY, entry.source.study_name, entry.source.trial, str(entry.path))
-                 for name, entry in self.promoted(lake_root).items()]
-        return [{"config": name, "model": config.model, "split": config.split, "origin": origin, "study": study,
-                 "trial": trial, "source": source} for name, config, origin, study, trial, source in rows]
+        rows = [
+            (name, config, ORIGIN_REGISTRY, None, None, ORIGIN_REGISTRY) for name, config in sorted(self.base.items())
+        ]
+        rows += [
+            (name, entry.config, ORIGIN_STUDY, entry.source.study_name, entry.source.trial, str(entry.path))
+            for name, entry in self.promoted(lake_root).items()
+        ]
+        return [
+            {
+                "config": name,
+                "model": config.model,
+                "split": config.split,
+                "origin": origin,
+                "study": study,
+                "trial": trial,
+                "source": source,
+            }
+            for name, config, origin, study, trial, source in rows
+        ]
 
     def check_promotable(self, name: str, study_name: str, family: str, lake_root: Path | None = None) -> Path:
         """The file a promotion of ``study_name`` under ``name`` would write; a ``ConfigError`` when

@@ -38,7 +38,8 @@ class StrictLoader(yaml.SafeLoader):
             if first is not None:
                 where = key_node.start_mark
                 raise DuplicateKeyError(
-                    None, None,
+                    None,
+                    None,
                     f"{where.name}: line {where.line + 1}: duplicate key {key!r} (first at line {first.line + 1}); "
                     "YAML would keep only the last one",
                     where,

@@ -22,12 +22,11 @@ checks for every chain:
 Every input is a Dagster dependency: no asset reads another asset's file behind Dagster's back.
 """
 
-
 import functools
 import hashlib
-import io
 import importlib
 import inspect
+import io
 import json
 import shutil
 import time
@@ -45,18 +44,38 @@ from pydantic import Field
 from torch_geometric.data import HeteroData
 
 from .. import core
-from ..core.config import MAX_WORLD_SIZE, ConfigError, ModelConfig, Thresholds, load_thresholds, parse_config, update_config
+from ..core.config import (
+    MAX_WORLD_SIZE,
+    ConfigError,
+    ModelConfig,
+    Thresholds,
+    load_thresholds,
+    parse_config,
+    update_config,
+)
 from ..core.data.graph import from_payload, graph_summary, to_payload
 from ..core.dataset import Dataset
-from ..core.evaluation.report import PeakMemory, comparison_summary, evaluate, fairness_tables, latency_per_user, memory_estimate_bytes
+from ..core.evaluation.report import (
+    PeakMemory,
+    comparison_summary,
+    evaluate,
+    fairness_tables,
+    latency_per_user,
+    memory_estimate_bytes,
+)
 from ..core.evaluation.stats import BETTER, NO_DIFFERENCE, WORSE, compare_models
 from ..core.experiments import hpo as hpo_lib
-from ..core.experiments import records
-from ..core.experiments import trial_budget
+from ..core.experiments import records, trial_budget
 from ..core.models.base import FitResult
 from ..core.models.baselines import MostPopular
 from ..core.plots import (
-    count_bars, difference_distributions, difference_plot, frame_markdown, history_plot, metric_bars, pareto_front,
+    count_bars,
+    difference_distributions,
+    difference_plot,
+    frame_markdown,
+    history_plot,
+    metric_bars,
+    pareto_front,
     training_curve,
 )
 from ..core.presentation import config_hash, config_summary, group_name, metric_value, rounded, tidy
@@ -76,19 +95,26 @@ EXTRA_METRICS = ("mrr@10", "gini@10", "novelty@10", "personalization@10")
 
 
 class TrainRunConfig(dg.Config):
-    max_epochs: int | None = Field(default=None, ge=1, description="Cap on epochs for this run (None: the config's max_epochs).")
+    max_epochs: int | None = Field(
+        default=None, ge=1, description="Cap on epochs for this run (None: the config's max_epochs)."
+    )
     user_sample: int | None = Field(
         default=None, ge=1, description="Train and evaluate on a seeded sample of this many users (None: the config's)."
     )
     checkpoint_every: int = Field(default=1, ge=1, description="Write a resumable checkpoint every this many epochs.")
     world_size: int | None = Field(
-        default=None, ge=1, le=MAX_WORLD_SIZE, description="Train a graph model in this many torchrun processes "
-        "(TrainableConfig.world_size; None: the config's own, 1 unless it sets one). No effect on closed-form models."
+        default=None,
+        ge=1,
+        le=MAX_WORLD_SIZE,
+        description="Train a graph model in this many torchrun processes "
+        "(TrainableConfig.world_size; None: the config's own, 1 unless it sets one). No effect on closed-form models.",
     )
 
 
 class ABTestConfig(dg.Config):
-    plan: str | None = Field(default=None, description="Path of an A/B plan YAML (default configs/<chain>/ab_tests.yaml).")
+    plan: str | None = Field(
+        default=None, description="Path of an A/B plan YAML (default configs/<chain>/ab_tests.yaml)."
+    )
 
 
 @dataclass(frozen=True)
@@ -125,26 +151,41 @@ class Chain:
         """``dg.asset`` ``<chain>/<name>`` in group ``group_name(<chain>, <domain>)`` at the chain's code version (unless
         ``asset_args`` give one), with ``checks`` (check name -> (blocking, description)) on the asset itself."""
         key = self.key(name)
-        specs = [check_spec(check, key, blocking, description, asset_args.get("partitions_def"))
-                 for check, (blocking, description) in (checks or {}).items()]
+        specs = [
+            check_spec(check, key, blocking, description, asset_args.get("partitions_def"))
+            for check, (blocking, description) in (checks or {}).items()
+        ]
         asset_args.setdefault("code_version", self.code_version)
 
         def decorate(fn):  # the docstring is the UI's description: ``<chain>`` in it becomes this chain's name
-            description = asset_args.pop("description", None) or inspect.cleandoc(fn.__doc__ or "").replace("<chain>", self.name)
-            return dg.asset(key=key, group_name=self.group(domain), check_specs=specs or None,
-                            description=description or None, **asset_args)(fn)
+            description = asset_args.pop("description", None) or inspect.cleandoc(fn.__doc__ or "").replace(
+                "<chain>", self.name
+            )
+            return dg.asset(
+                key=key,
+                group_name=self.group(domain),
+                check_specs=specs or None,
+                description=description or None,
+                **asset_args,
+            )(fn)
 
         return decorate
 
 
-def check_spec(name: str, asset: dg.AssetKey, blocking: bool, description: str,
-               partitions_def: dg.PartitionsDefinition | None = None) -> dg.AssetCheckSpec:
+def check_spec(
+    name: str,
+    asset: dg.AssetKey,
+    blocking: bool,
+    description: str,
+    partitions_def: dg.PartitionsDefinition | None = None,
+) -> dg.AssetCheckSpec:
     """A check on ``asset``; on a partitioned asset the check has the asset's partitions, so every result
     (and the UI's check history) names the partition (the config) it was evaluated for."""
     with warnings.catch_warnings():  # partitioned asset checks are a preview feature of Dagster 1.13
         warnings.simplefilter("ignore", dg.PreviewWarning)
-        return dg.AssetCheckSpec(name, asset=asset, blocking=blocking, description=description,
-                                 partitions_def=partitions_def)
+        return dg.AssetCheckSpec(
+            name, asset=asset, blocking=blocking, description=description, partitions_def=partitions_def
+        )
 
 
 @functools.cache
@@ -152,8 +193,9 @@ def _code_version(package: str) -> str:
     return source_version(core, importlib.import_module(package))
 
 
-def publish(lake: DataLake, chain: str, name: str, frame: pl.DataFrame, max_rows: int = 200,
-            shown: pl.DataFrame | None = None) -> str:
+def publish(
+    lake: DataLake, chain: str, name: str, frame: pl.DataFrame, max_rows: int = 200, shown: pl.DataFrame | None = None
+) -> str:
     """``reports/<chain>/<name>.{md,csv}`` written atomically: the CSV holds ``frame``, the markdown
     ``shown`` (default ``frame``); returns the markdown."""
     markdown = frame_markdown(frame if shown is None else shown, max_rows=max_rows)
@@ -171,7 +213,9 @@ def evaluate_when_trained(chain: Chain) -> dg.AutomationCondition:
     return dg.AutomationCondition.eager().allow(dg.AssetSelection.assets(chain.key("trained_model")))
 
 
-def register_configs(chain: Chain, instance: dg.DagsterInstance, lake_root: Path | None = None) -> tuple[list[str], list[str]]:
+def register_configs(
+    chain: Chain, instance: dg.DagsterInstance, lake_root: Path | None = None
+) -> tuple[list[str], list[str]]:
     """Validate the chain's full registry and add its missing names as partitions. Returns (every
     config name, the names added now)."""
     names = sorted(chain.dataset.registry.full(lake_root))
@@ -190,9 +234,13 @@ def promotion_metadata(chain: Chain, lake_root: Path, name: str) -> dict:
         return {"config_origin": ORIGIN_REGISTRY}
     source = entry.source
     return {
-        "config_origin": ORIGIN_STUDY, "source_study": source.study_name, "source_trial": source.trial,
-        "source_objective": f"{source.objective} {source.value:.4f} (validation)", "source_storage": source.storage,
-        "source_asset": dg.MetadataValue.asset(chain.key("hpo_study")), "source_partition": source.family,
+        "config_origin": ORIGIN_STUDY,
+        "source_study": source.study_name,
+        "source_trial": source.trial,
+        "source_objective": f"{source.objective} {source.value:.4f} (validation)",
+        "source_storage": source.storage,
+        "source_asset": dg.MetadataValue.asset(chain.key("hpo_study")),
+        "source_partition": source.family,
         "promoted_config": dg.MetadataValue.path(str(entry.path)),
     }
 
@@ -220,25 +268,39 @@ def config_metadata(config: ModelConfig) -> dict:
     """A config in three short entries instead of its ~40-line JSON: its split, a one-line summary
     (headline settings and those off their defaults) and a hash of the whole config."""
     dump = config.model_dump()
-    defaults = {key: field.get_default(call_default_factory=True) for key, field in type(config).model_fields.items()
-                if not field.is_required()}
+    defaults = {
+        key: field.get_default(call_default_factory=True)
+        for key, field in type(config).model_fields.items()
+        if not field.is_required()
+    }
     return {"split": config.split, "config": config_summary(dump, defaults), "config_hash": config_hash(dump)}
 
 
 def efficiency_metadata(efficiency: dict) -> dict:
     """A report's cost as numeric entries (seconds, milliseconds, MiB; charted across runs by the UI)."""
-    shown = {"train_seconds": efficiency["train_seconds"], "forward_ms": efficiency["forward_seconds"] * 1000,
-             "latency_p50_ms": efficiency["latency_p50_ms"], "latency_p95_ms": efficiency["latency_p95_ms"],
-             "throughput_users_per_s": efficiency["throughput_users_per_s"],
-             "memory_estimate_mb": efficiency["memory_estimate_mb"], "memory_peak_mb": efficiency["memory_peak_mb"]}
-    return {f"efficiency/{key}": dg.MetadataValue.float(rounded(value)) for key, value in shown.items() if value is not None}
+    shown = {
+        "train_seconds": efficiency["train_seconds"],
+        "forward_ms": efficiency["forward_seconds"] * 1000,
+        "latency_p50_ms": efficiency["latency_p50_ms"],
+        "latency_p95_ms": efficiency["latency_p95_ms"],
+        "throughput_users_per_s": efficiency["throughput_users_per_s"],
+        "memory_estimate_mb": efficiency["memory_estimate_mb"],
+        "memory_peak_mb": efficiency["memory_peak_mb"],
+    }
+    return {
+        f"efficiency/{key}": dg.MetadataValue.float(rounded(value)) for key, value in shown.items() if value is not None
+    }
 
 
-def checkpoint_dir_for(lake: DataLake, chain: Chain, config: ModelConfig, data_fingerprint: str, max_epochs: int | None) -> Path:
+def checkpoint_dir_for(
+    lake: DataLake, chain: Chain, config: ModelConfig, data_fingerprint: str, max_epochs: int | None
+) -> Path:
     """The checkpoint folder of one training run: data lake, chain, partition, and a hash of config,
     data, epoch cap and code, so a checkpoint of another config or data is never resumed."""
-    key = json.dumps({"config": config.model_dump(), "data": data_fingerprint, "max_epochs": max_epochs,
-                      "code": chain.code_version}, sort_keys=True)
+    key = json.dumps(
+        {"config": config.model_dump(), "data": data_fingerprint, "max_epochs": max_epochs, "code": chain.code_version},
+        sort_keys=True,
+    )
     return lake.path / "checkpoints" / chain.name / config.name / hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
@@ -252,19 +314,31 @@ def upstream_versions(context: dg.AssetExecutionContext, keys: list[dg.AssetKey]
         except Exception as error:  # noqa: BLE001 - provenance is best effort, never fails a run
             context.log.warning(f"cannot read the latest materialization of {key.to_user_string()}: {error}")
         tags = (entry.asset_materialization.tags or {}) if entry and entry.asset_materialization else {}
-        versions[key.to_user_string()] = {"data_version": tags.get("dagster/data_version", "unknown"),
-                                          "code_version": tags.get("dagster/code_version", "unknown"),
-                                          "run_id": entry.run_id if entry else "unknown"}
+        versions[key.to_user_string()] = {
+            "data_version": tags.get("dagster/data_version", "unknown"),
+            "code_version": tags.get("dagster/code_version", "unknown"),
+            "run_id": entry.run_id if entry else "unknown",
+        }
     return versions
 
 
-def data_assets(chain: Chain, tables: tuple[str, ...], build_graph: Callable[[dict[str, pl.DataFrame]], HeteroData],
-                build_split: Callable[[HeteroData], dict]) -> list[dg.AssetsDefinition]:
+def data_assets(
+    chain: Chain,
+    tables: tuple[str, ...],
+    build_graph: Callable[[dict[str, pl.DataFrame]], HeteroData],
+    build_split: Callable[[HeteroData], dict],
+) -> list[dg.AssetsDefinition]:
     """``<chain>/graph`` and ``<chain>/split`` of a chain whose graph needs no run config: the graph
     from the warehouse ``tables`` (``schema.table``, each a dependency), the split from the graph."""
 
-    @chain.asset("graph", "graph", deps=[dg.AssetKey(t.split(".")) for t in tables], kinds={"pytorch", "pyg"},
-                 pool=DUCKDB_POOL, description=build_graph.__doc__)
+    @chain.asset(
+        "graph",
+        "graph",
+        deps=[dg.AssetKey(t.split(".")) for t in tables],
+        kinds={"pytorch", "pyg"},
+        pool=DUCKDB_POOL,
+        description=build_graph.__doc__,
+    )
     def graph(context: dg.AssetExecutionContext, warehouse: Warehouse) -> dg.Output[dict]:
         try:
             data = build_graph({table: warehouse.read_table(table) for table in tables})
@@ -275,8 +349,15 @@ def data_assets(chain: Chain, tables: tuple[str, ...], build_graph: Callable[[di
     @chain.asset("split", "graph", ins=chain.ins("graph"), kinds={"pytorch"}, description=build_split.__doc__)
     def split(context: dg.AssetExecutionContext, graph: dict) -> dg.Output[dict]:
         splits = build_split(from_payload(graph))
-        return dg.Output(splits, metadata={f"{strategy}/{part}": int(index.numel()) for strategy, parts in splits.items()
-                                           if strategy != "settings" for part, index in parts.items()})
+        return dg.Output(
+            splits,
+            metadata={
+                f"{strategy}/{part}": int(index.numel())
+                for strategy, parts in splits.items()
+                if strategy != "settings"
+                for part, index in parts.items()
+            },
+        )
 
     return [graph, split]
 
@@ -302,18 +383,29 @@ def chain_definitions(chain: Chain) -> dg.Definitions:
             context.log.warning(f"partitions without a config (kept; their runs fail): {', '.join(stale)}")
         context.log.info(f"{len(names)} {name} model configs; added as partitions: {', '.join(added) or 'none'}")
         origins = pl.DataFrame(rows)["origin"].value_counts().sort("origin").to_dicts()
-        return dg.Output({"configs": rows, "added": added, "stale": stale}, metadata={
-            "configs": len(names), "added_partitions": dg.MetadataValue.json(added),
-            "partitions_without_config": dg.MetadataValue.json(stale),
-            "origins": dg.MetadataValue.json({row["origin"]: int(row["count"]) for row in origins}),
-            "registry": dg.MetadataValue.md(frame_markdown(pl.DataFrame(rows), max_rows=200)),
-        })
+        return dg.Output(
+            {"configs": rows, "added": added, "stale": stale},
+            metadata={
+                "configs": len(names),
+                "added_partitions": dg.MetadataValue.json(added),
+                "partitions_without_config": dg.MetadataValue.json(stale),
+                "origins": dg.MetadataValue.json({row["origin"]: int(row["count"]) for row in origins}),
+                "registry": dg.MetadataValue.md(frame_markdown(pl.DataFrame(rows), max_rows=200)),
+            },
+        )
 
     # ------------------------------------------------------------------------- training
-    @chain.asset("trained_model", "training", partitions_def=configs, ins=chain.ins("graph", "split"),
-                 kinds={"pytorch", "pyg"})
-    def trained_model(context: dg.AssetExecutionContext, config: TrainRunConfig, torch_runtime: TorchRuntime,
-                      lake: DataLake, graph: dict, split: dict) -> dg.Output[dict]:
+    @chain.asset(
+        "trained_model", "training", partitions_def=configs, ins=chain.ins("graph", "split"), kinds={"pytorch", "pyg"}
+    )
+    def trained_model(
+        context: dg.AssetExecutionContext,
+        config: TrainRunConfig,
+        torch_runtime: TorchRuntime,
+        lake: DataLake,
+        graph: dict,
+        split: dict,
+    ) -> dg.Output[dict]:
         """The partition's config fitted on its split's training part: closed-form models solve,
         graph models train with the one trainer (advanced: early stopping on the chain's validation
         metric with ReduceLROnPlateau, resumable checkpoints when a killed run is re-materialized;
@@ -330,16 +422,25 @@ def chain_definitions(chain: Chain) -> dg.Definitions:
             try:
                 model_config = update_config(model_config, world_size=config.world_size)
             except ValueError as error:
-                raise dg.Failure(f"{name}/trained_model[{model_config.name}]: world_size {config.world_size}: {error}") from error
+                raise dg.Failure(
+                    f"{name}/trained_model[{model_config.name}]: world_size {config.world_size}: {error}"
+                ) from error
         torch_runtime.apply()
         data, parts = from_payload(graph), split[model_config.split]
         fingerprint = records.data_fingerprint(data, parts)
         provenance = {
-            "config": model_config.model_dump(), "seed": model_config.seed, "max_epochs_override": config.max_epochs,
-            "data": fingerprint, "upstream": upstream_versions(context, [chain.key("graph"), chain.key("split")]),
-            "code_versions": {"trained_model": chain.code_version}, "git": records.git_state(),
-            "dependencies": records.dependency_versions(), "torch_threads": torch.get_num_threads(),
-            "device": str(torch_runtime.torch_device()), "run_id": context.run.run_id, "recorded_at": records.now_iso(),
+            "config": model_config.model_dump(),
+            "seed": model_config.seed,
+            "max_epochs_override": config.max_epochs,
+            "data": fingerprint,
+            "upstream": upstream_versions(context, [chain.key("graph"), chain.key("split")]),
+            "code_versions": {"trained_model": chain.code_version},
+            "git": records.git_state(),
+            "dependencies": records.dependency_versions(),
+            "torch_threads": torch.get_num_threads(),
+            "device": str(torch_runtime.torch_device()),
+            "run_id": context.run.run_id,
+            "recorded_at": records.now_iso(),
         }
         training: dict = {}
         checkpoints = pipes = None
@@ -354,17 +455,28 @@ def chain_definitions(chain: Chain) -> dg.Definitions:
                         shutil.rmtree(stale, ignore_errors=True)  # another config/data: never resumable
                 training.update(checkpoint_dir=checkpoints, checkpoint_every=config.checkpoint_every)
         try:
-            model, result, view = dataset.fit(model_config, data, parts, device=torch_runtime.torch_device(), **training)
+            model, result, view = dataset.fit(
+                model_config, data, parts, device=torch_runtime.torch_device(), **training
+            )
         except ValueError as error:
             raise dg.Failure(f"{name}/trained_model[{model_config.name}]: {error}") from error
         # what serving reads instead of the graph and the model; n0 is chosen here, once, on validation
         serving = serving_payload(dataset, model_config, model, data, parts, view)
         artifact = {
-            "config": model_config.model_dump(), "split_settings": split.get("settings", {}), "provenance": provenance,
-            "state": model.state_dict(), "final_state": result.final_state, "history": result.history,
-            "monitor": result.monitor, "best_epoch": result.best_epoch, "best_valid": result.best_valid,
-            "epochs_run": result.epochs_run, "train_seconds": result.seconds, "num_parameters": model.parameter_count(),
-            "fusion": {str(weight): value for weight, value in result.fusion.items()}, "serving": serving,
+            "config": model_config.model_dump(),
+            "split_settings": split.get("settings", {}),
+            "provenance": provenance,
+            "state": model.state_dict(),
+            "final_state": result.final_state,
+            "history": result.history,
+            "monitor": result.monitor,
+            "best_epoch": result.best_epoch,
+            "best_valid": result.best_valid,
+            "epochs_run": result.epochs_run,
+            "train_seconds": result.seconds,
+            "num_parameters": model.parameter_count(),
+            "fusion": {str(weight): value for weight, value in result.fusion.items()},
+            "serving": serving,
         }
         # the UI lists entries in this order: the headline numbers, the config in one line, then the rest
         metadata: dict = trained_model_headline(result, model.parameter_count())
@@ -372,8 +484,10 @@ def chain_definitions(chain: Chain) -> dg.Definitions:
         if model_config.trainable:
             metadata.update(
                 training_curve=dg.MetadataValue.md(training_curve(result.history, model_config.name, result.monitor)),
-                trainer=model_config.trainer, world_size=model_config.world_size,
-                resumed_from_epoch=result.resumed_from_epoch, torch_threads=torch.get_num_threads(),
+                trainer=model_config.trainer,
+                world_size=model_config.world_size,
+                resumed_from_epoch=result.resumed_from_epoch,
+                torch_threads=torch.get_num_threads(),
             )
             if result.fusion:
                 metadata["fusion_model"] = model_config.fusion.model
@@ -381,19 +495,25 @@ def chain_definitions(chain: Chain) -> dg.Definitions:
                 metadata["fusion_valid"] = dg.MetadataValue.json(tidy(artifact["fusion"]))
         if pipes is not None:
             metadata.update(pipes.metadata)
-        metadata.update({
-            "genre_prior_n0": serving["genre_prior"], "genre_prior_source": serving["genre_prior_source"],
-            "data_fingerprint": fingerprint["combined"], "git_commit": str(provenance["git"]["commit"])[:12],
-            **promotion_metadata(chain, lake.path, model_config.name),
-            # collapsed in the UI (over its inline limit): the whole config is in it
-            "provenance": dg.MetadataValue.json(tidy(provenance, PROVENANCE_DIGITS)),
-        })
+        metadata.update(
+            {
+                "genre_prior_n0": serving["genre_prior"],
+                "genre_prior_source": serving["genre_prior_source"],
+                "data_fingerprint": fingerprint["combined"],
+                "git_commit": str(provenance["git"]["commit"])[:12],
+                **promotion_metadata(chain, lake.path, model_config.name),
+                # collapsed in the UI (over its inline limit): the whole config is in it
+                "provenance": dg.MetadataValue.json(tidy(provenance, PROVENANCE_DIGITS)),
+            }
+        )
         if checkpoints is not None:
             shutil.rmtree(checkpoints, ignore_errors=True)  # finished: the next materialization trains afresh
         non_finite = first_non_finite({"state": artifact["state"], "best_valid": result.best_valid})
         if non_finite is not None:  # a diverged model never becomes current: the previous version stays
-            raise dg.Failure(f"{name}/trained_model[{model_config.name}]: {non_finite} is not finite (NaN or inf); "
-                             "the model is not stored and the current version stays")
+            raise dg.Failure(
+                f"{name}/trained_model[{model_config.name}]: {non_finite} is not finite (NaN or inf); "
+                "the model is not stored and the current version stays"
+            )
         return dg.Output(artifact, metadata=metadata)
 
     # ------------------------------------------------------------------------- evaluation
@@ -402,17 +522,34 @@ def chain_definitions(chain: Chain) -> dg.Definitions:
         report_ins["segments"] = dg.AssetIn(dg.AssetKey(chain.segments.split("/")))
 
     @chain.asset(
-        "metric_report", "evaluation", partitions_def=configs, ins=report_ins, kinds={"pytorch"},
+        "metric_report",
+        "evaluation",
+        partitions_def=configs,
+        ins=report_ins,
+        kinds={"pytorch"},
         automation_condition=evaluate_when_trained(chain),
         checks={
-            "quality_gate": (True, f"The test {dataset.protocol.primary} beats most-popular on the same split by the "
-                             "configured ratio (most-popular itself must beat a random ranking)."),
-            "fairness_gap": (False, "Largest relative gap of the fairness metric between user groups (types, activity "
-                             "terciles) stays within the threshold (warning)."),
+            "quality_gate": (
+                True,
+                f"The test {dataset.protocol.primary} beats most-popular on the same split by the "
+                "configured ratio (most-popular itself must beat a random ranking).",
+            ),
+            "fairness_gap": (
+                False,
+                "Largest relative gap of the fairness metric between user groups (types, activity "
+                "terciles) stays within the threshold (warning).",
+            ),
         },
     )
-    def metric_report(context: dg.AssetExecutionContext, torch_runtime: TorchRuntime, lake: DataLake,
-                      trained_model: dict, graph: dict, split: dict, **segments: pl.DataFrame):
+    def metric_report(
+        context: dg.AssetExecutionContext,
+        torch_runtime: TorchRuntime,
+        lake: DataLake,
+        trained_model: dict,
+        graph: dict,
+        split: dict,
+        **segments: pl.DataFrame,
+    ):
         """Test evaluation of one config, ranking the whole catalogue with each user's training and
         validation items masked: the chain protocol's per-user accuracy metrics, coverage, Gini of
         recommendation counts, novelty, intra-list diversity (embeddings and item categories),
@@ -431,7 +568,9 @@ def chain_definitions(chain: Chain) -> dg.Definitions:
             eval_data = dataset.evaluation_data(data, parts, model_config, segments.get("segments"))
             model, view = dataset.load(model_config, data, parts, trained_model["state"])
         except (ValueError, RuntimeError, KeyError) as error:
-            raise dg.Failure(f"{name}/metric_report[{model_config.name}]: {error}; re-materialize trained_model") from error
+            raise dg.Failure(
+                f"{name}/metric_report[{model_config.name}]: {error}; re-materialize trained_model"
+            ) from error
         with PeakMemory() as memory:
             started = time.perf_counter()
             factors = model.factors()
@@ -441,14 +580,21 @@ def chain_definitions(chain: Chain) -> dg.Definitions:
         dim = int(factors[1].size(1)) if factors is not None else 0
         layers = model_config.layers if model_config.trainable else 0
         estimate = memory_estimate_bytes(
-            trained_model["num_parameters"], sum(int(view[t].num_nodes) for t in view.node_types), dim,
-            sum(int(view[t].edge_index.size(1)) for t in view.edge_types), layers, evaluation.users.numel(),
-            eval_data.num_items, evaluation.topk.size(1),
+            trained_model["num_parameters"],
+            sum(int(view[t].num_nodes) for t in view.node_types),
+            dim,
+            sum(int(view[t].edge_index.size(1)) for t in view.edge_types),
+            layers,
+            evaluation.users.numel(),
+            eval_data.num_items,
+            evaluation.topk.size(1),
         )
         efficiency = {
             "num_parameters": int(trained_model["num_parameters"]),
-            "train_seconds": float(trained_model["train_seconds"]), "forward_seconds": forward_seconds,
-            "latency_p50_ms": latency["p50_ms"], "latency_p95_ms": latency["p95_ms"],
+            "train_seconds": float(trained_model["train_seconds"]),
+            "forward_seconds": forward_seconds,
+            "latency_p50_ms": latency["p50_ms"],
+            "latency_p95_ms": latency["p95_ms"],
             "throughput_users_per_s": evaluation.users.numel() / max(evaluation.topk_seconds, 1e-9),
             "memory_estimate_mb": estimate["total"] / 2**20,
             "memory_peak_mb": memory.peak_bytes / 2**20 if memory.peak_bytes else None,
@@ -461,13 +607,20 @@ def chain_definitions(chain: Chain) -> dg.Definitions:
                 tasks = task_metrics(model, model_config, labels, dataset.pairs(data, parts["test"]))
             except ValueError as error:
                 raise dg.Failure(f"{name}/metric_report[{model_config.name}]: {error}") from error
-        popular = MostPopular(model_config, dataset.schema, {t: int(data[t].num_nodes) for t in data.node_types}).prepare(view)
+        popular = MostPopular(
+            model_config, dataset.schema, {t: int(data[t].num_nodes) for t in data.node_types}
+        ).prepare(view)
         reference = evaluate(popular.score, popular.factors(), eval_data, protocol).summary
         generator = torch.Generator().manual_seed(0)
         random_users = torch.randn(eval_data.num_users, 16, generator=generator)
         random_items = torch.randn(eval_data.num_items, 16, generator=generator)
-        random_reference = protocol.validate(lambda users: random_users[users] @ random_items.T, eval_data.test_exclude,
-                                             eval_data.test, eval_data.num_items, eval_data.users)
+        random_reference = protocol.validate(
+            lambda users: random_users[users] @ random_items.T,
+            eval_data.test_exclude,
+            eval_data.test,
+            eval_data.num_items,
+            eval_data.users,
+        )
         thresholds = load_thresholds()
         if model_config.model == "most_popular":
             baseline_name, baseline, ratio = "random", random_reference[primary], thresholds.min_ratio_vs_random
@@ -481,53 +634,94 @@ def chain_definitions(chain: Chain) -> dg.Definitions:
         provenance["code_versions"] = {**provenance.get("code_versions", {}), "metric_report": chain.code_version}
         provenance["evaluated_in_run"] = context.run.run_id
         if provenance["training_data"] and provenance["training_data"] != provenance["data"]:
-            context.log.warning(f"{model_config.name}: trained on other data than it is evaluated on; re-materialize trained_model")
+            context.log.warning(
+                f"{model_config.name}: trained on other data than it is evaluated on; re-materialize trained_model"
+            )
 
         parquet = lake.reports_dir / name / "per_user" / model_config.name / f"{context.run.run_id}.parquet"
         buffer = io.BytesIO()
         evaluation.per_user.write_parquet(buffer)
         atomic_write_bytes(parquet, buffer.getvalue())
         report = {
-            "chain": name, "config": model_config.name, "model": model_config.model, "split": model_config.split,
-            "primary": primary, "metrics": metrics, "most_popular": reference, "random": random_reference,
-            "num_parameters": trained_model["num_parameters"], "train_seconds": trained_model["train_seconds"],
-            "epochs_run": trained_model["epochs_run"], "tasks": tasks,
-            "gate": {"passed": metrics[primary] >= threshold, "threshold": threshold, "baseline": baseline_name, "metric": primary},
+            "chain": name,
+            "config": model_config.name,
+            "model": model_config.model,
+            "split": model_config.split,
+            "primary": primary,
+            "metrics": metrics,
+            "most_popular": reference,
+            "random": random_reference,
+            "num_parameters": trained_model["num_parameters"],
+            "train_seconds": trained_model["train_seconds"],
+            "epochs_run": trained_model["epochs_run"],
+            "tasks": tasks,
+            "gate": {
+                "passed": metrics[primary] >= threshold,
+                "threshold": threshold,
+                "baseline": baseline_name,
+                "metric": primary,
+            },
             "efficiency": efficiency,
             "fairness": {"groups": evaluation.fairness.to_dicts(), "gaps": evaluation.gaps.to_dicts()},
-            "per_user": records.per_user_payload(evaluation.per_user), "per_user_parquet": str(parquet),
+            "per_user": records.per_user_payload(evaluation.per_user),
+            "per_user_parquet": str(parquet),
             "provenance": provenance,
         }
         report["experiment_key"] = records.experiment_key(provenance)
         shown = [m for m in (*protocol.table, *BEYOND_ACCURACY) if m in metrics]
-        table = pl.DataFrame({"metric": shown, model_config.name: [metrics[m] for m in shown],
-                              "most_popular": [reference.get(m) for m in shown]})
+        table = pl.DataFrame(
+            {
+                "metric": shown,
+                model_config.name: [metrics[m] for m in shown],
+                "most_popular": [reference.get(m) for m in shown],
+            }
+        )
         gate = report["gate"]
-        yield dg.Output(report, metadata={  # the primary metric first, then the gate, then the rest
-            **{m: dg.MetadataValue.float(metric_value(metrics[m])) for m in sorted(protocol.table, key=lambda m: m != primary)
-               if m in metrics},
-            f"most_popular/{primary}": dg.MetadataValue.float(metric_value(reference[primary])),
-            f"{primary} / most_popular": dg.MetadataValue.float(rounded(metrics[primary] / max(reference[primary], 1e-12))),
-            "gate": (f"{'pass' if gate['passed'] else 'FAIL'}: {primary} {metrics[primary]:.4f} vs threshold "
-                     f"{threshold:.4f} ({ratio} x {baseline_name})"),
-            **{f"test_auc/{task}": dg.MetadataValue.float(metric_value(values["auc"])) for task, values in tasks.items()
-               if values["auc"] is not None},
-            "users_evaluated": metrics["users_evaluated"],
-            **efficiency_metadata(efficiency),
-            "report": dg.MetadataValue.md(frame_markdown(table, max_rows=50)),
-            "fairness": dg.MetadataValue.md(frame_markdown(evaluation.fairness, max_rows=50)),
-            "fairness_gaps": dg.MetadataValue.md(frame_markdown(evaluation.gaps, max_rows=50)),
-            "per_user_metrics": dg.MetadataValue.path(str(parquet)),
-            "experiment_key": report["experiment_key"], "data_fingerprint": provenance["data"]["combined"],
-        })
+        yield dg.Output(
+            report,
+            metadata={  # the primary metric first, then the gate, then the rest
+                **{
+                    m: dg.MetadataValue.float(metric_value(metrics[m]))
+                    for m in sorted(protocol.table, key=lambda m: m != primary)
+                    if m in metrics
+                },
+                f"most_popular/{primary}": dg.MetadataValue.float(metric_value(reference[primary])),
+                f"{primary} / most_popular": dg.MetadataValue.float(
+                    rounded(metrics[primary] / max(reference[primary], 1e-12))
+                ),
+                "gate": (
+                    f"{'pass' if gate['passed'] else 'FAIL'}: {primary} {metrics[primary]:.4f} vs threshold "
+                    f"{threshold:.4f} ({ratio} x {baseline_name})"
+                ),
+                **{
+                    f"test_auc/{task}": dg.MetadataValue.float(metric_value(values["auc"]))
+                    for task, values in tasks.items()
+                    if values["auc"] is not None
+                },
+                "users_evaluated": metrics["users_evaluated"],
+                **efficiency_metadata(efficiency),
+                "report": dg.MetadataValue.md(frame_markdown(table, max_rows=50)),
+                "fairness": dg.MetadataValue.md(frame_markdown(evaluation.fairness, max_rows=50)),
+                "fairness_gaps": dg.MetadataValue.md(frame_markdown(evaluation.gaps, max_rows=50)),
+                "per_user_metrics": dg.MetadataValue.path(str(parquet)),
+                "experiment_key": report["experiment_key"],
+                "data_fingerprint": provenance["data"]["combined"],
+            },
+        )
         yield dg.AssetCheckResult(
             check_name="quality_gate",
             passed=bool(report["gate"]["passed"]),
             # most-popular against a random ranking checks the data, not a model: it warns, never blocks
             severity=dg.AssetCheckSeverity.WARN if baseline_name == "random" else dg.AssetCheckSeverity.ERROR,
             description=f"{model_config.name}: {primary} {metrics[primary]:.4f} vs threshold {threshold:.4f} ({ratio} x {baseline_name})",
-            metadata={"config": model_config.name, f"observed_{primary}": metric_value(metrics[primary]), "threshold": metric_value(threshold),
-                      "baseline": baseline_name, f"baseline_{primary}": metric_value(baseline), "required_ratio": ratio},
+            metadata={
+                "config": model_config.name,
+                f"observed_{primary}": metric_value(metrics[primary]),
+                "threshold": metric_value(threshold),
+                "baseline": baseline_name,
+                f"baseline_{primary}": metric_value(baseline),
+                "required_ratio": ratio,
+            },
         )
         metric = thresholds.metric(thresholds.fairness_metric, primary)
         gaps = evaluation.gaps.filter(pl.col("metric") == metric)  # computed by evaluate for the usual metrics
@@ -544,54 +738,98 @@ def chain_definitions(chain: Chain) -> dg.Definitions:
             passed=worst["relative_gap"] <= thresholds.fairness_max_relative_gap,
             severity=dg.AssetCheckSeverity.WARN,
             description=f"{model_config.name}: largest relative {metric} gap {worst['relative_gap']:.3f} ({worst['dimension']})",
-            metadata={"config": model_config.name, "metric": metric, "observed_relative_gap": metric_value(worst["relative_gap"]),
-                      "threshold": thresholds.fairness_max_relative_gap, "dimension": str(worst["dimension"]),
-                      "best_group": str(worst["best_group"]), "worst_group": str(worst["worst_group"])},
+            metadata={
+                "config": model_config.name,
+                "metric": metric,
+                "observed_relative_gap": metric_value(worst["relative_gap"]),
+                "threshold": thresholds.fairness_max_relative_gap,
+                "dimension": str(worst["dimension"]),
+                "best_group": str(worst["best_group"]),
+                "worst_group": str(worst["worst_group"]),
+            },
         )
 
     @chain.asset("model_comparison", "evaluation", ins=chain.ins("metric_report"), kinds={"polars"})
-    def model_comparison(context: dg.AssetExecutionContext, lake: DataLake, metric_report: dict[str, dict]) -> dg.Output[pl.DataFrame]:
+    def model_comparison(
+        context: dg.AssetExecutionContext, lake: DataLake, metric_report: dict[str, dict]
+    ) -> dg.Output[pl.DataFrame]:
         """Every materialized metric report of the chain in one table (also ``reports/<chain>/model_comparison``)."""
         if not metric_report:
-            raise dg.Failure(f"no {name}/metric_report partition is materialized yet: materialize some model configs first")
+            raise dg.Failure(
+                f"no {name}/metric_report partition is materialized yet: materialize some model configs first"
+            )
         frame = comparison_frame(dataset, metric_report)
         markdown = publish(lake, name, "model_comparison", frame, shown=comparison_summary(frame, dataset.protocol))
-        plot = metric_bars({row["config"]: row for row in frame.iter_rows(named=True)}, dataset.protocol.primary,
-                           f"{name}: test {dataset.protocol.primary} per config")
+        plot = metric_bars(
+            {row["config"]: row for row in frame.iter_rows(named=True)},
+            dataset.protocol.primary,
+            f"{name}: test {dataset.protocol.primary} per config",
+        )
         primary = dataset.protocol.primary
         best = frame.sort(primary, descending=True, nulls_last=True).row(0, named=True)
-        return dg.Output(frame, metadata={
-            # the numbers first (the plot is an image, behind "[Show Markdown]"); one entry per config is charted
-            "best_config": best["config"], f"best/{primary}": dg.MetadataValue.float(metric_value(best[primary])),
-            **{f"{primary}/{row['config']}": dg.MetadataValue.float(metric_value(row[primary]))
-               for row in frame.iter_rows(named=True) if row[primary] is not None},
-            "configs": frame.height, "gates_failed": frame.filter(pl.col("gate") == "FAIL").height,
-            "comparison": dg.MetadataValue.md(markdown), primary: dg.MetadataValue.md(plot),
-        })
+        return dg.Output(
+            frame,
+            metadata={
+                # the numbers first (the plot is an image, behind "[Show Markdown]"); one entry per config is charted
+                "best_config": best["config"],
+                f"best/{primary}": dg.MetadataValue.float(metric_value(best[primary])),
+                **{
+                    f"{primary}/{row['config']}": dg.MetadataValue.float(metric_value(row[primary]))
+                    for row in frame.iter_rows(named=True)
+                    if row[primary] is not None
+                },
+                "configs": frame.height,
+                "gates_failed": frame.filter(pl.col("gate") == "FAIL").height,
+                "comparison": dg.MetadataValue.md(markdown),
+                primary: dg.MetadataValue.md(plot),
+            },
+        )
 
     # ------------------------------------------------------------------------- experiments
     @chain.asset("experiments", "experiments", ins=chain.ins("metric_report"), kinds={"polars"})
-    def experiments(context: dg.AssetExecutionContext, lake: DataLake, metric_report: dict[str, dict]) -> dg.Output[pl.DataFrame]:
+    def experiments(
+        context: dg.AssetExecutionContext, lake: DataLake, metric_report: dict[str, dict]
+    ) -> dg.Output[pl.DataFrame]:
         """Every recorded metric report of the chain (each materialization of each config) as one table:
         config, seed, data fingerprint, git commit, key metrics, gate; ``current`` marks the live
         version (``spotify-engine experiments list``)."""
         if not metric_report:
-            raise dg.Failure(f"no {name}/metric_report partition is materialized yet: materialize some model configs first")
+            raise dg.Failure(
+                f"no {name}/metric_report partition is materialized yet: materialize some model configs first"
+            )
         frame = records.experiments_frame(lake.artifacts, name, include_history=True)
         publish(lake, name, "experiments", frame)
         current = frame.filter(pl.col("current"))
         shown = current.select([c for c in EXPERIMENT_COLUMNS if c in current.columns])
-        return dg.Output(frame, metadata={"experiments": frame.height, "configs": current.height,
-                                          "current": dg.MetadataValue.md(frame_markdown(shown, max_rows=100))})
+        return dg.Output(
+            frame,
+            metadata={
+                "experiments": frame.height,
+                "configs": current.height,
+                "current": dg.MetadataValue.md(frame_markdown(shown, max_rows=100)),
+            },
+        )
 
     # ------------------------------------------------------------------------- studies
     families = hpo_families(dataset)
-    assets = [model_registry, trained_model, metric_report, model_comparison, experiments, ab_asset(chain),
-              champion_asset(chain), recommendations_asset(chain, configs)]
+    assets = [
+        model_registry,
+        trained_model,
+        metric_report,
+        model_comparison,
+        experiments,
+        ab_asset(chain),
+        champion_asset(chain),
+        recommendations_asset(chain, configs),
+    ]
     if families:
         assets.append(hpo_asset(chain, families))
-    return dg.Definitions(assets=assets, asset_checks=[split_check(chain)], jobs=[train_and_evaluate_job(chain)],
-                          sensors=[evaluation_sensor(chain)])
+    return dg.Definitions(
+        assets=assets,
+        asset_checks=[split_check(chain)],
+        jobs=[train_and_evaluate_job(chain)],
+        sensors=[evaluation_sensor(chain)],
+    )
 
 
 def train_and_evaluate_job(chain: Chain):
@@ -601,7 +839,9 @@ def train_and_evaluate_job(chain: Chain):
     from ..runner import model_stage
 
     return dg.define_asset_job(
-        f"{chain.name}_train_and_evaluate", selection=model_stage(chain.name), executor_def=dg.in_process_executor,
+        f"{chain.name}_train_and_evaluate",
+        selection=model_stage(chain.name),
+        executor_def=dg.in_process_executor,
         description=f"Train, evaluate and serve one {chain.name} model config (a partition of {chain.partitions}): "
         f"{chain.name}/trained_model, {chain.name}/metric_report with its checks (quality_gate, fairness_gap), "
         f"{chain.name}/recommendations, in one run.",
@@ -612,7 +852,8 @@ def evaluation_sensor(chain: Chain) -> dg.AutomationConditionSensorDefinition:
     """Runs the declarative automation of the chain's metric reports (:func:`evaluate_when_trained`),
     on by default: training one config from the UI (or anywhere) is followed by its evaluation."""
     return dg.AutomationConditionSensorDefinition(
-        f"{chain.name}_evaluate_trained_models", target=dg.AssetSelection.assets(chain.key("metric_report")),
+        f"{chain.name}_evaluate_trained_models",
+        target=dg.AssetSelection.assets(chain.key("metric_report")),
         default_status=dg.DefaultSensorStatus.RUNNING,
         description=f"Declarative automation (Dagster's eager condition, on trained_model only): every newly "
         f"materialized {chain.name}/trained_model partition gets its {chain.name}/metric_report (and its gates) "
@@ -621,10 +862,39 @@ def evaluation_sensor(chain: Chain) -> dg.AutomationConditionSensorDefinition:
     )
 
 
-EXPERIMENT_COLUMNS = ("experiment", "config", "split", "seed", "recorded_at", "data", "git_commit", "recall@10", "ndcg@10",
-                      "mrr@10", "coverage@10", "gini@10", "personalization@10", "gate", "train_seconds")
-AB_COLUMNS = ("pair", "metric", "n", "mean_control", "mean_treatment", "mean_diff", "ci_low", "ci_high", "cohens_d",
-              "t_p_holm", "wilcoxon_p_holm", "verdict", "welch_p_holm", "welch_verdict")
+EXPERIMENT_COLUMNS = (
+    "experiment",
+    "config",
+    "split",
+    "seed",
+    "recorded_at",
+    "data",
+    "git_commit",
+    "recall@10",
+    "ndcg@10",
+    "mrr@10",
+    "coverage@10",
+    "gini@10",
+    "personalization@10",
+    "gate",
+    "train_seconds",
+)
+AB_COLUMNS = (
+    "pair",
+    "metric",
+    "n",
+    "mean_control",
+    "mean_treatment",
+    "mean_diff",
+    "ci_low",
+    "ci_high",
+    "cohens_d",
+    "t_p_holm",
+    "wilcoxon_p_holm",
+    "verdict",
+    "welch_p_holm",
+    "welch_verdict",
+)
 
 
 def comparison_frame(dataset: Dataset, reports: dict[str, dict]) -> pl.DataFrame:
@@ -638,7 +908,11 @@ def comparison_frame(dataset: Dataset, reports: dict[str, dict]) -> pl.DataFrame
         row[f"most_popular {primary}"] = report["most_popular"][primary]
         row[f"{primary} / most_popular"] = report["metrics"][primary] / max(report["most_popular"][primary], 1e-12)
         row["gate"] = "pass" if report["gate"]["passed"] else "FAIL"
-        row.update(train_seconds=float(report["train_seconds"]), epochs=int(report["epochs_run"]), parameters=int(report["num_parameters"]))
+        row.update(
+            train_seconds=float(report["train_seconds"]),
+            epochs=int(report["epochs_run"]),
+            parameters=int(report["num_parameters"]),
+        )
         row.update({m: report["metrics"].get(m) for m in EXTRA_METRICS})
         row.update({f"auc_{task}": values.get("auc") for task, values in (report.get("tasks") or {}).items()})
         row["latency_p50_ms"] = (report.get("efficiency") or {}).get("latency_p50_ms")
@@ -648,8 +922,9 @@ def comparison_frame(dataset: Dataset, reports: dict[str, dict]) -> pl.DataFrame
 
 def ab_asset(chain: Chain) -> dg.AssetsDefinition:
     @chain.asset("ab_tests", "experiments", ins=chain.ins("metric_report"), kinds={"scipy", "polars"})
-    def ab_tests(context: dg.AssetExecutionContext, config: ABTestConfig, lake: DataLake,
-                 metric_report: dict[str, dict]) -> dg.Output[pl.DataFrame]:
+    def ab_tests(
+        context: dg.AssetExecutionContext, config: ABTestConfig, lake: DataLake, metric_report: dict[str, dict]
+    ) -> dg.Output[pl.DataFrame]:
         """A/B comparisons of the configured (control, treatment) pairs of ``configs/<chain>/ab_tests.yaml``
         on the same split: paired t-test, Wilcoxon signed-rank, bootstrap 95% CI of the mean
         difference, paired Cohen's d, Holm across the metrics, and the random-halves variant (Welch);
@@ -676,18 +951,26 @@ def ab_asset(chain: Chain) -> dg.AssetsDefinition:
                 continue
             try:
                 frames = records.per_user_frame(control), records.per_user_frame(treatment)
-                table = compare_models(*frames, plan.metrics, alpha=thresholds.ab_alpha,
-                                       n_resamples=thresholds.ab_bootstrap_resamples,
-                                       primary=thresholds.ab_primary_test)
+                table = compare_models(
+                    *frames,
+                    plan.metrics,
+                    alpha=thresholds.ab_alpha,
+                    n_resamples=thresholds.ab_bootstrap_resamples,
+                    primary=thresholds.ab_primary_test,
+                )
             except ValueError as error:
                 raise dg.Failure(f"A/B pair {pair.name}: {error}") from error
             joined = frames[0].join(frames[1], on="user_index", suffix="__t")
             metric = plan.metrics[0]
             distributions[f"{pair.name}: {metric}"] = (joined[f"{metric}__t"] - joined[metric]).to_list()
-            tables.append(table.with_columns(
-                pl.lit(pair.name).alias("pair"), pl.lit(pair.control).alias("control"),
-                pl.lit(pair.treatment).alias("treatment"), pl.lit(control["split"]).alias("split"),
-            ))
+            tables.append(
+                table.with_columns(
+                    pl.lit(pair.name).alias("pair"),
+                    pl.lit(pair.control).alias("control"),
+                    pl.lit(pair.treatment).alias("treatment"),
+                    pl.lit(control["split"]).alias("split"),
+                )
+            )
         for message in skipped:
             context.log.warning(f"A/B pair skipped: {message}")
         if not tables:  # nothing comparable materialized yet (e.g. one config run alone): not an error
@@ -696,42 +979,62 @@ def ab_asset(chain: Chain) -> dg.AssetsDefinition:
         markdown = publish(lake, chain.name, "ab_tests", table.select(AB_COLUMNS))
         summary = (
             table.group_by("pair", maintain_order=True)
-            .agg(pl.col("metric").filter(pl.col("verdict") == BETTER).alias("better"),
-                 pl.col("metric").filter(pl.col("verdict") == WORSE).alias("worse"))
+            .agg(
+                pl.col("metric").filter(pl.col("verdict") == BETTER).alias("better"),
+                pl.col("metric").filter(pl.col("verdict") == WORSE).alias("worse"),
+            )
             .with_columns(
-                pl.when(pl.col("worse").list.len() > 0).then(pl.lit(WORSE))
-                .when(pl.col("better").list.len() > 0).then(pl.lit(BETTER))
-                .otherwise(pl.lit(NO_DIFFERENCE)).alias("verdict"),
+                pl.when(pl.col("worse").list.len() > 0)
+                .then(pl.lit(WORSE))
+                .when(pl.col("better").list.len() > 0)
+                .then(pl.lit(BETTER))
+                .otherwise(pl.lit(NO_DIFFERENCE))
+                .alias("verdict"),
                 pl.col("better").list.join(", "),
                 pl.col("worse").list.join(", "),
             )
         )
-        return dg.Output(table, metadata={
-            "pairs": summary.height, "alpha": thresholds.ab_alpha, "primary_test": thresholds.ab_primary_test,
-            "verdicts": dg.MetadataValue.md(frame_markdown(summary, max_rows=100)),
-            "table": dg.MetadataValue.md(markdown),
-            "plot": dg.MetadataValue.md(difference_plot(table, f"{chain.name} A/B: treatment - control")),
-            "per_user_differences": dg.MetadataValue.md(difference_distributions(distributions, "A/B: per-user treatment - control")),
-            "skipped": dg.MetadataValue.json(skipped),
-        })
+        return dg.Output(
+            table,
+            metadata={
+                "pairs": summary.height,
+                "alpha": thresholds.ab_alpha,
+                "primary_test": thresholds.ab_primary_test,
+                "verdicts": dg.MetadataValue.md(frame_markdown(summary, max_rows=100)),
+                "table": dg.MetadataValue.md(markdown),
+                "plot": dg.MetadataValue.md(difference_plot(table, f"{chain.name} A/B: treatment - control")),
+                "per_user_differences": dg.MetadataValue.md(
+                    difference_distributions(distributions, "A/B: per-user treatment - control")
+                ),
+                "skipped": dg.MetadataValue.json(skipped),
+            },
+        )
 
     return ab_tests
 
 
 def champion_asset(chain: Chain) -> dg.AssetsDefinition:
     @chain.asset(
-        "champion", "experiments", ins=chain.ins("metric_report"), kinds={"scipy"},
-        checks={"champion_gate": (
-            True, "No current report is significantly worse than its split's champion on the champion metric (paired "
-            "test on per-user values, same split and data; thresholds.yaml); one row per config in the metadata.",
-        )},
+        "champion",
+        "experiments",
+        ins=chain.ins("metric_report"),
+        kinds={"scipy"},
+        checks={
+            "champion_gate": (
+                True,
+                "No current report is significantly worse than its split's champion on the champion metric (paired "
+                "test on per-user values, same split and data; thresholds.yaml); one row per config in the metadata.",
+            )
+        },
     )
     def champion(context: dg.AssetExecutionContext, lake: DataLake, metric_report: dict[str, dict]):
         """The serving model per split. Seeded with the best gate-passing report; afterwards a
         challenger replaces it only when significantly better on the champion metric (paired test,
         Holm across challengers). Keeps the promotion history and the experiment keys already judged."""
         if not metric_report:
-            raise dg.Failure(f"no {chain.name}/metric_report partition is materialized yet: materialize some model configs first")
+            raise dg.Failure(
+                f"no {chain.name}/metric_report partition is materialized yet: materialize some model configs first"
+            )
         thresholds: Thresholds = load_thresholds()
         metric = thresholds.metric(thresholds.champion_metric, chain.dataset.protocol.primary)
         previous = records.load_champion(lake.artifacts, chain.name)
@@ -750,26 +1053,42 @@ def champion_asset(chain: Chain) -> dg.AssetsDefinition:
             raise dg.Failure(f"cannot update the {chain.name} champion: {error}") from error
         for event in events:
             context.log.info(f"champion [{event['split']}]: {event['event']} {event['config']} ({event['reason']})")
-        current = pl.DataFrame([{"split": split, **{k: v for k, v in entry.items() if k != "experiment_key"}}
-                                for split, entry in sorted(state["splits"].items())])
+        current = pl.DataFrame(
+            [
+                {"split": split, **{k: v for k, v in entry.items() if k != "experiment_key"}}
+                for split, entry in sorted(state["splits"].items())
+            ]
+        )
         history = pl.DataFrame(state["history"]) if state["history"] else pl.DataFrame()
-        yield dg.Output(state, metadata={
-            **{f"champion/{split}": entry["config"] for split, entry in state["splits"].items()},
-            "champions": dg.MetadataValue.md(frame_markdown(current) if current.height else "no champion"),
-            "this_update": dg.MetadataValue.md(frame_markdown(pl.DataFrame(events)) if events else "no reports"),
-            "history": dg.MetadataValue.md(frame_markdown(history, max_rows=50) if history.height else "none"),
-            "promotions": sum(1 for e in events if e["event"] == "promoted"),
-        })
+        yield dg.Output(
+            state,
+            metadata={
+                **{f"champion/{split}": entry["config"] for split, entry in state["splits"].items()},
+                "champions": dg.MetadataValue.md(frame_markdown(current) if current.height else "no champion"),
+                "this_update": dg.MetadataValue.md(frame_markdown(pl.DataFrame(events)) if events else "no reports"),
+                "history": dg.MetadataValue.md(frame_markdown(history, max_rows=50) if history.height else "none"),
+                "promotions": sum(1 for e in events if e["event"] == "promoted"),
+            },
+        )
         failed = [d["config"] for d in decisions if not d["passed"]]
         passed = [d["config"] for d in decisions if d["passed"]]
         yield dg.AssetCheckResult(
             check_name="champion_gate",
             passed=not failed,
-            description=(f"FAILED {', '.join(failed)}: significantly worse than the champion" if failed
-                         else "no config is significantly worse than the champion") + f"; passed: {', '.join(passed) or 'none'}",
-            metadata={"metric": metric, "threshold_alpha": thresholds.ab_alpha, "failed_configs": ", ".join(failed) or "none",
-                      "passed_configs": ", ".join(passed) or "none", "configs_checked": len(decisions),
-                      "decisions": dg.MetadataValue.md(frame_markdown(pl.DataFrame(decisions), max_rows=100))},
+            description=(
+                f"FAILED {', '.join(failed)}: significantly worse than the champion"
+                if failed
+                else "no config is significantly worse than the champion"
+            )
+            + f"; passed: {', '.join(passed) or 'none'}",
+            metadata={
+                "metric": metric,
+                "threshold_alpha": thresholds.ab_alpha,
+                "failed_configs": ", ".join(failed) or "none",
+                "passed_configs": ", ".join(passed) or "none",
+                "configs_checked": len(decisions),
+                "decisions": dg.MetadataValue.md(frame_markdown(pl.DataFrame(decisions), max_rows=100)),
+            },
         )
 
     return champion
@@ -777,17 +1096,36 @@ def champion_asset(chain: Chain) -> dg.AssetsDefinition:
 
 class RecommendationsConfig(dg.Config):
     k: int = Field(default=50, ge=1, description="Items per user (fewer for a user with fewer unseen items).")
-    diversify: str = Field(default="none", description=f"Re-ranker for artist/genre diversity: {', '.join(RERANKERS)} "
-                           "(core/serving/diversity.py; as spotify-engine recommend --diversify).")
-    max_per_artist: int = Field(default=DEFAULT_MAX_PER_ARTIST, ge=1, description="artist-cap: items of one artist per list.")
-    mmr_lambda: float = Field(default=DEFAULT_MMR_LAMBDA, ge=0.0, le=1.0, description="mmr: weight of diversity (0: plain ranking).")
+    diversify: str = Field(
+        default="none",
+        description=f"Re-ranker for artist/genre diversity: {', '.join(RERANKERS)} "
+        "(core/serving/diversity.py; as spotify-engine recommend --diversify).",
+    )
+    max_per_artist: int = Field(
+        default=DEFAULT_MAX_PER_ARTIST, ge=1, description="artist-cap: items of one artist per list."
+    )
+    mmr_lambda: float = Field(
+        default=DEFAULT_MMR_LAMBDA, ge=0.0, le=1.0, description="mmr: weight of diversity (0: plain ranking)."
+    )
 
 
 def recommendations_asset(chain: Chain, configs: dg.DynamicPartitionsDefinition) -> dg.AssetsDefinition:
-    @chain.asset("recommendations", "serving", partitions_def=configs, ins=chain.ins("trained_model", "graph", "split"),
-                 kinds={"pytorch", "parquet"})
-    def recommendations(context: dg.AssetExecutionContext, config: RecommendationsConfig, torch_runtime: TorchRuntime,
-                        lake: DataLake, trained_model: dict, graph: dict, split: dict) -> dg.Output[pl.DataFrame]:
+    @chain.asset(
+        "recommendations",
+        "serving",
+        partitions_def=configs,
+        ins=chain.ins("trained_model", "graph", "split"),
+        kinds={"pytorch", "parquet"},
+    )
+    def recommendations(
+        context: dg.AssetExecutionContext,
+        config: RecommendationsConfig,
+        torch_runtime: TorchRuntime,
+        lake: DataLake,
+        trained_model: dict,
+        graph: dict,
+        split: dict,
+    ) -> dg.Output[pl.DataFrame]:
         """Batch inference: the config's top-k items for every user as one Parquet file (one row per
         user and rank: user id, rank, item id, the blended score it is ranked by, the model's score,
         and on chains with genres the genre score and weight), ranked as ``spotify-engine recommend``
@@ -802,27 +1140,42 @@ def recommendations_asset(chain: Chain, configs: dg.DynamicPartitionsDefinition)
         except (ConfigError, ValueError) as error:
             raise dg.Failure(f"{chain.name}/recommendations[{context.partition_key}]: {error}") from error
         users = frame.select(pl.first()).n_unique()
-        return dg.Output(frame, metadata={
-            "rows": frame.height, "users": users, "users_without_items": bundle.num_users - users, "k": config.k,
-            "genre_prior_n0": bundle.n0, "genre_prior_source": bundle.n0_source, "columns": ", ".join(frame.columns),
-            "diversify": dg.MetadataValue.json(diversify.describe(config.k)),
-            "preview": dg.MetadataValue.md(frame_markdown(frame.head(10))),
-            # the IO manager adds ``artifact``, this version's folder (data.parquet); CURRENT in the slot names the live one
-            "slot": dg.MetadataValue.path(str(lake.artifacts.slot([chain.name, "recommendations"], context.partition_key))),
-        })
+        return dg.Output(
+            frame,
+            metadata={
+                "rows": frame.height,
+                "users": users,
+                "users_without_items": bundle.num_users - users,
+                "k": config.k,
+                "genre_prior_n0": bundle.n0,
+                "genre_prior_source": bundle.n0_source,
+                "columns": ", ".join(frame.columns),
+                "diversify": dg.MetadataValue.json(diversify.describe(config.k)),
+                "preview": dg.MetadataValue.md(frame_markdown(frame.head(10))),
+                # the IO manager adds ``artifact``, this version's folder (data.parquet); CURRENT in the slot names the live one
+                "slot": dg.MetadataValue.path(
+                    str(lake.artifacts.slot([chain.name, "recommendations"], context.partition_key))
+                ),
+            },
+        )
 
     return recommendations
 
 
 def split_check(chain: Chain) -> dg.AssetChecksDefinition:
     @dg.asset_check(
-        asset=chain.key("split"), name="leakage_free", additional_ins=chain.ins("graph"), blocking=True,
+        asset=chain.key("split"),
+        name="leakage_free",
+        additional_ins=chain.ins("graph"),
+        blocking=True,
         description="Every split strategy's parts are disjoint (and cover the interactions where the chain requires it), "
         "and the message-passing view of the training part holds no held-out interaction.",
     )
     def leakage_free(split: dict, graph: dict) -> dg.AssetCheckResult:
         counts = chain.dataset.split_violations(from_payload(graph), split)
-        return dg.AssetCheckResult(passed=sum(counts.values()) == 0, metadata={"violations": dg.MetadataValue.json(counts)})
+        return dg.AssetCheckResult(
+            passed=sum(counts.values()) == 0, metadata={"violations": dg.MetadataValue.json(counts)}
+        )
 
     return leakage_free
 
@@ -834,9 +1187,11 @@ class HpoRunConfig(dg.Config):
     n_trials: int | None = Field(default=10, ge=1, description="Trials to add in this run (None: until timeout_s).")
     timeout_s: float | None = Field(default=None, gt=0, description="Stop starting trials after this many seconds.")
     storage_url: str | None = Field(
-        default=None, description="Optuna storage: sqlite:///path.db, journal:///path.log or a database URL shared by "
+        default=None,
+        description="Optuna storage: sqlite:///path.db, journal:///path.log or a database URL shared by "
         "workers (e.g. postgresql+psycopg2://user@host:port/db: no password in run config, it is read from "
-        "$SPOTIFY_ENGINE_PG_PASSWORD or $PGPASSWORD); default sqlite under optuna/ in the data lake folder ($SPOTIFY_ENGINE_DATA_LAKE).")
+        "$SPOTIFY_ENGINE_PG_PASSWORD or $PGPASSWORD); default sqlite under optuna/ in the data lake folder ($SPOTIFY_ENGINE_DATA_LAKE).",
+    )
     max_epochs: int | None = Field(default=20, ge=1, description="Epoch cap per trial (None: the config's max_epochs).")
     seed: int = Field(default=0, description="Sampler seed.")
     worker: int = Field(default=0, description="Worker id: give each parallel worker of one study its own.")
@@ -844,19 +1199,30 @@ class HpoRunConfig(dg.Config):
     pruner_startup_trials: int = Field(default=3, ge=0, description="MedianPruner: completed trials before pruning.")
     pruner_warmup_epochs: int = Field(default=2, ge=0, description="MedianPruner: epochs before a trial can be pruned.")
     multi_objective: bool = Field(
-        default=False, description="NSGA-II over the validation primary metric (max), training seconds (min) and "
+        default=False,
+        description="NSGA-II over the validation primary metric (max), training seconds (min) and "
         "validation coverage@10 (max), no pruning; outputs the Pareto front. Default study name "
-        "spotify-engine/<chain>/<family>/pareto.")
+        "spotify-engine/<chain>/<family>/pareto.",
+    )
     promote: bool = Field(
-        default=False, description="Write the best trial's config as a promoted config (data_lake/configs/promoted/"
-        "<chain>/) and register it as a new partition of the chain's trained_model and metric_report.")
-    promote_name: str | None = Field(default=None, description="Name of the promoted config (default hpo_<family>[_<study>]).")
+        default=False,
+        description="Write the best trial's config as a promoted config (data_lake/configs/promoted/"
+        "<chain>/) and register it as a new partition of the chain's trained_model and metric_report.",
+    )
+    promote_name: str | None = Field(
+        default=None, description="Name of the promoted config (default hpo_<family>[_<study>])."
+    )
     max_trial_memory_mb: float | None = Field(
-        default=None, gt=0, description="Prune, before it trains, a trial whose peak-memory estimate exceeds this (MiB)."
+        default=None,
+        gt=0,
+        description="Prune, before it trains, a trial whose peak-memory estimate exceeds this (MiB).",
     )
     max_trial_seconds: float | None = Field(
-        default=None, gt=0, description="Prune, before it trains, a trial whose time estimate exceeds this; calibrated "
-        "by a one-epoch probe of the base config at the start of the run.")
+        default=None,
+        gt=0,
+        description="Prune, before it trains, a trial whose time estimate exceeds this; calibrated "
+        "by a one-epoch probe of the base config at the start of the run.",
+    )
 
 
 def hpo_families(dataset: Dataset) -> list[str]:
@@ -876,19 +1242,35 @@ def pareto_plot(study: optuna.Study, title: str) -> str:
     front = {trial.number for trial in study.best_trials}
     primary, seconds, coverage = hpo_lib.objective_names(study)
     return pareto_front(
-        x=[t.values[1] for t in completed], y=[t.values[0] for t in completed], color=[t.values[2] for t in completed],
-        on_front=[t.number in front for t in completed], title=title, xlabel=f"{seconds} (minimize)",
-        ylabel=f"{primary} (maximize)", color_label=f"{coverage} (maximize)",
+        x=[t.values[1] for t in completed],
+        y=[t.values[0] for t in completed],
+        color=[t.values[2] for t in completed],
+        on_front=[t.number in front for t in completed],
+        title=title,
+        xlabel=f"{seconds} (minimize)",
+        ylabel=f"{primary} (maximize)",
+        color_label=f"{coverage} (maximize)",
     )
 
 
 def hpo_asset(chain: Chain, families: list[str]) -> dg.AssetsDefinition:
     dataset, name = chain.dataset, chain.name
 
-    @chain.asset("hpo_study", "optimization", partitions_def=dg.StaticPartitionsDefinition(families),
-                 ins=chain.ins("graph", "split"), kinds={"optuna", "pytorch"})
-    def hpo_study(context: dg.AssetExecutionContext, config: HpoRunConfig, torch_runtime: TorchRuntime, lake: DataLake,
-                  graph: dict, split: dict) -> dg.Output[dict]:
+    @chain.asset(
+        "hpo_study",
+        "optimization",
+        partitions_def=dg.StaticPartitionsDefinition(families),
+        ins=chain.ins("graph", "split"),
+        kinds={"optuna", "pytorch"},
+    )
+    def hpo_study(
+        context: dg.AssetExecutionContext,
+        config: HpoRunConfig,
+        torch_runtime: TorchRuntime,
+        lake: DataLake,
+        graph: dict,
+        split: dict,
+    ) -> dg.Output[dict]:
         """An Optuna study of one model family of the chain (seeded TPE, median pruning on the chain's
         per-epoch validation metric), run or resumed in a shared storage: best parameters and config,
         every trial, optimization history and parameter importances; tuned on validation only. With
@@ -901,11 +1283,19 @@ def hpo_asset(chain: Chain, families: list[str]) -> dg.AssetsDefinition:
             if config.n_trials is None and config.timeout_s is None:
                 raise hpo_lib.HpoError("give n_trials or timeout_s (or both)")
             if config.promote and config.multi_objective:
-                raise hpo_lib.HpoError("promote needs a single-objective study (a Pareto front has no single best trial)")
+                raise hpo_lib.HpoError(
+                    "promote needs a single-objective study (a Pareto front has no single best trial)"
+                )
             url = config.storage_url or f"sqlite:///{lake.path / 'optuna' / 'studies.db'}"
             study = hpo_lib.open_study(
-                dataset, family, url, seed=config.seed, worker=config.worker, study_name=config.study_name,
-                pruner_startup_trials=config.pruner_startup_trials, pruner_warmup_epochs=config.pruner_warmup_epochs,
+                dataset,
+                family,
+                url,
+                seed=config.seed,
+                worker=config.worker,
+                study_name=config.study_name,
+                pruner_startup_trials=config.pruner_startup_trials,
+                pruner_warmup_epochs=config.pruner_warmup_epochs,
                 multi_objective=config.multi_objective,
             )
             promote_name = config.promote_name or hpo_lib.promoted_name(dataset, family, study.study_name)
@@ -926,25 +1316,51 @@ def hpo_asset(chain: Chain, families: list[str]) -> dg.AssetsDefinition:
             probe = space.trial_config({}, f"{family}_probe")
             seconds_per_unit = trial_budget.calibrate_seconds(dataset, probe, data.graph, data.split)
             context.log.info(f"time probe: one epoch of {space.base.name!r}: {seconds_per_unit:.3g} s per work unit")
-        limits = hpo_lib.TrialLimits(config.max_trial_memory_mb, config.max_trial_seconds if seconds_per_unit else None,
-                                     seconds_per_unit)
-        hpo_lib.run_study(study, space, data, config.n_trials, config.timeout_s, config.max_epochs, log=context.log.info,
-                          limits=limits, worker=config.worker)
+        limits = hpo_lib.TrialLimits(
+            config.max_trial_memory_mb, config.max_trial_seconds if seconds_per_unit else None, seconds_per_unit
+        )
+        hpo_lib.run_study(
+            study,
+            space,
+            data,
+            config.n_trials,
+            config.timeout_s,
+            config.max_epochs,
+            log=context.log.info,
+            limits=limits,
+            worker=config.worker,
+        )
         trials = hpo_lib.trials_table(study)
         counts = dict(pl.DataFrame(trials)["state"].value_counts().iter_rows()) if trials else {}
-        metadata = {"storage": hpo_lib.redact(url), "study_name": study.study_name, "trials_total": len(trials),
-                    "trials_this_run": len(trials) - before, "trial_counts": dg.MetadataValue.json(counts)}
-        output = {"chain": name, "family": family, "study_name": study.study_name, "storage": hpo_lib.redact(url),
-                  "base_config": space.base.model_dump(), "trials": trials, "trial_counts": counts,
-                  "trials_this_run": len(trials) - before}
+        metadata = {
+            "storage": hpo_lib.redact(url),
+            "study_name": study.study_name,
+            "trials_total": len(trials),
+            "trials_this_run": len(trials) - before,
+            "trial_counts": dg.MetadataValue.json(counts),
+        }
+        output = {
+            "chain": name,
+            "family": family,
+            "study_name": study.study_name,
+            "storage": hpo_lib.redact(url),
+            "base_config": space.base.model_dump(),
+            "trials": trials,
+            "trial_counts": counts,
+            "trials_this_run": len(trials) - before,
+        }
         if config.multi_objective:
             front = hpo_lib.pareto_table(study)
             if not front:
                 raise dg.Failure(f"{name}/hpo_study[{family}]: no trial completed yet ({counts}); run more trials")
-            output.update(multi_objective=True, pareto_front=front,
-                          objectives=dict(zip(hpo_lib.objective_names(study), hpo_lib.MULTI_DIRECTIONS)))
+            output.update(
+                multi_objective=True,
+                pareto_front=front,
+                objectives=dict(zip(hpo_lib.objective_names(study), hpo_lib.MULTI_DIRECTIONS)),
+            )
             metadata.update(
-                objectives=dg.MetadataValue.json(output["objectives"]), pareto_size=len(front),
+                objectives=dg.MetadataValue.json(output["objectives"]),
+                pareto_size=len(front),
                 pareto_trials=dg.MetadataValue.json([row["number"] for row in front]),
                 pareto_front=dg.MetadataValue.md(frame_markdown(pl.DataFrame(front), max_rows=50)),
                 pareto_plot=dg.MetadataValue.md(pareto_plot(study, f"{name} {family}: Pareto front (validation)")),
@@ -954,12 +1370,16 @@ def hpo_asset(chain: Chain, families: list[str]) -> dg.AssetsDefinition:
         try:
             best = study.best_trial
         except ValueError as error:
-            raise dg.Failure(f"{name}/hpo_study[{family}]: no trial completed yet ({counts}); run more trials") from error
+            raise dg.Failure(
+                f"{name}/hpo_study[{family}]: no trial completed yet ({counts}); run more trials"
+            ) from error
         tuned = hpo_lib.best_config(study, space)
         best_yaml = hpo_lib.write_best_yaml(lake.path / "optuna" / name / f"{tuned.name}.yaml", tuned, study)
         importances = hpo_lib.param_importances(study)
         objective = hpo_lib.objective_names(study)[0]
-        context.log.info(f"best trial {best.number}: {objective} {best.value:.4f} with {best.params}; written to {best_yaml}")
+        context.log.info(
+            f"best trial {best.number}: {objective} {best.value:.4f} with {best.params}; written to {best_yaml}"
+        )
         promoted = None
         if config.promote:
             try:
@@ -972,31 +1392,52 @@ def hpo_asset(chain: Chain, families: list[str]) -> dg.AssetsDefinition:
                 f"{'new' if promoted.name in added else 'existing'} {chain.partitions} partition: materialize "
                 f"{name}/trained_model and {name}/metric_report with --partition {promoted.name}"
             )
-            metadata.update(promoted_config=promoted.name, promoted_asset=dg.MetadataValue.asset(chain.key("trained_model")),
-                            promoted_config_yaml=dg.MetadataValue.path(str(promoted_path)))
-        output.update(objective=objective, best_trial=best.number, best_value=float(best.value), best_params=dict(best.params),
-                      best_config=tuned.model_dump(), best_config_yaml=str(best_yaml), importances=importances,
-                      promoted_config=promoted.name if promoted else None)
+            metadata.update(
+                promoted_config=promoted.name,
+                promoted_asset=dg.MetadataValue.asset(chain.key("trained_model")),
+                promoted_config_yaml=dg.MetadataValue.path(str(promoted_path)),
+            )
+        output.update(
+            objective=objective,
+            best_trial=best.number,
+            best_value=float(best.value),
+            best_params=dict(best.params),
+            best_config=tuned.model_dump(),
+            best_config_yaml=str(best_yaml),
+            importances=importances,
+            promoted_config=promoted.name if promoted else None,
+        )
         table = pl.DataFrame(trials).sort("value", descending=True, nulls_last=True)
         metadata.update(
-            best_value=metric_value(best.value), best_trial=best.number,
+            best_value=metric_value(best.value),
+            best_trial=best.number,
             best_params=dg.MetadataValue.json(tidy(dict(best.params), PROVENANCE_DIGITS)),
             best_config_yaml=dg.MetadataValue.path(str(best_yaml)),
             trials=dg.MetadataValue.md(frame_markdown(table, max_rows=50)),
-            optimization_history=dg.MetadataValue.md(history_plot(
-                *hpo_lib.history_points(study),
-                [t.number for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.PRUNED,))],
-                f"{name} {family}: optimization history", objective,
-            )),
+            optimization_history=dg.MetadataValue.md(
+                history_plot(
+                    *hpo_lib.history_points(study),
+                    [t.number for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.PRUNED,))],
+                    f"{name} {family}: optimization history",
+                    objective,
+                )
+            ),
         )
         if config.max_trial_memory_mb is not None or config.max_trial_seconds is not None:
             metadata["trial_limits"] = dg.MetadataValue.json(
-                {"max_trial_memory_mb": config.max_trial_memory_mb, "max_trial_seconds": config.max_trial_seconds,
-                 "pruned_before_training": sum(bool(t["pruned_by"]) for t in trials)}
+                {
+                    "max_trial_memory_mb": config.max_trial_memory_mb,
+                    "max_trial_seconds": config.max_trial_seconds,
+                    "pruned_before_training": sum(bool(t["pruned_by"]) for t in trials),
+                }
             )
         if importances:
             metadata["param_importances"] = dg.MetadataValue.md(
-                count_bars({k: round(v, 3) for k, v in importances.items()}, f"{family}: parameter importances (Optuna)", "importance")
+                count_bars(
+                    {k: round(v, 3) for k, v in importances.items()},
+                    f"{family}: parameter importances (Optuna)",
+                    "importance",
+                )
             )
         return dg.Output(output, metadata=metadata)
 

@@ -43,18 +43,28 @@ class PipesLauncher:
 
         client = self.client or dg.PipesSubprocessClient()
         try:
-            invocation = client.run(context=self.context, command=launch.command(WORKER_MODULE), env=launch.env,
-                                    extras={"world_size": launch.world_size, "backend": launch.backend})
+            invocation = client.run(
+                context=self.context,
+                command=launch.command(WORKER_MODULE),
+                env=launch.env,
+                extras={"world_size": launch.world_size, "backend": launch.backend},
+            )
         except DagsterPipesExecutionError as error:
-            raise RuntimeError(f"config {launch.config_name!r}: distributed training failed through Dagster Pipes: "
-                               f"{error} (the ranks' output is in the step's stdout/stderr)") from error
-        self.metadata = {key: value for result in invocation.get_results() for key, value in (result.metadata or {}).items()}
+            raise RuntimeError(
+                f"config {launch.config_name!r}: distributed training failed through Dagster Pipes: "
+                f"{error} (the ranks' output is in the step's stdout/stderr)"
+            ) from error
+        self.metadata = {
+            key: value for result in invocation.get_results() for key, value in (result.metadata or {}).items()
+        }
 
 
 def report(summary: dict) -> dict:
     """Rank 0's summary (:func:`distributed.worker`) as materialization metadata (raw values)."""
     return {
-        "ddp_backend": summary["backend"], "ddp_world_size": summary["world_size"], "ddp_ranks": summary["ranks"],
+        "ddp_backend": summary["backend"],
+        "ddp_world_size": summary["world_size"],
+        "ddp_ranks": summary["ranks"],
         "ddp_epoch_loss": [round(float(row["loss"]), 6) for row in summary["history"]],
         "ddp_fit_seconds": round(float(summary["fit_seconds"]), 3),
     }

@@ -95,8 +95,11 @@ def process_alive(pid: int) -> bool:
 def run_is_gone(instance: dg.DagsterInstance, run_id: str) -> list[int] | None:
     """The process ids a run's RUN_START and STEP_START events recorded when every one of them is
     gone (the run was killed); None while one lives or none is recorded yet."""
-    pids = {entry.dagster_event.pid for entry in instance.all_logs(run_id, of_type=_PROCESS_EVENTS)
-            if entry.dagster_event and entry.dagster_event.pid}
+    pids = {
+        entry.dagster_event.pid
+        for entry in instance.all_logs(run_id, of_type=_PROCESS_EVENTS)
+        if entry.dagster_event and entry.dagster_event.pid
+    }
     return sorted(pids) if pids and not any(process_alive(pid) for pid in pids) else None
 
 
@@ -192,19 +195,29 @@ class _GuardedEventLogStorage(SqliteEventLogStorage):
             self._waits.pop((run_id, step_key), None)
             return status
         if check_captured_interrupt():
-            raise DagsterExecutionInterruptedError(f"interrupted while step {step_key} waited for pool {concurrency_key!r}")
+            raise DagsterExecutionInterruptedError(
+                f"interrupted while step {step_key} waited for pool {concurrency_key!r}"
+            )
         freed, holding = free_dead_holders(self._instance, concurrency_key, run_id)
         if freed:
-            self._log(run_id, step_key, f"pool {concurrency_key!r}: freed the slots of run(s) {', '.join(freed)}, "
-                      "whose processes are gone (marked failed)")
+            self._log(
+                run_id,
+                step_key,
+                f"pool {concurrency_key!r}: freed the slots of run(s) {', '.join(freed)}, "
+                "whose processes are gone (marked failed)",
+            )
             status = super().claim_concurrency_slot(concurrency_key, run_id, step_key, priority)
             if status.is_claimed:
                 return status
         last = self._waits.get((run_id, step_key))
         if last is None or time.monotonic() - last >= WAIT_LOG_INTERVAL_S:
             self._waits[(run_id, step_key)] = time.monotonic()
-            self._log(run_id, step_key, f"step {step_key} waits for a slot of pool {concurrency_key!r}, held by run(s) "
-                      f"{', '.join(holding) or '(none: the slot is being handed over)'}")
+            self._log(
+                run_id,
+                step_key,
+                f"step {step_key} waits for a slot of pool {concurrency_key!r}, held by run(s) "
+                f"{', '.join(holding) or '(none: the slot is being handed over)'}",
+            )
         # wait here and have Dagster claim again at once: its in-process executor otherwise spins on a
         # full pool (no sleep between its checks) and polls the storage only every 1 to 15 s
         time.sleep(CLAIM_POLL_S)

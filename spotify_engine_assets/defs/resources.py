@@ -1,7 +1,6 @@
 """Resources: the data lake (one movable root for all runtime state), the DuckDB warehouse,
 torch runtime settings, and the IO manager that versions artifacts per asset and partition."""
 
-
 import contextlib
 import json
 import time
@@ -14,10 +13,10 @@ import polars as pl
 import torch
 from pydantic import Field
 
+from ..core.data.sqlmodels import quote_table
 from ..core.device import resolve_device
 from ..core.storage.artifacts import ArtifactStore, load_torch, save_torch, verify_artifact
 from ..core.storage.paths import DATA_LAKE_ENV, data_lake_root
-from ..core.data.sqlmodels import quote_table
 from .instance import release_dead_run, run_is_gone
 
 if TYPE_CHECKING:
@@ -70,7 +69,9 @@ class Warehouse(dg.ConfigurableResource):
 
     lake: DataLake
     lock_timeout_s: float = Field(
-        default=60.0, ge=0, description="Seconds to wait for another process's lock on the warehouse file before failing."
+        default=60.0,
+        ge=0,
+        description="Seconds to wait for another process's lock on the warehouse file before failing.",
     )
 
     @contextlib.contextmanager
@@ -203,12 +204,15 @@ class TorchRuntime(dg.ConfigurableResource):
 
     threads: int = Field(default=1, ge=1, description="torch intra-op threads for training and scoring.")
     malloc_heap_only: bool = Field(
-        default=True, description="glibc: serve every block from the heap (mmap off), so the large tensors one "
-        "training step frees are reused by the next instead of being mapped and page-faulted again."
+        default=True,
+        description="glibc: serve every block from the heap (mmap off), so the large tensors one "
+        "training step frees are reused by the next instead of being mapped and page-faulted again.",
     )
     malloc_mmap_threshold_mb: int | None = Field(
-        default=32, ge=1, description="glibc, without malloc_heap_only: blocks below this come from the heap "
-        "(None: glibc's adaptive default and no other setting)."
+        default=32,
+        ge=1,
+        description="glibc, without malloc_heap_only: blocks below this come from the heap "
+        "(None: glibc's adaptive default and no other setting).",
     )
     malloc_trim_threshold_mb: int = Field(
         default=4096, ge=1, description="glibc: free heap kept before it is returned to the OS."

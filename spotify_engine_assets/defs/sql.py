@@ -7,12 +7,18 @@ failing ``error`` test rolls the transaction back, so the previous table stays i
 run fails naming the test; ``warn`` tests are reported as non-blocking check results.
 """
 
-
 import dagster as dg
 import polars as pl
 
 from ..core.data.sqlmodels import (
-    DataTest, SqlModel, SqlModelError, SqlProject, load_sql_project, materialize_model, quote_table, run_data_test,
+    DataTest,
+    SqlModel,
+    SqlModelError,
+    SqlProject,
+    load_sql_project,
+    materialize_model,
+    quote_table,
+    run_data_test,
 )
 from ..core.plots import data_quality, frame_markdown
 from ..core.storage.paths import sql_models_dir
@@ -21,11 +27,15 @@ from ..datasets.playlists.kaggle import KAGGLE_SOURCES
 from .listening.ingestion import RAW_SOURCES
 from .resources import DUCKDB_POOL, Warehouse
 
-
 # Raw tables the SQL models may read, by the ingestion assets that write them.
 SQL_SOURCES = (*RAW_SOURCES, *KAGGLE_SOURCES, *LASTFM_SOURCES)
 # The chain (asset group <chain>_sql) of each folder of dbt_like_sql/.
-SCHEMA_GROUPS = {"staging": "listening_sql", "marts": "listening_sql", "playlists": "playlists_sql", "lastfm": "lastfm_sql"}
+SCHEMA_GROUPS = {
+    "staging": "listening_sql",
+    "marts": "listening_sql",
+    "playlists": "playlists_sql",
+    "lastfm": "lastfm_sql",
+}
 
 
 class DataTestFailed(Exception):
@@ -46,8 +56,9 @@ def column_schema(columns: list[tuple[str, str]], descriptions: dict[str, str] |
     prints a page of "leaked instance" warnings).
     """
     descriptions = descriptions or {}
-    return dg.TableSchema(columns=[dg.TableColumn(name, str(dtype), description=descriptions.get(name))
-                                   for name, dtype in columns])
+    return dg.TableSchema(
+        columns=[dg.TableColumn(name, str(dtype), description=descriptions.get(name)) for name, dtype in columns]
+    )
 
 
 def column_profile(con, table: str, columns: list[tuple[str, str]]) -> tuple[dict[str, int], dict[str, int]] | None:
@@ -63,7 +74,9 @@ def column_profile(con, table: str, columns: list[tuple[str, str]]) -> tuple[dic
     except Exception:  # noqa: BLE001 - an exotic column type: no profile, not a failed model
         return None
     names = [name for name, _ in columns]
-    return {n: int(values[2 * i]) for i, n in enumerate(names)}, {n: int(values[2 * i + 1]) for i, n in enumerate(names)}
+    return {n: int(values[2 * i]) for i, n in enumerate(names)}, {
+        n: int(values[2 * i + 1]) for i, n in enumerate(names)
+    }
 
 
 def quality_metadata(table: str, row_count: int, profile: tuple[dict[str, int], dict[str, int]] | None) -> dict:
@@ -72,14 +85,22 @@ def quality_metadata(table: str, row_count: int, profile: tuple[dict[str, int], 
         return {}
     nulls, distinct = profile
     rows = max(row_count, 1)
-    profile_table = pl.DataFrame({"column": list(nulls), "NULLs": list(nulls.values()),
-                                  "NULL %": [round(100 * n / rows, 1) for n in nulls.values()],
-                                  "distinct (approx.)": [distinct.get(c, 0) for c in nulls]})
+    profile_table = pl.DataFrame(
+        {
+            "column": list(nulls),
+            "NULLs": list(nulls.values()),
+            "NULL %": [round(100 * n / rows, 1) for n in nulls.values()],
+            "distinct (approx.)": [distinct.get(c, 0) for c in nulls],
+        }
+    )
     return {
-        "null_cells": sum(nulls.values()), "columns": len(nulls),
+        "null_cells": sum(nulls.values()),
+        "columns": len(nulls),
         # the numbers of the plot, inline in the UI while short (the plot is an image behind "[Show Markdown]")
         "profile": dg.MetadataValue.md(frame_markdown(profile_table, max_rows=100, float_digits=1)),
-        "data_quality": dg.MetadataValue.md(data_quality(row_count, nulls, distinct, f"{table}: NULL and distinct share per column")),
+        "data_quality": dg.MetadataValue.md(
+            data_quality(row_count, nulls, distinct, f"{table}: NULL and distinct share per column")
+        ),
     }
 
 
@@ -101,17 +122,26 @@ def build_sql_asset(model: SqlModel, group_name: str = "sql") -> dg.AssetsDefini
     """One asset (plus its checks) for one SQL model."""
     extra_deps = {t for test in model.tests for t in test.referenced_tables() if t != model.table}
     checks = [
-        dg.AssetCheckSpec(test.name, asset=table_key(model.table), blocking=test.severity == "error",
-                          description=f"{test.description} (severity {test.severity})",
-                          additional_deps=[table_key(t) for t in test.referenced_tables() if t != model.table])
+        dg.AssetCheckSpec(
+            test.name,
+            asset=table_key(model.table),
+            blocking=test.severity == "error",
+            description=f"{test.description} (severity {test.severity})",
+            additional_deps=[table_key(t) for t in test.referenced_tables() if t != model.table],
+        )
         for test in model.tests
     ]
     source = f"`{model.schema}/{model.path.name}`:\n\n```sql\n{model.sql.strip()}\n```"
 
     @dg.asset(
-        key=table_key(model.table), deps=[table_key(t) for t in sorted(set(model.depends_on) | extra_deps)],
-        code_version=model.code_version, description=f"DuckDB table `{model.table}` built from {source}",
-        group_name=group_name, kinds={"duckdb", "sql"}, check_specs=checks, pool=DUCKDB_POOL,
+        key=table_key(model.table),
+        deps=[table_key(t) for t in sorted(set(model.depends_on) | extra_deps)],
+        code_version=model.code_version,
+        description=f"DuckDB table `{model.table}` built from {source}",
+        group_name=group_name,
+        kinds={"duckdb", "sql"},
+        check_specs=checks,
+        pool=DUCKDB_POOL,
         metadata={"sql_file": dg.MetadataValue.path(str(model.path))},
     )
     def _sql_model(context: dg.AssetExecutionContext, warehouse: Warehouse) -> dg.MaterializeResult:
@@ -122,8 +152,10 @@ def build_sql_asset(model: SqlModel, group_name: str = "sql") -> dg.AssetsDefini
             for test in model.tests:
                 try:
                     failing, sample = run_data_test(con, test)
-                except Exception as error:  # noqa: BLE001 - reported with the test and file named
-                    raise dg.Failure(f"{model.schema}/{model.path.name}: data test {test.name} could not run: {error}") from error
+                except Exception as error:
+                    raise dg.Failure(
+                        f"{model.schema}/{model.path.name}: data test {test.name} could not run: {error}"
+                    ) from error
                 outcomes[test.name] = (test, failing, sample)
             blocking = [name for name, (test, failing, _) in outcomes.items() if failing and test.severity == "error"]
             if blocking:
@@ -134,8 +166,11 @@ def build_sql_asset(model: SqlModel, group_name: str = "sql") -> dg.AssetsDefini
             try:
                 info = materialize_model(con, model, before_commit=run_tests)
             except DataTestFailed as error:
-                samples = {name: dg.MetadataValue.md(frame_markdown(sample))
-                           for name, (_, failing, sample) in outcomes.items() if failing}
+                samples = {
+                    name: dg.MetadataValue.md(frame_markdown(sample))
+                    for name, (_, failing, sample) in outcomes.items()
+                    if failing
+                }
                 raise dg.Failure(f"{error}; the previous {model.table} is kept", metadata=samples) from error
             except SqlModelError as error:
                 raise dg.Failure(description=str(error)) from error
@@ -143,15 +178,20 @@ def build_sql_asset(model: SqlModel, group_name: str = "sql") -> dg.AssetsDefini
 
         check_results = [
             dg.AssetCheckResult(
-                check_name=name, passed=failing == 0,
+                check_name=name,
+                passed=failing == 0,
                 severity=dg.AssetCheckSeverity.ERROR if test.severity == "error" else dg.AssetCheckSeverity.WARN,
                 metadata={"failing_rows": failing, "sample": dg.MetadataValue.md(frame_markdown(sample))},
             )
             for name, (test, failing, sample) in outcomes.items()
         ]
         schema = column_schema(info["columns"], dict(model.descriptions))
-        metadata = {"dagster/row_count": info["row_count"], "dagster/column_schema": schema,
-                    "table": model.table, **quality_metadata(model.table, info["row_count"], profile)}
+        metadata = {
+            "dagster/row_count": info["row_count"],
+            "dagster/column_schema": schema,
+            "table": model.table,
+            **quality_metadata(model.table, info["row_count"], profile),
+        }
         return dg.MaterializeResult(metadata=metadata, check_results=check_results)
 
     return _sql_model

@@ -32,8 +32,9 @@ from .postgres import free_port
 
 CHAIN = "listening"
 MODULE = "spotify_engine_assets.scale.celery_defs"
-DATA_SELECTION = (f"group:{group_name(CHAIN, 'ingestion')} or group:{CHAIN}_sql or group:{CHAIN}_graph "
-                  f"or key:{CHAIN}/model_registry")
+DATA_SELECTION = (
+    f"group:{group_name(CHAIN, 'ingestion')} or group:{CHAIN}_sql or group:{CHAIN}_graph or key:{CHAIN}/model_registry"
+)
 MODEL_SELECTION = f"{CHAIN}/trained_model,{CHAIN}/metric_report"
 WORKERS = ("worker1", "worker2")
 
@@ -84,16 +85,24 @@ def executor_config(redis_port: int, visibility_timeout_s: int = VISIBILITY_TIME
     elsewhere. A pool process killed under a live worker is not redelivered
     (``task_reject_on_worker_lost`` stays off: a step that kills its process every time would loop):
     its task ends in ``WorkerLostError`` and the run fails, as Dagster's celery executor defines."""
-    return {"execution": {"config": {
-        "broker": f"redis://127.0.0.1:{redis_port}/0",
-        "backend": f"redis://127.0.0.1:{redis_port}/1",
-        "config_source": {
-            "worker_prefetch_multiplier": 1, "broker_connection_retry_on_startup": True,
-            "task_acks_late": True,
-            "broker_transport_options": {"visibility_timeout": visibility_timeout_s, "unacked_restore_interval": 5,
-                                         "unacked_restore_throttle": 1},
-        },
-    }}}
+    return {
+        "execution": {
+            "config": {
+                "broker": f"redis://127.0.0.1:{redis_port}/0",
+                "backend": f"redis://127.0.0.1:{redis_port}/1",
+                "config_source": {
+                    "worker_prefetch_multiplier": 1,
+                    "broker_connection_retry_on_startup": True,
+                    "task_acks_late": True,
+                    "broker_transport_options": {
+                        "visibility_timeout": visibility_timeout_s,
+                        "unacked_restore_interval": 5,
+                        "unacked_restore_throttle": 1,
+                    },
+                },
+            }
+        }
+    }
 
 
 def _write_yaml(path: Path, data: dict) -> Path:
@@ -154,9 +163,25 @@ def start_services(profile_dir: Path, log=print) -> dict:
     redis_port = free_port()
     redis_dir = profile_dir / "redis"
     redis_dir.mkdir(exist_ok=True)
-    redis_proc = _spawn("redis", ["redis-server", "--bind", "127.0.0.1", "--port", str(redis_port),
-                                  "--dir", str(redis_dir), "--save", "", "--appendonly", "no"],
-                        env, logs, profile_dir)
+    redis_proc = _spawn(
+        "redis",
+        [
+            "redis-server",
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(redis_port),
+            "--dir",
+            str(redis_dir),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ],
+        env,
+        logs,
+        profile_dir,
+    )
     _wait_redis(redis_port, redis_proc)
     for name in WORKERS:  # _wait_workers reads "ready." from these logs: start them empty
         (logs / f"{name}.log").unlink(missing_ok=True)
@@ -165,17 +190,37 @@ def start_services(profile_dir: Path, log=print) -> dict:
 
     config = _write_yaml(profile_dir / "celery.yaml", executor_config(redis_port))
     t = time.monotonic()
-    procs = {name: _spawn(name, [_bin("dagster-celery"), "worker", "start", "-A", "dagster_celery.app",
-                                 "-y", str(config), "-n", name, "--", "--concurrency=1"], env, logs, profile_dir)
-             for name in WORKERS}
+    procs = {
+        name: _spawn(
+            name,
+            [
+                _bin("dagster-celery"),
+                "worker",
+                "start",
+                "-A",
+                "dagster_celery.app",
+                "-y",
+                str(config),
+                "-n",
+                name,
+                "--",
+                "--concurrency=1",
+            ],
+            env,
+            logs,
+            profile_dir,
+        )
+        for name in WORKERS
+    }
     _wait_workers(logs, procs)
     times["workers_start_s"] = round(time.monotonic() - t, 1)
     log(f"celery workers {', '.join(WORKERS)} ready ({times['workers_start_s']} s)")
     return {"env": env, "config": config, "times": times, "home": home, "logs": logs, "redis_port": redis_port}
 
 
-def materialize(env: dict, config: Path, selection: str, extra_configs: list[str], partition: str | None,
-                log_path: Path) -> subprocess.Popen:
+def materialize(
+    env: dict, config: Path, selection: str, extra_configs: list[str], partition: str | None, log_path: Path
+) -> subprocess.Popen:
     """``dagster asset materialize`` of ``selection`` from the celery definitions (the CLI process
     orchestrates; the steps run on the workers)."""
     from ..runner import configs_dir
@@ -221,15 +266,19 @@ def _runs_since(instance, since: float) -> list:
 
     import dagster as dg
 
-    after = datetime.datetime.fromtimestamp(since, tz=datetime.timezone.utc)
+    after = datetime.datetime.fromtimestamp(since, tz=datetime.UTC)
     return list(reversed(instance.get_run_records(filters=dg.RunsFilter(created_after=after))))
 
 
 def describe_run(instance, record) -> dict:
     run = record.dagster_run
-    return {"run_id": run.run_id, "partition": run.tags.get("dagster/partition"), "status": run.status.value,
-            "seconds": round(record.end_time - record.start_time, 1) if record.end_time and record.start_time else None,
-            "steps": step_placement(instance, run.run_id)}
+    return {
+        "run_id": run.run_id,
+        "partition": run.tags.get("dagster/partition"),
+        "status": run.status.value,
+        "seconds": round(record.end_time - record.start_time, 1) if record.end_time and record.start_time else None,
+        "steps": step_placement(instance, run.run_id),
+    }
 
 
 def _failure_text(instance, run_id: str) -> str:
@@ -239,8 +288,11 @@ def _failure_text(instance, run_id: str) -> str:
     texts = []
     for entry in instance.all_logs(run_id):
         event = entry.dagster_event
-        if event is None or event.event_type not in (DagsterEventType.RUN_FAILURE, DagsterEventType.ENGINE_EVENT,
-                                                     DagsterEventType.STEP_FAILURE):
+        if event is None or event.event_type not in (
+            DagsterEventType.RUN_FAILURE,
+            DagsterEventType.ENGINE_EVENT,
+            DagsterEventType.STEP_FAILURE,
+        ):
             continue
         error = getattr(event.event_specific_data, "error", None)
         if error is not None:
@@ -250,8 +302,9 @@ def _failure_text(instance, run_id: str) -> str:
     return " | ".join(texts)
 
 
-def _start_and_find_step(instance, env: dict, config: Path, partition: str, logs: Path, timeout: float,
-                         step: str, label: str) -> tuple[subprocess.Popen, int, str | None, float]:
+def _start_and_find_step(
+    instance, env: dict, config: Path, partition: str, logs: Path, timeout: float, step: str, label: str
+) -> tuple[subprocess.Popen, int, str | None, float]:
     """Launch ``partition``'s model stage and wait until ``step`` has started on a worker: the
     CLI process, the step's process id and worker, and when the runs were searched from."""
     since = time.time()
@@ -274,18 +327,31 @@ def _rerun(instance, env: dict, config: Path, partition: str, logs: Path, timeou
     import dagster as dg
 
     t, since = time.monotonic(), time.time()
-    code = materialize(env, config, MODEL_SELECTION, ["tiny_train.yaml"], partition,
-                       logs / f"rerun_{partition}.log").wait(timeout=timeout)
+    code = materialize(
+        env, config, MODEL_SELECTION, ["tiny_train.yaml"], partition, logs / f"rerun_{partition}.log"
+    ).wait(timeout=timeout)
     rerun = _runs_since(instance, since)[-1]
-    result = {"rerun_exit_code": code, "rerun": describe_run(instance, rerun), "rerun_s": round(time.monotonic() - t, 1),
-              "metric_report_materialized": partition in instance.get_materialized_partitions(
-                  dg.AssetKey([CHAIN, "metric_report"]))}
+    result = {
+        "rerun_exit_code": code,
+        "rerun": describe_run(instance, rerun),
+        "rerun_s": round(time.monotonic() - t, 1),
+        "metric_report_materialized": partition
+        in instance.get_materialized_partitions(dg.AssetKey([CHAIN, "metric_report"])),
+    }
     log(f"re-run {rerun.dagster_run.run_id[:8]} {rerun.dagster_run.status.value} in {result['rerun_s']} s")
     return result
 
 
-def kill_mid_step(instance, env: dict, config: Path, partition: str, logs: Path, timeout: float,
-                  step: str = f"{CHAIN}__trained_model", log=print) -> dict:
+def kill_mid_step(
+    instance,
+    env: dict,
+    config: Path,
+    partition: str,
+    logs: Path,
+    timeout: float,
+    step: str = f"{CHAIN}__trained_model",
+    log=print,
+) -> dict:
     """Run ``partition``'s model stage, SIGKILL the worker process executing ``step`` once it has
     started, wait for the run's end; then re-run the partition. Returns both runs' outcomes."""
     proc, pid, worker, since = _start_and_find_step(instance, env, config, partition, logs, timeout, step, "fault")
@@ -295,11 +361,17 @@ def kill_mid_step(instance, env: dict, config: Path, partition: str, logs: Path,
     log(f"killed {worker} process {pid} running {step} of {partition}")
     code = proc.wait(timeout=timeout)
     failed = _runs_since(instance, since)[-1]
-    result = {"killed_pid": pid, "killed_worker": worker, "exit_code": code,
-              "failed_run": {**describe_run(instance, failed), "failure": _failure_text(instance, failed.dagster_run.run_id)},
-              "seconds_to_fail": round(time.monotonic() - killed_at, 1)}
-    log(f"run {failed.dagster_run.run_id[:8]} {failed.dagster_run.status.value} {result['seconds_to_fail']} s "
-        f"after the kill: {result['failed_run']['failure'][:300]}")
+    result = {
+        "killed_pid": pid,
+        "killed_worker": worker,
+        "exit_code": code,
+        "failed_run": {**describe_run(instance, failed), "failure": _failure_text(instance, failed.dagster_run.run_id)},
+        "seconds_to_fail": round(time.monotonic() - killed_at, 1),
+    }
+    log(
+        f"run {failed.dagster_run.run_id[:8]} {failed.dagster_run.status.value} {result['seconds_to_fail']} s "
+        f"after the kill: {result['failed_run']['failure'][:300]}"
+    )
     result.update(_rerun(instance, env, config, partition, logs, timeout, log))
     return result
 
@@ -315,22 +387,35 @@ def step_attempts(instance, run_id: str, step: str) -> list[dict]:
     attempts = []
     for entry in instance.all_logs(run_id):
         event = entry.dagster_event
-        if (event is not None and (event.step_key or entry.step_key) == step
-                and "in celery worker" in (event.message or "")):
+        if (
+            event is not None
+            and (event.step_key or entry.step_key) == step
+            and "in celery worker" in (event.message or "")
+        ):
             worker = event.engine_event_data.metadata.get("Celery worker")
             attempts.append({"worker": getattr(worker, "value", worker), "at": entry.timestamp})
     return attempts
 
 
-def kill_worker_mid_step(instance, env: dict, config: Path, partition: str, logs: Path, timeout: float,
-                         step: str = f"{CHAIN}__trained_model", log=print) -> dict:
+def kill_worker_mid_step(
+    instance,
+    env: dict,
+    config: Path,
+    partition: str,
+    logs: Path,
+    timeout: float,
+    step: str = f"{CHAIN}__trained_model",
+    log=print,
+) -> dict:
     """Run ``partition``'s model stage and SIGKILL the whole Celery worker executing ``step`` (its
     main process: the kernel then kills its pool process, which Celery starts with
     ``PR_SET_PDEATHSIG``) once the step has started; wait for the run's end (the unacknowledged
     task is redelivered to the other worker after the visibility timeout); then re-run the
     partition. Returns what happened, with the seconds from the kill to the step's second start
     and to the run's end."""
-    proc, pid, worker, since = _start_and_find_step(instance, env, config, partition, logs, timeout, step, "worker_fault")
+    proc, pid, worker, since = _start_and_find_step(
+        instance, env, config, partition, logs, timeout, step, "worker_fault"
+    )
     main = _parent_pid(pid)
     command = Path(f"/proc/{main}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
     if "celery" not in command or " worker" not in command:
@@ -347,14 +432,21 @@ def kill_worker_mid_step(instance, env: dict, config: Path, partition: str, logs
     run_id = record.dagster_run.run_id
     attempts = step_attempts(instance, run_id, step)
     later = [a for a in attempts if a["at"] > killed_wall]
-    result = {"killed_main_pid": main, "killed_pool_pid": pid, "killed_worker": worker, "exit_code": code,
-              "run": {**describe_run(instance, record), "failure": _failure_text(instance, run_id)},
-              "step_workers": [a["worker"] for a in attempts],
-              "seconds_to_redelivery": round(later[0]["at"] - killed_wall, 1) if later else None,
-              "seconds_to_end": round(time.monotonic() - killed_at, 1) if code is not None else None,
-              "pool_process_alive": Path(f"/proc/{pid}").exists()}
-    log(f"run {run_id[:8]} {record.dagster_run.status.value} {result['seconds_to_end']} s after the kill; {step} ran on "
-        f"{', '.join(result['step_workers'])} (again {result['seconds_to_redelivery']} s after the kill)")
+    result = {
+        "killed_main_pid": main,
+        "killed_pool_pid": pid,
+        "killed_worker": worker,
+        "exit_code": code,
+        "run": {**describe_run(instance, record), "failure": _failure_text(instance, run_id)},
+        "step_workers": [a["worker"] for a in attempts],
+        "seconds_to_redelivery": round(later[0]["at"] - killed_wall, 1) if later else None,
+        "seconds_to_end": round(time.monotonic() - killed_at, 1) if code is not None else None,
+        "pool_process_alive": Path(f"/proc/{pid}").exists(),
+    }
+    log(
+        f"run {run_id[:8]} {record.dagster_run.status.value} {result['seconds_to_end']} s after the kill; {step} ran on "
+        f"{', '.join(result['step_workers'])} (again {result['seconds_to_redelivery']} s after the kill)"
+    )
     if code is None:
         proc.kill()
         proc.wait()
@@ -363,8 +455,14 @@ def kill_worker_mid_step(instance, env: dict, config: Path, partition: str, logs
     return result
 
 
-def run_celery_demo(profile_dir: Path, configs: list[str], timeout: float = 1800, kill: str | None = None,
-                    kill_worker: str | None = None, log=print) -> dict:
+def run_celery_demo(
+    profile_dir: Path,
+    configs: list[str],
+    timeout: float = 1800,
+    kill: str | None = None,
+    kill_worker: str | None = None,
+    log=print,
+) -> dict:
     """Start the services, run the data stage and the model stage of ``configs`` through the
     celery workers, then the faults (``kill``: a pool process, :func:`kill_mid_step`;
     ``kill_worker``: a whole worker, :func:`kill_worker_mid_step`), stop everything; returns the
@@ -392,26 +490,36 @@ def run_celery_demo(profile_dir: Path, configs: list[str], timeout: float = 1800
         log(f"data stage: {summary['data_run']['status']} in {summary['data_stage_s']} s")
 
         t, since = time.monotonic(), time.time()
-        procs = {c: materialize(env, config, MODEL_SELECTION, ["tiny_train.yaml"], c,
-                                services["logs"] / f"model_{c}.log") for c in configs}
+        procs = {
+            c: materialize(env, config, MODEL_SELECTION, ["tiny_train.yaml"], c, services["logs"] / f"model_{c}.log")
+            for c in configs
+        }
         codes = {c: p.wait(timeout=timeout) for c, p in procs.items()}
         summary["model_stage_s"] = round(time.monotonic() - t, 1)
         summary["model_runs"] = [describe_run(instance, r) for r in _runs_since(instance, since)]
         summary["model_exit_codes"] = codes
         log(f"model stage ({', '.join(configs)}): exit codes {codes} in {summary['model_stage_s']} s")
         runs = [summary["data_run"], *summary["model_runs"]]
-        summary["steps_per_worker"] = _count(s.get("worker", "?").split("@")[0]
-                                             for r in runs for s in r["steps"].values())
+        summary["steps_per_worker"] = _count(
+            s.get("worker", "?").split("@")[0] for r in runs for s in r["steps"].values()
+        )
         summary["success"] = all(r["status"] == "SUCCESS" for r in runs) and len(summary["model_runs"]) == len(configs)
         if kill:
             fault = summary["fault"] = kill_mid_step(instance, env, config, kill, services["logs"], timeout, log=log)
-            summary["success"] = summary["success"] and fault["failed_run"]["status"] == "FAILURE" and (
-                fault["rerun"]["status"] == "SUCCESS" and fault["metric_report_materialized"])
+            summary["success"] = (
+                summary["success"]
+                and fault["failed_run"]["status"] == "FAILURE"
+                and (fault["rerun"]["status"] == "SUCCESS" and fault["metric_report_materialized"])
+            )
         if kill_worker:
-            fault = summary["worker_fault"] = kill_worker_mid_step(instance, env, config, kill_worker, services["logs"],
-                                                                   timeout, log=log)
-            summary["success"] = summary["success"] and fault["run"]["status"] == "SUCCESS" and (
-                fault.get("rerun", {}).get("status") == "SUCCESS" and fault["metric_report_materialized"])
+            fault = summary["worker_fault"] = kill_worker_mid_step(
+                instance, env, config, kill_worker, services["logs"], timeout, log=log
+            )
+            summary["success"] = (
+                summary["success"]
+                and fault["run"]["status"] == "SUCCESS"
+                and (fault.get("rerun", {}).get("status") == "SUCCESS" and fault["metric_report_materialized"])
+            )
     finally:
         signal.signal(signal.SIGTERM, previous)
         summary.update(stopped=stop_services(profile_dir), total_wall_s=round(time.monotonic() - began, 1))
@@ -420,32 +528,47 @@ def run_celery_demo(profile_dir: Path, configs: list[str], timeout: float = 1800
 
 
 def format_summary(summary: dict) -> str:
-    lines = [f"celery demo: {'ok' if summary.get('success') else 'FAILED'}; workers {', '.join(summary['workers'])}; "
-             f"start postgres {summary.get('postgres_start_s')} s, redis {summary.get('redis_start_s')} s, "
-             f"workers {summary.get('workers_start_s')} s"]
-    for label, run in ([("data stage", summary.get("data_run"))] +
-                       [(f"model {r['partition']}", r) for r in summary.get("model_runs", [])]):
+    lines = [
+        f"celery demo: {'ok' if summary.get('success') else 'FAILED'}; workers {', '.join(summary['workers'])}; "
+        f"start postgres {summary.get('postgres_start_s')} s, redis {summary.get('redis_start_s')} s, "
+        f"workers {summary.get('workers_start_s')} s"
+    ]
+    for label, run in [("data stage", summary.get("data_run"))] + [
+        (f"model {r['partition']}", r) for r in summary.get("model_runs", [])
+    ]:
         if not run:
             continue
         lines.append(f"  {label}: run {run['run_id'][:8]} {run['status']} {run['seconds']} s")
         for key, step in sorted(run["steps"].items(), key=lambda kv: kv[0]):
-            lines.append(f"    {key:45s} {step.get('worker', '?'):28s} pid {step.get('pid')} "
-                         f"{step.get('seconds', '?')} s {step.get('status', '?')}")
-    lines.append(f"  steps per worker: {summary.get('steps_per_worker')}; data stage {summary.get('data_stage_s')} s, "
-                 f"model stage {summary.get('model_stage_s')} s")
+            lines.append(
+                f"    {key:45s} {step.get('worker', '?'):28s} pid {step.get('pid')} "
+                f"{step.get('seconds', '?')} s {step.get('status', '?')}"
+            )
+    lines.append(
+        f"  steps per worker: {summary.get('steps_per_worker')}; data stage {summary.get('data_stage_s')} s, "
+        f"model stage {summary.get('model_stage_s')} s"
+    )
     fault = summary.get("fault")
     if fault:
-        lines.append(f"  fault: SIGKILL of {fault['killed_worker']} process {fault['killed_pid']} mid-step -> run "
-                     f"{fault['failed_run']['status']} {fault['seconds_to_fail']} s later: {fault['failed_run']['failure'][:300]}")
-        lines.append(f"  re-run: {fault['rerun']['status']} in {fault['rerun_s']} s; metric report materialized: "
-                     f"{fault['metric_report_materialized']}")
+        lines.append(
+            f"  fault: SIGKILL of {fault['killed_worker']} process {fault['killed_pid']} mid-step -> run "
+            f"{fault['failed_run']['status']} {fault['seconds_to_fail']} s later: {fault['failed_run']['failure'][:300]}"
+        )
+        lines.append(
+            f"  re-run: {fault['rerun']['status']} in {fault['rerun_s']} s; metric report materialized: "
+            f"{fault['metric_report_materialized']}"
+        )
     fault = summary.get("worker_fault")
     if fault:
-        lines.append(f"  whole worker killed: SIGKILL of {fault['killed_worker']} main process {fault['killed_main_pid']} "
-                     f"mid-step -> {fault['run']['status']} {fault['seconds_to_end']} s later; the step ran on "
-                     f"{', '.join(fault['step_workers'])} (again {fault['seconds_to_redelivery']} s after the kill)")
+        lines.append(
+            f"  whole worker killed: SIGKILL of {fault['killed_worker']} main process {fault['killed_main_pid']} "
+            f"mid-step -> {fault['run']['status']} {fault['seconds_to_end']} s later; the step ran on "
+            f"{', '.join(fault['step_workers'])} (again {fault['seconds_to_redelivery']} s after the kill)"
+        )
         if "rerun" in fault:
-            lines.append(f"  re-run: {fault['rerun']['status']} in {fault['rerun_s']} s; metric report materialized: "
-                         f"{fault['metric_report_materialized']}")
+            lines.append(
+                f"  re-run: {fault['rerun']['status']} in {fault['rerun_s']} s; metric report materialized: "
+                f"{fault['metric_report_materialized']}"
+            )
     lines.append(f"  stopped: {', '.join(summary.get('stopped', []))}; total {summary.get('total_wall_s')} s")
     return "\n".join(lines)

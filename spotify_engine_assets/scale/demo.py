@@ -28,8 +28,8 @@ def _bin(name: str) -> str:
 
 def _spawn(name: str, args: list[str], env: dict, logs: Path, profile_dir: Path) -> subprocess.Popen:
     logs.mkdir(parents=True, exist_ok=True)
-    out = open(logs / f"{name}.log", "ab")
-    proc = subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    with open(logs / f"{name}.log", "ab") as out:  # the child keeps its own descriptor
+        proc = subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     pids_path = profile_dir / PIDS_FILE
     pids = json.loads(pids_path.read_text()) if pids_path.exists() else {}
     pids[name] = proc.pid
@@ -89,8 +89,12 @@ def start_instance(profile_dir: Path, max_concurrent_runs: int = 2) -> tuple[Pos
     server.create_database(prof.DAGSTER_DB)
     home = profile_dir / "dagster_home"
     prof.write_home(home, max_concurrent_runs)
-    env = {**os.environ, **prof.server_env(server), "DAGSTER_HOME": str(home),
-           "SPOTIFY_ENGINE_DATA_LAKE": str(profile_dir / "lake")}
+    env = {
+        **os.environ,
+        **prof.server_env(server),
+        "DAGSTER_HOME": str(home),
+        "SPOTIFY_ENGINE_DATA_LAKE": str(profile_dir / "lake"),
+    }
     return server, home, env
 
 
@@ -99,8 +103,11 @@ def _wait_grpc(port: int, proc: subprocess.Popen, env: dict, timeout: float = 18
     while True:
         if proc.poll() is not None:
             raise RuntimeError(f"the gRPC code server exited ({proc.returncode}); see its log")
-        check = subprocess.run([_bin("dagster"), "api", "grpc-health-check", "-h", "127.0.0.1", "-p", str(port)],
-                               env=env, capture_output=True)
+        check = subprocess.run(
+            [_bin("dagster"), "api", "grpc-health-check", "-h", "127.0.0.1", "-p", str(port)],
+            env=env,
+            capture_output=True,
+        )
         if check.returncode == 0:
             return
         if time.monotonic() > deadline:
@@ -110,8 +117,9 @@ def _wait_grpc(port: int, proc: subprocess.Popen, env: dict, timeout: float = 18
 
 def max_overlap(intervals: list[tuple[float, float]]) -> int:
     """Most intervals open at one instant (an end before a start at the same time)."""
-    events = sorted([(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals],
-                    key=lambda e: (e[0], e[1]))
+    events = sorted(
+        [(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals], key=lambda e: (e[0], e[1])
+    )
     best = current = 0
     for _, step in events:
         current += step
@@ -129,10 +137,17 @@ def submit_backfill(instance, partitions: list[str], run_config: dict, title: st
     from ..definitions import defs
 
     backfill = PartitionBackfill.from_asset_partitions(
-        backfill_id=make_new_backfill_id(), asset_graph=defs.resolve_asset_graph(), partition_names=partitions,
+        backfill_id=make_new_backfill_id(),
+        asset_graph=defs.resolve_asset_graph(),
+        partition_names=partitions,
         asset_selection=[dg.AssetKey([CHAIN, "trained_model"]), dg.AssetKey([CHAIN, "metric_report"])],
-        backfill_timestamp=time.time(), tags={"spotify_engine/scale_demo": title}, dynamic_partitions_store=instance,
-        all_partitions=False, title=title, description=None, run_config=run_config,
+        backfill_timestamp=time.time(),
+        tags={"spotify_engine/scale_demo": title},
+        dynamic_partitions_store=instance,
+        all_partitions=False,
+        title=title,
+        description=None,
+        run_config=run_config,
     )
     instance.add_backfill(backfill)
     return backfill.backfill_id
@@ -177,8 +192,14 @@ def _backfill_filter(backfill_id: str):
     return dg.RunsFilter(tags={"dagster/backfill": backfill_id})
 
 
-def run_demo(profile_dir: Path, profile: str = "tiny", max_concurrent_runs: int = 2, configs: list[str] | None = None,
-             timeout: float = 1800, log=print) -> dict:
+def run_demo(
+    profile_dir: Path,
+    profile: str = "tiny",
+    max_concurrent_runs: int = 2,
+    configs: list[str] | None = None,
+    timeout: float = 1800,
+    log=print,
+) -> dict:
     """Start every service, materialize the data stage, backfill the model configs through the
     daemon, stop everything; returns the summary (also ``profile_dir/summary.json``)."""
     from ..definitions import defs
@@ -201,8 +222,25 @@ def run_demo(profile_dir: Path, profile: str = "tiny", max_concurrent_runs: int 
 
         t = time.monotonic()
         port = free_port()
-        grpc = _spawn("grpc", [_bin("dagster"), "api", "grpc", "-m", "spotify_engine_assets.definitions",
-                               "-h", "127.0.0.1", "-p", str(port), "--location-name", prof.LOCATION], env, logs, profile_dir)
+        grpc = _spawn(
+            "grpc",
+            [
+                _bin("dagster"),
+                "api",
+                "grpc",
+                "-m",
+                "spotify_engine_assets.definitions",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(port),
+                "--location-name",
+                prof.LOCATION,
+            ],
+            env,
+            logs,
+            profile_dir,
+        )
         workspace = prof.write_workspace(profile_dir / "workspace.yaml", port)
         instance = prof.load_instance(home)
         init_warehouse_pool(instance)
@@ -231,24 +269,40 @@ def run_demo(profile_dir: Path, profile: str = "tiny", max_concurrent_runs: int 
 
         records = instance.get_run_records(filters=_backfill_filter(backfill_id))
         intervals = [(r.start_time, r.end_time) for r in records if r.start_time and r.end_time]
-        launched = [(_launch_time(instance, r.dagster_run.run_id) or r.start_time, r.end_time)
-                     for r in records if r.start_time and r.end_time]
+        launched = [
+            (_launch_time(instance, r.dagster_run.run_id) or r.start_time, r.end_time)
+            for r in records
+            if r.start_time and r.end_time
+        ]
         statuses = _count(r.dagster_run.status.value for r in records)
         materialized = sorted(
-            key for key in instance.get_materialized_partitions(__import__("dagster").AssetKey([CHAIN, "metric_report"]))
-            if key in partitions)
+            key
+            for key in instance.get_materialized_partitions(__import__("dagster").AssetKey([CHAIN, "metric_report"]))
+            if key in partitions
+        )
         pool = instance.event_log_storage.get_concurrency_info(DUCKDB_POOL)
         summary.update(
-            backfill_id=backfill_id, backfill_status=status, partitions=partitions, runs=len(records),
-            run_statuses=statuses, materialized_metric_reports=materialized,
+            backfill_id=backfill_id,
+            backfill_status=status,
+            partitions=partitions,
+            runs=len(records),
+            run_statuses=statuses,
+            materialized_metric_reports=materialized,
             max_concurrent_runs_seen=max_overlap(intervals),  # executing: RUN_START to run end
             max_concurrent_runs_launched=max_overlap(launched),  # process launched (RUN_STARTING) to run end
             runs_wall_s=round(max(e for _, e in intervals) - min(s for s, _ in intervals), 1) if intervals else None,
             backfill_wall_s=round(max((e for _, e in intervals), default=submitted) - submitted, 1),
-            run_seconds={r.dagster_run.tags.get("dagster/partition"): round(r.end_time - r.start_time, 1)
-                         for r in records if r.start_time and r.end_time},
-            pool={"name": DUCKDB_POOL, "slot_count": pool.slot_count, "active_slots": pool.active_slot_count,
-                  "pending_steps": pool.pending_step_count},
+            run_seconds={
+                r.dagster_run.tags.get("dagster/partition"): round(r.end_time - r.start_time, 1)
+                for r in records
+                if r.start_time and r.end_time
+            },
+            pool={
+                "name": DUCKDB_POOL,
+                "slot_count": pool.slot_count,
+                "active_slots": pool.active_slot_count,
+                "pending_steps": pool.pending_step_count,
+            },
         )
     finally:
         summary["stopped"] = stop_services(profile_dir)

@@ -91,8 +91,9 @@ class PostgresServer:
     def _call(self, *args: str, timeout: float = 120) -> None:
         result = subprocess.run(self._cmd(*args), capture_output=True, text=True, timeout=timeout)
         if result.returncode != 0:
-            raise PostgresUnavailable(f"{' '.join(args[:2])} failed ({result.returncode}): "
-                                      f"{(result.stderr or result.stdout).strip()[-2000:]}")
+            raise PostgresUnavailable(
+                f"{' '.join(args[:2])} failed ({result.returncode}): {(result.stderr or result.stdout).strip()[-2000:]}"
+            )
 
     def start(self, timeout: float = 60) -> "PostgresServer":
         if not (Path(self.data_dir) / "PG_VERSION").exists():
@@ -103,21 +104,47 @@ class PostgresServer:
                 os.close(fd)
                 if self.os_user:
                     shutil.chown(pwfile, user=self.os_user)
-                self._call(pg_bin("initdb"), "-D", self.data_dir, "-U", self.user, f"--pwfile={pwfile}",
-                           "--auth=scram-sha-256", "-E", "UTF8", "--locale=C", "--no-sync")
+                self._call(
+                    pg_bin("initdb"),
+                    "-D",
+                    self.data_dir,
+                    "-U",
+                    self.user,
+                    f"--pwfile={pwfile}",
+                    "--auth=scram-sha-256",
+                    "-E",
+                    "UTF8",
+                    "--locale=C",
+                    "--no-sync",
+                )
             finally:
                 os.unlink(pwfile)
         log = Path(self.data_dir) / "server.log"
         # TCP on 127.0.0.1 only; the unix socket lives inside the data folder
         options = f"-h 127.0.0.1 -p {self.port} -k {self.data_dir} -c fsync=off -c max_connections=200"
-        self._call(pg_bin("pg_ctl"), "-D", self.data_dir, "-l", str(log), "-o", options, "-w", "-t", str(int(timeout)),
-                   "start", timeout=timeout + 10)
+        self._call(
+            pg_bin("pg_ctl"),
+            "-D",
+            self.data_dir,
+            "-l",
+            str(log),
+            "-o",
+            options,
+            "-w",
+            "-t",
+            str(int(timeout)),
+            "start",
+            timeout=timeout + 10,
+        )
         return self
 
     def stop(self) -> None:
         if (Path(self.data_dir) / "postmaster.pid").exists():
-            subprocess.run(self._cmd(pg_bin("pg_ctl"), "-D", self.data_dir, "-m", "fast", "-w", "stop"),
-                           capture_output=True, timeout=60)
+            subprocess.run(
+                self._cmd(pg_bin("pg_ctl"), "-D", self.data_dir, "-m", "fast", "-w", "stop"),
+                capture_output=True,
+                timeout=60,
+            )
 
     def remove(self) -> None:
         """Stop and delete the data folder."""
@@ -128,8 +155,9 @@ class PostgresServer:
     def connect(self, db: str = "postgres"):
         import psycopg2
 
-        return psycopg2.connect(host=self.host, port=self.port, user=self.user, password=self.password, dbname=db,
-                                connect_timeout=10)
+        return psycopg2.connect(
+            host=self.host, port=self.port, user=self.user, password=self.password, dbname=db, connect_timeout=10
+        )
 
     def create_database(self, name: str) -> None:
         """``CREATE DATABASE name`` unless it exists."""

@@ -37,10 +37,14 @@ def instance_config(max_concurrent_runs: int = 2, dequeue_interval_seconds: int 
     return {
         # one PostgreSQL database for run, event-log and schedule storage (dagster-postgres)
         # scheme: SQLAlchemy 2.1 maps plain postgresql:// to psycopg 3; the driver here is psycopg2
-        "storage": {"postgres": {"postgres_db": {**{key: {"env": var} for key, var in ENV.items()},
-                                                 "scheme": "postgresql+psycopg2"}}},
+        "storage": {
+            "postgres": {
+                "postgres_db": {**{key: {"env": var} for key, var in ENV.items()}, "scheme": "postgresql+psycopg2"}
+            }
+        },
         "run_coordinator": {
-            "module": "dagster.core.run_coordinator", "class": "QueuedRunCoordinator",
+            "module": "dagster.core.run_coordinator",
+            "class": "QueuedRunCoordinator",
             "config": {"dequeue_interval_seconds": dequeue_interval_seconds},
         },
         "telemetry": {"enabled": False},
@@ -55,8 +59,10 @@ def write_home(home: Path, max_concurrent_runs: int = 2) -> Path:
     """``home/dagster.yaml`` for the profile (no credentials in it: only ``env:`` references)."""
     home.mkdir(parents=True, exist_ok=True)
     path = home / "dagster.yaml"
-    header = ("# Written by spotify_engine_assets.scale (the scale-out profile). Credentials come from the\n"
-              f"# environment: {', '.join(ENV.values())}.\n")
+    header = (
+        "# Written by spotify_engine_assets.scale (the scale-out profile). Credentials come from the\n"
+        f"# environment: {', '.join(ENV.values())}.\n"
+    )
     path.write_text(header + yaml.safe_dump(instance_config(max_concurrent_runs), sort_keys=False))
     return path
 
@@ -64,23 +70,31 @@ def write_home(home: Path, max_concurrent_runs: int = 2) -> Path:
 def write_workspace(path: Path, port: int, host: str = "127.0.0.1") -> Path:
     """A workspace file with the code location served by ``dagster api grpc`` at host:port."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump({"load_from": [{"grpc_server": {"host": host, "port": port,
-                                                                   "location_name": LOCATION}}]}))
+    path.write_text(
+        yaml.safe_dump({"load_from": [{"grpc_server": {"host": host, "port": port, "location_name": LOCATION}}]})
+    )
     return path
 
 
 def server_env(server, db: str = DAGSTER_DB) -> dict[str, str]:
     """The environment variables ``dagster.yaml`` reads for ``server`` (a PostgresServer)."""
-    return {ENV["hostname"]: server.host, ENV["port"]: str(server.port), ENV["username"]: server.user,
-            ENV["password"]: server.password, ENV["db_name"]: db}
+    return {
+        ENV["hostname"]: server.host,
+        ENV["port"]: str(server.port),
+        ENV["username"]: server.user,
+        ENV["password"]: server.password,
+        ENV["db_name"]: db,
+    }
 
 
 def describe(env: dict | None = None) -> str:
     env = os.environ if env is None else env
     shown = {key: env.get(var, f"<${var} unset>") for key, var in ENV.items() if key != "password"}
     password = "***" if env.get(ENV["password"]) else f"<${ENV['password']} unset>"
-    return (f"host={shown['hostname']} port={shown['port']} db={shown['db_name']} user={shown['username']} "
-            f"password={password}")
+    return (
+        f"host={shown['hostname']} port={shown['port']} db={shown['db_name']} user={shown['username']} "
+        f"password={password}"
+    )
 
 
 def _reason(error: BaseException, password: str) -> str:

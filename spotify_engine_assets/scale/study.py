@@ -51,9 +51,18 @@ def postgres_url(server, db: str) -> str:
     return f"postgresql+psycopg2://{server.user}@{server.host}:{server.port}/{db}"
 
 
-def run_worker(url: str, worker: int, trials: int, family: str = "lightgcn", max_epochs: int = 3,
-               world: str = "tiny", seed: int = 0, heartbeat: int = 1, grace: int = 4,
-               study_name: str | None = None) -> None:
+def run_worker(
+    url: str,
+    worker: int,
+    trials: int,
+    family: str = "lightgcn",
+    max_epochs: int = 3,
+    world: str = "tiny",
+    seed: int = 0,
+    heartbeat: int = 1,
+    grace: int = 4,
+    study_name: str | None = None,
+) -> None:
     """One worker session: open the shared study and run ``trials`` trials (log lines to stdout)."""
     import torch
 
@@ -63,12 +72,22 @@ def run_worker(url: str, worker: int, trials: int, family: str = "lightgcn", max
     torch.set_num_threads(1)
     storage = hpo.open_storage(url, heartbeat_interval=heartbeat, grace_period=grace)
     space = hpo.get_space(DATASET, family)
-    study = hpo.open_study(DATASET, family, storage, seed=seed, worker=worker,
-                           study_name=study_name or STUDY_NAME.format(family=family))
+    study = hpo.open_study(
+        DATASET, family, storage, seed=seed, worker=worker, study_name=study_name or STUDY_NAME.format(family=family)
+    )
     data = study_data(world)
-    print(f"worker {worker} (pid {os.getpid()}): {trials} trials of {study.study_name!r} on {hpo.redact(url)}", flush=True)
-    hpo.run_study(study, space, data, n_trials=trials, max_epochs=max_epochs, worker=worker,
-                  log=lambda message: print(f"worker {worker}: {message}", flush=True))
+    print(
+        f"worker {worker} (pid {os.getpid()}): {trials} trials of {study.study_name!r} on {hpo.redact(url)}", flush=True
+    )
+    hpo.run_study(
+        study,
+        space,
+        data,
+        n_trials=trials,
+        max_epochs=max_epochs,
+        worker=worker,
+        log=lambda message: print(f"worker {worker}: {message}", flush=True),
+    )
 
 
 @dataclass
@@ -89,14 +108,33 @@ class StudyReport:
 
 def _worker_cmd(url: str, worker: int, trials: int, options: dict) -> list[str]:
     flags = [f"--{key.replace('_', '-')}={value}" for key, value in options.items()]
-    return [sys.executable, "-m", "spotify_engine_assets.scale", "study-worker", f"--url={url}",
-            f"--worker={worker}", f"--trials={trials}", *flags]
+    return [
+        sys.executable,
+        "-m",
+        "spotify_engine_assets.scale",
+        "study-worker",
+        f"--url={url}",
+        f"--worker={worker}",
+        f"--trials={trials}",
+        *flags,
+    ]
 
 
-def run_shared_study(profile_dir: Path, workers: int = 2, trials: int = 3, family: str = "lightgcn",
-                     max_epochs: int = 3, world: str = "tiny", seed: int = 0, kill: bool = True,
-                     heartbeat: int = 1, grace: int = 4, url: str | None = None, timeout: float = 900,
-                     log=print) -> StudyReport:
+def run_shared_study(
+    profile_dir: Path,
+    workers: int = 2,
+    trials: int = 3,
+    family: str = "lightgcn",
+    max_epochs: int = 3,
+    world: str = "tiny",
+    seed: int = 0,
+    kill: bool = True,
+    heartbeat: int = 1,
+    grace: int = 4,
+    url: str | None = None,
+    timeout: float = 900,
+    log=print,
+) -> StudyReport:
     """Start PostgreSQL (unless ``url`` names a database: its password in the environment), run
     ``workers`` worker processes of ``trials`` trials each on one study, kill and restart the last
     worker once (``kill``), stop the server; returns the checked :class:`StudyReport`."""
@@ -106,7 +144,7 @@ def run_shared_study(profile_dir: Path, workers: int = 2, trials: int = 3, famil
     from . import profile as prof
     from .postgres import PostgresServer
 
-    if workers < 1 or trials < 2 and kill:
+    if workers < 1 or (trials < 2 and kill):
         raise ValueError("need workers >= 1 and, to kill a worker mid-run, trials >= 2")
     profile_dir = Path(profile_dir).resolve()
     profile_dir.mkdir(parents=True, exist_ok=True)
@@ -116,8 +154,11 @@ def run_shared_study(profile_dir: Path, workers: int = 2, trials: int = 3, famil
     processes: dict[int, subprocess.Popen] = {}
     logs = []
     try:
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
-               "OMP_NUM_THREADS": "1"}
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+            "OMP_NUM_THREADS": "1",
+        }
         if url is None:
             server = PostgresServer.create(profile_dir).start()
             server.create_database(prof.OPTUNA_DB)
@@ -128,19 +169,29 @@ def run_shared_study(profile_dir: Path, workers: int = 2, trials: int = 3, famil
             log(f"PostgreSQL {server.host}:{server.port} started in {time.monotonic() - started:.1f} s")
         name = STUDY_NAME.format(family=family) + f"/{int(time.time())}"
         report = StudyReport(name, hpo.redact(url))
-        options = dict(family=family, max_epochs=max_epochs, world=world, seed=seed, heartbeat=heartbeat, grace=grace,
-                       study_name=name)
+        options = dict(
+            family=family,
+            max_epochs=max_epochs,
+            world=world,
+            seed=seed,
+            heartbeat=heartbeat,
+            grace=grace,
+            study_name=name,
+        )
 
         def launch(worker: int, count: int) -> subprocess.Popen:
-            out = open(profile_dir / f"worker{worker}-{len(logs)}.log", "w")
+            out = open(profile_dir / f"worker{worker}-{len(logs)}.log", "w")  # noqa: SIM115 - closed with `logs`
             logs.append(out)
-            return subprocess.Popen(_worker_cmd(url, worker, count, options), env=env, stdout=out,
-                                    stderr=subprocess.STDOUT, cwd=str(REPO))
+            return subprocess.Popen(
+                _worker_cmd(url, worker, count, options), env=env, stdout=out, stderr=subprocess.STDOUT, cwd=str(REPO)
+            )
 
         for worker in range(workers):
             processes[worker] = launch(worker, trials)
-        log(f"{workers} workers x {trials} trials of {family} (<= {max_epochs} epochs) on study {name!r} at "
-            f"{hpo.redact(url)}")
+        log(
+            f"{workers} workers x {trials} trials of {family} (<= {max_epochs} epochs) on study {name!r} at "
+            f"{hpo.redact(url)}"
+        )
         poll = None
         victim = workers - 1
         deadline = time.monotonic() + timeout
@@ -164,10 +215,17 @@ def run_shared_study(profile_dir: Path, workers: int = 2, trials: int = 3, famil
                         process = processes[victim]
                         process.send_signal(signal.SIGKILL)
                         process.wait()
-                        report.killed = {"worker": victim, "pid": process.pid, "trial": running[0].number,
-                                         "finished_before": len(done), "at_s": round(time.monotonic() - started, 1)}
-                        log(f"SIGKILL worker {victim} (pid {process.pid}) during trial {running[0].number}, after "
-                            f"{len(done)} finished trial(s)")
+                        report.killed = {
+                            "worker": victim,
+                            "pid": process.pid,
+                            "trial": running[0].number,
+                            "finished_before": len(done),
+                            "at_s": round(time.monotonic() - started, 1),
+                        }
+                        log(
+                            f"SIGKILL worker {victim} (pid {process.pid}) during trial {running[0].number}, after "
+                            f"{len(done)} finished trial(s)"
+                        )
                         time.sleep(grace + heartbeat)  # a supervisor's back-off: the trial is stale by now
                         processes[victim] = launch(victim, trials - len(done))
                         report.restarted_pid = processes[victim].pid
@@ -181,9 +239,17 @@ def run_shared_study(profile_dir: Path, workers: int = 2, trials: int = 3, famil
         study = optuna.load_study(study_name=name, storage=hpo.open_storage(url, heartbeat, grace))
         hpo.fail_stale_trials(study)
         for trial in study.get_trials(deepcopy=False):
-            report.trials.append({"number": trial.number, "state": trial.state.name, "value": trial.value,
-                                  "worker": trial.user_attrs.get("worker"), "pid": trial.user_attrs.get("worker_pid"),
-                                  "enqueued": "enqueued" in trial.user_attrs, "params": dict(trial.params)})
+            report.trials.append(
+                {
+                    "number": trial.number,
+                    "state": trial.state.name,
+                    "value": trial.value,
+                    "worker": trial.user_attrs.get("worker"),
+                    "pid": trial.user_attrs.get("worker_pid"),
+                    "enqueued": "enqueued" in trial.user_attrs,
+                    "params": dict(trial.params),
+                }
+            )
         try:
             report.best = (study.best_trial.number, float(study.best_value))
         except ValueError:
@@ -218,14 +284,18 @@ def check(report: StudyReport, workers: int, trials: int, kill: bool) -> list[st
     if sum(row["enqueued"] for row in rows) != 1:
         problems.append(f"{sum(row['enqueued'] for row in rows)} trials are the enqueued registry config, not 1")
     if any(row["state"] in ("RUNNING", "WAITING") for row in rows):
-        problems.append("trials left RUNNING/WAITING: " + ", ".join(str(r["number"]) for r in rows
-                                                                 if r["state"] in ("RUNNING", "WAITING")))
+        problems.append(
+            "trials left RUNNING/WAITING: "
+            + ", ".join(str(r["number"]) for r in rows if r["state"] in ("RUNNING", "WAITING"))
+        )
     finished = [row for row in rows if row["state"] in ("COMPLETE", "PRUNED")]
     if len(finished) != workers * trials:
         problems.append(f"{len(finished)} finished trials, expected {workers} x {trials}")
     for worker in range(workers):
         if sum(row["worker"] == worker for row in finished) != trials:
-            problems.append(f"worker {worker} finished {sum(row['worker'] == worker for row in finished)} trials, not {trials}")
+            problems.append(
+                f"worker {worker} finished {sum(row['worker'] == worker for row in finished)} trials, not {trials}"
+            )
     if kill:
         killed = report.killed
         if not killed:
@@ -248,24 +318,33 @@ def format_report(report: StudyReport) -> str:
         sessions.setdefault((row["worker"], row["pid"]), []).append(row["number"])
     lines = [f"study {report.study_name!r} on {report.url}: {len(rows)} trials in {report.seconds:.0f} s"]
     for (worker, pid), numbers in sorted(sessions.items(), key=lambda item: (str(item[0][0]), min(item[1]))):
-        tag = " (killed)" if report.killed and pid == report.killed["pid"] else (
-            " (restarted)" if pid == report.restarted_pid else "")
+        tag = (
+            " (killed)"
+            if report.killed and pid == report.killed["pid"]
+            else (" (restarted)" if pid == report.restarted_pid else "")
+        )
         lines.append(f"  worker {worker} pid {pid}{tag}: trials {numbers}")
     lines.append("| trial | state | value | worker | pid | params |")
     lines.append("|---|---|---|---|---|---|")
     for row in rows:
         value = "-" if row["value"] is None else f"{row['value']:.4f}"
         params = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in row["params"].items())
-        lines.append(f"| {row['number']}{' (registry)' if row['enqueued'] else ''} | {row['state']} | {value} | "
-                     f"{row['worker']} | {row['pid']} | {params} |")
+        lines.append(
+            f"| {row['number']}{' (registry)' if row['enqueued'] else ''} | {row['state']} | {value} | "
+            f"{row['worker']} | {row['pid']} | {params} |"
+        )
     numbers = [row["number"] for row in rows]
-    lines.append(f"trial numbers unique: {len(set(numbers)) == len(numbers)}; params distinct: "
-                 f"{len({tuple(sorted(r['params'].items())) for r in rows if r['params']}) == sum(bool(r['params']) for r in rows)}")
+    lines.append(
+        f"trial numbers unique: {len(set(numbers)) == len(numbers)}; params distinct: "
+        f"{len({tuple(sorted(r['params'].items())) for r in rows if r['params']}) == sum(bool(r['params']) for r in rows)}"
+    )
     if report.killed:
         k = report.killed
-        lines.append(f"killed worker {k['worker']} (pid {k['pid']}) at {k['at_s']} s during trial {k['trial']} after "
-                     f"{k['finished_before']} finished; restarted as pid {report.restarted_pid}: resumed with "
-                     f"{sum(r['pid'] == report.restarted_pid for r in rows)} trial(s) after the kill")
+        lines.append(
+            f"killed worker {k['worker']} (pid {k['pid']}) at {k['at_s']} s during trial {k['trial']} after "
+            f"{k['finished_before']} finished; restarted as pid {report.restarted_pid}: resumed with "
+            f"{sum(r['pid'] == report.restarted_pid for r in rows)} trial(s) after the kill"
+        )
     if report.best:
         lines.append(f"best: trial {report.best[0]}, value {report.best[1]:.4f}")
     lines.append("OK" if report.ok else "PROBLEMS: " + "; ".join(report.problems))

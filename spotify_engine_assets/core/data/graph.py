@@ -156,7 +156,9 @@ def category_features(data: HeteroData, schema: Schema, role: str) -> Tensor | N
     return features
 
 
-def training_view(data: HeteroData, schema: Schema, train_index: Tensor, heldout_index: Tensor | None = None) -> HeteroData:
+def training_view(
+    data: HeteroData, schema: Schema, train_index: Tensor, heldout_index: Tensor | None = None
+) -> HeteroData:
     """The default message-passing view: every node, the *training* interactions (with their
     ``edge_attr`` / ``edge_weight``), every category, context and social relation whole, and the
     reverse of the interaction, category and context relations. Nothing of a held-out interaction
@@ -167,7 +169,12 @@ def training_view(data: HeteroData, schema: Schema, train_index: Tensor, heldout
         if "node_id" in data[node_type]:
             view[node_type].node_id = data[node_type].node_id
     kept = {schema.interaction: train_index}
-    for edge_type in (schema.interaction, *schema.categories.values(), *schema.context, *([schema.social] if schema.social else [])):
+    for edge_type in (
+        schema.interaction,
+        *schema.categories.values(),
+        *schema.context,
+        *([schema.social] if schema.social else []),
+    ):
         if edge_type not in data.edge_types:
             continue
         store, index = data[edge_type], kept.get(edge_type)

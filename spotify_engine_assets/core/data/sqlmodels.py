@@ -196,8 +196,11 @@ def _is_orphan(test: DataTest, column: exp.Column) -> exp.Expression:
 
 
 _FAILURE_CONDITIONS: dict[str, Callable[[DataTest, exp.Column], exp.Expression]] = {
-    "not_null": _is_null, "unique": _is_duplicated, "accepted_range": _is_out_of_range,
-    "accepted_values": _is_not_accepted, "relationship": _is_orphan,
+    "not_null": _is_null,
+    "unique": _is_duplicated,
+    "accepted_range": _is_out_of_range,
+    "accepted_values": _is_not_accepted,
+    "relationship": _is_orphan,
 }
 
 
@@ -347,7 +350,12 @@ def load_sql_project(root: Path, sources: Iterable[str]) -> SqlProject:
     for table in _topological_order(catalog, dependencies):
         file = catalog.files[table]
         models[table] = SqlModel(
-            file.schema, file.name, file.path, texts[table], dependencies[table], tuple(tests.get(table, ())),
+            file.schema,
+            file.name,
+            file.path,
+            texts[table],
+            dependencies[table],
+            tuple(tests.get(table, ())),
             tuple(descriptions.get(table, {}).items()),
         )
     return SqlProject(root=root, models=models, sources=source_names)
@@ -447,8 +455,10 @@ def _table_function_reads(catalog: _Catalog, statement: exp.Expression) -> set[s
         first = call.expressions[0] if call.expressions else None
         names = first.expressions if isinstance(first, exp.Array) else [first]
         if not all(isinstance(arg, exp.Literal) and arg.is_string for arg in names):
-            raise ValueError(f"{call.sql(DIALECT)}: {name}() takes literal text here (the tables it reads must "
-                             "be known before the model runs)")
+            raise ValueError(
+                f"{call.sql(DIALECT)}: {name}() takes literal text here (the tables it reads must "
+                "be known before the model runs)"
+            )
         for arg in names:
             if name != "query":
                 tables.add(catalog.resolve_name(arg.this))
@@ -466,7 +476,8 @@ def _table_references(statement: exp.Query) -> list[exp.Table]:
     """Tables a query reads: named tables that are neither CTEs nor table functions."""
     cte_names = {cte.alias_or_name.lower() for cte in statement.find_all(exp.CTE)}
     return [
-        table for table in statement.find_all(exp.Table)
+        table
+        for table in statement.find_all(exp.Table)
         if isinstance(table.this, exp.Identifier) and (table.db or table.name.lower() not in cte_names)
     ]
 
@@ -537,8 +548,9 @@ def _load_descriptions(root: Path, catalog: _Catalog) -> dict[str, dict[str, str
             if table is None:
                 known = ", ".join(sorted(folder_models)) or "(none)"
                 raise _error(relative, f"{DESCRIPTIONS_KEY}.{model_name}: no such model in this folder; known: {known}")
-            if not isinstance(columns, dict) or not all(isinstance(c, str) and isinstance(d, str) and d.strip()
-                                                        for c, d in columns.items()):
+            if not isinstance(columns, dict) or not all(
+                isinstance(c, str) and isinstance(d, str) and d.strip() for c, d in columns.items()
+            ):
                 raise _error(relative, f"{DESCRIPTIONS_KEY}.{model_name}: expected column names with non-empty texts")
             found[table] = {column: text.strip() for column, text in columns.items()}
     return found
@@ -634,8 +646,11 @@ def _relationship_parameters(params: Mapping[str, Any], column: str, catalog: _C
 
 
 _PARAMETER_CHECKS: dict[str, Callable[[Mapping[str, Any], str, _Catalog], dict[str, Any]]] = {
-    "not_null": _no_parameters, "unique": _no_parameters, "accepted_range": _range_parameters,
-    "accepted_values": _values_parameters, "relationship": _relationship_parameters,
+    "not_null": _no_parameters,
+    "unique": _no_parameters,
+    "accepted_range": _range_parameters,
+    "accepted_values": _values_parameters,
+    "relationship": _relationship_parameters,
 }
 
 

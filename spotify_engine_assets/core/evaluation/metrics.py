@@ -24,7 +24,12 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 from torch_geometric.metrics import (
-    LinkPredHitRatio, LinkPredMetricCollection, LinkPredMRR, LinkPredNDCG, LinkPredPrecision, LinkPredRecall,
+    LinkPredHitRatio,
+    LinkPredMetricCollection,
+    LinkPredMRR,
+    LinkPredNDCG,
+    LinkPredPrecision,
+    LinkPredRecall,
 )
 from torch_geometric.metrics.link_pred import LinkPredMetricData
 
@@ -32,7 +37,10 @@ from ..serving.diversity import mean_pairwise_distance
 
 ACCURACY_KS = (5, 10, 20)
 ACCURACY_FAMILIES = {
-    "recall": LinkPredRecall, "precision": LinkPredPrecision, "ndcg": LinkPredNDCG, "mrr": LinkPredMRR,
+    "recall": LinkPredRecall,
+    "precision": LinkPredPrecision,
+    "ndcg": LinkPredNDCG,
+    "mrr": LinkPredMRR,
     "hit_rate": LinkPredHitRatio,
 }
 
@@ -48,8 +56,13 @@ def chunk_users(chunk_size: int, num_items: int) -> int:
 
 
 def topk_scored(
-    score_fn: Callable[[Tensor], Tensor], users: Tensor, exclude: Tensor, num_items: int, k: int,
-    chunk_size: int = 2048, stable: bool = False,
+    score_fn: Callable[[Tensor], Tensor],
+    users: Tensor,
+    exclude: Tensor,
+    num_items: int,
+    k: int,
+    chunk_size: int = 2048,
+    stable: bool = False,
 ) -> Tensor:
     """Indices of the ``k`` best items for each of ``users``, never one of the ``exclude`` pairs.
 
@@ -111,9 +124,17 @@ def catalog_coverage(topk: Tensor, num_items: int, k: int = 10) -> float:
 
 
 def link_prediction_metrics(
-    score_fn: Callable[[Tensor], Tensor], relevant: Tensor, exclude: Tensor, num_items: int,
-    ks: tuple[int, ...] = (10, 20), *, users: Tensor | None = None, stable: bool = False, chunk_size: int = 2048,
-    coverage_k: int = 10, clip: bool = False,
+    score_fn: Callable[[Tensor], Tensor],
+    relevant: Tensor,
+    exclude: Tensor,
+    num_items: int,
+    ks: tuple[int, ...] = (10, 20),
+    *,
+    users: Tensor | None = None,
+    stable: bool = False,
+    chunk_size: int = 2048,
+    coverage_k: int = 10,
+    clip: bool = False,
 ) -> dict[str, float]:
     """Rank every item for each user with a relevant pair (restricted to ``users`` when given),
     masking ``exclude``, and score the lists: Recall and NDCG at each K, Precision and HitRate at
@@ -153,7 +174,9 @@ def ranking_metrics(
 # ---------------------------------------------------------------------------------- per user
 
 
-def accuracy_per_user(topk: Tensor, rows: Tensor, items: Tensor, ks: tuple[int, ...] = ACCURACY_KS) -> dict[str, Tensor]:
+def accuracy_per_user(
+    topk: Tensor, rows: Tensor, items: Tensor, ks: tuple[int, ...] = ACCURACY_KS
+) -> dict[str, Tensor]:
     """Recall, Precision, NDCG, MRR and HitRate at each ``k``, one value per row of ``topk``.
 
     The values are PyG's own per-example computations (``LinkPredMetric._compute``) on one shared

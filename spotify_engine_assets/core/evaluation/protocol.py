@@ -24,11 +24,11 @@ ScoreFn = Callable[[Tensor], Tensor]
 class Protocol:
     """The interface (module docstring)."""
 
-    primary: str          # the chain's primary test metric (gates, champion, comparisons)
-    monitor: str          # the validation metric early stopping and studies follow
-    report_k: int         # the report ranks this many items per user
+    primary: str  # the chain's primary test metric (gates, champion, comparisons)
+    monitor: str  # the validation metric early stopping and studies follow
+    report_k: int  # the report ranks this many items per user
     table: tuple[str, ...]  # the metrics of the chain's comparison table
-    beyond_k: int = 10    # lists cut here for coverage, Gini, novelty, diversity, personalization
+    beyond_k: int = 10  # lists cut here for coverage, Gini, novelty, diversity, personalization
 
     def for_graph(self, data: HeteroData) -> Protocol:
         """The protocol with what it reads from a graph (e.g. each item's artist); default: itself."""
@@ -72,7 +72,15 @@ class LinkPrediction(Protocol):
     stable: bool = False
     chunk_size: int = 2048
     clip: bool = False
-    table: tuple[str, ...] = ("recall@10", "recall@20", "ndcg@10", "ndcg@20", "precision@10", "hit_rate@10", "coverage@10")
+    table: tuple[str, ...] = (
+        "recall@10",
+        "recall@20",
+        "ndcg@10",
+        "ndcg@20",
+        "precision@10",
+        "hit_rate@10",
+        "coverage@10",
+    )
 
     @property
     def report_k(self) -> int:
@@ -88,6 +96,14 @@ class LinkPrediction(Protocol):
         self, score_fn: ScoreFn, known: Tensor, heldout: Tensor, num_items: int, users: Tensor | None = None
     ) -> dict[str, float]:
         return link_prediction_metrics(
-            score_fn, heldout, known, num_items, self.valid_ks, users=users, stable=self.stable,
-            chunk_size=self.chunk_size, coverage_k=self.coverage_k, clip=self.clip,
+            score_fn,
+            heldout,
+            known,
+            num_items,
+            self.valid_ks,
+            users=users,
+            stable=self.stable,
+            chunk_size=self.chunk_size,
+            coverage_k=self.coverage_k,
+            clip=self.clip,
         )

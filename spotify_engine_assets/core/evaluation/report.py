@@ -28,8 +28,14 @@ import torch
 from torch import Tensor
 
 from .metrics import (
-    catalog_coverage, gini, group_of_rank, intra_list_distance, novelty_per_user, personalization,
-    popularity_probability, recommendation_counts,
+    catalog_coverage,
+    gini,
+    group_of_rank,
+    intra_list_distance,
+    novelty_per_user,
+    personalization,
+    popularity_probability,
+    recommendation_counts,
 )
 from .protocol import Protocol
 
@@ -82,7 +88,9 @@ class Evaluation:
 
 
 def evaluate(
-    score_fn: Callable[[Tensor], Tensor], factors: tuple[Tensor, Tensor] | None, data: EvaluationData,
+    score_fn: Callable[[Tensor], Tensor],
+    factors: tuple[Tensor, Tensor] | None,
+    data: EvaluationData,
     protocol: Protocol,
 ) -> Evaluation:
     """Score every user with a test item; see the module docstring for the metrics."""
@@ -120,7 +128,9 @@ def evaluate(
         {
             "user_index": users.numpy(),
             "user_id": data.user_ids[users].numpy(),
-            "user_type": [data.user_types[u] for u in users.tolist()] if data.user_types else ["unknown"] * users.numel(),
+            "user_type": [data.user_types[u] for u in users.tolist()]
+            if data.user_types
+            else ["unknown"] * users.numel(),
             "train_interactions": activity.numpy(),
             "activity_tercile": [TERCILES[t] for t in group_of_rank(activity).tolist()],
             "test_items": torch.bincount(row_of_user[test[0]], minlength=users.numel()).numpy(),
@@ -148,11 +158,18 @@ def fairness_tables(per_user: pl.DataFrame, metrics: list[str]) -> tuple[pl.Data
             ordered = part.sort(metric)
             worst, best = ordered.row(0, named=True), ordered.row(-1, named=True)
             gap = float(best[metric] - worst[metric])
-            rows.append({
-                "dimension": dimension, "metric": metric, "best_group": best["group"], "best": float(best[metric]),
-                "worst_group": worst["group"], "worst": float(worst[metric]), "gap": gap,
-                "relative_gap": gap / best[metric] if best[metric] > 0 else 0.0,
-            })
+            rows.append(
+                {
+                    "dimension": dimension,
+                    "metric": metric,
+                    "best_group": best["group"],
+                    "best": float(best[metric]),
+                    "worst_group": worst["group"],
+                    "worst": float(worst[metric]),
+                    "gap": gap,
+                    "relative_gap": gap / best[metric] if best[metric] > 0 else 0.0,
+                }
+            )
     return pl.concat(groups), pl.DataFrame(rows)
 
 
@@ -186,8 +203,15 @@ def latency_per_user(
 
 
 def memory_estimate_bytes(
-    num_parameters: int, num_nodes: int, dim: int, num_edges: int, layers: int, num_users_scored: int, num_items: int,
-    k: int, chunk_size: int = 2048,
+    num_parameters: int,
+    num_nodes: int,
+    dim: int,
+    num_edges: int,
+    layers: int,
+    num_users_scored: int,
+    num_items: int,
+    k: int,
+    chunk_size: int = 2048,
 ) -> dict[str, int]:
     """Analytical float32 estimate of evaluation memory: weights, output embeddings, one message
     per edge, dimension and layer in the forward pass, one chunk of the score matrix and the
@@ -247,7 +271,15 @@ def comparison_summary(frame: pl.DataFrame, protocol: Protocol, digits: int = 4)
     epochs; metrics rounded to ``digits``, seconds to 0.1 (as text, so a markdown table shows "9.6",
     not "9.6000"). The full table (model family, every extra metric, task AUCs, latency) stays in the
     asset and the CSV."""
-    columns = ["config", "split", *protocol.table, f"{protocol.primary} / most_popular", "gate", "train_seconds", "epochs"]
+    columns = [
+        "config",
+        "split",
+        *protocol.table,
+        f"{protocol.primary} / most_popular",
+        "gate",
+        "train_seconds",
+        "epochs",
+    ]
     shown = frame.select([c for c in columns if c in frame.columns])
     shown = shown.with_columns(pl.col(c).round(digits) for c, dtype in shown.schema.items() if dtype.is_float())
     if "train_seconds" in shown.columns:

@@ -25,7 +25,10 @@ BETTER, WORSE, NO_DIFFERENCE = "better", "worse", "no detectable difference"
 PRIMARY_TESTS = {"ttest": "t_p_holm", "wilcoxon": "wilcoxon_p_holm"}
 # compare_models' split-users columns, from split_users_test's keys
 WELCH_COLUMNS = {
-    "welch_mean_diff": "mean_diff", "welch_p": "welch_p", "welch_ci_low": "ci_low", "welch_ci_high": "ci_high"
+    "welch_mean_diff": "mean_diff",
+    "welch_p": "welch_p",
+    "welch_ci_low": "ci_low",
+    "welch_ci_high": "ci_high",
 }
 
 
@@ -96,14 +99,21 @@ def paired_test(
     return result
 
 
-def bootstrap_mean_ci(values: np.ndarray, n_resamples: int = 2000, confidence: float = 0.95, seed: int = 0) -> tuple[float, float]:
+def bootstrap_mean_ci(
+    values: np.ndarray, n_resamples: int = 2000, confidence: float = 0.95, seed: int = 0
+) -> tuple[float, float]:
     """Percentile bootstrap interval of the mean of ``values`` (seeded)."""
     values = np.asarray(values, dtype=float)
     if np.ptp(values) == 0:
         return float(values[0]), float(values[0])
     interval = stats.bootstrap(
-        (values,), np.mean, n_resamples=n_resamples, confidence_level=confidence, method="percentile",
-        vectorized=True, rng=np.random.default_rng(seed),
+        (values,),
+        np.mean,
+        n_resamples=n_resamples,
+        confidence_level=confidence,
+        method="percentile",
+        vectorized=True,
+        rng=np.random.default_rng(seed),
     ).confidence_interval
     return float(interval.low), float(interval.high)
 
@@ -123,8 +133,13 @@ def split_users_test(
         return result
     test = stats.ttest_ind(b, a, equal_var=False)
     interval = stats.bootstrap(
-        (b, a), lambda x, y, axis=-1: np.mean(x, axis=axis) - np.mean(y, axis=axis), n_resamples=n_resamples,
-        confidence_level=confidence, method="percentile", vectorized=True, rng=np.random.default_rng(seed + 1),
+        (b, a),
+        lambda x, y, axis=-1: np.mean(x, axis=axis) - np.mean(y, axis=axis),
+        n_resamples=n_resamples,
+        confidence_level=confidence,
+        method="percentile",
+        vectorized=True,
+        rng=np.random.default_rng(seed + 1),
     ).confidence_interval
     result.update(
         welch_stat=float(test.statistic) if np.isfinite(test.statistic) else 0.0,
@@ -144,8 +159,14 @@ def verdict(adjusted_p: float, mean_diff: float, alpha: float) -> str:
 
 
 def compare_models(
-    control: pl.DataFrame, treatment: pl.DataFrame, metrics: Sequence[str], alpha: float = 0.05,
-    n_resamples: int = 2000, seed: int = 0, key: str = "user_index", primary: str = "ttest",
+    control: pl.DataFrame,
+    treatment: pl.DataFrame,
+    metrics: Sequence[str],
+    alpha: float = 0.05,
+    n_resamples: int = 2000,
+    seed: int = 0,
+    key: str = "user_index",
+    primary: str = "ttest",
 ) -> pl.DataFrame:
     """One row per metric: paired statistics with Holm across ``metrics``, the verdict, and the
     split-users (Welch) variant with its own Holm correction and verdict.
@@ -180,5 +201,7 @@ def compare_models(
     )
     return frame.with_columns(
         pl.Series("verdict", [verdict(p, d, alpha) for p, d in zip(frame[PRIMARY_TESTS[primary]], frame["mean_diff"])]),
-        pl.Series("welch_verdict", [verdict(p, d, alpha) for p, d in zip(frame["welch_p_holm"], frame["welch_mean_diff"])]),
+        pl.Series(
+            "welch_verdict", [verdict(p, d, alpha) for p, d in zip(frame["welch_p_holm"], frame["welch_mean_diff"])]
+        ),
     )

@@ -51,9 +51,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import optuna
+import torch
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-import torch
 from torch import Tensor
 from torch_geometric.data import HeteroData
 
@@ -70,7 +70,9 @@ from . import trial_budget
 # multi-objective mode: directions of the three objectives (all on validation; see multi_objectives)
 MULTI_DIRECTIONS = ("maximize", "minimize", "maximize")
 # fields a study may sample; identity fields, the seed and the final-fit switches are never tuned
-NOT_SEARCHABLE = frozenset({"name", "model", "description", "split", "seed", "user_sample", "train_on_validation", "trainer"})
+NOT_SEARCHABLE = frozenset(
+    {"name", "model", "description", "split", "seed", "user_sample", "train_on_validation", "trainer"}
+)
 
 
 def objective_name(dataset: Dataset) -> str:
@@ -99,9 +101,10 @@ class ParamSpec(BaseModel):
     step: int | None = Field(None, ge=1, description="Integer step (int only, not with log).")
     choices: list[Any] | None = None
     when: dict[str, Any] | None = Field(
-        None, description="Sample this field only when each named (categorical) parameter of the same space took "
+        None,
+        description="Sample this field only when each named (categorical) parameter of the same space took "
         "the given value, or one of a list of values ({loss: softmax}, {loss: [bpr, softmax]}); otherwise the "
-        "field takes its config class's default (a setting without effect is an error)."
+        "field takes its config class's default (a setting without effect is an error).",
     )
 
     @model_validator(mode="after")
@@ -142,7 +145,9 @@ class ParamSpec(BaseModel):
     def holds(self, values: dict[str, Any]) -> bool:
         """Whether the condition holds for ``values`` (parameter -> value; a missing one fails it).
         Values compare by ``repr`` like the choices (``1`` is not ``True``)."""
-        return all(key in values and repr(values[key]) in map(repr, allowed) for key, allowed in self.conditions.items())
+        return all(
+            key in values and repr(values[key]) in map(repr, allowed) for key, allowed in self.conditions.items()
+        )
 
     def values_to_check(self) -> list[Any]:
         if self.type == "categorical":
@@ -279,8 +284,12 @@ def _validate_param(family: str, field: str, spec: ParamSpec, base: ModelConfig,
     cls = config_class(base.model)
     if field not in cls.model_fields:
         searchable = sorted(set(cls.model_fields) - NOT_SEARCHABLE)
-        _fail(where, family, field, f"unknown parameter (not a field of {base.model} configs); searchable fields: "
-              f"{', '.join(searchable)}")
+        _fail(
+            where,
+            family,
+            field,
+            f"unknown parameter (not a field of {base.model} configs); searchable fields: {', '.join(searchable)}",
+        )
     if field in NOT_SEARCHABLE:
         _fail(where, family, field, "this field cannot be searched")
     kind = _field_kind(cls, field)
@@ -299,16 +308,30 @@ def _order_by_conditions(family: str, params: dict[str, ParamSpec], where: str) 
                 _fail(where, family, field, f"when: {key!r} is the parameter itself")
             if key not in params:
                 others = ", ".join(p for p in params if p != field) or "it has no other"
-                _fail(where, family, field, f"when: {key!r} is not a parameter of this space; a condition names a "
-                      f"sampled parameter of the same space ({others})")
+                _fail(
+                    where,
+                    family,
+                    field,
+                    f"when: {key!r} is not a parameter of this space; a condition names a "
+                    f"sampled parameter of the same space ({others})",
+                )
             if params[key].type != "categorical":
-                _fail(where, family, field, f"when: {key!r} is a {params[key].type} parameter; a condition names a "
-                      "categorical one (and values among its choices)")
+                _fail(
+                    where,
+                    family,
+                    field,
+                    f"when: {key!r} is a {params[key].type} parameter; a condition names a "
+                    "categorical one (and values among its choices)",
+                )
             choices = {repr(choice) for choice in params[key].choices}
             unknown = [value for value in allowed if repr(value) not in choices]
             if unknown:
-                _fail(where, family, field, f"when: {key}: {', '.join(map(repr, unknown))} not among its choices "
-                      f"{params[key].choices}")
+                _fail(
+                    where,
+                    family,
+                    field,
+                    f"when: {key}: {', '.join(map(repr, unknown))} not among its choices {params[key].choices}",
+                )
     ordered: dict[str, ParamSpec] = {}
     while len(ordered) < len(params):
         ready = [f for f, s in params.items() if f not in ordered and all(k in ordered for k in s.conditions)]
@@ -355,7 +378,9 @@ def spaces_path(dataset: Dataset) -> Path:
     return dataset.registry.path.with_name("search_spaces.yaml")
 
 
-def load_search_spaces(dataset: Dataset, path: Path | None = None, registry: dict[str, ModelConfig] | None = None) -> dict[str, SearchSpace]:
+def load_search_spaces(
+    dataset: Dataset, path: Path | None = None, registry: dict[str, ModelConfig] | None = None
+) -> dict[str, SearchSpace]:
     """Every family's search space of a chain (``path`` default ``configs/<chain>/search_spaces.yaml``),
     validated against its registry (``registry`` default the chain's registry file)."""
     path = path or spaces_path(dataset)
@@ -372,7 +397,9 @@ def load_search_spaces(dataset: Dataset, path: Path | None = None, registry: dic
             raise ConfigError(f"{path}: family {family!r}: expected a mapping with 'params' and optional 'base'")
         base_name = str(entry.get("base", family))
         if base_name not in registry:
-            raise ConfigError(f"{path}: family {family!r}: unknown base config {base_name!r}; known: {', '.join(sorted(registry))}")
+            raise ConfigError(
+                f"{path}: family {family!r}: unknown base config {base_name!r}; known: {', '.join(sorted(registry))}"
+            )
         base = registry[base_name]
         if base.model == "most_popular":
             raise ConfigError(f"{path}: family {family!r}: base config {base_name!r} has nothing to tune")
@@ -420,7 +447,11 @@ def redact(url: str) -> str:
 
 
 def _open_rdb(
-    url: str, engine_kwargs: dict, attempts: int = 5, heartbeat_interval: int = 60, grace_period: int = 180,
+    url: str,
+    engine_kwargs: dict,
+    attempts: int = 5,
+    heartbeat_interval: int = 60,
+    grace_period: int = 180,
 ) -> optuna.storages.RDBStorage:
     """An RDB storage, tested with a round trip. Workers that open a *new* database at the same
     moment race to create its schema (one gets an IntegrityError on ``alembic_version``); the
@@ -439,7 +470,9 @@ def _open_rdb(
             storage.get_all_studies()  # a round trip: the database answers
             return storage
         except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.OperationalError) as error:
-            if attempt == attempts - 1 or not isinstance(error, sqlalchemy.exc.IntegrityError) and retrying_cannot_fix(str(error)):
+            if attempt == attempts - 1 or (
+                not isinstance(error, sqlalchemy.exc.IntegrityError) and retrying_cannot_fix(str(error))
+            ):
                 raise
             time.sleep(0.2 * (attempt + 1))
     raise AssertionError("unreachable")
@@ -450,7 +483,9 @@ def _open_rdb(
 PASSWORD_ENV = ("SPOTIFY_ENGINE_PG_PASSWORD", "PGPASSWORD")
 
 
-def open_storage(url: str | None = None, heartbeat_interval: int = 60, grace_period: int = 180) -> optuna.storages.BaseStorage:
+def open_storage(
+    url: str | None = None, heartbeat_interval: int = 60, grace_period: int = 180
+) -> optuna.storages.BaseStorage:
     """Open (and test) the storage at ``url``; a clear ``HpoError`` when it cannot be used.
 
     A PostgreSQL URL may leave the password out (``postgresql+psycopg2://user@host:port/db``):
@@ -460,10 +495,14 @@ def open_storage(url: str | None = None, heartbeat_interval: int = 60, grace_per
     url = url or f"sqlite:///{data_lake_root() / 'optuna' / 'studies.db'}"
     scheme, sep, rest = url.partition("://")
     if not sep:
-        raise HpoError(f"storage URL {url!r} has no scheme; use sqlite:///path.db, journal:///path.log or a database URL")
+        raise HpoError(
+            f"storage URL {url!r} has no scheme; use sqlite:///path.db, journal:///path.log or a database URL"
+        )
     if heartbeat_interval < 1 or grace_period <= heartbeat_interval:
-        raise HpoError(f"need heartbeat_interval >= 1 and grace_period > heartbeat_interval, got "
-                       f"{heartbeat_interval} and {grace_period}")
+        raise HpoError(
+            f"need heartbeat_interval >= 1 and grace_period > heartbeat_interval, got "
+            f"{heartbeat_interval} and {grace_period}"
+        )
     password = ""
     try:
         if scheme == "journal":
@@ -485,8 +524,10 @@ def open_storage(url: str | None = None, heartbeat_interval: int = 60, grace_per
                 parsed = sqlalchemy.engine.make_url(url)
                 password = parsed.password or next((os.environ[v] for v in PASSWORD_ENV if os.environ.get(v)), "")
                 # the password goes to the driver, never into the URL; a 10 s connect timeout
-                engine_kwargs["connect_args"] = {"connect_timeout": 10, **(
-                    {"password": password} if password and parsed.password is None else {})}
+                engine_kwargs["connect_args"] = {
+                    "connect_timeout": 10,
+                    **({"password": password} if password and parsed.password is None else {}),
+                }
         return _open_rdb(url, engine_kwargs, heartbeat_interval=heartbeat_interval, grace_period=grace_period)
     except Exception as error:  # noqa: BLE001 - any failure to open is reported the same way
         reason = f"{type(error).__name__}: {error}"
@@ -498,10 +539,17 @@ def open_storage(url: str | None = None, heartbeat_interval: int = 60, grace_per
 
             try:
                 parsed = sqlalchemy.engine.make_url(url)
-                source = ("URL" if parsed.password is not None else next(
-                    (f"${v}" for v in PASSWORD_ENV if os.environ.get(v)), "none: set $SPOTIFY_ENGINE_PG_PASSWORD"))
-                where += (f" (host={parsed.host} port={parsed.port} db={parsed.database} user={parsed.username} "
-                          f"password=*** from {source}): {connection_cause(reason)}")
+                source = (
+                    "URL"
+                    if parsed.password is not None
+                    else next(
+                        (f"${v}" for v in PASSWORD_ENV if os.environ.get(v)), "none: set $SPOTIFY_ENGINE_PG_PASSWORD"
+                    )
+                )
+                where += (
+                    f" (host={parsed.host} port={parsed.port} db={parsed.database} user={parsed.username} "
+                    f"password=*** from {source}): {connection_cause(reason)}"
+                )
             except Exception:  # noqa: BLE001 - an unparsable URL: the driver's reason says why
                 pass
         raise HpoError(f"cannot open Optuna storage {where}: {reason}") from None
@@ -580,13 +628,18 @@ class TrialLimits:
         if self.max_memory_mb is not None and estimate.memory_mb > self.max_memory_mb:
             return f"memory estimate {estimate.memory_mb:.0f} MB > limit max_trial_memory_mb {self.max_memory_mb:g} MB"
         if self.max_seconds is not None and estimate.seconds is not None and estimate.seconds > self.max_seconds:
-            return (f"time estimate {estimate.seconds:.0f} s ({estimate.epochs} epochs) > limit "
-                    f"max_trial_seconds {self.max_seconds:g} s")
+            return (
+                f"time estimate {estimate.seconds:.0f} s ({estimate.epochs} epochs) > limit "
+                f"max_trial_seconds {self.max_seconds:g} s"
+            )
         return None
 
 
 def make_objective(
-    space: SearchSpace, data: StudyData, max_epochs: int | None = None, multi_objective: bool = False,
+    space: SearchSpace,
+    data: StudyData,
+    max_epochs: int | None = None,
+    multi_objective: bool = False,
     limits: TrialLimits | None = None,
 ):
     """The objective: fit the sampled config, report the chain's validation metric per validation
@@ -672,8 +725,14 @@ def check_study_name(name: str) -> str:
 
 
 def open_study(
-    dataset: Dataset, family: str, storage: str | optuna.storages.BaseStorage | None = None, seed: int = 0,
-    worker: int = 0, study_name: str | None = None, pruner_startup_trials: int = 3, pruner_warmup_epochs: int = 2,
+    dataset: Dataset,
+    family: str,
+    storage: str | optuna.storages.BaseStorage | None = None,
+    seed: int = 0,
+    worker: int = 0,
+    study_name: str | None = None,
+    pruner_startup_trials: int = 3,
+    pruner_warmup_epochs: int = 2,
     multi_objective: bool = False,
 ) -> optuna.Study:
     """Create or resume the study of a chain's ``family`` (maximizing its validation metric), or
@@ -730,9 +789,15 @@ def fail_stale_trials(study: optuna.Study) -> list[int]:
 
 
 def run_study(
-    study: optuna.Study, space: SearchSpace, data: StudyData, n_trials: int | None = None,
-    timeout_s: float | None = None, max_epochs: int | None = None, log: Logger | None = None,
-    limits: TrialLimits | None = None, worker: int = 0,
+    study: optuna.Study,
+    space: SearchSpace,
+    data: StudyData,
+    n_trials: int | None = None,
+    timeout_s: float | None = None,
+    max_epochs: int | None = None,
+    log: Logger | None = None,
+    limits: TrialLimits | None = None,
+    worker: int = 0,
 ) -> optuna.Study:
     """Run ``n_trials`` more trials (or until ``timeout_s``), logging each finished trial; a
     trial whose estimate exceeds ``limits`` is pruned before it trains. A fresh study's first
@@ -809,7 +874,11 @@ def trials_table(study: optuna.Study) -> list[dict]:
     rows = []
     names, multi = objective_names(study), is_multi_objective(study)
     for trial in study.get_trials(deepcopy=False):
-        duration = (trial.datetime_complete - trial.datetime_start).total_seconds() if trial.datetime_complete and trial.datetime_start else None
+        duration = (
+            (trial.datetime_complete - trial.datetime_start).total_seconds()
+            if trial.datetime_complete and trial.datetime_start
+            else None
+        )
         values = dict(zip(names, trial.values or [None] * len(names))) if multi else {"value": trial.value}
         rows.append(
             {
@@ -860,7 +929,9 @@ def registry_entry(config: ModelConfig, study: optuna.Study) -> dict:
 
 def write_best_yaml(path: Path, config: ModelConfig, study: optuna.Study) -> Path:
     """Write the best config as a one-entry registry file (the schema of ``configs/<chain>/models.yaml``)."""
-    text = "# Written by an hpo_study asset; promote with promote: true, or copy the entry into the chain's models.yaml.\n"
+    text = (
+        "# Written by an hpo_study asset; promote with promote: true, or copy the entry into the chain's models.yaml.\n"
+    )
     entry = yaml.safe_dump({config.name: registry_entry(config, study)}, sort_keys=False)
     atomic_write_bytes(path, (text + entry).encode())
     return path
@@ -874,7 +945,11 @@ def promoted_name(dataset: Dataset, family: str, study_name: str) -> str:
 
 
 def promote_best(
-    dataset: Dataset, study: optuna.Study, space: SearchSpace, storage_url: str, lake_root: Path | None = None,
+    dataset: Dataset,
+    study: optuna.Study,
+    space: SearchSpace,
+    storage_url: str,
+    lake_root: Path | None = None,
     name: str | None = None,
 ) -> tuple[ModelConfig, Path]:
     """Write the best trial's config as a promoted config of the chain in the data lake
@@ -887,8 +962,12 @@ def promote_best(
     config = best_config(study, space, name)
     config = config.model_copy(update={"description": registry_entry(config, study)["description"]})
     source = PromotionSource(
-        family=space.family, study_name=study.study_name, trial=study.best_trial.number,
-        objective=objective_names(study)[0], value=float(study.best_value), storage=redact(storage_url),
+        family=space.family,
+        study_name=study.study_name,
+        trial=study.best_trial.number,
+        objective=objective_names(study)[0],
+        value=float(study.best_value),
+        storage=redact(storage_url),
         promoted_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     )
     return config, dataset.registry.write_promoted(config, source, lake_root)

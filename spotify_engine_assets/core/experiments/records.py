@@ -37,8 +37,15 @@ from ..storage.paths import REPO_ROOT
 
 DEPENDENCIES = ("torch", "torch_geometric", "dagster", "numpy", "scipy", "polars", "duckdb", "pydantic")
 SUMMARY_METRICS = (
-    "recall@10", "ndcg@10", "mrr@10", "hit_rate@10", "coverage@10", "gini@10", "novelty@10",
-    "ild_genre@10", "personalization@10",
+    "recall@10",
+    "ndcg@10",
+    "mrr@10",
+    "hit_rate@10",
+    "coverage@10",
+    "gini@10",
+    "novelty@10",
+    "ild_genre@10",
+    "personalization@10",
 )
 
 
@@ -48,9 +55,14 @@ SUMMARY_METRICS = (
 def git_state(repo: Path = REPO_ROOT) -> dict[str, object]:
     """HEAD commit and whether tracked files differ from it (``unknown`` outside a git checkout)."""
     try:
-        commit = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+        commit = subprocess.run(
+            ["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
+        )
         status = subprocess.run(
-            ["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, timeout=10
+            ["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
         )
     except (OSError, subprocess.SubprocessError):
         return {"commit": "unknown", "dirty": None}
@@ -88,7 +100,11 @@ def data_fingerprint(data, split: dict) -> dict[str, str]:
         graph_tensors += [store[name] for name in sorted(store.keys()) if isinstance(store[name], Tensor)]
     graph_hash = tensor_digest(*graph_tensors)
     split_hash = tensor_digest(split["train"], split["valid"], split["test"])
-    return {"graph": graph_hash, "split": split_hash, "combined": hashlib.sha256(f"{graph_hash}{split_hash}".encode()).hexdigest()[:16]}
+    return {
+        "graph": graph_hash,
+        "split": split_hash,
+        "combined": hashlib.sha256(f"{graph_hash}{split_hash}".encode()).hexdigest()[:16],
+    }
 
 
 def experiment_key(provenance: dict) -> str:
@@ -104,7 +120,7 @@ def experiment_key(provenance: dict) -> str:
 
 
 def now_iso() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
 # ---------------------------------------------------------------------------------- A/B plan
@@ -156,7 +172,9 @@ def load_ab_plan(registry: Registry, path: Path | None = None, lake_root: Path |
             raise ConfigError(f"{where}: control and treatment are the same config")
         splits = configs[pair.control].split, configs[pair.treatment].split
         if splits[0] != splits[1]:
-            raise ConfigError(f"{where}: control is on split {splits[0]!r}, treatment on {splits[1]!r}; a paired test needs one split")
+            raise ConfigError(
+                f"{where}: control is on split {splits[0]!r}, treatment on {splits[1]!r}; a paired test needs one split"
+            )
         if (pair.control, pair.treatment) in seen:
             raise ConfigError(f"{where}: duplicate pair")
         seen.add((pair.control, pair.treatment))
@@ -179,7 +197,9 @@ def per_user_frame(report: dict) -> pl.DataFrame:
     payload = report.get("per_user")
     if not payload:
         raise ValueError(f"report of {report.get('config')!r} has no per-user metrics (recorded before they were kept)")
-    return pl.DataFrame({name: (values if isinstance(values, list) else values.numpy()) for name, values in payload.items()})
+    return pl.DataFrame(
+        {name: (values if isinstance(values, list) else values.numpy()) for name, values in payload.items()}
+    )
 
 
 def not_comparable(a: dict, b: dict) -> str | None:
@@ -217,7 +237,8 @@ def recorded_reports(store: ArtifactStore, chain: str, include_history: bool = F
         versions = store.versions(report_key(chain), partition) if include_history else [current]
         records += [
             (f"{partition}@{version.name}", version == current, load_torch(version / "data.pt"))
-            for version in versions if (version / "data.pt").exists()
+            for version in versions
+            if (version / "data.pt").exists()
         ]
     return records
 
@@ -289,12 +310,22 @@ def compare_experiments(a: dict, b: dict, metrics: list[str], thresholds: Thresh
     differences = [
         {"field": key, "A": str(flat_a.get(key, "-")), "B": str(flat_b.get(key, "-"))}
         for key in sorted(set(flat_a) | set(flat_b))
-        if flat_a.get(key) != flat_b.get(key) and "run_id" not in key and not key.startswith(("recorded_at", "evaluated_in_run"))
+        if flat_a.get(key) != flat_b.get(key)
+        and "run_id" not in key
+        and not key.startswith(("recorded_at", "evaluated_in_run"))
     ]
     reason = not_comparable(a, b)
-    stats = None if reason else compare_models(
-        per_user_frame(a), per_user_frame(b), metrics, alpha=thresholds.ab_alpha,
-        n_resamples=thresholds.ab_bootstrap_resamples, primary=thresholds.ab_primary_test,
+    stats = (
+        None
+        if reason
+        else compare_models(
+            per_user_frame(a),
+            per_user_frame(b),
+            metrics,
+            alpha=thresholds.ab_alpha,
+            n_resamples=thresholds.ab_bootstrap_resamples,
+            primary=thresholds.ab_primary_test,
+        )
     )
     differences = pl.DataFrame(differences) if differences else pl.DataFrame()
     return {"metrics": side, "differences": differences, "stats": stats, "reason": reason}
@@ -326,7 +357,9 @@ def _pvalue(test: dict, thresholds: Thresholds) -> float:
     return test["t_p"] if thresholds.ab_primary_test == "ttest" else test["wilcoxon_p"]
 
 
-def gate_decision(candidate: dict, champion: dict, champion_report: dict | None, thresholds: Thresholds, metric: str) -> dict:
+def gate_decision(
+    candidate: dict, champion: dict, champion_report: dict | None, thresholds: Thresholds, metric: str
+) -> dict:
     """Whether ``candidate`` (a report) may stand beside the champion of its split: it fails only
     when it is significantly worse than the champion on ``metric`` (per user, paired)."""
     alpha = thresholds.ab_alpha
@@ -343,7 +376,11 @@ def gate_decision(candidate: dict, champion: dict, champion_report: dict | None,
     reason = not_comparable(champion_report, candidate)
     if reason:
         return {**base, "passed": True, "status": f"not compared: {reason}"}
-    test = paired_test(_metric_vector(champion_report, metric), _metric_vector(candidate, metric), n_resamples=thresholds.ab_bootstrap_resamples)
+    test = paired_test(
+        _metric_vector(champion_report, metric),
+        _metric_vector(candidate, metric),
+        n_resamples=thresholds.ab_bootstrap_resamples,
+    )
     p = _pvalue(test, thresholds)
     worse = p < alpha and test["mean_diff"] < 0
     return {
@@ -371,14 +408,23 @@ def update_champion(
     alpha = thresholds.ab_alpha
     lacking = sorted(n for n, r in reports.items() if metric not in r.get("metrics", {}))
     if lacking:
-        raise ValueError(f"champion metric {metric!r} (thresholds.yaml) is missing from the reports of {', '.join(lacking)}")
+        raise ValueError(
+            f"champion metric {metric!r} (thresholds.yaml) is missing from the reports of {', '.join(lacking)}"
+        )
     when = when or now_iso()
-    state = {"splits": dict(previous.get("splits", {})), "history": list(previous.get("history", [])), "evaluated": list(previous.get("evaluated", []))}
+    state = {
+        "splits": dict(previous.get("splits", {})),
+        "history": list(previous.get("history", [])),
+        "evaluated": list(previous.get("evaluated", [])),
+    }
     events = []
     for split in sorted({r.get("split") for r in reports.values()}):
         on_split = {n: r for n, r in reports.items() if r.get("split") == split}
-        eligible = {n: r for n, r in on_split.items() if (r.get("gate") or {}).get("passed") and r.get("per_user")
-                    and math.isfinite(float(r["metrics"][metric]))}  # a NaN mean is never seeded or promoted
+        eligible = {
+            n: r
+            for n, r in on_split.items()
+            if (r.get("gate") or {}).get("passed") and r.get("per_user") and math.isfinite(float(r["metrics"][metric]))
+        }  # a NaN mean is never seeded or promoted
         current = state["splits"].get(split)
         champion_report = reports.get(current["config"]) if current else None
         if current is None or champion_report is None:
@@ -386,27 +432,75 @@ def update_champion(
                 continue
             best = max(sorted(eligible), key=lambda n: eligible[n]["metrics"][metric])
             why = "no champion yet" if current is None else f"champion {current['config']} has no current report"
-            event = {"time": when, "split": split, "event": "seeded", "config": best, "previous": current["config"] if current else None,
-                     "mean": float(eligible[best]["metrics"][metric]), "mean_diff": None, "p_holm": None, "reason": why}
+            event = {
+                "time": when,
+                "split": split,
+                "event": "seeded",
+                "config": best,
+                "previous": current["config"] if current else None,
+                "mean": float(eligible[best]["metrics"][metric]),
+                "mean_diff": None,
+                "p_holm": None,
+                "reason": why,
+            }
         else:
-            challengers = [n for n in sorted(eligible) if n != current["config"] and not_comparable(champion_report, eligible[n]) is None]
-            tests = {n: paired_test(_metric_vector(champion_report, metric), _metric_vector(eligible[n], metric),
-                                    n_resamples=thresholds.ab_bootstrap_resamples) for n in challengers}
-            adjusted = dict(zip(challengers, holm([_pvalue(tests[n], thresholds) for n in challengers]))) if challengers else {}
-            winners = [n for n in challengers if adjusted[n] < alpha and tests[n]["mean_diff"] > max(thresholds.champion_min_improvement, 0.0)]
+            challengers = [
+                n
+                for n in sorted(eligible)
+                if n != current["config"] and not_comparable(champion_report, eligible[n]) is None
+            ]
+            tests = {
+                n: paired_test(
+                    _metric_vector(champion_report, metric),
+                    _metric_vector(eligible[n], metric),
+                    n_resamples=thresholds.ab_bootstrap_resamples,
+                )
+                for n in challengers
+            }
+            adjusted = (
+                dict(zip(challengers, holm([_pvalue(tests[n], thresholds) for n in challengers])))
+                if challengers
+                else {}
+            )
+            winners = [
+                n
+                for n in challengers
+                if adjusted[n] < alpha and tests[n]["mean_diff"] > max(thresholds.champion_min_improvement, 0.0)
+            ]
             if winners:
                 best = max(winners, key=lambda n: tests[n]["mean_diff"])
-                event = {"time": when, "split": split, "event": "promoted", "config": best, "previous": current["config"],
-                         "mean": tests[best]["mean_treatment"], "mean_diff": tests[best]["mean_diff"], "p_holm": adjusted[best],
-                         "reason": f"significantly better on {metric} (Holm-adjusted p {adjusted[best]:.3g} < {alpha})"}
+                event = {
+                    "time": when,
+                    "split": split,
+                    "event": "promoted",
+                    "config": best,
+                    "previous": current["config"],
+                    "mean": tests[best]["mean_treatment"],
+                    "mean_diff": tests[best]["mean_diff"],
+                    "p_holm": adjusted[best],
+                    "reason": f"significantly better on {metric} (Holm-adjusted p {adjusted[best]:.3g} < {alpha})",
+                }
             else:
                 best = current["config"]
-                event = {"time": when, "split": split, "event": "retained", "config": best, "previous": best,
-                         "mean": float(champion_report["metrics"][metric]), "mean_diff": None, "p_holm": None,
-                         "reason": f"no challenger significantly better on {metric} among {challengers or 'none'}"}
+                event = {
+                    "time": when,
+                    "split": split,
+                    "event": "retained",
+                    "config": best,
+                    "previous": best,
+                    "mean": float(champion_report["metrics"][metric]),
+                    "mean_diff": None,
+                    "p_holm": None,
+                    "reason": f"no challenger significantly better on {metric} among {challengers or 'none'}",
+                }
         since = when if event["event"] != "retained" else current.get("since", when)
-        state["splits"][split] = {"config": event["config"], "metric": metric, "mean": event["mean"],
-                                  "experiment_key": reports[event["config"]].get("experiment_key"), "since": since}
+        state["splits"][split] = {
+            "config": event["config"],
+            "metric": metric,
+            "mean": event["mean"],
+            "experiment_key": reports[event["config"]].get("experiment_key"),
+            "since": since,
+        }
         events.append(event)
         if event["event"] != "retained":
             state["history"].append(event)

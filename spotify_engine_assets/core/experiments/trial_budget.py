@@ -125,7 +125,9 @@ def memory_parts(config: ModelConfig, size: GraphSize, model) -> dict[str, int]:
     parts = {
         "state": BYTES * STATE_COPIES * model.parameter_count(),
         "activations": int(
-            BYTES * s["L"] * (C_EDGE[config.model] * s["E"] * s["d"] * s["g"] + C_HEAD * s["E"] * s["h"] + C_NODE * s["N"] * s["d"])
+            BYTES
+            * s["L"]
+            * (C_EDGE[config.model] * s["E"] * s["d"] * s["g"] + C_HEAD * s["E"] * s["h"] + C_NODE * s["N"] * s["d"])
         ),
         "batch": int(BYTES * C_BATCH * s["B"] * (2 + s["n"]) * s["d"]),
         "score_chunk": int(BYTES * C_SCORE * min(chunk_users(2048, s["S"]), s["U"]) * s["S"]),

@@ -13,8 +13,12 @@ from .heads import TaskHeads
 from .lightgcn import LightGCN
 
 MODEL_CLASSES: dict[str, type[Recommender]] = {
-    **CLOSED_FORM, "lightgcn": LightGCN, "gat_basic": BasicGAT, "gat_enhanced": GenreAwareGAT,
-    "playlist_gat": PlaylistGAT, "tag_friend_gat": TagFriendGAT,
+    **CLOSED_FORM,
+    "lightgcn": LightGCN,
+    "gat_basic": BasicGAT,
+    "gat_enhanced": GenreAwareGAT,
+    "playlist_gat": PlaylistGAT,
+    "tag_friend_gat": TagFriendGAT,
 }
 
 
@@ -49,5 +53,15 @@ def embed(model: Recommender, view) -> tuple:
     return model.prepare(view).factors()
 
 
-__all__ = ["FitResult", "GraphModel", "MODEL_CLASSES", "Recommender", "ScoreFn", "TaskHeads", "build_model", "embed",
-           "load_model", "sample_users"]
+__all__ = [
+    "MODEL_CLASSES",
+    "FitResult",
+    "GraphModel",
+    "Recommender",
+    "ScoreFn",
+    "TaskHeads",
+    "build_model",
+    "embed",
+    "load_model",
+    "sample_users",
+]

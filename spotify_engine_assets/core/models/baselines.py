@@ -33,7 +33,7 @@ from torch_geometric.data import HeteroData
 from torch_geometric.utils import scatter
 
 from ..config import ALSConfig, CategoryPopularityConfig, EASEConfig, GraphEASEConfig
-from ..data.graph import Schema, interaction_matrix, num_nodes_of, reverse
+from ..data.graph import Schema, interaction_matrix, reverse
 from .base import UNSEEN_SCORE, Recommender
 
 
@@ -99,7 +99,7 @@ class _CategoryLevel:
         share = sp.diags(1.0 / np.maximum(np.asarray(member.sum(axis=1)).ravel(), 1.0)) @ member
         self.counts = (x @ share).tocsr()
         self.user_total = np.asarray(self.counts.sum(axis=1)).ravel()
-        weight = np.where(popularity > 0, popularity ** exponent, 0.0)  # an unheard item weighs 0, even at exponent 0
+        weight = np.where(popularity > 0, popularity**exponent, 0.0)  # an unheard item weighs 0, even at exponent 0
         within = (member.T @ sp.diags(weight)).tocsr()
         mass = np.asarray(within.sum(axis=1)).ravel()
         self.item_given_category = (sp.diags(1.0 / np.maximum(mass, 1e-12)) @ within).tocsr().astype(np.float32)
@@ -125,8 +125,10 @@ class CategoryPopularity(Recommender):
         popularity = np.asarray(x.sum(axis=0)).ravel()
         self.prior = (popularity / max(popularity.sum(), 1e-12)).astype(np.float32)[None, :]
         categories = [config.category] + ([config.backoff] if config.backoff else [])
-        self.levels = [_CategoryLevel(x, item_categories(view, self.schema, c), popularity, config.popularity_exponent)
-                       for c in categories]
+        self.levels = [
+            _CategoryLevel(x, item_categories(view, self.schema, c), popularity, config.popularity_exponent)
+            for c in categories
+        ]
 
     def score(self, users: Tensor) -> Tensor:
         rows = users.cpu().numpy()
@@ -143,7 +145,9 @@ class CategoryPopularity(Recommender):
 def item_similarity(view: HeteroData, schema: Schema, shrink: float, neighbours: int | None = None) -> sp.csr_matrix:
     """Sparse item-item cosine similarity with shrinkage from the view's training interactions
     (float32, diagonal zero); with ``neighbours``, each item (column) keeps its most similar items."""
-    x = interaction_matrix(view[schema.interaction].edge_index, int(view[schema.user].num_nodes), int(view[schema.item].num_nodes))
+    x = interaction_matrix(
+        view[schema.interaction].edge_index, int(view[schema.user].num_nodes), int(view[schema.item].num_nodes)
+    )
     co = (x.T @ x).tocoo()
     norms = np.sqrt(np.asarray(x.sum(0)).ravel())
     values = co.data / (norms[co.row] * norms[co.col] + shrink + 1e-12)
@@ -229,7 +233,8 @@ class GraphEASE(_SeenItems):
         self._rows(view)
         train, n_items = view[schema.interaction].edge_index, self.items.numel()
         x = sp.csr_matrix(
-            (np.ones(train.size(1)), (train[0].numpy(), self.position[train[1]].numpy())), shape=(self.num_users, n_items)
+            (np.ones(train.size(1)), (train[0].numpy(), self.position[train[1]].numpy())),
+            shape=(self.num_users, n_items),
         )
         rows = [x]
         side = next(iter(schema.categories.values()), None)
@@ -238,7 +243,9 @@ class GraphEASE(_SeenItems):
             keep = self.position[edges[0]] >= 0
             items, nodes = self.position[edges[0, keep]].numpy(), edges[1, keep].numpy()
             store = view[side]
-            weight = np.log1p(store.edge_weight[keep].double().numpy()) if "edge_weight" in store else np.ones(items.size)
+            weight = (
+                np.log1p(store.edge_weight[keep].double().numpy()) if "edge_weight" in store else np.ones(items.size)
+            )
             used, node_row = np.unique(nodes, return_inverse=True)
             t = sp.csr_matrix((weight, (node_row, items)), shape=(len(used), n_items))
             t = t[np.asarray((t > 0).sum(axis=1)).ravel() >= config.min_side_items]
@@ -253,7 +260,9 @@ class GraphEASE(_SeenItems):
         query = x.toarray()
         if config.friend_weight > 0 and schema.social is not None:
             friends = view[schema.social].edge_index
-            summed = scatter(torch.from_numpy(query)[friends[1]], friends[0], dim=0, dim_size=self.num_users, reduce="mean")
+            summed = scatter(
+                torch.from_numpy(query)[friends[1]], friends[0], dim=0, dim_size=self.num_users, reduce="mean"
+            )
             query = query + config.friend_weight * summed.numpy()
         # query P = (query - query Z^T M Z) / lambda, computed as ((query Z^T) M) Z
         qzm = np.asarray((z @ query.T).T) @ m
@@ -274,8 +283,13 @@ class ALS(Recommender):
         # implicit asks for a single-threaded BLAS (its own threads do the work); one thread here
         with threadpool_limits(1, "blas"):
             model = AlternatingLeastSquares(
-                factors=config.factors, regularization=config.regularization, alpha=config.alpha,
-                iterations=config.iterations, random_state=config.seed, num_threads=1, calculate_training_loss=False,
+                factors=config.factors,
+                regularization=config.regularization,
+                alpha=config.alpha,
+                iterations=config.iterations,
+                random_state=config.seed,
+                num_threads=1,
+                calculate_training_loss=False,
             )
             matrix = interaction_matrix(view[self.schema.interaction].edge_index, self.num_users, self.num_items)
             model.fit(matrix, show_progress=False)
@@ -293,5 +307,10 @@ class ALS(Recommender):
 
 
 CLOSED_FORM: dict[str, type[Recommender]] = {
-    "most_popular": MostPopular, "category_popularity": CategoryPopularity, "itemknn": ItemKNN, "ease": EASE, "als": ALS, "graph_ease": GraphEASE,
+    "most_popular": MostPopular,
+    "category_popularity": CategoryPopularity,
+    "itemknn": ItemKNN,
+    "ease": EASE,
+    "als": ALS,
+    "graph_ease": GraphEASE,
 }

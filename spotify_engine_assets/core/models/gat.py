@@ -60,8 +60,14 @@ def layer_mean(outputs: Sequence[dict[str, Tensor]], node_type: str) -> Tensor:
     return torch.stack([x[node_type] for x in outputs]).mean(0)
 
 
-def attend(conv: nn.Module, x: tuple[Tensor, Tensor], edge_index: Tensor, edge_attr: Tensor | None,
-           attention: Attention | None, key: str) -> Tensor:
+def attend(
+    conv: nn.Module,
+    x: tuple[Tensor, Tensor],
+    edge_index: Tensor,
+    edge_attr: Tensor | None,
+    attention: Attention | None,
+    key: str,
+) -> Tensor:
     """The messages of one attention conv; with ``attention``, its coefficients stored there under ``key``."""
     if attention is None:
         return conv(x, edge_index, edge_attr=edge_attr)
@@ -88,21 +94,37 @@ class HeteroGATLayer(nn.Module):
         edge_dims: Size of the edge attributes of a relation, if it has any.
     """
 
-    def __init__(self, edge_types: Sequence[EdgeType], dim: int, heads: int = 1, dropout: float = 0.0,
-                 edge_dims: dict[EdgeType, int] | None = None) -> None:
+    def __init__(
+        self,
+        edge_types: Sequence[EdgeType],
+        dim: int,
+        heads: int = 1,
+        dropout: float = 0.0,
+        edge_dims: dict[EdgeType, int] | None = None,
+    ) -> None:
         super().__init__()
         if dim % heads:
             raise ValueError(f"hidden size {dim} must be divisible by heads {heads}")
         edge_dims = edge_dims or {}
         self.edge_types = list(edge_types)
-        self.convs = nn.ModuleDict({
-            relation_key(edge_type): GATv2Conv((dim, dim), dim // heads, heads=heads, concat=True, dropout=dropout,
-                                               add_self_loops=False, edge_dim=edge_dims.get(edge_type))
-            for edge_type in self.edge_types
-        })
+        self.convs = nn.ModuleDict(
+            {
+                relation_key(edge_type): GATv2Conv(
+                    (dim, dim),
+                    dim // heads,
+                    heads=heads,
+                    concat=True,
+                    dropout=dropout,
+                    add_self_loops=False,
+                    edge_dim=edge_dims.get(edge_type),
+                )
+                for edge_type in self.edge_types
+            }
+        )
 
-    def forward(self, x_dict: dict[str, Tensor], data: HeteroData, attention: Attention | None = None,
-                prefix: str = "") -> dict[str, Tensor]:
+    def forward(
+        self, x_dict: dict[str, Tensor], data: HeteroData, attention: Attention | None = None, prefix: str = ""
+    ) -> dict[str, Tensor]:
         """Messages per destination node type; fills ``attention`` when given."""
         out: dict[str, Tensor] = {}
         for edge_type in self.edge_types:
@@ -110,8 +132,14 @@ class HeteroGATLayer(nn.Module):
             store = data[edge_type]
             conv = self.convs[relation_key(edge_type)]
             edge_attr = store.get("edge_attr") if conv.edge_dim else None
-            message = attend(conv, (x_dict[src], x_dict[dst]), store.edge_index, edge_attr, attention,
-                             prefix + relation_key(edge_type))
+            message = attend(
+                conv,
+                (x_dict[src], x_dict[dst]),
+                store.edge_index,
+                edge_attr,
+                attention,
+                prefix + relation_key(edge_type),
+            )
             out[dst] = out[dst] + message if dst in out else message
         return out
 
@@ -125,8 +153,15 @@ class EdgeAttrGATConv(GATConv):
     ``[E, edge_dim] x [edge_dim, heads]`` product (the attention is otherwise GATConv's own).
     """
 
-    def edge_update(self, alpha_j: Tensor, alpha_i: Tensor | None, edge_attr: Tensor | None, index: Tensor,
-                    ptr: Tensor | None, dim_size: int | None) -> Tensor:
+    def edge_update(
+        self,
+        alpha_j: Tensor,
+        alpha_i: Tensor | None,
+        edge_attr: Tensor | None,
+        index: Tensor,
+        ptr: Tensor | None,
+        dim_size: int | None,
+    ) -> Tensor:
         alpha = alpha_j if alpha_i is None else alpha_j + alpha_i
         if index.numel() == 0:
             return alpha
@@ -177,19 +212,34 @@ class NormalizedHeteroGATLayer(nn.Module):
         transform: Learn a linear map :math:`\mathbf{W}^r` per relation (default ``False``).
     """
 
-    def __init__(self, edge_types: Sequence[EdgeType], dim: int, heads: int = 1, dropout: float = 0.0,
-                 edge_dims: dict[EdgeType, int] | None = None, transform: bool = False) -> None:
+    def __init__(
+        self,
+        edge_types: Sequence[EdgeType],
+        dim: int,
+        heads: int = 1,
+        dropout: float = 0.0,
+        edge_dims: dict[EdgeType, int] | None = None,
+        transform: bool = False,
+    ) -> None:
         super().__init__()
         edge_dims = edge_dims or {}
         self.edge_types = list(edge_types)
         self.transform = transform
-        self.convs = nn.ModuleDict({
-            relation_key(edge_type): EdgeAttrGATConv(
-                dim, dim, heads=heads, concat=False, dropout=dropout, add_self_loops=False,
-                edge_dim=edge_dims.get(edge_type), bias=False,
-            )
-            for edge_type in self.edge_types
-        })
+        self.convs = nn.ModuleDict(
+            {
+                relation_key(edge_type): EdgeAttrGATConv(
+                    dim,
+                    dim,
+                    heads=heads,
+                    concat=False,
+                    dropout=dropout,
+                    add_self_loops=False,
+                    edge_dim=edge_dims.get(edge_type),
+                    bias=False,
+                )
+                for edge_type in self.edge_types
+            }
+        )
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -201,8 +251,15 @@ class NormalizedHeteroGATLayer(nn.Module):
                     conv.lin.weight.copy_(identity)
                 conv.lin.weight.requires_grad_(False)
 
-    def stacked(self, x: Tensor, graph: StackedRelations, edge_attrs: dict[EdgeType, Tensor] | None = None,
-                attention: Attention | None = None, prefix: str = "", masks: dict[EdgeType, Tensor] | None = None) -> Tensor:
+    def stacked(
+        self,
+        x: Tensor,
+        graph: StackedRelations,
+        edge_attrs: dict[EdgeType, Tensor] | None = None,
+        attention: Attention | None = None,
+        prefix: str = "",
+        masks: dict[EdgeType, Tensor] | None = None,
+    ) -> Tensor:
         """Without ``transform``: the messages into every node of the stacked embeddings ``x``
         (``[N, d]``, rows as in ``graph``), every relation's in one sparse product. Each relation's
         attention logit is ``s_j (x_j . a_src) + x_i . a_dst`` (+ its edge-attribute term), one
@@ -217,8 +274,9 @@ class NormalizedHeteroGATLayer(nn.Module):
         att_dst = torch.cat([conv.att_dst[0] for conv in convs])
         columns = graph.relation.unsqueeze(1) * heads + torch.arange(heads, device=x.device)
         width = len(convs) * heads
-        logits = ((x @ att_src.T).flatten()[graph.src.unsqueeze(1) * width + columns] * graph.src_scale.unsqueeze(1)
-                  + (x @ att_dst.T).flatten()[graph.dst.unsqueeze(1) * width + columns])
+        logits = (x @ att_src.T).flatten()[graph.src.unsqueeze(1) * width + columns] * graph.src_scale.unsqueeze(1) + (
+            x @ att_dst.T
+        ).flatten()[graph.dst.unsqueeze(1) * width + columns]
         extra = []
         for conv, relation, (start, stop) in zip(convs, graph.relations, graph.spans):
             if conv.edge_dim and relation in edge_attrs:
@@ -226,27 +284,48 @@ class NormalizedHeteroGATLayer(nn.Module):
             else:
                 extra.append(logits.new_zeros(stop - start, heads))
         logits = F.leaky_relu(logits + torch.cat(extra), convs[0].negative_slope)
-        alpha = dropout(softmax(logits, graph.group, num_nodes=len(convs) * graph.num_nodes), convs[0].dropout, self.training)
+        alpha = dropout(
+            softmax(logits, graph.group, num_nodes=len(convs) * graph.num_nodes), convs[0].dropout, self.training
+        )
         values = alpha.mean(1) * graph.scale
         if any(r in masks for r in graph.relations):
-            values = values * torch.cat([masks[r] if r in masks else values.new_ones(stop - start)
-                                         for r, (start, stop) in zip(graph.relations, graph.spans)])
+            values = values * torch.cat(
+                [
+                    masks[r] if r in masks else values.new_ones(stop - start)
+                    for r, (start, stop) in zip(graph.relations, graph.spans)
+                ]
+            )
         if attention is not None:
             for relation, (start, stop) in zip(graph.relations, graph.spans):
-                attention[prefix + relation_key(relation)] = (torch.stack([graph.src[start:stop] - graph.offsets[relation[0]],
-                                                                          graph.dst[start:stop] - graph.offsets[relation[2]]]),
-                                                             alpha[start:stop])
+                attention[prefix + relation_key(relation)] = (
+                    torch.stack(
+                        [
+                            graph.src[start:stop] - graph.offsets[relation[0]],
+                            graph.dst[start:stop] - graph.offsets[relation[2]],
+                        ]
+                    ),
+                    alpha[start:stop],
+                )
         return graph.adjacency.spmm(values, x)
 
-    def forward(self, x_dict: dict[str, Tensor], data: HeteroData, relations: dict[EdgeType, NormalizedRelation],
-                edge_attrs: dict[EdgeType, Tensor] | None = None, attention: Attention | None = None,
-                prefix: str = "", masks: dict[EdgeType, Tensor] | None = None) -> dict[str, Tensor]:
+    def forward(
+        self,
+        x_dict: dict[str, Tensor],
+        data: HeteroData,
+        relations: dict[EdgeType, NormalizedRelation],
+        edge_attrs: dict[EdgeType, Tensor] | None = None,
+        attention: Attention | None = None,
+        prefix: str = "",
+        masks: dict[EdgeType, Tensor] | None = None,
+    ) -> dict[str, Tensor]:
         """With ``transform``: messages per destination node type, one sparse product per relation
         and head; fills ``attention`` when given. ``relations`` holds each relation's cached
         pattern and degrees (:func:`normalized_relations`); ``masks[r]`` multiplies relation ``r``'s
         messages (explanations). Without ``transform`` use :meth:`stacked`."""
         if not self.transform:
-            raise ValueError("per-relation aggregation learns a message map per relation; without transform use stacked()")
+            raise ValueError(
+                "per-relation aggregation learns a message map per relation; without transform use stacked()"
+            )
         edge_attrs, masks = edge_attrs or {}, masks or {}
         out: dict[str, Tensor] = {}
         for edge_type in self.edge_types:
@@ -332,8 +411,19 @@ class StackedRelations:
             start += edge_index.size(1)
         src, dst, relation = torch.cat(sources), torch.cat(targets), torch.cat(kinds)
         src_scale = torch.cat(src_scales)
-        return cls(tuple(relations), offsets, total, Adjacency(torch.stack([src, dst]), total, total), src, dst, relation,
-                   relation * total + dst, src_scale * torch.cat(dst_scales), src_scale, spans)
+        return cls(
+            tuple(relations),
+            offsets,
+            total,
+            Adjacency(torch.stack([src, dst]), total, total),
+            src,
+            dst,
+            relation,
+            relation * total + dst,
+            src_scale * torch.cat(dst_scales),
+            src_scale,
+            spans,
+        )
 
 
 def standardized(edge_attr: Tensor) -> Tensor:
@@ -365,15 +455,23 @@ class LightAttentionConv(nn.Module):
         self.att_weight = nn.Parameter(torch.zeros(heads)) if weighted else None
         self.att_degree = nn.Parameter(torch.full((heads,), -0.5))
 
-    def forward(self, x_src: Tensor, x_dst: Tensor, edge_index: Tensor, edge_weight: Tensor | None = None,
-                adjacency: Adjacency | None = None):
+    def forward(
+        self,
+        x_src: Tensor,
+        x_dst: Tensor,
+        edge_index: Tensor,
+        edge_weight: Tensor | None = None,
+        adjacency: Adjacency | None = None,
+    ):
         """``(out [N_dst, d], alpha [E, heads])``; the sum is one sparse product per head over
         ``adjacency`` (the relation's cached pattern; built here when not given)."""
         src, dst = edge_index
         hs = x_src.view(-1, self.heads, self.head_dim)
         hd = x_dst.view(-1, self.heads, self.head_dim)
         degree = torch.bincount(src, minlength=x_src.size(0)).clamp(min=1).float().log()
-        logits = (hs * self.att_src).sum(-1)[src] + (hd * self.att_dst).sum(-1)[dst] + degree[src, None] * self.att_degree
+        logits = (
+            (hs * self.att_src).sum(-1)[src] + (hd * self.att_dst).sum(-1)[dst] + degree[src, None] * self.att_degree
+        )
         if self.att_weight is not None and edge_weight is not None:
             logits = logits + edge_weight[:, None] * self.att_weight
         alpha = softmax(nn.functional.leaky_relu(logits, 0.2), dst, num_nodes=x_dst.size(0))
@@ -439,17 +537,26 @@ class GenreAwareGAT(IdEmbeddings):
     def __init__(self, config: GenreAwareGATConfig, schema: Schema, num_nodes: dict[str, int]) -> None:
         super().__init__(config, schema, num_nodes)
         self.relations = (
-            schema.reverse_interaction, schema.interaction,
+            schema.reverse_interaction,
+            schema.interaction,
             *both_ways([*schema.categories.values(), *schema.usable_context(num_nodes)]),
         )
         self.init_embeddings(schema.node_types(num_nodes), num_nodes, config.embedding_dim)
         self.edge_dim = schema.interaction_attr_dim if config.use_edge_attr else 0
-        edge_dims = {schema.interaction: self.edge_dim, schema.reverse_interaction: self.edge_dim} if self.edge_dim else {}
+        edge_dims = (
+            {schema.interaction: self.edge_dim, schema.reverse_interaction: self.edge_dim} if self.edge_dim else {}
+        )
         # the last layer's side outputs would be unused: it only passes messages into users and items
         last = tuple(r for r in self.relations if r[2] in (schema.user, schema.item))
         self.layers = nn.ModuleList(
-            NormalizedHeteroGATLayer(self.relations if depth < config.num_layers - 1 else last, config.embedding_dim,
-                                     config.heads, config.dropout, edge_dims, config.transform)
+            NormalizedHeteroGATLayer(
+                self.relations if depth < config.num_layers - 1 else last,
+                config.embedding_dim,
+                config.heads,
+                config.dropout,
+                edge_dims,
+                config.transform,
+            )
             for depth in range(config.num_layers)
         )
         self.residual = config.residual
@@ -463,7 +570,8 @@ class GenreAwareGAT(IdEmbeddings):
             if data[edge_type].get("edge_attr") is None:
                 raise ValueError(f"edge type {edge_type} has no edge_attr; set use_edge_attr: false")
         return self.adjacency_cache.get(
-            "edge_attrs", tuple(data[r].edge_attr for r in relations),
+            "edge_attrs",
+            tuple(data[r].edge_attr for r in relations),
             lambda: {r: standardized(data[r].edge_attr.float()) for r in relations},
         )
 
@@ -472,21 +580,28 @@ class GenreAwareGAT(IdEmbeddings):
         edge_attrs = self._edge_attrs(data)
         sources = tuple(data[r].edge_index for r in self.relations)
         if not self.config.transform:  # every relation of a layer in one sparse product over the stacked nodes
-            graphs = self.adjacency_cache.get("stacked", sources, lambda: {
-                tuple(layer.edge_types): StackedRelations.of(data, layer.edge_types, self.node_types)
-                for layer in self.layers
-            })
+            graphs = self.adjacency_cache.get(
+                "stacked",
+                sources,
+                lambda: {
+                    tuple(layer.edge_types): StackedRelations.of(data, layer.edge_types, self.node_types)
+                    for layer in self.layers
+                },
+            )
             x = torch.cat([self.embeddings[t].weight for t in self.node_types])
             outputs = [x]
             for depth, layer in enumerate(self.layers):
                 graph = graphs[tuple(layer.edge_types)]
-                messages = dropout(layer.stacked(x, graph, edge_attrs, attention, f"layer{depth}/", self.edge_masks),
-                                   self.config.dropout, self.training)
+                messages = dropout(
+                    layer.stacked(x, graph, edge_attrs, attention, f"layer{depth}/", self.edge_masks),
+                    self.config.dropout,
+                    self.training,
+                )
                 x = x + messages if self.residual else messages
                 outputs.append(x)
             mean = torch.stack(outputs).mean(0)
-            user = mean[graph.offsets[self.schema.user]:][: self.num_users]
-            item = mean[graph.offsets[self.schema.item]:][: self.num_items]
+            user = mean[graph.offsets[self.schema.user] :][: self.num_users]
+            item = mean[graph.offsets[self.schema.item] :][: self.num_items]
             return (user, item, attention) if return_attention else (user, item)
         x = {t: self.embeddings[t].weight for t in self.node_types}
         relations = self.adjacency_cache.get("relations", sources, lambda: normalized_relations(data, self.relations))
@@ -540,13 +655,17 @@ class PlaylistGAT(IdEmbeddings):
         if config.cooccurrence_k:
             relations.append(self.cooccurs)
         self.relations = tuple(relations)
-        self.init_embeddings(tuple(t for t in node_types if t != schema.user or config.user_ids), num_nodes, config.embedding_dim)
+        self.init_embeddings(
+            tuple(t for t in node_types if t != schema.user or config.user_ids), num_nodes, config.embedding_dim
+        )
         self.node_types = node_types
         dim = config.embedding_dim
         self.layers = nn.ModuleList(
             HeteroGATLayer(relations, dim, heads=config.heads, dropout=config.dropout) for _ in range(config.num_layers)
         )
-        self.norms = nn.ModuleList(nn.ModuleDict({t: nn.LayerNorm(dim) for t in node_types}) for _ in range(config.num_layers))
+        self.norms = nn.ModuleList(
+            nn.ModuleDict({t: nn.LayerNorm(dim) for t in node_types}) for _ in range(config.num_layers)
+        )
         self.dropout = nn.Dropout(config.dropout)
         self._cooccurrence: tuple[Tensor, Tensor] | None = None  # (the view's interaction edges, co-occurrence edges)
 
@@ -604,13 +723,22 @@ class TagFriendGAT(IdEmbeddings):
             torch.tensor([[1.0 if r in main else config.side_weight for r in relations]] * config.num_layers)
         )
         self.layers = nn.ModuleList(
-            nn.ModuleDict({
-                relation_key(r): LightAttentionConv(dim, heads, r in self.weighted, config.dropout)
-                if config.conv == "light"
-                else GATv2Conv(dim, dim // heads, heads=heads, dropout=config.dropout, add_self_loops=False,
-                               edge_dim=1 if r in self.weighted else None, bias=False)
-                for r in relations
-            })
+            nn.ModuleDict(
+                {
+                    relation_key(r): LightAttentionConv(dim, heads, r in self.weighted, config.dropout)
+                    if config.conv == "light"
+                    else GATv2Conv(
+                        dim,
+                        dim // heads,
+                        heads=heads,
+                        dropout=config.dropout,
+                        add_self_loops=False,
+                        edge_dim=1 if r in self.weighted else None,
+                        bias=False,
+                    )
+                    for r in relations
+                }
+            )
             for _ in range(config.num_layers)
         )
 
@@ -622,20 +750,24 @@ class TagFriendGAT(IdEmbeddings):
             new = {t: torch.zeros_like(v) for t, v in x.items()}
             for r, relation in enumerate(self.relations):
                 store = graph[relation]
-                weight = torch.log1p(store.edge_weight) if relation in self.weighted and "edge_weight" in store else None
+                weight = (
+                    torch.log1p(store.edge_weight) if relation in self.weighted and "edge_weight" in store else None
+                )
                 conv = layer[relation_key(relation)]
                 src, dst = relation[0], relation[2]
                 if self.config.conv == "light":
                     adjacency = self.adjacency_cache.get(
-                        relation, (store.edge_index,),
-                        lambda: Adjacency(store.edge_index, graph[src].num_nodes, graph[dst].num_nodes),
+                        relation,
+                        (store.edge_index,),
+                        lambda: Adjacency(store.edge_index, graph[src].num_nodes, graph[dst].num_nodes),  # noqa: B023 - called at once
                     )
                     result, alpha = conv(x[src], x[dst], store.edge_index, weight, adjacency)
                     index = store.edge_index
                 else:
                     edge_attr = None if weight is None else weight[:, None]
-                    result, (index, alpha) = conv((x[src], x[dst]), store.edge_index, edge_attr=edge_attr,
-                                                  return_attention_weights=True)
+                    result, (index, alpha) = conv(
+                        (x[src], x[dst]), store.edge_index, edge_attr=edge_attr, return_attention_weights=True
+                    )
                 if return_attention:
                     attention[f"layer{depth}/{relation_key(relation)}"] = (index, alpha)
                 new[dst] = new[dst] + self.relation_weights[depth, r] * result

@@ -29,10 +29,12 @@ class TaskHeads(nn.Module):
             raise ValueError("TaskHeads needs at least one task")
         self.tasks = tuple(tasks)
         hidden = hidden or dim
-        self.heads = nn.ModuleDict({
-            task: nn.Sequential(nn.LayerNorm(3 * dim), nn.Linear(3 * dim, hidden), nn.ReLU(), nn.Linear(hidden, 1))
-            for task in self.tasks
-        })
+        self.heads = nn.ModuleDict(
+            {
+                task: nn.Sequential(nn.LayerNorm(3 * dim), nn.Linear(3 * dim, hidden), nn.ReLU(), nn.Linear(hidden, 1))
+                for task in self.tasks
+            }
+        )
 
     def forward(self, user_emb: Tensor, song_emb: Tensor, users: Tensor, songs: Tensor) -> Tensor:
         """``[B, len(tasks)]`` logits of the pairs ``(users[i], songs[i])``."""

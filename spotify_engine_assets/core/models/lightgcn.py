@@ -42,6 +42,7 @@ class LightGCN(GraphModel):
 
     def adjacency(self, data: HeteroData) -> tuple[Adjacency, Tensor]:
         """The view's normalized adjacency (pattern and per-edge values), built once per view."""
+
         def build() -> tuple[Adjacency, Tensor]:
             edges, nodes = self.homogeneous_edges(data), self.num_users + self.num_items
             return Adjacency(edges, nodes, nodes), symmetric_norm(edges, nodes, nodes)
@@ -53,8 +54,9 @@ class LightGCN(GraphModel):
         forward_mask, backward_mask = self.edge_mask(self.relations[0]), self.edge_mask(self.relations[1])
         if forward_mask is not None or backward_mask is not None:
             ones = norm.new_ones(norm.numel() // 2)
-            norm = norm * torch.cat([ones if forward_mask is None else forward_mask,
-                                     ones if backward_mask is None else backward_mask])
+            norm = norm * torch.cat(
+                [ones if forward_mask is None else forward_mask, ones if backward_mask is None else backward_mask]
+            )
         x = self.model.embedding.weight
         embedding = x * self.model.alpha[0]
         for layer in range(self.config.num_layers):

@@ -48,7 +48,9 @@ class Adjacency:
         self.shape = (int(num_dst), int(num_src))
         self.order, self.crow, self.col = _compressed(dst, src, *self.shape)
         # the transposed pattern (rows = sources), as positions into the CSR values
-        self.t_order, self.t_crow, self.t_col = _compressed(src[self.order], dst[self.order], self.shape[1], self.shape[0])
+        self.t_order, self.t_crow, self.t_col = _compressed(
+            src[self.order], dst[self.order], self.shape[1], self.shape[0]
+        )
         self.num_edges = int(edge_index.size(1))
         # the sampled product for the values' gradient needs a pattern without duplicates
         keys = dst[self.order] * self.shape[1] + src[self.order]
@@ -56,7 +58,9 @@ class Adjacency:
         if unique.numel() == keys.numel():
             self.inverse, self.unique_crow, self.unique_col = None, self.crow, self.col
         else:
-            _, self.unique_crow, self.unique_col = _compressed(unique // self.shape[1], unique % self.shape[1], *self.shape)
+            _, self.unique_crow, self.unique_col = _compressed(
+                unique // self.shape[1], unique % self.shape[1], *self.shape
+            )
 
     def to(self, device: torch.device | str) -> Adjacency:
         for name in ("order", "crow", "col", "t_order", "t_crow", "t_col", "inverse", "unique_crow", "unique_col"):

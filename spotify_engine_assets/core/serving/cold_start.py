@@ -39,8 +39,20 @@ from ..models import embed, sample_users
 from ..models.lightgcn import LightGCN
 from .scores import adaptive_weight, adaptive_weights, blend, genre_matrix_of, genre_profile_of_songs, genre_scores
 
-__all__ = ["GENRE_PRIOR_GRID", "adaptive_weight", "blend", "describe_weight", "evaluate_cold_start", "genre_profile_of_songs",
-           "genre_scores", "holdout_users", "song_genre_matrix", "stated_genres", "tune_genre_prior", "zero_user_embeddings"]
+__all__ = [
+    "GENRE_PRIOR_GRID",
+    "adaptive_weight",
+    "blend",
+    "describe_weight",
+    "evaluate_cold_start",
+    "genre_profile_of_songs",
+    "genre_scores",
+    "holdout_users",
+    "song_genre_matrix",
+    "stated_genres",
+    "tune_genre_prior",
+    "zero_user_embeddings",
+]
 
 EVAL_K = 10
 GENRE_PRIOR_GRID = (0.0, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0)
@@ -91,8 +103,14 @@ def _training_profiles(view: HeteroData, schema: Schema, users: Tensor, genre_ma
 
 
 def tune_genre_prior(
-    user_emb: Tensor, song_emb: Tensor, view: HeteroData, valid_pairs: Tensor, schema: Schema,
-    grid: Sequence[float] = GENRE_PRIOR_GRID, max_users: int | None = 5000, seed: int = 0,
+    user_emb: Tensor,
+    song_emb: Tensor,
+    view: HeteroData,
+    valid_pairs: Tensor,
+    schema: Schema,
+    grid: Sequence[float] = GENRE_PRIOR_GRID,
+    max_users: int | None = 5000,
+    seed: int = 0,
 ) -> tuple[float, dict[float, float]]:
     """Choose ``n0`` on validation: NDCG@10 of the adaptive blend for every value of ``grid``,
     ranking the validation users' songs with their training songs masked (genre profile and
@@ -123,8 +141,10 @@ def tune_genre_prior(
         for n0 in grid:
             blended = blend(model, genre, adaptive_weights(counts[rows], n0))
             topks[float(n0)].append(_topk_masked(blended, own_rows[mine] - start, own[1][mine], EVAL_K))
-    scores = {n0: _metrics(torch.cat(topk), row_of[valid_pairs[0]], valid_pairs[1], num_songs)[f"ndcg@{EVAL_K}"]
-              for n0, topk in topks.items()}
+    scores = {
+        n0: _metrics(torch.cat(topk), row_of[valid_pairs[0]], valid_pairs[1], num_songs)[f"ndcg@{EVAL_K}"]
+        for n0, topk in topks.items()
+    }
     best = max(scores.values())
     return min(n0 for n0, value in scores.items() if value == best), scores
 
@@ -155,9 +175,18 @@ def zero_user_embeddings(model, users: Tensor):
 
 
 def evaluate_cold_start(
-    dataset, data: HeteroData, train_index: Tensor, valid_index: Tensor, test_index: Tensor,
-    fit: Callable[[dict[str, Tensor]], nn.Module | None], *, reveal: Sequence[int] = (1, 3, 5, 10), genre_top: int = 3,
-    n0: float | None = None, fraction: float = 0.2, seed: int = 0,
+    dataset,
+    data: HeteroData,
+    train_index: Tensor,
+    valid_index: Tensor,
+    test_index: Tensor,
+    fit: Callable[[dict[str, Tensor]], nn.Module | None],
+    *,
+    reveal: Sequence[int] = (1, 3, 5, 10),
+    genre_top: int = 3,
+    n0: float | None = None,
+    fraction: float = 0.2,
+    seed: int = 0,
 ) -> dict:
     """Cold-start Recall/NDCG@10 on users held out of training entirely.
 
@@ -226,8 +255,12 @@ def evaluate_cold_start(
 
     def method_row(method: str, revealed: int, weight: float, scores: Tensor) -> dict:
         topk = _topk_masked(scores, exclude_rows, exclude_songs, EVAL_K)
-        return {"method": method, "revealed": revealed, "genre_weight": weight,
-                **_metrics(topk, target_rows, target_songs, num_songs)}
+        return {
+            "method": method,
+            "revealed": revealed,
+            "genre_weight": weight,
+            **_metrics(topk, target_rows, target_songs, num_songs),
+        }
 
     rows = [method_row("most_popular", 0, 0.0, popularity.expand(users.numel(), -1))]
     stated = torch.stack([stated_genres(genre_matrix, songs, genre_top) for songs in revealed])
@@ -256,13 +289,24 @@ def evaluate_cold_start(
         rows.append(method_row("songs_adaptive_foldin", n, weight, blend(folded, genre, weight)))
         rows.append(method_row("songs_adaptive_inductive", n, weight, blend(inductive, genre, weight)))
     if model is not None:
-        rows += _active_rows(data, schema, view, model, popularity, genre_matrix, train_index, valid_index, test_index, users, n0)
-    return {"rows": rows, "heldout_users": int(users.numel()), "targets": int(target_songs.numel()),
-            "reveal": list(reveal), "n0": n0, "n0_validation_ndcg@10": n0_scores, "seed": seed,
-            "training_edges": int(keep_train.numel())}
+        rows += _active_rows(
+            data, schema, view, model, popularity, genre_matrix, train_index, valid_index, test_index, users, n0
+        )
+    return {
+        "rows": rows,
+        "heldout_users": int(users.numel()),
+        "targets": int(target_songs.numel()),
+        "reveal": list(reveal),
+        "n0": n0,
+        "n0_validation_ndcg@10": n0_scores,
+        "seed": seed,
+        "training_edges": int(keep_train.numel()),
+    }
 
 
-def _active_rows(data, schema, view, model, popularity, genre_matrix, train_index, valid_index, test_index, heldout, n0) -> list[dict]:
+def _active_rows(
+    data, schema, view, model, popularity, genre_matrix, train_index, valid_index, test_index, heldout, n0
+) -> list[dict]:
     listens = data[schema.interaction].edge_index
     test = listens[:, test_index]
     test = test[:, ~torch.isin(test[0], heldout)]
@@ -280,16 +324,21 @@ def _active_rows(data, schema, view, model, popularity, genre_matrix, train_inde
 
     def method_row(method: str, weight: float, scores: Tensor) -> dict:
         topk = _topk_masked(scores, row_of[known[0]], known[1], EVAL_K)
-        return {"method": method, "revealed": -1, "genre_weight": weight,
-                **_metrics(topk, row_of[test[0]], test[1], num_songs)}
+        return {
+            "method": method,
+            "revealed": -1,
+            "genre_weight": weight,
+            **_metrics(topk, row_of[test[0]], test[1], num_songs),
+        }
 
     mean_n = float(counts.float().mean())
     return [
         method_row("active_most_popular", 0.0, popularity.expand(users.numel(), -1)),
         method_row("active_genre", 1.0, genre),
         method_row("active_model", 0.0, collaborative),
-        method_row(f"active_adaptive (mean n={mean_n:.0f})", float(weights.mean()),
-                   blend(collaborative, genre, weights)),
+        method_row(
+            f"active_adaptive (mean n={mean_n:.0f})", float(weights.mean()), blend(collaborative, genre, weights)
+        ),
     ]
 
 

@@ -84,8 +84,11 @@ class Diversify:
         if self.method == "artist-cap":
             out = {"method": self.method, "max_per_artist": self.max_per_artist}
         elif self.method == "mmr":
-            out = {"method": self.method, "lambda": float(self.mmr_lambda),
-                   "similarity": f"cosine of artist one-hot (weight {DEFAULT_ARTIST_WEIGHT:g}) and genre set"}
+            out = {
+                "method": self.method,
+                "lambda": float(self.mmr_lambda),
+                "similarity": f"cosine of artist one-hot (weight {DEFAULT_ARTIST_WEIGHT:g}) and genre set",
+            }
         else:
             return {"method": "none"}
         return out | ({"pool": pool_size(k)} if k is not None else {})
@@ -157,8 +160,9 @@ class ItemSimilarity:
         onehot = torch.zeros(self.num_items, artists)
         known = self.artist >= 0
         onehot[known.nonzero().flatten(), self.artist[known]] = 1.0
-        return torch.cat([math.sqrt(self.artist_weight) * onehot,
-                          math.sqrt(1.0 - self.artist_weight) * self._unit_genres], dim=1)
+        return torch.cat(
+            [math.sqrt(self.artist_weight) * onehot, math.sqrt(1.0 - self.artist_weight) * self._unit_genres], dim=1
+        )
 
     def intra_list_distance(self, topk: Tensor, k: int) -> Tensor:
         """ILD@k of each list: mean pairwise ``1 - sim`` (:func:`mean_pairwise_distance`)."""
@@ -235,7 +239,9 @@ def mmr(candidates: Tensor, scores: Tensor, similarity: ItemSimilarity, k: int, 
     low = torch.where(valid, scores, torch.full_like(scores, float("inf"))).min(1, keepdim=True).values
     high = torch.where(valid, scores, torch.full_like(scores, float("-inf"))).max(1, keepdim=True).values
     span = high - low
-    rel = torch.where(span > 0, (scores - low) / torch.where(span > 0, span, torch.ones_like(span)), torch.ones_like(scores))
+    rel = torch.where(
+        span > 0, (scores - low) / torch.where(span > 0, span, torch.ones_like(span)), torch.ones_like(scores)
+    )
     rel = torch.where(valid, rel, torch.full_like(rel, float("-inf")))
     rows = torch.arange(users)
     available, penalty = valid.clone(), torch.zeros_like(rel)
@@ -251,8 +257,14 @@ def mmr(candidates: Tensor, scores: Tensor, similarity: ItemSimilarity, k: int, 
     return positions, picked_ok
 
 
-def rerank(candidates: Tensor, scores: Tensor, k: int, option: Diversify, similarity: ItemSimilarity,
-           cells: int = MAX_RERANK_CELLS) -> tuple[Tensor, Tensor]:
+def rerank(
+    candidates: Tensor,
+    scores: Tensor,
+    k: int,
+    option: Diversify,
+    similarity: ItemSimilarity,
+    cells: int = MAX_RERANK_CELLS,
+) -> tuple[Tensor, Tensor]:
     """Pick ``k`` of each row's candidates (``[users, P]`` item indices in score order, ``scores``
     ``-inf`` where invalid) with ``option``'s re-ranker: ``([users, k] positions into the rows,
     [users, k] valid)``. MMR runs on chunks of users (``cells`` bounds users x pool x genres)."""
@@ -265,14 +277,18 @@ def rerank(candidates: Tensor, scores: Tensor, k: int, option: Diversify, simila
         return positions, valid[:, :k]
     if option.method == "artist-cap":
         if not similarity.has_artists:
-            raise ValueError("--diversify artist-cap needs each item's artist, and this model's serving index has "
-                             "none (a chain without an artist relation); use --diversify mmr (genres only)")
+            raise ValueError(
+                "--diversify artist-cap needs each item's artist, and this model's serving index has "
+                "none (a chain without an artist relation); use --diversify mmr (genres only)"
+            )
         return artist_cap(candidates, valid, similarity.artist, k, option.max_per_artist)
     if not similarity.has_artists and not similarity.has_genres:
         raise ValueError("--diversify mmr needs item artists or genres, and this model's serving index has neither")
     step = max(1, cells // max(candidates.size(1) * max(similarity.genres.size(1), 1), 1))
-    parts = [mmr(candidates[s:s + step], scores[s:s + step], similarity, k, option.mmr_lambda)
-             for s in range(0, candidates.size(0), step)]
+    parts = [
+        mmr(candidates[s : s + step], scores[s : s + step], similarity, k, option.mmr_lambda)
+        for s in range(0, candidates.size(0), step)
+    ]
     if not parts:
         return torch.zeros(0, k, dtype=torch.long), torch.zeros(0, k, dtype=torch.bool)
     return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])

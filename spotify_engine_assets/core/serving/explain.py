@@ -37,7 +37,6 @@ from torch_geometric.explain.algorithm.utils import clear_masks, set_hetero_mask
 
 from ..data.graph import Schema, add_reverse, reverse
 from ..models.baselines import MostPopular
-from ..models.lightgcn import LightGCN
 from .cold_start import genre_profile_of_songs
 from .recommend import ModelBundle
 
@@ -49,8 +48,8 @@ class EvidenceLinks:
     kind: list[str]
     relation: list[tuple[str, str, str]]
     edge: Tensor
-    source: Tensor   # forward source node (user for listens, song for by/has)
-    target: Tensor   # forward target node (song, artist, genre)
+    source: Tensor  # forward source node (user for listens, song for by/has)
+    target: Tensor  # forward target node (song, artist, genre)
 
     def __len__(self) -> int:
         return int(self.edge.numel())
@@ -61,7 +60,9 @@ def model_relations(model) -> set[tuple[str, str, str]]:
     return set(getattr(model, "relations", ()))
 
 
-def evidence_links(view: HeteroData, user: int, song: int, schema: Schema, relations: set | None = None) -> EvidenceLinks:
+def evidence_links(
+    view: HeteroData, user: int, song: int, schema: Schema, relations: set | None = None
+) -> EvidenceLinks:
     """The links on the paths user -> played songs -> (candidate's artist / genres) -> candidate,
     and the candidate's own links, restricted to ``relations`` the model uses."""
     LISTENS, BY, HAS = schema.interaction, schema.category("artist"), schema.category("genre")
@@ -124,8 +125,8 @@ def pair_score(model, view: HeteroData, user: int, song: int) -> float:
 @dataclass
 class Attribution:
     score: float
-    gradients: dict[tuple[str, str, str], Tensor]   # d score / d mask per edge, per relation
-    attention: dict[str, tuple[Tensor, Tensor]]     # the model's attention in the same pass
+    gradients: dict[tuple[str, str, str], Tensor]  # d score / d mask per edge, per relation
+    attention: dict[str, tuple[Tensor, Tensor]]  # the model's attention in the same pass
     user_emb: Tensor
     song_emb: Tensor
 
@@ -153,8 +154,9 @@ def pair_attributions(model: nn.Module, view: HeteroData, pairs: Sequence[tuple[
         attention = {key: (index, alpha.detach()) for key, (index, alpha) in (attention or {}).items()}
         for position, (user, song) in enumerate(pairs):
             score = user_emb[user] @ song_emb[song]
-            gradients = torch.autograd.grad(score, [masks[r] for r in relations], allow_unused=True,
-                                            retain_graph=position < len(pairs) - 1)
+            gradients = torch.autograd.grad(
+                score, [masks[r] for r in relations], allow_unused=True, retain_graph=position < len(pairs) - 1
+            )
             grads = {r: (g if g is not None else torch.zeros_like(masks[r])) for r, g in zip(relations, gradients)}
             results.append(Attribution(float(score.detach()), grads, attention, user_emb.detach(), song_emb.detach()))
     return results
@@ -170,14 +172,17 @@ def link_attributions(attribution: Attribution, links: EvidenceLinks) -> Tensor:
     return values
 
 
-def link_attention(attention: dict[str, tuple[Tensor, Tensor]], links: EvidenceLinks, schema: Schema) -> list[list[float | None]]:
+def link_attention(
+    attention: dict[str, tuple[Tensor, Tensor]], links: EvidenceLinks, schema: Schema
+) -> list[list[float | None]]:
     """Per link, the attention coefficient (mean over heads) in its evidence direction, per layer."""
     layers = sorted({key.split("/")[0] for key in attention}, key=lambda name: int(name.removeprefix("layer")))
     columns = []
     # the direction carrying the evidence towards the user or the candidate: the reverse relation
     # (user <- played song <- artist/genre, candidate <- artist/genre), except a listener's own edge
-    directions = [relation if kind == "listener" else reverse(relation)
-                  for kind, relation in zip(links.kind, links.relation)]
+    directions = [
+        relation if kind == "listener" else reverse(relation) for kind, relation in zip(links.kind, links.relation)
+    ]
     for layer in layers:
         column: list[float | None] = [None] * len(links)
         for direction in set(directions):
@@ -224,11 +229,11 @@ def view_without(view: HeteroData, links: EvidenceLinks, chosen: Tensor, schema:
 def _label(bundle: ModelBundle, kind: str, source: int, target: int) -> str:
     catalog = bundle.catalog
     if kind == "played":
-        return f"played \"{catalog.song_title[target]}\" (song {bundle.song_id(target)})"
+        return f'played "{catalog.song_title[target]}" (song {bundle.song_id(target)})'
     if kind == "played_artist":
-        return f"\"{catalog.song_title[source]}\" is by {catalog.artist_name[target]}"
+        return f'"{catalog.song_title[source]}" is by {catalog.artist_name[target]}'
     if kind == "played_genre":
-        return f"\"{catalog.song_title[source]}\" has genre {catalog.genre_name[target]}"
+        return f'"{catalog.song_title[source]}" has genre {catalog.genre_name[target]}'
     if kind == "candidate_artist":
         return f"artist {catalog.artist_name[target]}"
     if kind == "candidate_genre":
@@ -265,11 +270,18 @@ def explain(bundle: ModelBundle, user: int, song: int, top: int = 8, attribution
     # genre influence: the user's training genre profile x the song's genre weights
     profile = genre_profile_of_songs(bundle.genre_matrix, training)
     weights = bundle.genre_matrix[song]
-    result["genre_influence"] = {"total": float(profile @ weights), "genres": [
-        {"genre": catalog.genre_name[g], "user_share": float(profile[g]), "song_weight": float(weights[g]),
-         "product": float(profile[g] * weights[g])}
-        for g in song_genres.tolist()
-    ]}
+    result["genre_influence"] = {
+        "total": float(profile @ weights),
+        "genres": [
+            {
+                "genre": catalog.genre_name[g],
+                "user_share": float(profile[g]),
+                "song_weight": float(weights[g]),
+                "product": float(profile[g] * weights[g]),
+            }
+            for g in song_genres.tolist()
+        ],
+    }
     same_artist = [s for s in training.tolist() if catalog.song_artist[s] == artist]
     result["artist_influence"] = {
         "artist": result["artist"],
@@ -279,8 +291,13 @@ def explain(bundle: ModelBundle, user: int, song: int, top: int = 8, attribution
     }
 
     if isinstance(model, MostPopular):
-        result.update(score=float(bundle.popularity[song]), attribution_method="none (popularity has no graph computation)",
-                      evidence=[], paths=[], similar_users=[])
+        result.update(
+            score=float(bundle.popularity[song]),
+            attribution_method="none (popularity has no graph computation)",
+            evidence=[],
+            paths=[],
+            similar_users=[],
+        )
         return result
 
     attribution = attribution or edge_attributions(model, view, user, song)
@@ -293,8 +310,12 @@ def explain(bundle: ModelBundle, user: int, song: int, top: int = 8, attribution
     result["evidence_links"] = len(links)
     result["evidence_attribution_total"] = float(values.sum())
     result["evidence"] = [
-        {"kind": links.kind[i], "label": _label(bundle, links.kind[i], int(links.source[i]), int(links.target[i])),
-         "attribution": float(values[i]), "attention": attention[i]}
+        {
+            "kind": links.kind[i],
+            "label": _label(bundle, links.kind[i], int(links.source[i]), int(links.target[i])),
+            "attribution": float(values[i]),
+            "attention": attention[i],
+        }
         for i in order[:top]
     ]
     # attention along paths user <- played song <- (artist | genre) -> candidate
@@ -305,8 +326,11 @@ def explain(bundle: ModelBundle, user: int, song: int, top: int = 8, attribution
     user_emb = attribution.user_emb
     similarity = torch.nn.functional.cosine_similarity(user_emb[sources], user_emb[user].unsqueeze(0))
     result["similar_users"] = [
-        {"user_id": bundle.user_id(int(sources[b])), "similarity": float(similarity[b]),
-         "attribution": float(values[listeners[b]])}
+        {
+            "user_id": bundle.user_id(int(sources[b])),
+            "similarity": float(similarity[b]),
+            "attribution": float(values[listeners[b]]),
+        }
         for b in torch.argsort(similarity, descending=True)[:5].tolist()
     ]
     return result
@@ -315,7 +339,9 @@ def explain(bundle: ModelBundle, user: int, song: int, top: int = 8, attribution
 def _paths(bundle: ModelBundle, links: EvidenceLinks, attention: list, values: Tensor) -> list[dict]:
     """Paths user <- played song <- artist/genre -> candidate with the attention on each hop."""
     played = {int(links.target[i]): i for i, k in enumerate(links.kind) if k == "played"}
-    candidate_hop = {(k, int(links.target[i])): i for i, k in enumerate(links.kind) if k in ("candidate_artist", "candidate_genre")}
+    candidate_hop = {
+        (k, int(links.target[i])): i for i, k in enumerate(links.kind) if k in ("candidate_artist", "candidate_genre")
+    }
     paths = []
     for i, kind in enumerate(links.kind):
         if kind not in ("played_artist", "played_genre"):
@@ -331,15 +357,17 @@ def _paths(bundle: ModelBundle, links: EvidenceLinks, attention: list, values: T
             known = [value for value in hop if value is not None]
             flow *= sum(known) / len(known) if known else 1.0
         name = bundle.catalog.artist_name[via] if kind == "played_artist" else bundle.catalog.genre_name[via]
-        paths.append({
-            "played": bundle.catalog.song_title[song],
-            "via": f"{'artist' if kind == 'played_artist' else 'genre'} {name}",
-            "attention_user<-played": hops[0],
-            "attention_played<-via": hops[1],
-            "attention_candidate<-via": hops[2],
-            "attention_flow": flow,
-            "attribution": float(values[first] + values[i] + values[last]),
-        })
+        paths.append(
+            {
+                "played": bundle.catalog.song_title[song],
+                "via": f"{'artist' if kind == 'played_artist' else 'genre'} {name}",
+                "attention_user<-played": hops[0],
+                "attention_played<-via": hops[1],
+                "attention_candidate<-via": hops[2],
+                "attention_flow": flow,
+                "attribution": float(values[first] + values[i] + values[last]),
+            }
+        )
     return sorted(paths, key=lambda p: -p["attention_flow"])
 
 
@@ -347,7 +375,11 @@ def _paths(bundle: ModelBundle, links: EvidenceLinks, attention: list, values: T
 
 
 def faithfulness(
-    model: nn.Module, view: HeteroData, pairs: Sequence[tuple[int, int]], remove: int = 5, random_draws: int = 3,
+    model: nn.Module,
+    view: HeteroData,
+    pairs: Sequence[tuple[int, int]],
+    remove: int = 5,
+    random_draws: int = 3,
     seed: int = 0,
 ) -> dict:
     """Score drop when removing the ``remove`` top-attributed evidence links vs as many random
@@ -372,14 +404,25 @@ def faithfulness(
         for _ in range(random_draws):
             chosen = torch.randperm(len(links), generator=generator)[:remove]
             random_drops.append(base - pair_score(model, view_without(view, links, chosen, schema), user, song))
-        row = {"user": user, "song": song, "score": base, "links": len(links), "drop_top": drop_top,
-               "drop_random": sum(random_drops) / len(random_drops)}
+        row = {
+            "user": user,
+            "song": song,
+            "score": base,
+            "links": len(links),
+            "drop_top": drop_top,
+            "drop_random": sum(random_drops) / len(random_drops),
+        }
         if attribution.attention:
-            strength = torch.tensor([
-                max((v for v in hop if v is not None), default=0.0) for hop in link_attention(attribution.attention, links, schema)
-            ])
+            strength = torch.tensor(
+                [
+                    max((v for v in hop if v is not None), default=0.0)
+                    for hop in link_attention(attribution.attention, links, schema)
+                ]
+            )
             by_attention = torch.argsort(strength, descending=True)[:remove]
-            row["drop_attention"] = base - pair_score(model, view_without(view, links, by_attention, schema), user, song)
+            row["drop_attention"] = base - pair_score(
+                model, view_without(view, links, by_attention, schema), user, song
+            )
         rows.append(row)
     if not rows:
         raise ValueError(f"no pair has more than {remove} evidence links")
@@ -407,34 +450,69 @@ def render_explanation(explanation: dict, markdown: bool = False) -> str:
     from .recommend import text_table
 
     e = explanation
-    title = (f"Why user {e['user_id']} may like \"{e['title']}\" (song {e['song_id']}) by {e['artist']} "
-             f"[{', '.join(e['genres']) or 'no genre'}] - model {e['config']}")
+    title = (
+        f'Why user {e["user_id"]} may like "{e["title"]}" (song {e["song_id"]}) by {e["artist"]} '
+        f"[{', '.join(e['genres']) or 'no genre'}] - model {e['config']}"
+    )
     heading = (lambda text: f"\n#### {text}\n") if markdown else (lambda text: f"\n{text}\n")
     lines = [f"### {title}" if markdown else title, ""]
-    lines.append(f"model score {e['score']:.4f}" + (" (the user already played this song)" if e["already_played"] else ""))
+    lines.append(
+        f"model score {e['score']:.4f}" + (" (the user already played this song)" if e["already_played"] else "")
+    )
     lines.append(f"attribution: {e['attribution_method']}")
     if e.get("evidence"):
-        lines.append(f"{e['evidence_links']} evidence links on the paths between the user and the song, "
-                     f"attributions summing to {e['evidence_attribution_total']:.4f}")
-        lines.append(heading("Top contributing evidence (attribution: first-order score drop without the link; "
-                             "attention: the model's coefficient on the link, per layer)"))
+        lines.append(
+            f"{e['evidence_links']} evidence links on the paths between the user and the song, "
+            f"attributions summing to {e['evidence_attribution_total']:.4f}"
+        )
+        lines.append(
+            heading(
+                "Top contributing evidence (attribution: first-order score drop without the link; "
+                "attention: the model's coefficient on the link, per layer)"
+            )
+        )
         lines.append(text_table(e["evidence"], ["kind", "label", "attribution", "attention"], markdown=markdown))
     if e.get("paths"):
-        lines.append(heading("Paths user <- played song <- artist/genre -> song (attention per hop, per layer; flow = product "
-                             "of the hops' mean attention; attribution = sum over the path's links)"))
-        rows = [{**p, "user<-played": p["attention_user<-played"], "played<-via": p["attention_played<-via"],
-                 "song<-via": p["attention_candidate<-via"]} for p in e["paths"]]
-        lines.append(text_table(rows, ["played", "via", "user<-played", "played<-via", "song<-via", "attention_flow",
-                                       "attribution"], markdown=markdown))
+        lines.append(
+            heading(
+                "Paths user <- played song <- artist/genre -> song (attention per hop, per layer; flow = product "
+                "of the hops' mean attention; attribution = sum over the path's links)"
+            )
+        )
+        rows = [
+            {
+                **p,
+                "user<-played": p["attention_user<-played"],
+                "played<-via": p["attention_played<-via"],
+                "song<-via": p["attention_candidate<-via"],
+            }
+            for p in e["paths"]
+        ]
+        lines.append(
+            text_table(
+                rows,
+                ["played", "via", "user<-played", "played<-via", "song<-via", "attention_flow", "attribution"],
+                markdown=markdown,
+            )
+        )
     genre = e["genre_influence"]
-    lines.append(heading(f"Genre influence {genre['total']:.4f} (the user's genre share from training songs x the song's genre weight)"))
-    lines.append(text_table(genre["genres"], ["genre", "user_share", "song_weight", "product"], markdown=markdown)
-                 if genre["genres"] else "the song has no genre")
+    lines.append(
+        heading(
+            f"Genre influence {genre['total']:.4f} (the user's genre share from training songs x the song's genre weight)"
+        )
+    )
+    lines.append(
+        text_table(genre["genres"], ["genre", "user_share", "song_weight", "product"], markdown=markdown)
+        if genre["genres"]
+        else "the song has no genre"
+    )
     artist = e["artist_influence"]
     lines.append(heading("Artist influence"))
     examples = f": {', '.join(artist['examples'])}" if artist["examples"] else ""
-    lines.append(f"{artist['user_songs_by_artist']} of the user's {e['training_interactions']} training songs are by "
-                 f"{artist['artist']} ({artist['share_of_user_songs']:.0%}){examples}")
+    lines.append(
+        f"{artist['user_songs_by_artist']} of the user's {e['training_interactions']} training songs are by "
+        f"{artist['artist']} ({artist['share_of_user_songs']:.0%}){examples}"
+    )
     if e.get("similar_users"):
         lines.append(heading("Similar users who played it (cosine similarity of the model's user embeddings)"))
         lines.append(text_table(e["similar_users"], ["user_id", "similarity", "attribution"], markdown=markdown))

@@ -52,8 +52,10 @@ if TYPE_CHECKING:  # the graph libraries are imported only where a graph is buil
 
 DEFAULT_GENRE_PRIOR = 5.0
 SERVING_FORMAT = 1
-NO_SERVING_INDEX = ("default: the artifact was materialized before n0 was stored with the model; "
-                    "re-materialize the partition to choose n0 on validation")
+NO_SERVING_INDEX = (
+    "default: the artifact was materialized before n0 was stored with the model; "
+    "re-materialize the partition to choose n0 on validation"
+)
 MAX_BATCH_CELLS = 1 << 22  # users x items scored at once by rank_users' callers (16 MiB of float32)
 
 
@@ -67,7 +69,11 @@ class UnknownIdError(LookupError):
 def id_error(kind: str, value, known: list, presorted: bool = False) -> UnknownIdError:
     """An error naming the unknown id and listing what exists (a sample and the count when long)."""
     known = list(known) if presorted else sorted(known)
-    span = f" (ids {known[0]}..{known[-1]})" if known and len(known) > 10 and all(isinstance(k, int) for k in known) else ""
+    span = (
+        f" (ids {known[0]}..{known[-1]})"
+        if known and len(known) > 10 and all(isinstance(k, int) for k in known)
+        else ""
+    )
     sample = ", ".join(str(v) for v in known[:10]) + (f", ... ({len(known)} in all)" if len(known) > 10 else "")
     return UnknownIdError(f"unknown {kind} {value!r}; {len(known)} {kind}s exist{span}: {sample}")
 
@@ -81,7 +87,7 @@ class Catalog:
     """Display names by node index (warehouse titles and names when available)."""
 
     song_title: list[str]
-    song_artist: list[int]          # artist node index of every song (-1: none)
+    song_artist: list[int]  # artist node index of every song (-1: none)
     artist_name: list[str]
     genre_name: list[str]
 
@@ -94,16 +100,27 @@ class Catalog:
         genres = {i: f"genre {i}" for i in genre_ids}
         if warehouse is not None and Path(warehouse).exists():
             _warehouse_names(Path(warehouse), {"songs": titles, "artists": artists, "genres": genres})
-        return cls([titles[i] for i in song_ids], _as_list(song_artist), [artists[i] for i in artist_ids],
-                   [genres[i] for i in genre_ids])
+        return cls(
+            [titles[i] for i in song_ids],
+            _as_list(song_artist),
+            [artists[i] for i in artist_ids],
+            [genres[i] for i in genre_ids],
+        )
 
     @classmethod
     def from_graph(cls, data: HeteroData, schema: Schema, warehouse: Path | None = None) -> Catalog:
         by, has = schema.category("artist"), schema.category("genre")
         if by is None or has is None:
-            raise ConfigError(f"serving needs item-artist and item-genre relations; the graph has {sorted(schema.categories)}")
-        return cls.build(_node_ids(data, schema.item), _node_ids(data, by[2]), _node_ids(data, has[2]),
-                         _song_artist(data, schema), warehouse)
+            raise ConfigError(
+                f"serving needs item-artist and item-genre relations; the graph has {sorted(schema.categories)}"
+            )
+        return cls.build(
+            _node_ids(data, schema.item),
+            _node_ids(data, by[2]),
+            _node_ids(data, has[2]),
+            _song_artist(data, schema),
+            warehouse,
+        )
 
 
 def _warehouse_names(path: Path, names: dict[str, dict]) -> None:
@@ -158,8 +175,21 @@ def _gather(indptr: Tensor, values: Tensor, users: Tensor) -> tuple[Tensor, Tens
     return rows, values[torch.arange(int(counts.sum())) - offsets[rows] + starts[rows]]
 
 
-_ARRAYS = ("user_ids", "song_ids", "artist_ids", "genre_ids", "song_artist", "song_genres", "user_emb", "song_emb",
-           "popularity", "train_indptr", "train_items", "known_indptr", "known_items")
+_ARRAYS = (
+    "user_ids",
+    "song_ids",
+    "artist_ids",
+    "genre_ids",
+    "song_artist",
+    "song_genres",
+    "user_emb",
+    "song_emb",
+    "popularity",
+    "train_indptr",
+    "train_items",
+    "known_indptr",
+    "known_items",
+)
 
 
 @dataclass(kw_only=True)
@@ -168,25 +198,25 @@ class ServingIndex:
     the listening chain; ``item_type`` names them in tables (``song``, ``track``, ``artist``)."""
 
     config: ModelConfig
-    user_ids: Tensor | list          # warehouse id of every user node
+    user_ids: Tensor | list  # warehouse id of every user node
     song_ids: Tensor | list
     artist_ids: Tensor | list
     genre_ids: Tensor | list
-    song_artist: Tensor              # artist node index of every song (-1: none)
-    song_genres: Tensor              # [2, E] (song, genre) node index pairs of the message-passing graph
-    user_emb: Tensor | None          # the model's final embeddings; None where the model scores without them
+    song_artist: Tensor  # artist node index of every song (-1: none)
+    song_genres: Tensor  # [2, E] (song, genre) node index pairs of the message-passing graph
+    user_emb: Tensor | None  # the model's final embeddings; None where the model scores without them
     song_emb: Tensor | None
-    popularity: Tensor               # training interactions per song
-    train_indptr: Tensor             # CSR of each user's training songs (what the model saw)
+    popularity: Tensor  # training interactions per song
+    train_indptr: Tensor  # CSR of each user's training songs (what the model saw)
     train_items: Tensor
-    known_indptr: Tensor             # CSR of each user's known songs (train, validation and test)
+    known_indptr: Tensor  # CSR of each user's known songs (train, validation and test)
     known_items: Tensor
-    n0: float                        # the genre prior of the adaptive weight
+    n0: float  # the genre prior of the adaptive weight
     n0_scores: dict[float, float] = field(default_factory=dict)  # validation NDCG@10 per n0 tried
     n0_source: str = "validation"
     user_type: str = "user"
     item_type: str = "song"
-    warehouse: Path | None = None    # where names come from (the catalogue is built on first use)
+    warehouse: Path | None = None  # where names come from (the catalogue is built on first use)
     catalog: Catalog | None = None
     genre_matrix: Tensor = field(init=False)
 
@@ -194,9 +224,21 @@ class ServingIndex:
         self.genre_matrix = genre_matrix_of(self.song_genres, self.num_songs, len(self.genre_ids))
 
     @classmethod
-    def from_graph(cls, config: ModelConfig, schema: Schema, data: HeteroData, view: HeteroData, factors, /, *,
-                   valid_pairs: Tensor | None = None, n0: float | None = None, n0_source: str = "given",
-                   n0_scores: dict | None = None, **extra) -> ServingIndex:
+    def from_graph(
+        cls,
+        config: ModelConfig,
+        schema: Schema,
+        data: HeteroData,
+        view: HeteroData,
+        factors,
+        /,
+        *,
+        valid_pairs: Tensor | None = None,
+        n0: float | None = None,
+        n0_source: str = "given",
+        n0_scores: dict | None = None,
+        **extra,
+    ) -> ServingIndex:
         """The index of a model prepared on ``view`` (``factors`` = its ``factors()``). ``n0``: given, or
         chosen on ``valid_pairs`` (:func:`.cold_start.tune_genre_prior`, once), else the default;
         0 where the chain has no genre relation."""
@@ -215,38 +257,65 @@ class ServingIndex:
                 n0, n0_scores = tune_genre_prior(user_emb, song_emb, view, valid_pairs, schema)
                 n0_source = "validation"
             else:
-                n0, n0_source = DEFAULT_GENRE_PRIOR, "default: no validation pairs or no model embeddings to choose it on"
+                n0, n0_source = (
+                    DEFAULT_GENRE_PRIOR,
+                    "default: no validation pairs or no model embeddings to choose it on",
+                )
         train_indptr, train_items = _by_user(view[interaction].edge_index, num_users)
         known_indptr, known_items = _by_user(data[interaction].edge_index, num_users)
         return cls(
-            config=config, user_ids=_node_ids(data, schema.user), song_ids=_node_ids(data, schema.item),
+            config=config,
+            user_ids=_node_ids(data, schema.user),
+            song_ids=_node_ids(data, schema.item),
             artist_ids=_node_ids(data, (schema.category("artist") or (None, None, None))[2]),
-            genre_ids=_node_ids(data, has[2] if has else None), song_artist=_song_artist(data, schema),
+            genre_ids=_node_ids(data, has[2] if has else None),
+            song_artist=_song_artist(data, schema),
             song_genres=view[has].edge_index if has else torch.empty(2, 0, dtype=torch.long),
-            user_emb=user_emb, song_emb=song_emb,
+            user_emb=user_emb,
+            song_emb=song_emb,
             popularity=torch.bincount(view[interaction].edge_index[1], minlength=num_songs).float(),
-            train_indptr=train_indptr, train_items=train_items, known_indptr=known_indptr, known_items=known_items,
-            n0=float(n0), n0_scores=dict(n0_scores or {}), n0_source=n0_source, user_type=schema.user,
-            item_type=schema.item, **extra,
+            train_indptr=train_indptr,
+            train_items=train_items,
+            known_indptr=known_indptr,
+            known_items=known_items,
+            n0=float(n0),
+            n0_scores=dict(n0_scores or {}),
+            n0_source=n0_source,
+            user_type=schema.user,
+            item_type=schema.item,
+            **extra,
         )
 
     def to_payload(self) -> dict:
         """Tensors and plain values only (``torch.load(weights_only=True)`` reads it back)."""
         payload = {name: getattr(self, name) for name in _ARRAYS}
-        payload.update(format=SERVING_FORMAT, genre_prior=self.n0, genre_prior_source=self.n0_source,
-                       genre_prior_validation_ndcg={str(k): float(v) for k, v in self.n0_scores.items()},
-                       user_type=self.user_type, item_type=self.item_type)
+        payload.update(
+            format=SERVING_FORMAT,
+            genre_prior=self.n0,
+            genre_prior_source=self.n0_source,
+            genre_prior_validation_ndcg={str(k): float(v) for k, v in self.n0_scores.items()},
+            user_type=self.user_type,
+            item_type=self.item_type,
+        )
         return payload
 
     @classmethod
     def from_payload(cls, payload: dict, config: ModelConfig, warehouse: Path | None = None) -> ServingIndex:
         if payload.get("format") != SERVING_FORMAT:
-            raise ConfigError(f"serving index of trained_model[{config.name}] has format {payload.get('format')!r}, "
-                              f"this code reads {SERVING_FORMAT}; re-materialize it")
-        return cls(config=config, **{name: payload[name] for name in _ARRAYS}, n0=float(payload["genre_prior"]),
-                   n0_scores={float(k): v for k, v in payload["genre_prior_validation_ndcg"].items()},
-                   n0_source=payload["genre_prior_source"], user_type=payload["user_type"],
-                   item_type=payload["item_type"], warehouse=warehouse)
+            raise ConfigError(
+                f"serving index of trained_model[{config.name}] has format {payload.get('format')!r}, "
+                f"this code reads {SERVING_FORMAT}; re-materialize it"
+            )
+        return cls(
+            config=config,
+            **{name: payload[name] for name in _ARRAYS},
+            n0=float(payload["genre_prior"]),
+            n0_scores={float(k): v for k, v in payload["genre_prior_validation_ndcg"].items()},
+            n0_source=payload["genre_prior_source"],
+            user_type=payload["user_type"],
+            item_type=payload["item_type"],
+            warehouse=warehouse,
+        )
 
     @property
     def num_songs(self) -> int:
@@ -269,14 +338,18 @@ class ServingIndex:
     def names(self) -> Catalog:
         """Display names (built from the warehouse on first use)."""
         if self.catalog is None:
-            self.catalog = Catalog.build(self.song_ids, self.artist_ids, self.genre_ids, self.song_artist, self.warehouse)
+            self.catalog = Catalog.build(
+                self.song_ids, self.artist_ids, self.genre_ids, self.song_artist, self.warehouse
+            )
         return self.catalog
 
     # ---------------------------------------------------------------- id maps
     @functools.cached_property
     def _index(self) -> dict[str, dict[int, int]]:
-        return {kind: {int(v): i for i, v in enumerate(_as_list(ids))}
-                for kind, ids in (("user", self.user_ids), ("song", self.song_ids), ("genre", self.genre_ids))}
+        return {
+            kind: {int(v): i for i, v in enumerate(_as_list(ids))}
+            for kind, ids in (("user", self.user_ids), ("song", self.song_ids), ("genre", self.genre_ids))
+        }
 
     def user_index(self, user_id) -> int:
         return _lookup("user", user_id, self._index["user"])
@@ -353,15 +426,18 @@ class ModelBundle(ServingIndex):
         self.names()  # explanations read ``catalog`` directly
 
     @classmethod
-    def of(cls, config: ModelConfig, model: Recommender, schema: Schema, data: HeteroData, view: HeteroData,
-           **options) -> ModelBundle:
+    def of(
+        cls, config: ModelConfig, model: Recommender, schema: Schema, data: HeteroData, view: HeteroData, **options
+    ) -> ModelBundle:
         """The bundle of a model prepared on ``view``; ``options`` as :meth:`ServingIndex.from_graph`."""
-        return cls.from_graph(config, schema, data, view, model.factors(), model=model, schema=schema, data=data,
-                              view=view, **options)
+        return cls.from_graph(
+            config, schema, data, view, model.factors(), model=model, schema=schema, data=data, view=view, **options
+        )
 
     @classmethod
-    def with_model(cls, index: ServingIndex, model: Recommender, schema: Schema, data: HeteroData,
-                   view: HeteroData) -> ModelBundle:
+    def with_model(
+        cls, index: ServingIndex, model: Recommender, schema: Schema, data: HeteroData, view: HeteroData
+    ) -> ModelBundle:
         """A stored index with its model (loaded from the same artifact) and graph."""
         kept = {f.name: getattr(index, f.name) for f in fields(ServingIndex) if f.init}
         return cls(**kept, model=model, schema=schema, data=data, view=view)
@@ -395,12 +471,14 @@ def load_index(lake: Path, chain: str, config_name: str) -> ServingIndex | None:
 def _artifact_config(artifact: dict) -> ModelConfig:
     try:
         config = parse_config(artifact["config"])
-    except Exception as error:  # noqa: BLE001 - a stale artifact from an older schema
+    except Exception as error:
         raise ConfigError(f"trained_model holds an invalid config: {error}") from error
     non_finite = first_non_finite(artifact.get("state"), "state")
     if non_finite is not None:  # a diverged model stored before training checked its loss: never served
-        raise ConfigError(f"trained_model[{config.name}] has non-finite weights ({non_finite}); it cannot serve - "
-                          f"retrain it (spotify-engine materialize --configs {config.name})")
+        raise ConfigError(
+            f"trained_model[{config.name}] has non-finite weights ({non_finite}); it cannot serve - "
+            f"retrain it (spotify-engine materialize --configs {config.name})"
+        )
     return config
 
 
@@ -429,7 +507,9 @@ def load_bundle(lake: Path, dataset: Dataset, config_name: str) -> ModelBundle:
     return bundle_from(dataset, artifact, graph, splits, Path(lake) / "warehouse.duckdb")
 
 
-def bundle_from(dataset: Dataset, artifact: dict, graph_payload: dict, splits: dict, warehouse: Path | None = None) -> ModelBundle:
+def bundle_from(
+    dataset: Dataset, artifact: dict, graph_payload: dict, splits: dict, warehouse: Path | None = None
+) -> ModelBundle:
     """A bundle from the loaded ``trained_model``, ``graph`` and ``split`` values of a chain; ``n0``
     is the one stored with the model (the default, said in ``n0_source``, for an artifact from
     before it was stored: never searched here)."""
@@ -449,7 +529,9 @@ def bundle_from(dataset: Dataset, artifact: dict, graph_payload: dict, splits: d
         else:
             model, view = dataset.load(config, data, split, artifact["state"])
         if stored is not None and (len(stored["user_ids"]), len(stored["song_ids"])) != (
-                int(data[schema.user].num_nodes), int(data[schema.item].num_nodes)):
+            int(data[schema.user].num_nodes),
+            int(data[schema.item].num_nodes),
+        ):
             raise ValueError("its serving index has other users or items than the graph")
     except (RuntimeError, KeyError, ValueError) as error:
         raise ConfigError(
@@ -462,12 +544,14 @@ def bundle_from(dataset: Dataset, artifact: dict, graph_payload: dict, splits: d
     return ModelBundle.of(config, model, schema, data, view, warehouse=warehouse, n0=prior, n0_source=NO_SERVING_INDEX)
 
 
-def serving_payload(dataset: Dataset, config: ModelConfig, model: Recommender, data: HeteroData, split: dict,
-                    view: HeteroData) -> dict:
+def serving_payload(
+    dataset: Dataset, config: ModelConfig, model: Recommender, data: HeteroData, split: dict, view: HeteroData
+) -> dict:
     """The serving index of a freshly fitted model (prepared on ``view``), ``n0`` chosen once on the
     split's validation pairs: what ``<chain>/trained_model`` stores as ``artifact["serving"]``."""
-    index = ServingIndex.from_graph(config, dataset.schema, data, view, model.factors(),
-                                    valid_pairs=dataset.pairs(data, split["valid"]))
+    index = ServingIndex.from_graph(
+        config, dataset.schema, data, view, model.factors(), valid_pairs=dataset.pairs(data, split["valid"])
+    )
     return index.to_payload()
 
 
@@ -475,13 +559,13 @@ def serving_payload(dataset: Dataset, config: ModelConfig, model: Recommender, d
 class Ranking:
     """Top-k songs for one user, with the parts of each score."""
 
-    songs: Tensor           # song node indices, best first
-    score: Tensor           # blended score used for ranking
-    model_score: Tensor     # the model's own score (dot product); NaN where there is none
-    genre_score: Tensor     # genre-profile score
-    genre_weight: float     # w = n0 / (n0 + n)
-    interactions: int       # n
-    genre_prior: float      # n0
+    songs: Tensor  # song node indices, best first
+    score: Tensor  # blended score used for ranking
+    model_score: Tensor  # the model's own score (dot product); NaN where there is none
+    genre_score: Tensor  # genre-profile score
+    genre_weight: float  # w = n0 / (n0 + n)
+    interactions: int  # n
+    genre_prior: float  # n0
     diversify: Diversify = field(default_factory=Diversify)  # the re-ranker of the list
 
 
@@ -494,19 +578,35 @@ class Rankings:
     model_score: Tensor
     genre_score: Tensor
     valid: Tensor
-    genre_weight: Tensor    # [users]
-    interactions: Tensor    # [users]
+    genre_weight: Tensor  # [users]
+    interactions: Tensor  # [users]
     genre_prior: float
     diversify: Diversify = field(default_factory=Diversify)
 
     def row(self, i: int) -> Ranking:
         keep = self.valid[i]
-        return Ranking(self.songs[i][keep], self.score[i][keep], self.model_score[i][keep], self.genre_score[i][keep],
-                       float(self.genre_weight[i]), int(self.interactions[i]), self.genre_prior, self.diversify)
+        return Ranking(
+            self.songs[i][keep],
+            self.score[i][keep],
+            self.model_score[i][keep],
+            self.genre_score[i][keep],
+            float(self.genre_weight[i]),
+            int(self.interactions[i]),
+            self.genre_prior,
+            self.diversify,
+        )
 
 
-def _rank(index: ServingIndex, model: Tensor | None, profiles: Tensor, interactions: Tensor,
-          exclude: tuple[Tensor, Tensor], k: int, n0: float, diversify: Diversify | None = None) -> Rankings:
+def _rank(
+    index: ServingIndex,
+    model: Tensor | None,
+    profiles: Tensor,
+    interactions: Tensor,
+    exclude: tuple[Tensor, Tensor],
+    k: int,
+    n0: float,
+    diversify: Diversify | None = None,
+) -> Rankings:
     """Blend, mask ``exclude`` (row, song) pairs, take the top ``k`` of every row (re-ranked from a
     pool of the best by ``diversify``, if any)."""
     if k < 1:
@@ -528,8 +628,9 @@ def _rank(index: ServingIndex, model: Tensor | None, profiles: Tensor, interacti
     return Rankings(songs, gather(score), gather(model), gather(genre), valid, weight, interactions, n0, diversify)
 
 
-def rank_users(index: ServingIndex, users: Tensor, k: int, genre_prior: float | None = None,
-               diversify: Diversify | None = None) -> Rankings:
+def rank_users(
+    index: ServingIndex, users: Tensor, k: int, genre_prior: float | None = None, diversify: Diversify | None = None
+) -> Rankings:
     """Top-``k`` songs of known users (node indices), batched: the model's score blended with the
     genre score of each user's training songs, every known song masked. ``genre_prior`` is ``n0``
     (``None``: the index's, chosen on validation when the model was trained); ``diversify`` a
@@ -543,8 +644,14 @@ def rank_users(index: ServingIndex, users: Tensor, k: int, genre_prior: float | 
 
 
 def rank_songs(
-    index: ServingIndex, k: int, *, user: int | None = None, songs: list[int] | None = None,
-    genres: list[int] | None = None, genre_prior: float | None = None, diversify: Diversify | None = None,
+    index: ServingIndex,
+    k: int,
+    *,
+    user: int | None = None,
+    songs: list[int] | None = None,
+    genres: list[int] | None = None,
+    genre_prior: float | None = None,
+    diversify: Diversify | None = None,
 ) -> Ranking:
     """Top-``k`` songs for a known user (node index) or a new user given by songs and/or genres.
 
@@ -569,13 +676,26 @@ def rank_songs(
         profile = profile / profile.sum()
     model = index.fold_in_scores(given)
     exclude = (torch.zeros(given.numel(), dtype=torch.long), given)
-    rankings = _rank(index, None if model is None else model.unsqueeze(0), profile.unsqueeze(0),
-                     torch.tensor([given.numel()]), exclude, k, n0, diversify)
+    rankings = _rank(
+        index,
+        None if model is None else model.unsqueeze(0),
+        profile.unsqueeze(0),
+        torch.tensor([given.numel()]),
+        exclude,
+        k,
+        n0,
+        diversify,
+    )
     return rankings.row(0)
 
 
-def recommendation_frame(index: ServingIndex, k: int, genre_prior: float | None = None,
-                         batch_cells: int = MAX_BATCH_CELLS, diversify: Diversify | None = None) -> pl.DataFrame:
+def recommendation_frame(
+    index: ServingIndex,
+    k: int,
+    genre_prior: float | None = None,
+    batch_cells: int = MAX_BATCH_CELLS,
+    diversify: Diversify | None = None,
+) -> pl.DataFrame:
     """Top-``k`` of every user as one row per (user, rank): ``user_id``, ``rank``, ``<item>_id``,
     ``score`` (the blend ranked by), ``model_score``, and where the chain has genres
     ``genre_score`` and ``genre_weight``. Every known item of a user is excluded, as in
@@ -591,13 +711,17 @@ def recommendation_frame(index: ServingIndex, k: int, genre_prior: float | None 
         ranked = rank_users(index, users, k, genre_prior, diversify)
         rows, ranks = ranked.valid.nonzero(as_tuple=True)
         columns = {
-            "user": (users[rows]).numpy(), "rank": (ranks + 1).numpy().astype(np.int32),
-            "item": ranked.songs[rows, ranks].numpy(), "score": ranked.score[rows, ranks].numpy(),
+            "user": (users[rows]).numpy(),
+            "rank": (ranks + 1).numpy().astype(np.int32),
+            "item": ranked.songs[rows, ranks].numpy(),
+            "score": ranked.score[rows, ranks].numpy(),
             "model_score": ranked.model_score[rows, ranks].numpy(),
         }
         if len(index.genre_ids):
-            columns.update(genre_score=ranked.genre_score[rows, ranks].numpy(),
-                           genre_weight=ranked.genre_weight[rows].numpy().astype(np.float32))
+            columns.update(
+                genre_score=ranked.genre_score[rows, ranks].numpy(),
+                genre_weight=ranked.genre_weight[rows].numpy().astype(np.float32),
+            )
         parts.append(pl.DataFrame(columns))
     frame = pl.concat(parts)
     return frame.with_columns(
@@ -610,20 +734,24 @@ def recommendation_frame(index: ServingIndex, k: int, genre_prior: float | None 
 def ranking_rows(index: ServingIndex, ranking: Ranking) -> list[dict]:
     """One plain dict per recommended song (warehouse ids and names)."""
     catalog, rows = index.names(), []
-    parts = zip(ranking.songs.tolist(), ranking.score.tolist(), ranking.model_score.tolist(), ranking.genre_score.tolist())
+    parts = zip(
+        ranking.songs.tolist(), ranking.score.tolist(), ranking.model_score.tolist(), ranking.genre_score.tolist()
+    )
     for rank, (song, score, model, genre) in enumerate(parts, 1):
         artist = catalog.song_artist[song]
         genres = index.genre_matrix[song].nonzero().flatten().tolist()
-        rows.append({
-            "rank": rank,
-            "song_id": index.song_id(song),
-            "title": catalog.song_title[song],
-            "artist": catalog.artist_name[artist] if artist >= 0 else "-",
-            "genres": ", ".join(catalog.genre_name[g] for g in genres),
-            "score": float(score),
-            "model_score": None if np.isnan(model) else float(model),
-            "genre_score": float(genre),
-        })
+        rows.append(
+            {
+                "rank": rank,
+                "song_id": index.song_id(song),
+                "title": catalog.song_title[song],
+                "artist": catalog.artist_name[artist] if artist >= 0 else "-",
+                "genres": ", ".join(catalog.genre_name[g] for g in genres),
+                "score": float(score),
+                "model_score": None if np.isnan(model) else float(model),
+                "genre_score": float(genre),
+            }
+        )
     return rows
 
 
@@ -663,7 +791,9 @@ RANKING_COLUMNS = ["rank", "song_id", "title", "artist", "genres", "score", "mod
 def render_ranking(index: ServingIndex, ranking: Ranking, who: str, markdown: bool = False) -> str:
     """A readable recommendation list with the score parts and the genre weight used."""
     rerank = f"; re-ranked: {ranking.diversify.label()}" if ranking.diversify.active else ""
-    head = (f"{index.config.name}: top {ranking.songs.numel()} for {who} "
-            f"({ranking.interactions} known interactions; genre weight w = n0/(n0+n) = {ranking.genre_weight:.2f}, "
-            f"n0 = {ranking.genre_prior:g}{rerank})")
+    head = (
+        f"{index.config.name}: top {ranking.songs.numel()} for {who} "
+        f"({ranking.interactions} known interactions; genre weight w = n0/(n0+n) = {ranking.genre_weight:.2f}, "
+        f"n0 = {ranking.genre_prior:g}{rerank})"
+    )
     return head + "\n\n" + text_table(ranking_rows(index, ranking), RANKING_COLUMNS, markdown=markdown)

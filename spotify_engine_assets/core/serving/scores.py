@@ -65,7 +65,7 @@ def genre_scores(genre_matrix: Tensor, popularity: Tensor, profile: Tensor) -> T
     """``G(s)`` for one profile ``[genres]`` or many ``[users, genres]``: genre-conditioned popularity.
 
     An empty profile (no genre known) gets plain smoothed popularity, ``(c_s + 1) / sum (c + 1)``."""
-    weighted = genre_matrix * (popularity + 1.0).unsqueeze(1)            # [songs, genres]
+    weighted = genre_matrix * (popularity + 1.0).unsqueeze(1)  # [songs, genres]
     per_genre = weighted / weighted.sum(0, keepdim=True).clamp(min=1e-12)  # P(s | g)
     scores = profile @ per_genre.T
     empty = profile.sum(-1) <= 0

@@ -79,7 +79,9 @@ def _read_manifest(manifest: Path) -> dict[str, str]:
     for number, line in enumerate(manifest.read_text(errors="replace").splitlines(), start=1):
         digest, sep, name = line.partition("  ")
         if not sep or len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest) or not name:
-            raise ArtifactCorruptError(f"{manifest}: line {number} is not '<sha256>  <file>' (the hash list is corrupt)")
+            raise ArtifactCorruptError(
+                f"{manifest}: line {number} is not '<sha256>  <file>' (the hash list is corrupt)"
+            )
         hashes[name] = digest
     return hashes
 
@@ -95,8 +97,10 @@ def verify_artifact(path: Path) -> bool:
         # loaded with load_torch (training checkpoints) carry no hashes of their own
         if (path.parent.parent / POINTER).exists() and path.parent not in _UNVERIFIED_WARNED:
             _UNVERIFIED_WARNED.add(path.parent)
-            _log.warning(f"{path.parent}: no {MANIFEST} (written before content hashes were stored): loaded "
-                         "unverified; re-materialize it to store its hashes")
+            _log.warning(
+                f"{path.parent}: no {MANIFEST} (written before content hashes were stored): loaded "
+                "unverified; re-materialize it to store its hashes"
+            )
         return False
     expected = _read_manifest(manifest).get(path.name)
     if expected is None:
@@ -150,7 +154,7 @@ def load_torch(path: Path) -> Any:
         raise ValueError(f"{path}: cannot load torch artifact ({type(error).__name__}: {error})") from error
     try:
         return torch.load(path, weights_only=True, map_location="cpu")
-    except Exception as error:  # noqa: BLE001 - re-raised with the file named
+    except Exception as error:
         raise ValueError(f"{path}: cannot load torch artifact ({type(error).__name__}: {error})") from error
 
 

@@ -64,6 +64,8 @@ def source_version(*modules) -> str:
         path = Path(inspect.getfile(module))
         files = sorted(path.parent.rglob("*.py")) if path.name == "__init__.py" else [path]
         for file in files:
-            digest.update((file.relative_to(PACKAGE_DIR).as_posix() if file.is_relative_to(PACKAGE_DIR) else file.name).encode())
+            digest.update(
+                (file.relative_to(PACKAGE_DIR).as_posix() if file.is_relative_to(PACKAGE_DIR) else file.name).encode()
+            )
             digest.update(file.read_bytes())
     return digest.hexdigest()[:16]

@@ -94,12 +94,17 @@ class ShardedSteps:
             loss.backward()
         params = self.trained_parameters
         # which parameters got a gradient on any rank (the others stay None, as Adam skips them in one process)
-        head = torch.tensor([0.0 if loss is None else float(loss.detach())] + [float(p.grad is not None) for p in params],
-                            dtype=torch.float64, device=self.device)
+        head = torch.tensor(
+            [0.0 if loss is None else float(loss.detach())] + [float(p.grad is not None) for p in params],
+            dtype=torch.float64,
+            device=self.device,
+        )
         dist.all_reduce(head)
         present = [p for p, flag in zip(params, head[1:].tolist()) if flag > 0]
         if present:
-            flat = torch.cat([(p.grad.to_dense() if p.grad is not None else torch.zeros_like(p)).flatten() for p in present])
+            flat = torch.cat(
+                [(p.grad.to_dense() if p.grad is not None else torch.zeros_like(p)).flatten() for p in present]
+            )
             dist.all_reduce(flat)
             for p, grad in zip(present, flat.split([p.numel() for p in present])):
                 p.grad = grad.view_as(p)
@@ -119,7 +124,11 @@ class DistributedAdvancedTrainer(ShardedSteps, AdvancedTrainer):
         self._setup_ranks()
 
     def _validation(self) -> dict[str, float]:
-        box = [validate(self.model, self.view, self.valid_pairs, self.protocol, self.valid_users) if self.rank == 0 else None]
+        box = [
+            validate(self.model, self.view, self.valid_pairs, self.protocol, self.valid_users)
+            if self.rank == 0
+            else None
+        ]
         dist.broadcast_object_list(box, src=0, device=self.device if self.device.type == "cuda" else None)
         return box[0]
 
@@ -148,8 +157,17 @@ class Launch:
         """``python -m torch.distributed.run`` (torchrun: a 127.0.0.1 rendezvous, no restarts) running
         ``module`` on every rank with the folder as its argument; ``module`` must call :func:`worker`
         on it (this module does)."""
-        return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={self.world_size}",
-                "--max-restarts=0", "-m", module, str(self.folder)]
+        return [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={self.world_size}",
+            "--max-restarts=0",
+            "-m",
+            module,
+            str(self.folder),
+        ]
 
 
 Launcher = Callable[[Launch, Logger], None]
@@ -163,8 +181,9 @@ def run_subprocess(launch: Launch, log: Logger, timeout_s: float | None = None) 
     and torchrun's messages) relayed line by line to ``log``; a failure's message ends with the last
     40 lines."""
     tail: collections.deque[str] = collections.deque(maxlen=40)
-    process = subprocess.Popen(launch.command(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               env=launch.env)
+    process = subprocess.Popen(
+        launch.command(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=launch.env
+    )
     try:
         for line in process.stdout:
             line = line.rstrip()
@@ -176,14 +195,29 @@ def run_subprocess(launch: Launch, log: Logger, timeout_s: float | None = None) 
             process.kill()
             process.wait()
     if code != 0:
-        raise RuntimeError(f"config {launch.config_name!r}: distributed training failed (exit {code}):\n" + "\n".join(tail))
+        raise RuntimeError(
+            f"config {launch.config_name!r}: distributed training failed (exit {code}):\n" + "\n".join(tail)
+        )
 
 
-def train_distributed(model: GraphModel, view: HeteroData, valid_pairs: Tensor | None, config: TrainableConfig, *,
-                      protocol: Protocol, max_epochs: int | None = None, log: Logger | None = None, on_epoch=None,
-                      users: Tensor | None = None, weights: Tensor | None = None, task_labels: Tensor | None = None,
-                      checkpoint_dir: Path | str | None = None, checkpoint_every: int = 1,
-                      timeout_s: float | None = None, launcher: Launcher | None = None) -> FitResult:
+def train_distributed(
+    model: GraphModel,
+    view: HeteroData,
+    valid_pairs: Tensor | None,
+    config: TrainableConfig,
+    *,
+    protocol: Protocol,
+    max_epochs: int | None = None,
+    log: Logger | None = None,
+    on_epoch=None,
+    users: Tensor | None = None,
+    weights: Tensor | None = None,
+    task_labels: Tensor | None = None,
+    checkpoint_dir: Path | str | None = None,
+    checkpoint_every: int = 1,
+    timeout_s: float | None = None,
+    launcher: Launcher | None = None,
+) -> FitResult:
     """Train ``model`` in ``config.world_size`` torchrun processes (module docstring) started by
     ``launcher`` (default :func:`run_subprocess` with ``timeout_s``); the model ends holding the
     result's best state. Arguments as :func:`.trainer.train` (``on_epoch`` must be None: epochs are
@@ -196,29 +230,43 @@ def train_distributed(model: GraphModel, view: HeteroData, valid_pairs: Tensor |
     log = log or (lambda message: None)
     world = config.world_size
     if on_epoch is not None:
-        raise ValueError(f"config {config.name!r}: world_size {world} trains in other processes and cannot call "
-                         "on_epoch each epoch (e.g. a study's pruning); use world_size: 1")
+        raise ValueError(
+            f"config {config.name!r}: world_size {world} trains in other processes and cannot call "
+            "on_epoch each epoch (e.g. a study's pruning); use world_size: 1"
+        )
     device = view[model.schema.interaction].edge_index.device
     if device.type == "cuda" and torch.cuda.device_count() < world:
-        raise ValueError(f"config {config.name!r}: world_size {world} on CUDA needs one GPU per rank; this machine "
-                         f"has {torch.cuda.device_count()}")
+        raise ValueError(
+            f"config {config.name!r}: world_size {world} on CUDA needs one GPU per rank; this machine "
+            f"has {torch.cuda.device_count()}"
+        )
     if launcher is None:
         launcher = functools.partial(run_subprocess, timeout_s=timeout_s)
     with tempfile.TemporaryDirectory(prefix="ddp-train-") as folder:
         # plain containers and tensors only (loaded with weights_only=True): the model travels as its
         # config, schema, node counts and weights, the protocol as its class and fields
         job = {
-            "config": config.model_dump(), "schema": dataclasses.asdict(model.schema),
-            "num_nodes": {t: int(view[t].num_nodes) for t in view.node_types}, "state": model.state_dict(),
-            "view": to_payload(view), "valid_pairs": valid_pairs, "protocol": protocol_payload(protocol),
-            "device": device.type, "torch_rng": torch.get_rng_state(),
+            "config": config.model_dump(),
+            "schema": dataclasses.asdict(model.schema),
+            "num_nodes": {t: int(view[t].num_nodes) for t in view.node_types},
+            "state": model.state_dict(),
+            "view": to_payload(view),
+            "valid_pairs": valid_pairs,
+            "protocol": protocol_payload(protocol),
+            "device": device.type,
+            "torch_rng": torch.get_rng_state(),
             "options": dict(max_epochs=max_epochs, users=users, weights=weights, task_labels=task_labels),
-            "advanced": dict(checkpoint_dir=None if checkpoint_dir is None else str(checkpoint_dir),
-                             checkpoint_every=checkpoint_every),
+            "advanced": dict(
+                checkpoint_dir=None if checkpoint_dir is None else str(checkpoint_dir),
+                checkpoint_every=checkpoint_every,
+            ),
         }
         torch.save(job, Path(folder) / JOB_FILE)
-        env = {**os.environ, "OMP_NUM_THREADS": "1",
-               "PYTHONPATH": os.pathsep.join(filter(None, [str(PACKAGE_ROOT), os.environ.get("PYTHONPATH")]))}
+        env = {
+            **os.environ,
+            "OMP_NUM_THREADS": "1",
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(PACKAGE_ROOT), os.environ.get("PYTHONPATH")])),
+        }
         if sys.platform.startswith("linux"):
             env.setdefault("GLOO_SOCKET_IFNAME", "lo")  # the rendezvous is 127.0.0.1
         launch = Launch(Path(folder), world, backend_for(device), env, config.name)
@@ -226,8 +274,9 @@ def train_distributed(model: GraphModel, view: HeteroData, valid_pairs: Tensor |
         launcher(launch, log)
         result_path = Path(folder) / RESULT_FILE
         if not result_path.exists():
-            raise RuntimeError(f"config {config.name!r}: distributed training ended without rank 0's result "
-                               f"({RESULT_FILE})")
+            raise RuntimeError(
+                f"config {config.name!r}: distributed training ended without rank 0's result ({RESULT_FILE})"
+            )
         with torch.serialization.safe_globals([FitResult]):
             result = torch.load(result_path, weights_only=True)
     model.load_state_dict(result.best_state)
@@ -237,8 +286,10 @@ def train_distributed(model: GraphModel, view: HeteroData, valid_pairs: Tensor |
 def protocol_payload(protocol: Protocol) -> dict:
     """A dataclass protocol as its class path and field values (tensors, strings, tuples)."""
     cls = type(protocol)
-    return {"class": f"{cls.__module__}:{cls.__qualname__}",
-            "fields": {f.name: getattr(protocol, f.name) for f in dataclasses.fields(protocol)}}
+    return {
+        "class": f"{cls.__module__}:{cls.__qualname__}",
+        "fields": {f.name: getattr(protocol, f.name) for f in dataclasses.fields(protocol)},
+    }
 
 
 def protocol_from_payload(payload: dict) -> Protocol:
@@ -282,19 +333,34 @@ def worker(folder: Path, log: Logger | None = None) -> dict | None:
             trainer = DistributedSimpleTrainer(model, view, config, **options)
         else:
             protocol = protocol_from_payload(job["protocol"])
-            trainer = DistributedAdvancedTrainer(model, view, config, job["valid_pairs"], protocol=protocol,
-                                                 **job["advanced"], **options)
+            trainer = DistributedAdvancedTrainer(
+                model, view, config, job["valid_pairs"], protocol=protocol, **job["advanced"], **options
+            )
         result = trainer.fit()
         if rank == 0:
             result.best_state, result.final_state = _cpu(result.best_state), _cpu(result.final_state)
             torch.save(result, folder / RESULT_FILE)
         ranks: list = [None] * dist.get_world_size()
-        dist.all_gather_object(ranks, {"rank": rank, "pid": os.getpid(), "host": socket.gethostname(),
-                                       "device": str(device), "seconds": round(time.perf_counter() - started, 3)})
+        dist.all_gather_object(
+            ranks,
+            {
+                "rank": rank,
+                "pid": os.getpid(),
+                "host": socket.gethostname(),
+                "device": str(device),
+                "seconds": round(time.perf_counter() - started, 3),
+            },
+        )
         dist.barrier()
         if rank == 0:
-            return {"backend": backend_for(device), "world_size": dist.get_world_size(), "ranks": ranks,
-                    "history": result.history, "epochs_run": result.epochs_run, "fit_seconds": result.seconds}
+            return {
+                "backend": backend_for(device),
+                "world_size": dist.get_world_size(),
+                "ranks": ranks,
+                "history": result.history,
+                "epochs_run": result.epochs_run,
+                "fit_seconds": result.seconds,
+            }
         return None
     finally:
         dist.destroy_process_group()

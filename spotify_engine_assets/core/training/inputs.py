@@ -16,7 +16,9 @@ from ..config import ModelConfig
 from ..data.graph import Schema
 
 WEIGHT_COLUMNS = {
-    "weight_completion": "mean_completion", "weight_play_count": "play_count", "weight_recency": "last_played"
+    "weight_completion": "mean_completion",
+    "weight_play_count": "play_count",
+    "weight_recency": "last_played",
 }
 TASK_COLUMNS = {"complete": ("task_complete_weight", "mean_completion"), "repeat": ("task_repeat_weight", "play_count")}
 
@@ -35,9 +37,15 @@ def interaction_weights(config: ModelConfig, data: HeteroData, schema: Schema, t
         return None
     store = data[schema.interaction]
     relation = schema.interaction[1]
-    missing = [f"{field} needs {relation}.{column}" for field, column in WEIGHT_COLUMNS.items() if getattr(config, field) and column not in store]
+    missing = [
+        f"{field} needs {relation}.{column}"
+        for field, column in WEIGHT_COLUMNS.items()
+        if getattr(config, field) and column not in store
+    ]
     if missing:
-        raise ValueError(f"config {config.name!r}: the graph lacks a column for the weighted loss: {'; '.join(missing)}")
+        raise ValueError(
+            f"config {config.name!r}: the graph lacks a column for the weighted loss: {'; '.join(missing)}"
+        )
     weight = torch.ones(train_index.numel(), dtype=torch.float64)
     if config.weight_completion:
         weight += config.weight_completion * store.mean_completion[train_index].double().clamp(0.0, 1.0)
@@ -62,7 +70,11 @@ def task_labels(config: ModelConfig, data: HeteroData, schema: Schema, index: Te
         return None
     store = data[schema.interaction]
     relation = schema.interaction[1]
-    missing = [f"{TASK_COLUMNS[t][0]} needs {relation}.{TASK_COLUMNS[t][1]}" for t in config.tasks if TASK_COLUMNS[t][1] not in store]
+    missing = [
+        f"{TASK_COLUMNS[t][0]} needs {relation}.{TASK_COLUMNS[t][1]}"
+        for t in config.tasks
+        if TASK_COLUMNS[t][1] not in store
+    ]
     if missing:
         raise ValueError(f"config {config.name!r}: the graph lacks a column for a task head: {'; '.join(missing)}")
     thresholds = {"complete": config.complete_threshold, "repeat": config.repeat_min_plays}
@@ -70,8 +82,12 @@ def task_labels(config: ModelConfig, data: HeteroData, schema: Schema, index: Te
     return torch.stack(columns, dim=1).float()
 
 
-def training_inputs(config: ModelConfig, data: HeteroData, schema: Schema, train_index: Tensor) -> dict[str, Tensor | None]:
+def training_inputs(
+    config: ModelConfig, data: HeteroData, schema: Schema, train_index: Tensor
+) -> dict[str, Tensor | None]:
     """The trainer's ``weights`` and ``task_labels`` of ``config`` for the training edges ``train_index``
     of ``data`` (None where the config does not use them)."""
-    return {"weights": interaction_weights(config, data, schema, train_index),
-            "task_labels": task_labels(config, data, schema, train_index)}
+    return {
+        "weights": interaction_weights(config, data, schema, train_index),
+        "task_labels": task_labels(config, data, schema, train_index),
+    }

@@ -61,7 +61,9 @@ def orthogonality_penalty(embeddings: Tensor) -> Tensor:
     return (gram.pow(2).sum() - m) / (m * (m - 1))
 
 
-def attention_entropy(attention: dict[str, tuple[Tensor, Tensor]], nodes: dict[str, Tensor], num_nodes: dict[str, int]) -> Tensor:
+def attention_entropy(
+    attention: dict[str, tuple[Tensor, Tensor]], nodes: dict[str, Tensor], num_nodes: dict[str, int]
+) -> Tensor:
     """Mean entropy of the attention distributions arriving at the sampled ``nodes``.
 
     ``attention`` maps ``layer/src__rel__dst`` to ``(edge_index, alpha [E, heads])``; for every
@@ -84,7 +86,9 @@ def attention_entropy(attention: dict[str, tuple[Tensor, Tensor]], nodes: dict[s
     return torch.stack(terms).mean() if terms else torch.zeros(())
 
 
-def candidate_softmax(user_emb: Tensor, item_emb: Tensor, users: Tensor, candidates: Tensor, temperature: float) -> Tensor:
+def candidate_softmax(
+    user_emb: Tensor, item_emb: Tensor, users: Tensor, candidates: Tensor, temperature: float
+) -> Tensor:
     """``[|users|, |candidates|]``: each user's softmax over the candidate items' scores / temperature."""
     return torch.softmax(user_emb[users] @ item_emb[candidates].t() / temperature, dim=1)
 
@@ -101,7 +105,9 @@ def expected_similarity(probs: Tensor, candidate_emb: Tensor) -> Tensor:
     return (probs @ F.normalize(candidate_emb, dim=1)).pow(2).sum(1).mean()
 
 
-def objective_penalty(user_emb: Tensor, item_emb: Tensor, users: Tensor, candidates: Tensor, config: ModelConfig) -> Tensor:
+def objective_penalty(
+    user_emb: Tensor, item_emb: Tensor, users: Tensor, candidates: Tensor, config: ModelConfig
+) -> Tensor:
     """The multi-objective surrogate terms of one step (module docstring): ``diversity_weight *
     expected_similarity + coverage_weight * (1 - exposure_entropy)`` over the step's distinct users."""
     probs = candidate_softmax(user_emb, item_emb, torch.unique(users), candidates, config.surrogate_temperature)
@@ -121,9 +127,17 @@ def forward(model: GraphModel, view: HeteroData, config: ModelConfig | None) -> 
     return user_emb, item_emb, None
 
 
-def extra_terms(loss: Tensor, model: GraphModel, config: TrainableConfig | None,
-                out: tuple[Tensor, Tensor, dict | None], users: Tensor, positives: Tensor, negatives: Tensor,
-                labels: Tensor | None, candidates: Tensor | None) -> Tensor:
+def extra_terms(
+    loss: Tensor,
+    model: GraphModel,
+    config: TrainableConfig | None,
+    out: tuple[Tensor, Tensor, dict | None],
+    users: Tensor,
+    positives: Tensor,
+    negatives: Tensor,
+    labels: Tensor | None,
+    candidates: Tensor | None,
+) -> Tensor:
     """``loss`` plus the config's regularizers, task heads and surrogates (module docstring)."""
     if config is None:
         return loss
@@ -154,9 +168,19 @@ def extra_terms(loss: Tensor, model: GraphModel, config: TrainableConfig | None,
     return loss
 
 
-def bpr_step_loss(model: GraphModel, view: HeteroData, users: Tensor, positives: Tensor, negatives: Tensor,
-                  weights: Tensor | None, micro_batch: int, config: TrainableConfig | None = None, *,
-                  labels: Tensor | None = None, candidates: Tensor | None = None) -> Tensor:
+def bpr_step_loss(
+    model: GraphModel,
+    view: HeteroData,
+    users: Tensor,
+    positives: Tensor,
+    negatives: Tensor,
+    weights: Tensor | None,
+    micro_batch: int,
+    config: TrainableConfig | None = None,
+    *,
+    labels: Tensor | None = None,
+    candidates: Tensor | None = None,
+) -> Tensor:
     """The loss of one BPR step: one forward pass, then micro-batches of BPR terms.
 
     ``negatives`` is ``[B, n]``. Each micro-batch adds ``sum(w * mean_n softplus(neg - pos)) / B``,
@@ -180,9 +204,18 @@ def bpr_step_loss(model: GraphModel, view: HeteroData, users: Tensor, positives:
     return extra_terms(loss, model, config, out, users, positives, negatives.flatten(), labels, candidates)
 
 
-def softmax_step_loss(model: GraphModel, view: HeteroData, batch_users: Tensor, rows: Tensor, items: Tensor,
-                      weights: Tensor | None, config: TrainableConfig, *, labels: Tensor | None = None,
-                      candidates: Tensor | None = None) -> Tensor:
+def softmax_step_loss(
+    model: GraphModel,
+    view: HeteroData,
+    batch_users: Tensor,
+    rows: Tensor,
+    items: Tensor,
+    weights: Tensor | None,
+    config: TrainableConfig,
+    *,
+    labels: Tensor | None = None,
+    candidates: Tensor | None = None,
+) -> Tensor:
     """The loss of one softmax step: ``-sum_pairs w log softmax(e_u . E / temperature)_i`` over the
     batch users' training pairs (``rows`` index ``batch_users``, ``items`` the positives), divided by
     the number of pairs; plus the config's :func:`extra_terms`."""
@@ -215,8 +248,16 @@ def task_metrics(model: GraphModel, config: ModelConfig, labels: Tensor | None, 
     }
 
 
-def sampled_bpr_loss(model: GraphModel, view: HeteroData, users: Tensor, positives: Tensor, negatives: Tensor,
-                     weights: Tensor | None, fanouts: list[int], generator: torch.Generator) -> Tensor:
+def sampled_bpr_loss(
+    model: GraphModel,
+    view: HeteroData,
+    users: Tensor,
+    positives: Tensor,
+    negatives: Tensor,
+    weights: Tensor | None,
+    fanouts: list[int],
+    generator: torch.Generator,
+) -> Tensor:
     """BPR of one step on sampled neighbourhoods (:func:`..training.neighbors.sampled_bpr_embeddings`):
     the step's users and items are embedded from their sampled blocks only; the same (weighted)
     mean over positives of ``mean_n softplus(neg - pos)`` as :func:`bpr_step_loss`."""

@@ -81,8 +81,14 @@ def _check_fanouts(fanouts: Sequence[int]) -> list[int]:
     return fanouts
 
 
-def sample_hop(rowptr: Tensor, col: Tensor, norm_values: Tensor, targets: Tensor, fanout: int,
-               generator: torch.Generator | None = None) -> Block:
+def sample_hop(
+    rowptr: Tensor,
+    col: Tensor,
+    norm_values: Tensor,
+    targets: Tensor,
+    fanout: int,
+    generator: torch.Generator | None = None,
+) -> Block:
     """One hop of :func:`sample_blocks` for the (deduplicated) ``targets``: their sampled
     neighbours, deduplicated into the block's sources (module docstring)."""
     device = rowptr.device
@@ -97,8 +103,12 @@ def sample_hop(rowptr: Tensor, col: Tensor, norm_values: Tensor, targets: Tensor
     row_degree, row_drawn = degree[target_local], drawn[target_local]
     if bool(drawn.any()):
         # uniform draws in [0, degree): float64 so that rounding never reaches the degree itself
-        uniform = torch.rand(total, generator=generator, dtype=torch.float64,
-                             device=generator.device if generator is not None else device).to(device)
+        uniform = torch.rand(
+            total,
+            generator=generator,
+            dtype=torch.float64,
+            device=generator.device if generator is not None else device,
+        ).to(device)
         picked = torch.minimum((uniform * row_degree).long(), row_degree - 1)
         offset = torch.where(row_drawn, picked, offset)
     position = start[target_local] + offset
@@ -109,8 +119,14 @@ def sample_hop(rowptr: Tensor, col: Tensor, norm_values: Tensor, targets: Tensor
     return Block(targets, sources, torch.stack([source_local, target_local]), weight)
 
 
-def sample_blocks(rowptr: Tensor, col: Tensor, norm_values: Tensor, seeds: Tensor, fanouts: Sequence[int],
-                  generator: torch.Generator | None = None) -> list[Block]:
+def sample_blocks(
+    rowptr: Tensor,
+    col: Tensor,
+    norm_values: Tensor,
+    seeds: Tensor,
+    fanouts: Sequence[int],
+    generator: torch.Generator | None = None,
+) -> list[Block]:
     """The sampled neighbourhood of ``seeds``, one :class:`Block` per hop (module docstring).
 
     Args:
@@ -127,8 +143,10 @@ def sample_blocks(rowptr: Tensor, col: Tensor, norm_values: Tensor, seeds: Tenso
     """
     fanouts = _check_fanouts(fanouts)
     if rowptr.dim() != 1 or col.shape != norm_values.shape or int(rowptr[-1]) != col.numel():
-        raise ValueError(f"expected a CSR pattern: rowptr [N + 1] ending at nnz, col and norm_values [nnz]; got "
-                         f"{tuple(rowptr.shape)} (last {int(rowptr[-1])}), {tuple(col.shape)}, {tuple(norm_values.shape)}")
+        raise ValueError(
+            f"expected a CSR pattern: rowptr [N + 1] ending at nnz, col and norm_values [nnz]; got "
+            f"{tuple(rowptr.shape)} (last {int(rowptr[-1])}), {tuple(col.shape)}, {tuple(norm_values.shape)}"
+        )
     targets = torch.unique(seeds.to(rowptr.device).long().flatten())
     if targets.numel() and (int(targets[0]) < 0 or int(targets[-1]) >= rowptr.numel() - 1):
         raise ValueError(f"seed ids must lie in [0, {rowptr.numel() - 1}), got {int(targets[0])}..{int(targets[-1])}")
@@ -161,8 +179,15 @@ def _check_model(model, fanouts: Sequence[int]) -> list[int]:
     return fanouts
 
 
-def sampled_lightgcn(model: LightGCN, view: HeteroData, nodes: Tensor, fanouts: Sequence[int],
-                     generator: torch.Generator | None = None, *, sparse_grad: bool = False) -> Tensor:
+def sampled_lightgcn(
+    model: LightGCN,
+    view: HeteroData,
+    nodes: Tensor,
+    fanouts: Sequence[int],
+    generator: torch.Generator | None = None,
+    *,
+    sparse_grad: bool = False,
+) -> Tensor:
     """``[len(nodes), d]``: LightGCN's final embedding (``sum_k alpha_k A_hat^k h0``, as
     :meth:`LightGCN.forward`) of the homogeneous node ids ``nodes`` (users ``0..U-1``, items
     ``U..U+I-1``; 1-D, duplicates allowed) from sampled neighbourhoods, by Horner's scheme over the
@@ -192,9 +217,17 @@ def sampled_lightgcn(model: LightGCN, view: HeteroData, nodes: Tensor, fanouts: 
     return z[inverse]
 
 
-def sampled_bpr_embeddings(model: LightGCN, view: HeteroData, users: Tensor, positives: Tensor, negatives: Tensor,
-                           fanouts: Sequence[int], generator: torch.Generator | None = None, *,
-                           sparse_grad: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+def sampled_bpr_embeddings(
+    model: LightGCN,
+    view: HeteroData,
+    users: Tensor,
+    positives: Tensor,
+    negatives: Tensor,
+    fanouts: Sequence[int],
+    generator: torch.Generator | None = None,
+    *,
+    sparse_grad: bool = False,
+) -> tuple[Tensor, Tensor, Tensor]:
     """``(user_emb, pos_emb, neg_emb)`` of a BPR step, shaped ``users.shape + (d,)`` and so on
     (e.g. ``[B, d]``, ``[B, d]``, ``[B, n, d]``), from one :func:`sampled_lightgcn` over the
     deduplicated union of the step's users and items (``positives`` and ``negatives`` are item

@@ -17,7 +17,9 @@ def _is_known(users: Tensor, items: Tensor, keys: Tensor, num_items: int) -> Ten
     return keys[position] == wanted
 
 
-def sample_negatives(users: Tensor, keys: Tensor, num_items: int, generator: torch.Generator, rounds: int = 20) -> Tensor:
+def sample_negatives(
+    users: Tensor, keys: Tensor, num_items: int, generator: torch.Generator, rounds: int = 20
+) -> Tensor:
     """One item per user that the user has not interacted with in training.
 
     ``keys`` are the sorted ``user * num_items + item`` keys of training pairs (:func:`known_keys`).

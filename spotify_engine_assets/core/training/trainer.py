@@ -78,7 +78,8 @@ def check_finite_loss(loss: float, epoch: int, config: TrainableConfig) -> None:
     if not math.isfinite(loss):
         raise NonFiniteLossError(
             f"config {config.name!r}: training diverged, epoch {epoch} loss is {loss} (lr {config.lr}); "
-            "no model is stored - lower lr or check the data and weights", epoch,
+            "no model is stored - lower lr or check the data and weights",
+            epoch,
         )
 
 
@@ -100,9 +101,19 @@ class BaseTrainer:
             config has task heads.
     """
 
-    def __init__(self, model: GraphModel, view: HeteroData, config: TrainableConfig, *, max_epochs: int | None = None,
-                 log: Logger | None = None, on_epoch: Callable[[dict], None] | None = None, users: Tensor | None = None,
-                 weights: Tensor | None = None, task_labels: Tensor | None = None) -> None:
+    def __init__(
+        self,
+        model: GraphModel,
+        view: HeteroData,
+        config: TrainableConfig,
+        *,
+        max_epochs: int | None = None,
+        log: Logger | None = None,
+        on_epoch: Callable[[dict], None] | None = None,
+        users: Tensor | None = None,
+        weights: Tensor | None = None,
+        task_labels: Tensor | None = None,
+    ) -> None:
         if not config.trainable:
             raise ValueError(f"config {config.name!r}: model {config.model!r} is not trainable")
         self.model, self.view, self.config = model, view, config
@@ -126,9 +137,13 @@ class BaseTrainer:
                     f"({edges}, {len(config.tasks)}) from task_labels(config, data, schema, train_index), got {got}"
                 )
             if not hasattr(model, "task_heads"):
-                raise ValueError(f"config {config.name!r}: the model has no task heads; build it with build_model(config, ...)")
+                raise ValueError(
+                    f"config {config.name!r}: the model has no task heads; build it with build_model(config, ...)"
+                )
         elif task_labels is not None:
-            raise ValueError(f"config {config.name!r} has no task head (task_*_weight are 0) but task_labels were given")
+            raise ValueError(
+                f"config {config.name!r} has no task head (task_*_weight are 0) but task_labels were given"
+            )
         self.num_items = int(view[model.schema.item].num_nodes)
         if config.surrogates and config.surrogate_candidates > self.num_items:
             raise ValueError(
@@ -142,7 +157,10 @@ class BaseTrainer:
         if config.loss == "softmax":
             order = torch.argsort(self.train_pairs[0] if self.edges is None else self.train_pairs[0, self.edges])
             self.pair_edges = order if self.edges is None else self.edges[order]
-            self.pair_users, self.pair_items = self.train_pairs[0, self.pair_edges], self.train_pairs[1, self.pair_edges]
+            self.pair_users, self.pair_items = (
+                self.train_pairs[0, self.pair_edges],
+                self.train_pairs[1, self.pair_edges],
+            )
             self.units = torch.unique(self.pair_users)
         self.weights, self.task_labels = weights, task_labels
         self.generator = torch.Generator().manual_seed(config.seed)
@@ -173,8 +191,11 @@ class BaseTrainer:
         candidates = None
         if self.config.surrogates:
             candidates = torch.randperm(self.num_items, generator=self.generator)[: self.config.surrogate_candidates]
-        inputs = {"weights": None if self.weights is None else self.weights[edges],
-                  "labels": None if self.task_labels is None else self.task_labels[edges], "candidates": candidates}
+        inputs = {
+            "weights": None if self.weights is None else self.weights[edges],
+            "labels": None if self.task_labels is None else self.task_labels[edges],
+            "candidates": candidates,
+        }
         return {key: None if value is None else value.to(self.device) for key, value in inputs.items()}
 
     def _part(self, units: int) -> slice | None:
@@ -206,11 +227,20 @@ class BaseTrainer:
         if users.numel() == 0:
             return self._optimize(None, users, positives, 0.0)
         if getattr(config, "neighbor_fanouts", None):
-            loss = sampled_bpr_loss(self.model, self.view, users, positives, negatives, inputs["weights"],
-                                    config.neighbor_fanouts, self.sample_generator)
+            loss = sampled_bpr_loss(
+                self.model,
+                self.view,
+                users,
+                positives,
+                negatives,
+                inputs["weights"],
+                config.neighbor_fanouts,
+                self.sample_generator,
+            )
             return self._optimize(loss, users, torch.cat([positives, negatives.flatten()]), share)
-        loss = bpr_step_loss(self.model, self.view, users, positives, negatives, micro_batch=config.batch_size,
-                             config=config, **inputs)
+        loss = bpr_step_loss(
+            self.model, self.view, users, positives, negatives, micro_batch=config.batch_size, config=config, **inputs
+        )
         return self._optimize(loss, users, torch.cat([positives, negatives.flatten()]), share)
 
     def _softmax_step(self, batch_users: Tensor) -> float:
@@ -270,11 +300,18 @@ class BaseTrainer:
             row["seconds"] = time.perf_counter() - epoch_start
             row["train_seconds"] = train_seconds  # the optimizer steps alone, validation excluded
             # the process's CPU time in those steps: system time is page faults and allocator churn
-            row["user_seconds"], row["sys_seconds"] = cpu.ru_utime - cpu_start.ru_utime, cpu.ru_stime - cpu_start.ru_stime
+            row["user_seconds"], row["sys_seconds"] = (
+                cpu.ru_utime - cpu_start.ru_utime,
+                cpu.ru_stime - cpu_start.ru_stime,
+            )
             result.history.append(row)
-            shown = "".join(f" {key.replace('_', ' ')} {value:.4f}" for key, value in row.items() if key.startswith("valid_"))
-            self.log(f"epoch {epoch}/{self.epochs}: loss {loss:.4f}{shown} | "
-                     f"{epoch_progress(result.history[first_epoch - 1:], self.epochs - epoch)}")
+            shown = "".join(
+                f" {key.replace('_', ' ')} {value:.4f}" for key, value in row.items() if key.startswith("valid_")
+            )
+            self.log(
+                f"epoch {epoch}/{self.epochs}: loss {loss:.4f}{shown} | "
+                f"{epoch_progress(result.history[first_epoch - 1 :], self.epochs - epoch)}"
+            )
             if self.on_epoch is not None:
                 self.on_epoch(row)
             finished = self._after_epoch(epoch, row, epoch == self.epochs)
@@ -313,9 +350,18 @@ class AdvancedTrainer(BaseTrainer):
         checkpoint_every: Write a checkpoint every this many epochs (and after the last one).
     """
 
-    def __init__(self, model: GraphModel, view: HeteroData, config: TrainableConfig, valid_pairs: Tensor, *,
-                 protocol: Protocol = DEFAULT_PROTOCOL, checkpoint_dir: Path | str | None = None,
-                 checkpoint_every: int = 1, **options) -> None:
+    def __init__(
+        self,
+        model: GraphModel,
+        view: HeteroData,
+        config: TrainableConfig,
+        valid_pairs: Tensor,
+        *,
+        protocol: Protocol = DEFAULT_PROTOCOL,
+        checkpoint_dir: Path | str | None = None,
+        checkpoint_every: int = 1,
+        **options,
+    ) -> None:
         if checkpoint_every < 1:
             raise ValueError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
         if valid_pairs is None or valid_pairs.numel() == 0:
@@ -326,12 +372,18 @@ class AdvancedTrainer(BaseTrainer):
         self.monitor = f"valid_{protocol.monitor}"
         self.result.monitor = protocol.monitor
         self.checkpoint_every = checkpoint_every
-        self.scheduler = None if config.lr_patience is None else torch.optim.lr_scheduler.ReduceLROnPlateau(
-            self.optimizer, mode="max", factor=config.lr_factor, patience=config.lr_patience
+        self.scheduler = (
+            None
+            if config.lr_patience is None
+            else torch.optim.lr_scheduler.ReduceLROnPlateau(
+                self.optimizer, mode="max", factor=config.lr_factor, patience=config.lr_patience
+            )
         )
         self.checkpoint_path = Path(checkpoint_dir) / CHECKPOINT_FILE if checkpoint_dir is not None else None
-        self.fingerprint = "" if self.checkpoint_path is None else _fingerprint(
-            config, self.epochs, model, view, self.users, self.weights, self.task_labels
+        self.fingerprint = (
+            ""
+            if self.checkpoint_path is None
+            else _fingerprint(config, self.epochs, model, view, self.users, self.weights, self.task_labels)
         )
 
     def _begin(self) -> tuple[int, bool]:
@@ -378,11 +430,18 @@ class AdvancedTrainer(BaseTrainer):
                 finished = True
         if self.checkpoint_path is not None and (finished or epoch % self.checkpoint_every == 0):
             state = {
-                "fingerprint": self.fingerprint, "epoch": epoch, "finished": finished, "model": self.model.state_dict(),
+                "fingerprint": self.fingerprint,
+                "epoch": epoch,
+                "finished": finished,
+                "model": self.model.state_dict(),
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict() if self.scheduler is not None else {},
-                "generator": self.generator.get_state(), "torch_rng": torch.get_rng_state(), "history": result.history,
-                "best_state": result.best_state, "best_epoch": result.best_epoch, "best_valid": result.best_valid,
+                "generator": self.generator.get_state(),
+                "torch_rng": torch.get_rng_state(),
+                "history": result.history,
+                "best_state": result.best_state,
+                "best_epoch": result.best_epoch,
+                "best_valid": result.best_valid,
             }
             save_torch(state, self.checkpoint_path)
         return finished
@@ -422,17 +481,31 @@ def validation_users(valid_pairs: Tensor | None, config: TrainableConfig, users:
 
 
 @torch.no_grad()
-def validate(model: GraphModel, view: HeteroData, valid_pairs: Tensor, protocol: Protocol, users: Tensor | None = None,
-             fusion_weight: float | None = None) -> dict[str, float]:
+def validate(
+    model: GraphModel,
+    view: HeteroData,
+    valid_pairs: Tensor,
+    protocol: Protocol,
+    users: Tensor | None = None,
+    fusion_weight: float | None = None,
+) -> dict[str, float]:
     """The protocol's validation metrics of the model's current weights on ``view`` (evaluation
     mode; training interactions masked); with ``fusion_weight``, of its fused scores."""
     model.prepare(view)
     score = model.embedding_scores if fusion_weight is None else (lambda users_: model.score(users_, fusion_weight))
-    return protocol.validate(score, view[model.schema.interaction].edge_index.cpu(), valid_pairs.cpu(), model.num_items, users)
+    return protocol.validate(
+        score, view[model.schema.interaction].edge_index.cpu(), valid_pairs.cpu(), model.num_items, users
+    )
 
 
-def choose_fusion_weight(model: GraphModel, view: HeteroData, valid_pairs: Tensor, protocol: Protocol,
-                         users: Tensor | None = None, log: Logger | None = None) -> dict[float, float]:
+def choose_fusion_weight(
+    model: GraphModel,
+    view: HeteroData,
+    valid_pairs: Tensor,
+    protocol: Protocol,
+    users: Tensor | None = None,
+    log: Logger | None = None,
+) -> dict[float, float]:
     """Set ``model.fusion_weight`` to the weight of :data:`FUSION_WEIGHTS` with the best validation
     metric of the fused scores (ties: the smaller share of the fused model); returns each weight's value."""
     fusion = {w: validate(model, view, valid_pairs, protocol, users, w)[protocol.monitor] for w in FUSION_WEIGHTS}
@@ -444,11 +517,23 @@ def choose_fusion_weight(model: GraphModel, view: HeteroData, valid_pairs: Tenso
     return fusion
 
 
-def train(model: GraphModel, view: HeteroData, valid_pairs: Tensor | None, config: TrainableConfig,
-          max_epochs: int | None = None, log: Logger | None = None, on_epoch: Callable[[dict], None] | None = None, *,
-          protocol: Protocol = DEFAULT_PROTOCOL, users: Tensor | None = None, weights: Tensor | None = None,
-          task_labels: Tensor | None = None, checkpoint_dir: Path | str | None = None,
-          checkpoint_every: int = 1, launcher=None) -> FitResult:
+def train(
+    model: GraphModel,
+    view: HeteroData,
+    valid_pairs: Tensor | None,
+    config: TrainableConfig,
+    max_epochs: int | None = None,
+    log: Logger | None = None,
+    on_epoch: Callable[[dict], None] | None = None,
+    *,
+    protocol: Protocol = DEFAULT_PROTOCOL,
+    users: Tensor | None = None,
+    weights: Tensor | None = None,
+    task_labels: Tensor | None = None,
+    checkpoint_dir: Path | str | None = None,
+    checkpoint_every: int = 1,
+    launcher=None,
+) -> FitResult:
     """Train ``model`` on the interactions of ``view`` with the config's trainer (module docstring).
 
     ``config.trainer == "advanced"`` (default): :class:`AdvancedTrainer` (validation on
@@ -463,19 +548,38 @@ def train(model: GraphModel, view: HeteroData, valid_pairs: Tensor | None, confi
     """
     if not config.trainable:
         raise ValueError(f"config {config.name!r}: model {config.model!r} is not trainable")
-    options = dict(max_epochs=max_epochs, log=log, on_epoch=on_epoch, users=users, weights=weights, task_labels=task_labels)
+    options = dict(
+        max_epochs=max_epochs, log=log, on_epoch=on_epoch, users=users, weights=weights, task_labels=task_labels
+    )
     if config.trainer == "simple" and checkpoint_dir is not None:
         raise ValueError(f"config {config.name!r}: the simple trainer writes no checkpoints; use trainer: advanced")
     if config.world_size > 1:
         from .distributed import train_distributed
 
-        result = train_distributed(model, view, valid_pairs, config, protocol=protocol, checkpoint_dir=checkpoint_dir,
-                                   checkpoint_every=checkpoint_every, launcher=launcher, **options)
+        result = train_distributed(
+            model,
+            view,
+            valid_pairs,
+            config,
+            protocol=protocol,
+            checkpoint_dir=checkpoint_dir,
+            checkpoint_every=checkpoint_every,
+            launcher=launcher,
+            **options,
+        )
     elif config.trainer == "simple":
         result = SimpleTrainer(model, view, config, **options).fit()
     else:
-        result = AdvancedTrainer(model, view, config, valid_pairs, protocol=protocol, checkpoint_dir=checkpoint_dir,
-                                 checkpoint_every=checkpoint_every, **options).fit()
+        result = AdvancedTrainer(
+            model,
+            view,
+            config,
+            valid_pairs,
+            protocol=protocol,
+            checkpoint_dir=checkpoint_dir,
+            checkpoint_every=checkpoint_every,
+            **options,
+        ).fit()
     model.prepare(view)
     if config.fusion is not None:
         if config.fusion_weight is None:
@@ -487,8 +591,15 @@ def train(model: GraphModel, view: HeteroData, valid_pairs: Tensor | None, confi
     return result
 
 
-def _fingerprint(config: TrainableConfig, epochs: int, model: GraphModel, view: HeteroData, users: Tensor | None,
-                 weights: Tensor | None, labels: Tensor | None = None) -> str:
+def _fingerprint(
+    config: TrainableConfig,
+    epochs: int,
+    model: GraphModel,
+    view: HeteroData,
+    users: Tensor | None,
+    weights: Tensor | None,
+    labels: Tensor | None = None,
+) -> str:
     """What a checkpoint belongs to: the config, the epoch cap and the training data."""
     digest = hashlib.sha256(json.dumps({"config": config.model_dump(), "epochs": epochs}, sort_keys=True).encode())
     digest.update(view[model.schema.interaction].edge_index.cpu().numpy().tobytes())

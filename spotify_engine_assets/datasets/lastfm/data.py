@@ -174,7 +174,9 @@ def build_dataset(raw: dict[str, pl.DataFrame], split: dict[str, pl.DataFrame]) 
     pairs = pairs[:, pairs[0] != pairs[1]]
 
     return LastfmData(
-        user_ids=user_ids, artist_ids=artist_ids, tag_ids=tag_ids,
+        user_ids=user_ids,
+        artist_ids=artist_ids,
+        tag_ids=tag_ids,
         listens=_pairs(user_artists, user_index, artist_index),
         listen_weight=torch.from_numpy(user_artists["weight"].to_numpy().astype(np.float32)),
         tag_assignments=torch.from_numpy(assignments.astype(np.int64)),

@@ -35,8 +35,13 @@ MIN_ARTISTS = 5  # the data README's rule: users with fewer artists are left out
 HEAD_FRACTION = 0.01  # long-tail variant: share of the artists (by listeners) dropped from the catalogue
 
 
-def random_split(graph: HeteroData, seed: int, test_fraction: float = 0.2, valid_fraction: float = 0.2,
-                 min_artists: int = MIN_ARTISTS) -> dict:
+def random_split(
+    graph: HeteroData,
+    seed: int,
+    test_fraction: float = 0.2,
+    valid_fraction: float = 0.2,
+    min_artists: int = MIN_ARTISTS,
+) -> dict:
     """A seeded per-user random split of every listens pair (module docstring): ``test`` the
     README recipe's held-out part, ``train`` and ``valid`` the validation cut of the rest."""
     pairs = graph[LISTENS].edge_index
@@ -47,7 +52,12 @@ def random_split(graph: HeteroData, seed: int, test_fraction: float = 0.2, valid
     rest, test = validation_cut(pairs[:, kept], test_fraction, seed)
     rest, test = kept[rest], kept[test]
     fit, valid = validation_cut(pairs[:, rest], valid_fraction, seed)
-    settings = {"test_fraction": test_fraction, "valid_fraction": valid_fraction, "seed": seed, "min_artists": min_artists}
+    settings = {
+        "test_fraction": test_fraction,
+        "valid_fraction": valid_fraction,
+        "seed": seed,
+        "min_artists": min_artists,
+    }
     return {"settings": settings, "random": {"train": rest[fit], "valid": rest[valid], "test": test}}
 
 

@@ -57,7 +57,6 @@ DAY = 86400.0
 CV_METRICS = ("ndcg@10", "recall@10", "ndcg@20", "recall@20", "precision@10", "hit_rate@10", "coverage@10")
 
 
-
 class CrossValidationError(ValueError):
     """Invalid fold settings, or too few interactions for the folds."""
 
@@ -111,7 +110,7 @@ class TimeFold:
 
 
 def _date(seconds: float) -> str:
-    return datetime.datetime.fromtimestamp(seconds, tz=datetime.timezone.utc).strftime("%Y-%m-%d %H:%M")
+    return datetime.datetime.fromtimestamp(seconds, tz=datetime.UTC).strftime("%Y-%m-%d %H:%M")
 
 
 def time_folds(edge_index: Tensor, times: Tensor, settings: FoldSettings) -> list[TimeFold]:
@@ -155,8 +154,13 @@ def time_folds(edge_index: Tensor, times: Tensor, settings: FoldSettings) -> lis
         in_eval = (times >= eval_start) & (times < eval_end)
         warm = warm_user[users]
         fold = TimeFold(
-            i + 1, valid_start, eval_start, eval_end, train=torch.nonzero(fit_mask).flatten(),
-            valid=torch.nonzero(in_valid & warm).flatten(), test=torch.nonzero(in_eval & warm).flatten(),
+            i + 1,
+            valid_start,
+            eval_start,
+            eval_end,
+            train=torch.nonzero(fit_mask).flatten(),
+            valid=torch.nonzero(in_valid & warm).flatten(),
+            test=torch.nonzero(in_eval & warm).flatten(),
             cold_user_pairs=int((in_eval & ~warm).sum()),
             new_song_pairs=int((in_eval & warm & ~known_song[songs]).sum()),
         )
@@ -217,7 +221,10 @@ class CrossValidationResult:
 
 
 def cross_validate(
-    data: HeteroData, configs: list[ModelConfig], settings: FoldSettings, max_epochs: int | None = None,
+    data: HeteroData,
+    configs: list[ModelConfig],
+    settings: FoldSettings,
+    max_epochs: int | None = None,
     log: Logger | None = None,
 ) -> CrossValidationResult:
     """Every config on every fold of :func:`time_folds` over ``data``'s listens edges."""
@@ -234,7 +241,9 @@ def cross_validate(
     for config in configs:
         for fold in folds:
             log(f"{config.name}: fold {fold.index}/{len(folds)} ({fold.train.numel()} training interactions)")
-            rows.append({"config": config.name, "fold": fold.index, **evaluate_fold(data, fold, config, max_epochs, log)})
+            rows.append(
+                {"config": config.name, "fold": fold.index, **evaluate_fold(data, fold, config, max_epochs, log)}
+            )
     per_fold = pl.DataFrame(rows)
     return CrossValidationResult(folds, per_fold, summarize(per_fold, len(folds)))
 
@@ -244,7 +253,9 @@ def summarize(per_fold: pl.DataFrame, n_folds: int, metrics: tuple[str, ...] = C
     long = per_fold.unpivot(index=["config", "fold"], on=list(metrics), variable_name="metric")
     wide = long.pivot(on="fold", index=["config", "metric"], values="value")
     wide = wide.select("config", "metric", *[pl.col(str(fold)).alias(f"fold_{fold}") for fold in range(1, n_folds + 1)])
-    stats = long.group_by("config", "metric").agg(pl.col("value").mean().alias("mean"), pl.col("value").std(ddof=1).alias("std"))
+    stats = long.group_by("config", "metric").agg(
+        pl.col("value").mean().alias("mean"), pl.col("value").std(ddof=1).alias("std")
+    )
     order = {metric: position for position, metric in enumerate(metrics)}
     return (
         wide.join(stats, on=["config", "metric"])
@@ -271,8 +282,14 @@ def mean_std_plot(summary: pl.DataFrame, metrics: tuple[str, ...] = ("ndcg@10", 
     for position, name in enumerate(configs):
         rows = {row["metric"]: row for row in summary.filter(pl.col("config") == name).iter_rows(named=True)}
         offsets = [m + (position - (len(configs) - 1) / 2) * width for m in range(len(metrics))]
-        axis.bar(offsets, [rows[m]["mean"] for m in metrics], width=width, yerr=[rows[m]["std"] for m in metrics],
-                 capsize=3, label=name)
+        axis.bar(
+            offsets,
+            [rows[m]["mean"] for m in metrics],
+            width=width,
+            yerr=[rows[m]["std"] for m in metrics],
+            capsize=3,
+            label=name,
+        )
     axis.set_xticks(range(len(metrics)), metrics)
     axis.set_title(title or "time-series CV: mean ± std over folds")
     axis.legend(fontsize=7)

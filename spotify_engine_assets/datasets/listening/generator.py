@@ -451,8 +451,13 @@ def _draw_sessions(
 
 
 def _draw_plays(
-    settings: GeneratorSettings, catalogue: _Catalogue, user_type: np.ndarray, affinity: np.ndarray,
-    session_user: np.ndarray, session_start_us: np.ndarray, rng: np.random.Generator,
+    settings: GeneratorSettings,
+    catalogue: _Catalogue,
+    user_type: np.ndarray,
+    affinity: np.ndarray,
+    session_user: np.ndarray,
+    session_start_us: np.ndarray,
+    rng: np.random.Generator,
 ) -> pl.DataFrame:
     mean_length = np.array([profile.mean_session_length for profile in USER_TYPE_PROFILES])
     lengths = np.minimum(rng.geometric(1.0 / mean_length[user_type[session_user]]), MAX_SESSION_LENGTH)
@@ -470,23 +475,29 @@ def _draw_plays(
     gap_ms = rng.integers(*GAP_SECONDS, size=song.size) * 1000
     offset_ms = _exclusive_cumsum_by_segment(ms_played.astype(np.int64) + gap_ms, session_first_play, lengths)
     played_at_us = session_start_us[play_session] + offset_ms * 1000
-    return pl.DataFrame({
-        "play_id": np.arange(song.size, dtype=np.int64),
-        "session_id": play_session.astype(np.int64),
-        "user_id": play_user.astype(np.int32),
-        "song_id": song.astype(np.int32),
-        "position_in_session": position.astype(np.int16),
-        "played_at": played_at_us.astype("datetime64[us]"),
-        "ms_played": ms_played,
-        "track_duration_ms": duration_ms,
-        "completion_ratio": ms_played / duration_ms,
-        "skipped": skipped,
-    })
+    return pl.DataFrame(
+        {
+            "play_id": np.arange(song.size, dtype=np.int64),
+            "session_id": play_session.astype(np.int64),
+            "user_id": play_user.astype(np.int32),
+            "song_id": song.astype(np.int32),
+            "position_in_session": position.astype(np.int16),
+            "played_at": played_at_us.astype("datetime64[us]"),
+            "ms_played": ms_played,
+            "track_duration_ms": duration_ms,
+            "completion_ratio": ms_played / duration_ms,
+            "skipped": skipped,
+        }
+    )
 
 
 def _draw_play_songs(
-    settings: GeneratorSettings, catalogue: _Catalogue, affinity: np.ndarray, play_user: np.ndarray,
-    position: np.ndarray, rng: np.random.Generator,
+    settings: GeneratorSettings,
+    catalogue: _Catalogue,
+    affinity: np.ndarray,
+    play_user: np.ndarray,
+    position: np.ndarray,
+    rng: np.random.Generator,
 ) -> np.ndarray:
     """Fresh draws go user -> genre -> song; continuations go run artist -> song."""
     n_users, n_genres = affinity.shape
@@ -518,15 +529,22 @@ def _draw_play_songs(
 
 
 def _skip_probability(
-    settings: GeneratorSettings, catalogue: _Catalogue, user_type: np.ndarray, affinity: np.ndarray,
-    play_user: np.ndarray, song: np.ndarray,
+    settings: GeneratorSettings,
+    catalogue: _Catalogue,
+    user_type: np.ndarray,
+    affinity: np.ndarray,
+    play_user: np.ndarray,
+    song: np.ndarray,
 ) -> np.ndarray:
     """Logistic in log(1 + genres * the user's best affinity among the song's genres)."""
     padded_affinity = np.hstack([affinity, np.zeros((affinity.shape[0], 1))])
     genre_match = padded_affinity[play_user[:, None], catalogue.song_genre_slots[song]].max(axis=1)
     type_offset = np.array([profile.skip_logit_offset for profile in USER_TYPE_PROFILES])
-    logit = (SKIP_BASE_LOGIT + type_offset[user_type[play_user]]
-             - settings.skip_affinity_slope * np.log1p(settings.genres * genre_match))
+    logit = (
+        SKIP_BASE_LOGIT
+        + type_offset[user_type[play_user]]
+        - settings.skip_affinity_slope * np.log1p(settings.genres * genre_match)
+    )
     return 1.0 / (1.0 + np.exp(-logit))
 
 
@@ -587,13 +605,15 @@ def _songs_frame(catalogue: _Catalogue, rng: np.random.Generator) -> pl.DataFram
     first_words = rng.integers(0, len(TITLE_FIRST_WORDS), n_songs)
     second_words = rng.integers(0, len(TITLE_SECOND_WORDS), n_songs)
     titles = _word_pairs(TITLE_FIRST_WORDS, TITLE_SECOND_WORDS, first_words, second_words)
-    return pl.DataFrame({
-        "song_id": np.arange(n_songs, dtype=np.int32),
-        "artist_id": catalogue.song_artist.astype(np.int32),
-        "title": titles,
-        "duration_ms": catalogue.song_duration_ms,
-        "popularity": catalogue.song_popularity,
-    })
+    return pl.DataFrame(
+        {
+            "song_id": np.arange(n_songs, dtype=np.int32),
+            "artist_id": catalogue.song_artist.astype(np.int32),
+            "title": titles,
+            "duration_ms": catalogue.song_duration_ms,
+            "popularity": catalogue.song_popularity,
+        }
+    )
 
 
 def _song_genres_frame(song_genre_slots: np.ndarray, n_genres: int) -> pl.DataFrame:
@@ -602,17 +622,21 @@ def _song_genres_frame(song_genre_slots: np.ndarray, n_genres: int) -> pl.DataFr
 
 
 def _users_frame(user_type: np.ndarray, activity: np.ndarray) -> pl.DataFrame:
-    return pl.DataFrame({
-        "user_id": np.arange(user_type.size, dtype=np.int32),
-        "user_type": pl.Series(USER_TYPE_NAMES, dtype=pl.Utf8).gather(user_type),
-        "activity": activity,
-    })
+    return pl.DataFrame(
+        {
+            "user_id": np.arange(user_type.size, dtype=np.int32),
+            "user_type": pl.Series(USER_TYPE_NAMES, dtype=pl.Utf8).gather(user_type),
+            "activity": activity,
+        }
+    )
 
 
 def _affinity_frame(affinity: np.ndarray) -> pl.DataFrame:
     n_users, n_genres = affinity.shape
-    return pl.DataFrame({
-        "user_id": np.repeat(np.arange(n_users, dtype=np.int32), n_genres),
-        "genre_id": np.tile(np.arange(n_genres, dtype=np.int32), n_users),
-        "affinity": affinity.ravel(),
-    })
+    return pl.DataFrame(
+        {
+            "user_id": np.repeat(np.arange(n_users, dtype=np.int32), n_genres),
+            "genre_id": np.tile(np.arange(n_genres, dtype=np.int32), n_users),
+            "affinity": affinity.ravel(),
+        }
+    )

@@ -49,12 +49,12 @@ class GraphBuildError(ValueError):
 class GraphTables:
     """The warehouse tables a graph is built from (marts schema)."""
 
-    users: pl.DataFrame          # user_id
-    songs: pl.DataFrame          # song_id, artist_id
-    artists: pl.DataFrame        # artist_id
-    genres: pl.DataFrame         # genre_id
-    song_genres: pl.DataFrame    # song_id, genre_id
-    interactions: pl.DataFrame   # user_id, song_id, play_count, mean_completion, first_played_at, last_played_at
+    users: pl.DataFrame  # user_id
+    songs: pl.DataFrame  # song_id, artist_id
+    artists: pl.DataFrame  # artist_id
+    genres: pl.DataFrame  # genre_id
+    song_genres: pl.DataFrame  # song_id, genre_id
+    interactions: pl.DataFrame  # user_id, song_id, play_count, mean_completion, first_played_at, last_played_at
 
 
 def _index(ids: pl.Series, mapping_ids: np.ndarray, what: str) -> np.ndarray:
@@ -83,8 +83,10 @@ def _epoch_seconds(column: pl.Series) -> np.ndarray:
 
 def build_listening_graph(tables: GraphTables) -> HeteroData:
     """Assemble the heterogeneous graph from warehouse tables (ids mapped to dense indices)."""
-    ids = {node_type: _sorted_ids(getattr(tables, f"{node_type}s"), f"{node_type}_id", f"marts.{node_type}s")
-           for node_type in NODE_TYPES}
+    ids = {
+        node_type: _sorted_ids(getattr(tables, f"{node_type}s"), f"{node_type}_id", f"marts.{node_type}s")
+        for node_type in NODE_TYPES
+    }
     data = HeteroData()
     for node_type, node_ids in ids.items():
         data[node_type].num_nodes = len(node_ids)

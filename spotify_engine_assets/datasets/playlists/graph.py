@@ -78,9 +78,13 @@ def kcore_filter(edges: pl.DataFrame, settings: GraphSettings) -> tuple[pl.DataF
     for round_ in range(1, settings.max_rounds + 1):
         before = edges.height
         sizes = edges.group_by("playlist_key").len()
-        edges = edges.join(sizes.filter(pl.col("len") >= settings.min_playlist_size).select("playlist_key"), on="playlist_key")
+        edges = edges.join(
+            sizes.filter(pl.col("len") >= settings.min_playlist_size).select("playlist_key"), on="playlist_key"
+        )
         degree = edges.group_by("track_key").len()
-        edges = edges.join(degree.filter(pl.col("len") >= settings.min_track_playlists).select("track_key"), on="track_key")
+        edges = edges.join(
+            degree.filter(pl.col("len") >= settings.min_track_playlists).select("track_key"), on="track_key"
+        )
         playlists, tracks = edges["playlist_key"].n_unique(), edges["track_key"].n_unique()
         rounds.append({"round": round_, "edges": edges.height, "playlists": playlists, "tracks": tracks})
         if edges.height == before:
@@ -128,7 +132,9 @@ def build_playlist_graph(
     track_ids = np.unique(edges["track_key"].to_numpy())
     track_artist = tracks.join(pl.DataFrame({"track_key": track_ids}), on="track_key", how="semi").sort("track_key")
     if track_artist.height != len(track_ids):
-        raise PlaylistGraphError(f"tracks: {len(track_ids) - track_artist.height} playlist tracks have no row in tracks")
+        raise PlaylistGraphError(
+            f"tracks: {len(track_ids) - track_artist.height} playlist tracks have no row in tracks"
+        )
     artist_ids = np.unique(track_artist["artist_key"].to_numpy())
     genres_kept = artist_genres.join(pl.DataFrame({"artist_key": artist_ids}), on="artist_key", how="semi")
     genre_ids = np.unique(genres_kept["genre"].to_numpy()) if genres_kept.height else np.array([], dtype=object)
@@ -144,7 +150,8 @@ def build_playlist_graph(
     data[TRACK_BY].edge_index = torch.stack([torch.arange(len(track_ids)), artist_of_track])
     data[ARTIST_HAS].edge_index = (
         torch.stack([_index(genres_kept["artist_key"], artist_ids), _index(genres_kept["genre"], genre_ids)])
-        if genres_kept.height else torch.empty((2, 0), dtype=torch.long)
+        if genres_kept.height
+        else torch.empty((2, 0), dtype=torch.long)
     )
     add_reverse(data, (CONTAINS, TRACK_BY, ARTIST_HAS), attributes=())
     return data, rounds

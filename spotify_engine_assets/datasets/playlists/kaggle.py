@@ -41,7 +41,7 @@ import os
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -62,7 +62,17 @@ KAGGLE_SOURCES = tuple(
 ENTRY_COLUMNS = "batch VARCHAR, source_file VARCHAR, line BIGINT, user_id VARCHAR, artistname VARCHAR, trackname VARCHAR, playlistname VARCHAR"
 REJECT_COLUMNS = "batch VARCHAR, source_file VARCHAR, line BIGINT, reason VARCHAR, raw_line VARCHAR"
 GENRE_COLUMNS = "artist_name VARCHAR, genre VARCHAR"
-FEATURE_NAMES = ("danceability", "energy", "loudness", "speechiness", "acousticness", "instrumentalness", "liveness", "valence", "tempo")
+FEATURE_NAMES = (
+    "danceability",
+    "energy",
+    "loudness",
+    "speechiness",
+    "acousticness",
+    "instrumentalness",
+    "liveness",
+    "valence",
+    "tempo",
+)
 FEATURE_COLUMNS = "artist_name VARCHAR, track_name VARCHAR, " + ", ".join(f"{name} DOUBLE" for name in FEATURE_NAMES)
 
 # C0 control characters other than tab (\n never occurs inside a line; a bare \r is marked, see
@@ -90,7 +100,7 @@ class IngestStats:
     source_file: str
     batch: str
     bytes: int
-    lines: int            # physical lines counted independently (header included)
+    lines: int  # physical lines counted independently (header included)
     accepted: int
     rejected: int
     reasons: dict[str, int]
@@ -109,7 +119,12 @@ class IngestStats:
         return self.rejected / self.data_lines if self.data_lines else 0.0
 
     def as_dict(self) -> dict:
-        return {**asdict(self), "data_lines": self.data_lines, "unaccounted": self.unaccounted, "reject_rate": self.reject_rate}
+        return {
+            **asdict(self),
+            "data_lines": self.data_lines,
+            "unaccounted": self.unaccounted,
+            "reject_rate": self.reject_rate,
+        }
 
 
 def count_lines(path: Path, chunk_size: int = 1 << 20) -> int:
@@ -172,7 +187,9 @@ def check_header(path: Path, expected: tuple[str, ...] = KAGGLE_COLUMNS) -> str:
     try:
         header = first.decode("utf-8-sig")
     except UnicodeDecodeError as error:
-        raise KaggleFormatError(f"{path}: line 1 (header) is not UTF-8 text ({error.reason} at byte {error.start})") from None
+        raise KaggleFormatError(
+            f"{path}: line 1 (header) is not UTF-8 text ({error.reason} at byte {error.start})"
+        ) from None
     fields = [field.replace('"', "").strip().lower() for field in header.split(",")]
     if tuple(fields) != expected:
         missing = [c for c in expected if c not in fields]
@@ -180,7 +197,9 @@ def check_header(path: Path, expected: tuple[str, ...] = KAGGLE_COLUMNS) -> str:
         details = [f"missing columns {missing}"] if missing else []
         details += [f"unexpected columns {unknown}"] if unknown else []
         details = details or [f"columns in the wrong order {fields}"]
-        raise KaggleFormatError(f"{path}: header {header[:200]!r} does not match {list(expected)}: {'; '.join(details)}")
+        raise KaggleFormatError(
+            f"{path}: header {header[:200]!r} does not match {list(expected)}: {'; '.join(details)}"
+        )
     return newline
 
 
@@ -314,8 +333,12 @@ def _ingest_lines(con, readable: Path, source: str, batch: str, entries: str, re
             END AS reason
         FROM unquoted
         """,
-        {"pattern": _LINE_PATTERN, "bare_cr": BARE_CR_MARK.decode(), "control": _CONTROL_PATTERN,
-         "header": _HEADER_PATTERN},
+        {
+            "pattern": _LINE_PATTERN,
+            "bare_cr": BARE_CR_MARK.decode(),
+            "control": _CONTROL_PATTERN,
+            "header": _HEADER_PATTERN,
+        },
     )
     con.execute(f"DELETE FROM {quote_table(entries)} WHERE batch = ?", [batch])
     con.execute(f"DELETE FROM {quote_table(rejects)} WHERE batch = ?", [batch])
@@ -335,7 +358,9 @@ def _ingest_lines(con, readable: Path, source: str, batch: str, entries: str, re
         """,
         {"batch": batch, "source": source, "bare_cr": BARE_CR_MARK.decode()},
     )
-    ((accepted, boms),) = con.sql("SELECT count(*), count(*) FILTER (bom) FROM kaggle_parsed WHERE reason IS NULL").fetchall()
+    ((accepted, boms),) = con.sql(
+        "SELECT count(*), count(*) FILTER (bom) FROM kaggle_parsed WHERE reason IS NULL"
+    ).fetchall()
     reasons = dict(
         con.execute(
             f"SELECT regexp_replace(reason, ': .*', '') AS kind, count(*) FROM {quote_table(rejects)} "
@@ -382,7 +407,10 @@ def load_artist_genres(con: duckdb.DuckDBPyConnection, path: Path, table: str = 
     comma-separated names (``"dance pop, pop"``, as in some copies of the file). Replaces ``table``; returns its row count.
     """
     return _load_enrichment(
-        con, path, table, ("artists", "genres"),
+        con,
+        path,
+        table,
+        ("artists", "genres"),
         f"""
         WITH raw AS (SELECT trim(artists) AS artist_name, trim(coalesce(genres, '')) AS genres FROM {_READ_CSV_AUTO}),
         items AS (
@@ -403,7 +431,10 @@ def load_track_features(con: duckdb.DuckDBPyConnection, path: Path, table: str =
     -> one row per (first artist, track name) with the mean of each feature. Replaces ``table``."""
     features = ", ".join(f"avg(TRY_CAST({name} AS DOUBLE)) AS {name}" for name in FEATURE_NAMES)
     return _load_enrichment(
-        con, path, table, ("name", "artists", *FEATURE_NAMES),
+        con,
+        path,
+        table,
+        ("name", "artists", *FEATURE_NAMES),
         f"""
         WITH raw AS (
             SELECT coalesce(regexp_extract(artists, '^\\[[''"](.*?)[''"][,\\]]', 1), artists) AS artist_name,
@@ -478,7 +509,9 @@ def write_synthetic_kaggle_files(con: duckdb.DuckDBPyConnection, folder: Path) -
     """Kaggle-format ``spotify_dataset.csv`` and ``data_w_genres.csv`` from the warehouse's
     ``raw`` synthetic tables. Returns rows per file."""
     folder = Path(folder)
-    rows = {"spotify_dataset.csv": write_kaggle_csv_from_query(con, SYNTHETIC_PLAYLISTS_SQL, folder / "spotify_dataset.csv")}
+    rows = {
+        "spotify_dataset.csv": write_kaggle_csv_from_query(con, SYNTHETIC_PLAYLISTS_SQL, folder / "spotify_dataset.csv")
+    }
     genres_path = folder / "data_w_genres.csv"
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".data_w_genres.", suffix=".tmp")
     os.close(fd)
@@ -508,7 +541,9 @@ def confined_landing_file(landing: Path, path: Path | str) -> Path:
     """
     raw, landing = Path(path), Path(landing)
     if ".." in raw.parts:
-        raise LandingPathError(f"landed file {str(path)!r}: '..' is not allowed in a landing path (must stay inside {landing})")
+        raise LandingPathError(
+            f"landed file {str(path)!r}: '..' is not allowed in a landing path (must stay inside {landing})"
+        )
     absolute = raw if raw.is_absolute() else landing / raw
     for root in (landing, landing.resolve()):
         try:
@@ -522,7 +557,9 @@ def confined_landing_file(landing: Path, path: Path | str) -> Path:
     for part in relative.parts:
         current = current / part
         if current.is_symlink():
-            raise LandingPathError(f"landed file {str(path)!r}: {current} is a symbolic link (landing files must be regular files inside {landing})")
+            raise LandingPathError(
+                f"landed file {str(path)!r}: {current} is a symbolic link (landing files must be regular files inside {landing})"
+            )
     if not str(absolute.resolve()).startswith(str(landing.resolve()) + os.sep):
         raise LandingPathError(f"landed file {str(path)!r} resolves outside the landing folder {landing}")
     return absolute
@@ -557,7 +594,9 @@ def open_for_writing(paths: list[Path], proc: Path = Path("/proc")) -> tuple[dic
                 target = os.readlink(proc / pid / "fd" / fd)
                 if target not in targets:
                     continue
-                flags = next(line for line in (proc / pid / "fdinfo" / fd).read_text().splitlines() if line.startswith("flags:"))
+                flags = next(
+                    line for line in (proc / pid / "fdinfo" / fd).read_text().splitlines() if line.startswith("flags:")
+                )
             except (OSError, StopIteration):
                 continue
             if int(flags.split()[1], 8) & (os.O_WRONLY | os.O_RDWR):
@@ -588,12 +627,17 @@ def session_columns(con: duckdb.DuckDBPyConnection, path: Path) -> list[str]:
     if not path.exists() or path.stat().st_size == 0:
         raise KaggleFormatError(f"{path}: empty or missing file")
     try:
-        columns = [row[0] for row in con.execute(f"DESCRIBE SELECT * FROM {session_reader(path)}", _path_param(path)).fetchall()]
+        columns = [
+            row[0]
+            for row in con.execute(f"DESCRIBE SELECT * FROM {session_reader(path)}", _path_param(path)).fetchall()
+        ]
     except Exception as error:  # noqa: BLE001 - any reader error names the file
         raise KaggleFormatError(f"{path}: not a readable sessions file ({str(error).splitlines()[0]})") from None
     missing = [c for c in SESSION_COLUMNS if c not in columns]
     if missing:
-        raise KaggleFormatError(f"{path}: missing columns {missing} for a listening-sessions file (found {columns[:12]})")
+        raise KaggleFormatError(
+            f"{path}: missing columns {missing} for a listening-sessions file (found {columns[:12]})"
+        )
     return columns
 
 
@@ -608,7 +652,9 @@ def _optional_session_checks(columns: list[str]) -> tuple[str, str]:
     for column in SESSION_DURATIONS:
         if column in columns:
             raw, value = quote_identifier(column), quote_identifier(f"{column}_value")
-            selects.append(f"{raw}::VARCHAR AS {quote_identifier(column + '_raw')}, TRY_CAST({raw}::VARCHAR AS DOUBLE) AS {value}")
+            selects.append(
+                f"{raw}::VARCHAR AS {quote_identifier(column + '_raw')}, TRY_CAST({raw}::VARCHAR AS DOUBLE) AS {value}"
+            )
             cases += [
                 f"WHEN p.{quote_identifier(column + '_raw')} IS NULL OR trim(p.{quote_identifier(column + '_raw')}) = '' THEN 'missing {column}'",
                 f"WHEN p.{value} IS NULL THEN 'invalid {column}'",
@@ -642,7 +688,7 @@ def sessions_to_kaggle(
     path = Path(path)
     columns = session_columns(con, path)
     first_line = 2 if path.suffix.lower() != ".parquet" else 1
-    not_after = not_after or datetime.now(timezone.utc).replace(tzinfo=None)
+    not_after = not_after or datetime.now(UTC).replace(tzinfo=None)
     optional_selects, optional_cases = _optional_session_checks(columns)
     con.execute(
         f"""

@@ -134,8 +134,14 @@ def recsys_metrics(
 
 
 def evaluate(
-    score_fn: ScoreFn, relevant: Tensor, known: Tensor, num_tracks: int, playlists: Tensor | None = None,
-    chunk_size: int = 1024, ks: tuple[int, ...] = (10, 50, 500), track_artist: Tensor | None = None,
+    score_fn: ScoreFn,
+    relevant: Tensor,
+    known: Tensor,
+    num_tracks: int,
+    playlists: Tensor | None = None,
+    chunk_size: int = 1024,
+    ks: tuple[int, ...] = (10, 50, 500),
+    track_artist: Tensor | None = None,
 ) -> dict[str, float]:
     """RecSys 2018 metrics: rank every track for each playlist with a ``relevant`` pair
     (``[2, E]`` playlist, track), masking its ``known`` pairs; lists are at most 500 long.
@@ -179,7 +185,16 @@ class RecSysChallenge(Protocol):
     valid_ks: tuple[int, ...] = (10,)
     chunk_size: int = 1024
     report_k: int = LIST_LENGTH
-    table: tuple[str, ...] = ("r_precision", "r_precision_track", "ndcg@10", "ndcg@500", "recall@10", "recall@50", "recall@500", "clicks")
+    table: tuple[str, ...] = (
+        "r_precision",
+        "r_precision_track",
+        "ndcg@10",
+        "ndcg@500",
+        "recall@10",
+        "recall@50",
+        "recall@500",
+        "clicks",
+    )
     track_artist: Tensor | None = None
 
     def for_graph(self, data: HeteroData) -> RecSysChallenge:
@@ -191,7 +206,11 @@ class RecSysChallenge(Protocol):
     def per_user(self, topk: Tensor, rows: Tensor, items: Tensor, num_items: int) -> dict[str, Tensor]:
         hits = hit_matrix(topk, rows, items, num_items)
         counts = torch.bincount(rows, minlength=topk.size(0))
-        credits = artist_matches(topk, hits, counts, rows, items, self.track_artist) if self.track_artist is not None else None
+        credits = (
+            artist_matches(topk, hits, counts, rows, items, self.track_artist)
+            if self.track_artist is not None
+            else None
+        )
         return recsys_per_row(hits, counts, self.ks, credits)
 
     def validate(

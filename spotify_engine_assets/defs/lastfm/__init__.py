@@ -11,6 +11,7 @@ from . import graph, ingestion
 CHAIN = Chain(DATASET)
 
 defs = dg.Definitions.merge(
-    ingestion.defs, dg.Definitions(assets=data_assets(CHAIN, graph.MARTS, graph.graph_from_marts, graph.split_of)),
+    ingestion.defs,
+    dg.Definitions(assets=data_assets(CHAIN, graph.MARTS, graph.graph_from_marts, graph.split_of)),
     chain_definitions(CHAIN),
 )

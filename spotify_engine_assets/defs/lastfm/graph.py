@@ -24,9 +24,13 @@ def graph_from_marts(marts: dict[str, pl.DataFrame]) -> HeteroData:
         "user_taggedartists": marts["tag_assignments"].select(
             pl.col("user_id").alias("userID"), pl.col("artist_id").alias("artistID"), pl.col("tag_id").alias("tagID")
         ),
-        "user_friends": marts["friendships"].select(pl.col("user_id").alias("userID"), pl.col("friend_id").alias("friendID")),
+        "user_friends": marts["friendships"].select(
+            pl.col("user_id").alias("userID"), pl.col("friend_id").alias("friendID")
+        ),
     }
-    pairs = marts["split_pairs"].select(pl.col("user_id").alias("userID"), pl.col("artist_id").alias("artistID"), "part")
+    pairs = marts["split_pairs"].select(
+        pl.col("user_id").alias("userID"), pl.col("artist_id").alias("artistID"), "part"
+    )
     split = {part: pairs.filter(pl.col("part") == part).drop("part") for part in ("train", "test")}
     return build_graph(build_dataset(raw, split))
 

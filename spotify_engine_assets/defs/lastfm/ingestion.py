@@ -3,7 +3,6 @@ loaded into the warehouse schema ``raw_lastfm`` in one transaction (group ``last
 Folders are run config (defaults: ``../shared/data/...`` relative to the repository root); the
 ``lastfm`` SQL marts (``dbt_like_sql/lastfm``) read them."""
 
-
 from pathlib import Path
 
 import dagster as dg
@@ -20,16 +19,23 @@ RAW_SCHEMA, RAW_TABLES = lastfm_lib.RAW_SCHEMA, lastfm_lib.RAW_TABLES
 
 class LastfmSourceConfig(dg.Config):
     data_dir: str = Field(default="", description="Folder of the .dat files; empty = ../shared/data/lastfm2k.")
-    split_dir: str = Field(default="", description="Folder of train.tsv/test.tsv; empty = ../shared/data/lastfm2k_split_seed0.")
+    split_dir: str = Field(
+        default="", description="Folder of train.tsv/test.tsv; empty = ../shared/data/lastfm2k_split_seed0."
+    )
 
 
 @dg.multi_asset(
     specs=[
-        dg.AssetSpec([RAW_SCHEMA, t], group_name=group_name("lastfm", "ingestion"), kinds={"duckdb"},
-                     description=f"Last.fm 2K `{t}` as loaded from its file (DuckDB table `{RAW_SCHEMA}.{t}`).")
+        dg.AssetSpec(
+            [RAW_SCHEMA, t],
+            group_name=group_name("lastfm", "ingestion"),
+            kinds={"duckdb"},
+            description=f"Last.fm 2K `{t}` as loaded from its file (DuckDB table `{RAW_SCHEMA}.{t}`).",
+        )
         for t in RAW_TABLES
     ],
-    pool=DUCKDB_POOL, code_version=source_version(lastfm_lib),
+    pool=DUCKDB_POOL,
+    code_version=source_version(lastfm_lib),
 )
 def lastfm_raw(context: dg.AssetExecutionContext, config: LastfmSourceConfig, warehouse: Warehouse):
     """Load the Last.fm 2K files (tags files decoded from Latin-1) and the fixed split into ``raw_lastfm``."""
@@ -47,8 +53,9 @@ def lastfm_raw(context: dg.AssetExecutionContext, config: LastfmSourceConfig, wa
             con.unregister("frame")
     for table in RAW_TABLES:
         preview = dg.MetadataValue.md(frame_markdown(frames[table], max_rows=5))
-        yield dg.MaterializeResult(asset_key=[RAW_SCHEMA, table],
-                                   metadata={"dagster/row_count": frames[table].height, "preview": preview})
+        yield dg.MaterializeResult(
+            asset_key=[RAW_SCHEMA, table], metadata={"dagster/row_count": frames[table].height, "preview": preview}
+        )
 
 
 defs = dg.Definitions(assets=[lastfm_raw])

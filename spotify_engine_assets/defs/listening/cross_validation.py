@@ -1,7 +1,6 @@
 """Time-series cross-validation of listening model configs: expanding-window folds by first play,
 each config trained and evaluated per fold, mean ± std per metric (``datasets/listening/cross_validation.py``)."""
 
-
 import dagster as dg
 import polars as pl
 from pydantic import Field
@@ -13,7 +12,13 @@ from ...core.presentation import metric_value
 from ...core.storage.artifacts import atomic_write_bytes
 from ...datasets.listening import DATASET
 from ...datasets.listening.cross_validation import (
-    TIME_FIELD, CrossValidationError, FoldSettings, cross_validate, fold_leaks, mean_std_plot, mean_std_table,
+    TIME_FIELD,
+    CrossValidationError,
+    FoldSettings,
+    cross_validate,
+    fold_leaks,
+    mean_std_plot,
+    mean_std_table,
 )
 from ..resources import DataLake, TorchRuntime
 from .graph import CHAIN
@@ -28,22 +33,40 @@ class TimeSeriesCVConfig(dg.Config):
     )
     n_folds: int = Field(default=3, ge=2, description="Number of expanding-window folds (>= 2).")
     window_days: float | None = Field(
-        default=None, description="Length of each evaluation window in days (None: the history split into n_folds + 1 parts)."
+        default=None,
+        description="Length of each evaluation window in days (None: the history split into n_folds + 1 parts).",
     )
     valid_days: float | None = Field(
         default=None, description="Validation slice before each cut, for early stopping, in days (None: half a window)."
     )
-    min_pairs: int = Field(default=10, ge=1, description="Least training, validation and evaluation interactions per fold.")
-    max_epochs: int | None = Field(default=None, ge=1, description="Cap on epochs per fold (None: each config's max_epochs).")
+    min_pairs: int = Field(
+        default=10, ge=1, description="Least training, validation and evaluation interactions per fold."
+    )
+    max_epochs: int | None = Field(
+        default=None, ge=1, description="Cap on epochs per fold (None: each config's max_epochs)."
+    )
 
 
 @CHAIN.asset(
-    "time_series_cv", "evaluation", ins=CHAIN.ins("graph"), kinds={"pytorch", "polars"},
-    checks={"folds_leak_free": (True, "No fold's message-passing graph holds a validation or evaluation edge, and "
-                                "every training edge of a fold was first played before its evaluation window.")},
+    "time_series_cv",
+    "evaluation",
+    ins=CHAIN.ins("graph"),
+    kinds={"pytorch", "polars"},
+    checks={
+        "folds_leak_free": (
+            True,
+            "No fold's message-passing graph holds a validation or evaluation edge, and "
+            "every training edge of a fold was first played before its evaluation window.",
+        )
+    },
 )
-def time_series_cv(context: dg.AssetExecutionContext, config: TimeSeriesCVConfig, torch_runtime: TorchRuntime,
-                   lake: DataLake, graph: dict):
+def time_series_cv(
+    context: dg.AssetExecutionContext,
+    config: TimeSeriesCVConfig,
+    torch_runtime: TorchRuntime,
+    lake: DataLake,
+    graph: dict,
+):
     """Time-series cross-validation: n expanding-window folds by each pair's first play (train on
     the past, early-stop on the slice just before the cut, evaluate on the next window with the
     user's known songs masked; users without training history in a fold are left out). Each
@@ -79,7 +102,9 @@ def time_series_cv(context: dg.AssetExecutionContext, config: TimeSeriesCVConfig
     markdown = "\n\n".join([f"# Time-series cross-validation ({len(result.folds)} folds by {TIME_FIELD})", *sections])
     atomic_write_bytes(reports / f"{REPORT_NAME}.md", (markdown + "\n").encode())
     metadata = {
-        "n_folds": len(result.folds), "time_field": TIME_FIELD, "configs": ", ".join(config.configs),
+        "n_folds": len(result.folds),
+        "time_field": TIME_FIELD,
+        "configs": ", ".join(config.configs),
         **{name: dg.MetadataValue.md(table) for name, (_, table) in tables.items()},
         "plot": dg.MetadataValue.md(mean_std_plot(result.summary)),
         "report": dg.MetadataValue.path(str(reports / f"{REPORT_NAME}.md")),

@@ -18,13 +18,25 @@ from ..chain import Chain
 from ..resources import DUCKDB_POOL, Warehouse
 
 CHAIN = Chain(DATASET, segments="listening/user_segments")
-GRAPH_TABLES = {"users": "marts.users", "songs": "marts.songs", "artists": "marts.artists", "genres": "marts.genres",
-                "song_genres": "marts.song_genres", "interactions": "marts.user_song_interactions"}
+GRAPH_TABLES = {
+    "users": "marts.users",
+    "songs": "marts.songs",
+    "artists": "marts.artists",
+    "genres": "marts.genres",
+    "song_genres": "marts.song_genres",
+    "interactions": "marts.user_song_interactions",
+}
 VERSION = source_version(listening)
 
 
-@CHAIN.asset("graph", "graph", deps=[dg.AssetKey(t.split(".")) for t in GRAPH_TABLES.values()],
-             kinds={"pytorch", "pyg"}, pool=DUCKDB_POOL, code_version=VERSION)
+@CHAIN.asset(
+    "graph",
+    "graph",
+    deps=[dg.AssetKey(t.split(".")) for t in GRAPH_TABLES.values()],
+    kinds={"pytorch", "pyg"},
+    pool=DUCKDB_POOL,
+    code_version=VERSION,
+)
 def listening_graph(context: dg.AssetExecutionContext, warehouse: Warehouse) -> dg.Output[dict]:
     """PyG ``HeteroData`` with user, song, artist and genre nodes; listens edges carry play count,
     mean completion and first and last play time; song-artist and song-genre edges; reverse edges;
@@ -41,14 +53,20 @@ def listening_graph(context: dg.AssetExecutionContext, warehouse: Warehouse) -> 
     plots = {
         "graph_sizes": dg.MetadataValue.md(count_bars(summary, "nodes and edges per type", log=True)),
         "listens_per_user": dg.MetadataValue.md(histogram(per_user, "distinct songs per user", "songs listened to")),
-        "listens_per_song": dg.MetadataValue.md(histogram(per_song, "listeners per song", "distinct listeners", log=True)),
+        "listens_per_song": dg.MetadataValue.md(
+            histogram(per_song, "listeners per song", "distinct listeners", log=True)
+        ),
     }
     return dg.Output(to_payload(data), metadata={**summary, **plots})
 
 
 class SplitConfig(dg.Config):
-    valid_fraction: float = Field(default=0.15, gt=0.0, lt=1.0, description="Share of each user's interactions for validation.")
-    test_fraction: float = Field(default=0.15, gt=0.0, lt=1.0, description="Share of each user's interactions for test.")
+    valid_fraction: float = Field(
+        default=0.15, gt=0.0, lt=1.0, description="Share of each user's interactions for validation."
+    )
+    test_fraction: float = Field(
+        default=0.15, gt=0.0, lt=1.0, description="Share of each user's interactions for test."
+    )
     min_interactions: int = Field(default=3, ge=3, description="Users with fewer interactions stay train-only.")
     seed: int = Field(default=0, description="Seed of the random split.")
 
@@ -69,14 +87,22 @@ def listening_split(context: dg.AssetExecutionContext, config: SplitConfig, grap
         "random": labels_to_indices(random_split(users, settings)),
         "temporal": labels_to_indices(temporal_split(users, data[LISTENS].first_played.numpy(), settings)),
     }
-    sizes = {strategy: {part: int(index.numel()) for part, index in parts.items()} for strategy, parts in splits.items()}
+    sizes = {
+        strategy: {part: int(index.numel()) for part, index in parts.items()} for strategy, parts in splits.items()
+    }
     metadata = {f"{strategy}/{part}": size for strategy, parts in sizes.items() for part, size in parts.items()}
     metadata["split_sizes"] = dg.MetadataValue.md(split_sizes(sizes, "interactions per part and strategy"))
     return dg.Output({"settings": settings.__dict__, **splits}, metadata=metadata)
 
 
-@CHAIN.asset("user_segments", "graph", deps=[dg.AssetKey(["marts", "users"])], kinds={"duckdb", "polars"},
-             pool=DUCKDB_POOL, code_version=VERSION)
+@CHAIN.asset(
+    "user_segments",
+    "graph",
+    deps=[dg.AssetKey(["marts", "users"])],
+    kinds={"duckdb", "polars"},
+    pool=DUCKDB_POOL,
+    code_version=VERSION,
+)
 def user_segments(context: dg.AssetExecutionContext, warehouse: Warehouse) -> dg.Output[pl.DataFrame]:
     """Each user's warehouse id and type (casual / regular / power) from ``marts.users``: the
     user-type slices of the metric reports' fairness tables."""

@@ -6,7 +6,6 @@ warehouse in a single transaction. The generator's latent truth (user genre affi
 separate asset that stays out of the warehouse: it is for diagnostics, never a model input.
 """
 
-
 import dataclasses
 
 import dagster as dg
@@ -54,16 +53,25 @@ class SyntheticWorldConfig(dg.Config):
 
 @dg.multi_asset(
     specs=[
-        *(dg.AssetSpec(["raw", table], description=_DESCRIPTIONS[table], group_name=GROUP,
-                       kinds={"duckdb", "parquet"}) for table in RAW_TABLES),
+        *(
+            dg.AssetSpec(
+                ["raw", table], description=_DESCRIPTIONS[table], group_name=GROUP, kinds={"duckdb", "parquet"}
+            )
+            for table in RAW_TABLES
+        ),
         dg.AssetSpec(
-            GROUND_TRUTH_KEY, group_name=GROUP, kinds={"parquet"},
+            GROUND_TRUTH_KEY,
+            group_name=GROUP,
+            kinds={"parquet"},
             description="Latent user genre affinities of the generator. Diagnostics only: never a model input.",
         ),
     ],
-    pool=DUCKDB_POOL, code_version=GENERATOR_VERSION,
+    pool=DUCKDB_POOL,
+    code_version=GENERATOR_VERSION,
 )
-def synthetic_world(context: dg.AssetExecutionContext, config: SyntheticWorldConfig, lake: DataLake, warehouse: Warehouse):
+def synthetic_world(
+    context: dg.AssetExecutionContext, config: SyntheticWorldConfig, lake: DataLake, warehouse: Warehouse
+):
     """Generate the synthetic listening world and load it into the warehouse's ``raw`` schema."""
     settings = config.settings()
     try:
@@ -73,19 +81,25 @@ def synthetic_world(context: dg.AssetExecutionContext, config: SyntheticWorldCon
     world = generate_world(settings)
     context.log.info(f"generated {world.plays.height} plays for {settings.users} users")
 
-    version = lake.artifacts.write(["raw", "synthetic"], None, lambda folder: write_world(world, folder), tag=context.run.run_id)
+    version = lake.artifacts.write(
+        ["raw", "synthetic"], None, lambda folder: write_world(world, folder), tag=context.run.run_id
+    )
     with warehouse.transaction() as con:
         con.execute('CREATE SCHEMA IF NOT EXISTS "raw"')
         for table in RAW_TABLES:
-            con.execute(f"CREATE OR REPLACE TABLE {quote_table(f'raw.{table}')} AS SELECT * FROM read_parquet(?)",
-                        [str(version / f"{table}.parquet")])
+            con.execute(
+                f"CREATE OR REPLACE TABLE {quote_table(f'raw.{table}')} AS SELECT * FROM read_parquet(?)",
+                [str(version / f"{table}.parquet")],
+            )
 
     for table in RAW_TABLES:
         frame: pl.DataFrame = getattr(world, table)
-        metadata = {"dagster/row_count": frame.height,
-                    "parquet": dg.MetadataValue.path(str(version / f"{table}.parquet")),
-                    "preview": dg.MetadataValue.md(frame_markdown(frame, max_rows=5)),
-                    "null_cells": int(frame.null_count().sum_horizontal().item())}
+        metadata = {
+            "dagster/row_count": frame.height,
+            "parquet": dg.MetadataValue.path(str(version / f"{table}.parquet")),
+            "preview": dg.MetadataValue.md(frame_markdown(frame, max_rows=5)),
+            "null_cells": int(frame.null_count().sum_horizontal().item()),
+        }
         if table == "plays":
             by_hour = dict(frame["played_at"].dt.hour().value_counts().iter_rows())
             counts = [by_hour.get(hour, 0) for hour in range(24)]
@@ -94,13 +108,18 @@ def synthetic_world(context: dg.AssetExecutionContext, config: SyntheticWorldCon
             settings_meta = {k: str(v) for k, v in dataclasses.asdict(settings).items()}
             metadata["generator settings"] = dg.MetadataValue.json(settings_meta)
             metadata["raw row counts"] = dg.MetadataValue.md(
-                count_bars({f"raw.{t}": getattr(world, t).height for t in RAW_TABLES}, "rows per raw table", "rows", log=True)
+                count_bars(
+                    {f"raw.{t}": getattr(world, t).height for t in RAW_TABLES}, "rows per raw table", "rows", log=True
+                )
             )
         yield dg.MaterializeResult(asset_key=["raw", table], metadata=metadata)
-    yield dg.MaterializeResult(asset_key=GROUND_TRUTH_KEY, metadata={
-        "dagster/row_count": world.user_genre_affinity.height,
-        "parquet": dg.MetadataValue.path(str(version / "user_genre_affinity.parquet")),
-    })
+    yield dg.MaterializeResult(
+        asset_key=GROUND_TRUTH_KEY,
+        metadata={
+            "dagster/row_count": world.user_genre_affinity.height,
+            "parquet": dg.MetadataValue.path(str(version / "user_genre_affinity.parquet")),
+        },
+    )
 
 
 defs = dg.Definitions(assets=[synthetic_world])

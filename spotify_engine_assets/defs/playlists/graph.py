@@ -12,7 +12,12 @@ from ...core.plots import frame_markdown
 from ...core.storage.paths import source_version
 from ...datasets import playlists
 from ...datasets.playlists.graph import (
-    CONTAINS, GraphSettings, PlaylistGraphError, SplitSettings, build_playlist_graph, split_labels,
+    CONTAINS,
+    GraphSettings,
+    PlaylistGraphError,
+    SplitSettings,
+    build_playlist_graph,
+    split_labels,
 )
 from ..resources import DUCKDB_POOL, Warehouse
 
@@ -21,8 +26,12 @@ VERSION = source_version(playlists)
 
 
 class PlaylistGraphConfig(dg.Config):
-    min_playlist_size: int = Field(default=5, ge=1, description="Playlists with fewer tracks are dropped (also inside the k-core).")
-    min_track_playlists: int = Field(default=2, ge=1, description="k-core: every kept track is in at least this many kept playlists.")
+    min_playlist_size: int = Field(
+        default=5, ge=1, description="Playlists with fewer tracks are dropped (also inside the k-core)."
+    )
+    min_track_playlists: int = Field(
+        default=2, ge=1, description="k-core: every kept track is in at least this many kept playlists."
+    )
 
 
 @dg.asset(
@@ -33,7 +42,9 @@ class PlaylistGraphConfig(dg.Config):
     pool=DUCKDB_POOL,
     code_version=VERSION,
 )
-def playlist_graph(context: dg.AssetExecutionContext, config: PlaylistGraphConfig, warehouse: Warehouse) -> dg.Output[dict]:
+def playlist_graph(
+    context: dg.AssetExecutionContext, config: PlaylistGraphConfig, warehouse: Warehouse
+) -> dg.Output[dict]:
     """PyG ``HeteroData`` with playlist, track, artist and genre nodes (``node_id`` keeps each
     warehouse key): playlist-contains->track (with position), track-by->artist,
     artist-has->genre and reverse edges, after the minimum-size and k-core filters."""
@@ -50,19 +61,28 @@ def playlist_graph(context: dg.AssetExecutionContext, config: PlaylistGraphConfi
 
 
 class PlaylistSplitConfig(dg.Config):
-    holdout: int = Field(default=2, ge=1, description="N: the last N tracks by position are test, the N before them validation.")
+    holdout: int = Field(
+        default=2, ge=1, description="N: the last N tracks by position are test, the N before them validation."
+    )
     min_train_tracks: int = Field(default=3, ge=1, description="Playlists shorter than 2N + this stay train-only.")
 
 
-@dg.asset(key=["playlists", "split"], ins={"graph": dg.AssetIn(["playlists", "graph"])}, group_name=GROUP,
-          kinds={"pytorch"}, code_version=VERSION)
+@dg.asset(
+    key=["playlists", "split"],
+    ins={"graph": dg.AssetIn(["playlists", "graph"])},
+    group_name=GROUP,
+    kinds={"pytorch"},
+    code_version=VERSION,
+)
 def playlist_split(context: dg.AssetExecutionContext, config: PlaylistSplitConfig, graph: dict) -> dg.Output[dict]:
     """Train / validation / test indices into the contains edges (strategy ``position``): per
     playlist the last N tracks (by position) are test, the N before them validation; short
     playlists stay train-only."""
     settings = SplitSettings(config.holdout, config.min_train_tracks)
     data = from_payload(graph)
-    split = labels_to_indices(split_labels(data[CONTAINS].edge_index, data[CONTAINS].position, data["playlist"].num_nodes, settings))
+    split = labels_to_indices(
+        split_labels(data[CONTAINS].edge_index, data[CONTAINS].position, data["playlist"].num_nodes, settings)
+    )
     if split["test"].numel() == 0:
         raise dg.Failure(
             f"no playlist has the {2 * settings.holdout + settings.min_train_tracks} tracks needed for a held-out part "

@@ -25,9 +25,13 @@ from ..resources import DUCKDB_POOL, DataLake, Warehouse, transaction
 
 INGESTION_GROUP, LANDING_GROUP = group_name("playlists", "ingestion"), "playlists_landing"
 SOURCE_FILES_KEY = dg.AssetKey(["kaggle", "source_files"])
-BASE_KEYS = {name: dg.AssetKey(["kaggle_raw", name]) for name in ("entries", "rejects", "artist_genres", "track_features")}
+BASE_KEYS = {
+    name: dg.AssetKey(["kaggle_raw", name]) for name in ("entries", "rejects", "artist_genres", "track_features")
+}
 LANDED_KEYS = {name: dg.AssetKey(["kaggle_raw", name]) for name in ("landed_entries", "landed_rejects")}
-SYNTHETIC_RAW_DEPS = [dg.AssetKey(["raw", t]) for t in ("plays", "songs", "artists", "genres", "song_genres", "artist_genres")]
+SYNTHETIC_RAW_DEPS = [
+    dg.AssetKey(["raw", t]) for t in ("plays", "songs", "artists", "genres", "song_genres", "artist_genres")
+]
 landing_batches = dg.DynamicPartitionsDefinition(name="landing_batches")
 
 
@@ -71,11 +75,15 @@ def _check_gates(stats: kaggle_lib.IngestStats, max_rate: float, sample: str) ->
     """Stage, check, then swap: called inside the ingestion's transaction, before it commits."""
     failed = []
     if stats.reject_rate > max_rate:
-        failed.append(f"reject_rate_within_threshold: {stats.rejected} of {stats.data_lines} lines rejected "
-                      f"({stats.reject_rate:.1%} > {max_rate:.1%}; {stats.reasons})")
+        failed.append(
+            f"reject_rate_within_threshold: {stats.rejected} of {stats.data_lines} lines rejected "
+            f"({stats.reject_rate:.1%} > {max_rate:.1%}; {stats.reasons})"
+        )
     if stats.unaccounted:
-        failed.append(f"every_line_accounted: {stats.unaccounted} lines unaccounted ({stats.data_lines} data lines, "
-                      f"{stats.accepted} accepted, {stats.rejected} rejected)")
+        failed.append(
+            f"every_line_accounted: {stats.unaccounted} lines unaccounted ({stats.data_lines} data lines, "
+            f"{stats.accepted} accepted, {stats.rejected} rejected)"
+        )
     if failed:
         raise GateFailed(stats, sample, failed)
 
@@ -84,8 +92,9 @@ def _gate_failure(gate: GateFailed, max_rate: float, asset_key: dg.AssetKey, kep
     """The failed checks (with the first rejects), then the run's Failure naming the file, the
     gates and what stayed current."""
     yield from _reject_checks(gate.stats, max_rate, asset_key, sample=gate.sample)
-    raise dg.Failure(description=f"{gate}; nothing was written: {kept}",
-                     metadata={"first_rejects": dg.MetadataValue.md(gate.sample)})
+    raise dg.Failure(
+        description=f"{gate}; nothing was written: {kept}", metadata={"first_rejects": dg.MetadataValue.md(gate.sample)}
+    )
 
 
 # --- ingestion --------------------------------------------------------------------------------
@@ -99,7 +108,9 @@ def _gate_failure(gate: GateFailed, max_rate: float, asset_key: dg.AssetKey, kep
     pool=DUCKDB_POOL,
     code_version=source_version(kaggle_lib),
 )
-def kaggle_source_files(context: dg.AssetExecutionContext, lake: DataLake, warehouse: Warehouse) -> dg.MaterializeResult:
+def kaggle_source_files(
+    context: dg.AssetExecutionContext, lake: DataLake, warehouse: Warehouse
+) -> dg.MaterializeResult:
     """The Kaggle-format files of the playlist chain. ``kaggle/spotify_dataset.csv`` in the data lake folder
     (``$SPOTIFY_ENGINE_DATA_LAKE``, default the repository's ``data_lake/``)
     (and optional ``data_w_genres.csv``, ``tracks_features.csv``) when present; otherwise
@@ -110,42 +121,58 @@ def kaggle_source_files(context: dg.AssetExecutionContext, lake: DataLake, wareh
         with warehouse.connect(read_only=True) as con:
             try:
                 rows = kaggle_lib.write_synthetic_kaggle_files(con, kaggle_dir(lake) / "generated")
-            except Exception as error:  # noqa: BLE001 - named with the cause
-                raise dg.Failure(f"cannot derive Kaggle files from the synthetic world ({error}); materialize synthetic_world first") from error
+            except Exception as error:
+                raise dg.Failure(
+                    f"cannot derive Kaggle files from the synthetic world ({error}); materialize synthetic_world first"
+                ) from error
         context.log.info(f"wrote Kaggle-format files from the synthetic world: {rows}")
         origin = "generated from the synthetic world"
     sources = resolve_sources(lake)
-    return dg.MaterializeResult(metadata={
-        "origin": origin,
-        **{name: dg.MetadataValue.path(str(path)) if path else "absent" for name, path in sources.items()},
-        "size_mb": rounded(sum(path.stat().st_size for path in sources.values() if path) / 2**20),
-    })
+    return dg.MaterializeResult(
+        metadata={
+            "origin": origin,
+            **{name: dg.MetadataValue.path(str(path)) if path else "absent" for name, path in sources.items()},
+            "size_mb": rounded(sum(path.stat().st_size for path in sources.values() if path) / 2**20),
+        }
+    )
 
 
 class KaggleIngestConfig(dg.Config):
-    max_reject_rate: float = Field(default=0.05, ge=0.0, le=1.0, description="Blocking gate: rejected / data lines above this fails the run.")
-    memory_limit: str = Field(default="1GB", description="DuckDB memory cap while ingesting (larger intermediates spill to disk).")
+    max_reject_rate: float = Field(
+        default=0.05, ge=0.0, le=1.0, description="Blocking gate: rejected / data lines above this fails the run."
+    )
+    memory_limit: str = Field(
+        default="1GB", description="DuckDB memory cap while ingesting (larger intermediates spill to disk)."
+    )
 
 
-def _ingest_results(stats: kaggle_lib.IngestStats, sample: str, entries: dg.AssetKey, rejects: dg.AssetKey,
-                    **entries_metadata):
+def _ingest_results(
+    stats: kaggle_lib.IngestStats, sample: str, entries: dg.AssetKey, rejects: dg.AssetKey, **entries_metadata
+):
     """The entries and rejects materializations of one ingestion (``sample``: its first rejects)."""
-    yield dg.MaterializeResult(asset_key=entries, metadata={
-        "dagster/row_count": stats.accepted,
-        "source_file": dg.MetadataValue.path(stats.source_file),
-        "source_mb": rounded(stats.bytes / 2**20),
-        "data_lines": stats.data_lines,
-        "accepted_rows": stats.accepted,
-        "rejected_rows": stats.rejected,
-        "unaccounted_lines": stats.unaccounted,
-        "reject_rate": metric_value(stats.reject_rate),
-        "reject_reasons": dg.MetadataValue.json(stats.reasons),
-        **entries_metadata,
-    })
-    yield dg.MaterializeResult(asset_key=rejects, metadata={
-        "dagster/row_count": stats.rejected, "reject_reasons": dg.MetadataValue.json(stats.reasons),
-        "first_rejects": dg.MetadataValue.md(sample),
-    })
+    yield dg.MaterializeResult(
+        asset_key=entries,
+        metadata={
+            "dagster/row_count": stats.accepted,
+            "source_file": dg.MetadataValue.path(stats.source_file),
+            "source_mb": rounded(stats.bytes / 2**20),
+            "data_lines": stats.data_lines,
+            "accepted_rows": stats.accepted,
+            "rejected_rows": stats.rejected,
+            "unaccounted_lines": stats.unaccounted,
+            "reject_rate": metric_value(stats.reject_rate),
+            "reject_reasons": dg.MetadataValue.json(stats.reasons),
+            **entries_metadata,
+        },
+    )
+    yield dg.MaterializeResult(
+        asset_key=rejects,
+        metadata={
+            "dagster/row_count": stats.rejected,
+            "reject_reasons": dg.MetadataValue.json(stats.reasons),
+            "first_rejects": dg.MetadataValue.md(sample),
+        },
+    )
 
 
 _REJECT_CHECKS = {
@@ -154,42 +181,85 @@ _REJECT_CHECKS = {
 }
 
 
-def _reject_checks(stats: kaggle_lib.IngestStats, max_rate: float, asset_key: dg.AssetKey,
-                   sample: str | None = None) -> list[dg.AssetCheckResult]:
-    rejects = {"reject_reasons": dg.MetadataValue.json(stats.reasons), "first_rejects": dg.MetadataValue.md(sample)} if sample else {}
+def _reject_checks(
+    stats: kaggle_lib.IngestStats, max_rate: float, asset_key: dg.AssetKey, sample: str | None = None
+) -> list[dg.AssetCheckResult]:
+    rejects = (
+        {"reject_reasons": dg.MetadataValue.json(stats.reasons), "first_rejects": dg.MetadataValue.md(sample)}
+        if sample
+        else {}
+    )
     return [
         dg.AssetCheckResult(
-            asset_key=asset_key, check_name="reject_rate_within_threshold", passed=stats.reject_rate <= max_rate,
-            metadata={"reject_rate": metric_value(stats.reject_rate), "threshold": max_rate, "rejected_rows": stats.rejected,
-                      "data_lines": stats.data_lines, **rejects},
+            asset_key=asset_key,
+            check_name="reject_rate_within_threshold",
+            passed=stats.reject_rate <= max_rate,
+            metadata={
+                "reject_rate": metric_value(stats.reject_rate),
+                "threshold": max_rate,
+                "rejected_rows": stats.rejected,
+                "data_lines": stats.data_lines,
+                **rejects,
+            },
         ),
         dg.AssetCheckResult(
-            asset_key=asset_key, check_name="every_line_accounted", passed=stats.unaccounted == 0,
-            metadata={"data_lines": stats.data_lines, "accepted": stats.accepted, "rejected": stats.rejected, "unaccounted": stats.unaccounted},
+            asset_key=asset_key,
+            check_name="every_line_accounted",
+            passed=stats.unaccounted == 0,
+            metadata={
+                "data_lines": stats.data_lines,
+                "accepted": stats.accepted,
+                "rejected": stats.rejected,
+                "unaccounted": stats.unaccounted,
+            },
         ),
     ]
 
 
 def _reject_check_specs(asset_key: dg.AssetKey) -> list[dg.AssetCheckSpec]:
-    return [dg.AssetCheckSpec(name, asset=asset_key, blocking=True, description=text)
-            for name, text in _REJECT_CHECKS.items()]
+    return [
+        dg.AssetCheckSpec(name, asset=asset_key, blocking=True, description=text)
+        for name, text in _REJECT_CHECKS.items()
+    ]
 
 
 def _sample_rejects(con, table: str, batch: str) -> str:
-    frame = con.sql(f'SELECT line, reason, raw_line FROM {table} WHERE batch = ? ORDER BY line LIMIT 10', params=[batch]).pl()
+    frame = con.sql(
+        f"SELECT line, reason, raw_line FROM {table} WHERE batch = ? ORDER BY line LIMIT 10", params=[batch]
+    ).pl()
     return frame_markdown(frame) if frame.height else "no rejected lines"
 
 
 @dg.multi_asset(
     specs=[
-        dg.AssetSpec(BASE_KEYS["entries"], deps=[SOURCE_FILES_KEY], group_name=INGESTION_GROUP, kinds={"duckdb"},
-                     description="Accepted rows of the Kaggle playlists file (batch 'base'), with their line numbers."),
-        dg.AssetSpec(BASE_KEYS["rejects"], deps=[SOURCE_FILES_KEY], group_name=INGESTION_GROUP, kinds={"duckdb"},
-                     description="Every rejected line of the Kaggle playlists file with its line number and reason."),
-        dg.AssetSpec(BASE_KEYS["artist_genres"], deps=[SOURCE_FILES_KEY], group_name=INGESTION_GROUP, kinds={"duckdb"},
-                     description="Optional enrichment: (artist name, genre) from a data_w_genres.csv-format file; empty when absent."),
-        dg.AssetSpec(BASE_KEYS["track_features"], deps=[SOURCE_FILES_KEY], group_name=INGESTION_GROUP, kinds={"duckdb"},
-                     description="Optional enrichment: audio features from a tracks_features.csv-format file; empty when absent."),
+        dg.AssetSpec(
+            BASE_KEYS["entries"],
+            deps=[SOURCE_FILES_KEY],
+            group_name=INGESTION_GROUP,
+            kinds={"duckdb"},
+            description="Accepted rows of the Kaggle playlists file (batch 'base'), with their line numbers.",
+        ),
+        dg.AssetSpec(
+            BASE_KEYS["rejects"],
+            deps=[SOURCE_FILES_KEY],
+            group_name=INGESTION_GROUP,
+            kinds={"duckdb"},
+            description="Every rejected line of the Kaggle playlists file with its line number and reason.",
+        ),
+        dg.AssetSpec(
+            BASE_KEYS["artist_genres"],
+            deps=[SOURCE_FILES_KEY],
+            group_name=INGESTION_GROUP,
+            kinds={"duckdb"},
+            description="Optional enrichment: (artist name, genre) from a data_w_genres.csv-format file; empty when absent.",
+        ),
+        dg.AssetSpec(
+            BASE_KEYS["track_features"],
+            deps=[SOURCE_FILES_KEY],
+            group_name=INGESTION_GROUP,
+            kinds={"duckdb"},
+            description="Optional enrichment: audio features from a tracks_features.csv-format file; empty when absent.",
+        ),
     ],
     check_specs=_reject_check_specs(BASE_KEYS["entries"]),
     pool=DUCKDB_POOL,
@@ -208,20 +278,34 @@ def kaggle_ingest(context: dg.AssetExecutionContext, config: KaggleIngestConfig,
         kaggle_lib.limit_memory(con, config.memory_limit, lake.path / "duckdb_tmp")
         try:
             with _ingest_transaction(con):
-                stats = kaggle_lib.ingest_playlist_csv(con, sources["playlists"], "base", "kaggle_raw.entries", "kaggle_raw.rejects",
-                                                       work_dir=lake.path / "duckdb_tmp")
+                stats = kaggle_lib.ingest_playlist_csv(
+                    con,
+                    sources["playlists"],
+                    "base",
+                    "kaggle_raw.entries",
+                    "kaggle_raw.rejects",
+                    work_dir=lake.path / "duckdb_tmp",
+                )
                 if stats.data_lines == 0:  # inside the transaction: the previous tables stay
-                    raise KaggleFormatError(f"{stats.source_file}: header only, no data rows; the previous kaggle_raw tables are kept")
+                    raise KaggleFormatError(
+                        f"{stats.source_file}: header only, no data rows; the previous kaggle_raw tables are kept"
+                    )
                 sample = _sample_rejects(con, '"kaggle_raw"."rejects"', "base")
                 _check_gates(stats, config.max_reject_rate, sample)
                 kaggle_lib.create_tables(con, "kaggle_raw.landed_entries", "kaggle_raw.landed_rejects")
                 kaggle_lib.create_empty_enrichments(con, "kaggle_raw.artist_genres", "kaggle_raw.track_features")
-                genre_rows = kaggle_lib.load_artist_genres(con, sources["data_w_genres"]) if sources["data_w_genres"] else 0
-                feature_rows = kaggle_lib.load_track_features(con, sources["tracks_features"]) if sources["tracks_features"] else 0
+                genre_rows = (
+                    kaggle_lib.load_artist_genres(con, sources["data_w_genres"]) if sources["data_w_genres"] else 0
+                )
+                feature_rows = (
+                    kaggle_lib.load_track_features(con, sources["tracks_features"]) if sources["tracks_features"] else 0
+                )
         except GateFailed as failed:
             gate = failed
     if gate:
-        yield from _gate_failure(gate, config.max_reject_rate, BASE_KEYS["entries"], "the previous kaggle_raw tables stay current")
+        yield from _gate_failure(
+            gate, config.max_reject_rate, BASE_KEYS["entries"], "the previous kaggle_raw tables stay current"
+        )
     context.log.info(f"ingested {stats.accepted} rows, rejected {stats.rejected} ({stats.reasons})")
     yield from _ingest_results(stats, sample, BASE_KEYS["entries"], BASE_KEYS["rejects"])
     enrichments = (("artist_genres", genre_rows, "data_w_genres"), ("track_features", feature_rows, "tracks_features"))
@@ -252,19 +336,29 @@ class LandedBatchConfig(dg.Config):
     kind: Literal["kaggle", "sessions"] = Field(
         default="kaggle", description="'kaggle' (Kaggle-format CSV) or 'sessions' (synthetic plays, Parquet or CSV)."
     )
-    max_reject_rate: float = Field(default=0.05, ge=0.0, le=1.0, description="Blocking gate on the batch's reject rate.")
+    max_reject_rate: float = Field(
+        default=0.05, ge=0.0, le=1.0, description="Blocking gate on the batch's reject rate."
+    )
     memory_limit: str = Field(default="1GB", description="DuckDB memory cap while ingesting.")
 
 
 @dg.multi_asset(
     specs=[
-        dg.AssetSpec(LANDED_KEYS["landed_entries"], group_name=LANDING_GROUP, kinds={"duckdb"},
-                     description="Accepted rows of landed batches (one dynamic partition per batch): files dropped into "
-                     "landing/ of the data lake folder ($SPOTIFY_ENGINE_DATA_LAKE) - a Kaggle-format playlist CSV or a "
-                     "listening-session file (user_id, song_id, played_at; Parquet or CSV) with a `<file>.done` marker "
-                     "beside it - and taken by landing_sensor."),
-        dg.AssetSpec(LANDED_KEYS["landed_rejects"], group_name=LANDING_GROUP, kinds={"duckdb"},
-                     description="Rejected lines of landed batches with line numbers and reasons."),
+        dg.AssetSpec(
+            LANDED_KEYS["landed_entries"],
+            group_name=LANDING_GROUP,
+            kinds={"duckdb"},
+            description="Accepted rows of landed batches (one dynamic partition per batch): files dropped into "
+            "landing/ of the data lake folder ($SPOTIFY_ENGINE_DATA_LAKE) - a Kaggle-format playlist CSV or a "
+            "listening-session file (user_id, song_id, played_at; Parquet or CSV) with a `<file>.done` marker "
+            "beside it - and taken by landing_sensor.",
+        ),
+        dg.AssetSpec(
+            LANDED_KEYS["landed_rejects"],
+            group_name=LANDING_GROUP,
+            kinds={"duckdb"},
+            description="Rejected lines of landed batches with line numbers and reasons.",
+        ),
     ],
     check_specs=_reject_check_specs(LANDED_KEYS["landed_entries"]),
     partitions_def=landing_batches,
@@ -296,15 +390,23 @@ def landed_batch(context: dg.AssetExecutionContext, config: LandedBatchConfig, l
     before = _signature(source)
     digest = file_sha256(source)
     if digest != config.sha256:
-        raise dg.Failure(f"landed file {source} changed since the sensor took it (sha256 {digest[:12]} != {config.sha256[:12]})")
+        raise dg.Failure(
+            f"landed file {source} changed since the sensor took it (sha256 {digest[:12]} != {config.sha256[:12]})"
+        )
     gate = None
     with warehouse.connect() as con:
         kaggle_lib.limit_memory(con, config.memory_limit, lake.path / "duckdb_tmp")
         try:
             with _ingest_transaction(con):
                 if config.kind == "kaggle":
-                    stats = kaggle_lib.ingest_playlist_csv(con, source, batch, "kaggle_raw.landed_entries", "kaggle_raw.landed_rejects",
-                                                           work_dir=lake.path / "duckdb_tmp")
+                    stats = kaggle_lib.ingest_playlist_csv(
+                        con,
+                        source,
+                        batch,
+                        "kaggle_raw.landed_entries",
+                        "kaggle_raw.landed_rejects",
+                        work_dir=lake.path / "duckdb_tmp",
+                    )
                 else:
                     stats = _ingest_sessions(con, source, batch, lake)
                 sample = _sample_rejects(con, '"kaggle_raw"."landed_rejects"', batch)
@@ -313,8 +415,12 @@ def landed_batch(context: dg.AssetExecutionContext, config: LandedBatchConfig, l
         except GateFailed as failed:
             gate = failed
     if gate:
-        yield from _gate_failure(gate, config.max_reject_rate, LANDED_KEYS["landed_entries"],
-                                 f"no row of batch {batch} was committed and {source} stays in landing/ (a recorded failure)")
+        yield from _gate_failure(
+            gate,
+            config.max_reject_rate,
+            LANDED_KEYS["landed_entries"],
+            f"no row of batch {batch} was committed and {source} stays in landing/ (a recorded failure)",
+        )
     if source != archived:
         archived.parent.mkdir(exist_ok=True)
         os.replace(source, archived)
@@ -324,8 +430,14 @@ def landed_batch(context: dg.AssetExecutionContext, config: LandedBatchConfig, l
     skipped = "header only: no data rows (recorded skip)" if stats.data_lines == 0 else ""
     if skipped:
         context.log.warning(f"{source.name}: {skipped}")
-    yield from _ingest_results(stats, sample, LANDED_KEYS["landed_entries"], LANDED_KEYS["landed_rejects"],
-                               archived_to=dg.MetadataValue.path(str(archived)), skipped=skipped or "no")
+    yield from _ingest_results(
+        stats,
+        sample,
+        LANDED_KEYS["landed_entries"],
+        LANDED_KEYS["landed_rejects"],
+        archived_to=dg.MetadataValue.path(str(archived)),
+        skipped=skipped or "no",
+    )
     yield from _reject_checks(stats, config.max_reject_rate, LANDED_KEYS["landed_entries"])
 
 
@@ -338,8 +450,10 @@ def _archive_folder(folder: Path, landing: Path) -> None:
             raise NotADirectoryError(20, "Not a directory")
     except OSError as error:
         blocker = next((p for p in (landing / "archive", folder) if p.exists() and not p.is_dir()), folder)
-        raise dg.Failure(f"cannot archive landed files to {folder}: {blocker} is not a folder ({error.strerror}); "
-                         "nothing was ingested, the file stays in landing/") from error
+        raise dg.Failure(
+            f"cannot archive landed files to {folder}: {blocker} is not a folder ({error.strerror}); "
+            "nothing was ingested, the file stays in landing/"
+        ) from error
 
 
 def _signature(path: Path) -> tuple[int, int]:
@@ -352,19 +466,25 @@ def _check_unchanged(source: Path, before: tuple[int, int]) -> None:
     and no process may hold it open for writing (a writer that paused)."""
     after = _signature(source)
     if after != before:
-        raise KaggleFormatError(f"landed file {source} changed while it was being ingested (size {before[0]} -> {after[0]} bytes, "
-                                "modified again): still being written; nothing was committed, the file stays in landing/")
+        raise KaggleFormatError(
+            f"landed file {source} changed while it was being ingested (size {before[0]} -> {after[0]} bytes, "
+            "modified again): still being written; nothing was committed, the file stays in landing/"
+        )
     writers = kaggle_lib.open_for_writing([source])[0].get(source)
     if writers:
-        raise KaggleFormatError(f"landed file {source} is still open for writing by process(es) {writers}; "
-                                "nothing was committed, the file stays in landing/")
+        raise KaggleFormatError(
+            f"landed file {source} is still open for writing by process(es) {writers}; "
+            "nothing was committed, the file stays in landing/"
+        )
 
 
 def _ingest_sessions(con, source: Path, batch: str, lake: DataLake) -> kaggle_lib.IngestStats:
     """Landed plays -> playlist entries of the batch; unusable plays -> landed_rejects."""
     with tempfile.TemporaryDirectory(dir=lake.path, prefix=".sessions-") as folder:
         counts = kaggle_lib.sessions_to_kaggle(con, source, Path(folder) / "entries.csv")
-        derived = kaggle_lib.ingest_playlist_csv(con, Path(folder) / "entries.csv", batch, "kaggle_raw.landed_entries", "kaggle_raw.landed_rejects")
+        derived = kaggle_lib.ingest_playlist_csv(
+            con, Path(folder) / "entries.csv", batch, "kaggle_raw.landed_entries", "kaggle_raw.landed_rejects"
+        )
     if derived.rejected:  # derived rows come from warehouse names: a reject here is a bug upstream
         raise dg.Failure(f"{source}: {derived.rejected} derived playlist rows were rejected ({derived.reasons})")
     con.execute("UPDATE kaggle_raw.landed_entries SET source_file = ? WHERE batch = ?", [str(source), batch])
@@ -374,8 +494,13 @@ def _ingest_sessions(con, source: Path, batch: str, lake: DataLake) -> kaggle_li
     )
     reasons = dict(con.sql("SELECT reason, count(*) FROM session_rejects GROUP BY reason ORDER BY reason").fetchall())
     return kaggle_lib.IngestStats(
-        source_file=str(source), batch=batch, bytes=source.stat().st_size, lines=counts["plays"] + 1,
-        accepted=counts["used"], rejected=counts["rejected"], reasons={str(k): int(v) for k, v in reasons.items()},
+        source_file=str(source),
+        batch=batch,
+        bytes=source.stat().st_size,
+        lines=counts["plays"] + 1,
+        accepted=counts["used"],
+        rejected=counts["rejected"],
+        reasons={str(k): int(v) for k, v in reasons.items()},
     )
 
 

@@ -76,8 +76,11 @@ def sensor_interval() -> int:
         raise ValueError(f"{INTERVAL_ENV}={value!r}: expected a whole number of seconds") from None
 
 
-RETRAIN_ENV = {"configs": "SPOTIFY_ENGINE_RETRAIN_CONFIGS", "max_epochs": "SPOTIFY_ENGINE_RETRAIN_MAX_EPOCHS",
-               "user_sample": "SPOTIFY_ENGINE_RETRAIN_USER_SAMPLE"}
+RETRAIN_ENV = {
+    "configs": "SPOTIFY_ENGINE_RETRAIN_CONFIGS",
+    "max_epochs": "SPOTIFY_ENGINE_RETRAIN_MAX_EPOCHS",
+    "user_sample": "SPOTIFY_ENGINE_RETRAIN_USER_SAMPLE",
+}
 
 
 class RetrainSettings(BaseModel):
@@ -90,7 +93,9 @@ class RetrainSettings(BaseModel):
 
     configs: tuple[str, ...] = Field(default=(), description="Configs to retrain (empty: every playlists config).")
     max_epochs: int | None = Field(default=None, ge=1, description="Epoch cap of each retraining (None: the config's).")
-    user_sample: int | None = Field(default=None, ge=1, description="Playlists sampled per retraining (None: the config's).")
+    user_sample: int | None = Field(
+        default=None, ge=1, description="Playlists sampled per retraining (None: the config's)."
+    )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> "RetrainSettings":
@@ -119,20 +124,26 @@ class RetrainSettings(BaseModel):
         configs = ", ".join(self.configs) if self.configs else "every playlists config"
         epochs = self.max_epochs or "each config's own"
         sample = self.user_sample or "each config's own"
-        return (f"retrains {configs}; max_epochs {epochs}; user_sample {sample} (set ${RETRAIN_ENV['configs']}, "
-                f"${RETRAIN_ENV['max_epochs']}, ${RETRAIN_ENV['user_sample']} and reload the code location)")
+        return (
+            f"retrains {configs}; max_epochs {epochs}; user_sample {sample} (set ${RETRAIN_ENV['configs']}, "
+            f"${RETRAIN_ENV['max_epochs']}, ${RETRAIN_ENV['user_sample']} and reload the code location)"
+        )
 
     def select(self, registry: list[str]) -> list[str]:
         """The configs to retrain among the registry's; a name it does not have fails naming the variable."""
         unknown = sorted(set(self.configs) - set(registry))
         if unknown:
-            raise ValueError(f"{RETRAIN_ENV['configs']}: unknown playlists configs {', '.join(unknown)}; "
-                             f"known: {', '.join(registry)}")
+            raise ValueError(
+                f"{RETRAIN_ENV['configs']}: unknown playlists configs {', '.join(unknown)}; "
+                f"known: {', '.join(registry)}"
+            )
         return sorted(self.configs) if self.configs else registry
 
     def run_config(self) -> dict:
         """The retrain run's config: the overrides of ``playlists/trained_model`` that are set."""
-        config = {k: v for k, v in (("max_epochs", self.max_epochs), ("user_sample", self.user_sample)) if v is not None}
+        config = {
+            k: v for k, v in (("max_epochs", self.max_epochs), ("user_sample", self.user_sample)) if v is not None
+        }
         return {"ops": {"playlists__trained_model": {"config": config}}} if config else {}
 
 
@@ -148,11 +159,15 @@ playlist_configs = dg.DynamicPartitionsDefinition(name="playlists_configs")  # t
 # Two jobs, as a job's assets share one partitioning: one run per landed batch for the data chain, then one per
 # model config. Both run in one process (short sequential chains; DuckDB has a single writer anyway).
 landing_job = dg.define_asset_job(
-    "playlist_landing_job", selection=DATA_SELECTION, executor_def=dg.in_process_executor,
+    "playlist_landing_job",
+    selection=DATA_SELECTION,
+    executor_def=dg.in_process_executor,
     description="Ingest one landed batch and rebuild the playlist SQL models, graph and split.",
 )
 retrain_job = dg.define_asset_job(
-    "playlist_retrain_job", selection=dg.AssetSelection.assets(*MODEL_KEYS), executor_def=dg.in_process_executor,
+    "playlist_retrain_job",
+    selection=dg.AssetSelection.assets(*MODEL_KEYS),
+    executor_def=dg.in_process_executor,
     description="Retrain and report one playlist model config; refresh the comparison.",
 )
 
@@ -171,7 +186,8 @@ def _candidates(landing: Path) -> list[Path]:
     if not landing.is_dir():
         return []
     return sorted(
-        p for p in landing.iterdir()
+        p
+        for p in landing.iterdir()
         if not p.is_symlink() and p.is_file() and not p.name.startswith(".") and not p.name.endswith(DONE_SUFFIX)
     )
 
@@ -192,14 +208,16 @@ def _completed_runs(instance: dg.DagsterInstance, batches: list[str], chunk: int
     ``chunk`` batches (not one per batch: a flood of landed files stays cheap per tick)."""
     runs_by_batch: dict[str, list] = {batch: [] for batch in batches}
     for start in range(0, len(batches), chunk):
-        part = batches[start:start + chunk]
+        part = batches[start : start + chunk]
         for run in instance.get_runs(filters=dg.RunsFilter(tags={LANDING_TAG: part, "spotify_engine/stage": "data"})):
             runs_by_batch.setdefault(run.tags[LANDING_TAG], []).append(run)
     outcome = {}
     for batch in batches:
         runs = runs_by_batch[batch]
         succeeded = any(run.status == dg.DagsterRunStatus.SUCCESS for run in runs)
-        failed = bool(runs) and all(run.status in (dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED) for run in runs)
+        failed = bool(runs) and all(
+            run.status in (dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED) for run in runs
+        )
         outcome[batch] = (succeeded, failed)
     return outcome
 
@@ -227,10 +245,10 @@ def landing_description() -> str:
 def landing_sensor(context: dg.SensorEvaluationContext, lake: DataLake):
     cursor = json.loads(context.cursor) if context.cursor else {}
     seen: dict[str, list[int]] = cursor.get("seen", {})
-    done: dict[str, str] = cursor.get("done", {})          # sha256 -> batch
-    pending: dict[str, str] = cursor.get("pending", {})    # batch -> sha256, waiting for the data run
-    skipped: dict[str, list] = cursor.get("skipped", {})   # path -> [size, mtime, reason]
-    taken: dict[str, list] = cursor.get("taken", {})       # path -> [size, mtime, batch] until its data run ends
+    done: dict[str, str] = cursor.get("done", {})  # sha256 -> batch
+    pending: dict[str, str] = cursor.get("pending", {})  # batch -> sha256, waiting for the data run
+    skipped: dict[str, list] = cursor.get("skipped", {})  # path -> [size, mtime, reason]
+    taken: dict[str, list] = cursor.get("taken", {})  # path -> [size, mtime, batch] until its data run ends
     attempts: dict[str, int] = cursor.get("attempts", {})  # sha256 -> failed data runs of that content
     landing = lake.landing_dir
     run_requests: list[dg.RunRequest] = []
@@ -250,9 +268,14 @@ def landing_sensor(context: dg.SensorEvaluationContext, lake: DataLake):
             known = set(context.instance.get_dynamic_partitions(playlist_configs.name))
             new_configs += [name for name in configs if name not in known and name not in new_configs]
             run_requests += [
-                dg.RunRequest(run_key=f"landing-{sha}-model-{name}", job_name=retrain_job.name, partition_key=name,
-                              asset_selection=MODEL_KEYS, run_config=RETRAIN.run_config(),
-                              tags={LANDING_TAG: batch, "spotify_engine/stage": "model"})
+                dg.RunRequest(
+                    run_key=f"landing-{sha}-model-{name}",
+                    job_name=retrain_job.name,
+                    partition_key=name,
+                    asset_selection=MODEL_KEYS,
+                    run_config=RETRAIN.run_config(),
+                    tags={LANDING_TAG: batch, "spotify_engine/stage": "model"},
+                )
                 for name in configs
             ]
             del pending[batch]
@@ -265,7 +288,11 @@ def landing_sensor(context: dg.SensorEvaluationContext, lake: DataLake):
             attempts[sha] = attempts.get(sha, 0) + 1
             for path, entry in list(taken.items()):
                 if entry[2] == batch:  # the file stays where it is, for a re-execution of the run
-                    skipped[path] = [entry[0], entry[1], f"data run of batch {batch} failed; file kept for a re-execution"]
+                    skipped[path] = [
+                        entry[0],
+                        entry[1],
+                        f"data run of batch {batch} failed; file kept for a re-execution",
+                    ]
                     del taken[path]
 
     for link in _symlinks(landing):
@@ -276,8 +303,10 @@ def landing_sensor(context: dg.SensorEvaluationContext, lake: DataLake):
     rule = completion_rule()  # a bad setting fails every tick, naming it
     candidates = _candidates(landing)
     if (landing / "archive").exists() and not (landing / "archive").is_dir():
-        notes.append(f"no file is taken: {landing / 'archive'} is not a folder (landed files are archived to "
-                     f"{landing / 'archive'}/<batch>/); move it away")
+        notes.append(
+            f"no file is taken: {landing / 'archive'} is not a folder (landed files are archived to "
+            f"{landing / 'archive'}/<batch>/); move it away"
+        )
         context.log.error(notes[-1])
         candidates = []
     closed = _closed_files(candidates, seen, rule)
@@ -323,18 +352,35 @@ def landing_sensor(context: dg.SensorEvaluationContext, lake: DataLake):
         pending[batch] = sha
         taken[key] = [*signature, batch]
         new_partitions.append(batch)
-        tags = {LANDING_TAG: batch, "spotify_engine/stage": "data", "spotify_engine/file": path.name,
-                "spotify_engine/kind": kind}
+        tags = {
+            LANDING_TAG: batch,
+            "spotify_engine/stage": "data",
+            "spotify_engine/file": path.name,
+            "spotify_engine/kind": kind,
+        }
         retry = f"-retry{attempts[sha]}" if attempts.get(sha) else ""
-        run_requests.append(dg.RunRequest(run_key=f"landing-{sha}{retry}", job_name=landing_job.name, partition_key=batch,
-                                          run_config=data_run_config(path, sha, kind), tags=tags))
+        run_requests.append(
+            dg.RunRequest(
+                run_key=f"landing-{sha}{retry}",
+                job_name=landing_job.name,
+                partition_key=batch,
+                run_config=data_run_config(path, sha, kind),
+                tags=tags,
+            )
+        )
         current.pop(key, None)
 
-    new_cursor = json.dumps({
-        "seen": current, "done": done, "pending": pending,
-        "skipped": {k: v for k, v in skipped.items() if k in current},
-        "taken": {k: v for k, v in taken.items() if v[2] in pending}, "attempts": attempts,
-    }, sort_keys=True)
+    new_cursor = json.dumps(
+        {
+            "seen": current,
+            "done": done,
+            "pending": pending,
+            "skipped": {k: v for k, v in skipped.items() if k in current},
+            "taken": {k: v for k, v in taken.items() if v[2] in pending},
+            "attempts": attempts,
+        },
+        sort_keys=True,
+    )
     if not run_requests:
         why = waiting + notes or [f"no new complete file in {landing}"]
         return dg.SensorResult(skip_reason="; ".join(why), cursor=new_cursor)
@@ -368,7 +414,9 @@ def _closed_files(candidates: list[Path], seen: dict[str, list[int]], rule: str)
         elif unseen is None:
             result[str(path)] = "cannot confirm it is closed (/proc is not readable): waiting"
         elif unseen:
-            result[str(path)] = f"cannot confirm it is closed ({len(unseen)} processes' open files are not readable): waiting"
+            result[str(path)] = (
+                f"cannot confirm it is closed ({len(unseen)} processes' open files are not readable): waiting"
+            )
         else:
             result[str(path)] = True
     return result
@@ -389,8 +437,10 @@ def _no_retrain(instance: dg.DagsterInstance, lake: DataLake, batch: str, taken:
     for path, (size, _mtime, owner) in taken.items():
         archived = lake.landing_dir / "archive" / batch / Path(path).name
         if owner == batch and archived.exists() and archived.stat().st_size != size:
-            return (f"{Path(path).name} changed after it was taken as batch {batch} ({size} -> {archived.stat().st_size} bytes, "
-                    f"now {archived}): only the first {size} bytes were ingested; land the complete file again; models not retrained")
+            return (
+                f"{Path(path).name} changed after it was taken as batch {batch} ({size} -> {archived.stat().st_size} bytes, "
+                f"now {archived}): only the first {size} bytes were ingested; land the complete file again; models not retrained"
+            )
     return ""
 
 
@@ -400,7 +450,10 @@ def classify(path: Path) -> tuple[str, str]:
     import duckdb
 
     if path.suffix.lower() not in ACCEPTED_SUFFIXES:
-        return "", f"unsupported file type {path.suffix or '(none)'}: expected .csv (Kaggle format or sessions) or .parquet (sessions)"
+        return (
+            "",
+            f"unsupported file type {path.suffix or '(none)'}: expected .csv (Kaggle format or sessions) or .parquet (sessions)",
+        )
     problems = []
     if path.suffix.lower() == ".csv":
         try:

@@ -203,7 +203,9 @@ def test_first_non_finite_names_the_parameter():
     assert first_non_finite({"state": state, "best_valid": 0.2}) == "state.item_emb.weight"
     assert first_non_finite({"history": [{"loss": 1.0}, {"loss": math.inf}]}) == "history.1.loss"
     assert first_non_finite({"state": {"w": torch.ones(2)}, "best_valid": None, "name": "x"}) is None
-    sparse = torch.sparse_coo_tensor(torch.tensor([[0, 1], [1, 0]]), torch.tensor([1.0, math.inf]), (2, 2))
+    sparse = torch.sparse_coo_tensor(
+        torch.tensor([[0, 1], [1, 0]]), torch.tensor([1.0, math.inf]), (2, 2), check_invariants=True
+    )
     assert first_non_finite({"adjacency": sparse}) == "adjacency"
     assert first_non_finite({"adjacency": torch.eye(2).to_sparse()}) is None
 

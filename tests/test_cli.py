@@ -48,3 +48,23 @@ def test_demo_output_separates_elapsed_from_stage_time(data_lake, capsys):
     cli._print_summary(results, "listening")  # no comparison report in an empty lake: times only
     out = capsys.readouterr().out
     assert "synthetic_world" in out and out.rstrip().endswith("total                      6.1  (2 runs)")
+
+
+def test_home_registers_every_chains_configs_as_partitions(tmp_path, monkeypatch, capsys):
+    """Before anything ran, `spotify-engine home` (run by `make ui`) makes every registry config a
+    partition, so the UI lists untrained configs as missing rather than "0 partitions"."""
+    import dagster as dg
+
+    from spotify_engine_assets.core.storage.paths import DATA_LAKE_ENV
+    from spotify_engine_assets.defs import lastfm, listening, playlists
+
+    monkeypatch.setenv(DATA_LAKE_ENV, str(tmp_path / "lake"))
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    assert cli.main(["home"]) == 0
+    home = capsys.readouterr().out.strip()
+    assert home == str((tmp_path / "lake" / "dagster_home").resolve())
+    with dg.DagsterInstance.from_config(home) as instance:
+        for chain in (listening.CHAIN, playlists.CHAIN, lastfm.CHAIN):
+            names = set(instance.get_dynamic_partitions(chain.partitions))
+            assert names == set(chain.dataset.registry.full(tmp_path / "lake")) and names, chain.name
+    assert cli.main(["home"]) == 0  # a second call adds nothing and does not fail

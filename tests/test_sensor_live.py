@@ -5,14 +5,14 @@ default run launcher, code server) against a temporary ``DAGSTER_HOME`` (the pro
 The playlist chain is materialized once into that instance, ``landing_sensor`` is turned on
 with ``dagster sensor start``, a Kaggle-format file and its ``.done`` marker are dropped into
 ``landing/``, and the test waits for the daemon to launch the landing run and then one retrain
-run per playlist model config, all of which must succeed.
+run per config its retraining settings name, all of which must succeed.
 
 The code location is a small file composing the playlist domain exactly as
 ``definitions.py`` does (same assets, jobs, sensor and resources; the SQL project limited to its
 ``playlists`` folder), so unrelated domains neither slow it down nor break it; the full
 composition is covered by ``test_definitions.py``.
 
-Opt-in (``SPOTIFY_ENGINE_LIVE_TESTS=1``): on 2 shared cores it takes about 2.5 minutes - the
+Opt-in (``SPOTIFY_ENGINE_LIVE_TESTS=1``): on 2 cores it takes about a minute (three retrain configs) - the
 daemon and ``dagster sensor start`` each load the code location (~20 s), then every run is a
 process of its own importing torch and Dagster (the landing run, then one per model config).
 When enabled, it is skipped (with the reason) only when the daemon cannot start here.
@@ -32,15 +32,18 @@ from test_sensor import kaggle_csv, playlists_rows
 
 from spotify_engine_assets.core.storage.paths import DATA_LAKE_ENV, REPO_ROOT, SQL_DIR_ENV, configs_dir
 from spotify_engine_assets.datasets.playlists import DATASET
-from spotify_engine_assets.defs.playlists.sensors import INTERVAL_ENV, LANDING_TAG
+from spotify_engine_assets.defs.playlists.sensors import INTERVAL_ENV, LANDING_TAG, RETRAIN_ENV
 
 LIVE_ENV = "SPOTIFY_ENGINE_LIVE_TESTS"
 pytestmark = pytest.mark.skipif(
     os.environ.get(LIVE_ENV) != "1",
-    reason=f"live dagster-daemon test (~2.5 min on 2 cores, over the suite's per-test budget): set {LIVE_ENV}=1 to run it",
+    reason=f"live dagster-daemon test (~1 min on 2 cores, over the suite's per-test budget): set {LIVE_ENV}=1 to run it",
 )
 BIN = Path(sys.executable).parent
 DEADLINE_S = 150
+# what the sensor retrains, set as a user would (its retraining settings): a baseline, a closed-form model
+# and a graph model; a config whose blocking quality gate fails on this tiny batch would fail its run
+RETRAIN_CONFIGS = ("itemknn", "lightgcn_itemknn", "most_popular")
 CODE_LOCATION = """
 import dagster as dg
 from spotify_engine_assets.defs import playlists, sql
@@ -70,6 +73,8 @@ def live(tmp_path, monkeypatch):
         SQL_DIR_ENV: str(sql),
         INTERVAL_ENV: "2",
         "OMP_NUM_THREADS": "1",
+        RETRAIN_ENV["configs"]: ",".join(RETRAIN_CONFIGS),
+        RETRAIN_ENV["max_epochs"]: "3",
         "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), str(tmp_path)]),
     }
     for key, value in env.items():
@@ -162,7 +167,8 @@ def test_daemon_launches_landing_then_retrain_runs(live):
         (landing / "drop.csv").write_text(kaggle_csv(playlists_rows(11, users=6)))
         (landing / "drop.csv.done").write_text("")
 
-        configs = set(DATASET.registry.base)
+        configs = set(RETRAIN_CONFIGS)
+        assert configs < set(DATASET.registry.base)
         while True:
             runs = _runs(home)
             data = [r for r in runs if r.tags.get("spotify_engine/stage") == "data"]
@@ -191,6 +197,10 @@ def test_daemon_launches_landing_then_retrain_runs(live):
     assert not (lake / "landing" / "archive" / "duplicates").exists()
     assert {r.job_name for r in models} == {"playlist_retrain_job"} and len(models) == len(configs)
     assert all(r.tags[LANDING_TAG] == batch for r in models)
+    # the settings reached every retrain run's config
+    assert all(r.run_config["ops"]["playlists__trained_model"]["config"]["max_epochs"] == 3 for r in models), [
+        r.run_config for r in models
+    ]
     assert (lake / "reports" / "playlists" / "model_comparison.md").exists()
     with dg.DagsterInstance.get() as instance:
         assert batch in instance.get_dynamic_partitions("landing_batches")

@@ -213,6 +213,14 @@ def run_shared_study(
                     running = [t for t in mine if t.state == optuna.trial.TrialState.RUNNING]
                     if done and running:
                         process = processes[victim]
+                        # stop it first, then make sure the trial is still running: a trial that ended
+                        # (e.g. pruned) between the poll and the signal would make the kill hit no trial
+                        process.send_signal(signal.SIGSTOP)
+                        state = next(t.state for t in poll.get_trials(deepcopy=False) if t.number == running[0].number)
+                        if state != optuna.trial.TrialState.RUNNING:
+                            process.send_signal(signal.SIGCONT)
+                            time.sleep(0.2)
+                            continue
                         process.send_signal(signal.SIGKILL)
                         process.wait()
                         report.killed = {

@@ -295,16 +295,7 @@ def _register_sibling_catalogues() -> None:
 
     def landed(function):
         def run(root: Path) -> Outcome:
-            (root / "landing").mkdir()
-            previous = os.environ.get(landing.DATA_LAKE_ENV)
-            os.environ[landing.DATA_LAKE_ENV] = str(root)
-            try:
-                return Outcome(*function(root))
-            finally:
-                if previous is None:
-                    os.environ.pop(landing.DATA_LAKE_ENV, None)
-                else:
-                    os.environ[landing.DATA_LAKE_ENV] = previous
+            return Outcome(*landing.run_on_fresh_lake(function, root))
 
         run.__doc__ = function.__name__.replace("_", " ")
         return run

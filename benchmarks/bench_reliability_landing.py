@@ -237,26 +237,31 @@ CASES = [
 ]
 
 
-def landing_catalogue() -> list[tuple[str, str, str]]:
-    """(case, verdict, what was seen) for every landed-data case, each on a fresh data lake."""
-    rows = []
+def run_on_fresh_lake(case, lake: Path) -> tuple[str, str]:
+    """``case(lake)`` with ``lake/landing`` made and ``$SPOTIFY_ENGINE_DATA_LAKE`` pointing at ``lake``
+    for the call (restored after it): ``(verdict, what was seen)``."""
+    (lake / "landing").mkdir()
     previous = os.environ.get(DATA_LAKE_ENV)
+    os.environ[DATA_LAKE_ENV] = str(lake)
     try:
-        for case in CASES:
-            with tempfile.TemporaryDirectory() as folder:
-                lake = Path(folder)
-                (lake / "landing").mkdir()
-                os.environ[DATA_LAKE_ENV] = str(lake)
-                try:
-                    verdict, seen = case(lake)
-                except Exception as error:  # noqa: BLE001 - a crash is a verdict too
-                    verdict, seen = "unclear", f"crashed: {type(error).__name__}: {error}"
-                rows.append((case.__name__, verdict, seen))
+        return case(lake)
     finally:
         if previous is None:
             os.environ.pop(DATA_LAKE_ENV, None)
         else:
             os.environ[DATA_LAKE_ENV] = previous
+
+
+def landing_catalogue() -> list[tuple[str, str, str]]:
+    """(case, verdict, what was seen) for every landed-data case, each on a fresh data lake."""
+    rows = []
+    for case in CASES:
+        with tempfile.TemporaryDirectory() as folder:
+            try:
+                verdict, seen = run_on_fresh_lake(case, Path(folder))
+            except Exception as error:  # noqa: BLE001 - a crash is a verdict too
+                verdict, seen = "unclear", f"crashed: {type(error).__name__}: {error}"
+            rows.append((case.__name__, verdict, seen))
     return rows
 
 

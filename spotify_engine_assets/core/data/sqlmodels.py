@@ -344,8 +344,9 @@ def load_sql_project(root: Path, sources: Iterable[str]) -> SqlProject:
     catalog = _Catalog(_discover_model_files(root), source_names)
     texts = {table: _read_text(file.path, file.relative) for table, file in catalog.files.items()}
     dependencies = {table: _dependencies(catalog, catalog.files[table], text) for table, text in texts.items()}
-    tests = _load_tests(root, catalog)
-    descriptions = _load_descriptions(root, catalog)
+    schema_files = _schema_documents(root)
+    tests = _load_tests(schema_files, catalog)
+    descriptions = _load_descriptions(schema_files, catalog)
     models = {}
     for table in _topological_order(catalog, dependencies):
         file = catalog.files[table]
@@ -496,24 +497,34 @@ def _topological_order(catalog: _Catalog, dependencies: Mapping[str, tuple[str, 
 # --------------------------------------------------------------------------- schema.yml
 
 
-def _load_tests(root: Path, catalog: _Catalog) -> dict[str, list[DataTest]]:
-    """The data tests of every folder's ``schema.yml``, keyed by model table."""
-    tests: dict[str, list[DataTest]] = {}
+def _schema_documents(root: Path) -> list[tuple[Path, str, dict]]:
+    """Every folder's ``schema.yml``, read and parsed once: ``(path, path relative to root, document)``."""
+    documents = []
     for folder in _schema_folders(root):
         path = folder / SCHEMA_FILE
-        if path.is_file():
-            tests.update(_load_schema_file(path, path.relative_to(root).as_posix(), catalog))
+        if not path.is_file():
+            continue
+        relative = path.relative_to(root).as_posix()
+        try:
+            document = load_yaml(_read_text(path, relative), relative) or {}
+        except yaml.YAMLError as err:
+            raise _error(relative, f"invalid YAML: {err}") from err
+        if not isinstance(document, dict) or set(document) - {"models", DESCRIPTIONS_KEY}:
+            raise _error(relative, f"expected a mapping with the keys 'models' and (optional) '{DESCRIPTIONS_KEY}'")
+        documents.append((path, relative, document))
+    return documents
+
+
+def _load_tests(documents: list[tuple[Path, str, dict]], catalog: _Catalog) -> dict[str, list[DataTest]]:
+    """The data tests of every folder's ``schema.yml``, keyed by model table."""
+    tests: dict[str, list[DataTest]] = {}
+    for path, relative, document in documents:
+        tests.update(_load_schema_file(path, relative, document, catalog))
     return tests
 
 
-def _load_schema_file(path: Path, relative: str, catalog: _Catalog) -> dict[str, list[DataTest]]:
+def _load_schema_file(path: Path, relative: str, document: dict, catalog: _Catalog) -> dict[str, list[DataTest]]:
     """Tests declared in one ``schema.yml``; its models must be files of the same folder."""
-    try:
-        document = load_yaml(_read_text(path, relative), relative) or {}
-    except yaml.YAMLError as err:
-        raise _error(relative, f"invalid YAML: {err}") from err
-    if not isinstance(document, dict) or set(document) - {"models", DESCRIPTIONS_KEY}:
-        raise _error(relative, f"expected a mapping with the keys 'models' and (optional) '{DESCRIPTIONS_KEY}'")
     declared = document.get("models") or {}
     if not isinstance(declared, dict):
         raise _error(relative, "'models' must map model names to columns")
@@ -530,16 +541,13 @@ def _load_schema_file(path: Path, relative: str, catalog: _Catalog) -> dict[str,
     return tests
 
 
-def _load_descriptions(root: Path, catalog: _Catalog) -> dict[str, dict[str, str]]:
+def _load_descriptions(documents: list[tuple[Path, str, dict]], catalog: _Catalog) -> dict[str, dict[str, str]]:
     """Column descriptions of every folder's ``schema.yml`` (``descriptions: {model: {column: text}}``),
     keyed by model table; shown as the columns' descriptions in the Dagster UI."""
     found: dict[str, dict[str, str]] = {}
-    for folder in _schema_folders(root):
-        path = folder / SCHEMA_FILE
-        if not path.is_file():
-            continue
-        relative = path.relative_to(root).as_posix()
-        declared = (yaml.safe_load(_read_text(path, relative)) or {}).get(DESCRIPTIONS_KEY) or {}
+    for path, relative, document in documents:
+        folder = path.parent
+        declared = document.get(DESCRIPTIONS_KEY) or {}
         if not isinstance(declared, dict):
             raise _error(relative, f"'{DESCRIPTIONS_KEY}' must map model names to {{column: description}}")
         folder_models = {f.name.lower(): f.table for f in catalog.files.values() if f.path.parent == folder}

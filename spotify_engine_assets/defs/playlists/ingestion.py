@@ -7,7 +7,6 @@ from the synthetic world. Landed batches (see :mod:`.sensors`) are a dynamic par
 """
 
 import contextlib
-import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -18,6 +17,7 @@ from pydantic import Field
 
 from ...core.plots import frame_markdown
 from ...core.presentation import group_name, metric_value, rounded
+from ...core.storage.artifacts import file_sha256  # the one file hash (sensors and tests import it from here)
 from ...core.storage.paths import safe_name, source_version
 from ...datasets.playlists import kaggle as kaggle_lib
 from ...datasets.playlists.kaggle import KaggleFormatError
@@ -316,14 +316,6 @@ def kaggle_ingest(context: dg.AssetExecutionContext, config: KaggleIngestConfig,
 
 
 # --- landed batches ---------------------------------------------------------------------------
-
-
-def file_sha256(path: Path, chunk_size: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(chunk_size):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def archive_path(lake: DataLake, batch: str, name: str) -> Path:
